@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Genesis builds with (only those missing), then configures and builds it in ./build.
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(build-essential cmake pkg-config git
+          libxbyak-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsqlite3-dev libpcre2-dev
+          libgtest-dev libgmock-dev libopenblas-dev python3)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+BUILD_DIR=${BUILD_DIR:-build}
+jobs=$(nproc)
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${GENESIS_CMAKE_ARGS:-} >/dev/null
+cmake --build "$BUILD_DIR" -j "$jobs" ${SETUP_TARGET:+--target $SETUP_TARGET}
+echo "setup: built $BUILD_DIR/genesis"

@@ -1,0 +1,39 @@
+// The seam between checkpoint loaders and the model: named tensors as views into (memory-mapped) files.
+// Loaders (safetensors, later GGUF) implement TensorSource; the model reads weights only through it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace genesis::runtime {
+
+enum class Dtype : uint8_t { f32, f16, bf16, u8, i8, i32, i64, f64, bool_ };
+const char* dtype_name(Dtype d);
+size_t dtype_size(Dtype d);
+
+struct TensorView {
+  std::string name;
+  Dtype dtype = Dtype::f32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;  // valid while the source lives
+  size_t nbytes = 0;           // == numel * dtype_size, checked by the loader
+  int64_t numel() const {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    return n;
+  }
+};
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  // nullptr when absent.
+  virtual const TensorView* find(const std::string& name) const = 0;
+  virtual std::vector<std::string> names() const = 0;
+  // A short description of where tensors come from, for error messages ("model.safetensors (shard 2 of 3)").
+  virtual std::string describe(const std::string& name) const = 0;
+};
+
+}  // namespace genesis::runtime

@@ -96,6 +96,7 @@ class Assembler : public Xbyak::CodeGenerator {
       case Op::vpshufb: with_src2(in, w, [&](const Xbyak::Operand& s) { vpshufb(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpermps: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermps(vy(in.dst, w), vy(in.src1, w), s); }); break;
       case Op::vpermw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermw(v(in.dst, w), v(in.src1, w), s); }); break;
+      case Op::vpermb: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermb(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpaddd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpaddd(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vaddps: with_src2(in, w, [&](const Xbyak::Operand& s) { vaddps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vmulps: with_src2(in, w, [&](const Xbyak::Operand& s) { vmulps(v(in.dst, w), v(in.src1, w), s); }); break;

@@ -45,6 +45,7 @@ const char* op_name(Op op) {
     case Op::vpshufb: return "vpshufb";
     case Op::vpermps: return "vpermps";
     case Op::vpermw: return "vpermw";
+    case Op::vpermb: return "vpermb";
     case Op::vpaddd: return "vpaddd";
     case Op::vaddps: return "vaddps";
     case Op::vmulps: return "vmulps";
@@ -144,6 +145,7 @@ Instr finalize(Instr in) {
     case Op::vpshufb:
     case Op::vpermps:
     case Op::vpermw:
+    case Op::vpermb:
     case Op::vpaddd:
     case Op::vaddps:
     case Op::vmulps:

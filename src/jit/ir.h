@@ -32,6 +32,7 @@ enum class Op : uint8_t {
   vpshufb,      // dst = shuffle(table=src1, idx=src2)
   vpermps,      // dst = table(src2)[idx(src1)]
   vpermw,       // dst = table(src2)[idx(src1)]
+  vpermb,       // dst = table(src2)[idx(src1)] (bytes, 6-bit index)
   vpaddd,
   vaddps,
   vmulps,       // src2 may be a broadcast memory operand

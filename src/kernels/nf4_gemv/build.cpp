@@ -104,6 +104,14 @@ class Builder {
         Op dot = Op::vpdpbusd;
         switch (c_.path) {
           case Path::avx512_vnni:
+            if (c_.genome.lut_permb) {  // 64-entry table indexed by 6 bits: the nibble masks disappear
+              out.push_back(jit::make_load(Op::vload, t0, wm));
+              out.push_back(jit::make_alu(Op::vpermb, t1, t0, c_.ctab));
+              out.push_back(jit::make_shift(Op::vpsrlw_imm, t0, t0, 4));
+              out.push_back(jit::make_alu(Op::vpermb, t0, t0, c_.ctab));
+              dot = Op::vpdpbusd;
+              break;
+            }
             out.push_back(jit::make_load(Op::vload, t0, wm));
             out.push_back(jit::make_alu(Op::vpandd, t1, t0, c_.cmask));
             out.push_back(jit::make_shift(Op::vpsrlw_imm, t0, t0, 4));

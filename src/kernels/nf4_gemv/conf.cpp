@@ -34,6 +34,9 @@ Conf make_conf(const Problem& problem, const Genome& genome, const cpu::IsaSet& 
     fail("nf4_gemv: path {} is compiled, not generated; make_conf is for the JIT paths", path_name(genome.path));
   if (!isa_supports(isa, genome.path))
     fail("nf4_gemv: this CPU (or GENESIS_MAX_ISA) cannot run path {}", path_name(genome.path));
+  if (genome.lut_permb && !isa.has(Isa::avx512vbmi))
+    fail("nf4_gemv: genome {} uses vpermb, which needs AVX512-VBMI; this CPU (or GENESIS_MAX_ISA) lacks it",
+         kernel_id(genome));
   if (problem.tokens < 1 || problem.tokens > kMaxTokens)
     fail("nf4_gemv: {} tokens requested; a kernel handles 1..{}", problem.tokens, kMaxTokens);
   quant::check_nf4_blocksize(problem.blocksize);
@@ -61,7 +64,7 @@ Conf make_conf(const Problem& problem, const Genome& genome, const cpu::IsaSet& 
   c.inner_loop = c.unroll < c.steps_per_block;
 
   const int T = c.tokens;
-  const int consts = c.path == Path::avx512_vnni ? 2 : 1;
+  const int consts = (c.path == Path::avx512_vnni && !genome.lut_permb) ? 2 : 1;
   const int budget = 32 - consts;
   bool found = false;
   for (int R = genome.row_groups; R >= 1 && !found; --R)
@@ -78,7 +81,7 @@ Conf make_conf(const Problem& problem, const Genome& genome, const cpu::IsaSet& 
 
   int next = 0;
   c.ctab = next++;
-  if (c.path == Path::avx512_vnni) c.cmask = next++;
+  if (c.path == Path::avx512_vnni && !genome.lut_permb) c.cmask = next++;
   for (int i = 0; i < c.R * T * c.A; ++i) c.acc.push_back(next++);
   if (!c.facc_in_mem)
     for (int i = 0; i < c.R * T; ++i) c.facc.push_back(next++);

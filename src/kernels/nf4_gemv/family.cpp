@@ -18,7 +18,8 @@ namespace {
 struct alignas(64) Consts {
   float fp32_tab[16];     // the 16 codes
   uint16_t bf16_tab[32];  // bf16(code[i & 15]): vpermw indexes with 5 bits
-  uint8_t i8_tab[64];     // round(127 * code) + 128 as u8, in each 16-byte lane (vpshufb is per lane)
+  uint8_t i8_tab[64];     // round(127 * code) + 128 as u8, by index & 15: serves vpshufb (per 16-byte lane, 4-bit
+                          // index) and vpermb (64 entries, 6-bit index) alike
   uint8_t mask[64];       // 0x0F
 };
 

@@ -111,13 +111,15 @@ void Genome::validate() const {
       fail("genome: prefetch offset {} not in -4096..65536", h.offset);
     }
   }
+  if (lut_permb && path != Path::avx512_vnni) fail("genome: lut=permb exists only on path avx512vnni");
   if (!path_is_jit(path) && (!order.empty() || !hints.empty()))
     fail("genome: path {} is compiled, it has no instruction order or hints to set", path_name(path));
 }
 
 std::string Genome::serialize() const {
-  std::string s = fmt::format("path={} rg={} acc={} unroll={} pf={}:{} bc={} align={} order=", path_name(path),
-                              row_groups, accs, unroll, pf_dist, hint_name(pf_kind), bcast_reg ? 1 : 0, loop_align);
+  std::string s = fmt::format("path={} rg={} acc={} unroll={} pf={}:{} bc={} lut={} align={} order=", path_name(path),
+                              row_groups, accs, unroll, pf_dist, hint_name(pf_kind), bcast_reg ? 1 : 0,
+                              lut_permb ? "permb" : "shufb", loop_align);
   if (order.empty()) {
     s += "-";
   } else {
@@ -158,6 +160,11 @@ Genome Genome::parse(std::string_view text) {
   g.pf_dist = parse_int(pf[0], "pf");
   g.pf_kind = HintKind(index_of(kHintNames, pf[1], "pf"));
   g.bcast_reg = parse_int(need("bc"), "bc") != 0;
+  if (auto it = kv.find("lut"); it != kv.end()) {  // optional: absent in texts written before the gene existed
+    if (it->second != "shufb" && it->second != "permb")
+      fail("genome: field 'lut' has unknown value '{}' (possible: shufb, permb)", it->second);
+    g.lut_permb = it->second == "permb";
+  }
   g.loop_align = parse_int(need("align"), "align");
   if (auto o = need("order"); o != "-")
     for (auto t : split(o, ',')) {

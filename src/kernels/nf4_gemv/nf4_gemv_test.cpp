@@ -102,6 +102,18 @@ TEST(Nf4Gemv, ScheduleVariants) {
   }
 }
 
+TEST(Nf4Gemv, PermbLookup) {
+  if (!isa_supports(cpu::host_isa(), Path::avx512_vnni) || !cpu::mayiuse(cpu::Isa::avx512vbmi))
+    GTEST_SKIP() << "needs AVX512-VNNI and AVX512-VBMI";
+  Genome g = Genome::baseline(Path::avx512_vnni);
+  std::vector<float> a, b;
+  const Case c = make_case(16 * 3 + 1, 512, 4, 64, 5);
+  check(c, g, nullptr, &a);
+  g.lut_permb = true;
+  check(c, g, nullptr, &b);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));  // same table values: same bits
+}
+
 TEST(Nf4Gemv, ThreadPoolSplitMatchesSingleThread) {
   cpu::ThreadPool pool(2);
   for (Path p : paths()) {

@@ -80,6 +80,20 @@ TEST(Emit, MalformedProgramIsAnError) {
   EXPECT_THROW(assemble(q), Error);
 }
 
+TEST(Emit, DumpWritesBytesAndIr) {
+  const std::string dir = ::testing::TempDir() + "genesis_jit_dump_test";
+  setenv("GENESIS_JIT_DUMP", dir.c_str(), 1);
+  auto code = CodeCache::instance().get_or_build("emit_test_dump", [] { return counting_program(); });
+  unsetenv("GENESIS_JIT_DUMP");
+  std::ifstream bin(dir + "/test_count.bin", std::ios::binary | std::ios::ate);
+  ASSERT_TRUE(bin.good());
+  EXPECT_EQ(size_t(bin.tellg()), code->size());
+  std::ifstream ir(dir + "/test_count.ir");
+  std::stringstream ss;
+  ss << ir.rdbuf();
+  EXPECT_NE(ss.str().find("loop_begin"), std::string::npos);
+}
+
 TEST(Emit, CacheBuildsOnce) {
   int builds = 0;
   auto& cc = CodeCache::instance();

@@ -7,6 +7,7 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "kb/kb.h"
 #include "kernels/nf4_gemv/bench.h"
 
 namespace {
@@ -29,7 +30,8 @@ std::pair<int64_t, int64_t> parse_shape(const std::string& s) {
 struct BenchArgs {
   std::vector<std::string> shapes, paths = {"all"};
   std::vector<int> tokens = {1}, threads;
-  std::string regime = "both", json_file;
+  std::string regime = "both", json_file, kb_file;
+  bool no_kb = false;
   int blocksize = 64, samples = 15;
   bool no_baselines = false;
 };
@@ -66,6 +68,8 @@ void setup_bench(CLI::App& app) {
   g->add_option("--samples", args->samples, "timed samples per measurement (each >= 2 ms)")->check(CLI::Range(3, 1000));
   g->add_flag("--no-baselines", args->no_baselines, "skip the naive and compiled-loop baselines");
   g->add_option("--json", args->json_file, "also write {machine, results} as JSON to FILE");
+  g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
+  g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
   g->callback([args] {
     nf::GemvBenchOptions opt;
     for (const auto& s : args->shapes) opt.shapes.push_back(parse_shape(s));
@@ -89,6 +93,12 @@ void setup_bench(CLI::App& app) {
     opt.blocksize = args->blocksize;
     opt.samples = args->samples;
     opt.baselines = !args->no_baselines;
+    if (!args->no_kb) {
+      const std::string kb_path = args->kb_file.empty() ? genesis::kb::default_path() : args->kb_file;
+      opt.genome_source = [kb_path](nf::Path p, const nf::Problem& pr) {
+        return genesis::kb::best_genome(kb_path, "nf4_gemv", std::string(nf::path_name(p)), pr.shape(), pr.tokens);
+      };
+    }
     fmt::print("{:>11} {:>3} {:>11} {:>2} {:>4} {:>10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n", "shape", "tok", "path", "th",
                "reg", "median_us", "iqr_us", "GB/s", "roof", "vs_naive", "vs_comp", "kernel");
     auto result = nf::run_gemv_bench(opt, print_row);

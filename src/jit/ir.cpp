@@ -119,6 +119,32 @@ std::string Instr::text() const {
   }
 }
 
+bool has_alternative(const Instr& in) {
+  switch (in.op) {
+    case Op::prefetch_t0:
+    case Op::prefetch_t1:
+    case Op::prefetch_t2:
+    case Op::prefetch_nta:
+    case Op::vpsrld_imm:
+    case Op::vpsrlw_imm: return true;
+    default: return false;
+  }
+}
+
+Instr alternative(const Instr& in) {
+  Instr out = in;
+  switch (in.op) {
+    case Op::prefetch_t0: out.op = Op::prefetch_t1; break;
+    case Op::prefetch_t1: out.op = Op::prefetch_t2; break;
+    case Op::prefetch_t2: out.op = Op::prefetch_nta; break;
+    case Op::prefetch_nta: out.op = Op::prefetch_t0; break;
+    case Op::vpsrld_imm: out.op = Op::vpsrlw_imm; break;
+    case Op::vpsrlw_imm: out.op = Op::vpsrld_imm; break;
+    default: break;
+  }
+  return finalize(out);
+}
+
 Instr finalize(Instr in) {
   Instr& i = in;
   i.reads = i.writes = 0;

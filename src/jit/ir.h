@@ -90,6 +90,13 @@ struct Instr {
   std::string text() const;  // Intel-like text for logs and dumps
 };
 
+// Same-class equivalents: an instruction that may replace `in` with the same registers read and written (and so the
+// same dependencies): prefetch locality t0 -> t1 -> t2 -> nta -> t0; vpsrlw <-> vpsrld (equal wherever the consumer
+// reads only the low nibble of each byte or each word's low byte, which holds for every table lookup the families
+// emit). has_alternative() is false for anything else.
+bool has_alternative(const Instr& in);
+Instr alternative(const Instr& in);
+
 // Computes reads/writes from the opcode and operands. Every Instr added to a program goes through this.
 Instr finalize(Instr in);
 

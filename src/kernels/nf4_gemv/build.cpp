@@ -175,6 +175,13 @@ class Builder {
 
   void apply_genome(std::vector<Instr>& body) const {
     const Genome& g = c_.genome;
+    for (auto i : g.alt) {
+      if (i >= body.size() || !jit::has_alternative(body[i]))
+        fail("nf4_gemv: genome {} replaces body instruction {}, which {}", kernel_id(g), i,
+             i >= body.size() ? fmt::format("does not exist (the body has {})", body.size())
+                              : fmt::format("({}) has no same-class equivalent", body[i].text()));
+      body[i] = jit::alternative(body[i]);
+    }
     if (!g.order.empty()) {
       std::string why;
       if (!jit::is_legal_order(body, g.order, &why))
@@ -361,6 +368,7 @@ std::vector<jit::Instr> canonical_body(const Conf& conf) {
   Conf plain = conf;
   plain.genome.order.clear();
   plain.genome.hints.clear();
+  plain.genome.alt.clear();
   return Builder(plain).hot_body();
 }
 

@@ -112,7 +112,9 @@ void Genome::validate() const {
     }
   }
   if (lut_permb && path != Path::avx512_vnni) fail("genome: lut=permb exists only on path avx512vnni");
-  if (!path_is_jit(path) && (!order.empty() || !hints.empty()))
+  for (size_t i = 1; i < alt.size(); ++i)
+    if (alt[i] <= alt[i - 1]) fail("genome: alt indices must be strictly increasing");
+  if (!path_is_jit(path) && (!order.empty() || !hints.empty() || !alt.empty()))
     fail("genome: path {} is compiled, it has no instruction order or hints to set", path_name(path));
 }
 
@@ -124,6 +126,10 @@ std::string Genome::serialize() const {
     s += "-";
   } else {
     for (size_t i = 0; i < order.size(); ++i) s += fmt::format("{}{}", i ? "," : "", order[i]);
+  }
+  if (!alt.empty()) {
+    s += " alt=";
+    for (size_t i = 0; i < alt.size(); ++i) s += fmt::format("{}{}", i ? "," : "", alt[i]);
   }
   s += " hints=";
   if (hints.empty()) {
@@ -171,6 +177,12 @@ Genome Genome::parse(std::string_view text) {
       int v = parse_int(t, "order");
       if (v < 0 || v > 65535) fail("genome: order entry {} out of range", v);
       g.order.push_back(uint16_t(v));
+    }
+  if (auto it = kv.find("alt"); it != kv.end() && it->second != "-")
+    for (auto t : split(it->second, ',')) {
+      int v = parse_int(t, "alt");
+      if (v < 0 || v > 65535) fail("genome: alt entry {} out of range", v);
+      g.alt.push_back(uint16_t(v));
     }
   if (auto h = need("hints"); h != "-")
     for (auto t : split(h, ';')) {

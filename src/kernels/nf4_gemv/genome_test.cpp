@@ -21,6 +21,7 @@ TEST(Genome, RoundTrip) {
   g.bcast_reg = true;
   g.loop_align = 32;
   g.order = {2, 0, 1};
+  g.alt = {0, 2};
   g.hints = {{1, HintKind::prefetch_t1, Stream::activations, 256}, {3, HintKind::nop, Stream::weights, 5}};
   g.fault = Fault::hang;
   const Genome back = Genome::parse(g.serialize());

@@ -272,6 +272,7 @@ Genome remainder_genome(const Genome& g) {
   r.row_groups = 1;
   r.order.clear();
   r.hints.clear();
+  r.alt.clear();
   return r;
 }
 

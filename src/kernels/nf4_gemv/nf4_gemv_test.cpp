@@ -14,6 +14,7 @@
 #include "common/util.h"
 #include "cpu/isa.h"
 #include "cpu/thread_pool.h"
+#include "jit/ir.h"
 #include "kernels/nf4_gemv/conf.h"
 
 namespace genesis::kernels::nf4_gemv {
@@ -156,6 +157,8 @@ TEST(Nf4Gemv, RandomLegalReordersAreBitExact) {
           for (int s : dep.succs[size_t(j)])
             if (--indeg[size_t(s)] == 0) ready.push_back(s);
         }
+        for (size_t i = 0; i < body.size(); ++i)  // flip about a third of the replaceable instructions
+          if (jit::has_alternative(body[i]) && rng() % 3 == 0) r.alt.push_back(uint16_t(i));
         r.hints = {{int(rng() % body.size()), HintKind::prefetch_t1, Stream::weights, 1024},
                    {int(rng() % body.size()), HintKind::nop, Stream::weights, 1 + int(rng() % 15)}};
         ASSERT_EQ(r.order.size(), body.size());

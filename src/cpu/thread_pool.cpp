@@ -119,7 +119,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   ctx_ = ctx;
   pending_.store(size_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);  // publishes fn_, ctx_, pending_
-  generation_.notify_all();  // no system call while the workers are still spinning
+  generation_.notify_all();                             // no system call while the workers are still spinning
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;

@@ -4,10 +4,9 @@
 
 #include <gtest/gtest.h>
 
-#include <iostream>
-
 #include <atomic>
 #include <cmath>
+#include <iostream>
 #include <stdexcept>
 #include <thread>
 

@@ -1,0 +1,185 @@
+// ThreadPool: workers spin briefly after each run (so back-to-back runs cost a few microseconds), then sleep on a
+// C++20 atomic wait (so an idle pool burns no CPU).
+#include "cpu/thread_pool.h"
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+namespace genesis::cpu {
+namespace {
+
+constexpr long kSpinNs = 50'000;  // tens of microseconds: covers the gap between layers of one decode step
+
+thread_local const ThreadPool* tls_running_pool = nullptr;
+
+inline long now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Waits until `a` no longer holds `old`: spins with pause for up to spin_ns, then sleeps on the atomic.
+template <class T>
+T wait_while_equal(const std::atomic<T>& a, T old, long spin_ns) {
+  T v = a.load(std::memory_order_acquire);
+  if (v != old) return v;
+  if (spin_ns > 0) {
+    long start = now_ns();
+    for (int i = 1;; ++i) {
+      _mm_pause();
+      v = a.load(std::memory_order_acquire);
+      if (v != old) return v;
+      if ((i & 63) == 0 && now_ns() - start > spin_ns) break;
+    }
+  }
+  for (;;) {
+    a.wait(old, std::memory_order_acquire);
+    v = a.load(std::memory_order_acquire);
+    if (v != old) return v;
+  }
+}
+
+}  // namespace
+
+namespace {
+
+std::vector<int> read_affinity() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.empty()) {
+    unsigned n = std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned c = 0; c < n; ++c) cpus.push_back(static_cast<int>(c));
+  }
+  return cpus;
+}
+
+const std::vector<int>& startup_cpus() {
+  static const std::vector<int> cpus = read_affinity();
+  return cpus;
+}
+
+// Captured during static initialization, before main() can pin itself: sched_getaffinity() reports the calling
+// thread's mask, so asking later from a pinned thread would put every worker of a new pool on that one cpu.
+[[maybe_unused]] const bool kStartupCpusCaptured = !startup_cpus().empty();
+
+}  // namespace
+
+std::vector<int> allowed_cpus() { return startup_cpus(); }
+
+void pin_current_thread(int cpu) {
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);  // EINVAL for a disallowed cpu: keep running
+}
+
+ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
+  std::vector<int> cpus = allowed_cpus();
+  size_ = threads > 0 ? threads : static_cast<int>(cpus.size());
+  // Spinning only pays when every thread has a core; oversubscribed, a spinner steals time from the thread it waits
+  // for.
+  spin_ns_ = size_ <= static_cast<int>(cpus.size()) ? kSpinNs : 0;
+  slots_ = std::make_unique<Slot[]>(size_);
+  workers_.reserve(size_ - 1);
+  uint32_t gen = generation_.load(std::memory_order_relaxed);
+  for (int t = 1; t < size_; ++t) {
+    int cpu = pin ? cpus[t % cpus.size()] : -1;
+    workers_.emplace_back([this, t, cpu, gen] { worker_loop(t, cpu, gen); });
+  }
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  for (auto& w : workers_) w.join();
+}
+
+void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
+  if (cpu >= 0) pin_current_thread(cpu);
+  tls_running_pool = this;
+  for (;;) {
+    seen = wait_while_equal(generation_, seen, spin_ns_);
+    if (stop_.load(std::memory_order_relaxed)) return;
+    try {
+      fn_(ctx_, tid, size_);
+    } catch (...) {
+      slots_[tid].error = std::current_exception();
+    }
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
+  }
+}
+
+void ThreadPool::run_serial(void (*fn)(void*, int, int), void* ctx) {
+  for (int t = 0; t < size_; ++t) fn(ctx, t, size_);
+}
+
+void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
+  if (size_ == 1 || tls_running_pool == this) {
+    run_serial(fn, ctx);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(run_mutex_);
+  fn_ = fn;
+  ctx_ = ctx;
+  pending_.store(size_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);  // publishes fn_, ctx_, pending_
+  generation_.notify_all();                             // no system call while the workers are still spinning
+
+  const ThreadPool* outer = tls_running_pool;
+  tls_running_pool = this;
+  try {
+    fn(ctx, 0, size_);
+  } catch (...) {
+    slots_[0].error = std::current_exception();
+  }
+  tls_running_pool = outer;
+
+  for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_);
+
+  std::exception_ptr first;
+  for (int t = 0; t < size_; ++t) {
+    if (slots_[t].error && !first) first = slots_[t].error;
+    slots_[t].error = nullptr;
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+double ThreadPool::measure_overhead_us(int reps) {
+  reps = std::max(reps, 1);
+  auto empty = [](int, int) {};
+  for (int i = 0; i < 200; ++i) run(empty);
+  std::vector<double> us(reps);
+  for (int i = 0; i < reps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    run(empty);
+    auto t1 = std::chrono::steady_clock::now();
+    us[i] = std::chrono::duration<double, std::micro>(t1 - t0).count();
+  }
+  std::nth_element(us.begin(), us.begin() + reps / 2, us.end());
+  return us[reps / 2];
+}
+
+ThreadPool& default_pool(int threads) {
+  static std::mutex mu;
+  // Never destroyed: pools may be in use from static destructors of other modules, and their workers must not
+  // outlive the atomics' waiter table at exit.
+  static auto* pools = new std::map<int, std::unique_ptr<ThreadPool>>();
+  int n = threads > 0 ? threads : static_cast<int>(allowed_cpus().size());
+  std::lock_guard<std::mutex> lock(mu);
+  auto& p = (*pools)[n];
+  if (!p) p = std::make_unique<ThreadPool>(n);
+  return *p;
+}
+
+}  // namespace genesis::cpu

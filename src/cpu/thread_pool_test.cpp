@@ -1,0 +1,185 @@
+// ThreadPool: each tid runs once per run(), many runs, exceptions reach the caller, 1 thread and oversubscribed
+// pools, nesting, default_pool identity, and an overhead figure.
+#include "cpu/thread_pool.h"
+
+#include <gtest/gtest.h>
+#include <sched.h>
+
+#include <atomic>
+#include <cmath>
+#include <iostream>
+#include <stdexcept>
+#include <thread>
+
+#include "common/error.h"
+
+namespace genesis::cpu {
+namespace {
+
+void check_each_tid_once(ThreadPool& pool, int runs) {
+  const int n = pool.size();
+  std::vector<std::atomic<int>> hits(n);
+  std::atomic<int> bad_n{0};
+  for (int r = 0; r < runs; ++r) {
+    pool.run([&](int tid, int nthreads) {
+      if (nthreads != n || tid < 0 || tid >= n) {
+        bad_n.fetch_add(1);
+        return;
+      }
+      hits[tid].fetch_add(1, std::memory_order_relaxed);
+    });
+    // run() returns only when every thread is done, so the counts are exact after each run.
+    for (int t = 0; t < n; ++t) ASSERT_EQ(hits[t].load(), r + 1) << "tid " << t << " run " << r;
+  }
+  EXPECT_EQ(bad_n.load(), 0);
+}
+
+TEST(ThreadPool, DefaultSizeIsAllowedCpus) {
+  ThreadPool pool;
+  EXPECT_EQ(pool.size(), static_cast<int>(allowed_cpus().size()));
+  EXPECT_GE(pool.size(), 1);
+}
+
+TEST(ThreadPool, EveryTidOncePerRunManyRuns) {
+  ThreadPool pool(2);
+  check_each_tid_once(pool, 5000);
+}
+
+TEST(ThreadPool, OneThread) {
+  ThreadPool pool(1);
+  EXPECT_EQ(pool.size(), 1);
+  std::thread::id caller = std::this_thread::get_id(), ran;
+  pool.run([&](int tid, int n) {
+    EXPECT_EQ(tid, 0);
+    EXPECT_EQ(n, 1);
+    ran = std::this_thread::get_id();
+  });
+  EXPECT_EQ(ran, caller);
+  check_each_tid_once(pool, 100);
+}
+
+TEST(ThreadPool, MoreThreadsThanCores) {
+  int n = static_cast<int>(allowed_cpus().size()) * 3 + 1;
+  ThreadPool pool(n);
+  EXPECT_EQ(pool.size(), n);
+  check_each_tid_once(pool, 300);
+}
+
+TEST(ThreadPool, CallerIsTidZeroAndWorkersAreDistinctThreads) {
+  ThreadPool pool(4, /*pin=*/false);
+  std::vector<std::thread::id> ids(4);
+  pool.run([&](int tid, int) { ids[tid] = std::this_thread::get_id(); });
+  EXPECT_EQ(ids[0], std::this_thread::get_id());
+  for (int a = 0; a < 4; ++a)
+    for (int b = a + 1; b < 4; ++b) EXPECT_NE(ids[a], ids[b]);
+}
+
+TEST(ThreadPool, ResultsVisibleAfterRun) {
+  ThreadPool pool(3);
+  std::vector<long> part(3);
+  for (int r = 0; r < 200; ++r) {
+    pool.run([&](int tid, int n) {
+      long s = 0;
+      for (long i = tid; i < 10000; i += n) s += i;
+      part[tid] = s;  // plain writes: run() must order them before its return
+    });
+    EXPECT_EQ(part[0] + part[1] + part[2], 10000L * 9999 / 2);
+  }
+}
+
+TEST(ThreadPool, ExceptionFromWorkerPropagates) {
+  ThreadPool pool(3);
+  for (int r = 0; r < 50; ++r) {
+    std::atomic<int> done{0};
+    EXPECT_THROW(pool.run([&](int tid, int) {
+      done.fetch_add(1);
+      if (tid == 2) throw Error("worker failed");
+    }),
+                 Error);
+    EXPECT_EQ(done.load(), 3);  // the other threads still ran to completion
+  }
+  check_each_tid_once(pool, 100);  // and the pool is still usable
+}
+
+TEST(ThreadPool, ExceptionFromCallerAndLowestTidWins) {
+  ThreadPool pool(2);
+  try {
+    pool.run([](int tid, int) { throw std::runtime_error("tid" + std::to_string(tid)); });
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "tid0");
+  }
+  EXPECT_THROW(pool.run([](int tid, int) {
+    if (tid == 0) throw std::logic_error("caller");
+  }),
+               std::logic_error);
+  check_each_tid_once(pool, 10);
+}
+
+TEST(ThreadPool, NestedRunIsSerial) {
+  ThreadPool pool(2);
+  std::atomic<int> inner{0};
+  pool.run([&](int, int) { pool.run([&](int, int) { inner.fetch_add(1); }); });
+  EXPECT_EQ(inner.load(), 4);
+}
+
+TEST(ThreadPool, RunRawPassesContext) {
+  ThreadPool pool(2);
+  int sums[2] = {0, 0};
+  pool.run_raw([](void* c, int tid, int n) { static_cast<int*>(c)[tid] = tid + 10 * n; }, sums);
+  EXPECT_EQ(sums[0], 20);
+  EXPECT_EQ(sums[1], 21);
+}
+
+TEST(ThreadPool, IdleThenRunAgain) {
+  // Workers fall asleep after the spin window; the next run must wake them.
+  ThreadPool pool(2);
+  check_each_tid_once(pool, 3);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  check_each_tid_once(pool, 3);
+}
+
+TEST(ThreadPool, OverheadIsFinite) {
+  ThreadPool pool(2);
+  double us = pool.measure_overhead_us(500);
+  EXPECT_TRUE(std::isfinite(us));
+  EXPECT_GT(us, 0.0);
+  std::cout << "empty run(), 2 threads: median " << us << " us\n";
+}
+
+TEST(DefaultPool, SameCountSamePool) {
+  ThreadPool& a = default_pool(2);
+  ThreadPool& b = default_pool(2);
+  EXPECT_EQ(&a, &b);
+  EXPECT_EQ(a.size(), 2);
+  ThreadPool& c = default_pool(3);
+  EXPECT_EQ(c.size(), 3);
+  EXPECT_EQ(&default_pool(2), &a);  // other counts do not invalidate earlier references
+  EXPECT_EQ(default_pool(0).size(), static_cast<int>(allowed_cpus().size()));
+}
+
+TEST(ThreadPool, PinnedCallerDoesNotShrinkNewPools) {
+  // A caller pinned to one cpu (as the bandwidth probe pins itself) must still get workers on the other cpus.
+  std::vector<int> cpus = allowed_cpus();
+  std::vector<int> seen(cpus.size(), -1);
+  std::thread t([&] {
+    pin_current_thread(cpus[0]);
+    EXPECT_EQ(allowed_cpus(), cpus);
+    ThreadPool pool(static_cast<int>(cpus.size()));
+    pool.run([&](int tid, int) { seen[tid] = sched_getcpu(); });
+  });
+  t.join();
+  for (size_t i = 1; i < cpus.size(); ++i) EXPECT_EQ(seen[i], cpus[i]) << "worker " << i;
+}
+
+TEST(PinCurrentThread, ToleratesBadCpu) {
+  std::thread t([] {
+    pin_current_thread(allowed_cpus().back());
+    pin_current_thread(-1);
+    pin_current_thread(1 << 20);
+  });
+  t.join();
+}
+
+}  // namespace
+}  // namespace genesis::cpu

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <filesystem>
@@ -122,6 +123,23 @@ CacheInfo caches_from_sysfs() {
   return c;
 }
 
+// Number of distinct L3 instances, from the cpus each one is shared by; 0 if sysfs does not say.
+int count_l3_instances(int logical) {
+  namespace fs = std::filesystem;
+  std::set<std::string> groups;
+  std::error_code ec;
+  for (int c = 0; c < logical + 64; ++c) {
+    for (int i = 0; i < 16; ++i) {
+      fs::path d = fmt::format("/sys/devices/system/cpu/cpu{}/cache/index{}", c, i);
+      if (!fs::exists(d, ec)) break;
+      if (read_first_line(d / "level") != "3") continue;
+      std::string shared = read_first_line(d / "shared_cpu_list");
+      if (!shared.empty()) groups.insert(shared);
+    }
+  }
+  return static_cast<int>(groups.size());
+}
+
 // Deterministic cache parameters: leaf 4 (Intel) or 0x8000001D (AMD with TOPOEXT); same register layout.
 CacheInfo caches_from_cpuid(const std::string& vendor) {
   CacheInfo c;
@@ -160,9 +178,10 @@ CpuInfo detect() {
   if (ci.caches.l1d == 0) ci.caches.l1d = alt.l1d;
   if (ci.caches.l2 == 0) ci.caches.l2 = alt.l2;
   if (ci.caches.l3 == 0) ci.caches.l3 = alt.l3;
+  ci.caches.l3_total = ci.caches.l3 * std::max(1, count_l3_instances(ci.logical_cpus));
   std::string vendor = ci.vendor.empty() ? std::string("unknown") : ci.vendor;
-  ci.signature = fmt::format("{}-f{}-m{}-s{}-mc{}-isa{:x}", vendor, ci.family, ci.model, ci.stepping, ci.microcode,
-                             ci.isa.bits());
+  ci.signature =
+      fmt::format("{}-f{}-m{}-s{}-mc{}-isa{:x}", vendor, ci.family, ci.model, ci.stepping, ci.microcode, ci.isa.bits());
   return ci;
 }
 

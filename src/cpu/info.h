@@ -9,14 +9,15 @@
 
 namespace genesis::cpu {
 
-// Bytes per instance (one core's L1d / L2; one L3 slice as the OS reports it). 0 = unknown.
+// Bytes per instance (one core's L1d / L2; one L3 as the OS reports it, e.g. one AMD CCD's). 0 = unknown.
 struct CacheInfo {
   size_t l1d = 0, l2 = 0, l3 = 0;
+  size_t l3_total = 0;  // all L3 instances together (sizes a buffer that must miss every last-level cache)
 };
 
 struct CpuInfo {
-  std::string vendor;  // cpuid leaf 0, e.g. "GenuineIntel", "AuthenticAMD"
-  std::string brand;   // cpuid 0x80000002..4, trimmed
+  std::string vendor;                       // cpuid leaf 0, e.g. "GenuineIntel", "AuthenticAMD"
+  std::string brand;                        // cpuid 0x80000002..4, trimmed
   int family = 0, model = 0, stepping = 0;  // display values (extended family/model applied)
   std::string microcode;                    // from /proc/cpuinfo, e.g. "0xa101148"; "unknown" if absent
   int logical_cpus = 0;                     // online logical cpus

@@ -64,6 +64,8 @@ TEST(CpuInfo, CountsAndCachesOnThisMachine) {
   EXPECT_GT(c.caches.l2, 0u);
   EXPECT_GT(c.caches.l3, 0u);
   EXPECT_LT(c.caches.l1d, c.caches.l2);
+  EXPECT_GE(c.caches.l3_total, c.caches.l3);
+  EXPECT_EQ(c.caches.l3_total % c.caches.l3, 0u);
   EXPECT_FALSE(c.vendor.empty());
   EXPECT_GT(c.family, 0);
 }

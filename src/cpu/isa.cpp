@@ -18,8 +18,8 @@ namespace genesis::cpu {
 namespace {
 
 constexpr std::array<const char*, kIsaCount> kIsaNames = {
-    "avx",        "avx2",       "fma",        "f16c",       "bmi2",     "avx512f",  "avx512bw", "avx512vl", "avx512dq",
-    "avx512cd",   "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16"};
+    "avx",      "avx2",       "fma",        "f16c",       "bmi2",       "avx512f",  "avx512bw", "avx512vl", "avx512dq",
+    "avx512cd", "avx512vnni", "avx512bf16", "avx512fp16", "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16"};
 
 // XCR0 state components (Intel SDM vol. 1, 13.1).
 constexpr uint64_t kXcrSse = 1u << 1;
@@ -73,8 +73,8 @@ IsaSet detect_isa() {
   if (!bit(l1.ecx, 27)) return s;  // no OSXSAVE: XGETBV unavailable, so no VEX/EVEX register state
   uint64_t xcr0 = xgetbv0();
   bool ymm_ok = (xcr0 & (kXcrSse | kXcrYmm)) == (kXcrSse | kXcrYmm);
-  bool zmm_ok = ymm_ok && (xcr0 & (kXcrOpmask | kXcrZmmHi256 | kXcrHi16Zmm)) ==
-                              (kXcrOpmask | kXcrZmmHi256 | kXcrHi16Zmm);
+  bool zmm_ok =
+      ymm_ok && (xcr0 & (kXcrOpmask | kXcrZmmHi256 | kXcrHi16Zmm)) == (kXcrOpmask | kXcrZmmHi256 | kXcrHi16Zmm);
   bool tile_ok = (xcr0 & (kXcrTileCfg | kXcrTileData)) == (kXcrTileCfg | kXcrTileData);
 
   if (ymm_ok) {
@@ -126,7 +126,7 @@ IsaSet cap_isa(IsaSet detected, std::string_view max_isa) {
   } else if (max_isa == "amx") {
     keep = IsaSet(~uint64_t{0});
   } else {
-    fail("GENESIS_MAX_ISA / max ISA '{}' is not one of: {}", max_isa, fmt::join(isa_levels(), ", "));
+    fail("max ISA '{}' (GENESIS_MAX_ISA) is not one of: {}", max_isa, fmt::join(isa_levels(), ", "));
   }
   return IsaSet(detected.bits() & keep.bits());
 }

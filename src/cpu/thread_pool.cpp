@@ -45,7 +45,9 @@ T wait_while_equal(const std::atomic<T>& a, T old, long spin_ns) {
 
 }  // namespace
 
-std::vector<int> allowed_cpus() {
+namespace {
+
+std::vector<int> read_affinity() {
   std::vector<int> cpus;
   cpu_set_t set;
   CPU_ZERO(&set);
@@ -59,6 +61,19 @@ std::vector<int> allowed_cpus() {
   }
   return cpus;
 }
+
+const std::vector<int>& startup_cpus() {
+  static const std::vector<int> cpus = read_affinity();
+  return cpus;
+}
+
+// Captured during static initialization, before main() can pin itself: sched_getaffinity() reports the calling
+// thread's mask, so asking later from a pinned thread would put every worker of a new pool on that one cpu.
+[[maybe_unused]] const bool kStartupCpusCaptured = !startup_cpus().empty();
+
+}  // namespace
+
+std::vector<int> allowed_cpus() { return startup_cpus(); }
 
 void pin_current_thread(int cpu) {
   if (cpu < 0 || cpu >= CPU_SETSIZE) return;
@@ -119,7 +134,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   ctx_ = ctx;
   pending_.store(size_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);  // publishes fn_, ctx_, pending_
-  generation_.notify_all();  // no system call while the workers are still spinning
+  generation_.notify_all();                             // no system call while the workers are still spinning
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;

@@ -12,7 +12,8 @@
 
 namespace genesis::cpu {
 
-// Cpus this process may run on (sched_getaffinity), ascending; never empty.
+// Cpus this process may run on (its affinity mask when the program started, before any thread pinned itself),
+// ascending; never empty.
 std::vector<int> allowed_cpus();
 
 // Pins the calling thread to one OS cpu id. Pinning is a performance hint: a cpu outside the allowed set is ignored.

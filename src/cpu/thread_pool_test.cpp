@@ -3,11 +3,11 @@
 #include "cpu/thread_pool.h"
 
 #include <gtest/gtest.h>
-
-#include <iostream>
+#include <sched.h>
 
 #include <atomic>
 #include <cmath>
+#include <iostream>
 #include <stdexcept>
 #include <thread>
 
@@ -156,6 +156,20 @@ TEST(DefaultPool, SameCountSamePool) {
   EXPECT_EQ(c.size(), 3);
   EXPECT_EQ(&default_pool(2), &a);  // other counts do not invalidate earlier references
   EXPECT_EQ(default_pool(0).size(), static_cast<int>(allowed_cpus().size()));
+}
+
+TEST(ThreadPool, PinnedCallerDoesNotShrinkNewPools) {
+  // A caller pinned to one cpu (as the bandwidth probe pins itself) must still get workers on the other cpus.
+  std::vector<int> cpus = allowed_cpus();
+  std::vector<int> seen(cpus.size(), -1);
+  std::thread t([&] {
+    pin_current_thread(cpus[0]);
+    EXPECT_EQ(allowed_cpus(), cpus);
+    ThreadPool pool(static_cast<int>(cpus.size()));
+    pool.run([&](int tid, int) { seen[tid] = sched_getcpu(); });
+  });
+  t.join();
+  for (size_t i = 1; i < cpus.size(); ++i) EXPECT_EQ(seen[i], cpus[i]) << "worker " << i;
 }
 
 TEST(PinCurrentThread, ToleratesBadCpu) {

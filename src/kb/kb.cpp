@@ -2,7 +2,6 @@
 // export/import. Every write is its own transaction; WAL keeps readers (the runtime) off the writer's back.
 #include "kb/kb.h"
 
-#include <cpuid.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
 
@@ -15,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "cpu/info.h"
 
 namespace genesis::kb {
 
@@ -192,36 +192,7 @@ const std::vector<std::string> kVerdicts = {"ok", "wrong_result", "crash", "time
 
 std::string default_path() { return (std::filesystem::path(cache_dir()) / "kb.sqlite").string(); }
 
-std::string host_cpu_signature() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  __cpuid(0, a, b, c, d);
-  const unsigned max_leaf = a;
-  char vendor[13] = {};
-  std::memcpy(vendor + 0, &b, 4);
-  std::memcpy(vendor + 4, &d, 4);
-  std::memcpy(vendor + 8, &c, 4);
-  __cpuid(1, a, b, c, d);
-  const unsigned stepping = a & 0xf, base_family = (a >> 8) & 0xf, base_model = (a >> 4) & 0xf;
-  const unsigned family = base_family == 0xf ? base_family + ((a >> 20) & 0xff) : base_family;
-  const unsigned model = (base_family == 0x6 || base_family == 0xf) ? base_model + (((a >> 16) & 0xf) << 4) : base_model;
-  // ISA bits: leaf 1 ecx/edx and leaf 7 ebx/ecx/edx, folded; any feature difference changes the signature.
-  uint64_t isa = fnv1a64(fmt::format("{:x}.{:x}", c, d));
-  if (max_leaf >= 7) {
-    __cpuid_count(7, 0, a, b, c, d);
-    isa = fnv1a64(fmt::format("{:x}.{:x}.{:x}", b, c, d), isa);
-    __cpuid_count(7, 1, a, b, c, d);
-    isa = fnv1a64(fmt::format("{:x}", a), isa);
-  }
-  std::string microcode = "?";
-  std::ifstream f("/proc/cpuinfo");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind("microcode", 0) == 0) {
-      auto p = line.find(':');
-      if (p != std::string::npos) microcode = line.substr(p + 2);
-      break;
-    }
-  return fmt::format("{}-{}-{}-{}-uc{}-isa{}", vendor, family, model, stepping, microcode, hex64(isa, 12));
-}
+std::string host_cpu_signature() { return cpu::cpu_info().signature; }
 
 Kb::Kb(const std::string& path, bool create) : path_(path), cpu_sig_(host_cpu_signature()), build_(build_id()) {
   const bool exists = std::filesystem::exists(path);

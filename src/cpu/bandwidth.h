@@ -1,0 +1,37 @@
+// The memory roofline: streaming read bandwidth with 1 thread and all threads over a buffer that misses every
+// last-level cache, measured once per CPU signature and cached as JSON in genesis::cache_dir().
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace genesis::cpu {
+
+struct Bandwidth {
+  double one_thread_gbps = 0, all_threads_gbps = 0;  // 1 GB = 1e9 bytes
+  int threads = 0;                                   // thread count of all_threads_gbps
+  size_t buffer_bytes = 0;
+  bool from_cache = false;  // read from the cache file rather than measured by this call
+};
+
+// Cached figure for this CPU, or a fresh measurement (written to the cache) when remeasure, when there is no cache
+// file, or when the file is unreadable, corrupt, or belongs to another signature / thread count / buffer size.
+// Takes well under a few seconds; thread-safe (measurements are serialized).
+Bandwidth read_bandwidth(bool remeasure = false);
+
+// One measurement: `threads` pinned threads each read their own slice of a `bytes` buffer (touched first) with the
+// widest loads mayiuse() allows; best of a few passes, in GB/s. Small buffers are read several times per pass.
+double measure_read_gbps(size_t bytes, int threads);
+
+// max(4 x all L3, 256 MiB), rounded to 2 MiB and capped at a quarter of physical memory.
+size_t bandwidth_buffer_bytes();
+
+// Exposed for tests: XOR of the 64-bit words of p[0, n) through the read loop of `path` ("avx512", "avx2" or
+// "plain"); p 64-byte aligned, n a multiple of 256. The caller checks that the CPU has the path's ISA.
+uint64_t xor_read(const char* p, size_t n, const std::string& path);
+
+// Where read_bandwidth() keeps its figure for this CPU signature.
+std::string bandwidth_cache_path();
+
+}  // namespace genesis::cpu

@@ -111,17 +111,25 @@ void Genome::validate() const {
       fail("genome: prefetch offset {} not in -4096..65536", h.offset);
     }
   }
-  if (!path_is_jit(path) && (!order.empty() || !hints.empty()))
+  if (lut_permb && path != Path::avx512_vnni) fail("genome: lut=permb exists only on path avx512vnni");
+  for (size_t i = 1; i < alt.size(); ++i)
+    if (alt[i] <= alt[i - 1]) fail("genome: alt indices must be strictly increasing");
+  if (!path_is_jit(path) && (!order.empty() || !hints.empty() || !alt.empty()))
     fail("genome: path {} is compiled, it has no instruction order or hints to set", path_name(path));
 }
 
 std::string Genome::serialize() const {
-  std::string s = fmt::format("path={} rg={} acc={} unroll={} pf={}:{} bc={} align={} order=", path_name(path),
-                              row_groups, accs, unroll, pf_dist, hint_name(pf_kind), bcast_reg ? 1 : 0, loop_align);
+  std::string s = fmt::format("path={} rg={} acc={} unroll={} pf={}:{} bc={} lut={} align={} order=", path_name(path),
+                              row_groups, accs, unroll, pf_dist, hint_name(pf_kind), bcast_reg ? 1 : 0,
+                              lut_permb ? "permb" : "shufb", loop_align);
   if (order.empty()) {
     s += "-";
   } else {
     for (size_t i = 0; i < order.size(); ++i) s += fmt::format("{}{}", i ? "," : "", order[i]);
+  }
+  if (!alt.empty()) {
+    s += " alt=";
+    for (size_t i = 0; i < alt.size(); ++i) s += fmt::format("{}{}", i ? "," : "", alt[i]);
   }
   s += " hints=";
   if (hints.empty()) {
@@ -158,12 +166,23 @@ Genome Genome::parse(std::string_view text) {
   g.pf_dist = parse_int(pf[0], "pf");
   g.pf_kind = HintKind(index_of(kHintNames, pf[1], "pf"));
   g.bcast_reg = parse_int(need("bc"), "bc") != 0;
+  if (auto it = kv.find("lut"); it != kv.end()) {  // optional: absent in texts written before the gene existed
+    if (it->second != "shufb" && it->second != "permb")
+      fail("genome: field 'lut' has unknown value '{}' (possible: shufb, permb)", it->second);
+    g.lut_permb = it->second == "permb";
+  }
   g.loop_align = parse_int(need("align"), "align");
   if (auto o = need("order"); o != "-")
     for (auto t : split(o, ',')) {
       int v = parse_int(t, "order");
       if (v < 0 || v > 65535) fail("genome: order entry {} out of range", v);
       g.order.push_back(uint16_t(v));
+    }
+  if (auto it = kv.find("alt"); it != kv.end() && it->second != "-")
+    for (auto t : split(it->second, ',')) {
+      int v = parse_int(t, "alt");
+      if (v < 0 || v > 65535) fail("genome: alt entry {} out of range", v);
+      g.alt.push_back(uint16_t(v));
     }
   if (auto h = need("hints"); h != "-")
     for (auto t : split(h, ';')) {

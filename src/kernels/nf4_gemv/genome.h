@@ -52,7 +52,13 @@ struct Genome {
   int pf_dist = 0;     // automatic weight prefetch distance in bytes (0 = none); one per 64-byte line
   HintKind pf_kind = HintKind::prefetch_t0;
   bool bcast_reg = false;  // activations broadcast into a register once per step instead of as memory operands
+  // int8 path only: code lookup with vpermb (AVX512-VBMI, 6-bit index: no nibble masks) instead of vpshufb + vpandd
+  bool lut_permb = false;
   int loop_align = 0;      // alignment of the hot loop's head: 0 (none), 16, 32, 64
+  // Same-class replacements: indices (in the canonical loop body) of instructions replaced by the family's
+  // equivalent (jit::alternative(): vpsrlw <-> vpsrld where only the low nibble is used, prefetcht0 <-> t1 <-> t2 <->
+  // nta). Same registers read and written, so every order stays legal. Applied before `order`.
+  std::vector<uint16_t> alt;
   std::vector<uint16_t> order;  // permutation of the canonical loop body; empty = canonical order
   std::vector<Hint> hints;      // inserted after reordering
   Fault fault = Fault::none;

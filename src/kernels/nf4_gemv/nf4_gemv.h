@@ -51,19 +51,32 @@ class AlignedBuffer {
   size_t n_ = 0;
 };
 
-// A weight matrix in one path's native layout: rows padded to groups of 16; within a group, codes interleaved
-// so that one vector lane carries one row; scales (absmax) as [group][block][16] floats.
+// A weight matrix in one path's native layout. Rows are padded to groups of 16 (one vector lane per row). Each
+// group is one sequential stream of records, one per quantization block: the block's codes for the 16 rows
+// (8 * blocksize bytes, interleaved per path, see pack.cpp) followed by the 16 rows' absmax (16 floats).
 struct PackedWeights {
   Path path = Path::scalar;
   int64_t M = 0, K = 0;
   int blocksize = quant::kNf4DefaultBlocksize;
-  AlignedBuffer codes;
-  AlignedBuffer scales;
+  AlignedBuffer data;
 
   int64_t groups() const { return (M + kGroupRows - 1) / kGroupRows; }
   int64_t blocks() const { return K / blocksize; }
-  size_t bytes() const { return codes.size() + scales.size(); }  // what one pass over the weights reads
+  int64_t record_bytes() const { return 8 * int64_t(blocksize) + 64; }
+  int64_t group_bytes() const { return blocks() * record_bytes(); }
+  size_t bytes() const { return data.size(); }  // what one pass over the weights reads
   PackedWeights clone() const;
+};
+
+// Activations converted once per call into the path's format ([block][token][blocksize] elements, plus per
+// (block, token) aux data for int8), so that matrices sharing an input (gate and up) convert it once.
+struct PreparedActivations {
+  Path path = Path::scalar;
+  int tokens = 0;
+  int64_t K = 0;
+  int blocksize = 0;
+  AlignedBuffer data;
+  AlignedBuffer aux;
 };
 
 // Repack bitsandbytes layout into a path's layout (exact: no re-quantization), and back.
@@ -78,13 +91,18 @@ class Kernel {
   // Run on a subset of 16-row groups only (used by the MoE runtime to split (expert, row block) tasks).
   virtual void run_groups(const PackedWeights& w, const float* x, float* y, int64_t group_begin,
                           int64_t group_end) const = 0;
+  // The same with activations converted once by prepare() (y: [tokens][M], row stride M).
+  virtual void prepare(const float* x, int64_t K, PreparedActivations& out) const = 0;
+  virtual void run_prepared(const PackedWeights& w, const PreparedActivations& x, float* y, int64_t group_begin,
+                            int64_t group_end) const = 0;
   virtual const std::string& id() const = 0;
   virtual const Genome& genome() const = 0;
 };
 
 // A kernel for (problem's tokens and blocksize, genome), from the process-wide code cache. Throws genesis::Error
 // for an invalid genome, a path this CPU (or GENESIS_MAX_ISA) does not allow, or an unsupported problem.
-std::shared_ptr<const Kernel> get_kernel(const Problem& problem, const Genome& genome);
+// allow_faults: only the factory's sandboxed tests may build genomes that carry a planted Fault.
+std::shared_ptr<const Kernel> get_kernel(const Problem& problem, const Genome& genome, bool allow_faults = false);
 
 // Paths this CPU can run (after GENESIS_MAX_ISA), fastest first; best_path() is the first.
 std::vector<Path> available_paths();

@@ -1,0 +1,119 @@
+// `genesis bench gemv`: parses flags, runs kernels::nf4_gemv::run_gemv_bench, prints a table and writes --json.
+// (`genesis bench model` registers itself under the same `bench` command from its own file.)
+#include <fmt/core.h>
+
+#include <charconv>
+#include <fstream>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "kb/kb.h"
+#include "kernels/nf4_gemv/bench.h"
+
+namespace {
+
+using genesis::fail;
+namespace nf = genesis::kernels::nf4_gemv;
+
+std::pair<int64_t, int64_t> parse_shape(const std::string& s) {
+  const auto x = s.find('x');
+  int64_t m = 0, k = 0;
+  auto ok = [](const std::string& t, int64_t& v) {
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    return ec == std::errc() && p == t.data() + t.size() && v > 0;
+  };
+  if (x == std::string::npos || !ok(s.substr(0, x), m) || !ok(s.substr(x + 1), k))
+    fail("bad shape '{}': expected MxK with positive integers, e.g. 768x2048", s);
+  return {m, k};
+}
+
+struct BenchArgs {
+  std::vector<std::string> shapes, paths = {"all"};
+  std::vector<int> tokens = {1}, threads;
+  std::string regime = "both", json_file, kb_file;
+  bool no_kb = false;
+  int blocksize = 64, samples = 15;
+  bool no_baselines = false;
+};
+
+void print_row(const nlohmann::json& r) {
+  const bool kernel = r["genome_source"] != "-";
+  std::string extra;
+  if (r.contains("speedup_vs_baseline_genome"))
+    extra = fmt::format("  vs baseline genome {:.3f}x ({}/{} A/B wins)", r["speedup_vs_baseline_genome"].get<double>(),
+                        r["ab_wins"].get<int>(), r["ab_rounds"].get<int>());
+  fmt::print("{:>11} {:>3} {:>11} {:>2} {:>4} {:>10.1f} {:>8.1f} {:>7.1f} {:>6.0f}% {:>8} {:>8}  {}{}\n",
+             r["shape"].get<std::string>(), r["tokens"].get<int>(), r["path"].get<std::string>(),
+             r["threads"].get<int>(), r["regime"].get<std::string>(), r["median_us"].get<double>(),
+             r["iqr_us"].get<double>(), r["gbps"].get<double>(), 100 * r["roofline_fraction"].get<double>(),
+             r["speedup_vs_naive"].get<double>() > 0 ? fmt::format("{:.1f}x", r["speedup_vs_naive"].get<double>()) : "-",
+             r["speedup_vs_compiled"].get<double>() > 0 ? fmt::format("{:.2f}x", r["speedup_vs_compiled"].get<double>())
+                                                        : "-",
+             kernel ? r["genome"].get<std::string>() : "", extra);
+  std::fflush(stdout);
+}
+
+void setup_bench(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks (kernels, models); each has --json");
+  bench->require_subcommand(1);
+  auto args = std::make_shared<BenchArgs>();
+  auto* g = bench->add_subcommand("gemv", "NF4 matrix-vector kernels vs the naive and compiled approaches");
+  g->add_option("--shape", args->shapes, "MxK weight shapes (default: the expert shapes of BENCHMARKING.md)");
+  g->add_option("--tokens", args->tokens, "tokens sharing one pass over the weights, 1..16 (several allowed)");
+  g->add_option("--threads", args->threads, "thread counts (default: 1 and all cores)");
+  g->add_option("--path", args->paths, "kernel paths: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, or all");
+  g->add_option("--regime", args->regime, "hot (weights stay in cache), cold (rotate copies > 2x LLC), or both")
+      ->check(CLI::IsMember({"hot", "cold", "both"}));
+  g->add_option("--blocksize", args->blocksize, "NF4 blocksize (multiple of 32, up to 4096)");
+  g->add_option("--samples", args->samples, "timed samples per measurement (each >= 2 ms)")->check(CLI::Range(3, 1000));
+  g->add_flag("--no-baselines", args->no_baselines, "skip the naive and compiled-loop baselines");
+  g->add_option("--json", args->json_file, "also write {machine, results} as JSON to FILE");
+  g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
+  g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
+  g->callback([args] {
+    nf::GemvBenchOptions opt;
+    for (const auto& s : args->shapes) opt.shapes.push_back(parse_shape(s));
+    if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();
+    opt.tokens = args->tokens;
+    for (int t : opt.tokens)
+      if (t < 1 || t > nf::kMaxTokens) fail("--tokens {}: possible values are 1..{}", t, nf::kMaxTokens);
+    opt.threads = args->threads;
+    for (int t : opt.threads)
+      if (t < 1) fail("--threads {}: must be at least 1", t);
+    for (const auto& p : args->paths) {
+      if (p == "all") {
+        opt.paths.clear();
+        break;
+      }
+      auto path = nf::parse_path(p);
+      if (!path) fail("--path '{}' is unknown; possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, all", p);
+      opt.paths.push_back(*path);
+    }
+    opt.regimes = args->regime == "both" ? std::vector<std::string>{"hot", "cold"} : std::vector<std::string>{args->regime};
+    opt.blocksize = args->blocksize;
+    opt.samples = args->samples;
+    opt.baselines = !args->no_baselines;
+    if (!args->no_kb) {
+      const std::string kb_path = args->kb_file.empty() ? genesis::kb::default_path() : args->kb_file;
+      opt.genome_source = [kb_path](nf::Path p, const nf::Problem& pr) {
+        return genesis::kb::best_genome(kb_path, "nf4_gemv", std::string(nf::path_name(p)), pr.shape(), pr.tokens);
+      };
+    }
+    fmt::print("{:>11} {:>3} {:>11} {:>2} {:>4} {:>10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n", "shape", "tok", "path", "th",
+               "reg", "median_us", "iqr_us", "GB/s", "roof", "vs_naive", "vs_comp", "kernel");
+    auto result = nf::run_gemv_bench(opt, print_row);
+    const auto& m = result["machine"];
+    fmt::print("roofline: read bandwidth {:.1f} GB/s (1 thread), {:.1f} GB/s (all threads); machine {}\n",
+               m["read_bandwidth_gbps"]["one_thread"].get<double>(), m["read_bandwidth_gbps"]["all_threads"].get<double>(),
+               m["signature"].get<std::string>());
+    if (!args->json_file.empty()) {
+      std::ofstream f(args->json_file);
+      if (!f) fail("cannot write --json file '{}'", args->json_file);
+      f << result.dump(2) << "\n";
+      fmt::print("wrote {}\n", args->json_file);
+    }
+  });
+}
+
+}  // namespace
+GENESIS_COMMAND("bench", 50, setup_bench);

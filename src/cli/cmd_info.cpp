@@ -6,6 +6,7 @@
 #include "cli/command.h"
 #include "cpu/isa.h"
 #include "cpu/report.h"
+#include "kernels/nf4_gemv/nf4_gemv.h"
 
 namespace {
 
@@ -55,6 +56,14 @@ void print_table(const nlohmann::json& r) {
       fmt::format("{} ({})", human_bytes(r["bandwidth_buffer_bytes"].get<uint64_t>()),
                   r["bandwidth_from_cache"].get<bool>() ? "from cache; --remeasure to measure again" : "measured now"));
 
+  fmt::print("\nKernels\n");
+  for (const auto& [family, k] : r["kernels"].items()) {
+    row(family, fmt::format("uses {}", k["path"].get<std::string>()));
+    for (const auto& p : k["paths"])
+      fmt::print("    {:<12} {:<3} {:<24} {}\n", p["path"].get<std::string>(), p["usable"].get<bool>() ? "yes" : "no",
+                 p["needs"].get<std::string>(), p["error_bound"].get<std::string>());
+  }
+
   fmt::print("\nThread pool\n");
   const auto& p = r["pool_overhead_us"];
   row("empty run()",
@@ -68,6 +77,14 @@ void setup_info(CLI::App& app) {
   cmd->add_flag("--remeasure", remeasure, "Measure read bandwidth again instead of using the cached figure");
   cmd->callback([] {
     nlohmann::json r = genesis::cpu::cpu_report(remeasure);
+    namespace nf = genesis::kernels::nf4_gemv;
+    nlohmann::json paths = nlohmann::json::array();
+    for (const auto& p : nf::path_info())
+      paths.push_back({{"path", std::string(nf::path_name(p.path))},
+                       {"usable", p.usable},
+                       {"needs", p.needs},
+                       {"error_bound", p.bound}});
+    r["kernels"]["nf4_gemv"] = {{"path", std::string(nf::path_name(nf::best_path()))}, {"paths", paths}};
     if (json) {
       fmt::print("{}\n", r.dump(2));
     } else {

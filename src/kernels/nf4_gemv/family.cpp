@@ -149,6 +149,19 @@ std::string error_bound_text(Path p) {
   return "";
 }
 
+std::vector<PathInfo> path_info() {
+  std::vector<PathInfo> out;
+  for (Path p : {Path::avx512_vnni, Path::avx512_bf16, Path::avx512_fp32, Path::avx2, Path::scalar}) {
+    const char* needs = p == Path::avx512_vnni   ? "AVX512-F/BW/VNNI (JIT)"
+                        : p == Path::avx512_bf16 ? "AVX512-F/BW/BF16 (JIT)"
+                        : p == Path::avx512_fp32 ? "AVX512-F (JIT)"
+                        : p == Path::avx2        ? "AVX2+FMA (compiled)"
+                                                 : "x86-64 (compiled)";
+    out.push_back({p, needs, isa_supports(cpu::host_isa(), p), error_bound_text(p)});
+  }
+  return out;
+}
+
 double bytes_moved(const Problem& pr, Path p) {
   const double groups = double((pr.M + kGroupRows - 1) / kGroupRows);
   const double weights = groups * double(pr.K / pr.blocksize) * (8.0 * pr.blocksize + 64.0);

@@ -117,6 +117,16 @@ void reference(const quant::Nf4Matrix& w, const float* x, int tokens, double* y)
 double error_bound(Path p, const quant::Nf4Matrix& w, const float* x, int64_t m, int t);
 std::string error_bound_text(Path p);
 
+// For `genesis info`: every path with the ISA it needs, whether this CPU may use it, its error bound, and the path
+// the runtime will use (best_path()).
+struct PathInfo {
+  Path path;
+  std::string needs;
+  bool usable;
+  std::string bound;
+};
+std::vector<PathInfo> path_info();
+
 // Bytes one call reads (packed weights + scales + activations) and flops, for the roofline.
 double bytes_moved(const Problem& pr, Path p);
 double flops(const Problem& pr);

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config git
           libxbyak-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsqlite3-dev libpcre2-dev
-          libgtest-dev libgmock-dev libopenblas-dev python3)
+          libgtest-dev libgmock-dev libopenblas-dev libutf8proc-dev python3)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

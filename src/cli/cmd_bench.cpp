@@ -33,7 +33,7 @@ struct BenchArgs {
   std::string regime = "both", json_file, kb_file;
   bool no_kb = false;
   int blocksize = 64, samples = 15;
-  bool no_baselines = false;
+  bool no_baselines = false, cached_bandwidth = false;
 };
 
 void print_row(const nlohmann::json& r) {
@@ -67,6 +67,8 @@ void setup_bench(CLI::App& app) {
   g->add_option("--blocksize", args->blocksize, "NF4 blocksize (multiple of 32, up to 4096)");
   g->add_option("--samples", args->samples, "timed samples per measurement (each >= 2 ms)")->check(CLI::Range(3, 1000));
   g->add_flag("--no-baselines", args->no_baselines, "skip the naive and compiled-loop baselines");
+  g->add_flag("--cached-bandwidth", args->cached_bandwidth,
+              "use the cached read bandwidth as the roofline instead of measuring it now (~2 s)");
   g->add_option("--json", args->json_file, "also write {machine, results} as JSON to FILE");
   g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
   g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
@@ -93,6 +95,7 @@ void setup_bench(CLI::App& app) {
     opt.blocksize = args->blocksize;
     opt.samples = args->samples;
     opt.baselines = !args->no_baselines;
+    opt.remeasure_bandwidth = !args->cached_bandwidth;
     if (!args->no_kb) {
       const std::string kb_path = args->kb_file.empty() ? genesis::kb::default_path() : args->kb_file;
       opt.genome_source = [kb_path](nf::Path p, const nf::Problem& pr) {
@@ -103,8 +106,9 @@ void setup_bench(CLI::App& app) {
                "reg", "median_us", "iqr_us", "GB/s", "roof", "vs_naive", "vs_comp", "kernel");
     auto result = nf::run_gemv_bench(opt, print_row);
     const auto& m = result["machine"];
-    fmt::print("roofline: read bandwidth {:.1f} GB/s (1 thread), {:.1f} GB/s (all threads); machine {}\n",
+    fmt::print("roofline: read bandwidth {:.1f} GB/s (1 thread), {:.1f} GB/s (all threads), {}; machine {}\n",
                m["read_bandwidth_gbps"]["one_thread"].get<double>(), m["read_bandwidth_gbps"]["all_threads"].get<double>(),
+               m["bandwidth_measured_now"].get<bool>() ? "measured in this run" : "cached",
                m["signature"].get<std::string>());
     if (!args->json_file.empty()) {
       std::ofstream f(args->json_file);

@@ -57,7 +57,7 @@ std::vector<std::pair<int64_t, int64_t>> default_bench_shapes() {
 nlohmann::json run_gemv_bench(const GemvBenchOptions& opt, const std::function<void(const nlohmann::json&)>& on_record) {
   using nlohmann::json;
   const auto& info = cpu::cpu_info();
-  const cpu::Bandwidth bw = cpu::read_bandwidth();
+  const cpu::Bandwidth bw = cpu::read_bandwidth(opt.remeasure_bandwidth);
   std::vector<Path> paths = opt.paths.empty() ? available_paths() : opt.paths;
   for (Path p : paths) require_path(p);
   std::vector<int> threads = opt.threads;
@@ -71,6 +71,7 @@ nlohmann::json run_gemv_bench(const GemvBenchOptions& opt, const std::function<v
   out["machine"] = {{"signature", info.signature},
                     {"brand", info.brand},
                     {"read_bandwidth_gbps", {{"one_thread", bw.one_thread_gbps}, {"all_threads", bw.all_threads_gbps}}},
+                    {"bandwidth_measured_now", !bw.from_cache},
                     {"llc_bytes", llc}};
   out["results"] = json::array();
   cpu::pin_current_thread(cpu::allowed_cpus().front());

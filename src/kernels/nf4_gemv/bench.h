@@ -23,6 +23,7 @@ struct GemvBenchOptions {
   int blocksize = quant::kNf4DefaultBlocksize;
   bool baselines = true;                            // time the naive and compiled approaches too
   int samples = 15;
+  bool remeasure_bandwidth = true;  // the roofline is measured in this run (false: the cached figure)
   // Where a path's genome comes from (e.g. the knowledge base); nullopt = the baseline genome.
   std::function<std::optional<Genome>(Path, const Problem&)> genome_source;
 };

@@ -1,0 +1,46 @@
+// Expert matrices as the forward pass holds them (fp32, NF4 + reference product, NF4 packed for a kernel) and the
+// product of a block of their rows with one activation vector: the unit of the MoE layer's (expert, row block) tasks.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/model/weights.h"
+
+namespace genesis::runtime {
+
+// Rows per MoE task: a multiple of the kernels' 16-row groups.
+inline constexpr int64_t kExpertRowBlock = 64;
+
+class ExpertPacker {
+ public:
+  ExpertPacker(const LoadOptions& opt, const ModelConfig& c);
+  // w: row-major [rows, cols] fp32. `name` is for error messages.
+  ExpertMatrix make(std::vector<float> w, int64_t rows, int64_t cols, const std::string& name) const;
+  // From NF4 as stored (a bitsandbytes checkpoint): dequantized for f32 mode, packed for nf4_kernel.
+  ExpertMatrix make_nf4(quant::Nf4Matrix m, const std::string& name) const;
+
+ private:
+  LoadOptions opt_;
+};
+
+// The kernels serving experts of the shapes in `w` (nf4_kernel mode): one per distinct (M, K).
+struct ExpertKernels {
+  std::shared_ptr<const kernels::nf4_gemv::Kernel> gate_up, down;
+  std::string id;      // kernel id (path + genome hash) of gate_up, e.g. "nf4_gemv__avx512vnni__3fa1c2"
+  std::string source;  // "baseline" or where the genome came from
+};
+
+// y[r0..r1) = M[r0..r1, :] x, r0 and r1 multiples of kExpertRowBlock (r1 may be rows). y has M.rows entries.
+void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
+                 float* y, int64_t r0, int64_t r1);
+
+// Packs an Nf4Matrix for a kernel path (defined with the kernels; see expert_kernel.cpp).
+std::shared_ptr<const kernels::nf4_gemv::PackedWeights> pack_expert(const quant::Nf4Matrix& m,
+                                                                    kernels::nf4_gemv::Path path);
+
+// Kernels for this model's expert shapes with the baseline genome of `path`.
+ExpertKernels make_expert_kernels(const ModelConfig& c, kernels::nf4_gemv::Path path, int blocksize);
+
+}  // namespace genesis::runtime

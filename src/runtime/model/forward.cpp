@@ -1,0 +1,277 @@
+// The forward pass over a Session's KV cache. Dense products go through OpenBLAS (fp32); one token's MoE layer is
+// split into (expert, row block) tasks over the thread pool, first for gate_up, then for down.
+#include "runtime/model/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/util.h"
+#include "cpu/thread_pool.h"
+
+namespace genesis::runtime {
+
+namespace {
+constexpr int64_t kMaxChunk = 64;  // prompt tokens run through a layer together
+}
+
+Model::Model(ModelConfig c, Weights w) : config_(std::move(c)), weights_(std::move(w)) {}
+
+std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src, const LoadOptions& opt,
+                                          const std::string& origin) {
+  Weights w = load_weights(c, src, opt, origin);
+  std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
+  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel)
+    m->kernels_ = make_expert_kernels(m->config_, opt.path, opt.nf4_blocksize);
+  return m;
+}
+
+std::string Model::expert_description() const {
+  if (!config_.is_moe()) return "dense model (no experts)";
+  switch (weights_.expert_mode) {
+    case ExpertMode::f32: return "fp32 experts (OpenBLAS sgemv)";
+    case ExpertMode::nf4_reference:
+      return fmt::format("NF4 experts (blocksize {}), reference path: dequantize rows + fp32 dot",
+                         weights_.nf4_blocksize);
+    case ExpertMode::nf4_kernel:
+      return fmt::format("NF4 experts (blocksize {}), kernel {} ({})", weights_.nf4_blocksize, kernels_.id,
+                         kernels_.source);
+  }
+  return "?";
+}
+
+double Model::bytes_per_token() const {
+  double b = double(weights_.dense_bytes());
+  // The embedding is read one row per token, not whole.
+  b -= double(weights_.embed.bytes());
+  if (weights_.lm_head.w.empty()) b += double(weights_.embed.bytes());  // tied: read whole as the output layer
+  else b += double(config_.hidden_size) * 4;
+  for (const Layer& l : weights_.layers) {
+    if (!l.moe || l.experts.empty()) continue;
+    const Expert& e = l.experts[0];
+    b += double(config_.top_k) * double(e.gate_up.bytes(weights_.expert_mode) + e.down.bytes(weights_.expert_mode));
+  }
+  return b;
+}
+
+Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
+    : m_(m), c_(m.config()), pool_(pool) {
+  capacity_ = context > 0 ? context : c_.max_position_embeddings;
+  const size_t per_layer = size_t(capacity_ * c_.kv_dim());
+  k_cache_.assign(per_layer * size_t(c_.num_layers), 0.0f);
+  v_cache_.assign(per_layer * size_t(c_.num_layers), 0.0f);
+  chunk_ = kMaxChunk;
+  const size_t n = size_t(chunk_);
+  const int64_t inter = std::max(c_.intermediate_size, c_.moe_intermediate_size);
+  x_.resize(n * size_t(c_.hidden_size));
+  xn_.resize(n * size_t(c_.hidden_size));
+  tmp_.resize(n * size_t(c_.hidden_size));
+  q_.resize(n * size_t(c_.q_dim()));
+  k_.resize(n * size_t(c_.kv_dim()));
+  v_.resize(n * size_t(c_.kv_dim()));
+  att_.resize(n * size_t(c_.q_dim()));
+  h1_.resize(n * size_t(inter));
+  h2_.resize(n * size_t(inter));
+  if (c_.is_moe()) {
+    moe_h_.resize(size_t(c_.top_k * 2 * c_.moe_intermediate_size));
+    moe_act_.resize(size_t(c_.top_k * c_.moe_intermediate_size));
+    moe_out_.resize(size_t(c_.top_k * c_.hidden_size));
+  }
+  scores_.resize(size_t(capacity_));
+}
+
+const RopeTable& Session::rope_for(int64_t seq_len) {
+  // Only the dynamic type depends on the length; transformers recomputes it from the longest position of a call.
+  const int64_t key = c_.rope.type == RopeType::dynamic ? std::max(seq_len, c_.max_position_embeddings) : 0;
+  if (key != rope_len_) {
+    rope_ = rope_table(c_, key);
+    rope_len_ = key;
+  }
+  return rope_;
+}
+
+void Session::parallel(int64_t tasks, const std::function<void(int64_t)>& fn) {
+  if (!pool_ || pool_->size() == 1 || tasks == 1) {
+    for (int64_t t = 0; t < tasks; ++t) fn(t);
+    return;
+  }
+  pool_->run([&](int tid, int nthreads) {
+    for (int64_t t = tid; t < tasks; t += nthreads) fn(t);
+  });
+}
+
+void Session::forward(std::span<const int32_t> tokens, float* logits, bool all_logits) {
+  if (tokens.empty()) return;
+  const int64_t total = int64_t(tokens.size());
+  if (pos_ + total > capacity_)
+    fail("{} tokens at position {} exceed the context of {} tokens (max_position_embeddings {})", total, pos_,
+         capacity_, c_.max_position_embeddings);
+  for (int32_t t : tokens)
+    if (t < 0 || t >= c_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", t, c_.vocab_size);
+  const int64_t H = c_.hidden_size;
+  rope_for(pos_ + total);
+  for (int64_t done = 0; done < total; done += chunk_) {
+    const int64_t n = std::min(chunk_, total - done);
+    const Dense& emb = m_.weights().embed;
+    for (int64_t t = 0; t < n; ++t)
+      std::memcpy(&x_[size_t(t * H)], &emb.w[size_t(tokens[size_t(done + t)]) * size_t(H)], size_t(H) * 4);
+    for (int64_t li = 0; li < c_.num_layers; ++li) run_layer(li, n, pos_);
+    pos_ += n;
+    if (logits && all_logits)
+      for (int64_t t = 0; t < n; ++t) output_logits(&x_[size_t(t * H)], logits + (done + t) * c_.vocab_size);
+    else if (logits && done + n == total)
+      output_logits(&x_[size_t((n - 1) * H)], logits);
+  }
+}
+
+std::vector<float> Session::forward_all(std::span<const int32_t> tokens) {
+  std::vector<float> out(tokens.size() * size_t(c_.vocab_size));
+  forward(tokens, out.data(), true);
+  return out;
+}
+
+void Session::output_logits(const float* x, float* logits) {
+  const int64_t H = c_.hidden_size;
+  std::vector<float> xn(static_cast<size_t>(H));
+  rms_norm(x, m_.weights().final_norm.data(), xn.data(), H, c_.rms_norm_eps);
+  const Dense& out = m_.weights().output();
+  matvec(out.w.data(), nullptr, xn.data(), logits, c_.vocab_size, H);
+}
+
+void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
+  const Layer& l = m_.weights().layers[size_t(li)];
+  const int64_t H = c_.hidden_size;
+  for (int64_t t = 0; t < n; ++t)
+    rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+  attention(li, n, pos0);
+  for (int64_t t = 0; t < n; ++t)
+    rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+  mlp(li, n);
+}
+
+namespace {
+
+// y[n, d.rows] = x[n, d.cols] d^T + bias
+void dense_tokens(const Dense& d, const float* x, float* y, int64_t n) {
+  const float* b = d.bias.empty() ? nullptr : d.bias.data();
+  if (n == 1) matvec(d.w.data(), b, x, y, d.rows, d.cols);
+  else matmul_tokens(d.w.data(), b, x, y, n, d.rows, d.cols);
+}
+
+}  // namespace
+
+void Session::attention(int64_t li, int64_t n, int64_t pos0) {
+  const Layer& l = m_.weights().layers[size_t(li)];
+  const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
+  const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
+  dense_tokens(l.q, xn_.data(), q_.data(), n);
+  dense_tokens(l.k, xn_.data(), k_.data(), n);
+  dense_tokens(l.v, xn_.data(), v_.data(), n);
+  const double t0 = now_seconds();
+  float* kc = &k_cache_[size_t(li * capacity_ * kvd)];
+  float* vc = &v_cache_[size_t(li * capacity_ * kvd)];
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  const int64_t group = nh / nkv;
+  for (int64_t t = 0; t < n; ++t) {
+    float* q = &q_[size_t(t * qd)];
+    float* k = &k_[size_t(t * kvd)];
+    float* v = &v_[size_t(t * kvd)];
+    // OLMoE: norm over the whole projection, then clip; Qwen3: norm over each head's head_dim.
+    if (c_.qk_norm == QkNorm::whole) {
+      rms_norm(q, l.q_norm.data(), q, qd, c_.rms_norm_eps);
+      rms_norm(k, l.k_norm.data(), k, kvd, c_.rms_norm_eps);
+    } else if (c_.qk_norm == QkNorm::per_head) {
+      for (int64_t h = 0; h < nh; ++h) rms_norm(q + h * hd, l.q_norm.data(), q + h * hd, hd, c_.rms_norm_eps);
+      for (int64_t h = 0; h < nkv; ++h) rms_norm(k + h * hd, l.k_norm.data(), k + h * hd, hd, c_.rms_norm_eps);
+    }
+    if (c_.clip_qkv > 0) {
+      const float cl = float(c_.clip_qkv);
+      for (float* p : {q, k, v}) {
+        const int64_t len = p == q ? qd : kvd;
+        for (int64_t i = 0; i < len; ++i) p[i] = std::clamp(p[i], -cl, cl);
+      }
+    }
+    const int64_t pos = pos0 + t;
+    apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
+    apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
+    std::memcpy(kc + pos * kvd, k, size_t(kvd) * 4);
+    std::memcpy(vc + pos * kvd, v, size_t(kvd) * 4);
+  }
+  // Each (token, head) attends to cached positions [first, pos]; heads are independent tasks.
+  parallel(n * nh, [&](int64_t task) {
+    const int64_t t = task / nh, h = task % nh, pos = pos0 + t, kvh = h / group;
+    const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
+    const float* q = &q_[size_t(t * qd + h * hd)];
+    std::vector<float> s(size_t(pos - first + 1));
+    for (int64_t j = first; j <= pos; ++j) {
+      const float* kj = kc + j * kvd + kvh * hd;
+      float d = 0.0f;
+      for (int64_t i = 0; i < hd; ++i) d += q[i] * kj[i];
+      s[size_t(j - first)] = d * scale;
+    }
+    softmax(s.data(), int64_t(s.size()));
+    float* o = &att_[size_t(t * qd + h * hd)];
+    std::fill(o, o + hd, 0.0f);
+    for (int64_t j = first; j <= pos; ++j) {
+      const float p = s[size_t(j - first)];
+      const float* vj = vc + j * kvd + kvh * hd;
+      for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
+    }
+  });
+  stats_.attention_s += now_seconds() - t0;
+  dense_tokens(l.o, att_.data(), tmp_.data(), n);
+  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
+}
+
+void Session::mlp(int64_t li, int64_t n) {
+  const Layer& l = m_.weights().layers[size_t(li)];
+  const int64_t H = c_.hidden_size;
+  if (!l.moe) {
+    const int64_t I = c_.intermediate_size;
+    dense_tokens(l.gate, xn_.data(), h1_.data(), n);
+    dense_tokens(l.up, xn_.data(), h2_.data(), n);
+    swiglu(h1_.data(), h2_.data(), h1_.data(), n * I);
+    dense_tokens(l.down, h1_.data(), tmp_.data(), n);
+  } else {
+    for (int64_t t = 0; t < n; ++t) moe_token(l, &xn_[size_t(t * H)], &tmp_[size_t(t * H)]);
+  }
+  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
+}
+
+void Session::moe_token(const Layer& l, const float* x, float* out) {
+  const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts, K = c_.top_k;
+  std::vector<float> router_logits(static_cast<size_t>(E));
+  matvec(l.router.w.data(), nullptr, x, router_logits.data(), E, H);
+  const auto chosen = route_top_k(router_logits.data(), E, K, c_.norm_topk_prob);
+  const double t0 = now_seconds();
+  const ExpertMode mode = m_.weights().expert_mode;
+  const ExpertKernels& ks = m_.expert_kernels();
+  // Phase 1: gate_up rows of every chosen expert, (expert, row block) tasks.
+  const int64_t nb1 = (2 * I + kExpertRowBlock - 1) / kExpertRowBlock;
+  parallel(K * nb1, [&](int64_t task) {
+    const int64_t j = task / nb1, b = task % nb1;
+    const Expert& e = l.experts[size_t(chosen[size_t(j)].first)];
+    expert_rows(e.gate_up, mode, ks.gate_up.get(), x, &moe_h_[size_t(j * 2 * I)], b * kExpertRowBlock,
+                std::min(2 * I, (b + 1) * kExpertRowBlock));
+  });
+  for (int64_t j = 0; j < K; ++j)
+    swiglu(&moe_h_[size_t(j * 2 * I)], &moe_h_[size_t(j * 2 * I + I)], &moe_act_[size_t(j * I)], I);
+  // Phase 2: down rows.
+  const int64_t nb2 = (H + kExpertRowBlock - 1) / kExpertRowBlock;
+  parallel(K * nb2, [&](int64_t task) {
+    const int64_t j = task / nb2, b = task % nb2;
+    const Expert& e = l.experts[size_t(chosen[size_t(j)].first)];
+    expert_rows(e.down, mode, ks.down.get(), &moe_act_[size_t(j * I)], &moe_out_[size_t(j * H)],
+                b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock));
+  });
+  std::fill(out, out + H, 0.0f);
+  for (int64_t j = 0; j < K; ++j) {
+    const float w = chosen[size_t(j)].second;
+    const float* y = &moe_out_[size_t(j * H)];
+    for (int64_t i = 0; i < H; ++i) out[i] += w * y[i];
+  }
+  stats_.expert_s += now_seconds() - t0;
+}
+
+}  // namespace genesis::runtime

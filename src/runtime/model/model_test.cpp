@@ -1,0 +1,267 @@
+// Unit tests of the model runtime: config parsing and its errors, weight loading errors, ops (router, rope, norm),
+// the sampler, generation limits, and the NF4 reference path against fp32 experts holding the same values.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "common/error.h"
+#include "quant/nf4.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/generate.h"
+#include "runtime/model/memory_source.h"
+#include "runtime/model/ops.h"
+#include "runtime/model/sampler.h"
+
+namespace genesis::runtime {
+namespace {
+
+using nlohmann::json;
+
+json tiny_moe_config() {
+  return json{{"model_type", "qwen3_moe"}, {"vocab_size", 40},      {"hidden_size", 64},
+              {"num_hidden_layers", 2},    {"num_attention_heads", 4}, {"num_key_value_heads", 2},
+              {"head_dim", 16},            {"intermediate_size", 64},  {"moe_intermediate_size", 64},
+              {"num_experts", 4},          {"num_experts_per_tok", 2}, {"norm_topk_prob", true},
+              {"max_position_embeddings", 32}, {"rms_norm_eps", 1e-6}, {"hidden_act", "silu"},
+              {"rope_theta", 10000.0}};
+}
+
+// A random model with every tensor the config asks for (names as transformers saves them).
+std::unique_ptr<MemoryTensorSource> random_source(const ModelConfig& c, uint64_t seed) {
+  auto src = std::make_unique<MemoryTensorSource>("random");
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 0.15f);
+  auto rnd = [&](std::vector<int64_t> shape, float base = 0.0f) {
+    int64_t n = 1;
+    for (auto s : shape) n *= s;
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = base + nd(rng);
+    return v;
+  };
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float base = 0.0f) {
+    src->add_f32(name, shape, rnd(shape, base));
+  };
+  const int64_t H = c.hidden_size;
+  add("model.embed_tokens.weight", {c.vocab_size, H});
+  add("model.norm.weight", {H}, 1.0f);
+  add("lm_head.weight", {c.vocab_size, H});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {H}, 1.0f);
+    add(p + "post_attention_layernorm.weight", {H}, 1.0f);
+    add(p + "self_attn.q_proj.weight", {c.q_dim(), H});
+    add(p + "self_attn.k_proj.weight", {c.kv_dim(), H});
+    add(p + "self_attn.v_proj.weight", {c.kv_dim(), H});
+    add(p + "self_attn.o_proj.weight", {H, c.q_dim()});
+    add(p + "self_attn.q_norm.weight", {c.head_dim}, 1.0f);
+    add(p + "self_attn.k_norm.weight", {c.head_dim}, 1.0f);
+    add(p + "mlp.gate.weight", {c.num_experts, H});
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string x = p + "mlp.experts." + std::to_string(e) + ".";
+      add(x + "gate_proj.weight", {c.moe_intermediate_size, H});
+      add(x + "up_proj.weight", {c.moe_intermediate_size, H});
+      add(x + "down_proj.weight", {H, c.moe_intermediate_size});
+    }
+  }
+  return src;
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, ParsesQwen3Moe) {
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  EXPECT_EQ(c.arch, Arch::qwen3_moe);
+  EXPECT_EQ(c.qk_norm, QkNorm::per_head);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_EQ(c.num_experts, 4);
+  EXPECT_EQ(c.layer_is_moe, std::vector<bool>({true, true}));
+  EXPECT_EQ(c.rope.type, RopeType::default_);
+}
+
+TEST(Config, RefusesUnsupportedInputByName) {
+  json j = tiny_moe_config();
+  j["model_type"] = "gpt2";
+  EXPECT_NE(error_of([&] { parse_config(j, "x/config.json"); }).find("model_type \"gpt2\" is not supported"),
+            std::string::npos);
+  j = tiny_moe_config();
+  j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
+  EXPECT_NE(error_of([&] { parse_config(j, "x/config.json"); }).find("rope type \"longrope\""), std::string::npos);
+  j = tiny_moe_config();
+  j["hidden_act"] = "gelu";
+  EXPECT_NE(error_of([&] { parse_config(j, "x/config.json"); }).find("hidden_act \"gelu\""), std::string::npos);
+  j = tiny_moe_config();
+  j.erase("hidden_size");
+  EXPECT_NE(error_of([&] { parse_config(j, "x/config.json"); }).find("x/config.json: required field \"hidden_size\""),
+            std::string::npos);
+  j = tiny_moe_config();
+  j["num_key_value_heads"] = 3;
+  EXPECT_NE(error_of([&] { parse_config(j, "x/config.json"); }).find("not a multiple"), std::string::npos);
+}
+
+TEST(Weights, MissingOrMisshapenTensorIsNamed) {
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  auto src = random_source(c, 1);
+  src->remove("model.layers.1.mlp.experts.3.up_proj.weight");
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  std::string e = error_of([&] { Model::from_source(c, *src, opt, "m/config.json"); });
+  EXPECT_NE(e.find("\"model.layers.1.mlp.experts.3.up_proj.weight\" is missing"), std::string::npos) << e;
+  src = random_source(c, 1);
+  src->add_f32("model.layers.0.self_attn.k_proj.weight", {64, 64}, std::vector<float>(64 * 64));
+  e = error_of([&] { Model::from_source(c, *src, opt, "m/config.json"); });
+  EXPECT_NE(e.find("\"model.layers.0.self_attn.k_proj.weight\" in random has shape [64, 64], but m/config.json "
+                   "implies [32, 64]"),
+            std::string::npos)
+      << e;
+}
+
+TEST(Session, PromptLongerThanContextAndBadTokenAreErrors) {
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  auto src = random_source(c, 2);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto m = Model::from_source(c, *src, opt, "config.json");
+  Session s(*m, 8, nullptr);
+  std::vector<int32_t> prompt(9, 1);
+  EXPECT_NE(error_of([&] { generate(s, prompt, {}, nullptr); }).find("longer than the context of 8"),
+            std::string::npos);
+  std::vector<int32_t> bad = {1, 40};
+  EXPECT_NE(error_of([&] { s.forward(bad, nullptr); }).find("token id 40 is outside the vocabulary"),
+            std::string::npos);
+  // Generation stops at a full context instead of overflowing.
+  Session s2(*m, 6, nullptr);
+  GenerateOptions go;
+  go.max_new_tokens = 10;
+  std::vector<int32_t> out;
+  const auto st = generate(s2, std::vector<int32_t>{1, 2, 3}, go, nullptr, &out);
+  EXPECT_EQ(st.stop_reason, "context full");
+  EXPECT_EQ(out.size(), 4u);  // 3 prompt + 3 fed back fill 6 positions; the 4th token needs no forward
+}
+
+TEST(Generate, StopsAtStopTokenAndStreams) {
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  auto src = random_source(c, 3);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto m = Model::from_source(c, *src, opt, "config.json");
+  Session s(*m, 0, nullptr);
+  std::vector<int32_t> greedy;
+  generate(s, std::vector<int32_t>{1, 2}, GenerateOptions{5, {}, {}}, nullptr, &greedy);
+  ASSERT_EQ(greedy.size(), 5u);
+  Session s2(*m, 0, nullptr);
+  GenerateOptions go{5, {}, {greedy[1]}};
+  std::vector<int32_t> streamed;
+  const auto st = generate(s2, std::vector<int32_t>{1, 2}, go, [&](int32_t t) {
+    streamed.push_back(t);
+    return true;
+  });
+  EXPECT_EQ(st.stop_reason, "stop token");
+  EXPECT_EQ(streamed, std::vector<int32_t>(greedy.begin(), greedy.begin() + 2));
+}
+
+TEST(Forward, BatchedPrefillEqualsTokenByToken) {
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  auto src = random_source(c, 4);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto m = Model::from_source(c, *src, opt, "config.json");
+  std::vector<int32_t> toks = {3, 1, 4, 1, 5, 9, 2, 6};
+  Session a(*m, 0, nullptr), b(*m, 0, nullptr);
+  const auto all = a.forward_all(toks);
+  std::vector<float> one(size_t(c.vocab_size));
+  for (size_t i = 0; i < toks.size(); ++i) {
+    b.forward(std::span(toks).subspan(i, 1), one.data());
+    for (int64_t v = 0; v < c.vocab_size; ++v)
+      EXPECT_NEAR(one[size_t(v)], all[i * size_t(c.vocab_size) + size_t(v)], 1e-4) << i;
+  }
+}
+
+TEST(Forward, Nf4ReferenceEqualsF32ExpertsWithDequantizedValues) {
+  // The NF4 reference path must equal fp32 experts holding the dequantized NF4 values.
+  const ModelConfig c = parse_config(tiny_moe_config(), "config.json");
+  auto src = random_source(c, 5);
+  auto deq = random_source(c, 5);
+  for (const auto& name : src->names()) {
+    if (name.find(".experts.") == std::string::npos) continue;
+    const TensorView* t = src->find(name);
+    std::vector<float> w(static_cast<const float*>(t->data), static_cast<const float*>(t->data) + t->numel());
+    const auto q = quant::dequantize_nf4(quant::quantize_nf4(w, t->shape[0], t->shape[1], 64));
+    deq->add_f32(name, t->shape, q);
+  }
+  LoadOptions nf4;
+  nf4.experts = ExpertMode::nf4_reference;
+  LoadOptions f32;
+  f32.experts = ExpertMode::f32;
+  auto a = Model::from_source(c, *src, nf4, "config.json");
+  auto b = Model::from_source(c, *deq, f32, "config.json");
+  std::vector<int32_t> toks = {7, 3, 11, 2};
+  Session sa(*a, 0, nullptr), sb(*b, 0, nullptr);
+  const auto la = sa.forward_all(toks), lb = sb.forward_all(toks);
+  for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(la[i], lb[i], 1e-4);
+  EXPECT_LT(a->weights().expert_bytes() * 6, b->weights().expert_bytes());  // ~4.5 bits vs 32 per weight
+}
+
+TEST(Ops, RouterTopKWithAndWithoutRenormalization) {
+  const float logits[4] = {1.0f, 3.0f, 2.0f, 0.0f};
+  const auto raw = route_top_k(logits, 4, 2, false);
+  const double z = std::exp(1.0) + std::exp(3.0) + std::exp(2.0) + 1.0;
+  ASSERT_EQ(raw.size(), 2u);
+  EXPECT_EQ(raw[0].first, 1);
+  EXPECT_EQ(raw[1].first, 2);
+  EXPECT_NEAR(raw[0].second, std::exp(3.0) / z, 1e-6);
+  const auto norm = route_top_k(logits, 4, 2, true);
+  EXPECT_NEAR(norm[0].second + norm[1].second, 1.0, 1e-6);
+  EXPECT_NEAR(norm[0].second, std::exp(3.0) / (std::exp(3.0) + std::exp(2.0)), 1e-6);
+}
+
+TEST(Ops, RmsNormAndRopeRotation) {
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 1}, y(4);
+  rms_norm(x.data(), w.data(), y.data(), 4, 0.0);
+  const double r = std::sqrt((1 + 4 + 9 + 16) / 4.0);
+  EXPECT_NEAR(y[2], 2 * 3 / r, 1e-6);
+  // Rope keeps each pair's norm and rotates by pos * inv_freq.
+  RopeTable t;
+  t.inv_freq = {0.5f, 0.25f};
+  std::vector<float> v = {1, 0, 0, 0};
+  apply_rope(v.data(), 1, 4, 4, 2, t);
+  EXPECT_NEAR(v[0], std::cos(1.0), 1e-6);
+  EXPECT_NEAR(v[2], std::sin(1.0), 1e-6);
+}
+
+TEST(Sampler, GreedySeededAndFiltered) {
+  std::vector<float> logits = {0.1f, 2.0f, 1.9f, -1.0f, 0.5f};
+  Sampler greedy(SamplerOptions{});
+  EXPECT_EQ(greedy.sample(logits), 1);
+  Sampler top1(SamplerOptions{1.0f, 1, 1.0f, 7});
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(top1.sample(logits), 1);
+  // top-p keeps the smallest most-likely prefix reaching p.
+  Sampler topp(SamplerOptions{1.0f, 0, 0.6f, 1});
+  const auto d = topp.distribution(logits);
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].first, 1);
+  EXPECT_EQ(d[1].first, 2);
+  // Same seed, same draws; the draws follow the distribution.
+  Sampler a(SamplerOptions{1.0f, 0, 1.0f, 42}), b(SamplerOptions{1.0f, 0, 1.0f, 42});
+  std::vector<int> counts(5);
+  for (int i = 0; i < 4000; ++i) {
+    const int32_t x = a.sample(logits);
+    EXPECT_EQ(x, b.sample(logits));
+    counts[size_t(x)]++;
+  }
+  const auto full = a.distribution(logits);
+  for (const auto& [tok, p] : full) EXPECT_NEAR(counts[size_t(tok)] / 4000.0, p, 0.03) << tok;
+  EXPECT_THROW(Sampler(SamplerOptions{1.0f, 0, 0.0f, 0}), Error);
+  EXPECT_THROW(Sampler(SamplerOptions{-1.0f, 0, 1.0f, 0}), Error);
+}
+
+}  // namespace
+}  // namespace genesis::runtime

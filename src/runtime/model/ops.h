@@ -1,0 +1,49 @@
+// The numeric building blocks of the forward pass, in fp32: RMSNorm, rotary embeddings (NeoX layout, with the rope
+// scaling types of RopeConfig), SwiGLU, softmax, dense matrix-vector products (OpenBLAS), router top-k.
+// Semantics follow transformers' modeling code; nothing here knows about layers or weights' names.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "runtime/model/config.h"
+
+namespace genesis::runtime {
+
+// y = x * rsqrt(mean(x^2) + eps) * w, over n elements (y may alias x).
+void rms_norm(const float* x, const float* w, float* y, int64_t n, double eps);
+
+// Inverse frequencies (rotary_dim / 2 of them) and the attention scaling that multiplies cos and sin, as
+// transformers' ROPE_INIT_FUNCTIONS compute them. `seq_len` matters for the dynamic type only (the length of the
+// sequence seen so far; transformers uses max(seq_len, max_position_embeddings)).
+struct RopeTable {
+  std::vector<float> inv_freq;
+  float attention_scaling = 1.0f;
+};
+RopeTable rope_table(const ModelConfig& c, int64_t seq_len);
+
+// Rotates the first rotary_dim dims of each of `heads` vectors of head_dim floats (NeoX: pairs (i, i + rd/2)).
+void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, int64_t pos, const RopeTable& t);
+
+// out[i] = silu(gate[i]) * up[i]
+void swiglu(const float* gate, const float* up, float* out, int64_t n);
+
+// In place, over n elements; computed with a max shift, in fp32 (as torch.softmax(dtype=float32)).
+void softmax(float* x, int64_t n);
+
+// y[rows] = W[rows, cols] x + (bias ? bias : 0), W row-major.
+void matvec(const float* w, const float* bias, const float* x, float* y, int64_t rows, int64_t cols);
+
+// Y[n, rows] = X[n, cols] W^T (+ bias per row): several tokens through one weight (prefill).
+void matmul_tokens(const float* w, const float* bias, const float* x, float* y, int64_t n, int64_t rows,
+                   int64_t cols);
+
+// Router: softmax over logits (fp32), the top-k (ties: lower expert index first, as torch.topk in practice),
+// optionally renormalized to sum to 1. Returns (expert, weight) pairs, highest probability first.
+std::vector<std::pair<int, float>> route_top_k(const float* logits, int64_t n_experts, int64_t k, bool renormalize);
+
+int64_t argmax(std::span<const float> v);
+
+}  // namespace genesis::runtime

@@ -1,0 +1,232 @@
+// Loading a model's tensors from a TensorSource into Weights, checking every shape against config.json.
+// Experts come per expert (experts.{e}.gate_proj / Mixtral w1, w3, w2) or fused 3-D (experts.gate_up_proj).
+#include "runtime/model/weights.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "common/error.h"
+#include "runtime/model/expert_pack.h"
+
+namespace genesis::runtime {
+
+const char* expert_mode_name(ExpertMode m) {
+  switch (m) {
+    case ExpertMode::f32: return "f32";
+    case ExpertMode::nf4_reference: return "nf4-reference";
+    case ExpertMode::nf4_kernel: return "nf4-kernel";
+  }
+  return "?";
+}
+
+size_t ExpertMatrix::bytes(ExpertMode m) const {
+  if (m == ExpertMode::f32) return f32.size() * sizeof(float);
+  if (m == ExpertMode::nf4_kernel && packed) return packed->bytes();
+  return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
+}
+
+size_t Weights::dense_bytes() const {
+  size_t n = embed.bytes() + lm_head.bytes() + final_norm.size() * 4;
+  for (const Layer& l : layers) {
+    n += (l.input_norm.size() + l.post_norm.size() + l.q_norm.size() + l.k_norm.size()) * 4;
+    n += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes() + l.gate.bytes() + l.up.bytes() + l.down.bytes() +
+         l.router.bytes();
+  }
+  return n;
+}
+
+size_t Weights::expert_bytes() const {
+  size_t n = 0;
+  for (const Layer& l : layers)
+    for (const Expert& e : l.experts) n += e.gate_up.bytes(expert_mode) + e.down.bytes(expert_mode);
+  return n;
+}
+
+namespace {
+
+float bf16_to_f32(uint16_t h) {
+  uint32_t u = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h >> 15) << 31;
+  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
+  if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: normalize
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) man <<= 1, --exp;
+      u = sign | (exp << 23) | ((man & 0x3FF) << 13);
+    }
+  } else if (exp == 31) {
+    u = sign | 0x7F800000u | (man << 13);
+  } else {
+    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+class Loader {
+ public:
+  Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin)
+      : c_(c), src_(src), origin_(config_origin) {}
+
+  bool has(const std::string& name) const { return src_.find(name) != nullptr; }
+
+  const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const {
+    const TensorView* t = src_.find(name);
+    if (!t) fail("tensor \"{}\" is missing from the checkpoint (needed by the {} architecture of {})", name,
+                 arch_name(c_.arch), origin_);
+    if (t->shape != shape)
+      fail("tensor \"{}\" in {} has shape {}, but {} implies {}", name, src_.describe(name), shape_str(t->shape),
+           origin_, shape_str(shape));
+    return *t;
+  }
+
+  std::vector<float> vec(const std::string& name, int64_t n) const {
+    return tensor_to_f32(get(name, {n}), src_.describe(name));
+  }
+
+  Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias) const {
+    Dense d;
+    d.rows = rows, d.cols = cols;
+    const std::string wn = prefix + ".weight";
+    d.w = tensor_to_f32(get(wn, {rows, cols}), src_.describe(wn));
+    if (bias) d.bias = vec(prefix + ".bias", rows);
+    return d;
+  }
+
+  // One expert's [rows, cols] matrix from a per-expert tensor or a slice of a fused [E, R, cols] tensor.
+  std::vector<float> expert_part(const std::string& name, int64_t rows, int64_t cols) const {
+    return tensor_to_f32(get(name, {rows, cols}), src_.describe(name));
+  }
+
+  const ModelConfig& c_;
+  const TensorSource& src_;
+  const std::string& origin_;
+};
+
+}  // namespace
+
+std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) {
+  const int64_t n = t.numel();
+  std::vector<float> out(static_cast<size_t>(n));
+  switch (t.dtype) {
+    case Dtype::f32:
+      std::memcpy(out.data(), t.data, size_t(n) * 4);
+      break;
+    case Dtype::bf16: {
+      // Views may be unaligned (safetensors does not pad offsets): read through memcpy.
+      const auto* p = static_cast<const uint8_t*>(t.data);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[size_t(i)] = bf16_to_f32(h);
+      }
+      break;
+    }
+    case Dtype::f16: {
+      const auto* p = static_cast<const uint8_t*>(t.data);
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[size_t(i)] = f16_to_f32(h);
+      }
+      break;
+    }
+    default:
+      fail("tensor \"{}\" ({}) has dtype {}; only F32, BF16 and F16 weights are supported here", t.name, where,
+           dtype_name(t.dtype));
+  }
+  return out;
+}
+
+Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOptions& opt,
+                     const std::string& config_origin) {
+  Loader L(c, src, config_origin);
+  Weights w;
+  w.expert_mode = opt.experts;
+  w.path = opt.path;
+  w.nf4_blocksize = opt.nf4_blocksize;
+  const int64_t H = c.hidden_size;
+  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false);
+  w.final_norm = L.vec("model.norm.weight", H);
+  if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false);
+
+  ExpertPacker packer(opt, c);
+  w.layers.resize(size_t(c.num_layers));
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    Layer& l = w.layers[size_t(li)];
+    const std::string p = fmt::format("model.layers.{}.", li);
+    l.input_norm = L.vec(p + "input_layernorm.weight", H);
+    l.post_norm = L.vec(p + "post_attention_layernorm.weight", H);
+    const std::string a = p + "self_attn.";
+    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias);
+    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias);
+    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias);
+    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias);
+    if (c.qk_norm == QkNorm::per_head) {
+      l.q_norm = L.vec(a + "q_norm.weight", c.head_dim);
+      l.k_norm = L.vec(a + "k_norm.weight", c.head_dim);
+    } else if (c.qk_norm == QkNorm::whole) {
+      l.q_norm = L.vec(a + "q_norm.weight", c.q_dim());
+      l.k_norm = L.vec(a + "k_norm.weight", c.kv_dim());
+    }
+    l.moe = c.layer_is_moe[size_t(li)];
+    if (!l.moe) {
+      const int64_t I = c.intermediate_size;
+      l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);
+      l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias);
+      l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias);
+      continue;
+    }
+    const int64_t E = c.num_experts, I = c.moe_intermediate_size;
+    std::string m = p + "mlp.";
+    if (c.arch == Arch::mixtral && (L.has(p + "block_sparse_moe.gate.weight"))) m = p + "block_sparse_moe.";
+    l.router = L.dense(m + "gate", E, H, false);
+    l.experts.resize(size_t(E));
+    const std::string fused_gu = m + "experts.gate_up_proj", fused_down = m + "experts.down_proj";
+    const bool fused = L.has(fused_gu);
+    std::vector<float> fgu, fdown;
+    if (fused) {
+      fgu = tensor_to_f32(L.get(fused_gu, {E, 2 * I, H}), src.describe(fused_gu));
+      fdown = tensor_to_f32(L.get(fused_down, {E, H, I}), src.describe(fused_down));
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<float> gu(size_t(2 * I * H)), down;
+      if (fused) {
+        std::memcpy(gu.data(), fgu.data() + e * 2 * I * H, gu.size() * 4);
+        down.assign(fdown.begin() + e * H * I, fdown.begin() + (e + 1) * H * I);
+      } else {
+        const std::string x = fmt::format("{}experts.{}.", m, e);
+        const bool mixtral_names = c.arch == Arch::mixtral && L.has(x + "w1.weight");
+        const std::string gn = x + (mixtral_names ? "w1" : "gate_proj") + ".weight";
+        const std::string un = x + (mixtral_names ? "w3" : "up_proj") + ".weight";
+        const std::string dn = x + (mixtral_names ? "w2" : "down_proj") + ".weight";
+        std::vector<float> g = L.expert_part(gn, I, H), u = L.expert_part(un, I, H);
+        std::memcpy(gu.data(), g.data(), g.size() * 4);
+        std::memcpy(gu.data() + I * H, u.data(), u.size() * 4);
+        down = L.expert_part(dn, H, I);
+      }
+      Expert& ex = l.experts[size_t(e)];
+      ex.gate_up = packer.make(std::move(gu), 2 * I, H, fmt::format("{}experts.{}.gate_up", m, e));
+      ex.down = packer.make(std::move(down), H, I, fmt::format("{}experts.{}.down_proj", m, e));
+    }
+  }
+  return w;
+}
+
+}  // namespace genesis::runtime

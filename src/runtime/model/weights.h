@@ -1,0 +1,92 @@
+// The model's weights in memory, with their shapes, loaded from any TensorSource (safetensors, or a test's in-memory
+// source). Non-expert matrices are fp32 (exact; bf16/f16 checkpoints are widened at load). Expert matrices are
+// either fp32 (ExpertMode::f32, the exact reference of a checkpoint) or NF4 (quantized at load the bitsandbytes way,
+// or taken as stored when the checkpoint is bitsandbytes NF4), run through the NF4 kernels or their reference.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/nf4_gemv/nf4_gemv.h"
+#include "quant/nf4.h"
+#include "runtime/model/config.h"
+#include "runtime/tensor.h"
+
+namespace genesis::runtime {
+
+enum class ExpertMode {
+  f32,            // experts kept in fp32 (exact; memory heavy)
+  nf4_reference,  // NF4, multiplied by dequantizing rows on the fly + fp32 dot products (the kernels' reference)
+  nf4_kernel,     // NF4, packed once for a kernel path, run by nf4_gemv kernels
+};
+const char* expert_mode_name(ExpertMode m);
+
+struct LoadOptions {
+  ExpertMode experts = ExpertMode::nf4_kernel;
+  int nf4_blocksize = quant::kNf4DefaultBlocksize;  // when quantizing fp32/bf16 experts at load
+  kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;  // nf4_kernel: the kernel path
+  bool show_progress = false;
+};
+
+// A dense fp32 matrix [rows, cols], row-major, with an optional bias [rows].
+struct Dense {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> w;
+  std::vector<float> bias;  // empty = none
+  size_t bytes() const { return (w.size() + bias.size()) * sizeof(float); }
+};
+
+// One expert projection [rows, cols]: exactly one of f32 / nf4 (+ packed for nf4_kernel) is filled.
+struct ExpertMatrix {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> f32;
+  quant::Nf4Matrix nf4;
+  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;  // nf4_kernel
+  size_t bytes(ExpertMode m) const;  // bytes one full product reads
+};
+
+struct Expert {
+  ExpertMatrix gate_up;  // [2 * inter, hidden]: gate rows first, then up rows
+  ExpertMatrix down;     // [hidden, inter]
+};
+
+struct Layer {
+  std::vector<float> input_norm;  // [hidden]
+  Dense q, k, v, o;               // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
+  std::vector<float> q_norm;      // [head_dim] (per head) or [q_dim] (whole); empty = no QK-norm
+  std::vector<float> k_norm;      // [head_dim] or [kv_dim]
+  std::vector<float> post_norm;   // [hidden]
+  // Dense MLP (when !moe)
+  Dense gate, up, down;  // [inter, hidden] x2, [hidden, inter]
+  // MoE (when moe)
+  bool moe = false;
+  Dense router;                // [n_experts, hidden]
+  std::vector<Expert> experts; // [n_experts]
+};
+
+struct Weights {
+  Dense embed;                 // [vocab, hidden]
+  std::vector<Layer> layers;   // [num_layers]
+  std::vector<float> final_norm;  // [hidden]
+  Dense lm_head;               // [vocab, hidden]; empty w when tied (embed is used)
+  ExpertMode expert_mode = ExpertMode::f32;
+  kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;
+  int nf4_blocksize = 0;
+  bool experts_from_bnb = false;  // the checkpoint stored bitsandbytes NF4 experts
+
+  const Dense& output() const { return lm_head.w.empty() ? embed : lm_head; }
+  size_t dense_bytes() const;   // all non-expert weights
+  size_t expert_bytes() const;  // all experts, as held
+};
+
+// Reads every tensor the config calls for; throws genesis::Error naming the tensor, where it comes from, and the
+// shape expected from config.json when one is missing or has another shape.
+Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOptions& opt,
+                     const std::string& config_origin);
+
+// fp32 copy of a tensor (F32, BF16, F16 accepted; anything else is an error naming the tensor).
+std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where);
+
+}  // namespace genesis::runtime

@@ -18,7 +18,7 @@ using kernels::nf4_gemv::Stream;
 namespace {
 constexpr int kTries = 24;
 constexpr const char* kOpNames[] = {"swap_near", "swap_far", "move_block", "hint_insert",
-                                    "hint_delete", "hint_replace", "param"};
+                                    "hint_delete", "hint_replace", "replace",   "param"};
 static_assert(std::size(kOpNames) == size_t(kOpCount));
 
 bool is_identity(const std::vector<uint16_t>& o) {
@@ -40,7 +40,7 @@ void normalize(Genome& g) {
 bool same_params(const Genome& a, const Genome& b) {
   return a.path == b.path && a.row_groups == b.row_groups && a.accs == b.accs && a.unroll == b.unroll &&
          a.pf_dist == b.pf_dist && a.pf_kind == b.pf_kind && a.bcast_reg == b.bcast_reg &&
-         a.loop_align == b.loop_align;
+         a.lut_permb == b.lut_permb && a.loop_align == b.loop_align;
 }
 
 const char* op_name(Op op) { return kOpNames[int(op)]; }
@@ -159,6 +159,8 @@ std::optional<Genome> Mutator::mutate(const Genome& parent, Op op, Rng& rng, std
     case Op::hint_delete:
     case Op::hint_replace:
       return hint_op(parent, op, rng, why);
+    case Op::replace:
+      return replace_op(parent, rng, why);
     case Op::param:
       return param_op(parent, rng, why);
     case Op::count_:
@@ -269,6 +271,31 @@ std::optional<Genome> Mutator::hint_op(const Genome& parent, Op op, Rng& rng, st
   return g;
 }
 
+std::optional<Genome> Mutator::replace_op(const Genome& parent, Rng& rng, std::string* why) const {
+  if (!kernels::nf4_gemv::path_is_jit(parent.path)) {
+    if (why) *why = "compiled path: no instructions to replace";
+    return std::nullopt;
+  }
+  const BodyModel body = body_(parent);
+  std::vector<uint16_t> can;
+  for (size_t i = 0; i < body.has_alt.size(); ++i)
+    if (body.has_alt[i]) can.push_back(uint16_t(i));
+  if (can.empty()) {
+    if (why) *why = "no instruction of this body has a same-class equivalent";
+    return std::nullopt;
+  }
+  // Same registers read and written as the original: every order stays legal.
+  Genome g = parent;
+  const uint16_t i = rng.pick(can);
+  auto it = std::lower_bound(g.alt.begin(), g.alt.end(), i);
+  if (it != g.alt.end() && *it == i) {
+    g.alt.erase(it);
+  } else {
+    g.alt.insert(it, i);
+  }
+  return g;
+}
+
 std::optional<Genome> Mutator::param_op(const Genome& parent, Rng& rng, std::string* why) const {
   for (int t = 0; t < kTries; ++t) {
     Genome g = parent;
@@ -280,7 +307,7 @@ std::optional<Genome> Mutator::param_op(const Genome& parent, Rng& rng, std::str
       return rng.pick(c);
     };
     std::optional<int> v;
-    switch (rng.below(7)) {
+    switch (rng.below(8)) {
       case 0:
         if ((v = other(space_.row_groups, g.row_groups))) g.row_groups = *v;
         break;
@@ -308,6 +335,12 @@ std::optional<Genome> Mutator::param_op(const Genome& parent, Rng& rng, std::str
       case 6:
         if ((v = other(space_.loop_align, g.loop_align))) g.loop_align = *v;
         break;
+      case 7:
+        if (space_.lut_permb) {
+          g.lut_permb = !g.lut_permb;
+          v = 1;
+        }
+        break;
     }
     if (!v) continue;
     BodyModel nb;
@@ -324,6 +357,7 @@ std::optional<Genome> Mutator::param_op(const Genome& parent, Rng& rng, std::str
         // A new body: the old permutation means nothing there. Hints carry no state, so they keep their relative
         // place in the loop.
         g.order.clear();
+        g.alt.clear();
         for (auto& h : g.hints)
           h.pos = pb.size() ? int(int64_t(h.pos) * int64_t(nb.size()) / int64_t(pb.size())) : 0;
       }

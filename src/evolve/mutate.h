@@ -23,6 +23,7 @@ struct BodyModel {
   std::vector<std::vector<uint16_t>> preds;
   std::vector<int> cls;
   std::vector<bool> is_load;
+  std::vector<bool> has_alt;  // the family offers a same-class equivalent (Genome::alt may flip it)
   std::vector<std::string> text;
 
   size_t size() const { return preds.size(); }
@@ -43,6 +44,7 @@ enum class Op : uint8_t {
   hint_insert,  // insert a prefetch (t0/t1/t2/nta, stream, offset) or a multi-byte NOP
   hint_delete,
   hint_replace,  // same-class replacement: another prefetch locality / NOP length, or a nudged offset / position
+  replace,       // flip a body instruction to / from its same-class equivalent (Genome::alt)
   param,         // rows per tile, accumulators, unroll, prefetch distance/kind, broadcast, loop alignment
   count_
 };
@@ -61,6 +63,7 @@ struct ParamSpace {
   std::vector<int> pf_dist{0, 256, 512, 1024, 2048};
   std::vector<int> loop_align{0, 16, 32, 64};
   bool bcast = true;
+  bool lut_permb = false;  // int8 path on a CPU with AVX512-VBMI
   int max_hints = 8;
 };
 ParamSpace param_space(kernels::nf4_gemv::Path p);
@@ -96,6 +99,7 @@ class Mutator {
  private:
   std::optional<Genome> reorder(const Genome& parent, Op op, Rng& rng, std::string* why) const;
   std::optional<Genome> hint_op(const Genome& parent, Op op, Rng& rng, std::string* why) const;
+  std::optional<Genome> replace_op(const Genome& parent, Rng& rng, std::string* why) const;
   std::optional<Genome> param_op(const Genome& parent, Rng& rng, std::string* why) const;
   kernels::nf4_gemv::Hint random_hint(size_t body_size, Rng& rng) const;
   BodyFn body_;

@@ -31,14 +31,16 @@ class Searcher {
   SearchResult run(const Genome& start) {
     if (opt_.max_evals <= 0 && opt_.max_seconds <= 0) fail("search: a budget of zero (no evaluations, no time)");
     t0_ = now_seconds();
+    best_ = {start, opt_.start_fitness.value_or(0.0)};  // the start is its own incumbent
     auto base = evaluate(start, "baseline");
     if (!base || base->verdict != Verdict::ok)
       fail("search: the starting genome {} failed: {}", start.serialize(),
            base ? base->diagnostics : std::string("duplicate"));
-    best_ = {start, base->fitness};
+    const double start_fit = opt_.start_fitness.value_or(base->fitness);
+    best_ = {start, start_fit};
     res_.best = start;
-    res_.best_fitness = base->fitness;
-    archive_insert(start, base->fitness);
+    res_.best_fitness = start_fit;
+    archive_insert(start, start_fit);
     for (const auto& s : opt_.seeds) {
       if (out_of_budget()) break;
       auto o = evaluate(s, "seed");
@@ -191,7 +193,8 @@ class Searcher {
     t.fitness = o.fitness;
     t.promoted = o.promoted;
     t.reused = o.reused;
-    t.best_fitness = (o.promoted && o.fitness > best_.fitness) || index == 0 ? o.fitness : best_.fitness;
+    t.best_fitness = index == 0 ? opt_.start_fitness.value_or(o.fitness)
+                              : (o.promoted && o.fitness > best_.fitness ? o.fitness : best_.fitness);
     res_.trace.push_back(t);
     if (opt_.on_progress) {
       Progress p;

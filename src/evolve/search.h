@@ -52,6 +52,8 @@ struct SearchOptions {
   int stagnation = 150;      // map-elites: evaluations without an archive improvement before a restart
   int kick = 4;              // mutations applied to an elite at a restart
   double crossover_rate = 0.15;
+  // Fitness of the start genome by definition (1.0 when fitness is a speedup over it); nullopt = as evaluated.
+  std::optional<double> start_fitness;
   std::vector<Genome> seeds;  // extra starting genomes (best of similar shapes from the knowledge base)
   std::function<void(const Progress&)> on_progress;
 };

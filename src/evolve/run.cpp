@@ -1,0 +1,273 @@
+// The factory's run driver (run.h).
+#include "evolve/run.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+
+#include "common/error.h"
+#include "common/util.h"
+
+namespace genesis::evolve {
+
+namespace nf = kernels::nf4_gemv;
+using nlohmann::json;
+
+std::vector<std::string> default_train_shapes() { return {"768x2048", "2048x768", "512x2048", "2048x512"}; }
+std::vector<std::string> default_heldout_shapes() { return {"2880x1024", "1408x2048"}; }
+
+Budget parse_budget(const std::string& text) {
+  Budget b;
+  if (text.empty()) fail("budget is empty (e.g. 10m, 90s, 1h or 5000 evaluations)");
+  const char unit = text.back();
+  const bool timed = unit == 's' || unit == 'm' || unit == 'h';
+  const std::string num = timed ? text.substr(0, text.size() - 1) : text;
+  double v = 0;
+  try {
+    size_t used = 0;
+    v = std::stod(num, &used);
+    if (used != num.size()) throw std::invalid_argument("trailing");
+  } catch (const std::logic_error&) {
+    fail("budget '{}' is not a duration (10m, 90s, 1h) or a number of evaluations", text);
+  }
+  if (!(v > 0)) fail("budget '{}' is zero or negative: the search needs something to spend", text);
+  if (timed) {
+    b.seconds = v * (unit == 's' ? 1 : unit == 'm' ? 60 : 3600);
+  } else {
+    if (v != std::floor(v)) fail("budget '{}': a number of evaluations must be a whole number", text);
+    b.evals = int64_t(v);
+  }
+  return b;
+}
+
+std::string canonical_family(const std::string& name) {
+  if (name == "nf4-gemv" || name == "nf4_gemv") return "nf4_gemv";
+  fail("unknown kernel family '{}' (possible: nf4-gemv)", name);
+}
+
+namespace {
+
+json options_json(const EvolveOptions& o) {
+  return {{"family", o.family},           {"path", o.path},
+          {"train", o.train},             {"heldout", o.heldout},
+          {"tokens", o.tokens},           {"budget", o.budget},
+          {"strategy", o.strategy},       {"seed", o.seed},
+          {"threads", o.threads},         {"seed_from_kb", o.seed_from_kb},
+          {"gate_rounds", o.gate_rounds}, {"min_sample_s", o.min_sample_s},
+          {"screen_rounds", o.screen_rounds}, {"full_rounds", o.full_rounds},
+          {"confirm_rounds", o.confirm_rounds}, {"timeout_s", o.timeout_s}};
+}
+
+EvolveOptions options_from_json(const json& j, const EvolveOptions& base) {
+  EvolveOptions o = base;
+  try {
+    o.family = j.at("family");
+    o.path = j.at("path");
+    o.train = j.at("train").get<std::vector<std::string>>();
+    o.heldout = j.at("heldout").get<std::vector<std::string>>();
+    o.tokens = j.at("tokens");
+    o.budget = j.at("budget");
+    o.strategy = j.at("strategy");
+    o.seed = j.at("seed");
+    o.threads = j.at("threads");
+    o.seed_from_kb = j.at("seed_from_kb");
+    o.gate_rounds = j.at("gate_rounds");
+    o.min_sample_s = j.at("min_sample_s");
+    o.screen_rounds = j.at("screen_rounds");
+    o.full_rounds = j.at("full_rounds");
+    o.confirm_rounds = j.at("confirm_rounds");
+    o.timeout_s = j.at("timeout_s");
+  } catch (const json::exception& e) {
+    fail("the run's stored configuration is incomplete: {}", e.what());
+  }
+  return o;
+}
+
+}  // namespace
+
+json run_evolve(const EvolveOptions& given) {
+  EvolveOptions opt = given;
+  const std::string kb_path = opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
+  kb::Kb kb(kb_path);
+  int64_t run_id = 0;
+  if (opt.resume > 0) {
+    auto r = kb.run(opt.resume);
+    if (!r) fail("knowledge base {}: no run {} to resume", kb_path, opt.resume);
+    if (r->cpu_sig != kb.cpu_sig() || r->build_id != kb.build())
+      fail("run {} was made on another CPU or build ({} / {}); it cannot be resumed here", opt.resume, r->cpu_sig,
+           r->build_id);
+    if (r->status == "finished") fail("run {} is already finished", opt.resume);
+    opt = options_from_json(r->config, given);
+    run_id = r->id;
+  }
+  opt.family = canonical_family(opt.family);
+  if (opt.train.empty()) opt.train = default_train_shapes();
+  if (opt.heldout.empty() && given.resume == 0 && given.heldout.empty()) opt.heldout = default_heldout_shapes();
+  const Budget budget = parse_budget(opt.budget);
+  const auto strategy = parse_strategy(opt.strategy);
+  if (!strategy) fail("unknown strategy '{}' (possible: one-plus-one, map-elites)", opt.strategy);
+  nf::Path path = nf::best_path();
+  if (!opt.path.empty()) {
+    auto p = nf::parse_path(opt.path);
+    if (!p) fail("unknown path '{}' (possible: scalar, avx2, avx512fp32, avx512bf16, avx512vnni)", opt.path);
+    path = *p;
+  }
+  nf::require_path(path);
+  opt.path = std::string(nf::path_name(path));
+  if (opt.tokens < 1 || opt.tokens > nf::kMaxTokens) fail("tokens {} not in 1..{}", opt.tokens, nf::kMaxTokens);
+  if (opt.threads < 1) fail("threads {} must be at least 1", opt.threads);
+
+  Nf4EvalConfig cfg;
+  cfg.path = path;
+  for (const auto& s : opt.train) cfg.train.push_back(parse_shape(s));
+  std::vector<Shape> heldout;
+  for (const auto& s : opt.heldout) heldout.push_back(parse_shape(s));
+  for (const auto& s : cfg.train) nf::Problem{s.first, s.second, opt.tokens, cfg.blocksize}.validate();
+  for (const auto& s : heldout) nf::Problem{s.first, s.second, opt.tokens, cfg.blocksize}.validate();
+  cfg.tokens = opt.tokens;
+  cfg.threads = opt.threads;
+  cfg.min_sample_s = opt.min_sample_s;
+  cfg.screen_rounds = opt.screen_rounds;
+  cfg.full_rounds = opt.full_rounds;
+  cfg.confirm_rounds = opt.confirm_rounds;
+  cfg.timeout_s = opt.timeout_s;
+
+  if (run_id == 0) run_id = kb.begin_run(opt.family, opt.strategy, opt.seed, options_json(opt));
+  Nf4Evaluator evaluator(cfg, &kb, run_id);
+  const Genome baseline = Genome::baseline(path);
+  Mutator mutator(nf4_body_fn(nf::Problem{cfg.train[0].first, cfg.train[0].second, cfg.tokens, cfg.blocksize}),
+                  nf4_param_space(path));
+
+  SearchOptions sopt;
+  sopt.strategy = *strategy;
+  sopt.seed = opt.seed;
+  sopt.max_evals = budget.evals;
+  sopt.max_seconds = budget.seconds;
+  sopt.start_fitness = 1.0;  // fitness is a speedup over the baseline genome
+  if (opt.seed_from_kb) {
+    // The best genomes of other shapes (same family, path, tokens) on this CPU and build.
+    auto rows = kb.best_for_seeding(opt.family, opt.path, opt.tokens);
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.speedup > b.speedup; });
+    for (const auto& r : rows) {
+      if (sopt.seeds.size() >= 4) break;
+      Genome g = Genome::parse(r.genome);
+      if (g == baseline || std::find(sopt.seeds.begin(), sopt.seeds.end(), g) != sopt.seeds.end()) continue;
+      sopt.seeds.push_back(g);
+    }
+  }
+  const double t0 = now_seconds();
+  double last_print = 0;
+  if (opt.progress)
+    sopt.on_progress = [&](const Progress& p) {
+      if (p.elapsed_s - last_print < 1.0 && p.evaluations > 1) return;  // a live line, not a log
+      last_print = p.elapsed_s;
+      fmt::print(stderr, "\r[evolve run {}] evals {:5d}  best {:.3f}x  crash {}  wrong {}  timeout {}  invalid {}  {:.0f}/min  {:.0f}s ",
+                 run_id, p.evaluations, p.best_fitness, p.verdicts[int(Verdict::crash)],
+                 p.verdicts[int(Verdict::wrong_result)], p.verdicts[int(Verdict::timeout)],
+                 p.verdicts[int(Verdict::invalid)], p.elapsed_s > 0 ? 60.0 * double(p.evaluations) / p.elapsed_s : 0.0,
+                 p.elapsed_s);
+      std::fflush(stderr);
+    };
+  SearchResult res;
+  try {
+    res = search(baseline, mutator, evaluator, sopt);
+  } catch (...) {
+    kb.finish_run(run_id, "interrupted", json());
+    throw;
+  }
+  const double search_s = now_seconds() - t0;
+  if (opt.progress) fmt::print(stderr, "\n[evolve] held-out gate: {} vs baseline on {} shapes, hot and cold\n",
+                               kernel_id(res.best), cfg.train.size() + heldout.size());
+  GateResult gate = heldout_gate(cfg, heldout, res.best, baseline, opt.gate_rounds);
+
+  json report;
+  report["run_id"] = run_id;
+  report["kb"] = kb_path;
+  report["family"] = opt.family;
+  report["path"] = opt.path;
+  report["strategy"] = opt.strategy;
+  report["seed"] = opt.seed;
+  report["tokens"] = opt.tokens;
+  report["threads"] = opt.threads;
+  report["budget"] = opt.budget;
+  report["cpu_signature"] = kb.cpu_sig();
+  report["build_id"] = kb.build();
+  report["evaluations"] = res.evaluations;
+  report["duplicates"] = res.duplicates;
+  report["restarts"] = res.restarts;
+  report["crossovers"] = res.crossovers;
+  report["archive_cells"] = res.archive_cells;
+  report["stop_reason"] = res.stop_reason;
+  report["search_s"] = search_s;
+  report["evals_per_min"] = search_s > 0 ? 60.0 * double(res.evaluations) / search_s : 0.0;
+  json verdicts;
+  for (int v = 0; v < kVerdictCount; ++v) verdicts[verdict_name(Verdict(v))] = res.verdicts[v];
+  report["verdicts"] = verdicts;
+  json ops;
+  for (int i = 0; i < kOpCount; ++i)
+    ops[op_name(Op(i))] = {{"proposed", res.ops[i].proposed},
+                           {"legal", res.ops[i].legal},
+                           {"correct", res.ops[i].correct},
+                           {"improved", res.ops[i].improved},
+                           {"weight", res.op_weights[i]}};
+  report["operators"] = ops;
+  report["baseline"] = {{"genome", baseline.serialize()}, {"id", kernel_id(baseline)}};
+  report["best"] = {{"genome", res.best.serialize()}, {"id", kernel_id(res.best)}, {"fitness", res.best_fitness}};
+  const auto& t = evaluator.times();
+  report["time_split"] = {{"evaluations_run", t.ran},
+                          {"total_s", t.total_s},
+                          {"sandbox_s", t.sandbox_s},
+                          {"correctness_gate_s", t.gate_s},
+                          {"timing_s", t.timing_s},
+                          {"overhead_fraction", t.total_s > 0 ? 1.0 - t.timing_s / t.total_s : 0.0}};
+  json shapes = json::array();
+  for (const auto& r : gate.records) {
+    const bool loses = !r.correct || (r.speedup < 0.98 && r.ab_wins * 2 < r.ab_rounds);
+    shapes.push_back({{"shape", r.shape},
+                      {"set", r.set},
+                      {"regime", r.regime},
+                      {"baseline_us", r.baseline_us},
+                      {"best_us", r.best_us},
+                      {"speedup", r.speedup},
+                      {"ab_wins", r.ab_wins},
+                      {"ab_rounds", r.ab_rounds},
+                      {"promoted", gate.promoted},
+                      {"reason", loses ? (r.correct ? "loses here" : r.diagnostics) : gate.reason}});
+  }
+  report["shapes"] = shapes;
+  report["promoted"] = gate.promoted;
+  report["promotion_reason"] = gate.reason;
+  json trace = json::array();
+  for (const auto& it : res.trace)
+    trace.push_back({{"i", it.index},
+                     {"origin", it.origin},
+                     {"verdict", verdict_name(it.verdict)},
+                     {"fitness", it.fitness},
+                     {"best", it.best_fitness},
+                     {"promoted", it.promoted},
+                     {"reused", it.reused}});
+  report["trace"] = trace;
+
+  if (gate.promoted) {
+    for (const auto& r : gate.records) {
+      if (r.regime != "hot" || !r.correct || r.speedup <= 1.0) continue;  // never store a slower genome as best
+      kb::Best b;
+      b.family = opt.family;
+      b.path = opt.path;
+      b.shape = r.shape;
+      b.tokens = opt.tokens;
+      b.genome = res.best.serialize();
+      b.genome_hash = hex64(res.best.hash());
+      b.speedup = r.speedup;
+      b.baseline_us = r.baseline_us;
+      b.best_us = r.best_us;
+      b.run_id = run_id;
+      kb.offer_best(b);
+    }
+  }
+  kb.finish_run(run_id, "finished", report);
+  return report;
+}
+
+}  // namespace genesis::evolve

@@ -1,0 +1,52 @@
+// One factory run end to end: options -> knowledge base run -> search -> held-out gate -> best records -> JSON
+// report. Resume of an interrupted run replays the same seed over the evaluations the knowledge base kept.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "evolve/nf4_eval.h"
+
+namespace genesis::evolve {
+
+struct EvolveOptions {
+  std::string family = "nf4_gemv";
+  std::string path;  // empty = the fastest path of this CPU
+  std::vector<std::string> train, heldout;  // shapes "MxK"; empty = defaults
+  int tokens = 1;
+  std::string budget = "2m";  // "10m", "90s", "1h" (time) or "5000" (evaluations)
+  std::string strategy = "map-elites";
+  uint64_t seed = 1;
+  int threads = 1;
+  std::string kb_path;  // empty = kb::default_path()
+  int64_t resume = 0;   // run id to continue
+  bool seed_from_kb = true;
+  int gate_rounds = 20;
+  bool progress = true;
+  // Tests: shorter timing per evaluation.
+  double min_sample_s = 0.002;
+  int screen_rounds = 5, full_rounds = 15, confirm_rounds = 20;
+  double timeout_s = 20;
+};
+
+// Defaults of BENCHMARKING.md: training = the Qwen3-30B-A3B and Qwen3-Next expert projections; held-out = odd sizes.
+std::vector<std::string> default_train_shapes();
+std::vector<std::string> default_heldout_shapes();
+
+struct Budget {
+  int64_t evals = 0;
+  double seconds = 0;
+};
+Budget parse_budget(const std::string& text);  // throws genesis::Error (zero, malformed)
+
+std::string canonical_family(const std::string& name);  // "nf4-gemv" | "nf4_gemv" -> "nf4_gemv"; else throws
+
+// Runs the factory; returns the JSON report (see README: strategy, seed, evaluations, verdicts, operators,
+// baseline, best, shapes, ...). Prints a live progress line on stderr when opt.progress.
+nlohmann::json run_evolve(const EvolveOptions& opt);
+
+}  // namespace genesis::evolve

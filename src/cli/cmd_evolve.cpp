@@ -22,9 +22,10 @@ struct EvolveArgs {
 };
 
 void print_report(const json& r) {
-  fmt::print("\nrun {}  {}  path {}  strategy {}  seed {}  tokens {}  threads {}\n", r["run_id"].get<int64_t>(),
-             r["family"].get<std::string>(), r["path"].get<std::string>(), r["strategy"].get<std::string>(),
-             r["seed"].get<uint64_t>(), r["tokens"].get<int>(), r["threads"].get<int>());
+  fmt::print("\nrun {}  {}  path {}  strategy {}  seed {}  tokens {}  threads {}  search regime {}\n",
+             r["run_id"].get<int64_t>(), r["family"].get<std::string>(), r["path"].get<std::string>(),
+             r["strategy"].get<std::string>(), r["seed"].get<uint64_t>(), r["tokens"].get<int>(),
+             r["threads"].get<int>(), r.value("regime", "hot"));
   fmt::print("evaluations {} ({:.0f}/min, {} duplicates skipped, {} restarts, {} crossovers, {} archive cells), stop: {}\n",
              r["evaluations"].get<int64_t>(), r["evals_per_min"].get<double>(), r["duplicates"].get<int64_t>(),
              r["restarts"].get<int64_t>(), r["crossovers"].get<int64_t>(), r["archive_cells"].get<int64_t>(),
@@ -82,6 +83,10 @@ void setup_evolve(CLI::App& app) {
   c->add_option("--shape", a->opt.train, "training shapes MxK (default: Qwen3-30B-A3B and Qwen3-Next experts)");
   c->add_option("--heldout", a->opt.heldout, "held-out shapes MxK, never seen by the search (default 2880x1024 1408x2048)");
   c->add_option("--tokens", a->opt.tokens, "tokens per call, 1..16");
+  c->add_option("--regime", a->opt.regime,
+                 "cache regime of the search's fitness: both (default), hot (weights stay in cache) or cold (rotate "
+                 "copies > 2x LLC); the end-of-run gate always checks both")
+      ->check(CLI::IsMember({"hot", "cold", "both"}));
   c->add_option("--budget", a->opt.budget, "10m / 90s / 1h of search, or a number of evaluations (default 2m)");
   c->add_option("--strategy", a->opt.strategy, "one-plus-one or map-elites");
   c->add_option("--seed", a->opt.seed, "random seed (same seed, same sequence of genomes)");

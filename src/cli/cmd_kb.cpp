@@ -92,6 +92,7 @@ void setup_kb(CLI::App& app) {
     std::ofstream f(a->io_file);
     if (!f) fail("cannot write {}", a->io_file);
     f << k.export_json().dump(1) << "\n";
+    if (!f.flush()) fail("cannot write {}: disk full?", a->io_file);
     fmt::print("exported {} to {}\n", k.path(), a->io_file);
   });
   auto* imp = c->add_subcommand("import", "add the records of a JSON export (validated; foreign CPUs kept as foreign)");
@@ -105,6 +106,9 @@ void setup_kb(CLI::App& app) {
     const auto n = k.import_json(j);
     fmt::print("imported {} records into {}\n", n, k.path());
   });
+  // `genesis kb list --kb FILE` reads as naturally as `genesis kb --kb FILE list`: accept both.
+  for (auto* sub : {static_cast<CLI::App*>(c->get_subcommand("list")), show, best, exp, imp})
+    sub->add_option("--kb", a->file, "knowledge base file (default ~/.cache/genesis/kb.sqlite)");
 }
 
 }  // namespace

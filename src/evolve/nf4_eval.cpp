@@ -158,10 +158,29 @@ std::unique_ptr<cpu::ThreadPool> worker_setup(int threads) {
   return threads > 1 ? std::make_unique<cpu::ThreadPool>(threads) : nullptr;
 }
 
+// One timed measurement of the fitness: a training shape in one cache regime.
+struct Unit {
+  size_t shape;
+  bool cold;
+};
+
+// Copies of a shape's packed weights worth >= 2x the last-level cache, so that rotating through them reads from
+// memory (the cold regime of BENCHMARKING.md).
+std::vector<nf::PackedWeights> cold_copies(const nf::PackedWeights& pw) {
+  const auto& info = cpu::cpu_info();
+  const size_t llc = std::max<size_t>(info.caches.l3 ? info.caches.l3 : info.caches.l2, size_t(8) << 20);
+  const size_t n = std::max<size_t>(2, 2 * llc / std::max<size_t>(1, pw.bytes()) + 1);
+  std::vector<nf::PackedWeights> copies;
+  for (size_t c = 0; c < n; ++c) copies.push_back(pw.clone());
+  return copies;
+}
+
 }  // namespace
 
 struct Nf4Evaluator::Data {
   std::vector<ShapeData> shapes;
+  std::vector<std::vector<nf::PackedWeights>> cold;  // per shape; empty when the search times hot only
+  std::vector<Unit> units;
   std::string shape_set;
 };
 
@@ -169,8 +188,17 @@ Nf4Evaluator::Nf4Evaluator(Nf4EvalConfig cfg, kb::Kb* kb, int64_t run_id)
     : cfg_(std::move(cfg)), kb_(kb), run_id_(run_id), data_(std::make_unique<Data>()) {
   if (cfg_.train.empty()) fail("evolve: no training shapes");
   nf::require_path(cfg_.path);
+  if (cfg_.regime != "hot" && cfg_.regime != "cold" && cfg_.regime != "both")
+    fail("evolve: unknown regime '{}' (possible: hot, cold, both)", cfg_.regime);
   for (const auto& s : cfg_.train)
     data_->shapes.push_back(make_shape_data(s, cfg_.tokens, cfg_.blocksize, cfg_.path, cfg_.data_seed));
+  // Built once in the parent: forked workers share the copies (they only read them).
+  for (const auto& d : data_->shapes)
+    data_->cold.push_back(cfg_.regime == "hot" ? std::vector<nf::PackedWeights>{} : cold_copies(d.pw));
+  for (size_t i = 0; i < data_->shapes.size(); ++i) {
+    if (cfg_.regime != "cold") data_->units.push_back({i, false});
+    if (cfg_.regime != "hot") data_->units.push_back({i, true});
+  }
   data_->shape_set = shape_set_text(cfg_.train);
 }
 
@@ -218,6 +246,8 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
     const Genome base = Genome::baseline(cfg_.path);
     const auto& cfg = cfg_;
     auto& shapes = data_->shapes;
+    auto& cold = data_->cold;
+    const auto& units = data_->units;
     auto r = run_sandboxed(
         [&]() -> std::string {
           const double w0 = now_seconds();
@@ -233,24 +263,32 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
           TimingOptions topt;
           topt.warmup_s = 0.005;
           topt.min_sample_s = cfg.min_sample_s;
-          auto fn = [&](const nf::Kernel& k, ShapeData& d) {
-            return [&k, &d, p = pool.get()] { k.run(d.pw, d.x.data(), d.y.data(), p); };
+          // A unit's call: hot reuses one copy of the weights, cold rotates through copies worth >= 2x the LLC.
+          auto fn = [&](const nf::Kernel& k, const Unit& u) -> std::function<void()> {
+            ShapeData& d = shapes[u.shape];
+            if (!u.cold) return [&k, &d, p = pool.get()] { k.run(d.pw, d.x.data(), d.y.data(), p); };
+            auto& copies = cold[u.shape];
+            return [&k, &d, &copies, p = pool.get(), i = size_t(0)]() mutable {
+              k.run(copies[i++ % copies.size()], d.x.data(), d.y.data(), p);
+            };
           };
-          std::vector<Pairs> vs_base(shapes.size());
+          std::vector<Pairs> vs_base(units.size());
           auto fitness_now = [&] {
             std::vector<double> sp;
             for (auto& p : vs_base) sp.push_back(1.0 / median(p.ratios));
             return geomean(sp);
           };
-          for (size_t i = 0; i < shapes.size(); ++i)
-            add_pairs(vs_base[i], ab_compare(fn(*kc[i], shapes[i]), fn(*kb_[i], shapes[i]), cfg.screen_rounds, topt));
+          for (size_t i = 0; i < units.size(); ++i)
+            add_pairs(vs_base[i], ab_compare(fn(*kc[units[i].shape], units[i]), fn(*kb_[units[i].shape], units[i]),
+                                             cfg.screen_rounds, topt));
           json out;
           double fit = fitness_now();
           out["screen_fitness"] = fit;
           bool screened = fit < incumbent_fitness / cfg.screen_cut;
           if (!screened) {
-            for (size_t i = 0; i < shapes.size(); ++i)
-              add_pairs(vs_base[i], ab_compare(fn(*kc[i], shapes[i]), fn(*kb_[i], shapes[i]), cfg.full_rounds, topt));
+            for (size_t i = 0; i < units.size(); ++i)
+              add_pairs(vs_base[i], ab_compare(fn(*kc[units[i].shape], units[i]), fn(*kb_[units[i].shape], units[i]),
+                                               cfg.full_rounds, topt));
             fit = fitness_now();
           }
           int wins = 0, rounds = 0;
@@ -263,9 +301,9 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
             for (int rep = 0; rep < 2 && promoted; ++rep) {
               std::vector<double> sp_rep;
               int w = 0, n = 0;
-              for (size_t i = 0; i < shapes.size(); ++i) {
+              for (const Unit& u : units) {
                 Pairs p;
-                add_pairs(p, ab_compare(fn(*kc[i], shapes[i]), fn(*ki[i], shapes[i]), cfg.confirm_rounds, topt));
+                add_pairs(p, ab_compare(fn(*kc[u.shape], u), fn(*ki[u.shape], u), cfg.confirm_rounds, topt));
                 w += p.a_wins;
                 n += int(p.ratios.size());
                 sp_rep.push_back(1.0 / median(p.ratios));
@@ -283,8 +321,9 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
           out["ab_wins"] = wins;
           out["ab_rounds"] = rounds;
           json per = json::array();
-          for (size_t i = 0; i < shapes.size(); ++i)
-            per.push_back({{"shape", shapes[i].pr.shape()},
+          for (size_t i = 0; i < units.size(); ++i)
+            per.push_back({{"shape", shapes[units[i].shape].pr.shape()},
+                           {"regime", units[i].cold ? "cold" : "hot"},
                            {"baseline_us", vs_base[i].b_us},
                            {"cand_us", vs_base[i].a_us},
                            {"speedup", 1.0 / median(vs_base[i].ratios)},
@@ -338,8 +377,6 @@ GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& held
   std::vector<std::pair<Shape, std::string>> todo;
   for (const auto& s : cfg.train) todo.push_back({s, "train"});
   for (const auto& s : heldout) todo.push_back({s, "heldout"});
-  const auto& info = cpu::cpu_info();
-  const size_t llc = std::max<size_t>(info.caches.l3 ? info.caches.l3 : info.caches.l2, size_t(8) << 20);
   for (const auto& [shape, set] : todo) {
     // One worker per shape: a crash on a held-out shape is recorded for that shape.
     auto r = run_sandboxed(
@@ -352,12 +389,8 @@ GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& held
           topt.min_sample_s = cfg.min_sample_s;
           json out = json::array();
           for (const char* regime : {"hot", "cold"}) {
-            std::vector<nf::PackedWeights> copies;
             const bool cold = std::string(regime) == "cold";
-            if (cold) {
-              const size_t n = std::max<size_t>(2, 2 * llc / std::max<size_t>(1, d.pw.bytes()) + 1);
-              for (size_t c = 0; c < n; ++c) copies.push_back(d.pw.clone());
-            }
+            std::vector<nf::PackedWeights> copies = cold ? cold_copies(d.pw) : std::vector<nf::PackedWeights>{};
             size_t ia = 0, ib = 0;
             auto run_w = [&] {
               kw->run(cold ? copies[ia++ % copies.size()] : d.pw, d.x.data(), d.y.data(), pool.get());

@@ -26,7 +26,8 @@ struct Nf4EvalConfig {
   std::vector<Shape> train;
   int tokens = 1;
   int blocksize = 64;
-  std::string regime = "hot";  // the regime the search times in
+  // The regime(s) the search times in: "hot", "cold" or "both" (fitness = geomean over shapes x regimes).
+  std::string regime = "both";
   int threads = 1;
   double timeout_s = 20;   // per candidate, the whole worker
   int screen_rounds = 5;   // A/B pairs vs the baseline per shape in the screen

@@ -157,6 +157,7 @@ TEST_F(Nf4Factory, RunReportAndDedupe) {
   EXPECT_EQ(rep["evaluations"], 10);
   EXPECT_EQ(rep["strategy"], "map-elites");
   EXPECT_EQ(rep["seed"], 5);
+  EXPECT_EQ(rep["regime"], "both");  // the search's fitness covers hot and cold unless told otherwise
   for (const char* v : {"ok", "wrong_result", "crash", "timeout"}) EXPECT_TRUE(rep["verdicts"].contains(v)) << v;
   EXPECT_TRUE(rep["operators"].contains("swap_near"));
   EXPECT_TRUE(rep["baseline"].contains("genome"));
@@ -263,6 +264,9 @@ TEST_F(Nf4Factory, BadInputIsAClearError) {
   o = small("5");
   o.strategy = "simulated-annealing";
   expect_error(o, "unknown strategy");
+  o = small("5");
+  o.regime = "warm";
+  expect_error(o, "unknown regime");
   o = small("5");
   o.resume = 99;
   expect_error(o, "no run 99");

@@ -51,7 +51,7 @@ namespace {
 json options_json(const EvolveOptions& o) {
   return {{"family", o.family},           {"path", o.path},
           {"train", o.train},             {"heldout", o.heldout},
-          {"tokens", o.tokens},           {"budget", o.budget},
+          {"tokens", o.tokens},           {"budget", o.budget},           {"regime", o.regime},
           {"strategy", o.strategy},       {"seed", o.seed},
           {"threads", o.threads},         {"seed_from_kb", o.seed_from_kb},
           {"gate_rounds", o.gate_rounds}, {"min_sample_s", o.min_sample_s},
@@ -67,6 +67,7 @@ EvolveOptions options_from_json(const json& j, const EvolveOptions& base) {
     o.train = j.at("train").get<std::vector<std::string>>();
     o.heldout = j.at("heldout").get<std::vector<std::string>>();
     o.tokens = j.at("tokens");
+    o.regime = j.value("regime", "hot");  // runs stored before the option existed searched hot
     o.budget = j.at("budget");
     o.strategy = j.at("strategy");
     o.seed = j.at("seed");
@@ -117,6 +118,8 @@ json run_evolve(const EvolveOptions& given) {
   opt.path = std::string(nf::path_name(path));
   if (opt.tokens < 1 || opt.tokens > nf::kMaxTokens) fail("tokens {} not in 1..{}", opt.tokens, nf::kMaxTokens);
   if (opt.threads < 1) fail("threads {} must be at least 1", opt.threads);
+  if (opt.regime != "hot" && opt.regime != "cold" && opt.regime != "both")
+    fail("unknown regime '{}' (possible: hot, cold, both)", opt.regime);
 
   Nf4EvalConfig cfg;
   cfg.path = path;
@@ -126,6 +129,7 @@ json run_evolve(const EvolveOptions& given) {
   for (const auto& s : cfg.train) nf::Problem{s.first, s.second, opt.tokens, cfg.blocksize}.validate();
   for (const auto& s : heldout) nf::Problem{s.first, s.second, opt.tokens, cfg.blocksize}.validate();
   cfg.tokens = opt.tokens;
+  cfg.regime = opt.regime;
   cfg.threads = opt.threads;
   cfg.min_sample_s = opt.min_sample_s;
   cfg.screen_rounds = opt.screen_rounds;
@@ -189,6 +193,7 @@ json run_evolve(const EvolveOptions& given) {
   report["strategy"] = opt.strategy;
   report["seed"] = opt.seed;
   report["tokens"] = opt.tokens;
+  report["regime"] = opt.regime;
   report["threads"] = opt.threads;
   report["budget"] = opt.budget;
   report["cpu_signature"] = kb.cpu_sig();

@@ -2,6 +2,9 @@
 // operator statistics, writes --json and, with --plot, draws fitness over evaluations through tools/plot_fitness.py.
 #include <fmt/core.h>
 
+#include <cmath>
+#include <map>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -44,11 +47,21 @@ void print_report(const json& r) {
              r["best"]["genome"].get<std::string>(), r["best"]["fitness"].get<double>());
   fmt::print("\n{:>11} {:>8} {:>5} {:>12} {:>10} {:>8} {:>8}\n", "shape", "set", "regime", "baseline_us", "best_us",
              "speedup", "A/B wins");
-  for (const auto& s : r["shapes"])
-    fmt::print("{:>11} {:>8} {:>5} {:>12.2f} {:>10.2f} {:>7.3f}x {:>5}/{:<3}\n", s["shape"].get<std::string>(),
+  std::map<std::string, std::pair<double, int>> logs;  // "train hot" -> (sum of log speedups, count)
+  for (const auto& s : r["shapes"]) {
+    fmt::print("{:>11} {:>8} {:>5} {:>12.2f} {:>10.2f} {:>7.3f}x {:>5}/{:<3}{}\n", s["shape"].get<std::string>(),
                s["set"].get<std::string>(), s["regime"].get<std::string>(), s["baseline_us"].get<double>(),
                s["best_us"].get<double>(), s["speedup"].get<double>(), s["ab_wins"].get<int>(),
-               s["ab_rounds"].get<int>());
+               s["ab_rounds"].get<int>(), s.value("remeasured", false) ? "  (lost at first, measured again)" : "");
+    if (s["speedup"].get<double>() > 0) {
+      auto& l = logs[s["set"].get<std::string>() + " " + s["regime"].get<std::string>()];
+      l.first += std::log(s["speedup"].get<double>());
+      ++l.second;
+    }
+  }
+  std::string gm;
+  for (const auto& [k, l] : logs) gm += fmt::format("  {} {:.3f}x", k, std::exp(l.first / l.second));
+  if (!gm.empty()) fmt::print("geometric mean speedup:{}\n", gm);
   fmt::print("\npromoted to the knowledge base: {} ({})\n", r["promoted"].get<bool>() ? "yes" : "no",
              r["promotion_reason"].get<std::string>());
   fmt::print("\n{:>13} {:>9} {:>7} {:>8} {:>9} {:>7}\n", "operator", "proposed", "legal", "correct", "improved",

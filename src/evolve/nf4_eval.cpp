@@ -371,66 +371,102 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
   return o;
 }
 
+namespace {
+
+// One gate worker: winner vs baseline on one shape, correctness first, then interleaved A/B in each regime.
+// The payload is a JSON array of {regime, best_us, baseline_us, ratios, ab_wins, ab_rounds}.
+SandboxResult gate_shape(const Nf4EvalConfig& cfg, const Shape& shape, const Genome& winner, const Genome& baseline,
+                         const std::vector<std::string>& regimes, int rounds) {
+  return run_sandboxed(
+      [&]() -> std::string {
+        auto pool = worker_setup(cfg.threads);
+        ShapeData d = make_shape_data(shape, cfg.tokens, cfg.blocksize, cfg.path, cfg.data_seed + 17);
+        auto kw = nf::get_kernel(d.pr, winner), kbase = nf::get_kernel(d.pr, baseline);
+        check_correct(*kw, d, winner, pool.get(), false);
+        TimingOptions topt;
+        topt.min_sample_s = cfg.min_sample_s;
+        json out = json::array();
+        for (const auto& regime : regimes) {
+          const bool cold = regime == "cold";
+          std::vector<nf::PackedWeights> copies = cold ? cold_copies(d.pw) : std::vector<nf::PackedWeights>{};
+          size_t ia = 0, ib = 0;
+          auto run_w = [&] {
+            kw->run(cold ? copies[ia++ % copies.size()] : d.pw, d.x.data(), d.y.data(), pool.get());
+          };
+          auto run_b = [&] {
+            kbase->run(cold ? copies[ib++ % copies.size()] : d.pw, d.x.data(), d.y.data(), pool.get());
+          };
+          auto ab = ab_compare(run_w, run_b, rounds, topt);
+          std::vector<double> ratios;
+          for (size_t i = 0; i < ab.a.sample_us.size() && i < ab.b.sample_us.size(); ++i)
+            ratios.push_back(ab.a.sample_us[i] / ab.b.sample_us[i]);
+          out.push_back({{"regime", regime},
+                         {"best_us", ab.a.median_us},
+                         {"baseline_us", ab.b.median_us},
+                         {"ratios", ratios},
+                         {"ab_wins", ab.a_wins},
+                         {"ab_rounds", ab.rounds}});
+        }
+        return out.dump();
+      },
+      cfg.timeout_s + 60);
+}
+
+}  // namespace
+
+bool gate_loses(const GateRecord& r) { return !r.correct || (r.speedup < 0.98 && r.ab_wins * 2 < r.ab_rounds); }
+
 GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& heldout, const Genome& winner,
                         const Genome& baseline, int rounds) {
   GateResult g;
   std::vector<std::pair<Shape, std::string>> todo;
   for (const auto& s : cfg.train) todo.push_back({s, "train"});
   for (const auto& s : heldout) todo.push_back({s, "heldout"});
+  std::vector<std::vector<double>> ratios;  // per record, every A/B pair's time(winner) / time(baseline)
+  auto add = [&](GateRecord& rec, const json& e) {
+    rec.baseline_us = e["baseline_us"];
+    rec.best_us = e["best_us"];
+    rec.ab_wins += e["ab_wins"].get<int>();
+    rec.ab_rounds += e["ab_rounds"].get<int>();
+    auto& r = ratios[size_t(&rec - g.records.data())];
+    for (double v : e["ratios"]) r.push_back(v);
+    rec.speedup = 1.0 / median(r);
+  };
+  auto failed = [](GateRecord& rec, const SandboxResult& r) {
+    rec.correct = false;
+    rec.diagnostics = fmt::format("{}: {}", verdict_name(r.verdict), r.diagnostics);
+  };
   for (const auto& [shape, set] : todo) {
     // One worker per shape: a crash on a held-out shape is recorded for that shape.
-    auto r = run_sandboxed(
-        [&, shape = shape]() -> std::string {
-          auto pool = worker_setup(cfg.threads);
-          ShapeData d = make_shape_data(shape, cfg.tokens, cfg.blocksize, cfg.path, cfg.data_seed + 17);
-          auto kw = nf::get_kernel(d.pr, winner), kbase = nf::get_kernel(d.pr, baseline);
-          check_correct(*kw, d, winner, pool.get(), false);
-          TimingOptions topt;
-          topt.min_sample_s = cfg.min_sample_s;
-          json out = json::array();
-          for (const char* regime : {"hot", "cold"}) {
-            const bool cold = std::string(regime) == "cold";
-            std::vector<nf::PackedWeights> copies = cold ? cold_copies(d.pw) : std::vector<nf::PackedWeights>{};
-            size_t ia = 0, ib = 0;
-            auto run_w = [&] {
-              kw->run(cold ? copies[ia++ % copies.size()] : d.pw, d.x.data(), d.y.data(), pool.get());
-            };
-            auto run_b = [&] {
-              kbase->run(cold ? copies[ib++ % copies.size()] : d.pw, d.x.data(), d.y.data(), pool.get());
-            };
-            auto ab = ab_compare(run_w, run_b, rounds, topt);
-            out.push_back({{"regime", regime},
-                           {"best_us", ab.a.median_us},
-                           {"baseline_us", ab.b.median_us},
-                           {"speedup", 1.0 / ab.median_ratio},
-                           {"ab_wins", ab.a_wins},
-                           {"ab_rounds", ab.rounds}});
-          }
-          return out.dump();
-        },
-        cfg.timeout_s + 60);
-    if (r.verdict != Verdict::ok) {
+    auto r = gate_shape(cfg, shape, winner, baseline, {"hot", "cold"}, rounds);
+    const size_t first = g.records.size();
+    for (const char* regime : {"hot", "cold"}) {
       GateRecord rec;
       rec.shape = shape_text(shape);
       rec.set = set;
-      rec.regime = "hot";
-      rec.correct = false;
-      rec.diagnostics = fmt::format("{}: {}", verdict_name(r.verdict), r.diagnostics);
+      rec.regime = regime;
       g.records.push_back(rec);
+      ratios.emplace_back();
+    }
+    if (r.verdict != Verdict::ok) {
+      for (size_t i = first; i < g.records.size(); ++i) failed(g.records[i], r);
       continue;
     }
-    for (const auto& e : json::parse(r.payload)) {
-      GateRecord rec;
-      rec.shape = shape_text(shape);
-      rec.set = set;
-      rec.regime = e["regime"];
-      rec.baseline_us = e["baseline_us"];
-      rec.best_us = e["best_us"];
-      rec.speedup = e["speedup"];
-      rec.ab_wins = e["ab_wins"];
-      rec.ab_rounds = e["ab_rounds"];
-      g.records.push_back(rec);
+    const json e = json::parse(r.payload);
+    for (size_t i = 0; i < e.size(); ++i) add(g.records[first + i], e[i]);
+  }
+  // A loss, like a promotion, must hold on a second look: a record that loses is measured again with twice the pairs
+  // and judged on all its pairs together (a 2% difference with 9 of 20 pairs won is within the noise of a shared
+  // machine's memory bus).
+  for (auto& rec : g.records) {
+    if (!rec.correct || !gate_loses(rec)) continue;
+    auto r = gate_shape(cfg, parse_shape(rec.shape), winner, baseline, {rec.regime}, 2 * rounds);
+    if (r.verdict != Verdict::ok) {
+      failed(rec, r);
+      continue;
     }
+    add(rec, json::parse(r.payload)[0]);
+    rec.remeasured = true;
   }
   // Verdict: the search's own regime on training shapes was already confirmed; everything else must not lose.
   std::vector<std::string> losses;
@@ -439,8 +475,7 @@ GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& held
       losses.push_back(fmt::format("{} {}: {}", rec.set, rec.shape, rec.diagnostics));
       continue;
     }
-    const bool loses = rec.speedup < 0.98 && rec.ab_wins * 2 < rec.ab_rounds;
-    if (loses)
+    if (gate_loses(rec))
       losses.push_back(fmt::format("{} {} {}: {:.3f}x ({} of {} pairs won)", rec.set, rec.shape, rec.regime,
                                    rec.speedup, rec.ab_wins, rec.ab_rounds));
   }

@@ -228,7 +228,7 @@ json run_evolve(const EvolveOptions& given) {
                           {"overhead_fraction", t.total_s > 0 ? 1.0 - t.timing_s / t.total_s : 0.0}};
   json shapes = json::array();
   for (const auto& r : gate.records) {
-    const bool loses = !r.correct || (r.speedup < 0.98 && r.ab_wins * 2 < r.ab_rounds);
+    const bool loses = gate_loses(r);
     shapes.push_back({{"shape", r.shape},
                       {"set", r.set},
                       {"regime", r.regime},
@@ -237,6 +237,7 @@ json run_evolve(const EvolveOptions& given) {
                       {"speedup", r.speedup},
                       {"ab_wins", r.ab_wins},
                       {"ab_rounds", r.ab_rounds},
+                      {"remeasured", r.remeasured},
                       {"promoted", gate.promoted},
                       {"reason", loses ? (r.correct ? "loses here" : r.diagnostics) : gate.reason}});
   }

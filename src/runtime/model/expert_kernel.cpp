@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "kb/kb.h"
 #include "runtime/model/expert_pack.h"
 
 namespace genesis::runtime {
@@ -13,14 +14,21 @@ std::shared_ptr<const nk::PackedWeights> pack_expert(const quant::Nf4Matrix& m, 
   return std::make_shared<const nk::PackedWeights>(nk::pack(m, path));
 }
 
-ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize) {
+ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize, const std::string& kb_path) {
   nk::require_path(path);
   ExpertKernels k;
-  const nk::Genome g = nk::Genome::baseline(path);
-  k.gate_up = nk::get_kernel(nk::Problem{2 * c.moe_intermediate_size, c.hidden_size, 1, blocksize}, g);
-  k.down = nk::get_kernel(nk::Problem{c.hidden_size, c.moe_intermediate_size, 1, blocksize}, g);
-  k.id = k.gate_up->id();
-  k.source = "baseline genome";
+  std::vector<std::string> sources;
+  auto one = [&](int64_t M, int64_t K) {
+    const nk::Problem pr{M, K, 1, blocksize};
+    std::optional<nk::Genome> g;
+    if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
+    sources.push_back(fmt::format("{} {}", pr.shape(), g ? "tuned (knowledge base)" : "baseline genome"));
+    return nk::get_kernel(pr, g ? *g : nk::Genome::baseline(path));
+  };
+  k.gate_up = one(2 * c.moe_intermediate_size, c.hidden_size);
+  k.down = one(c.hidden_size, c.moe_intermediate_size);
+  k.id = k.gate_up->id() + ", " + k.down->id();
+  k.source = sources[0] + "; " + sources[1];
   return k;
 }
 

@@ -42,7 +42,11 @@ ExpertMatrix ExpertPacker::make_nf4(quant::Nf4Matrix q, const std::string& name)
     if (q.cols % q.blocksize != 0)
       fail("expert matrix {} [{}, {}]: the NF4 kernels need in-features to be a multiple of the blocksize {}", name,
            q.rows, q.cols, q.blocksize);
-    m.packed = pack_expert(q, opt_.path);
+    m.packed = pack_expert(q, opt_.kernel_path());
+    // The packed copy is exact (pack/unpack round-trips); keeping the bitsandbytes layout too would double the
+    // experts' memory. Only the shape and blocksize stay.
+    m.nf4.rows = q.rows, m.nf4.cols = q.cols, m.nf4.blocksize = q.blocksize;
+    return m;
   }
   m.nf4 = std::move(q);
   return m;
@@ -67,7 +71,7 @@ void nf4_reference_rows(const quant::Nf4Matrix& m, const float* x, float* y, int
 }  // namespace
 
 void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
-                 float* y, int64_t r0, int64_t r1) {
+                 float* y, int64_t r0, int64_t r1, const kernels::nf4_gemv::PreparedActivations* xp) {
   switch (mode) {
     case ExpertMode::f32:
       cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(m.cols), 1.0f, m.f32.data() + r0 * m.cols,
@@ -76,10 +80,13 @@ void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv
     case ExpertMode::nf4_reference:
       nf4_reference_rows(m.nf4, x, y, r0, r1);
       return;
-    case ExpertMode::nf4_kernel:
-      kernel->run_groups(*m.packed, x, y, r0 / kernels::nf4_gemv::kGroupRows,
-                         (r1 + kernels::nf4_gemv::kGroupRows - 1) / kernels::nf4_gemv::kGroupRows);
+    case ExpertMode::nf4_kernel: {
+      const int64_t g0 = r0 / kernels::nf4_gemv::kGroupRows;
+      const int64_t g1 = (r1 + kernels::nf4_gemv::kGroupRows - 1) / kernels::nf4_gemv::kGroupRows;
+      if (xp) kernel->run_prepared(*m.packed, *xp, y, g0, g1);
+      else kernel->run_groups(*m.packed, x, y, g0, g1);
       return;
+    }
   }
 }
 

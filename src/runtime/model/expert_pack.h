@@ -33,14 +33,17 @@ struct ExpertKernels {
 };
 
 // y[r0..r1) = M[r0..r1, :] x, r0 and r1 multiples of kExpertRowBlock (r1 may be rows). y has M.rows entries.
+// nf4_kernel: xp, when given, is x already converted by kernel->prepare() (shared by every row block of a product).
 void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
-                 float* y, int64_t r0, int64_t r1);
+                 float* y, int64_t r0, int64_t r1, const kernels::nf4_gemv::PreparedActivations* xp = nullptr);
 
 // Packs an Nf4Matrix for a kernel path (defined with the kernels; see expert_kernel.cpp).
 std::shared_ptr<const kernels::nf4_gemv::PackedWeights> pack_expert(const quant::Nf4Matrix& m,
                                                                     kernels::nf4_gemv::Path path);
 
-// Kernels for this model's expert shapes with the baseline genome of `path`.
-ExpertKernels make_expert_kernels(const ModelConfig& c, kernels::nf4_gemv::Path path, int blocksize);
+// Kernels for this model's expert shapes on `path`: per shape the knowledge base's best genome for this CPU and
+// build (when kb_path is non-empty and holds one), else the path's baseline genome.
+ExpertKernels make_expert_kernels(const ModelConfig& c, kernels::nf4_gemv::Path path, int blocksize,
+                                  const std::string& kb_path);
 
 }  // namespace genesis::runtime

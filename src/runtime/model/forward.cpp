@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 
 #include "common/error.h"
 #include "common/util.h"
 #include "cpu/thread_pool.h"
+#include "kb/kb.h"
+#include "runtime/io/safetensors.h"
 
 namespace genesis::runtime {
 
@@ -22,9 +25,23 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
                                           const std::string& origin) {
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
-  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel)
-    m->kernels_ = make_expert_kernels(m->config_, opt.path, opt.nf4_blocksize);
+  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
+    const std::string kb_path = !opt.use_kb ? "" : opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
+    m->kernels_ = make_expert_kernels(m->config_, opt.kernel_path(), m->weights_.nf4_blocksize, kb_path);
+  }
   return m;
+}
+
+std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) fail("model directory {} does not exist (or is not a directory)", dir);
+  const std::string config_path = (fs::path(dir) / "config.json").string();
+  if (!fs::exists(config_path)) fail("{} has no config.json (is it a Hugging Face model directory?)", dir);
+  ModelConfig c = load_config(config_path);
+  // The mapping lives only while the weights are read: everything the forward pass needs is copied (fp32) or
+  // repacked (NF4) out of it.
+  std::unique_ptr<TensorSource> src = open_safetensors(dir);
+  return from_source(std::move(c), *src, opt, config_path);
 }
 
 std::string Model::expert_description() const {
@@ -247,23 +264,30 @@ void Session::moe_token(const Layer& l, const float* x, float* out) {
   const double t0 = now_seconds();
   const ExpertMode mode = m_.weights().expert_mode;
   const ExpertKernels& ks = m_.expert_kernels();
-  // Phase 1: gate_up rows of every chosen expert, (expert, row block) tasks.
+  const bool kernel = mode == ExpertMode::nf4_kernel;
+  // Phase 1: gate_up rows of every chosen expert, (expert, row block) tasks. The kernels' activation conversion
+  // (int8 / bf16 blocks) happens once for the shared input, not once per task.
+  if (kernel) ks.gate_up->prepare(x, H, prep_x_);
   const int64_t nb1 = (2 * I + kExpertRowBlock - 1) / kExpertRowBlock;
   parallel(K * nb1, [&](int64_t task) {
     const int64_t j = task / nb1, b = task % nb1;
     const Expert& e = l.experts[size_t(chosen[size_t(j)].first)];
     expert_rows(e.gate_up, mode, ks.gate_up.get(), x, &moe_h_[size_t(j * 2 * I)], b * kExpertRowBlock,
-                std::min(2 * I, (b + 1) * kExpertRowBlock));
+                std::min(2 * I, (b + 1) * kExpertRowBlock), kernel ? &prep_x_ : nullptr);
   });
-  for (int64_t j = 0; j < K; ++j)
+  // SwiGLU, and each expert's down-projection input converted once (one task per expert).
+  if (prep_act_.size() < size_t(K)) prep_act_.resize(size_t(K));
+  parallel(K, [&](int64_t j) {
     swiglu(&moe_h_[size_t(j * 2 * I)], &moe_h_[size_t(j * 2 * I + I)], &moe_act_[size_t(j * I)], I);
+    if (kernel) ks.down->prepare(&moe_act_[size_t(j * I)], I, prep_act_[size_t(j)]);
+  });
   // Phase 2: down rows.
   const int64_t nb2 = (H + kExpertRowBlock - 1) / kExpertRowBlock;
   parallel(K * nb2, [&](int64_t task) {
     const int64_t j = task / nb2, b = task % nb2;
     const Expert& e = l.experts[size_t(chosen[size_t(j)].first)];
     expert_rows(e.down, mode, ks.down.get(), &moe_act_[size_t(j * I)], &moe_out_[size_t(j * H)],
-                b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock));
+                b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock), kernel ? &prep_act_[size_t(j)] : nullptr);
   });
   std::fill(out, out + H, 0.0f);
   for (int64_t j = 0; j < K; ++j) {

@@ -86,6 +86,8 @@ class Session {
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
   std::vector<float> moe_h_, moe_act_, moe_out_, scores_;
+  kernels::nf4_gemv::PreparedActivations prep_x_;                // the MoE input, converted for gate_up
+  std::vector<kernels::nf4_gemv::PreparedActivations> prep_act_;  // each chosen expert's down input
   RopeTable rope_;
   int64_t rope_len_ = -1;
   ForwardStats stats_;

@@ -10,6 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/error.h"
+#include "cpu/thread_pool.h"
+#include "quant/nf4.h"
+#include "runtime/io/bnb.h"
+#include "runtime/io/safetensors.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/generate.h"
 #include "runtime/model/memory_source.h"
@@ -127,6 +132,93 @@ TEST_P(GoldenNf4Reference, LogitsAndGreedyMatchTransformers) {
   check_model(GetParam(), ExpertMode::nf4_reference, "nf4", kF32Tol, true);
 }
 INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Reference, ::testing::Values("qwen3_moe", "olmoe", "mixtral"));
+
+// NF4 experts through the JIT/compiled kernels of every path this CPU runs, against the same transformers NF4
+// logits. The bound per path comes from the kernels' error model (int8 activations and codes for avx512vnni, bf16 for
+// avx512bf16, fp32 otherwise); measured values are printed.
+double kernel_tolerance(kernels::nf4_gemv::Path p) {
+  using kernels::nf4_gemv::Path;
+  return p == Path::avx512_vnni ? 3e-2 : p == Path::avx512_bf16 ? 1e-2 : 1e-5;
+}
+
+class GoldenNf4Kernel : public ::testing::TestWithParam<std::string> {};
+TEST_P(GoldenNf4Kernel, EveryPathMatchesTransformersWithinItsBound) {
+  for (auto path : kernels::nf4_gemv::available_paths()) {
+    Golden g = load_golden(GetParam());
+    LoadOptions opt;
+    opt.experts = ExpertMode::nf4_kernel;
+    opt.path = path;
+    opt.use_kb = false;
+    opt.nf4_blocksize = g.ref.value("nf4_blocksize", 64);
+    auto model = Model::from_source(g.config, *g.src, opt, GetParam() + "/config.json");
+    EXPECT_NE(model->expert_description().find(std::string(kernels::nf4_gemv::path_name(path))), std::string::npos)
+        << model->expert_description();
+    const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+    cpu::ThreadPool pool(2);  // the (expert, row block) tasks and prepared activations across threads
+    Session s(*model, 64, &pool);
+    const double d = max_rel_diff(s.forward_all(tokens), g.ref.at("logits_nf4").get<std::vector<float>>());
+    std::printf("%s nf4-kernel %s: max |logit diff| / max |logit| = %.3g (tolerance %.3g)\n", GetParam().c_str(),
+                std::string(kernels::nf4_gemv::path_name(path)).c_str(), d, kernel_tolerance(path));
+    EXPECT_LE(d, kernel_tolerance(path)) << GetParam() << " path " << kernels::nf4_gemv::path_name(path);
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Kernel, ::testing::Values("qwen3_moe", "olmoe", "mixtral"));
+
+// Model::load reads a Hugging Face directory (config.json + safetensors) exactly as from_source reads the tensors.
+TEST(ModelLoad, DirectoryEqualsInMemorySource) {
+  Golden g = load_golden("qwen3_moe");
+  LoadOptions opt;
+  opt.experts = ExpertMode::nf4_reference;
+  auto from_dir = Model::load(kGolden + "/qwen3_moe", opt);
+  auto from_mem = Model::from_source(g.config, *g.src, opt, "qwen3_moe/config.json");
+  const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+  Session a(*from_dir, 32, nullptr), b(*from_mem, 32, nullptr);
+  EXPECT_EQ(a.forward_all(tokens), b.forward_all(tokens));
+  EXPECT_THROW(Model::load(kGolden + "/no_such_model", opt), Error);
+  EXPECT_THROW(Model::load(kGolden, opt), Error);  // a directory without config.json
+}
+
+// A checkpoint whose experts are stored as bitsandbytes NF4 (what `quantize` and bitsandbytes write) loads without
+// re-quantizing: logits equal those of the same model quantized at load, bit for bit, in both NF4 modes.
+TEST(ModelLoad, BitsandbytesExpertsLoadAsStored) {
+  for (bool dq : {false, true}) {
+    Golden g = load_golden("olmoe");
+    const int bs = g.ref.value("nf4_blocksize", 64);
+    MemoryTensorSource bnb("olmoe-bnb");
+    for (const auto& name : g.src->names()) {
+      const TensorView* t = g.src->find(name);
+      const bool expert = name.find(".experts.") != std::string::npos && t->shape.size() == 2;
+      if (!expert) {
+        bnb.add(name, t->dtype, t->shape, t->data, t->nbytes);
+        continue;
+      }
+      const auto q = quant::quantize_nf4(to_f32(*t), t->shape[0], t->shape[1], bs);
+      // Through a real file: the writer and reader of bitsandbytes' tensors, double quantization included.
+      const std::string file = ::testing::TempDir() + "/bnb_expert.safetensors";
+      {
+        SafetensorsWriter w(file, bnb_nf4_specs(name, t->shape[0], t->shape[1], bs, dq));
+        write_bnb_nf4(w, name, q, dq);
+        w.finish();
+      }
+      auto src = open_safetensors(file);
+      for (const auto& n : src->names()) {
+        const TensorView* v = src->find(n);
+        bnb.add(n, v->dtype, v->shape, v->data, v->nbytes);
+      }
+    }
+    LoadOptions opt;
+    opt.experts = ExpertMode::nf4_reference;
+    opt.nf4_blocksize = bs;
+    auto stored = Model::from_source(g.config, bnb, opt, "olmoe-bnb/config.json");
+    auto at_load = Model::from_source(g.config, *g.src, opt, "olmoe/config.json");
+    const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+    Session a(*stored, 32, nullptr), b(*at_load, 32, nullptr);
+    const auto la = a.forward_all(tokens), lb = b.forward_all(tokens);
+    if (!dq) EXPECT_EQ(la, lb);  // plain absmax: the same codes and scales
+    // Double quantization stores the absmax in 8 bits: close, not equal.
+    EXPECT_LE(max_rel_diff(la, lb), dq ? 2e-2 : 0.0) << "double quant " << dq;
+  }
+}
 
 TEST(GoldenRope, InverseFrequenciesMatchTransformers) {
   const json r = read_json(kGolden + "/rope.json");

@@ -2,6 +2,9 @@
 // Experts come per expert (experts.{e}.gate_proj / Mixtral w1, w3, w2) or fused 3-D (experts.gate_up_proj).
 #include "runtime/model/weights.h"
 
+#include "common/progress.h"
+#include "runtime/io/bnb.h"
+
 #include <fmt/format.h>
 
 #include <cstring>
@@ -77,6 +80,26 @@ std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
+}
+
+std::string origin_of(const ModelConfig&, const std::string& config_origin) { return config_origin; }
+
+void check_nf4_shape(const quant::Nf4Matrix& q, int64_t rows, int64_t cols, const std::string& name,
+                     const std::string& origin) {
+  if (q.rows != rows || q.cols != cols)
+    fail("expert matrix {} is [{}, {}], but {} implies [{}, {}]", name, q.rows, q.cols, origin, rows, cols);
+}
+
+// gate rows then up rows as one NF4 matrix: rows are whole blocks (cols % blocksize == 0), so the packed codes and
+// the absmax concatenate.
+quant::Nf4Matrix stack_rows(quant::Nf4Matrix a, const quant::Nf4Matrix& b) {
+  if (a.cols % a.blocksize != 0 || a.cols != b.cols || a.blocksize != b.blocksize)
+    fail("cannot stack NF4 matrices [{}, {}] (blocksize {}) and [{}, {}] (blocksize {})", a.rows, a.cols, a.blocksize,
+         b.rows, b.cols, b.blocksize);
+  a.packed.insert(a.packed.end(), b.packed.begin(), b.packed.end());
+  a.absmax.insert(a.absmax.end(), b.absmax.begin(), b.absmax.end());
+  a.rows += b.rows;
+  return a;
 }
 
 class Loader {
@@ -159,7 +182,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   Loader L(c, src, config_origin);
   Weights w;
   w.expert_mode = opt.experts;
-  w.path = opt.path;
+  w.path = opt.kernel_path();
   w.nf4_blocksize = opt.nf4_blocksize;
   const int64_t H = c.hidden_size;
   w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false);
@@ -168,6 +191,8 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
 
   ExpertPacker packer(opt, c);
   w.layers.resize(size_t(c.num_layers));
+  std::unique_ptr<Progress> progress;
+  if (opt.show_progress) progress = std::make_unique<Progress>("loading layers", double(c.num_layers), "layers");
   for (int64_t li = 0; li < c.num_layers; ++li) {
     Layer& l = w.layers[size_t(li)];
     const std::string p = fmt::format("model.layers.{}.", li);
@@ -191,6 +216,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);
       l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias);
       l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias);
+      if (progress) progress->add(1);
       continue;
     }
     const int64_t E = c.num_experts, I = c.moe_intermediate_size;
@@ -198,6 +224,27 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     if (c.arch == Arch::mixtral && (L.has(p + "block_sparse_moe.gate.weight"))) m = p + "block_sparse_moe.";
     l.router = L.dense(m + "gate", E, H, false);
     l.experts.resize(size_t(E));
+    if (opt.experts != ExpertMode::f32) {
+      // NF4 as stored (bitsandbytes) or quantized now from a float checkpoint, one expert at a time: no fp32 copy of
+      // a layer's experts is ever held.
+      for (int64_t e = 0; e < E; ++e) {
+        ExpertNf4 x = load_expert_nf4(src, m.substr(0, m.size() - 1), int(e), opt.nf4_blocksize);
+        const std::string name = fmt::format("{}experts.{}", m, e);
+        check_nf4_shape(x.gate, I, H, name + " gate", origin_of(c, config_origin));
+        check_nf4_shape(x.up, I, H, name + " up", origin_of(c, config_origin));
+        check_nf4_shape(x.down, H, I, name + " down", origin_of(c, config_origin));
+        if (w.nf4_blocksize_seen == 0) w.nf4_blocksize_seen = x.gate.blocksize;
+        for (const auto* q : {&x.gate, &x.up, &x.down})
+          if (q->blocksize != w.nf4_blocksize_seen)
+            fail("{}: NF4 blocksize {} differs from the {} of the other experts; one blocksize per model", name,
+                 q->blocksize, w.nf4_blocksize_seen);
+        Expert& ex = l.experts[size_t(e)];
+        ex.gate_up = packer.make_nf4(stack_rows(std::move(x.gate), x.up), name + ".gate_up");
+        ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
+      }
+      if (progress) progress->add(1);
+      continue;
+    }
     const std::string fused_gu = m + "experts.gate_up_proj", fused_down = m + "experts.down_proj";
     const bool fused = L.has(fused_gu);
     std::vector<float> fgu, fdown;
@@ -225,7 +272,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       ex.gate_up = packer.make(std::move(gu), 2 * I, H, fmt::format("{}experts.{}.gate_up", m, e));
       ex.down = packer.make(std::move(down), H, I, fmt::format("{}experts.{}.down_proj", m, e));
     }
+    if (progress) progress->add(1);
   }
+  if (w.nf4_blocksize_seen) w.nf4_blocksize = w.nf4_blocksize_seen;
   return w;
 }
 

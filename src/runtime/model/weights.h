@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,8 +27,13 @@ const char* expert_mode_name(ExpertMode m);
 struct LoadOptions {
   ExpertMode experts = ExpertMode::nf4_kernel;
   int nf4_blocksize = quant::kNf4DefaultBlocksize;  // when quantizing fp32/bf16 experts at load
-  kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;  // nf4_kernel: the kernel path
+  // nf4_kernel: the kernel path; unset = the fastest this CPU runs (kernels::nf4_gemv::best_path()).
+  std::optional<kernels::nf4_gemv::Path> path;
+  // nf4_kernel: the knowledge base to take tuned genomes from ("" = kb::default_path()); use_kb = false: baselines.
+  std::string kb_path;
+  bool use_kb = true;
   bool show_progress = false;
+  kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 
 // A dense fp32 matrix [rows, cols], row-major, with an optional bias [rows].
@@ -74,6 +80,7 @@ struct Weights {
   ExpertMode expert_mode = ExpertMode::f32;
   kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;
   int nf4_blocksize = 0;
+  int nf4_blocksize_seen = 0;  // the experts' blocksize as loaded (a bitsandbytes checkpoint sets its own)
   bool experts_from_bnb = false;  // the checkpoint stored bitsandbytes NF4 experts
 
   const Dense& output() const { return lm_head.w.empty() ? embed : lm_head; }

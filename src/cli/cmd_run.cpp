@@ -1,0 +1,146 @@
+// `genesis run`: load a model directory, generate from a prompt (or a chat turn), stream the text, print statistics.
+// Parsing and printing only: loading is runtime::load_model, generation runtime::generate.
+#include <fmt/core.h>
+
+#include <cstdio>
+#include <memory>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "cpu/thread_pool.h"
+#include "kernels/nf4_gemv/nf4_gemv.h"
+#include "runtime/model/generate.h"
+#include "runtime/model/load.h"
+#include "runtime/tokenizer/chat.h"
+
+namespace {
+
+using genesis::fail;
+namespace rt = genesis::runtime;
+namespace nf = genesis::kernels::nf4_gemv;
+
+struct RunArgs {
+  std::string model, prompt, system, experts = "nf4", path, kb;
+  int64_t max_tokens = 128, context = 0;
+  bool chat = false, no_think = false, no_kb = false, quiet = false;
+  float temp = 0, top_p = 1;
+  int top_k = 0, threads = 0;
+  uint64_t seed = 0;
+  CLI::Option *temp_opt = nullptr, *top_k_opt = nullptr, *top_p_opt = nullptr;
+};
+
+rt::ExpertMode parse_mode(const std::string& s) {
+  if (s == "nf4") return rt::ExpertMode::nf4_kernel;
+  if (s == "nf4-reference") return rt::ExpertMode::nf4_reference;
+  if (s == "f32") return rt::ExpertMode::f32;
+  fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", s);
+}
+
+void run(const RunArgs& a) {
+  rt::LoadOptions opt;
+  opt.experts = parse_mode(a.experts);
+  if (!a.path.empty()) {
+    auto p = nf::parse_path(a.path);
+    if (!p) fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
+    nf::require_path(*p);
+    opt.path = *p;
+  }
+  opt.kb_path = a.kb;
+  opt.use_kb = !a.no_kb;
+  opt.show_progress = !a.quiet;
+  rt::LoadedModel lm = rt::load_model(a.model, opt);
+  if (!lm.tokenizer) fail("{} has no tokenizer.json: `genesis run` needs one to turn the prompt into tokens", a.model);
+  const auto& cfg = lm.model->config();
+  if (!a.quiet) fmt::print(stderr, "model: {}\nexperts: {}\nloaded in {:.2f} s\n", cfg.summary(),
+                           lm.model->expert_description(), lm.load_s);
+
+  std::vector<int32_t> ids;
+  if (a.chat) {
+    if (lm.chat_template.empty()) fail("{} has no chat template (tokenizer_config.json); run without --chat", a.model);
+    std::vector<rt::ChatMessage> msgs;
+    if (!a.system.empty()) msgs.push_back({"system", a.system});
+    msgs.push_back({"user", a.prompt});
+    rt::ChatOptions co;
+    co.enable_thinking = !a.no_think;
+    const std::string text = rt::apply_chat_template(lm.chat_template, msgs, true, lm.bos_token, lm.eos_token, co);
+    ids = lm.tokenizer->encode(text, false, true);  // the template already holds BOS and special tokens
+  } else {
+    if (!a.system.empty()) fail("--system needs --chat");
+    ids = lm.tokenizer->encode(a.prompt, true, false);
+  }
+  if (ids.empty()) fail("the prompt is empty");
+
+  const int64_t context = a.context > 0 ? a.context : std::min<int64_t>(cfg.max_position_embeddings, 4096);
+  if (int64_t(ids.size()) >= context)
+    fail("the prompt has {} tokens but the context is {} tokens (--context; the model allows {})", ids.size(),
+         context, cfg.max_position_embeddings);
+  if (context > cfg.max_position_embeddings)
+    fail("--context {} exceeds the model's max_position_embeddings {}", context, cfg.max_position_embeddings);
+
+  rt::GenerateOptions go;
+  go.max_new_tokens = a.max_tokens;
+  go.stop_tokens = lm.stop_tokens;
+  go.sampling = lm.sampling;  // generation_config.json's defaults, overridden by the flags given
+  if (a.temp_opt->count()) go.sampling.temperature = a.temp;
+  if (a.top_k_opt->count()) go.sampling.top_k = a.top_k;
+  if (a.top_p_opt->count()) go.sampling.top_p = a.top_p;
+  go.sampling.seed = a.seed;
+  go.sampling.validate();
+
+  genesis::cpu::ThreadPool pool(a.threads);
+  rt::Session session(*lm.model, context, &pool);
+  rt::Tokenizer::StreamDecoder dec(*lm.tokenizer, true);
+  if (!a.chat) {
+    // Echo the prompt, as llama.cpp does, so the continuation reads in place.
+    fmt::print("{}", a.prompt);
+    std::fflush(stdout);
+  }
+  const auto st = rt::generate(session, ids, go, [&](int32_t tok) {
+    if (std::find(go.stop_tokens.begin(), go.stop_tokens.end(), tok) == go.stop_tokens.end()) {
+      fmt::print("{}", dec.push(tok));
+      std::fflush(stdout);
+    }
+    return true;
+  });
+  fmt::print("{}\n", dec.flush());
+  std::fflush(stdout);
+  fmt::print(stderr,
+             "\nprompt {} tokens: prefill {:.2f} s ({:.1f} tokens/s)\ngenerated {} tokens: decode {:.1f} tokens/s "
+             "({} steps, {:.2f} s); stop: {}\nthreads {}, context {}, sampling {}\npeak memory {:.2f} GiB "
+             "(resident)\nexperts: {}\n",
+             st.prompt_tokens, st.prefill_s, st.prefill_tps(), st.generated, st.decode_tps(), st.decode_steps,
+             st.decode_s, st.stop_reason, pool.size(), context,
+             go.sampling.temperature <= 0 ? std::string("greedy")
+                                          : fmt::format("temperature {} top-k {} top-p {} seed {}",
+                                                        go.sampling.temperature, go.sampling.top_k,
+                                                        go.sampling.top_p, go.sampling.seed),
+             double(rt::peak_rss_bytes()) / (1u << 30), lm.model->expert_description());
+}
+
+void setup_run(CLI::App& app) {
+  auto a = std::make_shared<RunArgs>();
+  auto* c = app.add_subcommand("run", "Generate text with a model directory (Hugging Face safetensors, NF4 experts)");
+  c->add_option("--model,-m", a->model, "model directory: config.json, *.safetensors (or index + shards), tokenizer.json")
+      ->required();
+  c->add_option("--prompt,-p", a->prompt, "the prompt (with --chat: the user's message)")->required();
+  c->add_option("-n,--max-tokens", a->max_tokens, "tokens to generate at most (default 128)")
+      ->check(CLI::PositiveNumber);
+  c->add_flag("--chat", a->chat, "wrap the prompt in the model's chat template (tokenizer_config.json)");
+  c->add_option("--system", a->system, "system message (with --chat)");
+  c->add_flag("--no-think", a->no_think, "Qwen3 templates: disable the thinking block (enable_thinking=False)");
+  a->temp_opt = c->add_option("--temp", a->temp, "temperature; 0 = greedy (default: generation_config.json, else 0)");
+  a->top_k_opt = c->add_option("--top-k", a->top_k, "keep the k most likely tokens (0 = off)");
+  a->top_p_opt = c->add_option("--top-p", a->top_p, "nucleus sampling mass (1 = off)");
+  c->add_option("--seed", a->seed, "random seed for sampling (same seed, same text)");
+  c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("--context,-c", a->context, "KV cache size in tokens (default min(4096, max_position_embeddings))");
+  c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
+  c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
+  c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
+  c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
+  c->add_flag("--quiet,-q", a->quiet, "no progress bar or model summary");
+  c->callback([a] { run(*a); });
+}
+
+}  // namespace
+GENESIS_COMMAND("run", 20, setup_run);

@@ -93,7 +93,7 @@ void setup_evolve(CLI::App& app) {
   auto* c = app.add_subcommand("evolve", "Discover faster kernels on this CPU (evolutionary search, knowledge base)");
   c->add_option("--family", a->opt.family, "kernel family (nf4-gemv)");
   c->add_option("--path", a->opt.path, "ISA path (default: the fastest this CPU runs)");
-  c->add_option("--shape", a->opt.train, "training shapes MxK (default: Qwen3-30B-A3B and Qwen3-Next experts)");
+  c->add_option("--shape", a->opt.train, "training shapes MxK (default: Qwen3-30B-A3B and Qwen3-Next experts as the runtime runs them: fused gate_up 1536x2048 and 1024x2048, down 2048x768 and 2048x512)");
   c->add_option("--heldout", a->opt.heldout, "held-out shapes MxK, never seen by the search (default 2880x1024 1408x2048)");
   c->add_option("--tokens", a->opt.tokens, "tokens per call, 1..16");
   c->add_option("--regime", a->opt.regime,

@@ -414,7 +414,18 @@ SandboxResult gate_shape(const Nf4EvalConfig& cfg, const Shape& shape, const Gen
 
 }  // namespace
 
-bool gate_loses(const GateRecord& r) { return !r.correct || (r.speedup < 0.98 && r.ab_wins * 2 < r.ab_rounds); }
+bool gate_loses(const GateRecord& r) {
+  if (!r.correct) return true;
+  if (r.speedup < 0.98 && r.ab_wins * 2 < r.ab_rounds) return true;
+  // A smaller loss counts when the pairs say it is real: a one-sided sign test at 5% (e.g. at most 5 of 20 pairs won).
+  double p = 0, c = 1;  // P(wins <= ab_wins) for a fair coin
+  for (int k = 0; k <= r.ab_wins; ++k) {
+    p += c;
+    c = c * double(r.ab_rounds - k) / double(k + 1);
+  }
+  p *= std::pow(0.5, r.ab_rounds);
+  return r.speedup < 0.99 && p < 0.05;
+}
 
 GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& heldout, const Genome& winner,
                         const Genome& baseline, int rounds) {

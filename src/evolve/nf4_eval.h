@@ -78,7 +78,8 @@ struct GateRecord {
   std::string diagnostics;
 };
 
-// Incorrect, or slower than the baseline by more than 2% with fewer than half the pairs won.
+// Incorrect, or slower than the baseline by more than 2% with fewer than half the pairs won, or by more than 1% with
+// a one-sided sign test over the pairs significant at 5%.
 bool gate_loses(const GateRecord& r);
 
 struct GateResult {

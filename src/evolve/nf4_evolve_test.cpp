@@ -283,3 +283,26 @@ TEST_F(Nf4Factory, BadInputIsAClearError) {
 
 }  // namespace
 }  // namespace genesis::evolve
+
+namespace genesis::evolve {
+namespace {
+
+TEST(Gate, LossRule) {
+  auto rec = [](double speedup, int wins, int rounds) {
+    GateRecord r;
+    r.speedup = speedup, r.ab_wins = wins, r.ab_rounds = rounds;
+    return r;
+  };
+  EXPECT_FALSE(gate_loses(rec(1.05, 18, 20)));
+  EXPECT_FALSE(gate_loses(rec(0.985, 9, 20)));   // within the noise: neither 2% nor significant
+  EXPECT_TRUE(gate_loses(rec(0.97, 9, 20)));     // more than 2% slower, fewer than half the pairs won
+  EXPECT_TRUE(gate_loses(rec(0.985, 4, 20)));    // small but consistent: sign test p = 0.006
+  EXPECT_FALSE(gate_loses(rec(0.985, 7, 20)));   // p = 0.13
+  EXPECT_FALSE(gate_loses(rec(0.995, 0, 20)));   // consistent but under 1%
+  GateRecord bad = rec(2.0, 20, 20);
+  bad.correct = false;
+  EXPECT_TRUE(gate_loses(bad));
+}
+
+}  // namespace
+}  // namespace genesis::evolve

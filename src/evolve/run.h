@@ -36,7 +36,8 @@ struct EvolveOptions {
   double timeout_s = 20;
 };
 
-// Defaults of BENCHMARKING.md: training = the Qwen3-30B-A3B and Qwen3-Next expert projections; held-out = odd sizes.
+// Defaults of BENCHMARKING.md: training = the Qwen3-30B-A3B and Qwen3-Next expert products as the runtime runs them
+// (fused gate_up, down); held-out = odd sizes.
 std::vector<std::string> default_train_shapes();
 std::vector<std::string> default_heldout_shapes();
 

@@ -55,8 +55,10 @@ void Progress::draw(bool final) {
     const double f = std::clamp(done_ / total_, 0.0, 1.0);
     constexpr int kWidth = 28;
     const int full = int(std::floor(f * kWidth));
-    line += fmt::format(" [{}{}] {:3.0f}% {}/{}", std::string(size_t(full), '#'), std::string(size_t(kWidth - full), '.'),
-                        100 * f, amount(done_), amount(total_));
+    const std::string of = unit_ == "B" ? amount(done_) + "/" + amount(total_)
+                                        : fmt::format("{:.0f}/{}", done_, amount(total_));
+    line += fmt::format(" [{}{}] {:3.0f}% {}", std::string(size_t(full), '#'), std::string(size_t(kWidth - full), '.'),
+                        100 * f, of);
   } else {
     line += " " + amount(done_);
   }

@@ -34,6 +34,10 @@ class TensorSource {
   virtual std::vector<std::string> names() const = 0;
   // A short description of where tensors come from, for error messages ("model.safetensors (shard 2 of 3)").
   virtual std::string describe(const std::string& name) const = 0;
+  // A hint that tensors whose names start with `prefix` will not be read again: a memory-mapped source gives their
+  // pages back, so that loading a model never holds the file and the converted weights at once. Views stay valid
+  // (a later read faults the pages in again).
+  virtual void release(const std::string& prefix) const {}
 };
 
 }  // namespace genesis::runtime

@@ -127,6 +127,17 @@ class SafetensorsSource final : public TensorSource {
   }
   size_t num_files() const { return files_.size(); }
 
+  void release(const std::string& prefix) const override {
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    for (const auto& [name, e] : tensors_) {
+      if (name.compare(0, prefix.size(), prefix) != 0 || e.view.nbytes == 0) continue;
+      // Whole pages inside the tensor only: a page shared with a neighbour may still be needed.
+      const uintptr_t b = (uintptr_t(e.view.data) + page - 1) & ~(page - 1);
+      const uintptr_t end = (uintptr_t(e.view.data) + e.view.nbytes) & ~(page - 1);
+      if (end > b) ::madvise(reinterpret_cast<void*>(b), end - b, MADV_DONTNEED);
+    }
+  }
+
  private:
   std::string label_;
   std::vector<std::unique_ptr<MappedFile>> files_;

@@ -188,6 +188,8 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false);
   w.final_norm = L.vec("model.norm.weight", H);
   if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false);
+  src.release("model.embed_tokens.");
+  src.release("lm_head.");
 
   ExpertPacker packer(opt, c);
   w.layers.resize(size_t(c.num_layers));
@@ -216,6 +218,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);
       l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias);
       l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias);
+      src.release(p);
       if (progress) progress->add(1);
       continue;
     }
@@ -242,6 +245,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
         ex.gate_up = packer.make_nf4(stack_rows(std::move(x.gate), x.up), name + ".gate_up");
         ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
       }
+      src.release(p);
       if (progress) progress->add(1);
       continue;
     }
@@ -272,6 +276,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       ex.gate_up = packer.make(std::move(gu), 2 * I, H, fmt::format("{}experts.{}.gate_up", m, e));
       ex.down = packer.make(std::move(down), H, I, fmt::format("{}experts.{}.down_proj", m, e));
     }
+    src.release(p);
     if (progress) progress->add(1);
   }
   if (w.nf4_blocksize_seen) w.nf4_blocksize = w.nf4_blocksize_seen;

@@ -1,0 +1,87 @@
+// `genesis bench model`: prefill and decode speed of a model directory next to its memory-bandwidth bound
+// (runtime::run_model_bench does the work; this file parses and prints). Registers under `genesis bench`.
+#include <fmt/core.h>
+
+#include <fstream>
+#include <memory>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "kernels/nf4_gemv/nf4_gemv.h"
+#include "runtime/model/bench.h"
+
+namespace {
+
+namespace rt = genesis::runtime;
+namespace nf = genesis::kernels::nf4_gemv;
+
+struct Args {
+  rt::ModelBenchOptions o;
+  std::string json_file, path, experts = "nf4", kb;
+  bool no_kb = false, quiet = false;
+};
+
+void run(Args& a) {
+  if (a.experts == "nf4") a.o.load.experts = rt::ExpertMode::nf4_kernel;
+  else if (a.experts == "nf4-reference") a.o.load.experts = rt::ExpertMode::nf4_reference;
+  else if (a.experts == "f32") a.o.load.experts = rt::ExpertMode::f32;
+  else genesis::fail("--experts '{}': expected nf4, nf4-reference or f32", a.experts);
+  if (!a.path.empty()) {
+    auto p = nf::parse_path(a.path);
+    if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
+    nf::require_path(*p);
+    a.o.load.path = *p;
+  }
+  a.o.load.kb_path = a.kb;
+  a.o.load.use_kb = !a.no_kb;
+  a.o.progress = !a.quiet;
+  const auto j = rt::run_model_bench(a.o);
+  const double gib = double(1u << 30);
+  fmt::print("model        {}\n             {}\nexperts      {}\n", j["model"].get<std::string>(),
+             j["config"].get<std::string>(), j["experts"].get<std::string>());
+  fmt::print("load         {:.1f} s, peak memory {:.2f} GiB = {:.2f}x the weights held ({:.2f} GiB NF4 experts + "
+             "{:.2f} GiB dense)\n",
+             j["load_s"].get<double>(), j["peak_rss_bytes"].get<double>() / gib,
+             j["peak_rss_over_weights"].get<double>(), j["nf4_expert_bytes"].get<double>() / gib,
+             j["dense_bytes"].get<double>() / gib);
+  fmt::print("prefill      {} tokens in {:.2f} s: {:.1f} tokens/s\n", j["prompt_tokens"].get<int>(),
+             j["prefill_s"].get<double>(), j["prefill_tps"].get<double>());
+  fmt::print("decode       {:.2f} tokens/s (median {:.1f} ms/token, IQR {:.1f} ms, {} tokens, {} threads, experts {:.0f}% "
+             "of the time)\n",
+             j["decode_tps"].get<double>(), j["decode_ms_median"].get<double>(), j["decode_ms_iqr"].get<double>(),
+             j["decode_tokens"].get<int>(), j["threads"].get<int>(), 100 * j["decode_expert_fraction"].get<double>());
+  fmt::print("bound        {:.1f} MB/token at {:.1f} GB/s ({}) = {:.2f} tokens/s; decode reaches {:.0f}% of it "
+             "({:.1f} GB/s)\n",
+             j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
+             j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
+             100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
+  if (!a.json_file.empty()) {
+    std::ofstream f(a.json_file);
+    f << j.dump(2) << "\n";
+    if (!f) genesis::fail("cannot write {}", a.json_file);
+    fmt::print("wrote {}\n", a.json_file);
+  }
+}
+
+void setup(CLI::App& app) {
+  auto* bench = app.get_subcommand("bench");
+  auto a = std::make_shared<Args>();
+  auto* c = bench->add_subcommand("model", "Prefill and decode tokens/s of a model vs its memory-bandwidth bound");
+  c->add_option("--model,-m", a->o.dir, "model directory (config.json + safetensors; `genesis synth` makes one)")
+      ->required();
+  c->add_option("--prompt-tokens", a->o.prompt_tokens, "prefill length (default 64)")->check(CLI::PositiveNumber);
+  c->add_option("--tokens,-n", a->o.decode_tokens, "decode steps timed (default 64)")->check(CLI::PositiveNumber);
+  c->add_option("--threads,-t", a->o.threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
+  c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
+  c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
+  c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
+  c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
+  c->add_flag("--quiet,-q", a->quiet, "no progress bar");
+  c->add_option("--json", a->json_file, "also write the record as JSON to FILE");
+  c->callback([a] { run(*a); });
+}
+
+}  // namespace
+// After `bench` (order 50) exists.
+GENESIS_COMMAND("bench-model", 51, setup);

@@ -1,0 +1,100 @@
+// Model benchmark; see bench.h.
+#include "runtime/model/bench.h"
+
+#include <fmt/format.h>
+
+#include <random>
+
+#include "common/error.h"
+#include "common/timing.h"
+#include "common/util.h"
+#include "cpu/bandwidth.h"
+#include "cpu/info.h"
+#include "cpu/thread_pool.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/load.h"
+
+namespace genesis::runtime {
+
+nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
+  if (opt.prompt_tokens < 1 || opt.decode_tokens < 1) fail("bench model: --prompt-tokens and --tokens must be >= 1");
+  const uint64_t rss0 = peak_rss_bytes();
+  LoadOptions lo = opt.load;
+  lo.show_progress = opt.progress;
+  double t0 = now_seconds();
+  auto model = Model::load(opt.dir, lo);
+  const double load_s = now_seconds() - t0;
+  const uint64_t rss_load = peak_rss_bytes();
+  const auto& c = model->config();
+  const int64_t context = opt.prompt_tokens + opt.decode_tokens + 1;
+  if (context > c.max_position_embeddings)
+    fail("bench model: {} prompt + {} decode tokens exceed the model's {} positions", opt.prompt_tokens,
+         opt.decode_tokens, c.max_position_embeddings);
+
+  cpu::ThreadPool pool(opt.threads);
+  // The roofline, measured now (same threads) unless the cached figure is asked for.
+  double bw = 0;
+  if (opt.cached_bandwidth) {
+    const auto b = cpu::read_bandwidth(false);
+    bw = pool.size() == 1 ? b.one_thread_gbps : b.all_threads_gbps;
+  } else {
+    bw = cpu::measure_read_gbps(cpu::bandwidth_buffer_bytes(), pool.size());
+  }
+
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> tok(0, int32_t(c.vocab_size - 1));
+  std::vector<int32_t> prompt(size_t(opt.prompt_tokens));
+  for (auto& t : prompt) t = tok(rng);
+  std::vector<float> logits(size_t(c.vocab_size));
+  Session s(*model, context, &pool);
+  // Warm-up: one token (page faults of the KV cache, JIT, thread wake-up), then start over.
+  s.forward(std::span<const int32_t>(prompt.data(), 1), logits.data());
+  s.reset();
+  t0 = now_seconds();
+  s.forward(prompt, logits.data());
+  const double prefill_s = now_seconds() - t0;
+  const ForwardStats before = s.stats();
+  std::vector<double> step_ms;
+  t0 = now_seconds();
+  for (int i = 0; i < opt.decode_tokens; ++i) {
+    const int32_t next[1] = {tok(rng)};
+    const double a = now_seconds();
+    s.forward(next, logits.data());
+    step_ms.push_back(1e3 * (now_seconds() - a));
+  }
+  const double decode_s = now_seconds() - t0;
+  const double expert_s = s.stats().expert_s - before.expert_s;
+  const double bytes = model->bytes_per_token();
+  const double med_ms = median(step_ms);
+  const double decode_tps = 1e3 / med_ms;
+  const double bound_tps = bw * 1e9 / bytes;
+  nlohmann::json j;
+  j["model"] = opt.dir;
+  j["config"] = c.summary();
+  j["experts"] = model->expert_description();
+  j["cpu_signature"] = cpu::cpu_info().signature;
+  j["threads"] = pool.size();
+  j["load_s"] = load_s;
+  j["peak_rss_bytes"] = rss_load > rss0 ? rss_load : rss0;
+  j["nf4_expert_bytes"] = model->weights().expert_bytes();
+  j["dense_bytes"] = model->weights().dense_bytes();
+  j["peak_rss_over_weights"] = double(rss_load) / double(model->weights().expert_bytes() + model->weights().dense_bytes());
+  j["prompt_tokens"] = opt.prompt_tokens;
+  j["prefill_s"] = prefill_s;
+  j["prefill_tps"] = opt.prompt_tokens / prefill_s;
+  j["decode_tokens"] = opt.decode_tokens;
+  j["decode_s"] = decode_s;
+  j["decode_ms_median"] = med_ms;
+  j["decode_ms_iqr"] = quantile(step_ms, 0.75) - quantile(step_ms, 0.25);
+  j["decode_tps"] = decode_tps;
+  j["decode_expert_fraction"] = decode_s > 0 ? expert_s / decode_s : 0.0;
+  j["bytes_per_token"] = bytes;
+  j["read_bandwidth_gbps"] = bw;
+  j["bandwidth_measured_now"] = !opt.cached_bandwidth;
+  j["bound_tps"] = bound_tps;
+  j["bound_fraction"] = decode_tps / bound_tps;
+  j["achieved_gbps"] = bytes * decode_tps / 1e9;
+  return j;
+}
+
+}  // namespace genesis::runtime

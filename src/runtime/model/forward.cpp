@@ -12,6 +12,7 @@
 #include "cpu/thread_pool.h"
 #include "kb/kb.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/model/dense.h"
 
 namespace genesis::runtime {
 
@@ -62,7 +63,7 @@ double Model::bytes_per_token() const {
   double b = double(weights_.dense_bytes());
   // The embedding is read one row per token, not whole.
   b -= double(weights_.embed.bytes());
-  if (weights_.lm_head.w.empty()) b += double(weights_.embed.bytes());  // tied: read whole as the output layer
+  if (weights_.lm_head.empty()) b += double(weights_.embed.bytes());  // tied: read whole as the output layer
   else b += double(config_.hidden_size) * 4;
   for (const Layer& l : weights_.layers) {
     if (!l.moe || l.experts.empty()) continue;
@@ -132,7 +133,7 @@ void Session::forward(std::span<const int32_t> tokens, float* logits, bool all_l
     const int64_t n = std::min(chunk_, total - done);
     const Dense& emb = m_.weights().embed;
     for (int64_t t = 0; t < n; ++t)
-      std::memcpy(&x_[size_t(t * H)], &emb.w[size_t(tokens[size_t(done + t)]) * size_t(H)], size_t(H) * 4);
+      emb.row_f32(tokens[size_t(done + t)], &x_[size_t(t * H)]);
     for (int64_t li = 0; li < c_.num_layers; ++li) run_layer(li, n, pos_);
     pos_ += n;
     if (logits && all_logits)
@@ -153,7 +154,7 @@ void Session::output_logits(const float* x, float* logits) {
   std::vector<float> xn(static_cast<size_t>(H));
   rms_norm(x, m_.weights().final_norm.data(), xn.data(), H, c_.rms_norm_eps);
   const Dense& out = m_.weights().output();
-  matvec(out.w.data(), nullptr, xn.data(), logits, c_.vocab_size, H);
+  dense_product(out, xn.data(), logits, 1, pool_);
 }
 
 void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
@@ -167,24 +168,14 @@ void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
   mlp(li, n);
 }
 
-namespace {
-
-// y[n, d.rows] = x[n, d.cols] d^T + bias
-void dense_tokens(const Dense& d, const float* x, float* y, int64_t n) {
-  const float* b = d.bias.empty() ? nullptr : d.bias.data();
-  if (n == 1) matvec(d.w.data(), b, x, y, d.rows, d.cols);
-  else matmul_tokens(d.w.data(), b, x, y, n, d.rows, d.cols);
-}
-
-}  // namespace
 
 void Session::attention(int64_t li, int64_t n, int64_t pos0) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-  dense_tokens(l.q, xn_.data(), q_.data(), n);
-  dense_tokens(l.k, xn_.data(), k_.data(), n);
-  dense_tokens(l.v, xn_.data(), v_.data(), n);
+  dense_product(l.q, xn_.data(), q_.data(), n, pool_);
+  dense_product(l.k, xn_.data(), k_.data(), n, pool_);
+  dense_product(l.v, xn_.data(), v_.data(), n, pool_);
   const double t0 = now_seconds();
   float* kc = &k_cache_[size_t(li * capacity_ * kvd)];
   float* vc = &v_cache_[size_t(li * capacity_ * kvd)];
@@ -237,7 +228,7 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
     }
   });
   stats_.attention_s += now_seconds() - t0;
-  dense_tokens(l.o, att_.data(), tmp_.data(), n);
+  dense_product(l.o, att_.data(), tmp_.data(), n, pool_);
   for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
 }
 
@@ -246,10 +237,10 @@ void Session::mlp(int64_t li, int64_t n) {
   const int64_t H = c_.hidden_size;
   if (!l.moe) {
     const int64_t I = c_.intermediate_size;
-    dense_tokens(l.gate, xn_.data(), h1_.data(), n);
-    dense_tokens(l.up, xn_.data(), h2_.data(), n);
+    dense_product(l.gate, xn_.data(), h1_.data(), n, pool_);
+    dense_product(l.up, xn_.data(), h2_.data(), n, pool_);
     swiglu(h1_.data(), h2_.data(), h1_.data(), n * I);
-    dense_tokens(l.down, h1_.data(), tmp_.data(), n);
+    dense_product(l.down, h1_.data(), tmp_.data(), n, pool_);
   } else {
     for (int64_t t = 0; t < n; ++t) moe_token(l, &xn_[size_t(t * H)], &tmp_[size_t(t * H)]);
   }
@@ -259,7 +250,7 @@ void Session::mlp(int64_t li, int64_t n) {
 void Session::moe_token(const Layer& l, const float* x, float* out) {
   const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts, K = c_.top_k;
   std::vector<float> router_logits(static_cast<size_t>(E));
-  matvec(l.router.w.data(), nullptr, x, router_logits.data(), E, H);
+  dense_product(l.router, x, router_logits.data(), 1, pool_);
   const auto chosen = route_top_k(router_logits.data(), E, K, c_.norm_topk_prob);
   const double t0 = now_seconds();
   const ExpertMode mode = m_.weights().expert_mode;

@@ -29,6 +29,17 @@ size_t ExpertMatrix::bytes(ExpertMode m) const {
   return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
 }
 
+void Dense::row_f32(int64_t r, float* out) const {
+  if (!bf16()) {
+    std::memcpy(out, &w[size_t(r * cols)], size_t(cols) * 4);
+    return;
+  }
+  for (int64_t c = 0; c < cols; ++c) {
+    const uint32_t u = uint32_t(w16[size_t(r * cols + c)]) << 16;
+    std::memcpy(&out[c], &u, 4);
+  }
+}
+
 size_t Weights::dense_bytes() const {
   size_t n = embed.bytes() + lm_head.bytes() + final_norm.size() * 4;
   for (const Layer& l : layers) {
@@ -104,8 +115,8 @@ quant::Nf4Matrix stack_rows(quant::Nf4Matrix a, const quant::Nf4Matrix& b) {
 
 class Loader {
  public:
-  Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin)
-      : c_(c), src_(src), origin_(config_origin) {}
+  Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin, bool keep_bf16)
+      : c_(c), src_(src), origin_(config_origin), keep_bf16_(keep_bf16) {}
 
   bool has(const std::string& name) const { return src_.find(name) != nullptr; }
 
@@ -127,7 +138,13 @@ class Loader {
     Dense d;
     d.rows = rows, d.cols = cols;
     const std::string wn = prefix + ".weight";
-    d.w = tensor_to_f32(get(wn, {rows, cols}), src_.describe(wn));
+    const TensorView& t = get(wn, {rows, cols});
+    if (keep_bf16_ && t.dtype == Dtype::bf16) {
+      d.w16.resize(size_t(rows * cols));
+      std::memcpy(d.w16.data(), t.data, d.w16.size() * 2);  // views may be unaligned
+    } else {
+      d.w = tensor_to_f32(t, src_.describe(wn));
+    }
     if (bias) d.bias = vec(prefix + ".bias", rows);
     return d;
   }
@@ -140,6 +157,7 @@ class Loader {
   const ModelConfig& c_;
   const TensorSource& src_;
   const std::string& origin_;
+  bool keep_bf16_;
 };
 
 }  // namespace
@@ -179,7 +197,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
 
 Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOptions& opt,
                      const std::string& config_origin) {
-  Loader L(c, src, config_origin);
+  Loader L(c, src, config_origin, opt.keep_bf16);
   Weights w;
   w.expert_mode = opt.experts;
   w.path = opt.kernel_path();

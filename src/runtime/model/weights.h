@@ -33,15 +33,23 @@ struct LoadOptions {
   std::string kb_path;
   bool use_kb = true;
   bool show_progress = false;
+  // Non-expert matrices stored as bf16 stay bf16 (products widen them to fp32 in registers); false widens them to
+  // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way.
+  bool keep_bf16 = true;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 
-// A dense fp32 matrix [rows, cols], row-major, with an optional bias [rows].
+// A dense matrix [rows, cols], row-major, with an optional bias [rows]: fp32 (w), or bf16 as the checkpoint stored
+// it (w16; LoadOptions::keep_bf16), which halves the bytes a decode step reads and loses nothing.
 struct Dense {
   int64_t rows = 0, cols = 0;
   std::vector<float> w;
+  std::vector<uint16_t> w16;
   std::vector<float> bias;  // empty = none
-  size_t bytes() const { return (w.size() + bias.size()) * sizeof(float); }
+  bool bf16() const { return !w16.empty(); }
+  bool empty() const { return w.empty() && w16.empty(); }
+  size_t bytes() const { return w.size() * 4 + w16.size() * 2 + bias.size() * 4; }
+  void row_f32(int64_t r, float* out) const;  // one row widened to fp32 (embedding lookup)
 };
 
 // One expert projection [rows, cols]: exactly one of f32 / nf4 (+ packed for nf4_kernel) is filled.
@@ -83,7 +91,7 @@ struct Weights {
   int nf4_blocksize_seen = 0;  // the experts' blocksize as loaded (a bitsandbytes checkpoint sets its own)
   bool experts_from_bnb = false;  // the checkpoint stored bitsandbytes NF4 experts
 
-  const Dense& output() const { return lm_head.w.empty() ? embed : lm_head; }
+  const Dense& output() const { return lm_head.empty() ? embed : lm_head; }
   size_t dense_bytes() const;   // all non-expert weights
   size_t expert_bytes() const;  // all experts, as held
 };

@@ -1,0 +1,106 @@
+// Dense products; see dense.h. The bf16 kernels are compiled per function for their ISA (never -march=native) and
+// chosen at run time with cpu::mayiuse(), so one binary runs everywhere.
+#include "runtime/model/dense.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/isa.h"
+#include "cpu/thread_pool.h"
+#include "runtime/model/ops.h"
+
+namespace genesis::runtime {
+
+namespace {
+
+// sum_c bf16(w[c]) * x[c], fp32 accumulation.
+using DotFn = float (*)(const uint16_t* w, const float* x, int64_t n);
+
+float dot_scalar(const uint16_t* w, const float* x, int64_t n) {
+  float acc[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8)
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t u = uint32_t(w[c + j]) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      acc[j] += f * x[c + j];
+    }
+  float s = 0;
+  for (float a : acc) s += a;
+  for (; c < n; ++c) {
+    const uint32_t u = uint32_t(w[c]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    s += f * x[c];
+  }
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) float dot_avx2(const uint16_t* w, const float* x, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m256i w0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c)));
+    const __m256i w1 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + c + 8)));
+    a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), _mm256_loadu_ps(x + c), a0);
+    a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), _mm256_loadu_ps(x + c + 8), a1);
+  }
+  alignas(32) float t[8];
+  _mm256_store_ps(t, _mm256_add_ps(a0, a1));
+  float s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+  return s + dot_scalar(w + c, x + c, n - c);
+}
+
+__attribute__((target("avx512f"))) float dot_avx512(const uint16_t* w, const float* x, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 32 <= n; c += 32) {
+    const __m512i w0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c)));
+    const __m512i w1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + c + 16)));
+    a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)), _mm512_loadu_ps(x + c), a0);
+    a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)), _mm512_loadu_ps(x + c + 16), a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + dot_scalar(w + c, x + c, n - c);
+}
+
+DotFn pick_dot() {
+  if (cpu::mayiuse(cpu::Isa::avx512f)) return dot_avx512;
+  if (cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma)) return dot_avx2;
+  return dot_scalar;
+}
+
+void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1, DotFn dot) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* w = &d.w16[size_t(r * d.cols)];
+    const float b = d.bias.empty() ? 0.0f : d.bias[size_t(r)];
+    for (int64_t t = 0; t < n; ++t) y[t * d.rows + r] = dot(w, x + t * d.cols, d.cols) + b;
+  }
+}
+
+}  // namespace
+
+void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
+  if (!d.bf16()) {
+    const float* b = d.bias.empty() ? nullptr : d.bias.data();
+    if (n == 1) matvec(d.w.data(), b, x, y, d.rows, d.cols);
+    else matmul_tokens(d.w.data(), b, x, y, n, d.rows, d.cols);
+    return;
+  }
+  static const DotFn dot = pick_dot();
+  if (!pool || pool->size() == 1 || d.rows < 64) {
+    bf16_rows(d, x, y, n, 0, d.rows, dot);
+    return;
+  }
+  // Contiguous row ranges, a multiple of 16 rows each: every thread streams its own part of the matrix.
+  const int nt = pool->size();
+  const int64_t per = ((d.rows + nt - 1) / nt + 15) / 16 * 16;
+  pool->run([&](int tid, int) {
+    const int64_t r0 = std::min(d.rows, int64_t(tid) * per), r1 = std::min(d.rows, r0 + per);
+    if (r0 < r1) bf16_rows(d, x, y, n, r0, r1, dot);
+  });
+}
+
+}  // namespace genesis::runtime

@@ -1,0 +1,18 @@
+// Products with the non-expert matrices (Dense): fp32 through OpenBLAS, bf16 widened to fp32 in registers (AVX-512,
+// AVX2, or portable C++) with the rows split over the thread pool. Results are fp32 either way.
+#pragma once
+
+#include <cstdint>
+
+#include "runtime/model/weights.h"
+
+namespace genesis::cpu {
+class ThreadPool;
+}
+
+namespace genesis::runtime {
+
+// y[n, d.rows] = x[n, d.cols] d^T + bias. pool may be null.
+void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool);
+
+}  // namespace genesis::runtime

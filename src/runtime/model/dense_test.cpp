@@ -1,0 +1,110 @@
+// bf16 non-expert matrices: the product equals the fp32 product of the same (widened) values up to summation order,
+// with and without threads, for 1 and several tokens; a bf16 checkpoint gives the logits of its fp32 widening.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "cpu/thread_pool.h"
+#include "runtime/model/dense.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/memory_source.h"
+
+namespace genesis::runtime {
+namespace {
+
+uint16_t bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+}
+
+TEST(DenseBf16, MatchesFp32OfTheSameValues) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> g;
+  cpu::ThreadPool pool(2);
+  for (int64_t rows : {1, 63, 200}) {
+    for (int64_t cols : {7, 64, 333}) {
+      Dense b, f;
+      b.rows = f.rows = rows;
+      b.cols = f.cols = cols;
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        b.w16.push_back(bf16(g(rng)));
+        const uint32_t u = uint32_t(b.w16.back()) << 16;
+        float v;
+        std::memcpy(&v, &u, 4);
+        f.w.push_back(v);
+      }
+      for (int64_t r = 0; r < rows; ++r) b.bias.push_back(g(rng));
+      f.bias = b.bias;
+      for (int64_t n : {1, 5}) {
+        std::vector<float> x(size_t(n * cols)), yb(size_t(n * rows)), yf(size_t(n * rows)), yp(size_t(n * rows));
+        for (auto& v : x) v = g(rng);
+        dense_product(b, x.data(), yb.data(), n, nullptr);
+        dense_product(b, x.data(), yp.data(), n, &pool);
+        dense_product(f, x.data(), yf.data(), n, nullptr);
+        for (size_t i = 0; i < yf.size(); ++i) {
+          EXPECT_NEAR(yb[i], yf[i], 1e-4 * (1 + std::fabs(yf[i]))) << rows << "x" << cols << " n=" << n;
+          EXPECT_EQ(yb[i], yp[i]) << "threads change nothing";
+        }
+      }
+    }
+  }
+}
+
+TEST(DenseBf16, Bf16CheckpointGivesTheLogitsOfItsWidening) {
+  // A small qwen3-style dense model with bf16 tensors, loaded keeping bf16 and widened to fp32.
+  ModelConfig c;
+  c.arch = Arch::qwen3;
+  c.vocab_size = 96, c.hidden_size = 64, c.num_layers = 2, c.num_heads = 4, c.num_kv_heads = 2, c.head_dim = 16;
+  c.intermediate_size = 96, c.max_position_embeddings = 64, c.qk_norm = QkNorm::per_head;
+  c.layer_is_moe.assign(2, false);
+  MemoryTensorSource src("bf16-model");
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 0.1f);
+  auto add = [&](const std::string& n, std::vector<int64_t> shape, bool ones = false) {
+    int64_t k = 1;
+    for (auto d : shape) k *= d;
+    std::vector<uint16_t> v(static_cast<size_t>(k));
+    for (auto& e : v) e = bf16(ones ? 1.0f : g(rng));
+    src.add(n, Dtype::bf16, shape, v.data(), v.size() * 2);
+  };
+  add("model.embed_tokens.weight", {96, 64});
+  add("lm_head.weight", {96, 64});
+  add("model.norm.weight", {64}, true);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {64}, true);
+    add(p + "post_attention_layernorm.weight", {64}, true);
+    add(p + "self_attn.q_proj.weight", {64, 64});
+    add(p + "self_attn.k_proj.weight", {32, 64});
+    add(p + "self_attn.v_proj.weight", {32, 64});
+    add(p + "self_attn.o_proj.weight", {64, 64});
+    add(p + "self_attn.q_norm.weight", {16}, true);
+    add(p + "self_attn.k_norm.weight", {16}, true);
+    add(p + "mlp.gate_proj.weight", {96, 64});
+    add(p + "mlp.up_proj.weight", {96, 64});
+    add(p + "mlp.down_proj.weight", {64, 96});
+  }
+  LoadOptions keep, widen;
+  widen.keep_bf16 = false;
+  auto mk = Model::from_source(c, src, keep, "bf16-model");
+  auto mw = Model::from_source(c, src, widen, "bf16-model");
+  EXPECT_TRUE(mk->weights().layers[0].q.bf16());
+  EXPECT_FALSE(mw->weights().layers[0].q.bf16());
+  EXPECT_LT(mk->weights().dense_bytes(), mw->weights().dense_bytes() * 6 / 10);
+  cpu::ThreadPool pool(2);
+  Session a(*mk, 16, &pool), b(*mw, 16, nullptr);
+  const std::vector<int32_t> ids = {3, 50, 7, 91, 12};
+  const auto la = a.forward_all(ids), lb = b.forward_all(ids);
+  double mx = 0, ref = 0;
+  for (size_t i = 0; i < la.size(); ++i) {
+    mx = std::max(mx, double(std::fabs(la[i] - lb[i])));
+    ref = std::max(ref, double(std::fabs(lb[i])));
+  }
+  EXPECT_LE(mx / ref, 1e-5);
+}
+
+}  // namespace
+}  // namespace genesis::runtime

@@ -7,6 +7,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <malloc.h>
+
 #include "common/error.h"
 #include "common/util.h"
 #include "cpu/thread_pool.h"
@@ -39,6 +41,10 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   const std::string config_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(config_path)) fail("{} has no config.json (is it a Hugging Face model directory?)", dir);
   ModelConfig c = load_config(config_path);
+  // Loading interleaves short-lived per-expert buffers (~1 MB) with the packed weights that stay. glibc's adaptive
+  // mmap threshold would put both in one heap, whose holes then cannot be given back: measured on a 40-layer
+  // Qwen3-30B-A3B, peak RSS 1.24x the weights held with it, 1.03x with large blocks always mapped.
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   // The mapping lives only while the weights are read: everything the forward pass needs is copied (fp32) or
   // repacked (NF4) out of it.
   std::unique_ptr<TensorSource> src = open_safetensors(dir);

@@ -10,6 +10,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/model/bench.h"
 #include "runtime/model/forward.h"
+#include "runtime/model/quantize.h"
 #include "runtime/model/synth.h"
 
 namespace genesis::runtime {
@@ -72,6 +73,41 @@ TEST(Synth, BadRequestsAreClearErrors) {
   o.layers = 1;
   o.out = fs::path(GENESIS_GOLDEN_DIR).string();  // exists and is not empty
   EXPECT_THROW(synth_model(o), Error);
+}
+
+}  // namespace
+}  // namespace genesis::runtime
+
+namespace genesis::runtime {
+namespace {
+
+// quantize: the golden models' experts become bitsandbytes NF4; loading the result gives exactly the logits of
+// quantizing at load (the reference transformers NF4 logits of tests/golden), and the rest is copied unchanged.
+TEST(Quantize, GoldenModelsRoundTrip) {
+  for (const std::string arch : {"qwen3_moe", "mixtral"}) {
+    const fs::path out = fs::path(::testing::TempDir()) / ("genesis_quantize_" + arch);
+    fs::remove_all(out);
+    QuantizeOptions q;
+    q.in = std::string(GENESIS_GOLDEN_DIR) + "/" + arch;
+    q.out = out.string();
+    q.progress = false;
+    const auto r = quantize_model(q);
+    EXPECT_GT(r.quantized, 0);
+    EXPECT_GT(r.copied, 0);
+    LoadOptions lo;
+    lo.experts = ExpertMode::nf4_reference;
+    auto a = Model::load(out.string(), lo);
+    auto b = Model::load(q.in, lo);
+    const std::vector<int32_t> ids = {1, 17, 42, 99, 5};
+    Session sa(*a, 16, nullptr), sb(*b, 16, nullptr);
+    EXPECT_EQ(sa.forward_all(ids), sb.forward_all(ids)) << arch;
+    EXPECT_THROW(quantize_model(q), Error);  // the output exists now
+    QuantizeOptions again = q;
+    again.in = out.string();
+    again.out = out.string() + "_again";
+    EXPECT_THROW(quantize_model(again), Error);  // already quantized
+    fs::remove_all(out);
+  }
 }
 
 }  // namespace

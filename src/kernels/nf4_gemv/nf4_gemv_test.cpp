@@ -209,9 +209,10 @@ TEST(Nf4Gemv, BadRequestsAreClearErrors) {
   const Case c = make_case(16, 64, 1, 64, 1);
   auto k = get_kernel(Problem{16, 64, 1, 64}, Genome::baseline(Path::scalar));
   std::vector<float> y(16);
-  if (p != Path::scalar)
+  if (p != Path::scalar) {
     EXPECT_NE(msg([&] { k->run(pack(c.w, p), c.x.data(), y.data(), nullptr); }).find("packed for path"),
               std::string::npos);
+  }
 }
 
 TEST(Nf4Gemv, UnavailablePathNamesThePossibleOnes) {
@@ -239,7 +240,9 @@ TEST(MaxIsa, FallbackPathsUnderCap) {
     ASSERT_EQ(av.size(), 1u);
     EXPECT_EQ(av[0], Path::scalar);
   }
-  if (*cap == "avx2" && cpu::detect_isa().has(cpu::Isa::avx2)) EXPECT_EQ(best_path(), Path::avx2);
+  if (*cap == "avx2" && cpu::detect_isa().has(cpu::Isa::avx2)) {
+    EXPECT_EQ(best_path(), Path::avx2);
+  }
   for (Path p : av) {
     check(make_case(33, 256, 1, 64, 1), Genome::baseline(p));
     check(make_case(33, 256, 16, 64, 2), Genome::baseline(p));

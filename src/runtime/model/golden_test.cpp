@@ -214,7 +214,9 @@ TEST(ModelLoad, BitsandbytesExpertsLoadAsStored) {
     const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
     Session a(*stored, 32, nullptr), b(*at_load, 32, nullptr);
     const auto la = a.forward_all(tokens), lb = b.forward_all(tokens);
-    if (!dq) EXPECT_EQ(la, lb);  // plain absmax: the same codes and scales
+    if (!dq) {
+      EXPECT_EQ(la, lb);  // plain absmax: the same codes and scales
+    }
     // Double quantization stores the absmax in 8 bits: close, not equal.
     EXPECT_LE(max_rel_diff(la, lb), dq ? 2e-2 : 0.0) << "double quant " << dq;
   }

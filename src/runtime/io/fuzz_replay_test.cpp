@@ -1,5 +1,5 @@
 // Every input kept under fuzz/ (the fuzzers' seeds and any input that once broke a parser, fuzz/regressions/) goes
-// through the safetensors and config.json parsers in the normal test run: each parses or is a clean genesis::Error.
+// through the safetensors, GGUF and config.json parsers in the normal test run: each parses or is a clean genesis::Error.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "runtime/io/gguf.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/model/config.h"
 
@@ -42,6 +43,19 @@ TEST(FuzzReplay, SafetensorsInputs) {
     try {
       for (const auto& v : parse_safetensors_buffer(reinterpret_cast<const uint8_t*>(b.data()), b.size(), p.string()))
         EXPECT_LE(static_cast<const char*>(v.data) + v.nbytes, b.data() + b.size()) << p;
+    } catch (const Error&) {
+    }
+  }
+}
+
+TEST(FuzzReplay, GgufInputs) {
+  const auto files = inputs("gguf");
+  EXPECT_GE(files.size(), 1u);
+  for (const auto& p : files) {
+    const std::string b = read_all(p);
+    try {
+      auto f = GgufFile::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), p.string());
+      for (const auto& t : f->tensors()) (void)f->to_f32(t);
     } catch (const Error&) {
     }
   }

@@ -2,6 +2,7 @@
 // Parsing and printing only: loading is runtime::load_model, generation runtime::generate.
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 

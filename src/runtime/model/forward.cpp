@@ -1,5 +1,6 @@
-// The forward pass over a Session's KV cache. Dense products go through OpenBLAS (fp32); one token's MoE layer is
-// split into (expert, row block) tasks over the thread pool, first for gate_up, then for down.
+// The forward pass over a Session's KV cache. Dense products go through dense.h (fp32 OpenBLAS, or bf16 widened in
+// registers); one token's MoE layer is split into (expert, row block) tasks over the thread pool, first for gate_up,
+// then for down.
 #include "runtime/model/forward.h"
 
 #include <algorithm>
@@ -173,7 +174,6 @@ void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
     rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
   mlp(li, n);
 }
-
 
 void Session::attention(int64_t li, int64_t n, int64_t pos0) {
   const Layer& l = m_.weights().layers[size_t(li)];

@@ -75,7 +75,7 @@ QuantizeResult quantize_model(const QuantizeOptions& opt) {
   for (const auto& name : src->names()) {
     const TensorView* t = src->find(name);
     res.bytes_in += t->nbytes;
-    if (name.size() > 7 && (name.find(".absmax") != std::string::npos || name.find(".quant_state.") != std::string::npos))
+    if (name.find(".absmax") != std::string::npos || name.find(".quant_state.") != std::string::npos)
       fail("{}: tensor {} is already bitsandbytes-quantized", src->describe(name), name);
     std::smatch m;
     auto add_nf4 = [&](const std::string& n, int e, int64_t r0, int64_t rows, int64_t cols) {

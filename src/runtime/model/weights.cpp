@@ -93,8 +93,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-std::string origin_of(const ModelConfig&, const std::string& config_origin) { return config_origin; }
-
 void check_nf4_shape(const quant::Nf4Matrix& q, int64_t rows, int64_t cols, const std::string& name,
                      const std::string& origin) {
   if (q.rows != rows || q.cols != cols)
@@ -210,6 +208,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   src.release("lm_head.");
 
   ExpertPacker packer(opt, c);
+  int blocksize_seen = 0;  // the experts' NF4 blocksize as loaded
   w.layers.resize(size_t(c.num_layers));
   std::unique_ptr<Progress> progress;
   if (opt.show_progress) progress = std::make_unique<Progress>("loading layers", double(c.num_layers), "layers");
@@ -251,14 +250,14 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       for (int64_t e = 0; e < E; ++e) {
         ExpertNf4 x = load_expert_nf4(src, m.substr(0, m.size() - 1), int(e), opt.nf4_blocksize);
         const std::string name = fmt::format("{}experts.{}", m, e);
-        check_nf4_shape(x.gate, I, H, name + " gate", origin_of(c, config_origin));
-        check_nf4_shape(x.up, I, H, name + " up", origin_of(c, config_origin));
-        check_nf4_shape(x.down, H, I, name + " down", origin_of(c, config_origin));
-        if (w.nf4_blocksize_seen == 0) w.nf4_blocksize_seen = x.gate.blocksize;
+        check_nf4_shape(x.gate, I, H, name + " gate", config_origin);
+        check_nf4_shape(x.up, I, H, name + " up", config_origin);
+        check_nf4_shape(x.down, H, I, name + " down", config_origin);
+        if (blocksize_seen == 0) blocksize_seen = x.gate.blocksize;
         for (const auto* q : {&x.gate, &x.up, &x.down})
-          if (q->blocksize != w.nf4_blocksize_seen)
+          if (q->blocksize != blocksize_seen)
             fail("{}: NF4 blocksize {} differs from the {} of the other experts; one blocksize per model", name,
-                 q->blocksize, w.nf4_blocksize_seen);
+                 q->blocksize, blocksize_seen);
         Expert& ex = l.experts[size_t(e)];
         ex.gate_up = packer.make_nf4(stack_rows(std::move(x.gate), x.up), name + ".gate_up");
         ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
@@ -297,7 +296,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     src.release(p);
     if (progress) progress->add(1);
   }
-  if (w.nf4_blocksize_seen) w.nf4_blocksize = w.nf4_blocksize_seen;
+  if (blocksize_seen) w.nf4_blocksize = blocksize_seen;  // a bitsandbytes checkpoint brings its own
   return w;
 }
 

@@ -88,7 +88,6 @@ struct Weights {
   ExpertMode expert_mode = ExpertMode::f32;
   kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;
   int nf4_blocksize = 0;
-  int nf4_blocksize_seen = 0;  // the experts' blocksize as loaded (a bitsandbytes checkpoint sets its own)
   bool experts_from_bnb = false;  // the checkpoint stored bitsandbytes NF4 experts
 
   const Dense& output() const { return lm_head.empty() ? embed : lm_head; }

@@ -1,10 +1,12 @@
-// `genesis run`: load a model directory, generate from a prompt (or a chat turn), stream the text, print statistics.
+// `genesis run`: load a model (directory or GGUF file), generate from a prompt (or a chat turn), stream the text, print statistics.
 // Parsing and printing only: loading is runtime::load_model, generation runtime::generate.
 #include <fmt/core.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "common/error.h"
@@ -21,11 +23,11 @@ namespace rt = genesis::runtime;
 namespace nf = genesis::kernels::nf4_gemv;
 
 struct RunArgs {
-  std::string model, prompt, system, experts = "nf4", path, kb;
+  std::string model, prompt, system, experts = "nf4", path, kb, json_file;
   int64_t max_tokens = 128, context = 0;
-  bool chat = false, no_think = false, no_kb = false, quiet = false;
+  bool chat = false, no_think = false, no_kb = false, quiet = false, f32_dense = false, ignore_eos = false;
   float temp = 0, top_p = 1;
-  int top_k = 0, threads = 0;
+  int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
   CLI::Option *temp_opt = nullptr, *top_k_opt = nullptr, *top_p_opt = nullptr;
 };
@@ -49,15 +51,20 @@ void run(const RunArgs& a) {
   opt.kb_path = a.kb;
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
+  opt.keep_bf16 = !a.f32_dense;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
-  if (!lm.tokenizer) fail("{} has no tokenizer.json: `genesis run` needs one to turn the prompt into tokens", a.model);
+  if (!lm.tokenizer)
+    fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
+         "the prompt into tokens", a.model);
   const auto& cfg = lm.model->config();
   if (!a.quiet) fmt::print(stderr, "model: {}\nexperts: {}\nloaded in {:.2f} s\n", cfg.summary(),
                            lm.model->expert_description(), lm.load_s);
 
   std::vector<int32_t> ids;
   if (a.chat) {
-    if (lm.chat_template.empty()) fail("{} has no chat template (tokenizer_config.json); run without --chat", a.model);
+    if (lm.chat_template.empty())
+      fail("{} has no chat template (tokenizer_config.json, or tokenizer.chat_template in a GGUF file); run without "
+           "--chat", a.model);
     std::vector<rt::ChatMessage> msgs;
     if (!a.system.empty()) msgs.push_back({"system", a.system});
     msgs.push_back({"user", a.prompt});
@@ -80,7 +87,7 @@ void run(const RunArgs& a) {
 
   rt::GenerateOptions go;
   go.max_new_tokens = a.max_tokens;
-  go.stop_tokens = lm.stop_tokens;
+  if (!a.ignore_eos) go.stop_tokens = lm.stop_tokens;
   go.sampling = lm.sampling;  // generation_config.json's defaults, overridden by the flags given
   if (a.temp_opt->count()) go.sampling.temperature = a.temp;
   if (a.top_k_opt->count()) go.sampling.top_k = a.top_k;
@@ -96,7 +103,21 @@ void run(const RunArgs& a) {
     fmt::print("{}", a.prompt);
     std::fflush(stdout);
   }
+  std::vector<int32_t> generated;
+  nlohmann::json top = nlohmann::json::array();  // per step: [[id, logit], ...] best first
+  if (a.top_logits > 0)
+    go.on_logits = [&](std::span<const float> l) {
+      std::vector<int32_t> idx(l.size());
+      for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
+      const size_t k = std::min<size_t>(size_t(a.top_logits), idx.size());
+      std::partial_sort(idx.begin(), idx.begin() + ptrdiff_t(k), idx.end(),
+                        [&](int32_t x, int32_t y) { return l[size_t(x)] > l[size_t(y)]; });
+      nlohmann::json step = nlohmann::json::array();
+      for (size_t i = 0; i < k; ++i) step.push_back({idx[i], l[size_t(idx[i])]});
+      top.push_back(std::move(step));
+    };
   const auto st = rt::generate(session, ids, go, [&](int32_t tok) {
+    generated.push_back(tok);
     if (std::find(go.stop_tokens.begin(), go.stop_tokens.end(), tok) == go.stop_tokens.end()) {
       fmt::print("{}", dec.push(tok));
       std::fflush(stdout);
@@ -116,17 +137,32 @@ void run(const RunArgs& a) {
                                                         go.sampling.temperature, go.sampling.top_k,
                                                         go.sampling.top_p, go.sampling.seed),
              double(rt::peak_rss_bytes()) / (1u << 30), lm.model->expert_description());
+  if (!a.json_file.empty()) {
+    nlohmann::json j = {
+        {"model", a.model}, {"config", cfg.summary()}, {"experts", lm.model->expert_description()},
+        {"prompt_ids", ids}, {"generated_ids", generated}, {"text", lm.tokenizer->decode(generated, true)},
+        {"prompt_tokens", st.prompt_tokens}, {"generated", st.generated}, {"prefill_s", st.prefill_s},
+        {"prefill_tps", st.prefill_tps()}, {"decode_s", st.decode_s}, {"decode_steps", st.decode_steps},
+        {"decode_tps", st.decode_tps()}, {"stop_reason", st.stop_reason}, {"threads", pool.size()},
+        {"load_s", lm.load_s}, {"peak_rss_bytes", rt::peak_rss_bytes()}, {"f32_dense", a.f32_dense}};
+    if (a.top_logits > 0) j["top_logits"] = top;
+    std::ofstream o(a.json_file);
+    if (!o) fail("cannot write {}", a.json_file);
+    o << j.dump(2) << "\n";
+  }
 }
 
 void setup_run(CLI::App& app) {
   auto a = std::make_shared<RunArgs>();
-  auto* c = app.add_subcommand("run", "Generate text with a model directory (Hugging Face safetensors, NF4 experts)");
-  c->add_option("--model,-m", a->model, "model directory: config.json, *.safetensors (or index + shards), tokenizer.json")
+  auto* c = app.add_subcommand("run", "Generate text with a model: a Hugging Face directory or a GGUF file");
+  c->add_option("--model,-m", a->model,
+                "model directory (config.json, *.safetensors or index + shards, tokenizer.json) or GGUF file "
+                "(llama, qwen2, qwen3, qwen3moe, olmoe; experts re-quantized to NF4)")
       ->required();
   c->add_option("--prompt,-p", a->prompt, "the prompt (with --chat: the user's message)")->required();
   c->add_option("-n,--max-tokens", a->max_tokens, "tokens to generate at most (default 128)")
       ->check(CLI::PositiveNumber);
-  c->add_flag("--chat", a->chat, "wrap the prompt in the model's chat template (tokenizer_config.json)");
+  c->add_flag("--chat", a->chat, "wrap the prompt in the model's chat template (tokenizer_config.json / GGUF)");
   c->add_option("--system", a->system, "system message (with --chat)");
   c->add_flag("--no-think", a->no_think, "Qwen3 templates: disable the thinking block (enable_thinking=False)");
   a->temp_opt = c->add_option("--temp", a->temp, "temperature; 0 = greedy (default: generation_config.json, else 0)");
@@ -139,6 +175,12 @@ void setup_run(CLI::App& app) {
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
+  c->add_flag("--f32-dense", a->f32_dense,
+              "keep non-expert matrices in fp32 (GGUF: exactly as dequantized; default bf16, half the bytes)");
+  c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
+  c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
+  c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")
+      ->check(CLI::NonNegativeNumber);
   c->add_flag("--quiet,-q", a->quiet, "no progress bar or model summary");
   c->callback([a] { run(*a); });
 }

@@ -1,5 +1,5 @@
 // The seam between checkpoint loaders and the model: named tensors as views into (memory-mapped) files.
-// Loaders (safetensors, later GGUF) implement TensorSource; the model reads weights only through it.
+// Loaders (safetensors, GGUF) implement TensorSource; the model reads weights only through it.
 #pragma once
 
 #include <cstddef>
@@ -31,6 +31,8 @@ class TensorSource {
   virtual ~TensorSource() = default;
   // nullptr when absent.
   virtual const TensorView* find(const std::string& name) const = 0;
+  // Whether `name` exists, without converting anything (a source may convert tensors in find()).
+  virtual bool contains(const std::string& name) const { return find(name) != nullptr; }
   virtual std::vector<std::string> names() const = 0;
   // A short description of where tensors come from, for error messages ("model.safetensors (shard 2 of 3)").
   virtual std::string describe(const std::string& name) const = 0;

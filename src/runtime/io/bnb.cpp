@@ -121,13 +121,13 @@ void write_bnb_nf4(ShardedSafetensorsWriter& w, const std::string& name, const q
 }
 
 std::optional<quant::Nf4Matrix> load_bnb_nf4(const TensorSource& src, const std::string& name) {
-  if (src.find(name + kBnbQuantStateFp4) != nullptr)
+  if (src.contains(name + kBnbQuantStateFp4))
     fail("{}: weight '{}' is bitsandbytes FP4; only NF4 is supported (re-quantize with bnb_4bit_quant_type=nf4)",
          src.describe(name + kBnbQuantStateFp4), name);
   const TensorView* state_t = src.find(name + kBnbQuantStateNf4);
   if (state_t == nullptr) {
-    const TensorView* w = src.find(name);
-    if (w != nullptr && w->dtype == Dtype::u8 && src.find(name + ".absmax") != nullptr)
+    const TensorView* w = src.contains(name + ".absmax") ? src.find(name) : nullptr;
+    if (w != nullptr && w->dtype == Dtype::u8)
       fail("{}: weight '{}' has bitsandbytes absmax but no quant state tensor '{}{}'", src.describe(name), name, name,
            kBnbQuantStateNf4);
     return std::nullopt;
@@ -239,7 +239,7 @@ quant::Nf4Matrix quantize_expert_slice(const TensorView& t, int expert, int64_t 
 ExpertNf4 load_expert_nf4(const TensorSource& src, const std::string& p, int expert, int blocksize) {
   const std::string e = std::to_string(expert);
   auto has = [&](const std::string& n) {
-    return src.find(n) != nullptr || src.find(n + kBnbQuantStateNf4) != nullptr;
+    return src.contains(n) || src.contains(n + kBnbQuantStateNf4);
   };
   const std::string qwen = p + ".experts." + e + ".";
   if (has(qwen + "gate_proj.weight"))

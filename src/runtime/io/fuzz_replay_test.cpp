@@ -11,6 +11,9 @@
 #include "runtime/io/gguf.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/model/config.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/gguf_model.h"
+#include "runtime/tokenizer/gguf_vocab.h"
 
 namespace genesis::runtime {
 namespace {
@@ -59,6 +62,41 @@ TEST(FuzzReplay, GgufInputs) {
     } catch (const Error&) {
     }
   }
+}
+
+// The same inputs as whole models (fuzz/gguf_model_fuzz.cpp): config, tensors, weights, one token, tokenizer.
+TEST(FuzzReplay, GgufModelInputs) {
+  const auto files = inputs("gguf");
+  int loaded = 0;
+  for (const auto& p : files) {
+    const std::string b = read_all(p);
+    std::shared_ptr<const GgufFile> f;
+    try {
+      f = GgufFile::parse(reinterpret_cast<const uint8_t*>(b.data()), b.size(), p.string());
+    } catch (const Error&) {
+      continue;
+    }
+    try {
+      auto tok = Tokenizer::from_vocab(tokenizer_spec_from_gguf(f->metadata(), p.string()));
+      (void)tok.decode(tok.encode("Hello 123 <|im_end|> world", true, true));
+    } catch (const Error&) {
+    }
+    try {
+      ModelConfig c = parse_config(gguf_config_json(*f), p.string());
+      LoadOptions opt;
+      opt.experts = ExpertMode::f32;
+      opt.use_kb = false;
+      auto src = gguf_tensor_source(f, c, true);
+      auto m = Model::from_source(c, *src, opt, p.string());
+      Session s(*m, 4, nullptr);
+      const int32_t t = 0;
+      std::vector<float> logits(size_t(c.vocab_size));
+      s.forward(std::span<const int32_t>(&t, 1), logits.data());
+      ++loaded;
+    } catch (const Error&) {
+    }
+  }
+  EXPECT_GE(loaded, 1) << "the seed model (fuzz/seeds/gguf/tiny_model.gguf) should load";
 }
 
 TEST(FuzzReplay, ConfigInputs) {

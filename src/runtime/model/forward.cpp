@@ -14,7 +14,9 @@
 #include "common/util.h"
 #include "cpu/thread_pool.h"
 #include "kb/kb.h"
+#include "runtime/io/gguf.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/model/gguf_model.h"
 #include "runtime/model/dense.h"
 
 namespace genesis::runtime {
@@ -36,8 +38,22 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
   return m;
 }
 
+std::unique_ptr<Model> Model::from_gguf(std::shared_ptr<const GgufFile> f, const LoadOptions& opt) {
+  ModelConfig c = parse_config(gguf_config_json(*f), f->label());
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);  // see load() below
+  // Quantized non-expert matrices become bf16 unless the caller wants fp32 (LoadOptions::keep_bf16 = false).
+  std::unique_ptr<TensorSource> src = gguf_tensor_source(f, c, opt.keep_bf16);
+  return from_source(std::move(c), *src, opt, f->label());
+}
+
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt) {
   namespace fs = std::filesystem;
+  if (fs::is_regular_file(dir)) {
+    if (!is_gguf_file(dir))
+      fail("{} is a file but not a GGUF file (no GGUF magic); a model is a GGUF file or a Hugging Face directory",
+           dir);
+    return from_gguf(GgufFile::open(dir), opt);
+  }
   if (!fs::is_directory(dir)) fail("model directory {} does not exist (or is not a directory)", dir);
   const std::string config_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(config_path)) fail("{} has no config.json (is it a Hugging Face model directory?)", dir);

@@ -22,10 +22,15 @@ class ThreadPool;
 
 namespace genesis::runtime {
 
+class GgufFile;
+
 class Model {
  public:
-  // Loads DIR/config.json and DIR's safetensors. Throws genesis::Error naming the file / tensor on bad input.
-  static std::unique_ptr<Model> load(const std::string& dir, const LoadOptions& opt);
+  // Loads DIR/config.json and DIR's safetensors, or a GGUF file when `path` is one (gguf_model.h). Throws
+  // genesis::Error naming the file / tensor on bad input.
+  static std::unique_ptr<Model> load(const std::string& path, const LoadOptions& opt);
+  // From an opened GGUF file (load_model shares it with the tokenizer).
+  static std::unique_ptr<Model> from_gguf(std::shared_ptr<const GgufFile> f, const LoadOptions& opt);
   // From any TensorSource (tests build one in memory). `origin` names the config in messages.
   static std::unique_ptr<Model> from_source(ModelConfig c, const TensorSource& src, const LoadOptions& opt,
                                             const std::string& origin);

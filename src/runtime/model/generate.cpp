@@ -24,6 +24,7 @@ GenerateStats generate(Session& s, std::span<const int32_t> prompt, const Genera
   st.prefill_s = now_seconds() - t0;
   st.stop_reason = "max tokens";
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
+    if (opt.on_logits) opt.on_logits(logits);
     const int32_t tok = sampler.sample(logits);
     ++st.generated;
     if (out) out->push_back(tok);

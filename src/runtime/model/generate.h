@@ -17,6 +17,8 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   SamplerOptions sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these (it is emitted, not printed)
+  // Called with each step's logits (vocab floats) before sampling, outside the timed regions (checks, dumps).
+  std::function<void(std::span<const float>)> on_logits;
 };
 
 struct GenerateStats {

@@ -10,6 +10,9 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "runtime/io/gguf.h"
+#include "runtime/model/gguf_model.h"
+#include "runtime/tokenizer/gguf_vocab.h"
 
 namespace genesis::runtime {
 
@@ -50,10 +53,38 @@ void add_ids(const json& j, const char* key, std::vector<int32_t>& out, const st
 
 }  // namespace
 
+namespace {
+
+// A GGUF file: the model, and the tokenizer, chat template and stop tokens from its metadata.
+void load_gguf(const std::string& path, const LoadOptions& opt, LoadedModel& lm) {
+  std::shared_ptr<const GgufFile> f = GgufFile::open(path);
+  // The tokenizer first: a file without one (or with an unsupported one) is reported before minutes of loading.
+  const json& meta = f->metadata();
+  if (meta.contains("tokenizer.ggml.model")) lm.tokenizer = Tokenizer::from_vocab(tokenizer_spec_from_gguf(meta, path));
+  lm.model = Model::from_gguf(f, opt);
+  for (int32_t id : lm.model->config().eos_token_ids) lm.stop_tokens.push_back(id);
+  if (const json* t = f->find_meta("tokenizer.chat_template"); t && t->is_string()) lm.chat_template = t->get<std::string>();
+  if (lm.tokenizer) {
+    if (auto e = lm.tokenizer->eos_id()) lm.eos_token = lm.tokenizer->id_to_token(*e);
+    if (auto b = lm.tokenizer->bos_id()) lm.bos_token = lm.tokenizer->id_to_token(*b);
+  }
+}
+
+}  // namespace
+
 LoadedModel load_model(const std::string& dir, const LoadOptions& opt) {
   const double t0 = now_seconds();
   LoadedModel lm;
   lm.dir = dir;
+  if (fs::is_regular_file(dir) && is_gguf_file(dir)) {
+    load_gguf(dir, opt, lm);
+    if (lm.tokenizer)
+      if (auto e = lm.tokenizer->eos_id()) lm.stop_tokens.push_back(*e);
+    std::sort(lm.stop_tokens.begin(), lm.stop_tokens.end());
+    lm.stop_tokens.erase(std::unique(lm.stop_tokens.begin(), lm.stop_tokens.end()), lm.stop_tokens.end());
+    lm.load_s = now_seconds() - t0;
+    return lm;
+  }
   lm.model = Model::load(dir, opt);
   const fs::path d(dir);
   if (fs::exists(d / "tokenizer.json")) lm.tokenizer = Tokenizer::from_file((d / "tokenizer.json").string());

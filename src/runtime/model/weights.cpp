@@ -116,7 +116,7 @@ class Loader {
   Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin, bool keep_bf16)
       : c_(c), src_(src), origin_(config_origin), keep_bf16_(keep_bf16) {}
 
-  bool has(const std::string& name) const { return src_.find(name) != nullptr; }
+  bool has(const std::string& name) const { return src_.contains(name); }
 
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const {
     const TensorView* t = src_.find(name);

@@ -34,7 +34,8 @@ struct LoadOptions {
   bool use_kb = true;
   bool show_progress = false;
   // Non-expert matrices stored as bf16 stay bf16 (products widen them to fp32 in registers); false widens them to
-  // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way.
+  // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way. GGUF: quantized non-expert matrices are
+  // dequantized to bf16 when true (rounded: about 2^-9 relative, far below their 4-8 bit step), to fp32 when false.
   bool keep_bf16 = true;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };

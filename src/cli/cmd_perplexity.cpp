@@ -1,0 +1,99 @@
+// `genesis perplexity`: perplexity of a model over a text file (runtime::perplexity does the work; this file parses
+// and prints).
+#include <fmt/core.h>
+
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "common/error.h"
+#include "common/progress.h"
+#include "cpu/thread_pool.h"
+#include "runtime/model/load.h"
+#include "runtime/model/perplexity.h"
+
+namespace {
+
+using genesis::fail;
+namespace rt = genesis::runtime;
+
+struct Args {
+  std::string model, file, experts = "nf4", json_file;
+  int64_t context = 512, skip = -1, chunks = 0;
+  int threads = 0;
+  bool f32_dense = false, no_kb = false, quiet = false;
+};
+
+void run(const Args& a) {
+  std::ifstream in(a.file, std::ios::binary);
+  if (!in) fail("cannot open the text file {}", a.file);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  rt::LoadOptions opt;
+  if (a.experts == "nf4") opt.experts = rt::ExpertMode::nf4_kernel;
+  else if (a.experts == "nf4-reference") opt.experts = rt::ExpertMode::nf4_reference;
+  else if (a.experts == "f32") opt.experts = rt::ExpertMode::f32;
+  else fail("--experts '{}': expected nf4, nf4-reference or f32", a.experts);
+  opt.keep_bf16 = !a.f32_dense;
+  opt.use_kb = !a.no_kb;
+  opt.show_progress = !a.quiet;
+  rt::LoadedModel lm = rt::load_model(a.model, opt);
+  if (!lm.tokenizer) fail("{} has no tokenizer: perplexity needs one to turn the text into tokens", a.model);
+  const std::vector<int32_t> ids = lm.tokenizer->encode(text, false, false);
+  rt::PerplexityOptions po;
+  po.context = a.context;
+  po.skip = a.skip;
+  po.max_chunks = a.chunks;
+  const std::vector<int32_t> with_special = lm.tokenizer->encode("", true, false);
+  if (!with_special.empty() && lm.tokenizer->bos_id() && with_special.front() == *lm.tokenizer->bos_id())
+    po.bos = *lm.tokenizer->bos_id();
+
+  genesis::cpu::ThreadPool pool(a.threads);
+  rt::Session session(*lm.model, a.context, &pool);
+  std::unique_ptr<genesis::Progress> progress;
+  const int64_t total = a.chunks > 0 ? std::min<int64_t>(a.chunks, int64_t(ids.size()) / a.context)
+                                     : int64_t(ids.size()) / a.context;
+  if (!a.quiet && total > 0) progress = std::make_unique<genesis::Progress>("perplexity", double(total), "chunks");
+  const rt::PerplexityResult r = rt::perplexity(session, ids, po, [&](int64_t, int64_t, double) {
+    if (progress) progress->add(1);
+  });
+  progress.reset();
+  const int64_t skip = a.skip < 0 ? a.context / 2 : a.skip;
+  fmt::print("{}: {} tokens, {} chunks of {} (first {} of each not scored), {} tokens scored\n", a.file, ids.size(),
+             r.chunks, a.context, skip, r.scored);
+  fmt::print("perplexity {:.4f} (mean NLL {:.5f} nats/token), {:.1f} s, {:.1f} tokens/s\n", r.ppl, r.mean_nll,
+             r.seconds, double(r.chunks * a.context) / r.seconds);
+  if (!a.json_file.empty()) {
+    nlohmann::json j = {{"model", a.model},       {"text", a.file},        {"tokens", ids.size()},
+                        {"context", a.context},   {"skip", skip},          {"chunks", r.chunks},
+                        {"scored", r.scored},     {"ppl", r.ppl},          {"mean_nll", r.mean_nll},
+                        {"chunk_ppl", r.chunk_ppl}, {"seconds", r.seconds}, {"threads", pool.size()},
+                        {"experts", lm.model->expert_description()}, {"f32_dense", a.f32_dense},
+                        {"bos_per_chunk", po.bos.has_value()}};
+    std::ofstream o(a.json_file);
+    if (!o) fail("cannot write {}", a.json_file);
+    o << j.dump(2) << "\n";
+  }
+}
+
+void setup(CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  auto* c = app.add_subcommand("perplexity", "Perplexity of a model over a text file (chunks as llama.cpp cuts them)");
+  c->add_option("--model,-m", a->model, "model directory (Hugging Face) or GGUF file")->required();
+  c->add_option("--file,-f", a->file, "UTF-8 text file")->required();
+  c->add_option("--context,-c", a->context, "tokens per chunk (default 512)")->check(CLI::Range(2, 1 << 20));
+  c->add_option("--skip", a->skip, "tokens per chunk not scored (default: half the context, as llama.cpp)");
+  c->add_option("--chunks", a->chunks, "at most this many chunks (default: all)")->check(CLI::NonNegativeNumber);
+  c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
+  c->add_flag("--f32-dense", a->f32_dense,
+              "keep non-expert matrices in fp32 (GGUF: exactly as dequantized; default bf16)");
+  c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
+  c->add_option("--json", a->json_file, "write the result as JSON");
+  c->add_flag("--quiet,-q", a->quiet, "no progress bars");
+  c->callback([a] { run(*a); });
+}
+
+}  // namespace
+GENESIS_COMMAND("perplexity", 22, setup);

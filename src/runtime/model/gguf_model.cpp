@@ -1,0 +1,396 @@
+// GGUF metadata -> config.json equivalent, GGUF tensors -> a TensorSource under Hugging Face names; see gguf_model.h.
+#include "runtime/model/gguf_model.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <map>
+#include <unordered_map>
+
+#include "common/error.h"
+#include "quant/ggml.h"
+#include "runtime/io/gguf.h"
+
+namespace genesis::runtime {
+
+namespace {
+
+using nlohmann::json;
+using quant::GgmlType;
+
+class Meta {
+ public:
+  explicit Meta(const GgufFile& f) : f_(f) {}
+  const json* find(const std::string& key) const { return f_.find_meta(key); }
+  // An integer key; per-layer arrays are accepted when every layer has the same value.
+  std::optional<int64_t> integer(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (v->is_array()) {
+      if (v->empty() || !(*v)[0].is_number_integer()) bad(key, "an integer");
+      for (const auto& e : *v)
+        if (!e.is_number_integer() || e != (*v)[0])
+          fail("{}: metadata {} differs between layers ({}); per-layer sizes are not supported", f_.label(), key,
+               v->dump());
+      return (*v)[0].get<int64_t>();
+    }
+    if (!v->is_number_integer()) bad(key, "an integer");
+    return v->get<int64_t>();
+  }
+  int64_t req_int(const std::string& key) const {
+    auto v = integer(key);
+    if (!v) fail("{}: metadata key {} is missing", f_.label(), key);
+    return *v;
+  }
+  std::optional<double> number(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (!v->is_number()) bad(key, "a number");
+    return v->get<double>();
+  }
+  std::optional<std::string> str(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) bad(key, "a string");
+    return v->get<std::string>();
+  }
+  std::optional<bool> flag(const std::string& key) const {
+    const json* v = find(key);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) bad(key, "a bool");
+    return v->get<bool>();
+  }
+  [[noreturn]] void bad(const std::string& key, const char* what) const {
+    fail("{}: metadata {} must be {}, got {}", f_.label(), key, what, find(key)->dump());
+  }
+
+ private:
+  const GgufFile& f_;
+};
+
+bool has_tensor(const GgufFile& f, const std::string& name) { return f.find(name) != nullptr; }
+
+}  // namespace
+
+json gguf_config_json(const GgufFile& f) {
+  const Meta m(f);
+  const std::string arch = m.str("general.architecture").value_or("");
+  if (arch.empty()) fail("{}: metadata general.architecture is missing", f.label());
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "qwen3moe" && arch != "olmoe")
+    fail("{}: general.architecture \"{}\" is not supported (supported: llama, qwen2, qwen3, qwen3moe, olmoe)",
+         f.label(), arch);
+  const std::string A = arch + ".";
+  json j;
+  j["hidden_size"] = m.req_int(A + "embedding_length");
+  j["num_hidden_layers"] = m.req_int(A + "block_count");
+  const int64_t heads = m.req_int(A + "attention.head_count");
+  j["num_attention_heads"] = heads;
+  j["num_key_value_heads"] = m.integer(A + "attention.head_count_kv").value_or(heads);
+  const int64_t hidden = j["hidden_size"].get<int64_t>();
+  const int64_t head_dim = m.integer(A + "attention.key_length").value_or(heads > 0 ? hidden / heads : 0);
+  if (auto vl = m.integer(A + "attention.value_length"); vl && *vl != head_dim)
+    fail("{}: attention.value_length {} differs from key_length {}; not supported", f.label(), *vl, head_dim);
+  j["head_dim"] = head_dim;
+  j["max_position_embeddings"] = m.integer(A + "context_length").value_or(2048);
+  auto eps = m.number(A + "attention.layer_norm_rms_epsilon");
+  if (!eps) fail("{}: metadata {}attention.layer_norm_rms_epsilon is missing (only RMSNorm models are supported)",
+                 f.label(), A);
+  j["rms_norm_eps"] = *eps;
+  j["rope_theta"] = m.number(A + "rope.freq_base").value_or(10000.0);
+  if (auto dims = m.integer(A + "rope.dimension_count"); dims && head_dim > 0 && *dims != head_dim)
+    j["partial_rotary_factor"] = double(*dims) / double(head_dim);
+  const std::string scaling = m.str(A + "rope.scaling.type").value_or("none");
+  const double scale_linear = m.number(A + "rope.scale_linear").value_or(1.0);
+  if (scaling == "linear" || (scaling == "none" && scale_linear != 1.0)) {
+    j["rope_scaling"] = {{"rope_type", "linear"},
+                         {"factor", scaling == "linear" ? m.number(A + "rope.scaling.factor").value_or(1.0)
+                                                        : scale_linear}};
+  } else if (scaling == "yarn") {
+    json r = {{"rope_type", "yarn"}, {"factor", m.number(A + "rope.scaling.factor").value_or(1.0)}};
+    if (auto o = m.integer(A + "rope.scaling.original_context_length")) r["original_max_position_embeddings"] = *o;
+    j["rope_scaling"] = r;
+  } else if (scaling != "none") {
+    fail("{}: {}rope.scaling.type \"{}\" is not supported (supported: none, linear, yarn)", f.label(), A, scaling);
+  }
+  if (has_tensor(f, "rope_freqs.weight"))
+    fail("{}: per-dimension rope frequencies (rope_freqs.weight, Llama-3.1-style rope scaling) are not supported yet",
+         f.label());
+
+  int64_t vocab = m.integer(A + "vocab_size").value_or(0);
+  if (vocab == 0) {
+    if (const GgufTensor* t = f.find("token_embd.weight"); t && t->ne.size() == 2) vocab = t->ne[1];
+  }
+  j["vocab_size"] = vocab;
+  j["tie_word_embeddings"] = !has_tensor(f, "output.weight");
+  if (auto id = m.integer("tokenizer.ggml.bos_token_id")) j["bos_token_id"] = *id;
+  std::vector<int64_t> eos;
+  for (const char* k : {"tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"})
+    if (auto id = m.integer(k)) eos.push_back(*id);
+  if (!eos.empty()) j["eos_token_id"] = eos;
+
+  const int64_t experts = m.integer(A + "expert_count").value_or(0);
+  const int64_t used = m.integer(A + "expert_used_count").value_or(0);
+  const auto ff = m.integer(A + "feed_forward_length");
+  const auto expert_ff = m.integer(A + "expert_feed_forward_length");
+  if (arch == "llama") {
+    if (experts > 0) {
+      j["model_type"] = "mixtral";
+      j["num_local_experts"] = experts;
+      j["num_experts_per_tok"] = used;
+      j["intermediate_size"] = expert_ff.value_or(ff.value_or(0));
+    } else {
+      j["model_type"] = "llama";
+      j["intermediate_size"] = ff.value_or(0);
+      j["attention_bias"] = has_tensor(f, "blk.0.attn_q.bias");
+      j["mlp_bias"] = has_tensor(f, "blk.0.ffn_gate.bias");
+    }
+  } else if (arch == "qwen2" || arch == "qwen3") {
+    j["model_type"] = arch;
+    j["intermediate_size"] = ff.value_or(0);
+  } else if (arch == "qwen3moe") {
+    j["model_type"] = "qwen3_moe";
+    j["num_experts"] = experts;
+    j["num_experts_per_tok"] = used;
+    j["moe_intermediate_size"] = expert_ff.value_or(0);
+    j["intermediate_size"] = ff.value_or(expert_ff.value_or(0));
+    // llama.cpp always renormalizes Qwen3-MoE's top-k weights (as the released configs' norm_topk_prob = true).
+    j["norm_topk_prob"] = m.flag(A + "expert_weights_norm").value_or(true);
+    json dense_layers = json::array();
+    for (int64_t l = 0; l < j["num_hidden_layers"].get<int64_t>(); ++l)
+      if (!has_tensor(f, fmt::format("blk.{}.ffn_gate_inp.weight", l))) dense_layers.push_back(l);
+    if (!dense_layers.empty()) j["mlp_only_layers"] = dense_layers;
+  } else {  // olmoe
+    j["model_type"] = "olmoe";
+    j["num_experts"] = experts;
+    j["num_experts_per_tok"] = used;
+    j["intermediate_size"] = expert_ff.value_or(ff.value_or(0));
+    j["norm_topk_prob"] = m.flag(A + "expert_weights_norm").value_or(false);
+    if (auto clamp = m.number(A + "attention.clamp_kqv")) j["clip_qkv"] = *clamp;
+  }
+  return j;
+}
+
+namespace {
+
+struct Entry {
+  const GgufTensor* t = nullptr;
+  std::vector<int64_t> shape;  // Hugging Face order (row-major)
+  int64_t elem_off = 0;        // first element of this view within t (expert slices)
+  int64_t heads = 0;           // > 0: undo llama.cpp's q/k row permutation over this many heads
+  bool dense = false;          // a non-expert matrix (may be served as bf16)
+  TensorView direct;           // F32 / F16 / BF16 without permutation: a view into the file
+};
+
+uint16_t f32_to_bf16_rne(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x7FFFFFu)) return uint16_t((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+class GgufSource : public TensorSource {
+ public:
+  GgufSource(std::shared_ptr<const GgufFile> f, const ModelConfig& c, bool dense_bf16)
+      : f_(std::move(f)), dense_bf16_(dense_bf16) {
+    const bool permuted = c.arch == Arch::llama || c.arch == Arch::mixtral;
+    for (const GgufTensor& t : f_->tensors()) map_tensor(t, c, permuted);
+  }
+
+  const TensorView* find(const std::string& name) const override {
+    auto it = map_.find(name);
+    if (it == map_.end()) return nullptr;
+    const Entry& e = it->second;
+    if (e.direct.data != nullptr) return &e.direct;
+    if (auto c = cache_.find(name); c != cache_.end()) return &c->second.view;
+    return &convert(name, e);
+  }
+  bool contains(const std::string& name) const override { return map_.count(name) != 0; }
+  std::vector<std::string> names() const override { return order_; }
+  std::string describe(const std::string& name) const override {
+    auto it = map_.find(name);
+    if (it == map_.end()) return f_->label();
+    return fmt::format("{} (GGUF tensor {}, {})", f_->label(), it->second.t->name, quant::ggml_type_name(it->second.t->type));
+  }
+  void release(const std::string& prefix) const override {
+    auto under = [&](const std::string& n) { return n.compare(0, prefix.size(), prefix) == 0; };
+    for (auto it = cache_.begin(); it != cache_.end();) it = under(it->first) ? cache_.erase(it) : std::next(it);
+    fifo_.erase(std::remove_if(fifo_.begin(), fifo_.end(), under), fifo_.end());
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    for (const auto& [name, e] : map_) {
+      if (!under(name) || e.t->nbytes == 0) continue;
+      const uintptr_t b = (uintptr_t(e.t->data) + page - 1) & ~(page - 1);
+      const uintptr_t end = (uintptr_t(e.t->data) + e.t->nbytes) & ~(page - 1);
+      if (end > b) ::madvise(reinterpret_cast<void*>(b), end - b, MADV_DONTNEED);
+    }
+  }
+
+ private:
+  struct Converted {
+    TensorView view;
+    std::vector<uint8_t> bytes;
+  };
+
+  void add(const std::string& hf, const GgufTensor& t, std::vector<int64_t> shape, int64_t elem_off, int64_t heads,
+           bool dense) {
+    Entry e;
+    e.t = &t;
+    e.shape = std::move(shape);
+    e.elem_off = elem_off;
+    e.heads = heads;
+    e.dense = dense;
+    const auto info = quant::ggml_type_info(t.type);
+    if (!info) fail("{}: tensor {} has ggml type {}, which Genesis does not know", f_->label(), t.name, t.type);
+    if (elem_off % info->block != 0)
+      fail("{}: tensor {}: a slice starts inside a {} block", f_->label(), t.name, info->name);
+    const auto type = GgmlType(t.type);
+    if (heads == 0 && (type == GgmlType::f32 || type == GgmlType::f16 || type == GgmlType::bf16)) {
+      const Dtype d = type == GgmlType::f32 ? Dtype::f32 : type == GgmlType::f16 ? Dtype::f16 : Dtype::bf16;
+      e.direct.name = hf;
+      e.direct.dtype = d;
+      e.direct.shape = e.shape;
+      e.direct.data = t.data + uint64_t(elem_off) * dtype_size(d);
+      e.direct.nbytes = size_t(e.direct.numel()) * dtype_size(d);
+    }
+    order_.push_back(hf);
+    map_.emplace(hf, std::move(e));
+  }
+
+  void map_tensor(const GgufTensor& t, const ModelConfig& c, bool permuted) {
+    std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
+    const std::string& n = t.name;
+    if (n == "token_embd.weight") return add("model.embed_tokens.weight", t, shape, 0, 0, true);
+    if (n == "output_norm.weight") return add("model.norm.weight", t, shape, 0, 0, false);
+    if (n == "output.weight") return add("lm_head.weight", t, shape, 0, 0, true);
+    int layer = -1, used = 0;
+    if (std::sscanf(n.c_str(), "blk.%d.%n", &layer, &used) != 1 || used == 0 || layer < 0) {
+      unused_.push_back(n);
+      return;
+    }
+    const std::string rest = n.substr(size_t(used));
+    const std::string p = fmt::format("model.layers.{}.", layer);
+    const std::string a = p + "self_attn.";
+    struct Simple {
+      const char* gguf;
+      const char* hf;
+    };
+    static const Simple kSimple[] = {
+        {"attn_norm.weight", "input_layernorm.weight"}, {"ffn_norm.weight", "post_attention_layernorm.weight"},
+        {"attn_v.weight", "self_attn.v_proj.weight"},   {"attn_v.bias", "self_attn.v_proj.bias"},
+        {"attn_output.weight", "self_attn.o_proj.weight"}, {"attn_output.bias", "self_attn.o_proj.bias"},
+        {"attn_q_norm.weight", "self_attn.q_norm.weight"}, {"attn_k_norm.weight", "self_attn.k_norm.weight"},
+        {"ffn_gate.weight", "mlp.gate_proj.weight"},    {"ffn_gate.bias", "mlp.gate_proj.bias"},
+        {"ffn_up.weight", "mlp.up_proj.weight"},        {"ffn_up.bias", "mlp.up_proj.bias"},
+        {"ffn_down.weight", "mlp.down_proj.weight"},    {"ffn_down.bias", "mlp.down_proj.bias"},
+        {"ffn_gate_inp.weight", "mlp.gate.weight"},
+    };
+    for (const auto& s : kSimple)
+      if (rest == s.gguf) return add(p + s.hf, t, shape, 0, 0, shape.size() == 2);
+    if (rest == "attn_q.weight" || rest == "attn_q.bias")
+      return add(a + "q_proj." + rest.substr(7), t, shape, 0, permuted ? c.num_heads : 0, shape.size() == 2);
+    if (rest == "attn_k.weight" || rest == "attn_k.bias")
+      return add(a + "k_proj." + rest.substr(7), t, shape, 0, permuted ? c.num_kv_heads : 0, shape.size() == 2);
+    static const Simple kExperts[] = {
+        {"ffn_gate_exps.weight", "gate_proj"}, {"ffn_up_exps.weight", "up_proj"}, {"ffn_down_exps.weight", "down_proj"}};
+    for (const auto& s : kExperts) {
+      if (rest != s.gguf) continue;
+      if (shape.size() != 3)
+        fail("{}: tensor {} has {} dimensions; expert tensors are [experts, rows, cols]", f_->label(), n, shape.size());
+      const int64_t per = shape[1] * shape[2];
+      for (int64_t e = 0; e < shape[0]; ++e)
+        add(fmt::format("{}mlp.experts.{}.{}.weight", p, e, s.hf), t, {shape[1], shape[2]}, e * per, 0, false);
+      return;
+    }
+    // Older Mixtral files: one tensor per expert, blk.N.ffn_gate.E.weight.
+    int expert = -1, used2 = 0;
+    char which[8] = {};
+    if (std::sscanf(rest.c_str(), "ffn_%4[a-z].%d.weight%n", which, &expert, &used2) == 2 &&
+        used2 == int(rest.size()) && expert >= 0) {
+      const std::string w = which;
+      const char* hf = w == "gate" ? "gate_proj" : w == "up" ? "up_proj" : w == "down" ? "down_proj" : nullptr;
+      if (hf) return add(fmt::format("{}mlp.experts.{}.{}.weight", p, expert, hf), t, shape, 0, 0, false);
+    }
+    unused_.push_back(n);
+  }
+
+  const TensorView& convert(const std::string& name, const Entry& e) const {
+    const int64_t n = [&] {
+      int64_t x = 1;
+      for (auto s : e.shape) x *= s;
+      return x;
+    }();
+    const auto info = *quant::ggml_type_info(e.t->type);
+    std::vector<float> vals(static_cast<size_t>(n));
+    try {
+      quant::ggml_dequantize(e.t->type, e.t->data + uint64_t(e.elem_off / info.block) * uint64_t(info.block_bytes),
+                             vals.data(), n);
+    } catch (const Error& err) {
+      fail("{}: tensor {}: {}", f_->label(), e.t->name, err.what());
+    }
+    if (e.heads > 0) vals = unpermute(vals, e);
+    Converted cv;
+    cv.view.name = name;
+    cv.view.shape = e.shape;
+    if (e.dense && dense_bf16_) {
+      cv.bytes.resize(size_t(n) * 2);
+      auto* out = reinterpret_cast<uint16_t*>(cv.bytes.data());
+      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16_rne(vals[size_t(i)]);
+      cv.view.dtype = Dtype::bf16;
+    } else {
+      cv.bytes.resize(size_t(n) * 4);
+      std::memcpy(cv.bytes.data(), vals.data(), cv.bytes.size());
+      cv.view.dtype = Dtype::f32;
+    }
+    cv.view.data = cv.bytes.data();
+    cv.view.nbytes = cv.bytes.size();
+    fifo_.push_back(name);
+    while (fifo_.size() > kGgufViewsKept) {
+      cache_.erase(fifo_.front());
+      fifo_.pop_front();
+    }
+    return cache_.emplace(name, std::move(cv)).first->second.view;
+  }
+
+  // llama.cpp wrote row (h, i, s) = HF row (h, s, i) for i < head_dim/2, s in {0, 1}.
+  std::vector<float> unpermute(const std::vector<float>& g, const Entry& e) const {
+    const int64_t rows = e.shape[0], cols = e.shape.size() > 1 ? e.shape[1] : 1;
+    if (rows % e.heads != 0 || (rows / e.heads) % 2 != 0)
+      fail("{}: tensor {} has {} rows, not {} heads of an even size", f_->label(), e.t->name, rows, e.heads);
+    const int64_t hd = rows / e.heads, half = hd / 2;
+    std::vector<float> out(g.size());
+    for (int64_t h = 0; h < e.heads; ++h)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t i = 0; i < half; ++i)
+          std::memcpy(&out[size_t((h * hd + s * half + i) * cols)], &g[size_t((h * hd + 2 * i + s) * cols)],
+                      size_t(cols) * 4);
+    return out;
+  }
+
+  std::shared_ptr<const GgufFile> f_;
+  bool dense_bf16_;
+  std::unordered_map<std::string, Entry> map_;
+  std::vector<std::string> order_, unused_;
+  mutable std::map<std::string, Converted> cache_;
+  mutable std::deque<std::string> fifo_;
+};
+
+}  // namespace
+
+std::unique_ptr<TensorSource> gguf_tensor_source(std::shared_ptr<const GgufFile> f, const ModelConfig& c,
+                                                 bool dense_bf16) {
+  return std::make_unique<GgufSource>(std::move(f), c, dense_bf16);
+}
+
+bool is_gguf_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[4] = {};
+  return in.read(magic, 4) && std::memcmp(magic, "GGUF", 4) == 0;
+}
+
+}  // namespace genesis::runtime

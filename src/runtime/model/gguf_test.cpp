@@ -1,0 +1,232 @@
+// GGUF models through the runtime (tests/golden/gguf, made by tools/make_gguf_models.py): config from metadata,
+// tensor names and llama's q/k permutation, every quantized format dequantized, the tokenizer from metadata, and
+// logits against transformers running the `gguf` package's dequantization of the same tensors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/error.h"
+#include "runtime/io/gguf.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/gguf_model.h"
+#include "runtime/model/load.h"
+
+namespace genesis::runtime {
+namespace {
+
+using nlohmann::json;
+
+const std::string kDir = std::string(GENESIS_GOLDEN_DIR) + "/gguf";
+
+json reference(const std::string& name) {
+  std::ifstream f(kDir + "/" + name + ".json");
+  EXPECT_TRUE(f.good()) << name;
+  return json::parse(f);
+}
+
+double max_rel_diff(const std::vector<float>& got, const std::vector<float>& want) {
+  EXPECT_EQ(got.size(), want.size());
+  double mx = 0, ref = 1e-30;
+  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
+    mx = std::max(mx, double(std::fabs(got[i] - want[i])));
+    ref = std::max(ref, double(std::fabs(want[i])));
+  }
+  return mx / ref;
+}
+
+std::vector<int32_t> argmax_rows(const std::vector<float>& l, size_t vocab) {
+  std::vector<int32_t> out;
+  for (size_t i = 0; i + vocab <= l.size(); i += vocab)
+    out.push_back(int32_t(std::max_element(l.begin() + i, l.begin() + i + vocab) - (l.begin() + i)));
+  return out;
+}
+
+struct Case {
+  const char* name;
+  const char* arch;  // Arch name after mapping
+};
+
+class GgufModel : public ::testing::TestWithParam<Case> {};
+
+// Exact path: experts and dense matrices in fp32, as dequantized. Only summation order differs from transformers.
+TEST_P(GgufModel, Fp32MatchesTransformersOnDequantizedTensors) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  opt.keep_bf16 = false;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  EXPECT_STREQ(arch_name(lm.model->config().arch), c.arch);
+  const auto tokens = ref.at("tokens").get<std::vector<int32_t>>();
+  Session s(*lm.model, 64, nullptr);
+  const auto logits = s.forward_all(tokens);
+  const double d = max_rel_diff(logits, ref.at("logits_f32").get<std::vector<float>>());
+  std::printf("%s fp32: max |logit diff| / max |logit| = %.3g\n", c.name, d);
+  EXPECT_LE(d, 1e-5);
+
+  // Greedy continuation (the reference's top-2 margin is far above the differences above).
+  s.reset();
+  std::vector<int32_t> seq = tokens, got;
+  std::vector<float> last(size_t(lm.model->config().vocab_size));
+  s.forward(seq, last.data());
+  for (size_t i = 0; i < ref.at("greedy_f32").size(); ++i) {
+    const int32_t t = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+    got.push_back(t);
+    s.forward(std::span<const int32_t>(&t, 1), last.data());
+  }
+  EXPECT_EQ(got, ref.at("greedy_f32").get<std::vector<int32_t>>());
+}
+
+// NF4 experts through the reference product (fp32 dequantized rows): equal to transformers with the same NF4
+// round trip applied to every expert matrix, i.e. the re-quantization at load is bitsandbytes' NF4.
+TEST_P(GgufModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  if (!ref.contains("logits_nf4")) GTEST_SKIP() << c.name << " is dense: no experts to re-quantize";
+  LoadOptions opt;
+  opt.experts = ExpertMode::nf4_reference;
+  opt.keep_bf16 = false;
+  opt.nf4_blocksize = ref.at("nf4_blocksize").get<int>();
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  Session s(*lm.model, 64, nullptr);
+  const auto logits = s.forward_all(ref.at("tokens").get<std::vector<int32_t>>());
+  const double d = max_rel_diff(logits, ref.at("logits_nf4").get<std::vector<float>>());
+  std::printf("%s nf4-reference: max |logit diff| / max |logit| = %.3g\n", c.name, d);
+  EXPECT_LE(d, 1e-5);
+}
+
+// Default path: experts re-quantized to NF4 for the JIT kernels (int8 activations on avx512vnni), dense matrices
+// rounded to bf16. Close to the reference (with the NF4 round trip for MoE models), not equal.
+TEST_P(GgufModel, DefaultPathIsCloseToTransformers) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.use_kb = false;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  const auto tokens = ref.at("tokens").get<std::vector<int32_t>>();
+  Session s(*lm.model, 64, nullptr);
+  const auto logits = s.forward_all(tokens);
+  const auto want = ref.at(ref.contains("logits_nf4") ? "logits_nf4" : "logits_f32").get<std::vector<float>>();
+  const double d = max_rel_diff(logits, want);
+  std::printf("%s default (%s): max |logit diff| / max |logit| = %.3g\n", c.name,
+              lm.model->expert_description().c_str(), d);
+  EXPECT_LE(d, 3e-2);
+  const size_t V = size_t(lm.model->config().vocab_size);
+  const auto a = argmax_rows(logits, V), b = argmax_rows(want, V);
+  int agree = 0;
+  for (size_t i = 0; i < a.size(); ++i) agree += a[i] == b[i];
+  EXPECT_GE(agree, int(a.size()) - 1) << "argmax agrees at " << agree << " of " << a.size() << " positions";
+}
+
+TEST_P(GgufModel, TokenizerFromMetadataMatchesTokenizersLibrary) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  ASSERT_TRUE(lm.tokenizer.has_value());
+  for (const auto& t : ref.at("tokenizer")) {
+    const std::string text = t.at("text");
+    const auto want = t.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(lm.tokenizer->encode(text, true, true), want) << text;
+    EXPECT_EQ(lm.tokenizer->decode(want), text);
+  }
+  // Metadata: chat template, end of sequence, stop tokens.
+  EXPECT_NE(lm.chat_template.find("<|im_start|>"), std::string::npos);
+  EXPECT_EQ(lm.eos_token, "<|im_end|>");
+  const auto eos = lm.tokenizer->token_to_id("<|im_end|>");
+  ASSERT_TRUE(eos.has_value());
+  EXPECT_NE(std::find(lm.stop_tokens.begin(), lm.stop_tokens.end(), *eos), lm.stop_tokens.end());
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, GgufModel,
+                         ::testing::Values(Case{"tiny_llama", "llama"}, Case{"tiny_qwen3moe", "qwen3_moe"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(GgufModelConfig, MetadataBecomesConfig) {
+  auto f = GgufFile::open(kDir + "/tiny_qwen3moe.gguf");
+  const ModelConfig c = parse_config(gguf_config_json(*f), f->label());
+  EXPECT_EQ(c.arch, Arch::qwen3_moe);
+  EXPECT_EQ(c.num_layers, 2);
+  EXPECT_EQ(c.hidden_size, 256);
+  EXPECT_EQ(c.num_heads, 4);
+  EXPECT_EQ(c.num_kv_heads, 2);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.num_experts, 4);
+  EXPECT_EQ(c.top_k, 2);
+  EXPECT_EQ(c.moe_intermediate_size, 256);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_TRUE(c.tie_word_embeddings);  // no output.weight
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.qk_norm, QkNorm::per_head);
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Writes `bytes` to a temporary .gguf and expects load_model to throw an Error mentioning `needle`.
+void expect_load_error(const std::string& bytes, const std::string& needle) {
+  const std::string path = (std::filesystem::temp_directory_path() / "genesis_gguf_bad.gguf").string();
+  {
+    std::ofstream o(path, std::ios::binary);
+    o << bytes;
+  }
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  try {
+    load_model(path, opt);
+    ADD_FAILURE() << "no error; expected one mentioning \"" << needle << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(path);
+}
+
+void replace_once(std::string& s, const std::string& from, const std::string& to) {
+  ASSERT_EQ(from.size(), to.size());
+  const size_t at = s.find(from);
+  ASSERT_NE(at, std::string::npos) << from;
+  s.replace(at, from.size(), to);
+}
+
+TEST(GgufModelErrors, BadFilesAreClearErrors) {
+  const std::string good = file_bytes(kDir + "/tiny_llama.gguf");
+  {  // an architecture the runtime does not run
+    std::string b = good;
+    replace_once(b, std::string("\x05\0\0\0\0\0\0\0llama", 13), std::string("\x05\0\0\0\0\0\0\0bloom", 13));
+    expect_load_error(b, "general.architecture \"bloom\" is not supported");
+  }
+  {  // a tensor the architecture needs is absent (renamed)
+    std::string b = good;
+    replace_once(b, "blk.1.attn_q.weight", "blk.1.attn_x.weight");
+    expect_load_error(b, "model.layers.1.self_attn.q_proj.weight");
+  }
+  {  // an unknown pre-tokenizer
+    std::string b = good;
+    replace_once(b, std::string("\x06\0\0\0\0\0\0\0smollm", 14), std::string("\x06\0\0\0\0\0\0\0zzzzzz", 14));
+    expect_load_error(b, "tokenizer.ggml.pre \"zzzzzz\" is not supported");
+  }
+  // cut inside the tensor data
+  expect_load_error(good.substr(0, good.size() - 1000), "genesis_gguf_bad.gguf");
+  // not a GGUF file at all, but a file
+  expect_load_error("this is not a model", "not a GGUF file");
+}
+
+TEST(GgufModelErrors, IsGgufFileLooksAtTheMagic) {
+  EXPECT_TRUE(is_gguf_file(kDir + "/tiny_llama.gguf"));
+  EXPECT_FALSE(is_gguf_file(kDir + "/tiny_llama.json"));
+  EXPECT_FALSE(is_gguf_file(kDir));
+  EXPECT_FALSE(is_gguf_file(kDir + "/does_not_exist.gguf"));
+}
+
+}  // namespace
+}  // namespace genesis::runtime

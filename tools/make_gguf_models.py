@@ -1,0 +1,363 @@
+#!/usr/bin/env python3
+"""Writes tests/golden/gguf/: tiny GGUF models as llama.cpp's converter lays them out, and what a reference gives
+for them, for the C++ GGUF loading tests (src/runtime/model/gguf_test.cpp; they need no Python).
+
+For each model:
+  <name>.gguf     metadata (architecture, sizes, rope, experts, a byte-level BPE tokenizer, a chat template) and
+                  tensors under GGUF names, quantized as real files are: Q8_0 / Q4_0 / Q4_1 / Q5_0 quantized with the
+                  `gguf` package, Q4_K / Q5_K / Q6_K as random blocks (the package has no K-quantizer), F16 / F32;
+                  llama's q/k rows permuted the way convert_hf_to_gguf.py does; experts as 3-D [E, rows, cols].
+  <name>.json     the reference: a transformers model whose weights are the `gguf` package's dequantization of
+                  exactly those tensors (q/k un-permuted by construction: the HF model never saw the permutation),
+                  its fp32 logits for fixed token ids and its greedy continuation; for MoE models also the logits
+                  with every expert matrix NF4-quantized and dequantized (what Genesis does at load); token ids that the
+                  `tokenizers` library gives for test strings with the same vocabulary, merges and pre-tokenizer.
+
+Usage: python3 tools/make_gguf_models.py [--out tests/golden/gguf]
+Needs: torch, transformers (4.57 or 5.x), tokenizers, gguf, numpy.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+import gguf
+from gguf import GGMLQuantizationType as T
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+import transformers
+from make_golden_models import nf4_roundtrip  # bitsandbytes' NF4 rules in numpy (same tools/ folder)
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+TOKENS = [5, 17, 42, 99, 7, 77, 23, 64, 8, 120, 33, 51]
+NEW_TOKENS = 8
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs.",
+    "Mixture-of-experts models route each token to a few experts: 8 of 128 in Qwen3-30B-A3B.",
+    "Numbers like 2024, 3.14159 and 1000000 are split into digits by some tokenizers.",
+    "We're testing don't, it's, they'll and I'd -- contractions -- and   spaces\n\nand newlines.",
+]
+TEST_STRINGS = [
+    "The quick brown fox",
+    "Hello world! 12345 apples, they're 3.5kg.",
+    "  leading spaces and\ttabs\n\nnew lines  ",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "Ünïcödé — 日本語 and emoji 🙂",
+]
+QWEN2_REGEX = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+               "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def train_tokenizer(vocab_size):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return tok
+
+
+def reference_tokenizer(trained, pre):
+    """A tokenizer with the trained vocabulary/merges and the pre-tokenizer the model's `pre` names, built the way
+    the models' own tokenizer.json files spell it (not the way Genesis does)."""
+    data = json.loads(trained.to_str())
+    tok = Tokenizer(models.BPE(vocab=data["model"]["vocab"],
+                               merges=[tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+                                       for m in data["model"]["merges"]]))
+    if pre == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    elif pre == "qwen2":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        raise ValueError(pre)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def vocab_lists(trained):
+    data = json.loads(trained.to_str())
+    vocab = data["model"]["vocab"]
+    for a in data["added_tokens"]:
+        vocab[a["content"]] = a["id"]
+    n = max(vocab.values()) + 1
+    tokens = [""] * n
+    for t, i in vocab.items():
+        tokens[i] = t
+    types = [3 if t in SPECIALS else 1 for t in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    return tokens, types, merges
+
+
+def random_kquant(rng, qtype, shape):
+    """Random blocks of a K-quant with small positive scales (values of roughly +-0.3) and their dequantization."""
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n = int(np.prod(shape))
+    raw = rng.integers(0, 256, size=(n // block, size), dtype=np.uint8)
+    f16 = lambda v: np.asarray(v, dtype=np.float16).view(np.uint8).reshape(-1, 2)
+    nb = n // block
+    if qtype in (T.Q4_K, T.Q5_K):
+        raw[:, 0:2] = f16(rng.uniform(1e-4, 3e-4, nb))
+        raw[:, 2:4] = f16(rng.uniform(1e-4, 3e-4, nb))
+    elif qtype == T.Q6_K:
+        raw[:, size - 2:size] = f16(rng.uniform(-1e-4, 1e-4, nb))
+    else:
+        raise ValueError(qtype)
+    packed = raw.reshape(*shape[:-1], shape[-1] // block * size)
+    return packed, gguf.quants.dequantize(packed, qtype).astype(np.float32).reshape(shape)
+
+
+def llama_permute(w, n_head):
+    """convert_hf_to_gguf.py's LlamaModel.permute (HF rotate-half rows -> ggml adjacent pairs)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def llama_unpermute(w, n_head):
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+class Builder:
+    def __init__(self, rng):
+        self.rng = rng
+        self.tensors = []  # (gguf name, array, raw_dtype or None)
+        self.state = {}    # HF name -> dequantized fp32 (HF layout)
+
+    def add(self, gguf_name, hf_name, w, qtype, permute_heads=0):
+        """w: the HF fp32 weight. Quantizes (or draws random K-quant blocks), records the dequantized HF value."""
+        w = np.asarray(w, dtype=np.float32)
+        if qtype in (T.Q4_K, T.Q5_K, T.Q6_K):
+            packed, deq = random_kquant(self.rng, qtype, w.shape)
+            self.tensors.append((gguf_name, packed, qtype))
+            hf = llama_unpermute(deq, permute_heads) if permute_heads else deq
+        else:
+            g = llama_permute(w, permute_heads) if permute_heads else w
+            if qtype == T.F32:
+                self.tensors.append((gguf_name, g, None))
+                deq = g
+            elif qtype == T.F16:
+                self.tensors.append((gguf_name, g.astype(np.float16), None))
+                deq = g.astype(np.float16).astype(np.float32)
+            else:
+                packed = gguf.quants.quantize(g, qtype)
+                self.tensors.append((gguf_name, packed, qtype))
+                deq = gguf.quants.dequantize(packed, qtype).astype(np.float32).reshape(g.shape)
+            hf = llama_unpermute(deq, permute_heads) if permute_heads else deq
+        if hf_name is not None:
+            self.state[hf_name] = hf
+
+    def write(self, path, arch, meta):
+        w = gguf.GGUFWriter(path, arch)
+        for key, (kind, value) in meta.items():
+            getattr(w, "add_" + kind)(key, value)
+        for name, arr, qtype in self.tensors:
+            if qtype is None:
+                w.add_tensor(name, arr)
+            else:
+                w.add_tensor(name, arr, raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+
+
+def tokenizer_meta(tokens, types, merges, pre):
+    return {
+        "tokenizer.ggml.model": ("string", "gpt2"),
+        "tokenizer.ggml.pre": ("string", pre),
+        "tokenizer.ggml.tokens": ("array", tokens),
+        "tokenizer.ggml.token_type": ("array", types),
+        "tokenizer.ggml.merges": ("array", merges),
+        "tokenizer.ggml.eos_token_id": ("uint32", tokens.index("<|im_end|>")),
+        "tokenizer.ggml.bos_token_id": ("uint32", tokens.index("<|endoftext|>")),
+        "tokenizer.ggml.add_bos_token": ("bool", False),
+        "tokenizer.chat_template": ("string", CHAT_TEMPLATE),
+    }
+
+
+def reference(model, vocab_tok):
+    model.eval()
+    with torch.no_grad():
+        ids = torch.tensor([TOKENS])
+        logits = model(ids).logits[0].float().numpy()
+        seq = list(TOKENS)
+        margins = []
+        for _ in range(NEW_TOKENS):
+            l = model(torch.tensor([seq])).logits[0, -1].float().numpy()
+            top = np.sort(l)[-2:]
+            margins.append(float(top[1] - top[0]))
+            seq.append(int(np.argmax(l)))
+    return {
+        "generator": f"tools/make_gguf_models.py, transformers {transformers.__version__}, gguf package",
+        "tokens": TOKENS,
+        "logits_f32": [float(x) for x in logits.reshape(-1)],
+        "greedy_f32": seq[len(TOKENS):],
+        "greedy_margin_f32": min(margins),
+        "tokenizer": [{"text": s, "ids": vocab_tok.encode(s).ids} for s in TEST_STRINGS],
+    }
+
+
+def load_state(model, state):
+    sd = model.state_dict()
+    missing = [k for k in sd if k not in state and not k.endswith("rotary_emb.inv_freq")]
+    if missing:
+        raise SystemExit(f"no GGUF tensor for {missing[:5]}")
+    model.load_state_dict({k: torch.from_numpy(state[k]) for k in sd if k in state}, strict=False)
+
+
+def make_llama(out, rng, trained):
+    tokens, types, merges = vocab_lists(trained)
+    V, H, I, L, NH, NKV = len(tokens), 256, 512, 2, 4, 2
+    cfg = LlamaConfig(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+                      num_attention_heads=NH, num_key_value_heads=NKV, max_position_embeddings=256,
+                      rms_norm_eps=1e-5, rope_theta=10000.0, initializer_range=0.1, tie_word_embeddings=False,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(1)
+    model = LlamaForCausalLM(cfg).float()
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    b = Builder(rng)
+    b.add("token_embd.weight", "model.embed_tokens.weight", sd["model.embed_tokens.weight"], T.Q8_0)
+    b.add("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+    b.add("output.weight", "lm_head.weight", sd["lm_head.weight"], T.Q6_K)
+    for l in range(L):
+        p, g = f"model.layers.{l}.", f"blk.{l}."
+        b.add(g + "attn_norm.weight", p + "input_layernorm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+        b.add(g + "ffn_norm.weight", p + "post_attention_layernorm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+        b.add(g + "attn_q.weight", p + "self_attn.q_proj.weight", sd[p + "self_attn.q_proj.weight"], T.Q4_0, NH)
+        b.add(g + "attn_k.weight", p + "self_attn.k_proj.weight", sd[p + "self_attn.k_proj.weight"], T.Q8_0, NKV)
+        b.add(g + "attn_v.weight", p + "self_attn.v_proj.weight", sd[p + "self_attn.v_proj.weight"], T.Q5_0)
+        b.add(g + "attn_output.weight", p + "self_attn.o_proj.weight", sd[p + "self_attn.o_proj.weight"], T.Q4_1)
+        b.add(g + "ffn_gate.weight", p + "mlp.gate_proj.weight", sd[p + "mlp.gate_proj.weight"], T.Q4_K)
+        b.add(g + "ffn_up.weight", p + "mlp.up_proj.weight", sd[p + "mlp.up_proj.weight"], T.Q5_K)
+        b.add(g + "ffn_down.weight", p + "mlp.down_proj.weight", sd[p + "mlp.down_proj.weight"], T.Q6_K)
+    meta = {
+        "general.name": ("string", "genesis tiny llama (random weights)"),
+        "llama.block_count": ("uint32", L), "llama.context_length": ("uint32", 256),
+        "llama.embedding_length": ("uint32", H), "llama.feed_forward_length": ("uint32", I),
+        "llama.attention.head_count": ("uint32", NH), "llama.attention.head_count_kv": ("uint32", NKV),
+        "llama.rope.freq_base": ("float32", 10000.0), "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5),
+        "llama.vocab_size": ("uint32", V), "llama.rope.dimension_count": ("uint32", H // NH),
+    }
+    meta.update(tokenizer_meta(tokens, types, merges, "smollm"))
+    b.write(os.path.join(out, "tiny_llama.gguf"), "llama", meta)
+    cfg.rms_norm_eps = float(np.float32(1e-5))
+    model = LlamaForCausalLM(cfg).float()
+    load_state(model, b.state)
+    return reference(model, reference_tokenizer(trained, "smollm"))
+
+
+def make_qwen3moe(out, rng, trained):
+    tokens, types, merges = vocab_lists(trained)
+    V, H, MI, L, NH, NKV, HD, E, K = len(tokens), 256, 256, 2, 4, 2, 64, 4, 2
+    cfg = Qwen3MoeConfig(vocab_size=V, hidden_size=H, intermediate_size=512, moe_intermediate_size=MI,
+                         num_hidden_layers=L, num_attention_heads=NH, num_key_value_heads=NKV, head_dim=HD,
+                         num_experts=E, num_experts_per_tok=K, norm_topk_prob=True, decoder_sparse_step=1,
+                         mlp_only_layers=[], max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                         initializer_range=0.1, tie_word_embeddings=True, bos_token_id=None, eos_token_id=None,
+                         pad_token_id=None)
+    torch.manual_seed(2)
+    model = Qwen3MoeForCausalLM(cfg).float()
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    b = Builder(rng)
+    b.add("token_embd.weight", "model.embed_tokens.weight", sd["model.embed_tokens.weight"], T.F16)
+    b.state["lm_head.weight"] = b.state["model.embed_tokens.weight"]
+    b.add("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+    for l in range(L):
+        p, g = f"model.layers.{l}.", f"blk.{l}."
+        b.add(g + "attn_norm.weight", p + "input_layernorm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+        b.add(g + "ffn_norm.weight", p + "post_attention_layernorm.weight", 1 + 0.1 * rng.standard_normal(H), T.F32)
+        b.add(g + "attn_q.weight", p + "self_attn.q_proj.weight", sd[p + "self_attn.q_proj.weight"], T.Q8_0)
+        b.add(g + "attn_k.weight", p + "self_attn.k_proj.weight", sd[p + "self_attn.k_proj.weight"], T.Q4_0)
+        b.add(g + "attn_v.weight", p + "self_attn.v_proj.weight", sd[p + "self_attn.v_proj.weight"], T.Q8_0)
+        b.add(g + "attn_output.weight", p + "self_attn.o_proj.weight", sd[p + "self_attn.o_proj.weight"], T.Q5_0)
+        b.add(g + "attn_q_norm.weight", p + "self_attn.q_norm.weight", 1 + 0.1 * rng.standard_normal(HD), T.F32)
+        b.add(g + "attn_k_norm.weight", p + "self_attn.k_norm.weight", 1 + 0.1 * rng.standard_normal(HD), T.F32)
+        b.add(g + "ffn_gate_inp.weight", p + "mlp.gate.weight", sd[p + "mlp.gate.weight"], T.F32)
+        for kind, qtype, shape in (("gate", T.Q4_K, (E, MI, H)), ("up", T.Q4_K, (E, MI, H)),
+                                   ("down", T.Q6_K, (E, H, MI))):
+            packed, deq = random_kquant(rng, qtype, shape)
+            b.tensors.append((g + f"ffn_{kind}_exps.weight", packed, qtype))
+            fused = p + "mlp.experts." + ("down_proj" if kind == "down" else "gate_up_proj")
+            for e in range(E):
+                b.state[f"{p}mlp.experts.{e}.{kind}_proj.weight"] = deq[e]
+            if kind == "up":  # transformers 5.x keeps experts fused: gate rows, then up rows
+                b.state[fused] = np.concatenate([b.state[f"{p}mlp.experts.{e}.gate_proj.weight"][None] for e in
+                                                 range(E)], 0)
+                b.state[fused] = np.concatenate([b.state[fused], deq], 1)
+            elif kind == "down":
+                b.state[fused] = deq
+    meta = {
+        "general.name": ("string", "genesis tiny qwen3moe (random weights)"),
+        "qwen3moe.block_count": ("uint32", L), "qwen3moe.context_length": ("uint32", 256),
+        "qwen3moe.embedding_length": ("uint32", H), "qwen3moe.feed_forward_length": ("uint32", 512),
+        "qwen3moe.attention.head_count": ("uint32", NH), "qwen3moe.attention.head_count_kv": ("uint32", NKV),
+        "qwen3moe.attention.key_length": ("uint32", HD), "qwen3moe.attention.value_length": ("uint32", HD),
+        "qwen3moe.rope.freq_base": ("float32", 1000000.0),
+        "qwen3moe.attention.layer_norm_rms_epsilon": ("float32", 1e-6),
+        "qwen3moe.expert_count": ("uint32", E), "qwen3moe.expert_used_count": ("uint32", K),
+        "qwen3moe.expert_feed_forward_length": ("uint32", MI),
+    }
+    meta.update(tokenizer_meta(tokens, types, merges, "qwen2"))
+    b.write(os.path.join(out, "tiny_qwen3moe.gguf"), "qwen3moe", meta)
+    cfg.rms_norm_eps = float(np.float32(1e-6))
+    model = Qwen3MoeForCausalLM(cfg).float()
+    load_state(model, b.state)
+    ref = reference(model, reference_tokenizer(trained, "qwen2"))
+    nf4 = {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape) if ".experts." in k else v)
+           for k, v in b.state.items()}
+    load_state(model, nf4)
+    with torch.no_grad():
+        ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+    ref["nf4_blocksize"] = 64
+    return ref
+
+
+def make_fuzz_seed(path):
+    """A small whole model (2 tiny layers, a 264-token vocabulary) for fuzz/gguf_model_fuzz.cpp to start from."""
+    rng = np.random.default_rng(3)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
+    tokens = sorted(byte_tokens) + ["\u0120t", "he", "\u0120the"] + specials
+    types = [3 if t in specials else 1 for t in tokens]
+    merges = ["\u0120 t", "h e", "\u0120t he"]
+    H, I, V = 32, 64, len(tokens)
+    b = Builder(rng)
+    b.add("token_embd.weight", None, rng.standard_normal((V, H)) * 0.1, T.Q8_0)
+    b.add("output_norm.weight", None, np.ones(H), T.F32)
+    for l in range(2):
+        g = f"blk.{l}."
+        for n, shape, q in (("attn_norm", (H,), T.F32), ("ffn_norm", (H,), T.F32), ("attn_q", (H, H), T.Q4_0),
+                            ("attn_k", (16, H), T.Q4_1), ("attn_v", (16, H), T.Q5_0), ("attn_output", (H, H), T.Q8_0),
+                            ("ffn_gate", (I, H), T.Q5_1), ("ffn_up", (I, H), T.F16), ("ffn_down", (H, I), T.Q8_0)):
+            b.add(g + n + ".weight", None, rng.standard_normal(shape) * 0.1, q)
+    meta = {"llama.block_count": ("uint32", 2), "llama.context_length": ("uint32", 64),
+            "llama.embedding_length": ("uint32", H), "llama.feed_forward_length": ("uint32", I),
+            "llama.attention.head_count": ("uint32", 4), "llama.attention.head_count_kv": ("uint32", 2),
+            "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5), "llama.rope.freq_base": ("float32", 1e4)}
+    meta.update(tokenizer_meta(tokens, types, merges, "llama-bpe"))
+    b.write(path, "llama", meta)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="tests/golden/gguf")
+    ap.add_argument("--fuzz-seed", help="also write the fuzzer's seed model here (fuzz/seeds/gguf/tiny_model.gguf)")
+    a = ap.parse_args()
+    if a.fuzz_seed:
+        make_fuzz_seed(a.fuzz_seed)
+    os.makedirs(a.out, exist_ok=True)
+    trained = train_tokenizer(300)
+    for name, fn in (("tiny_llama", make_llama), ("tiny_qwen3moe", make_qwen3moe)):
+        ref = fn(a.out, np.random.default_rng(len(name)), trained)
+        with open(os.path.join(a.out, name + ".json"), "w") as f:
+            json.dump(ref, f)
+        print(f"{name}: greedy {ref['greedy_f32']} (margin {ref['greedy_margin_f32']:.4f})")
+
+
+if __name__ == "__main__":
+    main()

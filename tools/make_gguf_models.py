@@ -317,6 +317,47 @@ def make_qwen3moe(out, rng, trained):
     return ref
 
 
+SPM_STRINGS = ["the quick brown fox", "Hello world!", " jumps  over the lazy dog 42", "tokenizer \u00e9\u00e9 \u65e5"]
+
+
+def make_spm_vocab(out):
+    """A vocabulary-only llama GGUF with a sentencepiece-style tokenizer (tokenizer.ggml.model = llama: scores, byte
+    tokens, no merges) and the ids transformers' GGUF tokenizer converter gives for SPM_STRINGS (llama.cpp gives the
+    same ids; checked by hand with llama-cpp-python's vocab_only mode)."""
+    sp = "\u2581"
+    rng = np.random.default_rng(0)
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256
+    scores = [0.0] * len(pieces)
+    normal = set(sp + "abcdefghijklmnopqrstuvwxyz,.!?0123456789")
+    for w in ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "token", "izer"]:
+        t = sp + w
+        normal.update(t[i:j] for i in range(len(t)) for j in range(i + 1, len(t) + 1))
+    for p in sorted(normal, key=lambda x: (len(x), x)):
+        pieces.append(p)
+        types.append(1)
+        scores.append(float(-0.5 * len(p) + rng.uniform(-0.4, 0.4)) if len(p) > 1 else -100.0 - rng.uniform(0, 1))
+    H = 32
+    b = Builder(rng)
+    b.add("token_embd.weight", None, np.zeros((len(pieces), H)), T.F16)
+    meta = {"llama.block_count": ("uint32", 1), "llama.context_length": ("uint32", 64),
+            "llama.embedding_length": ("uint32", H), "llama.feed_forward_length": ("uint32", 64),
+            "llama.attention.head_count": ("uint32", 4), "llama.attention.head_count_kv": ("uint32", 4),
+            "llama.attention.layer_norm_rms_epsilon": ("float32", 1e-5),
+            "tokenizer.ggml.model": ("string", "llama"), "tokenizer.ggml.tokens": ("array", pieces),
+            "tokenizer.ggml.scores": ("array", scores), "tokenizer.ggml.token_type": ("array", types),
+            "tokenizer.ggml.bos_token_id": ("uint32", 1), "tokenizer.ggml.eos_token_id": ("uint32", 2),
+            "tokenizer.ggml.unknown_token_id": ("uint32", 0), "tokenizer.ggml.add_bos_token": ("bool", True)}
+    path = os.path.join(out, "tiny_spm_vocab.gguf")
+    b.write(path, "llama", meta)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out, gguf_file="tiny_spm_vocab.gguf")
+    ref = {"generator": f"tools/make_gguf_models.py, transformers {transformers.__version__} GGUF tokenizer",
+           "tokenizer": [{"text": s, "ids": tok.encode(s)} for s in SPM_STRINGS]}
+    with open(os.path.join(out, "tiny_spm_vocab.json"), "w") as f:
+        json.dump(ref, f, indent=1)
+
+
 def make_fuzz_seed(path):
     """A small whole model (2 tiny layers, a 264-token vocabulary) for fuzz/gguf_model_fuzz.cpp to start from."""
     rng = np.random.default_rng(3)
@@ -357,6 +398,7 @@ def main():
         with open(os.path.join(a.out, name + ".json"), "w") as f:
             json.dump(ref, f)
         print(f"{name}: greedy {ref['greedy_f32']} (margin {ref['greedy_margin_f32']:.4f})")
+    make_spm_vocab(a.out)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,18 @@ INSTANTIATE_TEST_SUITE_P(Tiny, GgufModel,
                          ::testing::Values(Case{"tiny_llama", "llama"}, Case{"tiny_qwen3moe", "qwen3_moe"}),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// A sentencepiece vocabulary (tokenizer.ggml.model = llama): merges derived from scores, byte fallback, BOS added.
+TEST(GgufTokenizer, SentencepieceVocabularyMatchesTransformersAndLlamaCpp) {
+  const json ref = reference("tiny_spm_vocab");
+  const Tokenizer tok = load_tokenizer(kDir + "/tiny_spm_vocab.gguf");
+  for (const auto& t : ref.at("tokenizer")) {
+    const std::string text = t.at("text");
+    const auto want = t.at("ids").get<std::vector<int32_t>>();
+    EXPECT_EQ(tok.encode(text, true, false), want) << text;
+    EXPECT_EQ(tok.decode(want, true), text);
+  }
+}
+
 TEST(GgufModelConfig, MetadataBecomesConfig) {
   auto f = GgufFile::open(kDir + "/tiny_qwen3moe.gguf");
   const ModelConfig c = parse_config(gguf_config_json(*f), f->label());

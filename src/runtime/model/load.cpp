@@ -135,6 +135,17 @@ LoadedModel load_model(const std::string& dir, const LoadOptions& opt) {
   return lm;
 }
 
+Tokenizer load_tokenizer(const std::string& path) {
+  if (fs::is_regular_file(path) && is_gguf_file(path)) {
+    auto f = GgufFile::open(path);
+    if (!f->find_meta("tokenizer.ggml.model")) fail("{} has no tokenizer (no tokenizer.ggml.* metadata)", path);
+    return Tokenizer::from_vocab(tokenizer_spec_from_gguf(f->metadata(), path));
+  }
+  const fs::path p = fs::is_directory(path) ? fs::path(path) / "tokenizer.json" : fs::path(path);
+  if (!fs::exists(p)) fail("{}: no tokenizer.json (a model directory, a tokenizer.json or a GGUF file was expected)", path);
+  return Tokenizer::from_file(p.string());
+}
+
 uint64_t peak_rss_bytes() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);

@@ -32,6 +32,10 @@ struct LoadedModel {
 // directory, config.json, weights, or a malformed file.
 LoadedModel load_model(const std::string& dir, const LoadOptions& opt);
 
+// Only the tokenizer of a model directory (tokenizer.json) or GGUF file (tokenizer.ggml.*), without the weights.
+// Throws genesis::Error naming the file when there is none.
+Tokenizer load_tokenizer(const std::string& path);
+
 // Peak resident memory of this process so far (bytes), from getrusage.
 uint64_t peak_rss_bytes();
 

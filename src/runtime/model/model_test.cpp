@@ -155,10 +155,10 @@ TEST(Generate, StopsAtStopTokenAndStreams) {
   auto m = Model::from_source(c, *src, opt, "config.json");
   Session s(*m, 0, nullptr);
   std::vector<int32_t> greedy;
-  generate(s, std::vector<int32_t>{1, 2}, GenerateOptions{5, {}, {}}, nullptr, &greedy);
+  generate(s, std::vector<int32_t>{1, 2}, GenerateOptions{5, {}, {}, {}}, nullptr, &greedy);
   ASSERT_EQ(greedy.size(), 5u);
   Session s2(*m, 0, nullptr);
-  GenerateOptions go{5, {}, {greedy[1]}};
+  GenerateOptions go{5, {}, {greedy[1]}, {}};
   std::vector<int32_t> streamed;
   const auto st = generate(s2, std::vector<int32_t>{1, 2}, go, [&](int32_t t) {
     streamed.push_back(t);

@@ -54,7 +54,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
            dir);
     return from_gguf(GgufFile::open(dir), opt);
   }
-  if (!fs::is_directory(dir)) fail("model directory {} does not exist (or is not a directory)", dir);
+  if (!fs::exists(dir)) fail("{} does not exist (expected a Hugging Face model directory or a GGUF file)", dir);
+  if (!fs::is_directory(dir)) fail("{} is not a directory or a regular file", dir);
   const std::string config_path = (fs::path(dir) / "config.json").string();
   if (!fs::exists(config_path)) fail("{} has no config.json (is it a Hugging Face model directory?)", dir);
   ModelConfig c = load_config(config_path);

@@ -6,7 +6,8 @@
      of each side (a divergence at a near-tie is numerics: llama.cpp quantizes activations to 8 bits in its
      quantized dot products, Genesis keeps them in fp32 / bf16);
   3. perplexity over a fixed text, chunked the same way (genesis perplexity vs llama.cpp logits);
-  4. decode (and prefill) tokens/s with the same thread count, measured back to back, alternating, repeated.
+  4. decode (and prefill) tokens/s with the same thread count and token ids, back to back, alternating, repeated
+     (genesis bench model against llama.cpp's eval).
 
 Genesis is run twice: as by default (quantized non-expert matrices dequantized to bf16, experts re-quantized to NF4),
 and with --f32-dense --experts f32 (the GGUF weights exactly as dequantized), which is the one expected to track
@@ -126,10 +127,10 @@ def llama_speed(llm, prompt_ids, n):
     prefill = time.perf_counter() - t0
     tok = prompt_ids[-1]
     t0 = time.perf_counter()
-    for _ in range(n - 1):
+    for _ in range(n):
         llm.eval([tok])
     decode = time.perf_counter() - t0
-    return len(prompt_ids) / prefill, (n - 1) / decode
+    return len(prompt_ids) / prefill, n / decode
 
 
 def main():
@@ -142,8 +143,11 @@ def main():
     ap.add_argument("--ctx", type=int, default=512, help="perplexity chunk size")
     ap.add_argument("--chunks", type=int, default=8, help="perplexity chunks (0 = all)")
     ap.add_argument("--speed-tokens", type=int, default=128, help="decode steps timed")
+    ap.add_argument("--speed-prompt", type=int, default=64, help="prompt tokens before the timed decode steps")
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tokenizer,greedy,ppl,speed")
+    ap.add_argument("--transformers", action="store_true",
+                    help="also run the greedy prompts through transformers' GGUF loader (needs torch, transformers)")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -155,10 +159,12 @@ def main():
 
     report = {"model": model, "threads": args.threads, "llama_cpp_python": llama_cpp.__version__}
     print(f"model {model}\nthreads {args.threads}, llama-cpp-python {llama_cpp.__version__}")
-    llm = Llama(model_path=model, n_ctx=max(args.ctx, 1024), n_batch=max(args.ctx, 512), n_threads=args.threads,
-                n_threads_batch=args.threads, logits_all=True, verbose=False)
-    add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
-    bos = llm.token_bos() if add_bos else None
+    llm = None
+    if not {"tokenizer", "greedy", "ppl"} <= skip:
+        llm = Llama(model_path=model, n_ctx=max(args.ctx, 1024), n_batch=max(args.ctx, 512), n_threads=args.threads,
+                    n_threads_batch=args.threads, logits_all=True, verbose=False)
+        add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
+        bos = llm.token_bos() if add_bos else None
 
     if "tokenizer" not in skip:
         same = 0
@@ -200,6 +206,26 @@ def main():
             print(line)
             greedy.append(row)
         report["greedy"] = greedy
+        if args.transformers:
+            # A third opinion: transformers loading the same GGUF (its own dequantization, fp32 compute).
+            import torch
+            from transformers import AutoModelForCausalLM
+            hf = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(model)),
+                                                      gguf_file=os.path.basename(model), dtype=torch.float32)
+            hf.eval()
+            agree_g = agree_l = 0
+            for row in greedy:
+                ids = llm.tokenize(row["prompt"].encode(), add_bos=True, special=False)
+                with torch.no_grad():
+                    out = hf.generate(torch.tensor([ids]), max_new_tokens=args.tokens, do_sample=False,
+                                      min_new_tokens=args.tokens)[0, len(ids):].tolist()
+                row["transformers"] = out
+                first = lambda a: next((i for i in range(len(out)) if a[i] != out[i]), len(out))
+                agree_g += first(row["genesis f32"]["ids"])
+                agree_l += first(row["llama_cpp"])
+            n = args.tokens * len(greedy)
+            print(f"  transformers (GGUF dequantized, fp32) vs genesis f32: {agree_g}/{n} tokens before the first "
+                  f"difference; vs llama.cpp: {agree_l}/{n}")
         for name, _ in variants:
             total = sum(r[name]["agree"] for r in greedy)
             full = sum(r[name]["agree"] == args.tokens for r in greedy)
@@ -227,23 +253,34 @@ def main():
         report["perplexity"] = ppl
 
     if "speed" not in skip:
-        prompt = PROMPTS[1]
-        ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+        # Both sides see the same random token ids (speed does not depend on the text): a prompt of
+        # --speed-prompt tokens, then --speed-tokens decode steps. Genesis: `genesis bench model` (one load per
+        # repeat; it also reports the memory-bandwidth bound). Alternating, so drift hits both alike.
+        del llm
+        fast = Llama(model_path=model, n_ctx=args.speed_prompt + args.speed_tokens + 16,
+                     n_batch=max(args.speed_prompt, 32), n_threads=args.threads, n_threads_batch=args.threads,
+                     verbose=False)
+        import random
+        rnd = random.Random(1)
+        ids = [rnd.randrange(fast.n_vocab()) for _ in range(args.speed_prompt)]
         runs = {"llama.cpp": [], "genesis default": []}
         for _ in range(args.speed_repeats):
-            pf, dc = llama_speed(llm, ids, args.speed_tokens)
+            pf, dc = llama_speed(fast, ids, args.speed_tokens)
             runs["llama.cpp"].append({"prefill_tps": pf, "decode_tps": dc})
-            g = genesis_json(args, "run", "-m", model, "-p", prompt, "-n", str(args.speed_tokens), "--temp", "0",
-                             "--ignore-eos", "-q", "-t", str(args.threads))
-            runs["genesis default"].append({"prefill_tps": g["prefill_tps"], "decode_tps": g["decode_tps"]})
-        print(f"\nspeed, {args.threads} threads, {len(ids)}-token prompt, {args.speed_tokens} decode steps, median of "
-              f"{args.speed_repeats} alternating runs")
+            g = genesis_json(args, "bench", "model", "-m", model, "--prompt-tokens", str(args.speed_prompt),
+                             "--tokens", str(args.speed_tokens), "--threads", str(args.threads), "--quiet")
+            runs["genesis default"].append({"prefill_tps": g["prefill_tps"], "decode_tps": g["decode_tps"],
+                                            "bound_fraction": g.get("bound_fraction"), "load_s": g.get("load_s"),
+                                            "peak_rss_bytes": g.get("peak_rss_bytes")})
+            print(f"  run: llama.cpp decode {dc:.2f} tokens/s, genesis {g['decode_tps']:.2f} tokens/s", flush=True)
+        print(f"\nspeed, {args.threads} threads, {args.speed_prompt}-token prompt, {args.speed_tokens} decode steps, "
+              f"median of {args.speed_repeats} alternating runs")
         speed = {}
         for name, rs in runs.items():
             d = statistics.median(r["decode_tps"] for r in rs)
             p = statistics.median(r["prefill_tps"] for r in rs)
             speed[name] = {"decode_tps": d, "prefill_tps": p, "runs": rs}
-            print(f"  {name:17} decode {d:8.1f} tokens/s   prefill {p:8.1f} tokens/s")
+            print(f"  {name:17} decode {d:8.2f} tokens/s   prefill {p:8.1f} tokens/s")
         ratio = speed["genesis default"]["decode_tps"] / speed["llama.cpp"]["decode_tps"]
         print(f"  genesis / llama.cpp decode: {ratio:.2f}x")
         speed["decode_ratio"] = ratio

@@ -67,7 +67,7 @@ void setup(CLI::App& app) {
   auto* bench = app.get_subcommand("bench");
   auto a = std::make_shared<Args>();
   auto* c = bench->add_subcommand("model", "Prefill and decode tokens/s of a model vs its memory-bandwidth bound");
-  c->add_option("--model,-m", a->o.dir, "model directory (config.json + safetensors; `genesis synth` makes one)")
+  c->add_option("--model,-m", a->o.dir, "model directory (config.json + safetensors; `genesis synth` makes one) or GGUF file")
       ->required();
   c->add_option("--prompt-tokens", a->o.prompt_tokens, "prefill length (default 64)")->check(CLI::PositiveNumber);
   c->add_option("--tokens,-n", a->o.decode_tokens, "decode steps timed (default 64)")->check(CLI::PositiveNumber);

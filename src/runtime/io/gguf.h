@@ -1,6 +1,7 @@
 // GGUF (v2/v3) files: header, metadata key/values, tensor infos and memory-mapped tensor data, every size and offset
 // checked against the file before anything is exposed; tensors dequantized to fp32 through quant/ggml.h.
-// Not here (yet): mapping GGUF architectures and tensor names onto the runtime's model configs, GGUF tokenizers.
+// Not here: GGUF architectures and tensor names -> the runtime (runtime/model/gguf_model.h), the tokenizer
+// (runtime/tokenizer/gguf_vocab.h).
 #pragma once
 
 #include <nlohmann/json.hpp>

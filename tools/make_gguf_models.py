@@ -317,6 +317,120 @@ def make_qwen3moe(out, rng, trained):
     return ref
 
 
+HF_TO_GGUF = [  # (suffix of a Hugging Face layer tensor, GGUF suffix, storage type)
+    ("input_layernorm.weight", "attn_norm.weight", T.F32), ("post_attention_layernorm.weight", "ffn_norm.weight", T.F32),
+    ("self_attn.q_proj.weight", "attn_q.weight", T.Q4_0), ("self_attn.q_proj.bias", "attn_q.bias", T.F32),
+    ("self_attn.k_proj.weight", "attn_k.weight", T.Q8_0), ("self_attn.k_proj.bias", "attn_k.bias", T.F32),
+    ("self_attn.v_proj.weight", "attn_v.weight", T.Q5_1), ("self_attn.v_proj.bias", "attn_v.bias", T.F32),
+    ("self_attn.o_proj.weight", "attn_output.weight", T.Q4_1),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight", T.F32), ("self_attn.k_norm.weight", "attn_k_norm.weight", T.F32),
+    ("mlp.gate_proj.weight", "ffn_gate.weight", T.Q4_0), ("mlp.up_proj.weight", "ffn_up.weight", T.Q5_0),
+    ("mlp.down_proj.weight", "ffn_down.weight", T.Q8_0),
+    ("mlp.gate.weight", "ffn_gate_inp.weight", T.F32), ("block_sparse_moe.gate.weight", "ffn_gate_inp.weight", T.F32),
+]
+EXPERT_NAMES = {"gate_proj": "gate", "up_proj": "up", "down_proj": "down", "w1": "gate", "w3": "up", "w2": "down"}
+EXPERT_TYPES = {"gate": T.Q5_0, "up": T.Q4_1, "down": T.Q8_0}
+
+
+def make_small(out, name, gguf_arch, model_cls, cfg, meta_extra, pre, trained, permute, seed):
+    """A small model of any architecture from its transformers class: every HF tensor mapped to its GGUF name and
+    quantized with block-32 formats (so sizes can stay small), experts stacked into 3-D tensors, llama's q/k
+    permuted when `permute`. Returns the reference (fp32 and, for MoE models, NF4-experts logits)."""
+    import re
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model = model_cls(cfg).float()
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items() if not k.endswith("rotary_emb.inv_freq")}
+    b = Builder(rng)
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    experts = {}  # (layer, kind) -> {e: array}
+    expert_keys = {}
+    for k, v in sd.items():
+        if k in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+            continue
+        m = re.match(r"model\.layers\.(\d+)\.(.*)$", k)
+        if not m:
+            raise SystemExit(f"unmapped tensor {k}")
+        layer, rest = int(m.group(1)), m.group(2)
+        e = re.match(r"(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight$", rest)
+        if e:
+            kind = EXPERT_NAMES[e.group(2)]
+            experts.setdefault((layer, kind), {})[int(e.group(1))] = v
+            expert_keys[(layer, kind, int(e.group(1)))] = k
+            continue
+        for hf, gg, qtype in HF_TO_GGUF:
+            if rest == hf:
+                base = gg.split(".")[0]
+                if "norm" in hf:
+                    v = 1 + 0.1 * rng.standard_normal(v.shape)
+                elif hf.endswith(".bias"):
+                    v = 0.1 * rng.standard_normal(v.shape)
+                b.add(f"blk.{layer}.{gg}", k, v, qtype, heads.get(base, 0) if permute else 0)
+                break
+        else:
+            raise SystemExit(f"unmapped tensor {k}")
+    for (layer, kind), by_e in sorted(experts.items()):
+        stacked = np.stack([by_e[i] for i in range(len(by_e))]).astype(np.float32)
+        packed = gguf.quants.quantize(stacked, EXPERT_TYPES[kind])
+        deq = gguf.quants.dequantize(packed, EXPERT_TYPES[kind]).astype(np.float32).reshape(stacked.shape)
+        b.tensors.append((f"blk.{layer}.ffn_{kind}_exps.weight", packed, EXPERT_TYPES[kind]))
+        for i in range(len(by_e)):
+            b.state[expert_keys[(layer, kind, i)]] = deq[i]
+    b.add("token_embd.weight", "model.embed_tokens.weight", sd["model.embed_tokens.weight"], T.Q8_0)
+    b.add("output_norm.weight", "model.norm.weight", 1 + 0.1 * rng.standard_normal(cfg.hidden_size), T.F32)
+    if cfg.tie_word_embeddings:
+        b.state["lm_head.weight"] = b.state["model.embed_tokens.weight"]
+    else:
+        b.add("output.weight", "lm_head.weight", sd["lm_head.weight"], T.Q8_0)
+    tokens, types, merges = vocab_lists(trained)
+    A = gguf_arch + "."
+    meta = {A + "block_count": ("uint32", cfg.num_hidden_layers), A + "context_length": ("uint32", 256),
+            A + "embedding_length": ("uint32", cfg.hidden_size),
+            A + "attention.head_count": ("uint32", cfg.num_attention_heads),
+            A + "attention.head_count_kv": ("uint32", cfg.num_key_value_heads),
+            A + "rope.freq_base": ("float32", float(cfg.rope_theta)),
+            A + "attention.layer_norm_rms_epsilon": ("float32", float(cfg.rms_norm_eps)),
+            "general.name": ("string", f"genesis {name} (random weights)")}
+    meta.update({A + k: v for k, v in meta_extra.items()})
+    meta.update(tokenizer_meta(tokens, types, merges, pre))
+    b.write(os.path.join(out, name + ".gguf"), gguf_arch, meta)
+    cfg.rms_norm_eps = float(np.float32(cfg.rms_norm_eps))
+    model = model_cls(cfg).float()
+    load_state(model, b.state)
+    ref = reference(model, reference_tokenizer(trained, pre))
+    if experts:
+        nf4 = {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape) if ".experts." in k else v)
+               for k, v in b.state.items()}
+        load_state(model, nf4)
+        with torch.no_grad():
+            ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+        ref["nf4_blocksize"] = 64
+    return ref
+
+
+def small_models(trained):
+    from transformers import MixtralConfig, MixtralForCausalLM, OlmoeConfig, OlmoeForCausalLM, Qwen2Config, \
+        Qwen2ForCausalLM
+    V = len(vocab_lists(trained)[0])
+    common = dict(vocab_size=V, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=256, initializer_range=0.1, bos_token_id=None, eos_token_id=None,
+                  pad_token_id=None)
+    yield ("tiny_mixtral", "llama", MixtralForCausalLM,
+           MixtralConfig(**common, intermediate_size=128, num_local_experts=4, num_experts_per_tok=2,
+                         rms_norm_eps=1e-5, rope_theta=1e6, tie_word_embeddings=False, sliding_window=None),
+           {"feed_forward_length": ("uint32", 128), "expert_count": ("uint32", 4), "expert_used_count": ("uint32", 2),
+            "rope.dimension_count": ("uint32", 16)}, "smollm", True)
+    yield ("tiny_olmoe", "olmoe", OlmoeForCausalLM,
+           OlmoeConfig(**common, intermediate_size=128, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+                       rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False, clip_qkv=None),
+           {"feed_forward_length": ("uint32", 128), "expert_count": ("uint32", 4), "expert_used_count": ("uint32", 2),
+            "rope.dimension_count": ("uint32", 16)}, "qwen2", False)
+    yield ("tiny_qwen2", "qwen2", Qwen2ForCausalLM,
+           Qwen2Config(**common, intermediate_size=128, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
+                       use_sliding_window=False),
+           {"feed_forward_length": ("uint32", 128)}, "qwen2", False)
+
+
 SPM_STRINGS = ["the quick brown fox", "Hello world!", " jumps  over the lazy dog 42", "tokenizer \u00e9\u00e9 \u65e5"]
 
 
@@ -395,6 +509,11 @@ def main():
     trained = train_tokenizer(300)
     for name, fn in (("tiny_llama", make_llama), ("tiny_qwen3moe", make_qwen3moe)):
         ref = fn(a.out, np.random.default_rng(len(name)), trained)
+        with open(os.path.join(a.out, name + ".json"), "w") as f:
+            json.dump(ref, f)
+        print(f"{name}: greedy {ref['greedy_f32']} (margin {ref['greedy_margin_f32']:.4f})")
+    for seed, (name, arch, cls, cfg, meta, pre, permute) in enumerate(small_models(trained)):
+        ref = make_small(a.out, name, arch, cls, cfg, meta, pre, trained, permute, 10 + seed)
         with open(os.path.join(a.out, name + ".json"), "w") as f:
             json.dump(ref, f)
         print(f"{name}: greedy {ref['greedy_f32']} (margin {ref['greedy_margin_f32']:.4f})")

@@ -1,5 +1,8 @@
-// Dtype names and sizes for TensorView.
+// Dtype names and sizes for TensorView; TensorSource's default read_f32.
 #include "runtime/tensor.h"
+
+#include "common/error.h"
+#include "runtime/io/safetensors.h"
 
 namespace genesis::runtime {
 
@@ -26,6 +29,14 @@ size_t dtype_size(Dtype d) {
     case Dtype::i64: case Dtype::f64: return 8;
   }
   return 0;
+}
+
+std::vector<int64_t> TensorSource::read_f32(const std::string& name, std::vector<float>& out) const {
+  const TensorView* t = find(name);
+  if (t == nullptr) fail("{}: tensor '{}' is missing", describe(name), name);
+  out.resize(size_t(t->numel()));
+  to_f32(*t, 0, t->numel(), out.data());
+  return t->shape;
 }
 
 }  // namespace genesis::runtime

@@ -40,6 +40,11 @@ class TensorSource {
   // pages back, so that loading a model never holds the file and the converted weights at once. Views stay valid
   // (a later read faults the pages in again).
   virtual void release(const std::string& prefix) const {}
+  // The tensor widened to fp32 into `out` (resized; a reused vector keeps its capacity) and its shape. For loaders
+  // that convert many tensors one after another, possibly from several threads: a source that converts on read
+  // (GGUF) does it here without keeping a copy. Safe to call concurrently. Default: find() + F32/BF16/F16 widening.
+  // Throws genesis::Error when the tensor is absent or of another dtype.
+  virtual std::vector<int64_t> read_f32(const std::string& name, std::vector<float>& out) const;
 };
 
 }  // namespace genesis::runtime

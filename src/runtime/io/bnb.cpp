@@ -215,12 +215,12 @@ std::optional<quant::Nf4Matrix> load_bnb_nf4(const TensorSource& src, const std:
 
 quant::Nf4Matrix load_linear_nf4(const TensorSource& src, const std::string& name, int blocksize) {
   if (auto m = load_bnb_nf4(src, name)) return std::move(*m);
-  const TensorView* t = src.find(name);
-  if (t == nullptr) fail("{}: tensor '{}' is missing", src.describe(name), name);
-  if (t->shape.size() != 2)
+  thread_local std::vector<float> scratch;  // one expert's weights, reused: no fresh pages per expert
+  const std::vector<int64_t> shape = src.read_f32(name, scratch);
+  if (shape.size() != 2)
     fail("{}: weight '{}' has {} dimensions; a linear weight is 2-D [out, in]", src.describe(name), name,
-         t->shape.size());
-  return quant::quantize_nf4(to_f32(*t), t->shape[0], t->shape[1], blocksize);
+         shape.size());
+  return quant::quantize_nf4(scratch, shape[0], shape[1], blocksize);
 }
 
 quant::Nf4Matrix quantize_expert_slice(const TensorView& t, int expert, int64_t row_begin, int64_t rows,

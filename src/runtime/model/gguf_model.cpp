@@ -212,6 +212,12 @@ class GgufSource : public TensorSource {
     return &convert(name, e);
   }
   bool contains(const std::string& name) const override { return map_.count(name) != 0; }
+  std::vector<int64_t> read_f32(const std::string& name, std::vector<float>& out) const override {
+    auto it = map_.find(name);
+    if (it == map_.end()) fail("{}: tensor '{}' is missing", f_->label(), name);
+    dequantize(it->second, out);
+    return it->second.shape;
+  }
   std::vector<std::string> names() const override { return order_; }
   std::string describe(const std::string& name) const override {
     auto it = map_.find(name);
@@ -319,14 +325,12 @@ class GgufSource : public TensorSource {
     unused_.push_back(n);
   }
 
-  const TensorView& convert(const std::string& name, const Entry& e) const {
-    const int64_t n = [&] {
-      int64_t x = 1;
-      for (auto s : e.shape) x *= s;
-      return x;
-    }();
+  // fp32 values of an entry (any storage type), un-permuted. Touches no shared state: safe from several threads.
+  void dequantize(const Entry& e, std::vector<float>& vals) const {
+    int64_t n = 1;
+    for (auto s : e.shape) n *= s;
+    vals.resize(static_cast<size_t>(n));
     const auto info = *quant::ggml_type_info(e.t->type);
-    std::vector<float> vals(static_cast<size_t>(n));
     try {
       quant::ggml_dequantize(e.t->type, e.t->data + uint64_t(e.elem_off / info.block) * uint64_t(info.block_bytes),
                              vals.data(), n);
@@ -334,6 +338,12 @@ class GgufSource : public TensorSource {
       fail("{}: tensor {}: {}", f_->label(), e.t->name, err.what());
     }
     if (e.heads > 0) vals = unpermute(vals, e);
+  }
+
+  const TensorView& convert(const std::string& name, const Entry& e) const {
+    std::vector<float> vals;
+    dequantize(e, vals);
+    const int64_t n = int64_t(vals.size());
     Converted cv;
     cv.view.name = name;
     cv.view.shape = e.shape;

@@ -7,7 +7,12 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cstring>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 #include "common/error.h"
 #include "runtime/model/expert_pack.h"
@@ -109,6 +114,36 @@ quant::Nf4Matrix stack_rows(quant::Nf4Matrix a, const quant::Nf4Matrix& b) {
   a.absmax.insert(a.absmax.end(), b.absmax.begin(), b.absmax.end());
   a.rows += b.rows;
   return a;
+}
+
+// fn(0..n-1) over `threads` workers (0: the cores this process may use); the first error is rethrown.
+void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
+  int t = threads > 0 ? threads : int(std::thread::hardware_concurrency());
+  t = int(std::max<int64_t>(1, std::min<int64_t>(t, n)));
+  if (t == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex error_mu;
+  auto work = [&] {
+    for (int64_t i; !failed && (i = next++) < n;) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mu);
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int i = 1; i < t; ++i) pool.emplace_back(work);
+  work();
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
 }
 
 class Loader {
@@ -245,22 +280,29 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     l.router = L.dense(m + "gate", E, H, false);
     l.experts.resize(size_t(E));
     if (opt.experts != ExpertMode::f32) {
-      // NF4 as stored (bitsandbytes) or quantized now from a float checkpoint, one expert at a time: no fp32 copy of
-      // a layer's experts is ever held.
-      for (int64_t e = 0; e < E; ++e) {
+      // NF4 as stored (bitsandbytes) or quantized now from a float checkpoint, one expert per worker at a time: no
+      // fp32 copy of a layer's experts is ever held. Experts are independent; workers take the next index.
+      std::vector<int> blocksizes(size_t(E), 0);
+      parallel_for(E, opt.load_threads, [&](int64_t e) {
         ExpertNf4 x = load_expert_nf4(src, m.substr(0, m.size() - 1), int(e), opt.nf4_blocksize);
         const std::string name = fmt::format("{}experts.{}", m, e);
         check_nf4_shape(x.gate, I, H, name + " gate", config_origin);
         check_nf4_shape(x.up, I, H, name + " up", config_origin);
         check_nf4_shape(x.down, H, I, name + " down", config_origin);
-        if (blocksize_seen == 0) blocksize_seen = x.gate.blocksize;
-        for (const auto* q : {&x.gate, &x.up, &x.down})
-          if (q->blocksize != blocksize_seen)
-            fail("{}: NF4 blocksize {} differs from the {} of the other experts; one blocksize per model", name,
-                 q->blocksize, blocksize_seen);
+        for (const auto* q : {&x.up, &x.down})
+          if (q->blocksize != x.gate.blocksize)
+            fail("{}: NF4 blocksizes differ within the expert ({} and {}); one blocksize per model", name,
+                 x.gate.blocksize, q->blocksize);
+        blocksizes[size_t(e)] = x.gate.blocksize;
         Expert& ex = l.experts[size_t(e)];
         ex.gate_up = packer.make_nf4(stack_rows(std::move(x.gate), x.up), name + ".gate_up");
         ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
+      });
+      for (int64_t e = 0; e < E; ++e) {
+        if (blocksize_seen == 0) blocksize_seen = blocksizes[size_t(e)];
+        if (blocksizes[size_t(e)] != blocksize_seen)
+          fail("{}experts.{}: NF4 blocksize {} differs from the {} of the other experts; one blocksize per model", m,
+               e, blocksizes[size_t(e)], blocksize_seen);
       }
       src.release(p);
       if (progress) progress->add(1);

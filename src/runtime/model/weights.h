@@ -33,6 +33,7 @@ struct LoadOptions {
   std::string kb_path;
   bool use_kb = true;
   bool show_progress = false;
+  int load_threads = 0;  // workers converting experts at load (0: as many as the process has cores)
   // Non-expert matrices stored as bf16 stay bf16 (products widen them to fp32 in registers); false widens them to
   // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way. GGUF: quantized non-expert matrices are
   // dequantized to bf16 when true (rounded: about 2^-9 relative, far below their 4-8 bit step), to fp32 when false.

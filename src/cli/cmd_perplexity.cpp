@@ -20,10 +20,10 @@ using genesis::fail;
 namespace rt = genesis::runtime;
 
 struct Args {
-  std::string model, file, experts = "nf4", json_file;
+  std::string model, file, experts = "nf4", json_file, dense = "bf16";
   int64_t context = 512, skip = -1, chunks = 0;
   int threads = 0;
-  bool f32_dense = false, no_kb = false, quiet = false;
+  bool no_kb = false, quiet = false;
 };
 
 void run(const Args& a) {
@@ -35,7 +35,7 @@ void run(const Args& a) {
   else if (a.experts == "nf4-reference") opt.experts = rt::ExpertMode::nf4_reference;
   else if (a.experts == "f32") opt.experts = rt::ExpertMode::f32;
   else fail("--experts '{}': expected nf4, nf4-reference or f32", a.experts);
-  opt.keep_bf16 = !a.f32_dense;
+  rt::set_dense_mode(a.dense, opt);
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
@@ -69,7 +69,7 @@ void run(const Args& a) {
                         {"context", a.context},   {"skip", skip},          {"chunks", r.chunks},
                         {"scored", r.scored},     {"ppl", r.ppl},          {"mean_nll", r.mean_nll},
                         {"chunk_ppl", r.chunk_ppl}, {"seconds", r.seconds}, {"threads", pool.size()},
-                        {"experts", lm.model->expert_description()}, {"f32_dense", a.f32_dense},
+                        {"experts", lm.model->expert_description()}, {"dense", lm.model->dense_description()},
                         {"bos_per_chunk", po.bos.has_value()}};
     std::ofstream o(a.json_file);
     if (!o) fail("cannot write {}", a.json_file);
@@ -87,8 +87,7 @@ void setup(CLI::App& app) {
   c->add_option("--chunks", a->chunks, "at most this many chunks (default: all)")->check(CLI::NonNegativeNumber);
   c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
   c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
-  c->add_flag("--f32-dense", a->f32_dense,
-              "keep non-expert matrices in fp32 (GGUF: exactly as dequantized; default bf16)");
+  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--json", a->json_file, "write the result as JSON");
   c->add_flag("--quiet,-q", a->quiet, "no progress bars");

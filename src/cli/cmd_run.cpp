@@ -23,9 +23,9 @@ namespace rt = genesis::runtime;
 namespace nf = genesis::kernels::nf4_gemv;
 
 struct RunArgs {
-  std::string model, prompt, system, experts = "nf4", path, kb, json_file;
+  std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "bf16";
   int64_t max_tokens = 128, context = 0;
-  bool chat = false, no_think = false, no_kb = false, quiet = false, f32_dense = false, ignore_eos = false;
+  bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false;
   float temp = 0, top_p = 1;
   int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
@@ -51,14 +51,15 @@ void run(const RunArgs& a) {
   opt.kb_path = a.kb;
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
-  opt.keep_bf16 = !a.f32_dense;
+  rt::set_dense_mode(a.dense, opt);
   rt::LoadedModel lm = rt::load_model(a.model, opt);
   if (!lm.tokenizer)
     fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
          "the prompt into tokens", a.model);
   const auto& cfg = lm.model->config();
-  if (!a.quiet) fmt::print(stderr, "model: {}\nexperts: {}\nloaded in {:.2f} s\n", cfg.summary(),
-                           lm.model->expert_description(), lm.load_s);
+  if (!a.quiet)
+    fmt::print(stderr, "model: {}\nexperts: {}\ndense: {}\nloaded in {:.2f} s\n", cfg.summary(),
+               lm.model->expert_description(), lm.model->dense_description(), lm.load_s);
 
   std::vector<int32_t> ids;
   if (a.chat) {
@@ -144,7 +145,7 @@ void run(const RunArgs& a) {
         {"prompt_tokens", st.prompt_tokens}, {"generated", st.generated}, {"prefill_s", st.prefill_s},
         {"prefill_tps", st.prefill_tps()}, {"decode_s", st.decode_s}, {"decode_steps", st.decode_steps},
         {"decode_tps", st.decode_tps()}, {"stop_reason", st.stop_reason}, {"threads", pool.size()},
-        {"load_s", lm.load_s}, {"peak_rss_bytes", rt::peak_rss_bytes()}, {"f32_dense", a.f32_dense}};
+        {"load_s", lm.load_s}, {"peak_rss_bytes", rt::peak_rss_bytes()}, {"dense", lm.model->dense_description()}};
     if (a.top_logits > 0) j["top_logits"] = top;
     std::ofstream o(a.json_file);
     if (!o) fail("cannot write {}", a.json_file);
@@ -175,8 +176,7 @@ void setup_run(CLI::App& app) {
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
-  c->add_flag("--f32-dense", a->f32_dense,
-              "keep non-expert matrices in fp32 (GGUF: exactly as dequantized; default bf16, half the bytes)");
+  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
   c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")

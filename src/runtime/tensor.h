@@ -45,6 +45,9 @@ class TensorSource {
   // (GGUF) does it here without keeping a copy. Safe to call concurrently. Default: find() + F32/BF16/F16 widening.
   // Throws genesis::Error when the tensor is absent or of another dtype.
   virtual std::vector<int64_t> read_f32(const std::string& name, std::vector<float>& out) const;
+  // Whether the file stores `name` in 6 bits or fewer per weight (GGUF Q4_0 ... Q6_K): re-quantizing it to 4 bits
+  // loses little of what the file kept (LoadOptions::dense_nf4 = low_bit).
+  virtual bool low_bit(const std::string& name) const { return false; }
 };
 
 }  // namespace genesis::runtime

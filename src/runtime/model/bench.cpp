@@ -71,6 +71,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   j["model"] = opt.dir;
   j["config"] = c.summary();
   j["experts"] = model->expert_description();
+  j["dense"] = model->dense_description();
   j["cpu_signature"] = cpu::cpu_info().signature;
   j["threads"] = pool.size();
   j["load_s"] = load_s;

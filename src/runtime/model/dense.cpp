@@ -2,6 +2,8 @@
 // chosen at run time with cpu::mayiuse(), so one binary runs everywhere.
 #include "runtime/model/dense.h"
 
+#include "common/error.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -83,6 +85,17 @@ void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, 
 }  // namespace
 
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
+  if (d.is_nf4()) {
+    if (!d.kernel1 || !d.kernel8) fail("dense_product: an NF4 matrix [{}, {}] without kernels", d.rows, d.cols);
+    // Eight tokens share one pass over the weights; a tail of fewer runs token by token.
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) d.kernel8->run(*d.nf4, x + t * d.cols, y + t * d.rows, pool);
+    for (; t < n; ++t) d.kernel1->run(*d.nf4, x + t * d.cols, y + t * d.rows, pool);
+    if (!d.bias.empty())
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+    return;
+  }
   if (!d.bf16()) {
     const float* b = d.bias.empty() ? nullptr : d.bias.data();
     if (n == 1) matvec(d.w.data(), b, x, y, d.rows, d.cols);

@@ -14,6 +14,14 @@ std::shared_ptr<const nk::PackedWeights> pack_expert(const quant::Nf4Matrix& m, 
   return std::make_shared<const nk::PackedWeights>(nk::pack(m, path));
 }
 
+DenseKernels make_dense_kernels(int64_t M, int64_t K, nk::Path path, int blocksize, const std::string& kb_path) {
+  nk::require_path(path);
+  const nk::Problem one{M, K, 1, blocksize}, eight{M, K, 8, blocksize};
+  std::optional<nk::Genome> g;
+  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), one.shape(), 1);
+  return {nk::get_kernel(one, g ? *g : nk::Genome::baseline(path)), nk::get_kernel(eight, nk::Genome::baseline(path))};
+}
+
 ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize, const std::string& kb_path) {
   nk::require_path(path);
   ExpertKernels k;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include <malloc.h>
 
@@ -31,10 +32,26 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
                                           const std::string& origin) {
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
-  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
-    const std::string kb_path = !opt.use_kb ? "" : opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
+  const std::string kb_path = !opt.use_kb ? "" : opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
+  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel)
     m->kernels_ = make_expert_kernels(m->config_, opt.kernel_path(), m->weights_.nf4_blocksize, kb_path);
+  // NF4 non-expert matrices: kernels per shape (the knowledge base's genome for one token when it has one).
+  std::vector<Dense*> nf4;
+  for (Layer& l : m->weights_.layers)
+    for (Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+      if (d->is_nf4()) nf4.push_back(d);
+  if (m->weights_.lm_head.is_nf4()) nf4.push_back(&m->weights_.lm_head);
+  std::map<std::pair<int64_t, int64_t>, DenseKernels> by_shape;
+  for (Dense* d : nf4) {
+    auto it = by_shape.find({d->rows, d->cols});
+    if (it == by_shape.end())
+      it = by_shape.emplace(std::pair{d->rows, d->cols},
+                            make_dense_kernels(d->rows, d->cols, opt.kernel_path(), opt.nf4_blocksize, kb_path))
+               .first;
+    d->kernel1 = it->second.one;
+    d->kernel8 = it->second.eight;
   }
+  m->dense_nf4_ = int64_t(nf4.size());
   return m;
 }
 
@@ -67,6 +84,22 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
   // repacked (NF4) out of it.
   std::unique_ptr<TensorSource> src = open_safetensors(dir);
   return from_source(std::move(c), *src, opt, config_path);
+}
+
+std::string Model::dense_description() const {
+  size_t nf4 = 0, bf16 = 0, f32 = 0;
+  auto count = [&](const Dense& d) {
+    if (d.empty()) return;
+    (d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
+  };
+  count(weights_.lm_head);
+  for (const Layer& l : weights_.layers)
+    for (const Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router}) count(*d);
+  const double mib = 1024.0 * 1024.0;
+  std::string s = fmt::format("{} NF4 matrices ({:.0f} MiB)", dense_nf4_, double(nf4) / mib);
+  if (bf16) s += fmt::format(", bf16 {:.0f} MiB", double(bf16) / mib);
+  if (f32) s += fmt::format(", fp32 {:.0f} MiB", double(f32) / mib);
+  return s + fmt::format("; embedding {}", weights_.embed.bf16() ? "bf16" : "fp32");
 }
 
 std::string Model::expert_description() const {

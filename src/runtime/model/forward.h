@@ -39,6 +39,7 @@ class Model {
   const Weights& weights() const { return weights_; }
   const ExpertKernels& expert_kernels() const { return kernels_; }  // nf4_kernel mode only
   std::string expert_description() const;  // what serves the experts, for reports
+  std::string dense_description() const;   // how the non-expert matrices are held, for reports
   // Bytes of weights one decode step reads: all dense weights + top_k experts per MoE layer.
   double bytes_per_token() const;
 
@@ -47,6 +48,7 @@ class Model {
   ModelConfig config_;
   Weights weights_;
   ExpertKernels kernels_;
+  int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
 struct ForwardStats {

@@ -212,6 +212,15 @@ class GgufSource : public TensorSource {
     return &convert(name, e);
   }
   bool contains(const std::string& name) const override { return map_.count(name) != 0; }
+  bool low_bit(const std::string& name) const override {
+    auto it = map_.find(name);
+    if (it == map_.end()) return false;
+    switch (GgmlType(it->second.t->type)) {
+      case GgmlType::q4_0: case GgmlType::q4_1: case GgmlType::q5_0: case GgmlType::q5_1: case GgmlType::q2_k:
+      case GgmlType::q3_k: case GgmlType::q4_k: case GgmlType::q5_k: case GgmlType::q6_k: return true;
+      default: return false;
+    }
+  }
   std::vector<int64_t> read_f32(const std::string& name, std::vector<float>& out) const override {
     auto it = map_.find(name);
     if (it == map_.end()) fail("{}: tensor '{}' is missing", f_->label(), name);

@@ -103,8 +103,27 @@ TEST_P(GgufMoeModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
   EXPECT_LE(d, 1e-5);
 }
 
-// Default path: experts re-quantized to NF4 for the JIT kernels (int8 activations on avx512vnni), dense matrices
-// rounded to bf16. Close to the reference (with the NF4 round trip for MoE models), not equal.
+// --dense nf4 (experts and low-bit non-expert matrices NF4, the rest fp32), run through the scalar kernel path (fp32
+// arithmetic): equal to transformers with the same NF4 round trips.
+TEST_P(GgufModel, Nf4DenseOnScalarKernelsMatchesTransformers) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.use_kb = false;
+  opt.keep_bf16 = false;
+  opt.path = kernels::nf4_gemv::Path::scalar;
+  opt.dense_nf4 = DenseNf4::low_bit;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  Session s(*lm.model, 64, nullptr);
+  const auto logits = s.forward_all(ref.at("tokens").get<std::vector<int32_t>>());
+  const double d = max_rel_diff(logits, ref.at("logits_nf4_dense").get<std::vector<float>>());
+  std::printf("%s NF4 dense, scalar kernels (%s): max |logit diff| / max |logit| = %.3g\n", c.name,
+              lm.model->dense_description().c_str(), d);
+  EXPECT_LE(d, 1e-5);
+}
+
+// Default path: experts re-quantized to NF4 for the JIT kernels (int8 activations on avx512vnni), non-expert
+// matrices dequantized to bf16. Close to the reference (with the NF4 round trip for MoE models), not equal.
 TEST_P(GgufModel, DefaultPathIsCloseToTransformers) {
   const Case c = GetParam();
   const json ref = reference(c.name);

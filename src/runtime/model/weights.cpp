@@ -34,7 +34,29 @@ size_t ExpertMatrix::bytes(ExpertMode m) const {
   return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
 }
 
+const char* dense_nf4_name(DenseNf4 d) {
+  switch (d) {
+    case DenseNf4::off: return "off";
+    case DenseNf4::low_bit: return "low-bit";
+    case DenseNf4::all: return "all";
+  }
+  return "?";
+}
+
+void set_dense_mode(const std::string& mode, LoadOptions& opt) {
+  if (mode == "bf16") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off;
+  else if (mode == "f32") opt.keep_bf16 = false, opt.dense_nf4 = DenseNf4::off;
+  else if (mode == "nf4") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::low_bit;
+  else if (mode == "nf4-all") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::all;
+  else fail("--dense '{}': expected bf16, f32, nf4 or nf4-all", mode);
+}
+
+size_t Dense::bytes() const {
+  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0);
+}
+
 void Dense::row_f32(int64_t r, float* out) const {
+  if (is_nf4()) fail("Dense::row_f32: an NF4 matrix has no row lookup (embeddings are never NF4)");
   if (!bf16()) {
     std::memcpy(out, &w[size_t(r * cols)], size_t(cols) * 4);
     return;
@@ -148,8 +170,8 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
 
 class Loader {
  public:
-  Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin, bool keep_bf16)
-      : c_(c), src_(src), origin_(config_origin), keep_bf16_(keep_bf16) {}
+  Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin, const LoadOptions& opt)
+      : c_(c), src_(src), origin_(config_origin), keep_bf16_(opt.keep_bf16), opt_(opt) {}
 
   bool has(const std::string& name) const { return src_.contains(name); }
 
@@ -167,10 +189,22 @@ class Loader {
     return tensor_to_f32(get(name, {n}), src_.describe(name));
   }
 
-  Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias) const {
+  // nf4_ok: the matrix may become NF4 (LoadOptions::dense_nf4); the embedding and the router never do.
+  Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias, bool nf4_ok = false) const {
     Dense d;
     d.rows = rows, d.cols = cols;
     const std::string wn = prefix + ".weight";
+    if (nf4_ok && want_nf4(wn, rows, cols)) {
+      if (!src_.contains(wn)) get(wn, {rows, cols});  // the usual "missing" error
+      std::vector<float> f;
+      const auto shape = src_.read_f32(wn, f);
+      if (shape != std::vector<int64_t>{rows, cols})
+        fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape), origin_,
+             shape_str({rows, cols}));
+      d.nf4 = pack_expert(quant::quantize_nf4(f, rows, cols, opt_.nf4_blocksize), opt_.kernel_path());
+      if (bias) d.bias = vec(prefix + ".bias", rows);
+      return d;
+    }
     const TensorView& t = get(wn, {rows, cols});
     if (keep_bf16_ && t.dtype == Dtype::bf16) {
       d.w16.resize(size_t(rows * cols));
@@ -187,10 +221,17 @@ class Loader {
     return tensor_to_f32(get(name, {rows, cols}), src_.describe(name));
   }
 
+  bool want_nf4(const std::string& name, int64_t rows, int64_t cols) const {
+    if (opt_.experts != ExpertMode::nf4_kernel || opt_.dense_nf4 == DenseNf4::off) return false;
+    if (cols % opt_.nf4_blocksize != 0 || rows % 16 != 0) return false;  // the kernels' blocks and row groups
+    return opt_.dense_nf4 == DenseNf4::all || src_.low_bit(name);
+  }
+
   const ModelConfig& c_;
   const TensorSource& src_;
   const std::string& origin_;
   bool keep_bf16_;
+  const LoadOptions& opt_;
 };
 
 }  // namespace
@@ -230,7 +271,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
 
 Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOptions& opt,
                      const std::string& config_origin) {
-  Loader L(c, src, config_origin, opt.keep_bf16);
+  Loader L(c, src, config_origin, opt);
   Weights w;
   w.expert_mode = opt.experts;
   w.path = opt.kernel_path();
@@ -238,7 +279,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   const int64_t H = c.hidden_size;
   w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false);
   w.final_norm = L.vec("model.norm.weight", H);
-  if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false);
+  if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false, true);
   src.release("model.embed_tokens.");
   src.release("lm_head.");
 
@@ -253,10 +294,10 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     l.input_norm = L.vec(p + "input_layernorm.weight", H);
     l.post_norm = L.vec(p + "post_attention_layernorm.weight", H);
     const std::string a = p + "self_attn.";
-    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias);
-    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias);
-    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias);
-    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias);
+    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias, true);
+    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias, true);
+    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias, true);
+    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias, true);
     if (c.qk_norm == QkNorm::per_head) {
       l.q_norm = L.vec(a + "q_norm.weight", c.head_dim);
       l.k_norm = L.vec(a + "k_norm.weight", c.head_dim);
@@ -267,9 +308,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     l.moe = c.layer_is_moe[size_t(li)];
     if (!l.moe) {
       const int64_t I = c.intermediate_size;
-      l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);
-      l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias);
-      l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias);
+      l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias, true);
+      l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias, true);
+      l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias, true);
       src.release(p);
       if (progress) progress->add(1);
       continue;

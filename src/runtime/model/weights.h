@@ -24,6 +24,15 @@ enum class ExpertMode {
 };
 const char* expert_mode_name(ExpertMode m);
 
+// Which non-expert matrices (attention, dense MLP, untied output) become NF4 for the JIT kernels (nf4_kernel expert
+// mode only; the embedding and the router stay as they are).
+enum class DenseNf4 {
+  off,
+  low_bit,  // those the file stores in 6 bits or fewer per weight (GGUF Q4_0 ... Q6_K): no precision the file kept
+  all,      // every eligible matrix (bf16 / fp32 checkpoints too)
+};
+const char* dense_nf4_name(DenseNf4 d);
+
 struct LoadOptions {
   ExpertMode experts = ExpertMode::nf4_kernel;
   int nf4_blocksize = quant::kNf4DefaultBlocksize;  // when quantizing fp32/bf16 experts at load
@@ -38,8 +47,17 @@ struct LoadOptions {
   // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way. GGUF: quantized non-expert matrices are
   // dequantized to bf16 when true (rounded: about 2^-9 relative, far below their 4-8 bit step), to fp32 when false.
   bool keep_bf16 = true;
+  // Off by default: re-quantizing a GGUF's 4-6 bit matrices to NF4 costs quality that the experts' re-quantization
+  // (where the bytes are) justifies and the small attention matrices do not always (SmolLM2-135M Q4_1: perplexity
+  // 18.31 with bf16, 24.60 with NF4, on the same text).
+  DenseNf4 dense_nf4 = DenseNf4::off;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
+
+// The command line's --dense: "bf16" (default: bf16 where the file has bf16 or a quantized format, else fp32),
+// "f32" (all fp32: a GGUF exactly as dequantized), "nf4" (the low-bit matrices of a GGUF NF4, the rest bf16),
+// "nf4-all" (every eligible matrix NF4). Throws genesis::Error for anything else.
+void set_dense_mode(const std::string& mode, LoadOptions& opt);
 
 // A dense matrix [rows, cols], row-major, with an optional bias [rows]: fp32 (w), or bf16 as the checkpoint stored
 // it (w16; LoadOptions::keep_bf16), which halves the bytes a decode step reads and loses nothing.
@@ -48,9 +66,13 @@ struct Dense {
   std::vector<float> w;
   std::vector<uint16_t> w16;
   std::vector<float> bias;  // empty = none
+  // NF4 (LoadOptions::dense_nf4): packed for the kernel path; the model attaches kernels for one and 8 tokens.
+  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> nf4;
+  std::shared_ptr<const kernels::nf4_gemv::Kernel> kernel1, kernel8;
   bool bf16() const { return !w16.empty(); }
-  bool empty() const { return w.empty() && w16.empty(); }
-  size_t bytes() const { return w.size() * 4 + w16.size() * 2 + bias.size() * 4; }
+  bool is_nf4() const { return nf4 != nullptr; }
+  bool empty() const { return w.empty() && w16.empty() && !nf4; }
+  size_t bytes() const;
   void row_f32(int64_t r, float* out) const;  // one row widened to fp32 (embedding lookup)
 };
 

@@ -147,6 +147,11 @@ Tokenizer load_tokenizer(const std::string& path) {
 }
 
 uint64_t peak_rss_bytes() {
+  // VmHWM is this process image's own high-water mark. getrusage's ru_maxrss is not: Linux carries it across exec,
+  // so a genesis started by a large process (a Python holding a model) would report its parent's peak.
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return uint64_t(std::stoull(line.substr(6))) * 1024;  // "VmHWM:  123 kB"
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return uint64_t(u.ru_maxrss) * 1024;  // Linux reports KiB

@@ -145,7 +145,8 @@ def main():
     ap.add_argument("--speed-tokens", type=int, default=128, help="decode steps timed")
     ap.add_argument("--speed-prompt", type=int, default=64, help="prompt tokens before the timed decode steps")
     ap.add_argument("--speed-repeats", type=int, default=3)
-    ap.add_argument("--speed-dense", default="nf4", help="genesis --dense modes timed besides bf16 (comma-separated)")
+    ap.add_argument("--speed-dense", default="nf4,keep-quant",
+                    help="genesis variants timed besides --dense bf16: --dense modes, or keep-quant (comma-separated)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tokenizer,greedy,ppl,speed")
     ap.add_argument("--transformers", action="store_true",
                     help="also run the greedy prompts through transformers' GGUF loader (needs torch, transformers)")
@@ -181,7 +182,8 @@ def main():
                 print(f"  differs: {r['text']!r}\n    genesis   {r['genesis']}\n    llama.cpp {r['llama_cpp']}")
         report["tokenizer"] = rows
 
-    variants = [("genesis default", []), ("genesis f32", ["--dense", "f32", "--experts", "f32"])]
+    variants = [("genesis default", []), ("genesis f32", ["--dense", "f32", "--experts", "f32"]),
+                ("genesis keep-quant", ["--keep-quant", "--dense", "f32"])]
     if "greedy" not in skip:
         print(f"\ngreedy, first {args.tokens} tokens per prompt (agreeing prefix; at the first difference: top-2 margin "
               "of llama.cpp / genesis)")
@@ -201,9 +203,9 @@ def main():
                 row[name] = {"ids": got, "agree": k}
                 if k < len(want):
                     row[name]["margins"] = [lm[k], margin(g["top_logits"][k])]
-                    line += f"  {name.split()[1]}: {k:2d}/{len(want)} ({lm[k]:.2f} / {margin(g['top_logits'][k]):.2f})"
+                    line += f"  {name.split()[1]}: {k:2d}/{len(want)} ({lm[k]:.2f}/{margin(g['top_logits'][k]):.2f})"
                 else:
-                    line += f"  {name.split()[1]}: {k:2d}/{len(want)}              "
+                    line += f"  {name.split()[1]}: {k:2d}/{len(want)}            "
             print(line)
             greedy.append(row)
         report["greedy"] = greedy
@@ -263,7 +265,9 @@ def main():
         import gc
         import random
         modes = ["bf16"] + [m for m in args.speed_dense.split(",") if m and m != "bf16"]
-        runs = {"llama.cpp": [], **{f"genesis --dense {m}": [] for m in modes}}
+        flags = {m: (["--keep-quant"] if m == "keep-quant" else ["--dense", m]) for m in modes}
+        label = {m: "genesis " + " ".join(flags[m]) for m in modes}
+        runs = {"llama.cpp": [], **{label[m]: [] for m in modes}}
         ids = None
         for _ in range(args.speed_repeats):
             fast = Llama(model_path=model, n_ctx=args.speed_prompt + args.speed_tokens + 16,
@@ -281,12 +285,12 @@ def main():
             for m in modes:
                 g = genesis_json(args, "bench", "model", "-m", model, "--prompt-tokens", str(args.speed_prompt),
                                  "--tokens", str(args.speed_tokens), "--threads", str(args.threads), "--quiet",
-                                 "--dense", m)
-                runs[f"genesis --dense {m}"].append({
+                                 *flags[m])
+                runs[label[m]].append({
                     "prefill_tps": g["prefill_tps"], "decode_tps": g["decode_tps"], "bytes_per_token":
                     g.get("bytes_per_token"), "bound_fraction": g.get("bound_fraction"), "load_s": g.get("load_s"),
                     "peak_rss_bytes": g.get("peak_rss_bytes"), "dense": g.get("dense")})
-                line += f", genesis --dense {m} {g['decode_tps']:.2f}"
+                line += f", {label[m]} {g['decode_tps']:.2f}"
             print(line, flush=True)
         print(f"\nspeed, {args.threads} threads, {args.speed_prompt}-token prompt, {args.speed_tokens} decode steps, "
               f"median of {args.speed_repeats} alternating runs")
@@ -297,8 +301,8 @@ def main():
             speed[name] = {"decode_tps": d, "prefill_tps": p, "runs": rs}
             print(f"  {name:22} decode {d:8.2f} tokens/s   prefill {p:8.1f} tokens/s")
         for m in modes:
-            ratio = speed[f"genesis --dense {m}"]["decode_tps"] / speed["llama.cpp"]["decode_tps"]
-            print(f"  genesis --dense {m} / llama.cpp decode: {ratio:.2f}x")
+            ratio = speed[label[m]]["decode_tps"] / speed["llama.cpp"]["decode_tps"]
+            print(f"  {label[m]} / llama.cpp decode: {ratio:.2f}x")
             speed[f"decode_ratio_{m}"] = ratio
         report["speed"] = speed
 

@@ -18,7 +18,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 struct Args {
   rt::ModelBenchOptions o;
   std::string json_file, path, experts = "nf4", kb, dense = "bf16";
-  bool no_kb = false, quiet = false;
+  bool no_kb = false, quiet = false, keep_quant = false;
 };
 
 void run(Args& a) {
@@ -33,6 +33,7 @@ void run(Args& a) {
     a.o.load.path = *p;
   }
   rt::set_dense_mode(a.dense, a.o.load);
+  a.o.load.keep_quant = a.keep_quant;
   a.o.load.kb_path = a.kb;
   a.o.load.use_kb = !a.no_kb;
   a.o.progress = !a.quiet;
@@ -75,6 +76,7 @@ void setup(CLI::App& app) {
   c->add_option("--threads,-t", a->o.threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
   c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
+  c->add_flag("--keep-quant", a->keep_quant, "non-expert matrices a GGUF stores as Q8_0 / Q4_0 / Q4_1 (and the embedding) stay as stored and run on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size");
   c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");

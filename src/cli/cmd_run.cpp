@@ -25,7 +25,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 struct RunArgs {
   std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "bf16";
   int64_t max_tokens = 128, context = 0;
-  bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false;
+  bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
   float temp = 0, top_p = 1;
   int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
@@ -52,6 +52,7 @@ void run(const RunArgs& a) {
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
   rt::set_dense_mode(a.dense, opt);
+  opt.keep_quant = a.keep_quant;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
   if (!lm.tokenizer)
     fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
@@ -177,6 +178,7 @@ void setup_run(CLI::App& app) {
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
+  c->add_flag("--keep-quant", a->keep_quant, "non-expert matrices a GGUF stores as Q8_0 / Q4_0 / Q4_1 (and the embedding) stay as stored and run on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size");
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
   c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")

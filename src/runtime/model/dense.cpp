@@ -85,6 +85,13 @@ void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, 
 }  // namespace
 
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
+  if (d.is_gq()) {
+    kernels::ggml_gemv::gemv(*d.gq, x, y, n, pool);
+    if (!d.bias.empty())
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+    return;
+  }
   if (d.is_nf4()) {
     if (!d.kernel1 || !d.kernel8) fail("dense_product: an NF4 matrix [{}, {}] without kernels", d.rows, d.cols);
     // Eight tokens share one pass over the weights; a tail of fewer runs token by token.

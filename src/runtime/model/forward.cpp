@@ -15,6 +15,7 @@
 #include "common/util.h"
 #include "cpu/thread_pool.h"
 #include "kb/kb.h"
+#include "quant/ggml.h"
 #include "runtime/io/gguf.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/model/gguf_model.h"
@@ -87,19 +88,29 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
 }
 
 std::string Model::dense_description() const {
-  size_t nf4 = 0, bf16 = 0, f32 = 0;
+  size_t nf4 = 0, bf16 = 0, f32 = 0, gq = 0;
+  int64_t n_gq = 0;
   auto count = [&](const Dense& d) {
     if (d.empty()) return;
-    (d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
+    if (d.is_gq()) ++n_gq;
+    (d.is_gq() ? gq : d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
   };
   count(weights_.lm_head);
   for (const Layer& l : weights_.layers)
     for (const Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router}) count(*d);
   const double mib = 1024.0 * 1024.0;
-  std::string s = fmt::format("{} NF4 matrices ({:.0f} MiB)", dense_nf4_, double(nf4) / mib);
-  if (bf16) s += fmt::format(", bf16 {:.0f} MiB", double(bf16) / mib);
-  if (f32) s += fmt::format(", fp32 {:.0f} MiB", double(f32) / mib);
-  return s + fmt::format("; embedding {}", weights_.embed.bf16() ? "bf16" : "fp32");
+  std::vector<std::string> parts;
+  if (dense_nf4_) parts.push_back(fmt::format("{} NF4 ({:.0f} MiB)", dense_nf4_, double(nf4) / mib));
+  if (n_gq)
+    parts.push_back(fmt::format("{} kept as stored ({:.0f} MiB, ggml_gemv {})", n_gq, double(gq) / mib,
+                                kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path())));
+  if (bf16) parts.push_back(fmt::format("bf16 {:.0f} MiB", double(bf16) / mib));
+  if (f32) parts.push_back(fmt::format("fp32 {:.0f} MiB", double(f32) / mib));
+  std::string s;
+  for (const auto& p : parts) s += (s.empty() ? "" : ", ") + p;
+  const Dense& e = weights_.embed;
+  return s + fmt::format("; embedding {}", e.is_gq() ? quant::ggml_type_name(e.gq->type)
+                                                     : e.bf16() ? std::string("bf16") : std::string("fp32"));
 }
 
 std::string Model::expert_description() const {

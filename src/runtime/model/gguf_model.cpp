@@ -212,6 +212,32 @@ class GgufSource : public TensorSource {
     return &convert(name, e);
   }
   bool contains(const std::string& name) const override { return map_.count(name) != 0; }
+  bool read_ggml(const std::string& name, uint32_t& type, std::vector<int64_t>& shape,
+                 std::vector<uint8_t>& bytes) const override {
+    auto it = map_.find(name);
+    if (it == map_.end() || it->second.shape.size() != 2 || it->second.elem_off != 0) return false;
+    const Entry& e = it->second;
+    type = e.t->type;
+    shape = e.shape;
+    const int64_t rows = e.shape[0];
+    const size_t row_bytes = size_t(e.t->nbytes / uint64_t(rows));
+    bytes.resize(size_t(e.t->nbytes));
+    if (e.heads == 0) {
+      std::memcpy(bytes.data(), e.t->data, bytes.size());
+      return true;
+    }
+    // Whole rows move under the q/k un-permutation (blocks never span rows).
+    if (rows % e.heads != 0 || (rows / e.heads) % 2 != 0)
+      fail("{}: tensor {} has {} rows, not {} heads of an even size", f_->label(), e.t->name, rows, e.heads);
+    const int64_t hd = rows / e.heads, half = hd / 2;
+    for (int64_t h = 0; h < e.heads; ++h)
+      for (int64_t s = 0; s < 2; ++s)
+        for (int64_t i = 0; i < half; ++i)
+          std::memcpy(&bytes[size_t(h * hd + s * half + i) * row_bytes],
+                      e.t->data + size_t(h * hd + 2 * i + s) * row_bytes, row_bytes);
+    return true;
+  }
+
   bool low_bit(const std::string& name) const override {
     auto it = map_.find(name);
     if (it == map_.end()) return false;

@@ -103,6 +103,26 @@ TEST_P(GgufMoeModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
   EXPECT_LE(d, 1e-5);
 }
 
+// --keep-quant: the Q8_0 / Q4_0 / Q4_1 non-expert matrices (and embedding) stay as stored and run on ggml_gemv with
+// fp32 activations (llama's permuted q/k rows moved back as whole rows of blocks); the rest fp32: the dequantized
+// model's logits.
+TEST_P(GgufModel, KeepQuantMatchesTransformersOnDequantizedTensors) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  opt.keep_bf16 = false;
+  opt.keep_quant = true;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  const std::string dense = lm.model->dense_description();
+  EXPECT_NE(dense.find("kept as stored"), std::string::npos) << dense;
+  Session s(*lm.model, 64, nullptr);
+  const auto logits = s.forward_all(ref.at("tokens").get<std::vector<int32_t>>());
+  const double d = max_rel_diff(logits, ref.at("logits_f32").get<std::vector<float>>());
+  std::printf("%s --keep-quant (%s): max |logit diff| / max |logit| = %.3g\n", c.name, dense.c_str(), d);
+  EXPECT_LE(d, 1e-5);
+}
+
 // --dense nf4 (experts and low-bit non-expert matrices NF4, the rest fp32), run through the scalar kernel path (fp32
 // arithmetic): equal to transformers with the same NF4 round trips.
 TEST_P(GgufModel, Nf4DenseOnScalarKernelsMatchesTransformers) {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "quant/ggml.h"
 #include "runtime/model/expert_pack.h"
 
 namespace genesis::runtime {
@@ -52,11 +53,15 @@ void set_dense_mode(const std::string& mode, LoadOptions& opt) {
 }
 
 size_t Dense::bytes() const {
-  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0);
+  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0) + (gq ? gq->bytes.size() : 0);
 }
 
 void Dense::row_f32(int64_t r, float* out) const {
   if (is_nf4()) fail("Dense::row_f32: an NF4 matrix has no row lookup (embeddings are never NF4)");
+  if (is_gq()) {
+    quant::ggml_dequantize(gq->type, gq->bytes.data() + size_t(r) * gq->row_bytes, out, cols);
+    return;
+  }
   if (!bf16()) {
     std::memcpy(out, &w[size_t(r * cols)], size_t(cols) * 4);
     return;
@@ -194,6 +199,20 @@ class Loader {
     Dense d;
     d.rows = rows, d.cols = cols;
     const std::string wn = prefix + ".weight";
+    if (nf4_ok && opt_.keep_quant) {
+      uint32_t type = 0;
+      std::vector<int64_t> shape;
+      std::vector<uint8_t> bytes;
+      if (src_.read_ggml(wn, type, shape, bytes) && kernels::ggml_gemv::supported(type)) {
+        if (shape != std::vector<int64_t>{rows, cols})
+          fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape),
+               origin_, shape_str({rows, cols}));
+        d.gq = std::make_shared<const kernels::ggml_gemv::GgmlMatrix>(
+            kernels::ggml_gemv::make_matrix(type, rows, cols, bytes.data(), bytes.size()));
+        if (bias) d.bias = vec(prefix + ".bias", rows);
+        return d;
+      }
+    }
     if (nf4_ok && want_nf4(wn, rows, cols)) {
       if (!src_.contains(wn)) get(wn, {rows, cols});  // the usual "missing" error
       std::vector<float> f;
@@ -277,7 +296,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   w.path = opt.kernel_path();
   w.nf4_blocksize = opt.nf4_blocksize;
   const int64_t H = c.hidden_size;
-  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false);
+  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, opt.keep_quant);
   w.final_norm = L.vec("model.norm.weight", H);
   if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false, true);
   src.release("model.embed_tokens.");

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/ggml_gemv/ggml_gemv.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
 #include "quant/nf4.h"
 #include "runtime/model/config.h"
@@ -51,6 +52,9 @@ struct LoadOptions {
   // (where the bytes are) justifies and the small attention matrices do not always (SmolLM2-135M Q4_1: perplexity
   // 18.31 with bf16, 24.60 with NF4, on the same text).
   DenseNf4 dense_nf4 = DenseNf4::off;
+  // Non-expert matrices a GGUF stores in a format with a ggml_gemv kernel (Q8_0, Q4_0, Q4_1) stay in it and are
+  // multiplied as stored, with fp32 activations (--keep-quant). Takes precedence over dense_nf4 for those matrices.
+  bool keep_quant = false;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 
@@ -69,9 +73,12 @@ struct Dense {
   // NF4 (LoadOptions::dense_nf4): packed for the kernel path; the model attaches kernels for one and 8 tokens.
   std::shared_ptr<const kernels::nf4_gemv::PackedWeights> nf4;
   std::shared_ptr<const kernels::nf4_gemv::Kernel> kernel1, kernel8;
+  // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv.
+  std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq;
   bool bf16() const { return !w16.empty(); }
   bool is_nf4() const { return nf4 != nullptr; }
-  bool empty() const { return w.empty() && w16.empty() && !nf4; }
+  bool is_gq() const { return gq != nullptr; }
+  bool empty() const { return w.empty() && w16.empty() && !nf4 && !gq; }
   size_t bytes() const;
   void row_f32(int64_t r, float* out) const;  // one row widened to fp32 (embedding lookup)
 };

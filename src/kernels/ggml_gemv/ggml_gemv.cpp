@@ -1,0 +1,183 @@
+// ggml_gemv: see ggml_gemv.h. Block layouts come from quant/ggml.h.
+#include "kernels/ggml_gemv/ggml_gemv.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/error.h"
+#include "cpu/isa.h"
+#include "cpu/thread_pool.h"
+#include "quant/ggml.h"
+
+namespace genesis::kernels::ggml_gemv {
+
+namespace {
+
+using quant::GgmlType;
+constexpr int64_t kBlock = 32;  // all three formats
+
+float fp16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return quant::half_to_float(h);
+}
+
+// Block b of a row dequantized into out[32], as ggml's dequantize_row_* does.
+void dequant_block(uint32_t type, const uint8_t* blk, float* out) {
+  switch (GgmlType(type)) {
+    case GgmlType::q8_0: {
+      const float d = fp16(blk);
+      for (int i = 0; i < 32; ++i) out[i] = float(int8_t(blk[2 + i])) * d;
+      break;
+    }
+    case GgmlType::q4_0: {
+      const float d = fp16(blk);
+      for (int i = 0; i < 16; ++i) {
+        out[i] = float(int(blk[2 + i] & 0x0F) - 8) * d;
+        out[i + 16] = float(int(blk[2 + i] >> 4) - 8) * d;
+      }
+      break;
+    }
+    case GgmlType::q4_1: {
+      const float d = fp16(blk), m = fp16(blk + 2);
+      for (int i = 0; i < 16; ++i) {
+        out[i] = float(blk[4 + i] & 0x0F) * d + m;
+        out[i + 16] = float(blk[4 + i] >> 4) * d + m;
+      }
+      break;
+    }
+    default: fail("ggml_gemv: no kernel for ggml type {}", quant::ggml_type_name(type));
+  }
+}
+
+size_t block_bytes(uint32_t type) {
+  switch (GgmlType(type)) {
+    case GgmlType::q8_0: return 34;
+    case GgmlType::q4_0: return 18;
+    case GgmlType::q4_1: return 20;
+    default: return 0;
+  }
+}
+
+void rows_scalar(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, int64_t r0, int64_t r1) {
+  const size_t bb = block_bytes(w.type);
+  const int64_t nb = w.cols / kBlock;
+  float v[32];
+  std::vector<double> acc(static_cast<size_t>(tokens));
+  for (int64_t r = r0; r < r1; ++r) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    const uint8_t* row = w.bytes.data() + size_t(r) * w.row_bytes;
+    for (int64_t b = 0; b < nb; ++b) {
+      dequant_block(w.type, row + size_t(b) * bb, v);
+      for (int64_t t = 0; t < tokens; ++t) {
+        const float* xb = x + t * w.cols + b * kBlock;
+        double s = 0;
+        for (int i = 0; i < 32; ++i) s += double(v[i]) * double(xb[i]);
+        acc[size_t(t)] += s;
+      }
+    }
+    for (int64_t t = 0; t < tokens; ++t) y[t * w.rows + r] = float(acc[size_t(t)]);
+  }
+}
+
+// The 32 values of a block as two 16-lane vectors (elements 0-15, 16-31).
+__attribute__((target("avx512f,avx512bw,f16c"))) inline void block_avx512(uint32_t type, const uint8_t* blk,
+                                                                          __m512& lo, __m512& hi) {
+  const __m512 d = _mm512_set1_ps(fp16(blk));
+  if (type == uint32_t(GgmlType::q8_0)) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(a)), d);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), d);
+    return;
+  }
+  const bool q41 = type == uint32_t(GgmlType::q4_1);
+  const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + (q41 ? 4 : 2)));
+  const __m512i b32 = _mm512_cvtepu8_epi32(q);
+  const __m512i nib = _mm512_set1_epi32(0x0F);
+  __m512i l = _mm512_and_si512(b32, nib), h = _mm512_srli_epi32(b32, 4);
+  if (!q41) {
+    const __m512i eight = _mm512_set1_epi32(8);
+    lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(l, eight)), d);
+    hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, eight)), d);
+  } else {
+    // q * d is exact in fp32; adding m rounds once, as ggml's q * d + m does.
+    const __m512 m = _mm512_set1_ps(fp16(blk + 2));
+    lo = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), d), m);
+    hi = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(h), d), m);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512(const GgmlMatrix& w, const float* x, float* y,
+                                                                  int64_t tokens, int64_t r0, int64_t r1) {
+  const size_t bb = block_bytes(w.type);
+  const int64_t nb = w.cols / kBlock;
+  constexpr int64_t kT = 8;  // tokens sharing one pass over a row
+  for (int64_t t0 = 0; t0 < tokens; t0 += kT) {
+    const int64_t nt = std::min(kT, tokens - t0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = w.bytes.data() + size_t(r) * w.row_bytes;
+      // Two accumulators per token (block halves): the FMA chains are half as long as with one.
+      __m512 acc[kT][2];
+      for (int64_t t = 0; t < nt; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        __m512 lo, hi;
+        block_avx512(w.type, row + size_t(b) * bb, lo, hi);
+        for (int64_t t = 0; t < nt; ++t) {
+          const float* xb = x + (t0 + t) * w.cols + b * kBlock;
+          acc[t][0] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[t][0]);
+          acc[t][1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), acc[t][1]);
+        }
+      }
+      for (int64_t t = 0; t < nt; ++t)
+        y[(t0 + t) * w.rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+    }
+  }
+}
+
+}  // namespace
+
+bool supported(uint32_t type) { return block_bytes(type) != 0; }
+std::string supported_names() { return "Q8_0, Q4_0, Q4_1"; }
+
+GgmlMatrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
+  if (!supported(type))
+    fail("ggml_gemv: no kernel for {} (kernels: {})", quant::ggml_type_name(type), supported_names());
+  if (rows <= 0 || cols <= 0 || cols % kBlock != 0)
+    fail("ggml_gemv: a [{}, {}] matrix; columns must be a positive multiple of {}", rows, cols, kBlock);
+  GgmlMatrix m;
+  m.type = type, m.rows = rows, m.cols = cols;
+  m.row_bytes = size_t(cols / kBlock) * block_bytes(type);
+  if (nbytes != m.row_bytes * size_t(rows))
+    fail("ggml_gemv: {} bytes for a [{}, {}] {} matrix, expected {}", nbytes, rows, cols,
+         quant::ggml_type_name(type), m.row_bytes * size_t(rows));
+  m.bytes.assign(data, data + nbytes);
+  return m;
+}
+
+Path best_path() { return cpu::mayiuse(cpu::Isa::avx512bw) ? Path::avx512 : Path::scalar; }
+const char* path_name(Path p) { return p == Path::avx512 ? "avx512" : "scalar"; }
+
+void gemv_rows(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, int64_t r0, int64_t r1, Path path) {
+  if (!supported(w.type)) fail("ggml_gemv: no kernel for {}", quant::ggml_type_name(w.type));
+  if (path == Path::avx512) rows_avx512(w, x, y, tokens, r0, r1);
+  else rows_scalar(w, x, y, tokens, r0, r1);
+}
+
+void gemv(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, cpu::ThreadPool* pool) {
+  static const Path path = best_path();
+  if (!pool || pool->size() == 1 || w.rows < 64) {
+    gemv_rows(w, x, y, tokens, 0, w.rows, path);
+    return;
+  }
+  const int nt = pool->size();
+  const int64_t per = (w.rows + nt - 1) / nt;
+  pool->run([&](int tid, int) {
+    const int64_t r0 = std::min(w.rows, int64_t(tid) * per), r1 = std::min(w.rows, r0 + per);
+    if (r0 < r1) gemv_rows(w, x, y, tokens, r0, r1, path);
+  });
+}
+
+}  // namespace genesis::kernels::ggml_gemv

@@ -1,0 +1,44 @@
+// ggml_gemv: matrix-vector products straight on GGUF's block formats (Q8_0, Q4_0, Q4_1), for `--keep-quant`: the
+// matrix stays as the file stores it and each block is dequantized in registers (exactly as ggml's dequantize_row_*
+// does: (q - 8) * d, q * d + m, q * d) and multiplied with fp32 activations. So the result is the dequantized
+// model's, at the file's bytes per weight; llama.cpp instead quantizes the activations to 8 bits.
+// Paths: AVX-512 (compiled with intrinsics, chosen at run time) and scalar C++ (the reference, fp64 accumulation).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace genesis::cpu {
+class ThreadPool;
+}
+
+namespace genesis::kernels::ggml_gemv {
+
+// A [rows, cols] matrix in one ggml block format, rows contiguous (row_bytes each), as GGUF stores it.
+struct GgmlMatrix {
+  uint32_t type = 0;  // quant::GgmlType id
+  int64_t rows = 0, cols = 0;
+  size_t row_bytes = 0;
+  std::vector<uint8_t> bytes;  // rows * row_bytes
+};
+
+// Whether the family has a kernel for this ggml type (Q8_0, Q4_0, Q4_1).
+bool supported(uint32_t type);
+std::string supported_names();  // "Q8_0, Q4_0, Q4_1"
+
+// Builds a GgmlMatrix from rows of blocks; throws genesis::Error for an unsupported type, a column count that is not
+// a multiple of the block, or a byte count that does not match.
+GgmlMatrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes);
+
+enum class Path { scalar, avx512 };
+Path best_path();  // AVX-512 when the CPU (and GENESIS_MAX_ISA) allows it
+const char* path_name(Path p);
+
+// y[t * rows + r] = sum_k W[r, k] * x[t * cols + k] for t < tokens, rows [r0, r1).
+void gemv_rows(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, int64_t r0, int64_t r1, Path path);
+// All rows, split over the pool (may be null), on the best path.
+void gemv(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, cpu::ThreadPool* pool);
+
+}  // namespace genesis::kernels::ggml_gemv

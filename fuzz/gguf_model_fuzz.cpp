@@ -1,6 +1,7 @@
 // libFuzzer harness: any bytes as a GGUF model file, through everything the runtime does with one: metadata -> config,
-// tensors -> Hugging Face names (dequantized, q/k un-permuted), weights loaded (fp32 experts), one token forward, and
-// the tokenizer built from tokenizer.ggml.* and run on a short text. Each stage ends cleanly or in genesis::Error.
+// tensors -> Hugging Face names (dequantized, q/k un-permuted), weights loaded (fp32 experts, --keep-quant blocks),
+// one token forward, and the tokenizer built from tokenizer.ggml.* and run on a short text. Each stage ends cleanly
+// or in genesis::Error.
 #include <cstdint>
 #include <cstdlib>
 
@@ -30,6 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     rt::LoadOptions opt;
     opt.experts = rt::ExpertMode::f32;
     opt.use_kb = false;
+    opt.keep_quant = true;  // read_ggml + ggml_gemv on hostile blocks
     auto src = rt::gguf_tensor_source(f, c, true);
     auto m = rt::Model::from_source(c, *src, opt, "fuzz");
     rt::Session s(*m, 4, nullptr);

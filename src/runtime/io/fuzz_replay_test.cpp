@@ -86,6 +86,7 @@ TEST(FuzzReplay, GgufModelInputs) {
       LoadOptions opt;
       opt.experts = ExpertMode::f32;
       opt.use_kb = false;
+      opt.keep_quant = true;  // read_ggml + ggml_gemv on hostile blocks
       auto src = gguf_tensor_source(f, c, true);
       auto m = Model::from_source(c, *src, opt, p.string());
       Session s(*m, 4, nullptr);

@@ -456,6 +456,12 @@ def small_models(trained):
                        rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False, clip_qkv=None),
            {"feed_forward_length": ("uint32", 128), "expert_count": ("uint32", 4), "expert_used_count": ("uint32", 2),
             "rope.dimension_count": ("uint32", 16)}, "qwen2", False)
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    yield ("tiny_qwen3", "qwen3", Qwen3ForCausalLM,
+           Qwen3Config(**common, intermediate_size=128, head_dim=32, rms_norm_eps=1e-6, rope_theta=1e6,
+                       tie_word_embeddings=True, use_sliding_window=False),
+           {"feed_forward_length": ("uint32", 128), "attention.key_length": ("uint32", 32),
+            "attention.value_length": ("uint32", 32), "rope.dimension_count": ("uint32", 32)}, "qwen2", False)
     yield ("tiny_qwen2", "qwen2", Qwen2ForCausalLM,
            Qwen2Config(**common, intermediate_size=128, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
                        use_sliding_window=False),

@@ -1,4 +1,4 @@
-// GGUF models through the runtime (tests/golden/gguf, made by tools/make_gguf_models.py; llama, qwen2, qwen3moe,
+// GGUF models through the runtime (tests/golden/gguf, made by tools/make_gguf_models.py; llama, qwen2, qwen3, qwen3moe,
 // olmoe, and Mixtral as llama with experts): config from metadata,
 // tensor names and llama's q/k permutation, every quantized format dequantized, the tokenizer from metadata, and
 // logits against transformers running the `gguf` package's dequantization of the same tensors.
@@ -189,6 +189,7 @@ TEST_P(GgufModel, TokenizerFromMetadataMatchesTokenizersLibrary) {
 auto case_name = [](const auto& info) { return std::string(info.param.name); };
 INSTANTIATE_TEST_SUITE_P(Tiny, GgufModel,
                          ::testing::Values(Case{"tiny_llama", "llama"}, Case{"tiny_qwen2", "qwen2"},
+                                           Case{"tiny_qwen3", "qwen3"},
                                            Case{"tiny_qwen3moe", "qwen3_moe"}, Case{"tiny_olmoe", "olmoe"},
                                            Case{"tiny_mixtral", "mixtral"}),
                          case_name);

@@ -16,7 +16,17 @@ namespace genesis::kernels::ggml_gemv {
 namespace {
 
 using quant::GgmlType;
-constexpr int64_t kBlock = 32;  // all three formats
+
+// Formats with a register-level dequantization below; every other format with a reference dequantizer
+// (quant::ggml_dequantize: Q5_0, Q5_1, Q4_K, Q5_K, Q6_K) goes through it one block at a time.
+bool fast_format(uint32_t t) {
+  return t == uint32_t(GgmlType::q8_0) || t == uint32_t(GgmlType::q4_0) || t == uint32_t(GgmlType::q4_1);
+}
+
+bool quantized_format(uint32_t t) {
+  const auto info = quant::ggml_type_info(t);
+  return info && info->dequantize && info->block >= 32 && info->block <= 256;
+}
 
 float fp16(const uint8_t* p) {
   uint16_t h;
@@ -48,23 +58,17 @@ void dequant_block(uint32_t type, const uint8_t* blk, float* out) {
       }
       break;
     }
-    default: fail("ggml_gemv: no kernel for ggml type {}", quant::ggml_type_name(type));
+    default: quant::ggml_dequantize(type, blk, out, quant::ggml_type_info(type)->block);
   }
 }
 
-size_t block_bytes(uint32_t type) {
-  switch (GgmlType(type)) {
-    case GgmlType::q8_0: return 34;
-    case GgmlType::q4_0: return 18;
-    case GgmlType::q4_1: return 20;
-    default: return 0;
-  }
-}
+size_t block_bytes(uint32_t type) { return quantized_format(type) ? size_t(quant::ggml_type_info(type)->block_bytes) : 0; }
+int64_t block_elems(uint32_t type) { return quantized_format(type) ? quant::ggml_type_info(type)->block : 0; }
 
 void rows_scalar(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, int64_t r0, int64_t r1) {
   const size_t bb = block_bytes(w.type);
-  const int64_t nb = w.cols / kBlock;
-  float v[32];
+  const int64_t be = block_elems(w.type), nb = w.cols / be;
+  float v[256];
   std::vector<double> acc(static_cast<size_t>(tokens));
   for (int64_t r = r0; r < r1; ++r) {
     std::fill(acc.begin(), acc.end(), 0.0);
@@ -72,9 +76,9 @@ void rows_scalar(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, 
     for (int64_t b = 0; b < nb; ++b) {
       dequant_block(w.type, row + size_t(b) * bb, v);
       for (int64_t t = 0; t < tokens; ++t) {
-        const float* xb = x + t * w.cols + b * kBlock;
+        const float* xb = x + t * w.cols + b * be;
         double s = 0;
-        for (int i = 0; i < 32; ++i) s += double(v[i]) * double(xb[i]);
+        for (int64_t i = 0; i < be; ++i) s += double(v[i]) * double(xb[i]);
         acc[size_t(t)] += s;
       }
     }
@@ -83,9 +87,15 @@ void rows_scalar(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, 
 }
 
 // The 32 values of a block as two 16-lane vectors (elements 0-15, 16-31).
+__attribute__((target("f16c"))) inline float fp16_f16c(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);  // exact, like quant::half_to_float
+}
+
 __attribute__((target("avx512f,avx512bw,f16c"))) inline void block_avx512(uint32_t type, const uint8_t* blk,
                                                                           __m512& lo, __m512& hi) {
-  const __m512 d = _mm512_set1_ps(fp16(blk));
+  const __m512 d = _mm512_set1_ps(fp16_f16c(blk));
   if (type == uint32_t(GgmlType::q8_0)) {
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
@@ -104,15 +114,47 @@ __attribute__((target("avx512f,avx512bw,f16c"))) inline void block_avx512(uint32
     hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(h, eight)), d);
   } else {
     // q * d is exact in fp32; adding m rounds once, as ggml's q * d + m does.
-    const __m512 m = _mm512_set1_ps(fp16(blk + 2));
+    const __m512 m = _mm512_set1_ps(fp16_f16c(blk + 2));
     lo = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(l), d), m);
     hi = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(h), d), m);
   }
 }
 
+// Formats without a register-level path: each block through the reference dequantizer into a buffer, then FMAs.
+__attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512_generic(const GgmlMatrix& w, const float* x,
+                                                                          float* y, int64_t tokens, int64_t r0,
+                                                                          int64_t r1) {
+  const size_t bb = block_bytes(w.type);
+  const int64_t be = block_elems(w.type), nb = w.cols / be;
+  constexpr int64_t kT = 8;
+  alignas(64) float v[256];
+  for (int64_t t0 = 0; t0 < tokens; t0 += kT) {
+    const int64_t nt = std::min(kT, tokens - t0);
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint8_t* row = w.bytes.data() + size_t(r) * w.row_bytes;
+      __m512 acc[kT][2];
+      for (int64_t t = 0; t < nt; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        quant::ggml_dequantize(w.type, row + size_t(b) * bb, v, be);
+        for (int64_t t = 0; t < nt; ++t) {
+          const float* xb = x + (t0 + t) * w.cols + b * be;
+          for (int64_t i = 0; i < be; i += 32) {
+            acc[t][0] = _mm512_fmadd_ps(_mm512_load_ps(v + i), _mm512_loadu_ps(xb + i), acc[t][0]);
+            acc[t][1] = _mm512_fmadd_ps(_mm512_load_ps(v + i + 16), _mm512_loadu_ps(xb + i + 16), acc[t][1]);
+          }
+        }
+      }
+      for (int64_t t = 0; t < nt; ++t)
+        y[(t0 + t) * w.rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[t][0], acc[t][1]));
+    }
+  }
+}
+
 __attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512(const GgmlMatrix& w, const float* x, float* y,
                                                                   int64_t tokens, int64_t r0, int64_t r1) {
+  if (!fast_format(w.type)) return rows_avx512_generic(w, x, y, tokens, r0, r1);
   const size_t bb = block_bytes(w.type);
+  constexpr int64_t kBlock = 32;
   const int64_t nb = w.cols / kBlock;
   constexpr int64_t kT = 8;  // tokens sharing one pass over a row
   for (int64_t t0 = 0; t0 < tokens; t0 += kT) {
@@ -139,17 +181,19 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512(const GgmlMatr
 
 }  // namespace
 
-bool supported(uint32_t type) { return block_bytes(type) != 0; }
-std::string supported_names() { return "Q8_0, Q4_0, Q4_1"; }
+bool supported(uint32_t type) { return quantized_format(type); }
+std::string supported_names() { return "Q8_0, Q4_0, Q4_1 (register-level); Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (by block)"; }
 
 GgmlMatrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
   if (!supported(type))
     fail("ggml_gemv: no kernel for {} (kernels: {})", quant::ggml_type_name(type), supported_names());
-  if (rows <= 0 || cols <= 0 || cols % kBlock != 0)
-    fail("ggml_gemv: a [{}, {}] matrix; columns must be a positive multiple of {}", rows, cols, kBlock);
+  const int64_t be = block_elems(type);
+  if (rows <= 0 || cols <= 0 || cols % be != 0)
+    fail("ggml_gemv: a [{}, {}] {} matrix; columns must be a positive multiple of {}", rows, cols,
+         quant::ggml_type_name(type), be);
   GgmlMatrix m;
   m.type = type, m.rows = rows, m.cols = cols;
-  m.row_bytes = size_t(cols / kBlock) * block_bytes(type);
+  m.row_bytes = size_t(cols / be) * block_bytes(type);
   if (nbytes != m.row_bytes * size_t(rows))
     fail("ggml_gemv: {} bytes for a [{}, {}] {} matrix, expected {}", nbytes, rows, cols,
          quant::ggml_type_name(type), m.row_bytes * size_t(rows));

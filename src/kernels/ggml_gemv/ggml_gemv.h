@@ -1,7 +1,8 @@
-// ggml_gemv: matrix-vector products straight on GGUF's block formats (Q8_0, Q4_0, Q4_1), for `--keep-quant`: the
-// matrix stays as the file stores it and each block is dequantized in registers (exactly as ggml's dequantize_row_*
-// does: (q - 8) * d, q * d + m, q * d) and multiplied with fp32 activations. So the result is the dequantized
-// model's, at the file's bytes per weight; llama.cpp instead quantizes the activations to 8 bits.
+// ggml_gemv: matrix-vector products straight on GGUF's block formats, for `--keep-quant`: the matrix stays as the
+// file stores it, each block is dequantized exactly as ggml's dequantize_row_* does and multiplied with fp32
+// activations. So the result is the dequantized model's, at the file's bytes per weight (llama.cpp instead quantizes
+// the activations to 8 bits). Q8_0, Q4_0 and Q4_1 are dequantized in registers; Q5_0, Q5_1, Q4_K, Q5_K and Q6_K one
+// block at a time through quant::ggml_dequantize into a buffer (correct, not fast: no register-level path yet).
 // Paths: AVX-512 (compiled with intrinsics, chosen at run time) and scalar C++ (the reference, fp64 accumulation).
 #pragma once
 
@@ -24,9 +25,9 @@ struct GgmlMatrix {
   std::vector<uint8_t> bytes;  // rows * row_bytes
 };
 
-// Whether the family has a kernel for this ggml type (Q8_0, Q4_0, Q4_1).
+// Whether the family multiplies this ggml type (a quantized format with a reference dequantizer).
 bool supported(uint32_t type);
-std::string supported_names();  // "Q8_0, Q4_0, Q4_1"
+std::string supported_names();
 
 // Builds a GgmlMatrix from rows of blocks; throws genesis::Error for an unsupported type, a column count that is not
 // a multiple of the block, or a byte count that does not match.

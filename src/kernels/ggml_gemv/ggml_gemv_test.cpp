@@ -31,8 +31,12 @@ std::vector<uint8_t> random_blocks(GgmlType t, int64_t rows, int64_t cols, std::
   };
   for (int64_t i = 0; i < nb; ++i) {
     uint8_t* blk = b.data() + i * info.block_bytes;
+    if (t == GgmlType::q6_k) {
+      put_half(blk + info.block_bytes - 2);
+      continue;
+    }
     put_half(blk);
-    if (t == GgmlType::q4_1) put_half(blk + 2);
+    if (t == GgmlType::q4_1 || t == GgmlType::q5_1 || t == GgmlType::q4_k || t == GgmlType::q5_k) put_half(blk + 2);
   }
   return b;
 }
@@ -84,15 +88,19 @@ INSTANTIATE_TEST_SUITE_P(Formats, GgmlGemv,
                          ::testing::Values(Case{GgmlType::q8_0, 64, 256, 1}, Case{GgmlType::q4_0, 64, 256, 1},
                                            Case{GgmlType::q4_1, 64, 256, 1}, Case{GgmlType::q8_0, 7, 32, 3},
                                            Case{GgmlType::q4_0, 130, 96, 9}, Case{GgmlType::q4_1, 200, 576, 17},
-                                           Case{GgmlType::q4_1, 1, 32, 1}));
+                                           Case{GgmlType::q4_1, 1, 32, 1}, Case{GgmlType::q5_0, 40, 64, 2},
+                                           Case{GgmlType::q5_1, 40, 64, 9}, Case{GgmlType::q4_k, 48, 512, 1},
+                                           Case{GgmlType::q5_k, 17, 256, 3}, Case{GgmlType::q6_k, 64, 768, 10}));
 
 TEST(GgmlGemvErrors, UnsupportedOrMisshapenMatricesAreClearErrors) {
   std::vector<uint8_t> b(144, 0);
-  EXPECT_THROW(make_matrix(uint32_t(GgmlType::q4_k), 1, 256, b.data(), b.size()), Error);   // no kernel
+  EXPECT_THROW(make_matrix(uint32_t(GgmlType::q2_k), 1, 256, b.data(), b.size()), Error);   // no dequantizer
   EXPECT_THROW(make_matrix(uint32_t(GgmlType::q8_0), 1, 48, b.data(), 34), Error);          // 48 % 32 != 0
   EXPECT_THROW(make_matrix(uint32_t(GgmlType::q8_0), 2, 32, b.data(), 34), Error);          // bytes for 1 row
   EXPECT_TRUE(supported(uint32_t(GgmlType::q4_1)));
-  EXPECT_FALSE(supported(uint32_t(GgmlType::q6_k)));
+  EXPECT_TRUE(supported(uint32_t(GgmlType::q6_k)));
+  EXPECT_FALSE(supported(uint32_t(GgmlType::f32)));  // not a block format: dense paths serve it
+  EXPECT_THROW(make_matrix(uint32_t(GgmlType::q4_k), 1, 128, b.data(), 72), Error);  // 128 % 256 != 0
 }
 
 }  // namespace

@@ -72,6 +72,16 @@ void nf4_reference_rows(const quant::Nf4Matrix& m, const float* x, float* y, int
 
 void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
                  float* y, int64_t r0, int64_t r1, const kernels::nf4_gemv::PreparedActivations* xp) {
+  if (m.gq) {  // kept as the GGUF file stores it
+    namespace gg = kernels::ggml_gemv;
+    static const gg::Path path = gg::best_path();
+    const int64_t split = m.gq->rows;  // gq2 (if any) holds the rows from here on
+    r1 = std::min(r1, m.rows);
+    if (r0 < split) gg::gemv_rows(*m.gq, x, y, 1, r0, std::min(r1, split), path);
+    // gq2's rows are numbered from 0: shift y so that its row 0 lands on row `split`.
+    if (m.gq2 && r1 > split) gg::gemv_rows(*m.gq2, x, y + split, 1, std::max(r0, split) - split, r1 - split, path);
+    return;
+  }
   switch (mode) {
     case ExpertMode::f32:
       cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(m.cols), 1.0f, m.f32.data() + r0 * m.cols,

@@ -115,6 +115,13 @@ std::string Model::dense_description() const {
 
 std::string Model::expert_description() const {
   if (!config_.is_moe()) return "dense model (no experts)";
+  const int64_t total = config_.num_experts * int64_t(std::count(config_.layer_is_moe.begin(),
+                                                                 config_.layer_is_moe.end(), true));
+  if (weights_.experts_kept == total)
+    return fmt::format("experts kept as the GGUF file stores them, ggml_gemv {}",
+                       kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path()));
+  if (weights_.experts_kept > 0)
+    return fmt::format("{} of {} experts kept as stored (ggml_gemv), the rest NF4", weights_.experts_kept, total);
   switch (weights_.expert_mode) {
     case ExpertMode::f32: return "fp32 experts (OpenBLAS sgemv)";
     case ExpertMode::nf4_reference:

@@ -215,15 +215,18 @@ class GgufSource : public TensorSource {
   bool read_ggml(const std::string& name, uint32_t& type, std::vector<int64_t>& shape,
                  std::vector<uint8_t>& bytes) const override {
     auto it = map_.find(name);
-    if (it == map_.end() || it->second.shape.size() != 2 || it->second.elem_off != 0) return false;
+    if (it == map_.end() || it->second.shape.size() != 2) return false;
     const Entry& e = it->second;
+    const auto info = quant::ggml_type_info(e.t->type);
+    if (!info || e.shape[1] % info->block != 0) return false;
     type = e.t->type;
     shape = e.shape;
     const int64_t rows = e.shape[0];
-    const size_t row_bytes = size_t(e.t->nbytes / uint64_t(rows));
-    bytes.resize(size_t(e.t->nbytes));
+    const size_t row_bytes = size_t(e.shape[1] / info->block) * size_t(info->block_bytes);
+    const uint8_t* first = e.t->data + size_t(e.elem_off / info->block) * size_t(info->block_bytes);
+    bytes.resize(row_bytes * size_t(rows));
     if (e.heads == 0) {
-      std::memcpy(bytes.data(), e.t->data, bytes.size());
+      std::memcpy(bytes.data(), first, bytes.size());
       return true;
     }
     // Whole rows move under the q/k un-permutation (blocks never span rows).
@@ -234,7 +237,7 @@ class GgufSource : public TensorSource {
       for (int64_t s = 0; s < 2; ++s)
         for (int64_t i = 0; i < half; ++i)
           std::memcpy(&bytes[size_t(h * hd + s * half + i) * row_bytes],
-                      e.t->data + size_t(h * hd + 2 * i + s) * row_bytes, row_bytes);
+                      first + size_t(h * hd + 2 * i + s) * row_bytes, row_bytes);
     return true;
   }
 

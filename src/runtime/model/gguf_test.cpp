@@ -103,19 +103,23 @@ TEST_P(GgufMoeModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
   EXPECT_LE(d, 1e-5);
 }
 
-// --keep-quant: the Q8_0 / Q4_0 / Q4_1 non-expert matrices (and embedding) stay as stored and run on ggml_gemv with
-// fp32 activations (llama's permuted q/k rows moved back as whole rows of blocks); the rest fp32: the dequantized
-// model's logits.
+// --keep-quant: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs
+// on ggml_gemv with fp32 activations (llama's permuted q/k rows moved back as whole rows of blocks); F16/F32 tensors
+// in fp32: the dequantized model's logits, with the default expert mode (no NF4 anywhere).
 TEST_P(GgufModel, KeepQuantMatchesTransformersOnDequantizedTensors) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
-  opt.experts = ExpertMode::f32;
   opt.keep_bf16 = false;
   opt.keep_quant = true;
+  opt.use_kb = false;
   LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
   const std::string dense = lm.model->dense_description();
   EXPECT_NE(dense.find("kept as stored"), std::string::npos) << dense;
+  if (lm.model->config().is_moe()) {
+    EXPECT_EQ(lm.model->expert_description().rfind("experts kept as the GGUF file stores them", 0), 0u)
+        << lm.model->expert_description();
+  }
   Session s(*lm.model, 64, nullptr);
   const auto logits = s.forward_all(ref.at("tokens").get<std::vector<int32_t>>());
   const double d = max_rel_diff(logits, ref.at("logits_f32").get<std::vector<float>>());

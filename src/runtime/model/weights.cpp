@@ -30,6 +30,7 @@ const char* expert_mode_name(ExpertMode m) {
 }
 
 size_t ExpertMatrix::bytes(ExpertMode m) const {
+  if (gq) return gq->bytes.size() + (gq2 ? gq2->bytes.size() : 0);
   if (m == ExpertMode::f32) return f32.size() * sizeof(float);
   if (m == ExpertMode::nf4_kernel && packed) return packed->bytes();
   return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
@@ -171,6 +172,34 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
   work();
   for (auto& th : pool) th.join();
   if (error) std::rethrow_exception(error);
+}
+
+// keep_quant: expert e as the file stores it, when its three matrices are in formats ggml_gemv multiplies. Gate and
+// up become one [2 * inter, hidden] matrix (gate rows first) when they share a format, else two.
+bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t I, int64_t H, Expert& out) {
+  namespace gg = kernels::ggml_gemv;
+  const std::string x = fmt::format("{}experts.{}.", m, e);
+  uint32_t tg = 0, tu = 0, td = 0;
+  std::vector<int64_t> sg, su, sd;
+  std::vector<uint8_t> bg, bu, bd;
+  if (!src.read_ggml(x + "gate_proj.weight", tg, sg, bg) || !src.read_ggml(x + "up_proj.weight", tu, su, bu) ||
+      !src.read_ggml(x + "down_proj.weight", td, sd, bd))
+    return false;
+  if (!gg::supported(tg) || !gg::supported(tu) || !gg::supported(td)) return false;
+  if (sg != std::vector<int64_t>{I, H} || su != sg || sd != std::vector<int64_t>{H, I})
+    fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
+         shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
+  out.gate_up.rows = 2 * I, out.gate_up.cols = H;
+  if (tg == tu) {
+    bg.insert(bg.end(), bu.begin(), bu.end());
+    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, 2 * I, H, bg.data(), bg.size()));
+  } else {
+    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, I, H, bg.data(), bg.size()));
+    out.gate_up.gq2 = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tu, I, H, bu.data(), bu.size()));
+  }
+  out.down.rows = H, out.down.cols = I;
+  out.down.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(td, H, I, bd.data(), bd.size()));
+  return true;
 }
 
 class Loader {
@@ -343,7 +372,12 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       // NF4 as stored (bitsandbytes) or quantized now from a float checkpoint, one expert per worker at a time: no
       // fp32 copy of a layer's experts is ever held. Experts are independent; workers take the next index.
       std::vector<int> blocksizes(size_t(E), 0);
+      std::atomic<int64_t> kept{0};
       parallel_for(E, opt.load_threads, [&](int64_t e) {
+        if (opt.keep_quant && keep_expert(src, m, e, I, H, l.experts[size_t(e)])) {
+          ++kept;
+          return;
+        }
         ExpertNf4 x = load_expert_nf4(src, m.substr(0, m.size() - 1), int(e), opt.nf4_blocksize);
         const std::string name = fmt::format("{}experts.{}", m, e);
         check_nf4_shape(x.gate, I, H, name + " gate", config_origin);
@@ -358,7 +392,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
         ex.gate_up = packer.make_nf4(stack_rows(std::move(x.gate), x.up), name + ".gate_up");
         ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
       });
+      w.experts_kept += kept;
       for (int64_t e = 0; e < E; ++e) {
+        if (blocksizes[size_t(e)] == 0) continue;  // kept as stored
         if (blocksize_seen == 0) blocksize_seen = blocksizes[size_t(e)];
         if (blocksizes[size_t(e)] != blocksize_seen)
           fail("{}experts.{}: NF4 blocksize {} differs from the {} of the other experts; one blocksize per model", m,

@@ -52,8 +52,9 @@ struct LoadOptions {
   // (where the bytes are) justifies and the small attention matrices do not always (SmolLM2-135M Q4_1: perplexity
   // 18.31 with bf16, 24.60 with NF4, on the same text).
   DenseNf4 dense_nf4 = DenseNf4::off;
-  // Non-expert matrices a GGUF stores in a format with a ggml_gemv kernel (Q8_0, Q4_0, Q4_1) stay in it and are
-  // multiplied as stored, with fp32 activations (--keep-quant). Takes precedence over dense_nf4 for those matrices.
+  // Matrices a GGUF stores in a block format ggml_gemv multiplies (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)
+  // stay in it and run with fp32 activations (--keep-quant): the embedding, the non-expert matrices (over
+  // dense_nf4) and, in nf4_kernel / nf4_reference expert modes, the experts (instead of NF4).
   bool keep_quant = false;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
@@ -89,6 +90,9 @@ struct ExpertMatrix {
   std::vector<float> f32;
   quant::Nf4Matrix nf4;
   std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;  // nf4_kernel
+  // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv; then f32 / nf4 / packed are empty.
+  // gq2: the rows after gq's when they are stored in another format (gate_up: gate in gq, up in gq2).
+  std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq, gq2;
   size_t bytes(ExpertMode m) const;  // bytes one full product reads
 };
 
@@ -120,6 +124,7 @@ struct Weights {
   kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::scalar;
   int nf4_blocksize = 0;
   bool experts_from_bnb = false;  // the checkpoint stored bitsandbytes NF4 experts
+  int64_t experts_kept = 0;       // experts held as the GGUF file stores them (keep_quant)
 
   const Dense& output() const { return lm_head.empty() ? embed : lm_head; }
   size_t dense_bytes() const;   // all non-expert weights

@@ -120,7 +120,74 @@ __attribute__((target("avx512f,avx512bw,f16c"))) inline void block_avx512(uint32
   }
 }
 
+// Q4_K: 256 values in 8 sub-blocks of 32, value = (d * sc_j) * q - (dmin * m_j) with 6-bit sc/m packed in 12 bytes;
+// the same operations, in the same order, as ggml's dequantize_row_q4_K, 16 lanes at a time.
+__attribute__((target("avx512f,avx512bw,f16c"))) void q4_k_block(const uint8_t* blk, float* out) {
+  const float d = fp16_f16c(blk), dmin = fp16_f16c(blk + 2);
+  const uint8_t* sc = blk + 4;
+  const uint8_t* q = blk + 16;
+  float dj[8], mj[8];
+  for (int j = 0; j < 8; ++j) {
+    uint8_t a, b;
+    if (j < 4) {
+      a = sc[j] & 63, b = sc[j + 4] & 63;
+    } else {
+      a = uint8_t((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4));
+      b = uint8_t((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4));
+    }
+    dj[j] = d * float(a), mj[j] = dmin * float(b);
+  }
+  const __m512i nib = _mm512_set1_epi32(0x0F);
+  for (int c = 0; c < 4; ++c) {  // 64 values per 32 bytes: low nibbles first, then high
+    for (int h = 0; h < 2; ++h) {
+      const __m512i b32 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 32 * c + 16 * h)));
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b32, nib));
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b32, 4));
+      _mm512_store_ps(out + 64 * c + 16 * h,
+                      _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dj[2 * c]), lo), _mm512_set1_ps(mj[2 * c])));
+      _mm512_store_ps(out + 64 * c + 32 + 16 * h,
+                      _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dj[2 * c + 1]), hi), _mm512_set1_ps(mj[2 * c + 1])));
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw"))) inline __m512i load16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Q6_K: 256 values, 4 low bits in ql, 2 high bits in qh, int8 scale per 16 values, value = (d * sc) * (q - 32); the
+// same operations as ggml's dequantize_row_q6_K, 16 lanes at a time.
+__attribute__((target("avx512f,avx512bw,f16c"))) void q6_k_block(const uint8_t* blk, float* out) {
+  const uint8_t* ql = blk;
+  const uint8_t* qh = blk + 128;
+  const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+  const float d = fp16_f16c(blk + 208);
+  const __m512i nib = _mm512_set1_epi32(0x0F), three = _mm512_set1_epi32(3), k32 = _mm512_set1_epi32(32);
+  for (int n = 0; n < 2; ++n, ql += 64, qh += 32, sc += 8, out += 128) {
+    for (int g = 0; g < 2; ++g) {  // l = 16 g .. 16 g + 15, is = g
+      const int l0 = 16 * g;
+      const __m512i a = load16(ql + l0), b = load16(ql + l0 + 32), h = load16(qh + l0);
+      const __m512i q1 = _mm512_sub_epi32(
+          _mm512_or_si512(_mm512_and_si512(a, nib), _mm512_slli_epi32(_mm512_and_si512(h, three), 4)), k32);
+      const __m512i q2 = _mm512_sub_epi32(
+          _mm512_or_si512(_mm512_and_si512(b, nib),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, 2), three), 4)), k32);
+      const __m512i q3 = _mm512_sub_epi32(
+          _mm512_or_si512(_mm512_srli_epi32(a, 4),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, 4), three), 4)), k32);
+      const __m512i q4 = _mm512_sub_epi32(
+          _mm512_or_si512(_mm512_srli_epi32(b, 4),
+                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(h, 6), three), 4)), k32);
+      _mm512_store_ps(out + l0, _mm512_mul_ps(_mm512_set1_ps(d * float(sc[g])), _mm512_cvtepi32_ps(q1)));
+      _mm512_store_ps(out + l0 + 32, _mm512_mul_ps(_mm512_set1_ps(d * float(sc[g + 2])), _mm512_cvtepi32_ps(q2)));
+      _mm512_store_ps(out + l0 + 64, _mm512_mul_ps(_mm512_set1_ps(d * float(sc[g + 4])), _mm512_cvtepi32_ps(q3)));
+      _mm512_store_ps(out + l0 + 96, _mm512_mul_ps(_mm512_set1_ps(d * float(sc[g + 6])), _mm512_cvtepi32_ps(q4)));
+    }
+  }
+}
+
 // Formats without a register-level path: each block through the reference dequantizer into a buffer, then FMAs.
+// Q4_K and Q6_K are dequantized with vector code into the same buffer.
 __attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512_generic(const GgmlMatrix& w, const float* x,
                                                                           float* y, int64_t tokens, int64_t r0,
                                                                           int64_t r1) {
@@ -135,7 +202,10 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void rows_avx512_generic(const 
       __m512 acc[kT][2];
       for (int64_t t = 0; t < nt; ++t) acc[t][0] = acc[t][1] = _mm512_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
-        quant::ggml_dequantize(w.type, row + size_t(b) * bb, v, be);
+        const uint8_t* blk = row + size_t(b) * bb;
+        if (w.type == uint32_t(GgmlType::q4_k)) q4_k_block(blk, v);
+        else if (w.type == uint32_t(GgmlType::q6_k)) q6_k_block(blk, v);
+        else quant::ggml_dequantize(w.type, blk, v, be);
         for (int64_t t = 0; t < nt; ++t) {
           const float* xb = x + (t0 + t) * w.cols + b * be;
           for (int64_t i = 0; i < be; i += 32) {

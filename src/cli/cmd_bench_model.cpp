@@ -41,7 +41,7 @@ void run(Args& a) {
   const double gib = double(1u << 30);
   fmt::print("model        {}\n             {}\nexperts      {}\ndense        {}\n", j["model"].get<std::string>(),
              j["config"].get<std::string>(), j["experts"].get<std::string>(), j["dense"].get<std::string>());
-  fmt::print("load         {:.1f} s, peak memory {:.2f} GiB = {:.2f}x the weights held ({:.2f} GiB NF4 experts + "
+  fmt::print("load         {:.1f} s, peak memory {:.2f} GiB = {:.2f}x the weights held ({:.2f} GiB experts + "
              "{:.2f} GiB dense)\n",
              j["load_s"].get<double>(), j["peak_rss_bytes"].get<double>() / gib,
              j["peak_rss_over_weights"].get<double>(), j["nf4_expert_bytes"].get<double>() / gib,

@@ -139,7 +139,7 @@ void GgufFile::parse_all(const uint8_t* p, size_t n) {
   if (auto* a = find_meta("general.alignment")) {
     if (!a->is_number_unsigned() || a->get<uint64_t>() == 0 || (a->get<uint64_t>() & (a->get<uint64_t>() - 1)) ||
         a->get<uint64_t>() > 65536)
-      c.bad(fmt::format("general.alignment {} is not a power of two up to 65536", a->dump()));
+      c.bad(fmt::format("general.alignment {} is not a power of two up to 65536", describe_meta_value(*a)));
     alignment_ = a->get<uint64_t>();
   }
   for (uint64_t i = 0; i < n_tensors; ++i) {
@@ -196,6 +196,12 @@ const GgufTensor* GgufFile::find(const std::string& name) const {
   for (const auto& t : tensors_)
     if (t.name == name) return &t;
   return nullptr;
+}
+
+std::string describe_meta_value(const nlohmann::json& v, size_t max_chars) {
+  std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (s.size() > max_chars) s = s.substr(0, max_chars) + "...";
+  return s;
 }
 
 std::vector<float> GgufFile::to_f32(const GgufTensor& t) const {

@@ -25,6 +25,10 @@ struct GgufTensor {
   int64_t numel() const;
 };
 
+// A metadata value as short text for error messages: invalid UTF-8 replaced (GGUF strings are not validated), long
+// values cut to `max_chars`.
+std::string describe_meta_value(const nlohmann::json& v, size_t max_chars = 80);
+
 class GgufFile {
  public:
   // Memory-maps and validates `path`. Throws genesis::Error naming the file, the field and its offset.

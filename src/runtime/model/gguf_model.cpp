@@ -37,7 +37,7 @@ class Meta {
       for (const auto& e : *v)
         if (!e.is_number_integer() || e != (*v)[0])
           fail("{}: metadata {} differs between layers ({}); per-layer sizes are not supported", f_.label(), key,
-               v->dump());
+               describe_meta_value(*v));
       return (*v)[0].get<int64_t>();
     }
     if (!v->is_number_integer()) bad(key, "an integer");
@@ -67,7 +67,7 @@ class Meta {
     return v->get<bool>();
   }
   [[noreturn]] void bad(const std::string& key, const char* what) const {
-    fail("{}: metadata {} must be {}, got {}", f_.label(), key, what, find(key)->dump());
+    fail("{}: metadata {} must be {}, got {}", f_.label(), key, what, describe_meta_value(*find(key)));
   }
 
  private:

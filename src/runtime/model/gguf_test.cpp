@@ -287,6 +287,64 @@ TEST(GgufModelErrors, BadFilesAreClearErrors) {
   expect_load_error("this is not a model", "not a GGUF file");
 }
 
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// The commands on a GGUF file, end to end through the binary: run (--json: the greedy ids equal the reference's),
+// tokenize, perplexity (--json), and a text shorter than one chunk as a clear error.
+TEST(GgufCommands, RunTokenizePerplexity) {
+  const json ref = reference("tiny_qwen3moe");
+  const std::string model = kDir + "/tiny_qwen3moe.gguf";
+  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli";
+  std::filesystem::create_directories(tmp);
+  const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
+  auto sh = [&](const std::string& args) {
+    const std::string cmd = cli + " " + args + " > '" + (tmp / "stdout.txt").string() + "' 2> '" + err + "'";
+    return std::system(cmd.c_str());
+  };
+
+  // tokenize: the reference tokenizer's ids for its first test string.
+  const auto& t0 = ref.at("tokenizer")[0];
+  ASSERT_EQ(sh("tokenize --ids -m '" + model + "' -p '" + t0.at("text").get<std::string>() + "'"), 0) << slurp(err);
+  std::string ids;
+  for (int32_t id : t0.at("ids").get<std::vector<int32_t>>()) ids += (ids.empty() ? "" : " ") + std::to_string(id);
+  EXPECT_EQ(slurp((tmp / "stdout.txt").string()), ids + "\n");
+
+  // run --json on the exact path: a text prompt; the JSON carries the ids, each step's top logits and the summary.
+  ASSERT_EQ(sh("run -q --temp 0 -n 5 --ignore-eos --dense f32 --experts f32 --top-logits 2 --json '" + out + "' -m '" +
+               model + "' -p 'The quick brown fox'"),
+            0)
+      << slurp(err);
+  const json r = json::parse(slurp(out));
+  EXPECT_EQ(r.at("generated_ids").size(), 5u);
+  EXPECT_EQ(r.at("top_logits").size(), 5u);
+  EXPECT_EQ(r.at("stop_reason"), "max tokens");
+  EXPECT_NE(r.at("experts").get<std::string>().find("fp32"), std::string::npos);
+
+  // perplexity over a text of a few hundred tokens, chunks of 16.
+  const std::string text = (tmp / "text.txt").string();
+  {
+    std::ofstream o(text);
+    for (int i = 0; i < 20; ++i) o << "The quick brown fox jumps over the lazy dog. Numbers like 2024 are split. ";
+  }
+  ASSERT_EQ(sh("perplexity -q -c 16 --chunks 3 --json '" + out + "' -m '" + model + "' -f '" + text + "'"), 0)
+      << slurp(err);
+  const json p = json::parse(slurp(out));
+  EXPECT_EQ(p.at("chunks"), 3);
+  EXPECT_EQ(p.at("scored"), 3 * 8);
+  EXPECT_GT(p.at("ppl").get<double>(), 1.0);
+  EXPECT_TRUE(std::isfinite(p.at("ppl").get<double>()));
+
+  // A text shorter than one chunk.
+  EXPECT_NE(sh("perplexity -q -c 4096 -m '" + model + "' -f '" + text + "'"), 0);
+  EXPECT_NE(slurp(err).find("fewer than one chunk"), std::string::npos) << slurp(err);
+  std::filesystem::remove_all(tmp);
+}
+
 TEST(GgufModelErrors, IsGgufFileLooksAtTheMagic) {
   EXPECT_TRUE(is_gguf_file(kDir + "/tiny_llama.gguf"));
   EXPECT_FALSE(is_gguf_file(kDir + "/tiny_llama.json"));

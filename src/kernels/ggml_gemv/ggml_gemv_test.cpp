@@ -89,7 +89,7 @@ INSTANTIATE_TEST_SUITE_P(Formats, GgmlGemv,
                                            Case{GgmlType::q4_1, 64, 256, 1}, Case{GgmlType::q8_0, 7, 32, 3},
                                            Case{GgmlType::q4_0, 130, 96, 9}, Case{GgmlType::q4_1, 200, 576, 17},
                                            Case{GgmlType::q4_1, 1, 32, 1}, Case{GgmlType::q5_0, 40, 64, 2},
-                                           Case{GgmlType::q5_1, 40, 64, 9}, Case{GgmlType::q4_k, 48, 512, 1},
+                                           Case{GgmlType::q5_1, 40, 64, 9}, Case{GgmlType::q4_k, 48, 512, 1}, Case{GgmlType::q4_k, 33, 768, 5},
                                            Case{GgmlType::q5_k, 17, 256, 3}, Case{GgmlType::q6_k, 64, 768, 10}));
 
 TEST(GgmlGemvErrors, UnsupportedOrMisshapenMatricesAreClearErrors) {

@@ -224,10 +224,20 @@ def nf4_dense_state(b):
     return out
 
 
-def add_nf4_dense_logits(model, b, ref):
-    load_state(model, nf4_dense_state(b))
+def logits_with(model, state):
+    load_state(model, state)
     with torch.no_grad():
-        ref["logits_nf4_dense"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+        return [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+
+
+def add_nf4_expert_logits(model, b, ref):
+    """The logits with every expert matrix NF4-quantized and dequantized (what Genesis holds by default)."""
+    ref["logits_nf4"] = logits_with(model, {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape)
+                                                if ".experts." in k else v) for k, v in b.state.items()})
+
+
+def add_nf4_dense_logits(model, b, ref):
+    ref["logits_nf4_dense"] = logits_with(model, nf4_dense_state(b))
     ref["nf4_blocksize"] = 64
 
 
@@ -339,11 +349,7 @@ def make_qwen3moe(out, rng, trained):
     model = Qwen3MoeForCausalLM(cfg).float()
     load_state(model, b.state)
     ref = reference(model, reference_tokenizer(trained, "qwen2"))
-    nf4 = {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape) if ".experts." in k else v)
-           for k, v in b.state.items()}
-    load_state(model, nf4)
-    with torch.no_grad():
-        ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+    add_nf4_expert_logits(model, b, ref)
     add_nf4_dense_logits(model, b, ref)
     return ref
 
@@ -430,11 +436,7 @@ def make_small(out, name, gguf_arch, model_cls, cfg, meta_extra, pre, trained, p
     load_state(model, b.state)
     ref = reference(model, reference_tokenizer(trained, pre))
     if experts:
-        nf4 = {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape) if ".experts." in k else v)
-               for k, v in b.state.items()}
-        load_state(model, nf4)
-        with torch.no_grad():
-            ref["logits_nf4"] = [float(x) for x in model(torch.tensor([TOKENS])).logits[0].float().numpy().reshape(-1)]
+        add_nf4_expert_logits(model, b, ref)
     add_nf4_dense_logits(model, b, ref)
     return ref
 

@@ -22,10 +22,7 @@ struct Args {
 };
 
 void run(Args& a) {
-  if (a.experts == "nf4") a.o.load.experts = rt::ExpertMode::nf4_kernel;
-  else if (a.experts == "nf4-reference") a.o.load.experts = rt::ExpertMode::nf4_reference;
-  else if (a.experts == "f32") a.o.load.experts = rt::ExpertMode::f32;
-  else genesis::fail("--experts '{}': expected nf4, nf4-reference or f32", a.experts);
+  a.o.load.experts = rt::expert_mode_from_name(a.experts);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
     if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);

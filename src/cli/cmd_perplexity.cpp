@@ -31,10 +31,7 @@ void run(const Args& a) {
   if (!in) fail("cannot open the text file {}", a.file);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   rt::LoadOptions opt;
-  if (a.experts == "nf4") opt.experts = rt::ExpertMode::nf4_kernel;
-  else if (a.experts == "nf4-reference") opt.experts = rt::ExpertMode::nf4_reference;
-  else if (a.experts == "f32") opt.experts = rt::ExpertMode::f32;
-  else fail("--experts '{}': expected nf4, nf4-reference or f32", a.experts);
+  opt.experts = rt::expert_mode_from_name(a.experts);
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
   opt.use_kb = !a.no_kb;

@@ -32,16 +32,9 @@ struct RunArgs {
   CLI::Option *temp_opt = nullptr, *top_k_opt = nullptr, *top_p_opt = nullptr;
 };
 
-rt::ExpertMode parse_mode(const std::string& s) {
-  if (s == "nf4") return rt::ExpertMode::nf4_kernel;
-  if (s == "nf4-reference") return rt::ExpertMode::nf4_reference;
-  if (s == "f32") return rt::ExpertMode::f32;
-  fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", s);
-}
-
 void run(const RunArgs& a) {
   rt::LoadOptions opt;
-  opt.experts = parse_mode(a.experts);
+  opt.experts = rt::expert_mode_from_name(a.experts);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
     if (!p) fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);

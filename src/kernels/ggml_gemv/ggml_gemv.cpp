@@ -120,13 +120,11 @@ __attribute__((target("avx512f,avx512bw,f16c"))) inline void block_avx512(uint32
   }
 }
 
-// Q4_K: 256 values in 8 sub-blocks of 32, value = (d * sc_j) * q - (dmin * m_j) with 6-bit sc/m packed in 12 bytes;
-// the same operations, in the same order, as ggml's dequantize_row_q4_K, 16 lanes at a time.
-__attribute__((target("avx512f,avx512bw,f16c"))) void q4_k_block(const uint8_t* blk, float* out) {
+// A Q4_K block's eight sub-block scales d * sc_j and mins dmin * m_j (6-bit sc / m packed in 12 bytes), as ggml's
+// get_scale_min_k4 unpacks them.
+__attribute__((target("f16c"))) inline void q4_k_scales(const uint8_t* blk, float* dj, float* mj) {
   const float d = fp16_f16c(blk), dmin = fp16_f16c(blk + 2);
   const uint8_t* sc = blk + 4;
-  const uint8_t* q = blk + 16;
-  float dj[8], mj[8];
   for (int j = 0; j < 8; ++j) {
     uint8_t a, b;
     if (j < 4) {
@@ -137,6 +135,14 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void q4_k_block(const uint8_t* 
     }
     dj[j] = d * float(a), mj[j] = dmin * float(b);
   }
+}
+
+// Q4_K: 256 values in 8 sub-blocks of 32, value = (d * sc_j) * q - (dmin * m_j) with 6-bit sc/m packed in 12 bytes;
+// the same operations, in the same order, as ggml's dequantize_row_q4_K, 16 lanes at a time.
+__attribute__((target("avx512f,avx512bw,f16c"))) void q4_k_block(const uint8_t* blk, float* out) {
+  const uint8_t* q = blk + 16;
+  float dj[8], mj[8];
+  q4_k_scales(blk, dj, mj);
   const __m512i nib = _mm512_set1_epi32(0x0F);
   for (int c = 0; c < 4; ++c) {  // 64 values per 32 bytes: low nibbles first, then high
     for (int h = 0; h < 2; ++h) {
@@ -192,7 +198,8 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void q6_k_block(const uint8_t* 
 __attribute__((target("avx512f,avx512bw,f16c"))) void rows_q4_k(const GgmlMatrix& w, const float* x, float* y,
                                                                 int64_t tokens, int64_t r0, int64_t r1) {
   const int64_t nb = w.cols / 256, nsub = w.cols / 32;
-  std::vector<float> xsum(static_cast<size_t>(tokens * nsub));
+  thread_local std::vector<float> xsum;  // called per 64-row block of every expert: no allocation per call
+  xsum.resize(static_cast<size_t>(tokens * nsub));
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t j = 0; j < nsub; ++j) {
       const __m512 a = _mm512_add_ps(_mm512_loadu_ps(x + t * w.cols + 32 * j), _mm512_loadu_ps(x + t * w.cols + 32 * j + 16));
@@ -209,20 +216,9 @@ __attribute__((target("avx512f,avx512bw,f16c"))) void rows_q4_k(const GgmlMatrix
       for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
         const uint8_t* blk = row + size_t(b) * 144;
-        const float d = fp16_f16c(blk), dmin = fp16_f16c(blk + 2);
-        const uint8_t* sc = blk + 4;
         const uint8_t* q = blk + 16;
         float dj[8], mj[8];
-        for (int j = 0; j < 8; ++j) {
-          uint8_t a, bm;
-          if (j < 4) {
-            a = sc[j] & 63, bm = sc[j + 4] & 63;
-          } else {
-            a = uint8_t((sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4));
-            bm = uint8_t((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4));
-          }
-          dj[j] = d * float(a), mj[j] = dmin * float(bm);
-        }
+        q4_k_scales(blk, dj, mj);
         for (int64_t t = 0; t < nt; ++t) {
           const float* xs = &xsum[size_t((t0 + t) * nsub + b * 8)];
           for (int j = 0; j < 8; ++j) mins[t] += mj[j] * xs[j];

@@ -84,12 +84,18 @@ void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, 
 
 }  // namespace
 
+namespace {
+void add_bias(const Dense& d, float* y, int64_t n) {
+  if (d.bias.empty()) return;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+}
+}  // namespace
+
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
   if (d.is_gq()) {
     kernels::ggml_gemv::gemv(*d.gq, x, y, n, pool);
-    if (!d.bias.empty())
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+    add_bias(d, y, n);
     return;
   }
   if (d.is_nf4()) {
@@ -98,9 +104,7 @@ void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::Thr
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) d.kernel8->run(*d.nf4, x + t * d.cols, y + t * d.rows, pool);
     for (; t < n; ++t) d.kernel1->run(*d.nf4, x + t * d.cols, y + t * d.rows, pool);
-    if (!d.bias.empty())
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+    add_bias(d, y, n);
     return;
   }
   if (!d.bf16()) {

@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "quant/ggml.h"
 #include "runtime/io/gguf.h"
+#include "runtime/io/half.h"
 
 namespace genesis::runtime {
 
@@ -187,13 +188,6 @@ struct Entry {
   TensorView direct;           // F32 / F16 / BF16 without permutation: a view into the file
 };
 
-uint16_t f32_to_bf16_rne(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x7FFFFFu)) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return uint16_t(u >> 16);
-}
 
 class GgufSource : public TensorSource {
  public:
@@ -225,19 +219,8 @@ class GgufSource : public TensorSource {
     const size_t row_bytes = size_t(e.shape[1] / info->block) * size_t(info->block_bytes);
     const uint8_t* first = e.t->data + size_t(e.elem_off / info->block) * size_t(info->block_bytes);
     bytes.resize(row_bytes * size_t(rows));
-    if (e.heads == 0) {
-      std::memcpy(bytes.data(), first, bytes.size());
-      return true;
-    }
     // Whole rows move under the q/k un-permutation (blocks never span rows).
-    if (rows % e.heads != 0 || (rows / e.heads) % 2 != 0)
-      fail("{}: tensor {} has {} rows, not {} heads of an even size", f_->label(), e.t->name, rows, e.heads);
-    const int64_t hd = rows / e.heads, half = hd / 2;
-    for (int64_t h = 0; h < e.heads; ++h)
-      for (int64_t s = 0; s < 2; ++s)
-        for (int64_t i = 0; i < half; ++i)
-          std::memcpy(&bytes[size_t(h * hd + s * half + i) * row_bytes],
-                      first + size_t(h * hd + 2 * i + s) * row_bytes, row_bytes);
+    copy_rows(e, first, bytes.data(), row_bytes);
     return true;
   }
 
@@ -375,7 +358,12 @@ class GgufSource : public TensorSource {
     } catch (const Error& err) {
       fail("{}: tensor {}: {}", f_->label(), e.t->name, err.what());
     }
-    if (e.heads > 0) vals = unpermute(vals, e);
+    if (e.heads > 0) {
+      std::vector<float> in = std::move(vals);
+      vals.resize(in.size());
+      copy_rows(e, reinterpret_cast<const uint8_t*>(in.data()), reinterpret_cast<uint8_t*>(vals.data()),
+                size_t(in.size() / size_t(e.shape[0])) * 4);
+    }
   }
 
   const TensorView& convert(const std::string& name, const Entry& e) const {
@@ -388,7 +376,7 @@ class GgufSource : public TensorSource {
     if (e.dense && dense_bf16_) {
       cv.bytes.resize(size_t(n) * 2);
       auto* out = reinterpret_cast<uint16_t*>(cv.bytes.data());
-      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16_rne(vals[size_t(i)]);
+      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16(vals[size_t(i)]);
       cv.view.dtype = Dtype::bf16;
     } else {
       cv.bytes.resize(size_t(n) * 4);
@@ -405,19 +393,22 @@ class GgufSource : public TensorSource {
     return cache_.emplace(name, std::move(cv)).first->second.view;
   }
 
-  // llama.cpp wrote row (h, i, s) = HF row (h, s, i) for i < head_dim/2, s in {0, 1}.
-  std::vector<float> unpermute(const std::vector<float>& g, const Entry& e) const {
-    const int64_t rows = e.shape[0], cols = e.shape.size() > 1 ? e.shape[1] : 1;
+  // The entry's rows (row_bytes each) from `src` to `dst` in Hugging Face order. llama.cpp wrote row (h, i, s) =
+  // HF row (h, s, i) for i < head_dim/2, s in {0, 1}; entries without a permutation are copied as they are.
+  void copy_rows(const Entry& e, const uint8_t* src, uint8_t* dst, size_t row_bytes) const {
+    const int64_t rows = e.shape[0];
+    if (e.heads == 0) {
+      std::memcpy(dst, src, row_bytes * size_t(rows));
+      return;
+    }
     if (rows % e.heads != 0 || (rows / e.heads) % 2 != 0)
       fail("{}: tensor {} has {} rows, not {} heads of an even size", f_->label(), e.t->name, rows, e.heads);
     const int64_t hd = rows / e.heads, half = hd / 2;
-    std::vector<float> out(g.size());
     for (int64_t h = 0; h < e.heads; ++h)
       for (int64_t s = 0; s < 2; ++s)
         for (int64_t i = 0; i < half; ++i)
-          std::memcpy(&out[size_t((h * hd + s * half + i) * cols)], &g[size_t((h * hd + 2 * i + s) * cols)],
-                      size_t(cols) * 4);
-    return out;
+          std::memcpy(dst + size_t(h * hd + s * half + i) * row_bytes, src + size_t(h * hd + 2 * i + s) * row_bytes,
+                      row_bytes);
   }
 
   std::shared_ptr<const GgufFile> f_;

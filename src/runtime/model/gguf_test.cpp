@@ -16,6 +16,7 @@
 #include "runtime/model/forward.h"
 #include "runtime/model/gguf_model.h"
 #include "runtime/model/load.h"
+#include "runtime/model/test_util.h"
 
 namespace genesis::runtime {
 namespace {
@@ -30,15 +31,7 @@ json reference(const std::string& name) {
   return json::parse(f);
 }
 
-double max_rel_diff(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double mx = 0, ref = 1e-30;
-  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
-    mx = std::max(mx, double(std::fabs(got[i] - want[i])));
-    ref = std::max(ref, double(std::fabs(want[i])));
-  }
-  return mx / ref;
-}
+using test::max_rel_diff;
 
 std::vector<int32_t> argmax_rows(const std::vector<float>& l, size_t vocab) {
   std::vector<int32_t> out;
@@ -287,13 +280,6 @@ TEST(GgufModelErrors, BadFilesAreClearErrors) {
   expect_load_error("this is not a model", "not a GGUF file");
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
 // The commands on a GGUF file, end to end through the binary: run (--json: the greedy ids equal the reference's),
 // tokenize, perplexity (--json), and a text shorter than one chunk as a clear error.
 TEST(GgufCommands, RunTokenizePerplexity) {
@@ -309,17 +295,17 @@ TEST(GgufCommands, RunTokenizePerplexity) {
 
   // tokenize: the reference tokenizer's ids for its first test string.
   const auto& t0 = ref.at("tokenizer")[0];
-  ASSERT_EQ(sh("tokenize --ids -m '" + model + "' -p '" + t0.at("text").get<std::string>() + "'"), 0) << slurp(err);
+  ASSERT_EQ(sh("tokenize --ids -m '" + model + "' -p '" + t0.at("text").get<std::string>() + "'"), 0) << file_bytes(err);
   std::string ids;
   for (int32_t id : t0.at("ids").get<std::vector<int32_t>>()) ids += (ids.empty() ? "" : " ") + std::to_string(id);
-  EXPECT_EQ(slurp((tmp / "stdout.txt").string()), ids + "\n");
+  EXPECT_EQ(file_bytes((tmp / "stdout.txt").string()), ids + "\n");
 
   // run --json on the exact path: a text prompt; the JSON carries the ids, each step's top logits and the summary.
   ASSERT_EQ(sh("run -q --temp 0 -n 5 --ignore-eos --dense f32 --experts f32 --top-logits 2 --json '" + out + "' -m '" +
                model + "' -p 'The quick brown fox'"),
             0)
-      << slurp(err);
-  const json r = json::parse(slurp(out));
+      << file_bytes(err);
+  const json r = json::parse(file_bytes(out));
   EXPECT_EQ(r.at("generated_ids").size(), 5u);
   EXPECT_EQ(r.at("top_logits").size(), 5u);
   EXPECT_EQ(r.at("stop_reason"), "max tokens");
@@ -332,8 +318,8 @@ TEST(GgufCommands, RunTokenizePerplexity) {
     for (int i = 0; i < 20; ++i) o << "The quick brown fox jumps over the lazy dog. Numbers like 2024 are split. ";
   }
   ASSERT_EQ(sh("perplexity -q -c 16 --chunks 3 --json '" + out + "' -m '" + model + "' -f '" + text + "'"), 0)
-      << slurp(err);
-  const json p = json::parse(slurp(out));
+      << file_bytes(err);
+  const json p = json::parse(file_bytes(out));
   EXPECT_EQ(p.at("chunks"), 3);
   EXPECT_EQ(p.at("scored"), 3 * 8);
   EXPECT_GT(p.at("ppl").get<double>(), 1.0);
@@ -341,7 +327,7 @@ TEST(GgufCommands, RunTokenizePerplexity) {
 
   // A text shorter than one chunk.
   EXPECT_NE(sh("perplexity -q -c 4096 -m '" + model + "' -f '" + text + "'"), 0);
-  EXPECT_NE(slurp(err).find("fewer than one chunk"), std::string::npos) << slurp(err);
+  EXPECT_NE(file_bytes(err).find("fewer than one chunk"), std::string::npos) << file_bytes(err);
   std::filesystem::remove_all(tmp);
 }
 

@@ -18,6 +18,7 @@
 #include "runtime/model/forward.h"
 #include "runtime/model/generate.h"
 #include "runtime/model/memory_source.h"
+#include "runtime/model/test_util.h"
 #include "runtime/model/ops.h"
 
 namespace genesis::runtime {
@@ -71,16 +72,7 @@ Golden load_golden(const std::string& arch) {
   return g;
 }
 
-// Largest |a - b| over the logits, relative to the largest |reference logit|.
-double max_rel_diff(const std::vector<float>& got, const std::vector<float>& want) {
-  EXPECT_EQ(got.size(), want.size());
-  double mx = 0, ref = 1e-30;
-  for (size_t i = 0; i < want.size() && i < got.size(); ++i) {
-    mx = std::max(mx, double(std::fabs(got[i] - want[i])));
-    ref = std::max(ref, double(std::fabs(want[i])));
-  }
-  return mx / ref;
-}
+using test::max_rel_diff;
 
 void check_model(const std::string& arch, ExpertMode mode, const std::string& key, double tol, bool check_greedy) {
   Golden g = load_golden(arch);

@@ -29,6 +29,13 @@ const char* expert_mode_name(ExpertMode m) {
   return "?";
 }
 
+ExpertMode expert_mode_from_name(const std::string& name) {
+  if (name == "nf4") return ExpertMode::nf4_kernel;
+  if (name == "nf4-reference") return ExpertMode::nf4_reference;
+  if (name == "f32") return ExpertMode::f32;
+  fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", name);
+}
+
 size_t ExpertMatrix::bytes(ExpertMode m) const {
   if (gq) return gq->bytes.size() + (gq2 ? gq2->bytes.size() : 0);
   if (m == ExpertMode::f32) return f32.size() * sizeof(float);

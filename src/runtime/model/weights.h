@@ -24,6 +24,8 @@ enum class ExpertMode {
   nf4_kernel,     // NF4, packed once for a kernel path, run by nf4_gemv kernels
 };
 const char* expert_mode_name(ExpertMode m);
+// The command line's --experts: "nf4" (kernels), "nf4-reference", "f32". Throws genesis::Error for anything else.
+ExpertMode expert_mode_from_name(const std::string& name);
 
 // Which non-expert matrices (attention, dense MLP, untied output) become NF4 for the JIT kernels (nf4_kernel expert
 // mode only; the embedding and the router stay as they are).

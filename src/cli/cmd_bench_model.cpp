@@ -54,6 +54,19 @@ void run(Args& a) {
              j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
              j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
              100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
+  // The profile: milliseconds per token by op class, decode and prefill side by side.
+  const auto& pd = j["profile"]["decode"];
+  const auto& pp = j["profile"]["prefill"];
+  fmt::print("profile      ms/token        decode   prefill\n");
+  for (const char* op : {"attention", "dense", "router", "experts_gate_up", "experts_down", "elementwise", "logits",
+                         "barrier", "total"}) {
+    const double d = pd[op].get<double>(), p = pp[op].get<double>();
+    const double dt = pd["total"].get<double>(), ptot = pp["total"].get<double>();
+    fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%\n", op, d, dt > 0 ? 100 * d / dt : 0.0, p,
+               ptot > 0 ? 100 * p / ptot : 0.0);
+  }
+  fmt::print("  {:<18} {:>9.1f}       {:>8.1f}\n", "regions per step", pd["regions_per_step"].get<double>(),
+             pp["regions_per_step"].get<double>());
   if (!a.json_file.empty()) {
     std::ofstream f(a.json_file);
     f << j.dump(2) << "\n";

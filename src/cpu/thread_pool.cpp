@@ -145,7 +145,10 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   }
   tls_running_pool = outer;
 
+  const long w0 = now_ns();
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_);
+  wait_ns_ += now_ns() - w0;
+  ++runs_;
 
   std::exception_ptr first;
   for (int t = 0; t < size_; ++t) {

@@ -1,8 +1,9 @@
-// A persistent, pinned thread pool for fork-join work (one task per thread per run) and cpu pinning helpers.
-// Scheduling of work items onto threads (expert x row-block splits) belongs to the caller, not here.
+// A persistent, pinned thread pool for fork-join work: run() (one call per thread) and parallel_for() (tasks claimed
+// dynamically), plus cpu pinning helpers. What a task is (an expert's row block, a head) belongs to the caller.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -42,6 +43,28 @@ class ThreadPool {
   }
   void run_raw(void (*fn)(void*, int, int), void* ctx);
 
+  // fn(task) for every task in [0, tasks), each claimed by whichever thread is free next (one shared atomic counter),
+  // so tasks of uneven cost balance themselves. One region; serial when the pool has one thread or tasks <= 1.
+  template <class F>
+  void parallel_for(int64_t tasks, F&& fn) {
+    if (tasks <= 0) return;
+    if (size_ == 1 || tasks == 1) {
+      for (int64_t t = 0; t < tasks; ++t) fn(t);
+      return;
+    }
+    alignas(64) std::atomic<int64_t> next{0};
+    run([&](int, int) {
+      for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
+           t = next.fetch_add(1, std::memory_order_relaxed))
+        fn(t);
+    });
+  }
+
+  // Since the pool was made: nanoseconds the caller spent waiting at the end of runs for the other threads (the
+  // barrier on the critical path: imbalance, wake-up latency), and the number of parallel runs.
+  int64_t wait_ns() const { return wait_ns_; }
+  int64_t runs() const { return runs_; }
+
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
   double measure_overhead_us(int reps = 2000);
 
@@ -59,6 +82,7 @@ class ThreadPool {
   std::unique_ptr<Slot[]> slots_;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
+  int64_t wait_ns_ = 0, runs_ = 0;  // written by the caller under run_mutex_
 
   // Published by run_raw() before generation_ is bumped (release); read by workers after they see the bump.
   void (*fn_)(void*, int, int) = nullptr;

@@ -49,10 +49,12 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   // Warm-up: one token (page faults of the KV cache, JIT, thread wake-up), then start over.
   s.forward(std::span<const int32_t>(prompt.data(), 1), logits.data());
   s.reset();
+  const Profile before_prefill = s.profile();
   t0 = now_seconds();
   s.forward(prompt, logits.data());
   const double prefill_s = now_seconds() - t0;
-  const ForwardStats before = s.stats();
+  const Profile after_prefill = s.profile();
+  const Profile prefill_prof = after_prefill - before_prefill;
   std::vector<double> step_ms;
   t0 = now_seconds();
   for (int i = 0; i < opt.decode_tokens; ++i) {
@@ -62,7 +64,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
     step_ms.push_back(1e3 * (now_seconds() - a));
   }
   const double decode_s = now_seconds() - t0;
-  const double expert_s = s.stats().expert_s - before.expert_s;
+  const Profile decode_prof = s.profile() - after_prefill;
   const double bytes = model->bytes_per_token();
   const double med_ms = median(step_ms);
   const double decode_tps = 1e3 / med_ms;
@@ -87,7 +89,12 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   j["decode_ms_median"] = med_ms;
   j["decode_ms_iqr"] = quantile(step_ms, 0.75) - quantile(step_ms, 0.25);
   j["decode_tps"] = decode_tps;
-  j["decode_expert_fraction"] = decode_s > 0 ? expert_s / decode_s : 0.0;
+  const double expert_s = decode_prof.seconds[size_t(Op::experts_gate_up)] + decode_prof.seconds[size_t(Op::experts_down)];
+  j["decode_expert_fraction"] = decode_prof.total() > 0 ? expert_s / decode_prof.total() : 0.0;
+  // Milliseconds per token by op class; each phase's parts add up to its measured time (the mean step, not the
+  // median that decode_ms_median reports).
+  j["profile"] = {{"decode", decode_prof.to_json(true)}, {"prefill", prefill_prof.to_json(true)}};
+  j["prefill_chunk"] = s.chunk();
   j["bytes_per_token"] = bytes;
   j["read_bandwidth_gbps"] = bw;
   j["bandwidth_measured_now"] = !opt.cached_bandwidth;

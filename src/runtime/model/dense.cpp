@@ -7,6 +7,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 
 #include "cpu/isa.h"
@@ -68,6 +69,61 @@ __attribute__((target("avx512f"))) float dot_avx512(const uint16_t* w, const flo
   return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + dot_scalar(w + c, x + c, n - c);
 }
 
+// AVX-512: tiles of R rows x T tokens (R, T <= 4), one fp32 accumulator per (row, token) over 16-column steps, so a
+// row's result does not depend on the tile it falls in (threads and tails change nothing). The weights are widened
+// once per step and meet T tokens; the x rows of a token block stay in L1/L2 while the rows stream.
+#define GENESIS_AVX512_BF16_TILE __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline
+template <int R, int T>
+GENESIS_AVX512_BF16_TILE void bf16_tile_step(const uint16_t* w, int64_t cols, const float* x, int64_t c, __mmask16 m,
+                                             __m512 (&acc)[R][T]) {
+  __m512 wv[R];
+  for (int i = 0; i < R; ++i)
+    wv[i] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i * cols + c)), 16));
+  for (int j = 0; j < T; ++j) {
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + j * cols + c);
+    for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
+  }
+}
+
+template <int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void bf16_tile(const uint16_t* w, int64_t cols, const float* x,
+                                                                      float* y, int64_t ldy, const float* bias) {
+  __m512 acc[R][T];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= cols; c += 16) bf16_tile_step<R, T>(w, cols, x, c, __mmask16(0xFFFF), acc);
+  if (c < cols) bf16_tile_step<R, T>(w, cols, x, c, __mmask16((1u << (cols - c)) - 1), acc);
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < T; ++j) y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.0f);
+}
+
+using TileFn = void (*)(const uint16_t*, int64_t, const float*, float*, int64_t, const float*);
+template <int R>
+constexpr std::array<TileFn, 4> tiles_of_rows() {
+  return {bf16_tile<R, 1>, bf16_tile<R, 2>, bf16_tile<R, 3>, bf16_tile<R, 4>};
+}
+constexpr std::array<std::array<TileFn, 4>, 4> kTiles = {tiles_of_rows<1>(), tiles_of_rows<2>(), tiles_of_rows<3>(),
+                                                        tiles_of_rows<4>()};
+
+__attribute__((target("avx512f"))) void bf16_rows_avx512(const Dense& d, const float* x, float* y, int64_t n,
+                                                         int64_t r0, int64_t r1) {
+  const float* bias = d.bias.empty() ? nullptr : d.bias.data();
+  constexpr int64_t kTokenBlock = 64;  // x rows reused by every row tile while they sit in L2
+  for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
+    const int64_t t1 = std::min(n, t0 + kTokenBlock);
+    for (int64_t r = r0; r < r1; r += 4) {
+      const int64_t R = std::min<int64_t>(4, r1 - r);
+      for (int64_t t = t0; t < t1; t += 4) {
+        const int64_t T = std::min<int64_t>(4, t1 - t);
+        kTiles[size_t(R - 1)][size_t(T - 1)](&d.w16[size_t(r * d.cols)], d.cols, x + t * d.cols, y + t * d.rows + r,
+                                             d.rows, bias ? bias + r : nullptr);
+      }
+    }
+  }
+  _mm256_zeroupper();  // the callers are SSE code: no dirty upper state behind
+}
+
 DotFn pick_dot() {
   if (cpu::mayiuse(cpu::Isa::avx512f)) return dot_avx512;
   if (cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma)) return dot_avx2;
@@ -75,6 +131,12 @@ DotFn pick_dot() {
 }
 
 void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1, DotFn dot) {
+  static const bool wide = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) &&
+                           cpu::mayiuse(cpu::Isa::avx512vl);
+  if (wide) {
+    bf16_rows_avx512(d, x, y, n, r0, r1);
+    return;
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint16_t* w = &d.w16[size_t(r * d.cols)];
     const float b = d.bias.empty() ? 0.0f : d.bias[size_t(r)];

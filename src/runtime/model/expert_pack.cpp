@@ -71,24 +71,39 @@ void nf4_reference_rows(const quant::Nf4Matrix& m, const float* x, float* y, int
 }  // namespace
 
 void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
-                 float* y, int64_t r0, int64_t r1, const kernels::nf4_gemv::PreparedActivations* xp) {
+                 float* y, int64_t r0, int64_t r1, int tokens, const kernels::nf4_gemv::PreparedActivations* xp) {
   if (m.gq) {  // kept as the GGUF file stores it
     namespace gg = kernels::ggml_gemv;
     static const gg::Path path = gg::best_path();
     const int64_t split = m.gq->rows;  // gq2 (if any) holds the rows from here on
     r1 = std::min(r1, m.rows);
-    if (r0 < split) gg::gemv_rows(*m.gq, x, y, 1, r0, std::min(r1, split), path);
+    if (r0 < split) {
+      if (!m.gq2) {
+        gg::gemv_rows(*m.gq, x, y, tokens, r0, std::min(r1, split), path);
+        return;
+      }
+      // Two matrices stacked: each token's y row has m.rows entries, neither matrix's own row count.
+      for (int t = 0; t < tokens; ++t)
+        gg::gemv_rows(*m.gq, x + t * m.cols, y + t * m.rows, 1, r0, std::min(r1, split), path);
+    }
     // gq2's rows are numbered from 0: shift y so that its row 0 lands on row `split`.
-    if (m.gq2 && r1 > split) gg::gemv_rows(*m.gq2, x, y + split, 1, std::max(r0, split) - split, r1 - split, path);
+    if (m.gq2 && r1 > split)
+      for (int t = 0; t < tokens; ++t)
+        gg::gemv_rows(*m.gq2, x + t * m.cols, y + t * m.rows + split, 1, std::max(r0, split) - split, r1 - split,
+                      path);
     return;
   }
   switch (mode) {
     case ExpertMode::f32:
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(m.cols), 1.0f, m.f32.data() + r0 * m.cols,
-                  int(m.cols), x, 1, 0.0f, y + r0, 1);
+      if (tokens == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(m.cols), 1.0f, m.f32.data() + r0 * m.cols,
+                    int(m.cols), x, 1, 0.0f, y + r0, 1);
+      else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, tokens, int(r1 - r0), int(m.cols), 1.0f, x,
+                    int(m.cols), m.f32.data() + r0 * m.cols, int(m.cols), 0.0f, y + r0, int(m.rows));
       return;
     case ExpertMode::nf4_reference:
-      nf4_reference_rows(m.nf4, x, y, r0, r1);
+      for (int t = 0; t < tokens; ++t) nf4_reference_rows(m.nf4, x + t * m.cols, y + t * m.rows, r0, r1);
       return;
     case ExpertMode::nf4_kernel: {
       const int64_t g0 = r0 / kernels::nf4_gemv::kGroupRows;

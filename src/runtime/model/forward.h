@@ -1,8 +1,11 @@
-// A loaded model (config + weights) and a Session: the KV cache and scratch of one sequence, with forward() that
-// reads top to bottom: norm -> attention -> norm -> router -> experts (or dense MLP) -> residual.
-// Prefill runs the prompt's tokens through each layer together (dense products as matrix-matrix), decode one token.
+// A loaded model (config + weights; model.cpp) and a Session: the KV cache and scratch of one sequence, with
+// forward() that reads top to bottom: norm -> attention -> norm -> router -> experts (or dense MLP) -> residual.
+// A step runs a batch of rows: the prompt's tokens in chunks (prefill), or one token (decode). Attention is
+// attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
+// step).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -10,15 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "cpu/thread_pool.h"
 #include "runtime/model/config.h"
 #include "runtime/model/expert_pack.h"
 #include "runtime/model/ops.h"
+#include "runtime/model/profile.h"
 #include "runtime/model/weights.h"
 #include "runtime/tensor.h"
-
-namespace genesis::cpu {
-class ThreadPool;
-}
 
 namespace genesis::runtime {
 
@@ -51,11 +52,6 @@ class Model {
   int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
-struct ForwardStats {
-  double expert_s = 0;     // time in the MoE expert products
-  double attention_s = 0;  // time in attention (scores + weighted sum)
-};
-
 class Session {
  public:
   // context: the KV cache's capacity in tokens (<= 0: the model's max_position_embeddings). pool may be null.
@@ -73,16 +69,20 @@ class Session {
   std::vector<float> forward_all(std::span<const int32_t> tokens);
   int64_t vocab_size() const { return c_.vocab_size; }
 
-  const ForwardStats& stats() const { return stats_; }
+  // Time per op class since the session was made (profile.h); callers take differences around what they time.
+  const Profile& profile() const { return prof_; }
+  // Rows run through a layer together in prefill (at most; the last chunk of a prompt may be shorter).
+  int64_t chunk() const { return chunk_; }
 
  private:
   void run_layer(int64_t li, int64_t n, int64_t pos0);
-  void attention(int64_t li, int64_t n, int64_t pos0);
+  void attention(int64_t li, int64_t n, int64_t pos0);  // attention.cpp
   void mlp(int64_t li, int64_t n);
-  void moe_token(const Layer& l, const float* x, float* out);
+  void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
   void output_logits(const float* x, float* logits);
   const RopeTable& rope_for(int64_t seq_len);
-  void parallel(int64_t tasks, const std::function<void(int64_t)>& fn);
+  template <class F>
+  void parallel_for(int64_t tasks, F&& fn);
 
   const Model& m_;
   const ModelConfig& c_;
@@ -92,12 +92,34 @@ class Session {
   // Scratch for up to `chunk_` tokens at once.
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
-  std::vector<float> moe_h_, moe_act_, moe_out_, scores_;
-  kernels::nf4_gemv::PreparedActivations prep_x_;                // the MoE input, converted for gate_up
-  std::vector<kernels::nf4_gemv::PreparedActivations> prep_act_;  // each chosen expert's down input
   RopeTable rope_;
   int64_t rope_len_ = -1;
-  ForwardStats stats_;
+
+  // MoE scratch (moe.cpp). A pair is one (row, chosen expert); pairs are sorted by expert, and a unit is up to
+  // kMaxTokens consecutive pairs of one expert that share one pass over its weights.
+  struct MoeUnit {
+    int32_t expert, p0, rows;
+  };
+  std::vector<float> router_logits_;                     // [rows][experts]
+  std::vector<int32_t> pair_row_, row_pairs_;            // [pairs] -> row; [rows][top_k] -> pair
+  std::vector<float> pair_weight_;                       // [pairs]
+  std::vector<MoeUnit> units_;
+  std::vector<float> moe_x_, moe_h_, moe_act_, moe_out_;  // [pairs][hidden], [pairs][2 inter], [pairs][inter], [pairs][hidden]
+  std::vector<kernels::nf4_gemv::PreparedActivations> prep_x_, prep_act_;  // [units]
+  std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
+  size_t unit_left_size_ = 0;
+
+  Profile prof_;
+  ProfileClock clock_;
 };
+
+template <class F>
+void Session::parallel_for(int64_t tasks, F&& fn) {
+  if (pool_) {
+    pool_->parallel_for(tasks, fn);
+    return;
+  }
+  for (int64_t t = 0; t < tasks; ++t) fn(t);
+}
 
 }  // namespace genesis::runtime

@@ -1,0 +1,78 @@
+// The step profile; see profile.h.
+#include "runtime/model/profile.h"
+
+#include <chrono>
+
+#include "cpu/thread_pool.h"
+
+namespace genesis::runtime {
+
+namespace {
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::attention: return "attention";
+    case Op::dense: return "dense";
+    case Op::router: return "router";
+    case Op::experts_gate_up: return "experts_gate_up";
+    case Op::experts_down: return "experts_down";
+    case Op::elementwise: return "elementwise";
+    case Op::logits: return "logits";
+    case Op::barrier: return "barrier";
+    case Op::kCount: break;
+  }
+  return "?";
+}
+
+double Profile::total() const {
+  double s = 0;
+  for (double v : seconds) s += v;
+  return s;
+}
+
+Profile Profile::operator-(const Profile& o) const {
+  Profile d;
+  for (int i = 0; i < kOpCount; ++i) d.seconds[size_t(i)] = seconds[size_t(i)] - o.seconds[size_t(i)];
+  d.tokens = tokens - o.tokens;
+  d.steps = steps - o.steps;
+  d.regions = regions - o.regions;
+  return d;
+}
+
+nlohmann::json Profile::to_json(bool per_token) const {
+  nlohmann::json j = nlohmann::json::object();
+  const double div = double(per_token ? tokens : steps);
+  const double scale = div > 0 ? 1e3 / div : 0.0;
+  for (int i = 0; i < kOpCount; ++i) j[op_name(Op(i))] = seconds[size_t(i)] * scale;
+  j["total"] = total() * scale;
+  j["regions_per_step"] = steps > 0 ? double(regions) / double(steps) : 0.0;
+  return j;
+}
+
+void ProfileClock::start() {
+  last_ns_ = now_ns();
+  last_wait_ns_ = pool_ ? pool_->wait_ns() : 0;
+  last_runs_ = pool_ ? pool_->runs() : 0;
+}
+
+void ProfileClock::lap(Op op) {
+  const int64_t t = now_ns();
+  int64_t wait = 0;
+  if (pool_) {
+    const int64_t w = pool_->wait_ns(), r = pool_->runs();
+    wait = w - last_wait_ns_;
+    p_.regions += r - last_runs_;
+    last_wait_ns_ = w;
+    last_runs_ = r;
+  }
+  p_.seconds[size_t(op)] += double(t - last_ns_ - wait) * 1e-9;
+  p_.seconds[size_t(Op::barrier)] += double(wait) * 1e-9;
+  last_ns_ = t;
+}
+
+}  // namespace genesis::runtime

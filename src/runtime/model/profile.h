@@ -1,0 +1,56 @@
+// Where a forward step's time goes, by op class. One clock is read at each boundary between ops (a lap), so the
+// classes add up to the step's time exactly; the time the caller waited for the pool's other threads inside a lap is
+// moved to `barrier`. Costs two clock reads per lap (tens of nanoseconds), so it is always on.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+namespace genesis::cpu {
+class ThreadPool;
+}
+
+namespace genesis::runtime {
+
+enum class Op : int {
+  attention,        // scores, softmax, weighted sum over the KV cache
+  dense,            // products with the non-expert matrices (q, k, v, o, dense MLP)
+  router,           // router product and top-k
+  experts_gate_up,  // routed experts' gate+up products (with SwiGLU and the down input's conversion fused in)
+  experts_down,     // routed experts' down products
+  elementwise,      // norms, rope, residual adds, KV append, embedding lookup, combining the experts' outputs
+  logits,           // final norm and the output layer
+  barrier,          // the caller waiting for the other threads at the end of parallel regions
+  kCount
+};
+inline constexpr int kOpCount = int(Op::kCount);
+const char* op_name(Op op);
+
+struct Profile {
+  std::array<double, kOpCount> seconds{};
+  int64_t tokens = 0;   // rows run through the model
+  int64_t steps = 0;    // forward() calls
+  int64_t regions = 0;  // parallel regions started
+
+  double total() const;
+  Profile operator-(const Profile& o) const;
+  // {op: milliseconds per token} (per_token) or per step, plus "total" and "regions_per_step".
+  nlohmann::json to_json(bool per_token) const;
+};
+
+// The lap clock of one Session: start() at the beginning of a step, lap(op) at the end of each op.
+class ProfileClock {
+ public:
+  ProfileClock(Profile& p, const cpu::ThreadPool* pool) : p_(p), pool_(pool) {}
+  void start();
+  void lap(Op op);
+
+ private:
+  Profile& p_;
+  const cpu::ThreadPool* pool_;
+  int64_t last_ns_ = 0, last_wait_ns_ = 0, last_runs_ = 0;
+};
+
+}  // namespace genesis::runtime

@@ -52,21 +52,13 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
     const int64_t t = task / nh, h = task % nh, pos = pos0 + t, kvh = h / group;
     const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
     const float* q = &q_[size_t(t * qd + h * hd)];
-    std::vector<float> s(size_t(pos - first + 1));
-    for (int64_t j = first; j <= pos; ++j) {
-      const float* kj = kc + j * kvd + kvh * hd;
-      float d = 0.0f;
-      for (int64_t i = 0; i < hd; ++i) d += q[i] * kj[i];
-      s[size_t(j - first)] = d * scale;
-    }
+    thread_local std::vector<float> s;
+    s.resize(size_t(pos - first + 1));
+    for (int64_t j = first; j <= pos; ++j) s[size_t(j - first)] = dot_f32(q, kc + j * kvd + kvh * hd, hd) * scale;
     softmax(s.data(), int64_t(s.size()));
     float* o = &att_[size_t(t * qd + h * hd)];
     std::fill(o, o + hd, 0.0f);
-    for (int64_t j = first; j <= pos; ++j) {
-      const float p = s[size_t(j - first)];
-      const float* vj = vc + j * kvd + kvh * hd;
-      for (int64_t i = 0; i < hd; ++i) o[i] += p * vj[i];
-    }
+    for (int64_t j = first; j <= pos; ++j) axpy_f32(s[size_t(j - first)], vc + j * kvd + kvh * hd, o, hd);
   });
   clock_.lap(Op::attention);
   dense_product(l.o, att_.data(), tmp_.data(), n, pool_);

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "common/error.h"
@@ -155,6 +156,52 @@ TEST_P(GoldenNf4Kernel, EveryPathMatchesTransformersWithinItsBound) {
   }
 }
 INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Kernel, ::testing::Values("qwen3_moe", "olmoe", "mixtral"));
+
+// Batched prefill (every row of a prompt through each layer together: one router product, the rows grouped by
+// expert into multi-row kernel passes, dense products over the rows, attention of every row at once) gives the
+// logits of running the same tokens one at a time, in every expert mode and on every kernel path. 40 tokens put more
+// than 16 rows on some experts, so units of 16 rows and their tails both run.
+TEST(BatchedPrefill, EqualsTokenByToken) {
+  for (const std::string arch : {"qwen3_moe", "olmoe", "mixtral", "qwen3"}) {
+    Golden g = load_golden(arch);
+    // Dynamic rope (olmoe's golden) rescales with the longest position of a call, as transformers does: a prompt in
+    // one call and the same tokens one by one then differ by design. Below max_position_embeddings it is plain rope.
+    if (g.config.rope.type == RopeType::dynamic) g.config.max_position_embeddings = 64;
+    std::vector<int32_t> tokens;
+    for (int i = 0; i < 40; ++i) tokens.push_back(int32_t((i * 7919 + 13) % g.config.vocab_size));
+    struct Case {
+      ExpertMode mode;
+      std::optional<kernels::nf4_gemv::Path> path;
+    };
+    std::vector<Case> cases = {{ExpertMode::f32, {}}, {ExpertMode::nf4_reference, {}}};
+    if (g.config.is_moe())
+      for (auto p : kernels::nf4_gemv::available_paths()) cases.push_back({ExpertMode::nf4_kernel, p});
+    for (const Case& c : cases) {
+      LoadOptions opt;
+      opt.experts = c.mode;
+      opt.path = c.path;
+      opt.use_kb = false;
+      opt.nf4_blocksize = g.ref.value("nf4_blocksize", 64);
+      auto model = Model::from_source(g.config, *g.src, opt, arch + "/config.json");
+      cpu::ThreadPool pool(2);
+      Session batched(*model, 64, &pool), single(*model, 64, &pool);
+      const auto all = batched.forward_all(tokens);
+      std::vector<float> one(all.size());
+      const size_t V = size_t(g.config.vocab_size);
+      for (size_t i = 0; i < tokens.size(); ++i)
+        single.forward(std::span<const int32_t>(&tokens[i], 1), &one[i * V]);
+      const double d = max_rel_diff(all, one);
+      const std::string what = arch + " " + expert_mode_name(c.mode) +
+                               (c.path ? " " + std::string(kernels::nf4_gemv::path_name(*c.path)) : std::string());
+      std::printf("%s: batched vs token by token max |logit diff| / max |logit| = %.3g\n", what.c_str(), d);
+      // fp32 everywhere but the summation order of the products over rows (sgemm vs sgemv, 4x4 tiles vs one row):
+      // a few ulps of the logits. The kernel paths convert each row's activations the same way alone or in a group;
+      // avx512bf16's multi-row kernels pair the bf16 products in another order, within its 2^-8 relative bound.
+      const bool bf16 = c.path && *c.path == kernels::nf4_gemv::Path::avx512_bf16;
+      EXPECT_LE(d, bf16 ? 4e-3 : 1e-5) << what;
+    }
+  }
+}
 
 // Model::load reads a Hugging Face directory (config.json + safetensors) exactly as from_source reads the tensors.
 TEST(ModelLoad, DirectoryEqualsInMemorySource) {

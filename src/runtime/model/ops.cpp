@@ -3,6 +3,9 @@
 #include "runtime/model/ops.h"
 
 #include <cblas.h>
+#include <immintrin.h>
+
+#include "cpu/isa.h"
 
 #include <algorithm>
 #include <cmath>
@@ -132,6 +135,48 @@ void swiglu(const float* gate, const float* up, float* out, int64_t n) {
     const float g = gate[i];
     out[i] = (g / (1.0f + std::exp(-g))) * up[i];
   }
+}
+
+namespace {
+
+float dot_portable(const float* a, const float* b, int64_t n) {
+  float acc[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+__attribute__((target("avx512f"))) float dot_avx512(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc0);
+  }
+  const float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  _mm256_zeroupper();
+  return s;
+}
+
+using DotF32 = float (*)(const float*, const float*, int64_t);
+DotF32 pick_dot_f32() { return cpu::mayiuse(cpu::Isa::avx512f) ? dot_avx512 : dot_portable; }
+
+}  // namespace
+
+float dot_f32(const float* a, const float* b, int64_t n) {
+  static const DotF32 f = pick_dot_f32();
+  return f(a, b, n);
+}
+
+void axpy_f32(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];  // vectorized by the compiler (no reduction)
 }
 
 void softmax(float* x, int64_t n) {

@@ -30,6 +30,11 @@ void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, i
 // out[i] = silu(gate[i]) * up[i]
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
 
+// sum_i a[i] * b[i] in fp32 (AVX-512 with 16 lanes summed at the end where the CPU has it, else 8 partial sums).
+float dot_f32(const float* a, const float* b, int64_t n);
+// y[i] += a * x[i]
+void axpy_f32(float a, const float* x, float* y, int64_t n);
+
 // In place, over n elements; computed with a max shift, in fp32 (as torch.softmax(dtype=float32)).
 void softmax(float* x, int64_t n);
 

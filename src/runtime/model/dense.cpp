@@ -14,6 +14,8 @@
 #include "cpu/thread_pool.h"
 #include "runtime/model/ops.h"
 
+#include <cblas.h>
+
 namespace genesis::runtime {
 
 namespace {
@@ -147,6 +149,41 @@ void bf16_rows(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, 
 }  // namespace
 
 namespace {
+
+// Rows [r0, r1) of an fp32 product through OpenBLAS on the calling thread (OpenBLAS is single-threaded inside the
+// step: see use_blas_single_threaded in ops.h). w0 points at row r0 of the [rows, cols] matrix.
+void fp32_rows(const float* w0, const float* bias, const float* x, float* y, int64_t n, int64_t rows, int64_t cols,
+               int64_t r0, int64_t r1) {
+  if (bias)
+    for (int64_t t = 0; t < n; ++t) std::copy(bias + r0, bias + r1, y + t * rows + r0);
+  const float beta = bias ? 1.0f : 0.0f;
+  if (n == 1)
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(cols), 1.0f, w0, int(cols), x, 1, beta,
+                y + r0, 1);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(r1 - r0), int(cols), 1.0f, x, int(cols),
+                w0, int(cols), beta, y + r0, int(rows));
+}
+
+// Many rows of x (prefill): blocks of 64 bf16 rows widened to fp32 once (exact), then an OpenBLAS sgemm over all of
+// x's rows, so the products run at GEMM speed instead of widening every weight once per 4 rows of x.
+constexpr int64_t kGemmRows = 16;
+void bf16_rows_gemm(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1) {
+  constexpr int64_t kBlock = 64;
+  thread_local std::vector<float> wf;
+  wf.resize(size_t(kBlock * d.cols));
+  const float* bias = d.bias.empty() ? nullptr : d.bias.data();
+  for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
+    const int64_t rb = std::min(kBlock, r1 - b0);
+    const uint16_t* src = &d.w16[size_t(b0 * d.cols)];
+    for (int64_t i = 0; i < rb * d.cols; ++i) {
+      const uint32_t u = uint32_t(src[i]) << 16;
+      std::memcpy(&wf[size_t(i)], &u, 4);
+    }
+    fp32_rows(wf.data(), bias, x, y, n, d.rows, d.cols, b0, b0 + rb);
+  }
+}
+
 void add_bias(const Dense& d, float* y, int64_t n) {
   if (d.bias.empty()) return;
   for (int64_t i = 0; i < n; ++i)
@@ -169,24 +206,30 @@ void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::Thr
     add_bias(d, y, n);
     return;
   }
+  const int nt = pool ? pool->size() : 1;
+  // Contiguous row ranges, a multiple of 16 rows each: every thread streams its own part of the matrix.
+  const int64_t per = ((d.rows + nt - 1) / nt + 15) / 16 * 16;
+  auto split = [&](auto&& rows_fn) {
+    if (nt == 1 || d.rows < 64) {
+      rows_fn(int64_t(0), d.rows);
+      return;
+    }
+    pool->run([&](int tid, int) {
+      const int64_t r0 = std::min(d.rows, int64_t(tid) * per), r1 = std::min(d.rows, r0 + per);
+      if (r0 < r1) rows_fn(r0, r1);
+    });
+  };
   if (!d.bf16()) {
     const float* b = d.bias.empty() ? nullptr : d.bias.data();
-    if (n == 1) matvec(d.w.data(), b, x, y, d.rows, d.cols);
-    else matmul_tokens(d.w.data(), b, x, y, n, d.rows, d.cols);
+    split([&](int64_t r0, int64_t r1) { fp32_rows(d.w.data() + r0 * d.cols, b, x, y, n, d.rows, d.cols, r0, r1); });
     return;
   }
   static const DotFn dot = pick_dot();
-  if (!pool || pool->size() == 1 || d.rows < 64) {
-    bf16_rows(d, x, y, n, 0, d.rows, dot);
+  if (n >= kGemmRows) {
+    split([&](int64_t r0, int64_t r1) { bf16_rows_gemm(d, x, y, n, r0, r1); });
     return;
   }
-  // Contiguous row ranges, a multiple of 16 rows each: every thread streams its own part of the matrix.
-  const int nt = pool->size();
-  const int64_t per = ((d.rows + nt - 1) / nt + 15) / 16 * 16;
-  pool->run([&](int tid, int) {
-    const int64_t r0 = std::min(d.rows, int64_t(tid) * per), r1 = std::min(d.rows, r0 + per);
-    if (r0 < r1) bf16_rows(d, x, y, n, r0, r1, dot);
-  });
+  split([&](int64_t r0, int64_t r1) { bf16_rows(d, x, y, n, r0, r1, dot); });
 }
 
 }  // namespace genesis::runtime

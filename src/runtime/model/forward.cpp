@@ -20,6 +20,7 @@ constexpr int64_t kMaxChunk = 256;
 
 Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
+  use_blas_single_threaded();
   capacity_ = context > 0 ? context : c_.max_position_embeddings;
   const size_t per_layer = size_t(capacity_ * c_.kv_dim());
   k_cache_.assign(per_layer * size_t(c_.num_layers), 0.0f);

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <numbers>
 
+extern "C" void openblas_set_num_threads(int num_threads);  // OpenBLAS (also in its cblas.h)
+
 namespace genesis::runtime {
 
 void rms_norm(const float* x, const float* w, float* y, int64_t n, double eps) {
@@ -221,6 +223,14 @@ std::vector<std::pair<int, float>> route_top_k(const float* logits, int64_t n_ex
   if (renormalize)
     for (auto& e : out) e.second /= sum;
   return out;
+}
+
+void use_blas_single_threaded() {
+  static const bool done = [] {
+    openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)done;
 }
 
 int64_t argmax(std::span<const float> v) {

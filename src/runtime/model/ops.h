@@ -51,4 +51,9 @@ std::vector<std::pair<int, float>> route_top_k(const float* logits, int64_t n_ex
 
 int64_t argmax(std::span<const float> v);
 
+// Makes OpenBLAS run every call on the calling thread. The step parallelizes over the pool, whose workers are pinned
+// one per core; OpenBLAS's own threads beside them oversubscribe the cores (on a 16-core host: 39 ms of each 104 ms
+// decode step spent at barriers, workers waiting for cores). Sessions call it; idempotent.
+void use_blas_single_threaded();
+
 }  // namespace genesis::runtime

@@ -34,6 +34,7 @@ void run(Args& a) {
   a.o.load.kb_path = a.kb;
   a.o.load.use_kb = !a.no_kb;
   a.o.progress = !a.quiet;
+  a.o.threads = genesis::cli::clamp_threads(a.o.threads);
   const auto j = rt::run_model_bench(a.o);
   const double gib = double(1u << 30);
   fmt::print("model        {}\n             {}\nexperts      {}\ndense        {}\n", j["model"].get<std::string>(),

@@ -47,7 +47,13 @@ void run(const Args& a) {
   if (!with_special.empty() && lm.tokenizer->bos_id() && with_special.front() == *lm.tokenizer->bos_id())
     po.bos = *lm.tokenizer->bos_id();
 
-  genesis::cpu::ThreadPool pool(a.threads);
+  // Before the cache is sized or any chunk runs.
+  const int64_t max_pos = lm.model->config().max_position_embeddings;
+  if (a.context > max_pos) fail("--context {} exceeds the model's max_position_embeddings {}", a.context, max_pos);
+  if (int64_t(ids.size()) < a.context)
+    fail("the text has {} tokens, fewer than one chunk of {} (use a longer text or a smaller --context)", ids.size(),
+         a.context);
+  genesis::cpu::ThreadPool pool(genesis::cli::clamp_threads(a.threads));
   rt::Session session(*lm.model, a.context, &pool);
   std::unique_ptr<genesis::Progress> progress;
   const int64_t total = a.chunks > 0 ? std::min<int64_t>(a.chunks, int64_t(ids.size()) / a.context)

@@ -73,7 +73,8 @@ void run(const RunArgs& a) {
   }
   if (ids.empty()) fail("the prompt is empty");
 
-  const int64_t context = a.context > 0 ? a.context : std::min<int64_t>(cfg.max_position_embeddings, 4096);
+  const int64_t context =
+      a.context > 0 ? a.context : std::min(cfg.max_position_embeddings, rt::Session::kDefaultContext);
   if (int64_t(ids.size()) >= context)
     fail("the prompt has {} tokens but the context is {} tokens (--context; the model allows {})", ids.size(),
          context, cfg.max_position_embeddings);
@@ -90,7 +91,7 @@ void run(const RunArgs& a) {
   go.sampling.seed = a.seed;
   go.sampling.validate();
 
-  genesis::cpu::ThreadPool pool(a.threads);
+  genesis::cpu::ThreadPool pool(genesis::cli::clamp_threads(a.threads));
   rt::Session session(*lm.model, context, &pool);
   rt::Tokenizer::StreamDecoder dec(*lm.tokenizer, true);
   if (!a.chat) {

@@ -3,12 +3,26 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <fmt/core.h>
 
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "cpu/thread_pool.h"
+
 namespace genesis::cli {
+
+// A --threads value for a thread pool: 0 stays 0 (one per allowed cpu); more threads than allowed cpus would only
+// take turns on them (and spin while they wait), so they are clamped, with one line on stderr.
+inline int clamp_threads(int requested) {
+  const int allowed = int(cpu::allowed_cpus().size());
+  if (requested <= allowed) return requested;
+  fmt::print(stderr, "genesis: warning: --threads {} is more than the {} cpus this process may use; using {}\n",
+             requested, allowed, allowed);
+  return allowed;
+}
 
 // setup() adds the subcommand and its options to `app` and sets its callback.
 using CommandSetup = std::function<void(CLI::App& app)>;

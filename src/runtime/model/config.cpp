@@ -56,6 +56,8 @@ namespace {
 
 using nlohmann::json;
 
+constexpr int64_t kMaxLayers = 1 << 14, kMaxExperts = 1 << 16, kMaxDim = 1 << 22, kMaxVocab = 1 << 26;
+
 struct Reader {
   const json& j;
   const std::string& origin;
@@ -185,6 +187,15 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
                          {"intermediate_size", c.intermediate_size}, {"max_position_embeddings",
                                                                       c.max_position_embeddings}})
     if (v <= 0) fail("{}: \"{}\" must be > 0, got {}", origin, name, v);
+  // Far above any released model, far below what overflows a product of two of them or makes a loop over layers
+  // slow: the sizes are checked against the tensors only at load, and some size loops and buffers before that.
+  for (auto [name, v, most] : {std::tuple{"vocab_size", c.vocab_size, kMaxVocab},
+                               {"hidden_size", c.hidden_size, kMaxDim},
+                               {"num_hidden_layers", c.num_layers, kMaxLayers},
+                               {"num_attention_heads", c.num_heads, kMaxDim},
+                               {"head_dim", c.head_dim, kMaxDim},
+                               {"intermediate_size", c.intermediate_size, kMaxDim}})
+    if (v > most) fail("{}: \"{}\" = {} is beyond what Genesis loads (at most {})", origin, name, v, most);
   if (c.num_heads % c.num_kv_heads != 0)
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", origin, c.num_heads,
          c.num_kv_heads);
@@ -232,16 +243,15 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
     c.moe_intermediate_size = r.opt_int("moe_intermediate_size", 768);
     c.norm_topk_prob = r.opt_bool("norm_topk_prob", false);
     const int64_t step = r.opt_int("decoder_sparse_step", 1);
-    std::vector<int64_t> dense_only;
+    std::vector<bool> dense(size_t(c.num_layers), false);
     if (r.has("mlp_only_layers")) {
       const json& m = j.at("mlp_only_layers");
       if (!m.is_array()) fail("{}: \"mlp_only_layers\" must be a list of layer indices", origin);
-      for (const auto& v : m) dense_only.push_back(r.as_int(v, "mlp_only_layers"));
+      for (const auto& v : m)  // indices past the last layer mean nothing, as in transformers
+        if (const int64_t l = r.as_int(v, "mlp_only_layers"); l >= 0 && l < c.num_layers) dense[size_t(l)] = true;
     }
-    for (int64_t l = 0; l < c.num_layers; ++l) {
-      bool dense = std::find(dense_only.begin(), dense_only.end(), l) != dense_only.end();
-      c.layer_is_moe[size_t(l)] = !dense && c.num_experts > 0 && step > 0 && (l + 1) % step == 0;
-    }
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      c.layer_is_moe[size_t(l)] = !dense[size_t(l)] && c.num_experts > 0 && step > 0 && (l + 1) % step == 0;
   } else if (c.arch == Arch::olmoe) {
     c.num_experts = r.opt_int("num_experts", r.opt_int("num_local_experts", 64));
     c.top_k = r.opt_int("num_experts_per_tok", 8);
@@ -255,6 +265,9 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
     c.norm_topk_prob = true;  // Mixtral always renormalizes its top-k weights
     c.layer_is_moe.assign(size_t(c.num_layers), true);
   }
+  if (c.num_experts > kMaxExperts || c.moe_intermediate_size > kMaxDim)
+    fail("{}: {} experts of intermediate size {} are beyond what Genesis loads (at most {} of {})", origin,
+         c.num_experts, c.moe_intermediate_size, kMaxExperts, kMaxDim);
   if (c.is_moe()) {
     if (c.top_k <= 0 || c.top_k > c.num_experts)
       fail("{}: num_experts_per_tok {} must be in [1, {}]", origin, c.top_k, c.num_experts);

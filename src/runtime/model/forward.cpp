@@ -21,13 +21,15 @@ constexpr int64_t kMaxChunk = 256;
 Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
   use_blas_single_threaded();
-  capacity_ = context > 0 ? context : c_.max_position_embeddings;
+  capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
   const size_t per_layer = size_t(capacity_ * c_.kv_dim());
   k_cache_.assign(per_layer * size_t(c_.num_layers), 0.0f);
   v_cache_.assign(per_layer * size_t(c_.num_layers), 0.0f);
   chunk_ = kMaxChunk;
   const size_t n = size_t(chunk_);
-  const int64_t inter = std::max(c_.intermediate_size, c_.moe_intermediate_size);
+  // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
+  const bool any_dense = std::count(c_.layer_is_moe.begin(), c_.layer_is_moe.end(), false) > 0;
+  const int64_t inter = std::max(any_dense ? c_.intermediate_size : 0, c_.moe_intermediate_size);
   x_.resize(n * size_t(c_.hidden_size));
   xn_.resize(n * size_t(c_.hidden_size));
   tmp_.resize(n * size_t(c_.hidden_size));

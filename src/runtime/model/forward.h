@@ -54,7 +54,9 @@ class Model {
 
 class Session {
  public:
-  // context: the KV cache's capacity in tokens (<= 0: the model's max_position_embeddings). pool may be null.
+  // context: the KV cache's capacity in tokens (<= 0: min(max_position_embeddings, kDefaultContext), so that a
+  // config claiming millions of positions does not size gigabytes of cache). pool may be null.
+  static constexpr int64_t kDefaultContext = 4096;
   Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
 
   int64_t position() const { return pos_; }

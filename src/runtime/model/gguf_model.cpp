@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -77,6 +78,76 @@ class Meta {
 
 bool has_tensor(const GgufFile& f, const std::string& name) { return f.find(name) != nullptr; }
 
+// N of a tensor named blk.N.*, else -1.
+int64_t block_index(const std::string& name) {
+  if (name.rfind("blk.", 0) != 0) return -1;
+  const char *b = name.data() + 4, *e = name.data() + name.size();
+  int64_t n = -1;
+  const auto [p, ec] = std::from_chars(b, e, n);
+  return ec == std::errc() && p != b && p != e && *p == '.' ? n : -1;
+}
+
+// The sizes the metadata claims, before any of them bounds a loop or sizes an allocation.
+struct Claims {
+  int64_t layers, hidden, heads, kv_heads, head_dim;
+  bool head_dim_keyed;  // attention.key_length given (else embedding_length / head_count)
+  std::optional<int64_t> vocab, experts, experts_used;
+};
+
+// Checks the claims against the tensors the file holds: a file saying 2^30 layers or a million experts fails here,
+// naming the key, the value and what the tensors hold, instead of after gigabytes of config and buffers.
+void check_claims(const GgufFile& f, const std::string& A, const Claims& c) {
+  const std::string& file = f.label();
+  for (auto [key, v] : {std::pair{"block_count", c.layers},
+                        {"embedding_length", c.hidden},
+                        {"attention.head_count", c.heads},
+                        {"attention.head_count_kv", c.kv_heads}})
+    if (v <= 0) fail("{}: metadata {}{} = {} must be > 0", file, A, key, v);
+
+  int64_t held = 0;  // 1 + the highest N of blk.N.*
+  for (const GgufTensor& t : f.tensors()) held = std::max(held, block_index(t.name) + 1);
+  if (c.layers > held)
+    fail("{}: metadata {}block_count = {}, but the file holds tensors for {} layers{}", file, A, c.layers, held,
+         held > 0 ? fmt::format(" (blk.0 to blk.{})", held - 1) : std::string(" (no blk.N tensors)"));
+
+  const GgufTensor* emb = f.find("token_embd.weight");
+  if (!emb || emb->ne.size() != 2) fail("{}: tensor token_embd.weight is missing or not 2-D", file);
+  if (emb->ne[0] != c.hidden)
+    fail("{}: metadata {}embedding_length = {}, but token_embd.weight holds rows of {}", file, A, c.hidden, emb->ne[0]);
+  if (c.vocab && *c.vocab != 0 && *c.vocab != emb->ne[1])  // 0: absent, as gguf_config_json reads it
+    fail("{}: metadata {}vocab_size = {}, but token_embd.weight holds {} tokens", file, A, *c.vocab, emb->ne[1]);
+
+  const std::string head_size = c.head_dim_keyed
+                                    ? fmt::format("{}attention.key_length {}", A, c.head_dim)
+                                    : fmt::format("head size {} (embedding_length / head_count)", c.head_dim);
+  for (auto [key, heads, tensor] : {std::tuple{"attention.head_count", c.heads, "blk.0.attn_q.weight"},
+                                    {"attention.head_count_kv", c.kv_heads, "blk.0.attn_k.weight"}}) {
+    const GgufTensor* t = f.find(tensor);
+    if (!t || t->ne.size() != 2) continue;  // the loader names a missing tensor
+    const int64_t rows = t->ne[1];
+    if (rows % heads != 0 || rows / heads != c.head_dim)
+      fail("{}: metadata {}{} = {} with {} needs {} x {} rows, but {} has {}", file, A, key, heads, head_size, heads,
+           c.head_dim, tensor, rows);
+  }
+
+  const int64_t experts = c.experts.value_or(0);
+  for (const GgufTensor& t : f.tensors()) {
+    if (block_index(t.name) < 0) continue;
+    const std::string rest = t.name.substr(t.name.find('.', 4) + 1);
+    int64_t held_experts = -1;
+    if (rest == "ffn_gate_inp.weight" && t.ne.size() == 2) held_experts = t.ne[1];
+    if ((rest == "ffn_gate_exps.weight" || rest == "ffn_up_exps.weight" || rest == "ffn_down_exps.weight") &&
+        t.ne.size() == 3)
+      held_experts = t.ne[2];
+    if (held_experts >= 0 && held_experts != experts)
+      fail("{}: metadata {}expert_count {}, but {} holds {} experts", file, A,
+           c.experts ? fmt::format("= {}", *c.experts) : std::string("is missing"), t.name, held_experts);
+  }
+  if (experts > 0 && (c.experts_used.value_or(0) < 1 || *c.experts_used > experts))
+    fail("{}: metadata {}expert_used_count {} must be in [1, expert_count {}]", file, A,
+         c.experts_used ? fmt::format("= {}", *c.experts_used) : std::string("is missing"), experts);
+}
+
 }  // namespace
 
 json gguf_config_json(const GgufFile& f) {
@@ -135,8 +206,13 @@ json gguf_config_json(const GgufFile& f) {
     if (auto id = m.integer(k)) eos.push_back(*id);
   if (!eos.empty()) j["eos_token_id"] = eos;
 
-  const int64_t experts = m.integer(A + "expert_count").value_or(0);
-  const int64_t used = m.integer(A + "expert_used_count").value_or(0);
+  const auto expert_count = m.integer(A + "expert_count"), expert_used = m.integer(A + "expert_used_count");
+  check_claims(f, A,
+               Claims{j["num_hidden_layers"].get<int64_t>(), hidden, heads, j["num_key_value_heads"].get<int64_t>(),
+                      head_dim, m.integer(A + "attention.key_length").has_value(), m.integer(A + "vocab_size"),
+                      expert_count, expert_used});
+  const int64_t experts = expert_count.value_or(0);
+  const int64_t used = expert_used.value_or(0);
   const auto ff = m.integer(A + "feed_forward_length");
   const auto expert_ff = m.integer(A + "expert_feed_forward_length");
   if (arch == "llama") {

@@ -2,16 +2,21 @@
 // olmoe, and Mixtral as llama with experts): config from metadata,
 // tensor names and llama's q/k permutation, every quantized format dequantized, the tokenizer from metadata, and
 // logits against transformers running the `gguf` package's dequantization of the same tensors.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "common/error.h"
+#include "cpu/thread_pool.h"
 #include "runtime/io/gguf.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/gguf_model.h"
@@ -280,6 +285,49 @@ TEST(GgufModelErrors, BadFilesAreClearErrors) {
   expect_load_error("this is not a model", "not a GGUF file");
 }
 
+// Sets the uint32 metadata value of `key` (GGUF: u64 key length, key, u32 type 4, the value) in the file's bytes.
+void set_u32_meta(std::string& bytes, const std::string& key, uint32_t value) {
+  std::string k(8, '\0');
+  const uint64_t n = key.size();
+  std::memcpy(k.data(), &n, 8);
+  k += key;
+  const size_t at = bytes.find(k);
+  ASSERT_NE(at, std::string::npos) << key;
+  uint32_t type = 0;
+  std::memcpy(&type, bytes.data() + at + k.size(), 4);
+  ASSERT_EQ(type, 4u) << key << " is not a uint32";
+  std::memcpy(bytes.data() + at + k.size() + 4, &value, 4);
+}
+
+// Metadata claiming more layers, experts or heads than the tensors hold fails at once, naming the key, the value and
+// what the file holds; before, block_count = 2^30 made the loader build a 4 GB config and run for minutes.
+TEST(GgufModelErrors, MetadataClaimingMoreThanTheTensorsHoldFailsAtOnce) {
+  const std::string good = file_bytes(kDir + "/tiny_qwen3moe.gguf");
+  struct Bad {
+    const char* key;
+    uint32_t value;
+    const char* needle;
+  };
+  for (const Bad& b : {Bad{"qwen3moe.block_count", 1u << 30,
+                           "qwen3moe.block_count = 1073741824, but the file holds tensors for 2 layers"},
+                       Bad{"qwen3moe.block_count", 3, "qwen3moe.block_count = 3, but the file holds tensors for 2"},
+                       Bad{"qwen3moe.expert_count", 1u << 30,
+                           "qwen3moe.expert_count = 1073741824, but blk.0.ffn_gate_inp.weight holds 4 experts"},
+                       Bad{"qwen3moe.expert_count", 5, "qwen3moe.expert_count = 5, but"},
+                       Bad{"qwen3moe.attention.head_count", 1u << 30, "qwen3moe.attention.head_count = 1073741824"},
+                       Bad{"qwen3moe.attention.head_count", 8, "but blk.0.attn_q.weight has 256"},
+                       Bad{"qwen3moe.attention.head_count_kv", 4, "qwen3moe.attention.head_count_kv = 4"},
+                       Bad{"qwen3moe.embedding_length", 1u << 30,
+                           "qwen3moe.embedding_length = 1073741824, but token_embd.weight holds rows of 256"},
+                       Bad{"qwen3moe.expert_used_count", 1000, "qwen3moe.expert_used_count = 1000 must be in [1,"}}) {
+    std::string bytes = good;
+    set_u32_meta(bytes, b.key, b.value);
+    const auto t0 = std::chrono::steady_clock::now();
+    expect_load_error(bytes, b.needle);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0) << b.key;
+  }
+}
+
 // The commands on a GGUF file, end to end through the binary: run (--json: the greedy ids equal the reference's),
 // tokenize, perplexity (--json), and a text shorter than one chunk as a clear error.
 TEST(GgufCommands, RunTokenizePerplexity) {
@@ -325,9 +373,56 @@ TEST(GgufCommands, RunTokenizePerplexity) {
   EXPECT_GT(p.at("ppl").get<double>(), 1.0);
   EXPECT_TRUE(std::isfinite(p.at("ppl").get<double>()));
 
-  // A text shorter than one chunk.
+  // A context beyond the model's positions, and a text shorter than one chunk.
   EXPECT_NE(sh("perplexity -q -c 4096 -m '" + model + "' -f '" + text + "'"), 0);
-  EXPECT_NE(file_bytes(err).find("fewer than one chunk"), std::string::npos) << file_bytes(err);
+  EXPECT_NE(file_bytes(err).find("--context 4096 exceeds the model's max_position_embeddings 256"), std::string::npos)
+      << file_bytes(err);
+  const std::string short_text = (tmp / "short.txt").string();
+  std::ofstream(short_text) << "The quick brown fox.";
+  EXPECT_NE(sh("perplexity -q -c 64 -m '" + model + "' -f '" + short_text + "'"), 0);
+  EXPECT_NE(file_bytes(err).find("fewer than one chunk of 64"), std::string::npos) << file_bytes(err);
+  std::filesystem::remove_all(tmp);
+}
+
+// Bad input through `genesis run`: each a clear error (exit 1, one line naming the problem) before any generation,
+// or a clamp with a warning; none may hang.
+TEST(GgufCommands, RunRefusesOrClampsBadInput) {
+  const std::string model = kDir + "/tiny_qwen3moe.gguf";
+  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli_bad";
+  std::filesystem::create_directories(tmp);
+  const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
+  auto sh = [&](const std::string& args) {
+    const std::string cmd = "timeout 60 " + cli + " " + args + " > /dev/null 2> '" + err + "'";
+    const int rc = std::system(cmd.c_str());
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  };
+  const std::string run = "run -q --temp 0 -n 2 --experts f32 -m '" + model + "' ";
+
+  // More threads than this process may use: clamped, with a warning, and the run completes.
+  const int allowed = int(cpu::allowed_cpus().size());
+  ASSERT_EQ(sh(run + "-p 'Hello' --threads " + std::to_string(allowed + 1) + " --json '" + out + "'"), 0)
+      << file_bytes(err);
+  EXPECT_NE(file_bytes(err).find(fmt::format("--threads {} is more than the {} cpus", allowed + 1, allowed)),
+            std::string::npos)
+      << file_bytes(err);
+  EXPECT_EQ(json::parse(file_bytes(out)).at("threads"), allowed);
+
+  // A prompt longer than the context; a context beyond the model's positions.
+  EXPECT_EQ(sh(run + "--context 4 -p 'The quick brown fox jumps over the lazy dog'"), 1);
+  EXPECT_NE(file_bytes(err).find("but the context is 4 tokens"), std::string::npos) << file_bytes(err);
+  EXPECT_EQ(sh(run + "--context 100000 -p 'Hello'"), 1);
+  EXPECT_NE(file_bytes(err).find("--context 100000 exceeds the model's max_position_embeddings 256"), std::string::npos)
+      << file_bytes(err);
+
+  // A file whose metadata claims 2^30 layers: an error naming the key within seconds.
+  std::string bytes = file_bytes(model);
+  set_u32_meta(bytes, "qwen3moe.block_count", 1u << 30);
+  const std::string bad = (tmp / "bad.gguf").string();
+  std::ofstream(bad, std::ios::binary) << bytes;
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(sh("run -q -m '" + bad + "' -p 'Hello'"), 1);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  EXPECT_NE(file_bytes(err).find("qwen3moe.block_count = 1073741824"), std::string::npos) << file_bytes(err);
   std::filesystem::remove_all(tmp);
 }
 

@@ -1,8 +1,10 @@
 // load_model on a model directory with a tokenizer, chat template and generation config, end to end: text ->
 // tokenizer -> model -> greedy ids must equal transformers' greedy continuation of the golden model, through the
 // library and through the `genesis run` command.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -133,6 +135,35 @@ TEST_F(LoadModelDir, BadInputIsAClearError) {
   expect_error(dir_.string());
   fs::remove(dir_ / "config.json");
   expect_error("config.json");
+}
+
+// A config.json claiming more than the checkpoint holds fails before the weights are read, naming the field:
+// absurd sizes in parse_config, a layer count the tensors do not reach at the start of the load.
+TEST_F(LoadModelDir, ConfigClaimingMoreThanTheCheckpointHoldsFailsAtOnce) {
+  const json good = json::parse(std::ifstream(dir_ / "config.json"));
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto expect_error = [&](const char* key, int64_t value, const std::string& needle) {
+    json c = good;
+    c[key] = value;
+    std::ofstream(dir_ / "config.json") << c.dump();
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      load_model(dir_.string(), opt);
+      ADD_FAILURE() << key << " = " << value << ": no error, expected one naming " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0) << key;
+  };
+  const int64_t layers = good.at("num_hidden_layers").get<int64_t>();
+  expect_error("num_hidden_layers", int64_t(1) << 30, "\"num_hidden_layers\" = 1073741824 is beyond");
+  expect_error(
+      "num_hidden_layers", layers + 1,
+      fmt::format("num_hidden_layers = {}, but the checkpoint holds tensors for {} layers", layers + 1, layers));
+  expect_error("num_experts", int64_t(1) << 30, "1073741824 experts");
+  expect_error("num_experts", good.at("num_local_experts").get<int64_t>() + 1, "mlp.gate.weight");
+  expect_error("intermediate_size", int64_t(1) << 40, "\"intermediate_size\" = 1099511627776 is beyond");
 }
 
 }  // namespace

@@ -7,7 +7,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -289,6 +291,20 @@ class Loader {
   const LoadOptions& opt_;
 };
 
+// 1 + the highest N of the checkpoint's model.layers.N.* tensors (0 when it has none).
+int64_t layers_held(const TensorSource& src) {
+  const std::string prefix = "model.layers.";
+  int64_t held = 0;
+  for (const std::string& n : src.names()) {
+    if (n.compare(0, prefix.size(), prefix) != 0) continue;
+    const char *b = n.data() + prefix.size(), *e = n.data() + n.size();
+    int64_t l = -1;
+    if (auto [p, ec] = std::from_chars(b, e, l); ec == std::errc() && p != b && p != e && *p == '.')
+      held = std::max(held, l + 1);
+  }
+  return held;
+}
+
 }  // namespace
 
 std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) {
@@ -326,6 +342,10 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
 
 Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOptions& opt,
                      const std::string& config_origin) {
+  // Before anything is sized by the layer count: a config claiming more layers than the checkpoint holds.
+  if (const int64_t held = layers_held(src); c.num_layers > held)
+    fail("{}: num_hidden_layers = {}, but the checkpoint holds tensors for {} layers (model.layers.0 to {})",
+         config_origin, c.num_layers, held, held - 1);
   Loader L(c, src, config_origin, opt);
   Weights w;
   w.expert_mode = opt.experts;
@@ -419,9 +439,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       fdown = tensor_to_f32(L.get(fused_down, {E, H, I}), src.describe(fused_down));
     }
     for (int64_t e = 0; e < E; ++e) {
-      std::vector<float> gu(size_t(2 * I * H)), down;
+      std::vector<float> gu, down;  // sized once the tensors' shapes confirmed I and H
       if (fused) {
-        std::memcpy(gu.data(), fgu.data() + e * 2 * I * H, gu.size() * 4);
+        gu.assign(fgu.begin() + e * 2 * I * H, fgu.begin() + (e + 1) * 2 * I * H);
         down.assign(fdown.begin() + e * H * I, fdown.begin() + (e + 1) * H * I);
       } else {
         const std::string x = fmt::format("{}experts.{}.", m, e);
@@ -430,6 +450,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
         const std::string un = x + (mixtral_names ? "w3" : "up_proj") + ".weight";
         const std::string dn = x + (mixtral_names ? "w2" : "down_proj") + ".weight";
         std::vector<float> g = L.expert_part(gn, I, H), u = L.expert_part(un, I, H);
+        gu.resize(size_t(2 * I * H));
         std::memcpy(gu.data(), g.data(), g.size() * 4);
         std::memcpy(gu.data() + I * H, u.data(), u.size() * 4);
         down = L.expert_part(dn, H, I);

@@ -17,7 +17,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 
 struct Args {
   rt::ModelBenchOptions o;
-  std::string json_file, path, experts = "nf4", kb, dense = "bf16";
+  std::string json_file, path, experts = "nf4", kb, dense = "q8";
   bool no_kb = false, quiet = false, keep_quant = false;
 };
 
@@ -88,7 +88,7 @@ void setup(CLI::App& app) {
   c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
-  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
+  c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");

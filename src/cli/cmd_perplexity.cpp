@@ -20,7 +20,7 @@ using genesis::fail;
 namespace rt = genesis::runtime;
 
 struct Args {
-  std::string model, file, experts = "nf4", json_file, dense = "bf16";
+  std::string model, file, experts = "nf4", json_file, dense = "q8";
   int64_t context = 512, skip = -1, chunks = 0;
   int threads = 0;
   bool no_kb = false, quiet = false, keep_quant = false;
@@ -91,7 +91,7 @@ void setup(CLI::App& app) {
   c->add_option("--chunks", a->chunks, "at most this many chunks (default: all)")->check(CLI::NonNegativeNumber);
   c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
   c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
-  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
+  c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--json", a->json_file, "write the result as JSON");

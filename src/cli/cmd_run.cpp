@@ -23,7 +23,7 @@ namespace rt = genesis::runtime;
 namespace nf = genesis::kernels::nf4_gemv;
 
 struct RunArgs {
-  std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "bf16";
+  std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "q8";
   int64_t max_tokens = 128, context = 0;
   bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
   float temp = 0, top_p = 1;
@@ -171,7 +171,7 @@ void setup_run(CLI::App& app) {
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
-  c->add_option("--dense", a->dense, "non-expert matrices: bf16 (default), f32 (a GGUF exactly as dequantized), nf4 (a GGUF file's 4-6 bit matrices re-quantized to NF4 for the kernels: fewer bytes per token, some quality), nf4-all");
+  c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");

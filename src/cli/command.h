@@ -44,4 +44,10 @@ struct CommandRegistrar {
 #define GENESIS_COMMAND(name, order, fn) \
   static ::genesis::cli::CommandRegistrar genesis_command_registrar_##fn(name, order, fn)
 
+// --dense, the same for run, perplexity and bench model.
+inline constexpr const char* kDenseHelp =
+    "non-expert matrices: q8 (default: a GGUF's 4-8 bit matrices and embedding as int8 blocks, 1.125 bytes per "
+    "weight, perplexity within noise of fp32; everything else bf16), bf16 (2 bytes per weight), f32 (a GGUF exactly "
+    "as dequantized), nf4 (a GGUF's 4-6 bit matrices re-quantized to NF4: fewer bytes, some quality), nf4-all";
+
 }  // namespace genesis::cli

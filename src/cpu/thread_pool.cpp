@@ -16,6 +16,7 @@ namespace {
 constexpr long kSpinNs = 50'000;  // tens of microseconds: covers the gap between layers of one decode step
 
 thread_local const ThreadPool* tls_running_pool = nullptr;
+thread_local const ThreadPool* tls_pinned_by = nullptr;  // the pool that pinned this (calling) thread
 
 inline long now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -89,6 +90,7 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
   // Spinning only pays when every thread has a core; oversubscribed, a spinner steals time from the thread it waits
   // for.
   spin_ns_ = size_ <= static_cast<int>(cpus.size()) ? kSpinNs : 0;
+  caller_cpu_ = pin && size_ > 1 && size_ <= static_cast<int>(cpus.size()) ? cpus[0] : -1;
   slots_ = std::make_unique<Slot[]>(size_);
   workers_.reserve(size_ - 1);
   uint32_t gen = generation_.load(std::memory_order_relaxed);
@@ -99,6 +101,10 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
 }
 
 ThreadPool::~ThreadPool() {
+  if (caller_pinned_ && pthread_equal(pinned_caller_, pthread_self())) {
+    (void)pthread_setaffinity_np(pinned_caller_, sizeof(caller_mask_), &caller_mask_);
+    if (tls_pinned_by == this) tls_pinned_by = nullptr;
+  }
   stop_.store(true, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
   generation_.notify_all();
@@ -130,6 +136,15 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
     return;
   }
   std::lock_guard<std::mutex> lock(run_mutex_);
+  if (caller_cpu_ >= 0 && tls_pinned_by != this) {
+    if (!caller_pinned_ &&
+        pthread_getaffinity_np(pthread_self(), sizeof(caller_mask_), &caller_mask_) == 0) {
+      caller_pinned_ = true;
+      pinned_caller_ = pthread_self();
+    }
+    pin_current_thread(caller_cpu_);
+    tls_pinned_by = this;
+  }
   fn_ = fn;
   ctx_ = ctx;
   pending_.store(size_ - 1, std::memory_order_relaxed);

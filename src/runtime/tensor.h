@@ -48,6 +48,9 @@ class TensorSource {
   // Whether the file stores `name` in 6 bits or fewer per weight (GGUF Q4_0 ... Q6_K): re-quantizing it to 4 bits
   // loses little of what the file kept (LoadOptions::dense_nf4 = low_bit).
   virtual bool low_bit(const std::string& name) const { return false; }
+  // Whether the file stores `name` in a block format of 8 bits or fewer per weight (GGUF Q4_0 ... Q8_0): holding it
+  // in int8 blocks keeps what the file kept (LoadOptions::dense_q8).
+  virtual bool block_quantized(const std::string& name) const { return false; }
   // The tensor's bytes as the file stores them in a ggml block format (GGUF; rows in Hugging Face order), its ggml
   // type and shape; false when the source has no such form of it (then read_f32 / find apply).
   virtual bool read_ggml(const std::string& name, uint32_t& type, std::vector<int64_t>& shape,

@@ -165,20 +165,24 @@ void fp32_rows(const float* w0, const float* bias, const float* x, float* y, int
                 w0, int(cols), beta, y + r0, int(rows));
 }
 
-// Many rows of x (prefill): blocks of 64 bf16 rows widened to fp32 once (exact), then an OpenBLAS sgemm over all of
-// x's rows, so the products run at GEMM speed instead of widening every weight once per 4 rows of x.
+// Many rows of x (prefill): blocks of 64 bf16 or int8 rows widened to fp32 once (exact), then an OpenBLAS sgemm over
+// all of x's rows, so the products run at GEMM speed instead of converting every weight once per few rows of x.
 constexpr int64_t kGemmRows = 16;
-void bf16_rows_gemm(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1) {
+void widened_rows_gemm(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1) {
   constexpr int64_t kBlock = 64;
   thread_local std::vector<float> wf;
   wf.resize(size_t(kBlock * d.cols));
   const float* bias = d.bias.empty() ? nullptr : d.bias.data();
   for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
     const int64_t rb = std::min(kBlock, r1 - b0);
-    const uint16_t* src = &d.w16[size_t(b0 * d.cols)];
-    for (int64_t i = 0; i < rb * d.cols; ++i) {
-      const uint32_t u = uint32_t(src[i]) << 16;
-      std::memcpy(&wf[size_t(i)], &u, 4);
+    if (d.is_q8()) {
+      for (int64_t r = 0; r < rb; ++r) kernels::q8_gemv::dequantize_row(*d.q8, b0 + r, &wf[size_t(r * d.cols)]);
+    } else {
+      const uint16_t* src = &d.w16[size_t(b0 * d.cols)];
+      for (int64_t i = 0; i < rb * d.cols; ++i) {
+        const uint32_t u = uint32_t(src[i]) << 16;
+        std::memcpy(&wf[size_t(i)], &u, 4);
+      }
     }
     fp32_rows(wf.data(), bias, x, y, n, d.rows, d.cols, b0, b0 + rb);
   }
@@ -219,6 +223,23 @@ void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::Thr
       if (r0 < r1) rows_fn(r0, r1);
     });
   };
+  if (d.is_q8()) {
+    if (n >= kGemmRows) {
+      split([&](int64_t r0, int64_t r1) { widened_rows_gemm(d, x, y, n, r0, r1); });
+      return;
+    }
+    namespace q8 = kernels::q8_gemv;
+    static const q8::Path path = q8::best_path();
+    thread_local q8::Q8Activations xa;
+    const q8::Q8Activations* xp = &xa;  // the caller's instance: inside the workers `xa` would name their own
+    for (int64_t t = 0; t < n; ++t) {
+      q8::quantize_activations(x + t * d.cols, d.cols, xa);
+      float* yt = y + t * d.rows;
+      split([&](int64_t r0, int64_t r1) { q8::gemv_rows(*d.q8, *xp, yt, r0, r1, path); });
+    }
+    add_bias(d, y, n);
+    return;
+  }
   if (!d.bf16()) {
     const float* b = d.bias.empty() ? nullptr : d.bias.data();
     split([&](int64_t r0, int64_t r1) { fp32_rows(d.w.data() + r0 * d.cols, b, x, y, n, d.rows, d.cols, r0, r1); });
@@ -226,7 +247,7 @@ void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::Thr
   }
   static const DotFn dot = pick_dot();
   if (n >= kGemmRows) {
-    split([&](int64_t r0, int64_t r1) { bf16_rows_gemm(d, x, y, n, r0, r1); });
+    split([&](int64_t r0, int64_t r1) { widened_rows_gemm(d, x, y, n, r0, r1); });
     return;
   }
   split([&](int64_t r0, int64_t r1) { bf16_rows(d, x, y, n, r0, r1, dot); });

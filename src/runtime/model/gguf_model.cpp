@@ -309,6 +309,10 @@ class GgufSource : public TensorSource {
       default: return false;
     }
   }
+  bool block_quantized(const std::string& name) const override {
+    auto it = map_.find(name);
+    return it != map_.end() && (low_bit(name) || GgmlType(it->second.t->type) == GgmlType::q8_0);
+  }
   std::vector<int64_t> read_f32(const std::string& name, std::vector<float>& out) const override {
     auto it = map_.find(name);
     if (it == map_.end()) fail("{}: tensor '{}' is missing", f_->label(), name);

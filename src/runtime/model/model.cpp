@@ -77,12 +77,13 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
 }
 
 std::string Model::dense_description() const {
-  size_t nf4 = 0, bf16 = 0, f32 = 0, gq = 0;
-  int64_t n_gq = 0;
+  size_t nf4 = 0, bf16 = 0, f32 = 0, gq = 0, q8 = 0;
+  int64_t n_gq = 0, n_q8 = 0;
   auto count = [&](const Dense& d) {
     if (d.empty()) return;
     if (d.is_gq()) ++n_gq;
-    (d.is_gq() ? gq : d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
+    if (d.is_q8()) ++n_q8;
+    (d.is_gq() ? gq : d.is_q8() ? q8 : d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
   };
   count(weights_.lm_head);
   for (const Layer& l : weights_.layers)
@@ -93,13 +94,18 @@ std::string Model::dense_description() const {
   if (n_gq)
     parts.push_back(fmt::format("{} kept as stored ({:.0f} MiB, ggml_gemv {})", n_gq, double(gq) / mib,
                                 kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path())));
+  if (n_q8)
+    parts.push_back(fmt::format("{} int8 blocks ({:.0f} MiB, q8_gemv {})", n_q8, double(q8) / mib,
+                                kernels::q8_gemv::path_name(kernels::q8_gemv::best_path())));
   if (bf16) parts.push_back(fmt::format("bf16 {:.0f} MiB", double(bf16) / mib));
   if (f32) parts.push_back(fmt::format("fp32 {:.0f} MiB", double(f32) / mib));
   std::string s;
   for (const auto& p : parts) s += (s.empty() ? "" : ", ") + p;
   const Dense& e = weights_.embed;
-  return s + fmt::format("; embedding {}", e.is_gq() ? quant::ggml_type_name(e.gq->type)
-                                                     : e.bf16() ? std::string("bf16") : std::string("fp32"));
+  return s + fmt::format("; embedding {}", e.is_gq()   ? quant::ggml_type_name(e.gq->type)
+                                          : e.is_q8() ? std::string("int8 blocks")
+                                          : e.bf16()  ? std::string("bf16")
+                                                      : std::string("fp32"));
 }
 
 std::string Model::expert_description() const {

@@ -55,21 +55,28 @@ const char* dense_nf4_name(DenseNf4 d) {
 }
 
 void set_dense_mode(const std::string& mode, LoadOptions& opt) {
-  if (mode == "bf16") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off;
+  opt.dense_q8 = false;
+  if (mode == "q8") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off, opt.dense_q8 = true;
+  else if (mode == "bf16") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off;
   else if (mode == "f32") opt.keep_bf16 = false, opt.dense_nf4 = DenseNf4::off;
   else if (mode == "nf4") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::low_bit;
   else if (mode == "nf4-all") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::all;
-  else fail("--dense '{}': expected bf16, f32, nf4 or nf4-all", mode);
+  else fail("--dense '{}': expected q8, bf16, f32, nf4 or nf4-all", mode);
 }
 
 size_t Dense::bytes() const {
-  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0) + (gq ? gq->bytes.size() : 0);
+  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0) + (gq ? gq->bytes.size() : 0) +
+         (q8 ? q8->bytes() : 0);
 }
 
 void Dense::row_f32(int64_t r, float* out) const {
   if (is_nf4()) fail("Dense::row_f32: an NF4 matrix has no row lookup (embeddings are never NF4)");
   if (is_gq()) {
     quant::ggml_dequantize(gq->type, gq->bytes.data() + size_t(r) * gq->row_bytes, out, cols);
+    return;
+  }
+  if (is_q8()) {
+    kernels::q8_gemv::dequantize_row(*q8, r, out);
     return;
   }
   if (!bf16()) {
@@ -251,6 +258,17 @@ class Loader {
         return d;
       }
     }
+    if (nf4_ok && opt_.dense_q8 && !opt_.keep_quant && src_.block_quantized(wn) &&
+        cols % kernels::q8_gemv::kBlock == 0) {
+      std::vector<float> f;
+      const auto shape = src_.read_f32(wn, f);
+      if (shape != std::vector<int64_t>{rows, cols})
+        fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape), origin_,
+             shape_str({rows, cols}));
+      d.q8 = std::make_shared<const kernels::q8_gemv::Q8Matrix>(kernels::q8_gemv::quantize(f.data(), rows, cols));
+      if (bias) d.bias = vec(prefix + ".bias", rows);
+      return d;
+    }
     if (nf4_ok && want_nf4(wn, rows, cols)) {
       if (!src_.contains(wn)) get(wn, {rows, cols});  // the usual "missing" error
       std::vector<float> f;
@@ -280,6 +298,7 @@ class Loader {
 
   bool want_nf4(const std::string& name, int64_t rows, int64_t cols) const {
     if (opt_.experts != ExpertMode::nf4_kernel || opt_.dense_nf4 == DenseNf4::off) return false;
+    if (name == "model.embed_tokens.weight") return false;  // row lookups: never NF4
     if (cols % opt_.nf4_blocksize != 0 || rows % 16 != 0) return false;  // the kernels' blocks and row groups
     return opt_.dense_nf4 == DenseNf4::all || src_.low_bit(name);
   }
@@ -352,7 +371,8 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   w.path = opt.kernel_path();
   w.nf4_blocksize = opt.nf4_blocksize;
   const int64_t H = c.hidden_size;
-  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, opt.keep_quant);
+  // The embedding may stay as stored (keep_quant) or become int8 blocks (dense_q8: a tied output reads it whole).
+  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, opt.keep_quant || opt.dense_q8);
   w.final_norm = L.vec("model.norm.weight", H);
   if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false, true);
   src.release("model.embed_tokens.");

@@ -12,6 +12,7 @@
 
 #include "kernels/ggml_gemv/ggml_gemv.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
+#include "kernels/q8_gemv/q8_gemv.h"
 #include "quant/nf4.h"
 #include "runtime/model/config.h"
 #include "runtime/tensor.h"
@@ -58,10 +59,15 @@ struct LoadOptions {
   // stay in it and run with fp32 activations (--keep-quant): the embedding, the non-expert matrices (over
   // dense_nf4) and, in nf4_kernel / nf4_reference expert modes, the experts (instead of NF4).
   bool keep_quant = false;
+  // Matrices a GGUF stores in a block format of 8 bits or fewer (Q4_0 ... Q8_0) are held as int8 blocks (q8_gemv,
+  // 1.125 bytes per weight) instead of bf16 (2): the embedding, attention, dense MLP and output (`--dense q8`). The
+  // second rounding is at most 1/254 of each 32-weight block's largest weight.
+  bool dense_q8 = false;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 
-// The command line's --dense: "bf16" (default: bf16 where the file has bf16 or a quantized format, else fp32),
+// The command line's --dense: "q8" (a GGUF's 4-8 bit matrices as int8 blocks, the rest bf16), "bf16" (bf16 where the
+// file has bf16 or a quantized format, else fp32),
 // "f32" (all fp32: a GGUF exactly as dequantized), "nf4" (the low-bit matrices of a GGUF NF4, the rest bf16),
 // "nf4-all" (every eligible matrix NF4). Throws genesis::Error for anything else.
 void set_dense_mode(const std::string& mode, LoadOptions& opt);
@@ -78,10 +84,13 @@ struct Dense {
   std::shared_ptr<const kernels::nf4_gemv::Kernel> kernel1, kernel8;
   // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv.
   std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq;
+  // int8 blocks (LoadOptions::dense_q8), run by q8_gemv.
+  std::shared_ptr<const kernels::q8_gemv::Q8Matrix> q8;
   bool bf16() const { return !w16.empty(); }
+  bool is_q8() const { return q8 != nullptr; }
   bool is_nf4() const { return nf4 != nullptr; }
   bool is_gq() const { return gq != nullptr; }
-  bool empty() const { return w.empty() && w16.empty() && !nf4 && !gq; }
+  bool empty() const { return w.empty() && w16.empty() && !nf4 && !gq && !q8; }
   size_t bytes() const;
   void row_f32(int64_t r, float* out) const;  // one row widened to fp32 (embedding lookup)
 };

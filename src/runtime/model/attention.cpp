@@ -19,9 +19,8 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-  dense_product(l.q, xn_.data(), q_.data(), n, pool_);
-  dense_product(l.k, xn_.data(), k_.data(), n, pool_);
-  dense_product(l.v, xn_.data(), v_.data(), n, pool_);
+  const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
+  dense_products(qkv, xn_.data(), n, pool_);
   clock_.lap(Op::dense);
   float* kc = &k_cache_[size_t(li * capacity_ * kvd)];
   float* vc = &v_cache_[size_t(li * capacity_ * kvd)];

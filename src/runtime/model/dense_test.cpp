@@ -53,6 +53,44 @@ TEST(DenseBf16, MatchesFp32OfTheSameValues) {
   }
 }
 
+// One region over several matrices (q, k, v) gives each matrix's own product, bit for bit, for bf16 and int8 blocks.
+TEST(DenseProducts, FusedRegionEqualsOneProductEach) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g;
+  cpu::ThreadPool pool(2);
+  for (bool q8 : {false, true}) {
+    std::vector<Dense> ds(3);
+    const int64_t cols = 96, rows[3] = {80, 16, 33};
+    for (int i = 0; i < 3; ++i) {
+      ds[size_t(i)].rows = rows[i], ds[size_t(i)].cols = cols;
+      std::vector<float> w(size_t(rows[i] * cols));
+      for (auto& v : w) v = g(rng);
+      if (q8) {
+        ds[size_t(i)].q8 = std::make_shared<const kernels::q8_gemv::Q8Matrix>(
+            kernels::q8_gemv::quantize(w.data(), rows[i], cols));
+      } else {
+        for (float v : w) ds[size_t(i)].w16.push_back(bf16(v));
+      }
+      if (i == 1)
+        for (int64_t r = 0; r < rows[i]; ++r) ds[size_t(i)].bias.push_back(g(rng));
+    }
+    for (int64_t n : {1, 3}) {
+      std::vector<float> x(size_t(n * cols));
+      for (auto& v : x) v = g(rng);
+      std::vector<std::vector<float>> fused(3), alone(3);
+      std::vector<DenseJob> jobs;
+      for (int i = 0; i < 3; ++i) {
+        fused[size_t(i)].resize(size_t(n * rows[i]));
+        alone[size_t(i)].resize(size_t(n * rows[i]));
+        jobs.push_back({&ds[size_t(i)], fused[size_t(i)].data()});
+        dense_product(ds[size_t(i)], x.data(), alone[size_t(i)].data(), n, &pool);
+      }
+      dense_products(jobs, x.data(), n, &pool);
+      for (int i = 0; i < 3; ++i) EXPECT_EQ(fused[size_t(i)], alone[size_t(i)]) << "q8 " << q8 << " n " << n << " matrix " << i;
+    }
+  }
+}
+
 TEST(DenseBf16, Bf16CheckpointGivesTheLogitsOfItsWidening) {
   // A small qwen3-style dense model with bf16 tensors, loaded keeping bf16 and widened to fp32.
   ModelConfig c;

@@ -112,8 +112,8 @@ void Session::mlp(int64_t li, int64_t n) {
   const int64_t H = c_.hidden_size;
   if (!l.moe) {
     const int64_t I = c_.intermediate_size;
-    dense_product(l.gate, xn_.data(), h1_.data(), n, pool_);
-    dense_product(l.up, xn_.data(), h2_.data(), n, pool_);
+    const DenseJob gate_up[] = {{&l.gate, h1_.data()}, {&l.up, h2_.data()}};
+    dense_products(gate_up, xn_.data(), n, pool_);
     clock_.lap(Op::dense);
     swiglu(h1_.data(), h2_.data(), h1_.data(), n * I);
     clock_.lap(Op::elementwise);

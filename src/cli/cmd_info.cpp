@@ -8,6 +8,8 @@
 #include "cpu/report.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
 
+extern "C" char* openblas_get_corename();  // OpenBLAS (also in its cblas.h)
+
 namespace {
 
 std::string human_bytes(uint64_t b) {
@@ -64,6 +66,8 @@ void print_table(const nlohmann::json& r) {
                  p["needs"].get<std::string>(), p["error_bound"].get<std::string>());
   }
 
+  row("openblas core", r["openblas_core"].get<std::string>() + " (OPENBLAS_CORETYPE overrides)");
+
   fmt::print("\nThread pool\n");
   const auto& p = r["pool_overhead_us"];
   row("empty run()",
@@ -77,6 +81,7 @@ void setup_info(CLI::App& app) {
   cmd->add_flag("--remeasure", remeasure, "Measure read bandwidth again instead of using the cached figure");
   cmd->callback([] {
     nlohmann::json r = genesis::cpu::cpu_report(remeasure);
+    r["openblas_core"] = openblas_get_corename();
     namespace nf = genesis::kernels::nf4_gemv;
     nlohmann::json paths = nlohmann::json::array();
     for (const auto& p : nf::path_info())

@@ -13,6 +13,7 @@ namespace genesis::runtime {
 
 namespace {
 constexpr int64_t kBlockRows = 16;  // query rows of one attention GEMM (prefill)
+constexpr int64_t kMinSpan = 64;    // decode: fewest positions per task
 }  // namespace
 
 void Session::attention(int64_t li, int64_t n, int64_t pos0) {
@@ -22,8 +23,10 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
   const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
   dense_products(qkv, xn_.data(), n, pool_);
   clock_.lap(Op::dense);
+  // The cache is [layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
   float* kc = &k_cache_[size_t(li * capacity_ * kvd)];
   float* vc = &v_cache_[size_t(li * capacity_ * kvd)];
+  const int64_t cap = capacity_;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
   for (int64_t t = 0; t < n; ++t) {
@@ -48,8 +51,10 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
     const int64_t pos = pos0 + t;
     apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
     apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
-    std::memcpy(kc + pos * kvd, k, size_t(kvd) * 4);
-    std::memcpy(vc + pos * kvd, v, size_t(kvd) * 4);
+    for (int64_t h = 0; h < nkv; ++h) {
+      std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
+      std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
+    }
   }
   clock_.lap(Op::elementwise);
   if (n >= kBlockRows && c_.sliding_window <= 0) {
@@ -63,7 +68,8 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
       sc.resize(size_t(rows * npos));
       {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(npos), int(hd), scale,
-                    &q_[size_t(t0 * qd + h * hd)], int(qd), kc + kvh * hd, int(kvd), 0.0f, sc.data(), int(npos));
+                    &q_[size_t(t0 * qd + h * hd)], int(qd), kc + kvh * cap * hd, int(hd), 0.0f, sc.data(),
+                    int(npos));
         for (int64_t r = 0; r < rows; ++r) {
           float* row = &sc[size_t(r * npos)];
           const int64_t valid = pos0 + t0 + r + 1;
@@ -71,23 +77,64 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
           std::fill(row + valid, row + npos, 0.0f);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(hd), int(npos), 1.0f, sc.data(),
-                    int(npos), vc + kvh * hd, int(kvd), 0.0f, &att_[size_t(t0 * qd + h * hd)], int(qd));
+                    int(npos), vc + kvh * cap * hd, int(hd), 0.0f, &att_[size_t(t0 * qd + h * hd)], int(qd));
       }
     });
   } else {
-    // Each (token, head) attends to cached positions [first, pos]; heads are independent tasks.
-    parallel_for(n * nh, [&](int64_t task) {
-      const int64_t t = task / nh, h = task % nh, pos = pos0 + t, kvh = h / group;
+    // Decode (few rows): (row, KV head, span of positions) tasks. A task reads each of its keys and values once for
+    // all `group` query heads that share them, and keeps a partial softmax (running max, sum, weighted values) per
+    // head; the spans of a (row, head) are then merged. Spans give the pool work when KV heads are few (4 on
+    // Qwen3-30B-A3B for 16 threads).
+    const int64_t threads = pool_ ? pool_->size() : 1;
+    const int64_t max_len = pos0 + n - (c_.sliding_window > 0 ? std::max<int64_t>(0, pos0 + n - c_.sliding_window) : 0);
+    const int64_t spans = std::clamp<int64_t>((2 * threads + n * nkv - 1) / (n * nkv), 1,
+                                              std::max<int64_t>(1, max_len / kMinSpan));
+    const size_t part = size_t(hd + 2);  // per (task, head): max, sum, weighted values
+    if (att_part_.size() < size_t(n * nkv * spans * group) * part) att_part_.resize(size_t(n * nkv * spans * group) * part);
+    parallel_for(n * nkv * spans, [&](int64_t task) {
+      const int64_t sp = task % spans, kvh = (task / spans) % nkv, t = task / (spans * nkv), pos = pos0 + t;
       const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
-      const float* q = &q_[size_t(t * qd + h * hd)];
+      const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
+      const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
+      float* out = &att_part_[size_t(task * group) * part];
       thread_local std::vector<float> s;
-      s.resize(size_t(pos - first + 1));
-      for (int64_t j = first; j <= pos; ++j) s[size_t(j - first)] = dot_f32(q, kc + j * kvd + kvh * hd, hd) * scale;
-      softmax(s.data(), int64_t(s.size()));
-      float* o = &att_[size_t(t * qd + h * hd)];
-      std::fill(o, o + hd, 0.0f);
-      for (int64_t j = first; j <= pos; ++j) axpy_f32(s[size_t(j - first)], vc + j * kvd + kvh * hd, o, hd);
+      s.resize(size_t(group * std::max<int64_t>(j1 - j0, 1)));
+      const int64_t m = std::max<int64_t>(j1 - j0, 0);
+      for (int64_t j = j0; j < j1; ++j) {
+        const float* kj = kc + (kvh * cap + j) * hd;
+        for (int64_t g = 0; g < group; ++g)
+          s[size_t(g * m + (j - j0))] = dot_f32(&q_[size_t(t * qd + (kvh * group + g) * hd)], kj, hd) * scale;
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        float* o = out + g * part;
+        float mx = -INFINITY, sum = 0.0f;
+        float* sg = &s[size_t(g * m)];
+        for (int64_t j = 0; j < m; ++j) mx = std::max(mx, sg[j]);
+        for (int64_t j = 0; j < m; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
+        std::fill(o + 2, o + 2 + hd, 0.0f);
+        for (int64_t j = 0; j < m; ++j) axpy_f32(sg[j], vc + (kvh * cap + j0 + j) * hd, o + 2, hd);
+        o[0] = mx, o[1] = sum;
+      }
     });
+    // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const int64_t kvh = h / group, g = h % group;
+        float mx = -INFINITY;
+        for (int64_t sp = 0; sp < spans; ++sp) mx = std::max(mx, att_part_[size_t(((t * nkv + kvh) * spans + sp) * group + g) * part]);
+        float* o = &att_[size_t(t * qd + h * hd)];
+        std::fill(o, o + hd, 0.0f);
+        float sum = 0.0f;
+        for (int64_t sp = 0; sp < spans; ++sp) {
+          const float* pp = &att_part_[size_t(((t * nkv + kvh) * spans + sp) * group + g) * part];
+          if (pp[1] == 0.0f) continue;  // an empty span
+          const float w = std::exp(pp[0] - mx);
+          sum += w * pp[1];
+          axpy_f32(w, pp + 2, o, hd);
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
+      }
   }
   clock_.lap(Op::attention);
   dense_product(l.o, att_.data(), tmp_.data(), n, pool_);

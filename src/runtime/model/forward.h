@@ -90,10 +90,11 @@ class Session {
   const ModelConfig& c_;
   cpu::ThreadPool* pool_;
   int64_t capacity_ = 0, pos_ = 0;
-  std::vector<float> k_cache_, v_cache_;  // [layers][capacity][kv_dim]
+  std::vector<float> k_cache_, v_cache_;  // [layers][kv heads][capacity][head_dim]
   // Scratch for up to `chunk_` tokens at once.
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
+  std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
   RopeTable rope_;
   int64_t rope_len_ = -1;
 

@@ -14,12 +14,21 @@ std::shared_ptr<const nk::PackedWeights> pack_expert(const quant::Nf4Matrix& m, 
   return std::make_shared<const nk::PackedWeights>(nk::pack(m, path));
 }
 
+namespace {
+// The knowledge base's best genome for one token of this shape on `path` (kb_path empty: none), else the baseline;
+// `tuned` says which.
+nk::Genome genome_for(const nk::Problem& pr, nk::Path path, const std::string& kb_path, bool* tuned = nullptr) {
+  std::optional<nk::Genome> g;
+  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
+  if (tuned) *tuned = g.has_value();
+  return g ? *g : nk::Genome::baseline(path);
+}
+}  // namespace
+
 DenseKernels make_dense_kernels(int64_t M, int64_t K, nk::Path path, int blocksize, const std::string& kb_path) {
   nk::require_path(path);
   const nk::Problem one{M, K, 1, blocksize}, eight{M, K, 8, blocksize};
-  std::optional<nk::Genome> g;
-  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), one.shape(), 1);
-  return {nk::get_kernel(one, g ? *g : nk::Genome::baseline(path)), nk::get_kernel(eight, nk::Genome::baseline(path))};
+  return {nk::get_kernel(one, genome_for(one, path, kb_path)), nk::get_kernel(eight, nk::Genome::baseline(path))};
 }
 
 ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize, const std::string& kb_path) {
@@ -28,10 +37,10 @@ ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int block
   std::vector<std::string> sources;
   auto one = [&](int64_t M, int64_t K) {
     const nk::Problem pr{M, K, 1, blocksize};
-    std::optional<nk::Genome> g;
-    if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
-    sources.push_back(fmt::format("{} {}", pr.shape(), g ? "tuned (knowledge base)" : "baseline genome"));
-    return nk::get_kernel(pr, g ? *g : nk::Genome::baseline(path));
+    bool tuned = false;
+    const nk::Genome g = genome_for(pr, path, kb_path, &tuned);
+    sources.push_back(fmt::format("{} {}", pr.shape(), tuned ? "tuned (knowledge base)" : "baseline genome"));
+    return nk::get_kernel(pr, g);
   };
   k.gate_up = one(2 * c.moe_intermediate_size, c.hidden_size);
   k.down = one(c.hidden_size, c.moe_intermediate_size);

@@ -30,7 +30,7 @@ Q8Matrix quantize(const float* w, int64_t rows, int64_t cols) {
   m.rows = rows, m.cols = cols;
   const int64_t nb = cols / kBlock;
   m.w.resize(size_t(rows * cols));
-  m.scale.resize(size_t(rows * nb + 1), 0.0f);
+  m.scale.resize(size_t(rows * nb + 16), 0.0f);  // padding: the AVX-512 loop loads 16 scales at a time
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       const float* src = w + r * cols + b * kBlock;
@@ -97,26 +97,41 @@ void rows_scalar(const Q8Matrix& m, const Q8Activations& x, float* y, int64_t r0
 }
 
 // R rows share each chunk of activations: per row and chunk one vpdpbusd (started from -128 * sum q so that the
-// unsigned weights' +128 cancels), one conversion, and the two blocks' scales (weight x activation) in one multiply.
+// unsigned weights' +128 cancels), one conversion, one permute that spreads the chunk's two weight scales over their
+// lanes (16 scales, eight chunks' worth, are loaded at once), and the two blocks' scales (weight x activation) in one
+// multiply.
 template <int R>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void rows_tile(const Q8Matrix& m, const Q8Activations& x,
                                                                        float* y, int64_t r) {
   const int64_t nb = m.blocks(), nc = chunks_of(m.cols);
-  const __m512i pair_idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  __m512i pair_idx[8];
+  for (int c = 0; c < 8; ++c)
+    pair_idx[c] = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
+                                   2 * c + 1, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
   __m512 acc[R];
   for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < nc; ++c) {
-    const __mmask64 mask = (c + 1) * kChunk <= m.cols ? ~__mmask64(0) : (__mmask64(1) << (m.cols - c * kChunk)) - 1;
-    const __m512i xq = _mm512_loadu_si512(&x.q[size_t(c * kChunk)]);
-    const __m512i nk = _mm512_loadu_si512(&x.negk[size_t(c * 16)]);
-    const __m512 sx = _mm512_loadu_ps(&x.sx[size_t(c * 16)]);
-    for (int i = 0; i < R; ++i) {
-      const __m512i wq = _mm512_maskz_loadu_epi8(mask, &m.w[size_t((r + i) * m.cols + c * kChunk)]);
-      const __m512i d = _mm512_dpbusd_epi32(nk, wq, xq);
-      double pair;
-      std::memcpy(&pair, &m.scale[size_t((r + i) * nb + 2 * c)], 8);  // padding: the last row's odd block reads one past
-      const __m512 sw = _mm512_permutexvar_ps(pair_idx, _mm512_castpd_ps(_mm512_set1_pd(pair)));
-      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, sx), acc[i]);
+  // The next tile's rows are prefetched one tile ahead (the hardware prefetchers alone left a core at ~70% of its
+  // stream: 151936x2048 on 2 threads 19.1 -> 25.6 GB/s of 28.5); past the last row, the tile's own rows.
+  const uint8_t* ahead[R];
+  for (int i = 0; i < R; ++i)
+    ahead[i] = m.w.data() + size_t((r + R + i < m.rows ? r + R + i : r + i) * m.cols);
+  for (int64_t c0 = 0; c0 < nc; c0 += 8) {
+    __m512 sw16[R];
+    for (int i = 0; i < R; ++i) sw16[i] = _mm512_loadu_ps(&m.scale[size_t((r + i) * nb + 2 * c0)]);  // padded
+    const int64_t c1 = std::min(nc, c0 + 8);
+    for (int64_t c = c0; c < c1; ++c) {
+      const __mmask64 mask =
+          (c + 1) * kChunk <= m.cols ? ~__mmask64(0) : (__mmask64(1) << (m.cols - c * kChunk)) - 1;
+      const __m512i xq = _mm512_loadu_si512(&x.q[size_t(c * kChunk)]);
+      const __m512i nk = _mm512_loadu_si512(&x.negk[size_t(c * 16)]);
+      const __m512 sx = _mm512_loadu_ps(&x.sx[size_t(c * 16)]);
+      for (int i = 0; i < R; ++i) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead[i] + c * kChunk), _MM_HINT_T0);
+        const __m512i wq = _mm512_maskz_loadu_epi8(mask, &m.w[size_t((r + i) * m.cols + c * kChunk)]);
+        const __m512i d = _mm512_dpbusd_epi32(nk, wq, xq);
+        const __m512 sw = _mm512_permutexvar_ps(pair_idx[c - c0], sw16[i]);
+        acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw, sx), acc[i]);
+      }
     }
   }
   for (int i = 0; i < R; ++i) y[r + i] = _mm512_reduce_add_ps(acc[i]);

@@ -15,7 +15,7 @@ namespace genesis::kernels::q8_gemv {
 inline constexpr int64_t kBlock = 32;
 
 // [rows, cols] int8, cols a multiple of kBlock: w[r * cols + k] = q + 128 (q in [-127, 127], stored unsigned for
-// vpdpbusd), scale[r * blocks + b]; one padding scale at the end (the AVX-512 loop reads scales in pairs).
+// vpdpbusd), scale[r * blocks + b]; 16 padding scales at the end (the AVX-512 loop loads 16 at a time).
 struct Q8Matrix {
   int64_t rows = 0, cols = 0;
   std::vector<uint8_t> w;

@@ -45,10 +45,34 @@ Q8Matrix quantize(const float* w, int64_t rows, int64_t cols) {
   return m;
 }
 
-void dequantize_row(const Q8Matrix& m, int64_t r, float* out) {
+namespace {
+void dequantize_row_scalar(const Q8Matrix& m, int64_t r, float* out) {
   const int64_t nb = m.blocks();
   for (int64_t k = 0; k < m.cols; ++k)
     out[k] = float(int(m.w[size_t(r * m.cols + k)]) - 128) * m.scale[size_t(r * nb + k / kBlock)];
+}
+
+// The same values (an exact int -> float conversion, then one rounding in the multiply), 16 at a time: prefill widens
+// every weight once per chunk of rows, and the scalar loop was a third of its dense products.
+__attribute__((target("avx512f"))) void dequantize_row_avx512(const Q8Matrix& m, int64_t r, float* out) {
+  const int64_t nb = m.blocks();
+  const uint8_t* w = &m.w[size_t(r * m.cols)];
+  const __m512i off = _mm512_set1_epi32(128);
+  for (int64_t b = 0; b < nb; ++b) {
+    const __m512 s = _mm512_set1_ps(m.scale[size_t(r * nb + b)]);
+    for (int64_t h = 0; h < kBlock; h += 16) {
+      const __m512i q = _mm512_sub_epi32(
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + b * kBlock + h))), off);
+      _mm512_storeu_ps(out + b * kBlock + h, _mm512_mul_ps(_mm512_cvtepi32_ps(q), s));
+    }
+  }
+  _mm256_zeroupper();
+}
+}  // namespace
+
+void dequantize_row(const Q8Matrix& m, int64_t r, float* out) {
+  static const bool wide = cpu::mayiuse(cpu::Isa::avx512f);
+  (wide ? dequantize_row_avx512 : dequantize_row_scalar)(m, r, out);
 }
 
 void quantize_activations(const float* x, int64_t cols, Q8Activations& out) {

@@ -89,6 +89,22 @@ TEST(Q8Gemv, Q8_0LikeValuesRoundTripExactly) {
   }
 }
 
+// dequantize_row (AVX-512 where the CPU has it) gives exactly q * scale for every weight.
+TEST(Q8Gemv, DequantizedRowsAreQTimesScale) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> g;
+  const int64_t rows = 3, cols = 96;
+  std::vector<float> w(static_cast<size_t>(rows * cols));
+  for (auto& v : w) v = g(rng);
+  const Q8Matrix m = quantize(w.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> out(static_cast<size_t>(cols));
+    dequantize_row(m, r, out.data());
+    for (int64_t k = 0; k < cols; ++k)
+      EXPECT_EQ(out[size_t(k)], float(int(m.w[size_t(r * cols + k)]) - 128) * m.scale[size_t(r * (cols / 32) + k / 32)]);
+  }
+}
+
 TEST(Q8Gemv, BadShapesAreClearErrors) {
   std::vector<float> w(48, 1.0f);
   EXPECT_THROW(quantize(w.data(), 1, 48), Error);

@@ -15,6 +15,10 @@
 
 namespace genesis::runtime {
 
+int64_t ModelConfig::moe_layers() const {
+  return int64_t(std::count_if(layers.begin(), layers.end(), [](const LayerKind& k) { return k.mlp == MlpKind::moe; }));
+}
+
 const char* arch_name(Arch a) {
   switch (a) {
     case Arch::llama: return "llama";
@@ -236,7 +240,10 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
          c.rope.partial_rotary_factor, c.rotary_dim(), c.head_dim);
 
   // Mixture of experts.
-  c.layer_is_moe.assign(size_t(c.num_layers), false);
+  c.layers.assign(size_t(c.num_layers), LayerKind{});
+  auto all_moe = [&] {
+    for (LayerKind& k : c.layers) k.mlp = MlpKind::moe;
+  };
   if (c.arch == Arch::qwen3_moe) {
     c.num_experts = r.opt_int("num_experts", r.opt_int("num_local_experts", 128));
     c.top_k = r.opt_int("num_experts_per_tok", 8);
@@ -251,19 +258,19 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
         if (const int64_t l = r.as_int(v, "mlp_only_layers"); l >= 0 && l < c.num_layers) dense[size_t(l)] = true;
     }
     for (int64_t l = 0; l < c.num_layers; ++l)
-      c.layer_is_moe[size_t(l)] = !dense[size_t(l)] && c.num_experts > 0 && step > 0 && (l + 1) % step == 0;
+      if (!dense[size_t(l)] && c.num_experts > 0 && step > 0 && (l + 1) % step == 0) c.layers[size_t(l)].mlp = MlpKind::moe;
   } else if (c.arch == Arch::olmoe) {
     c.num_experts = r.opt_int("num_experts", r.opt_int("num_local_experts", 64));
     c.top_k = r.opt_int("num_experts_per_tok", 8);
     c.moe_intermediate_size = c.intermediate_size;
     c.norm_topk_prob = r.opt_bool("norm_topk_prob", false);
-    c.layer_is_moe.assign(size_t(c.num_layers), true);
+    all_moe();
   } else if (c.arch == Arch::mixtral) {
     c.num_experts = r.opt_int("num_local_experts", 8);
     c.top_k = r.opt_int("num_experts_per_tok", 2);
     c.moe_intermediate_size = c.intermediate_size;
     c.norm_topk_prob = true;  // Mixtral always renormalizes its top-k weights
-    c.layer_is_moe.assign(size_t(c.num_layers), true);
+    all_moe();
   }
   if (c.num_experts > kMaxExperts || c.moe_intermediate_size > kMaxDim)
     fail("{}: {} experts of intermediate size {} are beyond what Genesis loads (at most {} of {})", origin,

@@ -38,6 +38,17 @@ struct RopeConfig {
   bool truncate = true;
 };
 
+// What each layer mixes tokens with and what its MLP is, as gemma.cpp's layer_configs[i].type: the step dispatches on
+// it and the Session holds the state each kind needs (a KV cache for attention). One mixer today; Qwen3-Next adds
+// gated attention and Gated DeltaNet mixers and MoE with a shared expert.
+enum class MixerKind { attention };
+enum class MlpKind { dense, moe };
+struct LayerKind {
+  MixerKind mixer = MixerKind::attention;
+  MlpKind mlp = MlpKind::dense;
+  bool operator==(const LayerKind&) const = default;
+};
+
 struct ModelConfig {
   Arch arch = Arch::llama;
   std::string model_type;  // as written in config.json
@@ -64,12 +75,14 @@ struct ModelConfig {
   int64_t top_k = 0;
   int64_t moe_intermediate_size = 0;
   bool norm_topk_prob = false;     // renormalize the top-k router probabilities to sum to 1
-  std::vector<bool> layer_is_moe;  // [num_layers]
+  std::vector<LayerKind> layers;   // [num_layers]: each layer's mixer and MLP kind
 
   std::vector<int32_t> eos_token_ids;
   int32_t bos_token_id = -1;
 
   bool is_moe() const { return num_experts > 0; }
+  bool layer_is_moe(int64_t l) const { return layers[size_t(l)].mlp == MlpKind::moe; }
+  int64_t moe_layers() const;
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   int64_t rotary_dim() const;  // head_dim * partial_rotary_factor, even

@@ -97,7 +97,7 @@ TEST(DenseBf16, Bf16CheckpointGivesTheLogitsOfItsWidening) {
   c.arch = Arch::qwen3;
   c.vocab_size = 96, c.hidden_size = 64, c.num_layers = 2, c.num_heads = 4, c.num_kv_heads = 2, c.head_dim = 16;
   c.intermediate_size = 96, c.max_position_embeddings = 64, c.qk_norm = QkNorm::per_head;
-  c.layer_is_moe.assign(2, false);
+  c.layers.assign(2, LayerKind{});
   MemoryTensorSource src("bf16-model");
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 0.1f);

@@ -28,7 +28,7 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
   chunk_ = kMaxChunk;
   const size_t n = size_t(chunk_);
   // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
-  const bool any_dense = std::count(c_.layer_is_moe.begin(), c_.layer_is_moe.end(), false) > 0;
+  const bool any_dense = c_.moe_layers() < c_.num_layers;
   const int64_t inter = std::max(any_dense ? c_.intermediate_size : 0, c_.moe_intermediate_size);
   x_.resize(n * size_t(c_.hidden_size));
   xn_.resize(n * size_t(c_.hidden_size));
@@ -100,7 +100,9 @@ void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
   for (int64_t t = 0; t < n; ++t)
     rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
   clock_.lap(Op::elementwise);
-  attention(li, n, pos0);
+  switch (c_.layers[size_t(li)].mixer) {
+    case MixerKind::attention: attention(li, n, pos0); break;
+  }
   for (int64_t t = 0; t < n; ++t)
     rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
   clock_.lap(Op::elementwise);
@@ -110,7 +112,7 @@ void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
 void Session::mlp(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size;
-  if (!l.moe) {
+  if (c_.layers[size_t(li)].mlp == MlpKind::dense) {
     const int64_t I = c_.intermediate_size;
     const DenseJob gate_up[] = {{&l.gate, h1_.data()}, {&l.up, h2_.data()}};
     dense_products(gate_up, xn_.data(), n, pool_);

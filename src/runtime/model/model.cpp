@@ -110,8 +110,7 @@ std::string Model::dense_description() const {
 
 std::string Model::expert_description() const {
   if (!config_.is_moe()) return "dense model (no experts)";
-  const int64_t total = config_.num_experts * int64_t(std::count(config_.layer_is_moe.begin(),
-                                                                 config_.layer_is_moe.end(), true));
+  const int64_t total = config_.num_experts * config_.moe_layers();
   if (weights_.experts_kept == total)
     return fmt::format("experts kept as the GGUF file stores them, ggml_gemv {}",
                        kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path()));

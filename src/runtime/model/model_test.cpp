@@ -83,7 +83,7 @@ TEST(Config, ParsesQwen3Moe) {
   EXPECT_EQ(c.qk_norm, QkNorm::per_head);
   EXPECT_TRUE(c.norm_topk_prob);
   EXPECT_EQ(c.num_experts, 4);
-  EXPECT_EQ(c.layer_is_moe, std::vector<bool>({true, true}));
+  EXPECT_EQ(c.layers, std::vector<LayerKind>(2, LayerKind{MixerKind::attention, MlpKind::moe}));
   EXPECT_EQ(c.rope.type, RopeType::default_);
 }
 

@@ -400,7 +400,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       l.q_norm = L.vec(a + "q_norm.weight", c.q_dim());
       l.k_norm = L.vec(a + "k_norm.weight", c.kv_dim());
     }
-    l.moe = c.layer_is_moe[size_t(li)];
+    l.moe = c.layer_is_moe(li);
     if (!l.moe) {
       const int64_t I = c.intermediate_size;
       l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias, true);

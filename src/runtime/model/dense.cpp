@@ -165,15 +165,15 @@ void fp32_rows(const float* w0, const float* bias, const float* x, float* y, int
                 w0, int(cols), beta, y + r0, int(rows));
 }
 
-// Many rows of x (prefill): blocks of up to 1024 bf16 or int8 rows widened to fp32 once (exact), then an OpenBLAS sgemm over
-// all of x's rows, so the products run at GEMM speed instead of converting every weight once per few rows of x.
+// Many rows of x (prefill): blocks of bf16 or int8 rows widened to fp32 once (exact), then an OpenBLAS sgemm over all
+// of x's rows, so the products run at GEMM speed instead of converting every weight once per few rows of x.
 constexpr int64_t kGemmRows = 16;
 void widened_rows_gemm(const Dense& d, const float* x, float* y, int64_t n, int64_t r0, int64_t r1) {
-  // One sgemm per thread's row range where it fits: OpenBLAS packs x (n x cols) again in every call, so 64-row calls
-  // spent more time packing x than multiplying (16-core host: 7.6 ms per prompt token in these products).
-  constexpr int64_t kBlock = 1024;
+  // One sgemm per thread's row range where it fits (OpenBLAS packs x, n x cols, again in every call), with the
+  // widened block capped at 8 MB per thread (Mixtral's down projection has 14336 columns).
+  const int64_t kBlock = std::clamp<int64_t>((int64_t(8) << 20) / (4 * d.cols), 64, 1024);
   thread_local std::vector<float> wf;
-  wf.resize(size_t(kBlock * d.cols));
+  wf.resize(size_t(std::min(kBlock, r1 - r0) * d.cols));
   const float* bias = d.bias.empty() ? nullptr : d.bias.data();
   for (int64_t b0 = r0; b0 < r1; b0 += kBlock) {
     const int64_t rb = std::min(kBlock, r1 - b0);

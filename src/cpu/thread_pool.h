@@ -7,12 +7,12 @@
 #include <exception>
 #include <memory>
 #include <mutex>
-
-#include <pthread.h>
-#include <sched.h>
 #include <thread>
 #include <type_traits>
 #include <vector>
+
+#include <pthread.h>
+#include <sched.h>
 
 namespace genesis::cpu {
 

@@ -106,6 +106,8 @@ class Session {
   std::vector<float> router_logits_;                     // [rows][experts]
   std::vector<int32_t> pair_row_, row_pairs_;            // [pairs] -> row; [rows][top_k] -> pair
   std::vector<float> pair_weight_;                       // [pairs]
+  std::vector<int32_t> expert_start_, next_pair_, chosen_e_;  // counting sort of the pairs by expert
+  std::vector<float> chosen_w_;
   std::vector<MoeUnit> units_;
   std::vector<float> moe_x_, moe_h_, moe_act_, moe_out_;  // [pairs][hidden], [pairs][2 inter], [pairs][inter], [pairs][hidden]
   std::vector<kernels::nf4_gemv::PreparedActivations> prep_x_, prep_act_;  // [units]

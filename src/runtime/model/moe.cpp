@@ -23,8 +23,12 @@ void Session::moe(const Layer& l, int64_t n) {
   pair_row_.resize(size_t(P));
   pair_weight_.resize(size_t(P));
   row_pairs_.resize(size_t(P));
-  std::vector<int32_t> start(size_t(E + 1), 0), chosen_e(static_cast<size_t>(P));
-  std::vector<float> chosen_w(static_cast<size_t>(P));
+  std::vector<int32_t>& start = expert_start_;  // [experts + 1] first pair of each expert, then a cursor
+  start.assign(size_t(E + 1), 0);
+  chosen_e_.resize(size_t(P));
+  chosen_w_.resize(size_t(P));
+  std::vector<int32_t>& chosen_e = chosen_e_;
+  std::vector<float>& chosen_w = chosen_w_;
   for (int64_t t = 0; t < n; ++t) {
     const auto ch = route_top_k(&router_logits_[size_t(t * E)], E, K, c_.norm_topk_prob);
     for (int64_t j = 0; j < K; ++j) {
@@ -34,9 +38,9 @@ void Session::moe(const Layer& l, int64_t n) {
     }
   }
   for (int64_t e = 0; e < E; ++e) start[size_t(e + 1)] += start[size_t(e)];
-  std::vector<int32_t> next(start.begin(), start.end() - 1);
+  next_pair_.assign(start.begin(), start.end() - 1);
   for (int64_t i = 0; i < P; ++i) {
-    const int32_t p = next[size_t(chosen_e[size_t(i)])]++;
+    const int32_t p = next_pair_[size_t(chosen_e[size_t(i)])]++;
     pair_row_[size_t(p)] = int32_t(i / K);
     pair_weight_[size_t(p)] = chosen_w[size_t(i)];
     row_pairs_[size_t(i)] = p;

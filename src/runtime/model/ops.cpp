@@ -1,8 +1,7 @@
-// fp32 kernels of the forward pass (norms, rope, activations, dense products through OpenBLAS, routing).
-// Expert matrices do not pass through here: they go through the NF4 kernels (see forward.cpp).
+// fp32 kernels of the forward pass (norms, rope, activations, dot/axpy, routing) and the BLAS threading setting.
+// Matrix products live in dense.cpp and the kernel families; expert matrices in moe.cpp.
 #include "runtime/model/ops.h"
 
-#include <cblas.h>
 #include <immintrin.h>
 
 #include "cpu/isa.h"
@@ -209,19 +208,6 @@ void softmax(float* x, int64_t n) {
   }
   const float inv = float(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
-}
-
-void matvec(const float* w, const float* bias, const float* x, float* y, int64_t rows, int64_t cols) {
-  if (bias) std::copy(bias, bias + rows, y);
-  cblas_sgemv(CblasRowMajor, CblasNoTrans, int(rows), int(cols), 1.0f, w, int(cols), x, 1, bias ? 1.0f : 0.0f, y, 1);
-}
-
-void matmul_tokens(const float* w, const float* bias, const float* x, float* y, int64_t n, int64_t rows,
-                   int64_t cols) {
-  if (bias)
-    for (int64_t t = 0; t < n; ++t) std::copy(bias, bias + rows, y + t * rows);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rows), int(cols), 1.0f, x, int(cols), w,
-              int(cols), bias ? 1.0f : 0.0f, y, int(rows));
 }
 
 std::vector<std::pair<int, float>> route_top_k(const float* logits, int64_t n_experts, int64_t k, bool renormalize) {

@@ -1,5 +1,5 @@
 // The numeric building blocks of the forward pass, in fp32: RMSNorm, rotary embeddings (NeoX layout, with the rope
-// scaling types of RopeConfig), SwiGLU, softmax, dense matrix-vector products (OpenBLAS), router top-k.
+// scaling types of RopeConfig), SwiGLU, softmax, fp32 dot/axpy, router top-k.
 // Semantics follow transformers' modeling code; nothing here knows about layers or weights' names.
 #pragma once
 
@@ -37,13 +37,6 @@ void axpy_f32(float a, const float* x, float* y, int64_t n);
 
 // In place, over n elements; computed with a max shift, in fp32 (as torch.softmax(dtype=float32)).
 void softmax(float* x, int64_t n);
-
-// y[rows] = W[rows, cols] x + (bias ? bias : 0), W row-major.
-void matvec(const float* w, const float* bias, const float* x, float* y, int64_t rows, int64_t cols);
-
-// Y[n, rows] = X[n, cols] W^T (+ bias per row): several tokens through one weight (prefill).
-void matmul_tokens(const float* w, const float* bias, const float* x, float* y, int64_t n, int64_t rows,
-                   int64_t cols);
 
 // Router: softmax over logits (fp32), the top-k (ties: lower expert index first, as torch.topk in practice),
 // optionally renormalized to sum to 1. Returns (expert, weight) pairs, highest probability first.

@@ -10,6 +10,7 @@
 
 #include "cli/command.h"
 #include "common/error.h"
+#include "common/util.h"
 
 extern "C" char* openblas_get_corename();  // OpenBLAS (also in its cblas.h)
 
@@ -56,7 +57,7 @@ int main(int argc, char** argv) {
       "GENESIS_CACHE_DIR overrides ~/.cache/genesis.",
       "genesis"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string(GENESIS_VERSION) + " (" GENESIS_GIT_REV ")");
+  app.set_version_flag("--version", genesis::build_id());
   auto& reg = genesis::cli::command_registry();
   std::sort(reg.begin(), reg.end(), [](const auto& a, const auto& b) { return a.order < b.order; });
   for (auto& c : reg) c.setup(app);

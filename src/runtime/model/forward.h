@@ -1,8 +1,10 @@
-// A loaded model (config + weights; model.cpp) and a Session: the KV cache and scratch of one sequence, with
-// forward() that reads top to bottom: norm -> attention -> norm -> router -> experts (or dense MLP) -> residual.
-// A step runs a batch of rows: the prompt's tokens in chunks (prefill), or one token (decode). Attention is
-// attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
-// step).
+// A loaded model (config + weights; model.cpp) and a Session: the scratch of a step and the state (KV cache,
+// position) of one or more sequences, with a step that reads top to bottom: norm -> attention -> norm -> router ->
+// experts (or dense MLP) -> residual. A step runs a batch of rows: a prompt's tokens in chunks (prefill), one token
+// (decode), or rows of several sequences at once (continuous batching: each sequence's rows are consecutive
+// positions of it). Norms, dense products and the MoE run over all rows of a step; attention runs each row against
+// its own sequence's KV cache. Attention is attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each
+// routed expert's weights are read once per step, whichever sequences its rows belong to).
 #pragma once
 
 #include <atomic>
@@ -52,16 +54,49 @@ class Model {
   int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
+// One sequence's state across steps: its KV cache and the number of positions it holds. (The per-sequence state of
+// other mixers, such as a linear-attention layer's conv / recurrent state, belongs here too.)
+struct SequenceState {
+  int64_t pos = 0;
+  std::vector<float> k_cache, v_cache;  // [layers][kv heads][capacity][head_dim]
+  bool in_use = false;
+};
+
+// The rows of one sequence within a step: `tokens` at positions position(seq).. of sequence `seq`.
+struct SequenceRows {
+  int32_t seq = 0;
+  std::span<const int32_t> tokens;
+  float* logits = nullptr;  // the last row's logits (vocab floats), or every row's with all_logits; null: none
+  bool all_logits = false;
+};
+
 class Session {
  public:
   // context: the KV cache's capacity in tokens (<= 0: min(max_position_embeddings, kDefaultContext), so that a
   // config claiming millions of positions does not size gigabytes of cache). pool may be null.
   static constexpr int64_t kDefaultContext = 4096;
+  // Holds sequence 0 (the one forward() runs); add_sequence() adds more, each with a KV cache of `context` tokens.
   Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
 
-  int64_t position() const { return pos_; }
+  int64_t position() const { return position(0); }
   int64_t context() const { return capacity_; }
-  void reset() { pos_ = 0; }
+  void reset() { reset(0); }
+
+  // Sequences (slots): add_sequence() returns a free slot (reusing a removed one's memory) starting at position 0;
+  // remove_sequence() frees it. Ids are small integers; a bad id is a genesis::Error.
+  int32_t add_sequence();
+  void remove_sequence(int32_t seq);
+  void reset(int32_t seq);
+  int64_t position(int32_t seq) const;
+  int64_t sequences_in_use() const;
+
+  // One step over rows of several sequences (each at most once, at most chunk() rows in all): every sequence's
+  // tokens run at its next positions and its logits are written as asked. The same results as stepping each
+  // sequence alone, up to the order of float sums. Throws genesis::Error (before changing any state) for a bad
+  // sequence, a token outside the vocabulary, too many rows, or a sequence whose context would overflow.
+  // Dynamic rope past max_position_embeddings scales by the longest sequence of the step (transformers scales by the
+  // longest position of a call), so only there a sequence's logits depend on its companions.
+  void step(std::span<const SequenceRows> batch);
 
   // Runs tokens at positions position()..; writes the last token's logits (vocab floats) when logits != null, or
   // every token's (tokens.size() x vocab) when all_logits. Throws genesis::Error for a token id outside the
@@ -77,11 +112,13 @@ class Session {
   int64_t chunk() const { return chunk_; }
 
  private:
-  void run_layer(int64_t li, int64_t n, int64_t pos0);
-  void attention(int64_t li, int64_t n, int64_t pos0);  // attention.cpp
+  SequenceState& seq(int32_t id);
+  const SequenceState& seq(int32_t id) const;
+  void run_layer(int64_t li, int64_t n);
+  void attention(int64_t li, int64_t n);  // attention.cpp
+  void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   void mlp(int64_t li, int64_t n);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
-  void output_logits(const float* x, float* logits);
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
   void parallel_for(int64_t tasks, F&& fn);
@@ -89,8 +126,15 @@ class Session {
   const Model& m_;
   const ModelConfig& c_;
   cpu::ThreadPool* pool_;
-  int64_t capacity_ = 0, pos_ = 0;
-  std::vector<float> k_cache_, v_cache_;  // [layers][kv heads][capacity][head_dim]
+  int64_t capacity_ = 0;
+  std::vector<SequenceState> seqs_;
+  // The step's rows: a segment is the consecutive rows of one sequence (first row, rows, first position).
+  struct Segment {
+    int32_t seq;
+    int64_t row0, n, pos0;
+  };
+  std::vector<Segment> segs_;
+  std::vector<float> logit_x_, logit_y_;  // output rows gathered for one product: [16][hidden], [16][vocab]
   // Scratch for up to `chunk_` tokens at once.
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;

@@ -123,6 +123,14 @@ std::shared_ptr<RequestHandle> Scheduler::submit(std::vector<int32_t> prompt, co
   return h;
 }
 
+void Scheduler::pause(bool paused) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    paused_ = paused;
+  }
+  cv_.notify_all();
+}
+
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lk(mu_);
   return stats_;
@@ -251,7 +259,7 @@ void Scheduler::step_once(std::vector<std::unique_ptr<Request>>& running) {
 }
 
 void Scheduler::engine() {
-  std::vector<std::unique_ptr<Request>> running;
+  std::vector<std::unique_ptr<Request>> running, gone;
   try {
     // The pool's caller (this thread) is pinned while the pool lives: the pool belongs to the engine thread.
     auto pool = std::make_unique<cpu::ThreadPool>(opt_.threads);
@@ -267,14 +275,12 @@ void Scheduler::engine() {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || !waiting_.empty() || !running.empty(); });
+        cv_.wait(lk, [&] { return stop_ || (!paused_ && (!waiting_.empty() || !running.empty())); });
         if (stop_) break;
-        // Requests cancelled while waiting leave the queue.
+        // Requests cancelled while waiting leave the queue (their final event goes out below, outside the lock).
         for (auto it = waiting_.begin(); it != waiting_.end();)
           if ((*it)->h->cancelled()) {
-            lk.unlock();
-            finish(**it, "cancelled");
-            lk.lock();
+            gone.push_back(std::move(*it));
             it = waiting_.erase(it);
           } else {
             ++it;
@@ -286,6 +292,8 @@ void Scheduler::engine() {
         stats_.waiting = int64_t(waiting_.size());
         stats_.running = int64_t(running.size());
       }
+      for (auto& r : gone) finish(*r, "cancelled");
+      gone.clear();
       for (auto& r : running) {
         if (r->seq >= 0) continue;
         r->seq = session_->add_sequence();
@@ -296,6 +304,7 @@ void Scheduler::engine() {
       for (auto& r : running)
         if (r->h->cancelled() && !r->done) finish(*r, "cancelled");
       step_once(running);
+      if (opt_.on_step) opt_.on_step();
       for (auto& r : running)
         if (r->done) session_->remove_sequence(r->seq);
       std::erase_if(running, [](const std::unique_ptr<Request>& r) { return r->done; });

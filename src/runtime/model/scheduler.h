@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -94,6 +95,7 @@ class Scheduler {
     int64_t max_queue = 64;      // waiting requests at most; beyond, submit() throws QueueFull
     int64_t prefill_chunk = 64;  // prompt rows per step at most (fewer when decode rows fill the step)
     int threads = 0;             // the engine's thread pool (0: every allowed cpu)
+    std::function<void()> on_step;  // called on the engine thread after each step (tests); keep it short
   };
   // `eos` ends generation (unless a request ignores it). The model and tokenizer must outlive the scheduler. Starts
   // the engine thread; the destructor cancels every request and joins it.
@@ -105,6 +107,9 @@ class Scheduler {
   // Queues a request. Throws genesis::Error for an empty prompt, a prompt that leaves no room in a slot's context
   // or bad sampling options, QueueFull when the queue is full.
   std::shared_ptr<RequestHandle> submit(std::vector<int32_t> prompt, const RequestOptions& opt);
+
+  // Paused, the engine stops between steps (requests still queue); for tests and maintenance.
+  void pause(bool paused);
 
   SchedulerStats stats() const;
   int64_t context() const { return context_; }
@@ -125,7 +130,7 @@ class Scheduler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Request>> waiting_;
-  bool stop_ = false;
+  bool stop_ = false, paused_ = false;
   SchedulerStats stats_;
   bool ready_ = false;      // the engine thread has made its Session (or failed: start_error_)
   std::string start_error_;

@@ -133,23 +133,34 @@ TEST(Scheduler, CancelQueueBoundAndBadRequests) {
   o.parallel = 1;
   o.context = 64;
   o.max_queue = 2;
+  o.prefill_chunk = 8;  // a 60-token prompt takes 8 steps
+  int steps = 0;
+  std::shared_ptr<RequestHandle> cancel_at_step_2;
+  o.on_step = [&] {
+    if (++steps == 2 && cancel_at_step_2) cancel_at_step_2->cancel();
+  };
   Scheduler sch(*model().model, *model().tokenizer, {}, o);
   RequestOptions ro;
   ro.max_tokens = 40;
   ro.ignore_eos = true;
-  auto a = sch.submit(prompt_for(0), ro);
-  // Wait until `a` runs, then fill the queue.
-  while (sch.stats().running == 0) std::this_thread::sleep_for(1ms);
+  // Paused, the engine takes nothing: two requests fill the queue, a third is refused.
+  sch.pause(true);
+  auto a = sch.submit(std::vector<int32_t>(60, 5), ro);
   auto b = sch.submit(prompt_for(0), ro);
-  auto c = sch.submit(prompt_for(0), ro);
   EXPECT_THROW(sch.submit(prompt_for(0), ro), QueueFull);
-  c->cancel();
-  a->cancel();
-  EXPECT_EQ(collect(*a).reason, "cancelled");
-  EXPECT_EQ(collect(*c).reason, "cancelled");
-  const Result rb = collect(*b);  // the freed slot serves the next request
-  EXPECT_EQ(rb.reason, "length");
-  EXPECT_EQ(rb.completion_tokens, 40);
+  EXPECT_EQ(sch.stats().requests_rejected, 1u);
+  b->cancel();  // cancelled while waiting
+  cancel_at_step_2 = a;  // cancelled while running: in the middle of its prefill
+  sch.pause(false);
+  EXPECT_EQ(collect(*b).reason, "cancelled");  // b has left the queue, a took the slot
+  auto c = sch.submit(prompt_for(0), ro);      // waits for a's slot
+  const Result ra = collect(*a);
+  EXPECT_EQ(ra.reason, "cancelled");
+  EXPECT_EQ(ra.completion_tokens, 0);
+  const Result rc = collect(*c);  // the freed slot serves the next request
+  EXPECT_EQ(rc.reason, "length");
+  EXPECT_EQ(rc.completion_tokens, 40);
+  EXPECT_EQ(sch.stats().finished_cancelled, 2u);
   // Bad requests are errors at submit.
   EXPECT_THROW(sch.submit({}, ro), Error);
   EXPECT_THROW(sch.submit(std::vector<int32_t>(64, 5), ro), Error);

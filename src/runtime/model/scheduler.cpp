@@ -110,7 +110,8 @@ std::shared_ptr<RequestHandle> Scheduler::submit(std::vector<int32_t> prompt, co
   auto h = r->h;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (int64_t(waiting_.size()) >= opt_.max_queue) {
+    // Slots free now take requests without queueing; the bound counts the ones beyond.
+    if (int64_t(waiting_.size()) + stats_.running >= opt_.parallel + opt_.max_queue) {
       ++stats_.requests_rejected;
       throw QueueFull(fmt::format("the server is busy: {} requests are running and {} waiting (the queue bound)",
                                   opt_.parallel, waiting_.size()));

@@ -92,7 +92,7 @@ class Scheduler {
   struct Options {
     int parallel = 4;            // sequence slots (requests decoding at once)
     int64_t context = 0;         // tokens per slot (<= 0: the Session's default)
-    int64_t max_queue = 64;      // waiting requests at most; beyond, submit() throws QueueFull
+    int64_t max_queue = 64;      // requests beyond the slots waiting at most; beyond, submit() throws QueueFull
     int64_t prefill_chunk = 64;  // prompt rows per step at most (fewer when decode rows fill the step)
     int threads = 0;             // the engine's thread pool (0: every allowed cpu)
     std::function<void()> on_step;  // called on the engine thread after each step (tests); keep it short

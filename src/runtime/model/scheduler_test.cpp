@@ -143,16 +143,19 @@ TEST(Scheduler, CancelQueueBoundAndBadRequests) {
   RequestOptions ro;
   ro.max_tokens = 40;
   ro.ignore_eos = true;
-  // Paused, the engine takes nothing: two requests fill the queue, a third is refused.
+  // Paused, the engine takes nothing: one request for the slot and two for the queue, a fourth is refused.
   sch.pause(true);
   auto a = sch.submit(std::vector<int32_t>(60, 5), ro);
   auto b = sch.submit(prompt_for(0), ro);
+  auto b2 = sch.submit(prompt_for(1), ro);
   EXPECT_THROW(sch.submit(prompt_for(0), ro), QueueFull);
   EXPECT_EQ(sch.stats().requests_rejected, 1u);
   b->cancel();  // cancelled while waiting
+  b2->cancel();
   cancel_at_step_2 = a;  // cancelled while running: in the middle of its prefill
   sch.pause(false);
   EXPECT_EQ(collect(*b).reason, "cancelled");  // b has left the queue, a took the slot
+  EXPECT_EQ(collect(*b2).reason, "cancelled");
   auto c = sch.submit(prompt_for(0), ro);      // waits for a's slot
   const Result ra = collect(*a);
   EXPECT_EQ(ra.reason, "cancelled");
@@ -160,7 +163,7 @@ TEST(Scheduler, CancelQueueBoundAndBadRequests) {
   const Result rc = collect(*c);  // the freed slot serves the next request
   EXPECT_EQ(rc.reason, "length");
   EXPECT_EQ(rc.completion_tokens, 40);
-  EXPECT_EQ(sch.stats().finished_cancelled, 2u);
+  EXPECT_EQ(sch.stats().finished_cancelled, 3u);
   // Bad requests are errors at submit.
   EXPECT_THROW(sch.submit({}, ro), Error);
   EXPECT_THROW(sch.submit(std::vector<int32_t>(64, 5), ro), Error);

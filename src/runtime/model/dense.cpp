@@ -165,6 +165,18 @@ void fp32_rows(const float* w0, const float* bias, const float* x, float* y, int
                 w0, int(cols), beta, y + r0, int(rows));
 }
 
+// Int8-block rows [r0, r1) for every token of x (decode of several sequences): blocks of about 32 KB of weights, each
+// read from memory once and then met by every token from cache, instead of the whole range streamed once per token.
+// Each (row, token) is the same gemv_rows computation as alone.
+void q8_rows_tokens(const kernels::q8_gemv::Q8Matrix& m, const std::vector<kernels::q8_gemv::Q8Activations>& xa,
+                    int64_t n, float* y, int64_t rows, int64_t cols, int64_t r0, int64_t r1,
+                    kernels::q8_gemv::Path path) {
+  const int64_t block = std::max<int64_t>(16, (32768 * 8 / (cols * 9)) / 16 * 16);
+  for (int64_t b = r0; b < r1; b += block)
+    for (int64_t t = 0; t < n; ++t)
+      kernels::q8_gemv::gemv_rows(m, xa[size_t(t)], y + t * rows, b, std::min(r1, b + block), path);
+}
+
 // Many rows of x (prefill): blocks of bf16 or int8 rows widened to fp32 once (exact), then an OpenBLAS sgemm over all
 // of x's rows, so the products run at GEMM speed instead of converting every weight once per few rows of x.
 constexpr int64_t kGemmRows = 16;
@@ -232,13 +244,11 @@ void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::Thr
     }
     namespace q8 = kernels::q8_gemv;
     static const q8::Path path = q8::best_path();
-    thread_local q8::Q8Activations xa;
-    const q8::Q8Activations* xp = &xa;  // the caller's instance: inside the workers `xa` would name their own
-    for (int64_t t = 0; t < n; ++t) {
-      q8::quantize_activations(x + t * d.cols, d.cols, xa);
-      float* yt = y + t * d.rows;
-      split([&](int64_t r0, int64_t r1) { q8::gemv_rows(*d.q8, *xp, yt, r0, r1, path); });
-    }
+    thread_local std::vector<q8::Q8Activations> xa;
+    const std::vector<q8::Q8Activations>* xp = &xa;  // the caller's: inside the workers `xa` names their own
+    if (xa.size() < size_t(n)) xa.resize(size_t(n));
+    for (int64_t t = 0; t < n; ++t) q8::quantize_activations(x + t * d.cols, d.cols, xa[size_t(t)]);
+    split([&](int64_t r0, int64_t r1) { q8_rows_tokens(*d.q8, *xp, n, y, d.rows, d.cols, r0, r1, path); });
     add_bias(d, y, n);
     return;
   }
@@ -285,14 +295,13 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
   if (q8) {
     namespace q8g = kernels::q8_gemv;
     static const q8g::Path path = q8g::best_path();
-    thread_local q8g::Q8Activations xa;
-    const q8g::Q8Activations* xp = &xa;  // the caller's instance, read by the workers
-    for (int64_t t = 0; t < n; ++t) {
-      q8g::quantize_activations(x + t * cols, cols, xa);
-      region([&](const DenseJob& j, int64_t r0, int64_t r1) {
-        q8g::gemv_rows(*j.d->q8, *xp, j.y + t * j.d->rows, r0, r1, path);
-      });
-    }
+    thread_local std::vector<q8g::Q8Activations> xa;
+    const std::vector<q8g::Q8Activations>* xp = &xa;  // the caller's instances, read by the workers
+    if (xa.size() < size_t(n)) xa.resize(size_t(n));
+    for (int64_t t = 0; t < n; ++t) q8g::quantize_activations(x + t * cols, cols, xa[size_t(t)]);
+    region([&](const DenseJob& j, int64_t r0, int64_t r1) {
+      q8_rows_tokens(*j.d->q8, *xp, n, j.y, j.d->rows, cols, r0, r1, path);
+    });
     for (const DenseJob& j : jobs) add_bias(*j.d, j.y, n);
     return;
   }

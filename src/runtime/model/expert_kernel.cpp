@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "kb/kb.h"
 #include "runtime/model/expert_pack.h"
+#include "runtime/model/linear_policy.h"
 
 namespace genesis::runtime {
 
@@ -12,23 +13,6 @@ namespace nk = kernels::nf4_gemv;
 
 std::shared_ptr<const nk::PackedWeights> pack_expert(const quant::Nf4Matrix& m, nk::Path path) {
   return std::make_shared<const nk::PackedWeights>(nk::pack(m, path));
-}
-
-namespace {
-// The knowledge base's best genome for one token of this shape on `path` (kb_path empty: none), else the baseline;
-// `tuned` says which.
-nk::Genome genome_for(const nk::Problem& pr, nk::Path path, const std::string& kb_path, bool* tuned = nullptr) {
-  std::optional<nk::Genome> g;
-  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
-  if (tuned) *tuned = g.has_value();
-  return g ? *g : nk::Genome::baseline(path);
-}
-}  // namespace
-
-DenseKernels make_dense_kernels(int64_t M, int64_t K, nk::Path path, int blocksize, const std::string& kb_path) {
-  nk::require_path(path);
-  const nk::Problem one{M, K, 1, blocksize}, eight{M, K, 8, blocksize};
-  return {nk::get_kernel(one, genome_for(one, path, kb_path)), nk::get_kernel(eight, nk::Genome::baseline(path))};
 }
 
 ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize, const std::string& kb_path) {

@@ -49,14 +49,6 @@ void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv
 std::shared_ptr<const kernels::nf4_gemv::PackedWeights> pack_expert(const quant::Nf4Matrix& m,
                                                                     kernels::nf4_gemv::Path path);
 
-// Kernels for a non-expert NF4 matrix [M, K]: one token (the knowledge base's genome when it has one for this shape)
-// and eight tokens sharing a pass (prefill; baseline genome).
-struct DenseKernels {
-  std::shared_ptr<const kernels::nf4_gemv::Kernel> one, eight;
-};
-DenseKernels make_dense_kernels(int64_t M, int64_t K, kernels::nf4_gemv::Path path, int blocksize,
-                                const std::string& kb_path);
-
 // Kernels for this model's expert shapes on `path`: per shape the knowledge base's best genome for this CPU and
 // build (when kb_path is non-empty and holds one), else the path's baseline genome.
 ExpertKernels make_expert_kernels(const ModelConfig& c, kernels::nf4_gemv::Path path, int blocksize,

@@ -49,7 +49,6 @@ class Model {
   ModelConfig config_;
   Weights weights_;
   ExpertKernels kernels_;
-  int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
 class Session {

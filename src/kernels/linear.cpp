@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <cblas.h>
+#include <fmt/format.h>
 
 #include "common/error.h"
 
@@ -34,6 +35,69 @@ void widened_gemm_rows(const Linear& w, const float* x, int64_t n, float* y, int
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(rb), int(cols), 1.0f, x, int(cols), wf.data(),
                 int(cols), 0.0f, y + b0, int(w.rows()));
   }
+}
+
+namespace {
+
+struct StackedActivations : LinearActivations {
+  std::unique_ptr<LinearActivations> top, bottom;
+};
+
+class StackedLinear final : public Linear {
+ public:
+  StackedLinear(std::shared_ptr<const Linear> top, std::shared_ptr<const Linear> bottom)
+      : Linear(top->rows() + bottom->rows(), top->cols()), top_(std::move(top)), bottom_(std::move(bottom)) {
+    if (top_->cols() != bottom_->cols())
+      fail("stacked matrices need the same columns: [{}, {}] over [{}, {}]", top_->rows(), top_->cols(),
+           bottom_->rows(), bottom_->cols());
+    kind_ = fmt::format("stacked({}|{})", top_->activation_kind(), bottom_->activation_kind());
+  }
+  size_t bytes() const override { return top_->bytes() + bottom_->bytes(); }
+  std::string format() const override { return top_->format() + "+" + bottom_->format(); }
+  std::string describe() const override { return top_->describe() + " over " + bottom_->describe(); }
+  std::string_view activation_kind() const override { return kind_; }
+  std::unique_ptr<LinearActivations> new_activations() const override {
+    auto a = std::make_unique<StackedActivations>();
+    a->top = top_->new_activations();
+    a->bottom = bottom_->new_activations();
+    return a;
+  }
+  void prepare(const float* x, int64_t n, LinearActivations& a) const override {
+    auto& s = activations_as<StackedActivations>(a, "stacked");
+    s.n = n, s.cols = cols();
+    top_->prepare(x, n, *s.top);
+    bottom_->prepare(x, n, *s.bottom);
+  }
+  // Each part writes rows of its own height: run it on a buffer and scatter into y's [n][rows()] rows.
+  void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
+    const auto& s = activations_as<StackedActivations>(a, "stacked");
+    const int64_t split = top_->rows();
+    thread_local std::vector<float> buf;
+    auto part = [&](const Linear& l, const LinearActivations& pa, int64_t p0, int64_t p1, int64_t offset) {
+      if (p0 >= p1) return;
+      buf.resize(size_t(s.n * l.rows()));
+      l.run_rows(pa, buf.data(), p0, p1);
+      for (int64_t t = 0; t < s.n; ++t)
+        std::copy(buf.begin() + t * l.rows() + p0, buf.begin() + t * l.rows() + p1, y + t * rows() + offset + p0);
+    };
+    part(*top_, *s.top, std::min(r0, split), std::min(r1, split), 0);
+    part(*bottom_, *s.bottom, std::max(r0, split) - split, std::max(r1, split) - split, split);
+  }
+  int64_t row_granule() const override { return std::max(top_->row_granule(), bottom_->row_granule()); }
+  void row_f32(int64_t r, float* out) const override {
+    if (r < top_->rows()) top_->row_f32(r, out);
+    else bottom_->row_f32(r - top_->rows(), out);
+  }
+
+ private:
+  std::shared_ptr<const Linear> top_, bottom_;
+  std::string kind_;
+};
+
+}  // namespace
+
+std::shared_ptr<const Linear> make_stacked(std::shared_ptr<const Linear> top, std::shared_ptr<const Linear> bottom) {
+  return std::make_shared<const StackedLinear>(std::move(top), std::move(bottom));
 }
 
 }  // namespace genesis::kernels

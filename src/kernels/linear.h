@@ -77,6 +77,10 @@ void widened_gemm_rows(const Linear& w, const float* x, int64_t n, float* y, int
 // Rows of x from which widened_gemm_rows beats a family's own few-row kernel.
 inline constexpr int64_t kGemmRows = 16;
 
+// Two matrices over the same x, stacked: rows [0, top.rows()) are top's, the rest bottom's (an expert's gate and up
+// when the file stores them in two formats). Throws genesis::Error when their cols differ.
+std::shared_ptr<const Linear> make_stacked(std::shared_ptr<const Linear> top, std::shared_ptr<const Linear> bottom);
+
 // The activations a family's prepare() received, checked: throws genesis::Error naming both kinds on a mismatch.
 template <class A>
 const A& activations_as(const LinearActivations& a, std::string_view family) {

@@ -7,6 +7,8 @@
 
 #include "kernels/nf4_gemv/nf4_gemv.h"
 
+#include <cblas.h>
+
 namespace genesis::kernels::nf4_gemv {
 
 namespace {
@@ -76,7 +78,49 @@ class Nf4Linear final : public Linear {
   }
 };
 
+// The reference product on the bitsandbytes layout: each row dequantized into a buffer, then an fp32 dot product
+// (OpenBLAS sdot) per row of x. Correct, not fast: the kernels' ground truth inside a model (--experts nf4-reference).
+class Nf4ReferenceLinear final : public Linear {
+ public:
+  explicit Nf4ReferenceLinear(quant::Nf4Matrix m) : Linear(m.rows, m.cols), m_(std::move(m)) {}
+  size_t bytes() const override { return m_.packed.size() + m_.absmax.size() * sizeof(float); }
+  std::string format() const override { return "NF4"; }
+  std::string describe() const override {
+    return fmt::format("NF4 (blocksize {}), reference: dequantized rows + fp32 dot", m_.blocksize);
+  }
+  std::string_view activation_kind() const override { return "f32"; }
+  std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<FloatActivations>(); }
+  void prepare(const float* x, int64_t n, LinearActivations& a) const override {
+    prepare_float(x, n, cols(), a, "nf4 reference");
+  }
+  void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
+    const auto& f = activations_as<FloatActivations>(a, "nf4 reference");
+    thread_local std::vector<float> row;
+    row.resize(size_t(cols()));
+    for (int64_t r = r0; r < r1; ++r) {
+      row_f32(r, row.data());
+      for (int64_t t = 0; t < f.n; ++t)
+        y[t * rows() + r] = cblas_sdot(int(cols()), row.data(), 1, f.x + t * cols(), 1);
+    }
+  }
+  int64_t row_granule() const override { return 1; }
+  void row_f32(int64_t r, float* out) const override {
+    const int64_t base = r * cols();
+    for (int64_t c = 0; c < cols(); ++c) {
+      const int64_t i = base + c;
+      out[c] = quant::kNf4Codes[quant::nf4_code_at(m_.packed.data(), size_t(i))] * m_.absmax[size_t(i / m_.blocksize)];
+    }
+  }
+
+ private:
+  quant::Nf4Matrix m_;
+};
+
 }  // namespace
+
+std::shared_ptr<const Linear> make_reference_linear(quant::Nf4Matrix m) {
+  return std::make_shared<const Nf4ReferenceLinear>(std::move(m));
+}
 
 std::shared_ptr<const Linear> make_linear(std::shared_ptr<const PackedWeights> w, std::shared_ptr<const KernelSet> k) {
   return std::make_shared<const Nf4Linear>(std::move(w), std::move(k));

@@ -111,6 +111,8 @@ using KernelSet = std::array<std::shared_ptr<const Kernel>, kMaxTokens + 1>;
 // Packed weights behind the Linear seam (kernels/linear.h): x's rows go in chunks, each on the largest kernel of the
 // set that fits.
 std::shared_ptr<const Linear> make_linear(std::shared_ptr<const PackedWeights> w, std::shared_ptr<const KernelSet> k);
+// The bitsandbytes layout behind the Linear seam, on the reference product (rows dequantized + fp32 dot).
+std::shared_ptr<const Linear> make_reference_linear(quant::Nf4Matrix m);
 
 // Paths this CPU can run (after GENESIS_MAX_ISA), fastest first; best_path() is the first.
 std::vector<Path> available_paths();

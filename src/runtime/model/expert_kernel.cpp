@@ -28,14 +28,17 @@ ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int block
   };
   k.gate_up = one(2 * c.moe_intermediate_size, c.hidden_size);
   k.down = one(c.hidden_size, c.moe_intermediate_size);
-  k.gate_up_rows[1] = k.gate_up;
-  k.down_rows[1] = k.down;
+  auto gate_up = std::make_shared<nk::KernelSet>(), down = std::make_shared<nk::KernelSet>();
+  (*gate_up)[1] = k.gate_up;
+  (*down)[1] = k.down;
   for (int t = 2; t <= nk::kMaxTokens; ++t) {
-    k.gate_up_rows[size_t(t)] =
+    (*gate_up)[size_t(t)] =
         nk::get_kernel(nk::Problem{2 * c.moe_intermediate_size, c.hidden_size, t, blocksize}, nk::Genome::baseline(path));
-    k.down_rows[size_t(t)] =
+    (*down)[size_t(t)] =
         nk::get_kernel(nk::Problem{c.hidden_size, c.moe_intermediate_size, t, blocksize}, nk::Genome::baseline(path));
   }
+  k.gate_up_set = std::move(gate_up);
+  k.down_set = std::move(down);
   k.id = k.gate_up->id() + ", " + k.down->id();
   k.source = sources[0] + "; " + sources[1];
   return k;

@@ -23,8 +23,16 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
                                           const std::string& origin) {
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
-  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel)
+  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
+    // The blocksize is known once the experts are loaded (a bitsandbytes checkpoint brings its own): bind the packed
+    // experts to their kernel sets now.
     m->kernels_ = make_expert_kernels(m->config_, opt.kernel_path(), m->weights_.nf4_blocksize, kb_path_of(opt));
+    for (Layer& l : m->weights_.layers)
+      for (Expert& e : l.experts) {
+        for (auto [x, set] : {std::pair{&e.gate_up, m->kernels_.gate_up_set}, std::pair{&e.down, m->kernels_.down_set}})
+          if (!x->op && x->packed) x->op = kernels::nf4_gemv::make_linear(std::move(x->packed), set);
+      }
+  }
   return m;
 }
 
@@ -109,7 +117,7 @@ double Model::bytes_per_token() const {
   for (const Layer& l : weights_.layers) {
     if (!l.moe || l.experts.empty()) continue;
     const Expert& e = l.experts[0];
-    b += double(config_.top_k) * double(e.gate_up.bytes(weights_.expert_mode) + e.down.bytes(weights_.expert_mode));
+    b += double(config_.top_k) * double(e.gate_up.bytes() + e.down.bytes());
   }
   return b;
 }

@@ -39,13 +39,6 @@ ExpertMode expert_mode_from_name(const std::string& name) {
   fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", name);
 }
 
-size_t ExpertMatrix::bytes(ExpertMode m) const {
-  if (gq) return gq->bytes.size() + (gq2 ? gq2->bytes.size() : 0);
-  if (m == ExpertMode::f32) return f32.size() * sizeof(float);
-  if (m == ExpertMode::nf4_kernel && packed) return packed->bytes();
-  return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
-}
-
 const char* dense_nf4_name(DenseNf4 d) {
   switch (d) {
     case DenseNf4::off: return "off";
@@ -78,7 +71,7 @@ size_t Weights::dense_bytes() const {
 size_t Weights::expert_bytes() const {
   size_t n = 0;
   for (const Layer& l : layers)
-    for (const Expert& e : l.experts) n += e.gate_up.bytes(expert_mode) + e.down.bytes(expert_mode);
+    for (const Expert& e : l.experts) n += e.gate_up.bytes() + e.down.bytes();
   return n;
 }
 
@@ -175,16 +168,18 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
   if (sg != std::vector<int64_t>{I, H} || su != sg || sd != std::vector<int64_t>{H, I})
     fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
          shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
+  auto linear = [](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
+    return gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
+  };
   out.gate_up.rows = 2 * I, out.gate_up.cols = H;
   if (tg == tu) {
     bg.insert(bg.end(), bu.begin(), bu.end());
-    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, 2 * I, H, bg.data(), bg.size()));
+    out.gate_up.op = linear(tg, 2 * I, H, bg);
   } else {
-    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, I, H, bg.data(), bg.size()));
-    out.gate_up.gq2 = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tu, I, H, bu.data(), bu.size()));
+    out.gate_up.op = kernels::make_stacked(linear(tg, I, H, bg), linear(tu, I, H, bu));
   }
   out.down.rows = H, out.down.cols = I;
-  out.down.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(td, H, I, bd.data(), bd.size()));
+  out.down.op = linear(td, H, I, bd);
   return true;
 }
 

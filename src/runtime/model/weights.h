@@ -89,16 +89,14 @@ struct Dense {
   void row_f32(int64_t r, float* out) const { op->row_f32(r, out); }  // one row widened to fp32 (embedding lookup)
 };
 
-// One expert projection [rows, cols]: exactly one of f32 / nf4 (+ packed for nf4_kernel) is filled.
+// One expert projection [rows, cols] behind the Linear seam: fp32 (ExpertMode::f32), NF4 on the reference product
+// (nf4_reference) or on the JIT kernels (nf4_kernel), or as the GGUF file stores it (keep_quant).
 struct ExpertMatrix {
   int64_t rows = 0, cols = 0;
-  std::vector<float> f32;
-  quant::Nf4Matrix nf4;
-  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;  // nf4_kernel
-  // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv; then f32 / nf4 / packed are empty.
-  // gq2: the rows after gq's when they are stored in another format (gate_up: gate in gq, up in gq2).
-  std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq, gq2;
-  size_t bytes(ExpertMode m) const;  // bytes one full product reads
+  std::shared_ptr<const kernels::Linear> op;
+  // nf4_kernel: the packed weights, until the model binds them to its kernel set (op is null until then).
+  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;
+  size_t bytes() const { return op ? op->bytes() : packed ? packed->bytes() : 0; }  // bytes one product reads
 };
 
 struct Expert {

@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "quant/ggml.h"
+#include "quant/half.h"
 #include "runtime/model/expert_pack.h"
 #include "runtime/model/linear_policy.h"
 
@@ -76,34 +77,6 @@ size_t Weights::expert_bytes() const {
 }
 
 namespace {
-
-float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h >> 15) << 31;
-  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: normalize
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) man <<= 1, --exp;
-      u = sign | (exp << 23) | ((man & 0x3FF) << 13);
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7F800000u | (man << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 void check_nf4_shape(const quant::Nf4Matrix& q, int64_t rows, int64_t cols, const std::string& name,
                      const std::string& origin) {
@@ -246,7 +219,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[size_t(i)] = bf16_to_f32(h);
+        out[size_t(i)] = quant::bf16_to_f32(h);
       }
       break;
     }
@@ -255,7 +228,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[size_t(i)] = f16_to_f32(h);
+        out[size_t(i)] = quant::f16_to_f32(h);
       }
       break;
     }

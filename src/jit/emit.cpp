@@ -113,6 +113,7 @@ class Assembler : public Xbyak::CodeGenerator {
         vcvtph2ps(v(in.dst, w), v(in.src1, w / 2));
         break;
       case Op::vpsllw_imm: vpsllw(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
+      case Op::vpsraw_imm: vpsraw(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
       case Op::vpsrlvw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpsrlvw(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpmullw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpmullw(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpmaddubsw:

@@ -56,6 +56,7 @@ const char* op_name(Op op) {
     case Op::vcvtdq2ps: return "vcvtdq2ps";
     case Op::vcvtph2ps: return "vcvtph2ps";
     case Op::vpsllw_imm: return "vpsllw";
+    case Op::vpsraw_imm: return "vpsraw";
     case Op::vpsrlvw: return "vpsrlvw";
     case Op::vpmullw: return "vpmullw";
     case Op::vpmaddubsw: return "vpmaddubsw";
@@ -122,6 +123,7 @@ std::string Instr::text() const {
       return fmt::format("{} {}, {}, {}, {:#x}", n, reg_text(dst, width), reg_text(src1, width),
                          has_mem ? mem_text(mem) : reg_text(src2, width), imm);
     case Op::vpsllw_imm:
+    case Op::vpsraw_imm:
     case Op::vpsrld_imm:
     case Op::vpsrlw_imm: return fmt::format("{} {}, {}, {}", n, reg_text(dst, width), reg_text(src1, width), imm);
     case Op::vcvtdq2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width));
@@ -217,6 +219,7 @@ Instr finalize(Instr in) {
     case Op::vcvtdq2ps:
     case Op::vcvtph2ps:
     case Op::vpsllw_imm:
+    case Op::vpsraw_imm:
     case Op::mov_reg:
       i.reads = bit(i.src1);
       i.writes = bit(i.dst);

@@ -43,6 +43,7 @@ enum class Op : uint8_t {
   vcvtdq2ps,    // dst = float(src1)
   vcvtph2ps,    // dst (width) = float(half src1), src1 read at half the width
   vpsllw_imm,   // dst = src1 << imm (words)
+  vpsraw_imm,   // dst = src1 >> imm (words, arithmetic)
   vpsrlvw,      // dst = src1 >> src2|mem (per-word counts)
   vpmullw,      // dst = low16(src1 * src2|mem) (words)
   vpmaddubsw,   // dst = sat16(u8 src1 * s8 src2|mem, adjacent pairs summed)

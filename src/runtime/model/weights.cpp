@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "quant/ggml.h"
 #include "runtime/model/expert_pack.h"
+#include "runtime/model/linear_policy.h"
 
 namespace genesis::runtime {
 
@@ -36,13 +37,6 @@ ExpertMode expert_mode_from_name(const std::string& name) {
   if (name == "nf4-reference") return ExpertMode::nf4_reference;
   if (name == "f32") return ExpertMode::f32;
   fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", name);
-}
-
-size_t ExpertMatrix::bytes(ExpertMode m) const {
-  if (gq) return gq->bytes.size() + (gq2 ? gq2->bytes.size() : 0);
-  if (m == ExpertMode::f32) return f32.size() * sizeof(float);
-  if (m == ExpertMode::nf4_kernel && packed) return packed->bytes();
-  return nf4.packed.size() + nf4.absmax.size() * sizeof(float);
 }
 
 const char* dense_nf4_name(DenseNf4 d) {
@@ -64,31 +58,6 @@ void set_dense_mode(const std::string& mode, LoadOptions& opt) {
   else fail("--dense '{}': expected q8, bf16, f32, nf4 or nf4-all", mode);
 }
 
-size_t Dense::bytes() const {
-  return w.size() * 4 + w16.size() * 2 + bias.size() * 4 + (nf4 ? nf4->bytes() : 0) + (gq ? gq->bytes.size() : 0) +
-         (q8 ? q8->bytes() : 0);
-}
-
-void Dense::row_f32(int64_t r, float* out) const {
-  if (is_nf4()) fail("Dense::row_f32: an NF4 matrix has no row lookup (embeddings are never NF4)");
-  if (is_gq()) {
-    quant::ggml_dequantize(gq->type, gq->bytes.data() + size_t(r) * gq->row_bytes, out, cols);
-    return;
-  }
-  if (is_q8()) {
-    kernels::q8_gemv::dequantize_row(*q8, r, out);
-    return;
-  }
-  if (!bf16()) {
-    std::memcpy(out, &w[size_t(r * cols)], size_t(cols) * 4);
-    return;
-  }
-  for (int64_t c = 0; c < cols; ++c) {
-    const uint32_t u = uint32_t(w16[size_t(r * cols + c)]) << 16;
-    std::memcpy(&out[c], &u, 4);
-  }
-}
-
 size_t Weights::dense_bytes() const {
   size_t n = embed.bytes() + lm_head.bytes() + final_norm.size() * 4;
   for (const Layer& l : layers) {
@@ -102,7 +71,7 @@ size_t Weights::dense_bytes() const {
 size_t Weights::expert_bytes() const {
   size_t n = 0;
   for (const Layer& l : layers)
-    for (const Expert& e : l.experts) n += e.gate_up.bytes(expert_mode) + e.down.bytes(expert_mode);
+    for (const Expert& e : l.experts) n += e.gate_up.bytes() + e.down.bytes();
   return n;
 }
 
@@ -134,12 +103,6 @@ float f16_to_f32(uint16_t h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 void check_nf4_shape(const quant::Nf4Matrix& q, int64_t rows, int64_t cols, const std::string& name,
@@ -205,90 +168,41 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
   if (sg != std::vector<int64_t>{I, H} || su != sg || sd != std::vector<int64_t>{H, I})
     fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
          shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
+  auto linear = [](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
+    return gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
+  };
   out.gate_up.rows = 2 * I, out.gate_up.cols = H;
   if (tg == tu) {
     bg.insert(bg.end(), bu.begin(), bu.end());
-    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, 2 * I, H, bg.data(), bg.size()));
+    out.gate_up.op = linear(tg, 2 * I, H, bg);
   } else {
-    out.gate_up.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tg, I, H, bg.data(), bg.size()));
-    out.gate_up.gq2 = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(tu, I, H, bu.data(), bu.size()));
+    out.gate_up.op = kernels::make_stacked(linear(tg, I, H, bg), linear(tu, I, H, bu));
   }
   out.down.rows = H, out.down.cols = I;
-  out.down.gq = std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(td, H, I, bd.data(), bd.size()));
+  out.down.op = linear(td, H, I, bd);
   return true;
 }
 
 class Loader {
  public:
   Loader(const ModelConfig& c, const TensorSource& src, const std::string& config_origin, const LoadOptions& opt)
-      : c_(c), src_(src), origin_(config_origin), keep_bf16_(opt.keep_bf16), opt_(opt) {}
+      : c_(c), src_(src), origin_(config_origin), opt_(opt), policy_(src, opt, config_origin, arch_name(c.arch)) {}
 
   bool has(const std::string& name) const { return src_.contains(name); }
 
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const {
-    const TensorView* t = src_.find(name);
-    if (!t) fail("tensor \"{}\" is missing from the checkpoint (needed by the {} architecture of {})", name,
-                 arch_name(c_.arch), origin_);
-    if (t->shape != shape)
-      fail("tensor \"{}\" in {} has shape {}, but {} implies {}", name, src_.describe(name), shape_str(t->shape),
-           origin_, shape_str(shape));
-    return *t;
+    return policy_.get(name, shape);
   }
 
   std::vector<float> vec(const std::string& name, int64_t n) const {
     return tensor_to_f32(get(name, {n}), src_.describe(name));
   }
 
-  // nf4_ok: the matrix may become NF4 (LoadOptions::dense_nf4); the embedding and the router never do.
-  Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias, bool nf4_ok = false) const {
-    Dense d;
-    d.rows = rows, d.cols = cols;
-    const std::string wn = prefix + ".weight";
-    if (nf4_ok && opt_.keep_quant) {
-      uint32_t type = 0;
-      std::vector<int64_t> shape;
-      std::vector<uint8_t> bytes;
-      if (src_.read_ggml(wn, type, shape, bytes) && kernels::ggml_gemv::supported(type)) {
-        if (shape != std::vector<int64_t>{rows, cols})
-          fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape),
-               origin_, shape_str({rows, cols}));
-        d.gq = std::make_shared<const kernels::ggml_gemv::GgmlMatrix>(
-            kernels::ggml_gemv::make_matrix(type, rows, cols, bytes.data(), bytes.size()));
-        if (bias) d.bias = vec(prefix + ".bias", rows);
-        return d;
-      }
-    }
-    if (nf4_ok && opt_.dense_q8 && !opt_.keep_quant && src_.block_quantized(wn) &&
-        cols % kernels::q8_gemv::kBlock == 0) {
-      std::vector<float> f;
-      const auto shape = src_.read_f32(wn, f);
-      if (shape != std::vector<int64_t>{rows, cols})
-        fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape), origin_,
-             shape_str({rows, cols}));
-      d.q8 = std::make_shared<const kernels::q8_gemv::Q8Matrix>(kernels::q8_gemv::quantize(f.data(), rows, cols));
-      if (bias) d.bias = vec(prefix + ".bias", rows);
-      return d;
-    }
-    if (nf4_ok && want_nf4(wn, rows, cols)) {
-      if (!src_.contains(wn)) get(wn, {rows, cols});  // the usual "missing" error
-      std::vector<float> f;
-      const auto shape = src_.read_f32(wn, f);
-      if (shape != std::vector<int64_t>{rows, cols})
-        fail("tensor \"{}\" in {} has shape {}, but {} implies {}", wn, src_.describe(wn), shape_str(shape), origin_,
-             shape_str({rows, cols}));
-      d.nf4 = pack_expert(quant::quantize_nf4(f, rows, cols, opt_.nf4_blocksize), opt_.kernel_path());
-      if (bias) d.bias = vec(prefix + ".bias", rows);
-      return d;
-    }
-    const TensorView& t = get(wn, {rows, cols});
-    if (keep_bf16_ && t.dtype == Dtype::bf16) {
-      d.w16.resize(size_t(rows * cols));
-      std::memcpy(d.w16.data(), t.data, d.w16.size() * 2);  // views may be unaligned
-    } else {
-      d.w = tensor_to_f32(t, src_.describe(wn));
-    }
-    if (bias) d.bias = vec(prefix + ".bias", rows);
-    return d;
+  // The matrix prefix.weight [rows, cols] in the family the policy chooses (linear_policy.h), with prefix.bias.
+  Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias,
+              MatrixRole role = MatrixRole::weight) const {
+    return Dense(policy_.choose(prefix + ".weight", rows, cols, role),
+                 bias ? vec(prefix + ".bias", rows) : std::vector<float>{});
   }
 
   // One expert's [rows, cols] matrix from a per-expert tensor or a slice of a fused [E, R, cols] tensor.
@@ -296,18 +210,11 @@ class Loader {
     return tensor_to_f32(get(name, {rows, cols}), src_.describe(name));
   }
 
-  bool want_nf4(const std::string& name, int64_t rows, int64_t cols) const {
-    if (opt_.experts != ExpertMode::nf4_kernel || opt_.dense_nf4 == DenseNf4::off) return false;
-    if (name == "model.embed_tokens.weight") return false;  // row lookups: never NF4
-    if (cols % opt_.nf4_blocksize != 0 || rows % 16 != 0) return false;  // the kernels' blocks and row groups
-    return opt_.dense_nf4 == DenseNf4::all || src_.low_bit(name);
-  }
-
   const ModelConfig& c_;
   const TensorSource& src_;
   const std::string& origin_;
-  bool keep_bf16_;
   const LoadOptions& opt_;
+  LinearPolicy policy_;
 };
 
 // 1 + the highest N of the checkpoint's model.layers.N.* tensors (0 when it has none).
@@ -372,9 +279,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   w.nf4_blocksize = opt.nf4_blocksize;
   const int64_t H = c.hidden_size;
   // The embedding may stay as stored (keep_quant) or become int8 blocks (dense_q8: a tied output reads it whole).
-  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, opt.keep_quant || opt.dense_q8);
+  w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, MatrixRole::embedding);
   w.final_norm = L.vec("model.norm.weight", H);
-  if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false, true);
+  if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false);
   src.release("model.embed_tokens.");
   src.release("lm_head.");
 
@@ -389,10 +296,10 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     l.input_norm = L.vec(p + "input_layernorm.weight", H);
     l.post_norm = L.vec(p + "post_attention_layernorm.weight", H);
     const std::string a = p + "self_attn.";
-    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias, true);
-    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias, true);
-    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias, true);
-    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias, true);
+    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias);
+    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias);
+    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias);
+    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias);
     if (c.qk_norm == QkNorm::per_head) {
       l.q_norm = L.vec(a + "q_norm.weight", c.head_dim);
       l.k_norm = L.vec(a + "k_norm.weight", c.head_dim);
@@ -403,9 +310,9 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     l.moe = c.layer_is_moe(li);
     if (!l.moe) {
       const int64_t I = c.intermediate_size;
-      l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias, true);
-      l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias, true);
-      l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias, true);
+      l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);
+      l.up = L.dense(p + "mlp.up_proj", I, H, c.mlp_bias);
+      l.down = L.dense(p + "mlp.down_proj", H, I, c.mlp_bias);
       src.release(p);
       if (progress) progress->add(1);
       continue;
@@ -413,7 +320,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     const int64_t E = c.num_experts, I = c.moe_intermediate_size;
     std::string m = p + "mlp.";
     if (c.arch == Arch::mixtral && (L.has(p + "block_sparse_moe.gate.weight"))) m = p + "block_sparse_moe.";
-    l.router = L.dense(m + "gate", E, H, false);
+    l.router = L.dense(m + "gate", E, H, false, MatrixRole::router);
     l.experts.resize(size_t(E));
     if (opt.experts != ExpertMode::f32) {
       // NF4 as stored (bitsandbytes) or quantized now from a float checkpoint, one expert per worker at a time: no

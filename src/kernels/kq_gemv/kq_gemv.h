@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -88,8 +89,21 @@ void reference(uint32_t ggml_type, const uint8_t* stored, int64_t rows, int64_t 
 double error_bound(uint32_t ggml_type, const uint8_t* stored, int64_t cols, int64_t r, const Activations& a, int t);
 std::string error_bound_text();
 
+// Row r of the matrix widened to fp32, bit-exact with quant::ggml_dequantize of the stored row (same fp32 operations).
+void dequantize_row(const Matrix& w, int64_t r, float* out);
+
 // Bytes one product reads (weights + activation records) and its flops, for the roofline.
 double bytes_moved(const Matrix& w, int n);
 double flops(const Matrix& w, int n);
 
+}  // namespace genesis::kernels::kq_gemv
+
+namespace genesis::kernels {
+class Linear;
+}
+namespace genesis::kernels::kq_gemv {
+// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..15 rows of
+// x; from kGemmRows rows, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
+// (Q4_K and Q5_K share one).
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
 }  // namespace genesis::kernels::kq_gemv

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "kernels/linear.h"
 #include "quant/ggml.h"
 
 namespace genesis::kernels::kq_gemv {
@@ -255,6 +256,82 @@ TEST(KqGemv, PlantedWrongWeightExceedsBound) {
       EXPECT_GT(std::fabs(double(y[2]) - ref[2]), 10 * b) << format_name(f) << " " << path_name(p);
     }
   }
+}
+
+// The load-time rearrangement loses nothing: every row widens to exactly what ggml's dequantizer gives for the file.
+TEST(KqGemv, RowsWidenBitExact) {
+  for (Format f : kFormats) {
+    const int64_t rows = 3, cols = is_k_quant(f) ? 768 : 224;  // 224: seven 32-blocks, a padded legacy unit
+    const auto stored = random_stored(f, rows, cols, 77, 1, 29);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    std::vector<float> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(m, r, a.data());
+      quant::ggml_dequantize(ggml_type(f), stored.data() + size_t(r) * stored.size() / rows, b.data(), cols);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << format_name(f) << " row " << r;
+    }
+  }
+}
+
+// Through the Linear seam: few rows on the int8 kernels, many rows widened + sgemm; both within the bound of their
+// own semantics (int8 activations / fp32 activations), Q4_K's activations accepted by a Q5_K matrix.
+TEST(KqGemv, LinearSeam) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int64_t rows = 40, cols = is_k_quant(f) ? 512 : 192;
+    const auto stored = random_stored(f, rows, cols, 55);
+    auto lin = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size())));
+    EXPECT_EQ(lin->format(), format_name(f));
+    EXPECT_EQ(lin->rows(), rows);
+    for (int n : {1, 5, 17}) {
+      const auto x = random_x(n, cols, 56, 1.0f);
+      auto a = lin->new_activations();
+      lin->prepare(x.data(), n, *a);
+      std::vector<float> y(size_t(n * rows));
+      lin->run_rows(*a, y.data(), 0, 7);
+      lin->run_rows(*a, y.data(), 7, rows);
+      if (n < kGemmRows) {
+        Activations q;
+        quantize_activations(f, x.data(), n, cols, q);
+        std::vector<double> ref(size_t(n * rows));
+        reference(ggml_type(f), stored.data(), rows, cols, q, ref.data());
+        for (int t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows; ++r)
+            EXPECT_LE(std::fabs(y[size_t(t * rows + r)] - ref[size_t(t * rows + r)]),
+                      error_bound(ggml_type(f), stored.data(), cols, r, q, t));
+      } else {
+        std::vector<float> w(static_cast<size_t>(cols));
+        for (int64_t r = 0; r < rows; ++r) {
+          quant::ggml_dequantize(ggml_type(f), stored.data() + size_t(r) * stored.size() / rows, w.data(), cols);
+          for (int t = 0; t < n; ++t) {
+            double s = 0, mag = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+              s += double(w[size_t(k)]) * x[size_t(t * cols + k)];
+              mag += std::fabs(double(w[size_t(k)]) * x[size_t(t * cols + k)]);
+            }
+            EXPECT_NEAR(y[size_t(t * rows + r)], s, 1e-5 * mag + 1e-30);
+          }
+        }
+      }
+    }
+  }
+  // Q4_K and Q5_K share an activation layout; Q6_K's differs.
+  const auto s4 = random_stored(Format::q4_k, 2, 256, 1), s5 = random_stored(Format::q5_k, 2, 256, 2),
+             s6 = random_stored(Format::q6_k, 2, 256, 3);
+  auto l4 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q4_k), 2, 256, s4.data(), s4.size())));
+  auto l5 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q5_k), 2, 256, s5.data(), s5.size())));
+  auto l6 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q6_k), 2, 256, s6.data(), s6.size())));
+  EXPECT_EQ(l4->activation_kind(), l5->activation_kind());
+  EXPECT_NE(l4->activation_kind(), l6->activation_kind());
+  const auto x = random_x(1, 256, 9, 1.0f);
+  auto a4 = l4->new_activations(), a5 = l5->new_activations();
+  l4->prepare(x.data(), 1, *a4);
+  l5->prepare(x.data(), 1, *a5);
+  std::vector<float> y1(2), y2(2);
+  l5->run_rows(*a4, y1.data(), 0, 2);
+  l5->run_rows(*a5, y2.data(), 0, 2);
+  EXPECT_EQ(y1, y2);
+  EXPECT_THROW(l6->run_rows(*a4, y1.data(), 0, 2), Error);
 }
 
 TEST(KqGemv, BadInputIsAnError) {

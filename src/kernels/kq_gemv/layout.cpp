@@ -175,6 +175,62 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
 
 }  // namespace
 
+namespace layout {
+
+void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
+  switch (f) {
+    case Format::q4_k:
+    case Format::q5_k: {
+      std::memcpy(dst, rec, 4);
+      const uint8_t* sc = rec + 4;
+      const uint8_t* m = rec + 12;
+      uint8_t* q = dst + 4;
+      for (int j = 0; j < 4; ++j) {
+        q[j] = uint8_t(sc[j] | ((sc[j + 4] >> 4) << 6));
+        q[j + 4] = uint8_t(m[j] | ((m[j + 4] >> 4) << 6));
+        q[j + 8] = uint8_t((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+      }
+      if (f == Format::q4_k) {
+        std::memcpy(dst + 16, rec + 20, 128);
+      } else {
+        std::memcpy(dst + 16, rec + 20, 32);
+        std::memcpy(dst + 48, rec + 52, 128);
+      }
+      return;
+    }
+    case Format::q6_k: std::memcpy(dst, rec, 210); return;
+    default: break;
+  }
+  const int bb = stored_block_bytes(f), co = codes_offset(f);
+  for (int b = 0; b < nblocks; ++b) {
+    std::memcpy(dst + b * bb, rec + 2 * b, 2);
+    if (f == Format::q4_1) std::memcpy(dst + b * bb + 2, rec + 8 + 2 * b, 2);
+  }
+  for (int j = 0; j < (f == Format::q8_0 ? 128 : 64); ++j) {
+    const int p = j % 64, z = j / 64, b = (p / 4) % 4, i = (p / 16) * 4 + p % 4;
+    if (b >= nblocks) continue;
+    uint8_t* blk = dst + b * bb;
+    if (f == Format::q8_0)
+      blk[2 + z * 16 + i] = uint8_t(rec[co + j] ^ 0x80);
+    else
+      blk[(f == Format::q4_1 ? 4 : 2) + i] = rec[co + j];
+  }
+}
+
+}  // namespace layout
+
+void dequantize_row(const Matrix& w, int64_t r, float* out) {
+  if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
+  const int uc = unit_cols(w.format), bc = stored_block_cols(w.format);
+  uint8_t buf[4 * 210];
+  for (int64_t u = 0; u < w.units; ++u) {
+    const int64_t c0 = u * uc;
+    const int64_t n = std::min<int64_t>(uc, w.cols - c0);
+    restore_unit(w.format, w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes), int(n / bc), buf);
+    quant::ggml_dequantize(ggml_type(w.format), buf, out + c0, n);
+  }
+}
+
 Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
   const auto f = format_of(type);
   if (!f) fail("kq_gemv: {} is not a format the family multiplies (supported: {})", quant::ggml_type_name(type),

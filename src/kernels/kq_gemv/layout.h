@@ -34,4 +34,8 @@ inline constexpr int kXSx = 256;    // legacy: float[16], lanes 0..3 = scale_b *
 // Element (within the unit) whose code sits at kernel byte j (0..255 K, 0..127 legacy) of a unit.
 int element_of(Format f, int j);
 
+// The inverse of the load-time rearrangement: the unit's first `nblocks` stored blocks, byte for byte as the file
+// held them.
+void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* stored);
+
 }  // namespace genesis::kernels::kq_gemv::layout

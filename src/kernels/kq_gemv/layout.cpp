@@ -3,12 +3,15 @@
 
 #include <fmt/format.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <cstring>
 
 #include "common/error.h"
+#include "cpu/isa.h"
 #include "quant/ggml.h"
 
 namespace genesis::kernels::kq_gemv {
@@ -263,8 +266,10 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* dat
 
 namespace {
 
-// Per block of `len` values: scale = amax / 127, q = round-to-nearest-even(x / scale) (x * 127 / amax), |q| <= 127.
-float quantize_block(const float* x, int len, int8_t* q) {
+// Per block of `len` values (a multiple of 16): scale = amax / 127, q = round-to-nearest-even(x * (127 / amax)),
+// |q| <= 127; sums[i] = sum of q[16 i .. 16 i + 15]. The AVX-512 version computes the same bits (same fp32 products,
+// the same rounding).
+float quantize_block_scalar(const float* x, int len, int8_t* q, int32_t* sums) {
   float amax = 0;
   bool finite = true;
   for (int i = 0; i < len; ++i) {
@@ -272,13 +277,86 @@ float quantize_block(const float* x, int len, int8_t* q) {
     finite = finite && std::isfinite(x[i]);
   }
   if (!finite) fail("kq_gemv: activations hold a non-finite value");
-  if (!(amax > 0)) {
-    std::memset(q, 0, size_t(len));
-    return 0.0f;
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (int g = 0; g < len / 16; ++g) {
+    int32_t sum = 0;
+    for (int i = 16 * g; i < 16 * g + 16; ++i) {
+      q[i] = int8_t(std::clamp(int(std::nearbyint(x[i] * inv)), -127, 127));
+      sum += q[i];
+    }
+    sums[g] = sum;
   }
-  const float inv = 127.0f / amax;
-  for (int i = 0; i < len; ++i) q[i] = int8_t(std::clamp(int(std::nearbyint(x[i] * inv)), -127, 127));
   return amax / 127.0f;
+}
+
+__attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x, int len, int8_t* q,
+                                                                         int32_t* sums) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int i = 0; i < len; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);  // inf - inf, NaN
+  }
+  if (bad) fail("kq_gemv: activations hold a non-finite value");
+  const float amax = _mm512_reduce_max_ps(m);
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int i = 0; i < len; i += 16) {
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));  // nearest even (MXCSR default)
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+    sums[i / 16] = _mm512_reduce_add_epi32(v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
+  }
+  _mm256_zeroupper();
+  return amax / 127.0f;
+}
+
+using BlockFn = float (*)(const float*, int, int8_t*, int32_t*);
+
+BlockFn block_fn() {
+  static const BlockFn f = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw)
+                               ? quantize_block_avx512
+                               : quantize_block_scalar;
+  return f;
+}
+
+// One unit of one activation row into its record; `x` holds unit_cols values (zero-padded by the caller).
+void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
+  alignas(64) int8_t q[256];
+  int32_t sums[16];
+  if (is_k_quant(f)) {
+    const float s = fn(x, 256, q, sums);
+    if (f == Format::q6_k) {
+      std::memcpy(rec, q, 256);
+    } else {  // 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
+      static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+      for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
+    }
+    int16_t bs16[16], bs8[8];
+    for (int b = 0; b < 16; ++b) bs16[b] = int16_t(sums[b]);
+    for (int b = 0; b < 8; ++b) bs8[b] = int16_t(sums[2 * b] + sums[2 * b + 1]);
+    std::memcpy(rec + kXBs16, bs16, 32);
+    std::memcpy(rec + kXBs8, bs8, 16);
+    std::memcpy(rec + kXScale, &s, 4);
+    return;
+  }
+  const int off = f == Format::q8_0 ? 128 : f == Format::q4_0 ? 8 : 0;
+  float dx[4], sx[16] = {}, dxv[16];
+  int32_t corr[4];
+  for (int b = 0; b < 4; ++b) {
+    dx[b] = fn(x + 32 * b, 32, q + 32 * b, sums + 2 * b);
+    const int32_t sum = sums[2 * b] + sums[2 * b + 1];
+    corr[b] = -off * sum;
+    if (f == Format::q4_1) sx[b] = dx[b] * float(sum);
+  }
+  // dword lane l of vector z holds elements 32 (l % 4) + 16 z + 4 (l / 4) + 0..3 (element_of)
+  for (int z = 0; z < 2; ++z)
+    for (int l = 0; l < 16; ++l) std::memcpy(rec + 64 * z + 4 * l, q + 32 * (l % 4) + 16 * z + 4 * (l / 4), 4);
+  for (int l = 0; l < 16; ++l) dxv[l] = dx[l % 4];
+  std::memcpy(rec + kXCorr, corr, 16);
+  std::memcpy(rec + kXDx, dxv, 64);
+  std::memcpy(rec + kXSx, sx, 64);
 }
 
 }  // namespace
@@ -295,47 +373,19 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
   out.units = (cols + uc - 1) / uc;
   const size_t need = size_t(out.units) * size_t(n) * kTokenRecord;
   if (out.data.size() < need) out.data.resize(need);
-  std::vector<float> xu(static_cast<size_t>(uc));
-  std::vector<int8_t> q(static_cast<size_t>(uc));
+  const BlockFn fn = block_fn();
+  alignas(64) float pad[256];
   for (int64_t u = 0; u < out.units; ++u)
     for (int t = 0; t < n; ++t) {
       uint8_t* rec = out.data.data() + (size_t(u) * size_t(n) + size_t(t)) * kTokenRecord;
-      std::memset(rec, 0, kTokenRecord);
       const int64_t c0 = u * uc;
-      const int len = int(std::min<int64_t>(uc, cols - c0));
-      std::fill(xu.begin(), xu.end(), 0.0f);
-      std::memcpy(xu.data(), x + size_t(t) * size_t(cols) + size_t(c0), size_t(len) * 4);
-      if (is_k_quant(f)) {
-        const float s = quantize_block(xu.data(), uc, q.data());
-        for (int j = 0; j < uc; ++j) rec[j] = uint8_t(q[size_t(element_of(f, j))]);
-        int16_t bs16[16], bs8[8];
-        for (int b = 0; b < 16; ++b) {
-          int sum = 0;
-          for (int i = 0; i < 16; ++i) sum += q[size_t(16 * b + i)];
-          bs16[b] = int16_t(sum);
-        }
-        for (int b = 0; b < 8; ++b) bs8[b] = int16_t(bs16[2 * b] + bs16[2 * b + 1]);
-        std::memcpy(rec + kXBs16, bs16, 32);
-        std::memcpy(rec + kXBs8, bs8, 16);
-        std::memcpy(rec + kXScale, &s, 4);
-      } else {
-        const int off = f == Format::q8_0 ? 128 : f == Format::q4_0 ? 8 : 0;
-        float dx[4], sx[16] = {};
-        int32_t corr[4];
-        for (int b = 0; b < 4; ++b) {
-          dx[b] = quantize_block(xu.data() + 32 * b, 32, q.data() + 32 * b);
-          int sum = 0;
-          for (int i = 0; i < 32; ++i) sum += q[size_t(32 * b + i)];
-          corr[b] = -off * sum;
-          if (f == Format::q4_1) sx[b] = dx[b] * float(sum);
-        }
-        for (int j = 0; j < uc; ++j) rec[j] = uint8_t(q[size_t(element_of(f, j))]);
-        std::memcpy(rec + kXCorr, corr, 16);
-        float dxv[16];
-        for (int l = 0; l < 16; ++l) dxv[l] = dx[l % 4];
-        std::memcpy(rec + kXDx, dxv, 64);
-        std::memcpy(rec + kXSx, sx, 64);
+      const float* src = x + size_t(t) * size_t(cols) + size_t(c0);
+      if (c0 + uc > cols) {  // a legacy row's last unit: zero blocks after the real ones
+        std::fill(pad, pad + uc, 0.0f);
+        std::memcpy(pad, src, size_t(cols - c0) * 4);
+        src = pad;
       }
+      quantize_unit(f, fn, src, rec);
     }
 }
 

@@ -21,6 +21,10 @@ struct KernelArgs {
   const void* consts = nullptr;
 };
 
+// Software prefetch distance of the weights, bytes ahead of the record being decoded. Measured on the 2-core Zen 5
+// machine, 1 thread, cold 14336x4096: Q4_K 26 -> 31 GB/s and Q6_K 27 -> 31 GB/s (0 vs 4096; 8192 alike), no cost hot.
+inline constexpr int kDefaultPrefetch = 4096;
+
 struct Conf {
   Format format = Format::q4_k;
   int tokens = 1;

@@ -147,7 +147,7 @@ std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens) {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf c = make_conf(f, tokens);
+  const Conf c = make_conf(f, tokens, kDefaultPrefetch);
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
   return cache.emplace(key, code).first->second;

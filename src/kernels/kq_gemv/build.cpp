@@ -1,5 +1,5 @@
 // build(): the IR of one kq_gemv kernel. Loop structure:
-//   row loop { zero the fp32 lanes; unit loop { HOT: decode the unit's codes and scales once, then for each
+//   row loop { load the fp32 lanes; unit loop { HOT: decode the unit's codes and scales once, then for each
 //   activation row the integer dots and the fp32 fold }; store the lanes }
 // Decoding (per unit, shared by all activation rows):
 //   4-bit codes: vpandd / vpsrlw+vpandd on 64 stored bytes give two vectors of 64 codes;
@@ -36,6 +36,7 @@ constexpr int kXReg = jit::kGprBase + 6;      // rsi
 constexpr int kOutReg = jit::kGprBase + 1;    // rcx
 constexpr int kUnitCnt = jit::kGprBase + 0;   // rax
 constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
+constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
 
 // Constant block offsets.
 constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
@@ -231,10 +232,11 @@ class Builder {
     o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
     o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
     o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
+    o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
-    for (int v : c_.f) o.push_back(jit::make_alu(Op::vpxord, v, v, v));
+    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, 64));
     p.hot_begin = o.size();
     if (c_.pf_dist > 0)
@@ -252,6 +254,7 @@ class Builder {
     o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_store(c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(T_) * 64));
+    o.push_back(jit::make_gpr(Op::add_reg, kWReg, kSkipReg, 0));
     o.push_back(loop_marker(Op::loop_end, kRowCnt, 0));
     return p;
   }

@@ -160,22 +160,30 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
 }
 
+// Rows in chunks of 64 (the lanes stay in L1/L2); columns in chunks whose activation records fit about 24 KB, so
+// that the activations a chunk of rows re-reads stay in L1 however many activation rows share the pass.
 void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   auto code = jit_kernel(w.format, a.n);
-  constexpr int64_t kChunk = 64;
+  constexpr int64_t kRowChunk = 64;
+  const int64_t unit_chunk = std::max<int64_t>(1, (24 << 10) / (int64_t(a.n) * kTokenRecord));
   thread_local std::vector<float> lanes;
-  if (lanes.size() < size_t(kChunk * kMaxTokens * 16)) lanes.resize(size_t(kChunk * kMaxTokens * 16));
+  if (lanes.size() < size_t(kRowChunk * kMaxTokens * 16)) lanes.resize(size_t(kRowChunk * kMaxTokens * 16));
   KernelArgs args;
-  args.x = a.data.data();
-  args.n_units = w.units;
   args.consts = kernel_constants();
   args.out = lanes.data();
   auto fn = code->as<void (*)(const KernelArgs*)>();
-  for (int64_t r = r0; r < r1; r += kChunk) {
-    const int64_t n = std::min(kChunk, r1 - r);
-    args.w = w.data.data() + size_t(r * w.row_bytes());
-    args.n_rows = n;
-    fn(&args);
+  for (int64_t r = r0; r < r1; r += kRowChunk) {
+    const int64_t n = std::min(kRowChunk, r1 - r);
+    std::fill(lanes.begin(), lanes.begin() + n * a.n * 16, 0.0f);
+    for (int64_t u = 0; u < w.units; u += unit_chunk) {
+      const int64_t nu = std::min(unit_chunk, w.units - u);
+      args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+      args.x = a.data.data() + size_t(u) * size_t(a.n) * kTokenRecord;
+      args.n_rows = n;
+      args.n_units = nu;
+      args.w_skip = w.row_bytes() - nu * w.record_bytes;
+      fn(&args);
+    }
     sum_lanes(lanes.data(), a.n, n, y, ldy, r);
   }
 }

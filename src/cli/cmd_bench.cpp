@@ -10,6 +10,7 @@
 #include "cli/command.h"
 #include "common/error.h"
 #include "kb/kb.h"
+#include "kernels/family.h"
 #include "kernels/kq_gemv/bench.h"
 #include "kernels/nf4_gemv/bench.h"
 
@@ -134,9 +135,10 @@ void setup_bench(CLI::App& app) {
   g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
   g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
   g->callback([args] {
-    std::string fmt_upper = args->format;
-    for (auto& c : fmt_upper) c = char(std::toupper(static_cast<unsigned char>(c)));
-    if (fmt_upper != "NF4") {
+    const auto family = genesis::kernels::bench_family_for(args->format);
+    if (!family)
+      fail("--format '{}' is unknown; possible: {}", args->format, genesis::kernels::bench_formats());
+    if (family->name == "kq_gemv") {
       run_kq(*args);
       return;
     }

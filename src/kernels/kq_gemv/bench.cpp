@@ -154,8 +154,11 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
             const auto st = time_calls(call, topt);
             const double bytes = bytes_moved(k_mats[0], T);
             const double gbps = bytes / (st.median_us * 1e3);
-            json rec = base(path_name(p), "kq_gemv_" + std::string(format_name(opt.format)) + "_t" + std::to_string(T));
-            rec.update({{"genome_source", "baseline"}, {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
+            const Genome g = Genome::baseline();
+            json rec = base(path_name(p), p == Path::scalar ? std::string("scalar")
+                                                            : "kq_gemv_" + std::string(format_name(opt.format)) + "_t" +
+                                                                  std::to_string(T) + "_" + g.code_key());
+            rec.update({{"genome_source", "baseline"}, {"genome_text", g.serialize()}, {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
                         {"gbps", gbps}, {"roofline_fraction", gbps / roofline_gbps(bw, nt)},
                         {"speedup_vs_naive", 0.0},
                         {"speedup_vs_compiled", ggml_us > 0 ? ggml_us / st.median_us : 0.0}, {"bytes", bytes}});

@@ -237,10 +237,16 @@ class Builder {
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
-    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, 64));
+    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
-    if (c_.pf_dist > 0)
-      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(Op::prefetch_t0, wm(c_.pf_dist + b)));
+    const Genome& g = c_.genome;
+    if (g.pf_dist > 0) {
+      const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
+                    : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
+                    : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
+                                                     : Op::prefetch_t0;
+      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_dist + b)));
+    }
     if (is_k_quant(f_)) {
       decode_k(o);
       tokens_k(o);
@@ -268,17 +274,17 @@ class Builder {
 }  // namespace
 
 std::string Conf::describe() const {
-  return fmt::format("{} tokens={} sets={} pf={} vregs={}", id, tokens, sets, pf_dist,
+  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(),
                      int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()));
 }
 
-Conf make_conf(Format fmt_, int tokens, int pf_dist) {
+Conf make_conf(Format fmt_, int tokens, const Genome& g) {
   if (tokens < 1 || tokens > kMaxTokens) fail("kq_gemv: {} activation rows; a kernel handles 1..{}", tokens, kMaxTokens);
-  if (pf_dist < 0 || pf_dist > (1 << 16)) fail("kq_gemv: prefetch distance {} outside 0..65536", pf_dist);
+  g.validate();
   Conf c;
   c.format = fmt_;
   c.tokens = tokens;
-  c.pf_dist = pf_dist;
+  c.genome = g;
   int next = 0;
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   const bool k = is_k_quant(fmt_);
@@ -292,7 +298,7 @@ Conf make_conf(Format fmt_, int tokens, int pf_dist) {
   c.sets = std::min(4, left / 4);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
   for (int i = 0; i < 4 * c.sets; ++i) c.temps.push_back(next++);
-  c.id = fmt::format("kq_gemv_{}_t{}_pf{}", format_name(fmt_), tokens, pf_dist);
+  c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
   return c;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "jit/ir.h"
+#include "kernels/kq_gemv/genome.h"
 #include "kernels/kq_gemv/kq_gemv.h"
 
 namespace genesis::kernels::kq_gemv {
@@ -23,14 +24,10 @@ struct KernelArgs {
   int64_t w_skip = 0;  // row stride minus n_units records: added to w after each row
 };
 
-// Software prefetch distance of the weights, bytes ahead of the record being decoded. Measured on the 2-core Zen 5
-// machine, 1 thread, cold 14336x4096: Q4_K 26 -> 31 GB/s and Q6_K 27 -> 31 GB/s (0 vs 4096; 8192 alike), no cost hot.
-inline constexpr int kDefaultPrefetch = 4096;
-
 struct Conf {
   Format format = Format::q4_k;
   int tokens = 1;
-  int pf_dist = 0;  // bytes ahead of the current record to prefetch (0: none; the hardware prefetcher streams rows)
+  Genome genome;    // the code genes: prefetch distance and kind, loop alignment
   // vector registers
   std::vector<int> f;      // fp32 lane accumulators, one per activation row
   std::vector<int> c;      // decoded code vectors (4 K-quants, 2 legacy)
@@ -42,7 +39,7 @@ struct Conf {
   std::string describe() const;
 };
 
-Conf make_conf(Format f, int tokens, int pf_dist = 0);
+Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline());
 jit::Program build(const Conf& c);
 // The family's constant block (masks, shift counts, shuffle indices), 64-byte aligned.
 const void* kernel_constants();

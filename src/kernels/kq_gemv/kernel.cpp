@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <tuple>
 
 #include "common/error.h"
 #include "cpu/isa.h"
@@ -139,15 +140,15 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
     }
 }
 
-std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens) {
+std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens, const Genome& g) {
   static std::mutex mu;
-  static std::map<std::pair<int, int>, std::shared_ptr<const jit::ExecutableCode>> cache;
-  const auto key = std::make_pair(int(f), tokens);
+  static std::map<std::tuple<int, int, std::string>, std::shared_ptr<const jit::ExecutableCode>> cache;
+  const auto key = std::make_tuple(int(f), tokens, g.code_key());
   {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf c = make_conf(f, tokens, kDefaultPrefetch);
+  const Conf c = make_conf(f, tokens, g);
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
   return cache.emplace(key, code).first->second;
@@ -160,12 +161,13 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
 }
 
-// Rows in chunks of 64 (the lanes stay in L1/L2); columns in chunks whose activation records fit about 24 KB, so
-// that the activations a chunk of rows re-reads stay in L1 however many activation rows share the pass.
-void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  auto code = jit_kernel(w.format, a.n);
-  constexpr int64_t kRowChunk = 64;
-  const int64_t unit_chunk = std::max<int64_t>(1, (24 << 10) / (int64_t(a.n) * kTokenRecord));
+// Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); columns in chunks whose activation records fit
+// genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1 however many activation rows share
+// the pass.
+void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g) {
+  auto code = jit_kernel(w.format, a.n, g);
+  const int64_t kRowChunk = g.row_chunk;
+  const int64_t unit_chunk = std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(a.n) * kTokenRecord));
   thread_local std::vector<float> lanes;
   if (lanes.size() < size_t(kRowChunk * kMaxTokens * 16)) lanes.resize(size_t(kRowChunk * kMaxTokens * 16));
   KernelArgs args;
@@ -190,7 +192,8 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
 
 }  // namespace
 
-void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path) {
+void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
+              const Genome& genome) {
   const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
                          (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
   if (!same_kind || a.cols != w.cols || a.units != w.units)
@@ -202,7 +205,7 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (r0 == r1) return;
   require_path(path);
   if (path == Path::avx512vnni)
-    jit_rows(w, a, y, ldy, r0, r1);
+    jit_rows(w, a, y, ldy, r0, r1, genome);
   else
     scalar_rows(w, a, y, ldy, r0, r1);
 }

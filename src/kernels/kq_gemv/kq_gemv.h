@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kq_gemv/genome.h"
+
 namespace genesis::cpu {
 class ThreadPool;
 }
@@ -75,8 +77,10 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
 // The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
 void dequantize_activations(const Activations& a, int t, double* out);
 
-// y[t * ldy + r] for t < a.n and r in [r0, r1). Thread-safe (one call per thread on disjoint rows).
-void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path);
+// y[t * ldy + r] for t < a.n and r in [r0, r1). Thread-safe (one call per thread on disjoint rows). The genome
+// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it.
+void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
+              const Genome& genome = Genome::baseline());
 // The whole product on the best path, rows split over the pool (may be null): quantizes x[n][cols] once.
 void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool,
           Activations& scratch);

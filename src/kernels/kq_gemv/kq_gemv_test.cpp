@@ -334,6 +334,46 @@ TEST(KqGemv, LinearSeam) {
   EXPECT_THROW(l6->run_rows(*a4, y1.data(), 0, 2), Error);
 }
 
+TEST(KqGemv, GenomeTextRangesAndResults) {
+  const Genome b = Genome::baseline();
+  EXPECT_NO_THROW(b.validate());
+  EXPECT_EQ(Genome::parse(b.serialize()), b);
+  Genome g;
+  g.pf_dist = 0;
+  g.pf_kind = PrefetchKind::nta;
+  g.loop_align = 0;
+  g.row_chunk = 7;
+  g.x_budget_kb = 1;
+  EXPECT_EQ(Genome::parse(g.serialize()), g);
+  EXPECT_NE(g.code_key(), b.code_key());
+  EXPECT_THROW(Genome::parse("pf=100"), Error);   // not a multiple of 64
+  EXPECT_THROW(Genome::parse("rows=0"), Error);
+  EXPECT_THROW(Genome::parse("align=8"), Error);
+  EXPECT_THROW(Genome::parse("pfk=t3"), Error);
+  EXPECT_THROW(Genome::parse("speed=11"), Error);
+  EXPECT_THROW(Genome::parse("pf"), Error);
+  // Another schedule computes the same products: rows in chunks of 7, one unit per column chunk, no prefetch.
+  for (Format f : kFormats) {
+    const int64_t rows = 23, cols = is_k_quant(f) ? 768 : 224;
+    const auto stored = random_stored(f, rows, cols, 31);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(5, cols, 32, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), 5, cols, a);
+    std::vector<float> y0(size_t(5 * rows)), y1(size_t(5 * rows));
+    run_rows(m, a, y0.data(), rows, 0, rows, best_path());
+    run_rows(m, a, y1.data(), rows, 0, rows, best_path(), g);
+    std::vector<double> ref(size_t(5 * rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    for (int t = 0; t < 5; ++t)
+      for (int64_t r = 0; r < rows; ++r) {
+        const double bound = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
+        EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - ref[size_t(t * rows + r)]), bound) << format_name(f);
+        EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - y0[size_t(t * rows + r)]), 2 * bound) << format_name(f);
+      }
+  }
+}
+
 TEST(KqGemv, BadInputIsAnError) {
   std::vector<uint8_t> b(144 * 2);
   EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size() - 1), Error);  // byte count

@@ -103,14 +103,31 @@ class Builder {
   explicit Builder(const Conf& c) : c_(c), f_(c.format), T_(c.tokens) {}
 
   int tmp(int set, int j) const { return c_.temps[size_t(4 * (set % c_.sets) + j)]; }
+  int creg(int off) const {
+    for (auto [o, r] : c_.const_regs)
+      if (o == off) return r;
+    return -1;
+  }
+  // An ALU op whose second source is a constant: its register when it has one, else a memory operand.
+  Instr with_const(Op op, int dst, int src1, int off, bool bcast = false, int width = 64) const {
+    const int r = creg(off);
+    return r >= 0 ? jit::make_alu(op, dst, src1, r, width) : jit::make_alu_mem(op, dst, src1, cst(off, bcast), width);
+  }
+  Instr ternlog_const(int dst, int src1, int off) const {
+    const int r = creg(off);
+    if (r < 0) return ternlog(dst, src1, cst(off, true), 0xF8);
+    Instr i = jit::make_alu(Op::vpternlogd, dst, src1, r);
+    i.imm = 0xF8;
+    return i;
+  }
   Mem wm(int64_t off, bool bcast = false) const { return mem(kWReg, off, kW, bcast); }
   Mem xm(int t, int64_t off, bool bcast = false) const { return mem(kXReg, t * kTokenRecord + off, kX, bcast); }
 
   void nibbles(std::vector<Instr>& o, int lo, int hi, int64_t off) const {
     o.push_back(jit::make_load(Op::vload, hi, wm(off)));
-    o.push_back(jit::make_alu_mem(Op::vpandd, lo, hi, cst(kMask0F, true)));
+    o.push_back(with_const(Op::vpandd, lo, hi, kMask0F, true));
     o.push_back(jit::make_shift(Op::vpsrlw_imm, hi, hi, 4));
-    o.push_back(jit::make_alu_mem(Op::vpandd, hi, hi, cst(kMask0F, true)));
+    o.push_back(with_const(Op::vpandd, hi, hi, kMask0F, true));
   }
 
   void half_to_float(std::vector<Instr>& o, Op bcast, int v, int64_t off) const {
@@ -128,20 +145,20 @@ class Builder {
         const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
         o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(128 + 32 * h)));
         o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
-        o.push_back(jit::make_alu_mem(Op::vpsrlvw, t, Hs, cst(kSh02)));
-        o.push_back(ternlog(C[size_t(2 * h)], t, cst(kMask30, true), 0xF8));
-        o.push_back(jit::make_alu_mem(Op::vpsrlvw, t, H, cst(kSh02)));
-        o.push_back(ternlog(C[size_t(2 * h + 1)], t, cst(kMask30, true), 0xF8));
+        o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
+        o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
+        o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
+        o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
       }
       for (int h = 0; h < 2; ++h) {
         const int a = SC[size_t(2 * h)], b = SC[size_t(2 * h + 1)];
         o.push_back(jit::make_load(Op::vbcast_q, a, wm(192 + 8 * h)));
-        o.push_back(jit::make_alu_mem(Op::vpshufb, b, a, cst(kIdx6 + 64 * (2 * h + 1))));
-        o.push_back(jit::make_alu_mem(Op::vpshufb, a, a, cst(kIdx6 + 64 * (2 * h))));
+        o.push_back(with_const(Op::vpshufb, b, a, kIdx6 + 64 * (2 * h + 1)));
+        o.push_back(with_const(Op::vpshufb, a, a, kIdx6 + 64 * (2 * h)));
       }
       for (int k = 0; k < 4; ++k) o.push_back(jit::make_shift(Op::vpsraw_imm, SC[size_t(k)], SC[size_t(k)], 8));
       o.push_back(jit::make_load(Op::vsx_b2w, c_.mv, wm(192), 32));
-      o.push_back(jit::make_alu_mem(Op::vpmullw, c_.mv, c_.mv, cst(kNeg32), 32));
+      o.push_back(with_const(Op::vpmullw, c_.mv, c_.mv, kNeg32, false, 32));
       half_to_float(o, Op::vbcast_w, c_.d, 208);
       return;
     }
@@ -154,12 +171,12 @@ class Builder {
       const int src[4] = {Hs, Hs, H, H};
       const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
       for (int k = 0; k < 4; ++k) {
-        o.push_back(jit::make_alu_mem(Op::vpsrlvw, t, src[k], cst(sh[k])));
-        o.push_back(ternlog(C[size_t(k)], t, cst(kMask10, true), 0xF8));
+        o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
+        o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
       }
     }
     o.push_back(jit::make_load(Op::vbcast_q, SC[3], wm(4)));
-    for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpshufb, SC[size_t(k)], SC[3], cst(kIdxK + 64 * k)));
+    for (int k = 0; k < 4; ++k) o.push_back(with_const(Op::vpshufb, SC[size_t(k)], SC[3], kIdxK + 64 * k));
     o.push_back(jit::make_load(Op::vzx_b2w, c_.mv, wm(12), 16));
     half_to_float(o, Op::vbcast_w, c_.d, 0);
     half_to_float(o, Op::vbcast_w, c_.dmin, 2);
@@ -230,6 +247,8 @@ class Builder {
     const int64_t rec = layout::record_bytes(f_);
     o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
     o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
+    for (auto [off, r] : c_.const_regs)
+      o.push_back(off < 64 ? jit::make_load(Op::vbcast_d, r, cst(off)) : jit::make_load(Op::vload, r, cst(off)));
     o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
     o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
     o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
@@ -275,7 +294,7 @@ class Builder {
 
 std::string Conf::describe() const {
   return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(),
-                     int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()));
+                     int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()) + int(const_regs.size()));
 }
 
 Conf make_conf(Format fmt_, int tokens, const Genome& g) {
@@ -294,10 +313,31 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
   c.d = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
   if (k || fmt_ == Format::q4_1) c.mv = next++;
-  const int left = 32 - next;
-  c.sets = std::min(4, left / 4);
+  int left = 32 - next;
+  c.sets = std::min(2, left / 4);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
+  left -= 4 * c.sets;
+  // Constants the hot loop reads, most used first: held in registers while registers remain.
+  std::vector<int> wanted = {kMask0F};
+  switch (fmt_) {
+    case Format::q4_k: wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192}); break;
+    case Format::q5_k:
+      wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192, kMask10, kSh02, kSh13});
+      break;
+    case Format::q6_k:
+      wanted.insert(wanted.end(), {kIdx6, kIdx6 + 64, kIdx6 + 128, kIdx6 + 192, kMask30, kSh02, kNeg32});
+      break;
+    default: break;
+  }
+  std::vector<int> const_regs;
+  for (int off : wanted)
+    if (left > 0) {
+      const_regs.push_back(off);
+      --left;
+    }
+  c.sets = std::min(4, c.sets + left / 4);
   for (int i = 0; i < 4 * c.sets; ++i) c.temps.push_back(next++);
+  for (int off : const_regs) c.const_regs.emplace_back(off, next++);
   c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
   return c;
 }

@@ -177,16 +177,19 @@ class Builder {
     }
     o.push_back(jit::make_load(Op::vbcast_q, SC[3], wm(4)));
     for (int k = 0; k < 4; ++k) o.push_back(with_const(Op::vpshufb, SC[size_t(k)], SC[3], kIdxK + 64 * k));
-    o.push_back(jit::make_load(Op::vzx_b2w, c_.mv, wm(12), 16));
+    // dmin * m_j as fp32 in lanes 0..7 (lanes 8..15 zero)
     half_to_float(o, Op::vbcast_w, c_.d, 0);
     half_to_float(o, Op::vbcast_w, c_.dmin, 2);
+    o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
+    o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
   }
 
   void tokens_k(std::vector<Instr>& o) const {
     const auto& C = c_.c;
     const auto& SC = c_.sc;
     for (int t = 0; t < T_; ++t) {
-      const int S = tmp(t, 0), P[2] = {tmp(t, 1), tmp(t, 2)}, M = tmp(t, 3);
+      const int S = tmp(t, 0), P[2] = {tmp(t, 1), tmp(t, 2)};
       bool first = true;
       if (f_ == Format::q6_k) {  // S starts from -32 * sum_j sc_j * bsum_j
         o.push_back(jit::make_alu_mem(Op::vpmaddwd, S, c_.mv, xm(t, layout::kXBs16), 32));
@@ -203,11 +206,8 @@ class Builder {
       }
       o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
       o.push_back(jit::make_alu(Op::vmulps, S, S, c_.d));
-      if (f_ != Format::q6_k) {
-        o.push_back(jit::make_alu_mem(Op::vpmaddwd, M, c_.mv, xm(t, layout::kXBs8), 16));
-        o.push_back(jit::make_alu(Op::vcvtdq2ps, M, M, -1));
-        o.push_back(jit::make_alu(Op::vfnmadd231ps, S, M, c_.dmin));
-      }
+      if (f_ != Format::q6_k)  // - sum_j (dmin m_j) sums_j, lanes 0..7 (the record holds zeros after the 8 sums)
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
       o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
     }
   }

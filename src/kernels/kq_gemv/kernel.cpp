@@ -106,7 +106,7 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
         const uint8_t* xr = a.data.data() + (size_t(u) * size_t(a.n) + size_t(t)) * kTokenRecord;
         const auto* xq = reinterpret_cast<const int8_t*>(xr);
         if (is_k_quant(f)) {
-          int64_t S = 0, M = 0;
+          int64_t S = 0;
           for (int j = 0; j < uc; ++j) {
             const int e = element_of(f, j);
             const int sc = f == Format::q6_k ? int(int8_t(rec[192 + e / 16])) : int(rec[4 + e / 32]);
@@ -118,9 +118,13 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
           if (f == Format::q6_k) {
             for (int b = 0; b < 16; ++b) S -= 32 * int64_t(int8_t(rec[192 + b])) * i16(xr + kXBs16 + 2 * b);
             s = float(S) * half(rec + 208);
-          } else {
-            for (int b = 0; b < 8; ++b) M += int64_t(rec[12 + b]) * i16(xr + kXBs8 + 2 * b);
-            s = std::fma(-float(M), half(rec + 2), float(S) * half(rec));
+          } else {  // the JIT kernel's fold: d S - sum_j (dmin m_j) sums_j
+            s = float(S) * half(rec);
+            for (int b = 0; b < 8; ++b) {
+              float sum;
+              std::memcpy(&sum, xr + kXSums32 + 4 * b, 4);
+              s = std::fma(-(half(rec + 2) * float(rec[12 + b])), sum, s);
+            }
           }
           acc = std::fma(s, dx, acc);
         } else {

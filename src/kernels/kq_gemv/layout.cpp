@@ -333,11 +333,16 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
       static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
       for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
     }
-    int16_t bs16[16], bs8[8];
-    for (int b = 0; b < 16; ++b) bs16[b] = int16_t(sums[b]);
-    for (int b = 0; b < 8; ++b) bs8[b] = int16_t(sums[2 * b] + sums[2 * b + 1]);
-    std::memcpy(rec + kXBs16, bs16, 32);
-    std::memcpy(rec + kXBs8, bs8, 16);
+    std::memset(rec + 256, 0, size_t(kTokenRecord - 256));
+    if (f == Format::q6_k) {
+      int16_t bs16[16];
+      for (int b = 0; b < 16; ++b) bs16[b] = int16_t(sums[b]);
+      std::memcpy(rec + kXBs16, bs16, 32);
+    } else {  // exact in fp32 (|sum| <= 32 * 127)
+      float s32[8];
+      for (int b = 0; b < 8; ++b) s32[b] = float(sums[2 * b] + sums[2 * b + 1]);
+      std::memcpy(rec + kXSums32, s32, 32);
+    }
     std::memcpy(rec + kXScale, &s, 4);
     return;
   }

@@ -24,8 +24,8 @@ int stored_block_bytes(Format f);
 int codes_offset(Format f);
 
 // Activation token record (kTokenRecord bytes per unit and activation row).
-inline constexpr int kXBs16 = 256;  // K: int16[16] per-16 sums (natural order)
-inline constexpr int kXBs8 = 288;   // K: int16[8] per-32 sums
+inline constexpr int kXBs16 = 256;  // Q6_K: int16[16] per-16 sums (natural order)
+inline constexpr int kXSums32 = 256;  // Q4_K / Q5_K: float[8] per-32 sums, then zeros up to kXScale
 inline constexpr int kXScale = 304; // K: float scale
 inline constexpr int kXCorr = 128;  // legacy: int32[4] offset corrections -off * sum(q_b)
 inline constexpr int kXDx = 192;    // legacy: float[16], lane l = scale of block l % 4

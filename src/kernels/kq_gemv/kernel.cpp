@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -62,86 +63,98 @@ int16_t i16(const uint8_t* p) {
   return v;
 }
 
-// Unsigned code (before any offset) of kernel byte j of a record, and the sub-block / block it belongs to.
-int code_at(Format f, const uint8_t* rec, int j) {
+// One unit's weights in kernel byte order as small integers: for the K-quants the code times its sub-block scale
+// (the -32 of Q6_K and the mins are applied from the activations' sums), for the legacy formats the unsigned code.
+void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
+  static const auto elem = [] {  // element_of for Q4_K / Q5_K
+    std::array<uint8_t, 256> t{};
+    for (int j = 0; j < 256; ++j) t[size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+    return t;
+  }();
   const int co = codes_offset(f);
   switch (f) {
     case Format::q4_k:
-    case Format::q5_k: {
-      const int k = j / 64, p = j % 64;
-      const uint8_t b = rec[co + 64 * (k / 2) + p];
-      int c = (k % 2) ? b >> 4 : b & 0xF;
-      if (f == Format::q5_k) {
-        const int e = element_of(f, j);
-        c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
+    case Format::q5_k:
+      for (int j = 0; j < 256; ++j) {
+        const int k = j / 64, p = j % 64, e = elem[size_t(j)];
+        const uint8_t b = rec[co + 64 * (k / 2) + p];
+        int c = (k % 2) ? b >> 4 : b & 0xF;
+        if (f == Format::q5_k) c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
+        wq[j] = int16_t(c * rec[4 + e / 32]);
       }
-      return c;
-    }
-    case Format::q6_k: {
-      const int h = j / 128, l = j % 128, quarter = l / 32, i = l % 32;
-      const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
-      const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
-      const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
-      return lo | (hi << 4);
-    }
-    case Format::q8_0: return rec[co + j];
+      return;
+    case Format::q6_k:
+      for (int j = 0; j < 256; ++j) {
+        const int h = j / 128, l = j % 128, quarter = l / 32, i = l % 32;
+        const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
+        const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
+        const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
+        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + j / 16])));
+      }
+      return;
+    case Format::q8_0:
+      for (int j = 0; j < 128; ++j) wq[j] = rec[co + j];
+      return;
     case Format::q4_0:
-    case Format::q4_1: {
-      const uint8_t b = rec[co + j % 64];
-      return j < 64 ? b & 0xF : b >> 4;
-    }
+    case Format::q4_1:
+      for (int j = 0; j < 64; ++j) {
+        wq[j] = int16_t(rec[co + j] & 0xF);
+        wq[j + 64] = int16_t(rec[co + j] >> 4);
+      }
+      return;
   }
-  return 0;
 }
 
-// The scalar path: per unit exact integer sums, then the JIT kernel's fp32 fold (one fp32 accumulator).
+// The scalar path: per unit exact integer sums, then the JIT kernel's fp32 fold (one fp32 accumulator per output;
+// separate multiplies and adds: without FMA in the baseline ISA, std::fma would be emulated in software).
 void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const Format f = w.format;
   const int uc = unit_cols(f);
-  for (int64_t r = r0; r < r1; ++r)
-    for (int t = 0; t < a.n; ++t) {
-      float acc = 0;
-      for (int64_t u = 0; u < w.units; ++u) {
-        const uint8_t* rec = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+  alignas(64) int16_t wq[256];
+  float acc[kMaxTokens];
+  for (int64_t r = r0; r < r1; ++r) {
+    std::fill(acc, acc + a.n, 0.0f);
+    for (int64_t u = 0; u < w.units; ++u) {
+      const uint8_t* rec = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+      decode_unit(f, rec, wq);
+      for (int t = 0; t < a.n; ++t) {
         const uint8_t* xr = a.data.data() + (size_t(u) * size_t(a.n) + size_t(t)) * kTokenRecord;
         const auto* xq = reinterpret_cast<const int8_t*>(xr);
         if (is_k_quant(f)) {
-          int64_t S = 0;
-          for (int j = 0; j < uc; ++j) {
-            const int e = element_of(f, j);
-            const int sc = f == Format::q6_k ? int(int8_t(rec[192 + e / 16])) : int(rec[4 + e / 32]);
-            S += int64_t(sc) * code_at(f, rec, j) * xq[j];
-          }
+          int32_t S = 0;
+          for (int j = 0; j < uc; ++j) S += int32_t(wq[j]) * xq[j];
           float dx;
           std::memcpy(&dx, xr + kXScale, 4);
           float s;
           if (f == Format::q6_k) {
-            for (int b = 0; b < 16; ++b) S -= 32 * int64_t(int8_t(rec[192 + b])) * i16(xr + kXBs16 + 2 * b);
+            for (int b = 0; b < 16; ++b) S -= 32 * int32_t(int8_t(rec[192 + b])) * i16(xr + kXBs16 + 2 * b);
             s = float(S) * half(rec + 208);
           } else {  // the JIT kernel's fold: d S - sum_j (dmin m_j) sums_j
             s = float(S) * half(rec);
+            const float dmin = half(rec + 2);
             for (int b = 0; b < 8; ++b) {
               float sum;
               std::memcpy(&sum, xr + kXSums32 + 4 * b, 4);
-              s = std::fma(-(half(rec + 2) * float(rec[12 + b])), sum, s);
+              s -= (dmin * float(rec[12 + b])) * sum;
             }
           }
-          acc = std::fma(s, dx, acc);
+          acc[t] += s * dx;
         } else {
           int32_t S[4];
           std::memcpy(S, xr + kXCorr, 16);
-          for (int j = 0; j < uc; ++j) S[(j % 64) / 4 % 4] += code_at(f, rec, j) * xq[j];
+          for (int j = 0; j < uc; ++j) S[(j % 64) / 4 % 4] += int32_t(wq[j]) * xq[j];
           for (int b = 0; b < 4; ++b) {
             float dx, sx;
             std::memcpy(&dx, xr + kXDx + 4 * b, 4);
             std::memcpy(&sx, xr + kXSx + 4 * b, 4);
-            acc = std::fma(float(S[b]) * half(rec + 2 * b), dx, acc);
-            if (f == Format::q4_1) acc = std::fma(half(rec + 8 + 2 * b), sx, acc);
+            acc[t] += float(S[b]) * half(rec + 2 * b) * dx;
+            if (f == Format::q4_1) acc[t] += half(rec + 8 + 2 * b) * sx;
           }
         }
       }
-      y[size_t(t) * size_t(ldy) + size_t(r)] = acc;
     }
+    for (int t = 0; t < a.n; ++t) y[size_t(t) * size_t(ldy) + size_t(r)] = acc[t];
+  }
 }
 
 std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens, const Genome& g) {

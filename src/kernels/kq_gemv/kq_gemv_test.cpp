@@ -112,6 +112,32 @@ TEST(KqGemv, EveryTokenCount) {
     for (int n = 1; n <= kMaxTokens; ++n) check_case({f, 19, is_k_quant(f) ? 512 : 160, n}, seed++);
 }
 
+// All-zero activation rows and blocks: scale 0, codes 0, the product exactly 0 where the whole row is zero.
+TEST(KqGemv, ZeroActivationBlocks) {
+  for (Format f : kFormats) {
+    const int64_t rows = 5, cols = is_k_quant(f) ? 768 : 160;
+    const auto stored = random_stored(f, rows, cols, 61);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    auto x = random_x(3, cols, 62, 1.0f);
+    for (int64_t k = 0; k < cols; ++k) x[size_t(k)] = 0.0f;                        // row 0: all zero
+    for (int64_t k = 0; k < (is_k_quant(f) ? 256 : 32); ++k) x[size_t(cols + k)] = 0.0f;  // row 1: first block zero
+    Activations a;
+    quantize_activations(f, x.data(), 3, cols, a);
+    std::vector<double> ref(size_t(3 * rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    for (Path p : available_paths()) {
+      std::vector<float> y(size_t(3 * rows), 1.0f);
+      run_rows(m, a, y.data(), rows, 0, rows, p);
+      for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_EQ(y[size_t(r)], 0.0f) << format_name(f) << " " << path_name(p);
+        for (int t = 1; t < 3; ++t)
+          EXPECT_LE(std::fabs(y[size_t(t * rows + r)] - ref[size_t(t * rows + r)]),
+                    error_bound(ggml_type(f), stored.data(), cols, r, a, t));
+      }
+    }
+  }
+}
+
 TEST(KqGemv, TinyAndLargeScales) {
   uint32_t seed = 300;
   for (Format f : kFormats) {

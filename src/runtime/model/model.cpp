@@ -28,7 +28,7 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
   // NF4 non-expert matrices: kernels per shape (the knowledge base's genome for one token when it has one).
   std::vector<Dense*> nf4;
   for (Layer& l : m->weights_.layers)
-    for (Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+    for (Dense* d : l.matrices())
       if (d->is_nf4()) nf4.push_back(d);
   if (m->weights_.lm_head.is_nf4()) nf4.push_back(&m->weights_.lm_head);
   std::map<std::pair<int64_t, int64_t>, DenseKernels> by_shape;
@@ -87,7 +87,7 @@ std::string Model::dense_description() const {
   };
   count(weights_.lm_head);
   for (const Layer& l : weights_.layers)
-    for (const Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router}) count(*d);
+    for (const Dense* d : l.matrices()) count(*d);
   const double mib = 1024.0 * 1024.0;
   std::vector<std::string> parts;
   if (dense_nf4_) parts.push_back(fmt::format("{} NF4 ({:.0f} MiB)", dense_nf4_, double(nf4) / mib));

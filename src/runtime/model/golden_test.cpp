@@ -218,9 +218,13 @@ TEST(BatchedPrefill, EqualsTokenByToken) {
       // fp32 everywhere but the summation order of the products over rows (sgemm vs sgemv, 4x4 tiles vs one row):
       // a few ulps of the logits. The kernel paths convert each row's activations the same way alone or in a group;
       // avx512bf16's multi-row kernels pair the bf16 products in another order, within its 2^-8 relative bound.
-      // qwen3_next has 4 layers to the others' 2: twice the bf16 pairs' reordering (measured 4.3e-3).
+      // qwen3_next: 4 layers to the others' 2 (bf16 measured 4.3e-3); and its batched prefill runs the chunked delta
+      // rule, token by token the recurrent one, a few ulps apart: enough to move some of avx512vnni's int8
+      // activation roundings, which this model amplifies (measured 1e-6 ... 1.6e-3).
       const bool bf16 = c.path && *c.path == kernels::nf4_gemv::Path::avx512_bf16;
-      EXPECT_LE(d, bf16 ? (arch == "qwen3_next" ? 8e-3 : 4e-3) : 1e-5) << what;
+      const bool vnni = c.path && *c.path == kernels::nf4_gemv::Path::avx512_vnni;
+      const double tol = arch == "qwen3_next" ? (bf16 || vnni ? 8e-3 : 1e-5) : bf16 ? 4e-3 : 1e-5;
+      EXPECT_LE(d, tol) << what;
     }
   }
 }

@@ -387,9 +387,11 @@ TEST(GgufModelErrors, Qwen3NextWithoutItsDeltaNetTensorsFails) {
 
 // The commands on a GGUF file, end to end through the binary: run (--json: the greedy ids equal the reference's),
 // tokenize, perplexity (--json), and a text shorter than one chunk as a clear error.
-TEST(GgufCommands, RunTokenizePerplexity) {
-  const json ref = reference("tiny_qwen3moe");
-  const std::string model = kDir + "/tiny_qwen3moe.gguf";
+// qwen3next too: its perplexity resets the conv and recurrent state between chunks.
+class GgufCommands : public ::testing::TestWithParam<std::string> {};
+TEST_P(GgufCommands, RunTokenizePerplexity) {
+  const json ref = reference(GetParam());
+  const std::string model = kDir + "/" + GetParam() + ".gguf";
   const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli";
   std::filesystem::create_directories(tmp);
   const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
@@ -440,10 +442,11 @@ TEST(GgufCommands, RunTokenizePerplexity) {
   EXPECT_NE(file_bytes(err).find("fewer than one chunk of 64"), std::string::npos) << file_bytes(err);
   std::filesystem::remove_all(tmp);
 }
+INSTANTIATE_TEST_SUITE_P(Tiny, GgufCommands, ::testing::Values("tiny_qwen3moe", "tiny_qwen3next"));
 
 // Bad input through `genesis run`: each a clear error (exit 1, one line naming the problem) before any generation,
 // or a clamp with a warning; none may hang.
-TEST(GgufCommands, RunRefusesOrClampsBadInput) {
+TEST(GgufCommandsBadInput, RunRefusesOrClampsBadInput) {
   const std::string model = kDir + "/tiny_qwen3moe.gguf";
   const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli_bad";
   std::filesystem::create_directories(tmp);

@@ -1,7 +1,8 @@
-// A loaded model (config + weights; model.cpp) and a Session: the KV cache and scratch of one sequence, with
-// forward() that reads top to bottom: norm -> attention -> norm -> router -> experts (or dense MLP) -> residual.
-// A step runs a batch of rows: the prompt's tokens in chunks (prefill), or one token (decode). Attention is
-// attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
+// A loaded model (config + weights; model.cpp) and a Session: the state (SequenceState: KV cache, Gated DeltaNet conv
+// and recurrent state) and scratch of one sequence, with forward() that reads top to bottom: norm -> mixer (attention
+// or Gated DeltaNet) -> norm -> router -> experts (or dense MLP) -> residual. A step runs a batch of rows: the
+// prompt's tokens in chunks (prefill), or one token (decode). Attention is attention.cpp, Gated DeltaNet
+// deltanet.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
 // step).
 #pragma once
 

@@ -477,7 +477,8 @@ def make_qwen3next(out, rng, trained):
     in_proj_ba as ssm_ba, the conv1d weight squeezed to [channels, kernel] (F32), dt_bias as ssm_dt.bias, -exp(A_log)
     as ssm_a, the gated norm as ssm_norm, out_proj as ssm_out; post_attention_layernorm as post_attention_norm; the
     shared expert as ffn_*_shexp with its gate ffn_gate_inp_shexp ([hidden]); every RMSNorm but ssm_norm stored as
-    1 + w. Four layers: Gated DeltaNet, gated attention, Gated DeltaNet with a dense MLP, gated attention."""
+    1 + w. Four layers: Gated DeltaNet, gated attention, Gated DeltaNet with a dense MLP, gated attention. Also
+    tiny_qwen3next_split.gguf: the same weights with ssm_in split as newer converters do (attn_qkv + attn_gate)."""
     import re
     from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
     tokens, types, merges = vocab_lists(trained)
@@ -579,6 +580,25 @@ def make_qwen3next(out, rng, trained):
             "general.name": ("string", "genesis tiny qwen3next (random weights)")}
     meta.update(tokenizer_meta(tokens, types, merges, "qwen2"))
     b.write(os.path.join(out, "tiny_qwen3next.gguf"), "qwen3next", meta)
+    # The same model as newer converters write it: ssm_in split into attn_qkv (rows in the conv channels' order: every
+    # key head's q, then k, then every value head's v) and attn_gate (z). Whole Q8_0 rows move: the same weights.
+    fused = list(b.tensors)
+    nk, nv, dk, dv = 2, 4, 16, 16
+    r, group = nv // nk, 2 * dk + 2 * (nv // nk) * dv
+    rows = lambda g, lo, n: [g * group + lo + i for i in range(n)]
+    qkv_rows = sum((rows(g, 0, dk) for g in range(nk)), []) + sum((rows(g, dk, dk) for g in range(nk)), []) + \
+        sum((rows(g, 2 * dk, r * dv) for g in range(nk)), [])
+    z_rows = sum((rows(g, 2 * dk + r * dv, r * dv) for g in range(nk)), [])
+    b.tensors = []
+    for name, arr, qtype in fused:
+        if name.endswith(".ssm_in.weight"):
+            blk = name[:-len("ssm_in.weight")]
+            b.tensors.append((blk + "attn_qkv.weight", np.ascontiguousarray(arr[qkv_rows]), qtype))
+            b.tensors.append((blk + "attn_gate.weight", np.ascontiguousarray(arr[z_rows]), qtype))
+        else:
+            b.tensors.append((name, arr, qtype))
+    b.write(os.path.join(out, "tiny_qwen3next_split.gguf"), "qwen3next", meta)
+    b.tensors = fused
     model = Qwen3NextForCausalLM(cfg).float()
     load_state(model, b.state)
     ref = reference(model, reference_tokenizer(trained, "qwen2"))

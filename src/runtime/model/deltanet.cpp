@@ -44,26 +44,35 @@ void Session::deltanet(int64_t li, int64_t n) {
   auto fit = [](std::vector<float>& v, int64_t size) {
     if (v.size() < size_t(size)) v.resize(size_t(size));
   };
-  fit(qkvz_, n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_win_, (K - 1 + n) * CD), fit(conv_out_, n * CD);
+  fit(qkvz_, l.in_qkv.empty() ? n * QKVZ : 0), fit(ba_, n * 2 * nv), fit(conv_win_, (K - 1 + n) * CD), fit(conv_out_, n * CD);
   fit(z_, n * VD), fit(dq_, n * KD), fit(dk_, n * KD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
 
-  const DenseJob proj[] = {{&l.in_qkvz, qkvz_.data()}, {&l.in_ba, ba_.data()}};
-  dense_products(proj, xn_.data(), n, pool_);
-  clock_.lap(Op::dense);
-
   // The conv window: the conv state's kernel - 1 rows, then this step's q, k, v rows (all key heads' q, then k, then
-  // all value heads' v, as the conv channels are ordered). z, beta and the decay per value head.
+  // all value heads' v, as the conv channels are ordered). z, beta and the decay per value head. A split projection
+  // (in_qkv, in_z) writes the window's rows and z directly; the fused one is regrouped from its per-key-head order.
   float* state = seq_.conv_layer(li);
   std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
+  const bool split = !l.in_qkv.empty();
+  if (split) {
+    const DenseJob proj[] = {{&l.in_qkv, &conv_win_[size_t((K - 1) * CD)]}, {&l.in_z, z_.data()},
+                             {&l.in_ba, ba_.data()}};
+    dense_products(proj, xn_.data(), n, pool_);
+  } else {
+    const DenseJob proj[] = {{&l.in_qkvz, qkvz_.data()}, {&l.in_ba, ba_.data()}};
+    dense_products(proj, xn_.data(), n, pool_);
+  }
+  clock_.lap(Op::dense);
   for (int64_t t = 0; t < n; ++t) {
     const float* row = &qkvz_[size_t(t * QKVZ)];
     float* w = &conv_win_[size_t((K - 1 + t) * CD)];
     for (int64_t g = 0; g < nk; ++g) {
-      const float* grp = row + g * (2 * dk + 2 * r * dv);
-      std::memcpy(w + g * dk, grp, size_t(dk) * 4);
-      std::memcpy(w + KD + g * dk, grp + dk, size_t(dk) * 4);
-      std::memcpy(w + 2 * KD + g * r * dv, grp + 2 * dk, size_t(r * dv) * 4);
-      std::memcpy(&z_[size_t(t * VD + g * r * dv)], grp + 2 * dk + r * dv, size_t(r * dv) * 4);
+      if (!split) {
+        const float* grp = row + g * (2 * dk + 2 * r * dv);
+        std::memcpy(w + g * dk, grp, size_t(dk) * 4);
+        std::memcpy(w + KD + g * dk, grp + dk, size_t(dk) * 4);
+        std::memcpy(w + 2 * KD + g * r * dv, grp + 2 * dk, size_t(r * dv) * 4);
+        std::memcpy(&z_[size_t(t * VD + g * r * dv)], grp + 2 * dk + r * dv, size_t(r * dv) * 4);
+      }
       const float* ba = &ba_[size_t(t * 2 * nv + g * 2 * r)];
       for (int64_t j = 0; j < r; ++j) {
         const int64_t h = g * r + j;
@@ -73,9 +82,10 @@ void Session::deltanet(int64_t li, int64_t n) {
     }
   }
   std::memcpy(state, &conv_win_[size_t(n * CD)], size_t((K - 1) * CD) * 4);
-  // Depthwise causal conv + SiLU, channels split over the pool.
+  // Depthwise causal conv + SiLU; channels split over the pool in prefill (a decode token's 8192 x 4 products take
+  // less time than starting a parallel region).
   constexpr int64_t kChannelBlock = 256;
-  parallel_for((CD + kChannelBlock - 1) / kChannelBlock, [&](int64_t b) {
+  auto conv_block = [&](int64_t b) {
     const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
     for (int64_t t = 0; t < n; ++t)
       for (int64_t c = c0; c < c1; ++c) {
@@ -84,7 +94,13 @@ void Session::deltanet(int64_t li, int64_t n) {
         for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
         conv_out_[size_t(t * CD + c)] = silu(s);
       }
-  });
+  };
+  const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
+  if (n >= 4) {
+    parallel_for(blocks, conv_block);
+  } else {
+    for (int64_t b = 0; b < blocks; ++b) conv_block(b);
+  }
   // q and k L2-normalized per key head (q scaled by 1/sqrt(dk)); v stays in conv_out_.
   const float qscale = float(1.0 / std::sqrt(double(dk)));
   for (int64_t t = 0; t < n; ++t)

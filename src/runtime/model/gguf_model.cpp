@@ -179,16 +179,18 @@ void qwen3next_config(const GgufFile& f, const Meta& m, const std::string& A, js
   j["norm_topk_prob"] = m.flag(A + "expert_weights_norm").value_or(true);
   const int64_t L = j["num_hidden_layers"].get<int64_t>();
   json types = json::array(), dense_layers = json::array();
-  static const char* kLinear[] = {"ssm_in.weight", "ssm_ba.weight", "ssm_conv1d.weight", "ssm_dt.bias",
-                                  "ssm_norm.weight", "ssm_out.weight"};
+  static const char* kLinear[] = {"ssm_ba.weight", "ssm_conv1d.weight", "ssm_dt.bias", "ssm_norm.weight",
+                                  "ssm_out.weight"};
   for (int64_t l = 0; l < L; ++l) {
     const std::string b = fmt::format("blk.{}.", l);
     const bool linear = has_tensor(f, b + "ssm_in.weight") || has_tensor(f, b + "ssm_a") ||
                         has_tensor(f, b + "ssm_conv1d.weight") || has_tensor(f, b + "attn_qkv.weight");
     if (linear) {
-      if (!has_tensor(f, b + "ssm_in.weight") && has_tensor(f, b + "attn_qkv.weight"))
-        fail("{}: {}attn_qkv / attn_gate (the newer split of in_proj_qkvz) are not supported; Genesis reads the "
-             "fused {}ssm_in.weight", f.label(), b, b);
+      // in_proj_qkvz fused (ssm_in, older files) or split into attn_qkv + attn_gate (newer converters).
+      if (!has_tensor(f, b + "ssm_in.weight") &&
+          !(has_tensor(f, b + "attn_qkv.weight") && has_tensor(f, b + "attn_gate.weight")))
+        fail("{}: Gated DeltaNet layer {} has no tensor {}ssm_in.weight (nor the split {}attn_qkv.weight + "
+             "{}attn_gate.weight)", f.label(), l, b, b, b);
       for (const char* t : kLinear)
         if (!has_tensor(f, b + t)) fail("{}: Gated DeltaNet layer {} has no tensor {}{}", f.label(), l, b, t);
       if (!has_tensor(f, b + "ssm_a") && !has_tensor(f, b + "ssm_a.weight"))
@@ -459,6 +461,7 @@ class GgufSource : public TensorSource {
         // qwen3next
         {"post_attention_norm.weight", "post_attention_layernorm.weight"},
         {"ssm_in.weight", "linear_attn.in_proj_qkvz.weight"}, {"ssm_ba.weight", "linear_attn.in_proj_ba.weight"},
+        {"attn_qkv.weight", "linear_attn.in_proj_qkv.weight"}, {"attn_gate.weight", "linear_attn.in_proj_z.weight"},
         {"ssm_conv1d.weight", "linear_attn.conv1d.weight"},   {"ssm_dt.bias", "linear_attn.dt_bias"},
         {"ssm_a", "linear_attn.A"},                           {"ssm_a.weight", "linear_attn.A"},
         {"ssm_norm.weight", "linear_attn.norm.weight"},       {"ssm_out.weight", "linear_attn.out_proj.weight"},

@@ -362,6 +362,35 @@ TEST(GgufModelErrors, MetadataClaimingMoreThanTheTensorsHoldFailsAtOnce) {
   }
 }
 
+// Newer converters split ssm_in (in_proj_qkvz) into attn_qkv + attn_gate; llama.cpp reads both. The split file holds
+// the same Q8_0 rows as tiny_qwen3next.gguf, so its logits are tiny_qwen3next's reference: exact (fp32), as stored
+// (--keep-quant) and with the default path.
+TEST(GgufQwen3Next, SplitQkvGateLayoutEqualsFusedSsmIn) {
+  const json ref = reference("tiny_qwen3next");
+  const auto tokens = ref.at("tokens").get<std::vector<int32_t>>();
+  const auto want = ref.at("logits_f32").get<std::vector<float>>();
+  for (bool keep : {false, true}) {
+    LoadOptions opt;
+    opt.experts = ExpertMode::f32;
+    opt.keep_bf16 = false;
+    opt.keep_quant = keep;
+    opt.use_kb = false;
+    LoadedModel lm = load_model(kDir + "/tiny_qwen3next_split.gguf", opt);
+    EXPECT_FALSE(lm.model->weights().layers[0].in_qkv.empty());
+    EXPECT_TRUE(lm.model->weights().layers[0].in_qkvz.empty());
+    Session s(*lm.model, 64, nullptr);
+    const double d = max_rel_diff(s.forward_all(tokens), want);
+    std::printf("tiny_qwen3next_split %s: max |logit diff| / max |logit| = %.3g\n", keep ? "--keep-quant" : "fp32", d);
+    EXPECT_LE(d, 1e-5);
+  }
+  LoadOptions opt;
+  opt.use_kb = false;
+  LoadedModel split = load_model(kDir + "/tiny_qwen3next_split.gguf", opt);
+  LoadedModel fused = load_model(kDir + "/tiny_qwen3next.gguf", opt);
+  Session a(*split.model, 64, nullptr), b(*fused.model, 64, nullptr);
+  EXPECT_LE(max_rel_diff(a.forward_all(tokens), b.forward_all(tokens)), 1e-5) << "default path, split vs fused";
+}
+
 // A qwen3next file without one of its Gated DeltaNet tensors (renamed in the bytes), or with the wrong ssm sizes, fails
 // naming the tensor or the key.
 TEST(GgufModelErrors, Qwen3NextWithoutItsDeltaNetTensorsFails) {

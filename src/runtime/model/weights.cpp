@@ -410,7 +410,12 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
     if (mixer == MixerKind::gated_deltanet) {
       const std::string a = p + "linear_attn.";
       const int64_t nv = c.linear_num_value_heads, K = c.linear_conv_kernel, CD = c.linear_conv_dim();
-      l.in_qkvz = L.dense(a + "in_proj_qkvz", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H, false, true);
+      if (!L.has(a + "in_proj_qkvz.weight") && L.has(a + "in_proj_qkv.weight")) {
+        l.in_qkv = L.dense(a + "in_proj_qkv", CD, H, false, true);
+        l.in_z = L.dense(a + "in_proj_z", c.linear_value_dim(), H, false, true);
+      } else {
+        l.in_qkvz = L.dense(a + "in_proj_qkvz", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H, false, true);
+      }
       l.in_ba = L.dense(a + "in_proj_ba", 2 * nv, H, false);
       l.conv_w = L.any_shape(a + "conv1d.weight", {{CD, 1, K}, {CD, K}});
       l.dt_bias = L.vec(a + "dt_bias", nv);

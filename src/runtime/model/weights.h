@@ -122,6 +122,9 @@ struct Layer {
   // Gated DeltaNet (Qwen3-Next linear attention), as the checkpoint lays them out: in_proj_qkvz's rows per key head
   // [q (dk), k (dk), v (r * dv), z (r * dv)] with r = value heads / key heads; in_proj_ba's per key head [b (r), a (r)].
   Dense in_qkvz;                  // [2 * key_dim + 2 * value_dim, hidden]
+  // Or split (newer llama.cpp GGUF files: attn_qkv, attn_gate): rows in the conv channels' order [q, k, v], and z.
+  Dense in_qkv;                   // [2 * key_dim + value_dim, hidden]
+  Dense in_z;                     // [value_dim, hidden]
   Dense in_ba;                    // [2 * value heads, hidden]
   std::vector<float> conv_w;      // [conv_dim][kernel]: channels q (key_dim), k (key_dim), v (value_dim)
   std::vector<float> dt_bias;     // [value heads]
@@ -140,8 +143,8 @@ struct Layer {
 
   // The non-expert matrices, for what walks all of them (byte counts, kernel attachment, reports).
   std::vector<Dense*> matrices() {
-    return {&q, &k, &v, &o, &in_qkvz, &in_ba, &out_proj, &gate, &up, &down, &router, &shared_gate_proj, &shared_up,
-            &shared_down, &shared_gate};
+    return {&q,      &k,      &v,    &o,  &in_qkvz, &in_qkv, &in_z,  &in_ba, &out_proj, &gate, &up, &down, &router,
+            &shared_gate_proj, &shared_up, &shared_down, &shared_gate};
   }
   std::vector<const Dense*> matrices() const {
     auto m = const_cast<Layer*>(this)->matrices();

@@ -42,7 +42,8 @@ class Model {
   const ExpertKernels& expert_kernels() const { return kernels_; }  // nf4_kernel mode only
   std::string expert_description() const;  // what serves the experts, for reports
   std::string dense_description() const;   // how the non-expert matrices are held, for reports
-  // Bytes of weights one decode step reads: all dense weights + top_k experts per MoE layer.
+  // Bytes one decode step moves: all dense weights + top_k experts per MoE layer + each Gated DeltaNet layer's
+  // recurrent state read and written.
   double bytes_per_token() const;
 
  private:

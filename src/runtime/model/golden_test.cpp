@@ -396,6 +396,20 @@ TEST(GoldenQwen3Next, BadConfigAndMissingTensorsAreClearErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("linear_attn"), std::string::npos) << e.what();
   }
+  {  // The multi-token-prediction head of the released checkpoints (mtp.*) is ignored.
+    MemoryTensorSource src("with-mtp");
+    for (const auto& name : g.src->names()) {
+      const TensorView* t = g.src->find(name);
+      src.add(name, t->dtype, t->shape, t->data, t->nbytes);
+    }
+    const TensorView* any = g.src->find("model.norm.weight");
+    src.add("mtp.norm.weight", any->dtype, any->shape, any->data, any->nbytes);
+    src.add("mtp.layers.0.input_layernorm.weight", any->dtype, any->shape, any->data, any->nbytes);
+    auto with = Model::from_source(g.config, src, opt, "cfg"), without = Model::from_source(g.config, *g.src, opt, "cfg");
+    const std::vector<int32_t> tokens = {3, 14, 15, 92};
+    Session a(*with, 16, nullptr), b(*without, 16, nullptr);
+    EXPECT_EQ(a.forward_all(tokens), b.forward_all(tokens));
+  }
   for (const std::string missing : {"model.layers.0.linear_attn.in_proj_ba.weight", "model.layers.2.linear_attn.A_log",
                                     "model.layers.1.mlp.shared_expert.down_proj.weight",
                                     "model.layers.3.mlp.shared_expert_gate.weight"}) {

@@ -16,7 +16,8 @@
 namespace genesis::runtime {
 
 int64_t ModelConfig::moe_layers() const {
-  return int64_t(std::count_if(layers.begin(), layers.end(), [](const LayerKind& k) { return k.mlp != MlpKind::dense; }));
+  return int64_t(
+      std::count_if(layers.begin(), layers.end(), [](const LayerKind& k) { return k.mlp != MlpKind::dense; }));
 }
 
 int64_t ModelConfig::layers_of(MixerKind m) const {
@@ -66,7 +67,8 @@ std::string ModelConfig::summary() const {
                               num_heads, num_kv_heads, head_dim);
   if (is_moe()) s += fmt::format(", {} experts top-{} (inter {})", num_experts, top_k, moe_intermediate_size);
   else s += fmt::format(", mlp inter {}", intermediate_size);
-  if (shared_expert_intermediate_size > 0) s += fmt::format(" + shared expert (inter {})", shared_expert_intermediate_size);
+  if (shared_expert_intermediate_size > 0)
+    s += fmt::format(" + shared expert (inter {})", shared_expert_intermediate_size);
   if (const int64_t lin = layers_of(MixerKind::gated_deltanet); lin > 0)
     s += fmt::format(", {} Gated DeltaNet layers ({}/{} heads x {}/{}, conv {})", lin, linear_num_key_heads,
                      linear_num_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel);
@@ -112,7 +114,8 @@ struct Reader {
   }
 };
 
-void parse_rope(const json& j, const std::string& origin, double default_theta, double default_partial, ModelConfig& c) {
+void parse_rope(const json& j, const std::string& origin, double default_theta, double default_partial,
+                ModelConfig& c) {
   Reader r{j, origin};
   RopeConfig& rope = c.rope;
   rope.theta = r.opt_num("rope_theta", default_theta);

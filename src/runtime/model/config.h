@@ -1,5 +1,6 @@
 // Model architecture as a plain struct, parsed from a Hugging Face config.json. Supported: llama, qwen2, qwen3
-// (dense), qwen3_moe, olmoe, mixtral, qwen3_next (Gated DeltaNet + gated attention, MoE with a shared expert). Anything else (architecture, activation, rope type) is refused here, by name.
+// (dense), qwen3_moe, olmoe, mixtral, qwen3_next (Gated DeltaNet + gated attention, MoE with a shared expert).
+// Anything else (architecture, activation, rope type) is refused here, by name.
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>

@@ -1,8 +1,9 @@
 // A Gated DeltaNet layer (Qwen3-Next's linear attention) over the Session's sequence state, as transformers'
 // Qwen3NextGatedDeltaNet computes it:
-//   in_proj_qkvz, in_proj_ba (one parallel region); q, k, v through a depthwise causal conv1d (kernel 4) + SiLU whose
-//   window starts with the conv state (the last kernel - 1 inputs); q and k L2-normalized (q also times
-//   1/sqrt(key_head_dim)); beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias); per value head the delta rule
+//   in_proj_qkvz (or its split in_proj_qkv + in_proj_z) and in_proj_ba in one parallel region; q, k, v through a
+//   depthwise causal conv1d (kernel 4) + SiLU whose window starts with the conv state (the last kernel - 1 inputs);
+//   q and k L2-normalized (q also times 1/sqrt(key_head_dim)); beta = sigmoid(b), g = -exp(A_log) *
+//   softplus(a + dt_bias); per value head the delta rule
 //     S <- S * exp(g);  S <- S + k (beta (v - S^T k))^T;  o = S^T q
 //   over its [key_head_dim, value_head_dim] fp32 state (each key head serves value_heads / key_heads consecutive
 //   value heads); the output RMSNorm-ed per head, times the norm weight and silu(z); out_proj; the residual.
@@ -44,7 +45,8 @@ void Session::deltanet(int64_t li, int64_t n) {
   auto fit = [](std::vector<float>& v, int64_t size) {
     if (v.size() < size_t(size)) v.resize(size_t(size));
   };
-  fit(qkvz_, l.in_qkv.empty() ? n * QKVZ : 0), fit(ba_, n * 2 * nv), fit(conv_win_, (K - 1 + n) * CD), fit(conv_out_, n * CD);
+  const bool split = !l.in_qkv.empty();
+  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_win_, (K - 1 + n) * CD), fit(conv_out_, n * CD);
   fit(z_, n * VD), fit(dq_, n * KD), fit(dk_, n * KD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
 
   // The conv window: the conv state's kernel - 1 rows, then this step's q, k, v rows (all key heads' q, then k, then
@@ -52,7 +54,6 @@ void Session::deltanet(int64_t li, int64_t n) {
   // (in_qkv, in_z) writes the window's rows and z directly; the fused one is regrouped from its per-key-head order.
   float* state = seq_.conv_layer(li);
   std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
-  const bool split = !l.in_qkv.empty();
   if (split) {
     const DenseJob proj[] = {{&l.in_qkv, &conv_win_[size_t((K - 1) * CD)]}, {&l.in_z, z_.data()},
                              {&l.in_ba, ba_.data()}};
@@ -63,11 +64,10 @@ void Session::deltanet(int64_t li, int64_t n) {
   }
   clock_.lap(Op::dense);
   for (int64_t t = 0; t < n; ++t) {
-    const float* row = &qkvz_[size_t(t * QKVZ)];
     float* w = &conv_win_[size_t((K - 1 + t) * CD)];
     for (int64_t g = 0; g < nk; ++g) {
       if (!split) {
-        const float* grp = row + g * (2 * dk + 2 * r * dv);
+        const float* grp = qkvz_.data() + t * QKVZ + g * (2 * dk + 2 * r * dv);
         std::memcpy(w + g * dk, grp, size_t(dk) * 4);
         std::memcpy(w + KD + g * dk, grp + dk, size_t(dk) * 4);
         std::memcpy(w + 2 * KD + g * r * dv, grp + 2 * dk, size_t(r * dv) * 4);

@@ -405,7 +405,8 @@ TEST(GoldenQwen3Next, BadConfigAndMissingTensorsAreClearErrors) {
     const TensorView* any = g.src->find("model.norm.weight");
     src.add("mtp.norm.weight", any->dtype, any->shape, any->data, any->nbytes);
     src.add("mtp.layers.0.input_layernorm.weight", any->dtype, any->shape, any->data, any->nbytes);
-    auto with = Model::from_source(g.config, src, opt, "cfg"), without = Model::from_source(g.config, *g.src, opt, "cfg");
+    auto with = Model::from_source(g.config, src, opt, "cfg");
+    auto without = Model::from_source(g.config, *g.src, opt, "cfg");
     const std::vector<int32_t> tokens = {3, 14, 15, 92};
     Session a(*with, 16, nullptr), b(*without, 16, nullptr);
     EXPECT_EQ(a.forward_all(tokens), b.forward_all(tokens));

@@ -120,7 +120,8 @@ struct Layer {
   std::vector<float> k_norm;      // [head_dim] or [kv_dim]
   std::vector<float> post_norm;   // [hidden]
   // Gated DeltaNet (Qwen3-Next linear attention), as the checkpoint lays them out: in_proj_qkvz's rows per key head
-  // [q (dk), k (dk), v (r * dv), z (r * dv)] with r = value heads / key heads; in_proj_ba's per key head [b (r), a (r)].
+  // [q (dk), k (dk), v (r * dv), z (r * dv)] with r = value heads / key heads; in_proj_ba's per key head
+  // [b (r), a (r)].
   Dense in_qkvz;                  // [2 * key_dim + 2 * value_dim, hidden]
   // Or split (newer llama.cpp GGUF files: attn_qkv, attn_gate): rows in the conv channels' order [q, k, v], and z.
   Dense in_qkv;                   // [2 * key_dim + value_dim, hidden]

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config git
           libxbyak-dev libcli11-dev nlohmann-json3-dev libfmt-dev libsqlite3-dev libpcre2-dev
-          libgtest-dev libgmock-dev libopenblas-dev libutf8proc-dev python3)
+          libgtest-dev libgmock-dev libopenblas-dev libutf8proc-dev python3
+          libcpp-httplib-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -17,6 +18,18 @@ if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The `openai` Python package: the server's tests (src/server/serve_test.py) drive `genesis serve` through the real
+# client. Installed for the python3 on PATH (the one CTest runs), with pip (Debian's python3-pip if pip is missing).
+if ! python3 -c "import openai" 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  echo "setup: installing the openai Python package (for the server tests)"
+  python3 -m pip install --quiet openai 2>/dev/null || python3 -m pip install --quiet --break-system-packages openai
 fi
 
 BUILD_DIR=${BUILD_DIR:-build}

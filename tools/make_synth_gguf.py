@@ -31,6 +31,9 @@ PRESETS = {
                       experts=512, top_k=10, moe_inter=512, inter=5120, ctx=262144, theta=1e7, eps=1e-6,
                       shared_inter=512, interval=4, k_heads=16, v_heads=32, k_dim=128, v_dim=128, conv=4,
                       rotary=64),
+    # SmolLM2-135M (dense llama, tied embeddings) as a Q8_0 file: its 576 columns are no multiple of Q4_K's 256.
+    "smollm2-135m": dict(arch="llama", vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64,
+                         experts=0, top_k=0, moe_inter=0, inter=1536, ctx=8192, theta=1e5, eps=1e-5, qtype=T.Q8_0),
     # OLMoE-1B-7B
     "olmoe": dict(arch="olmoe", vocab=50304, hidden=2048, layers=16, heads=16, kv_heads=16, head_dim=128,
                   experts=64, top_k=8, moe_inter=1024, inter=1024, ctx=4096, theta=1e4, eps=1e-5),
@@ -45,6 +48,8 @@ def random_blocks(rng, qtype, rows, cols):
     if qtype == T.Q4_K:
         raw[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
         raw[:, 2:4] = (d.astype(np.float32) * 7.5).astype(np.float16).view(np.uint8).reshape(-1, 2)  # centres
+    elif qtype == T.Q8_0:
+        raw[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
     elif qtype == T.Q6_K:
         raw[:, size - 2:size] = (d.astype(np.float32) * 0.5).astype(np.float16).view(np.uint8).reshape(-1, 2)
     else:
@@ -70,9 +75,18 @@ def main():
     q_dim, kv_dim = p["heads"] * HD, p["kv_heads"] * HD
 
     # (name, kind, shape in HF order (rows, cols) or (E, rows, cols), qtype); kind: "q" random blocks, "norm", "f32"
-    plan = [("token_embd.weight", "q", (V, H), T.Q4_K)]
+    dense = E == 0
+    plan = [("token_embd.weight", "q", (V, H), p.get("qtype", T.Q4_K))]
     nxt = arch == "qwen3next"
-    for l in range(L):
+    for l in range(L) if dense else []:
+        g, q8 = f"blk.{l}.", p["qtype"]
+        I = p["inter"]
+        plan += [(g + "attn_norm.weight", "norm", (H,), T.F32), (g + "ffn_norm.weight", "norm", (H,), T.F32),
+                 (g + "attn_q.weight", "q", (q_dim, H), q8), (g + "attn_k.weight", "q", (kv_dim, H), q8),
+                 (g + "attn_v.weight", "q", (kv_dim, H), q8), (g + "attn_output.weight", "q", (H, q_dim), q8),
+                 (g + "ffn_gate.weight", "q", (I, H), q8), (g + "ffn_up.weight", "q", (I, H), q8),
+                 (g + "ffn_down.weight", "q", (H, I), q8)]
+    for l in range(L) if not dense else []:
         g = f"blk.{l}."
         linear = nxt and (l + 1) % p["interval"] != 0
         plan += [(g + "attn_norm.weight", "norm", (H,), T.F32),
@@ -109,7 +123,9 @@ def main():
         else:
             plan += [(g + "attn_q_norm.weight", "norm", (q_dim,), T.F32),
                      (g + "attn_k_norm.weight", "norm", (kv_dim,), T.F32)]
-    plan += [("output_norm.weight", "norm", (H,), T.F32), ("output.weight", "q", (V, H), T.Q6_K)]
+    plan += [("output_norm.weight", "norm", (H,), T.F32)]
+    if not dense:  # the dense preset ties the output to the embedding, as SmolLM2 does
+        plan += [("output.weight", "q", (V, H), T.Q6_K)]
 
     w = gguf.GGUFWriter(a.out, arch)
     w.add_name(f"genesis synthetic {a.preset} (random weights)")
@@ -123,9 +139,12 @@ def main():
     w.add_value_length(HD)
     w.add_rope_freq_base(p["theta"])
     w.add_layer_norm_rms_eps(p["eps"])
-    w.add_expert_count(E)
-    w.add_expert_used_count(p["top_k"])
-    w.add_expert_feed_forward_length(MI)
+    if not dense:
+        w.add_expert_count(E)
+        w.add_expert_used_count(p["top_k"])
+        w.add_expert_feed_forward_length(MI)
+    else:
+        w.add_rope_dimension_count(HD)
     w.add_vocab_size(V)
     if nxt:
         w.add_expert_shared_feed_forward_length(p["shared_inter"])
@@ -136,7 +155,7 @@ def main():
         w.add_ssm_inner_size(p["v_heads"] * p["v_dim"])
         w.add_full_attention_interval(p["interval"])
         w.add_rope_dimension_count(p["rotary"])
-    w.add_file_type(15)  # MOSTLY_Q4_K_M
+    w.add_file_type(7 if dense else 15)  # MOSTLY_Q8_0, MOSTLY_Q4_K_M
     byte_tokens = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0xA1, 0xAD)] + \
         [chr(c) for c in range(0xAE, 0x100)] + [chr(0x100 + i) for i in range(68)]
     tokens = byte_tokens + ["\u0120t", "he"] + [f"<synth_{i}>" for i in range(V - len(byte_tokens) - 3)] + \

@@ -55,6 +55,14 @@ void run(Args& a) {
              j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
              j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
              100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
+  if (j.contains("streams"))
+    fmt::print("batched      {} streams: step {:.1f} ms (IQR {:.1f}), {:.2f} tokens/s = {:.2f}x one stream; bound "
+               "{:.1f} MB/step ({:.1f} distinct experts per MoE layer) = {:.2f} tokens/s, reached {:.0f}%\n",
+               j["streams"].get<int64_t>(), j["batched_step_ms_median"].get<double>(),
+               j["batched_step_ms_iqr"].get<double>(), j["batched_decode_tps"].get<double>(),
+               j["batched_vs_single"].get<double>(), j["batched_step_bytes"].get<double>() / 1e6,
+               j["batched_distinct_experts_per_layer"].get<double>(), j["batched_bound_tps"].get<double>(),
+               100 * j["batched_bound_fraction"].get<double>());
   // The profile: milliseconds per token by op class, decode and prefill side by side.
   const auto& pd = j["profile"]["decode"];
   const auto& pp = j["profile"]["prefill"];
@@ -85,6 +93,10 @@ void setup(CLI::App& app) {
   c->add_option("--prompt-tokens", a->o.prompt_tokens, "prefill length (default 64)")->check(CLI::PositiveNumber);
   c->add_option("--tokens,-n", a->o.decode_tokens, "decode steps timed (default 64)")->check(CLI::PositiveNumber);
   c->add_option("--threads,-t", a->o.threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
+  c->add_option("--streams", a->o.streams,
+                "also time decode steps of this many sequences at once (continuous batching, as `genesis serve`): "
+                "aggregate tokens/s, against one stream and the batched step's bound (default 1: off)")
+      ->check(CLI::Range(1, 256));
   c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");

@@ -1,5 +1,6 @@
-// A layer's attention over the Session's KV cache: q/k/v products, QK-norm, rope, KV append, causal attention of
-// every (row, head) over the cached positions, the output product and the residual.
+// A layer's attention over the KV caches of the step's sequences: q/k/v products over all rows, QK-norm, rope, KV
+// append to each row's own sequence, causal attention of every (row, head) over its sequence's cached positions, the
+// output product and the residual.
 #include <cblas.h>
 
 #include <algorithm>
@@ -16,7 +17,7 @@ constexpr int64_t kBlockRows = 16;  // query rows of one attention GEMM (prefill
 constexpr int64_t kMinSpan = 64;    // decode: fewest positions per task
 }  // namespace
 
-void Session::attention(int64_t li, int64_t n, int64_t pos0) {
+void Session::attention(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
@@ -35,47 +36,74 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
       }
     clock_.lap(Op::elementwise);
   }
-  // The cache is [layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
-  float* kc = seq_.k_layer(li);
-  float* vc = seq_.v_layer(li);
-  const int64_t cap = seq_.capacity;
+  // A cache is [attention layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
+  const int64_t cap = capacity_;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
-  for (int64_t t = 0; t < n; ++t) {
-    float* q = &q_[size_t(t * qd)];
-    float* k = &k_[size_t(t * kvd)];
-    float* v = &v_[size_t(t * kvd)];
-    // OLMoE: norm over the whole projection, then clip; Qwen3: norm over each head's head_dim.
-    if (c_.qk_norm == QkNorm::whole) {
-      rms_norm(q, l.q_norm.data(), q, qd, c_.rms_norm_eps);
-      rms_norm(k, l.k_norm.data(), k, kvd, c_.rms_norm_eps);
-    } else if (c_.qk_norm == QkNorm::per_head) {
-      for (int64_t h = 0; h < nh; ++h) rms_norm(q + h * hd, l.q_norm.data(), q + h * hd, hd, c_.rms_norm_eps);
-      for (int64_t h = 0; h < nkv; ++h) rms_norm(k + h * hd, l.k_norm.data(), k + h * hd, hd, c_.rms_norm_eps);
-    }
-    if (c_.clip_qkv > 0) {
-      const float cl = float(c_.clip_qkv);
-      for (float* p : {q, k, v}) {
-        const int64_t len = p == q ? qd : kvd;
-        for (int64_t i = 0; i < len; ++i) p[i] = std::clamp(p[i], -cl, cl);
+  for (const Segment& sg : segs_) {
+    SequenceState& sq = seqs_[size_t(sg.seq)];
+    float* kc = sq.k_layer(li);
+    float* vc = sq.v_layer(li);
+    for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
+      float* q = &q_[size_t(t * qd)];
+      float* k = &k_[size_t(t * kvd)];
+      float* v = &v_[size_t(t * kvd)];
+      // OLMoE: norm over the whole projection, then clip; Qwen3: norm over each head's head_dim.
+      if (c_.qk_norm == QkNorm::whole) {
+        rms_norm(q, l.q_norm.data(), q, qd, c_.rms_norm_eps);
+        rms_norm(k, l.k_norm.data(), k, kvd, c_.rms_norm_eps);
+      } else if (c_.qk_norm == QkNorm::per_head) {
+        for (int64_t h = 0; h < nh; ++h) rms_norm(q + h * hd, l.q_norm.data(), q + h * hd, hd, c_.rms_norm_eps);
+        for (int64_t h = 0; h < nkv; ++h) rms_norm(k + h * hd, l.k_norm.data(), k + h * hd, hd, c_.rms_norm_eps);
       }
-    }
-    const int64_t pos = pos0 + t;
-    apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
-    apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
-    for (int64_t h = 0; h < nkv; ++h) {
-      std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
-      std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
+      if (c_.clip_qkv > 0) {
+        const float cl = float(c_.clip_qkv);
+        for (float* p : {q, k, v}) {
+          const int64_t len = p == q ? qd : kvd;
+          for (int64_t i = 0; i < len; ++i) p[i] = std::clamp(p[i], -cl, cl);
+        }
+      }
+      const int64_t pos = sg.pos0 + (t - sg.row0);
+      apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
+      apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
+      for (int64_t h = 0; h < nkv; ++h) {
+        std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
+        std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
+      }
     }
   }
   clock_.lap(Op::elementwise);
-  if (n >= kBlockRows && c_.sliding_window <= 0) {
+  // Segments of many rows (prefill) take the GEMM path, the rows of the others (decode) the span path.
+  struct Block {
+    int64_t t0, t1, pos0;  // rows [t0, t1) at positions pos0..
+    const float *kc, *vc;
+  };
+  std::vector<Block> blocks;
+  struct DecodeRow {
+    int64_t t, pos;
+    const float *kc, *vc;
+  };
+  std::vector<DecodeRow> drows;
+  for (const Segment& sg : segs_) {
+    SequenceState& sq = seqs_[size_t(sg.seq)];
+    const float* kc = sq.k_layer(li);
+    const float* vc = sq.v_layer(li);
+    if (sg.n >= kBlockRows && c_.sliding_window <= 0) {
+      for (int64_t t0 = sg.row0; t0 < sg.row0 + sg.n; t0 += kBlockRows)
+        blocks.push_back({t0, std::min(sg.row0 + sg.n, t0 + kBlockRows), sg.pos0 + (t0 - sg.row0), kc, vc});
+    } else {
+      for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) drows.push_back({t, sg.pos0 + (t - sg.row0), kc, vc});
+    }
+  }
+  if (!blocks.empty()) {
     // (head, block of kBlockRows query rows) tasks: scores and the weighted sum as two GEMMs (the block's rows share
     // every K and V row they read), the causal mask applied to the scores.
-    const int64_t nblk = (n + kBlockRows - 1) / kBlockRows;
+    const int64_t nblk = int64_t(blocks.size());
     parallel_for(nh * nblk, [&](int64_t task) {
-      const int64_t h = task / nblk, kvh = h / group, t0 = (task % nblk) * kBlockRows, t1 = std::min(n, t0 + kBlockRows);
-      const int64_t rows = t1 - t0, npos = pos0 + t1;  // positions [0, npos) cover every row of the block
+      const Block& bl = blocks[size_t(task % nblk)];
+      const int64_t h = task / nblk, kvh = h / group, t0 = bl.t0, t1 = bl.t1;
+      const int64_t rows = t1 - t0, npos = bl.pos0 + rows;  // positions [0, npos) cover every row of the block
+      const float *kc = bl.kc, *vc = bl.vc;
       thread_local std::vector<float> sc;
       sc.resize(size_t(rows * npos));
       {
@@ -84,7 +112,7 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
                     int(npos));
         for (int64_t r = 0; r < rows; ++r) {
           float* row = &sc[size_t(r * npos)];
-          const int64_t valid = pos0 + t0 + r + 1;
+          const int64_t valid = bl.pos0 + r + 1;
           softmax(row, valid);
           std::fill(row + valid, row + npos, 0.0f);
         }
@@ -92,63 +120,69 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
                     int(npos), vc + kvh * cap * hd, int(hd), 0.0f, &att_[size_t(t0 * qd + h * hd)], int(qd));
       }
     });
-  } else {
+  }
+  if (!drows.empty()) {
     // Decode (few rows): (row, KV head, span of positions) tasks. A task reads each of its keys and values once for
     // all `group` query heads that share them, and keeps a partial softmax (running max, sum, weighted values) per
     // head; the spans of a (row, head) are then merged. Spans give the pool work when KV heads are few (4 on
     // Qwen3-30B-A3B for 16 threads).
-    const int64_t threads = pool_ ? pool_->size() : 1;
-    const int64_t max_len = pos0 + n - (c_.sliding_window > 0 ? std::max<int64_t>(0, pos0 + n - c_.sliding_window) : 0);
-    const int64_t spans = std::clamp<int64_t>((2 * threads + n * nkv - 1) / (n * nkv), 1,
+    const int64_t threads = pool_ ? pool_->size() : 1, m = int64_t(drows.size());
+    int64_t max_len = 0;
+    for (const DecodeRow& d : drows)
+      max_len = std::max(max_len, c_.sliding_window > 0 ? std::min<int64_t>(d.pos + 1, c_.sliding_window) : d.pos + 1);
+    const int64_t spans = std::clamp<int64_t>((2 * threads + m * nkv - 1) / (m * nkv), 1,
                                               std::max<int64_t>(1, max_len / kMinSpan));
     const size_t part = size_t(hd + 2);  // per (task, head): max, sum, weighted values
-    if (att_part_.size() < size_t(n * nkv * spans * group) * part) att_part_.resize(size_t(n * nkv * spans * group) * part);
-    parallel_for(n * nkv * spans, [&](int64_t task) {
-      const int64_t sp = task % spans, kvh = (task / spans) % nkv, t = task / (spans * nkv), pos = pos0 + t;
+    if (att_part_.size() < size_t(m * nkv * spans * group) * part) att_part_.resize(size_t(m * nkv * spans * group) * part);
+    parallel_for(m * nkv * spans, [&](int64_t task) {
+      const int64_t sp = task % spans, kvh = (task / spans) % nkv;
+      const DecodeRow& d = drows[size_t(task / (spans * nkv))];
+      const int64_t t = d.t, pos = d.pos;
+      const float *kc = d.kc, *vc = d.vc;
       const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
       const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
       const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
       float* out = &att_part_[size_t(task * group) * part];
-      const int64_t m = std::max<int64_t>(j1 - j0, 0);
-      if (m == 0) {
+      const int64_t cnt = std::max<int64_t>(j1 - j0, 0);
+      if (cnt == 0) {
         for (int64_t g = 0; g < group; ++g) out[g * part] = -INFINITY, out[g * part + 1] = 0.0f;
         return;
       }
-      // The group's query heads are consecutive rows of q: scores [group, m] = scale * Q K^T and the weighted values
-      // [group, hd] = P V as two small GEMMs over the span's keys and values, each read once for all the heads.
+      // The group's query heads are consecutive rows of q: scores [group, cnt] = scale * Q K^T and the weighted
+      // values [group, hd] = P V as two small GEMMs over the span's keys and values, each read once for all heads.
       thread_local std::vector<float> s;
-      s.resize(size_t(group * m));
+      s.resize(size_t(group * cnt));
       const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(group), int(m), int(hd), scale, qg, int(hd),
-                  kc + (kvh * cap + j0) * hd, int(hd), 0.0f, s.data(), int(m));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(group), int(cnt), int(hd), scale, qg, int(hd),
+                  kc + (kvh * cap + j0) * hd, int(hd), 0.0f, s.data(), int(cnt));
       for (int64_t g = 0; g < group; ++g) {
-        float* sg = &s[size_t(g * m)];
+        float* sg = &s[size_t(g * cnt)];
         float mx = -INFINITY, sum = 0.0f;
-        for (int64_t j = 0; j < m; ++j) mx = std::max(mx, sg[j]);
-        for (int64_t j = 0; j < m; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
+        for (int64_t j = 0; j < cnt; ++j) mx = std::max(mx, sg[j]);
+        for (int64_t j = 0; j < cnt; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
         out[g * part] = mx, out[g * part + 1] = sum;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(group), int(hd), int(m), 1.0f, s.data(), int(m),
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(group), int(hd), int(cnt), 1.0f, s.data(), int(cnt),
                   vc + (kvh * cap + j0) * hd, int(hd), 0.0f, out + 2, int(part));
     });
     // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
-    for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < m; ++i)
       for (int64_t h = 0; h < nh; ++h) {
         const int64_t kvh = h / group, g = h % group;
         float mx = -INFINITY;
-        for (int64_t sp = 0; sp < spans; ++sp) mx = std::max(mx, att_part_[size_t(((t * nkv + kvh) * spans + sp) * group + g) * part]);
-        float* o = &att_[size_t(t * qd + h * hd)];
+        for (int64_t sp = 0; sp < spans; ++sp) mx = std::max(mx, att_part_[size_t(((i * nkv + kvh) * spans + sp) * group + g) * part]);
+        float* o = &att_[size_t(drows[size_t(i)].t * qd + h * hd)];
         std::fill(o, o + hd, 0.0f);
         float sum = 0.0f;
         for (int64_t sp = 0; sp < spans; ++sp) {
-          const float* pp = &att_part_[size_t(((t * nkv + kvh) * spans + sp) * group + g) * part];
+          const float* pp = &att_part_[size_t(((i * nkv + kvh) * spans + sp) * group + g) * part];
           if (pp[1] == 0.0f) continue;  // an empty span
           const float w = std::exp(pp[0] - mx);
           sum += w * pp[1];
           axpy_f32(w, pp + 2, o, hd);
         }
         const float inv = 1.0f / sum;
-        for (int64_t i = 0; i < hd; ++i) o[i] *= inv;
+        for (int64_t i2 = 0; i2 < hd; ++i2) o[i2] *= inv;
       }
   }
   clock_.lap(Op::attention);

@@ -16,6 +16,76 @@
 
 namespace genesis::runtime {
 
+namespace {
+
+// Decode steps of `streams` sequences at once (one row each, as the server's continuous batching runs them): the
+// step's time, the aggregate tokens/s against one stream, and the step's bound: the weights every row shares read
+// once plus each distinct routed expert once (counted in the steps run), over the read bandwidth.
+void batched_decode(const ModelBenchOptions& opt, const Model& model, int64_t context, cpu::ThreadPool& pool,
+                    double bw, double single_tps, nlohmann::json& j) {
+  const auto& c = model.config();
+  const int64_t n = opt.streams;
+  if (n > 256) fail("bench model: --streams {} exceeds the 256 rows of a step", n);
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int32_t> tok(0, int32_t(c.vocab_size - 1));
+  Session s(model, context, &pool);
+  std::vector<int32_t> seqs = {0};
+  for (int64_t i = 1; i < n; ++i) seqs.push_back(s.add_sequence());
+  std::vector<float> logits(size_t(n * c.vocab_size));
+  for (int32_t q : seqs) {  // each sequence's own prompt
+    std::vector<int32_t> prompt(size_t(opt.prompt_tokens));
+    for (auto& t : prompt) t = tok(rng);
+    const SequenceRows r{q, prompt, logits.data(), false};
+    s.step({&r, 1});
+  }
+  std::vector<int32_t> next(static_cast<size_t>(n));
+  std::vector<SequenceRows> rows(static_cast<size_t>(n));
+  auto step = [&] {
+    for (int64_t i = 0; i < n; ++i) {
+      next[size_t(i)] = tok(rng);
+      rows[size_t(i)] = {seqs[size_t(i)], std::span<const int32_t>(&next[size_t(i)], 1),
+                         logits.data() + i * c.vocab_size, false};
+    }
+    s.step(rows);
+  };
+  step();  // warm-up
+  const Profile before = s.profile();
+  std::vector<double> step_ms;
+  for (int i = 0; i + 1 < opt.decode_tokens; ++i) {
+    const double a = now_seconds();
+    step();
+    step_ms.push_back(1e3 * (now_seconds() - a));
+  }
+  const Profile prof = s.profile() - before;
+  const double med = median(step_ms);
+  const double tps = double(n) * 1e3 / med;
+  // Bytes of a step: one token's bytes less its top_k experts per MoE layer, plus the distinct experts read.
+  double expert_bytes = 0;
+  int64_t moe_layers = 0;
+  for (const Layer& l : model.weights().layers)
+    if (l.moe && !l.experts.empty()) {
+      const Expert& e = l.experts[0];
+      expert_bytes = double(e.gate_up.bytes(model.weights().expert_mode) + e.down.bytes(model.weights().expert_mode));
+      ++moe_layers;
+    }
+  const double distinct = moe_layers > 0 && prof.steps > 0 ? double(prof.experts) / double(prof.steps * moe_layers) : 0;
+  const double step_bytes =
+      model.bytes_per_token() - double(moe_layers) * double(c.top_k) * expert_bytes + double(moe_layers) * distinct * expert_bytes;
+  const double bound_tps = double(n) * bw * 1e9 / step_bytes;
+  j["streams"] = n;
+  j["batched_step_ms_median"] = med;
+  j["batched_step_ms_iqr"] = quantile(step_ms, 0.75) - quantile(step_ms, 0.25);
+  j["batched_decode_tps"] = tps;
+  j["batched_vs_single"] = single_tps > 0 ? tps / single_tps : 0.0;
+  j["batched_distinct_experts_per_layer"] = distinct;
+  j["batched_step_bytes"] = step_bytes;
+  j["batched_bound_tps"] = bound_tps;
+  j["batched_bound_fraction"] = tps / bound_tps;
+  j["profile"]["batched_decode"] = prof.to_json(false);
+}
+
+}  // namespace
+
 nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   if (opt.prompt_tokens < 1 || opt.decode_tokens < 1) fail("bench model: --prompt-tokens and --tokens must be >= 1");
   LoadOptions lo = opt.load;
@@ -101,6 +171,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   j["bound_tps"] = bound_tps;
   j["bound_fraction"] = decode_tps / bound_tps;
   j["achieved_gbps"] = bytes * decode_tps / 1e9;
+  if (opt.streams > 1) batched_decode(opt, *model, context, pool, bw, decode_tps, j);
   return j;
 }
 

@@ -16,6 +16,7 @@ struct ModelBenchOptions {
   int prompt_tokens = 64;   // prefill length
   int decode_tokens = 64;   // decode steps timed
   int threads = 0;          // 0: all allowed cores
+  int streams = 1;          // > 1: also decode steps of this many sequences at once (continuous batching)
   bool cached_bandwidth = false;  // reuse `genesis info`'s cached figure instead of measuring now
   bool progress = true;
   LoadOptions load;

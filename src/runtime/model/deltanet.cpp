@@ -1,5 +1,6 @@
-// A Gated DeltaNet layer (Qwen3-Next's linear attention) over the Session's sequence state, as transformers'
-// Qwen3NextGatedDeltaNet computes it:
+// A Gated DeltaNet layer (Qwen3-Next's linear attention) over the states of the step's sequences, as transformers'
+// Qwen3NextGatedDeltaNet computes it (the projections, norms and out_proj over all rows of the step; the conv and the
+// delta rule per sequence, over its own rows and state):
 //   in_proj_qkvz (or its split in_proj_qkv + in_proj_z) and in_proj_ba in one parallel region; q, k, v through a
 //   depthwise causal conv1d (kernel 4) + SiLU whose window starts with the conv state (the last kernel - 1 inputs);
 //   q and k L2-normalized (q also times 1/sqrt(key_head_dim)); beta = sigmoid(b), g = -exp(A_log) *
@@ -46,17 +47,14 @@ void Session::deltanet(int64_t li, int64_t n) {
     if (v.size() < size_t(size)) v.resize(size_t(size));
   };
   const bool split = !l.in_qkv.empty();
-  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_win_, (K - 1 + n) * CD), fit(conv_out_, n * CD);
+  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_in_, n * CD), fit(conv_out_, n * CD);
   fit(z_, n * VD), fit(dq_, n * KD), fit(dk_, n * KD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
 
-  // The conv window: the conv state's kernel - 1 rows, then this step's q, k, v rows (all key heads' q, then k, then
-  // all value heads' v, as the conv channels are ordered). z, beta and the decay per value head. A split projection
-  // (in_qkv, in_z) writes the window's rows and z directly; the fused one is regrouped from its per-key-head order.
-  float* state = seq_.conv_layer(li);
-  std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
+  // The conv inputs of every row: all key heads' q, then k, then all value heads' v, as the conv channels are
+  // ordered. z, beta and the decay per value head. A split projection (in_qkv, in_z) writes the conv inputs and z
+  // directly; the fused one is regrouped from its per-key-head order.
   if (split) {
-    const DenseJob proj[] = {{&l.in_qkv, &conv_win_[size_t((K - 1) * CD)]}, {&l.in_z, z_.data()},
-                             {&l.in_ba, ba_.data()}};
+    const DenseJob proj[] = {{&l.in_qkv, conv_in_.data()}, {&l.in_z, z_.data()}, {&l.in_ba, ba_.data()}};
     dense_products(proj, xn_.data(), n, pool_);
   } else {
     const DenseJob proj[] = {{&l.in_qkvz, qkvz_.data()}, {&l.in_ba, ba_.data()}};
@@ -64,7 +62,7 @@ void Session::deltanet(int64_t li, int64_t n) {
   }
   clock_.lap(Op::dense);
   for (int64_t t = 0; t < n; ++t) {
-    float* w = &conv_win_[size_t((K - 1 + t) * CD)];
+    float* w = &conv_in_[size_t(t * CD)];
     for (int64_t g = 0; g < nk; ++g) {
       if (!split) {
         const float* grp = qkvz_.data() + t * QKVZ + g * (2 * dk + 2 * r * dv);
@@ -81,25 +79,32 @@ void Session::deltanet(int64_t li, int64_t n) {
       }
     }
   }
-  std::memcpy(state, &conv_win_[size_t(n * CD)], size_t((K - 1) * CD) * 4);
-  // Depthwise causal conv + SiLU; channels split over the pool in prefill (a decode token's 8192 x 4 products take
-  // less time than starting a parallel region).
+  // Per sequence of the step: the conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the
+  // window's last kernel - 1 rows become its conv state. Depthwise causal conv + SiLU; channels split over the pool
+  // for several rows (a decode token's 8192 x 4 products take less time than starting a parallel region).
   constexpr int64_t kChannelBlock = 256;
-  auto conv_block = [&](int64_t b) {
-    const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t c = c0; c < c1; ++c) {
-        const float* w = &l.conv_w[size_t(c * K)];
-        float s = 0.0f;
-        for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
-        conv_out_[size_t(t * CD + c)] = silu(s);
-      }
-  };
-  const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
-  if (n >= 4) {
-    parallel_for(blocks, conv_block);
-  } else {
-    for (int64_t b = 0; b < blocks; ++b) conv_block(b);
+  for (const Segment& sg : segs_) {
+    float* state = seqs_[size_t(sg.seq)].conv_layer(li);
+    fit(conv_win_, (K - 1 + sg.n) * CD);
+    std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
+    std::memcpy(&conv_win_[size_t((K - 1) * CD)], &conv_in_[size_t(sg.row0 * CD)], size_t(sg.n * CD) * 4);
+    std::memcpy(state, &conv_win_[size_t(sg.n * CD)], size_t((K - 1) * CD) * 4);
+    auto conv_block = [&](int64_t b) {
+      const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
+      for (int64_t t = 0; t < sg.n; ++t)
+        for (int64_t c = c0; c < c1; ++c) {
+          const float* w = &l.conv_w[size_t(c * K)];
+          float s = 0.0f;
+          for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
+          conv_out_[size_t((sg.row0 + t) * CD + c)] = silu(s);
+        }
+    };
+    const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
+    if (sg.n >= 4) {
+      parallel_for(blocks, conv_block);
+    } else {
+      for (int64_t b = 0; b < blocks; ++b) conv_block(b);
+    }
   }
   // q and k L2-normalized per key head (q scaled by 1/sqrt(dk)); v stays in conv_out_.
   const float qscale = float(1.0 / std::sqrt(double(dk)));
@@ -109,13 +114,13 @@ void Session::deltanet(int64_t li, int64_t n) {
       l2_normalize(&conv_out_[size_t(t * CD + KD + g * dk)], &dk_[size_t(t * KD + g * dk)], dk, 1.0f);
     }
 
-  // The delta rule, one task per value head (its state is its own).
-  float* S0 = seq_.recurrent_layer(li);
-  const bool chunked = chunked_delta_ && n > 1;
-  parallel_for(nv, [&](int64_t h) {
-    float* S = S0 + h * dk * dv;
-    if (chunked) delta_rule_chunked(S, h, n);
-    else delta_rule_recurrent(S, h, n);
+  // The delta rule, one task per (sequence, value head): each state is its own.
+  parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
+    const Segment& sg = segs_[size_t(task / nv)];
+    const int64_t h = task % nv;
+    float* S = seqs_[size_t(sg.seq)].recurrent_layer(li) + h * dk * dv;
+    if (chunked_delta_ && sg.n > 1) delta_rule_chunked(S, h, sg.row0, sg.n);
+    else delta_rule_recurrent(S, h, sg.row0, sg.n);
   });
   // Gated RMSNorm per (row, value head): rmsnorm(o) * w * silu(z).
   for (int64_t t = 0; t < n; ++t)
@@ -136,13 +141,13 @@ void Session::deltanet(int64_t li, int64_t n) {
 // once and written once per token (it is 64 KB per head, 2 MB per layer on Qwen3-Next: beyond L2). The decay d is a
 // scalar, so with the old state S: (dS)^T k = d S^T k and the output (dS + k delta^T)^T q = d S^T q + (q . k) delta.
 // One read pass gives S^T k and S^T q; delta = beta (v - d S^T k); one read-write pass makes S = d S + k delta^T.
-void Session::delta_rule_recurrent(float* S, int64_t h, int64_t n) {
+void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n) {
   const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
   const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim();
   thread_local std::vector<float> sk;
   sk.resize(size_t(dv));
-  for (int64_t t = 0; t < n; ++t) {
+  for (int64_t t = row0; t < row0 + n; ++t) {
     const float* q = &dq_[size_t(t * KD + (h / r) * dk)];
     const float* k = &dk_[size_t(t * KD + (h / r) * dk)];
     const float* v = &conv_out_[size_t(t * CD + 2 * KD + h * dv)];
@@ -175,7 +180,7 @@ void Session::delta_rule_recurrent(float* S, int64_t h, int64_t n) {
 //   U = T^-1 (beta v),  W = T^-1 (kb exp(c));  v_new = U - W S;
 //   o_i = exp(c_i) q_i S + sum_{j<=i} (q_i . k_j) exp(c_i - c_j) v_new_j;
 //   S <- exp(c_L) S + sum_j exp(c_L - c_j) k_j v_new_j^T.
-void Session::delta_rule_chunked(float* S, int64_t h, int64_t n) {
+void Session::delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n) {
   const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
   const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim(), C = kDeltaChunk;
@@ -183,8 +188,8 @@ void Session::delta_rule_chunked(float* S, int64_t h, int64_t n) {
   q.resize(size_t(C * dk)), k.resize(size_t(C * dk)), A.resize(size_t(C * C)), U.resize(size_t(C * dv));
   W.resize(size_t(C * dk)), cum.resize(size_t(C)), P.resize(size_t(C * C));
   const int64_t kh = h / r;
-  for (int64_t t0 = 0; t0 < n; t0 += C) {
-    const int64_t L = std::min(C, n - t0);
+  for (int64_t t0 = row0; t0 < row0 + n; t0 += C) {
+    const int64_t L = std::min(C, row0 + n - t0);
     float c = 0.0f;
     for (int64_t i = 0; i < L; ++i) {
       const int64_t t = t0 + i;

@@ -1,5 +1,6 @@
-// The step over a Session's sequence state: embedding, the layers (attention.cpp or deltanet.cpp; moe.cpp or the
-// dense MLP), the output.
+// The step over a Session's sequences: embedding, the layers (attention.cpp or deltanet.cpp; moe.cpp or the dense
+// MLP), the output.
+// Sequences (slots) are added and removed between steps; a step's rows are segments, one per sequence.
 // Dense products go through dense.h; every op ends with a lap of the profile clock (profile.h).
 #include "runtime/model/forward.h"
 
@@ -44,7 +45,7 @@ void SequenceState::reset() {
 Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
   use_blas_single_threaded();
-  seq_ = SequenceState(c_, context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext));
+  capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
   chunk_ = kMaxChunk;
   const size_t n = size_t(chunk_);
   // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
@@ -59,6 +60,34 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
   att_.resize(n * size_t(c_.q_dim()));
   h1_.resize(n * size_t(inter));
   h2_.resize(n * size_t(inter));
+  if (add_sequence() != 0) fail("Session: sequence 0 was not the first slot");
+}
+
+int32_t Session::add_sequence() {
+  size_t id = 0;
+  while (id < seqs_.size() && seqs_[id].in_use) ++id;
+  if (id == seqs_.size()) seqs_.emplace_back();
+  SequenceState& s = seqs_[id];
+  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_);
+  s.reset();
+  s.in_use = true;
+  return int32_t(id);
+}
+
+SequenceState& Session::seq(int32_t id) {
+  if (id < 0 || size_t(id) >= seqs_.size() || !seqs_[size_t(id)].in_use)
+    fail("sequence {} is not one of this session's ({} slots)", id, seqs_.size());
+  return seqs_[size_t(id)];
+}
+
+const SequenceState& Session::seq(int32_t id) const { return const_cast<Session*>(this)->seq(id); }
+
+void Session::remove_sequence(int32_t id) { seq(id).in_use = false; }
+void Session::reset(int32_t id) { seq(id).reset(); }
+int64_t Session::position(int32_t id) const { return seq(id).pos; }
+
+int64_t Session::sequences_in_use() const {
+  return std::count_if(seqs_.begin(), seqs_.end(), [](const SequenceState& s) { return s.in_use; });
 }
 
 const RopeTable& Session::rope_for(int64_t seq_len) {
@@ -72,30 +101,72 @@ const RopeTable& Session::rope_for(int64_t seq_len) {
 }
 
 void Session::forward(std::span<const int32_t> tokens, float* logits, bool all_logits) {
-  if (tokens.empty()) return;
   const int64_t total = int64_t(tokens.size());
-  if (seq_.pos + total > seq_.capacity)
-    fail("{} tokens at position {} exceed the context of {} tokens (max_position_embeddings {})", total, seq_.pos,
-         seq_.capacity, c_.max_position_embeddings);
+  const SequenceState& s = seq(0);
+  if (s.pos + total > capacity_)
+    fail("{} tokens at position {} exceed the context of {} tokens (max_position_embeddings {})", total, s.pos,
+         capacity_, c_.max_position_embeddings);
   for (int32_t t : tokens)
     if (t < 0 || t >= c_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", t, c_.vocab_size);
-  const int64_t H = c_.hidden_size;
-  clock_.start();
-  rope_for(seq_.pos + total);
   for (int64_t done = 0; done < total; done += chunk_) {
     const int64_t n = std::min(chunk_, total - done);
-    const Dense& emb = m_.weights().embed;
-    for (int64_t t = 0; t < n; ++t)
-      emb.row_f32(tokens[size_t(done + t)], &x_[size_t(t * H)]);
-    clock_.lap(Op::elementwise);
-    for (int64_t li = 0; li < c_.num_layers; ++li) run_layer(li, n, seq_.pos);
-    seq_.pos += n;
-    if (logits && all_logits)
-      for (int64_t t = 0; t < n; ++t) output_logits(&x_[size_t(t * H)], logits + (done + t) * c_.vocab_size);
-    else if (logits && done + n == total)
-      output_logits(&x_[size_t((n - 1) * H)], logits);
-    clock_.lap(Op::logits);
+    SequenceRows r{0, tokens.subspan(size_t(done), size_t(n)), nullptr, false};
+    if (logits && all_logits) {
+      r.logits = logits + done * c_.vocab_size;
+      r.all_logits = true;
+    } else if (logits && done + n == total) {
+      r.logits = logits;
+    }
+    step({&r, 1});
   }
+}
+
+void Session::step(std::span<const SequenceRows> batch) {
+  // Check everything before any state changes.
+  int64_t total = 0, longest = 0;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceRows& b = batch[i];
+    const SequenceState& s = seq(b.seq);
+    for (size_t j = 0; j < i; ++j)
+      if (batch[j].seq == b.seq) fail("sequence {} appears twice in one step", b.seq);
+    const int64_t n = int64_t(b.tokens.size());
+    if (s.pos + n > capacity_)
+      fail("{} tokens at position {} exceed the context of {} tokens (max_position_embeddings {})", n, s.pos,
+           capacity_, c_.max_position_embeddings);
+    for (int32_t t : b.tokens)
+      if (t < 0 || t >= c_.vocab_size) fail("token id {} is outside the vocabulary [0, {})", t, c_.vocab_size);
+    total += n;
+    longest = std::max(longest, s.pos + n);
+  }
+  if (total > chunk_) fail("a step of {} rows exceeds the session's {} rows per step", total, chunk_);
+  if (total == 0) return;
+  const int64_t H = c_.hidden_size;
+  clock_.start();
+  rope_for(longest);
+  segs_.clear();
+  int64_t row = 0;
+  for (const SequenceRows& b : batch) {
+    if (b.tokens.empty()) continue;
+    segs_.push_back({b.seq, row, int64_t(b.tokens.size()), seq(b.seq).pos});
+    const Dense& emb = m_.weights().embed;
+    for (int32_t t : b.tokens) emb.row_f32(t, &x_[size_t(row++ * H)]);
+  }
+  clock_.lap(Op::elementwise);
+  for (int64_t li = 0; li < c_.num_layers; ++li) run_layer(li, total);
+  std::vector<std::pair<int64_t, float*>> out;
+  row = 0;
+  for (const SequenceRows& b : batch) {
+    const int64_t n = int64_t(b.tokens.size());
+    if (n == 0) continue;
+    seqs_[size_t(b.seq)].pos += n;
+    if (b.logits && b.all_logits)
+      for (int64_t t = 0; t < n; ++t) out.emplace_back(row + t, b.logits + t * c_.vocab_size);
+    else if (b.logits)
+      out.emplace_back(row + n - 1, b.logits);
+    row += n;
+  }
+  output_rows(out);
+  clock_.lap(Op::logits);
   prof_.tokens += total;
   ++prof_.steps;
 }
@@ -106,15 +177,32 @@ std::vector<float> Session::forward_all(std::span<const int32_t> tokens) {
   return out;
 }
 
-void Session::output_logits(const float* x, float* logits) {
-  const int64_t H = c_.hidden_size;
-  std::vector<float> xn(static_cast<size_t>(H));
-  rms_norm(x, m_.weights().final_norm.data(), xn.data(), H, c_.rms_norm_eps);
+void Session::output_rows(std::span<const std::pair<int64_t, float*>> rows) {
+  // Up to 16 rows per product, so the output matrix is read once for all of them (decode of several sequences).
+  constexpr size_t kGroup = 16;
+  const int64_t H = c_.hidden_size, V = c_.vocab_size;
   const Dense& out = m_.weights().output();
-  dense_product(out, xn.data(), logits, 1, pool_);
+  for (size_t g0 = 0; g0 < rows.size(); g0 += kGroup) {
+    const size_t g = std::min(kGroup, rows.size() - g0);
+    if (logit_x_.size() < g * size_t(H)) logit_x_.resize(kGroup * size_t(H));
+    for (size_t i = 0; i < g; ++i)
+      rms_norm(&x_[size_t(rows[g0 + i].first * H)], m_.weights().final_norm.data(), &logit_x_[i * size_t(H)], H,
+               c_.rms_norm_eps);
+    // Destinations one after the other (every row's logits) take the product directly.
+    bool contiguous = true;
+    for (size_t i = 1; i < g; ++i) contiguous &= rows[g0 + i].second == rows[g0].second + int64_t(i) * V;
+    if (contiguous) {
+      dense_product(out, logit_x_.data(), rows[g0].second, int64_t(g), pool_);
+      continue;
+    }
+    if (logit_y_.size() < g * size_t(V)) logit_y_.resize(kGroup * size_t(V));
+    dense_product(out, logit_x_.data(), logit_y_.data(), int64_t(g), pool_);
+    for (size_t i = 0; i < g; ++i)
+      std::memcpy(rows[g0 + i].second, &logit_y_[i * size_t(V)], size_t(V) * sizeof(float));
+  }
 }
 
-void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
+void Session::run_layer(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size;
   for (int64_t t = 0; t < n; ++t)
@@ -122,7 +210,7 @@ void Session::run_layer(int64_t li, int64_t n, int64_t pos0) {
   clock_.lap(Op::elementwise);
   switch (c_.layers[size_t(li)].mixer) {
     case MixerKind::attention:
-    case MixerKind::gated_attention: attention(li, n, pos0); break;
+    case MixerKind::gated_attention: attention(li, n); break;
     case MixerKind::gated_deltanet: deltanet(li, n); break;
   }
   for (int64_t t = 0; t < n; ++t)

@@ -1,9 +1,11 @@
-// A loaded model (config + weights; model.cpp) and a Session: the state (SequenceState: KV cache, Gated DeltaNet conv
-// and recurrent state) and scratch of one sequence, with forward() that reads top to bottom: norm -> mixer (attention
-// or Gated DeltaNet) -> norm -> router -> experts (or dense MLP) -> residual. A step runs a batch of rows: the
-// prompt's tokens in chunks (prefill), or one token (decode). Attention is attention.cpp, Gated DeltaNet
-// deltanet.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
-// step).
+// A loaded model (config + weights; model.cpp) and a Session: the scratch of a step and the state of one or more
+// sequences (SequenceState: position, KV cache of the attention layers, Gated DeltaNet conv and recurrent state), with
+// a step that reads top to bottom: norm -> mixer (attention or Gated DeltaNet) -> norm -> router -> experts (or dense
+// MLP) -> residual. A step runs a batch of rows: a prompt's tokens in chunks (prefill), one token (decode), or rows
+// of several sequences at once (continuous batching: each sequence's rows are consecutive positions of it). Norms,
+// dense products and the MoE run over all rows of a step; attention and the delta rule run each sequence's rows
+// against its own state. Attention is attention.cpp, Gated DeltaNet deltanet.cpp, the MoE layer moe.cpp (rows grouped
+// by expert, so each routed expert's weights are read once per step, whichever sequences its rows belong to).
 #pragma once
 
 #include <atomic>
@@ -68,11 +70,20 @@ struct SequenceState {
   std::vector<float> conv;              // [linear layers][kernel - 1][conv dim]
   std::vector<float> recurrent;         // [linear layers][value heads][key_head_dim][value_head_dim]
   int64_t kv_per_layer = 0, conv_per_layer = 0, recurrent_per_layer = 0;
+  bool in_use = false;  // a slot of the Session's
 
   float* k_layer(int64_t li) { return &k_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
   float* v_layer(int64_t li) { return &v_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
   float* conv_layer(int64_t li) { return &conv[size_t(slot[size_t(li)]) * size_t(conv_per_layer)]; }
   float* recurrent_layer(int64_t li) { return &recurrent[size_t(slot[size_t(li)]) * size_t(recurrent_per_layer)]; }
+};
+
+// The rows of one sequence within a step: `tokens` at positions position(seq).. of sequence `seq`.
+struct SequenceRows {
+  int32_t seq = 0;
+  std::span<const int32_t> tokens;
+  float* logits = nullptr;  // the last row's logits (vocab floats), or every row's with all_logits; null: none
+  bool all_logits = false;
 };
 
 class Session {
@@ -82,10 +93,26 @@ class Session {
   static constexpr int64_t kDefaultContext = 4096;
   Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
 
-  int64_t position() const { return seq_.pos; }
-  int64_t context() const { return seq_.capacity; }
-  void reset() { seq_.reset(); }
-  const SequenceState& state() const { return seq_; }
+  int64_t position() const { return position(0); }
+  int64_t context() const { return capacity_; }
+  void reset() { reset(0); }
+  const SequenceState& state(int32_t seq = 0) const { return this->seq(seq); }
+
+  // Sequences (slots): add_sequence() returns a free slot (reusing a removed one's memory) starting at position 0;
+  // remove_sequence() frees it. Ids are small integers; a bad id is a genesis::Error.
+  int32_t add_sequence();
+  void remove_sequence(int32_t seq);
+  void reset(int32_t seq);
+  int64_t position(int32_t seq) const;
+  int64_t sequences_in_use() const;
+
+  // One step over rows of several sequences (each at most once, at most chunk() rows in all): every sequence's
+  // tokens run at its next positions and its logits are written as asked. The same results as stepping each
+  // sequence alone, up to the order of float sums. Throws genesis::Error (before changing any state) for a bad
+  // sequence, a token outside the vocabulary, too many rows, or a sequence whose context would overflow.
+  // Dynamic rope past max_position_embeddings scales by the longest sequence of the step (transformers scales by the
+  // longest position of a call), so only there a sequence's logits depend on its companions.
+  void step(std::span<const SequenceRows> batch);
 
   // Gated DeltaNet prefill: the delta rule over a step's rows in the chunked form (chunks of kDeltaChunk rows: the
   // within-chunk part as small matrix products; default) or token by token as decode runs it. Same result up to fp32
@@ -107,15 +134,18 @@ class Session {
   int64_t chunk() const { return chunk_; }
 
  private:
-  void run_layer(int64_t li, int64_t n, int64_t pos0);
-  void attention(int64_t li, int64_t n, int64_t pos0);  // attention.cpp
-  void deltanet(int64_t li, int64_t n);                  // deltanet.cpp
-  void delta_rule_recurrent(float* S, int64_t h, int64_t n);  // deltanet.cpp: one value head over n rows
-  void delta_rule_chunked(float* S, int64_t h, int64_t n);
+  SequenceState& seq(int32_t id);
+  const SequenceState& seq(int32_t id) const;
+  void run_layer(int64_t li, int64_t n);
+  void attention(int64_t li, int64_t n);  // attention.cpp
+  void deltanet(int64_t li, int64_t n);   // deltanet.cpp
+  // deltanet.cpp: one value head's state over rows [row0, row0 + n) of one sequence.
+  void delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n);
+  void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n);
   void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
   void mlp(int64_t li, int64_t n);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
-  void output_logits(const float* x, float* logits);
+  void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
   void parallel_for(int64_t tasks, F&& fn);
@@ -123,14 +153,22 @@ class Session {
   const Model& m_;
   const ModelConfig& c_;
   cpu::ThreadPool* pool_;
-  SequenceState seq_;
+  int64_t capacity_ = 0;
+  std::vector<SequenceState> seqs_;
+  // The step's rows: a segment is the consecutive rows of one sequence (first row, rows, first position).
+  struct Segment {
+    int32_t seq;
+    int64_t row0, n, pos0;
+  };
+  std::vector<Segment> segs_;
+  std::vector<float> logit_x_, logit_y_;  // output rows gathered for one product: [16][hidden], [16][vocab]
   // Scratch for up to `chunk_` tokens at once.
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
   std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
   // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
-  std::vector<float> qkvz_, ba_, conv_win_, conv_out_, z_, dq_, dk_, dv_, beta_, decay_, core_;
+  std::vector<float> qkvz_, ba_, conv_in_, conv_win_, conv_out_, z_, dq_, dk_, dv_, beta_, decay_, core_;
   bool chunked_delta_ = true;
   std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;

@@ -49,6 +49,7 @@ void Session::moe(const Layer& l, int64_t n) {
     for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += kMaxUnitRows)
       units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
   const int64_t U = int64_t(units_.size());
+  for (int64_t e = 0; e < E; ++e) prof_.experts += start[size_t(e + 1)] > start[size_t(e)];
   clock_.lap(Op::router);
 
   if (moe_h_.size() < size_t(P * 2 * I)) {

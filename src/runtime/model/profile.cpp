@@ -42,6 +42,7 @@ Profile Profile::operator-(const Profile& o) const {
   d.tokens = tokens - o.tokens;
   d.steps = steps - o.steps;
   d.regions = regions - o.regions;
+  d.experts = experts - o.experts;
   return d;
 }
 

@@ -34,6 +34,7 @@ struct Profile {
   int64_t tokens = 0;   // rows run through the model
   int64_t steps = 0;    // forward() calls
   int64_t regions = 0;  // parallel regions started
+  int64_t experts = 0;  // distinct routed experts whose weights steps read, summed over MoE layers
 
   double total() const;
   Profile operator-(const Profile& o) const;

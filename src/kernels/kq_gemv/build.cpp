@@ -240,6 +240,41 @@ class Builder {
     }
   }
 
+  // The unit loop's body in canonical order: prefetches, the shared decode, then each activation row's products.
+  std::vector<Instr> hot_body() const {
+    std::vector<Instr> o;
+    const Genome& g = c_.genome;
+    const int64_t rec = layout::record_bytes(f_);
+    if (g.pf_dist > 0) {
+      const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
+                    : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
+                    : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
+                                                     : Op::prefetch_t0;
+      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_dist + b)));
+    }
+    if (is_k_quant(f_)) {
+      decode_k(o);
+      tokens_k(o);
+    } else {
+      decode_legacy(o);
+      tokens_legacy(o);
+    }
+    return o;
+  }
+
+  // The genome's permutation of the body, if any: legal iff it keeps every def/use edge (jit::is_legal_order).
+  void apply_order(std::vector<Instr>& body) const {
+    const auto& order = c_.genome.order;
+    if (order.empty()) return;
+    std::string why;
+    if (!jit::is_legal_order(body, order, &why))
+      fail("kq_gemv: genome order is illegal for {} ({} instructions): {}", c_.id, body.size(), why);
+    std::vector<Instr> re;
+    re.reserve(body.size());
+    for (auto i : order) re.push_back(body[i]);
+    body = std::move(re);
+  }
+
   jit::Program program() const {
     jit::Program p;
     p.name = c_.id;
@@ -258,21 +293,9 @@ class Builder {
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
-    const Genome& g = c_.genome;
-    if (g.pf_dist > 0) {
-      const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
-                    : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
-                    : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
-                                                     : Op::prefetch_t0;
-      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_dist + b)));
-    }
-    if (is_k_quant(f_)) {
-      decode_k(o);
-      tokens_k(o);
-    } else {
-      decode_legacy(o);
-      tokens_legacy(o);
-    }
+    std::vector<Instr> hot = hot_body();
+    apply_order(hot);
+    o.insert(o.end(), hot.begin(), hot.end());
     p.hot_end = o.size();
     o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
     o.push_back(jit::make_gpr(Op::add_imm, kXReg, -1, int64_t(T_) * kTokenRecord));
@@ -343,6 +366,12 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
 }
 
 jit::Program build(const Conf& c) { return Builder(c).program(); }
+
+std::vector<jit::Instr> canonical_body(const Conf& c) {
+  Conf plain = c;
+  plain.genome.order.clear();
+  return Builder(plain).hot_body();
+}
 
 const void* kernel_constants() {
   static const Constants k;

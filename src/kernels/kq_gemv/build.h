@@ -42,6 +42,8 @@ struct Conf {
 
 Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline());
 jit::Program build(const Conf& c);
+// The unit loop's body in canonical order (what Genome::order permutes). Depends on format, rows and code genes.
+std::vector<jit::Instr> canonical_body(const Conf& c);
 // The family's constant block (masks, shift counts, shuffle indices), 64-byte aligned.
 const void* kernel_constants();
 

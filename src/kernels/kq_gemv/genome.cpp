@@ -2,6 +2,7 @@
 #include "kernels/kq_gemv/genome.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <charconv>
 #include <sstream>
@@ -34,11 +35,21 @@ void Genome::validate() const {
 }
 
 std::string Genome::serialize() const {
-  return fmt::format("pf={} pfk={} align={} rows={} xkb={}", pf_dist, kind_name(pf_kind), loop_align, row_chunk,
-                     x_budget_kb);
+  std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={}", pf_dist, kind_name(pf_kind), loop_align,
+                              row_chunk, x_budget_kb);
+  if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
+  return s;
 }
 
-std::string Genome::code_key() const { return fmt::format("pf{}{}a{}", pf_dist, kind_name(pf_kind), loop_align); }
+std::string Genome::code_key() const {
+  std::string k = fmt::format("pf{}{}a{}", pf_dist, kind_name(pf_kind), loop_align);
+  if (!order.empty()) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a of the permutation
+    for (uint16_t v : order) h = (h ^ v) * 1099511628211ull;
+    k += fmt::format("o{:016x}", h);
+  }
+  return k;
+}
 
 Genome Genome::parse(const std::string& text) {
   Genome g;
@@ -48,6 +59,19 @@ Genome Genome::parse(const std::string& text) {
     const auto eq = tok.find('=');
     if (eq == std::string::npos) fail("kq_gemv genome: '{}' is not key=value (in '{}')", tok, text);
     const std::string key = tok.substr(0, eq), val = tok.substr(eq + 1);
+    if (key == "order") {
+      g.order.clear();
+      std::string item;
+      std::istringstream items(val);
+      while (std::getline(items, item, ',')) {
+        int v = -1;
+        auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+        if (ec != std::errc() || p != item.data() + item.size() || v < 0 || v > 65535)
+          fail("kq_gemv genome: order entry '{}' is not an index 0..65535", item);
+        g.order.push_back(uint16_t(v));
+      }
+      continue;
+    }
     if (key == "pfk") {
       bool ok = false;
       for (auto k : {PrefetchKind::t0, PrefetchKind::t1, PrefetchKind::t2, PrefetchKind::nta})

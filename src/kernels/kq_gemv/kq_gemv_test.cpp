@@ -10,6 +10,8 @@
 #include <random>
 
 #include "common/error.h"
+#include "jit/ir.h"
+#include "kernels/kq_gemv/build.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
 
@@ -397,6 +399,56 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
         EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - ref[size_t(t * rows + r)]), bound) << format_name(f);
         EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - y0[size_t(t * rows + r)]), 2 * bound) << format_name(f);
       }
+  }
+}
+
+// A genome's order of the unit loop's body goes through jit::is_legal_order: a legal reorder (independent neighbours
+// swapped, every swap at once) computes the same bits; swapping a dependent pair is an error naming the edge.
+TEST(KqGemv, GenomeOrderCheckedByDefUse) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int n = 2;
+    const Conf conf = make_conf(f, n);
+    const auto body = canonical_body(conf);
+    const auto g = jit::def_use(body);
+    auto depends = [&](size_t a, size_t b) {
+      for (int p : g.preds[b])
+        if (size_t(p) == a) return true;
+      return false;
+    };
+    Genome legal, illegal;
+    for (size_t i = 0; i < body.size(); ++i) legal.order.push_back(uint16_t(i));
+    illegal.order = legal.order;
+    int swaps = 0;
+    bool bad_set = false;
+    for (size_t i = 0; i + 1 < body.size(); ++i) {
+      if (!depends(i, i + 1) && legal.order[i] == i && legal.order[i + 1] == i + 1) {
+        std::swap(legal.order[i], legal.order[i + 1]);
+        ++swaps;
+      } else if (depends(i, i + 1) && !bad_set) {
+        std::swap(illegal.order[i], illegal.order[i + 1]);
+        bad_set = true;
+      }
+    }
+    ASSERT_GT(swaps, 3);
+    ASSERT_TRUE(bad_set);
+    EXPECT_EQ(Genome::parse(legal.serialize()), legal);
+    const int64_t rows = 9, cols = is_k_quant(f) ? 512 : 256;
+    const auto stored = random_stored(f, rows, cols, 41);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(n, cols, 42, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), n, cols, a);
+    std::vector<float> y0(size_t(n * rows)), y1(size_t(n * rows));
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::scalar);  // any path: the JIT one needs the CPU
+    if (best_path() != Path::avx512vnni) continue;
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::avx512vnni);
+    run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, legal);
+    EXPECT_EQ(y0, y1);
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, illegal), Error);
+    Genome short_order;
+    short_order.order = {0, 1, 2};
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, short_order), Error);
   }
 }
 

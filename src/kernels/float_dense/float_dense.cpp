@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "cpu/isa.h"
+#include "quant/half.h"
 
 #include <cblas.h>
 
@@ -25,20 +26,10 @@ float dot_scalar(const uint16_t* w, const float* x, int64_t n) {
   float acc[8] = {};
   int64_t c = 0;
   for (; c + 8 <= n; c += 8)
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t u = uint32_t(w[c + j]) << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      acc[j] += f * x[c + j];
-    }
+    for (int j = 0; j < 8; ++j) acc[j] += quant::bf16_to_f32(w[c + j]) * x[c + j];
   float s = 0;
   for (float a : acc) s += a;
-  for (; c < n; ++c) {
-    const uint32_t u = uint32_t(w[c]) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    s += f * x[c];
-  }
+  for (; c < n; ++c) s += quant::bf16_to_f32(w[c]) * x[c];
   return s;
 }
 
@@ -198,10 +189,7 @@ class Bf16Linear final : public Linear {
   }
   void row_f32(int64_t r, float* out) const override {
     const uint16_t* src = &w_[size_t(r * cols())];
-    for (int64_t c = 0; c < cols(); ++c) {
-      const uint32_t u = uint32_t(src[c]) << 16;
-      std::memcpy(&out[c], &u, 4);
-    }
+    for (int64_t c = 0; c < cols(); ++c) out[c] = quant::bf16_to_f32(src[c]);
   }
 
  private:

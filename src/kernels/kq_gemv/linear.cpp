@@ -12,8 +12,8 @@ namespace {
 constexpr std::string_view kName = "kq_gemv";
 
 struct KqActivations : LinearActivations {
-  Activations q;             // n < kGemmRows
-  const float* x = nullptr;  // n >= kGemmRows: fp32 rows for the widened GEMM
+  Activations q;             // n <= kMaxTokens (an MoE unit of 16 rows runs on the 16-row kernel)
+  const float* x = nullptr;  // n > kMaxTokens: fp32 rows for the widened GEMM
 };
 
 class KqLinear final : public Linear {
@@ -35,12 +35,12 @@ class KqLinear final : public Linear {
     k.n = n;
     k.cols = cols();
     k.x = x;
-    if (n < kGemmRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
+    if (n <= kMaxTokens) quantize_activations(m_->format, x, int(n), cols(), k.q);
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& k = activations_as<KqActivations>(a, kName);
     if (k.cols != cols()) fail("kq_gemv: activations of {} columns for a matrix of {}", k.cols, cols());
-    if (k.n >= kGemmRows) {
+    if (k.n > kMaxTokens) {
       widened_gemm_rows(*this, k.x, k.n, y, r0, r1);
       return;
     }

@@ -37,34 +37,69 @@ int64_t share(int64_t rows, int nt, int64_t granule) {
   return ((rows + nt - 1) / nt + g - 1) / g * g;
 }
 
+// One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a quarter of a thread's
+// share, claimed dynamically, so a thread slowed by memory contention or a late wake-up does not hold the others at
+// the region's end. Many rows (prefill): one contiguous range per thread (each sgemm call packs x again).
+struct RowTask {
+  int32_t job;
+  int64_t r0, r1;
+};
+
+void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivations* const> acts, int64_t n,
+               cpu::ThreadPool* pool) {
+  const int nt = pool ? pool->size() : 1;
+  int64_t total = 0, granule = 1;
+  for (const DenseJob& j : jobs) {
+    total += j.d->rows;
+    granule = std::max(granule, j.d->op->row_granule());
+  }
+  if (nt == 1 || total < 64) {
+    for (size_t i = 0; i < jobs.size(); ++i) jobs[i].d->op->run_rows(*acts[i], jobs[i].y, 0, jobs[i].d->rows);
+    return;
+  }
+  if (n >= kernels::kGemmRows) {
+    // Thread tid's rows [tid * per, (tid + 1) * per) of the matrices stacked, cut at each matrix's boundary.
+    const int64_t per = share(total, nt, granule);
+    pool->run([&](int tid, int) {
+      const int64_t g0 = int64_t(tid) * per, g1 = g0 + per;
+      int64_t off = 0;
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        const int64_t rows = jobs[i].d->rows, r0 = std::max(g0, off) - off, r1 = std::min(g1, off + rows) - off;
+        if (r0 < r1) jobs[i].d->op->run_rows(*acts[i], jobs[i].y, r0, r1);
+        off += rows;
+      }
+    });
+    return;
+  }
+  const int64_t per = share(total, 4 * nt, granule);
+  thread_local std::vector<RowTask> tasks;
+  tasks.clear();
+  for (size_t i = 0; i < jobs.size(); ++i)
+    for (int64_t r = 0; r < jobs[i].d->rows; r += per)
+      tasks.push_back({int32_t(i), r, std::min(jobs[i].d->rows, r + per)});
+  const std::vector<RowTask>* tp = &tasks;  // the caller's list: inside the workers `tasks` names their own
+  pool->parallel_for(int64_t(tasks.size()), [&](int64_t k) {
+    const RowTask& t = (*tp)[size_t(k)];
+    jobs[size_t(t.job)].d->op->run_rows(*acts[size_t(t.job)], jobs[size_t(t.job)].y, t.r0, t.r1);
+  });
+}
+
 }  // namespace
 
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
   if (d.empty()) fail("dense_product: no matrix (an absent weight was multiplied)");
-  kernels::LinearActivations& a = activations_for(*d.op);
-  d.op->prepare(x, n, a);
-  const int nt = pool ? pool->size() : 1;
-  if (nt == 1 || d.rows < 64) {
-    d.op->run_rows(a, y, 0, d.rows);
-  } else {
-    const int64_t per = share(d.rows, nt, d.op->row_granule());
-    pool->run([&](int tid, int) {
-      const int64_t r0 = std::min(d.rows, int64_t(tid) * per), r1 = std::min(d.rows, r0 + per);
-      if (r0 < r1) d.op->run_rows(a, y, r0, r1);
-    });
-  }
+  kernels::LinearActivations* a = &activations_for(*d.op);
+  d.op->prepare(x, n, *a);
+  const DenseJob job{&d, y};
+  run_tasks({&job, 1}, {&a, 1}, n, pool);
   add_bias(d, y, n);
 }
 
 void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, cpu::ThreadPool* pool) {
   if (jobs.empty()) return;
-  if (!pool || pool->size() == 1) {
-    for (const DenseJob& j : jobs) dense_product(*j.d, x, j.y, n, pool);
-    return;
-  }
   // x prepared once per activation kind; the jobs' activations in order.
-  std::vector<kernels::LinearActivations*> acts;
-  int64_t total = 0, granule = 1;
+  thread_local std::vector<kernels::LinearActivations*> acts;
+  acts.clear();
   for (const DenseJob& j : jobs) {
     if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
     if (j.d->cols != jobs[0].d->cols)
@@ -72,23 +107,8 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
     kernels::LinearActivations* a = &activations_for(*j.d->op);
     if (std::find(acts.begin(), acts.end(), a) == acts.end()) j.d->op->prepare(x, n, *a);
     acts.push_back(a);
-    total += j.d->rows;
-    granule = std::max(granule, j.d->op->row_granule());
   }
-  // Thread tid's rows [tid * per, (tid + 1) * per) of the matrices stacked, cut at each matrix's boundary. Every
-  // matrix's row count is a multiple of its granule or the cut falls at its end, so each piece starts on a granule.
-  const int nt = pool->size();
-  const int64_t per = share(total, nt, granule);
-  pool->run([&](int tid, int) {
-    const int64_t g0 = int64_t(tid) * per, g1 = g0 + per;
-    int64_t off = 0;
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      const Dense& d = *jobs[i].d;
-      const int64_t r0 = std::max(g0, off) - off, r1 = std::min(g1, off + d.rows) - off;
-      if (r0 < r1) d.op->run_rows(*acts[i], jobs[i].y, r0, r1);
-      off += d.rows;
-    }
-  });
+  run_tasks(jobs, acts, n, pool);
   for (const DenseJob& j : jobs) add_bias(*j.d, j.y, n);
 }
 

@@ -9,6 +9,7 @@
 #include "kb/kb.h"
 #include "kernels/float_dense/float_dense.h"
 #include "kernels/ggml_gemv/ggml_gemv.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "kernels/q8_gemv/q8_gemv.h"
 #include "quant/nf4.h"
 #include "runtime/model/expert_pack.h"
@@ -94,6 +95,19 @@ std::shared_ptr<const kernels::Linear> LinearPolicy::choose(const std::string& n
              origin_, shape_str({rows, cols}));
       return gg::make_linear(
           std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, bytes.data(), bytes.size())));
+    }
+  }
+  if (eligible && opt_.dense_stored && !opt_.keep_quant) {
+    namespace kg = kernels::kq_gemv;
+    uint32_t type = 0;
+    std::vector<int64_t> shape;
+    std::vector<uint8_t> bytes;
+    if (src_.read_ggml(name, type, shape, bytes) && kg::format_of(type)) {
+      if (shape != std::vector<int64_t>{rows, cols})
+        fail("tensor \"{}\" in {} has shape {}, but {} implies {}", name, src_.describe(name), shape_str(shape),
+             origin_, shape_str({rows, cols}));
+      return kg::make_linear(
+          std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, bytes.data(), bytes.size())));
     }
   }
   if (eligible && opt_.dense_q8 && !opt_.keep_quant && src_.block_quantized(name) && cols % q8::kBlock == 0) {

@@ -2,7 +2,8 @@
 // file stores, behind the Linear seam (kernels/linear.h). The step never asks again. A new format touches its family
 // folder and this file.
 //
-//   --keep-quant and a GGUF block format ggml_gemv multiplies  -> ggml_gemv (as stored)
+//   --keep-quant and a GGUF block format ggml_gemv multiplies  -> ggml_gemv (as stored, fp32 activations)
+//   --dense stored and a block format kq_gemv runs             -> kq_gemv (as stored, int8 activations)
 //   --dense q8 and a GGUF block format of 8 bits or fewer      -> q8_gemv (int8 blocks)
 //   --dense nf4 / nf4-all and an eligible matrix               -> nf4_gemv (JIT kernels; knowledge-base genome)
 //   bf16 in the file and keep_bf16                             -> float_dense bf16

@@ -91,11 +91,14 @@ std::string Model::dense_description() const {
 std::string Model::expert_description() const {
   if (!config_.is_moe()) return "dense model (no experts)";
   const int64_t total = config_.num_experts * config_.moe_layers();
-  if (weights_.experts_kept == total)
-    return fmt::format("experts kept as the GGUF file stores them, ggml_gemv {}",
-                       kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path()));
+  std::string kept;  // what serves the experts kept as the file stores them
+  for (const Layer& l : weights_.layers)
+    for (const Expert& e : l.experts)
+      if (kept.empty() && e.gate_up.op && e.gate_up.op->format() != "NF4" && weights_.experts_kept > 0)
+        kept = e.gate_up.op->describe() + "; down " + e.down.op->describe();
+  if (weights_.experts_kept == total) return fmt::format("experts kept as the GGUF file stores them: {}", kept);
   if (weights_.experts_kept > 0)
-    return fmt::format("{} of {} experts kept as stored (ggml_gemv), the rest NF4", weights_.experts_kept, total);
+    return fmt::format("{} of {} experts kept as stored ({}), the rest NF4", weights_.experts_kept, total, kept);
   switch (weights_.expert_mode) {
     case ExpertMode::f32: return "fp32 experts (OpenBLAS sgemv)";
     case ExpertMode::nf4_reference:

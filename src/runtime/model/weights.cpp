@@ -18,6 +18,8 @@
 
 #include "common/error.h"
 #include "quant/ggml.h"
+#include "quant/half.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "runtime/model/expert_pack.h"
 #include "runtime/model/linear_policy.h"
 
@@ -36,7 +38,7 @@ ExpertMode expert_mode_from_name(const std::string& name) {
   if (name == "nf4") return ExpertMode::nf4_kernel;
   if (name == "nf4-reference") return ExpertMode::nf4_reference;
   if (name == "f32") return ExpertMode::f32;
-  fail("--experts '{}': expected nf4 (kernels), nf4-reference or f32", name);
+  fail("--experts '{}': expected stored, nf4 (kernels), nf4-reference or f32", name);
 }
 
 const char* dense_nf4_name(DenseNf4 d) {
@@ -48,14 +50,21 @@ const char* dense_nf4_name(DenseNf4 d) {
   return "?";
 }
 
+void set_expert_mode(const std::string& name, LoadOptions& opt) {
+  opt.experts_stored = name == "stored";
+  opt.experts = opt.experts_stored ? ExpertMode::nf4_kernel : expert_mode_from_name(name);
+}
+
 void set_dense_mode(const std::string& mode, LoadOptions& opt) {
   opt.dense_q8 = false;
-  if (mode == "q8") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off, opt.dense_q8 = true;
+  opt.dense_stored = false;
+  if (mode == "stored") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off, opt.dense_q8 = true, opt.dense_stored = true;
+  else if (mode == "q8") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off, opt.dense_q8 = true;
   else if (mode == "bf16") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::off;
   else if (mode == "f32") opt.keep_bf16 = false, opt.dense_nf4 = DenseNf4::off;
   else if (mode == "nf4") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::low_bit;
   else if (mode == "nf4-all") opt.keep_bf16 = true, opt.dense_nf4 = DenseNf4::all;
-  else fail("--dense '{}': expected q8, bf16, f32, nf4 or nf4-all", mode);
+  else fail("--dense '{}': expected stored, q8, bf16, f32, nf4 or nf4-all", mode);
 }
 
 size_t Weights::dense_bytes() const {
@@ -76,34 +85,6 @@ size_t Weights::expert_bytes() const {
 }
 
 namespace {
-
-float bf16_to_f32(uint16_t h) {
-  uint32_t u = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h >> 15) << 31;
-  uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: normalize
-      exp = 127 - 15 + 1;
-      while (!(man & 0x400)) man <<= 1, --exp;
-      u = sign | (exp << 23) | ((man & 0x3FF) << 13);
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7F800000u | (man << 13);
-  } else {
-    u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 void check_nf4_shape(const quant::Nf4Matrix& q, int64_t rows, int64_t cols, const std::string& name,
                      const std::string& origin) {
@@ -155,8 +136,11 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
 
 // keep_quant: expert e as the file stores it, when its three matrices are in formats ggml_gemv multiplies. Gate and
 // up become one [2 * inter, hidden] matrix (gate rows first) when they share a format, else two.
-bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t I, int64_t H, Expert& out) {
+// kq: on kq_gemv (experts_stored) instead of ggml_gemv (keep_quant).
+bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t I, int64_t H, bool kq,
+                 Expert& out) {
   namespace gg = kernels::ggml_gemv;
+  namespace kg = kernels::kq_gemv;
   const std::string x = fmt::format("{}experts.{}.", m, e);
   uint32_t tg = 0, tu = 0, td = 0;
   std::vector<int64_t> sg, su, sd;
@@ -164,12 +148,14 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
   if (!src.read_ggml(x + "gate_proj.weight", tg, sg, bg) || !src.read_ggml(x + "up_proj.weight", tu, su, bu) ||
       !src.read_ggml(x + "down_proj.weight", td, sd, bd))
     return false;
-  if (!gg::supported(tg) || !gg::supported(tu) || !gg::supported(td)) return false;
+  auto runs = [&](uint32_t t) { return kq ? kg::format_of(t).has_value() : gg::supported(t); };
+  if (!runs(tg) || !runs(tu) || !runs(td)) return false;
   if (sg != std::vector<int64_t>{I, H} || su != sg || sd != std::vector<int64_t>{H, I})
     fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
          shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
-  auto linear = [](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
-    return gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
+  auto linear = [&](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
+    return kq ? kg::make_linear(std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, b.data(), b.size())))
+              : gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
   };
   out.gate_up.rows = 2 * I, out.gate_up.cols = H;
   if (tg == tu) {
@@ -246,7 +232,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[size_t(i)] = bf16_to_f32(h);
+        out[size_t(i)] = quant::bf16_to_f32(h);
       }
       break;
     }
@@ -255,7 +241,7 @@ std::vector<float> tensor_to_f32(const TensorView& t, const std::string& where) 
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, p + 2 * i, 2);
-        out[size_t(i)] = f16_to_f32(h);
+        out[size_t(i)] = quant::f16_to_f32(h);
       }
       break;
     }
@@ -328,7 +314,8 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       std::vector<int> blocksizes(size_t(E), 0);
       std::atomic<int64_t> kept{0};
       parallel_for(E, opt.load_threads, [&](int64_t e) {
-        if (opt.keep_quant && keep_expert(src, m, e, I, H, l.experts[size_t(e)])) {
+        if ((opt.keep_quant || opt.experts_stored) &&
+            keep_expert(src, m, e, I, H, !opt.keep_quant, l.experts[size_t(e)])) {
           ++kept;
           return;
         }

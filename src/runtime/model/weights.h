@@ -28,6 +28,9 @@ enum class ExpertMode {
 const char* expert_mode_name(ExpertMode m);
 // The command line's --experts: "nf4" (kernels), "nf4-reference", "f32". Throws genesis::Error for anything else.
 ExpertMode expert_mode_from_name(const std::string& name);
+struct LoadOptions;
+// --experts with "stored" too (a GGUF's experts as the file stores them, on kq_gemv; NF4 kernels for the rest).
+void set_expert_mode(const std::string& name, LoadOptions& opt);
 
 // Which non-expert matrices (attention, dense MLP, untied output) become NF4 for the JIT kernels (nf4_kernel expert
 // mode only; the embedding and the router stay as they are).
@@ -64,6 +67,11 @@ struct LoadOptions {
   // 1.125 bytes per weight) instead of bf16 (2): the embedding, attention, dense MLP and output (`--dense q8`). The
   // second rounding is at most 1/254 of each 32-weight block's largest weight.
   bool dense_q8 = false;
+  // GGUF: matrices stored in a block format kq_gemv runs (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1) stay as stored on its
+  // JIT kernels with int8 activations: the non-expert ones (dense_stored; other block formats then become int8
+  // blocks as with dense_q8) and the experts (experts_stored, nf4_kernel mode; experts in other formats become NF4).
+  bool dense_stored = false;
+  bool experts_stored = false;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 

@@ -106,8 +106,8 @@ namespace genesis::kernels {
 class Linear;
 }
 namespace genesis::kernels::kq_gemv {
-// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..15 rows of
-// x; from kGemmRows rows, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
+// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..16 rows of
+// x; from 17 rows, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
 // (Q4_K and Q5_K share one).
 std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
 }  // namespace genesis::kernels::kq_gemv

@@ -311,14 +311,14 @@ TEST(KqGemv, LinearSeam) {
     auto lin = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size())));
     EXPECT_EQ(lin->format(), format_name(f));
     EXPECT_EQ(lin->rows(), rows);
-    for (int n : {1, 5, 17}) {
+    for (int n : {1, 5, 16, 17}) {
       const auto x = random_x(n, cols, 56, 1.0f);
       auto a = lin->new_activations();
       lin->prepare(x.data(), n, *a);
       std::vector<float> y(size_t(n * rows));
       lin->run_rows(*a, y.data(), 0, 7);
       lin->run_rows(*a, y.data(), 7, rows);
-      if (n < kGemmRows) {
+      if (n <= kMaxTokens) {
         Activations q;
         quantize_activations(f, x.data(), n, cols, q);
         std::vector<double> ref(size_t(n * rows));

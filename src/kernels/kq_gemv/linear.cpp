@@ -1,5 +1,5 @@
 // kq_gemv behind the Linear seam: the matrix in the kernel layout (see README.md), x quantized to int8 once per
-// product; from kGemmRows rows of x, rows widened to fp32 (ggml's dequantization, exact) and one sgemm.
+// product; above kMaxTokens rows of x, rows widened to fp32 (ggml's dequantization, exact) and one sgemm.
 #include <fmt/format.h>
 
 #include "common/error.h"

@@ -37,6 +37,7 @@ constexpr int kOutReg = jit::kGprBase + 1;    // rcx
 constexpr int kUnitCnt = jit::kGprBase + 0;   // rax
 constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
 constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
+constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
 
 // Constant block offsets.
 constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
@@ -287,6 +288,7 @@ class Builder {
     o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
     o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
     o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
+    o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
@@ -298,7 +300,7 @@ class Builder {
     o.insert(o.end(), hot.begin(), hot.end());
     p.hot_end = o.size();
     o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
-    o.push_back(jit::make_gpr(Op::add_imm, kXReg, -1, int64_t(T_) * kTokenRecord));
+    o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
     o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_store(c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(T_) * 64));

@@ -12,8 +12,9 @@
 namespace genesis::kernels::kq_gemv {
 
 // The kernel's one argument (rdi). For each of n_rows rows it adds n_units records (from w, then w + row_stride
-// per row) times the activations' units (from x) into n activation rows' 16 fp32 lanes at out[row][t][16]; the
-// lanes' sum is y (the driver zeroes them, calls the kernel per column chunk, and adds them).
+// per row) times the activations' units (from x, x_stride apart) into its activation rows' 16 fp32 lanes at
+// out[row][t][16]; the lanes' sum is y (the driver zeroes them, calls the kernel per column chunk and pass, and adds
+// them).
 struct KernelArgs {
   const uint8_t* w = nullptr;
   const uint8_t* x = nullptr;  // Activations::data of the chunk's first unit
@@ -21,7 +22,8 @@ struct KernelArgs {
   int64_t n_rows = 0;
   int64_t n_units = 0;
   const void* consts = nullptr;
-  int64_t w_skip = 0;  // row stride minus n_units records: added to w after each row
+  int64_t w_skip = 0;    // row stride minus n_units records: added to w after each row
+  int64_t x_stride = 0;  // bytes from one unit's activation records to the next (all activation rows' records)
 };
 
 struct Conf {

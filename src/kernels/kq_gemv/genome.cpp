@@ -32,11 +32,12 @@ void Genome::validate() const {
     fail("kq_gemv genome: align={} must be 0, 16, 32 or 64", loop_align);
   if (row_chunk < 1 || row_chunk > 256) fail("kq_gemv genome: rows={} must be in 1..256", row_chunk);
   if (x_budget_kb < 1 || x_budget_kb > 1024) fail("kq_gemv genome: xkb={} must be in 1..1024", x_budget_kb);
+  if (rows_per_pass < 1 || rows_per_pass > 16) fail("kq_gemv genome: pass={} must be in 1..16", rows_per_pass);
 }
 
 std::string Genome::serialize() const {
-  std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={}", pf_dist, kind_name(pf_kind), loop_align,
-                              row_chunk, x_budget_kb);
+  std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={} pass={}", pf_dist, kind_name(pf_kind),
+                              loop_align, row_chunk, x_budget_kb, rows_per_pass);
   if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
   return s;
 }
@@ -86,7 +87,8 @@ Genome Genome::parse(const std::string& text) {
     else if (key == "align") g.loop_align = v;
     else if (key == "rows") g.row_chunk = v;
     else if (key == "xkb") g.x_budget_kb = v;
-    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb)", key);
+    else if (key == "pass") g.rows_per_pass = v;
+    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass, order)", key);
   }
   g.validate();
   return g;

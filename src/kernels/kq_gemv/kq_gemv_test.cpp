@@ -112,6 +112,8 @@ TEST(KqGemv, EveryTokenCount) {
   uint32_t seed = 100;
   for (Format f : kFormats)
     for (int n = 1; n <= kMaxTokens; ++n) check_case({f, 19, is_k_quant(f) ? 512 : 160, n}, seed++);
+  for (Format f : kFormats)  // more rows than one kernel pass takes
+    for (int n : {17, 40, kMaxRows}) check_case({f, 7, is_k_quant(f) ? 256 : 96, n}, seed++);
 }
 
 // All-zero activation rows and blocks: scale 0, codes 0, the product exactly 0 where the whole row is zero.
@@ -311,14 +313,14 @@ TEST(KqGemv, LinearSeam) {
     auto lin = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size())));
     EXPECT_EQ(lin->format(), format_name(f));
     EXPECT_EQ(lin->rows(), rows);
-    for (int n : {1, 5, 16, 17}) {
+    for (int n : {1, 5, 16, 17, kMaxRows, kMaxRows + 1}) {
       const auto x = random_x(n, cols, 56, 1.0f);
       auto a = lin->new_activations();
       lin->prepare(x.data(), n, *a);
       std::vector<float> y(size_t(n * rows));
       lin->run_rows(*a, y.data(), 0, 7);
       lin->run_rows(*a, y.data(), 7, rows);
-      if (n <= kMaxTokens) {
+      if (n <= kMaxRows) {
         Activations q;
         quantize_activations(f, x.data(), n, cols, q);
         std::vector<double> ref(size_t(n * rows));
@@ -372,12 +374,14 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   g.loop_align = 0;
   g.row_chunk = 7;
   g.x_budget_kb = 1;
+  g.rows_per_pass = 3;
   EXPECT_EQ(Genome::parse(g.serialize()), g);
   EXPECT_NE(g.code_key(), b.code_key());
   EXPECT_THROW(Genome::parse("pf=100"), Error);   // not a multiple of 64
   EXPECT_THROW(Genome::parse("rows=0"), Error);
   EXPECT_THROW(Genome::parse("align=8"), Error);
   EXPECT_THROW(Genome::parse("pfk=t3"), Error);
+  EXPECT_THROW(Genome::parse("pass=17"), Error);
   EXPECT_THROW(Genome::parse("speed=11"), Error);
   EXPECT_THROW(Genome::parse("pf"), Error);
   // Another schedule computes the same products: rows in chunks of 7, one unit per column chunk, no prefetch.
@@ -459,9 +463,9 @@ TEST(KqGemv, BadInputIsAnError) {
   EXPECT_THROW(make_matrix(uint32_t(quant::GgmlType::q2_k), 1, 256, b.data(), 84), Error);     // not supported
   EXPECT_THROW(make_matrix(12345, 1, 256, b.data(), 84), Error);                               // unknown type
   const Matrix m = make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size());
-  std::vector<float> x(17 * 512, 1.0f), y(17);
+  std::vector<float> x((kMaxRows + 1) * 512, 1.0f), y(17);
   Activations a;
-  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 17, 512, a), Error);  // too many rows
+  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), kMaxRows + 1, 512, a), Error);  // too many rows
   EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 1, 500, a), Error);   // not whole blocks
   quantize_activations(Format::q4_k, x.data(), 1, 256, a);
   EXPECT_THROW(run_rows(m, a, y.data(), 1, 0, 1, best_path()), Error);  // cols differ

@@ -367,7 +367,7 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
 }  // namespace
 
 void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out) {
-  if (n < 1 || n > kMaxTokens) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxTokens);
+  if (n < 1 || n > kMaxRows) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxRows);
   const int bc = stored_block_cols(f);
   if (cols <= 0 || cols % bc != 0)
     fail("kq_gemv: {} activations of {} columns: must be whole blocks of {}", format_name(f), cols, bc);

@@ -163,17 +163,18 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
     std::memcpy(rec + 2 * b, blk, 2);                            // d
     if (f == Format::q4_1) std::memcpy(rec + 8 + 2 * b, blk + 2, 2);  // m
   }
-  for (int j = 0; j < (f == Format::q8_0 ? 128 : 64); ++j) {
-    const int p = j % 64, z = j / 64;
-    const int b = (p / 4) % 4;
-    if (b >= nblocks) continue;
-    const int i = (p / 16) * 4 + p % 4;  // 0..15
-    const uint8_t* blk = src + b * bb;
-    if (f == Format::q8_0)
-      rec[co + j] = uint8_t(blk[2 + z * 16 + i] ^ 0x80);
-    else  // byte i of a 4-bit block holds elements i (low nibble) and i + 16 (high nibble): the record's order
-      rec[co + j] = blk[(f == Format::q4_1 ? 4 : 2) + i];
-  }
+  // Dword lane l of a code vector holds block l % 4, its 4 consecutive bytes from offset 4 (l / 4) of the block's
+  // 16-byte half (element_of): whole dwords move. Q8_0 codes become unsigned (q ^ 0x80).
+  const int q0 = f == Format::q8_0 ? 2 : f == Format::q4_1 ? 4 : 2;
+  for (int z = 0; z < (f == Format::q8_0 ? 2 : 1); ++z)
+    for (int l = 0; l < 16; ++l) {
+      const int b = l % 4;
+      if (b >= nblocks) continue;
+      uint32_t v;
+      std::memcpy(&v, src + b * bb + q0 + 16 * z + 4 * (l / 4), 4);
+      if (f == Format::q8_0) v ^= 0x80808080u;
+      std::memcpy(rec + co + 64 * z + 4 * l, &v, 4);
+    }
 }
 
 }  // namespace

@@ -456,6 +456,40 @@ TEST(KqGemv, GenomeOrderCheckedByDefUse) {
   }
 }
 
+// Random (type, rows, cols, byte count) triples, most of them wrong: make_matrix either builds a matrix that then
+// multiplies (and widens) without fault, or throws genesis::Error; nothing else.
+TEST(KqGemv, RandomShapesAndSizesFailCleanly) {
+  std::mt19937 g(7);
+  const uint32_t types[] = {0, 1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 30, 99};
+  std::vector<uint8_t> buf(1 << 16);
+  for (auto& v : buf) v = uint8_t(g());
+  int built = 0, errors = 0;
+  for (int i = 0; i < 400; ++i) {
+    const uint32_t type = types[g() % std::size(types)];
+    int64_t rows = int64_t(g() % 5) - 1, cols = int64_t(g() % 600) - 50;
+    const auto info = quant::ggml_type_info(type);
+    size_t nbytes = g() % buf.size();
+    if (info && g() % 2) {  // often a valid shape and the right size
+      rows = 1 + int64_t(g() % 3);
+      cols = info->block * (1 + int64_t(g() % 3));
+      nbytes = size_t(rows * (cols / info->block) * info->block_bytes) - (g() % 8 == 0 ? 1 : 0);
+    }
+    try {
+      const Matrix m = make_matrix(type, rows, cols, buf.data(), nbytes);
+      ++built;
+      std::vector<float> x(size_t(2 * cols), 0.5f), y(size_t(2 * rows)), w(static_cast<size_t>(cols));
+      Activations a;
+      quantize_activations(m.format, x.data(), 2, cols, a);
+      for (Path p : available_paths()) run_rows(m, a, y.data(), rows, 0, rows, p);
+      dequantize_row(m, rows - 1, w.data());
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(built, 10);
+  EXPECT_GT(errors, 100);
+}
+
 TEST(KqGemv, BadInputIsAnError) {
   std::vector<uint8_t> b(144 * 2);
   EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size() - 1), Error);  // byte count

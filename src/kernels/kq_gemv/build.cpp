@@ -103,7 +103,7 @@ class Builder {
  public:
   explicit Builder(const Conf& c) : c_(c), f_(c.format), T_(c.tokens) {}
 
-  int tmp(int set, int j) const { return c_.temps[size_t(4 * (set % c_.sets) + j)]; }
+  int tmp(int set, int j) const { return c_.temps[size_t(c_.set_size * (set % c_.sets) + j)]; }
   int creg(int off) const {
     for (auto [o, r] : c_.const_regs)
       if (o == off) return r;
@@ -339,9 +339,10 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
   if (k || fmt_ == Format::q4_1) c.mv = next++;
   int left = 32 - next;
-  c.sets = std::min(2, left / 4);
+  c.set_size = k ? 3 : 1;  // K: S, P0, P1 (the decode borrows set 0 for the high bits); legacy: S
+  c.sets = std::min(2, left / c.set_size);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
-  left -= 4 * c.sets;
+  left -= c.set_size * c.sets;
   // Constants the hot loop reads, most used first: held in registers while registers remain.
   std::vector<int> wanted = {kMask0F};
   switch (fmt_) {
@@ -360,8 +361,8 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
       const_regs.push_back(off);
       --left;
     }
-  c.sets = std::min(4, c.sets + left / 4);
-  for (int i = 0; i < 4 * c.sets; ++i) c.temps.push_back(next++);
+  c.sets = std::min(4, c.sets + left / c.set_size);
+  for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);
   c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
   return c;

@@ -35,9 +35,9 @@ struct Conf {
   std::vector<int> c;      // decoded code vectors (4 K-quants, 2 legacy)
   std::vector<int> sc;     // K-quants: int16 sub-block scale vectors
   int d = -1, dmin = -1, mv = -1;  // d (K) or the 4 blocks' d (legacy); Q4_K/Q5_K dmin and mins; Q6_K -32 sc; Q4_1 m
-  std::vector<int> temps;  // per set: S, P0, P1, M
+  std::vector<int> temps;  // sets of set_size: K-quants S, P0, P1; legacy S
   std::vector<std::pair<int, int>> const_regs;  // (constant block offset, register) held in registers when they fit
-  int sets = 1;
+  int sets = 1, set_size = 3;
   std::string id;
   std::string describe() const;
 };

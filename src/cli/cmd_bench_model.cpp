@@ -59,8 +59,8 @@ void run(Args& a) {
   const auto& pd = j["profile"]["decode"];
   const auto& pp = j["profile"]["prefill"];
   fmt::print("profile      ms/token        decode   prefill\n");
-  for (const char* op : {"attention", "dense", "router", "experts_gate_up", "experts_down", "elementwise", "logits",
-                         "barrier", "total"}) {
+  for (const char* op : {"attention", "delta_rule", "dense", "router", "experts_gate_up", "experts_down",
+                         "elementwise", "logits", "barrier", "total"}) {
     const double d = pd[op].get<double>(), p = pp[op].get<double>();
     const double dt = pd["total"].get<double>(), ptot = pp["total"].get<double>();
     fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%\n", op, d, dt > 0 ? 100 * d / dt : 0.0, p,

@@ -153,7 +153,7 @@ void setup_run(CLI::App& app) {
   auto* c = app.add_subcommand("run", "Generate text with a model: a Hugging Face directory or a GGUF file");
   c->add_option("--model,-m", a->model,
                 "model directory (config.json, *.safetensors or index + shards, tokenizer.json) or GGUF file "
-                "(llama, qwen2, qwen3, qwen3moe, olmoe; experts re-quantized to NF4)")
+                "(llama, qwen2, qwen3, qwen3moe, olmoe, qwen3next; experts re-quantized to NF4)")
       ->required();
   c->add_option("--prompt,-p", a->prompt, "the prompt (with --chat: the user's message)")->required();
   c->add_option("-n,--max-tokens", a->max_tokens, "tokens to generate at most (default 128)")

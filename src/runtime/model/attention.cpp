@@ -20,13 +20,25 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-  const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
+  // Gated attention (Qwen3-Next): q_proj's rows are per head [query (head_dim), gate (head_dim)].
+  const bool gated = c_.layers[size_t(li)].mixer == MixerKind::gated_attention;
+  if (gated && qg_.size() < size_t(n * 2 * qd)) qg_.resize(size_t(n * 2 * qd)), gate_.resize(size_t(n * qd));
+  const DenseJob qkv[] = {{&l.q, gated ? qg_.data() : q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
   dense_products(qkv, xn_.data(), n, pool_);
   clock_.lap(Op::dense);
+  if (gated) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* src = &qg_[size_t((t * nh + h) * 2 * hd)];
+        std::memcpy(&q_[size_t(t * qd + h * hd)], src, size_t(hd) * 4);
+        std::memcpy(&gate_[size_t(t * qd + h * hd)], src + hd, size_t(hd) * 4);
+      }
+    clock_.lap(Op::elementwise);
+  }
   // The cache is [layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
-  float* kc = &k_cache_[size_t(li * capacity_ * kvd)];
-  float* vc = &v_cache_[size_t(li * capacity_ * kvd)];
-  const int64_t cap = capacity_;
+  float* kc = seq_.k_layer(li);
+  float* vc = seq_.v_layer(li);
+  const int64_t cap = seq_.capacity;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
   for (int64_t t = 0; t < n; ++t) {
@@ -140,6 +152,10 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
       }
   }
   clock_.lap(Op::attention);
+  if (gated) {
+    for (int64_t i = 0; i < n * qd; ++i) att_[size_t(i)] *= 1.0f / (1.0f + std::exp(-gate_[size_t(i)]));
+    clock_.lap(Op::elementwise);
+  }
   dense_product(l.o, att_.data(), tmp_.data(), n, pool_);
   clock_.lap(Op::dense);
   for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];

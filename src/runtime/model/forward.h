@@ -1,7 +1,8 @@
-// A loaded model (config + weights; model.cpp) and a Session: the KV cache and scratch of one sequence, with
-// forward() that reads top to bottom: norm -> attention -> norm -> router -> experts (or dense MLP) -> residual.
-// A step runs a batch of rows: the prompt's tokens in chunks (prefill), or one token (decode). Attention is
-// attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
+// A loaded model (config + weights; model.cpp) and a Session: the state (SequenceState: KV cache, Gated DeltaNet conv
+// and recurrent state) and scratch of one sequence, with forward() that reads top to bottom: norm -> mixer (attention
+// or Gated DeltaNet) -> norm -> router -> experts (or dense MLP) -> residual. A step runs a batch of rows: the
+// prompt's tokens in chunks (prefill), or one token (decode). Attention is attention.cpp, Gated DeltaNet
+// deltanet.cpp, the MoE layer moe.cpp (rows grouped by expert, so each routed expert's weights are read once per
 // step).
 #pragma once
 
@@ -41,7 +42,8 @@ class Model {
   const ExpertKernels& expert_kernels() const { return kernels_; }  // nf4_kernel mode only
   std::string expert_description() const;  // what serves the experts, for reports
   std::string dense_description() const;   // how the non-expert matrices are held, for reports
-  // Bytes of weights one decode step reads: all dense weights + top_k experts per MoE layer.
+  // Bytes one decode step moves: all dense weights + top_k experts per MoE layer + each Gated DeltaNet layer's
+  // recurrent state read and written.
   double bytes_per_token() const;
 
  private:
@@ -51,6 +53,28 @@ class Model {
   ExpertKernels kernels_;
 };
 
+// What one sequence carries from a step to the next, self-contained: its position, the KV cache of its attention
+// layers (none for Gated DeltaNet layers), and for each Gated DeltaNet layer the conv state (the last kernel - 1
+// conv inputs) and the recurrent state (per value head a [key_head_dim, value_head_dim] fp32 matrix).
+struct SequenceState {
+  SequenceState() = default;
+  SequenceState(const ModelConfig& c, int64_t capacity);
+  void reset();  // position 0, conv and recurrent states zeroed (KV entries are written before they are read)
+
+  int64_t pos = 0;
+  int64_t capacity = 0;     // KV positions
+  std::vector<int32_t> slot;  // [layers]: the layer's index among the layers of its mixer's kind
+  std::vector<float> k_cache, v_cache;  // [attention layers][kv heads][capacity][head_dim]
+  std::vector<float> conv;              // [linear layers][kernel - 1][conv dim]
+  std::vector<float> recurrent;         // [linear layers][value heads][key_head_dim][value_head_dim]
+  int64_t kv_per_layer = 0, conv_per_layer = 0, recurrent_per_layer = 0;
+
+  float* k_layer(int64_t li) { return &k_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  float* v_layer(int64_t li) { return &v_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  float* conv_layer(int64_t li) { return &conv[size_t(slot[size_t(li)]) * size_t(conv_per_layer)]; }
+  float* recurrent_layer(int64_t li) { return &recurrent[size_t(slot[size_t(li)]) * size_t(recurrent_per_layer)]; }
+};
+
 class Session {
  public:
   // context: the KV cache's capacity in tokens (<= 0: min(max_position_embeddings, kDefaultContext), so that a
@@ -58,9 +82,16 @@ class Session {
   static constexpr int64_t kDefaultContext = 4096;
   Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
 
-  int64_t position() const { return pos_; }
-  int64_t context() const { return capacity_; }
-  void reset() { pos_ = 0; }
+  int64_t position() const { return seq_.pos; }
+  int64_t context() const { return seq_.capacity; }
+  void reset() { seq_.reset(); }
+  const SequenceState& state() const { return seq_; }
+
+  // Gated DeltaNet prefill: the delta rule over a step's rows in the chunked form (chunks of kDeltaChunk rows: the
+  // within-chunk part as small matrix products; default) or token by token as decode runs it. Same result up to fp32
+  // summation order; tests compare the two.
+  static constexpr int64_t kDeltaChunk = 64;
+  void set_chunked_delta(bool on) { chunked_delta_ = on; }
 
   // Runs tokens at positions position()..; writes the last token's logits (vocab floats) when logits != null, or
   // every token's (tokens.size() x vocab) when all_logits. Throws genesis::Error for a token id outside the
@@ -78,6 +109,10 @@ class Session {
  private:
   void run_layer(int64_t li, int64_t n, int64_t pos0);
   void attention(int64_t li, int64_t n, int64_t pos0);  // attention.cpp
+  void deltanet(int64_t li, int64_t n);                  // deltanet.cpp
+  void delta_rule_recurrent(float* S, int64_t h, int64_t n);  // deltanet.cpp: one value head over n rows
+  void delta_rule_chunked(float* S, int64_t h, int64_t n);
+  void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
   void mlp(int64_t li, int64_t n);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
   void output_logits(const float* x, float* logits);
@@ -88,12 +123,16 @@ class Session {
   const Model& m_;
   const ModelConfig& c_;
   cpu::ThreadPool* pool_;
-  int64_t capacity_ = 0, pos_ = 0;
-  std::vector<float> k_cache_, v_cache_;  // [layers][kv heads][capacity][head_dim]
+  SequenceState seq_;
   // Scratch for up to `chunk_` tokens at once.
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
+  std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
+  // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
+  std::vector<float> qkvz_, ba_, conv_win_, conv_out_, z_, dq_, dk_, dv_, beta_, decay_, core_;
+  bool chunked_delta_ = true;
+  std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;
   int64_t rope_len_ = -1;
 

@@ -79,7 +79,7 @@ std::string Model::dense_description() const {
     it->second.second += d.bytes();
   };
   for (const Layer& l : weights_.layers)
-    for (const Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router}) count(*d);
+    for (const Dense* d : l.matrices()) count(*d);
   count(weights_.lm_head);
   std::string s;
   for (const auto& [what, n] : groups)
@@ -122,6 +122,11 @@ double Model::bytes_per_token() const {
     const Expert& e = l.experts[0];
     b += double(config_.top_k) * double(e.gate_up.bytes() + e.down.bytes());
   }
+  // A Gated DeltaNet layer reads and writes its fp32 recurrent state once per token (2 MB per layer on Qwen3-Next:
+  // 72 MB for its 36 linear layers, beyond the caches).
+  const double state = double(config_.linear_num_value_heads * config_.linear_key_head_dim *
+                              config_.linear_value_head_dim) * 4.0;
+  b += 2.0 * state * double(config_.layers_of(MixerKind::gated_deltanet));
   return b;
 }
 

@@ -4,6 +4,7 @@
 // finishes a unit's last block runs its SwiGLU and converts the down input; down as a second region; then each row's
 // weighted sum of its experts' outputs, in the router's order (highest probability first).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "runtime/model/dense.h"
@@ -138,6 +139,38 @@ void Session::moe(const Layer& l, int64_t n) {
   };
   if (n == 1) combine(0);
   else parallel_for(n, combine);
+  clock_.lap(Op::elementwise);
+}
+
+}  // namespace genesis::runtime
+
+namespace genesis::runtime {
+
+// Qwen3-Next's shared expert: a SwiGLU MLP over every row, scaled by sigmoid(shared_expert_gate . x), added to the
+// routed experts' sum in tmp_.
+void Session::shared_expert(const Layer& l, int64_t n) {
+  const int64_t H = c_.hidden_size, I = c_.shared_expert_intermediate_size;
+  if (shared_h1_.size() < size_t(n * I)) shared_h1_.resize(size_t(n * I)), shared_h2_.resize(size_t(n * I));
+  if (shared_out_.size() < size_t(n * H)) shared_out_.resize(size_t(n * H)), shared_gate_.resize(size_t(n));
+  const DenseJob jobs[] = {{&l.shared_gate_proj, shared_h1_.data()}, {&l.shared_up, shared_h2_.data()}};
+  dense_products(jobs, xn_.data(), n, pool_);
+  clock_.lap(Op::dense);
+  // The gate's one row (fp32 or bf16, never block-quantized), dotted here rather than as a third job: held unlike
+  // gate and up, it would split their shared parallel region in two.
+  thread_local std::vector<float> gate_row;
+  gate_row.resize(size_t(H));
+  l.shared_gate.row_f32(0, gate_row.data());
+  for (int64_t t = 0; t < n; ++t) shared_gate_[size_t(t)] = dot_f32(gate_row.data(), &xn_[size_t(t * H)], H);
+  swiglu(shared_h1_.data(), shared_h2_.data(), shared_h1_.data(), n * I);
+  clock_.lap(Op::elementwise);
+  dense_product(l.shared_down, shared_h1_.data(), shared_out_.data(), n, pool_);
+  clock_.lap(Op::dense);
+  for (int64_t t = 0; t < n; ++t) {
+    const float g = 1.0f / (1.0f + std::exp(-shared_gate_[size_t(t)]));
+    float* out = &tmp_[size_t(t * H)];
+    const float* s = &shared_out_[size_t(t * H)];
+    for (int64_t i = 0; i < H; ++i) out[i] += g * s[i];
+  }
   clock_.lap(Op::elementwise);
 }
 

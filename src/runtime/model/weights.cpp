@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -70,9 +71,9 @@ void set_dense_mode(const std::string& mode, LoadOptions& opt) {
 size_t Weights::dense_bytes() const {
   size_t n = embed.bytes() + lm_head.bytes() + final_norm.size() * 4;
   for (const Layer& l : layers) {
-    n += (l.input_norm.size() + l.post_norm.size() + l.q_norm.size() + l.k_norm.size()) * 4;
-    n += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes() + l.gate.bytes() + l.up.bytes() + l.down.bytes() +
-         l.router.bytes();
+    n += (l.input_norm.size() + l.post_norm.size() + l.q_norm.size() + l.k_norm.size() + l.conv_w.size() +
+          l.dt_bias.size() + l.a_neg.size() + l.gated_norm.size()) * 4;
+    for (const Dense* d : l.matrices()) n += d->bytes();
   }
   return n;
 }
@@ -184,6 +185,23 @@ class Loader {
     return tensor_to_f32(get(name, {n}), src_.describe(name));
   }
 
+  // An RMSNorm weight as applied: 1 + w where the checkpoint stores w (Qwen3-Next), else as stored.
+  std::vector<float> norm(const std::string& name, int64_t n) const {
+    std::vector<float> w = vec(name, n);
+    if (c_.norm_add_one)
+      for (float& x : w) x = 1.0f + x;
+    return w;
+  }
+
+  // A tensor of one of several shapes (a checkpoint's [C, 1, K] conv1d weight, a GGUF file's [C, K]).
+  std::vector<float> any_shape(const std::string& name, const std::vector<std::vector<int64_t>>& shapes) const {
+    const TensorView* t = src_.find(name);
+    if (!t) get(name, shapes[0]);  // the usual "missing" error
+    for (const auto& s : shapes)
+      if (t->shape == s) return tensor_to_f32(*t, src_.describe(name));
+    return tensor_to_f32(get(name, shapes[0]), src_.describe(name));  // the usual shape error
+  }
+
   // The matrix prefix.weight [rows, cols] in the family the policy chooses (linear_policy.h), with prefix.bias.
   Dense dense(const std::string& prefix, int64_t rows, int64_t cols, bool bias,
               MatrixRole role = MatrixRole::weight) const {
@@ -266,7 +284,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   const int64_t H = c.hidden_size;
   // The embedding may stay as stored (keep_quant) or become int8 blocks (dense_q8: a tied output reads it whole).
   w.embed = L.dense("model.embed_tokens", c.vocab_size, H, false, MatrixRole::embedding);
-  w.final_norm = L.vec("model.norm.weight", H);
+  w.final_norm = L.norm("model.norm.weight", H);
   if (!c.tie_word_embeddings) w.lm_head = L.dense("lm_head", c.vocab_size, H, false);
   src.release("model.embed_tokens.");
   src.release("lm_head.");
@@ -279,21 +297,53 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
   for (int64_t li = 0; li < c.num_layers; ++li) {
     Layer& l = w.layers[size_t(li)];
     const std::string p = fmt::format("model.layers.{}.", li);
-    l.input_norm = L.vec(p + "input_layernorm.weight", H);
-    l.post_norm = L.vec(p + "post_attention_layernorm.weight", H);
-    const std::string a = p + "self_attn.";
-    l.q = L.dense(a + "q_proj", c.q_dim(), H, c.attention_bias);
-    l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias);
-    l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias);
-    l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias);
-    if (c.qk_norm == QkNorm::per_head) {
-      l.q_norm = L.vec(a + "q_norm.weight", c.head_dim);
-      l.k_norm = L.vec(a + "k_norm.weight", c.head_dim);
-    } else if (c.qk_norm == QkNorm::whole) {
-      l.q_norm = L.vec(a + "q_norm.weight", c.q_dim());
-      l.k_norm = L.vec(a + "k_norm.weight", c.kv_dim());
+    l.input_norm = L.norm(p + "input_layernorm.weight", H);
+    l.post_norm = L.norm(p + "post_attention_layernorm.weight", H);
+    const MixerKind mixer = c.layers[size_t(li)].mixer;
+    if (mixer == MixerKind::gated_deltanet) {
+      const std::string a = p + "linear_attn.";
+      const int64_t nv = c.linear_num_value_heads, K = c.linear_conv_kernel, CD = c.linear_conv_dim();
+      if (!L.has(a + "in_proj_qkvz.weight") && L.has(a + "in_proj_qkv.weight")) {
+        l.in_qkv = L.dense(a + "in_proj_qkv", CD, H, false);
+        l.in_z = L.dense(a + "in_proj_z", c.linear_value_dim(), H, false);
+      } else {
+        l.in_qkvz = L.dense(a + "in_proj_qkvz", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H, false);
+      }
+      l.in_ba = L.dense(a + "in_proj_ba", 2 * nv, H, false, MatrixRole::router);  // stays in float: it sets beta and the decay
+      l.conv_w = L.any_shape(a + "conv1d.weight", {{CD, 1, K}, {CD, K}});
+      l.dt_bias = L.vec(a + "dt_bias", nv);
+      if (!L.has(a + "A_log") && L.has(a + "A")) {
+        l.a_neg = L.vec(a + "A", nv);  // GGUF ssm_a: -exp(A_log) as stored
+      } else {
+        l.a_neg = L.vec(a + "A_log", nv);
+        for (float& x : l.a_neg) x = -std::exp(x);
+      }
+      l.gated_norm = L.vec(a + "norm.weight", c.linear_value_head_dim);
+      l.out_proj = L.dense(a + "out_proj", H, c.linear_value_dim(), false);
+    } else {
+      const std::string a = p + "self_attn.";
+      const int64_t qrows = mixer == MixerKind::gated_attention ? 2 * c.q_dim() : c.q_dim();
+      l.q = L.dense(a + "q_proj", qrows, H, c.attention_bias);
+      l.k = L.dense(a + "k_proj", c.kv_dim(), H, c.attention_bias);
+      l.v = L.dense(a + "v_proj", c.kv_dim(), H, c.attention_bias);
+      l.o = L.dense(a + "o_proj", H, c.q_dim(), c.o_bias);
+      if (c.qk_norm == QkNorm::per_head) {
+        l.q_norm = L.norm(a + "q_norm.weight", c.head_dim);
+        l.k_norm = L.norm(a + "k_norm.weight", c.head_dim);
+      } else if (c.qk_norm == QkNorm::whole) {
+        l.q_norm = L.norm(a + "q_norm.weight", c.q_dim());
+        l.k_norm = L.norm(a + "k_norm.weight", c.kv_dim());
+      }
     }
     l.moe = c.layer_is_moe(li);
+    if (c.layers[size_t(li)].mlp == MlpKind::moe_shared) {
+      const std::string s = p + "mlp.shared_expert.";
+      const int64_t SI = c.shared_expert_intermediate_size;
+      l.shared_gate_proj = L.dense(s + "gate_proj", SI, H, false);
+      l.shared_up = L.dense(s + "up_proj", SI, H, false);
+      l.shared_down = L.dense(s + "down_proj", H, SI, false);
+      l.shared_gate = L.dense(p + "mlp.shared_expert_gate", 1, H, false, MatrixRole::router);
+    }
     if (!l.moe) {
       const int64_t I = c.intermediate_size;
       l.gate = L.dense(p + "mlp.gate_proj", I, H, c.mlp_bias);

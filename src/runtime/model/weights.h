@@ -113,17 +113,44 @@ struct Expert {
 };
 
 struct Layer {
-  std::vector<float> input_norm;  // [hidden]
+  std::vector<float> input_norm;  // [hidden] (Qwen3-Next: 1 + w, as applied)
+  // Attention. Gated attention: q is [2 * q_dim, hidden], per head the query rows then the gate rows.
   Dense q, k, v, o;               // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
   std::vector<float> q_norm;      // [head_dim] (per head) or [q_dim] (whole); empty = no QK-norm
   std::vector<float> k_norm;      // [head_dim] or [kv_dim]
   std::vector<float> post_norm;   // [hidden]
+  // Gated DeltaNet (Qwen3-Next linear attention), as the checkpoint lays them out: in_proj_qkvz's rows per key head
+  // [q (dk), k (dk), v (r * dv), z (r * dv)] with r = value heads / key heads; in_proj_ba's per key head
+  // [b (r), a (r)].
+  Dense in_qkvz;                  // [2 * key_dim + 2 * value_dim, hidden]
+  // Or split (newer llama.cpp GGUF files: attn_qkv, attn_gate): rows in the conv channels' order [q, k, v], and z.
+  Dense in_qkv;                   // [2 * key_dim + value_dim, hidden]
+  Dense in_z;                     // [value_dim, hidden]
+  Dense in_ba;                    // [2 * value heads, hidden]
+  std::vector<float> conv_w;      // [conv_dim][kernel]: channels q (key_dim), k (key_dim), v (value_dim)
+  std::vector<float> dt_bias;     // [value heads]
+  std::vector<float> a_neg;       // [value heads]: -exp(A_log)
+  std::vector<float> gated_norm;  // [value_head_dim] (applied as is: no 1 + w)
+  Dense out_proj;                 // [hidden, value_dim]
   // Dense MLP (when !moe)
   Dense gate, up, down;  // [inter, hidden] x2, [hidden, inter]
   // MoE (when moe)
   bool moe = false;
   Dense router;                // [n_experts, hidden]
   std::vector<Expert> experts; // [n_experts]
+  // Shared expert (MlpKind::moe_shared): a SwiGLU MLP over every row, scaled by sigmoid(shared_gate . x).
+  Dense shared_gate_proj, shared_up, shared_down;  // [shared inter, hidden] x2, [hidden, shared inter]
+  Dense shared_gate;                               // [1, hidden]
+
+  // The non-expert matrices, for what walks all of them (byte counts, kernel attachment, reports).
+  std::vector<Dense*> matrices() {
+    return {&q,      &k,      &v,    &o,  &in_qkvz, &in_qkv, &in_z,  &in_ba, &out_proj, &gate, &up, &down, &router,
+            &shared_gate_proj, &shared_up, &shared_down, &shared_gate};
+  }
+  std::vector<const Dense*> matrices() const {
+    auto m = const_cast<Layer*>(this)->matrices();
+    return {m.begin(), m.end()};
+  }
 };
 
 struct Weights {

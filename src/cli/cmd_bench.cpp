@@ -87,7 +87,7 @@ void run_kq(const BenchArgs& args) {
   if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();
   opt.tokens = args.tokens;
   for (int t : opt.tokens)
-    if (t < 1 || t > kq::kMaxTokens) fail("--tokens {}: possible values are 1..{}", t, kq::kMaxTokens);
+    if (t < 1 || t > kq::kMaxRows) fail("--tokens {}: possible values are 1..{} for {}", t, kq::kMaxRows, args.format);
   opt.threads = args.threads;
   for (int t : opt.threads)
     if (t < 1) fail("--threads {}: must be at least 1", t);

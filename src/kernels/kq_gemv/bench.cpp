@@ -88,7 +88,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
 
   for (auto [M, K] : opt.shapes)
     for (int T : opt.tokens) {
-      if (T < 1 || T > kMaxTokens) fail("bench: {} tokens; 1..{} possible", T, kMaxTokens);
+      if (T < 1 || T > kMaxRows) fail("bench: {} tokens; 1..{} possible", T, kMaxRows);
       const auto stored = random_stored(opt.format, M, K, uint64_t(M * 131 + K));
       std::vector<float> x(size_t(T * K));
       for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * float(i)) + 0.1f;

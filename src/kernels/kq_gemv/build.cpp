@@ -37,6 +37,7 @@ constexpr int kOutReg = jit::kGprBase + 1;    // rcx
 constexpr int kUnitCnt = jit::kGprBase + 0;   // rax
 constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
 constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
+constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
 
 // Constant block offsets.
 constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
@@ -102,7 +103,7 @@ class Builder {
  public:
   explicit Builder(const Conf& c) : c_(c), f_(c.format), T_(c.tokens) {}
 
-  int tmp(int set, int j) const { return c_.temps[size_t(4 * (set % c_.sets) + j)]; }
+  int tmp(int set, int j) const { return c_.temps[size_t(c_.set_size * (set % c_.sets) + j)]; }
   int creg(int off) const {
     for (auto [o, r] : c_.const_regs)
       if (o == off) return r;
@@ -240,25 +241,11 @@ class Builder {
     }
   }
 
-  jit::Program program() const {
-    jit::Program p;
-    p.name = c_.id;
-    auto& o = p.code;
-    const int64_t rec = layout::record_bytes(f_);
-    o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
-    o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
-    for (auto [off, r] : c_.const_regs)
-      o.push_back(off < 64 ? jit::make_load(Op::vbcast_d, r, cst(off)) : jit::make_load(Op::vload, r, cst(off)));
-    o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
-    o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
-    o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
-    o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
-    o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
-    o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
-    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
-    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
-    p.hot_begin = o.size();
+  // The unit loop's body in canonical order: prefetches, the shared decode, then each activation row's products.
+  std::vector<Instr> hot_body() const {
+    std::vector<Instr> o;
     const Genome& g = c_.genome;
+    const int64_t rec = layout::record_bytes(f_);
     if (g.pf_dist > 0) {
       const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
                     : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
@@ -273,9 +260,47 @@ class Builder {
       decode_legacy(o);
       tokens_legacy(o);
     }
+    return o;
+  }
+
+  // The genome's permutation of the body, if any: legal iff it keeps every def/use edge (jit::is_legal_order).
+  void apply_order(std::vector<Instr>& body) const {
+    const auto& order = c_.genome.order;
+    if (order.empty()) return;
+    std::string why;
+    if (!jit::is_legal_order(body, order, &why))
+      fail("kq_gemv: genome order is illegal for {} ({} instructions): {}", c_.id, body.size(), why);
+    std::vector<Instr> re;
+    re.reserve(body.size());
+    for (auto i : order) re.push_back(body[i]);
+    body = std::move(re);
+  }
+
+  jit::Program program() const {
+    jit::Program p;
+    p.name = c_.id;
+    auto& o = p.code;
+    const int64_t rec = layout::record_bytes(f_);
+    o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
+    o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
+    for (auto [off, r] : c_.const_regs)
+      o.push_back(off < 64 ? jit::make_load(Op::vbcast_d, r, cst(off)) : jit::make_load(Op::vload, r, cst(off)));
+    o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
+    o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
+    o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
+    o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
+    o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
+    o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
+    o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
+    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
+    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
+    p.hot_begin = o.size();
+    std::vector<Instr> hot = hot_body();
+    apply_order(hot);
+    o.insert(o.end(), hot.begin(), hot.end());
     p.hot_end = o.size();
     o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
-    o.push_back(jit::make_gpr(Op::add_imm, kXReg, -1, int64_t(T_) * kTokenRecord));
+    o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
     o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_store(c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(T_) * 64));
@@ -314,9 +339,10 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
   if (k || fmt_ == Format::q4_1) c.mv = next++;
   int left = 32 - next;
-  c.sets = std::min(2, left / 4);
+  c.set_size = k ? 3 : 1;  // K: S, P0, P1 (the decode borrows set 0 for the high bits); legacy: S
+  c.sets = std::min(2, left / c.set_size);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
-  left -= 4 * c.sets;
+  left -= c.set_size * c.sets;
   // Constants the hot loop reads, most used first: held in registers while registers remain.
   std::vector<int> wanted = {kMask0F};
   switch (fmt_) {
@@ -335,14 +361,20 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
       const_regs.push_back(off);
       --left;
     }
-  c.sets = std::min(4, c.sets + left / 4);
-  for (int i = 0; i < 4 * c.sets; ++i) c.temps.push_back(next++);
+  c.sets = std::min(4, c.sets + left / c.set_size);
+  for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);
   c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
   return c;
 }
 
 jit::Program build(const Conf& c) { return Builder(c).program(); }
+
+std::vector<jit::Instr> canonical_body(const Conf& c) {
+  Conf plain = c;
+  plain.genome.order.clear();
+  return Builder(plain).hot_body();
+}
 
 const void* kernel_constants() {
   static const Constants k;

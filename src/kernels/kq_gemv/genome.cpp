@@ -2,6 +2,7 @@
 #include "kernels/kq_gemv/genome.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <charconv>
 #include <sstream>
@@ -31,14 +32,25 @@ void Genome::validate() const {
     fail("kq_gemv genome: align={} must be 0, 16, 32 or 64", loop_align);
   if (row_chunk < 1 || row_chunk > 256) fail("kq_gemv genome: rows={} must be in 1..256", row_chunk);
   if (x_budget_kb < 1 || x_budget_kb > 1024) fail("kq_gemv genome: xkb={} must be in 1..1024", x_budget_kb);
+  if (rows_per_pass < 1 || rows_per_pass > 16) fail("kq_gemv genome: pass={} must be in 1..16", rows_per_pass);
 }
 
 std::string Genome::serialize() const {
-  return fmt::format("pf={} pfk={} align={} rows={} xkb={}", pf_dist, kind_name(pf_kind), loop_align, row_chunk,
-                     x_budget_kb);
+  std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={} pass={}", pf_dist, kind_name(pf_kind),
+                              loop_align, row_chunk, x_budget_kb, rows_per_pass);
+  if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
+  return s;
 }
 
-std::string Genome::code_key() const { return fmt::format("pf{}{}a{}", pf_dist, kind_name(pf_kind), loop_align); }
+std::string Genome::code_key() const {
+  std::string k = fmt::format("pf{}{}a{}", pf_dist, kind_name(pf_kind), loop_align);
+  if (!order.empty()) {
+    uint64_t h = 1469598103934665603ull;  // FNV-1a of the permutation
+    for (uint16_t v : order) h = (h ^ v) * 1099511628211ull;
+    k += fmt::format("o{:016x}", h);
+  }
+  return k;
+}
 
 Genome Genome::parse(const std::string& text) {
   Genome g;
@@ -48,6 +60,19 @@ Genome Genome::parse(const std::string& text) {
     const auto eq = tok.find('=');
     if (eq == std::string::npos) fail("kq_gemv genome: '{}' is not key=value (in '{}')", tok, text);
     const std::string key = tok.substr(0, eq), val = tok.substr(eq + 1);
+    if (key == "order") {
+      g.order.clear();
+      std::string item;
+      std::istringstream items(val);
+      while (std::getline(items, item, ',')) {
+        int v = -1;
+        auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+        if (ec != std::errc() || p != item.data() + item.size() || v < 0 || v > 65535)
+          fail("kq_gemv genome: order entry '{}' is not an index 0..65535", item);
+        g.order.push_back(uint16_t(v));
+      }
+      continue;
+    }
     if (key == "pfk") {
       bool ok = false;
       for (auto k : {PrefetchKind::t0, PrefetchKind::t1, PrefetchKind::t2, PrefetchKind::nta})
@@ -62,7 +87,8 @@ Genome Genome::parse(const std::string& text) {
     else if (key == "align") g.loop_align = v;
     else if (key == "rows") g.row_chunk = v;
     else if (key == "xkb") g.x_budget_kb = v;
-    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb)", key);
+    else if (key == "pass") g.rows_per_pass = v;
+    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass, order)", key);
   }
   g.validate();
   return g;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace genesis::kernels::kq_gemv {
 
@@ -18,12 +19,20 @@ struct Genome {
   int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
   int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
   int x_budget_kb = 24;                  // activation records of one column chunk: 1..1024 KB
+  // Activation rows one kernel pass takes (1..16); more rows go in balanced passes over each chunk of rows (the
+  // chunk's weights are then re-read from L2, not memory). 8: with 16 rows one pass runs out of registers (one temp
+  // set, constants from memory) and two passes of 8 were faster (Q6_K 2048x768 16 rows 265 -> 201 us).
+  int rows_per_pass = 8;
+  // A permutation of the unit loop's canonical body (build.h: canonical_body()), empty = canonical. Checked against
+  // the body's def/use edges when the kernel is built (jit::is_legal_order): an illegal order is a genesis::Error.
+  // The body depends on the format and the activation rows of a pass: an order fits one (format, rows) pair.
+  std::vector<uint16_t> order;
 
   static Genome baseline() { return Genome{}; }
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  std::string serialize() const;         // "pf=4096 pfk=t0 align=64 rows=64 xkb=24"
+  std::string serialize() const;         // "pf=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any)
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
-  // The genes that shape the generated code ("pf4096t0a64"): part of the kernel id and the code-cache key.
+  // The genes that shape the generated code ("pf4096t0a64", + "o<hash>" with an order): the kernel id and cache key.
   std::string code_key() const;
   friend bool operator==(const Genome&, const Genome&) = default;
 };

@@ -111,7 +111,7 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
   const Format f = w.format;
   const int uc = unit_cols(f);
   alignas(64) int16_t wq[256];
-  float acc[kMaxTokens];
+  float acc[kMaxRows];
   for (int64_t r = r0; r < r1; ++r) {
     std::fill(acc, acc + a.n, 0.0f);
     for (int64_t u = 0; u < w.units; ++u) {
@@ -178,32 +178,47 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
 }
 
-// Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); columns in chunks whose activation records fit
-// genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1 however many activation rows share
-// the pass.
+// Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); per chunk the activation rows in balanced passes of
+// at most genome.rows_per_pass (later passes find the chunk's weights in L2); columns in chunks whose activation
+// records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1.
 void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g) {
-  auto code = jit_kernel(w.format, a.n, g);
-  const int64_t kRowChunk = g.row_chunk;
-  const int64_t unit_chunk = std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(a.n) * kTokenRecord));
+  const int passes = (a.n + g.rows_per_pass - 1) / g.rows_per_pass;
+  struct Pass {
+    int t0, n;
+    int64_t unit_chunk;
+    void (*fn)(const KernelArgs*);
+  };
+  std::vector<Pass> plan;
+  std::vector<std::shared_ptr<const jit::ExecutableCode>> keep;
+  for (int p = 0, t0 = 0; p < passes; ++p) {
+    const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
+    keep.push_back(jit_kernel(w.format, n, g));
+    plan.push_back({t0, n, std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord)),
+                    keep.back()->as<void (*)(const KernelArgs*)>()});
+    t0 += n;
+  }
+  const int64_t row_chunk = g.row_chunk;
   thread_local std::vector<float> lanes;
-  if (lanes.size() < size_t(kRowChunk * kMaxTokens * 16)) lanes.resize(size_t(kRowChunk * kMaxTokens * 16));
+  if (lanes.size() < size_t(row_chunk * kMaxTokens * 16)) lanes.resize(size_t(row_chunk * kMaxTokens * 16));
   KernelArgs args;
   args.consts = kernel_constants();
   args.out = lanes.data();
-  auto fn = code->as<void (*)(const KernelArgs*)>();
-  for (int64_t r = r0; r < r1; r += kRowChunk) {
-    const int64_t n = std::min(kRowChunk, r1 - r);
-    std::fill(lanes.begin(), lanes.begin() + n * a.n * 16, 0.0f);
-    for (int64_t u = 0; u < w.units; u += unit_chunk) {
-      const int64_t nu = std::min(unit_chunk, w.units - u);
-      args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
-      args.x = a.data.data() + size_t(u) * size_t(a.n) * kTokenRecord;
-      args.n_rows = n;
-      args.n_units = nu;
-      args.w_skip = w.row_bytes() - nu * w.record_bytes;
-      fn(&args);
+  args.x_stride = int64_t(a.n) * kTokenRecord;
+  for (int64_t r = r0; r < r1; r += row_chunk) {
+    const int64_t rows = std::min(row_chunk, r1 - r);
+    for (const Pass& p : plan) {
+      std::fill(lanes.begin(), lanes.begin() + rows * p.n * 16, 0.0f);
+      for (int64_t u = 0; u < w.units; u += p.unit_chunk) {
+        const int64_t nu = std::min(p.unit_chunk, w.units - u);
+        args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+        args.x = a.data.data() + (size_t(u) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
+        args.n_rows = rows;
+        args.n_units = nu;
+        args.w_skip = w.row_bytes() - nu * w.record_bytes;
+        p.fn(&args);
+      }
+      sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
     }
-    sum_lanes(lanes.data(), a.n, n, y, ldy, r);
   }
 }
 
@@ -216,7 +231,7 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (!same_kind || a.cols != w.cols || a.units != w.units)
     fail("kq_gemv: activations quantized for {} with {} columns do not fit a {} matrix of {} columns",
          format_name(a.format), a.cols, format_name(w.format), w.cols);
-  if (a.n < 1 || a.n > kMaxTokens) fail("kq_gemv: {} activation rows; 1..{} possible", a.n, kMaxTokens);
+  if (a.n < 1 || a.n > kMaxRows) fail("kq_gemv: {} activation rows; 1..{} possible", a.n, kMaxRows);
   if (r0 < 0 || r1 > w.rows || r0 > r1) fail("kq_gemv: row range [{}, {}) outside 0..{}", r0, r1, w.rows);
   if (ldy < w.rows && a.n > 1) fail("kq_gemv: output stride {} is below the {} rows", ldy, w.rows);
   if (r0 == r1) return;

@@ -23,7 +23,8 @@ class ThreadPool;
 
 namespace genesis::kernels::kq_gemv {
 
-inline constexpr int kMaxTokens = 16;
+inline constexpr int kMaxTokens = 16;  // activation rows one generated kernel takes (one pass over the weights)
+inline constexpr int kMaxRows = 128;   // activation rows one product takes (in passes of <= kMaxTokens)
 
 enum class Format { q4_k, q5_k, q6_k, q8_0, q4_0, q4_1 };
 inline constexpr Format kFormats[] = {Format::q4_k, Format::q5_k, Format::q6_k,
@@ -63,7 +64,7 @@ struct Matrix {
 // does not match the type and shape.
 Matrix make_matrix(uint32_t ggml_type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes);
 
-// Activations x[n][cols] (row stride cols) quantized for one matrix format: per unit and activation row a 320-byte
+// Activations x[n][cols] (row stride cols, n <= kMaxRows) quantized for one matrix format: per unit and activation row a 320-byte
 // record (int8 codes in the kernel's order, then the block sums and scales the format needs). Reusable across calls
 // (buffers grow, never shrink) and across matrices of the same format and cols (gate and up share one).
 struct Activations {
@@ -106,8 +107,8 @@ namespace genesis::kernels {
 class Linear;
 }
 namespace genesis::kernels::kq_gemv {
-// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..15 rows of
-// x; from kGemmRows rows, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
+// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..kMaxRows
+// rows of x; above, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
 // (Q4_K and Q5_K share one).
 std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
 }  // namespace genesis::kernels::kq_gemv

@@ -10,6 +10,8 @@
 #include <random>
 
 #include "common/error.h"
+#include "jit/ir.h"
+#include "kernels/kq_gemv/build.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
 
@@ -110,6 +112,8 @@ TEST(KqGemv, EveryTokenCount) {
   uint32_t seed = 100;
   for (Format f : kFormats)
     for (int n = 1; n <= kMaxTokens; ++n) check_case({f, 19, is_k_quant(f) ? 512 : 160, n}, seed++);
+  for (Format f : kFormats)  // more rows than one kernel pass takes
+    for (int n : {17, 40, kMaxRows}) check_case({f, 7, is_k_quant(f) ? 256 : 96, n}, seed++);
 }
 
 // All-zero activation rows and blocks: scale 0, codes 0, the product exactly 0 where the whole row is zero.
@@ -309,14 +313,14 @@ TEST(KqGemv, LinearSeam) {
     auto lin = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size())));
     EXPECT_EQ(lin->format(), format_name(f));
     EXPECT_EQ(lin->rows(), rows);
-    for (int n : {1, 5, 17}) {
+    for (int n : {1, 5, 16, 17, kMaxRows, kMaxRows + 1}) {
       const auto x = random_x(n, cols, 56, 1.0f);
       auto a = lin->new_activations();
       lin->prepare(x.data(), n, *a);
       std::vector<float> y(size_t(n * rows));
       lin->run_rows(*a, y.data(), 0, 7);
       lin->run_rows(*a, y.data(), 7, rows);
-      if (n < kGemmRows) {
+      if (n <= kMaxRows) {
         Activations q;
         quantize_activations(f, x.data(), n, cols, q);
         std::vector<double> ref(size_t(n * rows));
@@ -370,12 +374,14 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   g.loop_align = 0;
   g.row_chunk = 7;
   g.x_budget_kb = 1;
+  g.rows_per_pass = 3;
   EXPECT_EQ(Genome::parse(g.serialize()), g);
   EXPECT_NE(g.code_key(), b.code_key());
   EXPECT_THROW(Genome::parse("pf=100"), Error);   // not a multiple of 64
   EXPECT_THROW(Genome::parse("rows=0"), Error);
   EXPECT_THROW(Genome::parse("align=8"), Error);
   EXPECT_THROW(Genome::parse("pfk=t3"), Error);
+  EXPECT_THROW(Genome::parse("pass=17"), Error);
   EXPECT_THROW(Genome::parse("speed=11"), Error);
   EXPECT_THROW(Genome::parse("pf"), Error);
   // Another schedule computes the same products: rows in chunks of 7, one unit per column chunk, no prefetch.
@@ -400,6 +406,90 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   }
 }
 
+// A genome's order of the unit loop's body goes through jit::is_legal_order: a legal reorder (independent neighbours
+// swapped, every swap at once) computes the same bits; swapping a dependent pair is an error naming the edge.
+TEST(KqGemv, GenomeOrderCheckedByDefUse) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int n = 2;
+    const Conf conf = make_conf(f, n);
+    const auto body = canonical_body(conf);
+    const auto g = jit::def_use(body);
+    auto depends = [&](size_t a, size_t b) {
+      for (int p : g.preds[b])
+        if (size_t(p) == a) return true;
+      return false;
+    };
+    Genome legal, illegal;
+    for (size_t i = 0; i < body.size(); ++i) legal.order.push_back(uint16_t(i));
+    illegal.order = legal.order;
+    int swaps = 0;
+    bool bad_set = false;
+    for (size_t i = 0; i + 1 < body.size(); ++i) {
+      if (!depends(i, i + 1) && legal.order[i] == i && legal.order[i + 1] == i + 1) {
+        std::swap(legal.order[i], legal.order[i + 1]);
+        ++swaps;
+      } else if (depends(i, i + 1) && !bad_set) {
+        std::swap(illegal.order[i], illegal.order[i + 1]);
+        bad_set = true;
+      }
+    }
+    ASSERT_GT(swaps, 3);
+    ASSERT_TRUE(bad_set);
+    EXPECT_EQ(Genome::parse(legal.serialize()), legal);
+    const int64_t rows = 9, cols = is_k_quant(f) ? 512 : 256;
+    const auto stored = random_stored(f, rows, cols, 41);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(n, cols, 42, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), n, cols, a);
+    std::vector<float> y0(size_t(n * rows)), y1(size_t(n * rows));
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::scalar);  // any path: the JIT one needs the CPU
+    if (best_path() != Path::avx512vnni) continue;
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::avx512vnni);
+    run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, legal);
+    EXPECT_EQ(y0, y1);
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, illegal), Error);
+    Genome short_order;
+    short_order.order = {0, 1, 2};
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, short_order), Error);
+  }
+}
+
+// Random (type, rows, cols, byte count) triples, most of them wrong: make_matrix either builds a matrix that then
+// multiplies (and widens) without fault, or throws genesis::Error; nothing else.
+TEST(KqGemv, RandomShapesAndSizesFailCleanly) {
+  std::mt19937 g(7);
+  const uint32_t types[] = {0, 1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 30, 99};
+  std::vector<uint8_t> buf(1 << 16);
+  for (auto& v : buf) v = uint8_t(g());
+  int built = 0, errors = 0;
+  for (int i = 0; i < 400; ++i) {
+    const uint32_t type = types[g() % std::size(types)];
+    int64_t rows = int64_t(g() % 5) - 1, cols = int64_t(g() % 600) - 50;
+    const auto info = quant::ggml_type_info(type);
+    size_t nbytes = g() % buf.size();
+    if (info && g() % 2) {  // often a valid shape and the right size
+      rows = 1 + int64_t(g() % 3);
+      cols = info->block * (1 + int64_t(g() % 3));
+      nbytes = size_t(rows * (cols / info->block) * info->block_bytes) - (g() % 8 == 0 ? 1 : 0);
+    }
+    try {
+      const Matrix m = make_matrix(type, rows, cols, buf.data(), nbytes);
+      ++built;
+      std::vector<float> x(size_t(2 * cols), 0.5f), y(size_t(2 * rows)), w(static_cast<size_t>(cols));
+      Activations a;
+      quantize_activations(m.format, x.data(), 2, cols, a);
+      for (Path p : available_paths()) run_rows(m, a, y.data(), rows, 0, rows, p);
+      dequantize_row(m, rows - 1, w.data());
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(built, 10);
+  EXPECT_GT(errors, 100);
+}
+
 TEST(KqGemv, BadInputIsAnError) {
   std::vector<uint8_t> b(144 * 2);
   EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size() - 1), Error);  // byte count
@@ -407,9 +497,9 @@ TEST(KqGemv, BadInputIsAnError) {
   EXPECT_THROW(make_matrix(uint32_t(quant::GgmlType::q2_k), 1, 256, b.data(), 84), Error);     // not supported
   EXPECT_THROW(make_matrix(12345, 1, 256, b.data(), 84), Error);                               // unknown type
   const Matrix m = make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size());
-  std::vector<float> x(17 * 512, 1.0f), y(17);
+  std::vector<float> x((kMaxRows + 1) * 512, 1.0f), y(17);
   Activations a;
-  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 17, 512, a), Error);  // too many rows
+  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), kMaxRows + 1, 512, a), Error);  // too many rows
   EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 1, 500, a), Error);   // not whole blocks
   quantize_activations(Format::q4_k, x.data(), 1, 256, a);
   EXPECT_THROW(run_rows(m, a, y.data(), 1, 0, 1, best_path()), Error);  // cols differ

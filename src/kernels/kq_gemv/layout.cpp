@@ -163,17 +163,18 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
     std::memcpy(rec + 2 * b, blk, 2);                            // d
     if (f == Format::q4_1) std::memcpy(rec + 8 + 2 * b, blk + 2, 2);  // m
   }
-  for (int j = 0; j < (f == Format::q8_0 ? 128 : 64); ++j) {
-    const int p = j % 64, z = j / 64;
-    const int b = (p / 4) % 4;
-    if (b >= nblocks) continue;
-    const int i = (p / 16) * 4 + p % 4;  // 0..15
-    const uint8_t* blk = src + b * bb;
-    if (f == Format::q8_0)
-      rec[co + j] = uint8_t(blk[2 + z * 16 + i] ^ 0x80);
-    else  // byte i of a 4-bit block holds elements i (low nibble) and i + 16 (high nibble): the record's order
-      rec[co + j] = blk[(f == Format::q4_1 ? 4 : 2) + i];
-  }
+  // Dword lane l of a code vector holds block l % 4, its 4 consecutive bytes from offset 4 (l / 4) of the block's
+  // 16-byte half (element_of): whole dwords move. Q8_0 codes become unsigned (q ^ 0x80).
+  const int q0 = f == Format::q8_0 ? 2 : f == Format::q4_1 ? 4 : 2;
+  for (int z = 0; z < (f == Format::q8_0 ? 2 : 1); ++z)
+    for (int l = 0; l < 16; ++l) {
+      const int b = l % 4;
+      if (b >= nblocks) continue;
+      uint32_t v;
+      std::memcpy(&v, src + b * bb + q0 + 16 * z + 4 * (l / 4), 4);
+      if (f == Format::q8_0) v ^= 0x80808080u;
+      std::memcpy(rec + co + 64 * z + 4 * l, &v, 4);
+    }
 }
 
 }  // namespace
@@ -222,8 +223,65 @@ void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
 
 }  // namespace layout
 
+namespace {
+
+float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return quant::half_to_float(h);
+}
+
+__attribute__((target("avx512f"))) inline __m512i bytes16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// The K-quants' rows 16 values at a time with the reference dequantizer's fp32 operations in its order (scale
+// products rounded first, then code * scale, then - min), so the result is bit-exact; prefill widens every weight.
+__attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint8_t* row, int64_t units, float* out) {
+  const __m512i m4 = _mm512_set1_epi32(0xF), m2 = _mm512_set1_epi32(3), one = _mm512_set1_epi32(1);
+  for (int64_t u = 0; u < units; ++u, out += 256) {
+    const uint8_t* rec = row + u * record_bytes(f);
+    if (f == Format::q6_k) {
+      const float d = half_at(rec + 208);
+      for (int hh = 0; hh < 2; ++hh)
+        for (int qu = 0; qu < 4; ++qu)
+          for (int i0 = 0; i0 < 32; i0 += 16) {
+            const int e = 128 * hh + 32 * qu + i0;
+            __m512i lo = bytes16(rec + 64 * hh + (qu % 2) * 32 + i0);
+            lo = _mm512_and_si512(_mm512_srli_epi32(lo, unsigned(4 * (qu / 2))), m4);
+            __m512i hi = bytes16(rec + 128 + 32 * hh + i0);
+            hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hi, unsigned(2 * qu)), m2), 4);
+            const __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, hi), _mm512_set1_epi32(32));
+            const float ds = d * float(int8_t(rec[192 + e / 16]));
+            _mm512_storeu_ps(out + e, _mm512_mul_ps(_mm512_set1_ps(ds), _mm512_cvtepi32_ps(q)));
+          }
+      continue;
+    }
+    const float d = half_at(rec), dmin = half_at(rec + 2);
+    const uint8_t* qs = rec + (f == Format::q4_k ? 20 : 52);
+    for (int j = 0; j < 8; ++j) {
+      const float d1 = d * float(rec[4 + j]), m1 = dmin * float(rec[12 + j]);
+      for (int i0 = 0; i0 < 32; i0 += 16) {
+        __m512i q = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 32 * (j / 2) + i0), unsigned(4 * (j % 2))), m4);
+        if (f == Format::q5_k)
+          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(rec + 20 + i0), unsigned(j)), one), 4));
+        _mm512_storeu_ps(out + 32 * j + i0,
+                         _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d1), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(m1)));
+      }
+    }
+  }
+  _mm256_zeroupper();
+}
+
+}  // namespace
+
 void dequantize_row(const Matrix& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
+  static const bool wide = cpu::mayiuse(cpu::Isa::avx512f);
+  if (wide && is_k_quant(w.format)) {
+    dequantize_k_avx512(w.format, w.data.data() + size_t(r * w.row_bytes()), w.units, out);
+    return;
+  }
   const int uc = unit_cols(w.format), bc = stored_block_cols(w.format);
   uint8_t buf[4 * 210];
   for (int64_t u = 0; u < w.units; ++u) {
@@ -367,7 +425,7 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
 }  // namespace
 
 void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out) {
-  if (n < 1 || n > kMaxTokens) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxTokens);
+  if (n < 1 || n > kMaxRows) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxRows);
   const int bc = stored_block_cols(f);
   if (cols <= 0 || cols % bc != 0)
     fail("kq_gemv: {} activations of {} columns: must be whole blocks of {}", format_name(f), cols, bc);

@@ -76,6 +76,8 @@ def main():
         lpp, ltg = (l1[0] + l2[0]) / 2, (l1[1] + l2[1]) / 2
         print(f"{t:>7} {ltg:>14.2f} {g['decode_tps']:>15.2f} {g['decode_tps'] / ltg:>5.2f}x {lpp:>10.1f} "
               f"{g['prefill_tps']:>11.1f} {g['prefill_tps'] / lpp:>5.2f}x")
+        print(f"        genesis decode: {g['bytes_per_token'] / 1e9:.2f} GB/token, {g['decode_tps'] / g['bound_tps']:.0%} of "
+              f"its bound {g['bound_tps']:.1f} tok/s at {g['read_bandwidth_gbps']:.1f} GB/s; load {g['load_s']:.1f} s")
         for phase in ("decode", "prefill"):
             p = g["profile"][phase]
             parts = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k not in ("total", "regions_per_step"))

@@ -22,7 +22,7 @@ struct Args {
 };
 
 void run(Args& a) {
-  a.o.load.experts = rt::expert_mode_from_name(a.experts);
+  rt::set_expert_mode(a.experts, a.o.load);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
     if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
@@ -85,7 +85,7 @@ void setup(CLI::App& app) {
   c->add_option("--prompt-tokens", a->o.prompt_tokens, "prefill length (default 64)")->check(CLI::PositiveNumber);
   c->add_option("--tokens,-n", a->o.decode_tokens, "decode steps timed (default 64)")->check(CLI::PositiveNumber);
   c->add_option("--threads,-t", a->o.threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
-  c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
+  c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);

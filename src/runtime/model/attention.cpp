@@ -109,24 +109,27 @@ void Session::attention(int64_t li, int64_t n, int64_t pos0) {
       const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
       const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
       float* out = &att_part_[size_t(task * group) * part];
-      thread_local std::vector<float> s;
-      s.resize(size_t(group * std::max<int64_t>(j1 - j0, 1)));
       const int64_t m = std::max<int64_t>(j1 - j0, 0);
-      for (int64_t j = j0; j < j1; ++j) {
-        const float* kj = kc + (kvh * cap + j) * hd;
-        for (int64_t g = 0; g < group; ++g)
-          s[size_t(g * m + (j - j0))] = dot_f32(&q_[size_t(t * qd + (kvh * group + g) * hd)], kj, hd) * scale;
+      if (m == 0) {
+        for (int64_t g = 0; g < group; ++g) out[g * part] = -INFINITY, out[g * part + 1] = 0.0f;
+        return;
       }
+      // The group's query heads are consecutive rows of q: scores [group, m] = scale * Q K^T and the weighted values
+      // [group, hd] = P V as two small GEMMs over the span's keys and values, each read once for all the heads.
+      thread_local std::vector<float> s;
+      s.resize(size_t(group * m));
+      const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(group), int(m), int(hd), scale, qg, int(hd),
+                  kc + (kvh * cap + j0) * hd, int(hd), 0.0f, s.data(), int(m));
       for (int64_t g = 0; g < group; ++g) {
-        float* o = out + g * part;
-        float mx = -INFINITY, sum = 0.0f;
         float* sg = &s[size_t(g * m)];
+        float mx = -INFINITY, sum = 0.0f;
         for (int64_t j = 0; j < m; ++j) mx = std::max(mx, sg[j]);
         for (int64_t j = 0; j < m; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
-        std::fill(o + 2, o + 2 + hd, 0.0f);
-        for (int64_t j = 0; j < m; ++j) axpy_f32(sg[j], vc + (kvh * cap + j0 + j) * hd, o + 2, hd);
-        o[0] = mx, o[1] = sum;
+        out[g * part] = mx, out[g * part + 1] = sum;
       }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(group), int(hd), int(m), 1.0f, s.data(), int(m),
+                  vc + (kvh * cap + j0) * hd, int(hd), 0.0f, out + 2, int(part));
     });
     // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
     for (int64_t t = 0; t < n; ++t)

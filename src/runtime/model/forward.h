@@ -51,7 +51,6 @@ class Model {
   ModelConfig config_;
   Weights weights_;
   ExpertKernels kernels_;
-  int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
 // What one sequence carries from a step to the next, self-contained: its position, the KV cache of its attention
@@ -139,6 +138,7 @@ class Session {
 
   // MoE scratch (moe.cpp). A pair is one (row, chosen expert); pairs are sorted by expert, and a unit is up to
   // kMaxTokens consecutive pairs of one expert that share one pass over its weights.
+  static constexpr int32_t kMaxUnitRows = kernels::nf4_gemv::kMaxTokens;  // rows sharing one pass over an expert
   struct MoeUnit {
     int32_t expert, p0, rows;
   };
@@ -149,7 +149,14 @@ class Session {
   std::vector<float> chosen_w_;
   std::vector<MoeUnit> units_;
   std::vector<float> moe_x_, moe_h_, moe_act_, moe_out_;  // [pairs][hidden], [pairs][2 inter], [pairs][inter], [pairs][hidden]
-  std::vector<kernels::nf4_gemv::PreparedActivations> prep_x_, prep_act_;  // [units]
+  // Prepared activations of a unit's x and of its down input (kernels/linear.h), kept across steps; unit_prep_[u] is
+  // the unit whose prepared x unit u reads (decode shares one conversion among units of one activation kind).
+  struct UnitActivations {
+    std::string kind;
+    std::unique_ptr<kernels::LinearActivations> a;
+  };
+  std::vector<UnitActivations> prep_x_, prep_act_;  // [units]
+  std::vector<int32_t> unit_prep_;                  // [units]
   std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
   size_t unit_left_size_ = 0;
 

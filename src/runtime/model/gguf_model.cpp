@@ -17,7 +17,7 @@
 #include "common/error.h"
 #include "quant/ggml.h"
 #include "runtime/io/gguf.h"
-#include "runtime/io/half.h"
+#include "quant/half.h"
 
 namespace genesis::runtime {
 
@@ -535,7 +535,7 @@ class GgufSource : public TensorSource {
     if (e.dense && dense_bf16_) {
       cv.bytes.resize(size_t(n) * 2);
       auto* out = reinterpret_cast<uint16_t*>(cv.bytes.data());
-      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16(vals[size_t(i)]);
+      for (int64_t i = 0; i < n; ++i) out[i] = quant::f32_to_bf16(vals[size_t(i)]);
       cv.view.dtype = Dtype::bf16;
     } else {
       cv.bytes.resize(size_t(n) * 4);

@@ -234,7 +234,9 @@ json gguf_config_json(const GgufFile& f) {
                  f.label(), A);
   j["rms_norm_eps"] = *eps;
   j["rope_theta"] = m.number(A + "rope.freq_base").value_or(10000.0);
-  if (auto dims = m.integer(A + "rope.dimension_count"); dims && head_dim > 0 && *dims != head_dim)
+  // (qwen3next: always, as its config's default is 0.25, not 1.)
+  const auto dims = m.integer(A + "rope.dimension_count");
+  if (dims && head_dim > 0 && (*dims != head_dim || arch == "qwen3next"))
     j["partial_rotary_factor"] = double(*dims) / double(head_dim);
   const std::string scaling = m.str(A + "rope.scaling.type").value_or("none");
   const double scale_linear = m.number(A + "rope.scale_linear").value_or(1.0);

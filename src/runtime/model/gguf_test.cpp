@@ -401,6 +401,31 @@ TEST(GgufModelErrors, MetadataClaimingMoreThanTheTensorsHoldFailsAtOnce) {
   }
 }
 
+// qwen3next metadata and tensors become the config.json transformers would read: layer kinds from the tensors, the
+// ssm.* sizes, partial rotary from rope.dimension_count, the dense layer (no ffn_gate_inp), norms already 1 + w.
+TEST(GgufQwen3Next, MetadataBecomesConfig) {
+  auto f = GgufFile::open(kDir + "/tiny_qwen3next.gguf");
+  const ModelConfig c = parse_config(gguf_config_json(*f), "tiny_qwen3next");
+  EXPECT_EQ(c.arch, Arch::qwen3_next);
+  const std::vector<MixerKind> mixers = {MixerKind::gated_deltanet, MixerKind::gated_attention,
+                                         MixerKind::gated_deltanet, MixerKind::gated_attention};
+  const std::vector<MlpKind> mlps = {MlpKind::moe_shared, MlpKind::moe_shared, MlpKind::dense, MlpKind::moe_shared};
+  for (size_t l = 0; l < 4; ++l) {
+    EXPECT_EQ(c.layers[l].mixer, mixers[l]) << l;
+    EXPECT_EQ(c.layers[l].mlp, mlps[l]) << l;
+  }
+  EXPECT_EQ(c.linear_num_key_heads, 2);
+  EXPECT_EQ(c.linear_num_value_heads, 4);
+  EXPECT_EQ(c.linear_key_head_dim, 16);
+  EXPECT_EQ(c.linear_value_head_dim, 16);
+  EXPECT_EQ(c.linear_conv_kernel, 4);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 64);
+  EXPECT_EQ(c.intermediate_size, 128);
+  EXPECT_EQ(c.rotary_dim(), 4);
+  EXPECT_TRUE(c.norm_topk_prob);
+  EXPECT_FALSE(c.norm_add_one);
+}
+
 // Newer converters split ssm_in (in_proj_qkvz) into attn_qkv + attn_gate; llama.cpp reads both. The split file holds
 // the same Q8_0 rows as tiny_qwen3next.gguf, so its logits are tiny_qwen3next's reference: exact (fp32), as stored
 // (--keep-quant) and with the default path.

@@ -411,7 +411,7 @@ int serve(const ServeOptions& opt) {
   std::thread loader([&] {
     try {
       rt::LoadOptions lo;
-      lo.experts = rt::expert_mode_from_name(opt.experts);
+      rt::set_expert_mode(opt.experts, lo);
       lo.show_progress = !opt.quiet;
       rt::set_dense_mode(opt.dense, lo);
       s->lm = rt::load_model(opt.model, lo);

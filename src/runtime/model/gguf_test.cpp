@@ -220,8 +220,9 @@ TEST_P(GgufModel, StoredIsCloseToTransformers) {
   const auto logits = s.forward_all(tokens);
   // Experts in formats kq_gemv lacks (this file's olmoe and mixtral store Q5_0 gate experts) become NF4.
   const bool nf4 = lm.model->expert_description().find("NF4") != std::string::npos;
-  if (lm.model->config().is_moe() && !nf4)
+  if (lm.model->config().is_moe() && !nf4) {
     EXPECT_NE(lm.model->expert_description().find("kq_gemv"), std::string::npos) << lm.model->expert_description();
+  }
   const auto want = ref.at(nf4 ? "logits_nf4" : "logits_f32").get<std::vector<float>>();
   const double d = max_rel_diff(logits, want);
   std::printf("%s stored (%s; %s): max |logit diff| / max |logit| = %.3g\n", c.name, dense.c_str(),

@@ -209,7 +209,9 @@ def reference(model, vocab_tok):
 
 LOW_BIT = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K)
 NF4_DENSE = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "mlp.gate_proj.weight",
-             "mlp.up_proj.weight", "mlp.down_proj.weight", "lm_head.weight")
+             "mlp.up_proj.weight", "mlp.down_proj.weight", "lm_head.weight", "linear_attn.in_proj_qkvz.weight",
+             "linear_attn.out_proj.weight", "shared_expert.gate_proj.weight", "shared_expert.up_proj.weight",
+             "shared_expert.down_proj.weight")
 
 
 def nf4_dense_state(b):
@@ -470,6 +472,142 @@ def small_models(trained):
            {"feed_forward_length": ("uint32", 128)}, "qwen2", False)
 
 
+def make_qwen3next(out, rng, trained):
+    """Qwen3-Next in llama.cpp's qwen3next layout (convert_hf_to_gguf.py's Qwen3NextModel): in_proj_qkvz as ssm_in,
+    in_proj_ba as ssm_ba, the conv1d weight squeezed to [channels, kernel] (F32), dt_bias as ssm_dt.bias, -exp(A_log)
+    as ssm_a, the gated norm as ssm_norm, out_proj as ssm_out; post_attention_layernorm as post_attention_norm; the
+    shared expert as ffn_*_shexp with its gate ffn_gate_inp_shexp ([hidden]); every RMSNorm but ssm_norm stored as
+    1 + w. Four layers: Gated DeltaNet, gated attention, Gated DeltaNet with a dense MLP, gated attention. Also
+    tiny_qwen3next_split.gguf: the same weights with ssm_in split as newer converters do (attn_qkv + attn_gate)."""
+    import re
+    from transformers import Qwen3NextConfig, Qwen3NextForCausalLM
+    tokens, types, merges = vocab_lists(trained)
+    V, H, L = len(tokens), 64, 4
+    cfg = Qwen3NextConfig(vocab_size=V, hidden_size=H, num_hidden_layers=L, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=16, intermediate_size=128, moe_intermediate_size=64,
+                          shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                          norm_topk_prob=True, mlp_only_layers=[2],
+                          layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+                          linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+                          linear_value_head_dim=16, linear_conv_kernel_dim=4, partial_rotary_factor=0.25,
+                          rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=256, initializer_range=0.1,
+                          tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    torch.manual_seed(13)
+    model = Qwen3NextForCausalLM(cfg).float()
+    sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    b = Builder(rng)
+
+    def offset_norm(gguf_name, hf_name, n):
+        stored = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+        b.tensors.append((gguf_name, stored, None))
+        b.state[hf_name] = (stored - np.float32(1)).astype(np.float32)  # exact: 1 + (s - 1) == s in fp32
+
+    simple = {  # HF suffix -> (GGUF suffix, type)
+        "self_attn.q_proj.weight": ("attn_q.weight", T.Q4_0), "self_attn.k_proj.weight": ("attn_k.weight", T.Q8_0),
+        "self_attn.v_proj.weight": ("attn_v.weight", T.Q5_1), "self_attn.o_proj.weight": ("attn_output.weight", T.Q4_1),
+        "linear_attn.in_proj_qkvz.weight": ("ssm_in.weight", T.Q8_0),
+        "linear_attn.in_proj_ba.weight": ("ssm_ba.weight", T.Q8_0),
+        "linear_attn.out_proj.weight": ("ssm_out.weight", T.Q4_0),
+        "mlp.gate.weight": ("ffn_gate_inp.weight", T.F32),
+        "mlp.shared_expert.gate_proj.weight": ("ffn_gate_shexp.weight", T.Q5_0),
+        "mlp.shared_expert.up_proj.weight": ("ffn_up_shexp.weight", T.Q8_0),
+        "mlp.shared_expert.down_proj.weight": ("ffn_down_shexp.weight", T.Q4_1),
+        "mlp.gate_proj.weight": ("ffn_gate.weight", T.Q4_0), "mlp.up_proj.weight": ("ffn_up.weight", T.Q5_0),
+        "mlp.down_proj.weight": ("ffn_down.weight", T.Q8_0),
+    }
+    for k, v in sd.items():
+        m = re.match(r"model\.layers\.(\d+)\.(.*)$", k)
+        if not m:
+            continue
+        g, rest = f"blk.{m.group(1)}.", m.group(2)
+        if rest in ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_norm.weight",
+                    "self_attn.k_norm.weight"):
+            gg = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight":
+                  "post_attention_norm.weight", "self_attn.q_norm.weight": "attn_q_norm.weight",
+                  "self_attn.k_norm.weight": "attn_k_norm.weight"}[rest]
+            offset_norm(g + gg, k, v.shape[0])
+        elif rest == "linear_attn.norm.weight":
+            b.add(g + "ssm_norm.weight", k, 1 + 0.1 * rng.standard_normal(v.shape), T.F32)
+        elif rest == "linear_attn.A_log":
+            a_log = torch.from_numpy((0.5 * rng.standard_normal(v.shape) - 1.0).astype(np.float32))
+            b.tensors.append((g + "ssm_a", (-torch.exp(a_log)).numpy(), None))  # what transformers computes
+            b.state[k] = a_log.numpy()
+        elif rest == "linear_attn.dt_bias":
+            b.add(g + "ssm_dt.bias", k, 0.3 * rng.standard_normal(v.shape), T.F32)
+        elif rest == "linear_attn.conv1d.weight":
+            w = (0.3 * rng.standard_normal(v.shape)).astype(np.float32)
+            b.tensors.append((g + "ssm_conv1d.weight", w[:, 0, :].copy(), None))
+            b.state[k] = w
+        elif rest == "mlp.shared_expert_gate.weight":
+            b.add(g + "ffn_gate_inp_shexp.weight", None, v[0], T.F32)
+            b.state[k] = v.astype(np.float32)
+        elif rest in simple:
+            gg, qtype = simple[rest]
+            b.add(g + gg, k, v, qtype)
+        elif rest in ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+            continue  # below
+        else:
+            raise SystemExit(f"unmapped tensor {k}")
+    for l in range(L):
+        p, g = f"model.layers.{l}.", f"blk.{l}."
+        if p + "mlp.experts.gate_up_proj" not in sd:
+            continue
+        gu, down = sd[p + "mlp.experts.gate_up_proj"], sd[p + "mlp.experts.down_proj"]
+        I = gu.shape[1] // 2
+        deq = {}
+        for kind, arr in (("gate", gu[:, :I]), ("up", gu[:, I:]), ("down", down)):
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+            packed = gguf.quants.quantize(arr, EXPERT_TYPES[kind])
+            deq[kind] = gguf.quants.dequantize(packed, EXPERT_TYPES[kind]).astype(np.float32).reshape(arr.shape)
+            b.tensors.append((g + f"ffn_{kind}_exps.weight", packed, EXPERT_TYPES[kind]))
+        b.state[p + "mlp.experts.gate_up_proj"] = np.concatenate([deq["gate"], deq["up"]], 1)
+        b.state[p + "mlp.experts.down_proj"] = deq["down"]
+    b.add("token_embd.weight", "model.embed_tokens.weight", sd["model.embed_tokens.weight"], T.Q8_0)
+    offset_norm("output_norm.weight", "model.norm.weight", H)
+    b.add("output.weight", "lm_head.weight", sd["lm_head.weight"], T.Q8_0)
+    A = "qwen3next."
+    meta = {A + "block_count": ("uint32", L), A + "context_length": ("uint32", 256),
+            A + "embedding_length": ("uint32", H), A + "feed_forward_length": ("uint32", 128),
+            A + "attention.head_count": ("uint32", 4), A + "attention.head_count_kv": ("uint32", 2),
+            A + "attention.key_length": ("uint32", 16), A + "attention.value_length": ("uint32", 16),
+            A + "rope.freq_base": ("float32", 1e6), A + "rope.dimension_count": ("uint32", 4),
+            A + "attention.layer_norm_rms_epsilon": ("float32", 1e-6),
+            A + "expert_count": ("uint32", 4), A + "expert_used_count": ("uint32", 2),
+            A + "expert_feed_forward_length": ("uint32", 64), A + "expert_shared_feed_forward_length": ("uint32", 64),
+            A + "ssm.conv_kernel": ("uint32", 4), A + "ssm.state_size": ("uint32", 16),
+            A + "ssm.group_count": ("uint32", 2), A + "ssm.time_step_rank": ("uint32", 4),
+            A + "ssm.inner_size": ("uint32", 64), A + "full_attention_interval": ("uint32", 2),
+            "general.name": ("string", "genesis tiny qwen3next (random weights)")}
+    meta.update(tokenizer_meta(tokens, types, merges, "qwen2"))
+    b.write(os.path.join(out, "tiny_qwen3next.gguf"), "qwen3next", meta)
+    # The same model as newer converters write it: ssm_in split into attn_qkv (rows in the conv channels' order: every
+    # key head's q, then k, then every value head's v) and attn_gate (z). Whole Q8_0 rows move: the same weights.
+    fused = list(b.tensors)
+    nk, nv, dk, dv = 2, 4, 16, 16
+    r, group = nv // nk, 2 * dk + 2 * (nv // nk) * dv
+    rows = lambda g, lo, n: [g * group + lo + i for i in range(n)]
+    qkv_rows = sum((rows(g, 0, dk) for g in range(nk)), []) + sum((rows(g, dk, dk) for g in range(nk)), []) + \
+        sum((rows(g, 2 * dk, r * dv) for g in range(nk)), [])
+    z_rows = sum((rows(g, 2 * dk + r * dv, r * dv) for g in range(nk)), [])
+    b.tensors = []
+    for name, arr, qtype in fused:
+        if name.endswith(".ssm_in.weight"):
+            blk = name[:-len("ssm_in.weight")]
+            b.tensors.append((blk + "attn_qkv.weight", np.ascontiguousarray(arr[qkv_rows]), qtype))
+            b.tensors.append((blk + "attn_gate.weight", np.ascontiguousarray(arr[z_rows]), qtype))
+        else:
+            b.tensors.append((name, arr, qtype))
+    b.write(os.path.join(out, "tiny_qwen3next_split.gguf"), "qwen3next", meta)
+    b.tensors = fused
+    model = Qwen3NextForCausalLM(cfg).float()
+    load_state(model, b.state)
+    ref = reference(model, reference_tokenizer(trained, "qwen2"))
+    ref["logits_nf4"] = logits_with(model, {k: (nf4_roundtrip(v.reshape(-1, v.shape[-1])).reshape(v.shape)
+                                                if ".experts." in k else v) for k, v in b.state.items()})
+    add_nf4_dense_logits(model, b, ref)
+    return ref
+
+
 SPM_STRINGS = ["the quick brown fox", "Hello world!", " jumps  over the lazy dog 42", "tokenizer \u00e9\u00e9 \u65e5"]
 
 
@@ -541,12 +679,23 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/golden/gguf")
     ap.add_argument("--fuzz-seed", help="also write the fuzzer's seed model here (fuzz/seeds/gguf/tiny_model.gguf)")
+    ap.add_argument("--only", nargs="*", help="write only these models (e.g. tiny_qwen3next)")
     a = ap.parse_args()
+    if a.only:
+        os.makedirs(a.out, exist_ok=True)
+        trained = train_tokenizer(300)
+        for name in a.only:
+            fn = {"tiny_qwen3next": make_qwen3next, "tiny_llama": make_llama, "tiny_qwen3moe": make_qwen3moe}[name]
+            ref = fn(a.out, np.random.default_rng(len(name)), trained)
+            with open(os.path.join(a.out, name + ".json"), "w") as f:
+                json.dump(ref, f)
+            print(f"{name}: greedy {ref['greedy_f32']} (margin {ref['greedy_margin_f32']:.4f})")
+        return
     if a.fuzz_seed:
         make_fuzz_seed(a.fuzz_seed)
     os.makedirs(a.out, exist_ok=True)
     trained = train_tokenizer(300)
-    for name, fn in (("tiny_llama", make_llama), ("tiny_qwen3moe", make_qwen3moe)):
+    for name, fn in (("tiny_llama", make_llama), ("tiny_qwen3moe", make_qwen3moe), ("tiny_qwen3next", make_qwen3next)):
         ref = fn(a.out, np.random.default_rng(len(name)), trained)
         with open(os.path.join(a.out, name + ".json"), "w") as f:
             json.dump(ref, f)

@@ -6,6 +6,10 @@ scales (weights of about +-0.02), so the forward pass stays finite. The vocabula
 tokens, two merges, filler tokens up to the model's vocabulary size. Tensors are written one at a time (memory stays
 low while a 17 GiB file is written).
 
+The qwen3next preset (Qwen3-Next-80B-A3B) is laid out as llama.cpp's convert_hf_to_gguf.py writes that model: three
+of four layers Gated DeltaNet (ssm_in, ssm_ba, ssm_conv1d, ssm_dt, ssm_a, ssm_norm, ssm_out), the fourth gated
+attention (attn_q with the gate rows), post_attention_norm, a shared expert (ffn_*_shexp, ffn_gate_inp_shexp).
+
 Usage: python3 tools/make_synth_gguf.py --preset qwen3-30b-a3b --out /path/q30b.gguf [--layers N] [--seed S]
 Needs: gguf, numpy.
 """
@@ -22,6 +26,11 @@ PRESETS = {
     # Qwen3-30B-A3B: config.json of the released model.
     "qwen3-30b-a3b": dict(arch="qwen3moe", vocab=151936, hidden=2048, layers=48, heads=32, kv_heads=4, head_dim=128,
                           experts=128, top_k=8, moe_inter=768, inter=6144, ctx=40960, theta=1e6, eps=1e-6),
+    # Qwen3-Next-80B-A3B: config.json of the released model.
+    "qwen3next": dict(arch="qwen3next", vocab=151936, hidden=2048, layers=48, heads=16, kv_heads=2, head_dim=256,
+                      experts=512, top_k=10, moe_inter=512, inter=5120, ctx=262144, theta=1e7, eps=1e-6,
+                      shared_inter=512, interval=4, k_heads=16, v_heads=32, k_dim=128, v_dim=128, conv=4,
+                      rotary=64),
     # SmolLM2-135M (dense llama, tied embeddings) as a Q8_0 file: its 576 columns are no multiple of Q4_K's 256.
     "smollm2-135m": dict(arch="llama", vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64,
                          experts=0, top_k=0, moe_inter=0, inter=1536, ctx=8192, theta=1e5, eps=1e-5, qtype=T.Q8_0),
@@ -68,6 +77,7 @@ def main():
     # (name, kind, shape in HF order (rows, cols) or (E, rows, cols), qtype); kind: "q" random blocks, "norm", "f32"
     dense = E == 0
     plan = [("token_embd.weight", "q", (V, H), p.get("qtype", T.Q4_K))]
+    nxt = arch == "qwen3next"
     for l in range(L) if dense else []:
         g, q8 = f"blk.{l}.", p["qtype"]
         I = p["inter"]
@@ -78,14 +88,37 @@ def main():
                  (g + "ffn_down.weight", "q", (H, I), q8)]
     for l in range(L) if not dense else []:
         g = f"blk.{l}."
-        plan += [(g + "attn_norm.weight", "norm", (H,), T.F32), (g + "ffn_norm.weight", "norm", (H,), T.F32),
-                 (g + "attn_q.weight", "q", (q_dim, H), T.Q4_K), (g + "attn_k.weight", "q", (kv_dim, H), T.Q4_K),
-                 (g + "attn_v.weight", "q", (kv_dim, H), T.Q6_K), (g + "attn_output.weight", "q", (H, q_dim), T.Q4_K),
-                 (g + "ffn_gate_inp.weight", "f32", (E, H), T.F32),
+        linear = nxt and (l + 1) % p["interval"] != 0
+        plan += [(g + "attn_norm.weight", "norm", (H,), T.F32),
+                 (g + ("post_attention_norm.weight" if nxt else "ffn_norm.weight"), "norm", (H,), T.F32)]
+        if linear:  # Gated DeltaNet
+            kd, vd = p["k_heads"] * p["k_dim"], p["v_heads"] * p["v_dim"]
+            plan += [(g + "ssm_in.weight", "q", (2 * kd + 2 * vd, H), T.Q4_K),
+                     (g + "ssm_ba.weight", "f32", (2 * p["v_heads"], H), T.F32),
+                     (g + "ssm_conv1d.weight", "f32", (2 * kd + vd, p["conv"]), T.F32),
+                     (g + "ssm_dt.bias", "f32", (p["v_heads"],), T.F32),
+                     (g + "ssm_a", "neg", (p["v_heads"],), T.F32),
+                     (g + "ssm_norm.weight", "norm", (p["v_dim"],), T.F32),
+                     (g + "ssm_out.weight", "q", (H, vd), T.Q4_K)]
+        else:
+            qrows = 2 * q_dim if nxt else q_dim  # qwen3next: the output gate's rows with the query's
+            plan += [(g + "attn_q.weight", "q", (qrows, H), T.Q4_K), (g + "attn_k.weight", "q", (kv_dim, H), T.Q4_K),
+                     (g + "attn_v.weight", "q", (kv_dim, H), T.Q6_K),
+                     (g + "attn_output.weight", "q", (H, q_dim), T.Q4_K)]
+        plan += [(g + "ffn_gate_inp.weight", "f32", (E, H), T.F32),
                  (g + "ffn_gate_exps.weight", "q", (E, MI, H), T.Q4_K),
                  (g + "ffn_up_exps.weight", "q", (E, MI, H), T.Q4_K),
                  (g + "ffn_down_exps.weight", "q", (E, H, MI), T.Q6_K)]
-        if arch == "qwen3moe":
+        if nxt:
+            SI = p["shared_inter"]
+            plan += [(g + "ffn_gate_inp_shexp.weight", "f32", (H,), T.F32),
+                     (g + "ffn_gate_shexp.weight", "q", (SI, H), T.Q4_K),
+                     (g + "ffn_up_shexp.weight", "q", (SI, H), T.Q4_K),
+                     (g + "ffn_down_shexp.weight", "q", (H, SI), T.Q6_K)]
+            if not linear:
+                plan += [(g + "attn_q_norm.weight", "norm", (HD,), T.F32),
+                         (g + "attn_k_norm.weight", "norm", (HD,), T.F32)]
+        elif arch == "qwen3moe":
             plan += [(g + "attn_q_norm.weight", "norm", (HD,), T.F32), (g + "attn_k_norm.weight", "norm", (HD,), T.F32)]
         else:
             plan += [(g + "attn_q_norm.weight", "norm", (q_dim,), T.F32),
@@ -113,6 +146,15 @@ def main():
     else:
         w.add_rope_dimension_count(HD)
     w.add_vocab_size(V)
+    if nxt:
+        w.add_expert_shared_feed_forward_length(p["shared_inter"])
+        w.add_ssm_conv_kernel(p["conv"])
+        w.add_ssm_state_size(p["k_dim"])
+        w.add_ssm_group_count(p["k_heads"])
+        w.add_ssm_time_step_rank(p["v_heads"])
+        w.add_ssm_inner_size(p["v_heads"] * p["v_dim"])
+        w.add_full_attention_interval(p["interval"])
+        w.add_rope_dimension_count(p["rotary"])
     w.add_file_type(7 if dense else 15)  # MOSTLY_Q8_0, MOSTLY_Q4_K_M
     byte_tokens = [chr(c) for c in range(0x21, 0x7F)] + [chr(c) for c in range(0xA1, 0xAD)] + \
         [chr(c) for c in range(0xAE, 0x100)] + [chr(0x100 + i) for i in range(68)]
@@ -148,6 +190,8 @@ def main():
             arr = random_blocks(rng, qtype, rows, shape[-1])
         elif kind == "norm":
             arr = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        elif kind == "neg":  # ssm_a = -exp(A_log): decay rates of about 1
+            arr = -np.exp(0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
             arr = (0.02 * rng.standard_normal(shape)).astype(np.float32)
         w.write_tensor_data(arr)

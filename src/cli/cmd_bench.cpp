@@ -1,19 +1,24 @@
-// `genesis bench gemv`: parses flags, runs kernels::nf4_gemv::run_gemv_bench, prints a table and writes --json.
+// `genesis bench gemv`: parses flags, runs kernels::nf4_gemv::run_gemv_bench (--format NF4) or
+// kernels::kq_gemv::run_bench (the GGUF formats), prints a table and writes --json.
 // (`genesis bench model` registers itself under the same `bench` command from its own file.)
 #include <fmt/core.h>
 
+#include <cctype>
 #include <charconv>
 #include <fstream>
 
 #include "cli/command.h"
 #include "common/error.h"
 #include "kb/kb.h"
+#include "kernels/family.h"
+#include "kernels/kq_gemv/bench.h"
 #include "kernels/nf4_gemv/bench.h"
 
 namespace {
 
 using genesis::fail;
 namespace nf = genesis::kernels::nf4_gemv;
+namespace kq = genesis::kernels::kq_gemv;
 
 std::pair<int64_t, int64_t> parse_shape(const std::string& s) {
   const auto x = s.find('x');
@@ -30,7 +35,7 @@ std::pair<int64_t, int64_t> parse_shape(const std::string& s) {
 struct BenchArgs {
   std::vector<std::string> shapes, paths = {"all"};
   std::vector<int> tokens = {1}, threads;
-  std::string regime = "both", json_file, kb_file;
+  std::string regime = "both", json_file, kb_file, format = "NF4";
   bool no_kb = false;
   int blocksize = 64, samples = 15;
   bool no_baselines = false, cached_bandwidth = false;
@@ -42,8 +47,8 @@ void print_row(const nlohmann::json& r) {
   if (r.contains("speedup_vs_baseline_genome"))
     extra = fmt::format("  vs baseline genome {:.3f}x ({}/{} A/B wins)", r["speedup_vs_baseline_genome"].get<double>(),
                         r["ab_wins"].get<int>(), r["ab_rounds"].get<int>());
-  fmt::print("{:>11} {:>3} {:>11} {:>2} {:>4} {:>10.1f} {:>8.1f} {:>7.1f} {:>6.0f}% {:>8} {:>8}  {}{}\n",
-             r["shape"].get<std::string>(), r["tokens"].get<int>(), r["path"].get<std::string>(),
+  fmt::print("{:>4} {:>11} {:>3} {:>11} {:>2} {:>4} {:>10.1f} {:>8.1f} {:>7.1f} {:>6.0f}% {:>8} {:>8}  {}{}\n",
+             r.value("format", std::string("NF4")), r["shape"].get<std::string>(), r["tokens"].get<int>(), r["path"].get<std::string>(),
              r["threads"].get<int>(), r["regime"].get<std::string>(), r["median_us"].get<double>(),
              r["iqr_us"].get<double>(), r["gbps"].get<double>(), 100 * r["roofline_fraction"].get<double>(),
              r["speedup_vs_naive"].get<double>() > 0 ? fmt::format("{:.1f}x", r["speedup_vs_naive"].get<double>()) : "-",
@@ -53,15 +58,72 @@ void print_row(const nlohmann::json& r) {
   std::fflush(stdout);
 }
 
+void print_header() {
+  fmt::print("{:>4} {:>11} {:>3} {:>11} {:>2} {:>4} {:>10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n", "fmt", "shape", "tok",
+             "path", "th", "reg", "median_us", "iqr_us", "GB/s", "roof", "vs_naive", "vs_comp", "kernel");
+}
+
+void finish(const BenchArgs& args, const nlohmann::json& result) {
+  const auto& m = result["machine"];
+  fmt::print("roofline: read bandwidth {:.1f} GB/s (1 thread), {:.1f} GB/s (all threads), {}; machine {}\n",
+             m["read_bandwidth_gbps"]["one_thread"].get<double>(), m["read_bandwidth_gbps"]["all_threads"].get<double>(),
+             m["bandwidth_measured_now"].get<bool>() ? "measured in this run" : "cached",
+             m["signature"].get<std::string>());
+  if (!args.json_file.empty()) {
+    std::ofstream f(args.json_file);
+    if (!f) fail("cannot write --json file '{}'", args.json_file);
+    f << result.dump(2) << "\n";
+    fmt::print("wrote {}\n", args.json_file);
+  }
+}
+
+// --format Q4_K ...: the kq_gemv family against ggml_gemv ("vs_comp" is the speedup over ggml_gemv).
+void run_kq(const BenchArgs& args) {
+  kq::BenchOptions opt;
+  const auto f = kq::parse_format(args.format);
+  if (!f) fail("--format '{}' is unknown; possible: NF4, {}", args.format, kq::format_names());
+  opt.format = *f;
+  for (const auto& s : args.shapes) opt.shapes.push_back(parse_shape(s));
+  if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();
+  opt.tokens = args.tokens;
+  for (int t : opt.tokens)
+    if (t < 1 || t > kq::kMaxRows) fail("--tokens {}: possible values are 1..{} for {}", t, kq::kMaxRows, args.format);
+  opt.threads = args.threads;
+  for (int t : opt.threads)
+    if (t < 1) fail("--threads {}: must be at least 1", t);
+  for (const auto& p : args.paths) {
+    if (p == "all") {
+      opt.paths.clear();
+      break;
+    }
+    auto path = kq::parse_path(p);
+    if (!path) fail("--path '{}' is unknown for {}; possible: avx512vnni, scalar, all", p, args.format);
+    opt.paths.push_back(*path);
+  }
+  opt.regimes = args.regime == "both" ? std::vector<std::string>{"hot", "cold"} : std::vector<std::string>{args.regime};
+  opt.samples = args.samples;
+  opt.baselines = !args.no_baselines;
+  opt.remeasure_bandwidth = !args.cached_bandwidth;
+  print_header();
+  finish(args, kq::run_bench(opt, print_row));
+}
+
 void setup_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (kernels, models); each has --json");
   bench->require_subcommand(1);
   auto args = std::make_shared<BenchArgs>();
-  auto* g = bench->add_subcommand("gemv", "NF4 matrix-vector kernels vs the naive and compiled approaches");
+  auto* g = bench->add_subcommand(
+      "gemv", "matrix-vector kernels: NF4 vs the naive and compiled approaches, or a GGUF format's kq_gemv kernels vs "
+              "the compiled ggml_gemv path (--format)");
+  g->add_option("--format", args->format,
+                "weight format: NF4 (the nf4_gemv family) or Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1 (the kq_gemv family, "
+                "int8 activations, compared with ggml_gemv in the same run)");
   g->add_option("--shape", args->shapes, "MxK weight shapes (default: the expert shapes of BENCHMARKING.md)");
   g->add_option("--tokens", args->tokens, "tokens sharing one pass over the weights, 1..16 (several allowed)");
   g->add_option("--threads", args->threads, "thread counts (default: 1 and all cores)");
-  g->add_option("--path", args->paths, "kernel paths: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, or all");
+  g->add_option("--path", args->paths,
+                "kernel paths: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, or all (GGUF formats: avx512vnni, "
+                "scalar)");
   g->add_option("--regime", args->regime, "hot (weights stay in cache), cold (rotate copies > 2x LLC), or both")
       ->check(CLI::IsMember({"hot", "cold", "both"}));
   g->add_option("--blocksize", args->blocksize, "NF4 blocksize (multiple of 32, up to 4096)");
@@ -73,6 +135,13 @@ void setup_bench(CLI::App& app) {
   g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
   g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
   g->callback([args] {
+    const auto family = genesis::kernels::bench_family_for(args->format);
+    if (!family)
+      fail("--format '{}' is unknown; possible: {}", args->format, genesis::kernels::bench_formats());
+    if (family->name == "kq_gemv") {
+      run_kq(*args);
+      return;
+    }
     nf::GemvBenchOptions opt;
     for (const auto& s : args->shapes) opt.shapes.push_back(parse_shape(s));
     if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();
@@ -102,20 +171,10 @@ void setup_bench(CLI::App& app) {
         return genesis::kb::best_genome(kb_path, "nf4_gemv", std::string(nf::path_name(p)), pr.shape(), pr.tokens);
       };
     }
-    fmt::print("{:>11} {:>3} {:>11} {:>2} {:>4} {:>10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n", "shape", "tok", "path", "th",
-               "reg", "median_us", "iqr_us", "GB/s", "roof", "vs_naive", "vs_comp", "kernel");
+    print_header();
     auto result = nf::run_gemv_bench(opt, print_row);
-    const auto& m = result["machine"];
-    fmt::print("roofline: read bandwidth {:.1f} GB/s (1 thread), {:.1f} GB/s (all threads), {}; machine {}\n",
-               m["read_bandwidth_gbps"]["one_thread"].get<double>(), m["read_bandwidth_gbps"]["all_threads"].get<double>(),
-               m["bandwidth_measured_now"].get<bool>() ? "measured in this run" : "cached",
-               m["signature"].get<std::string>());
-    if (!args->json_file.empty()) {
-      std::ofstream f(args->json_file);
-      if (!f) fail("cannot write --json file '{}'", args->json_file);
-      f << result.dump(2) << "\n";
-      fmt::print("wrote {}\n", args->json_file);
-    }
+    for (auto& r : result["results"]) r["format"] = "NF4";
+    finish(*args, result);
   });
 }
 

@@ -22,7 +22,7 @@ struct Args {
 };
 
 void run(Args& a) {
-  a.o.load.experts = rt::expert_mode_from_name(a.experts);
+  rt::set_expert_mode(a.experts, a.o.load);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
     if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
@@ -67,8 +67,8 @@ void run(Args& a) {
   const auto& pd = j["profile"]["decode"];
   const auto& pp = j["profile"]["prefill"];
   fmt::print("profile      ms/token        decode   prefill\n");
-  for (const char* op : {"attention", "dense", "router", "experts_gate_up", "experts_down", "elementwise", "logits",
-                         "barrier", "total"}) {
+  for (const char* op : {"attention", "delta_rule", "dense", "router", "experts_gate_up", "experts_down",
+                         "elementwise", "logits", "barrier", "total"}) {
     const double d = pd[op].get<double>(), p = pp[op].get<double>();
     const double dt = pd["total"].get<double>(), ptot = pp["total"].get<double>();
     fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%\n", op, d, dt > 0 ? 100 * d / dt : 0.0, p,
@@ -97,7 +97,7 @@ void setup(CLI::App& app) {
                 "also time decode steps of this many sequences at once (continuous batching, as `genesis serve`): "
                 "aggregate tokens/s, against one stream and the batched step's bound (default 1: off)")
       ->check(CLI::Range(1, 256));
-  c->add_option("--experts", a->experts, "nf4 (kernels, default), nf4-reference or f32");
+  c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);

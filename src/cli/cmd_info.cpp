@@ -6,7 +6,7 @@
 #include "cli/command.h"
 #include "cpu/isa.h"
 #include "cpu/report.h"
-#include "kernels/nf4_gemv/nf4_gemv.h"
+#include "kernels/family.h"
 
 extern "C" char* openblas_get_corename();  // OpenBLAS (also in its cblas.h)
 
@@ -60,10 +60,12 @@ void print_table(const nlohmann::json& r) {
 
   fmt::print("\nKernels\n");
   for (const auto& [family, k] : r["kernels"].items()) {
-    row(family, fmt::format("uses {}", k["path"].get<std::string>()));
+    std::string formats;
+    for (const auto& x : k["formats"]) formats += (formats.empty() ? "" : ", ") + x.get<std::string>();
+    row(family, fmt::format("uses {}; formats {}", k["path"].get<std::string>(), formats));
     for (const auto& p : k["paths"])
-      fmt::print("    {:<12} {:<3} {:<24} {}\n", p["path"].get<std::string>(), p["usable"].get<bool>() ? "yes" : "no",
-                 p["needs"].get<std::string>(), p["error_bound"].get<std::string>());
+      fmt::print("    {:<12} {:<3} {:<4} {:<24} {}\n", p["path"].get<std::string>(), p["usable"].get<bool>() ? "yes" : "no",
+                 p["jit"].get<bool>() ? "jit" : "c++", p["needs"].get<std::string>(), p["error_bound"].get<std::string>());
   }
 
   row("openblas core", r["openblas_core"].get<std::string>() + " (OPENBLAS_CORETYPE overrides)");
@@ -82,14 +84,14 @@ void setup_info(CLI::App& app) {
   cmd->callback([] {
     nlohmann::json r = genesis::cpu::cpu_report(remeasure);
     r["openblas_core"] = openblas_get_corename();
-    namespace nf = genesis::kernels::nf4_gemv;
-    nlohmann::json paths = nlohmann::json::array();
-    for (const auto& p : nf::path_info())
-      paths.push_back({{"path", std::string(nf::path_name(p.path))},
-                       {"usable", p.usable},
-                       {"needs", p.needs},
-                       {"error_bound", p.bound}});
-    r["kernels"]["nf4_gemv"] = {{"path", std::string(nf::path_name(nf::best_path()))}, {"paths", paths}};
+    for (const auto& f : genesis::kernels::families()) {
+      nlohmann::json paths = nlohmann::json::array();
+      for (const auto& p : f.paths)
+        paths.push_back({{"path", p.name}, {"usable", p.usable}, {"needs", p.needs}, {"jit", p.jit},
+                         {"error_bound", p.error_bound}});
+      r["kernels"][f.name] = {{"path", f.path},       {"paths", paths},  {"formats", f.formats},
+                              {"summary", f.summary}, {"bytes", f.bytes}, {"bench_gemv", f.benchmarked}};
+    }
     if (json) {
       fmt::print("{}\n", r.dump(2));
     } else {

@@ -31,7 +31,7 @@ void run(const Args& a) {
   if (!in) fail("cannot open the text file {}", a.file);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   rt::LoadOptions opt;
-  opt.experts = rt::expert_mode_from_name(a.experts);
+  rt::set_expert_mode(a.experts, opt);
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
   opt.use_kb = !a.no_kb;
@@ -90,7 +90,7 @@ void setup(CLI::App& app) {
   c->add_option("--skip", a->skip, "tokens per chunk not scored (default: half the context, as llama.cpp)");
   c->add_option("--chunks", a->chunks, "at most this many chunks (default: all)")->check(CLI::NonNegativeNumber);
   c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
-  c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
+  c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");

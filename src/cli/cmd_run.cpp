@@ -34,7 +34,7 @@ struct RunArgs {
 
 void run(const RunArgs& a) {
   rt::LoadOptions opt;
-  opt.experts = rt::expert_mode_from_name(a.experts);
+  rt::set_expert_mode(a.experts, opt);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
     if (!p) fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
@@ -153,7 +153,7 @@ void setup_run(CLI::App& app) {
   auto* c = app.add_subcommand("run", "Generate text with a model: a Hugging Face directory or a GGUF file");
   c->add_option("--model,-m", a->model,
                 "model directory (config.json, *.safetensors or index + shards, tokenizer.json) or GGUF file "
-                "(llama, qwen2, qwen3, qwen3moe, olmoe; experts re-quantized to NF4)")
+                "(llama, qwen2, qwen3, qwen3moe, olmoe, qwen3next; experts re-quantized to NF4)")
       ->required();
   c->add_option("--prompt,-p", a->prompt, "the prompt (with --chat: the user's message)")->required();
   c->add_option("-n,--max-tokens", a->max_tokens, "tokens to generate at most (default 128)")
@@ -167,7 +167,7 @@ void setup_run(CLI::App& app) {
   c->add_option("--seed", a->seed, "random seed for sampling (same seed, same text)");
   c->add_option("--threads,-t", a->threads, "threads (default: all allowed cores)")->check(CLI::NonNegativeNumber);
   c->add_option("--context,-c", a->context, "KV cache size in tokens (default min(4096, max_position_embeddings))");
-  c->add_option("--experts", a->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
+  c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--path", a->path, "NF4 kernel path (default: the fastest this CPU runs)");
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");

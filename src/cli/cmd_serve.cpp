@@ -43,7 +43,7 @@ void setup(CLI::App& app) {
   c->add_option("--timeout", o->idle_timeout_s, "seconds a connection may stay idle or stall a read / write (default 5; SIGTERM waits for open connections up to this long)")
       ->check(CLI::Range(1, 3600));
   c->add_option("--dense", o->dense, genesis::cli::kDenseHelp);
-  c->add_option("--experts", o->experts, "expert weights: nf4 (JIT kernels, default), nf4-reference, f32");
+  c->add_option("--experts", o->experts, genesis::cli::kExpertsHelp);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
   c->callback([o] {
     const int rc = sv::serve(*o);

@@ -45,8 +45,13 @@ struct CommandRegistrar {
   static ::genesis::cli::CommandRegistrar genesis_command_registrar_##fn(name, order, fn)
 
 // --dense, the same for run, perplexity and bench model.
+inline constexpr const char* kExpertsHelp =
+    "expert weights: nf4 (re-quantized to NF4 at load, JIT kernels; default), stored (a GGUF's experts as the file "
+    "stores them on the kq_gemv JIT kernels, those in other formats NF4), nf4-reference, f32";
 inline constexpr const char* kDenseHelp =
-    "non-expert matrices: q8 (default: a GGUF's 4-8 bit matrices and embedding as int8 blocks, 1.125 bytes per "
+    "non-expert matrices: stored (a GGUF's Q4_K/Q5_K/Q6_K/Q8_0/Q4_0/Q4_1 matrices as the file stores them, on the "
+    "kq_gemv JIT kernels with int8 activations; other block formats as int8 blocks), "
+    "q8 (default: a GGUF's 4-8 bit matrices and embedding as int8 blocks, 1.125 bytes per "
     "weight, perplexity within noise of fp32; everything else bf16), bf16 (2 bytes per weight), f32 (a GGUF exactly "
     "as dequantized), nf4 (a GGUF's 4-6 bit matrices re-quantized to NF4: fewer bytes, some quality), nf4-all";
 

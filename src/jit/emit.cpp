@@ -89,6 +89,13 @@ class Assembler : public Xbyak::CodeGenerator {
       case Op::vzx_b2d: vpmovzxbd(v(in.dst, w), m(in.mem, w / 4)); break;
       case Op::vzx_b2w: vpmovzxbw(v(in.dst, w), m(in.mem, w / 2)); break;
       case Op::vbcast_d: vpbroadcastd(v(in.dst, w), ptr[g(in.mem.base) + in.mem.disp]); break;
+      case Op::vbcast_w: vpbroadcastw(v(in.dst, w), ptr[g(in.mem.base) + in.mem.disp]); break;
+      case Op::vbcast_q: vpbroadcastq(v(in.dst, w), ptr[g(in.mem.base) + in.mem.disp]); break;
+      case Op::vbcast_64x4:
+        if (w != 64) fail("jit: vbroadcasti64x4 needs a zmm destination");
+        vbroadcasti64x4(Xbyak::Zmm(in.dst), yword[g(in.mem.base) + in.mem.disp]);
+        break;
+      case Op::vsx_b2w: vpmovsxbw(v(in.dst, w), m(in.mem, w / 2)); break;
       case Op::vpandd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpandd(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpxord: with_src2(in, w, [&](const Xbyak::Operand& s) { vpxord(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpsrld_imm: vpsrld(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
@@ -101,12 +108,33 @@ class Assembler : public Xbyak::CodeGenerator {
       case Op::vaddps: with_src2(in, w, [&](const Xbyak::Operand& s) { vaddps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vmulps: with_src2(in, w, [&](const Xbyak::Operand& s) { vmulps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vcvtdq2ps: vcvtdq2ps(v(in.dst, w), v(in.src1, w)); break;
+      case Op::vcvtph2ps:
+        if (w < 32) fail("jit: vcvtph2ps is emitted at ymm or zmm width");
+        vcvtph2ps(v(in.dst, w), v(in.src1, w / 2));
+        break;
+      case Op::vpsllw_imm: vpsllw(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
+      case Op::vpsraw_imm: vpsraw(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
+      case Op::vpsrlvw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpsrlvw(v(in.dst, w), v(in.src1, w), s); }); break;
+      case Op::vpmullw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpmullw(v(in.dst, w), v(in.src1, w), s); }); break;
+      case Op::vpmaddubsw:
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vpmaddubsw(v(in.dst, w), v(in.src1, w), s); });
+        break;
+      case Op::vpmaddwd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpmaddwd(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpdpbusd:
         with_src2(in, w, [&](const Xbyak::Operand& s) { vpdpbusd(v(in.dst, w), v(in.src1, w), s, Xbyak::EvexEncoding); });
         break;
       case Op::vdpbf16ps: with_src2(in, w, [&](const Xbyak::Operand& s) { vdpbf16ps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vfmadd231ps:
         with_src2(in, w, [&](const Xbyak::Operand& s) { vfmadd231ps(v(in.dst, w), v(in.src1, w), s); });
+        break;
+      case Op::vfnmadd231ps:
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vfnmadd231ps(v(in.dst, w), v(in.src1, w), s); });
+        break;
+      case Op::vpdpwssd:
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vpdpwssd(v(in.dst, w), v(in.src1, w), s, Xbyak::EvexEncoding); });
+        break;
+      case Op::vpternlogd:
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vpternlogd(v(in.dst, w), v(in.src1, w), s, uint8_t(in.imm)); });
         break;
       case Op::vstore: vmovups(m(in.mem, w), v(in.src1, w)); break;
       case Op::add_imm: add(g(in.dst), int32_t(in.imm)); break;

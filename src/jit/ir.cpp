@@ -38,6 +38,10 @@ const char* op_name(Op op) {
     case Op::vzx_b2d: return "vpmovzxbd";
     case Op::vzx_b2w: return "vpmovzxbw";
     case Op::vbcast_d: return "vpbroadcastd";
+    case Op::vbcast_w: return "vpbroadcastw";
+    case Op::vbcast_q: return "vpbroadcastq";
+    case Op::vbcast_64x4: return "vbroadcasti64x4";
+    case Op::vsx_b2w: return "vpmovsxbw";
     case Op::vpandd: return "vpandd";
     case Op::vpxord: return "vpxord";
     case Op::vpsrld_imm: return "vpsrld";
@@ -50,9 +54,19 @@ const char* op_name(Op op) {
     case Op::vaddps: return "vaddps";
     case Op::vmulps: return "vmulps";
     case Op::vcvtdq2ps: return "vcvtdq2ps";
+    case Op::vcvtph2ps: return "vcvtph2ps";
+    case Op::vpsllw_imm: return "vpsllw";
+    case Op::vpsraw_imm: return "vpsraw";
+    case Op::vpsrlvw: return "vpsrlvw";
+    case Op::vpmullw: return "vpmullw";
+    case Op::vpmaddubsw: return "vpmaddubsw";
+    case Op::vpmaddwd: return "vpmaddwd";
     case Op::vpdpbusd: return "vpdpbusd";
     case Op::vdpbf16ps: return "vdpbf16ps";
     case Op::vfmadd231ps: return "vfmadd231ps";
+    case Op::vfnmadd231ps: return "vfnmadd231ps";
+    case Op::vpdpwssd: return "vpdpwssd";
+    case Op::vpternlogd: return "vpternlogd";
     case Op::vstore: return "vmovups";
     case Op::add_imm: return "add";
     case Op::add_reg: return "add";
@@ -76,7 +90,10 @@ bool Instr::is_hint() const {
          op == Op::nop;
 }
 
-bool Instr::is_load() const { return op == Op::vload || op == Op::vzx_b2d || op == Op::vzx_b2w || op == Op::vbcast_d; }
+bool Instr::is_load() const {
+  return op == Op::vload || op == Op::vzx_b2d || op == Op::vzx_b2w || op == Op::vbcast_d || op == Op::vbcast_w ||
+         op == Op::vbcast_q || op == Op::vbcast_64x4 || op == Op::vsx_b2w;
+}
 
 int Instr::cls() const {
   switch (op) {
@@ -96,7 +113,17 @@ std::string Instr::text() const {
     case Op::vload:
     case Op::vzx_b2d:
     case Op::vzx_b2w:
-    case Op::vbcast_d: return fmt::format("{} {}, {}", n, reg_text(dst, width), mem_text(mem));
+    case Op::vbcast_d:
+    case Op::vbcast_w:
+    case Op::vbcast_q:
+    case Op::vbcast_64x4:
+    case Op::vsx_b2w: return fmt::format("{} {}, {}", n, reg_text(dst, width), mem_text(mem));
+    case Op::vcvtph2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width / 2));
+    case Op::vpternlogd:
+      return fmt::format("{} {}, {}, {}, {:#x}", n, reg_text(dst, width), reg_text(src1, width),
+                         has_mem ? mem_text(mem) : reg_text(src2, width), imm);
+    case Op::vpsllw_imm:
+    case Op::vpsraw_imm:
     case Op::vpsrld_imm:
     case Op::vpsrlw_imm: return fmt::format("{} {}, {}, {}", n, reg_text(dst, width), reg_text(src1, width), imm);
     case Op::vcvtdq2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width));
@@ -156,6 +183,10 @@ Instr finalize(Instr in) {
     case Op::vzx_b2d:
     case Op::vzx_b2w:
     case Op::vbcast_d:
+    case Op::vbcast_w:
+    case Op::vbcast_q:
+    case Op::vbcast_64x4:
+    case Op::vsx_b2w:
     case Op::mov_load:
       i.reads = base;
       i.writes = bit(i.dst);
@@ -175,6 +206,10 @@ Instr finalize(Instr in) {
     case Op::vpaddd:
     case Op::vaddps:
     case Op::vmulps:
+    case Op::vpsrlvw:
+    case Op::vpmullw:
+    case Op::vpmaddubsw:
+    case Op::vpmaddwd:
       i.reads = bit(i.src1) | (i.has_mem ? base : bit(i.src2));
       i.writes = bit(i.dst);
       i.mem_reads = stream;
@@ -182,6 +217,9 @@ Instr finalize(Instr in) {
     case Op::vpsrld_imm:
     case Op::vpsrlw_imm:
     case Op::vcvtdq2ps:
+    case Op::vcvtph2ps:
+    case Op::vpsllw_imm:
+    case Op::vpsraw_imm:
     case Op::mov_reg:
       i.reads = bit(i.src1);
       i.writes = bit(i.dst);
@@ -189,6 +227,9 @@ Instr finalize(Instr in) {
     case Op::vpdpbusd:
     case Op::vdpbf16ps:
     case Op::vfmadd231ps:
+    case Op::vfnmadd231ps:
+    case Op::vpdpwssd:
+    case Op::vpternlogd:
       i.reads = bit(i.dst) | bit(i.src1) | (i.has_mem ? base : bit(i.src2));
       i.writes = bit(i.dst);
       i.mem_reads = stream;

@@ -24,6 +24,10 @@ enum class Op : uint8_t {
   vzx_b2d,      // vpmovzxbd zmm, [m]       (16 bytes -> 16 dwords)
   vzx_b2w,      // vpmovzxbw zmm, [m]       (32 bytes -> 32 words)
   vbcast_d,     // vpbroadcastd zmm, [m]
+  vbcast_w,     // vpbroadcastw v, [m]       (2 bytes to every word)
+  vbcast_q,     // vpbroadcastq v, [m]       (8 bytes to every qword)
+  vbcast_64x4,  // vbroadcasti64x4 zmm, [m]  (32 bytes to both halves)
+  vsx_b2w,      // vpmovsxbw v, [m]          (width/2 bytes -> words, sign-extended)
   // vector ALU (dst, src1, src2|mem)
   vpandd,
   vpxord,       // with dst==src1==src2: zeroing idiom (reads nothing)
@@ -37,10 +41,20 @@ enum class Op : uint8_t {
   vaddps,
   vmulps,       // src2 may be a broadcast memory operand
   vcvtdq2ps,    // dst = float(src1)
+  vcvtph2ps,    // dst (width) = float(half src1), src1 read at half the width
+  vpsllw_imm,   // dst = src1 << imm (words)
+  vpsraw_imm,   // dst = src1 >> imm (words, arithmetic)
+  vpsrlvw,      // dst = src1 >> src2|mem (per-word counts)
+  vpmullw,      // dst = low16(src1 * src2|mem) (words)
+  vpmaddubsw,   // dst = sat16(u8 src1 * s8 src2|mem, adjacent pairs summed)
+  vpmaddwd,     // dst = s16 src1 * s16 src2|mem, adjacent pairs summed to dwords
   // accumulate (dst is read and written)
   vpdpbusd,     // dst += dot4(u8 src1, s8 src2|mem)
   vdpbf16ps,    // dst += dot2(bf16 src1, bf16 src2|mem)
   vfmadd231ps,  // dst += src1 * src2|mem
+  vfnmadd231ps, // dst -= src1 * src2|mem
+  vpdpwssd,     // dst += dot2(s16 src1, s16 src2|mem)
+  vpternlogd,   // dst = f_imm(dst, src1, src2|mem), bitwise (imm 0xF8: dst | (src1 & src2))
   // stores (memory operand = destination)
   vstore,       // vmovups [m], src1
   // scalar

@@ -78,5 +78,34 @@ TEST(Ir, AccumulatorChainStaysOrdered) {
   EXPECT_FALSE(is_legal_order(b, swapped));
 }
 
+// The integer-dot and bit-merge opcodes the K-quant family uses: accumulators and vpternlogd read their destination,
+// conversions and word shifts read only their source, loads read their address register and stream.
+TEST(Ir, KQuantOpcodesDefUse) {
+  const uint64_t v = 1;
+  auto t = make_alu_mem(Op::vpternlogd, 3, 4, m(rsi, 0, 6, true));
+  EXPECT_EQ(t.reads, (v << 3) | (v << 4) | (v << rsi));
+  EXPECT_EQ(t.writes, v << 3);
+  auto d = make_alu(Op::vpdpwssd, 5, 6, 7);
+  EXPECT_EQ(d.reads, (v << 5) | (v << 6) | (v << 7));
+  auto w = make_alu(Op::vpmaddwd, 5, 6, 7);
+  EXPECT_EQ(w.reads, (v << 6) | (v << 7));
+  auto c = make_alu(Op::vcvtph2ps, 8, 9, -1);
+  EXPECT_EQ(c.reads, v << 9);
+  EXPECT_EQ(c.writes, v << 8);
+  auto s = make_shift(Op::vpsllw_imm, 8, 9, 4);
+  EXPECT_EQ(s.reads, v << 9);
+  auto l = make_load(Op::vbcast_64x4, 10, m(rsi, 32, 1));
+  EXPECT_TRUE(l.is_load());
+  EXPECT_EQ(l.mem_reads, 1u << 1);
+  // The chain of two vpternlogd into one register stays ordered; a load after them into their source may not move up.
+  std::vector<Instr> b = {make_alu(Op::vpternlogd, 3, 4, 5), make_alu(Op::vpternlogd, 3, 6, 5),
+                          make_load(Op::vload, 4, m(rsi, 0, 1))};
+  std::vector<uint16_t> swapped = {1, 0, 2}, hoisted = {2, 0, 1};
+  EXPECT_FALSE(is_legal_order(b, swapped));
+  EXPECT_FALSE(is_legal_order(b, hoisted));
+  std::vector<uint16_t> same = {0, 1, 2};
+  EXPECT_TRUE(is_legal_order(b, same));
+}
+
 }  // namespace
 }  // namespace genesis::jit

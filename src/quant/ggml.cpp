@@ -2,6 +2,8 @@
 // (little-endian, fp16 scales), with static_asserts on the sizes.
 #include "quant/ggml.h"
 
+#include "quant/half.h"
+
 #include <fmt/format.h>
 
 #include <cstring>
@@ -46,30 +48,7 @@ void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
 
 }  // namespace
 
-float half_to_float(uint16_t h) {
-  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
-  uint32_t u;
-  if (exp == 0) {
-    if (man == 0) {
-      u = sign;
-    } else {  // subnormal: normalize
-      int e = -1;
-      uint32_t m = man;
-      do {
-        ++e;
-        m <<= 1;
-      } while ((m & 0x400) == 0);
-      u = sign | uint32_t(127 - 15 - e) << 23 | (m & 0x3FF) << 13;
-    }
-  } else if (exp == 31) {
-    u = sign | 0x7F800000u | man << 13;
-  } else {
-    u = sign | (exp + 127 - 15) << 23 | man << 13;
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+float half_to_float(uint16_t h) { return f16_to_f32(h); }
 
 std::optional<GgmlTypeInfo> ggml_type_info(uint32_t type) {
   switch (GgmlType(type)) {
@@ -119,10 +98,7 @@ void ggml_dequantize(uint32_t type, const void* src, float* y, int64_t n) {
       for (int64_t i = 0; i < n; ++i) y[i] = half_to_float(load<uint16_t>(p + 2 * i));
       return;
     case GgmlType::bf16:
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t u = uint32_t(load<uint16_t>(p + 2 * i)) << 16;
-        std::memcpy(&y[i], &u, 4);
-      }
+      for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_f32(load<uint16_t>(p + 2 * i));
       return;
     case GgmlType::q4_0:
       for (int64_t b = 0; b < nb; ++b, y += kQK) {

@@ -406,18 +406,24 @@ int serve(const ServeOptions& opt) {
                opt.host, opt.port);
     return 1;
   }
-  std::thread([&svr] {
+  // stop() before listen_after_bind() has started is lost (cpp-httplib): wait until it runs, or has returned.
+  std::atomic<bool> listen_done{false};
+  auto stop_server = [&svr, &listen_done] {
+    while (!svr.is_running() && !listen_done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    svr.stop();
+  };
+  std::thread([stop_server] {
     char c;
     while (read(g_stop_pipe[0], &c, 1) < 0 && errno == EINTR) {
     }
-    svr.stop();
+    stop_server();
   }).detach();
 
   int rc = 0;
   std::thread loader([&] {
     try {
       rt::LoadOptions lo;
-      lo.experts = rt::expert_mode_from_name(opt.experts);
+      rt::set_expert_mode(opt.experts, lo);
       lo.show_progress = !opt.quiet;
       rt::set_dense_mode(opt.dense, lo);
       s->lm = rt::load_model(opt.model, lo);
@@ -436,12 +442,13 @@ int serve(const ServeOptions& opt) {
     } catch (const std::exception& e) {
       fmt::print(stderr, "genesis serve: {}\n", e.what());
       rc = 1;
-      svr.stop();
+      stop_server();
     }
   });
   if (!opt.quiet)
     fmt::print(stderr, "genesis serve: listening on http://{}:{} (loading {})\n", opt.host, opt.port, opt.model);
   svr.listen_after_bind();
+  listen_done = true;
   loader.join();
   s->sch.reset();  // cancels what still runs, joins the engine
   return rc;

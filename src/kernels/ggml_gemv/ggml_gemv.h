@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/linear.h"
+
 namespace genesis::cpu {
 class ThreadPool;
 }
@@ -41,5 +43,8 @@ const char* path_name(Path p);
 void gemv_rows(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, int64_t r0, int64_t r1, Path path);
 // All rows, split over the pool (may be null), on the best path.
 void gemv(const GgmlMatrix& w, const float* x, float* y, int64_t tokens, cpu::ThreadPool* pool);
+
+// The matrix behind the Linear seam (kernels/linear.h): few rows on gemv_rows, many through widened blocks + sgemm.
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const GgmlMatrix> m);
 
 }  // namespace genesis::kernels::ggml_gemv

@@ -10,6 +10,7 @@
 #include "cpu/isa.h"
 #include "kernels/nf4_gemv/conf.h"
 #include "kernels/nf4_gemv/family.h"
+#include "quant/half.h"
 
 namespace genesis::kernels::nf4_gemv {
 
@@ -26,28 +27,13 @@ struct alignas(64) Consts {
 Consts make_consts() {
   Consts c{};
   for (int i = 0; i < 16; ++i) c.fp32_tab[i] = quant::kNf4Codes[size_t(i)];
-  for (int i = 0; i < 32; ++i) c.bf16_tab[i] = float_to_bf16(quant::kNf4Codes[size_t(i & 15)]);
+  for (int i = 0; i < 32; ++i) c.bf16_tab[i] = quant::f32_to_bf16(quant::kNf4Codes[size_t(i & 15)]);
   for (int i = 0; i < 64; ++i) c.i8_tab[i] = uint8_t(int8_code(i & 15) + 128);
   std::memset(c.mask, 0x0F, sizeof(c.mask));
   return c;
 }
 
 }  // namespace
-
-uint16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFF) > 0x7F800000) return uint16_t((u >> 16) | 0x40);  // quiet NaN
-  u += 0x7FFF + ((u >> 16) & 1);                                          // round to nearest even
-  return uint16_t(u >> 16);
-}
-
-float bf16_to_float(uint16_t b) {
-  uint32_t u = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 int int8_code(int code) { return int(std::lrint(127.0 * double(quant::kNf4Codes[size_t(code)]))); }
 

@@ -8,8 +8,6 @@
 
 namespace genesis::kernels::nf4_gemv {
 
-uint16_t float_to_bf16(float f);  // round to nearest even
-float bf16_to_float(uint16_t b);
 int int8_code(int code);          // round(127 * code), in -127..127
 double max_int8_code_error();     // max |code - int8_code/127|
 int k_per_step(Path p);           // k values per step of the packed layout: 2, 4 or 8

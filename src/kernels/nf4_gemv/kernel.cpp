@@ -15,6 +15,7 @@
 #include "kernels/nf4_gemv/compiled.h"
 #include "kernels/nf4_gemv/conf.h"
 #include "kernels/nf4_gemv/family.h"
+#include "quant/half.h"
 
 namespace genesis::kernels::nf4_gemv {
 namespace {
@@ -95,7 +96,7 @@ void prepare_activations(Path path, const float* x, int T, int64_t K, int bs, Pr
       const size_t off = (size_t(b) * size_t(T) + size_t(t)) * size_t(bs);
       if (path == Path::avx512_bf16) {
         uint16_t* d = reinterpret_cast<uint16_t*>(out.data.data()) + off;
-        for (int i = 0; i < bs; ++i) d[i] = float_to_bf16(src[i]);
+        for (int i = 0; i < bs; ++i) d[i] = quant::f32_to_bf16(src[i]);
       } else {
         std::memcpy(reinterpret_cast<float*>(out.data.data()) + off, src, size_t(bs) * 4);
       }

@@ -3,12 +3,14 @@
 // Callers: pack() the weights once per path, get a Kernel for (problem, genome), run() it over a thread pool.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/linear.h"
 #include "kernels/nf4_gemv/genome.h"
 #include "quant/nf4.h"
 
@@ -103,6 +105,14 @@ class Kernel {
 // for an invalid genome, a path this CPU (or GENESIS_MAX_ISA) does not allow, or an unsupported problem.
 // allow_faults: only the factory's sandboxed tests may build genomes that carry a planted Fault.
 std::shared_ptr<const Kernel> get_kernel(const Problem& problem, const Genome& genome, bool allow_faults = false);
+
+// Kernels for 1..kMaxTokens rows of x sharing one pass ([t] serves t rows; [0] unused; null where absent, [1] required).
+using KernelSet = std::array<std::shared_ptr<const Kernel>, kMaxTokens + 1>;
+// Packed weights behind the Linear seam (kernels/linear.h): x's rows go in chunks, each on the largest kernel of the
+// set that fits.
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const PackedWeights> w, std::shared_ptr<const KernelSet> k);
+// The bitsandbytes layout behind the Linear seam, on the reference product (rows dequantized + fp32 dot).
+std::shared_ptr<const Linear> make_reference_linear(quant::Nf4Matrix m);
 
 // Paths this CPU can run (after GENESIS_MAX_ISA), fastest first; best_path() is the first.
 std::vector<Path> available_paths();

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/linear.h"
+
 namespace genesis::kernels::q8_gemv {
 
 inline constexpr int64_t kBlock = 32;
@@ -53,5 +55,8 @@ double reference_row(const Q8Matrix& m, const Q8Activations& x, int64_t r);
 // Bound on |gemv - W x| for row r with exact fp32 x (the activations' rounding, half a step per element, plus fp32
 // accumulation): sum_b scale_b sum_k |q_k| sx_b / 2 + 1e-6 sum |w x|.
 double error_bound(const Q8Matrix& m, const float* x, int64_t r);
+
+// The matrix behind the Linear seam (kernels/linear.h).
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Q8Matrix> m);
 
 }  // namespace genesis::kernels::q8_gemv

@@ -17,9 +17,11 @@
 #include <unordered_map>
 
 #include "common/error.h"
-#include "runtime/io/half.h"
+#include "quant/half.h"
 
 namespace genesis::runtime {
+using quant::bf16_to_f32;
+using quant::f16_to_f32;
 namespace {
 
 namespace fs = std::filesystem;

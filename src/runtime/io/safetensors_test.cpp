@@ -10,9 +10,13 @@
 #include <random>
 
 #include "common/error.h"
-#include "runtime/io/half.h"
+#include "quant/half.h"
 
 namespace genesis::runtime {
+using quant::bf16_to_f32;
+using quant::f32_to_bf16;
+using quant::f16_to_f32;
+using quant::f32_to_f16;
 namespace {
 
 namespace fs = std::filesystem;

@@ -21,18 +21,29 @@ void Session::attention(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
-  const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
+  // Gated attention (Qwen3-Next): q_proj's rows are per head [query (head_dim), gate (head_dim)].
+  const bool gated = c_.layers[size_t(li)].mixer == MixerKind::gated_attention;
+  if (gated && qg_.size() < size_t(n * 2 * qd)) qg_.resize(size_t(n * 2 * qd)), gate_.resize(size_t(n * qd));
+  const DenseJob qkv[] = {{&l.q, gated ? qg_.data() : q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
   dense_products(qkv, xn_.data(), n, pool_);
   clock_.lap(Op::dense);
-  // A cache is [layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
-  const size_t layer_off = size_t(li * capacity_ * kvd);
+  if (gated) {
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* src = &qg_[size_t((t * nh + h) * 2 * hd)];
+        std::memcpy(&q_[size_t(t * qd + h * hd)], src, size_t(hd) * 4);
+        std::memcpy(&gate_[size_t(t * qd + h * hd)], src + hd, size_t(hd) * 4);
+      }
+    clock_.lap(Op::elementwise);
+  }
+  // A cache is [attention layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
   const int64_t cap = capacity_;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
   for (const Segment& sg : segs_) {
     SequenceState& sq = seqs_[size_t(sg.seq)];
-    float* kc = sq.k_cache.data() + layer_off;
-    float* vc = sq.v_cache.data() + layer_off;
+    float* kc = sq.k_layer(li);
+    float* vc = sq.v_layer(li);
     for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
       float* q = &q_[size_t(t * qd)];
       float* k = &k_[size_t(t * kvd)];
@@ -74,9 +85,9 @@ void Session::attention(int64_t li, int64_t n) {
   };
   std::vector<DecodeRow> drows;
   for (const Segment& sg : segs_) {
-    const SequenceState& sq = seqs_[size_t(sg.seq)];
-    const float* kc = sq.k_cache.data() + layer_off;
-    const float* vc = sq.v_cache.data() + layer_off;
+    SequenceState& sq = seqs_[size_t(sg.seq)];
+    const float* kc = sq.k_layer(li);
+    const float* vc = sq.v_layer(li);
     if (sg.n >= kBlockRows && c_.sliding_window <= 0) {
       for (int64_t t0 = sg.row0; t0 < sg.row0 + sg.n; t0 += kBlockRows)
         blocks.push_back({t0, std::min(sg.row0 + sg.n, t0 + kBlockRows), sg.pos0 + (t0 - sg.row0), kc, vc});
@@ -132,24 +143,27 @@ void Session::attention(int64_t li, int64_t n) {
       const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
       const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
       float* out = &att_part_[size_t(task * group) * part];
-      thread_local std::vector<float> s;
-      s.resize(size_t(group * std::max<int64_t>(j1 - j0, 1)));
       const int64_t cnt = std::max<int64_t>(j1 - j0, 0);
-      for (int64_t j = j0; j < j1; ++j) {
-        const float* kj = kc + (kvh * cap + j) * hd;
-        for (int64_t g = 0; g < group; ++g)
-          s[size_t(g * cnt + (j - j0))] = dot_f32(&q_[size_t(t * qd + (kvh * group + g) * hd)], kj, hd) * scale;
+      if (cnt == 0) {
+        for (int64_t g = 0; g < group; ++g) out[g * part] = -INFINITY, out[g * part + 1] = 0.0f;
+        return;
       }
+      // The group's query heads are consecutive rows of q: scores [group, cnt] = scale * Q K^T and the weighted
+      // values [group, hd] = P V as two small GEMMs over the span's keys and values, each read once for all heads.
+      thread_local std::vector<float> s;
+      s.resize(size_t(group * cnt));
+      const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(group), int(cnt), int(hd), scale, qg, int(hd),
+                  kc + (kvh * cap + j0) * hd, int(hd), 0.0f, s.data(), int(cnt));
       for (int64_t g = 0; g < group; ++g) {
-        float* o = out + g * part;
-        float mx = -INFINITY, sum = 0.0f;
         float* sg = &s[size_t(g * cnt)];
+        float mx = -INFINITY, sum = 0.0f;
         for (int64_t j = 0; j < cnt; ++j) mx = std::max(mx, sg[j]);
         for (int64_t j = 0; j < cnt; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
-        std::fill(o + 2, o + 2 + hd, 0.0f);
-        for (int64_t j = 0; j < cnt; ++j) axpy_f32(sg[j], vc + (kvh * cap + j0 + j) * hd, o + 2, hd);
-        o[0] = mx, o[1] = sum;
+        out[g * part] = mx, out[g * part + 1] = sum;
       }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(group), int(hd), int(cnt), 1.0f, s.data(), int(cnt),
+                  vc + (kvh * cap + j0) * hd, int(hd), 0.0f, out + 2, int(part));
     });
     // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
     for (int64_t i = 0; i < m; ++i)
@@ -172,6 +186,10 @@ void Session::attention(int64_t li, int64_t n) {
       }
   }
   clock_.lap(Op::attention);
+  if (gated) {
+    for (int64_t i = 0; i < n * qd; ++i) att_[size_t(i)] *= 1.0f / (1.0f + std::exp(-gate_[size_t(i)]));
+    clock_.lap(Op::elementwise);
+  }
   dense_product(l.o, att_.data(), tmp_.data(), n, pool_);
   clock_.lap(Op::dense);
   for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];

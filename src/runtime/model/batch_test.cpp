@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "kernels/q8_gemv/q8_gemv.h"
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/load.h"
@@ -132,11 +133,10 @@ TEST(MultiSequenceStep, Q8ProductOfRowsEqualsEachRowAlone) {
   std::normal_distribution<float> g;
   cpu::ThreadPool pool(2);
   for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{200, 64}, {1000, 1024}, {37, 4096}}) {
-    Dense d;
-    d.rows = rows, d.cols = cols;
     std::vector<float> w(size_t(rows * cols));
     for (auto& v : w) v = g(rng);
-    d.q8 = std::make_shared<const kernels::q8_gemv::Q8Matrix>(kernels::q8_gemv::quantize(w.data(), rows, cols));
+    const Dense d(kernels::q8_gemv::make_linear(
+        std::make_shared<const kernels::q8_gemv::Q8Matrix>(kernels::q8_gemv::quantize(w.data(), rows, cols))));
     for (int64_t n : {2, 7, 15}) {
       std::vector<float> x(size_t(n * cols)), all(size_t(n * rows)), one(size_t(n * rows));
       for (auto& v : x) v = g(rng);

@@ -65,7 +65,7 @@ void batched_decode(const ModelBenchOptions& opt, const Model& model, int64_t co
   for (const Layer& l : model.weights().layers)
     if (l.moe && !l.experts.empty()) {
       const Expert& e = l.experts[0];
-      expert_bytes = double(e.gate_up.bytes(model.weights().expert_mode) + e.down.bytes(model.weights().expert_mode));
+      expert_bytes = double(e.gate_up.bytes() + e.down.bytes());
       ++moe_layers;
     }
   const double distinct = moe_layers > 0 && prof.steps > 0 ? double(prof.experts) / double(prof.steps * moe_layers) : 0;

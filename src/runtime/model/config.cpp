@@ -16,7 +16,21 @@
 namespace genesis::runtime {
 
 int64_t ModelConfig::moe_layers() const {
-  return int64_t(std::count_if(layers.begin(), layers.end(), [](const LayerKind& k) { return k.mlp == MlpKind::moe; }));
+  return int64_t(
+      std::count_if(layers.begin(), layers.end(), [](const LayerKind& k) { return k.mlp != MlpKind::dense; }));
+}
+
+int64_t ModelConfig::layers_of(MixerKind m) const {
+  return int64_t(std::count_if(layers.begin(), layers.end(), [m](const LayerKind& k) { return k.mixer == m; }));
+}
+
+const char* mixer_kind_name(MixerKind k) {
+  switch (k) {
+    case MixerKind::attention: return "attention";
+    case MixerKind::gated_attention: return "gated attention";
+    case MixerKind::gated_deltanet: return "Gated DeltaNet";
+  }
+  return "?";
 }
 
 const char* arch_name(Arch a) {
@@ -27,6 +41,7 @@ const char* arch_name(Arch a) {
     case Arch::qwen3_moe: return "qwen3_moe";
     case Arch::olmoe: return "olmoe";
     case Arch::mixtral: return "mixtral";
+    case Arch::qwen3_next: return "qwen3_next";
   }
   return "?";
 }
@@ -52,6 +67,11 @@ std::string ModelConfig::summary() const {
                               num_heads, num_kv_heads, head_dim);
   if (is_moe()) s += fmt::format(", {} experts top-{} (inter {})", num_experts, top_k, moe_intermediate_size);
   else s += fmt::format(", mlp inter {}", intermediate_size);
+  if (shared_expert_intermediate_size > 0)
+    s += fmt::format(" + shared expert (inter {})", shared_expert_intermediate_size);
+  if (const int64_t lin = layers_of(MixerKind::gated_deltanet); lin > 0)
+    s += fmt::format(", {} Gated DeltaNet layers ({}/{} heads x {}/{}, conv {})", lin, linear_num_key_heads,
+                     linear_num_value_heads, linear_key_head_dim, linear_value_head_dim, linear_conv_kernel);
   s += fmt::format(", vocab {}, rope {}", vocab_size, rope_type_name(rope.type));
   return s;
 }
@@ -94,11 +114,12 @@ struct Reader {
   }
 };
 
-void parse_rope(const json& j, const std::string& origin, double default_theta, ModelConfig& c) {
+void parse_rope(const json& j, const std::string& origin, double default_theta, double default_partial,
+                ModelConfig& c) {
   Reader r{j, origin};
   RopeConfig& rope = c.rope;
   rope.theta = r.opt_num("rope_theta", default_theta);
-  rope.partial_rotary_factor = r.opt_num("partial_rotary_factor", 1.0);
+  rope.partial_rotary_factor = r.opt_num("partial_rotary_factor", default_partial);
   // Newer transformers write one `rope_parameters` object (with rope_theta inside); older ones `rope_scaling`.
   const json* p = nullptr;
   std::string where;
@@ -154,6 +175,51 @@ void parse_rope(const json& j, const std::string& origin, double default_theta, 
   }
 }
 
+// Qwen3-Next's Gated DeltaNet sizes (transformers' Qwen3NextConfig defaults when absent).
+void parse_linear_attention(const json& j, const std::string& origin, ModelConfig& c) {
+  Reader r{j, origin};
+  c.linear_num_key_heads = r.opt_int("linear_num_key_heads", 16);
+  c.linear_num_value_heads = r.opt_int("linear_num_value_heads", 32);
+  c.linear_key_head_dim = r.opt_int("linear_key_head_dim", 128);
+  c.linear_value_head_dim = r.opt_int("linear_value_head_dim", 128);
+  c.linear_conv_kernel = r.opt_int("linear_conv_kernel_dim", 4);
+  for (auto [name, v] : {std::pair{"linear_num_key_heads", c.linear_num_key_heads},
+                         {"linear_num_value_heads", c.linear_num_value_heads},
+                         {"linear_key_head_dim", c.linear_key_head_dim},
+                         {"linear_value_head_dim", c.linear_value_head_dim},
+                         {"linear_conv_kernel_dim", c.linear_conv_kernel}})
+    if (v <= 0 || v > (name == std::string("linear_conv_kernel_dim") ? 64 : 1 << 16))
+      fail("{}: \"{}\" = {} is out of range", origin, name, v);
+  if (c.linear_num_value_heads % c.linear_num_key_heads != 0)
+    fail("{}: linear_num_value_heads {} is not a multiple of linear_num_key_heads {}", origin,
+         c.linear_num_value_heads, c.linear_num_key_heads);
+}
+
+// Each layer's mixer from `layer_types` ("linear_attention" / "full_attention"), else every
+// `full_attention_interval`-th layer full attention (default 4), as Qwen3NextConfig does.
+void parse_layer_types(const json& j, const std::string& origin, ModelConfig& c) {
+  Reader r{j, origin};
+  if (r.has("layer_types")) {
+    const json& t = j.at("layer_types");
+    if (!t.is_array()) fail("{}: \"layer_types\" must be a list of strings", origin);
+    if (int64_t(t.size()) != c.num_layers)
+      fail("{}: \"layer_types\" lists {} layers, but num_hidden_layers is {}", origin, t.size(), c.num_layers);
+    for (size_t l = 0; l < t.size(); ++l) {
+      const std::string kind = t[l].is_string() ? t[l].get<std::string>() : t[l].dump();
+      if (kind == "linear_attention") c.layers[l].mixer = MixerKind::gated_deltanet;
+      else if (kind == "full_attention") c.layers[l].mixer = MixerKind::gated_attention;
+      else
+        fail("{}: layer_types[{}] = {} is not a known layer kind (linear_attention, full_attention)", origin, l,
+             t[l].dump());
+    }
+    return;
+  }
+  const int64_t interval = r.opt_int("full_attention_interval", 4);
+  if (interval <= 0) fail("{}: \"full_attention_interval\" must be > 0, got {}", origin, interval);
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    c.layers[size_t(l)].mixer = (l + 1) % interval ? MixerKind::gated_deltanet : MixerKind::gated_attention;
+}
+
 }  // namespace
 
 ModelConfig parse_config(const json& j, const std::string& origin) {
@@ -169,21 +235,24 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
   else if (c.model_type == "qwen3_moe") c.arch = Arch::qwen3_moe;
   else if (c.model_type == "olmoe") c.arch = Arch::olmoe, default_eps = 1e-5;
   else if (c.model_type == "mixtral") c.arch = Arch::mixtral, default_theta = 1e6, default_eps = 1e-5;
+  else if (c.model_type == "qwen3_next") c.arch = Arch::qwen3_next;
   else
-    fail("{}: model_type \"{}\" is not supported (supported: llama, qwen2, qwen3, qwen3_moe, olmoe, mixtral)", origin,
-         c.model_type);
+    fail("{}: model_type \"{}\" is not supported (supported: llama, qwen2, qwen3, qwen3_moe, olmoe, mixtral, "
+         "qwen3_next)", origin, c.model_type);
+  const bool next = c.arch == Arch::qwen3_next;
 
   c.vocab_size = r.req_int("vocab_size");
   c.hidden_size = r.req_int("hidden_size");
   c.num_layers = r.req_int("num_hidden_layers");
   c.num_heads = r.req_int("num_attention_heads");
   c.num_kv_heads = r.opt_int("num_key_value_heads", c.num_heads);
-  c.intermediate_size = r.req_int("intermediate_size");
+  // Qwen3-Next's config class has defaults for every size (and its checkpoints may leave intermediate_size out).
+  c.intermediate_size = next ? r.opt_int("intermediate_size", 5632) : r.req_int("intermediate_size");
   c.max_position_embeddings = r.opt_int("max_position_embeddings", 2048);
   c.rms_norm_eps = r.opt_num("rms_norm_eps", default_eps);
   c.tie_word_embeddings = r.opt_bool("tie_word_embeddings", false);
   const int64_t default_head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
-  c.head_dim = r.opt_int("head_dim", default_head_dim);
+  c.head_dim = r.opt_int("head_dim", next ? 256 : default_head_dim);
 
   for (auto [name, v] : {std::pair{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
                          {"num_hidden_layers", c.num_layers}, {"num_attention_heads", c.num_heads},
@@ -233,8 +302,15 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
     case Arch::mixtral:
       c.sliding_window = r.opt_int("sliding_window", 0);
       break;
+    case Arch::qwen3_next:
+      c.attention_bias = c.o_bias = r.opt_bool("attention_bias", false);
+      c.qk_norm = QkNorm::per_head;
+      // The checkpoint stores RMSNorm weights w applied as (1 + w); a GGUF file stores 1 + w (gguf_model.cpp).
+      c.norm_add_one = !r.opt_bool("genesis_norm_weights_include_one", false);
+      parse_linear_attention(j, origin, c);
+      break;
   }
-  parse_rope(j, origin, default_theta, c);
+  parse_rope(j, origin, default_theta, next ? 0.25 : 1.0, c);
   if (c.rotary_dim() <= 0 || c.rotary_dim() > c.head_dim)
     fail("{}: partial_rotary_factor {} gives a rotary dim of {} for head_dim {}", origin,
          c.rope.partial_rotary_factor, c.rotary_dim(), c.head_dim);
@@ -265,6 +341,27 @@ ModelConfig parse_config(const json& j, const std::string& origin) {
     c.moe_intermediate_size = c.intermediate_size;
     c.norm_topk_prob = r.opt_bool("norm_topk_prob", false);
     all_moe();
+  } else if (c.arch == Arch::qwen3_next) {
+    c.num_experts = r.opt_int("num_experts", 512);
+    c.top_k = r.opt_int("num_experts_per_tok", 10);
+    c.moe_intermediate_size = r.opt_int("moe_intermediate_size", 512);
+    c.shared_expert_intermediate_size = r.opt_int("shared_expert_intermediate_size", 512);
+    c.norm_topk_prob = r.opt_bool("norm_topk_prob", true);
+    const int64_t step = r.opt_int("decoder_sparse_step", 1);
+    std::vector<bool> dense(size_t(c.num_layers), false);
+    if (r.has("mlp_only_layers")) {
+      const json& m = j.at("mlp_only_layers");
+      if (!m.is_array()) fail("{}: \"mlp_only_layers\" must be a list of layer indices", origin);
+      for (const auto& v : m)
+        if (const int64_t l = r.as_int(v, "mlp_only_layers"); l >= 0 && l < c.num_layers) dense[size_t(l)] = true;
+    }
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      if (!dense[size_t(l)] && c.num_experts > 0 && step > 0 && (l + 1) % step == 0)
+        c.layers[size_t(l)].mlp = MlpKind::moe_shared;
+    if (c.moe_layers() > 0 && (c.shared_expert_intermediate_size <= 0 || c.shared_expert_intermediate_size > kMaxDim))
+      fail("{}: shared_expert_intermediate_size = {} must be in [1, {}]", origin, c.shared_expert_intermediate_size,
+           kMaxDim);
+    parse_layer_types(j, origin, c);
   } else if (c.arch == Arch::mixtral) {
     c.num_experts = r.opt_int("num_local_experts", 8);
     c.top_k = r.opt_int("num_experts_per_tok", 2);

@@ -1,5 +1,6 @@
 // Model architecture as a plain struct, parsed from a Hugging Face config.json. Supported: llama, qwen2, qwen3
-// (dense), qwen3_moe, olmoe, mixtral. Anything else (architecture, activation, rope type) is refused here, by name.
+// (dense), qwen3_moe, olmoe, mixtral, qwen3_next (Gated DeltaNet + gated attention, MoE with a shared expert).
+// Anything else (architecture, activation, rope type) is refused here, by name.
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
@@ -10,7 +11,7 @@
 
 namespace genesis::runtime {
 
-enum class Arch { llama, qwen2, qwen3, qwen3_moe, olmoe, mixtral };
+enum class Arch { llama, qwen2, qwen3, qwen3_moe, olmoe, mixtral, qwen3_next };
 const char* arch_name(Arch a);
 
 // Where the QK-norm sits: none; RMSNorm over each head's head_dim (Qwen3); over the whole q / k projection
@@ -39,10 +40,19 @@ struct RopeConfig {
 };
 
 // What each layer mixes tokens with and what its MLP is, as gemma.cpp's layer_configs[i].type: the step dispatches on
-// it and the Session holds the state each kind needs (a KV cache for attention). One mixer today; Qwen3-Next adds
-// gated attention and Gated DeltaNet mixers and MoE with a shared expert.
-enum class MixerKind { attention };
-enum class MlpKind { dense, moe };
+// it and the Session holds the state each kind needs (a KV cache for attention layers, a conv and a recurrent state
+// for Gated DeltaNet layers).
+enum class MixerKind {
+  attention,
+  gated_attention,  // Qwen3-Next: q_proj gives the query and a per-head output gate; output times sigmoid(gate)
+  gated_deltanet,   // Qwen3-Next linear attention: causal conv1d + the gated delta rule over a per-head state
+};
+enum class MlpKind {
+  dense,
+  moe,
+  moe_shared,  // Qwen3-Next: routed experts + a shared expert scaled by sigmoid(shared_expert_gate(x))
+};
+const char* mixer_kind_name(MixerKind k);
 struct LayerKind {
   MixerKind mixer = MixerKind::attention;
   MlpKind mlp = MlpKind::dense;
@@ -75,13 +85,27 @@ struct ModelConfig {
   int64_t top_k = 0;
   int64_t moe_intermediate_size = 0;
   bool norm_topk_prob = false;     // renormalize the top-k router probabilities to sum to 1
+  int64_t shared_expert_intermediate_size = 0;  // MlpKind::moe_shared
   std::vector<LayerKind> layers;   // [num_layers]: each layer's mixer and MLP kind
+
+  // Gated DeltaNet (MixerKind::gated_deltanet): key heads (q and k) and value heads (v, z; a multiple of the key
+  // heads, each key head serving num_v / num_k consecutive value heads), their sizes, the conv1d kernel.
+  int64_t linear_num_key_heads = 0, linear_num_value_heads = 0;
+  int64_t linear_key_head_dim = 0, linear_value_head_dim = 0;
+  int64_t linear_conv_kernel = 0;
+  // RMSNorm weights as stored are w, applied as (1 + w) (Qwen3-Next checkpoints); the loader adds the 1. GGUF files
+  // store 1 + w already (gguf_config_json sets this false).
+  bool norm_add_one = false;
 
   std::vector<int32_t> eos_token_ids;
   int32_t bos_token_id = -1;
 
   bool is_moe() const { return num_experts > 0; }
-  bool layer_is_moe(int64_t l) const { return layers[size_t(l)].mlp == MlpKind::moe; }
+  bool layer_is_moe(int64_t l) const { return layers[size_t(l)].mlp != MlpKind::dense; }
+  int64_t layers_of(MixerKind k) const;
+  int64_t linear_key_dim() const { return linear_num_key_heads * linear_key_head_dim; }
+  int64_t linear_value_dim() const { return linear_num_value_heads * linear_value_head_dim; }
+  int64_t linear_conv_dim() const { return 2 * linear_key_dim() + linear_value_dim(); }  // q, k and v channels
   int64_t moe_layers() const;
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }

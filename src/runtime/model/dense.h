@@ -1,5 +1,6 @@
-// Products with the non-expert matrices (Dense): fp32 through OpenBLAS, bf16 widened to fp32 in registers (AVX-512,
-// AVX2, or portable C++) with the rows split over the thread pool. Results are fp32 either way.
+// Products with the non-expert matrices (Dense), whatever family holds them: the activations are prepared once per
+// product (kernels/linear.h) and the rows split over the thread pool in contiguous ranges, so each thread streams its
+// own part of the matrix. Results are fp32.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +18,7 @@ namespace genesis::runtime {
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool);
 
 // Several matrices over the same x (q, k and v; gate and up): the same results as one dense_product each, in one
-// parallel region over all their rows when they are held alike (int8 blocks or bf16) and x has few rows (decode),
-// with x converted once; else one product after the other.
+// parallel region over all their rows, with x prepared once per activation kind.
 struct DenseJob {
   const Dense* d;
   float* y;

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "kb/kb.h"
 #include "runtime/model/expert_pack.h"
+#include "runtime/model/linear_policy.h"
 
 namespace genesis::runtime {
 
@@ -12,23 +13,6 @@ namespace nk = kernels::nf4_gemv;
 
 std::shared_ptr<const nk::PackedWeights> pack_expert(const quant::Nf4Matrix& m, nk::Path path) {
   return std::make_shared<const nk::PackedWeights>(nk::pack(m, path));
-}
-
-namespace {
-// The knowledge base's best genome for one token of this shape on `path` (kb_path empty: none), else the baseline;
-// `tuned` says which.
-nk::Genome genome_for(const nk::Problem& pr, nk::Path path, const std::string& kb_path, bool* tuned = nullptr) {
-  std::optional<nk::Genome> g;
-  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
-  if (tuned) *tuned = g.has_value();
-  return g ? *g : nk::Genome::baseline(path);
-}
-}  // namespace
-
-DenseKernels make_dense_kernels(int64_t M, int64_t K, nk::Path path, int blocksize, const std::string& kb_path) {
-  nk::require_path(path);
-  const nk::Problem one{M, K, 1, blocksize}, eight{M, K, 8, blocksize};
-  return {nk::get_kernel(one, genome_for(one, path, kb_path)), nk::get_kernel(eight, nk::Genome::baseline(path))};
 }
 
 ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int blocksize, const std::string& kb_path) {
@@ -44,14 +28,17 @@ ExpertKernels make_expert_kernels(const ModelConfig& c, nk::Path path, int block
   };
   k.gate_up = one(2 * c.moe_intermediate_size, c.hidden_size);
   k.down = one(c.hidden_size, c.moe_intermediate_size);
-  k.gate_up_rows[1] = k.gate_up;
-  k.down_rows[1] = k.down;
+  auto gate_up = std::make_shared<nk::KernelSet>(), down = std::make_shared<nk::KernelSet>();
+  (*gate_up)[1] = k.gate_up;
+  (*down)[1] = k.down;
   for (int t = 2; t <= nk::kMaxTokens; ++t) {
-    k.gate_up_rows[size_t(t)] =
+    (*gate_up)[size_t(t)] =
         nk::get_kernel(nk::Problem{2 * c.moe_intermediate_size, c.hidden_size, t, blocksize}, nk::Genome::baseline(path));
-    k.down_rows[size_t(t)] =
+    (*down)[size_t(t)] =
         nk::get_kernel(nk::Problem{c.hidden_size, c.moe_intermediate_size, t, blocksize}, nk::Genome::baseline(path));
   }
+  k.gate_up_set = std::move(gate_up);
+  k.down_set = std::move(down);
   k.id = k.gate_up->id() + ", " + k.down->id();
   k.source = sources[0] + "; " + sources[1];
   return k;

@@ -1,5 +1,5 @@
-// Expert matrices as the forward pass holds them (fp32, NF4 + reference product, NF4 packed for a kernel) and the
-// product of a block of their rows with one activation vector: the unit of the MoE layer's (expert, row block) tasks.
+// Expert matrices as the forward pass holds them (fp32, NF4 + reference product, NF4 packed for a kernel, each behind
+// the Linear seam) and the NF4 kernels that serve them.
 #pragma once
 
 #include <array>
@@ -31,31 +31,15 @@ class ExpertPacker {
 struct ExpertKernels {
   using KernelPtr = std::shared_ptr<const kernels::nf4_gemv::Kernel>;
   KernelPtr gate_up, down;  // one row: the knowledge base's genome when it has one, else the baseline
-  // [T] serves T rows at once (baseline genome for T > 1); [1] is gate_up / down, [0] is unused.
-  std::array<KernelPtr, kernels::nf4_gemv::kMaxTokens + 1> gate_up_rows, down_rows;
+  // [T] serves T rows at once (baseline genome for T > 1); [1] is gate_up / down.
+  std::shared_ptr<const kernels::nf4_gemv::KernelSet> gate_up_set, down_set;
   std::string id;      // kernel id (path + genome hash) of gate_up, e.g. "nf4_gemv__avx512vnni__3fa1c2"
   std::string source;  // "baseline" or where the genome came from
 };
 
-// y[t][r0..r1) = M[r0..r1, :] x[t] for t < tokens (x: [tokens][M.cols], y: [tokens][M.rows]), r0 and r1 multiples
-// of kExpertRowBlock (r1 may be rows). The tokens share one pass over the rows' weights.
-// nf4_kernel: `kernel` serves `tokens` rows (ExpertKernels::*_rows[tokens]); xp, when given, is x already converted
-// by kernel->prepare() (shared by every row block of a product).
-void expert_rows(const ExpertMatrix& m, ExpertMode mode, const kernels::nf4_gemv::Kernel* kernel, const float* x,
-                 float* y, int64_t r0, int64_t r1, int tokens = 1,
-                 const kernels::nf4_gemv::PreparedActivations* xp = nullptr);
-
 // Packs an Nf4Matrix for a kernel path (defined with the kernels; see expert_kernel.cpp).
 std::shared_ptr<const kernels::nf4_gemv::PackedWeights> pack_expert(const quant::Nf4Matrix& m,
                                                                     kernels::nf4_gemv::Path path);
-
-// Kernels for a non-expert NF4 matrix [M, K]: one token (the knowledge base's genome when it has one for this shape)
-// and eight tokens sharing a pass (prefill; baseline genome).
-struct DenseKernels {
-  std::shared_ptr<const kernels::nf4_gemv::Kernel> one, eight;
-};
-DenseKernels make_dense_kernels(int64_t M, int64_t K, kernels::nf4_gemv::Path path, int blocksize,
-                                const std::string& kb_path);
 
 // Kernels for this model's expert shapes on `path`: per shape the knowledge base's best genome for this CPU and
 // build (when kb_path is non-empty and holds one), else the path's baseline genome.

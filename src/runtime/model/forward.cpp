@@ -1,4 +1,5 @@
-// The step over a Session's sequences: embedding, the layers (attention.cpp, moe.cpp or the dense MLP), the output.
+// The step over a Session's sequences: embedding, the layers (attention.cpp or deltanet.cpp; moe.cpp or the dense
+// MLP), the output.
 // Sequences (slots) are added and removed between steps; a step's rows are segments, one per sequence.
 // Dense products go through dense.h; every op ends with a lap of the profile clock (profile.h).
 #include "runtime/model/forward.h"
@@ -18,6 +19,28 @@ namespace {
 // rows x top-8 of 128 experts: 16 rows per expert on average, one 16-row kernel pass) at the price of scratch.
 constexpr int64_t kMaxChunk = 256;
 }  // namespace
+
+SequenceState::SequenceState(const ModelConfig& c, int64_t cap) : capacity(cap) {
+  slot.resize(size_t(c.num_layers));
+  int32_t attn = 0, lin = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    slot[size_t(l)] = c.layers[size_t(l)].mixer == MixerKind::gated_deltanet ? lin++ : attn++;
+  kv_per_layer = capacity * c.kv_dim();
+  k_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
+  v_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
+  if (lin > 0) {
+    conv_per_layer = (c.linear_conv_kernel - 1) * c.linear_conv_dim();
+    recurrent_per_layer = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
+    conv.assign(size_t(conv_per_layer) * size_t(lin), 0.0f);
+    recurrent.assign(size_t(recurrent_per_layer) * size_t(lin), 0.0f);
+  }
+}
+
+void SequenceState::reset() {
+  pos = 0;
+  std::fill(conv.begin(), conv.end(), 0.0f);
+  std::fill(recurrent.begin(), recurrent.end(), 0.0f);
+}
 
 Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
@@ -45,12 +68,8 @@ int32_t Session::add_sequence() {
   while (id < seqs_.size() && seqs_[id].in_use) ++id;
   if (id == seqs_.size()) seqs_.emplace_back();
   SequenceState& s = seqs_[id];
-  const size_t cache = size_t(capacity_ * c_.kv_dim()) * size_t(c_.num_layers);
-  if (s.k_cache.size() != cache) {
-    s.k_cache.assign(cache, 0.0f);
-    s.v_cache.assign(cache, 0.0f);
-  }
-  s.pos = 0;
+  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_);
+  s.reset();
   s.in_use = true;
   return int32_t(id);
 }
@@ -64,7 +83,7 @@ SequenceState& Session::seq(int32_t id) {
 const SequenceState& Session::seq(int32_t id) const { return const_cast<Session*>(this)->seq(id); }
 
 void Session::remove_sequence(int32_t id) { seq(id).in_use = false; }
-void Session::reset(int32_t id) { seq(id).pos = 0; }
+void Session::reset(int32_t id) { seq(id).reset(); }
 int64_t Session::position(int32_t id) const { return seq(id).pos; }
 
 int64_t Session::sequences_in_use() const {
@@ -190,7 +209,9 @@ void Session::run_layer(int64_t li, int64_t n) {
     rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
   clock_.lap(Op::elementwise);
   switch (c_.layers[size_t(li)].mixer) {
-    case MixerKind::attention: attention(li, n); break;
+    case MixerKind::attention:
+    case MixerKind::gated_attention: attention(li, n); break;
+    case MixerKind::gated_deltanet: deltanet(li, n); break;
   }
   for (int64_t t = 0; t < n; ++t)
     rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
@@ -212,6 +233,7 @@ void Session::mlp(int64_t li, int64_t n) {
     clock_.lap(Op::dense);
   } else {
     moe(l, n);
+    if (c_.layers[size_t(li)].mlp == MlpKind::moe_shared) shared_expert(l, n);
   }
   for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
   clock_.lap(Op::elementwise);

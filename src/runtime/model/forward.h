@@ -1,10 +1,11 @@
-// A loaded model (config + weights; model.cpp) and a Session: the scratch of a step and the state (KV cache,
-// position) of one or more sequences, with a step that reads top to bottom: norm -> attention -> norm -> router ->
-// experts (or dense MLP) -> residual. A step runs a batch of rows: a prompt's tokens in chunks (prefill), one token
-// (decode), or rows of several sequences at once (continuous batching: each sequence's rows are consecutive
-// positions of it). Norms, dense products and the MoE run over all rows of a step; attention runs each row against
-// its own sequence's KV cache. Attention is attention.cpp, the MoE layer moe.cpp (rows grouped by expert, so each
-// routed expert's weights are read once per step, whichever sequences its rows belong to).
+// A loaded model (config + weights; model.cpp) and a Session: the scratch of a step and the state of one or more
+// sequences (SequenceState: position, KV cache of the attention layers, Gated DeltaNet conv and recurrent state), with
+// a step that reads top to bottom: norm -> mixer (attention or Gated DeltaNet) -> norm -> router -> experts (or dense
+// MLP) -> residual. A step runs a batch of rows: a prompt's tokens in chunks (prefill), one token (decode), or rows
+// of several sequences at once (continuous batching: each sequence's rows are consecutive positions of it). Norms,
+// dense products and the MoE run over all rows of a step; attention and the delta rule run each sequence's rows
+// against its own state. Attention is attention.cpp, Gated DeltaNet deltanet.cpp, the MoE layer moe.cpp (rows grouped
+// by expert, so each routed expert's weights are read once per step, whichever sequences its rows belong to).
 #pragma once
 
 #include <atomic>
@@ -43,7 +44,8 @@ class Model {
   const ExpertKernels& expert_kernels() const { return kernels_; }  // nf4_kernel mode only
   std::string expert_description() const;  // what serves the experts, for reports
   std::string dense_description() const;   // how the non-expert matrices are held, for reports
-  // Bytes of weights one decode step reads: all dense weights + top_k experts per MoE layer.
+  // Bytes one decode step moves: all dense weights + top_k experts per MoE layer + each Gated DeltaNet layer's
+  // recurrent state read and written.
   double bytes_per_token() const;
 
  private:
@@ -51,15 +53,29 @@ class Model {
   ModelConfig config_;
   Weights weights_;
   ExpertKernels kernels_;
-  int64_t dense_nf4_ = 0;  // non-expert matrices held in NF4
 };
 
-// One sequence's state across steps: its KV cache and the number of positions it holds. (The per-sequence state of
-// other mixers, such as a linear-attention layer's conv / recurrent state, belongs here too.)
+// What one sequence carries from a step to the next, self-contained: its position, the KV cache of its attention
+// layers (none for Gated DeltaNet layers), and for each Gated DeltaNet layer the conv state (the last kernel - 1
+// conv inputs) and the recurrent state (per value head a [key_head_dim, value_head_dim] fp32 matrix).
 struct SequenceState {
+  SequenceState() = default;
+  SequenceState(const ModelConfig& c, int64_t capacity);
+  void reset();  // position 0, conv and recurrent states zeroed (KV entries are written before they are read)
+
   int64_t pos = 0;
-  std::vector<float> k_cache, v_cache;  // [layers][kv heads][capacity][head_dim]
-  bool in_use = false;
+  int64_t capacity = 0;     // KV positions
+  std::vector<int32_t> slot;  // [layers]: the layer's index among the layers of its mixer's kind
+  std::vector<float> k_cache, v_cache;  // [attention layers][kv heads][capacity][head_dim]
+  std::vector<float> conv;              // [linear layers][kernel - 1][conv dim]
+  std::vector<float> recurrent;         // [linear layers][value heads][key_head_dim][value_head_dim]
+  int64_t kv_per_layer = 0, conv_per_layer = 0, recurrent_per_layer = 0;
+  bool in_use = false;  // a slot of the Session's
+
+  float* k_layer(int64_t li) { return &k_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  float* v_layer(int64_t li) { return &v_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  float* conv_layer(int64_t li) { return &conv[size_t(slot[size_t(li)]) * size_t(conv_per_layer)]; }
+  float* recurrent_layer(int64_t li) { return &recurrent[size_t(slot[size_t(li)]) * size_t(recurrent_per_layer)]; }
 };
 
 // The rows of one sequence within a step: `tokens` at positions position(seq).. of sequence `seq`.
@@ -75,12 +91,12 @@ class Session {
   // context: the KV cache's capacity in tokens (<= 0: min(max_position_embeddings, kDefaultContext), so that a
   // config claiming millions of positions does not size gigabytes of cache). pool may be null.
   static constexpr int64_t kDefaultContext = 4096;
-  // Holds sequence 0 (the one forward() runs); add_sequence() adds more, each with a KV cache of `context` tokens.
   Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
 
   int64_t position() const { return position(0); }
   int64_t context() const { return capacity_; }
   void reset() { reset(0); }
+  const SequenceState& state(int32_t seq = 0) const { return this->seq(seq); }
 
   // Sequences (slots): add_sequence() returns a free slot (reusing a removed one's memory) starting at position 0;
   // remove_sequence() frees it. Ids are small integers; a bad id is a genesis::Error.
@@ -97,6 +113,12 @@ class Session {
   // Dynamic rope past max_position_embeddings scales by the longest sequence of the step (transformers scales by the
   // longest position of a call), so only there a sequence's logits depend on its companions.
   void step(std::span<const SequenceRows> batch);
+
+  // Gated DeltaNet prefill: the delta rule over a step's rows in the chunked form (chunks of kDeltaChunk rows: the
+  // within-chunk part as small matrix products; default) or token by token as decode runs it. Same result up to fp32
+  // summation order; tests compare the two.
+  static constexpr int64_t kDeltaChunk = 64;
+  void set_chunked_delta(bool on) { chunked_delta_ = on; }
 
   // Runs tokens at positions position()..; writes the last token's logits (vocab floats) when logits != null, or
   // every token's (tokens.size() x vocab) when all_logits. Throws genesis::Error for a token id outside the
@@ -116,9 +138,14 @@ class Session {
   const SequenceState& seq(int32_t id) const;
   void run_layer(int64_t li, int64_t n);
   void attention(int64_t li, int64_t n);  // attention.cpp
-  void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
+  void deltanet(int64_t li, int64_t n);   // deltanet.cpp
+  // deltanet.cpp: one value head's state over rows [row0, row0 + n) of one sequence.
+  void delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n);
+  void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n);
+  void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
   void mlp(int64_t li, int64_t n);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
+  void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
   void parallel_for(int64_t tasks, F&& fn);
@@ -139,11 +166,17 @@ class Session {
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
+  std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
+  // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
+  std::vector<float> qkvz_, ba_, conv_in_, conv_win_, conv_out_, z_, dq_, dk_, dv_, beta_, decay_, core_;
+  bool chunked_delta_ = true;
+  std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;
   int64_t rope_len_ = -1;
 
   // MoE scratch (moe.cpp). A pair is one (row, chosen expert); pairs are sorted by expert, and a unit is up to
   // kMaxTokens consecutive pairs of one expert that share one pass over its weights.
+  static constexpr int32_t kMaxUnitRows = kernels::nf4_gemv::kMaxTokens;  // rows sharing one pass over an expert
   struct MoeUnit {
     int32_t expert, p0, rows;
   };
@@ -154,7 +187,14 @@ class Session {
   std::vector<float> chosen_w_;
   std::vector<MoeUnit> units_;
   std::vector<float> moe_x_, moe_h_, moe_act_, moe_out_;  // [pairs][hidden], [pairs][2 inter], [pairs][inter], [pairs][hidden]
-  std::vector<kernels::nf4_gemv::PreparedActivations> prep_x_, prep_act_;  // [units]
+  // Prepared activations of a unit's x and of its down input (kernels/linear.h), kept across steps; unit_prep_[u] is
+  // the unit whose prepared x unit u reads (decode shares one conversion among units of one activation kind).
+  struct UnitActivations {
+    std::string kind;
+    std::unique_ptr<kernels::LinearActivations> a;
+  };
+  std::vector<UnitActivations> prep_x_, prep_act_;  // [units]
+  std::vector<int32_t> unit_prep_;                  // [units]
   std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
   size_t unit_left_size_ = 0;
 

@@ -17,7 +17,7 @@
 #include "common/error.h"
 #include "quant/ggml.h"
 #include "runtime/io/gguf.h"
-#include "runtime/io/half.h"
+#include "quant/half.h"
 
 namespace genesis::runtime {
 
@@ -90,6 +90,7 @@ int64_t block_index(const std::string& name) {
 // The sizes the metadata claims, before any of them bounds a loop or sizes an allocation.
 struct Claims {
   int64_t layers, hidden, heads, kv_heads, head_dim;
+  int64_t q_rows_per_head;  // 2 * head_dim when q_proj also gives the output gate (qwen3next), else head_dim
   bool head_dim_keyed;  // attention.key_length given (else embedding_length / head_count)
   std::optional<int64_t> vocab, experts, experts_used;
 };
@@ -120,14 +121,19 @@ void check_claims(const GgufFile& f, const std::string& A, const Claims& c) {
   const std::string head_size = c.head_dim_keyed
                                     ? fmt::format("{}attention.key_length {}", A, c.head_dim)
                                     : fmt::format("head size {} (embedding_length / head_count)", c.head_dim);
-  for (auto [key, heads, tensor] : {std::tuple{"attention.head_count", c.heads, "blk.0.attn_q.weight"},
-                                    {"attention.head_count_kv", c.kv_heads, "blk.0.attn_k.weight"}}) {
+  // The first layer with attention tensors (qwen3next's first layers are Gated DeltaNet).
+  int64_t attn_layer = 0;
+  while (attn_layer < c.layers && !f.find(fmt::format("blk.{}.attn_k.weight", attn_layer))) ++attn_layer;
+  for (auto [key, heads, what, per_head] :
+       {std::tuple{"attention.head_count", c.heads, "attn_q", c.q_rows_per_head},
+        {"attention.head_count_kv", c.kv_heads, "attn_k", c.head_dim}}) {
+    const std::string tensor = fmt::format("blk.{}.{}.weight", attn_layer, what);
     const GgufTensor* t = f.find(tensor);
     if (!t || t->ne.size() != 2) continue;  // the loader names a missing tensor
     const int64_t rows = t->ne[1];
-    if (rows % heads != 0 || rows / heads != c.head_dim)
+    if (rows % heads != 0 || rows / heads != per_head)
       fail("{}: metadata {}{} = {} with {} needs {} x {} rows, but {} has {}", file, A, key, heads, head_size, heads,
-           c.head_dim, tensor, rows);
+           per_head, tensor, rows);
   }
 
   const int64_t experts = c.experts.value_or(0);
@@ -148,15 +154,68 @@ void check_claims(const GgufFile& f, const std::string& A, const Claims& c) {
          c.experts_used ? fmt::format("= {}", *c.experts_used) : std::string("is missing"), experts);
 }
 
+// llama.cpp's qwen3next layout (convert_hf_to_gguf.py's Qwen3NextModel): ssm.* sizes, each layer's kind from its
+// tensors (Gated DeltaNet: ssm_in, ssm_ba, ssm_conv1d, ssm_a, ssm_dt, ssm_norm, ssm_out; gated attention: attn_q with
+// the gate rows, attn_k, attn_v, attn_output), RMSNorm weights stored as 1 + w (ssm_norm as is), the shared expert.
+void qwen3next_config(const GgufFile& f, const Meta& m, const std::string& A, json& j) {
+  j["model_type"] = "qwen3_next";
+  auto req = [&](const char* key) { return m.req_int(A + key); };
+  j["linear_conv_kernel_dim"] = req("ssm.conv_kernel");
+  j["linear_key_head_dim"] = req("ssm.state_size");
+  j["linear_num_key_heads"] = req("ssm.group_count");
+  const int64_t nv = req("ssm.time_step_rank"), inner = req("ssm.inner_size");
+  if (nv <= 0 || inner % nv != 0)
+    fail("{}: metadata {}ssm.inner_size = {} is not a multiple of {}ssm.time_step_rank = {}", f.label(), A, inner, A,
+         nv);
+  j["linear_num_value_heads"] = nv;
+  j["linear_value_head_dim"] = inner / nv;
+  j["genesis_norm_weights_include_one"] = true;
+  const auto experts = m.integer(A + "expert_count").value_or(0);
+  j["num_experts"] = experts;
+  j["num_experts_per_tok"] = m.integer(A + "expert_used_count").value_or(0);
+  j["moe_intermediate_size"] = m.integer(A + "expert_feed_forward_length").value_or(0);
+  j["shared_expert_intermediate_size"] = m.integer(A + "expert_shared_feed_forward_length").value_or(0);
+  j["intermediate_size"] = m.integer(A + "feed_forward_length").value_or(j["moe_intermediate_size"].get<int64_t>());
+  j["norm_topk_prob"] = m.flag(A + "expert_weights_norm").value_or(true);
+  const int64_t L = j["num_hidden_layers"].get<int64_t>();
+  json types = json::array(), dense_layers = json::array();
+  static const char* kLinear[] = {"ssm_ba.weight", "ssm_conv1d.weight", "ssm_dt.bias", "ssm_norm.weight",
+                                  "ssm_out.weight"};
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string b = fmt::format("blk.{}.", l);
+    const bool linear = has_tensor(f, b + "ssm_in.weight") || has_tensor(f, b + "ssm_a") ||
+                        has_tensor(f, b + "ssm_conv1d.weight") || has_tensor(f, b + "attn_qkv.weight");
+    if (linear) {
+      // in_proj_qkvz fused (ssm_in, older files) or split into attn_qkv + attn_gate (newer converters).
+      if (!has_tensor(f, b + "ssm_in.weight") &&
+          !(has_tensor(f, b + "attn_qkv.weight") && has_tensor(f, b + "attn_gate.weight")))
+        fail("{}: Gated DeltaNet layer {} has no tensor {}ssm_in.weight (nor the split {}attn_qkv.weight + "
+             "{}attn_gate.weight)", f.label(), l, b, b, b);
+      for (const char* t : kLinear)
+        if (!has_tensor(f, b + t)) fail("{}: Gated DeltaNet layer {} has no tensor {}{}", f.label(), l, b, t);
+      if (!has_tensor(f, b + "ssm_a") && !has_tensor(f, b + "ssm_a.weight"))
+        fail("{}: Gated DeltaNet layer {} has no tensor {}ssm_a", f.label(), l, b);
+    } else if (!has_tensor(f, b + "attn_q.weight")) {
+      fail("{}: layer {} has neither attention tensors ({}attn_q.weight) nor Gated DeltaNet ones ({}ssm_in.weight)",
+           f.label(), l, b, b);
+    }
+    types.push_back(linear ? "linear_attention" : "full_attention");
+    if (!has_tensor(f, b + "ffn_gate_inp.weight")) dense_layers.push_back(l);
+  }
+  j["layer_types"] = types;
+  if (!dense_layers.empty()) j["mlp_only_layers"] = dense_layers;
+}
+
 }  // namespace
 
 json gguf_config_json(const GgufFile& f) {
   const Meta m(f);
   const std::string arch = m.str("general.architecture").value_or("");
   if (arch.empty()) fail("{}: metadata general.architecture is missing", f.label());
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "qwen3moe" && arch != "olmoe")
-    fail("{}: general.architecture \"{}\" is not supported (supported: llama, qwen2, qwen3, qwen3moe, olmoe)",
-         f.label(), arch);
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "qwen3moe" && arch != "olmoe" &&
+      arch != "qwen3next")
+    fail("{}: general.architecture \"{}\" is not supported (supported: llama, qwen2, qwen3, qwen3moe, olmoe, "
+         "qwen3next)", f.label(), arch);
   const std::string A = arch + ".";
   json j;
   j["hidden_size"] = m.req_int(A + "embedding_length");
@@ -175,7 +234,9 @@ json gguf_config_json(const GgufFile& f) {
                  f.label(), A);
   j["rms_norm_eps"] = *eps;
   j["rope_theta"] = m.number(A + "rope.freq_base").value_or(10000.0);
-  if (auto dims = m.integer(A + "rope.dimension_count"); dims && head_dim > 0 && *dims != head_dim)
+  // (qwen3next: always, as its config's default is 0.25, not 1.)
+  const auto dims = m.integer(A + "rope.dimension_count");
+  if (dims && head_dim > 0 && (*dims != head_dim || arch == "qwen3next"))
     j["partial_rotary_factor"] = double(*dims) / double(head_dim);
   const std::string scaling = m.str(A + "rope.scaling.type").value_or("none");
   const double scale_linear = m.number(A + "rope.scale_linear").value_or(1.0);
@@ -209,8 +270,9 @@ json gguf_config_json(const GgufFile& f) {
   const auto expert_count = m.integer(A + "expert_count"), expert_used = m.integer(A + "expert_used_count");
   check_claims(f, A,
                Claims{j["num_hidden_layers"].get<int64_t>(), hidden, heads, j["num_key_value_heads"].get<int64_t>(),
-                      head_dim, m.integer(A + "attention.key_length").has_value(), m.integer(A + "vocab_size"),
-                      expert_count, expert_used});
+                      head_dim, arch == "qwen3next" ? 2 * head_dim : head_dim,
+                      m.integer(A + "attention.key_length").has_value(), m.integer(A + "vocab_size"), expert_count,
+                      expert_used});
   const int64_t experts = expert_count.value_or(0);
   const int64_t used = expert_used.value_or(0);
   const auto ff = m.integer(A + "feed_forward_length");
@@ -242,6 +304,8 @@ json gguf_config_json(const GgufFile& f) {
     for (int64_t l = 0; l < j["num_hidden_layers"].get<int64_t>(); ++l)
       if (!has_tensor(f, fmt::format("blk.{}.ffn_gate_inp.weight", l))) dense_layers.push_back(l);
     if (!dense_layers.empty()) j["mlp_only_layers"] = dense_layers;
+  } else if (arch == "qwen3next") {
+    qwen3next_config(f, m, A, j);
   } else {  // olmoe
     j["model_type"] = "olmoe";
     j["num_experts"] = experts;
@@ -396,7 +460,22 @@ class GgufSource : public TensorSource {
         {"ffn_up.weight", "mlp.up_proj.weight"},        {"ffn_up.bias", "mlp.up_proj.bias"},
         {"ffn_down.weight", "mlp.down_proj.weight"},    {"ffn_down.bias", "mlp.down_proj.bias"},
         {"ffn_gate_inp.weight", "mlp.gate.weight"},
+        // qwen3next
+        {"post_attention_norm.weight", "post_attention_layernorm.weight"},
+        {"ssm_in.weight", "linear_attn.in_proj_qkvz.weight"}, {"ssm_ba.weight", "linear_attn.in_proj_ba.weight"},
+        {"attn_qkv.weight", "linear_attn.in_proj_qkv.weight"}, {"attn_gate.weight", "linear_attn.in_proj_z.weight"},
+        {"ssm_conv1d.weight", "linear_attn.conv1d.weight"},   {"ssm_dt.bias", "linear_attn.dt_bias"},
+        {"ssm_a", "linear_attn.A"},                           {"ssm_a.weight", "linear_attn.A"},
+        {"ssm_norm.weight", "linear_attn.norm.weight"},       {"ssm_out.weight", "linear_attn.out_proj.weight"},
+        {"ffn_gate_shexp.weight", "mlp.shared_expert.gate_proj.weight"},
+        {"ffn_up_shexp.weight", "mlp.shared_expert.up_proj.weight"},
+        {"ffn_down_shexp.weight", "mlp.shared_expert.down_proj.weight"},
     };
+    // The shared expert's gate: [hidden] in llama.cpp's files, a [1, hidden] matrix here.
+    if (rest == "ffn_gate_inp_shexp.weight") {
+      if (shape.size() == 1) shape.insert(shape.begin(), 1);
+      return add(p + "mlp.shared_expert_gate.weight", t, shape, 0, 0, false);
+    }
     for (const auto& s : kSimple)
       if (rest == s.gguf) return add(p + s.hf, t, shape, 0, 0, shape.size() == 2);
     if (rest == "attn_q.weight" || rest == "attn_q.bias")
@@ -456,7 +535,7 @@ class GgufSource : public TensorSource {
     if (e.dense && dense_bf16_) {
       cv.bytes.resize(size_t(n) * 2);
       auto* out = reinterpret_cast<uint16_t*>(cv.bytes.data());
-      for (int64_t i = 0; i < n; ++i) out[i] = f32_to_bf16(vals[size_t(i)]);
+      for (int64_t i = 0; i < n; ++i) out[i] = quant::f32_to_bf16(vals[size_t(i)]);
       cv.view.dtype = Dtype::bf16;
     } else {
       cv.bytes.resize(size_t(n) * 4);

@@ -1,10 +1,13 @@
 // A GGUF model file seen through the runtime's seams: its metadata as a Hugging Face config.json (then parsed and
 // checked by parse_config like any other), and its tensors as a TensorSource under Hugging Face names.
 //
-// Architectures (general.architecture): llama (dense; with experts it is Mixtral), qwen2, qwen3, qwen3moe, olmoe.
-// Tensor names: token_embd / output_norm / output, blk.N.{attn_norm, attn_q/k/v/output (+ .bias), attn_q_norm,
-// attn_k_norm, ffn_norm, ffn_gate/up/down, ffn_gate_inp, ffn_gate/up/down_exps (3-D: one slice per expert), and the
-// older per-expert ffn_gate.E / ffn_up.E / ffn_down.E}.
+// Architectures (general.architecture): llama (dense; with experts it is Mixtral), qwen2, qwen3, qwen3moe, olmoe,
+// qwen3next. Tensor names: token_embd / output_norm / output, blk.N.{attn_norm, attn_q/k/v/output (+ .bias),
+// attn_q_norm, attn_k_norm, ffn_norm, ffn_gate/up/down, ffn_gate_inp, ffn_gate/up/down_exps (3-D: one slice per
+// expert), and the older per-expert ffn_gate.E / ffn_up.E / ffn_down.E}; qwen3next adds post_attention_norm,
+// ssm_in (or newer converters' attn_qkv + attn_gate) / ssm_ba / ssm_conv1d / ssm_dt.bias / ssm_a / ssm_norm /
+// ssm_out and ffn_gate/up/down_shexp,
+// ffn_gate_inp_shexp (its RMSNorm weights are stored as 1 + w: the config says so to the loader).
 //
 // llama.cpp's converter permutes the rows of llama's q and k projections (rotate-half pairs -> adjacent pairs, for
 // ggml's "normal" rope); this source undoes it, so the runtime's Hugging Face rope applies unchanged. qwen2/qwen3/

@@ -83,7 +83,7 @@ void check_model(const std::string& arch, ExpertMode mode, const std::string& ke
   auto model = Model::from_source(g.config, *g.src, opt, arch + "/config.json");
   const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
   // Context beyond max_position_embeddings: the olmoe model uses dynamic rope past its 8 positions.
-  Session s(*model, 64, nullptr);
+  Session s(*model, 128, nullptr);
   const auto logits = s.forward_all(tokens);
   const auto want = g.ref.at("logits_" + key).get<std::vector<float>>();
   const double d = max_rel_diff(logits, want);
@@ -101,7 +101,7 @@ void check_model(const std::string& arch, ExpertMode mode, const std::string& ke
   }
   // The argmax of every position agrees where the reference's top-2 gap is clear of the tolerance.
   if (check_greedy) {
-    Session s2(*model, 64, nullptr);
+    Session s2(*model, 128, nullptr);
     GenerateOptions go;
     go.max_new_tokens = g.ref.at("new_tokens").get<int64_t>();
     std::vector<int32_t> out;
@@ -116,7 +116,7 @@ constexpr double kF32Tol = 1e-5;  // measured: <= 1.2e-6 on every golden model
 class GoldenF32 : public ::testing::TestWithParam<std::string> {};
 TEST_P(GoldenF32, LogitsAndGreedyMatchTransformers) { check_model(GetParam(), ExpertMode::f32, "f32", kF32Tol, true); }
 INSTANTIATE_TEST_SUITE_P(Archs, GoldenF32,
-                         ::testing::Values("llama", "qwen2", "qwen3", "qwen3_moe", "olmoe", "mixtral"));
+                         ::testing::Values("llama", "qwen2", "qwen3", "qwen3_moe", "olmoe", "mixtral", "qwen3_next"));
 
 // NF4 experts through the reference product (dequantize + fp32 dot) against transformers run with the same
 // NF4-dequantized expert weights: again fp32 on both sides.
@@ -124,14 +124,18 @@ class GoldenNf4Reference : public ::testing::TestWithParam<std::string> {};
 TEST_P(GoldenNf4Reference, LogitsAndGreedyMatchTransformers) {
   check_model(GetParam(), ExpertMode::nf4_reference, "nf4", kF32Tol, true);
 }
-INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Reference, ::testing::Values("qwen3_moe", "olmoe", "mixtral"));
+INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Reference, ::testing::Values("qwen3_moe", "olmoe", "mixtral", "qwen3_next"));
 
 // NF4 experts through the JIT/compiled kernels of every path this CPU runs, against the same transformers NF4
 // logits. The bound per path comes from the kernels' error model (int8 activations and codes for avx512vnni, bf16 for
 // avx512bf16, fp32 otherwise); measured values are printed.
-double kernel_tolerance(kernels::nf4_gemv::Path p) {
+// qwen3_next's golden (4 layers, a shared expert per MoE layer) amplifies every rounding 3-4x more than the 2-layer
+// ones, alike in every precision: fp32 3.3e-6 vs <= 1.2e-6, avx512bf16 9.8e-3 vs <= 3.8e-3, avx512vnni 6.8e-2 vs
+// <= 2.0e-2 (transformers' own fp32 is 3.8e-6 from float64 on it): its bounds are 4x.
+double kernel_tolerance(kernels::nf4_gemv::Path p, const std::string& arch = "") {
   using kernels::nf4_gemv::Path;
-  return p == Path::avx512_vnni ? 3e-2 : p == Path::avx512_bf16 ? 1e-2 : 1e-5;
+  const double scale = arch == "qwen3_next" ? 4.0 : 1.0;
+  return scale * (p == Path::avx512_vnni ? 3e-2 : p == Path::avx512_bf16 ? 1e-2 : 1e-5);
 }
 
 class GoldenNf4Kernel : public ::testing::TestWithParam<std::string> {};
@@ -146,23 +150,40 @@ TEST_P(GoldenNf4Kernel, EveryPathMatchesTransformersWithinItsBound) {
     auto model = Model::from_source(g.config, *g.src, opt, GetParam() + "/config.json");
     EXPECT_NE(model->expert_description().find(std::string(kernels::nf4_gemv::path_name(path))), std::string::npos)
         << model->expert_description();
-    const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+    auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+    auto want = g.ref.at("logits_nf4").get<std::vector<float>>();
+    // qwen3_next's 70 tokens meet router near-ties (top-2 of 4 experts, 3 MoE layers) that the int8 / bf16 paths
+    // may resolve the other way (a different expert, a large logit change): its first 12 positions only, as the
+    // other goldens (causal: the same logits as a 12-token run).
+    if (tokens.size() > 12) {
+      tokens.resize(12);
+      want.resize(12 * size_t(g.config.vocab_size));
+    }
     cpu::ThreadPool pool(2);  // the (expert, row block) tasks and prepared activations across threads
-    Session s(*model, 64, &pool);
-    const double d = max_rel_diff(s.forward_all(tokens), g.ref.at("logits_nf4").get<std::vector<float>>());
+    Session s(*model, 128, &pool);
+    const auto got = s.forward_all(tokens);
+    const double d = max_rel_diff(got, want);
     std::printf("%s nf4-kernel %s: max |logit diff| / max |logit| = %.3g (tolerance %.3g)\n", GetParam().c_str(),
-                std::string(kernels::nf4_gemv::path_name(path)).c_str(), d, kernel_tolerance(path));
-    EXPECT_LE(d, kernel_tolerance(path)) << GetParam() << " path " << kernels::nf4_gemv::path_name(path);
+                std::string(kernels::nf4_gemv::path_name(path)).c_str(), d, kernel_tolerance(path, GetParam()));
+    if (d > kernel_tolerance(path, GetParam())) {
+      const size_t V = size_t(g.config.vocab_size);
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        std::vector<float> a(got.begin() + long(i * V), got.begin() + long((i + 1) * V));
+        std::vector<float> b(want.begin() + long(i * V), want.begin() + long((i + 1) * V));
+        std::printf("  position %zu: %.3g\n", i, max_rel_diff(a, b));
+      }
+    }
+    EXPECT_LE(d, kernel_tolerance(path, GetParam())) << GetParam() << " path " << kernels::nf4_gemv::path_name(path);
   }
 }
-INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Kernel, ::testing::Values("qwen3_moe", "olmoe", "mixtral"));
+INSTANTIATE_TEST_SUITE_P(Archs, GoldenNf4Kernel, ::testing::Values("qwen3_moe", "olmoe", "mixtral", "qwen3_next"));
 
 // Batched prefill (every row of a prompt through each layer together: one router product, the rows grouped by
 // expert into multi-row kernel passes, dense products over the rows, attention of every row at once) gives the
 // logits of running the same tokens one at a time, in every expert mode and on every kernel path. 40 tokens put more
 // than 16 rows on some experts, so units of 16 rows and their tails both run.
 TEST(BatchedPrefill, EqualsTokenByToken) {
-  for (const std::string arch : {"qwen3_moe", "olmoe", "mixtral", "qwen3"}) {
+  for (const std::string arch : {"qwen3_moe", "olmoe", "mixtral", "qwen3", "qwen3_next"}) {
     Golden g = load_golden(arch);
     // Dynamic rope (olmoe's golden) rescales with the longest position of a call, as transformers does: a prompt in
     // one call and the same tokens one by one then differ by design. Below max_position_embeddings it is plain rope.
@@ -197,8 +218,13 @@ TEST(BatchedPrefill, EqualsTokenByToken) {
       // fp32 everywhere but the summation order of the products over rows (sgemm vs sgemv, 4x4 tiles vs one row):
       // a few ulps of the logits. The kernel paths convert each row's activations the same way alone or in a group;
       // avx512bf16's multi-row kernels pair the bf16 products in another order, within its 2^-8 relative bound.
+      // qwen3_next: 4 layers to the others' 2 (bf16 measured 4.3e-3); and its batched prefill runs the chunked delta
+      // rule, token by token the recurrent one, a few ulps apart: enough to move some of avx512vnni's int8
+      // activation roundings, which this model amplifies (measured 1e-6 ... 1.6e-3).
       const bool bf16 = c.path && *c.path == kernels::nf4_gemv::Path::avx512_bf16;
-      EXPECT_LE(d, bf16 ? 4e-3 : 1e-5) << what;
+      const bool vnni = c.path && *c.path == kernels::nf4_gemv::Path::avx512_vnni;
+      const double tol = arch == "qwen3_next" ? (bf16 || vnni ? 8e-3 : 1e-5) : bf16 ? 4e-3 : 1e-5;
+      EXPECT_LE(d, tol) << what;
     }
   }
 }
@@ -258,6 +284,148 @@ TEST(ModelLoad, BitsandbytesExpertsLoadAsStored) {
     }
     // Double quantization stores the absmax in 8 bits: close, not equal.
     EXPECT_LE(max_rel_diff(la, lb), dq ? 2e-2 : 0.0) << "double quant " << dq;
+  }
+}
+
+// Qwen3-Next (Gated DeltaNet + gated attention, MoE with a shared expert, RMSNorm as 1 + w) against transformers over
+// 70 tokens (its chunked delta rule crosses a chunk boundary), with Genesis's delta rule chunked (the default) and
+// token by token. This 4-layer random model over 70 tokens amplifies fp32 rounding more than the other goldens (2
+// layers, 12 tokens): transformers' own fp32 logits are 3.8e-6 from the same model run in float64 (reference.json's
+// logits_f64), above the 2e-6. So both references are checked at 6e-6; measured: chunked 4.3e-6 vs float64,
+// 3.5e-6 vs transformers fp32; token by token 3.1e-6 and 3.6e-6.
+TEST(GoldenQwen3Next, ChunkedAndRecurrentDeltaRuleMatchTransformers) {
+  Golden g = load_golden("qwen3_next");
+  EXPECT_EQ(g.config.layers_of(MixerKind::gated_deltanet), 2);
+  EXPECT_EQ(g.config.layers_of(MixerKind::gated_attention), 2);
+  EXPECT_EQ(g.config.layers[2].mlp, MlpKind::dense);
+  EXPECT_EQ(g.config.layers[3].mlp, MlpKind::moe_shared);
+  EXPECT_EQ(g.config.rotary_dim(), 4);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto model = Model::from_source(g.config, *g.src, opt, "qwen3_next/config.json");
+  const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
+  const auto want32 = g.ref.at("logits_f32").get<std::vector<float>>();
+  const auto want64 = g.ref.at("logits_f64").get<std::vector<float>>();
+  for (bool chunked : {true, false}) {
+    cpu::ThreadPool pool(2);
+    Session s(*model, 128, &pool);
+    s.set_chunked_delta(chunked);
+    const auto got = s.forward_all(tokens);
+    const double d64 = max_rel_diff(got, want64), d32 = max_rel_diff(got, want32);
+    std::printf("qwen3_next f32, %s delta rule: max |logit diff| / max |logit| = %.3g vs float64, %.3g vs "
+                "transformers fp32 (tolerance 6e-6)\n", chunked ? "chunked" : "recurrent", d64, d32);
+    EXPECT_LE(d64, 6e-6) << (chunked ? "chunked" : "recurrent");
+    EXPECT_LE(d32, 6e-6) << (chunked ? "chunked" : "recurrent");
+  }
+  // KV cache only for the attention layers; conv and recurrent state only for the Gated DeltaNet ones.
+  Session s(*model, 128, nullptr);
+  const SequenceState& st = s.state();
+  EXPECT_EQ(st.k_cache.size(), size_t(2 * 128 * g.config.kv_dim()));
+  EXPECT_EQ(st.conv.size(), size_t(2 * 3 * g.config.linear_conv_dim()));
+  EXPECT_EQ(st.recurrent.size(), size_t(2 * 4 * 16 * 16));
+}
+
+// A prompt in several steps (state carried across them), in one step chunked, and token by token give the same
+// logits; reset() clears the recurrent state (a second run equals the first). 150 tokens: chunks of 64, 64 and 22.
+TEST(GoldenQwen3Next, PrefillSplitsAndResetAgree) {
+  Golden g = load_golden("qwen3_next");
+  g.config.max_position_embeddings = 256;
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto model = Model::from_source(g.config, *g.src, opt, "qwen3_next/config.json");
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 150; ++i) tokens.push_back(int32_t((i * 7919 + 13) % g.config.vocab_size));
+  const size_t V = size_t(g.config.vocab_size);
+  cpu::ThreadPool pool(2);
+  Session whole(*model, 256, &pool);
+  const auto all = whole.forward_all(tokens);
+  Session split(*model, 256, &pool);
+  std::vector<float> parts(all.size());
+  for (size_t at = 0; at < tokens.size();) {
+    const size_t len = std::min<size_t>(at == 0 ? 37 : 70, tokens.size() - at);
+    split.forward(std::span<const int32_t>(&tokens[at], len), &parts[at * V], true);
+    at += len;
+  }
+  EXPECT_LE(max_rel_diff(parts, all), 6e-6) << "prompt in 3 steps vs one";
+  Session single(*model, 256, &pool);
+  std::vector<float> one(all.size());
+  for (size_t i = 0; i < tokens.size(); ++i) single.forward(std::span<const int32_t>(&tokens[i], 1), &one[i * V]);
+  const double d = max_rel_diff(one, all);
+  std::printf("qwen3_next: chunked prefill vs token by token over 150 tokens: %.3g\n", d);
+  EXPECT_LE(d, 6e-6) << "token by token (recurrent) vs chunked prefill";
+  whole.reset();
+  EXPECT_EQ(whole.forward_all(tokens), all) << "reset() must clear the conv and recurrent state";
+}
+
+// Bad input: each names the key or the tensor.
+TEST(GoldenQwen3Next, BadConfigAndMissingTensorsAreClearErrors) {
+  const json base = read_json(kGolden + "/qwen3_next/config.json");
+  auto error_of = [](const json& j) -> std::string {
+    try {
+      parse_config(j, "cfg");
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  json j = base;
+  j["layer_types"].push_back("full_attention");
+  EXPECT_NE(error_of(j).find("layer_types"), std::string::npos) << error_of(j);
+  j = base;
+  j["layer_types"][1] = "sliding_attention";
+  EXPECT_NE(error_of(j).find("layer_types[1]"), std::string::npos) << error_of(j);
+  j = base;
+  j["linear_num_value_heads"] = 3;
+  EXPECT_NE(error_of(j).find("linear_num_value_heads"), std::string::npos) << error_of(j);
+  j = base;
+  j.erase("layer_types");
+  j["full_attention_interval"] = 2;
+  const ModelConfig c = parse_config(j, "cfg");
+  EXPECT_EQ(c.layers[0].mixer, MixerKind::gated_deltanet);
+  EXPECT_EQ(c.layers[1].mixer, MixerKind::gated_attention);
+
+  // A config whose linear-attention sizes disagree with the tensors; missing linear_attn / shared expert tensors.
+  Golden g = load_golden("qwen3_next");
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  ModelConfig wrong = g.config;
+  wrong.linear_value_head_dim = 32;
+  try {
+    Model::from_source(wrong, *g.src, opt, "cfg");
+    ADD_FAILURE() << "no error for linear_value_head_dim 32";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_attn"), std::string::npos) << e.what();
+  }
+  {  // The multi-token-prediction head of the released checkpoints (mtp.*) is ignored.
+    MemoryTensorSource src("with-mtp");
+    for (const auto& name : g.src->names()) {
+      const TensorView* t = g.src->find(name);
+      src.add(name, t->dtype, t->shape, t->data, t->nbytes);
+    }
+    const TensorView* any = g.src->find("model.norm.weight");
+    src.add("mtp.norm.weight", any->dtype, any->shape, any->data, any->nbytes);
+    src.add("mtp.layers.0.input_layernorm.weight", any->dtype, any->shape, any->data, any->nbytes);
+    auto with = Model::from_source(g.config, src, opt, "cfg");
+    auto without = Model::from_source(g.config, *g.src, opt, "cfg");
+    const std::vector<int32_t> tokens = {3, 14, 15, 92};
+    Session a(*with, 16, nullptr), b(*without, 16, nullptr);
+    EXPECT_EQ(a.forward_all(tokens), b.forward_all(tokens));
+  }
+  for (const std::string missing : {"model.layers.0.linear_attn.in_proj_ba.weight", "model.layers.2.linear_attn.A_log",
+                                    "model.layers.1.mlp.shared_expert.down_proj.weight",
+                                    "model.layers.3.mlp.shared_expert_gate.weight"}) {
+    MemoryTensorSource src("partial");
+    for (const auto& name : g.src->names()) {
+      if (name == missing) continue;
+      const TensorView* t = g.src->find(name);
+      src.add(name, t->dtype, t->shape, t->data, t->nbytes);
+    }
+    try {
+      Model::from_source(g.config, src, opt, "cfg");
+      ADD_FAILURE() << "no error without " << missing;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(missing), std::string::npos) << e.what();
+    }
   }
 }
 

@@ -13,6 +13,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/gguf_model.h"
+#include "runtime/model/linear_policy.h"
 
 namespace genesis::runtime {
 
@@ -22,26 +23,16 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
                                           const std::string& origin) {
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
-  const std::string kb_path = !opt.use_kb ? "" : opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
-  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel)
-    m->kernels_ = make_expert_kernels(m->config_, opt.kernel_path(), m->weights_.nf4_blocksize, kb_path);
-  // NF4 non-expert matrices: kernels per shape (the knowledge base's genome for one token when it has one).
-  std::vector<Dense*> nf4;
-  for (Layer& l : m->weights_.layers)
-    for (Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
-      if (d->is_nf4()) nf4.push_back(d);
-  if (m->weights_.lm_head.is_nf4()) nf4.push_back(&m->weights_.lm_head);
-  std::map<std::pair<int64_t, int64_t>, DenseKernels> by_shape;
-  for (Dense* d : nf4) {
-    auto it = by_shape.find({d->rows, d->cols});
-    if (it == by_shape.end())
-      it = by_shape.emplace(std::pair{d->rows, d->cols},
-                            make_dense_kernels(d->rows, d->cols, opt.kernel_path(), opt.nf4_blocksize, kb_path))
-               .first;
-    d->kernel1 = it->second.one;
-    d->kernel8 = it->second.eight;
+  if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
+    // The blocksize is known once the experts are loaded (a bitsandbytes checkpoint brings its own): bind the packed
+    // experts to their kernel sets now.
+    m->kernels_ = make_expert_kernels(m->config_, opt.kernel_path(), m->weights_.nf4_blocksize, kb_path_of(opt));
+    for (Layer& l : m->weights_.layers)
+      for (Expert& e : l.experts) {
+        for (auto [x, set] : {std::pair{&e.gate_up, m->kernels_.gate_up_set}, std::pair{&e.down, m->kernels_.down_set}})
+          if (!x->op && x->packed) x->op = kernels::nf4_gemv::make_linear(std::move(x->packed), set);
+      }
   }
-  m->dense_nf4_ = int64_t(nf4.size());
   return m;
 }
 
@@ -77,45 +68,37 @@ std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& op
 }
 
 std::string Model::dense_description() const {
-  size_t nf4 = 0, bf16 = 0, f32 = 0, gq = 0, q8 = 0;
-  int64_t n_gq = 0, n_q8 = 0;
+  // Matrices grouped by what holds them (Linear::describe(): format and kernel), in order of first appearance.
+  std::vector<std::pair<std::string, std::pair<int64_t, size_t>>> groups;
   auto count = [&](const Dense& d) {
     if (d.empty()) return;
-    if (d.is_gq()) ++n_gq;
-    if (d.is_q8()) ++n_q8;
-    (d.is_gq() ? gq : d.is_q8() ? q8 : d.is_nf4() ? nf4 : d.bf16() ? bf16 : f32) += d.bytes();
+    const std::string what = d.op->describe();
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == what; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {what, {0, 0}});
+    ++it->second.first;
+    it->second.second += d.bytes();
   };
-  count(weights_.lm_head);
   for (const Layer& l : weights_.layers)
-    for (const Dense* d : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router}) count(*d);
-  const double mib = 1024.0 * 1024.0;
-  std::vector<std::string> parts;
-  if (dense_nf4_) parts.push_back(fmt::format("{} NF4 ({:.0f} MiB)", dense_nf4_, double(nf4) / mib));
-  if (n_gq)
-    parts.push_back(fmt::format("{} kept as stored ({:.0f} MiB, ggml_gemv {})", n_gq, double(gq) / mib,
-                                kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path())));
-  if (n_q8)
-    parts.push_back(fmt::format("{} int8 blocks ({:.0f} MiB, q8_gemv {})", n_q8, double(q8) / mib,
-                                kernels::q8_gemv::path_name(kernels::q8_gemv::best_path())));
-  if (bf16) parts.push_back(fmt::format("bf16 {:.0f} MiB", double(bf16) / mib));
-  if (f32) parts.push_back(fmt::format("fp32 {:.0f} MiB", double(f32) / mib));
+    for (const Dense* d : l.matrices()) count(*d);
+  count(weights_.lm_head);
   std::string s;
-  for (const auto& p : parts) s += (s.empty() ? "" : ", ") + p;
-  const Dense& e = weights_.embed;
-  return s + fmt::format("; embedding {}", e.is_gq()   ? quant::ggml_type_name(e.gq->type)
-                                          : e.is_q8() ? std::string("int8 blocks")
-                                          : e.bf16()  ? std::string("bf16")
-                                                      : std::string("fp32"));
+  for (const auto& [what, n] : groups)
+    s += fmt::format("{}{} {} ({:.0f} MiB)", s.empty() ? "" : ", ", n.first,
+                     what, double(n.second) / 1048576.0);
+  return s + fmt::format("; embedding {}", weights_.embed.op->describe());
 }
 
 std::string Model::expert_description() const {
   if (!config_.is_moe()) return "dense model (no experts)";
   const int64_t total = config_.num_experts * config_.moe_layers();
-  if (weights_.experts_kept == total)
-    return fmt::format("experts kept as the GGUF file stores them, ggml_gemv {}",
-                       kernels::ggml_gemv::path_name(kernels::ggml_gemv::best_path()));
+  std::string kept;  // what serves the experts kept as the file stores them
+  for (const Layer& l : weights_.layers)
+    for (const Expert& e : l.experts)
+      if (kept.empty() && e.gate_up.op && e.gate_up.op->format() != "NF4" && weights_.experts_kept > 0)
+        kept = e.gate_up.op->describe() + "; down " + e.down.op->describe();
+  if (weights_.experts_kept == total) return fmt::format("experts kept as the GGUF file stores them: {}", kept);
   if (weights_.experts_kept > 0)
-    return fmt::format("{} of {} experts kept as stored (ggml_gemv), the rest NF4", weights_.experts_kept, total);
+    return fmt::format("{} of {} experts kept as stored ({}), the rest NF4", weights_.experts_kept, total, kept);
   switch (weights_.expert_mode) {
     case ExpertMode::f32: return "fp32 experts (OpenBLAS sgemv)";
     case ExpertMode::nf4_reference:
@@ -137,8 +120,13 @@ double Model::bytes_per_token() const {
   for (const Layer& l : weights_.layers) {
     if (!l.moe || l.experts.empty()) continue;
     const Expert& e = l.experts[0];
-    b += double(config_.top_k) * double(e.gate_up.bytes(weights_.expert_mode) + e.down.bytes(weights_.expert_mode));
+    b += double(config_.top_k) * double(e.gate_up.bytes() + e.down.bytes());
   }
+  // A Gated DeltaNet layer reads and writes its fp32 recurrent state once per token (2 MB per layer on Qwen3-Next:
+  // 72 MB for its 36 linear layers, beyond the caches).
+  const double state = double(config_.linear_num_value_heads * config_.linear_key_head_dim *
+                              config_.linear_value_head_dim) * 4.0;
+  b += 2.0 * state * double(config_.layers_of(MixerKind::gated_deltanet));
   return b;
 }
 

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "common/error.h"
+#include "cpu/thread_pool.h"
 #include "quant/nf4.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/generate.h"
@@ -179,6 +180,30 @@ TEST(Forward, BatchedPrefillEqualsTokenByToken) {
   const auto all = a.forward_all(toks);
   std::vector<float> one(size_t(c.vocab_size));
   for (size_t i = 0; i < toks.size(); ++i) {
+    b.forward(std::span(toks).subspan(i, 1), one.data());
+    for (int64_t v = 0; v < c.vocab_size; ++v)
+      EXPECT_NEAR(one[size_t(v)], all[i * size_t(c.vocab_size) + size_t(v)], 1e-4) << i;
+  }
+}
+
+// Decode attention splits long contexts into spans of positions per (row, KV head) task and merges their partial
+// softmaxes; it must agree with the prefill's blocked attention over the same positions, with several threads.
+TEST(Forward, DecodeAttentionSpansEqualPrefill) {
+  json j = tiny_moe_config();
+  j["max_position_embeddings"] = 512;
+  const ModelConfig c = parse_config(j, "config.json");
+  auto src = random_source(c, 6);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  auto m = Model::from_source(c, *src, opt, "config.json");
+  std::vector<int32_t> toks(300);
+  for (size_t i = 0; i < toks.size(); ++i) toks[i] = int32_t((i * 7 + 3) % size_t(c.vocab_size));
+  cpu::ThreadPool pool(8);  // 8 threads: several spans per KV head from 128 positions on
+  Session a(*m, 512, &pool), b(*m, 512, &pool);
+  const auto all = a.forward_all(toks);
+  b.forward(std::span(toks).first(toks.size() - 3), nullptr);
+  std::vector<float> one(size_t(c.vocab_size));
+  for (size_t i = toks.size() - 3; i < toks.size(); ++i) {
     b.forward(std::span(toks).subspan(i, 1), one.data());
     for (int64_t v = 0; v < c.vocab_size; ++v)
       EXPECT_NEAR(one[size_t(v)], all[i * size_t(c.vocab_size) + size_t(v)], 1e-4) << i;

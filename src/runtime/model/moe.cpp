@@ -1,17 +1,16 @@
 // The MoE layer over a batch of rows (xn_ -> tmp_): one router product for all rows and top-k per row; the
-// (row, expert) pairs grouped by expert into units of up to kMaxTokens rows that share one pass over the expert's
+// (row, expert) pairs grouped by expert into units of up to kMaxUnitRows rows that share one pass over the expert's
 // weights; gate_up as one parallel region of (unit, row block) tasks claimed dynamically, where the task that
 // finishes a unit's last block runs its SwiGLU and converts the down input; down as a second region; then each row's
 // weighted sum of its experts' outputs, in the router's order (highest probability first).
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
 
 namespace genesis::runtime {
-
-namespace nk = kernels::nf4_gemv;
 
 void Session::moe(const Layer& l, int64_t n) {
   const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts, K = c_.top_k;
@@ -47,23 +46,16 @@ void Session::moe(const Layer& l, int64_t n) {
   }
   units_.clear();
   for (int64_t e = 0; e < E; ++e)
-    for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += nk::kMaxTokens)
-      units_.push_back({int32_t(e), p0, std::min<int32_t>(nk::kMaxTokens, start[size_t(e + 1)] - p0)});
+    for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += kMaxUnitRows)
+      units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
   const int64_t U = int64_t(units_.size());
   for (int64_t e = 0; e < E; ++e) prof_.experts += start[size_t(e + 1)] > start[size_t(e)];
   clock_.lap(Op::router);
 
-  const ExpertMode mode = m_.weights().expert_mode;
-  const ExpertKernels& ks = m_.expert_kernels();
-  const bool kernel_mode = mode == ExpertMode::nf4_kernel;
   if (moe_h_.size() < size_t(P * 2 * I)) {
     moe_h_.resize(size_t(P * 2 * I));
     moe_act_.resize(size_t(P * I));
     moe_out_.resize(size_t(P * H));
-  }
-  if (prep_x_.size() < size_t(U)) {
-    prep_x_.resize(size_t(U));
-    prep_act_.resize(size_t(U));
   }
   if (unit_left_size_ < size_t(U)) {
     unit_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(U));
@@ -73,53 +65,66 @@ void Session::moe(const Layer& l, int64_t n) {
   const int64_t nb2 = (H + kExpertRowBlock - 1) / kExpertRowBlock;
   for (int64_t u = 0; u < U; ++u) unit_left_[size_t(u)].store(int32_t(nb1), std::memory_order_relaxed);
 
-  // A unit's input rows: with one row every unit reads xn_ itself (and shares one conversion), else the unit's rows
-  // gathered contiguously. The kernels' activation conversion (int8 / bf16 blocks) runs once per unit.
-  auto unit_x = [&](int64_t u) -> const float* {
-    return n == 1 ? xn_.data() : &moe_x_[size_t(units_[size_t(u)].p0) * size_t(H)];
+  // A unit's input rows: with one row every unit reads xn_ itself and units of the same activation kind share one
+  // prepare() (decode: one conversion for all experts), else the unit's rows gathered contiguously and prepared once
+  // per unit. The down input is prepared by the task finishing the unit's gate_up.
+  auto ensure = [](UnitActivations& slot, const kernels::Linear& l) -> kernels::LinearActivations& {
+    if (!slot.a || slot.kind != l.activation_kind()) {
+      slot.a = l.new_activations();
+      slot.kind = std::string(l.activation_kind());
+    }
+    return *slot.a;
   };
-  auto uses_kernel = [&](const ExpertMatrix& m) { return kernel_mode && !m.gq; };
-  auto prep_for = [&](int64_t u) -> const nk::PreparedActivations& { return prep_x_[size_t(n == 1 ? 0 : u)]; };
+  if (prep_x_.size() < size_t(U)) {
+    prep_x_.resize(size_t(U));
+    prep_act_.resize(size_t(U));
+  }
+  unit_prep_.resize(size_t(U));
   if (n == 1) {
-    if (kernel_mode) ks.gate_up->prepare(xn_.data(), H, prep_x_[0]);
+    for (int64_t u = 0; u < U; ++u) {
+      const kernels::Linear& gu = *l.experts[size_t(units_[size_t(u)].expert)].gate_up.op;
+      int64_t owner = u;  // the first unit whose prepared x has this kind
+      for (int64_t v = 0; v < u; ++v)
+        if (unit_prep_[size_t(v)] == v && prep_x_[size_t(v)].kind == gu.activation_kind()) owner = v;
+      unit_prep_[size_t(u)] = int32_t(owner);
+      if (owner == u) gu.prepare(xn_.data(), 1, ensure(prep_x_[size_t(u)], gu));
+    }
   } else {
     if (moe_x_.size() < size_t(P * H)) moe_x_.resize(size_t(P * H));
+    for (int64_t u = 0; u < U; ++u) ensure(prep_x_[size_t(u)], *l.experts[size_t(units_[size_t(u)].expert)].gate_up.op);
     parallel_for(U, [&](int64_t u) {
       const MoeUnit& un = units_[size_t(u)];
+      float* x = &moe_x_[size_t(un.p0) * size_t(H)];
       for (int32_t r = 0; r < un.rows; ++r)
-        std::memcpy(&moe_x_[size_t(un.p0 + r) * size_t(H)], &xn_[size_t(pair_row_[size_t(un.p0 + r)]) * size_t(H)],
-                    size_t(H) * 4);
-      if (uses_kernel(l.experts[size_t(un.expert)].gate_up))
-        ks.gate_up_rows[size_t(un.rows)]->prepare(unit_x(u), H, prep_x_[size_t(u)]);
+        std::memcpy(x + r * H, &xn_[size_t(pair_row_[size_t(un.p0 + r)]) * size_t(H)], size_t(H) * 4);
+      l.experts[size_t(un.expert)].gate_up.op->prepare(x, un.rows, *prep_x_[size_t(u)].a);
+      unit_prep_[size_t(u)] = int32_t(u);
     });
   }
+  for (int64_t u = 0; u < U; ++u) ensure(prep_act_[size_t(u)], *l.experts[size_t(units_[size_t(u)].expert)].down.op);
 
   parallel_for(U * nb1, [&](int64_t task) {
     const int64_t u = task / nb1, b = task % nb1;
     const MoeUnit& un = units_[size_t(u)];
     const Expert& e = l.experts[size_t(un.expert)];
-    const bool kern = uses_kernel(e.gate_up);
-    expert_rows(e.gate_up, mode, ks.gate_up_rows[size_t(un.rows)].get(), unit_x(u),
-                &moe_h_[size_t(un.p0) * size_t(2 * I)], b * kExpertRowBlock, std::min(2 * I, (b + 1) * kExpertRowBlock),
-                un.rows, kern ? &prep_for(u) : nullptr);
+    e.gate_up.op->run_rows(*prep_x_[size_t(unit_prep_[size_t(u)])].a, &moe_h_[size_t(un.p0) * size_t(2 * I)],
+                           b * kExpertRowBlock, std::min(2 * I, (b + 1) * kExpertRowBlock));
     if (unit_left_[size_t(u)].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     // The unit's last block: its gate and up rows are complete (acq_rel orders the other tasks' writes before).
+    float* act = &moe_act_[size_t(un.p0) * size_t(I)];
     for (int32_t r = 0; r < un.rows; ++r) {
       const float* h = &moe_h_[size_t(un.p0 + r) * size_t(2 * I)];
-      swiglu(h, h + I, &moe_act_[size_t(un.p0 + r) * size_t(I)], I);
+      swiglu(h, h + I, act + r * I, I);
     }
-    if (uses_kernel(e.down))
-      ks.down_rows[size_t(un.rows)]->prepare(&moe_act_[size_t(un.p0) * size_t(I)], I, prep_act_[size_t(u)]);
+    e.down.op->prepare(act, un.rows, *prep_act_[size_t(u)].a);
   });
   clock_.lap(Op::experts_gate_up);
 
   parallel_for(U * nb2, [&](int64_t task) {
     const int64_t u = task / nb2, b = task % nb2;
     const MoeUnit& un = units_[size_t(u)];
-    const Expert& e = l.experts[size_t(un.expert)];
-    expert_rows(e.down, mode, ks.down_rows[size_t(un.rows)].get(), &moe_act_[size_t(un.p0) * size_t(I)],
-                &moe_out_[size_t(un.p0) * size_t(H)], b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock),
-                un.rows, uses_kernel(e.down) ? &prep_act_[size_t(u)] : nullptr);
+    l.experts[size_t(un.expert)].down.op->run_rows(*prep_act_[size_t(u)].a, &moe_out_[size_t(un.p0) * size_t(H)],
+                                                   b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock));
   });
   clock_.lap(Op::experts_down);
 
@@ -135,6 +140,38 @@ void Session::moe(const Layer& l, int64_t n) {
   };
   if (n == 1) combine(0);
   else parallel_for(n, combine);
+  clock_.lap(Op::elementwise);
+}
+
+}  // namespace genesis::runtime
+
+namespace genesis::runtime {
+
+// Qwen3-Next's shared expert: a SwiGLU MLP over every row, scaled by sigmoid(shared_expert_gate . x), added to the
+// routed experts' sum in tmp_.
+void Session::shared_expert(const Layer& l, int64_t n) {
+  const int64_t H = c_.hidden_size, I = c_.shared_expert_intermediate_size;
+  if (shared_h1_.size() < size_t(n * I)) shared_h1_.resize(size_t(n * I)), shared_h2_.resize(size_t(n * I));
+  if (shared_out_.size() < size_t(n * H)) shared_out_.resize(size_t(n * H)), shared_gate_.resize(size_t(n));
+  const DenseJob jobs[] = {{&l.shared_gate_proj, shared_h1_.data()}, {&l.shared_up, shared_h2_.data()}};
+  dense_products(jobs, xn_.data(), n, pool_);
+  clock_.lap(Op::dense);
+  // The gate's one row (fp32 or bf16, never block-quantized), dotted here rather than as a third job: held unlike
+  // gate and up, it would split their shared parallel region in two.
+  thread_local std::vector<float> gate_row;
+  gate_row.resize(size_t(H));
+  l.shared_gate.row_f32(0, gate_row.data());
+  for (int64_t t = 0; t < n; ++t) shared_gate_[size_t(t)] = dot_f32(gate_row.data(), &xn_[size_t(t * H)], H);
+  swiglu(shared_h1_.data(), shared_h2_.data(), shared_h1_.data(), n * I);
+  clock_.lap(Op::elementwise);
+  dense_product(l.shared_down, shared_h1_.data(), shared_out_.data(), n, pool_);
+  clock_.lap(Op::dense);
+  for (int64_t t = 0; t < n; ++t) {
+    const float g = 1.0f / (1.0f + std::exp(-shared_gate_[size_t(t)]));
+    float* out = &tmp_[size_t(t * H)];
+    const float* s = &shared_out_[size_t(t * H)];
+    for (int64_t i = 0; i < H; ++i) out[i] += g * s[i];
+  }
   clock_.lap(Op::elementwise);
 }
 

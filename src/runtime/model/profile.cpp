@@ -17,6 +17,7 @@ int64_t now_ns() {
 const char* op_name(Op op) {
   switch (op) {
     case Op::attention: return "attention";
+    case Op::delta_rule: return "delta_rule";
     case Op::dense: return "dense";
     case Op::router: return "router";
     case Op::experts_gate_up: return "experts_gate_up";

@@ -16,6 +16,7 @@ namespace genesis::runtime {
 
 enum class Op : int {
   attention,        // scores, softmax, weighted sum over the KV cache
+  delta_rule,       // Gated DeltaNet: conv1d, q/k norms, the delta rule over the recurrent state, gated norm
   dense,            // products with the non-expert matrices (q, k, v, o, dense MLP)
   router,           // router product and top-k
   experts_gate_up,  // routed experts' gate+up products (with SwiGLU and the down input's conversion fused in)

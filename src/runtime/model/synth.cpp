@@ -51,6 +51,37 @@ json preset_config(const std::string& name) {
             {"bos_token_id", 151643},
             {"eos_token_id", 151645}};
   }
+  if (name == "qwen3-next-80b-a3b")  // the released Qwen3-Next-80B-A3B-Instruct config.json
+    return {{"architectures", {"Qwen3NextForCausalLM"}},
+            {"model_type", "qwen3_next"},
+            {"hidden_size", 2048},
+            {"num_hidden_layers", 48},
+            {"num_attention_heads", 16},
+            {"num_key_value_heads", 2},
+            {"head_dim", 256},
+            {"intermediate_size", 5120},
+            {"moe_intermediate_size", 512},
+            {"shared_expert_intermediate_size", 512},
+            {"num_experts", 512},
+            {"num_experts_per_tok", 10},
+            {"norm_topk_prob", true},
+            {"decoder_sparse_step", 1},
+            {"mlp_only_layers", json::array()},
+            {"full_attention_interval", 4},
+            {"linear_conv_kernel_dim", 4},
+            {"linear_key_head_dim", 128},
+            {"linear_value_head_dim", 128},
+            {"linear_num_key_heads", 16},
+            {"linear_num_value_heads", 32},
+            {"partial_rotary_factor", 0.25},
+            {"vocab_size", 151936},
+            {"max_position_embeddings", 262144},
+            {"rope_theta", 10000000.0},
+            {"rms_norm_eps", 1e-6},
+            {"hidden_act", "silu"},
+            {"tie_word_embeddings", false},
+            {"bos_token_id", 151643},
+            {"eos_token_id", 151645}};
   if (name == "olmoe")
     return {{"architectures", {"OlmoeForCausalLM"}},
             {"model_type", "olmoe"},
@@ -122,15 +153,19 @@ struct Tensor {
   enum Kind { dense, norm, expert } kind;
   std::string name;
   int64_t rows = 0, cols = 0;  // norm: cols only
+  float value = 1.0f;          // norm: every element
 };
 
 }  // namespace
 
 std::vector<SynthPreset> synth_presets() {
   return {{"qwen3-30b-a3b", "Qwen3-30B-A3B: 48 layers, 128 experts top-8, expert inter 768 (~17 GB of NF4 experts)"},
+          {"qwen3-next-80b-a3b",
+           "Qwen3-Next-80B-A3B: 48 layers (3 of 4 Gated DeltaNet, 1 of 4 gated attention), 512 experts top-10 "
+           "(inter 512) + a shared expert (~40 GB of NF4 experts; --layers for less)"},
           {"qwen3-next-shapes",
-           "Qwen3-Next-80B-A3B's MoE shapes (512 experts top-10, inter 512, 16/2 heads x 256) on qwen3_moe layers: "
-           "Genesis has no Gated DeltaNet, so attention is plain GQA"},
+           "Qwen3-Next-80B-A3B's MoE shapes (512 experts top-10, inter 512, 16/2 heads x 256) on qwen3_moe layers "
+           "(plain GQA attention everywhere, no shared expert)"},
           {"olmoe", "OLMoE-1B-7B: 16 layers, 64 experts top-8, expert inter 1024"},
           {"mixtral", "Mixtral-8x7B: 32 layers, 8 experts top-2, expert inter 14336"}};
 }
@@ -152,7 +187,8 @@ SynthResult synth_model(const SynthOptions& opt) {
                                 {"bnb_4bit_use_double_quant", opt.double_quant},
                                 {"bnb_4bit_compute_dtype", dtype},
                                 {"bnb_4bit_blocksize", opt.blocksize},
-                                {"llm_int8_skip_modules", {"lm_head", "self_attn", mixtral ? "block_sparse_moe.gate" : "mlp.gate"}}};
+                                {"llm_int8_skip_modules", {"lm_head", "self_attn", "linear_attn", "shared_expert",
+                                                           mixtral ? "block_sparse_moe.gate" : "mlp.gate"}}};
   const ModelConfig c = parse_config(cfg, opt.preset + " preset");
   if (c.hidden_size % opt.blocksize || c.moe_intermediate_size % opt.blocksize)
     fail("blocksize {} does not divide hidden {} and expert inter {}", opt.blocksize, c.hidden_size,
@@ -171,8 +207,10 @@ SynthResult synth_model(const SynthOptions& opt) {
     ts.push_back({Tensor::dense, n, r, k});
     specs.push_back({n, Dtype::bf16, {r, k}});
   };
-  auto add_norm = [&](const std::string& n, int64_t k) {
-    ts.push_back({Tensor::norm, n, 1, k});
+  // Norms of 1 as applied: Qwen3-Next's RMSNorm weights are applied as 1 + w (stored 0), its gated norm as is.
+  const float norm_one = c.norm_add_one ? 0.0f : 1.0f;
+  auto add_norm = [&](const std::string& n, int64_t k, float value) {
+    ts.push_back({Tensor::norm, n, 1, k, value});
     specs.push_back({n, Dtype::bf16, {k}});
   };
   uint64_t expert_bytes = 0;
@@ -186,20 +224,42 @@ SynthResult synth_model(const SynthOptions& opt) {
   add_dense("model.embed_tokens.weight", V, H);
   for (int64_t li = 0; li < c.num_layers; ++li) {
     const std::string p = fmt::format("model.layers.{}.", li);
-    add_norm(p + "input_layernorm.weight", H);
-    add_norm(p + "post_attention_layernorm.weight", H);
-    add_dense(p + "self_attn.q_proj.weight", c.q_dim(), H);
-    add_dense(p + "self_attn.k_proj.weight", c.kv_dim(), H);
-    add_dense(p + "self_attn.v_proj.weight", c.kv_dim(), H);
-    add_dense(p + "self_attn.o_proj.weight", H, c.q_dim());
-    if (c.qk_norm == QkNorm::per_head) {
-      add_norm(p + "self_attn.q_norm.weight", c.head_dim);
-      add_norm(p + "self_attn.k_norm.weight", c.head_dim);
-    } else if (c.qk_norm == QkNorm::whole) {
-      add_norm(p + "self_attn.q_norm.weight", c.q_dim());
-      add_norm(p + "self_attn.k_norm.weight", c.kv_dim());
+    add_norm(p + "input_layernorm.weight", H, norm_one);
+    add_norm(p + "post_attention_layernorm.weight", H, norm_one);
+    const MixerKind mixer = c.layers[size_t(li)].mixer;
+    if (mixer == MixerKind::gated_deltanet) {
+      const std::string a = p + "linear_attn.";
+      const int64_t nv = c.linear_num_value_heads, CD = c.linear_conv_dim(), K = c.linear_conv_kernel;
+      add_dense(a + "in_proj_qkvz.weight", 2 * c.linear_key_dim() + 2 * c.linear_value_dim(), H);
+      add_dense(a + "in_proj_ba.weight", 2 * nv, H);
+      ts.push_back({Tensor::dense, a + "conv1d.weight", CD, K});  // [CD, 1, K] holds the same values as [CD, K]
+      specs.push_back({a + "conv1d.weight", Dtype::bf16, {CD, 1, K}});
+      add_norm(a + "dt_bias", nv, 0.0f);
+      add_norm(a + "A_log", nv, 0.0f);  // decays exp(-softplus(a))
+      add_norm(a + "norm.weight", c.linear_value_head_dim, 1.0f);
+      add_dense(a + "out_proj.weight", H, c.linear_value_dim());
+    } else {
+      const int64_t qrows = mixer == MixerKind::gated_attention ? 2 * c.q_dim() : c.q_dim();
+      add_dense(p + "self_attn.q_proj.weight", qrows, H);
+      add_dense(p + "self_attn.k_proj.weight", c.kv_dim(), H);
+      add_dense(p + "self_attn.v_proj.weight", c.kv_dim(), H);
+      add_dense(p + "self_attn.o_proj.weight", H, c.q_dim());
+      if (c.qk_norm == QkNorm::per_head) {
+        add_norm(p + "self_attn.q_norm.weight", c.head_dim, norm_one);
+        add_norm(p + "self_attn.k_norm.weight", c.head_dim, norm_one);
+      } else if (c.qk_norm == QkNorm::whole) {
+        add_norm(p + "self_attn.q_norm.weight", c.q_dim(), norm_one);
+        add_norm(p + "self_attn.k_norm.weight", c.kv_dim(), norm_one);
+      }
     }
     const std::string m = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    if (c.layers[size_t(li)].mlp == MlpKind::moe_shared) {
+      const int64_t SI = c.shared_expert_intermediate_size;
+      add_dense(m + "shared_expert.gate_proj.weight", SI, H);
+      add_dense(m + "shared_expert.up_proj.weight", SI, H);
+      add_dense(m + "shared_expert.down_proj.weight", H, SI);
+      add_dense(m + "shared_expert_gate.weight", 1, H);
+    }
     add_dense(m + "gate.weight", E, H);
     for (int64_t e = 0; e < E; ++e) {
       const std::string x = fmt::format("{}experts.{}.", m, e);
@@ -208,7 +268,7 @@ SynthResult synth_model(const SynthOptions& opt) {
       add_expert(x + (mixtral ? "w2" : "down_proj") + ".weight", H, I);
     }
   }
-  add_norm("model.norm.weight", H);
+  add_norm("model.norm.weight", H, norm_one);
   add_dense("lm_head.weight", V, H);
 
   uint64_t total = 0;
@@ -229,7 +289,7 @@ SynthResult synth_model(const SynthOptions& opt) {
   for (const Tensor& t : ts) {
     bar.set_detail(t.name);
     if (t.kind == Tensor::norm) {
-      buf.assign(size_t(t.cols), to_bf16(1.0f));
+      buf.assign(size_t(t.cols), to_bf16(t.value));
       w.write(t.name, buf.data(), buf.size() * 2);
     } else if (t.kind == Tensor::dense) {
       const int64_t chunk_rows = std::max<int64_t>(1, (int64_t(1) << 22) / t.cols);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/ggml_gemv/ggml_gemv.h"
+#include "kernels/linear.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
 #include "kernels/q8_gemv/q8_gemv.h"
 #include "quant/nf4.h"
@@ -27,6 +28,9 @@ enum class ExpertMode {
 const char* expert_mode_name(ExpertMode m);
 // The command line's --experts: "nf4" (kernels), "nf4-reference", "f32". Throws genesis::Error for anything else.
 ExpertMode expert_mode_from_name(const std::string& name);
+struct LoadOptions;
+// --experts with "stored" too (a GGUF's experts as the file stores them, on kq_gemv; NF4 kernels for the rest).
+void set_expert_mode(const std::string& name, LoadOptions& opt);
 
 // Which non-expert matrices (attention, dense MLP, untied output) become NF4 for the JIT kernels (nf4_kernel expert
 // mode only; the embedding and the router stay as they are).
@@ -63,6 +67,11 @@ struct LoadOptions {
   // 1.125 bytes per weight) instead of bf16 (2): the embedding, attention, dense MLP and output (`--dense q8`). The
   // second rounding is at most 1/254 of each 32-weight block's largest weight.
   bool dense_q8 = false;
+  // GGUF: matrices stored in a block format kq_gemv runs (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1) stay as stored on its
+  // JIT kernels with int8 activations: the non-expert ones (dense_stored; other block formats then become int8
+  // blocks as with dense_q8) and the experts (experts_stored, nf4_kernel mode; experts in other formats become NF4).
+  bool dense_stored = false;
+  bool experts_stored = false;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 
@@ -72,39 +81,30 @@ struct LoadOptions {
 // "nf4-all" (every eligible matrix NF4). Throws genesis::Error for anything else.
 void set_dense_mode(const std::string& mode, LoadOptions& opt);
 
-// A dense matrix [rows, cols], row-major, with an optional bias [rows]: fp32 (w), or bf16 as the checkpoint stored
-// it (w16; LoadOptions::keep_bf16), which halves the bytes a decode step reads and loses nothing.
+// A non-expert matrix [rows, cols] (attention, dense MLP, router, embedding, output) with an optional bias [rows]:
+// whatever family the policy chose (linear_policy.h) behind the Linear seam (kernels/linear.h), so the step never
+// asks which format it is. rows / cols repeat the Linear's for the callers' convenience.
 struct Dense {
   int64_t rows = 0, cols = 0;
-  std::vector<float> w;
-  std::vector<uint16_t> w16;
-  std::vector<float> bias;  // empty = none
-  // NF4 (LoadOptions::dense_nf4): packed for the kernel path; the model attaches kernels for one and 8 tokens.
-  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> nf4;
-  std::shared_ptr<const kernels::nf4_gemv::Kernel> kernel1, kernel8;
-  // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv.
-  std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq;
-  // int8 blocks (LoadOptions::dense_q8), run by q8_gemv.
-  std::shared_ptr<const kernels::q8_gemv::Q8Matrix> q8;
-  bool bf16() const { return !w16.empty(); }
-  bool is_q8() const { return q8 != nullptr; }
-  bool is_nf4() const { return nf4 != nullptr; }
-  bool is_gq() const { return gq != nullptr; }
-  bool empty() const { return w.empty() && w16.empty() && !nf4 && !gq && !q8; }
-  size_t bytes() const;
-  void row_f32(int64_t r, float* out) const;  // one row widened to fp32 (embedding lookup)
+  std::shared_ptr<const kernels::Linear> op;  // null: absent (a tied output)
+  std::vector<float> bias;                    // empty = none
+  Dense() = default;
+  explicit Dense(std::shared_ptr<const kernels::Linear> l, std::vector<float> b = {})
+      : rows(l->rows()), cols(l->cols()), op(std::move(l)), bias(std::move(b)) {}
+  bool empty() const { return !op; }
+  std::string format() const { return op ? op->format() : "none"; }
+  size_t bytes() const { return (op ? op->bytes() : 0) + bias.size() * 4; }
+  void row_f32(int64_t r, float* out) const { op->row_f32(r, out); }  // one row widened to fp32 (embedding lookup)
 };
 
-// One expert projection [rows, cols]: exactly one of f32 / nf4 (+ packed for nf4_kernel) is filled.
+// One expert projection [rows, cols] behind the Linear seam: fp32 (ExpertMode::f32), NF4 on the reference product
+// (nf4_reference) or on the JIT kernels (nf4_kernel), or as the GGUF file stores it (keep_quant).
 struct ExpertMatrix {
   int64_t rows = 0, cols = 0;
-  std::vector<float> f32;
-  quant::Nf4Matrix nf4;
-  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;  // nf4_kernel
-  // As the GGUF file stores it (LoadOptions::keep_quant), run by ggml_gemv; then f32 / nf4 / packed are empty.
-  // gq2: the rows after gq's when they are stored in another format (gate_up: gate in gq, up in gq2).
-  std::shared_ptr<const kernels::ggml_gemv::GgmlMatrix> gq, gq2;
-  size_t bytes(ExpertMode m) const;  // bytes one full product reads
+  std::shared_ptr<const kernels::Linear> op;
+  // nf4_kernel: the packed weights, until the model binds them to its kernel set (op is null until then).
+  std::shared_ptr<const kernels::nf4_gemv::PackedWeights> packed;
+  size_t bytes() const { return op ? op->bytes() : packed ? packed->bytes() : 0; }  // bytes one product reads
 };
 
 struct Expert {
@@ -113,17 +113,44 @@ struct Expert {
 };
 
 struct Layer {
-  std::vector<float> input_norm;  // [hidden]
+  std::vector<float> input_norm;  // [hidden] (Qwen3-Next: 1 + w, as applied)
+  // Attention. Gated attention: q is [2 * q_dim, hidden], per head the query rows then the gate rows.
   Dense q, k, v, o;               // [q_dim, hidden], [kv_dim, hidden] x2, [hidden, q_dim]
   std::vector<float> q_norm;      // [head_dim] (per head) or [q_dim] (whole); empty = no QK-norm
   std::vector<float> k_norm;      // [head_dim] or [kv_dim]
   std::vector<float> post_norm;   // [hidden]
+  // Gated DeltaNet (Qwen3-Next linear attention), as the checkpoint lays them out: in_proj_qkvz's rows per key head
+  // [q (dk), k (dk), v (r * dv), z (r * dv)] with r = value heads / key heads; in_proj_ba's per key head
+  // [b (r), a (r)].
+  Dense in_qkvz;                  // [2 * key_dim + 2 * value_dim, hidden]
+  // Or split (newer llama.cpp GGUF files: attn_qkv, attn_gate): rows in the conv channels' order [q, k, v], and z.
+  Dense in_qkv;                   // [2 * key_dim + value_dim, hidden]
+  Dense in_z;                     // [value_dim, hidden]
+  Dense in_ba;                    // [2 * value heads, hidden]
+  std::vector<float> conv_w;      // [conv_dim][kernel]: channels q (key_dim), k (key_dim), v (value_dim)
+  std::vector<float> dt_bias;     // [value heads]
+  std::vector<float> a_neg;       // [value heads]: -exp(A_log)
+  std::vector<float> gated_norm;  // [value_head_dim] (applied as is: no 1 + w)
+  Dense out_proj;                 // [hidden, value_dim]
   // Dense MLP (when !moe)
   Dense gate, up, down;  // [inter, hidden] x2, [hidden, inter]
   // MoE (when moe)
   bool moe = false;
   Dense router;                // [n_experts, hidden]
   std::vector<Expert> experts; // [n_experts]
+  // Shared expert (MlpKind::moe_shared): a SwiGLU MLP over every row, scaled by sigmoid(shared_gate . x).
+  Dense shared_gate_proj, shared_up, shared_down;  // [shared inter, hidden] x2, [hidden, shared inter]
+  Dense shared_gate;                               // [1, hidden]
+
+  // The non-expert matrices, for what walks all of them (byte counts, kernel attachment, reports).
+  std::vector<Dense*> matrices() {
+    return {&q,      &k,      &v,    &o,  &in_qkvz, &in_qkv, &in_z,  &in_ba, &out_proj, &gate, &up, &down, &router,
+            &shared_gate_proj, &shared_up, &shared_down, &shared_gate};
+  }
+  std::vector<const Dense*> matrices() const {
+    auto m = const_cast<Layer*>(this)->matrices();
+    return {m.begin(), m.end()};
+  }
 };
 
 struct Weights {

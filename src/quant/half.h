@@ -1,11 +1,12 @@
-// Scalar conversions between float32 and the 16-bit float formats found in checkpoints (IEEE binary16, bfloat16).
-// Exact decoding; encoding rounds to nearest even and keeps NaN a NaN. No SIMD here: loaders convert once at load.
+// Scalar conversions between float32 and the 16-bit float formats found in checkpoints and GGUF blocks (IEEE binary16,
+// bfloat16): the one home of these conversions. Exact decoding; encoding rounds to nearest even and keeps NaN a NaN.
+// No SIMD here: loaders convert once at load; kernels that convert in their hot loop use the ISA's instructions.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-namespace genesis::runtime {
+namespace genesis::quant {
 
 inline float bf16_to_f32(uint16_t h) {
   const uint32_t bits = uint32_t(h) << 16;
@@ -71,4 +72,4 @@ inline uint16_t f32_to_f16(float f) {
   return uint16_t(sign | ((abs - 0x38000000u + rounding) >> 13));
 }
 
-}  // namespace genesis::runtime
+}  // namespace genesis::quant

@@ -1,0 +1,384 @@
+// build(): the IR of one kq_gemv kernel. Loop structure:
+//   row loop { load the fp32 lanes; unit loop { HOT: decode the unit's codes and scales once, then for each
+//   activation row the integer dots and the fp32 fold }; store the lanes }
+// Decoding (per unit, shared by all activation rows):
+//   4-bit codes: vpandd / vpsrlw+vpandd on 64 stored bytes give two vectors of 64 codes;
+//   Q5_K / Q6_K high bits: the 32 stored bytes broadcast to both halves, one vpsrlvw (per-half shift) and one
+//   vpternlogd (code |= bits & mask) per vector;
+//   K-quant sub-block scales: vpbroadcastq of 8 scale bytes and one vpshufb per vector give int16 scales
+//   (Q6_K: placed in the high byte, then vpsraw 8 sign-extends).
+// Products: K-quants vpmaddubsw (u8 codes x s8 activations -> int16 pairs) then vpdpwssd with the scales (int32),
+//   the mins' / Q6_K's -32 term from the activations' block sums by one vpmaddwd; legacy formats vpdpbusd from the
+//   offset correction. Then one conversion and fp32 scale products per unit and activation row.
+#include "kernels/kq_gemv/build.h"
+
+#include <fmt/format.h>
+
+#include <cstddef>
+
+#include "common/error.h"
+#include "kernels/kq_gemv/layout.h"
+
+namespace genesis::kernels::kq_gemv {
+
+using jit::Instr;
+using jit::Mem;
+using jit::Op;
+
+namespace {
+
+enum StreamId { kArgs = 0, kW = 1, kX = 2, kOut = 3, kConsts = 4 };
+
+constexpr int kArgsReg = jit::kGprBase + 7;   // rdi
+constexpr int kWReg = jit::kGprBase + 8;      // r8
+constexpr int kCReg = jit::kGprBase + 9;      // r9: constants
+constexpr int kXReg = jit::kGprBase + 6;      // rsi
+constexpr int kOutReg = jit::kGprBase + 1;    // rcx
+constexpr int kUnitCnt = jit::kGprBase + 0;   // rax
+constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
+constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
+constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
+
+// Constant block offsets.
+constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
+constexpr int kSh02 = 64, kSh13 = 128, kIdxK = 192, kIdx6 = 448, kNeg32 = 704, kConstBytes = 768;
+
+struct alignas(64) Constants {
+  uint8_t b[kConstBytes] = {};
+  Constants() {
+    auto put32 = [&](int off, uint32_t v) {
+      for (int i = 0; i < 4; ++i) b[off + i] = uint8_t(v >> (8 * i));
+    };
+    auto put16 = [&](int off, int16_t v) {
+      b[off] = uint8_t(uint16_t(v));
+      b[off + 1] = uint8_t(uint16_t(v) >> 8);
+    };
+    put32(kMask0F, 0x0F0F0F0Fu);
+    put32(kMask10, 0x10101010u);
+    put32(kMask30, 0x30303030u);
+    for (int w = 0; w < 32; ++w) {
+      put16(kSh02 + 2 * w, int16_t(w < 16 ? 0 : 2));
+      put16(kSh13 + 2 * w, int16_t(w < 16 ? 1 : 3));
+      put16(kNeg32 + 2 * w, int16_t(-32));
+    }
+    for (int k = 0; k < 4; ++k)
+      for (int w = 0; w < 32; ++w) {
+        // Q4_K / Q5_K vector k holds sub-blocks (k/2)*4 + k%2 (bytes 0..31) and that + 2 (bytes 32..63)
+        b[kIdxK + 64 * k + 2 * w] = uint8_t((k / 2) * 4 + (k % 2) + (w >= 16 ? 2 : 0));
+        b[kIdxK + 64 * k + 2 * w + 1] = 0x80;
+        // Q6_K vector k holds sub-blocks 4k .. 4k+3 (8 words each); the scale byte goes to the word's high byte
+        b[kIdx6 + 64 * k + 2 * w] = 0x80;
+        b[kIdx6 + 64 * k + 2 * w + 1] = uint8_t(4 * (k % 2) + w / 8);
+      }
+  }
+};
+
+Mem mem(int base, int64_t disp, int stream, bool bcast = false) {
+  if (disp < INT32_MIN || disp > INT32_MAX) fail("kq_gemv: displacement {} does not fit 32 bits", disp);
+  Mem m;
+  m.base = base;
+  m.disp = int32_t(disp);
+  m.stream = stream;
+  m.bcast = bcast;
+  return m;
+}
+Mem arg(size_t off) { return mem(kArgsReg, int64_t(off), kArgs); }
+Mem cst(int off, bool bcast = false) { return mem(kCReg, off, kConsts, bcast); }
+
+Instr ternlog(int dst, int src1, Mem m, int imm) {
+  Instr i = jit::make_alu_mem(Op::vpternlogd, dst, src1, m);
+  i.imm = imm;
+  return i;
+}
+
+Instr loop_marker(Op op, int counter, int align) {
+  Instr i;
+  i.op = op;
+  i.dst = counter;
+  i.imm = align;
+  return jit::finalize(i);
+}
+
+class Builder {
+ public:
+  explicit Builder(const Conf& c) : c_(c), f_(c.format), T_(c.tokens) {}
+
+  int tmp(int set, int j) const { return c_.temps[size_t(c_.set_size * (set % c_.sets) + j)]; }
+  int creg(int off) const {
+    for (auto [o, r] : c_.const_regs)
+      if (o == off) return r;
+    return -1;
+  }
+  // An ALU op whose second source is a constant: its register when it has one, else a memory operand.
+  Instr with_const(Op op, int dst, int src1, int off, bool bcast = false, int width = 64) const {
+    const int r = creg(off);
+    return r >= 0 ? jit::make_alu(op, dst, src1, r, width) : jit::make_alu_mem(op, dst, src1, cst(off, bcast), width);
+  }
+  Instr ternlog_const(int dst, int src1, int off) const {
+    const int r = creg(off);
+    if (r < 0) return ternlog(dst, src1, cst(off, true), 0xF8);
+    Instr i = jit::make_alu(Op::vpternlogd, dst, src1, r);
+    i.imm = 0xF8;
+    return i;
+  }
+  Mem wm(int64_t off, bool bcast = false) const { return mem(kWReg, off, kW, bcast); }
+  Mem xm(int t, int64_t off, bool bcast = false) const { return mem(kXReg, t * kTokenRecord + off, kX, bcast); }
+
+  void nibbles(std::vector<Instr>& o, int lo, int hi, int64_t off) const {
+    o.push_back(jit::make_load(Op::vload, hi, wm(off)));
+    o.push_back(with_const(Op::vpandd, lo, hi, kMask0F, true));
+    o.push_back(jit::make_shift(Op::vpsrlw_imm, hi, hi, 4));
+    o.push_back(with_const(Op::vpandd, hi, hi, kMask0F, true));
+  }
+
+  void half_to_float(std::vector<Instr>& o, Op bcast, int v, int64_t off) const {
+    o.push_back(jit::make_load(bcast, v, wm(off), 32));
+    o.push_back(jit::make_alu(Op::vcvtph2ps, v, v, -1, 64));
+  }
+
+  void decode_k(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    const auto& SC = c_.sc;
+    const int co = layout::codes_offset(f_);
+    if (f_ == Format::q6_k) {
+      for (int h = 0; h < 2; ++h) {
+        nibbles(o, C[size_t(2 * h)], C[size_t(2 * h + 1)], 64 * h);
+        const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
+        o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(128 + 32 * h)));
+        o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+        o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
+        o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
+        o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
+        o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
+      }
+      for (int h = 0; h < 2; ++h) {
+        const int a = SC[size_t(2 * h)], b = SC[size_t(2 * h + 1)];
+        o.push_back(jit::make_load(Op::vbcast_q, a, wm(192 + 8 * h)));
+        o.push_back(with_const(Op::vpshufb, b, a, kIdx6 + 64 * (2 * h + 1)));
+        o.push_back(with_const(Op::vpshufb, a, a, kIdx6 + 64 * (2 * h)));
+      }
+      for (int k = 0; k < 4; ++k) o.push_back(jit::make_shift(Op::vpsraw_imm, SC[size_t(k)], SC[size_t(k)], 8));
+      o.push_back(jit::make_load(Op::vsx_b2w, c_.mv, wm(192), 32));
+      o.push_back(with_const(Op::vpmullw, c_.mv, c_.mv, kNeg32, false, 32));
+      half_to_float(o, Op::vbcast_w, c_.d, 208);
+      return;
+    }
+    nibbles(o, C[0], C[1], co);
+    nibbles(o, C[2], C[3], co + 64);
+    if (f_ == Format::q5_k) {
+      const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
+      o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(20)));
+      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+      const int src[4] = {Hs, Hs, H, H};
+      const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
+      for (int k = 0; k < 4; ++k) {
+        o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
+        o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
+      }
+    }
+    o.push_back(jit::make_load(Op::vbcast_q, SC[3], wm(4)));
+    for (int k = 0; k < 4; ++k) o.push_back(with_const(Op::vpshufb, SC[size_t(k)], SC[3], kIdxK + 64 * k));
+    // dmin * m_j as fp32 in lanes 0..7 (lanes 8..15 zero)
+    half_to_float(o, Op::vbcast_w, c_.d, 0);
+    half_to_float(o, Op::vbcast_w, c_.dmin, 2);
+    o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
+    o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
+  }
+
+  void tokens_k(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    const auto& SC = c_.sc;
+    for (int t = 0; t < T_; ++t) {
+      const int S = tmp(t, 0), P[2] = {tmp(t, 1), tmp(t, 2)};
+      bool first = true;
+      if (f_ == Format::q6_k) {  // S starts from -32 * sum_j sc_j * bsum_j
+        o.push_back(jit::make_alu_mem(Op::vpmaddwd, S, c_.mv, xm(t, layout::kXBs16), 32));
+        first = false;
+      }
+      for (int k = 0; k < 4; ++k) {
+        const int p = P[k % 2];
+        o.push_back(jit::make_alu_mem(Op::vpmaddubsw, p, C[size_t(k)], xm(t, 64 * k)));
+        if (first)
+          o.push_back(jit::make_alu(Op::vpmaddwd, S, p, SC[size_t(k)]));
+        else
+          o.push_back(jit::make_alu(Op::vpdpwssd, S, p, SC[size_t(k)]));
+        first = false;
+      }
+      o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+      o.push_back(jit::make_alu(Op::vmulps, S, S, c_.d));
+      if (f_ != Format::q6_k)  // - sum_j (dmin m_j) sums_j, lanes 0..7 (the record holds zeros after the 8 sums)
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
+      o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
+    }
+  }
+
+  void decode_legacy(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    const int co = layout::codes_offset(f_);
+    if (f_ == Format::q8_0) {
+      o.push_back(jit::make_load(Op::vload, C[0], wm(co)));
+      o.push_back(jit::make_load(Op::vload, C[1], wm(co + 64)));
+    } else {
+      nibbles(o, C[0], C[1], co);
+    }
+    half_to_float(o, Op::vbcast_q, c_.d, 0);
+    if (f_ == Format::q4_1) half_to_float(o, Op::vbcast_q, c_.mv, 8);
+  }
+
+  void tokens_legacy(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    for (int t = 0; t < T_; ++t) {
+      const int S = tmp(t, 0);
+      o.push_back(jit::make_load(Op::vload, S, xm(t, layout::kXCorr), 16));  // zero-extends to the whole zmm
+      o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[0], xm(t, 0)));
+      o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[1], xm(t, 64)));
+      o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+      o.push_back(jit::make_alu(Op::vmulps, S, S, c_.d));
+      o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXDx)));
+      if (f_ == Format::q4_1)
+        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], c_.mv, xm(t, layout::kXSx)));
+    }
+  }
+
+  // The unit loop's body in canonical order: prefetches, the shared decode, then each activation row's products.
+  std::vector<Instr> hot_body() const {
+    std::vector<Instr> o;
+    const Genome& g = c_.genome;
+    const int64_t rec = layout::record_bytes(f_);
+    if (g.pf_dist > 0) {
+      const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
+                    : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
+                    : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
+                                                     : Op::prefetch_t0;
+      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_dist + b)));
+    }
+    if (is_k_quant(f_)) {
+      decode_k(o);
+      tokens_k(o);
+    } else {
+      decode_legacy(o);
+      tokens_legacy(o);
+    }
+    return o;
+  }
+
+  // The genome's permutation of the body, if any: legal iff it keeps every def/use edge (jit::is_legal_order).
+  void apply_order(std::vector<Instr>& body) const {
+    const auto& order = c_.genome.order;
+    if (order.empty()) return;
+    std::string why;
+    if (!jit::is_legal_order(body, order, &why))
+      fail("kq_gemv: genome order is illegal for {} ({} instructions): {}", c_.id, body.size(), why);
+    std::vector<Instr> re;
+    re.reserve(body.size());
+    for (auto i : order) re.push_back(body[i]);
+    body = std::move(re);
+  }
+
+  jit::Program program() const {
+    jit::Program p;
+    p.name = c_.id;
+    auto& o = p.code;
+    const int64_t rec = layout::record_bytes(f_);
+    o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
+    o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
+    for (auto [off, r] : c_.const_regs)
+      o.push_back(off < 64 ? jit::make_load(Op::vbcast_d, r, cst(off)) : jit::make_load(Op::vload, r, cst(off)));
+    o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
+    o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
+    o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
+    o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
+    o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
+    o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
+    o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
+    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
+    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
+    p.hot_begin = o.size();
+    std::vector<Instr> hot = hot_body();
+    apply_order(hot);
+    o.insert(o.end(), hot.begin(), hot.end());
+    p.hot_end = o.size();
+    o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
+    o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
+    o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
+    for (int t = 0; t < T_; ++t) o.push_back(jit::make_store(c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
+    o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(T_) * 64));
+    o.push_back(jit::make_gpr(Op::add_reg, kWReg, kSkipReg, 0));
+    o.push_back(loop_marker(Op::loop_end, kRowCnt, 0));
+    return p;
+  }
+
+ private:
+  const Conf& c_;
+  const Format f_;
+  const int T_;
+};
+
+}  // namespace
+
+std::string Conf::describe() const {
+  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(),
+                     int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()) + int(const_regs.size()));
+}
+
+Conf make_conf(Format fmt_, int tokens, const Genome& g) {
+  if (tokens < 1 || tokens > kMaxTokens) fail("kq_gemv: {} activation rows; a kernel handles 1..{}", tokens, kMaxTokens);
+  g.validate();
+  Conf c;
+  c.format = fmt_;
+  c.tokens = tokens;
+  c.genome = g;
+  int next = 0;
+  for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
+  const bool k = is_k_quant(fmt_);
+  for (int i = 0; i < (k ? 4 : 2); ++i) c.c.push_back(next++);
+  if (k)
+    for (int i = 0; i < 4; ++i) c.sc.push_back(next++);
+  c.d = next++;
+  if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
+  if (k || fmt_ == Format::q4_1) c.mv = next++;
+  int left = 32 - next;
+  c.set_size = k ? 3 : 1;  // K: S, P0, P1 (the decode borrows set 0 for the high bits); legacy: S
+  c.sets = std::min(2, left / c.set_size);
+  if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
+  left -= c.set_size * c.sets;
+  // Constants the hot loop reads, most used first: held in registers while registers remain.
+  std::vector<int> wanted = {kMask0F};
+  switch (fmt_) {
+    case Format::q4_k: wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192}); break;
+    case Format::q5_k:
+      wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192, kMask10, kSh02, kSh13});
+      break;
+    case Format::q6_k:
+      wanted.insert(wanted.end(), {kIdx6, kIdx6 + 64, kIdx6 + 128, kIdx6 + 192, kMask30, kSh02, kNeg32});
+      break;
+    default: break;
+  }
+  std::vector<int> const_regs;
+  for (int off : wanted)
+    if (left > 0) {
+      const_regs.push_back(off);
+      --left;
+    }
+  c.sets = std::min(4, c.sets + left / c.set_size);
+  for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
+  for (int off : const_regs) c.const_regs.emplace_back(off, next++);
+  c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
+  return c;
+}
+
+jit::Program build(const Conf& c) { return Builder(c).program(); }
+
+std::vector<jit::Instr> canonical_body(const Conf& c) {
+  Conf plain = c;
+  plain.genome.order.clear();
+  return Builder(plain).hot_body();
+}
+
+const void* kernel_constants() {
+  static const Constants k;
+  return k.b;
+}
+
+}  // namespace genesis::kernels::kq_gemv

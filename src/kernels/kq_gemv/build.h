@@ -1,0 +1,52 @@
+// Internal to kq_gemv: the JIT kernel's argument block, its configuration, and the IR builder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "jit/ir.h"
+#include "kernels/kq_gemv/genome.h"
+#include "kernels/kq_gemv/kq_gemv.h"
+
+namespace genesis::kernels::kq_gemv {
+
+// The kernel's one argument (rdi). For each of n_rows rows it adds n_units records (from w, then w + row_stride
+// per row) times the activations' units (from x, x_stride apart) into its activation rows' 16 fp32 lanes at
+// out[row][t][16]; the lanes' sum is y (the driver zeroes them, calls the kernel per column chunk and pass, and adds
+// them).
+struct KernelArgs {
+  const uint8_t* w = nullptr;
+  const uint8_t* x = nullptr;  // Activations::data of the chunk's first unit
+  float* out = nullptr;
+  int64_t n_rows = 0;
+  int64_t n_units = 0;
+  const void* consts = nullptr;
+  int64_t w_skip = 0;    // row stride minus n_units records: added to w after each row
+  int64_t x_stride = 0;  // bytes from one unit's activation records to the next (all activation rows' records)
+};
+
+struct Conf {
+  Format format = Format::q4_k;
+  int tokens = 1;
+  Genome genome;    // the code genes: prefetch distance and kind, loop alignment
+  // vector registers
+  std::vector<int> f;      // fp32 lane accumulators, one per activation row
+  std::vector<int> c;      // decoded code vectors (4 K-quants, 2 legacy)
+  std::vector<int> sc;     // K-quants: int16 sub-block scale vectors
+  int d = -1, dmin = -1, mv = -1;  // d (K) or the 4 blocks' d (legacy); Q4_K/Q5_K dmin and mins; Q6_K -32 sc; Q4_1 m
+  std::vector<int> temps;  // sets of set_size: K-quants S, P0, P1; legacy S
+  std::vector<std::pair<int, int>> const_regs;  // (constant block offset, register) held in registers when they fit
+  int sets = 1, set_size = 3;
+  std::string id;
+  std::string describe() const;
+};
+
+Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline());
+jit::Program build(const Conf& c);
+// The unit loop's body in canonical order (what Genome::order permutes). Depends on format, rows and code genes.
+std::vector<jit::Instr> canonical_body(const Conf& c);
+// The family's constant block (masks, shift counts, shuffle indices), 64-byte aligned.
+const void* kernel_constants();
+
+}  // namespace genesis::kernels::kq_gemv

@@ -1,0 +1,40 @@
+// A kq_gemv schedule as data, so that the factory can search it: software prefetch (distance and locality), the
+// unit loop's alignment, and the driver's blocking (rows per kernel call; the L1 budget that sets how many units a
+// column chunk spans). baseline() is the hand-tuned default; validate() names the first gene out of range.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace genesis::kernels::kq_gemv {
+
+enum class PrefetchKind : uint8_t { t0, t1, t2, nta };
+
+struct Genome {
+  // bytes ahead of the record being decoded; 0 = none; multiple of 64, <= 65536. 4096 measured on the 2-core Zen 5
+  // machine, 1 thread, cold 14336x4096: Q4_K 26 -> 31 GB/s, Q6_K 27 -> 31 GB/s against 0 (8192 alike); no cost hot.
+  int pf_dist = 4096;
+  PrefetchKind pf_kind = PrefetchKind::t0;
+  int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
+  int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
+  int x_budget_kb = 24;                  // activation records of one column chunk: 1..1024 KB
+  // Activation rows one kernel pass takes (1..16); more rows go in balanced passes over each chunk of rows (the
+  // chunk's weights are then re-read from L2, not memory). 8: with 16 rows one pass runs out of registers (one temp
+  // set, constants from memory) and two passes of 8 were faster (Q6_K 2048x768 16 rows 265 -> 201 us).
+  int rows_per_pass = 8;
+  // A permutation of the unit loop's canonical body (build.h: canonical_body()), empty = canonical. Checked against
+  // the body's def/use edges when the kernel is built (jit::is_legal_order): an illegal order is a genesis::Error.
+  // The body depends on the format and the activation rows of a pass: an order fits one (format, rows) pair.
+  std::vector<uint16_t> order;
+
+  static Genome baseline() { return Genome{}; }
+  void validate() const;                 // throws genesis::Error naming the gene and its range
+  std::string serialize() const;         // "pf=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any)
+  static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
+  // The genes that shape the generated code ("pf4096t0a64", + "o<hash>" with an order): the kernel id and cache key.
+  std::string code_key() const;
+  friend bool operator==(const Genome&, const Genome&) = default;
+};
+
+}  // namespace genesis::kernels::kq_gemv

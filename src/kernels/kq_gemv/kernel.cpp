@@ -1,0 +1,261 @@
+// kq_gemv driver: paths, the JIT kernel calls (rows in chunks, lanes summed here), the scalar path (exact integer
+// dots, the same fp32 fold), the fp64 reference and the error bound.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "common/error.h"
+#include "cpu/isa.h"
+#include "cpu/thread_pool.h"
+#include "jit/emit.h"
+#include "kernels/kq_gemv/build.h"
+#include "kernels/kq_gemv/kq_gemv.h"
+#include "kernels/kq_gemv/layout.h"
+#include "quant/ggml.h"
+
+namespace genesis::kernels::kq_gemv {
+
+using namespace layout;
+
+const char* path_name(Path p) { return p == Path::avx512vnni ? "avx512vnni" : "scalar"; }
+
+std::optional<Path> parse_path(const std::string& s) {
+  if (s == "avx512vnni") return Path::avx512vnni;
+  if (s == "scalar") return Path::scalar;
+  return std::nullopt;
+}
+
+std::vector<Path> available_paths() {
+  std::vector<Path> v;
+  if (cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512vnni))
+    v.push_back(Path::avx512vnni);
+  v.push_back(Path::scalar);
+  return v;
+}
+
+Path best_path() { return available_paths().front(); }
+
+void require_path(Path p) {
+  for (Path q : available_paths())
+    if (q == p) return;
+  std::string names;
+  for (Path q : available_paths()) names += (names.empty() ? "" : ", ") + std::string(path_name(q));
+  fail("kq_gemv: this CPU (or GENESIS_MAX_ISA) cannot run path {}; possible: {}", path_name(p), names);
+}
+
+namespace {
+
+float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return quant::half_to_float(h);
+}
+
+int16_t i16(const uint8_t* p) {
+  int16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// One unit's weights in kernel byte order as small integers: for the K-quants the code times its sub-block scale
+// (the -32 of Q6_K and the mins are applied from the activations' sums), for the legacy formats the unsigned code.
+void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
+  static const auto elem = [] {  // element_of for Q4_K / Q5_K
+    std::array<uint8_t, 256> t{};
+    for (int j = 0; j < 256; ++j) t[size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+    return t;
+  }();
+  const int co = codes_offset(f);
+  switch (f) {
+    case Format::q4_k:
+    case Format::q5_k:
+      for (int j = 0; j < 256; ++j) {
+        const int k = j / 64, p = j % 64, e = elem[size_t(j)];
+        const uint8_t b = rec[co + 64 * (k / 2) + p];
+        int c = (k % 2) ? b >> 4 : b & 0xF;
+        if (f == Format::q5_k) c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
+        wq[j] = int16_t(c * rec[4 + e / 32]);
+      }
+      return;
+    case Format::q6_k:
+      for (int j = 0; j < 256; ++j) {
+        const int h = j / 128, l = j % 128, quarter = l / 32, i = l % 32;
+        const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
+        const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
+        const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
+        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + j / 16])));
+      }
+      return;
+    case Format::q8_0:
+      for (int j = 0; j < 128; ++j) wq[j] = rec[co + j];
+      return;
+    case Format::q4_0:
+    case Format::q4_1:
+      for (int j = 0; j < 64; ++j) {
+        wq[j] = int16_t(rec[co + j] & 0xF);
+        wq[j + 64] = int16_t(rec[co + j] >> 4);
+      }
+      return;
+  }
+}
+
+// The scalar path: per unit exact integer sums, then the JIT kernel's fp32 fold (one fp32 accumulator per output;
+// separate multiplies and adds: without FMA in the baseline ISA, std::fma would be emulated in software).
+void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const Format f = w.format;
+  const int uc = unit_cols(f);
+  alignas(64) int16_t wq[256];
+  float acc[kMaxRows];
+  for (int64_t r = r0; r < r1; ++r) {
+    std::fill(acc, acc + a.n, 0.0f);
+    for (int64_t u = 0; u < w.units; ++u) {
+      const uint8_t* rec = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+      decode_unit(f, rec, wq);
+      for (int t = 0; t < a.n; ++t) {
+        const uint8_t* xr = a.data.data() + (size_t(u) * size_t(a.n) + size_t(t)) * kTokenRecord;
+        const auto* xq = reinterpret_cast<const int8_t*>(xr);
+        if (is_k_quant(f)) {
+          int32_t S = 0;
+          for (int j = 0; j < uc; ++j) S += int32_t(wq[j]) * xq[j];
+          float dx;
+          std::memcpy(&dx, xr + kXScale, 4);
+          float s;
+          if (f == Format::q6_k) {
+            for (int b = 0; b < 16; ++b) S -= 32 * int32_t(int8_t(rec[192 + b])) * i16(xr + kXBs16 + 2 * b);
+            s = float(S) * half(rec + 208);
+          } else {  // the JIT kernel's fold: d S - sum_j (dmin m_j) sums_j
+            s = float(S) * half(rec);
+            const float dmin = half(rec + 2);
+            for (int b = 0; b < 8; ++b) {
+              float sum;
+              std::memcpy(&sum, xr + kXSums32 + 4 * b, 4);
+              s -= (dmin * float(rec[12 + b])) * sum;
+            }
+          }
+          acc[t] += s * dx;
+        } else {
+          int32_t S[4];
+          std::memcpy(S, xr + kXCorr, 16);
+          for (int j = 0; j < uc; ++j) S[(j % 64) / 4 % 4] += int32_t(wq[j]) * xq[j];
+          for (int b = 0; b < 4; ++b) {
+            float dx, sx;
+            std::memcpy(&dx, xr + kXDx + 4 * b, 4);
+            std::memcpy(&sx, xr + kXSx + 4 * b, 4);
+            acc[t] += float(S[b]) * half(rec + 2 * b) * dx;
+            if (f == Format::q4_1) acc[t] += half(rec + 8 + 2 * b) * sx;
+          }
+        }
+      }
+    }
+    for (int t = 0; t < a.n; ++t) y[size_t(t) * size_t(ldy) + size_t(r)] = acc[t];
+  }
+}
+
+std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens, const Genome& g) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, std::string>, std::shared_ptr<const jit::ExecutableCode>> cache;
+  const auto key = std::make_tuple(int(f), tokens, g.code_key());
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+  }
+  const Conf c = make_conf(f, tokens, g);
+  auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
+  std::lock_guard<std::mutex> lock(mu);
+  return cache.emplace(key, code).first->second;
+}
+
+__attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int64_t rows, float* y, int64_t ldy,
+                                                  int64_t r0) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int t = 0; t < n; ++t)
+      y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
+}
+
+// Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); per chunk the activation rows in balanced passes of
+// at most genome.rows_per_pass (later passes find the chunk's weights in L2); columns in chunks whose activation
+// records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1.
+void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g) {
+  const int passes = (a.n + g.rows_per_pass - 1) / g.rows_per_pass;
+  struct Pass {
+    int t0, n;
+    int64_t unit_chunk;
+    void (*fn)(const KernelArgs*);
+  };
+  std::vector<Pass> plan;
+  std::vector<std::shared_ptr<const jit::ExecutableCode>> keep;
+  for (int p = 0, t0 = 0; p < passes; ++p) {
+    const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
+    keep.push_back(jit_kernel(w.format, n, g));
+    plan.push_back({t0, n, std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord)),
+                    keep.back()->as<void (*)(const KernelArgs*)>()});
+    t0 += n;
+  }
+  const int64_t row_chunk = g.row_chunk;
+  thread_local std::vector<float> lanes;
+  if (lanes.size() < size_t(row_chunk * kMaxTokens * 16)) lanes.resize(size_t(row_chunk * kMaxTokens * 16));
+  KernelArgs args;
+  args.consts = kernel_constants();
+  args.out = lanes.data();
+  args.x_stride = int64_t(a.n) * kTokenRecord;
+  for (int64_t r = r0; r < r1; r += row_chunk) {
+    const int64_t rows = std::min(row_chunk, r1 - r);
+    for (const Pass& p : plan) {
+      std::fill(lanes.begin(), lanes.begin() + rows * p.n * 16, 0.0f);
+      for (int64_t u = 0; u < w.units; u += p.unit_chunk) {
+        const int64_t nu = std::min(p.unit_chunk, w.units - u);
+        args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+        args.x = a.data.data() + (size_t(u) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
+        args.n_rows = rows;
+        args.n_units = nu;
+        args.w_skip = w.row_bytes() - nu * w.record_bytes;
+        p.fn(&args);
+      }
+      sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
+    }
+  }
+}
+
+}  // namespace
+
+void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
+              const Genome& genome) {
+  const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
+                         (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
+  if (!same_kind || a.cols != w.cols || a.units != w.units)
+    fail("kq_gemv: activations quantized for {} with {} columns do not fit a {} matrix of {} columns",
+         format_name(a.format), a.cols, format_name(w.format), w.cols);
+  if (a.n < 1 || a.n > kMaxRows) fail("kq_gemv: {} activation rows; 1..{} possible", a.n, kMaxRows);
+  if (r0 < 0 || r1 > w.rows || r0 > r1) fail("kq_gemv: row range [{}, {}) outside 0..{}", r0, r1, w.rows);
+  if (ldy < w.rows && a.n > 1) fail("kq_gemv: output stride {} is below the {} rows", ldy, w.rows);
+  if (r0 == r1) return;
+  require_path(path);
+  if (path == Path::avx512vnni)
+    jit_rows(w, a, y, ldy, r0, r1, genome);
+  else
+    scalar_rows(w, a, y, ldy, r0, r1);
+}
+
+void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool, Activations& scratch) {
+  quantize_activations(w.format, x, n, w.cols, scratch);
+  const Path p = best_path();
+  if (pool == nullptr || pool->size() <= 1 || w.rows < 128) {
+    run_rows(w, scratch, y, ldy, 0, w.rows, p);
+    return;
+  }
+  const int nt = pool->size();
+  const int64_t per = (w.rows + nt - 1) / nt;
+  const Activations* ap = &scratch;
+  pool->run([&](int tid, int) {
+    const int64_t a = std::min(w.rows, int64_t(tid) * per), b = std::min(w.rows, a + per);
+    if (a < b) run_rows(w, *ap, y, ldy, a, b, p);
+  });
+}
+
+}  // namespace genesis::kernels::kq_gemv

@@ -1,0 +1,114 @@
+// kq_gemv: y[t][r] = sum_k W[r][k] x[t][k] for t < n (1..16 activation rows sharing one pass over the weights), with
+// W in a GGUF block format (Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1) and the activations quantized to int8 per block as
+// ggml does (Q8_K: 256-element blocks with per-16 sums for the K-quants; 32-element blocks for the legacy formats).
+// Products are exact integer dot products (vpdpbusd / vpmaddubsw + vpdpwssd) scaled per block in fp32; the kernels are
+// generated through jit/'s IR. See README.md for the kernel layouts (Q6_K runs on the bytes as stored; the others are
+// rearranged at load into records of the same size, except Q4_K / Q5_K whose 12-byte 6-bit scales become 16 bytes).
+// Callers: make_matrix() once at load; per product quantize_activations() once, then run_rows() over row ranges
+// (one call per thread).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/kq_gemv/genome.h"
+
+namespace genesis::cpu {
+class ThreadPool;
+}
+
+namespace genesis::kernels::kq_gemv {
+
+inline constexpr int kMaxTokens = 16;  // activation rows one generated kernel takes (one pass over the weights)
+inline constexpr int kMaxRows = 128;   // activation rows one product takes (in passes of <= kMaxTokens)
+
+enum class Format { q4_k, q5_k, q6_k, q8_0, q4_0, q4_1 };
+inline constexpr Format kFormats[] = {Format::q4_k, Format::q5_k, Format::q6_k,
+                                      Format::q8_0, Format::q4_0, Format::q4_1};
+
+const char* format_name(Format f);                       // "Q4_K" ...
+std::optional<Format> parse_format(const std::string& s);  // case-insensitive "q4_k" / "Q4_K"
+std::optional<Format> format_of(uint32_t ggml_type);
+uint32_t ggml_type(Format f);
+bool is_k_quant(Format f);
+std::string format_names();  // "Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1"
+
+enum class Path { scalar, avx512vnni };
+const char* path_name(Path p);
+std::optional<Path> parse_path(const std::string& s);
+// Paths this CPU (after GENESIS_MAX_ISA) can run, fastest first; best_path() is the first.
+std::vector<Path> available_paths();
+Path best_path();
+void require_path(Path p);  // genesis::Error naming the path and what is possible
+
+// A weight matrix in the kernels' layout: rows contiguous, each row `units()` records of `record_bytes()` bytes
+// (a unit is 256 columns for the K-quants, 128 for the legacy formats; a legacy row whose block count is not a
+// multiple of 4 is padded with zero blocks).
+struct Matrix {
+  Format format = Format::q4_k;
+  int64_t rows = 0, cols = 0;
+  int64_t units = 0;        // per row
+  int64_t record_bytes = 0;
+  std::vector<uint8_t> data;  // rows * units * record_bytes, plus 64 bytes of slack for full-vector loads
+  int64_t row_bytes() const { return units * record_bytes; }
+  size_t bytes() const { return size_t(rows * row_bytes()); }  // what one product reads of the weights
+  std::string describe() const;
+};
+
+// The stored bytes of a [rows, cols] tensor of `ggml_type`, rows contiguous as GGUF holds them, into a Matrix.
+// Throws genesis::Error for an unsupported type, cols not a multiple of the format's block, or a byte count that
+// does not match the type and shape.
+Matrix make_matrix(uint32_t ggml_type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes);
+
+// Activations x[n][cols] (row stride cols, n <= kMaxRows) quantized for one matrix format: per unit and activation row a 320-byte
+// record (int8 codes in the kernel's order, then the block sums and scales the format needs). Reusable across calls
+// (buffers grow, never shrink) and across matrices of the same format and cols (gate and up share one).
+struct Activations {
+  Format format = Format::q4_k;
+  int n = 0;
+  int64_t cols = 0, units = 0;
+  std::vector<uint8_t> data;  // [unit][n][kTokenRecord]
+};
+inline constexpr int64_t kTokenRecord = 320;
+void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out);
+// The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
+void dequantize_activations(const Activations& a, int t, double* out);
+
+// y[t * ldy + r] for t < a.n and r in [r0, r1). Thread-safe (one call per thread on disjoint rows). The genome
+// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it.
+void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
+              const Genome& genome = Genome::baseline());
+// The whole product on the best path, rows split over the pool (may be null): quantizes x[n][cols] once.
+void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool,
+          Activations& scratch);
+
+// fp64 ground truth of the same semantics: the stored weights as quant::ggml_dequantize returns them, times the
+// quantized activations. y[t * rows + r].
+void reference(uint32_t ggml_type, const uint8_t* stored, int64_t rows, int64_t cols, const Activations& a,
+               double* y);
+// Bound on |run_rows - reference| for (row r, activation row t), every path: see README.md.
+double error_bound(uint32_t ggml_type, const uint8_t* stored, int64_t cols, int64_t r, const Activations& a, int t);
+std::string error_bound_text();
+
+// Row r of the matrix widened to fp32, bit-exact with quant::ggml_dequantize of the stored row (same fp32 operations).
+void dequantize_row(const Matrix& w, int64_t r, float* out);
+
+// Bytes one product reads (weights + activation records) and its flops, for the roofline.
+double bytes_moved(const Matrix& w, int n);
+double flops(const Matrix& w, int n);
+
+}  // namespace genesis::kernels::kq_gemv
+
+namespace genesis::kernels {
+class Linear;
+}
+namespace genesis::kernels::kq_gemv {
+// The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..kMaxRows
+// rows of x; above, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
+// (Q4_K and Q5_K share one).
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
+}  // namespace genesis::kernels::kq_gemv

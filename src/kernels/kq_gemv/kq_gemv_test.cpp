@@ -1,0 +1,517 @@
+// kq_gemv against its fp64 reference within the stated bound (every path, every format, edge shapes, 1..16
+// activation rows, tiny and large scales, every code value), against ggml's own dot-product formula on the same
+// quantized activations, a planted wrong weight caught by the bound, and bad input rejected with genesis::Error.
+#include "kernels/kq_gemv/kq_gemv.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "common/error.h"
+#include "jit/ir.h"
+#include "kernels/kq_gemv/build.h"
+#include "kernels/linear.h"
+#include "quant/ggml.h"
+
+namespace genesis::kernels::kq_gemv {
+namespace {
+
+// A random half with exponent field in [e_lo, e_hi] (0 = subnormal), random sign and mantissa.
+uint16_t random_half(std::mt19937& g, int e_lo, int e_hi, bool positive = false) {
+  const uint16_t e = uint16_t(std::uniform_int_distribution<int>(e_lo, e_hi)(g));
+  const uint16_t m = uint16_t(g() & 0x3FF);
+  const uint16_t s = positive ? 0 : uint16_t(g() & 1);
+  return uint16_t(s << 15 | e << 10 | m);
+}
+
+// Stored GGUF bytes: every code byte random (so every code value occurs), scale fields as halves in [e_lo, e_hi].
+std::vector<uint8_t> random_stored(Format f, int64_t rows, int64_t cols, uint32_t seed, int e_lo = 8, int e_hi = 14) {
+  const auto info = quant::ggml_type_info(ggml_type(f));
+  const int64_t blocks = rows * cols / info->block;
+  std::vector<uint8_t> b(size_t(blocks * info->block_bytes));
+  std::mt19937 g(seed);
+  for (auto& v : b) v = uint8_t(g());
+  auto put = [&](uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); };
+  for (int64_t i = 0; i < blocks; ++i) {
+    uint8_t* blk = b.data() + i * info->block_bytes;
+    switch (f) {
+      case Format::q4_k:
+      case Format::q5_k:
+        put(blk, random_half(g, e_lo, e_hi));
+        put(blk + 2, random_half(g, e_lo, e_hi));
+        break;
+      case Format::q6_k: put(blk + 208, random_half(g, e_lo, e_hi)); break;
+      case Format::q4_1: put(blk + 2, random_half(g, e_lo, e_hi)); [[fallthrough]];
+      default: put(blk, random_half(g, e_lo, e_hi)); break;
+    }
+  }
+  return b;
+}
+
+std::vector<float> random_x(int n, int64_t cols, uint32_t seed, float scale) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> x(size_t(n * cols));
+  for (auto& v : x) v = d(g);
+  return x;
+}
+
+struct Case {
+  Format f;
+  int64_t rows, cols;
+  int n;
+  int e_lo = 8, e_hi = 14;
+  float xscale = 1.0f;
+};
+
+void check_case(const Case& c, uint32_t seed) {
+  SCOPED_TRACE(testing::Message() << format_name(c.f) << " " << c.rows << "x" << c.cols << " n=" << c.n
+                                  << " e=" << c.e_lo << ".." << c.e_hi << " xs=" << c.xscale);
+  const auto stored = random_stored(c.f, c.rows, c.cols, seed, c.e_lo, c.e_hi);
+  const Matrix m = make_matrix(ggml_type(c.f), c.rows, c.cols, stored.data(), stored.size());
+  const auto x = random_x(c.n, c.cols, seed + 1, c.xscale);
+  Activations a;
+  quantize_activations(c.f, x.data(), c.n, c.cols, a);
+  std::vector<double> ref(size_t(c.n * c.rows));
+  reference(ggml_type(c.f), stored.data(), c.rows, c.cols, a, ref.data());
+  for (Path p : available_paths()) {
+    SCOPED_TRACE(path_name(p));
+    const int64_t ldy = c.rows + 3;
+    std::vector<float> y(size_t(c.n * ldy), -1e30f);
+    // two calls on a split row range, as threads do
+    const int64_t mid = c.rows / 2;
+    run_rows(m, a, y.data(), ldy, 0, mid, p);
+    run_rows(m, a, y.data(), ldy, mid, c.rows, p);
+    int bad = 0;
+    for (int t = 0; t < c.n; ++t)
+      for (int64_t r = 0; r < c.rows; ++r) {
+        const double b = error_bound(ggml_type(c.f), stored.data(), c.cols, r, a, t);
+        const double e = std::fabs(double(y[size_t(t * ldy + r)]) - ref[size_t(t * c.rows + r)]);
+        if (!(e <= b) && bad++ < 3)
+          ADD_FAILURE() << "t=" << t << " r=" << r << " y=" << y[size_t(t * ldy + r)]
+                        << " ref=" << ref[size_t(t * c.rows + r)] << " err=" << e << " bound=" << b;
+      }
+    for (int t = 0; t < c.n; ++t)  // the padding between ldy and rows is untouched
+      for (int64_t r = c.rows; r < ldy; ++r) ASSERT_EQ(y[size_t(t * ldy + r)], -1e30f);
+  }
+}
+
+TEST(KqGemv, EdgeShapesEveryFormat) {
+  uint32_t seed = 1;
+  for (Format f : kFormats) {
+    const int64_t blk = is_k_quant(f) ? 256 : 32;
+    for (int64_t rows : {int64_t(1), int64_t(37), int64_t(130)})
+      for (int64_t cols : {blk, 3 * blk, int64_t(is_k_quant(f) ? 2048 : 640)})
+        for (int n : {1, 3, 16}) check_case({f, rows, cols, n}, seed++);
+  }
+}
+
+TEST(KqGemv, EveryTokenCount) {
+  uint32_t seed = 100;
+  for (Format f : kFormats)
+    for (int n = 1; n <= kMaxTokens; ++n) check_case({f, 19, is_k_quant(f) ? 512 : 160, n}, seed++);
+  for (Format f : kFormats)  // more rows than one kernel pass takes
+    for (int n : {17, 40, kMaxRows}) check_case({f, 7, is_k_quant(f) ? 256 : 96, n}, seed++);
+}
+
+// All-zero activation rows and blocks: scale 0, codes 0, the product exactly 0 where the whole row is zero.
+TEST(KqGemv, ZeroActivationBlocks) {
+  for (Format f : kFormats) {
+    const int64_t rows = 5, cols = is_k_quant(f) ? 768 : 160;
+    const auto stored = random_stored(f, rows, cols, 61);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    auto x = random_x(3, cols, 62, 1.0f);
+    for (int64_t k = 0; k < cols; ++k) x[size_t(k)] = 0.0f;                        // row 0: all zero
+    for (int64_t k = 0; k < (is_k_quant(f) ? 256 : 32); ++k) x[size_t(cols + k)] = 0.0f;  // row 1: first block zero
+    Activations a;
+    quantize_activations(f, x.data(), 3, cols, a);
+    std::vector<double> ref(size_t(3 * rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    for (Path p : available_paths()) {
+      std::vector<float> y(size_t(3 * rows), 1.0f);
+      run_rows(m, a, y.data(), rows, 0, rows, p);
+      for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_EQ(y[size_t(r)], 0.0f) << format_name(f) << " " << path_name(p);
+        for (int t = 1; t < 3; ++t)
+          EXPECT_LE(std::fabs(y[size_t(t * rows + r)] - ref[size_t(t * rows + r)]),
+                    error_bound(ggml_type(f), stored.data(), cols, r, a, t));
+      }
+    }
+  }
+}
+
+TEST(KqGemv, TinyAndLargeScales) {
+  uint32_t seed = 300;
+  for (Format f : kFormats) {
+    check_case({f, 17, is_k_quant(f) ? 512 : 96, 2, 0, 2, 1e-3f}, seed++);    // subnormal / tiny halves
+    check_case({f, 17, is_k_quant(f) ? 512 : 96, 2, 24, 29, 1e3f}, seed++);   // halves up to ~6e4
+    check_case({f, 17, is_k_quant(f) ? 512 : 96, 2, 1, 29, 1.0f}, seed++);    // mixed within one row
+  }
+}
+
+// ggml's vec_dot_*_q8_* formula: the exact integer dot per (sub-)block, then the block's scale products in fp32.
+double ggml_formula(Format f, const uint8_t* row, int64_t cols, const Activations& a, int t) {
+  std::vector<double> xd(static_cast<size_t>(cols));
+  dequantize_activations(a, t, xd.data());
+  const int bc = is_k_quant(f) ? 256 : 32;
+  const auto info = quant::ggml_type_info(ggml_type(f));
+  float sumf = 0;
+  auto h = [](const uint8_t* p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return quant::half_to_float(v);
+  };
+  for (int64_t b = 0; b < cols / bc; ++b) {
+    const uint8_t* blk = row + b * info->block_bytes;
+    // the activation block's scale and integer codes (exact: q = x / scale)
+    double amax_scale = 0;
+    for (int i = 0; i < bc; ++i) amax_scale = std::max(amax_scale, std::fabs(xd[size_t(b * bc + i)]));
+    float dy = 0;
+    std::vector<int> q(static_cast<size_t>(bc));
+    {
+      // recover the scale: the largest |q| is 127 unless the block is zero
+      dy = float(amax_scale / 127.0);
+      for (int i = 0; i < bc; ++i) q[size_t(i)] = dy > 0 ? int(std::lround(xd[size_t(b * bc + i)] / double(dy))) : 0;
+    }
+    if (is_k_quant(f)) {
+      int codes[256], sc[16], mn[8] = {};
+      int nsub = f == Format::q6_k ? 16 : 8;
+      if (f == Format::q6_k) {
+        for (int e = 0; e < 256; ++e) {
+          const int hh = e / 128, l = e % 128, quarter = l / 32, i = l % 32;
+          const uint8_t ql = blk[64 * hh + (quarter % 2) * 32 + i];
+          codes[e] = ((quarter < 2 ? ql & 0xF : ql >> 4) | (((blk[128 + 32 * hh + i] >> (2 * quarter)) & 3) << 4)) - 32;
+        }
+        for (int j = 0; j < 16; ++j) sc[j] = int8_t(blk[192 + j]);
+      } else {
+        const int qs = f == Format::q4_k ? 16 : 48;
+        for (int j = 0; j < 8; ++j) {
+          const uint8_t* s = blk + 4;
+          if (j < 4) {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+          } else {
+            sc[j] = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+          }
+          for (int i = 0; i < 32; ++i) {
+            const uint8_t byte = blk[qs + 32 * (j / 2) + i];
+            codes[32 * j + i] = (j % 2 ? byte >> 4 : byte & 0xF) + (f == Format::q5_k ? ((blk[16 + i] >> j) & 1) << 4 : 0);
+          }
+        }
+      }
+      const int sub = 256 / nsub;
+      int sumi = 0, summ = 0;
+      for (int j = 0; j < nsub; ++j) {
+        int s = 0, bs = 0;
+        for (int i = 0; i < sub; ++i) {
+          s += codes[j * sub + i] * q[size_t(j * sub + i)];
+          bs += q[size_t(j * sub + i)];
+        }
+        sumi += sc[j] * s;
+        summ += mn[j % 8] * (f == Format::q6_k ? 0 : bs);
+      }
+      if (f == Format::q6_k) {
+        sumf += h(blk + 208) * dy * float(sumi);
+      } else {
+        const float d = h(blk) * dy, dmin = h(blk + 2) * dy;
+        sumf += d * float(sumi) - dmin * float(summ);
+      }
+    } else {
+      int sumi = 0, sumq = 0;
+      for (int i = 0; i < 32; ++i) {
+        int c;
+        if (f == Format::q8_0) c = int8_t(blk[2 + i]);
+        else {
+          const uint8_t byte = blk[(f == Format::q4_1 ? 4 : 2) + i % 16];
+          c = (i < 16 ? byte & 0xF : byte >> 4) - (f == Format::q4_0 ? 8 : 0);
+        }
+        sumi += c * q[size_t(i)];
+        sumq += q[size_t(i)];
+      }
+      sumf += float(sumi) * (h(blk) * dy);
+      if (f == Format::q4_1) sumf += h(blk + 2) * (dy * float(sumq));
+    }
+  }
+  return sumf;
+}
+
+TEST(KqGemv, AgreesWithGgmlFormula) {
+  uint32_t seed = 500;
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int64_t rows = 9, cols = is_k_quant(f) ? 1024 : 256;
+    const int n = 3;
+    const auto stored = random_stored(f, rows, cols, seed++);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(n, cols, seed++, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), n, cols, a);
+    const size_t row_bytes = stored.size() / size_t(rows);
+    for (Path p : available_paths()) {
+      std::vector<float> y(size_t(n * rows));
+      run_rows(m, a, y.data(), rows, 0, rows, p);
+      for (int t = 0; t < n; ++t)
+        for (int64_t r = 0; r < rows; ++r) {
+          const double g = ggml_formula(f, stored.data() + size_t(r) * row_bytes, cols, a, t);
+          EXPECT_LE(std::fabs(double(y[size_t(t * rows + r)]) - g),
+                    error_bound(ggml_type(f), stored.data(), cols, r, a, t))
+              << path_name(p) << " t=" << t << " r=" << r;
+        }
+    }
+  }
+}
+
+TEST(KqGemv, PlantedWrongWeightExceedsBound) {
+  for (Format f : kFormats) {
+    const int64_t rows = 4, cols = is_k_quant(f) ? 512 : 128;
+    auto stored = random_stored(f, rows, cols, 900);
+    const auto x = random_x(1, cols, 901, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), 1, cols, a);
+    std::vector<double> ref(static_cast<size_t>(rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    // flip one code bit of row 2 in a block whose scale is nonzero
+    const int off = f == Format::q6_k ? 0 : f == Format::q8_0 ? 2 : f == Format::q4_0 ? 2 : f == Format::q4_1 ? 4
+                    : f == Format::q4_k ? 16 : 48;
+    auto bad = stored;
+    bad[2 * stored.size() / rows + size_t(off)] ^= 0x04;
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, bad.data(), bad.size());
+    for (Path p : available_paths()) {
+      std::vector<float> y(static_cast<size_t>(rows));
+      run_rows(m, a, y.data(), rows, 0, rows, p);
+      const double b = error_bound(ggml_type(f), stored.data(), cols, 2, a, 0);
+      EXPECT_GT(std::fabs(double(y[2]) - ref[2]), 10 * b) << format_name(f) << " " << path_name(p);
+    }
+  }
+}
+
+// The load-time rearrangement loses nothing: every row widens to exactly what ggml's dequantizer gives for the file.
+TEST(KqGemv, RowsWidenBitExact) {
+  for (Format f : kFormats) {
+    const int64_t rows = 3, cols = is_k_quant(f) ? 768 : 224;  // 224: seven 32-blocks, a padded legacy unit
+    const auto stored = random_stored(f, rows, cols, 77, 1, 29);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    std::vector<float> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(m, r, a.data());
+      quant::ggml_dequantize(ggml_type(f), stored.data() + size_t(r) * stored.size() / rows, b.data(), cols);
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4)) << format_name(f) << " row " << r;
+    }
+  }
+}
+
+// Through the Linear seam: few rows on the int8 kernels, many rows widened + sgemm; both within the bound of their
+// own semantics (int8 activations / fp32 activations), Q4_K's activations accepted by a Q5_K matrix.
+TEST(KqGemv, LinearSeam) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int64_t rows = 40, cols = is_k_quant(f) ? 512 : 192;
+    const auto stored = random_stored(f, rows, cols, 55);
+    auto lin = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size())));
+    EXPECT_EQ(lin->format(), format_name(f));
+    EXPECT_EQ(lin->rows(), rows);
+    for (int n : {1, 5, 16, 17, kMaxRows, kMaxRows + 1}) {
+      const auto x = random_x(n, cols, 56, 1.0f);
+      auto a = lin->new_activations();
+      lin->prepare(x.data(), n, *a);
+      std::vector<float> y(size_t(n * rows));
+      lin->run_rows(*a, y.data(), 0, 7);
+      lin->run_rows(*a, y.data(), 7, rows);
+      if (n <= kMaxRows) {
+        Activations q;
+        quantize_activations(f, x.data(), n, cols, q);
+        std::vector<double> ref(size_t(n * rows));
+        reference(ggml_type(f), stored.data(), rows, cols, q, ref.data());
+        for (int t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows; ++r)
+            EXPECT_LE(std::fabs(y[size_t(t * rows + r)] - ref[size_t(t * rows + r)]),
+                      error_bound(ggml_type(f), stored.data(), cols, r, q, t));
+      } else {
+        std::vector<float> w(static_cast<size_t>(cols));
+        for (int64_t r = 0; r < rows; ++r) {
+          quant::ggml_dequantize(ggml_type(f), stored.data() + size_t(r) * stored.size() / rows, w.data(), cols);
+          for (int t = 0; t < n; ++t) {
+            double s = 0, mag = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+              s += double(w[size_t(k)]) * x[size_t(t * cols + k)];
+              mag += std::fabs(double(w[size_t(k)]) * x[size_t(t * cols + k)]);
+            }
+            EXPECT_NEAR(y[size_t(t * rows + r)], s, 1e-5 * mag + 1e-30);
+          }
+        }
+      }
+    }
+  }
+  // Q4_K and Q5_K share an activation layout; Q6_K's differs.
+  const auto s4 = random_stored(Format::q4_k, 2, 256, 1), s5 = random_stored(Format::q5_k, 2, 256, 2),
+             s6 = random_stored(Format::q6_k, 2, 256, 3);
+  auto l4 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q4_k), 2, 256, s4.data(), s4.size())));
+  auto l5 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q5_k), 2, 256, s5.data(), s5.size())));
+  auto l6 = make_linear(std::make_shared<const Matrix>(make_matrix(ggml_type(Format::q6_k), 2, 256, s6.data(), s6.size())));
+  EXPECT_EQ(l4->activation_kind(), l5->activation_kind());
+  EXPECT_NE(l4->activation_kind(), l6->activation_kind());
+  const auto x = random_x(1, 256, 9, 1.0f);
+  auto a4 = l4->new_activations(), a5 = l5->new_activations();
+  l4->prepare(x.data(), 1, *a4);
+  l5->prepare(x.data(), 1, *a5);
+  std::vector<float> y1(2), y2(2);
+  l5->run_rows(*a4, y1.data(), 0, 2);
+  l5->run_rows(*a5, y2.data(), 0, 2);
+  EXPECT_EQ(y1, y2);
+  EXPECT_THROW(l6->run_rows(*a4, y1.data(), 0, 2), Error);
+}
+
+TEST(KqGemv, GenomeTextRangesAndResults) {
+  const Genome b = Genome::baseline();
+  EXPECT_NO_THROW(b.validate());
+  EXPECT_EQ(Genome::parse(b.serialize()), b);
+  Genome g;
+  g.pf_dist = 0;
+  g.pf_kind = PrefetchKind::nta;
+  g.loop_align = 0;
+  g.row_chunk = 7;
+  g.x_budget_kb = 1;
+  g.rows_per_pass = 3;
+  EXPECT_EQ(Genome::parse(g.serialize()), g);
+  EXPECT_NE(g.code_key(), b.code_key());
+  EXPECT_THROW(Genome::parse("pf=100"), Error);   // not a multiple of 64
+  EXPECT_THROW(Genome::parse("rows=0"), Error);
+  EXPECT_THROW(Genome::parse("align=8"), Error);
+  EXPECT_THROW(Genome::parse("pfk=t3"), Error);
+  EXPECT_THROW(Genome::parse("pass=17"), Error);
+  EXPECT_THROW(Genome::parse("speed=11"), Error);
+  EXPECT_THROW(Genome::parse("pf"), Error);
+  // Another schedule computes the same products: rows in chunks of 7, one unit per column chunk, no prefetch.
+  for (Format f : kFormats) {
+    const int64_t rows = 23, cols = is_k_quant(f) ? 768 : 224;
+    const auto stored = random_stored(f, rows, cols, 31);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(5, cols, 32, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), 5, cols, a);
+    std::vector<float> y0(size_t(5 * rows)), y1(size_t(5 * rows));
+    run_rows(m, a, y0.data(), rows, 0, rows, best_path());
+    run_rows(m, a, y1.data(), rows, 0, rows, best_path(), g);
+    std::vector<double> ref(size_t(5 * rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    for (int t = 0; t < 5; ++t)
+      for (int64_t r = 0; r < rows; ++r) {
+        const double bound = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
+        EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - ref[size_t(t * rows + r)]), bound) << format_name(f);
+        EXPECT_LE(std::fabs(y1[size_t(t * rows + r)] - y0[size_t(t * rows + r)]), 2 * bound) << format_name(f);
+      }
+  }
+}
+
+// A genome's order of the unit loop's body goes through jit::is_legal_order: a legal reorder (independent neighbours
+// swapped, every swap at once) computes the same bits; swapping a dependent pair is an error naming the edge.
+TEST(KqGemv, GenomeOrderCheckedByDefUse) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int n = 2;
+    const Conf conf = make_conf(f, n);
+    const auto body = canonical_body(conf);
+    const auto g = jit::def_use(body);
+    auto depends = [&](size_t a, size_t b) {
+      for (int p : g.preds[b])
+        if (size_t(p) == a) return true;
+      return false;
+    };
+    Genome legal, illegal;
+    for (size_t i = 0; i < body.size(); ++i) legal.order.push_back(uint16_t(i));
+    illegal.order = legal.order;
+    int swaps = 0;
+    bool bad_set = false;
+    for (size_t i = 0; i + 1 < body.size(); ++i) {
+      if (!depends(i, i + 1) && legal.order[i] == i && legal.order[i + 1] == i + 1) {
+        std::swap(legal.order[i], legal.order[i + 1]);
+        ++swaps;
+      } else if (depends(i, i + 1) && !bad_set) {
+        std::swap(illegal.order[i], illegal.order[i + 1]);
+        bad_set = true;
+      }
+    }
+    ASSERT_GT(swaps, 3);
+    ASSERT_TRUE(bad_set);
+    EXPECT_EQ(Genome::parse(legal.serialize()), legal);
+    const int64_t rows = 9, cols = is_k_quant(f) ? 512 : 256;
+    const auto stored = random_stored(f, rows, cols, 41);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(n, cols, 42, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), n, cols, a);
+    std::vector<float> y0(size_t(n * rows)), y1(size_t(n * rows));
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::scalar);  // any path: the JIT one needs the CPU
+    if (best_path() != Path::avx512vnni) continue;
+    run_rows(m, a, y0.data(), rows, 0, rows, Path::avx512vnni);
+    run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, legal);
+    EXPECT_EQ(y0, y1);
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, illegal), Error);
+    Genome short_order;
+    short_order.order = {0, 1, 2};
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, short_order), Error);
+  }
+}
+
+// Random (type, rows, cols, byte count) triples, most of them wrong: make_matrix either builds a matrix that then
+// multiplies (and widens) without fault, or throws genesis::Error; nothing else.
+TEST(KqGemv, RandomShapesAndSizesFailCleanly) {
+  std::mt19937 g(7);
+  const uint32_t types[] = {0, 1, 2, 3, 6, 8, 10, 12, 13, 14, 15, 30, 99};
+  std::vector<uint8_t> buf(1 << 16);
+  for (auto& v : buf) v = uint8_t(g());
+  int built = 0, errors = 0;
+  for (int i = 0; i < 400; ++i) {
+    const uint32_t type = types[g() % std::size(types)];
+    int64_t rows = int64_t(g() % 5) - 1, cols = int64_t(g() % 600) - 50;
+    const auto info = quant::ggml_type_info(type);
+    size_t nbytes = g() % buf.size();
+    if (info && g() % 2) {  // often a valid shape and the right size
+      rows = 1 + int64_t(g() % 3);
+      cols = info->block * (1 + int64_t(g() % 3));
+      nbytes = size_t(rows * (cols / info->block) * info->block_bytes) - (g() % 8 == 0 ? 1 : 0);
+    }
+    try {
+      const Matrix m = make_matrix(type, rows, cols, buf.data(), nbytes);
+      ++built;
+      std::vector<float> x(size_t(2 * cols), 0.5f), y(size_t(2 * rows)), w(static_cast<size_t>(cols));
+      Activations a;
+      quantize_activations(m.format, x.data(), 2, cols, a);
+      for (Path p : available_paths()) run_rows(m, a, y.data(), rows, 0, rows, p);
+      dequantize_row(m, rows - 1, w.data());
+    } catch (const Error&) {
+      ++errors;
+    }
+  }
+  EXPECT_GT(built, 10);
+  EXPECT_GT(errors, 100);
+}
+
+TEST(KqGemv, BadInputIsAnError) {
+  std::vector<uint8_t> b(144 * 2);
+  EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size() - 1), Error);  // byte count
+  EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 300, b.data(), b.size()), Error);      // not whole blocks
+  EXPECT_THROW(make_matrix(uint32_t(quant::GgmlType::q2_k), 1, 256, b.data(), 84), Error);     // not supported
+  EXPECT_THROW(make_matrix(12345, 1, 256, b.data(), 84), Error);                               // unknown type
+  const Matrix m = make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size());
+  std::vector<float> x((kMaxRows + 1) * 512, 1.0f), y(17);
+  Activations a;
+  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), kMaxRows + 1, 512, a), Error);  // too many rows
+  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 1, 500, a), Error);   // not whole blocks
+  quantize_activations(Format::q4_k, x.data(), 1, 256, a);
+  EXPECT_THROW(run_rows(m, a, y.data(), 1, 0, 1, best_path()), Error);  // cols differ
+  quantize_activations(Format::q6_k, x.data(), 1, 512, a);
+  EXPECT_THROW(run_rows(m, a, y.data(), 1, 0, 1, best_path()), Error);  // format differs
+  quantize_activations(Format::q4_k, x.data(), 1, 512, a);
+  EXPECT_THROW(run_rows(m, a, y.data(), 1, 0, 2, best_path()), Error);  // rows out of range
+  x[3] = std::nanf("");
+  EXPECT_THROW(quantize_activations(Format::q4_k, x.data(), 1, 512, a), Error);
+  EXPECT_FALSE(parse_format("Q3_K").has_value());
+  EXPECT_EQ(*parse_format("q4_k"), Format::q4_k);
+}
+
+}  // namespace
+}  // namespace genesis::kernels::kq_gemv

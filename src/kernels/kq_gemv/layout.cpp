@@ -1,0 +1,474 @@
+// kq_gemv layouts: format names, repacking GGUF blocks into kernel records, quantizing activations.
+#include "kernels/kq_gemv/layout.h"
+
+#include <fmt/format.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+
+#include "common/error.h"
+#include "cpu/isa.h"
+#include "quant/ggml.h"
+
+namespace genesis::kernels::kq_gemv {
+
+using quant::GgmlType;
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::q4_k: return "Q4_K";
+    case Format::q5_k: return "Q5_K";
+    case Format::q6_k: return "Q6_K";
+    case Format::q8_0: return "Q8_0";
+    case Format::q4_0: return "Q4_0";
+    case Format::q4_1: return "Q4_1";
+  }
+  return "?";
+}
+
+std::optional<Format> parse_format(const std::string& s) {
+  std::string u = s;
+  for (auto& c : u) c = char(std::toupper(static_cast<unsigned char>(c)));
+  for (Format f : kFormats)
+    if (u == format_name(f)) return f;
+  return std::nullopt;
+}
+
+uint32_t ggml_type(Format f) {
+  switch (f) {
+    case Format::q4_k: return uint32_t(GgmlType::q4_k);
+    case Format::q5_k: return uint32_t(GgmlType::q5_k);
+    case Format::q6_k: return uint32_t(GgmlType::q6_k);
+    case Format::q8_0: return uint32_t(GgmlType::q8_0);
+    case Format::q4_0: return uint32_t(GgmlType::q4_0);
+    case Format::q4_1: return uint32_t(GgmlType::q4_1);
+  }
+  return 0;
+}
+
+std::optional<Format> format_of(uint32_t t) {
+  for (Format f : kFormats)
+    if (ggml_type(f) == t) return f;
+  return std::nullopt;
+}
+
+bool is_k_quant(Format f) { return f == Format::q4_k || f == Format::q5_k || f == Format::q6_k; }
+
+std::string format_names() {
+  std::string s;
+  for (Format f : kFormats) s += (s.empty() ? "" : ", ") + std::string(format_name(f));
+  return s;
+}
+
+std::string Matrix::describe() const {
+  return fmt::format("{} [{} x {}], {} units of {} bytes per row, {:.2f} MB", format_name(format), rows, cols, units,
+                     record_bytes, double(bytes()) / 1e6);
+}
+
+namespace layout {
+
+int unit_cols(Format f) { return is_k_quant(f) ? kKUnit : kLegacyUnit; }
+int stored_block_cols(Format f) { return is_k_quant(f) ? kKUnit : kBlock32; }
+
+int stored_block_bytes(Format f) {
+  switch (f) {
+    case Format::q4_k: return 144;
+    case Format::q5_k: return 176;
+    case Format::q6_k: return 210;
+    case Format::q8_0: return 34;
+    case Format::q4_0: return 18;
+    case Format::q4_1: return 20;
+  }
+  return 0;
+}
+
+int record_bytes(Format f) {
+  switch (f) {
+    case Format::q4_k: return 148;
+    case Format::q5_k: return 180;
+    case Format::q6_k: return 210;
+    case Format::q8_0: return 136;
+    case Format::q4_0: return 72;
+    case Format::q4_1: return 80;
+  }
+  return 0;
+}
+
+int codes_offset(Format f) {
+  switch (f) {
+    case Format::q4_k: return 20;
+    case Format::q5_k: return 52;
+    case Format::q6_k: return 0;
+    case Format::q8_0: return 8;
+    case Format::q4_0: return 8;
+    case Format::q4_1: return 16;
+  }
+  return 0;
+}
+
+int element_of(Format f, int j) {
+  if (f == Format::q6_k) return j;
+  if (is_k_quant(f)) {  // Q4_K / Q5_K: code vector k = low / high nibbles of 64 stored bytes
+    const int k = j / 64, p = j % 64;
+    return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
+  }
+  // legacy: vector z (low / high nibble, or Q8_0's second 64 bytes), byte p: dword lane p/4 holds block lane % 4
+  const int z = j / 64, p = j % 64;
+  return 32 * ((p / 4) % 4) + z * 16 + (p / 16) * 4 + p % 4;
+}
+
+}  // namespace layout
+
+namespace {
+
+using namespace layout;
+
+void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
+  if (j < 4) {
+    d = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    d = uint8_t((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    m = uint8_t((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// One unit of a row: `src` points to the unit's first stored block; `nblocks` stored blocks are real (legacy rows
+// may end inside a unit: the rest stays zero).
+void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
+  switch (f) {
+    case Format::q4_k:
+    case Format::q5_k: {
+      std::memcpy(rec, src, 4);  // d, dmin
+      for (int j = 0; j < 8; ++j) scale_min_k4(j, src + 4, rec[4 + j], rec[12 + j]);
+      if (f == Format::q4_k) {
+        std::memcpy(rec + 20, src + 16, 128);
+      } else {
+        std::memcpy(rec + 20, src + 16, 32);   // qh
+        std::memcpy(rec + 52, src + 48, 128);  // qs
+      }
+      return;
+    }
+    case Format::q6_k: std::memcpy(rec, src, 210); return;
+    default: break;
+  }
+  const int bb = stored_block_bytes(f);
+  const int co = codes_offset(f);
+  for (int b = 0; b < nblocks; ++b) {
+    const uint8_t* blk = src + b * bb;
+    std::memcpy(rec + 2 * b, blk, 2);                            // d
+    if (f == Format::q4_1) std::memcpy(rec + 8 + 2 * b, blk + 2, 2);  // m
+  }
+  // Dword lane l of a code vector holds block l % 4, its 4 consecutive bytes from offset 4 (l / 4) of the block's
+  // 16-byte half (element_of): whole dwords move. Q8_0 codes become unsigned (q ^ 0x80).
+  const int q0 = f == Format::q8_0 ? 2 : f == Format::q4_1 ? 4 : 2;
+  for (int z = 0; z < (f == Format::q8_0 ? 2 : 1); ++z)
+    for (int l = 0; l < 16; ++l) {
+      const int b = l % 4;
+      if (b >= nblocks) continue;
+      uint32_t v;
+      std::memcpy(&v, src + b * bb + q0 + 16 * z + 4 * (l / 4), 4);
+      if (f == Format::q8_0) v ^= 0x80808080u;
+      std::memcpy(rec + co + 64 * z + 4 * l, &v, 4);
+    }
+}
+
+}  // namespace
+
+namespace layout {
+
+void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
+  switch (f) {
+    case Format::q4_k:
+    case Format::q5_k: {
+      std::memcpy(dst, rec, 4);
+      const uint8_t* sc = rec + 4;
+      const uint8_t* m = rec + 12;
+      uint8_t* q = dst + 4;
+      for (int j = 0; j < 4; ++j) {
+        q[j] = uint8_t(sc[j] | ((sc[j + 4] >> 4) << 6));
+        q[j + 4] = uint8_t(m[j] | ((m[j + 4] >> 4) << 6));
+        q[j + 8] = uint8_t((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+      }
+      if (f == Format::q4_k) {
+        std::memcpy(dst + 16, rec + 20, 128);
+      } else {
+        std::memcpy(dst + 16, rec + 20, 32);
+        std::memcpy(dst + 48, rec + 52, 128);
+      }
+      return;
+    }
+    case Format::q6_k: std::memcpy(dst, rec, 210); return;
+    default: break;
+  }
+  const int bb = stored_block_bytes(f), co = codes_offset(f);
+  for (int b = 0; b < nblocks; ++b) {
+    std::memcpy(dst + b * bb, rec + 2 * b, 2);
+    if (f == Format::q4_1) std::memcpy(dst + b * bb + 2, rec + 8 + 2 * b, 2);
+  }
+  for (int j = 0; j < (f == Format::q8_0 ? 128 : 64); ++j) {
+    const int p = j % 64, z = j / 64, b = (p / 4) % 4, i = (p / 16) * 4 + p % 4;
+    if (b >= nblocks) continue;
+    uint8_t* blk = dst + b * bb;
+    if (f == Format::q8_0)
+      blk[2 + z * 16 + i] = uint8_t(rec[co + j] ^ 0x80);
+    else
+      blk[(f == Format::q4_1 ? 4 : 2) + i] = rec[co + j];
+  }
+}
+
+}  // namespace layout
+
+namespace {
+
+float half_at(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return quant::half_to_float(h);
+}
+
+__attribute__((target("avx512f"))) inline __m512i bytes16(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// The K-quants' rows 16 values at a time with the reference dequantizer's fp32 operations in its order (scale
+// products rounded first, then code * scale, then - min), so the result is bit-exact; prefill widens every weight.
+__attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint8_t* row, int64_t units, float* out) {
+  const __m512i m4 = _mm512_set1_epi32(0xF), m2 = _mm512_set1_epi32(3), one = _mm512_set1_epi32(1);
+  for (int64_t u = 0; u < units; ++u, out += 256) {
+    const uint8_t* rec = row + u * record_bytes(f);
+    if (f == Format::q6_k) {
+      const float d = half_at(rec + 208);
+      for (int hh = 0; hh < 2; ++hh)
+        for (int qu = 0; qu < 4; ++qu)
+          for (int i0 = 0; i0 < 32; i0 += 16) {
+            const int e = 128 * hh + 32 * qu + i0;
+            __m512i lo = bytes16(rec + 64 * hh + (qu % 2) * 32 + i0);
+            lo = _mm512_and_si512(_mm512_srli_epi32(lo, unsigned(4 * (qu / 2))), m4);
+            __m512i hi = bytes16(rec + 128 + 32 * hh + i0);
+            hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hi, unsigned(2 * qu)), m2), 4);
+            const __m512i q = _mm512_sub_epi32(_mm512_or_si512(lo, hi), _mm512_set1_epi32(32));
+            const float ds = d * float(int8_t(rec[192 + e / 16]));
+            _mm512_storeu_ps(out + e, _mm512_mul_ps(_mm512_set1_ps(ds), _mm512_cvtepi32_ps(q)));
+          }
+      continue;
+    }
+    const float d = half_at(rec), dmin = half_at(rec + 2);
+    const uint8_t* qs = rec + (f == Format::q4_k ? 20 : 52);
+    for (int j = 0; j < 8; ++j) {
+      const float d1 = d * float(rec[4 + j]), m1 = dmin * float(rec[12 + j]);
+      for (int i0 = 0; i0 < 32; i0 += 16) {
+        __m512i q = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 32 * (j / 2) + i0), unsigned(4 * (j % 2))), m4);
+        if (f == Format::q5_k)
+          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(rec + 20 + i0), unsigned(j)), one), 4));
+        _mm512_storeu_ps(out + 32 * j + i0,
+                         _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d1), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(m1)));
+      }
+    }
+  }
+  _mm256_zeroupper();
+}
+
+}  // namespace
+
+void dequantize_row(const Matrix& w, int64_t r, float* out) {
+  if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
+  static const bool wide = cpu::mayiuse(cpu::Isa::avx512f);
+  if (wide && is_k_quant(w.format)) {
+    dequantize_k_avx512(w.format, w.data.data() + size_t(r * w.row_bytes()), w.units, out);
+    return;
+  }
+  const int uc = unit_cols(w.format), bc = stored_block_cols(w.format);
+  uint8_t buf[4 * 210];
+  for (int64_t u = 0; u < w.units; ++u) {
+    const int64_t c0 = u * uc;
+    const int64_t n = std::min<int64_t>(uc, w.cols - c0);
+    restore_unit(w.format, w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes), int(n / bc), buf);
+    quant::ggml_dequantize(ggml_type(w.format), buf, out + c0, n);
+  }
+}
+
+Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
+  const auto f = format_of(type);
+  if (!f) fail("kq_gemv: {} is not a format the family multiplies (supported: {})", quant::ggml_type_name(type),
+               format_names());
+  if (rows <= 0 || cols <= 0) fail("kq_gemv: a [{}, {}] {} matrix has no elements", rows, cols, format_name(*f));
+  const int bc = stored_block_cols(*f);
+  if (cols % bc != 0)
+    fail("kq_gemv: {} rows of {} columns: a row must be whole blocks of {}", format_name(*f), cols, bc);
+  const int64_t blocks = cols / bc;
+  const int64_t row_stored = blocks * stored_block_bytes(*f);
+  if (uint64_t(rows) * uint64_t(row_stored) != nbytes)
+    fail("kq_gemv: a [{}, {}] {} matrix is {} bytes, {} were given", rows, cols, format_name(*f),
+         uint64_t(rows) * uint64_t(row_stored), nbytes);
+  Matrix m;
+  m.format = *f;
+  m.rows = rows;
+  m.cols = cols;
+  const int per_unit = unit_cols(*f) / bc;  // stored blocks per unit
+  m.units = (blocks + per_unit - 1) / per_unit;
+  m.record_bytes = record_bytes(*f);
+  m.data.assign(size_t(rows * m.row_bytes()) + 64, 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t u = 0; u < m.units; ++u) {
+      const int64_t b0 = u * per_unit;
+      repack_unit(*f, data + r * row_stored + b0 * stored_block_bytes(*f),
+                  int(std::min<int64_t>(per_unit, blocks - b0)), m.data.data() + r * m.row_bytes() + u * m.record_bytes);
+    }
+  return m;
+}
+
+namespace {
+
+// Per block of `len` values (a multiple of 16): scale = amax / 127, q = round-to-nearest-even(x * (127 / amax)),
+// |q| <= 127; sums[i] = sum of q[16 i .. 16 i + 15]. The AVX-512 version computes the same bits (same fp32 products,
+// the same rounding).
+float quantize_block_scalar(const float* x, int len, int8_t* q, int32_t* sums) {
+  float amax = 0;
+  bool finite = true;
+  for (int i = 0; i < len; ++i) {
+    amax = std::max(amax, std::fabs(x[i]));
+    finite = finite && std::isfinite(x[i]);
+  }
+  if (!finite) fail("kq_gemv: activations hold a non-finite value");
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (int g = 0; g < len / 16; ++g) {
+    int32_t sum = 0;
+    for (int i = 16 * g; i < 16 * g + 16; ++i) {
+      q[i] = int8_t(std::clamp(int(std::nearbyint(x[i] * inv)), -127, 127));
+      sum += q[i];
+    }
+    sums[g] = sum;
+  }
+  return amax / 127.0f;
+}
+
+__attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const float* x, int len, int8_t* q,
+                                                                         int32_t* sums) {
+  __m512 m = _mm512_setzero_ps();
+  __mmask16 bad = 0;
+  for (int i = 0; i < len; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+    bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_setzero_ps(), _CMP_NEQ_UQ);  // inf - inf, NaN
+  }
+  if (bad) fail("kq_gemv: activations hold a non-finite value");
+  const float amax = _mm512_reduce_max_ps(m);
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+  for (int i = 0; i < len; i += 16) {
+    __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));  // nearest even (MXCSR default)
+    v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+    sums[i / 16] = _mm512_reduce_add_epi32(v);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtepi32_epi8(v));
+  }
+  _mm256_zeroupper();
+  return amax / 127.0f;
+}
+
+using BlockFn = float (*)(const float*, int, int8_t*, int32_t*);
+
+BlockFn block_fn() {
+  static const BlockFn f = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw)
+                               ? quantize_block_avx512
+                               : quantize_block_scalar;
+  return f;
+}
+
+// One unit of one activation row into its record; `x` holds unit_cols values (zero-padded by the caller).
+void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
+  alignas(64) int8_t q[256];
+  int32_t sums[16];
+  if (is_k_quant(f)) {
+    const float s = fn(x, 256, q, sums);
+    if (f == Format::q6_k) {
+      std::memcpy(rec, q, 256);
+    } else {  // 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
+      static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+      for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
+    }
+    std::memset(rec + 256, 0, size_t(kTokenRecord - 256));
+    if (f == Format::q6_k) {
+      int16_t bs16[16];
+      for (int b = 0; b < 16; ++b) bs16[b] = int16_t(sums[b]);
+      std::memcpy(rec + kXBs16, bs16, 32);
+    } else {  // exact in fp32 (|sum| <= 32 * 127)
+      float s32[8];
+      for (int b = 0; b < 8; ++b) s32[b] = float(sums[2 * b] + sums[2 * b + 1]);
+      std::memcpy(rec + kXSums32, s32, 32);
+    }
+    std::memcpy(rec + kXScale, &s, 4);
+    return;
+  }
+  const int off = f == Format::q8_0 ? 128 : f == Format::q4_0 ? 8 : 0;
+  float dx[4], sx[16] = {}, dxv[16];
+  int32_t corr[4];
+  for (int b = 0; b < 4; ++b) {
+    dx[b] = fn(x + 32 * b, 32, q + 32 * b, sums + 2 * b);
+    const int32_t sum = sums[2 * b] + sums[2 * b + 1];
+    corr[b] = -off * sum;
+    if (f == Format::q4_1) sx[b] = dx[b] * float(sum);
+  }
+  // dword lane l of vector z holds elements 32 (l % 4) + 16 z + 4 (l / 4) + 0..3 (element_of)
+  for (int z = 0; z < 2; ++z)
+    for (int l = 0; l < 16; ++l) std::memcpy(rec + 64 * z + 4 * l, q + 32 * (l % 4) + 16 * z + 4 * (l / 4), 4);
+  for (int l = 0; l < 16; ++l) dxv[l] = dx[l % 4];
+  std::memcpy(rec + kXCorr, corr, 16);
+  std::memcpy(rec + kXDx, dxv, 64);
+  std::memcpy(rec + kXSx, sx, 64);
+}
+
+}  // namespace
+
+void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out) {
+  if (n < 1 || n > kMaxRows) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxRows);
+  const int bc = stored_block_cols(f);
+  if (cols <= 0 || cols % bc != 0)
+    fail("kq_gemv: {} activations of {} columns: must be whole blocks of {}", format_name(f), cols, bc);
+  const int uc = unit_cols(f);
+  out.format = f;
+  out.n = n;
+  out.cols = cols;
+  out.units = (cols + uc - 1) / uc;
+  const size_t need = size_t(out.units) * size_t(n) * kTokenRecord;
+  if (out.data.size() < need) out.data.resize(need);
+  const BlockFn fn = block_fn();
+  alignas(64) float pad[256];
+  for (int64_t u = 0; u < out.units; ++u)
+    for (int t = 0; t < n; ++t) {
+      uint8_t* rec = out.data.data() + (size_t(u) * size_t(n) + size_t(t)) * kTokenRecord;
+      const int64_t c0 = u * uc;
+      const float* src = x + size_t(t) * size_t(cols) + size_t(c0);
+      if (c0 + uc > cols) {  // a legacy row's last unit: zero blocks after the real ones
+        std::fill(pad, pad + uc, 0.0f);
+        std::memcpy(pad, src, size_t(cols - c0) * 4);
+        src = pad;
+      }
+      quantize_unit(f, fn, src, rec);
+    }
+}
+
+void dequantize_activations(const Activations& a, int t, double* out) {
+  if (t < 0 || t >= a.n) fail("kq_gemv: activation row {} of {}", t, a.n);
+  const int uc = unit_cols(a.format);
+  for (int64_t u = 0; u < a.units; ++u) {
+    const uint8_t* rec = a.data.data() + (size_t(u) * size_t(a.n) + size_t(t)) * kTokenRecord;
+    for (int j = 0; j < uc; ++j) {
+      const int e = element_of(a.format, j);
+      const int64_t c = u * uc + e;
+      if (c >= a.cols) continue;
+      float s;
+      if (is_k_quant(a.format))
+        std::memcpy(&s, rec + kXScale, 4);
+      else
+        std::memcpy(&s, rec + kXDx + 4 * (e / 32), 4);
+      out[c] = double(int8_t(rec[j])) * double(s);
+    }
+  }
+}
+
+}  // namespace genesis::kernels::kq_gemv

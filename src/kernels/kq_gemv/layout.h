@@ -1,0 +1,41 @@
+// Internal to kq_gemv: the kernel record layouts (see README.md), shared by the repacking, the activation
+// quantizer, the JIT builder and the scalar path.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kq_gemv/kq_gemv.h"
+
+namespace genesis::kernels::kq_gemv::layout {
+
+inline constexpr int kKUnit = 256;      // columns per unit, K-quants (one super-block)
+inline constexpr int kLegacyUnit = 128; // columns per unit, legacy formats (four 32-blocks)
+inline constexpr int kBlock32 = 32;
+
+int unit_cols(Format f);
+int record_bytes(Format f);   // kernel record bytes per unit
+int stored_block_cols(Format f);   // 256 or 32
+int stored_block_bytes(Format f);
+
+// Record offsets.
+// Q4_K: d, dmin (fp16) @0, sc[8] @4, m[8] @12, qs[128] @20 (as stored).  Q5_K: ... qh[32] @20, qs[128] @52.
+// Q6_K: as stored: ql[128] @0, qh[64] @128, sc[16] @192, d @208.
+// Legacy: d[4] (fp16) @0, Q4_1's m[4] @8, codes after (64 bytes for 4-bit, 128 for Q8_0 stored as q ^ 0x80).
+int codes_offset(Format f);
+
+// Activation token record (kTokenRecord bytes per unit and activation row).
+inline constexpr int kXBs16 = 256;  // Q6_K: int16[16] per-16 sums (natural order)
+inline constexpr int kXSums32 = 256;  // Q4_K / Q5_K: float[8] per-32 sums, then zeros up to kXScale
+inline constexpr int kXScale = 304; // K: float scale
+inline constexpr int kXCorr = 128;  // legacy: int32[4] offset corrections -off * sum(q_b)
+inline constexpr int kXDx = 192;    // legacy: float[16], lane l = scale of block l % 4
+inline constexpr int kXSx = 256;    // legacy: float[16], lanes 0..3 = scale_b * sum(q_b) (Q4_1), others 0
+
+// Element (within the unit) whose code sits at kernel byte j (0..255 K, 0..127 legacy) of a unit.
+int element_of(Format f, int j);
+
+// The inverse of the load-time rearrangement: the unit's first `nblocks` stored blocks, byte for byte as the file
+// held them.
+void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* stored);
+
+}  // namespace genesis::kernels::kq_gemv::layout

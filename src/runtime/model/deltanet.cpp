@@ -1,0 +1,251 @@
+// A Gated DeltaNet layer (Qwen3-Next's linear attention) over the states of the step's sequences, as transformers'
+// Qwen3NextGatedDeltaNet computes it (the projections, norms and out_proj over all rows of the step; the conv and the
+// delta rule per sequence, over its own rows and state):
+//   in_proj_qkvz (or its split in_proj_qkv + in_proj_z) and in_proj_ba in one parallel region; q, k, v through a
+//   depthwise causal conv1d (kernel 4) + SiLU whose window starts with the conv state (the last kernel - 1 inputs);
+//   q and k L2-normalized (q also times 1/sqrt(key_head_dim)); beta = sigmoid(b), g = -exp(A_log) *
+//   softplus(a + dt_bias); per value head the delta rule
+//     S <- S * exp(g);  S <- S + k (beta (v - S^T k))^T;  o = S^T q
+//   over its [key_head_dim, value_head_dim] fp32 state (each key head serves value_heads / key_heads consecutive
+//   value heads); the output RMSNorm-ed per head, times the norm weight and silu(z); out_proj; the residual.
+// Decode runs the delta rule token by token; prefill in transformers' chunked form (chunks of kDeltaChunk rows).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "runtime/model/dense.h"
+#include "runtime/model/forward.h"
+
+namespace genesis::runtime {
+
+namespace {
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float silu(float x) { return x / (1.0f + std::exp(-x)); }
+// torch.nn.functional.softplus (beta 1, threshold 20).
+float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+
+// x * rsqrt(sum(x^2) + 1e-6) * scale (transformers' l2norm, the FLA library's epsilon).
+void l2_normalize(const float* x, float* y, int64_t n, float scale) {
+  float ss = 0.0f;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(ss + 1e-6f);
+  for (int64_t i = 0; i < n; ++i) y[i] = (x[i] * inv) * scale;
+}
+
+}  // namespace
+
+void Session::deltanet(int64_t li, int64_t n) {
+  const Layer& l = m_.weights().layers[size_t(li)];
+  const int64_t H = c_.hidden_size, nk = c_.linear_num_key_heads, nv = c_.linear_num_value_heads;
+  const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, r = nv / nk;
+  const int64_t KD = c_.linear_key_dim(), VD = c_.linear_value_dim(), CD = c_.linear_conv_dim();
+  const int64_t K = c_.linear_conv_kernel, QKVZ = 2 * KD + 2 * VD;
+  auto fit = [](std::vector<float>& v, int64_t size) {
+    if (v.size() < size_t(size)) v.resize(size_t(size));
+  };
+  const bool split = !l.in_qkv.empty();
+  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_in_, n * CD), fit(conv_out_, n * CD);
+  fit(z_, n * VD), fit(dq_, n * KD), fit(dk_, n * KD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
+
+  // The conv inputs of every row: all key heads' q, then k, then all value heads' v, as the conv channels are
+  // ordered. z, beta and the decay per value head. A split projection (in_qkv, in_z) writes the conv inputs and z
+  // directly; the fused one is regrouped from its per-key-head order.
+  if (split) {
+    const DenseJob proj[] = {{&l.in_qkv, conv_in_.data()}, {&l.in_z, z_.data()}, {&l.in_ba, ba_.data()}};
+    dense_products(proj, xn_.data(), n, pool_);
+  } else {
+    const DenseJob proj[] = {{&l.in_qkvz, qkvz_.data()}, {&l.in_ba, ba_.data()}};
+    dense_products(proj, xn_.data(), n, pool_);
+  }
+  clock_.lap(Op::dense);
+  for (int64_t t = 0; t < n; ++t) {
+    float* w = &conv_in_[size_t(t * CD)];
+    for (int64_t g = 0; g < nk; ++g) {
+      if (!split) {
+        const float* grp = qkvz_.data() + t * QKVZ + g * (2 * dk + 2 * r * dv);
+        std::memcpy(w + g * dk, grp, size_t(dk) * 4);
+        std::memcpy(w + KD + g * dk, grp + dk, size_t(dk) * 4);
+        std::memcpy(w + 2 * KD + g * r * dv, grp + 2 * dk, size_t(r * dv) * 4);
+        std::memcpy(&z_[size_t(t * VD + g * r * dv)], grp + 2 * dk + r * dv, size_t(r * dv) * 4);
+      }
+      const float* ba = &ba_[size_t(t * 2 * nv + g * 2 * r)];
+      for (int64_t j = 0; j < r; ++j) {
+        const int64_t h = g * r + j;
+        beta_[size_t(t * nv + h)] = sigmoid(ba[j]);
+        decay_[size_t(t * nv + h)] = l.a_neg[size_t(h)] * softplus(ba[r + j] + l.dt_bias[size_t(h)]);
+      }
+    }
+  }
+  // Per sequence of the step: the conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the
+  // window's last kernel - 1 rows become its conv state. Depthwise causal conv + SiLU; channels split over the pool
+  // for several rows (a decode token's 8192 x 4 products take less time than starting a parallel region).
+  constexpr int64_t kChannelBlock = 256;
+  for (const Segment& sg : segs_) {
+    float* state = seqs_[size_t(sg.seq)].conv_layer(li);
+    fit(conv_win_, (K - 1 + sg.n) * CD);
+    std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
+    std::memcpy(&conv_win_[size_t((K - 1) * CD)], &conv_in_[size_t(sg.row0 * CD)], size_t(sg.n * CD) * 4);
+    std::memcpy(state, &conv_win_[size_t(sg.n * CD)], size_t((K - 1) * CD) * 4);
+    auto conv_block = [&](int64_t b) {
+      const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
+      for (int64_t t = 0; t < sg.n; ++t)
+        for (int64_t c = c0; c < c1; ++c) {
+          const float* w = &l.conv_w[size_t(c * K)];
+          float s = 0.0f;
+          for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
+          conv_out_[size_t((sg.row0 + t) * CD + c)] = silu(s);
+        }
+    };
+    const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
+    if (sg.n >= 4) {
+      parallel_for(blocks, conv_block);
+    } else {
+      for (int64_t b = 0; b < blocks; ++b) conv_block(b);
+    }
+  }
+  // q and k L2-normalized per key head (q scaled by 1/sqrt(dk)); v stays in conv_out_.
+  const float qscale = float(1.0 / std::sqrt(double(dk)));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t g = 0; g < nk; ++g) {
+      l2_normalize(&conv_out_[size_t(t * CD + g * dk)], &dq_[size_t(t * KD + g * dk)], dk, qscale);
+      l2_normalize(&conv_out_[size_t(t * CD + KD + g * dk)], &dk_[size_t(t * KD + g * dk)], dk, 1.0f);
+    }
+
+  // The delta rule, one task per (sequence, value head): each state is its own.
+  parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
+    const Segment& sg = segs_[size_t(task / nv)];
+    const int64_t h = task % nv;
+    float* S = seqs_[size_t(sg.seq)].recurrent_layer(li) + h * dk * dv;
+    if (chunked_delta_ && sg.n > 1) delta_rule_chunked(S, h, sg.row0, sg.n);
+    else delta_rule_recurrent(S, h, sg.row0, sg.n);
+  });
+  // Gated RMSNorm per (row, value head): rmsnorm(o) * w * silu(z).
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < nv; ++h) {
+      float* o = &core_[size_t(t * VD + h * dv)];
+      const float* z = &z_[size_t(t * VD + h * dv)];
+      rms_norm(o, l.gated_norm.data(), o, dv, c_.rms_norm_eps);
+      for (int64_t i = 0; i < dv; ++i) o[i] *= silu(z[i]);
+    }
+  clock_.lap(Op::delta_rule);
+  dense_product(l.out_proj, core_.data(), tmp_.data(), n, pool_);
+  clock_.lap(Op::dense);
+  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
+  clock_.lap(Op::elementwise);
+}
+
+// Token by token, as transformers' torch_recurrent_gated_delta_rule computes it, rearranged so that the state is read
+// once and written once per token (it is 64 KB per head, 2 MB per layer on Qwen3-Next: beyond L2). The decay d is a
+// scalar, so with the old state S: (dS)^T k = d S^T k and the output (dS + k delta^T)^T q = d S^T q + (q . k) delta.
+// One read pass gives S^T k and S^T q; delta = beta (v - d S^T k); one read-write pass makes S = d S + k delta^T.
+void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n) {
+  const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
+  const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
+  const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim();
+  thread_local std::vector<float> sk;
+  sk.resize(size_t(dv));
+  for (int64_t t = row0; t < row0 + n; ++t) {
+    const float* q = &dq_[size_t(t * KD + (h / r) * dk)];
+    const float* k = &dk_[size_t(t * KD + (h / r) * dk)];
+    const float* v = &conv_out_[size_t(t * CD + 2 * KD + h * dv)];
+    const float decay = std::exp(decay_[size_t(t * nv + h)]), beta = beta_[size_t(t * nv + h)];
+    float* o = &core_[size_t(t * VD + h * dv)];
+    std::fill(sk.begin(), sk.end(), 0.0f);
+    std::fill(o, o + dv, 0.0f);
+    for (int64_t i = 0; i < dk; ++i) {
+      const float* row = S + i * dv;
+      axpy_f32(k[i], row, sk.data(), dv);
+      axpy_f32(q[i], row, o, dv);
+    }
+    const float qk = dot_f32(q, k, dk);
+    for (int64_t j = 0; j < dv; ++j) {
+      const float delta = (v[j] - decay * sk[size_t(j)]) * beta;
+      sk[size_t(j)] = delta;
+      o[j] = decay * o[j] + qk * delta;
+    }
+    for (int64_t i = 0; i < dk; ++i) {
+      float* row = S + i * dv;
+      const float ki = k[i];
+      for (int64_t j = 0; j < dv; ++j) row[j] = decay * row[j] + ki * sk[size_t(j)];
+    }
+  }
+}
+
+// transformers' torch_chunk_gated_delta_rule over chunks of kDeltaChunk rows (the last may be shorter: the padding
+// transformers adds changes neither the outputs nor the state). Within a chunk of L rows, with c_i the cumulative
+// decay (log space), kb_i = beta_i k_i and T = I + strictly_lower[(kb_i . k_j) exp(c_i - c_j)]:
+//   U = T^-1 (beta v),  W = T^-1 (kb exp(c));  v_new = U - W S;
+//   o_i = exp(c_i) q_i S + sum_{j<=i} (q_i . k_j) exp(c_i - c_j) v_new_j;
+//   S <- exp(c_L) S + sum_j exp(c_L - c_j) k_j v_new_j^T.
+void Session::delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n) {
+  const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
+  const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
+  const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim(), C = kDeltaChunk;
+  thread_local std::vector<float> q, k, A, U, W, cum, P;
+  q.resize(size_t(C * dk)), k.resize(size_t(C * dk)), A.resize(size_t(C * C)), U.resize(size_t(C * dv));
+  W.resize(size_t(C * dk)), cum.resize(size_t(C)), P.resize(size_t(C * C));
+  const int64_t kh = h / r;
+  for (int64_t t0 = row0; t0 < row0 + n; t0 += C) {
+    const int64_t L = std::min(C, row0 + n - t0);
+    float c = 0.0f;
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t t = t0 + i;
+      std::memcpy(&q[size_t(i * dk)], &dq_[size_t(t * KD + kh * dk)], size_t(dk) * 4);
+      std::memcpy(&k[size_t(i * dk)], &dk_[size_t(t * KD + kh * dk)], size_t(dk) * 4);
+      cum[size_t(i)] = c += decay_[size_t(t * nv + h)];
+    }
+    // Gram matrices k k^T and q k^T of the chunk.
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(L), int(L), int(dk), 1.0f, k.data(), int(dk), k.data(),
+                int(dk), 0.0f, A.data(), int(L));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(L), int(L), int(dk), 1.0f, q.data(), int(dk), k.data(),
+                int(dk), 0.0f, P.data(), int(L));
+    for (int64_t i = 0; i < L; ++i) {
+      const float bi = beta_[size_t((t0 + i) * nv + h)];
+      for (int64_t j = 0; j < L; ++j) {
+        const float d = j <= i ? std::exp(cum[size_t(i)] - cum[size_t(j)]) : 0.0f;
+        A[size_t(i * L + j)] = j < i ? bi * A[size_t(i * L + j)] * d : 0.0f;
+        P[size_t(i * L + j)] *= d;
+      }
+      // Right-hand sides: beta v and beta k exp(c).
+      const float* v = &conv_out_[size_t((t0 + i) * CD + 2 * KD + h * dv)];
+      for (int64_t j = 0; j < dv; ++j) U[size_t(i * dv + j)] = v[j] * bi;
+      const float e = std::exp(cum[size_t(i)]);
+      for (int64_t j = 0; j < dk; ++j) W[size_t(i * dk + j)] = k[size_t(i * dk + j)] * bi * e;
+    }
+    // Forward substitution with the unit lower triangular T: row i -= sum_{j<i} A[i][j] row j.
+    for (int64_t i = 1; i < L; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        const float a = A[size_t(i * L + j)];
+        if (a == 0.0f) continue;
+        axpy_f32(-a, &U[size_t(j * dv)], &U[size_t(i * dv)], dv);
+        axpy_f32(-a, &W[size_t(j * dk)], &W[size_t(i * dk)], dk);
+      }
+    // v_new = U - W S (in U).
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(L), int(dv), int(dk), -1.0f, W.data(), int(dk), S,
+                int(dv), 1.0f, U.data(), int(dv));
+    // o = (q exp(c)) S + P v_new.
+    for (int64_t i = 0; i < L; ++i) {
+      const float e = std::exp(cum[size_t(i)]);
+      for (int64_t j = 0; j < dk; ++j) q[size_t(i * dk + j)] *= e;
+    }
+    float* o = &core_[size_t(t0 * VD + h * dv)];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(L), int(dv), int(dk), 1.0f, q.data(), int(dk), S,
+                int(dv), 0.0f, o, int(VD));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(L), int(dv), int(L), 1.0f, P.data(), int(L), U.data(),
+                int(dv), 1.0f, o, int(VD));
+    // S <- exp(c_L) S + (k exp(c_L - c))^T v_new.
+    const float last = cum[size_t(L - 1)], el = std::exp(last);
+    for (int64_t i = 0; i < dk * dv; ++i) S[i] *= el;
+    for (int64_t i = 0; i < L; ++i) {
+      const float e = std::exp(last - cum[size_t(i)]);
+      for (int64_t j = 0; j < dk; ++j) k[size_t(i * dk + j)] *= e;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(dk), int(dv), int(L), 1.0f, k.data(), int(dk), U.data(),
+                int(dv), 1.0f, S, int(dv));
+  }
+}
+
+}  // namespace genesis::runtime

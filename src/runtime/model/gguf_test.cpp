@@ -4,6 +4,7 @@
 // logits against transformers running the `gguf` package's dequantization of the same tensors.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -486,7 +487,9 @@ class GgufCommands : public ::testing::TestWithParam<std::string> {};
 TEST_P(GgufCommands, RunTokenizePerplexity) {
   const json ref = reference(GetParam());
   const std::string model = kDir + "/" + GetParam() + ".gguf";
-  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli";
+  // A folder per test instance and process: ctest -j runs the instances at once.
+  const auto tmp = std::filesystem::temp_directory_path() /
+                   ("genesis_gguf_cli_" + GetParam() + "_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
   const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {
@@ -542,7 +545,7 @@ INSTANTIATE_TEST_SUITE_P(Tiny, GgufCommands, ::testing::Values("tiny_qwen3moe", 
 // or a clamp with a warning; none may hang.
 TEST(GgufCommandsBadInput, RunRefusesOrClampsBadInput) {
   const std::string model = kDir + "/tiny_qwen3moe.gguf";
-  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli_bad";
+  const auto tmp = std::filesystem::temp_directory_path() / ("genesis_gguf_cli_bad_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
   const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {

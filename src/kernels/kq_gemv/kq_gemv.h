@@ -24,7 +24,7 @@ class ThreadPool;
 namespace genesis::kernels::kq_gemv {
 
 inline constexpr int kMaxTokens = 16;  // activation rows one generated kernel takes (one pass over the weights)
-inline constexpr int kMaxRows = 128;   // activation rows one product takes (in passes of <= kMaxTokens)
+inline constexpr int kMaxRows = 256;   // activation rows one product takes (in passes of <= kMaxTokens)
 
 enum class Format { q4_k, q5_k, q6_k, q8_0, q4_0, q4_1 };
 inline constexpr Format kFormats[] = {Format::q4_k, Format::q5_k, Format::q6_k,

@@ -314,7 +314,9 @@ std::string file_bytes(const std::string& path) {
 
 // Writes `bytes` to a temporary .gguf and expects load_model to throw an Error mentioning `needle`.
 void expect_load_error(const std::string& bytes, const std::string& needle) {
-  const std::string path = (std::filesystem::temp_directory_path() / "genesis_gguf_bad.gguf").string();
+  // One file per process: ctest -j runs the tests of this file in several processes at once.
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("genesis_gguf_bad_" + std::to_string(::getpid()) + ".gguf")).string();
   {
     std::ofstream o(path, std::ios::binary);
     o << bytes;

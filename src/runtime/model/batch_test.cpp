@@ -102,7 +102,7 @@ void check(const Model& m, const std::string& what) {
 TEST(MultiSequenceStep, SafetensorsGoldensEqualAlone) {
   // olmoe's golden has dynamic rope with max_position_embeddings 8: past it the scaling follows the longest sequence
   // of a step (documented in forward.h), so sequences of 20+ positions differ from alone by design.
-  for (const char* arch : {"llama", "mixtral", "qwen2", "qwen3", "qwen3_moe"}) {
+  for (const char* arch : {"llama", "mixtral", "qwen2", "qwen3", "qwen3_moe", "qwen3_next"}) {
     for (ExpertMode mode : {ExpertMode::f32, ExpertMode::nf4_reference}) {
       LoadOptions opt;
       opt.experts = mode;
@@ -115,7 +115,8 @@ TEST(MultiSequenceStep, SafetensorsGoldensEqualAlone) {
 }
 
 TEST(MultiSequenceStep, GgufGoldensEqualAlone) {
-  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_qwen3moe", "tiny_olmoe", "tiny_mixtral"}) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_qwen3moe", "tiny_olmoe", "tiny_mixtral",
+                           "tiny_qwen3next"}) {
     LoadOptions opt;
     opt.experts = ExpertMode::nf4_reference;
     opt.use_kb = false;

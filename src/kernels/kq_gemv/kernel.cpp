@@ -188,13 +188,29 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     int64_t unit_chunk;
     void (*fn)(const KernelArgs*);
   };
-  std::vector<Pass> plan;
-  std::vector<std::shared_ptr<const jit::ExecutableCode>> keep;
+  // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
+  // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
+  struct Cached {
+    Format f;
+    int n;
+    Genome g;
+    void (*fn)(const KernelArgs*);
+  };
+  thread_local std::vector<Cached> kernels;
+  auto kernel_for = [&](int n) {
+    for (const Cached& c : kernels)
+      if (c.f == w.format && c.n == n && c.g == g) return c.fn;
+    auto fn = jit_kernel(w.format, n, g)->as<void (*)(const KernelArgs*)>();
+    if (kernels.size() >= 64) kernels.erase(kernels.begin());
+    kernels.push_back({w.format, n, g, fn});
+    return fn;
+  };
+  thread_local std::vector<Pass> plan;
+  plan.clear();
   for (int p = 0, t0 = 0; p < passes; ++p) {
     const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
-    keep.push_back(jit_kernel(w.format, n, g));
     plan.push_back({t0, n, std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord)),
-                    keep.back()->as<void (*)(const KernelArgs*)>()});
+                    kernel_for(n)});
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
@@ -235,7 +251,8 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (r0 < 0 || r1 > w.rows || r0 > r1) fail("kq_gemv: row range [{}, {}) outside 0..{}", r0, r1, w.rows);
   if (ldy < w.rows && a.n > 1) fail("kq_gemv: output stride {} is below the {} rows", ldy, w.rows);
   if (r0 == r1) return;
-  require_path(path);
+  static const Path best = best_path();
+  if (path != Path::scalar && path != best) require_path(path);
   if (path == Path::avx512vnni)
     jit_rows(w, a, y, ldy, r0, r1, genome);
   else

@@ -101,11 +101,20 @@ bool same_params(const KqGenome& a, const KqGenome& b) {
          a.row_chunk == b.row_chunk && a.x_budget_kb == b.x_budget_kb && a.rows_per_pass == b.rows_per_pass;
 }
 
+bool KqMutator::order_fits(const KqGenome& g) const {
+  const auto n = kq_pass_rows(g, tokens_);
+  return std::all_of(n.begin(), n.end(), [&](int v) { return v == n.front(); });
+}
+
 std::optional<KqGenome> KqMutator::mutate(const KqGenome& parent, Op op, Rng& rng, std::string* why) const {
   switch (op) {
     case Op::swap_near:
     case Op::swap_far:
     case Op::move_block: {
+      if (!order_fits(parent)) {
+        if (why) *why = "passes of different rows: no one order fits their bodies";
+        return std::nullopt;
+      }
       const BodyModel body = body_(parent);
       auto o = reorder_order(body, order_of(parent.order, body.size()), op, rng, why);
       if (!o) return std::nullopt;
@@ -136,7 +145,7 @@ std::optional<KqGenome> KqMutator::mutate(const KqGenome& parent, Op op, Rng& rn
         // changes no dependency and keeps it).
         if (!g.order.empty()) {
           const BodyModel pb = body_(parent);
-          if (nb.preds != pb.preds || !nb.legal(g.order)) g.order.clear();
+          if (nb.preds != pb.preds || !nb.legal(g.order) || !order_fits(g)) g.order.clear();
         }
         return g;
       }

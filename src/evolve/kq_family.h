@@ -55,7 +55,10 @@ bool same_params(const KqGenome& a, const KqGenome& b);  // every gene but the o
 // propose nothing).
 class KqMutator {
  public:
-  KqMutator(KqBodyFn body, std::vector<GeneSpec> space) : body_(std::move(body)), space_(std::move(space)) {}
+  // tokens: the activation rows of the searched product (an order fits one pass's body: when the passes differ in
+  // rows, a genome keeps no order).
+  KqMutator(KqBodyFn body, std::vector<GeneSpec> space, int tokens)
+      : body_(std::move(body)), space_(std::move(space)), tokens_(tokens) {}
   std::optional<KqGenome> mutate(const KqGenome& parent, Op op, Rng& rng, std::string* why = nullptr) const;
   // Precedence-preserving merge of the two orders (same parameter genes), nullopt otherwise.
   std::optional<KqGenome> crossover(const KqGenome& a, const KqGenome& b, Rng& rng) const;
@@ -66,8 +69,10 @@ class KqMutator {
   const std::vector<GeneSpec>& space() const { return space_; }
 
  private:
+  bool order_fits(const KqGenome& g) const;  // every pass has the same rows (one body)
   KqBodyFn body_;
   std::vector<GeneSpec> space_;
+  int tokens_;
 };
 
 SearchResultOf<KqGenome> search(const KqGenome& start, const KqMutator& mutator, EvaluatorOf<KqGenome>& evaluator,

@@ -324,7 +324,7 @@ json run_evolve(const EvolveOptions& given) {
           fail("shape {}: {} columns is not a multiple of {}'s block of {}", shape_text(s), s.second, opt.format,
                block);
     if (run_id == 0) run_id = kb.begin_run(opt.family, opt.strategy, opt.seed, options_json(opt));
-    KqMutator mutator(kq_body_fn(cfg.format, cfg.tokens), kq_param_space(cfg.tokens));
+    KqMutator mutator(kq_body_fn(cfg.format, cfg.tokens), kq_param_space(cfg.tokens), cfg.tokens);
     return search_and_gate<KqFamily>(opt, kb, kb_path, run_id, cfg, heldout, mutator, budget, *strategy);
   }
 

@@ -247,9 +247,11 @@ namespace pipeline {
 // One gate worker: winner vs baseline on one shape, correctness first, then interleaved A/B in each regime.
 // The payload is a JSON array of {regime, best_us, baseline_us, ratios, ab_wins, ab_rounds, bytes}.
 template <class A>
-SandboxResult gate_shape(const typename A::Config& cfg, const Shape& shape, const typename A::Genome& winner,
+SandboxResult gate_shape(const typename A::Config& given, const Shape& shape, const typename A::Genome& winner,
                          const typename A::Genome& baseline, const std::vector<std::string>& regimes, int rounds) {
   using nlohmann::json;
+  typename A::Config cfg = given;
+  cfg.allow_faults = false;  // the gate never builds a planted fault
   return run_sandboxed(
       [&]() -> std::string {
         auto pool = worker_setup(cfg.threads);

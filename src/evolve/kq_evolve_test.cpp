@@ -14,6 +14,7 @@
 #include "common/util.h"
 #include "evolve/run.h"
 #include "kernels/kq_gemv/kq_gemv.h"
+#include "kernels/linear.h"
 #include "runtime/model/linear_policy.h"
 
 namespace genesis::evolve {
@@ -90,6 +91,38 @@ TEST(KqMutants, ReordersAreBitExactAndParamMovesCorrect) {
       EXPECT_FALSE(mut.mutate(parent, Op::hint_insert, rng, &why).has_value());
       EXPECT_NE(why.find("no hint_insert"), std::string::npos) << why;
     }
+}
+
+// The Linear seam on a genome with an instruction order (as the factory promotes one): one row of x runs the order
+// (bit-exact to the baseline, a reorder), several rows run the same genes without it (an order fits one row's body).
+TEST(KqLinearGenome, OrderedGenomeServesOneRowAndSeveral) {
+  if (!have_jit()) GTEST_SKIP() << "no kq_gemv JIT path on this CPU (needs AVX-512 VNNI)";
+  KqEvalConfig cfg = tiny_kq_config(kq::Format::q5_k);
+  auto d = KqFamily::make_case(cfg, {40, 512}, 9);
+  KqMutator mut(kq_body_fn(cfg.format, 1), kq_param_space(1), 1);
+  Rng rng(11);
+  KqGenome g = KqGenome::baseline();
+  for (int i = 0; i < 12; ++i)
+    if (auto c = mut.mutate(g, i % 2 ? Op::swap_far : Op::move_block, rng)) g = *c;
+  ASSERT_FALSE(g.order.empty());
+  auto m = std::make_shared<const kq::Matrix>(d.m);
+  auto tuned = kq::make_linear(m, g), base = kq::make_linear(m);
+  EXPECT_NE(tuned->describe().find("order="), std::string::npos) << tuned->describe();
+  std::mt19937 gen(5);
+  std::normal_distribution<float> nd;
+  for (int n : {1, 5}) {
+    std::vector<float> x(size_t(n * 512)), yt(size_t(n * 40)), yb(yt.size());
+    for (auto& v : x) v = nd(gen);
+    auto at = tuned->new_activations(), ab = base->new_activations();
+    tuned->prepare(x.data(), n, *at);
+    base->prepare(x.data(), n, *ab);
+    tuned->run_rows(*at, yt.data(), 0, 40);
+    base->run_rows(*ab, yb.data(), 0, 40);
+    EXPECT_EQ(0, std::memcmp(yt.data(), yb.data(), yt.size() * 4)) << n << " rows";
+  }
+  KqGenome faulty = KqGenome::baseline();
+  faulty.fault = kq::Fault::crash;
+  EXPECT_THROW(kq::make_linear(m, faulty), Error);
 }
 
 class KqFactory : public ::testing::Test {

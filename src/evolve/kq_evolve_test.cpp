@@ -85,7 +85,9 @@ TEST(KqMutants, ReordersAreBitExactAndParamMovesCorrect) {
       }
       EXPECT_GT(reorders, 15);  // with 3 rows, passes of 2 + 1 rows take no order
       EXPECT_GT(params, 10);
-      if (tokens == 1) EXPECT_FALSE(parent.order.empty());
+      if (tokens == 1) {
+        EXPECT_FALSE(parent.order.empty());
+      }
       // The family offers no hints and no same-class replacements.
       std::string why;
       EXPECT_FALSE(mut.mutate(parent, Op::hint_insert, rng, &why).has_value());

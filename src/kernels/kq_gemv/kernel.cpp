@@ -240,8 +240,31 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
 
 }  // namespace
 
+namespace {
+
+// Test-only planted faults (genome.h): the factory's sandbox must survive and classify each of them.
+void plant_fault(Fault f, float* y) {
+  static volatile uintptr_t zero = 0;  // opaque to the compiler: a real load from address 0
+  static volatile int spin = 1;        // never cleared: the hang spins until the sandbox kills the worker
+  switch (f) {
+    case Fault::wrong_result: y[0] = 2.0f * y[0] + 1.0f; break;
+    case Fault::crash: (void)*reinterpret_cast<volatile int*>(zero); break;
+    case Fault::hang:
+      while (spin) {
+      }
+      break;
+    case Fault::illegal_instruction: __builtin_trap();
+    case Fault::none: break;
+  }
+}
+
+}  // namespace
+
 void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
-              const Genome& genome) {
+              const Genome& genome, bool allow_faults) {
+  if (genome.fault != Fault::none && !allow_faults)
+    fail("kq_gemv: genome '{}' carries a planted test fault; only the factory's sandboxed tests may run it",
+         genome.serialize());
   const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
                          (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
   if (!same_kind || a.cols != w.cols || a.units != w.units)
@@ -257,6 +280,7 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     jit_rows(w, a, y, ldy, r0, r1, genome);
   else
     scalar_rows(w, a, y, ldy, r0, r1);
+  if (genome.fault != Fault::none) plant_fault(genome.fault, y + r0);
 }
 
 void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool, Activations& scratch) {

@@ -79,9 +79,10 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
 void dequantize_activations(const Activations& a, int t, double* out);
 
 // y[t * ldy + r] for t < a.n and r in [r0, r1). Thread-safe (one call per thread on disjoint rows). The genome
-// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it.
+// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it. A genome carrying a planted Fault
+// is a genesis::Error unless allow_faults (the factory's sandboxed tests only).
 void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
-              const Genome& genome = Genome::baseline());
+              const Genome& genome = Genome::baseline(), bool allow_faults = false);
 // The whole product on the best path, rows split over the pool (may be null): quantizes x[n][cols] once.
 void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool,
           Activations& scratch);
@@ -109,6 +110,7 @@ class Linear;
 namespace genesis::kernels::kq_gemv {
 // The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..kMaxRows
 // rows of x; above, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
-// (Q4_K and Q5_K share one).
-std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
+// (Q4_K and Q5_K share one). `genome`: the schedule of one activation row's product (the runtime passes the knowledge
+// base's tuned genome, runtime/model/linear_policy.h); several rows run its genes without its instruction order.
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m, const Genome& genome = Genome::baseline());
 }  // namespace genesis::kernels::kq_gemv

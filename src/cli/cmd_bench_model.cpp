@@ -17,7 +17,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 
 struct Args {
   rt::ModelBenchOptions o;
-  std::string json_file, path, experts = "nf4", kb, dense = "stored";
+  std::string json_file, path, experts = "stored", kb, dense = "stored";
   bool no_kb = false, quiet = false, keep_quant = false;
 };
 

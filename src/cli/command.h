@@ -46,8 +46,10 @@ struct CommandRegistrar {
 
 // --dense, the same for run, perplexity and bench model.
 inline constexpr const char* kExpertsHelp =
-    "expert weights: nf4 (re-quantized to NF4 at load, JIT kernels; default), stored (a GGUF's experts as the file "
-    "stores them on the kq_gemv JIT kernels, those in other formats NF4), nf4-reference, f32";
+    "expert weights: stored (default: a GGUF's Q4_K/Q5_K/Q6_K/Q8_0/Q4_0/Q4_1 experts as the file stores them, on the "
+    "kq_gemv JIT kernels: the file's quality, a fast load; experts in other formats, and every expert of a "
+    "safetensors checkpoint, NF4), nf4 (re-quantized to NF4 at load, nf4_gemv JIT kernels: fewer bytes and faster "
+    "prefill, at the price of a second 4-bit rounding), nf4-reference, f32";
 inline constexpr const char* kDenseHelp =
     "non-expert matrices: stored (default: a GGUF's Q4_K/Q5_K/Q6_K/Q8_0/Q4_0/Q4_1 matrices as the file stores them, on "
     "the kq_gemv JIT kernels with int8 activations as llama.cpp computes them; other 4-8 bit block formats as int8 "

@@ -81,6 +81,7 @@ const char* op_name(Op op) {
     case Op::ud2: return "ud2";
     case Op::loop_begin: return "loop_begin";
     case Op::loop_end: return "loop_end";
+    case Op::vpor: return "vpor";
   }
   return "?";
 }
@@ -141,7 +142,7 @@ std::string Instr::text() const {
     case Op::loop_begin: return fmt::format("loop_begin {} align={}", reg_text(dst, 8), imm);
     case Op::loop_end: return fmt::format("loop_end {}", reg_text(dst, 8));
     default:
-      return fmt::format("{} {}, {}, {}", n, reg_text(dst, width), reg_text(src1, width),
+      return fmt::format("{}{} {}, {}, {}", vex ? "{vex} " : "", n, reg_text(dst, width), reg_text(src1, width),
                          has_mem ? mem_text(mem) : reg_text(src2, width));
   }
 }
@@ -199,6 +200,7 @@ Instr finalize(Instr in) {
       }
       [[fallthrough]];
     case Op::vpandd:
+    case Op::vpor:
     case Op::vpshufb:
     case Op::vpermps:
     case Op::vpermw:

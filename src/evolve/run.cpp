@@ -113,7 +113,7 @@ json run_evolve(const EvolveOptions& given) {
   nf::Path path = nf::best_path();
   if (!opt.path.empty()) {
     auto p = nf::parse_path(opt.path);
-    if (!p) fail("unknown path '{}' (possible: scalar, avx2, avx512fp32, avx512bf16, avx512vnni)", opt.path);
+    if (!p) fail("unknown path '{}' (possible: scalar, avx2, avx2int8, avx2vnni, avx512fp32, avx512bf16, avx512vnni)", opt.path);
     path = *p;
   }
   nf::require_path(path);

@@ -128,6 +128,11 @@ class Assembler : public Xbyak::CodeGenerator {
         else
           with_src2(in, w, [&](const Xbyak::Operand& s) { vpord(v(in.dst, w), v(in.src1, w), s); });
         break;
+      case Op::vpabsb: vpabsb(v(in.dst, w), v(in.src1, w)); break;
+      case Op::vpsignb:
+        if (!vex_ok(in)) fail("jit: vpsignb exists only at ymm/xmm width on registers 0..15");
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vpsignb(v(in.dst, w), v(in.src1, w), s); });
+        break;
       case Op::vpshufb: with_src2(in, w, [&](const Xbyak::Operand& s) { vpshufb(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpermps: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermps(vy(in.dst, w), vy(in.src1, w), s); }); break;
       case Op::vpermw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermw(v(in.dst, w), v(in.src1, w), s); }); break;

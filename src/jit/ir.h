@@ -76,6 +76,8 @@ enum class Op : uint8_t {
   loop_end,     // dec counter; jnz label
   // appended (enum values are ids: keep the ones above)
   vpor,         // dst = src1 | src2|mem (vpor at ymm/xmm width with registers 0..15, else vpord)
+  vpabsb,       // dst = |src1| (bytes; -128 stays 0x80)
+  vpsignb,      // dst = src1 negated where src2|mem < 0, zero where it is 0 (bytes; AVX2, no EVEX form)
 };
 
 const char* op_name(Op op);

@@ -66,14 +66,14 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_block_avx512(const flo
 
 void prepare_activations(Path path, const float* x, int T, int64_t K, int bs, PreparedActivations& out) {
   const int64_t nb = K / bs;
-  const size_t elem = path == Path::avx512_vnni ? 1 : path == Path::avx512_bf16 ? 2 : 4;
+  const size_t elem = int8_layout(path) ? 1 : path == Path::avx512_bf16 ? 2 : 4;
   const size_t need = size_t(nb) * size_t(T) * size_t(bs) * elem;
   if (out.data.size() < need) out.data = AlignedBuffer(need);
   out.path = path;
   out.tokens = T;
   out.K = K;
   out.blocksize = bs;
-  if (path == Path::avx512_vnni) {
+  if (int8_layout(path)) {
     const size_t aux = size_t(nb) * size_t(T) * 8;
     if (out.aux.size() < aux) out.aux = AlignedBuffer(aux);
     const bool wide = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw);
@@ -212,6 +212,7 @@ class JitKernel final : public KernelBase {
     a.n_blocks = w.blocks();
     a.scratch = reinterpret_cast<float*>(scratch.data());
     a.consts = kernel_constants();
+    a.rewind = -w.group_bytes();
     code.as<void (*)(const KernelArgs*)>()(&a);
   }
 

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "jit/ir.h"
 #include "kernels/kq_gemv/build.h"
+#include "kernels/kq_gemv/layout.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
 
@@ -488,6 +489,37 @@ TEST(KqGemv, RandomShapesAndSizesFailCleanly) {
   }
   EXPECT_GT(built, 10);
   EXPECT_GT(errors, 100);
+}
+
+// Every activation quantizer this CPU runs gives the scalar one's bits: random values, exact ties at .5 (round to
+// even), an all-zero block, one huge value; and each refuses a non-finite value.
+TEST(KqGemv, ActivationQuantizersAgreeBitForBit) {
+  const auto variants = layout::quantize_block_variants();
+  std::mt19937 gen(11);
+  std::normal_distribution<float> nd;
+  for (int c = 0; c < 40; ++c) {
+    const int len = c % 2 ? 256 : 32;
+    std::vector<float> x(static_cast<size_t>(len));
+    for (auto& v : x) v = nd(gen) * (c % 5 == 0 ? 1e-30f : c % 5 == 1 ? 3e4f : 1.0f);
+    if (c == 2) std::fill(x.begin(), x.end(), 0.0f);
+    if (c == 3)  // amax 127: x * 1 lands on every .5 tie
+      for (int i = 0; i < len; ++i) x[size_t(i)] = i == 0 ? 127.0f : float(i % 64) - 31.5f;
+    std::vector<int8_t> q0(static_cast<size_t>(len));
+    std::vector<int32_t> s0(static_cast<size_t>(len / 16));
+    const float d0 = variants[0].second(x.data(), len, q0.data(), s0.data());
+    for (const auto& [name, fn] : variants) {
+      std::vector<int8_t> q(static_cast<size_t>(len));
+      std::vector<int32_t> s(static_cast<size_t>(len / 16));
+      const float d = fn(x.data(), len, q.data(), s.data());
+      EXPECT_EQ(std::memcmp(&d, &d0, 4), 0) << name << " case " << c;
+      EXPECT_EQ(q, q0) << name << " case " << c;
+      EXPECT_EQ(s, s0) << name << " case " << c;
+      const float keep = x[size_t(len / 2)];
+      x[size_t(len / 2)] = std::nanf("");
+      EXPECT_THROW(fn(x.data(), len, q.data(), s.data()), Error) << name;
+      x[size_t(len / 2)] = keep;
+    }
+  }
 }
 
 TEST(KqGemv, BadInputIsAnError) {

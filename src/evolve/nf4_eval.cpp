@@ -231,6 +231,7 @@ Outcome Nf4Evaluator::evaluate(const Genome& cand, int64_t index, const Genome& 
     cand.validate();
     if (cand.fault != nf::Fault::none && !cfg_.allow_faults) fail("genome carries a planted fault");
     for (const auto& d : data_->shapes) {
+      if (!nf::path_is_jit(cand.path)) break;  // compiled paths (scalar, avx2): no code to configure or order
       const nf::Conf conf = nf::make_conf(d.pr, cand, cpu::host_isa());
       if (!cand.order.empty()) {
         const auto body = nf::canonical_body(conf);

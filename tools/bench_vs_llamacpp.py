@@ -53,7 +53,9 @@ def main():
     ap.add_argument("--prompt", type=int, default=512, help="prefill length (default 512)")
     ap.add_argument("--gen", type=int, default=32, help="decode steps (default 32)")
     ap.add_argument("--reps", type=int, default=2, help="llama-bench repetitions per run (default 2)")
-    ap.add_argument("--genesis-args", default="", help="extra arguments for genesis bench model, e.g. '--keep-quant'")
+    ap.add_argument("--genesis-args", action="append", default=None,
+                    help="extra arguments for genesis bench model, e.g. '--dense stored --experts stored'; give it "
+                         "several times to compare configurations in the same run (each between the two llama runs)")
     ap.add_argument("--json", help="write every figure as JSON")
     a = ap.parse_args()
 
@@ -69,20 +71,23 @@ def main():
     report = {"model": model, "runs": []}
     print(f"{'threads':>7} {'llama decode':>14} {'genesis decode':>15} {'ratio':>6} {'llama pp':>10} "
           f"{'genesis pp':>11} {'ratio':>6}")
+    configs = a.genesis_args or [""]
     for t in a.threads:
         l1 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps)
-        g = genesis(a.genesis, model, t, a.prompt, a.gen, a.genesis_args.split())
+        gs = [genesis(a.genesis, model, t, a.prompt, a.gen, c.split()) for c in configs]
         l2 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps)
         lpp, ltg = (l1[0] + l2[0]) / 2, (l1[1] + l2[1]) / 2
-        print(f"{t:>7} {ltg:>14.2f} {g['decode_tps']:>15.2f} {g['decode_tps'] / ltg:>5.2f}x {lpp:>10.1f} "
-              f"{g['prefill_tps']:>11.1f} {g['prefill_tps'] / lpp:>5.2f}x")
-        print(f"        genesis decode: {g['bytes_per_token'] / 1e9:.2f} GB/token, {g['decode_tps'] / g['bound_tps']:.0%} of "
-              f"its bound {g['bound_tps']:.1f} tok/s at {g['read_bandwidth_gbps']:.1f} GB/s; load {g['load_s']:.1f} s")
-        for phase in ("decode", "prefill"):
-            p = g["profile"][phase]
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k not in ("total", "regions_per_step"))
-            print(f"        genesis {phase} ms/token: {parts}; total {p['total']:.2f}")
-        report["runs"].append({"threads": t, "llama": [l1, l2], "genesis": g})
+        for c, g in zip(configs, gs):
+            print(f"{t:>7} {ltg:>14.2f} {g['decode_tps']:>15.2f} {g['decode_tps'] / ltg:>5.2f}x {lpp:>10.1f} "
+                  f"{g['prefill_tps']:>11.1f} {g['prefill_tps'] / lpp:>5.2f}x   genesis {c or '(defaults)'}")
+            print(f"        genesis decode: {g['bytes_per_token'] / 1e9:.2f} GB/token, "
+                  f"{g['decode_tps'] / g['bound_tps']:.0%} of its bound {g['bound_tps']:.1f} tok/s at "
+                  f"{g['read_bandwidth_gbps']:.1f} GB/s; load {g['load_s']:.1f} s")
+            for phase in ("decode", "prefill"):
+                p = g["profile"][phase]
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k not in ("total", "regions_per_step"))
+                print(f"        genesis {phase} ms/token: {parts}; total {p['total']:.2f}")
+        report["runs"].append({"threads": t, "llama": [l1, l2], "genesis": [{"args": c, **g} for c, g in zip(configs, gs)]})
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

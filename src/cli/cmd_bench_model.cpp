@@ -17,7 +17,7 @@ namespace nf = genesis::kernels::nf4_gemv;
 
 struct Args {
   rt::ModelBenchOptions o;
-  std::string json_file, path, experts = "nf4", kb, dense = "q8";
+  std::string json_file, path, experts = "nf4", kb, dense = "stored";
   bool no_kb = false, quiet = false, keep_quant = false;
 };
 

@@ -25,8 +25,9 @@ struct EvolveArgs {
 };
 
 void print_report(const json& r) {
-  fmt::print("\nrun {}  {}  path {}  strategy {}  seed {}  tokens {}  threads {}  search regime {}\n",
+  fmt::print("\nrun {}  {}  path {}{}  strategy {}  seed {}  tokens {}  threads {}  search regime {}\n",
              r["run_id"].get<int64_t>(), r["family"].get<std::string>(), r["path"].get<std::string>(),
+             r.contains("format") ? "  format " + r["format"].get<std::string>() : std::string(),
              r["strategy"].get<std::string>(), r["seed"].get<uint64_t>(), r["tokens"].get<int>(),
              r["threads"].get<int>(), r.value("regime", "hot"));
   fmt::print("evaluations {} ({:.0f}/min, {} duplicates skipped, {} restarts, {} crossovers, {} archive cells), stop: {}\n",
@@ -45,14 +46,15 @@ void print_report(const json& r) {
   fmt::print("baseline  {}  {}\n", r["baseline"]["id"].get<std::string>(), r["baseline"]["genome"].get<std::string>());
   fmt::print("best      {}  {}  (search fitness {:.3f}x)\n", r["best"]["id"].get<std::string>(),
              r["best"]["genome"].get<std::string>(), r["best"]["fitness"].get<double>());
-  fmt::print("\n{:>11} {:>8} {:>5} {:>12} {:>10} {:>8} {:>8}\n", "shape", "set", "regime", "baseline_us", "best_us",
-             "speedup", "A/B wins");
+  fmt::print("\n{:>11} {:>8} {:>5} {:>12} {:>10} {:>8} {:>8} {:>9}\n", "shape", "set", "regime", "baseline_us",
+             "best_us", "speedup", "A/B wins", "best GB/s");
   std::map<std::string, std::pair<double, int>> logs;  // "train hot" -> (sum of log speedups, count)
   for (const auto& s : r["shapes"]) {
-    fmt::print("{:>11} {:>8} {:>5} {:>12.2f} {:>10.2f} {:>7.3f}x {:>5}/{:<3}{}\n", s["shape"].get<std::string>(),
-               s["set"].get<std::string>(), s["regime"].get<std::string>(), s["baseline_us"].get<double>(),
-               s["best_us"].get<double>(), s["speedup"].get<double>(), s["ab_wins"].get<int>(),
-               s["ab_rounds"].get<int>(), s.value("remeasured", false) ? "  (lost at first, measured again)" : "");
+    fmt::print("{:>11} {:>8} {:>5} {:>12.2f} {:>10.2f} {:>7.3f}x {:>5}/{:<3} {:>8.1f}{}\n",
+               s["shape"].get<std::string>(), s["set"].get<std::string>(), s["regime"].get<std::string>(),
+               s["baseline_us"].get<double>(), s["best_us"].get<double>(), s["speedup"].get<double>(),
+               s["ab_wins"].get<int>(), s["ab_rounds"].get<int>(), s.value("best_gb_s", 0.0),
+               s.value("remeasured", false) ? "  (lost at first, measured again)" : "");
     if (s["speedup"].get<double>() > 0) {
       auto& l = logs[s["set"].get<std::string>() + " " + s["regime"].get<std::string>()];
       l.first += std::log(s["speedup"].get<double>());
@@ -91,10 +93,18 @@ void plot(const std::string& json_file, const std::string& png) {
 void setup_evolve(CLI::App& app) {
   auto a = std::make_shared<EvolveArgs>();
   auto* c = app.add_subcommand("evolve", "Discover faster kernels on this CPU (evolutionary search, knowledge base)");
-  c->add_option("--family", a->opt.family, "kernel family (nf4-gemv)");
+  c->add_option("--family", a->opt.family,
+                 "kernel family: nf4_gemv (default; NF4 experts) or kq_gemv (GGUF block formats as stored)");
+  c->add_option("--format", a->opt.format,
+                 "kq_gemv's weight format: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0 or Q4_1 (nf4_gemv: NF4 only)");
   c->add_option("--path", a->opt.path, "ISA path (default: the fastest this CPU runs)");
-  c->add_option("--shape", a->opt.train, "training shapes MxK (default: Qwen3-30B-A3B and Qwen3-Next experts as the runtime runs them: fused gate_up 1536x2048 and 1024x2048, down 2048x768 and 2048x512)");
-  c->add_option("--heldout", a->opt.heldout, "held-out shapes MxK, never seen by the search (default 2880x1024 1408x2048)");
+  c->add_option("--shape", a->opt.train,
+                 "training shapes MxK (default nf4_gemv: Qwen3-30B-A3B and Qwen3-Next experts as the runtime runs "
+                 "them: fused gate_up 1536x2048 and 1024x2048, down 2048x768 and 2048x512; kq_gemv: Qwen3-30B-A3B's "
+                 "fused gate_up 1536x2048, down 2048x768, attention q 4096x2048 and o 2048x4096)");
+  c->add_option("--heldout", a->opt.heldout,
+                 "held-out shapes MxK, never seen by the search (default nf4_gemv: 2880x1024 1408x2048; kq_gemv: "
+                 "512x2048 2880x1024 1408x2048)");
   c->add_option("--tokens", a->opt.tokens, "tokens per call, 1..16");
   c->add_option("--regime", a->opt.regime,
                  "cache regime of the search's fitness: both (default), hot (weights stay in cache) or cold (rotate "

@@ -63,7 +63,7 @@ void show_run(const KbArgs& a) {
 void show_best(const KbArgs& a) {
   kb::Kb k(kb_file(a), false);
   kb::BestQuery q;
-  q.family = a.family == "nf4-gemv" ? "nf4_gemv" : a.family;
+  q.family = a.family == "nf4-gemv" ? "nf4_gemv" : a.family == "kq-gemv" ? "kq_gemv" : a.family;
   q.include_foreign = a.all;
   auto rows = k.best(q);
   if (rows.empty()) fmt::print("no best genomes{} for this CPU and build\n", q.family.empty() ? "" : " of " + q.family);
@@ -82,7 +82,7 @@ void setup_kb(CLI::App& app) {
   show->add_option("id", a->id, "run id")->required();
   show->callback([a] { show_run(*a); });
   auto* best = c->add_subcommand("best", "best genome per (family, path, shape, tokens) on this CPU and build");
-  best->add_option("--family", a->family, "only this family");
+  best->add_option("--family", a->family, "only this family (nf4_gemv, kq_gemv)");
   best->add_flag("--all", a->all, "also records of other CPUs or builds (marked foreign)");
   best->callback([a] { show_best(*a); });
   auto* exp = c->add_subcommand("export", "write everything as JSON");

@@ -20,7 +20,7 @@ using genesis::fail;
 namespace rt = genesis::runtime;
 
 struct Args {
-  std::string model, file, experts = "nf4", json_file, dense = "q8";
+  std::string model, file, experts = "nf4", json_file, dense = "stored";
   int64_t context = 512, skip = -1, chunks = 0;
   int threads = 0;
   bool no_kb = false, quiet = false, keep_quant = false;

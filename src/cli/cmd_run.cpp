@@ -23,7 +23,7 @@ namespace rt = genesis::runtime;
 namespace nf = genesis::kernels::nf4_gemv;
 
 struct RunArgs {
-  std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "q8";
+  std::string model, prompt, system, experts = "nf4", path, kb, json_file, dense = "stored";
   int64_t max_tokens = 128, context = 0;
   bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
   float temp = 0, top_p = 1;

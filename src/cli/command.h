@@ -49,10 +49,10 @@ inline constexpr const char* kExpertsHelp =
     "expert weights: nf4 (re-quantized to NF4 at load, JIT kernels; default), stored (a GGUF's experts as the file "
     "stores them on the kq_gemv JIT kernels, those in other formats NF4), nf4-reference, f32";
 inline constexpr const char* kDenseHelp =
-    "non-expert matrices: stored (a GGUF's Q4_K/Q5_K/Q6_K/Q8_0/Q4_0/Q4_1 matrices as the file stores them, on the "
-    "kq_gemv JIT kernels with int8 activations; other block formats as int8 blocks), "
-    "q8 (default: a GGUF's 4-8 bit matrices and embedding as int8 blocks, 1.125 bytes per "
-    "weight, perplexity within noise of fp32; everything else bf16), bf16 (2 bytes per weight), f32 (a GGUF exactly "
-    "as dequantized), nf4 (a GGUF's 4-6 bit matrices re-quantized to NF4: fewer bytes, some quality), nf4-all";
+    "non-expert matrices: stored (default: a GGUF's Q4_K/Q5_K/Q6_K/Q8_0/Q4_0/Q4_1 matrices as the file stores them, on "
+    "the kq_gemv JIT kernels with int8 activations as llama.cpp computes them; other 4-8 bit block formats as int8 "
+    "blocks; everything else bf16), q8 (a GGUF's 4-8 bit matrices and embedding re-quantized to int8 blocks, 1.125 "
+    "bytes per weight), bf16 (2 bytes per weight), f32 (a GGUF exactly as dequantized), nf4 (a GGUF's 4-6 bit "
+    "matrices re-quantized to NF4: fewer bytes, some quality), nf4-all";
 
 }  // namespace genesis::cli

@@ -45,12 +45,14 @@ bool same_params(const Genome& a, const Genome& b) {
 
 const char* op_name(Op op) { return kOpNames[int(op)]; }
 
-std::vector<uint16_t> order_of(const Genome& g, size_t n) {
-  if (!g.order.empty()) return g.order;
+std::vector<uint16_t> order_of(const std::vector<uint16_t>& order, size_t n) {
+  if (!order.empty()) return order;
   std::vector<uint16_t> o(n);
   std::iota(o.begin(), o.end(), uint16_t(0));
   return o;
 }
+
+std::vector<uint16_t> order_of(const Genome& g, size_t n) { return order_of(g.order, n); }
 
 bool BodyModel::legal(std::span<const uint16_t> order, std::string* why) const {
   const size_t n = size();
@@ -174,18 +176,13 @@ std::optional<Genome> Mutator::mutate(const Genome& parent, Op op, Rng& rng, std
   return std::nullopt;
 }
 
-std::optional<Genome> Mutator::reorder(const Genome& parent, Op op, Rng& rng, std::string* why) const {
-  if (!kernels::nf4_gemv::path_is_jit(parent.path)) {
-    if (why) *why = "compiled path: no instruction order";
-    return std::nullopt;
-  }
-  const BodyModel body = body_(parent);
+std::optional<std::vector<uint16_t>> reorder_order(const BodyModel& body, const std::vector<uint16_t>& base, Op op,
+                                                   Rng& rng, std::string* why) {
   const int n = int(body.size());
   if (n < 2) {
     if (why) *why = "body too small to reorder";
     return std::nullopt;
   }
-  const auto base = order_of(parent, body.size());
   for (int t = 0; t < kTries; ++t) {
     auto o = base;
     if (op == Op::swap_near) {
@@ -206,12 +203,38 @@ std::optional<Genome> Mutator::reorder(const Genome& parent, Op op, Rng& rng, st
     }
     if (o == base) continue;
     if (!body.legal(o, why)) continue;
-    Genome g = parent;
-    g.order = std::move(o);
-    normalize(g);
-    return g;
+    return o;
   }
   return std::nullopt;
+}
+
+std::vector<uint16_t> merge_orders(const std::vector<uint16_t>& oa, const std::vector<uint16_t>& ob, Rng& rng) {
+  const size_t n = oa.size();
+  std::vector<bool> done(n, false);
+  std::vector<uint16_t> out;
+  size_t ia = 0, ib = 0;
+  while (out.size() < n) {
+    while (ia < n && done[oa[ia]]) ++ia;
+    while (ib < n && done[ob[ib]]) ++ib;
+    const uint16_t next = rng.chance(0.5) ? oa[ia] : ob[ib];
+    done[next] = true;
+    out.push_back(next);
+  }
+  return out;
+}
+
+std::optional<Genome> Mutator::reorder(const Genome& parent, Op op, Rng& rng, std::string* why) const {
+  if (!kernels::nf4_gemv::path_is_jit(parent.path)) {
+    if (why) *why = "compiled path: no instruction order";
+    return std::nullopt;
+  }
+  const BodyModel body = body_(parent);
+  auto o = reorder_order(body, order_of(parent, body.size()), op, rng, why);
+  if (!o) return std::nullopt;
+  Genome g = parent;
+  g.order = std::move(*o);
+  normalize(g);
+  return g;
 }
 
 Hint Mutator::random_hint(size_t body_size, Rng& rng) const {
@@ -378,19 +401,8 @@ std::optional<Genome> Mutator::crossover(const Genome& a, const Genome& b, Rng& 
   if (!same_params(a, b) || a.fault != b.fault) return std::nullopt;
   const BodyModel body = body_(a);
   const size_t n = body.size();
-  const auto oa = order_of(a, n), ob = order_of(b, n);
-  std::vector<bool> done(n, false);
-  std::vector<uint16_t> out;
-  size_t ia = 0, ib = 0;
-  while (out.size() < n) {
-    while (ia < n && done[oa[ia]]) ++ia;
-    while (ib < n && done[ob[ib]]) ++ib;
-    const uint16_t next = rng.chance(0.5) ? oa[ia] : ob[ib];
-    done[next] = true;
-    out.push_back(next);
-  }
   Genome g = a;
-  g.order = std::move(out);
+  g.order = merge_orders(order_of(a, n), order_of(b, n), rng);
   g.hints.clear();
   for (const auto* src : {&a.hints, &b.hints})
     for (const auto& h : *src)

@@ -111,5 +111,14 @@ bool same_params(const Genome& a, const Genome& b);
 
 // The permutation a genome applies (its order, or the identity when empty).
 std::vector<uint16_t> order_of(const Genome& g, size_t body_size);
+std::vector<uint16_t> order_of(const std::vector<uint16_t>& order, size_t body_size);
+
+// The instruction-order gene's operators, shared by every family that has one: a legal permutation of `body` made
+// from `base` by swap_near / swap_far / move_block, or nullopt after a few tries (`why` gets the last rejection).
+std::optional<std::vector<uint16_t>> reorder_order(const BodyModel& body, const std::vector<uint16_t>& base, Op op,
+                                                   Rng& rng, std::string* why);
+// Precedence-preserving merge of two permutations of one body: each next instruction is the first unscheduled one of
+// a randomly chosen parent, which keeps every dependency both parents keep.
+std::vector<uint16_t> merge_orders(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b, Rng& rng);
 
 }  // namespace genesis::evolve

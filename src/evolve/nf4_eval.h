@@ -1,43 +1,25 @@
-// The nf4_gemv family inside the factory: its loop body as the mutation operators see it, and the evaluation
-// pipeline of ARCHITECTURE.md (static checks, correctness gate, screen, full timing, interleaved A/B confirm) run in
-// the sandbox, with every outcome written to the knowledge base. Also the end-of-run held-out gate.
+// The nf4_gemv family inside the factory: its loop body as the mutation operators see it, its parameter space, and
+// its adapter to the generic evaluation pipeline (family.h): random NF4 inputs with the fp64 reference and the path's
+// error bound, static checks (make_conf, order legality), kernels from get_kernel, the correctness gate (bound, and
+// bit-exact to the canonical twin for reorder / hint / same-class descendants).
 #pragma once
-
-#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "evolve/search.h"
-#include "kb/kb.h"
+#include "evolve/family.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
+
+namespace genesis::cpu {
+class ThreadPool;
+}
 
 namespace genesis::evolve {
 
-using Shape = std::pair<int64_t, int64_t>;  // M x K
-std::string shape_text(const Shape& s);
-Shape parse_shape(const std::string& text);  // "768x2048"; throws genesis::Error
-std::string shape_set_text(const std::vector<Shape>& shapes);  // "768x2048+2048x768"
-
-struct Nf4EvalConfig {
+struct Nf4EvalConfig : EvalConfig {
   kernels::nf4_gemv::Path path = kernels::nf4_gemv::Path::avx512_vnni;
-  std::vector<Shape> train;
-  int tokens = 1;
   int blocksize = 64;
-  // The regime(s) the search times in: "hot", "cold" or "both" (fitness = geomean over shapes x regimes).
-  std::string regime = "both";
-  int threads = 1;
-  double timeout_s = 20;   // per candidate, the whole worker
-  int screen_rounds = 5;   // A/B pairs vs the baseline per shape in the screen
-  int full_rounds = 15;    // more pairs for a candidate not clearly slower
-  int confirm_rounds = 20; // A/B pairs vs the incumbent per shape before a promotion
-  double screen_cut = 1.25;    // dropped when slower than the incumbent by this factor
-  double confirm_wins = 0.7;   // fraction of confirm pairs the candidate must win
-  double min_sample_s = 0.002;
-  bool allow_faults = false;  // tests only: build genomes carrying a planted Fault
-  uint64_t data_seed = 1;
 };
 
 // The loop body of a genome for one problem (parameter genes only), from make_conf + canonical_body + def_use.
@@ -45,53 +27,37 @@ BodyFn nf4_body_fn(const kernels::nf4_gemv::Problem& problem);
 // The parameter space for a path on this CPU.
 ParamSpace nf4_param_space(kernels::nf4_gemv::Path p);
 
-struct EvalTimes {
-  double sandbox_s = 0, gate_s = 0, timing_s = 0, total_s = 0;  // summed over evaluations that ran
-  int64_t ran = 0;
+// The adapter (family.h lists what an adapter supplies).
+struct Nf4Family {
+  using Genome = kernels::nf4_gemv::Genome;
+  using Config = Nf4EvalConfig;
+  using Weights = kernels::nf4_gemv::PackedWeights;
+  using Kernel = std::shared_ptr<const kernels::nf4_gemv::Kernel>;
+  struct Case {
+    kernels::nf4_gemv::Problem pr;
+    quant::Nf4Matrix w;
+    Weights pw;
+    std::vector<float> x;
+    std::vector<double> ref, bound;
+    std::vector<float> y;
+  };
+  static constexpr const char* kName = "nf4_gemv";
+  static std::string kb_path(const Config& c);
+  static Genome baseline(const Config& c) { return Genome::baseline(c.path); }
+  static Case make_case(const Config& c, const Shape& s, uint64_t seed);
+  static void static_check(const Config& c, const Case& d, const Genome& g);
+  static Kernel build(const Config& c, const Case& d, const Genome& g);
+  static void check(const Config& c, const Kernel& k, Case& d, const Genome& g, cpu::ThreadPool* pool);
+  static const Weights& weights(const Case& d) { return d.pw; }
+  static Weights clone(const Weights& w) { return w.clone(); }
+  static size_t bytes(const Weights& w) { return w.bytes(); }
+  static void run(const Kernel& k, const Weights& w, Case& d, cpu::ThreadPool* pool);
+  static double bytes_moved(const Case& d);
 };
 
-class Nf4Evaluator : public Evaluator {
- public:
-  // kb may be null (no storage); run_id tags stored candidates.
-  Nf4Evaluator(Nf4EvalConfig cfg, kb::Kb* kb, int64_t run_id);
-  ~Nf4Evaluator() override;
-  Outcome evaluate(const Genome& cand, int64_t index, const Genome& incumbent, double incumbent_fitness) override;
-  const EvalTimes& times() const { return times_; }
-  const Nf4EvalConfig& config() const { return cfg_; }
+extern template class FamilyEvaluator<Nf4Family>;
+using Nf4Evaluator = FamilyEvaluator<Nf4Family>;
 
- private:
-  struct Data;
-  Nf4EvalConfig cfg_;
-  kb::Kb* kb_;
-  int64_t run_id_;
-  std::unique_ptr<Data> data_;
-  EvalTimes times_;
-};
-
-// One record of the end-of-run gate: the winner against the baseline on one (shape, regime).
-struct GateRecord {
-  std::string shape, set, regime;  // set: "train" | "heldout"
-  double baseline_us = 0, best_us = 0, speedup = 0;
-  int ab_wins = 0, ab_rounds = 0;
-  bool correct = true;
-  bool remeasured = false;  // it lost on the first look and was measured again (figures cover both looks)
-  std::string diagnostics;
-};
-
-// Incorrect, or slower than the baseline by more than 2% with fewer than half the pairs won, or by more than 1% with
-// a one-sided sign test over the pairs significant at 5%.
-bool gate_loses(const GateRecord& r);
-
-struct GateResult {
-  std::vector<GateRecord> records;
-  bool promoted = false;
-  std::string reason;
-};
-
-// Runs winner vs baseline, interleaved, on every training and held-out shape in the hot and cold regimes (the cold
-// regime rotates through copies of the weights worth >= 2x the last-level cache), after a correctness check of the
-// winner on each, all in the sandbox. The winner is promoted only if it is correct everywhere and loses nowhere
-// (slower by more than 2% with fewer than half the pairs won, on a first look and again over 3x the pairs).
 GateResult heldout_gate(const Nf4EvalConfig& cfg, const std::vector<Shape>& heldout, const Genome& winner,
                         const Genome& baseline, int rounds);
 

@@ -9,13 +9,15 @@
 #include <string>
 #include <vector>
 
+#include "evolve/kq_family.h"
 #include "evolve/nf4_eval.h"
 
 namespace genesis::evolve {
 
 struct EvolveOptions {
-  std::string family = "nf4_gemv";
-  std::string path;  // empty = the fastest path of this CPU
+  std::string family = "nf4_gemv";  // nf4_gemv | kq_gemv
+  std::string path;    // empty = the fastest path of this CPU
+  std::string format;  // kq_gemv: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0, Q4_1; nf4_gemv: empty or NF4
   std::vector<std::string> train, heldout;  // shapes "MxK"; empty = defaults
   int tokens = 1;
   // Cache regime of the search's fitness: "both" (default), "hot" or "cold". A hot-only search on shapes whose
@@ -37,9 +39,10 @@ struct EvolveOptions {
 };
 
 // Defaults of BENCHMARKING.md: training = the Qwen3-30B-A3B and Qwen3-Next expert products as the runtime runs them
-// (fused gate_up, down); held-out = odd sizes.
-std::vector<std::string> default_train_shapes();
-std::vector<std::string> default_heldout_shapes();
+// (fused gate_up, down); held-out = odd sizes. kq_gemv: Qwen3-30B-A3B's expert (fused gate_up, down) and attention
+// (q, o) products; held-out: its k/v projection and two sizes of other models.
+std::vector<std::string> default_train_shapes(const std::string& family = "nf4_gemv");
+std::vector<std::string> default_heldout_shapes(const std::string& family = "nf4_gemv");
 
 struct Budget {
   int64_t evals = 0;
@@ -47,7 +50,8 @@ struct Budget {
 };
 Budget parse_budget(const std::string& text);  // throws genesis::Error (zero, malformed)
 
-std::string canonical_family(const std::string& name);  // "nf4-gemv" | "nf4_gemv" -> "nf4_gemv"; else throws
+// "nf4-gemv" | "nf4_gemv" -> "nf4_gemv", "kq-gemv" | "kq_gemv" -> "kq_gemv"; else throws
+std::string canonical_family(const std::string& name);
 
 // Runs the factory; returns the JSON report (see README: strategy, seed, evaluations, verdicts, operators,
 // baseline, best, shapes, ...). Prints a live progress line on stderr when opt.progress.

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "evolve/kq_family.h"
 
 namespace genesis::evolve {
 
@@ -19,16 +20,19 @@ std::optional<Strategy> parse_strategy(std::string_view name) {
 
 namespace {
 
+template <class G>
 struct Elite {
-  Genome genome;
+  G genome;
   double fitness = 0;
 };
 
+// G: a family's genome; M: its mutator (mutate, crossover, descriptors); same_params(G, G) by overload.
+template <class G, class M>
 class Searcher {
  public:
-  Searcher(const Mutator& m, Evaluator& ev, const SearchOptions& opt) : m_(m), ev_(ev), opt_(opt), rng_(opt.seed) {}
+  Searcher(const M& m, EvaluatorOf<G>& ev, const SearchOptionsOf<G>& opt) : m_(m), ev_(ev), opt_(opt), rng_(opt.seed) {}
 
-  SearchResult run(const Genome& start) {
+  SearchResultOf<G> run(const G& start) {
     if (opt_.max_evals <= 0 && opt_.max_seconds <= 0) fail("search: a budget of zero (no evaluations, no time)");
     t0_ = now_seconds();
     best_ = {start, opt_.start_fitness.value_or(0.0)};  // the start is its own incumbent
@@ -79,9 +83,9 @@ class Searcher {
 
   // One proposal; true if it led to an evaluation.
   bool step() {
-    Genome parent;
+    G parent;
     double parent_fit = 0;
-    std::optional<Genome> child;
+    std::optional<G> child;
     std::string origin;
     std::optional<Op> op;
     if (opt_.strategy == Strategy::one_plus_one) {
@@ -91,20 +95,20 @@ class Searcher {
       // Restart: leave the basin with a few random moves from an elite.
       since_improvement_ = 0;
       ++res_.restarts;
-      Genome g = random_elite().genome;
+      G g = random_elite().genome;
       for (int i = 0; i < opt_.kick; ++i)
         if (auto k = m_.mutate(g, bandit_.pick(rng_), rng_)) g = *k;
       child = g;
       origin = "restart";
       parent_fit = 0;
     } else if (archive_.size() >= 2 && rng_.chance(opt_.crossover_rate)) {
-      const Elite& a = random_elite();
-      std::vector<const Elite*> mates;
+      const Elite<G>& a = random_elite();
+      std::vector<const Elite<G>*> mates;
       for (const auto& [k, e] : archive_)
         if (!(e.genome == a.genome) && same_params(e.genome, a.genome) && e.genome.fault == a.genome.fault)
           mates.push_back(&e);
       if (!mates.empty()) {
-        const Elite* b = rng_.pick(mates);
+        const Elite<G>* b = rng_.pick(mates);
         child = m_.crossover(a.genome, b->genome, rng_);
         parent_fit = std::max(a.fitness, b->fitness);
         origin = "crossover";
@@ -113,7 +117,7 @@ class Searcher {
     }
     if (!child) {
       if (opt_.strategy == Strategy::map_elites) {
-        const Elite& e = rng_.chance(0.5) ? best_ : random_elite();
+        const Elite<G>& e = rng_.chance(0.5) ? best_ : random_elite();
         parent = e.genome;
         parent_fit = e.fitness;
       }
@@ -148,7 +152,7 @@ class Searcher {
     return true;
   }
 
-  const Elite& random_elite() {
+  const Elite<G>& random_elite() {
     int i = rng_.below(int(archive_.size()));
     auto it = archive_.begin();
     std::advance(it, i);
@@ -156,25 +160,25 @@ class Searcher {
   }
 
   // true if the genome took an empty cell or beat the cell's occupant.
-  bool archive_insert(const Genome& g, double fitness) {
+  bool archive_insert(const G& g, double fitness) {
     if (opt_.strategy != Strategy::map_elites) return false;
     auto key = m_.descriptors(g);
     auto it = archive_.find(key);
     if (it == archive_.end()) {
-      archive_.emplace(key, Elite{g, fitness});
+      archive_.emplace(key, Elite<G>{g, fitness});
       return true;
     }
     if (fitness > it->second.fitness) {
-      it->second = Elite{g, fitness};
+      it->second = Elite<G>{g, fitness};
       return true;
     }
     return false;
   }
 
-  void set_best(const Genome& g, double fitness) { best_ = {g, fitness}; }
+  void set_best(const G& g, double fitness) { best_ = {g, fitness}; }
 
   // nullopt for a duplicate (already evaluated in this run).
-  std::optional<Outcome> evaluate(const Genome& g, const std::string& origin) {
+  std::optional<Outcome> evaluate(const G& g, const std::string& origin) {
     const uint64_t h = g.hash();
     if (seen_.count(h)) {
       ++res_.duplicates;
@@ -209,14 +213,14 @@ class Searcher {
     return o;
   }
 
-  const Mutator& m_;
-  Evaluator& ev_;
-  const SearchOptions& opt_;
+  const M& m_;
+  EvaluatorOf<G>& ev_;
+  const SearchOptionsOf<G>& opt_;
   Rng rng_;
   OpBandit bandit_;
-  SearchResult res_;
-  Elite best_;
-  std::map<std::array<int, 3>, Elite> archive_;
+  SearchResultOf<G> res_;
+  Elite<G> best_;
+  std::map<std::array<int, 3>, Elite<G>> archive_;
   std::unordered_map<uint64_t, bool> seen_;
   int64_t since_improvement_ = 0;
   double t0_ = 0;
@@ -225,7 +229,13 @@ class Searcher {
 }  // namespace
 
 SearchResult search(const Genome& start, const Mutator& mutator, Evaluator& evaluator, const SearchOptions& opt) {
-  Searcher s(mutator, evaluator, opt);
+  Searcher<Genome, Mutator> s(mutator, evaluator, opt);
+  return s.run(start);
+}
+
+SearchResultOf<KqGenome> search(const KqGenome& start, const KqMutator& mutator, EvaluatorOf<KqGenome>& evaluator,
+                                const SearchOptionsOf<KqGenome>& opt) {
+  Searcher<KqGenome, KqMutator> s(mutator, evaluator, opt);
   return s.run(start);
 }
 

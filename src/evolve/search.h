@@ -1,7 +1,8 @@
 // Search strategies over genomes: one-plus-one (the known result's hill climber, kept as a faithful baseline) and
 // map-elites (an archive over cheap descriptors, with restarts on stagnation and precedence-preserving crossover).
-// The strategies know nothing of timing: an Evaluator says what a candidate is worth. Same seed and same
-// evaluator answers give the same sequence of genomes.
+// The strategies know nothing of timing: an Evaluator says what a candidate is worth, and nothing of a family: they
+// see its genome through hash(), serialize(), `fault` and its mutator (mutate, crossover, descriptors, same_params).
+// Same seed and same evaluator answers give the same sequence of genomes.
 #pragma once
 
 #include <array>
@@ -30,12 +31,15 @@ struct Outcome {
   std::string diagnostics;
 };
 
-class Evaluator {
+// What a candidate is worth, for one family's genome type G (evolve/family.h: FamilyEvaluator is the real one).
+template <class G>
+class EvaluatorOf {
  public:
-  virtual ~Evaluator() = default;
+  virtual ~EvaluatorOf() = default;
   // Evaluates candidate number `index` of the run against the incumbent (the best so far, fitness known).
-  virtual Outcome evaluate(const Genome& cand, int64_t index, const Genome& incumbent, double incumbent_fitness) = 0;
+  virtual Outcome evaluate(const G& cand, int64_t index, const G& incumbent, double incumbent_fitness) = 0;
 };
+using Evaluator = EvaluatorOf<Genome>;
 
 struct Progress {
   int64_t evaluations = 0, duplicates = 0, restarts = 0;
@@ -44,7 +48,8 @@ struct Progress {
   double elapsed_s = 0;
 };
 
-struct SearchOptions {
+template <class G>
+struct SearchOptionsOf {
   Strategy strategy = Strategy::map_elites;
   uint64_t seed = 1;
   int64_t max_evals = 1000;  // evaluations of new genomes (0 = no limit; then max_seconds must be set)
@@ -54,9 +59,10 @@ struct SearchOptions {
   double crossover_rate = 0.15;
   // Fitness of the start genome by definition (1.0 when fitness is a speedup over it); nullopt = as evaluated.
   std::optional<double> start_fitness;
-  std::vector<Genome> seeds;  // extra starting genomes (best of similar shapes from the knowledge base)
+  std::vector<G> seeds;  // extra starting genomes (best of similar shapes from the knowledge base)
   std::function<void(const Progress&)> on_progress;
 };
+using SearchOptions = SearchOptionsOf<Genome>;
 
 struct TraceItem {
   int64_t index = 0;
@@ -67,8 +73,9 @@ struct TraceItem {
   bool promoted = false, reused = false;
 };
 
-struct SearchResult {
-  Genome best;
+template <class G>
+struct SearchResultOf {
+  G best;
   double best_fitness = 1;
   int64_t evaluations = 0, duplicates = 0, restarts = 0, crossovers = 0, archive_cells = 0;
   std::array<OpStats, kOpCount> ops{};
@@ -77,8 +84,11 @@ struct SearchResult {
   std::vector<TraceItem> trace;
   std::string stop_reason;
 };
+using SearchResult = SearchResultOf<Genome>;
 
-// Runs a search from `start` (normally the baseline genome, evaluated first as index 0).
+// Runs a search from `start` (normally the baseline genome, evaluated first as index 0). One overload per family
+// (the strategies are one template in search.cpp, instantiated for each family's genome and mutator); kq_gemv's is
+// declared in evolve/kq_family.h.
 SearchResult search(const Genome& start, const Mutator& mutator, Evaluator& evaluator, const SearchOptions& opt);
 
 }  // namespace genesis::evolve

@@ -1,6 +1,7 @@
 // SQLite implementation of the knowledge base (kb.h): schema and migrations check, dedupe, best-per-key, JSON
 // export/import. Every write is its own transaction; WAL keeps readers (the runtime) off the writer's back.
 #include "kb/kb.h"
+#include "kernels/kq_gemv/genome.h"
 
 #include <fmt/format.h>
 #include <sqlite3.h>
@@ -430,16 +431,21 @@ T need(const nlohmann::json& o, const char* field, const std::string& where) {
   return v.get<T>();
 }
 
-void check_genome(const std::string& text, const std::string& hash, const std::string& where) {
-  kernels::nf4_gemv::Genome g;
+// The genome text of its family (nf4_gemv's, or kq_gemv's; another family's records are checked by hash alone
+// when it has no parser here) and its hash.
+void check_genome(const std::string& family, const std::string& text, const std::string& hash,
+                  const std::string& where) {
+  uint64_t h = 0;
   try {
-    g = kernels::nf4_gemv::Genome::parse(text);
+    if (family == "kq_gemv")
+      h = kernels::kq_gemv::Genome::parse(text).hash();
+    else
+      h = kernels::nf4_gemv::Genome::parse(text).hash();
   } catch (const Error& e) {
     fail("knowledge base import: {}: {}", where, e.what());
   }
-  if (hex64(g.hash()) != hash)
-    fail("knowledge base import: {}: genome_hash {} does not match the genome (expected {})", where, hash,
-         hex64(g.hash()));
+  if (hex64(h) != hash)
+    fail("knowledge base import: {}: genome_hash {} does not match the genome (expected {})", where, hash, hex64(h));
 }
 }  // namespace
 
@@ -464,7 +470,7 @@ int64_t Kb::import_json(const nlohmann::json& j) {
     need<double>(c, "fitness", where);
     if (std::find(kVerdicts.begin(), kVerdicts.end(), c.at("verdict").get<std::string>()) == kVerdicts.end())
       fail("knowledge base import: {} has unknown verdict '{}'", where, c.at("verdict").get<std::string>());
-    check_genome(c.at("genome"), c.at("genome_hash"), where);
+    check_genome(c.at("family"), c.at("genome"), c.at("genome_hash"), where);
   }
   const auto& bests = j.at("best");
   for (size_t i = 0; i < bests.size(); ++i) {
@@ -474,7 +480,7 @@ int64_t Kb::import_json(const nlohmann::json& j) {
       need<std::string>(b, f, where);
     need<int>(b, "tokens", where);
     for (const char* f : {"speedup", "baseline_us", "best_us"}) need<double>(b, f, where);
-    check_genome(b.at("genome"), b.at("genome_hash"), where);
+    check_genome(b.at("family"), b.at("genome"), b.at("genome_hash"), where);
   }
   for (size_t i = 0; i < j.at("runs").size(); ++i) {
     const auto& r = j.at("runs")[i];
@@ -551,15 +557,22 @@ int64_t Kb::import_json(const nlohmann::json& j) {
   return added;
 }
 
-std::optional<kernels::nf4_gemv::Genome> best_genome(const std::string& kb_path, const std::string& family,
-                                                      const std::string& path, const std::string& shape,
-                                                      int tokens) {
+std::optional<std::string> best_genome_text(const std::string& kb_path, const std::string& family,
+                                            const std::string& path, const std::string& shape, int tokens) {
   if (!std::filesystem::exists(kb_path)) return std::nullopt;
   Kb kb(kb_path, false);
   auto rows = kb.best(BestQuery{family, path, shape, tokens, false});
   if (rows.empty()) return std::nullopt;
+  return rows.front().genome;
+}
+
+std::optional<kernels::nf4_gemv::Genome> best_genome(const std::string& kb_path, const std::string& family,
+                                                      const std::string& path, const std::string& shape,
+                                                      int tokens) {
+  auto text = best_genome_text(kb_path, family, path, shape, tokens);
+  if (!text) return std::nullopt;
   try {
-    return kernels::nf4_gemv::Genome::parse(rows.front().genome);
+    return kernels::nf4_gemv::Genome::parse(*text);
   } catch (const Error& e) {
     fail("knowledge base {}: best genome for {} {} {} tokens={} is invalid: {}", kb_path, family, path, shape, tokens,
          e.what());

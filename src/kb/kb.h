@@ -124,8 +124,12 @@ class Kb {
   std::string cpu_sig_, build_;
 };
 
-// The best genome of this CPU signature and build for (family, path, shape, tokens), if the knowledge base at
-// kb_path holds one. A missing file gives nullopt; an unreadable or foreign file throws genesis::Error.
+// The best genome's text (its family's serialize()) of this CPU signature and build for (family, path, shape,
+// tokens), if the knowledge base at kb_path holds one. A missing file gives nullopt; an unreadable or foreign file
+// throws genesis::Error. The runtime parses it with its family's Genome::parse (and falls back to the baseline).
+std::optional<std::string> best_genome_text(const std::string& kb_path, const std::string& family,
+                                            const std::string& path, const std::string& shape, int tokens);
+// The same for nf4_gemv, parsed.
 std::optional<kernels::nf4_gemv::Genome> best_genome(const std::string& kb_path, const std::string& family,
                                                       const std::string& path, const std::string& shape,
                                                       int tokens);

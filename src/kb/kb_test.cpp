@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "kernels/kq_gemv/genome.h"
 
 namespace genesis::kb {
 namespace {
@@ -169,6 +170,46 @@ TEST_F(KbTest, ImportValidatesEverythingAndWritesNothingOnError) {
   EXPECT_THROW(other.import_json(nlohmann::json::array()), Error);
   EXPECT_EQ(other.count_candidates(), 0);
   EXPECT_EQ(other.runs().size(), 0u);
+}
+
+// kq_gemv's genome text (another family's serialize()) goes through export / import, checked by its own parser; a
+// record of one family with another's text, or a tampered hash, is refused.
+TEST_F(KbTest, GenomeTextPerFamily) {
+  kernels::kq_gemv::Genome kg = kernels::kq_gemv::Genome::baseline();
+  kg.pf_dist = 2048;
+  kg.row_chunk = 16;
+  nlohmann::json exported;
+  {
+    Kb kb(file("a.sqlite"));
+    auto run = kb.begin_run("kq_gemv", "map-elites", 1, nlohmann::json::object());
+    Candidate c = make_candidate(genome_with_align(16), run, 0, 1.05);
+    c.family = "kq_gemv";
+    c.path = "avx512vnni/Q4_K";
+    c.genome = kg.serialize();
+    c.genome_hash = hex64(kg.hash());
+    ASSERT_TRUE(kb.add_candidate(c));
+    ASSERT_TRUE(kb.offer_best(Best{"kq_gemv", "avx512vnni/Q4_K", "768x2048", 1, "", "", kg.serialize(),
+                                   hex64(kg.hash()), 1.05, 10, 9.5, run, false, ""}));
+    kb.finish_run(run, "finished", {{"evaluations", 1}});
+    exported = kb.export_json();
+  }
+  Kb kb(file("b.sqlite"));
+  auto bad = exported;
+  bad["candidates"][0]["genome_hash"] = "0000000000000000";
+  EXPECT_THROW(kb.import_json(bad), Error);
+  bad = exported;
+  bad["best"][0]["family"] = "nf4_gemv";  // kq_gemv text under nf4_gemv: nf4's parser refuses it
+  try {
+    kb.import_json(bad);
+    ADD_FAILURE() << "kq_gemv text imported as nf4_gemv";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("best[0]"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(kb.import_json(exported), 2);  // the candidate and the best record
+  auto text = best_genome_text(file("b.sqlite"), "kq_gemv", "avx512vnni/Q4_K", "768x2048", 1);
+  ASSERT_TRUE(text.has_value());
+  EXPECT_EQ(kernels::kq_gemv::Genome::parse(*text), kg);
+  EXPECT_FALSE(best_genome_text(file("b.sqlite"), "kq_gemv", "avx512vnni/Q6_K", "768x2048", 1).has_value());
 }
 
 TEST_F(KbTest, RefusesNonSqliteForeignAndNewerFiles) {

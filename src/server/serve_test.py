@@ -312,11 +312,42 @@ def test_health_and_metrics():
         m = s.metrics()
         check(m["genesis_generation_tokens_total"] == 5 and m["genesis_time_to_first_token_seconds_count"] == 1, m)
         check(m["genesis_inter_token_latency_seconds_count"] == 4, m)
-    # 503 while loading: the port answers before the model is loaded; a model that fails to load ends the server.
-    port = free_port()
-    p = subprocess.Popen([ARGS.genesis, "serve", "-m", "/nonexistent.gguf", "--port", str(port), "--quiet"],
-                         stderr=subprocess.PIPE, text=True)
-    check(p.wait(timeout=30) != 0, "a model that fails to load did not end the server with an error")
+    # 503 while loading: the port answers before the model is loaded. A model directory whose config.json is a named
+    # pipe holds the load until the test writes to it: /health and /v1/* say 503 meanwhile, then a config that is not
+    # JSON ends the server with an error.
+    with tempfile.TemporaryDirectory() as d:
+        cfg = os.path.join(d, "config.json")
+        os.mkfifo(cfg)
+        port = free_port()
+        p = subprocess.Popen([ARGS.genesis, "serve", "-m", d, "--port", str(port), "--quiet"],
+                             stderr=subprocess.PIPE, text=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline, st = time.time() + 30, None
+            while st is None and time.time() < deadline:
+                try:
+                    urllib.request.urlopen(base + "/health", timeout=2)
+                    st = 200
+                except urllib.error.HTTPError as e:
+                    st, body = e.code, json.loads(e.read())
+                except (urllib.error.URLError, ConnectionError):
+                    time.sleep(0.05)
+            check(st == 503 and body == {"status": "loading"}, f"/health while loading: {st}")
+            try:
+                openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0).models.list()
+                raise AssertionError("/v1/models answered while loading")
+            except openai.InternalServerError as e:
+                check(e.status_code == 503 and e.body["code"] == "model_loading", e.body)
+            with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+                check("genesis_up 0" in r.read().decode(), "/metrics while loading lacks genesis_up 0")
+            with open(cfg, "w") as f:
+                f.write("{ not json")
+            check(p.wait(timeout=30) != 0, "a model that fails to load did not end the server with an error")
+            check("config.json" in p.stderr.read(), "the load error does not name config.json")
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def main():

@@ -69,6 +69,7 @@ struct Job {
   std::time_t created = 0;
   std::string text;  // non-streaming: the whole completion
   bool sent_role = false, finished = false;
+  std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
 };
 
 json usage_json(const rt::RequestEvent& e) {
@@ -175,13 +176,17 @@ void respond(State& s, httplib::Response& res, std::vector<int32_t> prompt, cons
   auto provider = [job](size_t, httplib::DataSink& sink) -> bool {
     if (job->finished) return false;
     auto e = job->h->next(kHeartbeat);
-    if (!e) {
+    // Nothing written for a heartbeat (waiting in the queue, a non-streamed body accumulating, text held back): write
+    // an SSE comment or a blank, which fails once the client has gone.
+    const auto now = std::chrono::steady_clock::now();
+    if (!e || now - job->last_write >= kHeartbeat) {
+      job->last_write = now;
       const char* beat = job->stream ? ": keep-alive\n\n" : " ";
       if (!sink.write(beat, std::strlen(beat))) {
         job->h->cancel();
         return false;
       }
-      return true;
+      if (!e) return true;
     }
     if (e->done) job->finished = true;
     if (job->stream) {
@@ -189,6 +194,7 @@ void respond(State& s, httplib::Response& res, std::vector<int32_t> prompt, cons
         job->h->cancel();
         return false;
       }
+      if (!e->text.empty()) job->last_write = now;
     } else {
       job->text += e->text;
       if (e->done) {

@@ -22,7 +22,7 @@ struct ServeOptions {
   size_t max_body = 4u << 20;  // bytes; larger bodies get 413
   int max_connections = 64;    // HTTP worker threads: connections served at once; more wait for one
   int idle_timeout_s = 5;      // keep-alive idle and read/write timeouts
-  std::string dense = "q8", experts = "nf4";
+  std::string dense = "stored", experts = "nf4";
   bool quiet = false;
 };
 

@@ -59,6 +59,9 @@ Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline(), Path 
 jit::Program build(const Conf& c);
 // Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).
 int max_tokens(Path path, Format f);
+// The activation rows of each kernel pass run_rows makes for n rows: balanced passes of at most
+// min(genome.rows_per_pass, max_tokens(path, f)).
+std::vector<int> pass_rows(Path path, Format f, const Genome& g, int n);
 // The unit loop's body in canonical order (what Genome::order permutes). Depends on format, rows and code genes.
 std::vector<jit::Instr> canonical_body(const Conf& c);
 // build_avx2.cpp: the AVX2 kernels (make_conf / build / canonical_body dispatch there for avx2 and avx2vnni).

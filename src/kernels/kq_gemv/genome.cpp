@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <charconv>
+#include <iterator>
 #include <sstream>
 
 #include "common/error.h"
@@ -22,6 +23,8 @@ const char* kind_name(PrefetchKind k) {
   return "?";
 }
 
+constexpr const char* kFaultNames[] = {"none", "wrong_result", "crash", "hang", "illegal_instruction"};
+
 }  // namespace
 
 void Genome::validate() const {
@@ -33,12 +36,20 @@ void Genome::validate() const {
   if (row_chunk < 1 || row_chunk > 256) fail("kq_gemv genome: rows={} must be in 1..256", row_chunk);
   if (x_budget_kb < 1 || x_budget_kb > 1024) fail("kq_gemv genome: xkb={} must be in 1..1024", x_budget_kb);
   if (rows_per_pass < 1 || rows_per_pass > 16) fail("kq_gemv genome: pass={} must be in 1..16", rows_per_pass);
+  if (int(fault) > int(Fault::illegal_instruction)) fail("kq_gemv genome: fault {} is unknown", int(fault));
+}
+
+uint64_t Genome::hash() const {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : serialize()) h = (h ^ ch) * 1099511628211ull;
+  return h;
 }
 
 std::string Genome::serialize() const {
   std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={} pass={}", pf_dist, kind_name(pf_kind),
                               loop_align, row_chunk, x_budget_kb, rows_per_pass);
   if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
+  if (fault != Fault::none) s += fmt::format(" fault={}", kFaultNames[int(fault)]);
   return s;
 }
 
@@ -73,6 +84,13 @@ Genome Genome::parse(const std::string& text) {
       }
       continue;
     }
+    if (key == "fault") {
+      bool ok = false;
+      for (int i = 0; i < int(std::size(kFaultNames)); ++i)
+        if (val == kFaultNames[i]) g.fault = Fault(i), ok = true;
+      if (!ok) fail("kq_gemv genome: fault='{}' is not none, wrong_result, crash, hang or illegal_instruction", val);
+      continue;
+    }
     if (key == "pfk") {
       bool ok = false;
       for (auto k : {PrefetchKind::t0, PrefetchKind::t1, PrefetchKind::t2, PrefetchKind::nta})
@@ -88,7 +106,7 @@ Genome Genome::parse(const std::string& text) {
     else if (key == "rows") g.row_chunk = v;
     else if (key == "xkb") g.x_budget_kb = v;
     else if (key == "pass") g.rows_per_pass = v;
-    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass, order)", key);
+    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass, order, fault)", key);
   }
   g.validate();
   return g;

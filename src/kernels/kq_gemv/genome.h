@@ -11,6 +11,11 @@ namespace genesis::kernels::kq_gemv {
 
 enum class PrefetchKind : uint8_t { t0, t1, t2, nta };
 
+// Test-only switches that plant a faulty product, so that the factory's sandbox and gates can be tested on this
+// family (as nf4_gemv's Fault). Never produced by the factory's mutation operators; run_rows() refuses a genome that
+// carries one unless the caller allows faults (only the factory's sandboxed tests do).
+enum class Fault : uint8_t { none, wrong_result, crash, hang, illegal_instruction };
+
 struct Genome {
   // bytes ahead of the record being decoded; 0 = none; multiple of 64, <= 65536. 4096 measured on the 2-core Zen 5
   // machine, 1 thread, cold 14336x4096: Q4_K 26 -> 31 GB/s, Q6_K 27 -> 31 GB/s against 0 (8192 alike); no cost hot.
@@ -27,11 +32,14 @@ struct Genome {
   // the body's def/use edges when the kernel is built (jit::is_legal_order): an illegal order is a genesis::Error.
   // The body depends on the format and the activation rows of a pass: an order fits one (format, rows) pair.
   std::vector<uint16_t> order;
+  Fault fault = Fault::none;
 
   static Genome baseline() { return Genome{}; }
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  std::string serialize() const;         // "pf=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any)
+  // "pf=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
+  std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
+  uint64_t hash() const;                 // FNV-1a of serialize(): the knowledge base's dedupe key
   // The genes that shape the generated code ("pf4096t0a64", + "o<hash>" with an order): the kernel id and cache key.
   std::string code_key() const;
   friend bool operator==(const Genome&, const Genome&) = default;

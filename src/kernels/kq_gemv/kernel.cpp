@@ -200,11 +200,24 @@ void sum_lanes8(const float* lanes, int n, int64_t rows, float* y, int64_t ldy, 
     }
 }
 
+}  // namespace
+
+std::vector<int> pass_rows(Path path, Format f, const Genome& g, int n) {
+  const int per_pass = std::min(g.rows_per_pass, max_tokens(path, f));
+  const int passes = (n + per_pass - 1) / per_pass;
+  std::vector<int> v;
+  for (int p = 0; p < passes; ++p) v.push_back(n / passes + (p < n % passes ? 1 : 0));
+  return v;
+}
+
+namespace {
+
 // Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); per chunk the activation rows in balanced passes of
 // at most genome.rows_per_pass (later passes find the chunk's weights in L2); columns in chunks whose activation
 // records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1.
 void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g,
               Path path) {
+  // pass_rows() without its vector (no allocation per call)
   const int per_pass = std::min(g.rows_per_pass, max_tokens(path, w.format));
   const int passes = (a.n + per_pass - 1) / per_pass;
   struct Pass {
@@ -212,13 +225,30 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     int64_t unit_chunk;
     void (*fn)(const KernelArgs*);
   };
-  std::vector<Pass> plan;
-  std::vector<std::shared_ptr<const jit::ExecutableCode>> keep;
+  // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
+  // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
+  struct Cached {
+    Path path;
+    Format f;
+    int n;
+    Genome g;
+    void (*fn)(const KernelArgs*);
+  };
+  thread_local std::vector<Cached> kernels;
+  auto kernel_for = [&](int n) {
+    for (const Cached& c : kernels)
+      if (c.path == path && c.f == w.format && c.n == n && c.g == g) return c.fn;
+    auto fn = jit_kernel(path, w.format, n, g)->as<void (*)(const KernelArgs*)>();
+    if (kernels.size() >= 64) kernels.erase(kernels.begin());
+    kernels.push_back({path, w.format, n, g, fn});
+    return fn;
+  };
+  thread_local std::vector<Pass> plan;
+  plan.clear();
   for (int p = 0, t0 = 0; p < passes; ++p) {
     const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
-    keep.push_back(jit_kernel(path, w.format, n, g));
     plan.push_back({t0, n, std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord)),
-                    keep.back()->as<void (*)(const KernelArgs*)>()});
+                    kernel_for(n)});
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
@@ -251,8 +281,31 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
 
 }  // namespace
 
+namespace {
+
+// Test-only planted faults (genome.h): the factory's sandbox must survive and classify each of them.
+void plant_fault(Fault f, float* y) {
+  static volatile uintptr_t zero = 0;  // opaque to the compiler: a real load from address 0
+  static volatile int spin = 1;        // never cleared: the hang spins until the sandbox kills the worker
+  switch (f) {
+    case Fault::wrong_result: y[0] = 2.0f * y[0] + 1.0f; break;
+    case Fault::crash: (void)*reinterpret_cast<volatile int*>(zero); break;
+    case Fault::hang:
+      while (spin) {
+      }
+      break;
+    case Fault::illegal_instruction: __builtin_trap();
+    case Fault::none: break;
+  }
+}
+
+}  // namespace
+
 void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
-              const Genome& genome) {
+              const Genome& genome, bool allow_faults) {
+  if (genome.fault != Fault::none && !allow_faults)
+    fail("kq_gemv: genome '{}' carries a planted test fault; only the factory's sandboxed tests may run it",
+         genome.serialize());
   const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
                          (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
   if (!same_kind || a.cols != w.cols || a.units != w.units)
@@ -262,11 +315,13 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (r0 < 0 || r1 > w.rows || r0 > r1) fail("kq_gemv: row range [{}, {}) outside 0..{}", r0, r1, w.rows);
   if (ldy < w.rows && a.n > 1) fail("kq_gemv: output stride {} is below the {} rows", ldy, w.rows);
   if (r0 == r1) return;
-  require_path(path);
+  static const Path best = best_path();
+  if (path != Path::scalar && path != best) require_path(path);
   if (path != Path::scalar)
     jit_rows(w, a, y, ldy, r0, r1, genome, path);
   else
     scalar_rows(w, a, y, ldy, r0, r1);
+  if (genome.fault != Fault::none) plant_fault(genome.fault, y + r0);
 }
 
 void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool, Activations& scratch) {

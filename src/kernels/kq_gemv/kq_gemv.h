@@ -24,7 +24,7 @@ class ThreadPool;
 namespace genesis::kernels::kq_gemv {
 
 inline constexpr int kMaxTokens = 16;  // activation rows one generated kernel takes (one pass over the weights)
-inline constexpr int kMaxRows = 128;   // activation rows one product takes (in passes of <= kMaxTokens)
+inline constexpr int kMaxRows = 256;   // activation rows one product takes (in passes of <= kMaxTokens)
 
 enum class Format { q4_k, q5_k, q6_k, q8_0, q4_0, q4_1 };
 inline constexpr Format kFormats[] = {Format::q4_k, Format::q5_k, Format::q6_k,
@@ -81,9 +81,10 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
 void dequantize_activations(const Activations& a, int t, double* out);
 
 // y[t * ldy + r] for t < a.n and r in [r0, r1). Thread-safe (one call per thread on disjoint rows). The genome
-// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it.
+// (genome.h) shapes the JIT path's code and blocking; the scalar path ignores it. A genome carrying a planted Fault
+// is a genesis::Error unless allow_faults (the factory's sandboxed tests only).
 void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, Path path,
-              const Genome& genome = Genome::baseline());
+              const Genome& genome = Genome::baseline(), bool allow_faults = false);
 // The whole product on the best path, rows split over the pool (may be null): quantizes x[n][cols] once.
 void gemv(const Matrix& w, const float* x, int n, float* y, int64_t ldy, cpu::ThreadPool* pool,
           Activations& scratch);
@@ -111,6 +112,7 @@ class Linear;
 namespace genesis::kernels::kq_gemv {
 // The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..kMaxRows
 // rows of x; above, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
-// (Q4_K and Q5_K share one).
-std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m);
+// (Q4_K and Q5_K share one). `genome`: the schedule of one activation row's product (the runtime passes the knowledge
+// base's tuned genome, runtime/model/linear_policy.h); several rows run its genes without its instruction order.
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m, const Genome& genome = Genome::baseline());
 }  // namespace genesis::kernels::kq_gemv

@@ -20,14 +20,21 @@ struct KqActivations : LinearActivations {
 
 class KqLinear final : public Linear {
  public:
-  explicit KqLinear(std::shared_ptr<const Matrix> m)
+  KqLinear(std::shared_ptr<const Matrix> m, const Genome& genome)
       : Linear(m->rows, m->cols),
         m_(std::move(m)),
-        kind_(std::string("kq_gemv ") + (m_->format == Format::q5_k ? "Q4_K" : format_name(m_->format))) {}
+        kind_(std::string("kq_gemv ") + (m_->format == Format::q5_k ? "Q4_K" : format_name(m_->format))),
+        genome_(genome),
+        genome_rows_(genome) {
+    genome_.validate();
+    if (genome_.fault != Fault::none) fail("kq_gemv: make_linear with a genome that carries a planted test fault");
+    genome_rows_.order.clear();  // an order fits the body of one activation row, not of a pass of several
+  }
   size_t bytes() const override { return m_->bytes(); }
   std::string format() const override { return format_name(m_->format); }
   std::string describe() const override {
-    return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations)", format(), path_name(path()));
+    return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{})", format(), path_name(path()),
+                       genome_ == Genome::baseline() ? "" : ", genome " + genome_.serialize());
   }
   std::string_view activation_kind() const override { return kind_; }
   std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<KqActivations>(); }
@@ -46,7 +53,7 @@ class KqLinear final : public Linear {
       widened_gemm_rows(*this, k.x, k.n, y, r0, r1);
       return;
     }
-    kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path());
+    kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path(), k.q.n == 1 ? genome_ : genome_rows_);
   }
   int64_t row_granule() const override { return 1; }
   void row_f32(int64_t r, float* out) const override {
@@ -61,13 +68,15 @@ class KqLinear final : public Linear {
   }
   std::shared_ptr<const Matrix> m_;
   std::string kind_;
+  Genome genome_;       // one activation row (the factory tunes that product)
+  Genome genome_rows_;  // several rows: the same genes without the instruction order
 };
 
 }  // namespace
 
-std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m) {
+std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m, const Genome& genome) {
   if (!m) fail("kq_gemv: make_linear without a matrix");
-  return std::make_shared<const KqLinear>(std::move(m));
+  return std::make_shared<const KqLinear>(std::move(m), genome);
 }
 
 }  // namespace genesis::kernels::kq_gemv

@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "kernels/q8_gemv/q8_gemv.h"
+#include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/load.h"
 #include "runtime/model/test_util.h"
@@ -99,7 +102,7 @@ void check(const Model& m, const std::string& what) {
 TEST(MultiSequenceStep, SafetensorsGoldensEqualAlone) {
   // olmoe's golden has dynamic rope with max_position_embeddings 8: past it the scaling follows the longest sequence
   // of a step (documented in forward.h), so sequences of 20+ positions differ from alone by design.
-  for (const char* arch : {"llama", "mixtral", "qwen2", "qwen3", "qwen3_moe"}) {
+  for (const char* arch : {"llama", "mixtral", "qwen2", "qwen3", "qwen3_moe", "qwen3_next"}) {
     for (ExpertMode mode : {ExpertMode::f32, ExpertMode::nf4_reference}) {
       LoadOptions opt;
       opt.experts = mode;
@@ -112,7 +115,8 @@ TEST(MultiSequenceStep, SafetensorsGoldensEqualAlone) {
 }
 
 TEST(MultiSequenceStep, GgufGoldensEqualAlone) {
-  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_qwen3moe", "tiny_olmoe", "tiny_mixtral"}) {
+  for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_qwen3moe", "tiny_olmoe", "tiny_mixtral",
+                           "tiny_qwen3next"}) {
     LoadOptions opt;
     opt.experts = ExpertMode::nf4_reference;
     opt.use_kb = false;
@@ -120,6 +124,29 @@ TEST(MultiSequenceStep, GgufGoldensEqualAlone) {
     // and not those of larger ones, alone as much as together: its results depend on a step's row count by design.
     LoadedModel lm = load_model(kGolden + "/gguf/" + name + ".gguf", opt);
     check(*lm.model, name);
+  }
+}
+
+// Int8-block products of several rows (one per sequence in a decode step) run the weights block by block for all rows:
+// each row's result is the one it gets alone, bit for bit, for shapes with a row tail and 1 or 2 threads.
+TEST(MultiSequenceStep, Q8ProductOfRowsEqualsEachRowAlone) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  cpu::ThreadPool pool(2);
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{200, 64}, {1000, 1024}, {37, 4096}}) {
+    std::vector<float> w(size_t(rows * cols));
+    for (auto& v : w) v = g(rng);
+    const Dense d(kernels::q8_gemv::make_linear(
+        std::make_shared<const kernels::q8_gemv::Q8Matrix>(kernels::q8_gemv::quantize(w.data(), rows, cols))));
+    for (int64_t n : {2, 7, 15}) {
+      std::vector<float> x(size_t(n * cols)), all(size_t(n * rows)), one(size_t(n * rows));
+      for (auto& v : x) v = g(rng);
+      for (cpu::ThreadPool* p : {static_cast<cpu::ThreadPool*>(nullptr), &pool}) {
+        dense_product(d, x.data(), all.data(), n, p);
+        for (int64_t t = 0; t < n; ++t) dense_product(d, x.data() + t * cols, one.data() + t * rows, 1, p);
+        EXPECT_EQ(all, one) << rows << "x" << cols << " n " << n;
+      }
+    }
   }
 }
 

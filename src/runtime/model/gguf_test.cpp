@@ -4,6 +4,7 @@
 // logits against transformers running the `gguf` package's dequantization of the same tensors.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <chrono>
@@ -313,7 +314,9 @@ std::string file_bytes(const std::string& path) {
 
 // Writes `bytes` to a temporary .gguf and expects load_model to throw an Error mentioning `needle`.
 void expect_load_error(const std::string& bytes, const std::string& needle) {
-  const std::string path = (std::filesystem::temp_directory_path() / "genesis_gguf_bad.gguf").string();
+  // One file per process: ctest -j runs the tests of this file in several processes at once.
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("genesis_gguf_bad_" + std::to_string(::getpid()) + ".gguf")).string();
   {
     std::ofstream o(path, std::ios::binary);
     o << bytes;
@@ -354,7 +357,7 @@ TEST(GgufModelErrors, BadFilesAreClearErrors) {
     expect_load_error(b, "tokenizer.ggml.pre \"zzzzzz\" is not supported");
   }
   // cut inside the tensor data
-  expect_load_error(good.substr(0, good.size() - 1000), "genesis_gguf_bad.gguf");
+  expect_load_error(good.substr(0, good.size() - 1000), "genesis_gguf_bad_");
   // not a GGUF file at all, but a file
   expect_load_error("this is not a model", "not a GGUF file");
 }
@@ -486,7 +489,9 @@ class GgufCommands : public ::testing::TestWithParam<std::string> {};
 TEST_P(GgufCommands, RunTokenizePerplexity) {
   const json ref = reference(GetParam());
   const std::string model = kDir + "/" + GetParam() + ".gguf";
-  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli";
+  // A folder per test instance and process: ctest -j runs the instances at once.
+  const auto tmp = std::filesystem::temp_directory_path() /
+                   ("genesis_gguf_cli_" + GetParam() + "_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
   const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {
@@ -542,7 +547,7 @@ INSTANTIATE_TEST_SUITE_P(Tiny, GgufCommands, ::testing::Values("tiny_qwen3moe", 
 // or a clamp with a warning; none may hang.
 TEST(GgufCommandsBadInput, RunRefusesOrClampsBadInput) {
   const std::string model = kDir + "/tiny_qwen3moe.gguf";
-  const auto tmp = std::filesystem::temp_directory_path() / "genesis_gguf_cli_bad";
+  const auto tmp = std::filesystem::temp_directory_path() / ("genesis_gguf_cli_bad_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
   const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {

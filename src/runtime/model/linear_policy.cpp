@@ -28,11 +28,53 @@ std::string kb_path_of(const LoadOptions& opt) {
   return !opt.use_kb ? "" : opt.kb_path.empty() ? kb::default_path() : opt.kb_path;
 }
 
+namespace {
+
+// "Knowledge-base genome, else baseline", once for every family: the best genome of this CPU and build for one
+// activation row of (family, path key, shape), parsed by the family's genome type.
+template <class G>
+G tuned_or_baseline(const std::string& kb_path, const std::string& family, const std::string& path,
+                    const std::string& shape, const G& baseline, bool* tuned) {
+  std::optional<std::string> text;
+  if (!kb_path.empty()) text = kb::best_genome_text(kb_path, family, path, shape, 1);
+  if (tuned) *tuned = text.has_value();
+  if (!text) return baseline;
+  try {
+    return G::parse(*text);
+  } catch (const Error& e) {
+    fail("knowledge base {}: best genome for {} {} {} is invalid: {}", kb_path, family, path, shape, e.what());
+  }
+}
+
+}  // namespace
+
 nk::Genome genome_for(const nk::Problem& pr, nk::Path path, const std::string& kb_path, bool* tuned) {
-  std::optional<nk::Genome> g;
-  if (!kb_path.empty()) g = kb::best_genome(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(), 1);
-  if (tuned) *tuned = g.has_value();
-  return g ? *g : nk::Genome::baseline(path);
+  return tuned_or_baseline(kb_path, "nf4_gemv", std::string(nk::path_name(path)), pr.shape(),
+                           nk::Genome::baseline(path), tuned);
+}
+
+kernels::kq_gemv::Genome genome_for(kernels::kq_gemv::Format f, int64_t rows, int64_t cols,
+                                    kernels::kq_gemv::Path path, const std::string& kb_path, bool* tuned) {
+  namespace kg = kernels::kq_gemv;
+  return tuned_or_baseline(kb_path, "kq_gemv", fmt::format("{}/{}", kg::path_name(path), kg::format_name(f)),
+                           fmt::format("{}x{}", rows, cols), kg::Genome::baseline(), tuned);
+}
+
+std::shared_ptr<const kernels::Linear> LinearPolicy::kq_linear(uint32_t type, int64_t rows, int64_t cols,
+                                                               const std::vector<uint8_t>& bytes) const {
+  namespace kg = kernels::kq_gemv;
+  auto m = std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, bytes.data(), bytes.size()));
+  kg::Genome g;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = kq_genomes_.find({int(m->format), rows, cols});
+    if (it == kq_genomes_.end())
+      it = kq_genomes_.emplace(std::make_tuple(int(m->format), rows, cols),
+                               genome_for(m->format, rows, cols, kg::best_path(), kb_path_))
+               .first;
+    g = it->second;
+  }
+  return kg::make_linear(std::move(m), g);
 }
 
 LinearPolicy::LinearPolicy(const TensorSource& src, const LoadOptions& opt, std::string origin, std::string arch)
@@ -106,8 +148,7 @@ std::shared_ptr<const kernels::Linear> LinearPolicy::choose(const std::string& n
       if (shape != std::vector<int64_t>{rows, cols})
         fail("tensor \"{}\" in {} has shape {}, but {} implies {}", name, src_.describe(name), shape_str(shape),
              origin_, shape_str({rows, cols}));
-      return kg::make_linear(
-          std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, bytes.data(), bytes.size())));
+      return kq_linear(type, rows, cols, bytes);
     }
   }
   if (eligible && opt_.dense_q8 && !opt_.keep_quant && src_.block_quantized(name) && cols % q8::kBlock == 0) {

@@ -3,7 +3,8 @@
 // folder and this file.
 //
 //   --keep-quant and a GGUF block format ggml_gemv multiplies  -> ggml_gemv (as stored, fp32 activations)
-//   --dense stored and a block format kq_gemv runs             -> kq_gemv (as stored, int8 activations)
+//   --dense stored and a block format kq_gemv runs             -> kq_gemv (as stored, int8 activations;
+//                                                                 knowledge-base genome)
 //   --dense q8 and a GGUF block format of 8 bits or fewer      -> q8_gemv (int8 blocks)
 //   --dense nf4 / nf4-all and an eligible matrix               -> nf4_gemv (JIT kernels; knowledge-base genome)
 //   bf16 in the file and keep_bf16                             -> float_dense bf16
@@ -15,7 +16,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
+#include <vector>
 
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "kernels/linear.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
 #include "runtime/model/weights.h"
@@ -35,6 +39,10 @@ class LinearPolicy {
   // genesis::Error naming the tensor when it is missing or has another shape.
   std::shared_ptr<const kernels::Linear> choose(const std::string& name, int64_t rows, int64_t cols,
                                                 MatrixRole role) const;
+  // GGUF blocks of `ggml_type` [rows, cols] as stored on kq_gemv, on the knowledge base's genome for its format and
+  // shape when it has one (looked up once per format and shape), else the baseline. Experts (--experts stored) too.
+  std::shared_ptr<const kernels::Linear> kq_linear(uint32_t ggml_type, int64_t rows, int64_t cols,
+                                                   const std::vector<uint8_t>& bytes) const;
   // The checked tensor view (missing / wrong shape: an error naming the tensor, its file, and the shape expected).
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
 
@@ -50,12 +58,17 @@ class LinearPolicy {
   std::string origin_, arch_, kb_path_;
   mutable std::mutex mu_;
   mutable std::map<std::pair<int64_t, int64_t>, std::shared_ptr<const kernels::nf4_gemv::KernelSet>> nf4_sets_;
+  mutable std::map<std::tuple<int, int64_t, int64_t>, kernels::kq_gemv::Genome> kq_genomes_;  // (format, rows, cols)
 };
 
 // The knowledge base's best genome for one row of this NF4 shape on `path` (kb_path empty: none), else the baseline;
 // `tuned` says which. ("Knowledge-base genome, else baseline", written once.)
 kernels::nf4_gemv::Genome genome_for(const kernels::nf4_gemv::Problem& pr, kernels::nf4_gemv::Path path,
                                      const std::string& kb_path, bool* tuned = nullptr);
+// The same for kq_gemv: one activation row of a [rows, cols] matrix of format `f` on `path` (knowledge-base path key
+// "<path>/<format>", as `genome evolve --family kq_gemv` stores it).
+kernels::kq_gemv::Genome genome_for(kernels::kq_gemv::Format f, int64_t rows, int64_t cols, kernels::kq_gemv::Path path,
+                                    const std::string& kb_path, bool* tuned = nullptr);
 // The knowledge base the options name ("" when use_kb is off).
 std::string kb_path_of(const LoadOptions& opt);
 

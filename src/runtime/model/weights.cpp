@@ -139,7 +139,7 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
 // up become one [2 * inter, hidden] matrix (gate rows first) when they share a format, else two.
 // kq: on kq_gemv (experts_stored) instead of ggml_gemv (keep_quant).
 bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t I, int64_t H, bool kq,
-                 Expert& out) {
+                 const LinearPolicy& policy, Expert& out) {
   namespace gg = kernels::ggml_gemv;
   namespace kg = kernels::kq_gemv;
   const std::string x = fmt::format("{}experts.{}.", m, e);
@@ -155,7 +155,7 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
     fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
          shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
   auto linear = [&](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
-    return kq ? kg::make_linear(std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, b.data(), b.size())))
+    return kq ? policy.kq_linear(type, rows, cols, b)
               : gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
   };
   out.gate_up.rows = 2 * I, out.gate_up.cols = H;
@@ -365,7 +365,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       std::atomic<int64_t> kept{0};
       parallel_for(E, opt.load_threads, [&](int64_t e) {
         if ((opt.keep_quant || opt.experts_stored) &&
-            keep_expert(src, m, e, I, H, !opt.keep_quant, l.experts[size_t(e)])) {
+            keep_expert(src, m, e, I, H, !opt.keep_quant, L.policy_, l.experts[size_t(e)])) {
           ++kept;
           return;
         }

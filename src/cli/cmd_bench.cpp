@@ -97,7 +97,7 @@ void run_kq(const BenchArgs& args) {
       break;
     }
     auto path = kq::parse_path(p);
-    if (!path) fail("--path '{}' is unknown for {}; possible: avx512vnni, scalar, all", p, args.format);
+    if (!path) fail("--path '{}' is unknown for {}; possible: avx512vnni, avx2vnni, avx2, scalar, all", p, args.format);
     opt.paths.push_back(*path);
   }
   opt.regimes = args.regime == "both" ? std::vector<std::string>{"hot", "cold"} : std::vector<std::string>{args.regime};
@@ -122,8 +122,8 @@ void setup_bench(CLI::App& app) {
   g->add_option("--tokens", args->tokens, "tokens sharing one pass over the weights, 1..16 (several allowed)");
   g->add_option("--threads", args->threads, "thread counts (default: 1 and all cores)");
   g->add_option("--path", args->paths,
-                "kernel paths: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, or all (GGUF formats: avx512vnni, "
-                "scalar)");
+                "kernel paths: avx512vnni, avx512bf16, avx512fp32, avx2vnni, avx2int8, avx2, scalar, or all (GGUF formats: "
+                "avx512vnni, avx2vnni, avx2, scalar)");
   g->add_option("--regime", args->regime, "hot (weights stay in cache), cold (rotate copies > 2x LLC), or both")
       ->check(CLI::IsMember({"hot", "cold", "both"}));
   g->add_option("--blocksize", args->blocksize, "NF4 blocksize (multiple of 32, up to 4096)");
@@ -157,7 +157,7 @@ void setup_bench(CLI::App& app) {
         break;
       }
       auto path = nf::parse_path(p);
-      if (!path) fail("--path '{}' is unknown; possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar, all", p);
+      if (!path) fail("--path '{}' is unknown; possible: avx512vnni, avx512bf16, avx512fp32, avx2vnni, avx2int8, avx2, scalar, all", p);
       opt.paths.push_back(*path);
     }
     opt.regimes = args->regime == "both" ? std::vector<std::string>{"hot", "cold"} : std::vector<std::string>{args->regime};

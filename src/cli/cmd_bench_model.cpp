@@ -25,7 +25,7 @@ void run(Args& a) {
   rt::set_expert_mode(a.experts, a.o.load);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
-    if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
+    if (!p) genesis::fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2vnni, avx2int8, avx2, scalar)", a.path);
     nf::require_path(*p);
     a.o.load.path = *p;
   }

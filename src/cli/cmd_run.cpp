@@ -37,7 +37,7 @@ void run(const RunArgs& a) {
   rt::set_expert_mode(a.experts, opt);
   if (!a.path.empty()) {
     auto p = nf::parse_path(a.path);
-    if (!p) fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2, scalar)", a.path);
+    if (!p) fail("unknown kernel path '{}' (possible: avx512vnni, avx512bf16, avx512fp32, avx2vnni, avx2int8, avx2, scalar)", a.path);
     nf::require_path(*p);
     opt.path = *p;
   }

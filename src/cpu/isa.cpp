@@ -131,6 +131,16 @@ IsaSet cap_isa(IsaSet detected, std::string_view max_isa) {
   return IsaSet(detected.bits() & keep.bits());
 }
 
+bool mayiuse_avx_vnni() {
+  static const bool has = [] {
+    if (!mayiuse(Isa::avx2)) return false;  // also false when ymm state is off or the cap is below avx2
+    const CpuidRegs l7 = cpuid(7, 0);
+    const CpuidRegs l7s1 = (l7.eax >= 1) ? cpuid(7, 1) : CpuidRegs{};
+    return bit(l7s1.eax, 4);
+  }();
+  return has;
+}
+
 std::string max_isa_setting() { return env("GENESIS_MAX_ISA").value_or(""); }
 
 const IsaSet& host_isa() {

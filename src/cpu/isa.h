@@ -75,6 +75,11 @@ const std::vector<std::string>& isa_levels();
 const IsaSet& host_isa();
 inline bool mayiuse(Isa i) { return host_isa().has(i); }
 
+// AVX-VNNI (the VEX-encoded vpdpbusd / vpdpwssd on ymm; CPUID leaf 7 subleaf 1 EAX bit 4), where the OS enables
+// ymm state and GENESIS_MAX_ISA allows AVX2. Kept out of IsaSet so that the CPU signature stored in the knowledge
+// base stays what it was.
+bool mayiuse_avx_vnni();
+
 // $GENESIS_MAX_ISA as given ("" when unset).
 std::string max_isa_setting();
 

@@ -56,11 +56,8 @@ void set_kq_gene(KqGenome& g, const std::string& name, int v) {
   else fail("kq_gemv: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass)", name);
 }
 
-std::vector<int> kq_pass_rows(const KqGenome& g, int tokens) {
-  const int passes = (tokens + g.rows_per_pass - 1) / g.rows_per_pass;
-  std::vector<int> n;
-  for (int p = 0; p < passes; ++p) n.push_back(tokens / passes + (p < tokens % passes ? 1 : 0));
-  return n;
+std::vector<int> kq_pass_rows(const KqGenome& g, int tokens, kq::Path path, kq::Format f) {
+  return kq::pass_rows(path == kq::Path::scalar ? kq::Path::avx512vnni : path, f, g, tokens);
 }
 
 namespace {
@@ -89,10 +86,11 @@ KqGenome code_genes_only(const KqGenome& g) {
 
 }  // namespace
 
-KqBodyFn kq_body_fn(kq::Format f, int tokens) {
-  return [f, tokens](const KqGenome& g) {
+KqBodyFn kq_body_fn(kq::Format f, int tokens, kq::Path path) {
+  if (path == kq::Path::scalar) path = kq::Path::avx512vnni;
+  return [f, tokens, path](const KqGenome& g) {
     const KqGenome p = code_genes_only(g);
-    return body_model(kq::canonical_body(kq::make_conf(f, kq_pass_rows(p, tokens).front(), p)));
+    return body_model(kq::canonical_body(kq::make_conf(f, kq_pass_rows(p, tokens, path, f).front(), p, path)));
   };
 }
 
@@ -102,7 +100,7 @@ bool same_params(const KqGenome& a, const KqGenome& b) {
 }
 
 bool KqMutator::order_fits(const KqGenome& g) const {
-  const auto n = kq_pass_rows(g, tokens_);
+  const auto n = kq_pass_rows(g, tokens_, path_, format_);
   return std::all_of(n.begin(), n.end(), [&](int v) { return v == n.front(); });
 }
 
@@ -239,8 +237,9 @@ KqFamily::Case KqFamily::make_case(const Config& c, const Shape& s, uint64_t see
 
 void KqFamily::static_check(const Config& c, const Case&, const Genome& g) {
   const Genome p = code_genes_only(g);
-  for (int n : kq_pass_rows(p, c.tokens)) {
-    const kq::Conf conf = kq::make_conf(c.format, n, p);
+  const kq::Path path = c.path == kq::Path::scalar ? kq::Path::avx512vnni : c.path;  // scalar: genes checked alike
+  for (int n : kq_pass_rows(p, c.tokens, path, c.format)) {
+    const kq::Conf conf = kq::make_conf(c.format, n, p, path);
     if (g.order.empty()) continue;
     std::string why;
     if (!jit::is_legal_order(kq::canonical_body(conf), g.order, &why))

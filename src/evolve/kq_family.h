@@ -44,9 +44,13 @@ void set_kq_gene(KqGenome& g, const std::string& name, int value);
 
 // The unit loop's body (canonical_body + def_use) of the widest pass a genome runs for `tokens` activation rows.
 using KqBodyFn = std::function<BodyModel(const KqGenome&)>;
-KqBodyFn kq_body_fn(kernels::kq_gemv::Format f, int tokens);
+// The body of the path's kernels (scalar runs no generated code: its orders are checked against avx512vnni's body).
+KqBodyFn kq_body_fn(kernels::kq_gemv::Format f, int tokens,
+                    kernels::kq_gemv::Path path = kernels::kq_gemv::Path::avx512vnni);
 // The activation rows of each pass a genome runs for `tokens` rows (the driver's balanced passes).
-std::vector<int> kq_pass_rows(const KqGenome& g, int tokens);
+std::vector<int> kq_pass_rows(const KqGenome& g, int tokens,
+                              kernels::kq_gemv::Path path = kernels::kq_gemv::Path::avx512vnni,
+                              kernels::kq_gemv::Format f = kernels::kq_gemv::Format::q4_k);
 
 bool same_params(const KqGenome& a, const KqGenome& b);  // every gene but the order
 
@@ -57,8 +61,11 @@ class KqMutator {
  public:
   // tokens: the activation rows of the searched product (an order fits one pass's body: when the passes differ in
   // rows, a genome keeps no order).
-  KqMutator(KqBodyFn body, std::vector<GeneSpec> space, int tokens)
-      : body_(std::move(body)), space_(std::move(space)), tokens_(tokens) {}
+  // path / f: how run_rows splits the rows into passes (the AVX2 kernels take fewer rows per pass).
+  KqMutator(KqBodyFn body, std::vector<GeneSpec> space, int tokens,
+            kernels::kq_gemv::Path path = kernels::kq_gemv::Path::avx512vnni,
+            kernels::kq_gemv::Format f = kernels::kq_gemv::Format::q4_k)
+      : body_(std::move(body)), space_(std::move(space)), tokens_(tokens), path_(path), format_(f) {}
   std::optional<KqGenome> mutate(const KqGenome& parent, Op op, Rng& rng, std::string* why = nullptr) const;
   // Precedence-preserving merge of the two orders (same parameter genes), nullopt otherwise.
   std::optional<KqGenome> crossover(const KqGenome& a, const KqGenome& b, Rng& rng) const;
@@ -73,6 +80,8 @@ class KqMutator {
   KqBodyFn body_;
   std::vector<GeneSpec> space_;
   int tokens_;
+  kernels::kq_gemv::Path path_;
+  kernels::kq_gemv::Format format_;
 };
 
 SearchResultOf<KqGenome> search(const KqGenome& start, const KqMutator& mutator, EvaluatorOf<KqGenome>& evaluator,

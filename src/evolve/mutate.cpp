@@ -118,6 +118,11 @@ ParamSpace param_space(Path p) {
     case Path::avx512_vnni:
       s.unroll = {0, 1, 2, 4};
       break;
+    case Path::avx2_int8:
+    case Path::avx2_vnni:  // activations always broadcast into registers (no {1to8} in VEX)
+      s.unroll = {0, 1, 2, 4};
+      s.bcast = false;
+      break;
   }
   return s;
 }

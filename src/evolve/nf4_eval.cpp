@@ -72,6 +72,7 @@ Nf4Family::Case Nf4Family::make_case(const Config& c, const Shape& s, uint64_t s
 }
 
 void Nf4Family::static_check(const Config&, const Case& d, const Genome& g) {
+  if (!nf::path_is_jit(g.path)) return;  // compiled paths (scalar, avx2): no code to configure or order
   const nf::Conf conf = nf::make_conf(d.pr, g, cpu::host_isa());
   if (!g.order.empty()) {
     std::string why;

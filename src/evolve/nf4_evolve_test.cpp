@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -60,7 +61,9 @@ TEST(Nf4Mutants, ReorderAndHintMutantsAreBitExactToTheirParent) {
       int checked = 0;
       const Op ops[] = {Op::swap_near, Op::swap_far, Op::move_block, Op::hint_insert, Op::hint_delete,
                         Op::hint_replace, Op::replace};
-      for (int i = 0; i < 160; ++i) {
+      // 160 attempts, more where a body's dependency chains refuse many reorders (avx2int8's products are chains of
+      // four), until more than 100 mutants were checked
+      for (int i = 0; i < 160 || (checked <= 100 && i < 480); ++i) {
         auto child = mut.mutate(parent, ops[i % std::size(ops)], rng);
         if (!child) continue;
         auto y = run_kernel(pr, *child, pw, x);
@@ -149,6 +152,23 @@ TEST_F(Nf4Factory, PlantedFaultsAreCaughtAndTheSearchGoesOn) {
   EXPECT_NE(diag["wrong_result"].find("reference"), std::string::npos) << diag["wrong_result"];
   EXPECT_NE(diag["timeout"].find("killed"), std::string::npos) << diag["timeout"];
   EXPECT_EQ(r.best.fault, nf::Fault::none);
+}
+
+// A compiled path (no code genes: only the parameter genes change) runs through the same pipeline; its starting
+// genome once failed the static checks, which asked it for a JIT configuration.
+TEST_F(Nf4Factory, CompiledPathEvolvesToo) {
+  for (const char* path : {"scalar", "avx2"}) {
+    const auto av = nf::available_paths();
+    if (std::find(av.begin(), av.end(), *nf::parse_path(path)) == av.end()) continue;
+    auto opt = small("4");
+    opt.path = path;
+    opt.seed_from_kb = false;
+    opt.heldout.clear();
+    nlohmann::json rep;
+    ASSERT_NO_THROW(rep = run_evolve(opt)) << path;
+    EXPECT_GE(rep["evaluations"], 1) << path;
+    EXPECT_EQ(rep["verdicts"].value("invalid", 0), 0) << path << " " << rep["verdicts"].dump();
+  }
 }
 
 TEST_F(Nf4Factory, RunReportAndDedupe) {

@@ -305,7 +305,7 @@ json run_evolve(const EvolveOptions& given) {
     cfg.path = kq::best_path();
     if (!opt.path.empty()) {
       auto p = kq::parse_path(opt.path);
-      if (!p) fail("unknown path '{}' for kq_gemv (possible: avx512vnni, scalar)", opt.path);
+      if (!p) fail("unknown path '{}' for kq_gemv (possible: avx512vnni, avx2vnni, avx2, scalar)", opt.path);
       cfg.path = *p;
     }
     kq::require_path(cfg.path);
@@ -324,7 +324,8 @@ json run_evolve(const EvolveOptions& given) {
           fail("shape {}: {} columns is not a multiple of {}'s block of {}", shape_text(s), s.second, opt.format,
                block);
     if (run_id == 0) run_id = kb.begin_run(opt.family, opt.strategy, opt.seed, options_json(opt));
-    KqMutator mutator(kq_body_fn(cfg.format, cfg.tokens), kq_param_space(cfg.tokens), cfg.tokens);
+    KqMutator mutator(kq_body_fn(cfg.format, cfg.tokens, cfg.path), kq_param_space(cfg.tokens), cfg.tokens, cfg.path,
+                      cfg.format);
     return search_and_gate<KqFamily>(opt, kb, kb_path, run_id, cfg, heldout, mutator, budget, *strategy);
   }
 
@@ -334,7 +335,9 @@ json run_evolve(const EvolveOptions& given) {
   nf::Path path = nf::best_path();
   if (!opt.path.empty()) {
     auto p = nf::parse_path(opt.path);
-    if (!p) fail("unknown path '{}' (possible: scalar, avx2, avx512fp32, avx512bf16, avx512vnni)", opt.path);
+    if (!p)
+      fail("unknown path '{}' (possible: scalar, avx2, avx2int8, avx2vnni, avx512fp32, avx512bf16, avx512vnni)",
+           opt.path);
     path = *p;
   }
   nf::require_path(path);

@@ -73,6 +73,13 @@ class Assembler : public Xbyak::CodeGenerator {
       default: return ptr[base + mm.disp];
     }
   }
+  // True where the instruction can be VEX-encoded: ymm/xmm width, registers 0..15, no embedded broadcast. The
+  // EVEX-only mnemonics (vmovdqu8, vpandd, vpxord, vpord) then become their VEX twins, which compute the same bits,
+  // so that the AVX2 kernels run on CPUs without AVX-512.
+  static bool vex_ok(const Instr& in) {
+    auto low = [](int r) { return r < 16; };
+    return in.width <= 32 && low(in.dst) && low(in.src1) && (in.has_mem ? !in.mem.bcast : low(in.src2));
+  }
   // The second source: a register or a memory operand.
   template <typename F>
   void with_src2(const Instr& in, int mem_width, F&& f) {
@@ -85,7 +92,12 @@ class Assembler : public Xbyak::CodeGenerator {
   void emit(const Instr& in) {
     const int w = in.width;
     switch (in.op) {
-      case Op::vload: vmovdqu8(v(in.dst, w), m(in.mem, w)); break;
+      case Op::vload:
+        if (vex_ok(in))
+          vmovdqu(v(in.dst, w), m(in.mem, w));
+        else
+          vmovdqu8(v(in.dst, w), m(in.mem, w));
+        break;
       case Op::vzx_b2d: vpmovzxbd(v(in.dst, w), m(in.mem, w / 4)); break;
       case Op::vzx_b2w: vpmovzxbw(v(in.dst, w), m(in.mem, w / 2)); break;
       case Op::vbcast_d: vpbroadcastd(v(in.dst, w), ptr[g(in.mem.base) + in.mem.disp]); break;
@@ -96,10 +108,31 @@ class Assembler : public Xbyak::CodeGenerator {
         vbroadcasti64x4(Xbyak::Zmm(in.dst), yword[g(in.mem.base) + in.mem.disp]);
         break;
       case Op::vsx_b2w: vpmovsxbw(v(in.dst, w), m(in.mem, w / 2)); break;
-      case Op::vpandd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpandd(v(in.dst, w), v(in.src1, w), s); }); break;
-      case Op::vpxord: with_src2(in, w, [&](const Xbyak::Operand& s) { vpxord(v(in.dst, w), v(in.src1, w), s); }); break;
+      case Op::vpandd:
+        if (vex_ok(in))
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpand(v(in.dst, w), v(in.src1, w), s); });
+        else
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpandd(v(in.dst, w), v(in.src1, w), s); });
+        break;
+      case Op::vpxord:
+        if (vex_ok(in))
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpxor(v(in.dst, w), v(in.src1, w), s); });
+        else
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpxord(v(in.dst, w), v(in.src1, w), s); });
+        break;
       case Op::vpsrld_imm: vpsrld(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
       case Op::vpsrlw_imm: vpsrlw(v(in.dst, w), v(in.src1, w), uint8_t(in.imm)); break;
+      case Op::vpor:
+        if (vex_ok(in))
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpor(v(in.dst, w), v(in.src1, w), s); });
+        else
+          with_src2(in, w, [&](const Xbyak::Operand& s) { vpord(v(in.dst, w), v(in.src1, w), s); });
+        break;
+      case Op::vpabsb: vpabsb(v(in.dst, w), v(in.src1, w)); break;
+      case Op::vpsignb:
+        if (!vex_ok(in)) fail("jit: vpsignb exists only at ymm/xmm width on registers 0..15");
+        with_src2(in, w, [&](const Xbyak::Operand& s) { vpsignb(v(in.dst, w), v(in.src1, w), s); });
+        break;
       case Op::vpshufb: with_src2(in, w, [&](const Xbyak::Operand& s) { vpshufb(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpermps: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermps(vy(in.dst, w), vy(in.src1, w), s); }); break;
       case Op::vpermw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermw(v(in.dst, w), v(in.src1, w), s); }); break;
@@ -121,7 +154,10 @@ class Assembler : public Xbyak::CodeGenerator {
         break;
       case Op::vpmaddwd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpmaddwd(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpdpbusd:
-        with_src2(in, w, [&](const Xbyak::Operand& s) { vpdpbusd(v(in.dst, w), v(in.src1, w), s, Xbyak::EvexEncoding); });
+        if (in.vex && !vex_ok(in)) fail("jit: {{vex}} vpdpbusd needs ymm/xmm registers 0..15 and no broadcast");
+        with_src2(in, w, [&](const Xbyak::Operand& s) {
+          vpdpbusd(v(in.dst, w), v(in.src1, w), s, in.vex ? Xbyak::VexEncoding : Xbyak::EvexEncoding);
+        });
         break;
       case Op::vdpbf16ps: with_src2(in, w, [&](const Xbyak::Operand& s) { vdpbf16ps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vfmadd231ps:
@@ -131,7 +167,10 @@ class Assembler : public Xbyak::CodeGenerator {
         with_src2(in, w, [&](const Xbyak::Operand& s) { vfnmadd231ps(v(in.dst, w), v(in.src1, w), s); });
         break;
       case Op::vpdpwssd:
-        with_src2(in, w, [&](const Xbyak::Operand& s) { vpdpwssd(v(in.dst, w), v(in.src1, w), s, Xbyak::EvexEncoding); });
+        if (in.vex && !vex_ok(in)) fail("jit: {{vex}} vpdpwssd needs ymm/xmm registers 0..15 and no broadcast");
+        with_src2(in, w, [&](const Xbyak::Operand& s) {
+          vpdpwssd(v(in.dst, w), v(in.src1, w), s, in.vex ? Xbyak::VexEncoding : Xbyak::EvexEncoding);
+        });
         break;
       case Op::vpternlogd:
         with_src2(in, w, [&](const Xbyak::Operand& s) { vpternlogd(v(in.dst, w), v(in.src1, w), s, uint8_t(in.imm)); });

@@ -94,6 +94,48 @@ TEST(Emit, DumpWritesBytesAndIr) {
   EXPECT_NE(ss.str().find("loop_begin"), std::string::npos);
 }
 
+// One instruction's encoding: the first byte of its program (no saved registers, so the instruction comes first).
+uint8_t first_byte(const Instr& in) {
+  Program p;
+  p.name = "test_one";
+  p.code.push_back(in);
+  auto code = assemble(p);
+  return *static_cast<const uint8_t*>(code->entry());
+}
+
+bool is_vex(uint8_t b) { return b == 0xC4 || b == 0xC5; }
+
+// The AVX2 kernels run on CPUs without AVX-512: at ymm width with registers 0..15 the EVEX-only mnemonics become
+// their VEX twins, and {vex} vpdpbusd / vpdpwssd are VEX (AVX-VNNI); zmm or registers 16..31 stay EVEX (0x62).
+TEST(Emit, VexFormsAtYmmWidth) {
+  Mem m;
+  m.base = gpr(7);
+  m.stream = 0;
+  EXPECT_TRUE(is_vex(first_byte(make_load(Op::vload, 1, m, 32))));
+  EXPECT_TRUE(is_vex(first_byte(make_load(Op::vload, 1, m, 16))));
+  EXPECT_EQ(first_byte(make_load(Op::vload, 1, m, 64)), 0x62);
+  EXPECT_EQ(first_byte(make_load(Op::vload, 17, m, 32)), 0x62);
+  for (Op op : {Op::vpandd, Op::vpxord, Op::vpor}) {
+    EXPECT_TRUE(is_vex(first_byte(make_alu(op, 1, 2, 3, 32)))) << op_name(op);
+    EXPECT_TRUE(is_vex(first_byte(make_alu_mem(op, 1, 2, m, 32)))) << op_name(op);
+    EXPECT_EQ(first_byte(make_alu(op, 1, 2, 3, 64)), 0x62) << op_name(op);
+    EXPECT_EQ(first_byte(make_alu(op, 1, 2, 19, 32)), 0x62) << op_name(op);
+  }
+  for (Op op : {Op::vpdpbusd, Op::vpdpwssd}) {
+    Instr v = make_alu(op, 1, 2, 3, 32);
+    EXPECT_EQ(first_byte(v), 0x62) << op_name(op);  // EVEX unless asked
+    v.vex = true;
+    EXPECT_TRUE(is_vex(first_byte(v))) << op_name(op);
+    EXPECT_NE(v.text().find("{vex}"), std::string::npos);
+    Instr bad = make_alu(op, 1, 2, 20, 32);
+    bad.vex = true;
+    EXPECT_THROW(first_byte(bad), Error) << op_name(op);
+    Instr wide = make_alu(op, 1, 2, 3, 64);
+    wide.vex = true;
+    EXPECT_THROW(first_byte(wide), Error) << op_name(op);
+  }
+}
+
 TEST(Emit, CacheBuildsOnce) {
   int builds = 0;
   auto& cc = CodeCache::instance();

@@ -81,6 +81,9 @@ const char* op_name(Op op) {
     case Op::ud2: return "ud2";
     case Op::loop_begin: return "loop_begin";
     case Op::loop_end: return "loop_end";
+    case Op::vpor: return "vpor";
+    case Op::vpabsb: return "vpabsb";
+    case Op::vpsignb: return "vpsignb";
   }
   return "?";
 }
@@ -126,7 +129,8 @@ std::string Instr::text() const {
     case Op::vpsraw_imm:
     case Op::vpsrld_imm:
     case Op::vpsrlw_imm: return fmt::format("{} {}, {}, {}", n, reg_text(dst, width), reg_text(src1, width), imm);
-    case Op::vcvtdq2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width));
+    case Op::vcvtdq2ps:
+    case Op::vpabsb: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width));
     case Op::vstore: return fmt::format("{} {}, {}", n, mem_text(mem), reg_text(src1, width));
     case Op::add_imm: return fmt::format("add {}, {}", reg_text(dst, 8), imm);
     case Op::add_reg: return fmt::format("add {}, {}", reg_text(dst, 8), reg_text(src1, 8));
@@ -141,7 +145,7 @@ std::string Instr::text() const {
     case Op::loop_begin: return fmt::format("loop_begin {} align={}", reg_text(dst, 8), imm);
     case Op::loop_end: return fmt::format("loop_end {}", reg_text(dst, 8));
     default:
-      return fmt::format("{} {}, {}, {}", n, reg_text(dst, width), reg_text(src1, width),
+      return fmt::format("{}{} {}, {}, {}", vex ? "{vex} " : "", n, reg_text(dst, width), reg_text(src1, width),
                          has_mem ? mem_text(mem) : reg_text(src2, width));
   }
 }
@@ -199,6 +203,8 @@ Instr finalize(Instr in) {
       }
       [[fallthrough]];
     case Op::vpandd:
+    case Op::vpor:
+    case Op::vpsignb:
     case Op::vpshufb:
     case Op::vpermps:
     case Op::vpermw:
@@ -216,6 +222,7 @@ Instr finalize(Instr in) {
       break;
     case Op::vpsrld_imm:
     case Op::vpsrlw_imm:
+    case Op::vpabsb:
     case Op::vcvtdq2ps:
     case Op::vcvtph2ps:
     case Op::vpsllw_imm:

@@ -74,6 +74,10 @@ enum class Op : uint8_t {
   // structure
   loop_begin,   // label; align = imm (0 = none); counter = dst (gpr id)
   loop_end,     // dec counter; jnz label
+  // appended (enum values are ids: keep the ones above)
+  vpor,         // dst = src1 | src2|mem (vpor at ymm/xmm width with registers 0..15, else vpord)
+  vpabsb,       // dst = |src1| (bytes; -128 stays 0x80)
+  vpsignb,      // dst = src1 negated where src2|mem < 0, zero where it is 0 (bytes; AVX2, no EVEX form)
 };
 
 const char* op_name(Op op);
@@ -92,6 +96,9 @@ struct Instr {
   bool has_mem = false;
   Mem mem;
   int64_t imm = 0;
+  // vpdpbusd / vpdpwssd: the VEX encoding (AVX-VNNI, ymm/xmm, registers 0..15) instead of EVEX (AVX512-VNNI).
+  // Other opcodes are VEX-encoded wherever the operands allow (width <= 32, registers 0..15, no broadcast).
+  bool vex = false;
   // Filled by finalize(): register bit sets and memory streams read and written.
   uint64_t reads = 0, writes = 0;
   uint32_t mem_reads = 0, mem_writes = 0;

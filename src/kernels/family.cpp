@@ -51,6 +51,8 @@ FamilyInfo kq() {
     return false;
   };
   f.paths.push_back({"avx512vnni", "AVX512-F/BW/VNNI", usable(kq::Path::avx512vnni), true, kq::error_bound_text()});
+  f.paths.push_back({"avx2vnni", "AVX2, FMA, F16C, AVX-VNNI", usable(kq::Path::avx2vnni), true, kq::error_bound_text()});
+  f.paths.push_back({"avx2", "AVX2, FMA, F16C", usable(kq::Path::avx2), true, kq::error_bound_text()});
   f.paths.push_back({"scalar", "any x86-64", true, false, kq::error_bound_text()});
   f.path = kq::path_name(kq::best_path());
   f.bytes = "the matrix's records (Q6_K, Q8_0, Q4_0, Q4_1: the file's bytes; Q4_K/Q5_K +4 bytes per 256 weights) plus "

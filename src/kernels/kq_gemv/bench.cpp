@@ -2,6 +2,8 @@
 // >= 2 ms, medians with IQR, hot and cold regimes, the baseline in the same run).
 #include "kernels/kq_gemv/bench.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include "cpu/info.h"
 #include "cpu/thread_pool.h"
 #include "kernels/ggml_gemv/ggml_gemv.h"
+#include "kernels/kq_gemv/build.h"
 #include "kernels/kq_gemv/layout.h"
 #include "quant/ggml.h"
 
@@ -155,9 +158,10 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
             const double bytes = bytes_moved(k_mats[0], T);
             const double gbps = bytes / (st.median_us * 1e3);
             const Genome g = Genome::baseline();
-            json rec = base(path_name(p), p == Path::scalar ? std::string("scalar")
-                                                            : "kq_gemv_" + std::string(format_name(opt.format)) + "_t" +
-                                                                  std::to_string(T) + "_" + g.code_key());
+            const std::string kid = fmt::format("kq_gemv_{}{}{}_t{}_{}", p == Path::avx512vnni ? "" : path_name(p),
+                                                p == Path::avx512vnni ? "" : "_", format_name(opt.format),
+                                                std::min(T, max_tokens(p, opt.format)), g.code_key());
+            json rec = base(path_name(p), p == Path::scalar ? std::string("scalar") : kid);
             rec.update({{"genome_source", "baseline"}, {"genome_text", g.serialize()}, {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
                         {"gbps", gbps}, {"roofline_fraction", gbps / roofline_gbps(bw, nt)},
                         {"speedup_vs_naive", 0.0},

@@ -39,9 +39,7 @@ constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
 constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
 constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
 
-// Constant block offsets.
-constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
-constexpr int kSh02 = 64, kSh13 = 128, kIdxK = 192, kIdx6 = 448, kNeg32 = 704, kConstBytes = 768;
+using namespace kconst;
 
 struct alignas(64) Constants {
   uint8_t b[kConstBytes] = {};
@@ -60,6 +58,14 @@ struct alignas(64) Constants {
       put16(kSh02 + 2 * w, int16_t(w < 16 ? 0 : 2));
       put16(kSh13 + 2 * w, int16_t(w < 16 ? 1 : 3));
       put16(kNeg32 + 2 * w, int16_t(-32));
+    }
+    for (int i = 0; i < 32; ++i) {  // full-width constants for the AVX2 kernels (no embedded broadcast there)
+      b[kMask30Y + i] = 0x30;
+      b[kMask10Y + i] = 0x10;
+    }
+    for (int w = 0; w < 16; ++w) {
+      put16(kOnes16 + 2 * w, 1);
+      put16(kSixteens16 + 2 * w, 16);
     }
     for (int k = 0; k < 4; ++k)
       for (int w = 0; w < 32; ++w) {
@@ -322,7 +328,9 @@ std::string Conf::describe() const {
                      int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()) + int(const_regs.size()));
 }
 
-Conf make_conf(Format fmt_, int tokens, const Genome& g) {
+Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
+  if (path == Path::avx2 || path == Path::avx2vnni) return make_conf_avx2(fmt_, tokens, g, path == Path::avx2vnni);
+  if (path != Path::avx512vnni) fail("kq_gemv: path {} has no generated kernel", path_name(path));
   if (tokens < 1 || tokens > kMaxTokens) fail("kq_gemv: {} activation rows; a kernel handles 1..{}", tokens, kMaxTokens);
   g.validate();
   Conf c;
@@ -368,11 +376,12 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g) {
   return c;
 }
 
-jit::Program build(const Conf& c) { return Builder(c).program(); }
+jit::Program build(const Conf& c) { return c.path == Path::avx512vnni ? Builder(c).program() : build_avx2(c); }
 
 std::vector<jit::Instr> canonical_body(const Conf& c) {
   Conf plain = c;
   plain.genome.order.clear();
+  if (c.path != Path::avx512vnni) return hot_body_avx2(plain);
   return Builder(plain).hot_body();
 }
 

@@ -26,8 +26,17 @@ struct KernelArgs {
   int64_t x_stride = 0;  // bytes from one unit's activation records to the next (all activation rows' records)
 };
 
+// Constant block offsets (kernel_constants()).
+namespace kconst {
+inline constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
+inline constexpr int kSh02 = 64, kSh13 = 128, kIdxK = 192, kIdx6 = 448, kNeg32 = 704;
+inline constexpr int kMask30Y = 768, kMask10Y = 800, kOnes16 = 832, kSixteens16 = 864;  // 32 bytes each
+inline constexpr int kConstBytes = 896;
+}  // namespace kconst
+
 struct Conf {
   Format format = Format::q4_k;
+  Path path = Path::avx512vnni;  // avx512vnni, avx2 or avx2vnni (AVX-VNNI's {vex} vpdpbusd / vpdpwssd)
   int tokens = 1;
   Genome genome;    // the code genes: prefetch distance and kind, loop alignment
   // vector registers
@@ -38,14 +47,28 @@ struct Conf {
   std::vector<int> temps;  // sets of set_size: K-quants S, P0, P1; legacy S
   std::vector<std::pair<int, int>> const_regs;  // (constant block offset, register) held in registers when they fit
   int sets = 1, set_size = 3;
+  // avx2 / avx2vnni (ymm, 16 registers): an int32 accumulator per activation row, the broadcast scale bytes, the
+  // stored high bits, one product temp
+  std::vector<int> s;
+  int sb = -1, qh = -1, p = -1;
   std::string id;
   std::string describe() const;
 };
 
-Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline());
+Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline(), Path path = Path::avx512vnni);
 jit::Program build(const Conf& c);
+// Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).
+int max_tokens(Path path, Format f);
+// The activation rows of each kernel pass run_rows makes for n rows: balanced passes of at most
+// min(genome.rows_per_pass, max_tokens(path, f)).
+std::vector<int> pass_rows(Path path, Format f, const Genome& g, int n);
 // The unit loop's body in canonical order (what Genome::order permutes). Depends on format, rows and code genes.
 std::vector<jit::Instr> canonical_body(const Conf& c);
+// build_avx2.cpp: the AVX2 kernels (make_conf / build / canonical_body dispatch there for avx2 and avx2vnni).
+Conf make_conf_avx2(Format f, int tokens, const Genome& g, bool vnni);
+jit::Program build_avx2(const Conf& c);
+std::vector<jit::Instr> hot_body_avx2(const Conf& c);
+
 // The family's constant block (masks, shift counts, shuffle indices), 64-byte aligned.
 const void* kernel_constants();
 

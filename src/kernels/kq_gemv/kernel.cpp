@@ -23,11 +23,19 @@ namespace genesis::kernels::kq_gemv {
 
 using namespace layout;
 
-const char* path_name(Path p) { return p == Path::avx512vnni ? "avx512vnni" : "scalar"; }
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::avx512vnni: return "avx512vnni";
+    case Path::avx2vnni: return "avx2vnni";
+    case Path::avx2: return "avx2";
+    case Path::scalar: return "scalar";
+  }
+  return "?";
+}
 
 std::optional<Path> parse_path(const std::string& s) {
-  if (s == "avx512vnni") return Path::avx512vnni;
-  if (s == "scalar") return Path::scalar;
+  for (Path p : {Path::avx512vnni, Path::avx2vnni, Path::avx2, Path::scalar})
+    if (s == path_name(p)) return p;
   return std::nullopt;
 }
 
@@ -35,6 +43,10 @@ std::vector<Path> available_paths() {
   std::vector<Path> v;
   if (cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512vnni))
     v.push_back(Path::avx512vnni);
+  // the AVX2 kernels use FMA (vfmadd231ps) and F16C (vcvtph2ps) besides AVX2
+  const bool avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma) && cpu::mayiuse(cpu::Isa::f16c);
+  if (avx2 && cpu::mayiuse_avx_vnni()) v.push_back(Path::avx2vnni);
+  if (avx2) v.push_back(Path::avx2);
   v.push_back(Path::scalar);
   return v;
 }
@@ -157,15 +169,15 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
   }
 }
 
-std::shared_ptr<const jit::ExecutableCode> jit_kernel(Format f, int tokens, const Genome& g) {
+std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, std::string>, std::shared_ptr<const jit::ExecutableCode>> cache;
-  const auto key = std::make_tuple(int(f), tokens, g.code_key());
+  static std::map<std::tuple<int, int, int, std::string>, std::shared_ptr<const jit::ExecutableCode>> cache;
+  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key());
   {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf c = make_conf(f, tokens, g);
+  const Conf c = make_conf(f, tokens, g, path);
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
   return cache.emplace(key, code).first->second;
@@ -178,11 +190,36 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
 }
 
+// The AVX2 kernels fill lanes 0..7 of each 16 (the rest stay zero): summed pairwise in plain C++ (no AVX-512 here).
+void sum_lanes8(const float* lanes, int n, int64_t rows, float* y, int64_t ldy, int64_t r0) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int t = 0; t < n; ++t) {
+      const float* l = lanes + (i * n + t) * 16;
+      const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
+      y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = (a0 + a2) + (a1 + a3);
+    }
+}
+
+}  // namespace
+
+std::vector<int> pass_rows(Path path, Format f, const Genome& g, int n) {
+  const int per_pass = std::min(g.rows_per_pass, max_tokens(path, f));
+  const int passes = (n + per_pass - 1) / per_pass;
+  std::vector<int> v;
+  for (int p = 0; p < passes; ++p) v.push_back(n / passes + (p < n % passes ? 1 : 0));
+  return v;
+}
+
+namespace {
+
 // Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); per chunk the activation rows in balanced passes of
 // at most genome.rows_per_pass (later passes find the chunk's weights in L2); columns in chunks whose activation
 // records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1.
-void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g) {
-  const int passes = (a.n + g.rows_per_pass - 1) / g.rows_per_pass;
+void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g,
+              Path path) {
+  // pass_rows() without its vector (no allocation per call)
+  const int per_pass = std::min(g.rows_per_pass, max_tokens(path, w.format));
+  const int passes = (a.n + per_pass - 1) / per_pass;
   struct Pass {
     int t0, n;
     int64_t unit_chunk;
@@ -191,6 +228,7 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
   // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
   struct Cached {
+    Path path;
     Format f;
     int n;
     Genome g;
@@ -199,10 +237,10 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   thread_local std::vector<Cached> kernels;
   auto kernel_for = [&](int n) {
     for (const Cached& c : kernels)
-      if (c.f == w.format && c.n == n && c.g == g) return c.fn;
-    auto fn = jit_kernel(w.format, n, g)->as<void (*)(const KernelArgs*)>();
+      if (c.path == path && c.f == w.format && c.n == n && c.g == g) return c.fn;
+    auto fn = jit_kernel(path, w.format, n, g)->as<void (*)(const KernelArgs*)>();
     if (kernels.size() >= 64) kernels.erase(kernels.begin());
-    kernels.push_back({w.format, n, g, fn});
+    kernels.push_back({path, w.format, n, g, fn});
     return fn;
   };
   thread_local std::vector<Pass> plan;
@@ -233,7 +271,10 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
         args.w_skip = w.row_bytes() - nu * w.record_bytes;
         p.fn(&args);
       }
-      sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
+      if (path == Path::avx512vnni)
+        sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
+      else
+        sum_lanes8(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
     }
   }
 }
@@ -276,8 +317,8 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (r0 == r1) return;
   static const Path best = best_path();
   if (path != Path::scalar && path != best) require_path(path);
-  if (path == Path::avx512vnni)
-    jit_rows(w, a, y, ldy, r0, r1, genome);
+  if (path != Path::scalar)
+    jit_rows(w, a, y, ldy, r0, r1, genome, path);
   else
     scalar_rows(w, a, y, ldy, r0, r1);
   if (genome.fault != Fault::none) plant_fault(genome.fault, y + r0);

@@ -37,7 +37,9 @@ uint32_t ggml_type(Format f);
 bool is_k_quant(Format f);
 std::string format_names();  // "Q4_K, Q5_K, Q6_K, Q8_0, Q4_0, Q4_1"
 
-enum class Path { scalar, avx512vnni };
+// avx2: AVX2 + FMA + F16C (JIT, ymm, vpmaddubsw + vpmaddwd); avx2vnni: the same with AVX-VNNI's {vex} vpdpbusd /
+// vpdpwssd; avx512vnni: AVX512-F/BW/VNNI (JIT, zmm).
+enum class Path { scalar, avx512vnni, avx2, avx2vnni };
 const char* path_name(Path p);
 std::optional<Path> parse_path(const std::string& s);
 // Paths this CPU (after GENESIS_MAX_ISA) can run, fastest first; best_path() is the first.

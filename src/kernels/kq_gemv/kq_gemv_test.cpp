@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -12,6 +13,7 @@
 #include "common/error.h"
 #include "jit/ir.h"
 #include "kernels/kq_gemv/build.h"
+#include "kernels/kq_gemv/layout.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
 
@@ -409,10 +411,12 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
 // A genome's order of the unit loop's body goes through jit::is_legal_order: a legal reorder (independent neighbours
 // swapped, every swap at once) computes the same bits; swapping a dependent pair is an error naming the edge.
 TEST(KqGemv, GenomeOrderCheckedByDefUse) {
+  const auto avail = available_paths();
+  for (Path path : {Path::avx512vnni, Path::avx2vnni, Path::avx2})
   for (Format f : kFormats) {
-    SCOPED_TRACE(format_name(f));
+    SCOPED_TRACE(std::string(format_name(f)) + " " + path_name(path));
     const int n = 2;
-    const Conf conf = make_conf(f, n);
+    const Conf conf = make_conf(f, n, Genome::baseline(), path);
     const auto body = canonical_body(conf);
     const auto g = jit::def_use(body);
     auto depends = [&](size_t a, size_t b) {
@@ -445,14 +449,14 @@ TEST(KqGemv, GenomeOrderCheckedByDefUse) {
     quantize_activations(f, x.data(), n, cols, a);
     std::vector<float> y0(size_t(n * rows)), y1(size_t(n * rows));
     run_rows(m, a, y0.data(), rows, 0, rows, Path::scalar);  // any path: the JIT one needs the CPU
-    if (best_path() != Path::avx512vnni) continue;
-    run_rows(m, a, y0.data(), rows, 0, rows, Path::avx512vnni);
-    run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, legal);
+    if (std::find(avail.begin(), avail.end(), path) == avail.end()) continue;
+    run_rows(m, a, y0.data(), rows, 0, rows, path);
+    run_rows(m, a, y1.data(), rows, 0, rows, path, legal);
     EXPECT_EQ(y0, y1);
-    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, illegal), Error);
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, path, illegal), Error);
     Genome short_order;
     short_order.order = {0, 1, 2};
-    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, Path::avx512vnni, short_order), Error);
+    EXPECT_THROW(run_rows(m, a, y1.data(), rows, 0, rows, path, short_order), Error);
   }
 }
 
@@ -488,6 +492,37 @@ TEST(KqGemv, RandomShapesAndSizesFailCleanly) {
   }
   EXPECT_GT(built, 10);
   EXPECT_GT(errors, 100);
+}
+
+// Every activation quantizer this CPU runs gives the scalar one's bits: random values, exact ties at .5 (round to
+// even), an all-zero block, one huge value; and each refuses a non-finite value.
+TEST(KqGemv, ActivationQuantizersAgreeBitForBit) {
+  const auto variants = layout::quantize_block_variants();
+  std::mt19937 gen(11);
+  std::normal_distribution<float> nd;
+  for (int c = 0; c < 40; ++c) {
+    const int len = c % 2 ? 256 : 32;
+    std::vector<float> x(static_cast<size_t>(len));
+    for (auto& v : x) v = nd(gen) * (c % 5 == 0 ? 1e-30f : c % 5 == 1 ? 3e4f : 1.0f);
+    if (c == 2) std::fill(x.begin(), x.end(), 0.0f);
+    if (c == 3)  // amax 127: x * 1 lands on every .5 tie
+      for (int i = 0; i < len; ++i) x[size_t(i)] = i == 0 ? 127.0f : float(i % 64) - 31.5f;
+    std::vector<int8_t> q0(static_cast<size_t>(len));
+    std::vector<int32_t> s0(static_cast<size_t>(len / 16));
+    const float d0 = variants[0].second(x.data(), len, q0.data(), s0.data());
+    for (const auto& [name, fn] : variants) {
+      std::vector<int8_t> q(static_cast<size_t>(len));
+      std::vector<int32_t> s(static_cast<size_t>(len / 16));
+      const float d = fn(x.data(), len, q.data(), s.data());
+      EXPECT_EQ(std::memcmp(&d, &d0, 4), 0) << name << " case " << c;
+      EXPECT_EQ(q, q0) << name << " case " << c;
+      EXPECT_EQ(s, s0) << name << " case " << c;
+      const float keep = x[size_t(len / 2)];
+      x[size_t(len / 2)] = std::nanf("");
+      EXPECT_THROW(fn(x.data(), len, q.data(), s.data()), Error) << name;
+      x[size_t(len / 2)] = keep;
+    }
+  }
 }
 
 TEST(KqGemv, BadInputIsAnError) {

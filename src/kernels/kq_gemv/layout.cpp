@@ -325,8 +325,8 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* dat
 namespace {
 
 // Per block of `len` values (a multiple of 16): scale = amax / 127, q = round-to-nearest-even(x * (127 / amax)),
-// |q| <= 127; sums[i] = sum of q[16 i .. 16 i + 15]. The AVX-512 version computes the same bits (same fp32 products,
-// the same rounding).
+// |q| <= 127; sums[i] = sum of q[16 i .. 16 i + 15]. The AVX-512 and AVX2 versions compute the same bits (same fp32
+// products, the same rounding).
 float quantize_block_scalar(const float* x, int len, int8_t* q, int32_t* sums) {
   float amax = 0;
   bool finite = true;
@@ -370,14 +370,60 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block_avx512(const fl
   return amax / 127.0f;
 }
 
+// The same bits on AVX2 (CPUs without AVX-512; GENESIS_MAX_ISA=avx2).
+__attribute__((target("avx2"))) float quantize_block_avx2(const float* x, int len, int8_t* q, int32_t* sums) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  __m256 bad = _mm256_setzero_ps();
+  for (int i = 0; i < len; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));  // inf, NaN
+  }
+  if (_mm256_movemask_ps(bad) != 0) fail("kq_gemv: activations hold a non-finite value");
+  alignas(32) float mm[8];
+  _mm256_store_ps(mm, m);
+  float amax = 0;
+  for (float v : mm) amax = std::max(amax, v);
+  const __m256 inv = _mm256_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+  for (int i = 0; i < len; i += 16) {  // nearest even (MXCSR default), as nearbyint
+    __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    __m256i v1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv));
+    v0 = _mm256_min_epi32(_mm256_max_epi32(v0, lo), hi);
+    v1 = _mm256_min_epi32(_mm256_max_epi32(v1, lo), hi);
+    alignas(32) int32_t s8[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(s8), _mm256_add_epi32(v0, v1));
+    int32_t sum = 0;
+    for (int32_t v : s8) sum += v;
+    sums[i / 16] = sum;
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8);  // 16 words in order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
+                     _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+  }
+  _mm256_zeroupper();
+  return amax / 127.0f;
+}
+
 using BlockFn = float (*)(const float*, int, int8_t*, int32_t*);
 
 BlockFn block_fn() {
-  static const BlockFn f = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw)
-                               ? quantize_block_avx512
-                               : quantize_block_scalar;
+  static const BlockFn f = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) ? quantize_block_avx512
+                           : cpu::mayiuse(cpu::Isa::avx2)                                      ? quantize_block_avx2
+                                                                                                : quantize_block_scalar;
   return f;
 }
+
+}  // namespace
+
+std::vector<std::pair<const char*, layout::QuantizeBlockFn>> layout::quantize_block_variants() {
+  std::vector<std::pair<const char*, layout::QuantizeBlockFn>> v = {{"scalar", quantize_block_scalar}};
+  if (cpu::mayiuse(cpu::Isa::avx2)) v.emplace_back("avx2", quantize_block_avx2);
+  if (cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw)) v.emplace_back("avx512", quantize_block_avx512);
+  return v;
+}
+
+namespace {
 
 // One unit of one activation row into its record; `x` holds unit_cols values (zero-padded by the caller).
 void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "kernels/kq_gemv/kq_gemv.h"
 
@@ -30,6 +32,11 @@ inline constexpr int kXScale = 304; // K: float scale
 inline constexpr int kXCorr = 128;  // legacy: int32[4] offset corrections -off * sum(q_b)
 inline constexpr int kXDx = 192;    // legacy: float[16], lane l = scale of block l % 4
 inline constexpr int kXSx = 256;    // legacy: float[16], lanes 0..3 = scale_b * sum(q_b) (Q4_1), others 0
+
+// The activation quantizer's block function: scale = amax / 127, q = round-to-nearest-even(x * 127 / amax) in
+// -127..127, sums of 16; the variants this CPU runs (scalar, avx2, avx512), which compute the same bits.
+using QuantizeBlockFn = float (*)(const float* x, int len, int8_t* q, int32_t* sums16);
+std::vector<std::pair<const char*, QuantizeBlockFn>> quantize_block_variants();
 
 // Element (within the unit) whose code sits at kernel byte j (0..255 K, 0..127 legacy) of a unit.
 int element_of(Format f, int j);

@@ -173,47 +173,7 @@ class Builder {
       }
   }
 
-  void apply_genome(std::vector<Instr>& body) const {
-    const Genome& g = c_.genome;
-    for (auto i : g.alt) {
-      if (i >= body.size() || !jit::has_alternative(body[i]))
-        fail("nf4_gemv: genome {} replaces body instruction {}, which {}", kernel_id(g), i,
-             i >= body.size() ? fmt::format("does not exist (the body has {})", body.size())
-                              : fmt::format("({}) has no same-class equivalent", body[i].text()));
-      body[i] = jit::alternative(body[i]);
-    }
-    if (!g.order.empty()) {
-      std::string why;
-      if (!jit::is_legal_order(body, g.order, &why))
-        fail("nf4_gemv: genome {} has an illegal order for this body ({} instructions): {}", kernel_id(g),
-             body.size(), why);
-      std::vector<Instr> re;
-      re.reserve(body.size());
-      for (auto i : g.order) re.push_back(body[i]);
-      body = std::move(re);
-    }
-    if (g.hints.empty()) return;
-    std::vector<Hint> hints = g.hints;
-    std::stable_sort(hints.begin(), hints.end(), [](const Hint& a, const Hint& b) { return a.pos < b.pos; });
-    std::vector<Instr> out;
-    size_t h = 0;
-    for (size_t p = 0; p <= body.size(); ++p) {
-      for (; h < hints.size() && size_t(hints[h].pos) == p; ++h) {
-        const Hint& x = hints[h];
-        if (x.kind == HintKind::nop) {
-          out.push_back(jit::make_nop(x.offset));
-        } else {
-          const int base = x.stream == Stream::activations ? kXReg : x.stream == Stream::scales ? kW[c_.R - 1] : kW[0];
-          out.push_back(jit::make_hint(prefetch_op(x.kind), mem(base, x.offset, -1)));
-        }
-      }
-      if (p < body.size()) out.push_back(body[p]);
-    }
-    if (h < hints.size())
-      fail("nf4_gemv: genome {} has a hint at position {} past the body's end ({})", kernel_id(g), hints[h].pos,
-           body.size());
-    body = std::move(out);
-  }
+  void apply_genome(std::vector<Instr>& body) const { nf4_gemv::apply_genome(c_.genome, body, kW[0], kW[c_.R - 1], kXReg); }
 
   std::vector<Instr> hot_body() const {
     std::vector<Instr> b;
@@ -364,7 +324,49 @@ class Builder {
 
 }  // namespace
 
+void apply_genome(const Genome& g, std::vector<Instr>& body, int w_first, int w_last, int x_reg) {
+  for (auto i : g.alt) {
+    if (i >= body.size() || !jit::has_alternative(body[i]))
+      fail("nf4_gemv: genome {} replaces body instruction {}, which {}", kernel_id(g), i,
+           i >= body.size() ? fmt::format("does not exist (the body has {})", body.size())
+                            : fmt::format("({}) has no same-class equivalent", body[i].text()));
+    body[i] = jit::alternative(body[i]);
+  }
+  if (!g.order.empty()) {
+    std::string why;
+    if (!jit::is_legal_order(body, g.order, &why))
+      fail("nf4_gemv: genome {} has an illegal order for this body ({} instructions): {}", kernel_id(g),
+           body.size(), why);
+    std::vector<Instr> re;
+    re.reserve(body.size());
+    for (auto i : g.order) re.push_back(body[i]);
+    body = std::move(re);
+  }
+  if (g.hints.empty()) return;
+  std::vector<Hint> hints = g.hints;
+  std::stable_sort(hints.begin(), hints.end(), [](const Hint& a, const Hint& b) { return a.pos < b.pos; });
+  std::vector<Instr> out;
+  size_t h = 0;
+  for (size_t p = 0; p <= body.size(); ++p) {
+    for (; h < hints.size() && size_t(hints[h].pos) == p; ++h) {
+      const Hint& x = hints[h];
+      if (x.kind == HintKind::nop) {
+        out.push_back(jit::make_nop(x.offset));
+      } else {
+        const int base = x.stream == Stream::activations ? x_reg : x.stream == Stream::scales ? w_last : w_first;
+        out.push_back(jit::make_hint(prefetch_op(x.kind), mem(base, x.offset, -1)));
+      }
+    }
+    if (p < body.size()) out.push_back(body[p]);
+  }
+  if (h < hints.size())
+    fail("nf4_gemv: genome {} has a hint at position {} past the body's end ({})", kernel_id(g), hints[h].pos,
+         body.size());
+  body = std::move(out);
+}
+
 std::vector<jit::Instr> canonical_body(const Conf& conf) {
+  if (is_avx2_jit(conf.path)) return canonical_body_avx2(conf);
   Conf plain = conf;
   plain.genome.order.clear();
   plain.genome.hints.clear();
@@ -372,6 +374,6 @@ std::vector<jit::Instr> canonical_body(const Conf& conf) {
   return Builder(plain).hot_body();
 }
 
-jit::Program build(const Conf& conf) { return Builder(conf).program(); }
+jit::Program build(const Conf& conf) { return is_avx2_jit(conf.path) ? build_avx2(conf) : Builder(conf).program(); }
 
 }  // namespace genesis::kernels::nf4_gemv

@@ -18,6 +18,9 @@ bool isa_supports(const cpu::IsaSet& isa, Path p) {
     case Path::avx512_fp32: return isa.has(Isa::avx512f);
     case Path::avx512_bf16: return isa.has(Isa::avx512f) && isa.has(Isa::avx512bw) && isa.has(Isa::avx512bf16);
     case Path::avx512_vnni: return isa.has(Isa::avx512f) && isa.has(Isa::avx512bw) && isa.has(Isa::avx512vnni);
+    case Path::avx2_int8: return isa.has(Isa::avx2) && isa.has(Isa::fma);
+    // AVX-VNNI is not in IsaSet (cpu/isa.h): asked of this host, under its GENESIS_MAX_ISA
+    case Path::avx2_vnni: return isa.has(Isa::avx2) && isa.has(Isa::fma) && cpu::mayiuse_avx_vnni();
   }
   return false;
 }
@@ -40,6 +43,7 @@ Conf make_conf(const Problem& problem, const Genome& genome, const cpu::IsaSet& 
   if (problem.tokens < 1 || problem.tokens > kMaxTokens)
     fail("nf4_gemv: {} tokens requested; a kernel handles 1..{}", problem.tokens, kMaxTokens);
   quant::check_nf4_blocksize(problem.blocksize);
+  if (is_avx2_jit(genome.path)) return make_conf_avx2(problem, genome);
 
   Conf c;
   c.problem = problem;

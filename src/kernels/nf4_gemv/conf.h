@@ -29,6 +29,7 @@ struct KernelArgs {
   int64_t n_blocks = 0;
   float* scratch = nullptr;      // R * tokens * 16 floats when accumulators live in memory
   const void* consts = nullptr;  // lookup tables and masks (family-owned, 64-byte aligned)
+  int64_t rewind = 0;            // -group_bytes: the AVX2 kernels' token passes go back to the tile's first block
 };
 
 struct Conf {
@@ -55,6 +56,9 @@ struct Conf {
   std::vector<int> xb;    // [t * 2 + half] when bcast_reg
   std::vector<int> temps; // [set * 2 + j]
   int vregs_used = 0;
+  // AVX2 paths (ymm: a 16-row group is two halves of 8 rows; 16 registers): tokens per pass over a tile (the
+  // kernel makes tokens / pass_tokens passes, re-reading the tile's weights from cache)
+  int pass_tokens = 0;
   std::string id;         // kernel_id(genome) + tokens + blocksize: the code-cache key and dump name
   std::string describe() const;
 };
@@ -68,6 +72,15 @@ std::vector<jit::Instr> canonical_body(const Conf& conf);
 
 // The whole kernel with the genome's order and hints applied. Throws genesis::Error for an illegal order.
 jit::Program build(const Conf& conf);
+
+// build_avx2.cpp: the same three for avx2int8 / avx2vnni (make_conf, canonical_body and build dispatch there).
+Conf make_conf_avx2(const Problem& problem, const Genome& genome);
+std::vector<jit::Instr> canonical_body_avx2(const Conf& conf);
+jit::Program build_avx2(const Conf& conf);
+
+// The genome's same-class replacements, order (checked by jit::is_legal_order) and hints applied to a canonical
+// body; hints point into the weights (w_first), the scales (w_last) or the activations (x_reg).
+void apply_genome(const Genome& g, std::vector<jit::Instr>& body, int w_first, int w_last, int x_reg);
 
 // The ISA bits a path needs, and whether this set has them.
 bool isa_supports(const cpu::IsaSet& isa, Path p);

@@ -22,6 +22,8 @@ struct alignas(64) Consts {
   uint8_t i8_tab[64];     // round(127 * code) + 128 as u8, by index & 15: serves vpshufb (per 16-byte lane, 4-bit
                           // index) and vpermb (64 entries, 6-bit index) alike
   uint8_t mask[64];       // 0x0F
+  int8_t i8s_tab[32];     // round(127 * code) as s8, by index & 15 (avx2int8: vpshufb per 16-byte lane)
+  int16_t ones16[16];     // avx2int8: vpmaddwd pairs -> dwords
 };
 
 Consts make_consts() {
@@ -30,6 +32,8 @@ Consts make_consts() {
   for (int i = 0; i < 32; ++i) c.bf16_tab[i] = quant::f32_to_bf16(quant::kNf4Codes[size_t(i & 15)]);
   for (int i = 0; i < 64; ++i) c.i8_tab[i] = uint8_t(int8_code(i & 15) + 128);
   std::memset(c.mask, 0x0F, sizeof(c.mask));
+  for (int i = 0; i < 32; ++i) c.i8s_tab[i] = int8_t(int8_code(i & 15));
+  for (int i = 0; i < 16; ++i) c.ones16[i] = 1;
   return c;
 }
 
@@ -44,15 +48,19 @@ const void* kernel_constants() {
 size_t consts_table_offset(Path p) {
   switch (p) {
     case Path::avx512_bf16: return offsetof(Consts, bf16_tab);
-    case Path::avx512_vnni: return offsetof(Consts, i8_tab);
+    case Path::avx512_vnni:
+    case Path::avx2_vnni: return offsetof(Consts, i8_tab);
+    case Path::avx2_int8: return offsetof(Consts, i8s_tab);
     default: return offsetof(Consts, fp32_tab);
   }
 }
 size_t consts_mask_offset() { return offsetof(Consts, mask); }
+size_t consts_ones16_offset() { return offsetof(Consts, ones16); }
 
 std::vector<Path> available_paths() {
   std::vector<Path> out;
-  for (Path p : {Path::avx512_vnni, Path::avx512_bf16, Path::avx512_fp32, Path::avx2, Path::scalar})
+  for (Path p : {Path::avx512_vnni, Path::avx512_bf16, Path::avx512_fp32, Path::avx2_vnni, Path::avx2_int8, Path::avx2,
+                 Path::scalar})
     if (isa_supports(cpu::host_isa(), p)) out.push_back(p);
   return out;
 }
@@ -112,7 +120,9 @@ double error_bound(Path p, const quant::Nf4Matrix& w, const float* x, int64_t m,
     case Path::avx2:
     case Path::avx512_fp32: return 1.01 * chain * u * S + 1e-30;
     case Path::avx512_bf16: return 1.01 * ((1.0 / 256 + 1.0 / 65536) * S + 2 * chain * u * S) + double(K) * 1e-36;
-    case Path::avx512_vnni: return 1.05 * q + 4 * chain * u * S2 + 1e-30;
+    case Path::avx512_vnni:
+    case Path::avx2_int8:
+    case Path::avx2_vnni: return 1.05 * q + 4 * chain * u * S2 + 1e-30;
   }
   return 0;
 }
@@ -127,6 +137,8 @@ std::string error_bound_text(Path p) {
       return "|y - ref| <= 1.01 ((2^-8 + 2^-16) + 2 (blocksize + K/blocksize + 4) 2^-24) sum|w x| "
              "(codes and activations rounded to bf16)";
     case Path::avx512_vnni:
+    case Path::avx2_int8:
+    case Path::avx2_vnni:
       return fmt::format(
           "|y - ref| <= 1.05 sum_k absmax (e_w |x_k| + (|code_k| + e_w) s_b / 2) + fp32 terms, with e_w = {:.5f} "
           "(codes as round(127 code)/127) and s_b = max|x in block| / 127 (activations as int8)",
@@ -137,8 +149,11 @@ std::string error_bound_text(Path p) {
 
 std::vector<PathInfo> path_info() {
   std::vector<PathInfo> out;
-  for (Path p : {Path::avx512_vnni, Path::avx512_bf16, Path::avx512_fp32, Path::avx2, Path::scalar}) {
+  for (Path p : {Path::avx512_vnni, Path::avx512_bf16, Path::avx512_fp32, Path::avx2_vnni, Path::avx2_int8, Path::avx2,
+                 Path::scalar}) {
     const char* needs = p == Path::avx512_vnni   ? "AVX512-F/BW/VNNI (JIT)"
+                        : p == Path::avx2_vnni   ? "AVX2+FMA+AVX-VNNI (JIT)"
+                        : p == Path::avx2_int8   ? "AVX2+FMA (JIT)"
                         : p == Path::avx512_bf16 ? "AVX512-F/BW/BF16 (JIT)"
                         : p == Path::avx512_fp32 ? "AVX512-F (JIT)"
                         : p == Path::avx2        ? "AVX2+FMA (compiled)"
@@ -151,7 +166,7 @@ std::vector<PathInfo> path_info() {
 double bytes_moved(const Problem& pr, Path p) {
   const double groups = double((pr.M + kGroupRows - 1) / kGroupRows);
   const double weights = groups * double(pr.K / pr.blocksize) * (8.0 * pr.blocksize + 64.0);
-  const double x_elem = p == Path::avx512_vnni ? 1.0 : p == Path::avx512_bf16 ? 2.0 : 4.0;
+  const double x_elem = int8_layout(p) ? 1.0 : p == Path::avx512_bf16 ? 2.0 : 4.0;
   return weights + double(pr.tokens) * (double(pr.K) * x_elem + double(pr.M) * 4.0);
 }
 

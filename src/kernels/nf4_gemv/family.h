@@ -16,5 +16,6 @@ int k_per_step(Path p);           // k values per step of the packed layout: 2, 
 const void* kernel_constants();
 size_t consts_table_offset(Path p);
 size_t consts_mask_offset();
+size_t consts_ones16_offset();  // 16 int16 ones
 
 }  // namespace genesis::kernels::nf4_gemv

@@ -13,7 +13,8 @@
 namespace genesis::kernels::nf4_gemv {
 
 namespace {
-constexpr std::string_view kPathNames[] = {"scalar", "avx2", "avx512fp32", "avx512bf16", "avx512vnni"};
+constexpr std::string_view kPathNames[] = {"scalar",     "avx2",     "avx512fp32", "avx512bf16",
+                                           "avx512vnni", "avx2int8", "avx2vnni"};
 constexpr std::string_view kHintNames[] = {"t0", "t1", "t2", "nta", "nop"};
 constexpr std::string_view kStreamNames[] = {"w", "s", "x"};
 constexpr std::string_view kFaultNames[] = {"none", "wrong_result", "crash", "hang", "illegal_instruction"};
@@ -54,7 +55,9 @@ std::optional<Path> parse_path(std::string_view name) {
     if (kPathNames[i] == name) return Path(i);
   return std::nullopt;
 }
-bool path_is_jit(Path p) { return p == Path::avx512_fp32 || p == Path::avx512_bf16 || p == Path::avx512_vnni; }
+bool path_is_jit(Path p) {
+  return p == Path::avx512_fp32 || p == Path::avx512_bf16 || p == Path::avx512_vnni || is_avx2_jit(p);
+}
 std::string_view hint_name(HintKind k) { return kHintNames[int(k)]; }
 
 Genome Genome::baseline(Path p) {
@@ -77,6 +80,8 @@ Genome Genome::baseline(Path p) {
       g.accs = 2;
       g.unroll = 8;
       break;
+    case Path::avx2_int8:
+    case Path::avx2_vnni:
     case Path::avx512_vnni:  // step = 8 k (64 bytes); one whole block per iteration
       g.row_groups = 1;
       g.accs = 2;

@@ -18,9 +18,15 @@ enum class Path : uint8_t {
   avx512_fp32,  // JIT: codes through a register table (vpermps), fp32 FMA — exact fp32
   avx512_bf16,  // JIT: codes to bf16 (vpermw), activations rounded to bf16, vdpbf16ps
   avx512_vnni,  // JIT: codes to int8 round(127*code) (vpshufb), activations int8 per block, vpdpbusd
+  // appended (values are stored ids): the int8 layout and activations of avx512_vnni in ymm registers, VEX only
+  avx2_int8,    // JIT, AVX2+FMA: signed codes (vpshufb), vpsignb + vpmaddubsw + vpmaddwd
+  avx2_vnni,    // JIT, AVX2+FMA+AVX-VNNI: u8 codes as avx512_vnni, {vex} vpdpbusd
 };
-inline constexpr Path kAllPaths[] = {Path::scalar, Path::avx2, Path::avx512_fp32, Path::avx512_bf16,
-                                     Path::avx512_vnni};
+inline constexpr Path kAllPaths[] = {Path::scalar,      Path::avx2,      Path::avx512_fp32, Path::avx512_bf16,
+                                     Path::avx512_vnni, Path::avx2_int8, Path::avx2_vnni};
+// Paths on the int8 layout (8 k per step) with int8 activations per block.
+inline bool int8_layout(Path p) { return p == Path::avx512_vnni || p == Path::avx2_int8 || p == Path::avx2_vnni; }
+inline bool is_avx2_jit(Path p) { return p == Path::avx2_int8 || p == Path::avx2_vnni; }
 
 std::string_view path_name(Path p);                     // "scalar", "avx2", "avx512fp32", "avx512bf16", "avx512vnni"
 std::optional<Path> parse_path(std::string_view name);  // nullopt for an unknown name

@@ -64,19 +64,56 @@ __attribute__((target("avx512f,avx512bw"))) void quantize_block_avx512(const flo
   *scale = a / 16129.0f;
 }
 
+// The same bits on AVX2 (the AVX2 JIT paths' CPUs). bs is a multiple of 32.
+__attribute__((target("avx2"))) void quantize_block_avx2(const float* x, int bs, int8_t* q, int32_t* corr,
+                                                         float* scale) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps();
+  for (int i = 0; i < bs; i += 8) m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)), m);
+  alignas(32) float mm[8];
+  _mm256_store_ps(mm, m);
+  float a = 0;
+  for (float v : mm) a = std::max(a, v);
+  if (a == 0) {
+    std::memset(q, 0, size_t(bs));
+    *corr = 0;
+    *scale = 0;
+    return;
+  }
+  const __m256 inv = _mm256_set1_ps(127.0f / a);
+  __m256i sum = _mm256_setzero_si256();
+  for (int i = 0; i < bs; i += 16) {  // round to nearest even (MXCSR default), as nearbyint
+    const __m256i v0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    const __m256i v1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8), inv));
+    sum = _mm256_add_epi32(sum, _mm256_add_epi32(v0, v1));
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8);  // 16 words in order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
+                     _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+  }
+  alignas(32) int32_t s8[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(s8), sum);
+  int32_t total = 0;
+  for (int32_t v : s8) total += v;
+  *corr = -128 * total;
+  *scale = a / 16129.0f;
+  _mm256_zeroupper();
+}
+
 void prepare_activations(Path path, const float* x, int T, int64_t K, int bs, PreparedActivations& out) {
   const int64_t nb = K / bs;
-  const size_t elem = path == Path::avx512_vnni ? 1 : path == Path::avx512_bf16 ? 2 : 4;
+  const size_t elem = int8_layout(path) ? 1 : path == Path::avx512_bf16 ? 2 : 4;
   const size_t need = size_t(nb) * size_t(T) * size_t(bs) * elem;
   if (out.data.size() < need) out.data = AlignedBuffer(need);
   out.path = path;
   out.tokens = T;
   out.K = K;
   out.blocksize = bs;
-  if (path == Path::avx512_vnni) {
+  if (int8_layout(path)) {
     const size_t aux = size_t(nb) * size_t(T) * 8;
     if (out.aux.size() < aux) out.aux = AlignedBuffer(aux);
     const bool wide = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw);
+    const auto quantize = wide ? quantize_block_avx512 : cpu::mayiuse(cpu::Isa::avx2) ? quantize_block_avx2
+                                                                                       : quantize_block_scalar;
     for (int64_t b = 0; b < nb; ++b)
       for (int t = 0; t < T; ++t) {
         const float* src = x + size_t(t) * size_t(K) + size_t(b * bs);
@@ -84,7 +121,7 @@ void prepare_activations(Path path, const float* x, int T, int64_t K, int bs, Pr
         uint8_t* a = out.aux.data() + (size_t(b) * size_t(T) + size_t(t)) * 8;
         int32_t corr;
         float scale;
-        (wide ? quantize_block_avx512 : quantize_block_scalar)(src, bs, q, &corr, &scale);
+        quantize(src, bs, q, &corr, &scale);
         std::memcpy(a, &corr, 4);
         std::memcpy(a + 4, &scale, 4);
       }
@@ -212,6 +249,7 @@ class JitKernel final : public KernelBase {
     a.n_blocks = w.blocks();
     a.scratch = reinterpret_cast<float*>(scratch.data());
     a.consts = kernel_constants();
+    a.rewind = -w.group_bytes();
     code.as<void (*)(const KernelArgs*)>()(&a);
   }
 

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -230,18 +232,58 @@ TEST(Nf4Gemv, UnavailablePathNamesThePossibleOnes) {
   }
 }
 
+// The int8 paths' prepared activations are the scalar formula's bits (q = nearbyint(x * 127 / amax), corr = -128 sum q,
+// scale = amax / 16129) whichever quantizer this CPU (or GENESIS_MAX_ISA: the capped ctest runs) uses.
+TEST(MaxIsa, Int8ActivationsAreTheScalarFormula) {
+  for (Path p : available_paths()) {
+    if (!int8_layout(p)) continue;
+    const int T = 3, bs = 64;
+    const int64_t K = 4 * bs;
+    std::mt19937 gen(5);
+    std::normal_distribution<float> nd;
+    std::vector<float> x(size_t(T * K));
+    for (auto& v : x) v = nd(gen);
+    for (int i = 0; i < bs; ++i) x[size_t(K + i)] = i == 0 ? 127.0f : float(i % 40) - 19.5f;  // .5 ties
+    for (int i = 0; i < bs; ++i) x[size_t(2 * K + bs + i)] = 0.0f;                            // an all-zero block
+    PreparedActivations xa;
+    get_kernel(Problem{16, K, T, bs}, Genome::baseline(p))->prepare(x.data(), K, xa);
+    for (int64_t b = 0; b < K / bs; ++b)
+      for (int t = 0; t < T; ++t) {
+        const float* src = x.data() + size_t(t * K + b * bs);
+        float a = 0;
+        for (int i = 0; i < bs; ++i) a = std::max(a, std::fabs(src[i]));
+        int32_t sum = 0;
+        const auto* q = reinterpret_cast<const int8_t*>(xa.data.data()) + size_t((b * T + t) * bs);
+        for (int i = 0; i < bs; ++i) {
+          const int v = a == 0 ? 0 : int(std::nearbyint(src[i] * (127.0f / a)));
+          ASSERT_EQ(int(q[i]), v) << path_name(p) << " block " << b << " token " << t << " i " << i;
+          sum += v;
+        }
+        int32_t corr;
+        float scale;
+        std::memcpy(&corr, xa.aux.data() + size_t((b * T + t) * 8), 4);
+        std::memcpy(&scale, xa.aux.data() + size_t((b * T + t) * 8 + 4), 4);
+        EXPECT_EQ(corr, -128 * sum);
+        EXPECT_EQ(scale, a / 16129.0f);
+      }
+  }
+}
+
 // Run by ctest with GENESIS_MAX_ISA=avx2 and =scalar: the capped paths are what remains, and they work.
 TEST(MaxIsa, FallbackPathsUnderCap) {
   const auto cap = env("GENESIS_MAX_ISA");
   if (!cap) GTEST_SKIP() << "GENESIS_MAX_ISA not set (ctest runs this with it)";
   const auto av = available_paths();
-  for (Path p : av) EXPECT_FALSE(path_is_jit(p)) << "path " << path_name(p) << " survived GENESIS_MAX_ISA=" << *cap;
+  for (Path p : av)  // only the AVX2 JIT paths (VEX, ymm) survive the cap among the generated ones
+    EXPECT_FALSE(path_is_jit(p) && !is_avx2_jit(p)) << "path " << path_name(p) << " survived GENESIS_MAX_ISA=" << *cap;
   if (*cap == "scalar") {
     ASSERT_EQ(av.size(), 1u);
     EXPECT_EQ(av[0], Path::scalar);
   }
   if (*cap == "avx2" && cpu::detect_isa().has(cpu::Isa::avx2)) {
-    EXPECT_EQ(best_path(), Path::avx2);
+    const bool fma = cpu::detect_isa().has(cpu::Isa::fma);
+    if (fma) EXPECT_EQ(best_path(), cpu::mayiuse_avx_vnni() ? Path::avx2_vnni : Path::avx2_int8);
+    EXPECT_NE(std::find(av.begin(), av.end(), Path::avx2), av.end());
   }
   for (Path p : av) {
     check(make_case(33, 256, 1, 64, 1), Genome::baseline(p));

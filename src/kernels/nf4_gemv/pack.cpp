@@ -51,7 +51,9 @@ PackedWeights PackedWeights::clone() const {
 int k_per_step(Path p) {
   switch (p) {
     case Path::avx512_bf16: return 4;
-    case Path::avx512_vnni: return 8;
+    case Path::avx512_vnni:
+    case Path::avx2_int8:
+    case Path::avx2_vnni: return 8;
     default: return 2;
   }
 }

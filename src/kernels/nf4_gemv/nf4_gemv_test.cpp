@@ -282,7 +282,9 @@ TEST(MaxIsa, FallbackPathsUnderCap) {
   }
   if (*cap == "avx2" && cpu::detect_isa().has(cpu::Isa::avx2)) {
     const bool fma = cpu::detect_isa().has(cpu::Isa::fma);
-    if (fma) EXPECT_EQ(best_path(), cpu::mayiuse_avx_vnni() ? Path::avx2_vnni : Path::avx2_int8);
+    if (fma) {
+      EXPECT_EQ(best_path(), cpu::mayiuse_avx_vnni() ? Path::avx2_vnni : Path::avx2_int8);
+    }
     EXPECT_NE(std::find(av.begin(), av.end(), Path::avx2), av.end());
   }
   for (Path p : av) {

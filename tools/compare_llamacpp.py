@@ -4,12 +4,12 @@
   1. tokenization: the ids of a set of texts (genesis tokenize vs llama.cpp's tokenizer);
   2. greedy generation: for each prompt, how many of the first N tokens agree, and where they part, the top-2 margin
      of each side (a divergence at a near-tie is numerics: llama.cpp quantizes activations to 8 bits in its
-     quantized dot products, Genesis keeps them in fp32 / bf16);
+     quantized dot products, as Genesis's default does; --dense f32 keeps them in fp32);
   3. perplexity over a fixed text, chunked the same way (genesis perplexity vs llama.cpp logits);
   4. decode (and prefill) tokens/s with the same thread count and token ids, back to back, alternating, repeated
      (genesis bench model against llama.cpp's eval).
 
-Genesis is run twice: as by default (quantized non-expert matrices dequantized to bf16, experts re-quantized to NF4),
+Genesis is run twice: as by default (the file's blocks as stored on the kq_gemv kernels, int8 activations as llama.cpp),
 and with --dense f32 --experts f32 (the GGUF weights exactly as dequantized). Speed: the default, and each extra
 --speed-dense mode (e.g. nf4: the file's 4-6 bit non-expert matrices as NF4 too).
 
@@ -146,7 +146,7 @@ def main():
     ap.add_argument("--speed-prompt", type=int, default=64, help="prompt tokens before the timed decode steps")
     ap.add_argument("--speed-repeats", type=int, default=3)
     ap.add_argument("--speed-dense", default="nf4,keep-quant",
-                    help="genesis variants timed besides --dense bf16: --dense modes, or keep-quant (comma-separated)")
+                    help="genesis variants timed besides its defaults: --dense modes, or keep-quant (comma-separated)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: tokenizer,greedy,ppl,speed")
     ap.add_argument("--transformers", action="store_true",
                     help="also run the greedy prompts through transformers' GGUF loader (needs torch, transformers)")
@@ -264,9 +264,10 @@ def main():
         del llm
         import gc
         import random
-        modes = ["bf16"] + [m for m in args.speed_dense.split(",") if m and m != "bf16"]
-        flags = {m: (["--keep-quant"] if m == "keep-quant" else ["--dense", m]) for m in modes}
-        label = {m: "genesis " + " ".join(flags[m]) for m in modes}
+        modes = ["default"] + [m for m in args.speed_dense.split(",") if m and m != "default"]
+        flags = {m: ([] if m == "default" else ["--keep-quant"] if m == "keep-quant" else ["--dense", m])
+                 for m in modes}
+        label = {m: "genesis " + (" ".join(flags[m]) or "(defaults)") for m in modes}
         runs = {"llama.cpp": [], **{label[m]: [] for m in modes}}
         ids = None
         for _ in range(args.speed_repeats):

@@ -169,10 +169,25 @@ TEST(FuzzReplay, GgufModelInputs) {
       } catch (const Error&) {
       }
       ModelConfig c = parse_config(gguf_config_json(*f), p.string());
+      // The defaults (the blocks as stored on kq_gemv) first, errors allowed; then --keep-quant (read_ggml +
+      // ggml_gemv on hostile blocks), whose load decides the result.
+      try {
+        LoadOptions stored;
+        stored.use_kb = false;
+        set_dense_mode("stored", stored);
+        set_expert_mode("stored", stored);
+        auto src = gguf_tensor_source(f, c, true);
+        auto m = Model::from_source(c, *src, stored, p.string());
+        Session s(*m, 4, nullptr);
+        const int32_t t = 0;
+        std::vector<float> logits(size_t(c.vocab_size));
+        s.forward(std::span<const int32_t>(&t, 1), logits.data());
+      } catch (const Error&) {
+      }
       LoadOptions opt;
       opt.experts = ExpertMode::f32;
       opt.use_kb = false;
-      opt.keep_quant = true;  // read_ggml + ggml_gemv on hostile blocks
+      opt.keep_quant = true;
       auto src = gguf_tensor_source(f, c, true);
       auto m = Model::from_source(c, *src, opt, p.string());
       Session s(*m, 4, nullptr);

@@ -89,8 +89,9 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
   TimingOptions topt;
   topt.samples = opt.samples;
 
-  for (auto [M, K] : opt.shapes)
+  for (const auto& shape : opt.shapes)
     for (int T : opt.tokens) {
+      const int64_t M = shape.first, K = shape.second;  // named copies: the lambdas below capture them
       if (T < 1 || T > kMaxRows) fail("bench: {} tokens; 1..{} possible", T, kMaxRows);
       const auto stored = random_stored(opt.format, M, K, uint64_t(M * 131 + K));
       std::vector<float> x(size_t(T * K));

@@ -7,6 +7,8 @@
 #include <array>
 #include <cassert>
 
+#include "common/error.h"
+
 namespace genesis::jit {
 namespace {
 
@@ -422,6 +424,17 @@ bool is_legal_order(std::span<const Instr> body, std::span<const uint16_t> order
         return false;
       }
   return true;
+}
+
+void apply_order(std::vector<Instr>& body, std::span<const uint16_t> order, const std::string& what) {
+  if (order.empty()) return;
+  std::string why;
+  if (!is_legal_order(body, order, &why))
+    fail("{}: illegal order for this body ({} instructions): {}", what, body.size(), why);
+  std::vector<Instr> re;
+  re.reserve(body.size());
+  for (auto i : order) re.push_back(body[i]);
+  body = std::move(re);
 }
 
 }  // namespace genesis::jit

@@ -144,6 +144,9 @@ DepGraph def_use(std::span<const Instr> body);
 // order[p] = index (in body) of the instruction placed at position p. Legal iff it is a permutation and keeps
 // every edge of def_use(body). `why` names the first violated edge.
 bool is_legal_order(std::span<const Instr> body, std::span<const uint16_t> order, std::string* why = nullptr);
+// body permuted by a legal order (empty: unchanged); an illegal one is a genesis::Error "<what>: illegal order for
+// this body (n instructions): <why>" (what names the kernel).
+void apply_order(std::vector<Instr>& body, std::span<const uint16_t> order, const std::string& what);
 
 // A whole kernel: straight-line code with loop markers; [hot_begin, hot_end) is the innermost loop's body — the
 // region a genome may reorder and insert hints into.

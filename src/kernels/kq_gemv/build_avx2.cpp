@@ -276,15 +276,7 @@ class Builder2 {
   }
 
   void apply_order(std::vector<Instr>& body) const {
-    const auto& order = c_.genome.order;
-    if (order.empty()) return;
-    std::string why;
-    if (!jit::is_legal_order(body, order, &why))
-      fail("kq_gemv: genome order is illegal for {} ({} instructions): {}", c_.id, body.size(), why);
-    std::vector<Instr> re;
-    re.reserve(body.size());
-    for (auto i : order) re.push_back(body[i]);
-    body = std::move(re);
+    jit::apply_order(body, c_.genome.order, "kq_gemv: genome of " + c_.id);
   }
 
   jit::Program program() const {

@@ -332,16 +332,7 @@ void apply_genome(const Genome& g, std::vector<Instr>& body, int w_first, int w_
                             : fmt::format("({}) has no same-class equivalent", body[i].text()));
     body[i] = jit::alternative(body[i]);
   }
-  if (!g.order.empty()) {
-    std::string why;
-    if (!jit::is_legal_order(body, g.order, &why))
-      fail("nf4_gemv: genome {} has an illegal order for this body ({} instructions): {}", kernel_id(g),
-           body.size(), why);
-    std::vector<Instr> re;
-    re.reserve(body.size());
-    for (auto i : g.order) re.push_back(body[i]);
-    body = std::move(re);
-  }
+  jit::apply_order(body, g.order, fmt::format("nf4_gemv: genome {}", kernel_id(g)));
   if (g.hints.empty()) return;
   std::vector<Hint> hints = g.hints;
   std::stable_sort(hints.begin(), hints.end(), [](const Hint& a, const Hint& b) { return a.pos < b.pos; });

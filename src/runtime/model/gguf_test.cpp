@@ -46,6 +46,14 @@ std::vector<int32_t> argmax_rows(const std::vector<float>& l, size_t vocab) {
   return out;
 }
 
+// The approximate paths may move a near-tie: the argmax of every position but one agrees with the reference's.
+void expect_argmax_agrees(const std::vector<float>& logits, const std::vector<float>& want, size_t vocab) {
+  const auto a = argmax_rows(logits, vocab), b = argmax_rows(want, vocab);
+  int agree = 0;
+  for (size_t i = 0; i < a.size(); ++i) agree += a[i] == b[i];
+  EXPECT_GE(agree, int(a.size()) - 1) << "argmax agrees at " << agree << " of " << a.size() << " positions";
+}
+
 struct Case {
   const char* name;
   const char* arch;  // Arch name after mapping
@@ -166,10 +174,7 @@ TEST_P(GgufModel, DefaultPathIsCloseToTransformers) {
               lm.model->expert_description().c_str(), d);
   EXPECT_LE(d, 3e-2 * c.amplification);
   const size_t V = size_t(lm.model->config().vocab_size);
-  const auto a = argmax_rows(logits, V), b = argmax_rows(want, V);
-  int agree = 0;
-  for (size_t i = 0; i < a.size(); ++i) agree += a[i] == b[i];
-  EXPECT_GE(agree, int(a.size()) - 1) << "argmax agrees at " << agree << " of " << a.size() << " positions";
+  expect_argmax_agrees(logits, want, V);
 }
 
 // --dense q8: every block-quantized non-expert matrix and the embedding as int8 blocks (q8_gemv, int8 activations
@@ -195,10 +200,7 @@ TEST_P(GgufModel, Q8DenseIsCloseToTransformers) {
   // GPL-3 text moved from 18.3087 (bf16) to 18.2483.
   EXPECT_LE(d, 5e-2 * c.amplification);
   const size_t V = size_t(lm.model->config().vocab_size);
-  const auto a = argmax_rows(logits, V), b = argmax_rows(ref.at("logits_f32").get<std::vector<float>>(), V);
-  int agree = 0;
-  for (size_t i = 0; i < a.size(); ++i) agree += a[i] == b[i];
-  EXPECT_GE(agree, int(a.size()) - 1) << "argmax agrees at " << agree << " of " << a.size() << " positions";
+  expect_argmax_agrees(logits, ref.at("logits_f32").get<std::vector<float>>(), V);
 }
 
 // --dense stored --experts stored: every matrix in a format kq_gemv runs stays as the file stores it, on the JIT
@@ -230,10 +232,7 @@ TEST_P(GgufModel, StoredIsCloseToTransformers) {
               lm.model->expert_description().c_str(), d);
   EXPECT_LE(d, 5e-2 * c.amplification);
   const size_t V = size_t(lm.model->config().vocab_size);
-  const auto a = argmax_rows(logits, V), b = argmax_rows(want, V);
-  int agree = 0;
-  for (size_t i = 0; i < a.size(); ++i) agree += a[i] == b[i];
-  EXPECT_GE(agree, int(a.size()) - 1) << "argmax agrees at " << agree << " of " << a.size() << " positions";
+  expect_argmax_agrees(logits, want, V);
   std::vector<float> each(logits.size());
   for (size_t i = 0; i < tokens.size(); ++i) one.forward(std::span<const int32_t>(&tokens[i], 1), &each[i * V]);
   const double e = max_rel_diff(each, logits);

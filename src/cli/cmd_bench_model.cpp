@@ -39,6 +39,10 @@ void run(Args& a) {
   const double gib = double(1u << 30);
   fmt::print("model        {}\n             {}\nexperts      {}\ndense        {}\n", j["model"].get<std::string>(),
              j["config"].get<std::string>(), j["experts"].get<std::string>(), j["dense"].get<std::string>());
+  if (j.contains("gpu"))
+    fmt::print("gpu          {}\n             VRAM held {:.2f} GiB (weights {:.2f} GiB, KV cache and scratch the rest)\n",
+               j["gpu"].get<std::string>(), j["vram_bytes"].get<double>() / gib,
+               j["gpu_weight_bytes"].get<double>() / gib);
   fmt::print("load         {:.1f} s, peak memory {:.2f} GiB = {:.2f}x the weights held ({:.2f} GiB experts + "
              "{:.2f} GiB dense)\n",
              j["load_s"].get<double>(), j["peak_rss_bytes"].get<double>() / gib,
@@ -50,9 +54,9 @@ void run(Args& a) {
              "of the time)\n",
              j["decode_tps"].get<double>(), j["decode_ms_median"].get<double>(), j["decode_ms_iqr"].get<double>(),
              j["decode_tokens"].get<int>(), j["threads"].get<int>(), 100 * j["decode_expert_fraction"].get<double>());
-  fmt::print("bound        {:.1f} MB/token at {:.1f} GB/s ({}) = {:.2f} tokens/s; decode reaches {:.0f}% of it "
+  fmt::print("bound        {}{:.1f} MB/token at {:.1f} GB/s ({}) = {:.2f} tokens/s; decode reaches {:.0f}% of it "
              "({:.1f} GB/s)\n",
-             j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
+             j.contains("gpu") ? "CPU experts: " : "", j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
              j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
              100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
   if (j.contains("streams"))
@@ -68,7 +72,7 @@ void run(Args& a) {
   const auto& pp = j["profile"]["prefill"];
   fmt::print("profile      ms/token        decode   prefill\n");
   for (const char* op : {"attention", "delta_rule", "dense", "router", "experts_gate_up", "experts_down",
-                         "elementwise", "logits", "barrier", "total"}) {
+                         "elementwise", "logits", "barrier", "gpu", "total"}) {
     const double d = pd[op].get<double>(), p = pp[op].get<double>();
     const double dt = pd["total"].get<double>(), ptot = pp["total"].get<double>();
     fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%\n", op, d, dt > 0 ? 100 * d / dt : 0.0, p,
@@ -103,6 +107,10 @@ void setup(CLI::App& app) {
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
+  c->add_flag("--gpu", a->o.load.gpu, genesis::cli::kGpuHelp);
+  c->add_option("--gpu-device", a->o.load.gpu_device, "CUDA device for --gpu (default 0)")
+      ->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-defer", a->o.load.gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
   c->add_option("--json", a->json_file, "also write the record as JSON to FILE");

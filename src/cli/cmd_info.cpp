@@ -7,6 +7,7 @@
 #include "cpu/isa.h"
 #include "cpu/report.h"
 #include "kernels/family.h"
+#include "runtime/model/gpu.h"
 
 extern "C" char* openblas_get_corename();  // OpenBLAS (also in its cblas.h)
 
@@ -74,6 +75,9 @@ void print_table(const nlohmann::json& r) {
   const auto& p = r["pool_overhead_us"];
   row("empty run()",
       fmt::format("{:.2f} us median, {} threads", p["median_us"].get<double>(), p["threads"].get<int>()));
+
+  fmt::print("\nGPU (--gpu, the hybrid mode)\n");
+  row("cuda", r["gpu"].get<std::string>());
 }
 
 void setup_info(CLI::App& app) {
@@ -92,6 +96,8 @@ void setup_info(CLI::App& app) {
       r["kernels"][f.name] = {{"path", f.path},       {"paths", paths},  {"formats", f.formats},
                               {"summary", f.summary}, {"bytes", f.bytes}, {"bench_gemv", f.benchmarked}};
     }
+    r["gpu"] = genesis::runtime::gpu_summary();
+    r["cuda_built"] = genesis::runtime::cuda_built();
     if (json) {
       fmt::print("{}\n", r.dump(2));
     } else {

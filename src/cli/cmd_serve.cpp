@@ -44,6 +44,9 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(1, 3600));
   c->add_option("--dense", o->dense, genesis::cli::kDenseHelp);
   c->add_option("--experts", o->experts, genesis::cli::kExpertsHelp);
+  c->add_flag("--gpu", o->gpu, genesis::cli::kGpuHelp);
+  c->add_option("--gpu-device", o->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-defer", o->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
   c->callback([o] {
     const int rc = sv::serve(*o);

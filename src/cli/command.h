@@ -57,4 +57,14 @@ inline constexpr const char* kDenseHelp =
     "bytes per weight), bf16 (2 bytes per weight), f32 (a GGUF exactly as dequantized), nf4 (a GGUF's 4-6 bit "
     "matrices re-quantized to NF4: fewer bytes, some quality), nf4-all";
 
+inline constexpr const char* kGpuHelp =
+    "hybrid mode: attention with its KV cache, the dense matrices, router, shared expert, norms and output on a CUDA "
+    "GPU (--gpu-device, default 0); the routed experts stay on the CPU's kernels. Needs a build with the CUDA "
+    "component (`genesis info` says whether it has one and which GPUs it sees)";
+
+inline constexpr const char* kGpuDeferHelp =
+    "with --gpu: expert deferral (as KTransformers): the N lowest-ranked of each token's routed experts are added one "
+    "layer later, so the CPU computes them while the GPU runs the next layer; faster, but not the model's exact "
+    "function (its effect on the logits is in the README). Default 0 (exact)";
+
 }  // namespace genesis::cli

@@ -426,6 +426,9 @@ int serve(const ServeOptions& opt) {
       rt::set_expert_mode(opt.experts, lo);
       lo.show_progress = !opt.quiet;
       rt::set_dense_mode(opt.dense, lo);
+      lo.gpu = opt.gpu;
+      lo.gpu_device = opt.gpu_device;
+      lo.gpu_defer = opt.gpu_defer;
       s->lm = rt::load_model(opt.model, lo);
       if (!s->lm.tokenizer) fail("{} has no tokenizer: the server needs one to read prompts", opt.model);
       rt::Scheduler::Options so;

@@ -23,6 +23,8 @@ struct ServeOptions {
   int max_connections = 64;    // HTTP worker threads: connections served at once; more wait for one
   int idle_timeout_s = 5;      // keep-alive idle and read/write timeouts
   std::string dense = "stored", experts = "stored";
+  bool gpu = false;  // the hybrid mode (runtime/model/gpu.h)
+  int gpu_device = 0, gpu_defer = 0;
   bool quiet = false;
 };
 

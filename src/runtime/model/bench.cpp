@@ -135,7 +135,8 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   const double decode_s = now_seconds() - t0;
   const Profile decode_prof = s.profile() - after_prefill;
-  const double bytes = model->bytes_per_token();
+  // Hybrid mode: the bound is the CPU's, the routed experts' bytes per token (the GPU's part is far faster).
+  const double bytes = model->gpu() ? model->expert_bytes_per_token() : model->bytes_per_token();
   const double med_ms = median(step_ms);
   const double decode_tps = 1e3 / med_ms;
   const double bound_tps = bw * 1e9 / bytes;
@@ -146,6 +147,12 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   j["dense"] = model->dense_description();
   j["cpu_signature"] = cpu::cpu_info().signature;
   j["threads"] = pool.size();
+  if (model->gpu()) {
+    j["gpu"] = gpu_description(*model->gpu());
+    j["vram_bytes"] = gpu_bytes_held();
+    j["gpu_weight_bytes"] = gpu_weight_bytes(*model->gpu());
+    j["bound_kind"] = "routed experts on the CPU";
+  }
   j["load_s"] = load_s;
   j["peak_rss_bytes"] = rss_load;  // the process peak so far: loading is the largest part
   j["nf4_expert_bytes"] = model->weights().expert_bytes();

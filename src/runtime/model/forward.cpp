@@ -20,12 +20,12 @@ namespace {
 constexpr int64_t kMaxChunk = 256;
 }  // namespace
 
-SequenceState::SequenceState(const ModelConfig& c, int64_t cap) : capacity(cap) {
+SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv) : capacity(cap) {
   slot.resize(size_t(c.num_layers));
   int32_t attn = 0, lin = 0;
   for (int64_t l = 0; l < c.num_layers; ++l)
     slot[size_t(l)] = c.layers[size_t(l)].mixer == MixerKind::gated_deltanet ? lin++ : attn++;
-  kv_per_layer = capacity * c.kv_dim();
+  kv_per_layer = host_kv ? capacity * c.kv_dim() : 0;
   k_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
   v_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
   if (lin > 0) {
@@ -60,6 +60,7 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
   att_.resize(n * size_t(c_.q_dim()));
   h1_.resize(n * size_t(inter));
   h2_.resize(n * size_t(inter));
+  if (m.gpu()) gpu_ = make_gpu_state(*m.gpu(), c_, capacity_, chunk_);
   if (add_sequence() != 0) fail("Session: sequence 0 was not the first slot");
 }
 
@@ -68,8 +69,9 @@ int32_t Session::add_sequence() {
   while (id < seqs_.size() && seqs_[id].in_use) ++id;
   if (id == seqs_.size()) seqs_.emplace_back();
   SequenceState& s = seqs_[id];
-  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_);
+  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_, m_.gpu() == nullptr);
   s.reset();
+  if (gpu_) gpu_reserve_sequence(*gpu_, int32_t(id));
   s.in_use = true;
   return int32_t(id);
 }
@@ -140,6 +142,10 @@ void Session::step(std::span<const SequenceRows> batch) {
   }
   if (total > chunk_) fail("a step of {} rows exceeds the session's {} rows per step", total, chunk_);
   if (total == 0) return;
+  if (gpu_) {
+    gpu_step(batch, total, longest);
+    return;
+  }
   const int64_t H = c_.hidden_size;
   clock_.start();
   rope_for(longest);

@@ -19,6 +19,7 @@
 #include "cpu/thread_pool.h"
 #include "runtime/model/config.h"
 #include "runtime/model/expert_pack.h"
+#include "runtime/model/gpu.h"
 #include "runtime/model/ops.h"
 #include "runtime/model/profile.h"
 #include "runtime/model/weights.h"
@@ -47,12 +48,17 @@ class Model {
   // Bytes one decode step moves: all dense weights + top_k experts per MoE layer + each Gated DeltaNet layer's
   // recurrent state read and written.
   double bytes_per_token() const;
+  // Bytes of the top_k routed experts of every MoE layer (what the CPU reads per token in the hybrid mode).
+  double expert_bytes_per_token() const;
+  // The device copy of the non-expert weights when loaded with LoadOptions::gpu (gpu.h), else null.
+  const GpuModel* gpu() const { return gpu_.get(); }
 
  private:
   Model(ModelConfig c, Weights w);
   ModelConfig config_;
   Weights weights_;
   ExpertKernels kernels_;
+  std::shared_ptr<const GpuModel> gpu_;
 };
 
 // What one sequence carries from a step to the next, self-contained: its position, the KV cache of its attention
@@ -60,7 +66,8 @@ class Model {
 // conv inputs) and the recurrent state (per value head a [key_head_dim, value_head_dim] fp32 matrix).
 struct SequenceState {
   SequenceState() = default;
-  SequenceState(const ModelConfig& c, int64_t capacity);
+  // host_kv = false: the attention layers' KV cache lives on the GPU (GpuState), none is allocated here.
+  SequenceState(const ModelConfig& c, int64_t capacity, bool host_kv = true);
   void reset();  // position 0, conv and recurrent states zeroed (KV entries are written before they are read)
 
   int64_t pos = 0;
@@ -144,7 +151,12 @@ class Session {
   void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n);
   void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
   void mlp(int64_t li, int64_t n);
+  // gpu_step.cpp: the step of the hybrid mode (the same rows and results as the CPU step's, up to float rounding).
+  void gpu_step(std::span<const SequenceRows> batch, int64_t total, int64_t longest);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
+  // moe.cpp: the part after the router product: top-k of router_logits_ rows, and the experts of ranks
+  // [rank0, rank1) of each row's top-k (all: 0, top_k) over xn_, their weighted sum -> dst [n][hidden].
+  void routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst);
   void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
@@ -200,6 +212,7 @@ class Session {
 
   Profile prof_;
   ProfileClock clock_;
+  std::unique_ptr<GpuState, GpuStateDeleter> gpu_;  // the hybrid mode's device side, when the model has one
 };
 
 template <class F>

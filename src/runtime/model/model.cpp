@@ -33,6 +33,7 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
           if (!x->op && x->packed) x->op = kernels::nf4_gemv::make_linear(std::move(x->packed), set);
       }
   }
+  if (opt.gpu) m->gpu_ = make_gpu_model(m->config_, m->weights_, opt);
   return m;
 }
 
@@ -109,6 +110,14 @@ std::string Model::expert_description() const {
                          kernels_.source);
   }
   return "?";
+}
+
+double Model::expert_bytes_per_token() const {
+  double b = 0;
+  for (const Layer& l : weights_.layers)
+    if (l.moe && !l.experts.empty())
+      b += double(config_.top_k) * double(l.experts[0].gate_up.bytes() + l.experts[0].down.bytes());
+  return b;
 }
 
 double Model::bytes_per_token() const {

@@ -13,10 +13,16 @@
 namespace genesis::runtime {
 
 void Session::moe(const Layer& l, int64_t n) {
-  const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts, K = c_.top_k;
-  const int64_t P = n * K;
+  const int64_t E = c_.num_experts;
   if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
   dense_product(l.router, xn_.data(), router_logits_.data(), n, pool_);
+  routed_experts(l, n, 0, c_.top_k, tmp_.data());
+}
+
+void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst) {
+  const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts;
+  const int64_t K = rank1 - rank0;  // the experts of each row this call runs: ranks [rank0, rank1) of its top-k
+  const int64_t P = n * K;
 
   // Pairs sorted by expert (a counting sort keeps rows ascending within an expert).
   pair_row_.resize(size_t(P));
@@ -29,11 +35,11 @@ void Session::moe(const Layer& l, int64_t n) {
   std::vector<int32_t>& chosen_e = chosen_e_;
   std::vector<float>& chosen_w = chosen_w_;
   for (int64_t t = 0; t < n; ++t) {
-    const auto ch = route_top_k(&router_logits_[size_t(t * E)], E, K, c_.norm_topk_prob);
+    const auto ch = route_top_k(&router_logits_[size_t(t * E)], E, c_.top_k, c_.norm_topk_prob);
     for (int64_t j = 0; j < K; ++j) {
-      chosen_e[size_t(t * K + j)] = ch[size_t(j)].first;
-      chosen_w[size_t(t * K + j)] = ch[size_t(j)].second;
-      ++start[size_t(ch[size_t(j)].first + 1)];
+      chosen_e[size_t(t * K + j)] = ch[size_t(rank0 + j)].first;
+      chosen_w[size_t(t * K + j)] = ch[size_t(rank0 + j)].second;
+      ++start[size_t(ch[size_t(rank0 + j)].first + 1)];
     }
   }
   for (int64_t e = 0; e < E; ++e) start[size_t(e + 1)] += start[size_t(e)];
@@ -129,7 +135,7 @@ void Session::moe(const Layer& l, int64_t n) {
   clock_.lap(Op::experts_down);
 
   auto combine = [&](int64_t t) {
-    float* out = &tmp_[size_t(t * H)];
+    float* out = dst + t * H;
     std::fill(out, out + H, 0.0f);
     for (int64_t j = 0; j < K; ++j) {
       const int32_t p = row_pairs_[size_t(t * K + j)];

@@ -25,6 +25,7 @@ const char* op_name(Op op) {
     case Op::elementwise: return "elementwise";
     case Op::logits: return "logits";
     case Op::barrier: return "barrier";
+    case Op::gpu: return "gpu";
     case Op::kCount: break;
   }
   return "?";

@@ -24,6 +24,7 @@ enum class Op : int {
   elementwise,      // norms, rope, residual adds, KV append, embedding lookup, combining the experts' outputs
   logits,           // final norm and the output layer
   barrier,          // the caller waiting for the other threads at the end of parallel regions
+  gpu,              // hybrid mode: the CPU waiting for the GPU's part of the step (its kernels and the copies)
   kCount
 };
 inline constexpr int kOpCount = int(Op::kCount);

@@ -72,6 +72,13 @@ struct LoadOptions {
   // blocks as with dense_q8) and the experts (experts_stored, nf4_kernel mode; experts in other formats become NF4).
   bool dense_stored = false;
   bool experts_stored = false;
+  // The hybrid mode (gpu.h): everything but the routed experts on CUDA device `gpu_device`.
+  bool gpu = false;
+  int gpu_device = 0;
+  // Expert deferral (KTransformers): the gpu_defer lowest-ranked of each row's top-k experts of a MoE layer are added
+  // to the residual one MoE layer later, so the CPU computes them while the GPU runs the next layer's attention. Not
+  // the model's function: its effect on the logits is measured (README). 0 = off (exact).
+  int gpu_defer = 0;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 

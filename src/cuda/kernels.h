@@ -1,0 +1,82 @@
+// The GPU side of the hybrid step: the few kernels a transformer layer needs besides its routed experts, as launchers
+// callable from C++ (kernels.cu). Every launcher queues work on `s` and returns; errors surface at the next
+// Stream::sync. Activations are fp32 rows; weights fp32 or bf16 (DeviceMatrix). Shapes are the caller's to check
+// (the runtime's GPU model checks them once at load).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace genesis::cuda {
+
+// A weight matrix [rows, cols] in device memory, row-major, fp32 or bf16, with an optional fp32 bias [rows].
+struct DeviceMatrix {
+  const void* w = nullptr;
+  bool bf16 = false;
+  int64_t rows = 0, cols = 0;
+  const float* bias = nullptr;
+};
+
+// y[t * ldy + r] = sum_k W[r, k] x[t * cols + k] (+ bias[r]) for t < n, r < rows. Up to 8 rows of x share one pass
+// over W (a warp per output row, 16-byte loads); more rows take several passes.
+void gemv(const DeviceMatrix& W, const float* x, float* y, int64_t n, int64_t ldy, cudaStream_t s);
+// Up to three products over the same x (q, k and v; gate and up) in one launch: y_i = W_i x with row stride ldy_i.
+// The matrices share cols and their weight type (else they run as separate launches).
+struct GemvJob {
+  DeviceMatrix w;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+void gemv_many(const GemvJob* jobs, int count, const float* x, int64_t n, cudaStream_t s);
+
+// Per row t < n of [H]: x[t] += (a[t] + b[t]) (either may be null; x is left alone when both are), then
+// xn[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w (also into xn_copy when given: host memory mapped for the device).
+void add_rms_norm(float* x, const float* a, const float* b, const float* w, float* xn, int64_t n, int64_t H, float eps,
+                  cudaStream_t s, float* xn_copy = nullptr);
+// In place: `count` vectors of `dim` floats, vector i at v + i * dim, each RMS-normalized and scaled by w[dim].
+void rms_norm_vectors(float* v, int64_t count, int64_t dim, const float* w, float eps, cudaStream_t s);
+// v[i] = clamp(v[i], -c, c) for i < count.
+void clip(float* v, int64_t count, float c, cudaStream_t s);
+// Gated attention: q[t][h][d] = qg[t][h][d] for d < hd (qg's rows are per head [query hd, gate hd]).
+void split_gated_q(const float* qg, float* q, int64_t n, int64_t heads, int64_t hd, cudaStream_t s);
+
+// The KV cache of one sequence is [attention layers][kv heads][capacity][head_dim] for K and V alike; per row of the
+// step the device arrays give its position and the base of its sequence's K and V caches; `layer_off` selects the
+// layer within them.
+struct KvRows {
+  const int32_t* pos = nullptr;
+  float* const* k = nullptr;
+  float* const* v = nullptr;
+  int64_t layer_off = 0;
+  int64_t capacity = 0;
+};
+
+// Per head of q [n][heads][hd] and k [n][kv_heads][hd], in place: the per-head QK-norm (RMSNorm with q_norm / k_norm
+// [hd], when given), the clip to [-clip, clip] (clip > 0; v too), the rotary embedding (NeoX pairs (i, i +
+// rotary_dim / 2), cos and sin of float(pos) * inv_freq[i] times `scaling`); then k and v [n][kv_heads][hd] written
+// to each row's cache slot.
+struct QkPrep {
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
+  float eps = 1e-6f;
+  float clip = 0.0f;
+};
+void rope_store(float* q, float* k, const float* v, int64_t n, int64_t heads, int64_t kv_heads, int64_t hd,
+                int64_t rotary_dim, const float* inv_freq, float scaling, const QkPrep& prep, const KvRows& kv,
+                cudaStream_t s);
+
+// Causal attention of each (row, head) over its sequence's cached positions [first, pos] (first = pos - window + 1
+// with a sliding window > 0, else 0): softmax(scale q K^T) V, online over tiles of keys; out [n][heads][hd]. With
+// `gate` (gated attention: qg as split_gated_q reads it) the output is multiplied by sigmoid(gate). hd <= 256.
+void attention(const float* q, float* out, int64_t n, int64_t heads, int64_t kv_heads, int64_t hd, const KvRows& kv,
+               int64_t window, float scale, const float* gate, cudaStream_t s);
+
+// out[i] = silu(g[i]) * u[i] for i < count (out may alias g).
+void swiglu(const float* g, const float* u, float* out, int64_t count, cudaStream_t s);
+// x[t][i] *= sigmoid(gate[t]) for t < n, i < H (the shared expert's gate).
+void scale_rows_sigmoid(float* x, const float* gate, int64_t n, int64_t H, cudaStream_t s);
+// dst[i] = src[rows[i]] for i < m, rows of H floats.
+void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, int64_t H, cudaStream_t s);
+
+}  // namespace genesis::cuda

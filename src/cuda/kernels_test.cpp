@@ -1,0 +1,286 @@
+// Each GPU kernel against a plain CPU reference (double sums) on small and odd shapes. Skips, saying why, where there
+// is no CUDA device (this build compiles them everywhere; scripts/gpu_tests.sh runs them on a GPU machine).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "cuda/device.h"
+#include "cuda/kernels.h"
+#include "quant/half.h"
+
+namespace genesis::cuda {
+namespace {
+
+#define NEED_GPU()                                                   \
+  do {                                                               \
+    std::string why;                                                 \
+    if (device_count(&why) == 0) GTEST_SKIP() << "no CUDA device: " << why; \
+    use_device(0);                                                   \
+  } while (0)
+
+std::vector<float> randoms(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(g);
+  return v;
+}
+
+template <class T>
+std::vector<T> download(const DeviceArray<T>& d, size_t n) {
+  std::vector<T> h(n);
+  check(cudaMemcpy(h.data(), d.data(), n * sizeof(T), cudaMemcpyDeviceToHost), "download");
+  return h;
+}
+
+double max_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double e = 0, ref = 1e-30;
+  for (size_t i = 0; i < want.size(); ++i) {
+    e = std::max(e, std::fabs(double(got[i]) - want[i]));
+    ref = std::max(ref, std::fabs(want[i]));
+  }
+  return e / ref;
+}
+
+TEST(CudaKernels, GemvMatchesReference) {
+  NEED_GPU();
+  Stream s;
+  for (bool bf16 : {false, true})
+    for (int64_t cols : {64, 72, 100, 2048})
+      for (int64_t n : {1, 3, 8, 13}) {
+        const int64_t rows = 37;
+        auto w = randoms(size_t(rows * cols), 1), x = randoms(size_t(n * cols), 2), b = randoms(size_t(rows), 3);
+        if (bf16)
+          for (float& v : w) v = quant::bf16_to_f32(quant::f32_to_bf16(v));
+        DeviceArray<float> dw32, dx, dy, db;
+        DeviceArray<uint16_t> dw16;
+        if (bf16) {
+          std::vector<uint16_t> h(w.size());
+          for (size_t i = 0; i < w.size(); ++i) h[i] = quant::f32_to_bf16(w[i]);
+          dw16.upload(h.data(), h.size());
+        } else {
+          dw32.upload(w.data(), w.size());
+        }
+        dx.upload(x.data(), x.size());
+        db.upload(b.data(), b.size());
+        const int64_t ldy = rows + 5;
+        dy.resize(size_t(n * ldy));
+        DeviceMatrix m{bf16 ? static_cast<const void*>(dw16.data()) : static_cast<const void*>(dw32.data()), bf16,
+                       rows, cols, db.data()};
+        gemv(m, dx.data(), dy.data(), n, ldy, s.get());
+        s.sync("gemv");
+        const auto y = download(dy, size_t(n * ldy));
+        std::vector<float> got;
+        std::vector<double> want;
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows; ++r) {
+            double acc = b[size_t(r)];
+            for (int64_t k = 0; k < cols; ++k) acc += double(w[size_t(r * cols + k)]) * x[size_t(t * cols + k)];
+            want.push_back(acc);
+            got.push_back(y[size_t(t * ldy + r)]);
+          }
+        EXPECT_LT(max_err(got, want), 1e-5) << "bf16 " << bf16 << " cols " << cols << " n " << n;
+      }
+}
+
+TEST(CudaKernels, AddRmsNormMatchesReference) {
+  NEED_GPU();
+  Stream s;
+  const int64_t n = 3, H = 300;
+  auto x = randoms(size_t(n * H), 4), a = randoms(size_t(n * H), 5), b = randoms(size_t(n * H), 6),
+       w = randoms(size_t(H), 7);
+  DeviceArray<float> dx, da, db, dw, dn;
+  dx.upload(x.data(), x.size()), da.upload(a.data(), a.size()), db.upload(b.data(), b.size());
+  dw.upload(w.data(), w.size());
+  dn.resize(size_t(n * H));
+  add_rms_norm(dx.data(), da.data(), db.data(), dw.data(), dn.data(), n, H, 1e-6f, s.get());
+  s.sync("add_rms_norm");
+  const auto gx = download(dx, size_t(n * H)), gn = download(dn, size_t(n * H));
+  std::vector<double> wx, wn;
+  for (int64_t t = 0; t < n; ++t) {
+    double ss = 0;
+    std::vector<double> row(static_cast<size_t>(H));
+    for (int64_t i = 0; i < H; ++i) {
+      row[size_t(i)] = double(x[size_t(t * H + i)]) + (double(a[size_t(t * H + i)]) + b[size_t(t * H + i)]);
+      ss += row[size_t(i)] * row[size_t(i)];
+    }
+    const double inv = 1.0 / std::sqrt(ss / double(H) + 1e-6);
+    for (int64_t i = 0; i < H; ++i) wx.push_back(row[size_t(i)]), wn.push_back(w[size_t(i)] * row[size_t(i)] * inv);
+  }
+  EXPECT_LT(max_err(gx, wx), 1e-6);
+  EXPECT_LT(max_err(gn, wn), 1e-5);
+}
+
+// Rope + KV append + attention for rows of two sequences at different positions, with and without a window and a
+// gate, against a direct CPU computation.
+TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
+  NEED_GPU();
+  Stream s;
+  const int64_t nh = 4, nkv = 2, hd = 40, rd = 20, cap = 300, layers = 2, layer = 1;
+  const int64_t group = nh / nkv, qd = nh * hd, kvd = nkv * hd;
+  std::vector<float> inv_freq(size_t(rd / 2));
+  for (int64_t i = 0; i < rd / 2; ++i) inv_freq[size_t(i)] = float(1.0 / std::pow(10000.0, double(2 * i) / double(rd)));
+  const float scaling = 1.25f;
+  // Sequence A holds 290 cached positions (more than one tile of keys), B 3; the step adds rows at A's 290..291 and
+  // B's 3.
+  struct Row {
+    int seq;
+    int32_t pos;
+  };
+  const std::vector<Row> rows = {{0, 290}, {0, 291}, {1, 3}};
+  const int64_t n = int64_t(rows.size());
+  std::vector<std::vector<float>> kc(2), vc(2);
+  for (int sq = 0; sq < 2; ++sq) {
+    kc[size_t(sq)] = randoms(size_t(layers * nkv * cap * hd), 10 + sq);
+    vc[size_t(sq)] = randoms(size_t(layers * nkv * cap * hd), 20 + sq);
+  }
+  auto q = randoms(size_t(n * qd), 30), k = randoms(size_t(n * kvd), 31), v = randoms(size_t(n * kvd), 32);
+  auto qg = randoms(size_t(n * 2 * qd), 33);
+  // CPU reference of rope and the cache writes.
+  auto rope = [&](float* x, int64_t heads, int32_t pos) {
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < rd / 2; ++i) {
+        const float a = float(pos) * inv_freq[size_t(i)];
+        const double c = double(float(std::cos(double(a))) * scaling), sn = double(float(std::sin(double(a))) * scaling);
+        float* p = x + h * hd;
+        const double x1 = p[i], x2 = p[i + rd / 2];
+        p[i] = float(x1 * c - x2 * sn);
+        p[i + rd / 2] = float(x2 * c + x1 * sn);
+      }
+  };
+  auto rq = q, rk = k;
+  auto rkc = kc, rvc = vc;
+  const int64_t off = layer * nkv * cap * hd;
+  for (int64_t t = 0; t < n; ++t) {
+    rope(&rq[size_t(t * qd)], nh, rows[size_t(t)].pos);
+    rope(&rk[size_t(t * kvd)], nkv, rows[size_t(t)].pos);
+    for (int64_t h = 0; h < nkv; ++h)
+      for (int64_t d = 0; d < hd; ++d) {
+        const size_t at = size_t(off + (h * cap + rows[size_t(t)].pos) * hd + d);
+        rkc[size_t(rows[size_t(t)].seq)][at] = rk[size_t(t * kvd + h * hd + d)];
+        rvc[size_t(rows[size_t(t)].seq)][at] = v[size_t(t * kvd + h * hd + d)];
+      }
+  }
+  for (int64_t window : {int64_t(0), int64_t(7)})
+    for (bool gated : {false, true}) {
+      DeviceArray<float> dq, dk, dv, dqg, dout, dinv;
+      DeviceArray<float> dkc[2], dvc[2];
+      dq.upload(q.data(), q.size()), dk.upload(k.data(), k.size()), dv.upload(v.data(), v.size());
+      dqg.upload(qg.data(), qg.size()), dinv.upload(inv_freq.data(), inv_freq.size());
+      dout.resize(size_t(n * qd));
+      for (int sq = 0; sq < 2; ++sq) {
+        dkc[sq].upload(kc[size_t(sq)].data(), kc[size_t(sq)].size());
+        dvc[sq].upload(vc[size_t(sq)].data(), vc[size_t(sq)].size());
+      }
+      std::vector<int32_t> pos;
+      std::vector<float*> kp, vp;
+      for (const Row& r : rows) pos.push_back(r.pos), kp.push_back(dkc[r.seq].data()), vp.push_back(dvc[r.seq].data());
+      DeviceArray<int32_t> dpos;
+      DeviceArray<float*> dkp, dvp;
+      dpos.upload(pos.data(), pos.size()), dkp.upload(kp.data(), kp.size()), dvp.upload(vp.data(), vp.size());
+      const KvRows kv{dpos.data(), dkp.data(), dvp.data(), off, cap};
+      rope_store(dq.data(), dk.data(), dv.data(), n, nh, nkv, hd, rd, dinv.data(), scaling, QkPrep{}, kv, s.get());
+      attention(dq.data(), dout.data(), n, nh, nkv, hd, kv, window, 0.3f, gated ? dqg.data() : nullptr, s.get());
+      s.sync("rope_store + attention");
+      // The caches as rope_store left them.
+      for (int sq = 0; sq < 2; ++sq) {
+        const auto gk = download(dkc[sq], rkc[size_t(sq)].size());
+        std::vector<double> want(rkc[size_t(sq)].begin(), rkc[size_t(sq)].end());
+        EXPECT_LT(max_err(gk, want), 1e-6) << "K cache of sequence " << sq;
+      }
+      // Attention by the definition, each row over its sequence's rows written above.
+      const auto got = download(dout, size_t(n * qd));
+      std::vector<double> want;
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < nh; ++h) {
+          const int sq = rows[size_t(t)].seq;
+          const int64_t p = rows[size_t(t)].pos, kvh = h / group;
+          const int64_t first = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+          std::vector<double> sc;
+          double mx = -1e300;
+          for (int64_t j = first; j <= p; ++j) {
+            double dot = 0;
+            for (int64_t d = 0; d < hd; ++d)
+              dot += double(rq[size_t(t * qd + h * hd + d)]) * rkc[size_t(sq)][size_t(off + (kvh * cap + j) * hd + d)];
+            sc.push_back(dot * 0.3);
+            mx = std::max(mx, sc.back());
+          }
+          double sum = 0;
+          for (double& x : sc) sum += (x = std::exp(x - mx));
+          for (int64_t d = 0; d < hd; ++d) {
+            double o = 0;
+            for (int64_t j = first; j <= p; ++j)
+              o += sc[size_t(j - first)] * rvc[size_t(sq)][size_t(off + (kvh * cap + j) * hd + d)];
+            o /= sum;
+            if (gated) o /= 1.0 + std::exp(-double(qg[size_t((t * nh + h) * 2 * hd + hd + d)]));
+            want.push_back(o);
+          }
+        }
+      EXPECT_LT(max_err(got, want), 1e-5) << "window " << window << " gated " << gated;
+    }
+}
+
+TEST(CudaKernels, SmallOpsMatchReference) {
+  NEED_GPU();
+  Stream s;
+  const int64_t n = 3, heads = 2, hd = 24, H = 50;
+  auto qg = randoms(size_t(n * heads * 2 * hd), 40);
+  DeviceArray<float> dqg, dq;
+  dqg.upload(qg.data(), qg.size());
+  dq.resize(size_t(n * heads * hd));
+  split_gated_q(dqg.data(), dq.data(), n, heads, hd, s.get());
+  auto g = randoms(size_t(n * H), 41), u = randoms(size_t(n * H), 42), gate = randoms(size_t(n), 43);
+  DeviceArray<float> dg, du, dgate;
+  dg.upload(g.data(), g.size()), du.upload(u.data(), u.size()), dgate.upload(gate.data(), gate.size());
+  swiglu(dg.data(), du.data(), dg.data(), n * H, s.get());
+  scale_rows_sigmoid(dg.data(), dgate.data(), n, H, s.get());
+  auto w = randoms(size_t(hd), 44);
+  DeviceArray<float> dw;
+  dw.upload(w.data(), w.size());
+  rms_norm_vectors(dq.data(), n * heads, hd, dw.data(), 1e-6f, s.get());
+  clip(dq.data(), n * heads * hd, 0.5f, s.get());
+  const int32_t pick[] = {2, 0};
+  DeviceArray<int32_t> dpick;
+  DeviceArray<float> dgath;
+  dpick.upload(pick, 2);
+  dgath.resize(size_t(2 * H));
+  gather_rows(dg.data(), dpick.data(), dgath.data(), 2, H, s.get());
+  s.sync("small ops");
+  std::vector<double> wq, wg;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      double ss = 0;
+      for (int64_t d = 0; d < hd; ++d) ss += double(qg[size_t((t * heads + h) * 2 * hd + d)]) * qg[size_t((t * heads + h) * 2 * hd + d)];
+      const double inv = 1.0 / std::sqrt(ss / double(hd) + 1e-6);
+      for (int64_t d = 0; d < hd; ++d)
+        wq.push_back(std::clamp(w[size_t(d)] * qg[size_t((t * heads + h) * 2 * hd + d)] * inv, -0.5, 0.5));
+    }
+  std::vector<double> rows(size_t(n * H));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < H; ++i) {
+      const double x = g[size_t(t * H + i)];
+      rows[size_t(t * H + i)] = x / (1 + std::exp(-x)) * u[size_t(t * H + i)] / (1 + std::exp(-double(gate[size_t(t)])));
+    }
+  for (int32_t r : pick)
+    for (int64_t i = 0; i < H; ++i) wg.push_back(rows[size_t(r * H + i)]);
+  EXPECT_LT(max_err(download(dq, wq.size()), wq), 1e-5);
+  EXPECT_LT(max_err(download(dgath, wg.size()), wg), 1e-5);
+}
+
+TEST(CudaDevice, ErrorsAreGenesisErrors) {
+  std::string why;
+  if (device_count(&why) == 0) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_THROW(use_device(0), Error);
+    return;
+  }
+  EXPECT_THROW(use_device(1000), Error);
+}
+
+}  // namespace
+}  // namespace genesis::cuda

@@ -1,0 +1,514 @@
+// The hybrid mode's device side (gpu.h): the upload of the non-expert weights, a Session's device scratch and KV
+// caches, and Session::gpu_step, which runs a step's layers on the GPU and hands each MoE layer's routed experts to
+// the CPU (routed_experts(), moe.cpp). Built only with the CUDA component (gpu_none.cpp otherwise).
+//
+// A step, per layer: x += the previous layer's deltas and the input norm (one kernel); attention on the GPU (or, for
+// a Gated DeltaNet layer, x and its norm copied to the host, the CPU's layer, x copied back); x += attention and the
+// post norm; then a dense MLP on the GPU, or for a MoE layer the router product on the GPU, its logits and the
+// normalized rows copied to the host (the copies and an event queued before the shared expert's kernels, so that
+// those run while the CPU computes the routed experts), top-k and the routed experts on the CPU, their sum copied
+// back. The GPU-side deltas are added by the next layer's norm kernel.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+
+#include "common/error.h"
+#include "cuda/device.h"
+#include "cuda/kernels.h"
+#include "quant/half.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/ops.h"
+
+namespace genesis::runtime {
+
+namespace {
+
+// A weight matrix on the device: fp32 when the CPU holds it in fp32 (exact), else bf16 (the CPU's bf16 exactly; a
+// block format's dequantized values rounded to bf16, 2^-9 relative, as `--dense bf16` holds them).
+struct GpuMatrix {
+  cuda::DeviceArray<uint16_t> w16;
+  cuda::DeviceArray<float> w32, bias;
+  cuda::DeviceMatrix m;
+  bool present() const { return m.w != nullptr; }
+};
+
+struct GpuLayer {
+  bool gpu_mixer = false;  // attention or gated attention (the GPU runs it); Gated DeltaNet runs on the CPU
+  cuda::DeviceArray<float> input_norm, post_norm, q_norm, k_norm;
+  GpuMatrix q, k, v, o;                            // attention
+  GpuMatrix gate, up, down;                        // dense MLP
+  GpuMatrix router, sh_gate_proj, sh_up, sh_down, sh_gate;  // MoE: router, shared expert
+};
+
+void upload_vector(const std::vector<float>& v, cuda::DeviceArray<float>& d, size_t& bytes) {
+  if (v.empty()) return;
+  d.upload(v.data(), v.size());
+  bytes += v.size() * 4;
+}
+
+void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
+  if (d.empty()) return;
+  const int64_t R = d.rows, C = d.cols;
+  const bool f32 = d.op->format() == "f32";
+  constexpr int64_t kChunkRows = 2048;
+  std::vector<float> buf(size_t(std::min<int64_t>(R, kChunkRows) * C));
+  std::vector<uint16_t> half;
+  if (f32) g.w32.resize(size_t(R * C));
+  else g.w16.resize(size_t(R * C)), half.resize(buf.size());
+  for (int64_t r0 = 0; r0 < R; r0 += kChunkRows) {
+    const int64_t rows = std::min(kChunkRows, R - r0);
+    for (int64_t r = 0; r < rows; ++r) d.row_f32(r0 + r, &buf[size_t(r * C)]);
+    if (f32) {
+      g.w32.upload_at(size_t(r0 * C), buf.data(), size_t(rows * C));
+    } else {
+      for (int64_t i = 0; i < rows * C; ++i) half[size_t(i)] = quant::f32_to_bf16(buf[size_t(i)]);
+      g.w16.upload_at(size_t(r0 * C), half.data(), size_t(rows * C));
+    }
+  }
+  bytes += size_t(R * C) * (f32 ? 4 : 2);
+  if (!d.bias.empty()) {
+    g.bias.upload(d.bias.data(), d.bias.size());
+    bytes += d.bias.size() * 4;
+  }
+  g.m = {f32 ? static_cast<const void*>(g.w32.data()) : static_cast<const void*>(g.w16.data()), !f32, R, C,
+         d.bias.empty() ? nullptr : g.bias.data()};
+}
+
+size_t matrix_bytes(const Dense& d) {
+  if (d.empty()) return 0;
+  return size_t(d.rows * d.cols) * (d.op->format() == "f32" ? 4 : 2) + d.bias.size() * 4;
+}
+
+}  // namespace
+
+class GpuModel {
+ public:
+  cuda::DeviceInfo dev;
+  std::vector<GpuLayer> layers;
+  cuda::DeviceArray<float> final_norm;
+  GpuMatrix output;
+  std::vector<int64_t> attn_slot;  // [layers]: index among the attention layers (their KV cache)
+  int64_t attn_layers = 0, cpu_mixers = 0;
+  int64_t defer = 0;  // LoadOptions::gpu_defer
+  size_t bytes = 0;
+};
+
+class GpuState {
+ public:
+  GpuState(const GpuModel& m, const ModelConfig& c, int64_t capacity, int64_t max_rows);
+  ~GpuState();
+  // Runs `work` (the closures that queue one segment's kernels and copies) and clears it: for steps of at most
+  // kGraphRows rows as a CUDA graph per (rows, segment), recorded the first time, else launch by launch.
+  void run_segment(int64_t n, std::vector<std::function<void()>>& work);
+  static constexpr int64_t kGraphRows = 16;
+  bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
+  std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
+  size_t segment = 0;
+  std::vector<std::function<void()>> work;
+
+  const GpuModel& gm;
+  cuda::Stream stream;
+  cudaEvent_t ev = nullptr;
+  int64_t capacity, max_rows, kv_elems;
+  std::vector<cuda::DeviceArray<float>> kcache, vcache;  // [sequence slot]
+  cuda::DeviceArray<float> x, xn, q, qg, k, v, att, tmp, h1, h2, moe_out, sh_out, sh_gate, out_x, logits;
+  cuda::DeviceArray<float> inv_freq;
+  cuda::DeviceArray<int32_t> pos, out_rows;
+  cuda::DeviceArray<float*> kptr, vptr;
+  cuda::PinnedArray<float> h_x, h_xn, h_router, h_tmp, h_logits;
+  cuda::PinnedArray<int32_t> h_pos, h_out_rows;
+  cuda::PinnedArray<float*> h_kptr, h_vptr;
+  std::vector<float> rope_on_device;
+  std::vector<float> deferred;  // [rows][hidden]: the deferred experts' sum (expert deferral)
+};
+
+void GpuStateDeleter::operator()(GpuState* s) const { delete s; }
+
+bool cuda_built() { return true; }
+int gpu_device_count(std::string* why) { return cuda::device_count(why); }
+
+std::string gpu_summary() {
+  std::string why;
+  const int n = cuda::device_count(&why);
+  if (n == 0) return fmt::format("CUDA component built; no usable device ({})", why);
+  std::string s = fmt::format("CUDA component built; {} device{}:", n, n == 1 ? "" : "s");
+  int cur = 0;
+  cudaGetDevice(&cur);
+  for (int i = 0; i < n; ++i) s += fmt::format(" [{}] {}", i, cuda::use_device(i).summary());
+  cudaSetDevice(cur);
+  return s;
+}
+
+size_t gpu_bytes_held() { return cuda::device_bytes_held(); }
+size_t gpu_weight_bytes(const GpuModel& g) { return g.bytes; }
+
+std::string gpu_description(const GpuModel& g) {
+  std::string where = "attention + KV cache, dense matrices, router, norms, output";
+  const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
+  if (g.cpu_mixers > 0) where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU", g.cpu_mixers);
+  else where += " on the GPU";
+  return fmt::format("{}: {} ({:.2f} GiB of weights); routed experts on the CPU{}", g.dev.summary(), where,
+                     double(g.bytes) / double(1ull << 30), defer);
+}
+
+std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt) {
+  auto g = std::make_shared<GpuModel>();
+  g->dev = cuda::use_device(opt.gpu_device);
+  if (c.head_dim > 256) fail("--gpu: head_dim {} exceeds the GPU attention kernel's 256", c.head_dim);
+  if (opt.gpu_defer != 0) {
+    if (c.moe_layers() != c.num_layers)
+      fail("--gpu-defer: expert deferral needs a MoE model whose every layer is MoE ({} of {} layers are)",
+           c.moe_layers(), c.num_layers);
+    if (opt.gpu_defer < 0 || opt.gpu_defer >= c.top_k)
+      fail("--gpu-defer {}: defer between 0 and top_k - 1 = {} experts per token", opt.gpu_defer, c.top_k - 1);
+  }
+  g->defer = opt.gpu_defer;
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
+    fail("--gpu: {} heads are not a multiple of {} KV heads", c.num_heads, c.num_kv_heads);
+  // What must fit: every matrix the GPU runs, before anything is allocated.
+  size_t need = 0;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    const Layer& l = w.layers[size_t(li)];
+    if (c.layers[size_t(li)].mixer != MixerKind::gated_deltanet)
+      for (const Dense* d : {&l.q, &l.k, &l.v, &l.o}) need += matrix_bytes(*d);
+    for (const Dense* d : {&l.gate, &l.up, &l.down, &l.router, &l.shared_gate_proj, &l.shared_up, &l.shared_down,
+                           &l.shared_gate})
+      need += matrix_bytes(*d);
+  }
+  need += matrix_bytes(w.output());
+  constexpr size_t kHeadroom = size_t(512) << 20;  // the context, caches of one short sequence, scratch
+  if (need + kHeadroom > g->dev.free_bytes)
+    fail("--gpu: the weights that go to the GPU need {:.2f} GiB (+0.5 GiB for caches and scratch), device {} has "
+         "{:.2f} GiB free of {:.2f} GiB",
+         double(need) / double(1ull << 30), g->dev.index, double(g->dev.free_bytes) / double(1ull << 30),
+         double(g->dev.total_bytes) / double(1ull << 30));
+  if (opt.show_progress)
+    fmt::print(stderr, "uploading {:.2f} GiB of non-expert weights to {}\n", double(need) / double(1ull << 30),
+               g->dev.name);
+  g->layers.resize(size_t(c.num_layers));
+  g->attn_slot.assign(size_t(c.num_layers), -1);
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    const Layer& l = w.layers[size_t(li)];
+    GpuLayer& gl = g->layers[size_t(li)];
+    upload_vector(l.input_norm, gl.input_norm, g->bytes);
+    upload_vector(l.post_norm, gl.post_norm, g->bytes);
+    gl.gpu_mixer = c.layers[size_t(li)].mixer != MixerKind::gated_deltanet;
+    if (gl.gpu_mixer) {
+      g->attn_slot[size_t(li)] = g->attn_layers++;
+      upload_matrix(l.q, gl.q, g->bytes);
+      upload_matrix(l.k, gl.k, g->bytes);
+      upload_matrix(l.v, gl.v, g->bytes);
+      upload_matrix(l.o, gl.o, g->bytes);
+      upload_vector(l.q_norm, gl.q_norm, g->bytes);
+      upload_vector(l.k_norm, gl.k_norm, g->bytes);
+    } else {
+      ++g->cpu_mixers;
+    }
+    if (c.layers[size_t(li)].mlp == MlpKind::dense) {
+      upload_matrix(l.gate, gl.gate, g->bytes);
+      upload_matrix(l.up, gl.up, g->bytes);
+      upload_matrix(l.down, gl.down, g->bytes);
+    } else {
+      upload_matrix(l.router, gl.router, g->bytes);
+      if (c.layers[size_t(li)].mlp == MlpKind::moe_shared) {
+        upload_matrix(l.shared_gate_proj, gl.sh_gate_proj, g->bytes);
+        upload_matrix(l.shared_up, gl.sh_up, g->bytes);
+        upload_matrix(l.shared_down, gl.sh_down, g->bytes);
+        upload_matrix(l.shared_gate, gl.sh_gate, g->bytes);
+      }
+    }
+  }
+  upload_vector(w.final_norm, g->final_norm, g->bytes);
+  upload_matrix(w.output(), g->output, g->bytes);
+  return g;
+}
+
+GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t rows)
+    : gm(m), capacity(cap), max_rows(rows) {
+  cuda::check(cudaSetDevice(m.dev.index), "cudaSetDevice");
+  cuda::check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+  const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
+  use_graphs = !(env && std::string(env) == "0");
+  graphs.resize(size_t(kGraphRows + 1));
+  kv_elems = m.attn_layers * c.num_kv_heads * capacity * c.head_dim;
+  const size_t R = size_t(rows), H = size_t(c.hidden_size);
+  const bool any_dense = c.moe_layers() < c.num_layers;
+  const size_t inter = size_t(std::max({any_dense ? c.intermediate_size : 0, c.shared_expert_intermediate_size,
+                                        int64_t(1)}));
+  bool gated = false;
+  for (const LayerKind& k : c.layers) gated |= k.mixer == MixerKind::gated_attention;
+  x.resize(R * H), xn.resize(R * H), tmp.resize(R * H), moe_out.resize(R * H), sh_out.resize(R * H);
+  out_x.resize(R * H);
+  q.resize(R * size_t(c.q_dim())), att.resize(R * size_t(c.q_dim()));
+  if (gated) qg.resize(R * 2 * size_t(c.q_dim()));
+  k.resize(R * size_t(c.kv_dim())), v.resize(R * size_t(c.kv_dim()));
+  h1.resize(R * inter), h2.resize(R * inter);
+  sh_gate.resize(R);
+  pos.resize(R), out_rows.resize(R), kptr.resize(R), vptr.resize(R);
+  h_x.resize(R * H), h_xn.resize(R * H), h_tmp.resize(R * H);
+  h_router.resize(R * size_t(std::max<int64_t>(c.num_experts, 1)));
+  h_pos.resize(R), h_out_rows.resize(R), h_kptr.resize(R), h_vptr.resize(R);
+}
+
+std::unique_ptr<GpuState, GpuStateDeleter> make_gpu_state(const GpuModel& g, const ModelConfig& c, int64_t capacity,
+                                                          int64_t max_rows) {
+  return std::unique_ptr<GpuState, GpuStateDeleter>(new GpuState(g, c, capacity, max_rows));
+}
+
+void gpu_reserve_sequence(GpuState& s, int32_t seq) {
+  if (size_t(seq) >= s.kcache.size()) s.kcache.resize(size_t(seq) + 1), s.vcache.resize(size_t(seq) + 1);
+  if (s.kv_elems == 0 || !s.kcache[size_t(seq)].empty()) return;
+  s.kcache[size_t(seq)].resize(size_t(s.kv_elems));
+  s.vcache[size_t(seq)].resize(size_t(s.kv_elems));
+}
+
+namespace {
+
+// A layer's attention on the GPU: xn -> q, k, v -> QK-norm, clip, rope, KV append -> attention -> o -> g.tmp.
+void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float rope_scaling, bool gated, int64_t li,
+                   int64_t n) {
+  const cudaStream_t s = g.stream.get();
+  const int64_t nh = c.num_heads, nkv = c.num_kv_heads, hd = c.head_dim, qd = c.q_dim(), kvd = c.kv_dim();
+  const float eps = float(c.rms_norm_eps);
+  const cuda::GemvJob qkv[] = {{gl.q.m, gated ? g.qg.data() : g.q.data(), gated ? 2 * qd : qd},
+                               {gl.k.m, g.k.data(), kvd},
+                               {gl.v.m, g.v.data(), kvd}};
+  cuda::gemv_many(qkv, 3, g.xn.data(), n, s);
+  if (gated) cuda::split_gated_q(g.qg.data(), g.q.data(), n, nh, hd, s);
+  cuda::QkPrep prep;
+  prep.eps = eps;
+  prep.clip = float(c.clip_qkv);
+  if (c.qk_norm == QkNorm::whole) {
+    cuda::rms_norm_vectors(g.q.data(), n, qd, gl.q_norm.data(), eps, s);
+    cuda::rms_norm_vectors(g.k.data(), n, kvd, gl.k_norm.data(), eps, s);
+  } else if (c.qk_norm == QkNorm::per_head) {
+    prep.q_norm = gl.q_norm.data();
+    prep.k_norm = gl.k_norm.data();
+  }
+  const cuda::KvRows kv{g.pos.data(), g.kptr.data(), g.vptr.data(), g.gm.attn_slot[size_t(li)] * nkv * g.capacity * hd,
+                        g.capacity};
+  cuda::rope_store(g.q.data(), g.k.data(), g.v.data(), n, nh, nkv, hd, c.rotary_dim(), g.inv_freq.data(), rope_scaling,
+                   prep, kv, s);
+  cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, float(1.0 / std::sqrt(double(hd))),
+                  gated ? g.qg.data() : nullptr, s);
+  cuda::gemv(gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
+}
+
+}  // namespace
+
+void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
+  const cudaStream_t s = stream.get();
+  if (!use_graphs || n > kGraphRows) {
+    for (auto& f : work) f();
+  } else {
+    std::vector<cudaGraphExec_t>& v = graphs[size_t(n)];
+    if (segment >= v.size()) {
+      // First step with n rows: record the segment's launches and copies once, replay them from then on.
+      cuda::check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        for (auto& f : work) f();
+      } catch (...) {
+        cudaGraph_t broken = nullptr;
+        cudaStreamEndCapture(s, &broken);
+        if (broken) cudaGraphDestroy(broken);
+        throw;
+      }
+      cudaGraph_t graph = nullptr;
+      cuda::check(cudaStreamEndCapture(s, &graph), "cudaStreamEndCapture");
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      cuda::check(e, "cudaGraphInstantiate");
+      v.push_back(exec);
+    }
+    cuda::check(cudaGraphLaunch(v[segment], s), "cudaGraphLaunch");
+  }
+  ++segment;
+  work.clear();
+}
+
+GpuState::~GpuState() {
+  for (auto& v : graphs)
+    for (cudaGraphExec_t e : v) cudaGraphExecDestroy(e);
+  if (ev) cudaEventDestroy(ev);
+}
+
+void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64_t longest) {
+  GpuState& g = *gpu_;
+  const GpuModel& gm = g.gm;
+  const cudaStream_t s = g.stream.get();
+  const int64_t H = c_.hidden_size, n = total, E = c_.num_experts;
+  const size_t xbytes = size_t(n * H) * 4;
+  const float eps = float(c_.rms_norm_eps);
+  clock_.start();
+  const RopeTable& rope = rope_for(longest);
+  if (rope.inv_freq != g.rope_on_device) {
+    cuda::check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    g.inv_freq.upload(rope.inv_freq.data(), rope.inv_freq.size());
+    g.rope_on_device = rope.inv_freq;
+  }
+  const float rope_scaling = rope.attention_scaling;
+  // Embedding rows (on the CPU: one row per token), positions and cache bases per row.
+  segs_.clear();
+  int64_t row = 0;
+  for (const SequenceRows& b : batch) {
+    if (b.tokens.empty()) continue;
+    SequenceState& sq = seq(b.seq);
+    gpu_reserve_sequence(g, b.seq);
+    segs_.push_back({b.seq, row, int64_t(b.tokens.size()), sq.pos});
+    for (size_t i = 0; i < b.tokens.size(); ++i, ++row) {
+      m_.weights().embed.row_f32(b.tokens[i], g.h_x.data() + row * H);
+      g.h_pos.data()[row] = int32_t(sq.pos + int64_t(i));
+      g.h_kptr.data()[row] = g.kcache[size_t(b.seq)].data();
+      g.h_vptr.data()[row] = g.vcache[size_t(b.seq)].data();
+    }
+  }
+  clock_.lap(Op::elementwise);
+
+  // The GPU work between two points where the CPU needs its results is one segment: queued as closures, run as a
+  // CUDA graph (recorded at the first step with this many rows) or launch by launch.
+  std::vector<std::function<void()>>& work = g.work;
+  work.clear();
+  g.segment = 0;
+  work.push_back([&g, n, xbytes] {
+    cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream);
+    cuda::copy_to_device(g.pos.data(), g.h_pos.data(), size_t(n) * 4, g.stream);
+    cuda::copy_to_device(g.kptr.data(), g.h_kptr.data(), size_t(n) * sizeof(float*), g.stream);
+    cuda::copy_to_device(g.vptr.data(), g.h_vptr.data(), size_t(n) * sizeof(float*), g.stream);
+  });
+  const float* pend_a = nullptr;  // deltas the next norm adds to x
+  const float* pend_b = nullptr;
+  // Expert deferral: the lowest `defer` ranks of a MoE layer's experts run after the next segment is launched (while
+  // the GPU works), into g.deferred, and join the next MoE layer's sum.
+  const int64_t K = c_.top_k, defer = gm.defer;
+  const Layer* deferred_layer = nullptr;  // a layer whose deferred experts are still to run (on xn_, router_logits_)
+  bool deferred_ready = false;            // g.deferred holds a sum not yet added
+  if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
+  auto run_deferred = [&] {
+    if (!deferred_layer) return;
+    routed_experts(*deferred_layer, n, K - defer, K, g.deferred.data());
+    deferred_layer = nullptr;
+    deferred_ready = true;
+  };
+  for (int64_t li = 0; li < c_.num_layers; ++li) {
+    const Layer& l = m_.weights().layers[size_t(li)];
+    const GpuLayer* gl = &gm.layers[size_t(li)];
+    const LayerKind kind = c_.layers[size_t(li)];
+    work.push_back([&g, gl, pend_a, pend_b, n, H, eps, s] {
+      cuda::add_rms_norm(g.x.data(), pend_a, pend_b, gl->input_norm.data(), g.xn.data(), n, H, eps, s);
+    });
+    pend_a = pend_b = nullptr;
+    if (gl->gpu_mixer) {
+      const bool gated = kind.mixer == MixerKind::gated_attention;
+      work.push_back([&g, gl, this, rope_scaling, gated, li, n] { gpu_attention(g, *gl, c_, rope_scaling, gated, li, n); });
+      pend_a = g.tmp.data();
+    } else {
+      // The CPU's layer (Gated DeltaNet, its state in the SequenceState): x and its norm over, x back.
+      work.push_back([&g, xbytes] {
+        cuda::copy_to_host(g.h_x.data(), g.x.data(), xbytes, g.stream);
+        cuda::copy_to_host(g.h_xn.data(), g.xn.data(), xbytes, g.stream);
+      });
+      g.run_segment(n, work);
+      run_deferred();  // before xn_ is overwritten
+      g.stream.sync("the GPU part of a layer");
+      clock_.lap(Op::gpu);
+      std::memcpy(x_.data(), g.h_x.data(), xbytes);
+      std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
+      deltanet(li, n);
+      std::memcpy(g.h_x.data(), x_.data(), xbytes);
+      work.push_back([&g, xbytes] { cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream); });
+    }
+    // A MoE layer's normalized rows also go straight to the host (mapped memory): the CPU's experts read them.
+    float* xn_host = kind.mlp == MlpKind::dense ? nullptr : g.h_xn.device();
+    work.push_back([&g, gl, pend_a, xn_host, n, H, eps, s] {
+      cuda::add_rms_norm(g.x.data(), pend_a, nullptr, gl->post_norm.data(), g.xn.data(), n, H, eps, s, xn_host);
+    });
+    pend_a = nullptr;
+    if (kind.mlp == MlpKind::dense) {
+      const int64_t I = c_.intermediate_size;
+      work.push_back([&g, gl, n, H, I, s] {
+        const cuda::GemvJob gate_up[] = {{gl->gate.m, g.h1.data(), I}, {gl->up.m, g.h2.data(), I}};
+        cuda::gemv_many(gate_up, 2, g.xn.data(), n, s);
+        cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * I, s);
+        cuda::gemv(gl->down.m, g.h1.data(), g.tmp.data(), n, H, s);
+      });
+      pend_a = g.tmp.data();
+      continue;
+    }
+    // The router's logits are written to the host directly too; the event after them is the CPU's signal.
+    work.push_back([&g, gl, n, E, s] { cuda::gemv(gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
+    g.run_segment(n, work);
+    cuda::check(cudaEventRecord(g.ev, s), "cudaEventRecord");
+    const bool shared = kind.mlp == MlpKind::moe_shared;
+    if (shared) {
+      // After the event: the GPU runs the shared expert while the CPU runs the routed experts.
+      const int64_t SI = c_.shared_expert_intermediate_size;
+      work.push_back([&g, gl, n, H, SI, s] {
+        const cuda::GemvJob gate_up[] = {{gl->sh_gate_proj.m, g.h1.data(), SI}, {gl->sh_up.m, g.h2.data(), SI}};
+        cuda::gemv_many(gate_up, 2, g.xn.data(), n, s);
+        cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * SI, s);
+        cuda::gemv(gl->sh_down.m, g.h1.data(), g.sh_out.data(), n, H, s);
+        cuda::gemv(gl->sh_gate.m, g.xn.data(), g.sh_gate.data(), n, 1, s);
+        cuda::scale_rows_sigmoid(g.sh_out.data(), g.sh_gate.data(), n, H, s);
+      });
+      g.run_segment(n, work);
+    }
+    run_deferred();  // the previous MoE layer's deferred experts, while the GPU runs this layer
+    cuda::check(cudaEventSynchronize(g.ev), "the GPU part of a layer (attention, router)");
+    clock_.lap(Op::gpu);
+    std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
+    if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
+    std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
+    routed_experts(l, n, 0, K - defer, tmp_.data());
+    if (deferred_ready) {
+      for (int64_t i = 0; i < n * H; ++i) tmp_[size_t(i)] += g.deferred[size_t(i)];
+      deferred_ready = false;
+    }
+    if (defer > 0) deferred_layer = &l;
+    std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
+    work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    pend_a = g.moe_out.data();
+    pend_b = shared ? g.sh_out.data() : nullptr;
+  }
+
+  // The last layer's deferred experts join its sum (every layer is MoE with deferral: its copy is still queued).
+  run_deferred();
+  if (deferred_ready)
+    for (int64_t i = 0; i < n * H; ++i) g.h_tmp.data()[i] += g.deferred[size_t(i)];
+  // Output rows: the last row of each sequence, or all of its rows (all_logits); launch by launch (the rows vary).
+  for (auto& f : work) f();
+  work.clear();
+  std::vector<std::pair<int64_t, float*>> out;
+  row = 0;
+  for (const SequenceRows& b : batch) {
+    const int64_t nr = int64_t(b.tokens.size());
+    if (nr == 0) continue;
+    if (b.logits && b.all_logits)
+      for (int64_t t = 0; t < nr; ++t) out.emplace_back(row + t, b.logits + t * c_.vocab_size);
+    else if (b.logits)
+      out.emplace_back(row + nr - 1, b.logits);
+    row += nr;
+  }
+  const int64_t m = int64_t(out.size()), V = c_.vocab_size;
+  if (m > 0) {
+    cuda::add_rms_norm(g.x.data(), pend_a, pend_b, gm.final_norm.data(), g.xn.data(), n, H, eps, s);
+    for (int64_t i = 0; i < m; ++i) g.h_out_rows.data()[i] = int32_t(out[size_t(i)].first);
+    cuda::copy_to_device(g.out_rows.data(), g.h_out_rows.data(), size_t(m) * 4, g.stream);
+    cuda::gather_rows(g.xn.data(), g.out_rows.data(), g.out_x.data(), m, H, s);
+    g.logits.resize(size_t(m * V));
+    cuda::gemv(gm.output.m, g.out_x.data(), g.logits.data(), m, V, s);
+    g.h_logits.resize(size_t(m * V));
+    cuda::copy_to_host(g.h_logits.data(), g.logits.data(), size_t(m * V) * 4, g.stream);
+  }
+  g.stream.sync("the GPU part of a step (output layer)");
+  for (int64_t i = 0; i < m; ++i)
+    std::memcpy(out[size_t(i)].second, g.h_logits.data() + i * V, size_t(V) * 4);
+  for (const SequenceRows& b : batch) seqs_[size_t(b.seq)].pos += int64_t(b.tokens.size());
+  clock_.lap(Op::logits);
+  prof_.tokens += total;
+  ++prof_.steps;
+}
+
+}  // namespace genesis::runtime

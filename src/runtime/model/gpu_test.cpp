@@ -1,0 +1,146 @@
+// The hybrid mode (--gpu) against the CPU path: every tiny golden model (safetensors and GGUF), logits of a prompt and
+// greedy continuations; several sequences in one step against each alone; and the clear error where there is no GPU
+// or no CUDA component. The GPU cases skip, saying why, on machines without a CUDA device (scripts/gpu_tests.sh runs
+// them on one).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "cpu/thread_pool.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/test_util.h"
+
+namespace genesis::runtime {
+namespace {
+
+// GENESIS_GOLDEN_DIR in the environment overrides the build tree's path (scripts/gpu_tests.sh on another machine).
+const std::string kGolden = std::getenv("GENESIS_GOLDEN_DIR") ? std::getenv("GENESIS_GOLDEN_DIR") : GENESIS_GOLDEN_DIR;
+
+bool no_gpu(std::string* why) { return gpu_device_count(why) == 0; }
+
+// The GPU holds the CPU's fp32 matrices in fp32 and everything else in bf16; the CPU reference holds a GGUF's
+// block-quantized matrices in bf16 too (--dense bf16), so the two differ by the order of float sums (and by routing
+// where two experts' probabilities tie within that).
+LoadOptions options(bool gpu) {
+  LoadOptions o;
+  set_dense_mode("bf16", o);
+  o.gpu = gpu;
+  return o;
+}
+
+std::vector<int32_t> prompt(int64_t vocab, int n) {
+  std::vector<int32_t> t;
+  for (int i = 0; i < n; ++i) t.push_back(int32_t((i * 7919 + 13) % vocab));
+  return t;
+}
+
+std::vector<int32_t> greedy(Session& s, std::vector<int32_t> toks, int steps) {
+  std::vector<float> logits(size_t(s.vocab_size()));
+  s.forward(toks, logits.data());
+  std::vector<int32_t> out;
+  for (int i = 0; i < steps; ++i) {
+    const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out.push_back(next);
+    const int32_t one[] = {next};
+    s.forward(one, logits.data());
+  }
+  return out;
+}
+
+class GpuGolden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuGolden, LogitsAndGreedyMatchTheCpuPath) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  const std::string path = kGolden + "/" + GetParam();
+  auto cpu_model = Model::load(path, options(false));
+  auto gpu_model = Model::load(path, options(true));
+  ASSERT_NE(gpu_model->gpu(), nullptr);
+  cpu::ThreadPool pool(2);
+  Session cs(*cpu_model, 128, &pool), gs(*gpu_model, 128, &pool);
+  const auto toks = prompt(cpu_model->config().vocab_size, 21);
+  const auto want = cs.forward_all(toks);
+  const auto got = gs.forward_all(toks);
+  const double d = test::max_rel_diff(got, want);
+  EXPECT_LT(d, 2e-3) << GetParam() << ": hybrid logits vs the CPU path";
+  cs.reset();
+  gs.reset();
+  EXPECT_EQ(greedy(gs, toks, 8), greedy(cs, toks, 8)) << GetParam();
+  RecordProperty("max_rel_diff", std::to_string(d));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GpuGolden,
+                         ::testing::Values("llama", "qwen2", "qwen3", "qwen3_moe", "olmoe", "mixtral", "qwen3_next",
+                                           "gguf/tiny_llama.gguf", "gguf/tiny_qwen3moe.gguf",
+                                           "gguf/tiny_qwen3next.gguf", "gguf/tiny_mixtral.gguf"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& ch : s)
+                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return s;
+                         });
+
+TEST(Gpu, SequencesStepTogetherAsAlone) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  auto m = Model::load(kGolden + "/qwen3_moe", options(true));
+  cpu::ThreadPool pool(2);
+  const int64_t V = m->config().vocab_size;
+  const auto a = prompt(V, 9), b = prompt(V, 5);
+  std::vector<float> la(static_cast<size_t>(V)), lb(static_cast<size_t>(V));
+  {
+    Session s(*m, 64, &pool);
+    s.forward(a, la.data());
+    s.reset();
+    s.forward(b, lb.data());
+  }
+  Session s(*m, 64, &pool);
+  const int32_t second = s.add_sequence();
+  std::vector<float> ga(static_cast<size_t>(V)), gb(static_cast<size_t>(V));
+  const SequenceRows rows[] = {{0, a, ga.data(), false}, {second, b, gb.data(), false}};
+  s.step(rows);
+  EXPECT_LT(test::max_rel_diff(ga, la), 1e-5);
+  EXPECT_LT(test::max_rel_diff(gb, lb), 1e-5);
+}
+
+// Expert deferral changes the function (the lowest-ranked experts join one layer late): measured, bounded, and
+// refused where a layer is not MoE.
+TEST(Gpu, ExpertDeferralIsMeasured) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  for (const char* arch : {"qwen3_moe", "mixtral", "qwen3_next"}) {
+    LoadOptions o = options(true);
+    auto exact = Model::load(kGolden + "/" + arch, o);
+    o.gpu_defer = 1;
+    auto deferred = Model::load(kGolden + "/" + arch, o);
+    cpu::ThreadPool pool(2);
+    Session a(*exact, 64, &pool), b(*deferred, 64, &pool);
+    const auto toks = prompt(exact->config().vocab_size, 12);
+    const double d = test::max_rel_diff(b.forward_all(toks), a.forward_all(toks));
+    std::printf("%s: --gpu-defer 1 vs exact: max |logit diff| / max |logit| = %.3g\n", arch, d);
+    EXPECT_GT(d, 1e-7) << arch << ": deferral changed nothing (not applied?)";
+    EXPECT_LT(d, 0.5) << arch;
+  }
+  LoadOptions o = options(true);
+  o.gpu_defer = 1;
+  EXPECT_THROW(Model::load(kGolden + "/llama", o), Error);
+}
+
+TEST(Gpu, WithoutADeviceTheErrorSaysWhy) {
+  std::string why;
+  if (!no_gpu(&why)) GTEST_SKIP() << "this machine has a CUDA device";
+  try {
+    Model::load(kGolden + "/qwen3", options(true));
+    FAIL() << "--gpu without a device loaded";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_TRUE(msg.find("CUDA") != std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace genesis::runtime

@@ -21,9 +21,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def llama(bench, model, threads, prompt, gen, reps):
+def llama(bench, model, threads, prompt, gen, reps, extra=()):
     out = subprocess.run([bench, "-m", model, "-p", str(prompt), "-n", str(gen), "-t", str(threads), "-r", str(reps),
-                          "-o", "json"], check=True, capture_output=True, text=True).stdout
+                          "-o", "json", *extra], check=True, capture_output=True, text=True).stdout
     rows = json.loads(out)
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] > 0)
     tg = next(r["avg_ts"] for r in rows if r["n_gen"] > 0)
@@ -56,6 +56,9 @@ def main():
     ap.add_argument("--genesis-args", action="append", default=None,
                     help="extra arguments for genesis bench model, e.g. '--dense stored --experts stored'; give it "
                          "several times to compare configurations in the same run (each between the two llama runs)")
+    ap.add_argument("--llama-args", default="",
+                    help="extra arguments for llama-bench, e.g. '-ngl 99 -ncmoe 48' (a CUDA build: everything on the "
+                         "GPU but the experts of 48 layers) beside genesis's --gpu")
     ap.add_argument("--json", help="write every figure as JSON")
     a = ap.parse_args()
 
@@ -73,9 +76,16 @@ def main():
           f"{'genesis pp':>11} {'ratio':>6}")
     configs = a.genesis_args or [""]
     for t in a.threads:
-        l1 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps)
-        gs = [genesis(a.genesis, model, t, a.prompt, a.gen, c.split()) for c in configs]
-        l2 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps)
+        l1 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps, a.llama_args.split())
+        gs = []
+        for c in configs:
+            try:
+                gs.append(genesis(a.genesis, model, t, a.prompt, a.gen, c.split()))
+            except subprocess.CalledProcessError as e:
+                print(f"genesis {c}: failed (exit {e.returncode}); skipped", file=sys.stderr)
+                gs.append(None)
+        configs, gs = [c for c, g in zip(configs, gs) if g], [g for g in gs if g]
+        l2 = llama(a.llama_bench, model, t, a.prompt, a.gen, a.reps, a.llama_args.split())
         lpp, ltg = (l1[0] + l2[0]) / 2, (l1[1] + l2[1]) / 2
         for c, g in zip(configs, gs):
             print(f"{t:>7} {ltg:>14.2f} {g['decode_tps']:>15.2f} {g['decode_tps'] / ltg:>5.2f}x {lpp:>10.1f} "
@@ -83,11 +93,15 @@ def main():
             print(f"        genesis decode: {g['bytes_per_token'] / 1e9:.2f} GB/token, "
                   f"{g['decode_tps'] / g['bound_tps']:.0%} of its bound {g['bound_tps']:.1f} tok/s at "
                   f"{g['read_bandwidth_gbps']:.1f} GB/s; load {g['load_s']:.1f} s")
+            if "gpu" in g:
+                print(f"        genesis gpu: VRAM held {g['vram_bytes'] / 2**30:.2f} GiB "
+                      f"(weights {g['gpu_weight_bytes'] / 2**30:.2f} GiB); bound = {g['bound_kind']}")
             for phase in ("decode", "prefill"):
                 p = g["profile"][phase]
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k not in ("total", "regions_per_step"))
                 print(f"        genesis {phase} ms/token: {parts}; total {p['total']:.2f}")
-        report["runs"].append({"threads": t, "llama": [l1, l2], "genesis": [{"args": c, **g} for c, g in zip(configs, gs)]})
+        report["runs"].append({"threads": t, "llama": [l1, l2], "llama_args": a.llama_args,
+                               "genesis": [{"args": c, **g} for c, g in zip(configs, gs)]})
     if a.json:
         with open(a.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -111,6 +111,8 @@ void setup(CLI::App& app) {
   c->add_option("--gpu-device", a->o.load.gpu_device, "CUDA device for --gpu (default 0)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--gpu-defer", a->o.load.gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-prefill-rows", a->o.load.gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)
+      ->check(CLI::NonNegativeNumber);
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
   c->add_option("--json", a->json_file, "also write the record as JSON to FILE");

@@ -24,7 +24,7 @@ struct Args {
   int64_t context = 512, skip = -1, chunks = 0;
   int threads = 0;
   bool no_kb = false, quiet = false, keep_quant = false, gpu = false;
-  int gpu_device = 0, gpu_defer = 0;
+  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
 };
 
 void run(const Args& a) {
@@ -38,6 +38,7 @@ void run(const Args& a) {
   opt.gpu = a.gpu;
   opt.gpu_device = a.gpu_device;
   opt.gpu_defer = a.gpu_defer;
+  opt.gpu_prefill_rows = a.gpu_prefill_rows;
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
@@ -100,6 +101,7 @@ void setup(CLI::App& app) {
   c->add_flag("--gpu", a->gpu, genesis::cli::kGpuHelp);
   c->add_option("--gpu-device", a->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
   c->add_option("--gpu-defer", a->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-prefill-rows", a->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--json", a->json_file, "write the result as JSON");
   c->add_flag("--quiet,-q", a->quiet, "no progress bars");

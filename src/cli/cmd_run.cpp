@@ -27,7 +27,7 @@ struct RunArgs {
   int64_t max_tokens = 128, context = 0;
   bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
   bool gpu = false;
-  int gpu_device = 0, gpu_defer = 0;
+  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
   float temp = 0, top_p = 1;
   int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
@@ -51,6 +51,7 @@ void run(const RunArgs& a) {
   opt.gpu = a.gpu;
   opt.gpu_device = a.gpu_device;
   opt.gpu_defer = a.gpu_defer;
+  opt.gpu_prefill_rows = a.gpu_prefill_rows;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
   if (!lm.tokenizer)
     fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
@@ -183,6 +184,7 @@ void setup_run(CLI::App& app) {
   c->add_flag("--gpu", a->gpu, genesis::cli::kGpuHelp);
   c->add_option("--gpu-device", a->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
   c->add_option("--gpu-defer", a->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-prefill-rows", a->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
   c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")

@@ -47,6 +47,7 @@ void setup(CLI::App& app) {
   c->add_flag("--gpu", o->gpu, genesis::cli::kGpuHelp);
   c->add_option("--gpu-device", o->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
   c->add_option("--gpu-defer", o->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
+  c->add_option("--gpu-prefill-rows", o->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
   c->callback([o] {
     const int rc = sv::serve(*o);

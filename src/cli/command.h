@@ -67,4 +67,9 @@ inline constexpr const char* kGpuDeferHelp =
     "layer later, so the CPU computes them while the GPU runs the next layer; faster, but not the model's exact "
     "function (its effect on the logits is in the README). Default 0 (exact)";
 
+inline constexpr const char* kGpuPrefillHelp =
+    "with --gpu and a GGUF MoE: prefill steps of at least N rows run the routed experts on the GPU, each layer's "
+    "blocks streamed from host memory and multiplied there by cuBLAS (loaded at run time); 0 keeps them on the CPU "
+    "(default 0: experimental, not yet measured on a GPU)";
+
 }  // namespace genesis::cli

@@ -115,7 +115,7 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
   if (cpu >= 0) pin_current_thread(cpu);
   tls_running_pool = this;
   for (;;) {
-    seen = wait_while_equal(generation_, seen, spin_ns_);
+    seen = wait_while_equal(generation_, seen, spin_ns_.load(std::memory_order_relaxed));
     if (stop_.load(std::memory_order_relaxed)) return;
     try {
       fn_(ctx_, tid, size_);
@@ -161,7 +161,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   tls_running_pool = outer;
 
   const long w0 = now_ns();
-  for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_);
+  for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
   wait_ns_ += now_ns() - w0;
   ++runs_;
 

@@ -37,6 +37,10 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return size_; }
+  // How long an idle worker spins before it sleeps (default 50 us when the pool has a cpu per thread, else 0). The
+  // hybrid mode raises it past the GPU's part of a layer (~0.1 ms), so the workers are awake for the next experts.
+  long spin_ns() const { return spin_ns_.load(std::memory_order_relaxed); }
+  void set_spin_ns(long ns) { spin_ns_.store(ns, std::memory_order_relaxed); }
 
   // Calls fn(tid, nthreads) once on each of the size() threads; the caller runs tid 0. Returns when all are done.
   // The first exception (lowest tid) thrown by fn is rethrown here after every thread finished. No allocation.
@@ -88,7 +92,7 @@ class ThreadPool {
   bool caller_pinned_ = false;
   pthread_t pinned_caller_{};
   cpu_set_t caller_mask_{};  // its affinity before
-  long spin_ns_ = 0;  // how long a waiting thread spins before it sleeps
+  std::atomic<long> spin_ns_{0};  // how long a waiting thread spins before it sleeps
   std::unique_ptr<Slot[]> slots_;
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;

@@ -121,6 +121,7 @@ template class DeviceArray<uint16_t>;
 template class DeviceArray<int32_t>;
 template class DeviceArray<int64_t>;
 template class DeviceArray<float*>;
+template class DeviceArray<uint8_t>;
 template class PinnedArray<float>;
 template class PinnedArray<int32_t>;
 template class PinnedArray<int64_t>;

@@ -79,4 +79,17 @@ void scale_rows_sigmoid(float* x, const float* gate, int64_t n, int64_t H, cudaS
 // dst[i] = src[rows[i]] for i < m, rows of H floats.
 void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, int64_t H, cudaStream_t s);
 
+// The prefill's experts on the device (the chunk's rows as (row, expert) pairs sorted by expert).
+// GGUF block formats dequantize() takes (ggml type ids): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+bool can_dequantize(uint32_t ggml_type);
+// dst[i] (bf16) for i < n, n a multiple of the format's block (32 or 256 weights), from GGUF blocks at src.
+void dequantize_bf16(uint32_t ggml_type, const void* src, uint16_t* dst, int64_t n, cudaStream_t s);
+// dst[i] (bf16) = src[rows[i]] (fp32 rows of H) for i < m.
+void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s);
+// out[i] (bf16) = silu(g[i]) * u[i] for i < count.
+void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s);
+// out[t] = sum_j weight[p] y[p] over p = row_pairs[t * k + j], j < k (rows of H).
+void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight, int64_t n, int64_t k, int64_t H,
+                   float* out, cudaStream_t s);
+
 }  // namespace genesis::cuda

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "quant/ggml.h"
 #include "quant/half.h"
 
 namespace genesis::cuda {
@@ -270,6 +271,47 @@ TEST(CudaKernels, SmallOpsMatchReference) {
     for (int64_t i = 0; i < H; ++i) wg.push_back(rows[size_t(r * H + i)]);
   EXPECT_LT(max_err(download(dq, wq.size()), wq), 1e-5);
   EXPECT_LT(max_err(download(dgath, wg.size()), wg), 1e-5);
+}
+
+// Every block format the prefill dequantizes, against the CPU's reference dequantizer (ggml's), rounded to bf16.
+// Random blocks with every half-precision scale set to a small normal value (random bits could be inf / NaN).
+TEST(CudaKernels, DequantizeMatchesGgml) {
+  NEED_GPU();
+  Stream s;
+  std::mt19937 g(5);
+  for (uint32_t type : {2u, 3u, 6u, 7u, 8u, 12u, 13u, 14u}) {
+    ASSERT_TRUE(can_dequantize(type));
+    const auto info = *quant::ggml_type_info(type);
+    const int64_t blocks = 37, n = blocks * info.block;
+    std::vector<uint8_t> bytes(size_t(blocks * info.block_bytes));
+    for (auto& b : bytes) b = uint8_t(g());
+    std::uniform_real_distribution<float> sc(0.001f, 0.05f);
+    for (int64_t b = 0; b < blocks; ++b) {
+      uint8_t* p = &bytes[size_t(b * info.block_bytes)];
+      auto put = [&](size_t at) {
+        const uint16_t h = quant::f32_to_f16(sc(g));
+        p[at] = uint8_t(h & 0xff), p[at + 1] = uint8_t(h >> 8);
+      };
+      if (type == 14u) put(208);  // Q6_K: d last
+      else put(0);
+      if (type == 3u || type == 7u || type == 12u || type == 13u) put(2);  // min / dmin
+    }
+    std::vector<float> want(static_cast<size_t>(n));
+    quant::ggml_dequantize(type, bytes.data(), want.data(), n);
+    DeviceArray<uint8_t> src;
+    DeviceArray<uint16_t> dst;
+    src.upload(bytes.data(), bytes.size());
+    dst.resize(size_t(n));
+    dequantize_bf16(type, src.data(), dst.data(), n, s.get());
+    s.sync("dequantize");
+    const auto got = download(dst, size_t(n));
+    int bad = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float x = quant::bf16_to_f32(got[size_t(i)]), w = want[size_t(i)];
+      if (std::fabs(x - w) > std::fabs(w) * (1.0f / 128) + 1e-7f) ++bad;  // one bf16 step, fma or not
+    }
+    EXPECT_EQ(bad, 0) << quant::ggml_type_name(type);
+  }
 }
 
 TEST(CudaDevice, ErrorsAreGenesisErrors) {

@@ -429,6 +429,7 @@ int serve(const ServeOptions& opt) {
       lo.gpu = opt.gpu;
       lo.gpu_device = opt.gpu_device;
       lo.gpu_defer = opt.gpu_defer;
+      lo.gpu_prefill_rows = opt.gpu_prefill_rows;
       s->lm = rt::load_model(opt.model, lo);
       if (!s->lm.tokenizer) fail("{} has no tokenizer: the server needs one to read prompts", opt.model);
       rt::Scheduler::Options so;

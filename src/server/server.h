@@ -24,7 +24,7 @@ struct ServeOptions {
   int idle_timeout_s = 5;      // keep-alive idle and read/write timeouts
   std::string dense = "stored", experts = "stored";
   bool gpu = false;  // the hybrid mode (runtime/model/gpu.h)
-  int gpu_device = 0, gpu_defer = 0;
+  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
   bool quiet = false;
 };
 

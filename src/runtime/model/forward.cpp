@@ -46,7 +46,9 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
   use_blas_single_threaded();
   capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
-  chunk_ = kMaxChunk;
+  // The hybrid mode's prefill streams each layer's experts to the GPU once per step: longer steps read them for more
+  // rows (llama.cpp's default batch is 512 too).
+  chunk_ = m.gpu() ? 2 * kMaxChunk : kMaxChunk;
   const size_t n = size_t(chunk_);
   // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
   const bool any_dense = c_.moe_layers() < c_.num_layers;
@@ -60,7 +62,13 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
   att_.resize(n * size_t(c_.q_dim()));
   h1_.resize(n * size_t(inter));
   h2_.resize(n * size_t(inter));
-  if (m.gpu()) gpu_ = make_gpu_state(*m.gpu(), c_, capacity_, chunk_);
+  if (m.gpu()) {
+    gpu_ = make_gpu_state(*m.gpu(), c_, capacity_, chunk_);
+    // Workers stay awake through the GPU's part of a layer (~0.1 ms) instead of sleeping and paying a wake-up at
+    // every layer's experts; they still sleep 0.5 ms after a step ends.
+    constexpr long kHybridSpinNs = 500'000;
+    if (pool_ && pool_->spin_ns() > 0 && pool_->spin_ns() < kHybridSpinNs) pool_->set_spin_ns(kHybridSpinNs);
+  }
   if (add_sequence() != 0) fail("Session: sequence 0 was not the first slot");
 }
 

@@ -37,8 +37,10 @@ class Model {
   // From an opened GGUF file (load_model shares it with the tokenizer).
   static std::unique_ptr<Model> from_gguf(std::shared_ptr<const GgufFile> f, const LoadOptions& opt);
   // From any TensorSource (tests build one in memory). `origin` names the config in messages.
+  // `gguf`: the file the source reads (the hybrid mode's prefill streams its expert blocks to the GPU), or null.
   static std::unique_ptr<Model> from_source(ModelConfig c, const TensorSource& src, const LoadOptions& opt,
-                                            const std::string& origin);
+                                            const std::string& origin,
+                                            std::shared_ptr<const GgufFile> gguf = nullptr);
 
   const ModelConfig& config() const { return config_; }
   const Weights& weights() const { return weights_; }
@@ -157,6 +159,9 @@ class Session {
   // moe.cpp: the part after the router product: top-k of router_logits_ rows, and the experts of ranks
   // [rank0, rank1) of each row's top-k (all: 0, top_k) over xn_, their weighted sum -> dst [n][hidden].
   void routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst);
+  // moe.cpp: its routing part: the (row, expert) pairs of those ranks sorted by expert: pair_row_, pair_weight_,
+  // row_pairs_ ([rows][ranks] -> pair) and expert_start_ ([experts + 1]).
+  void route_pairs(int64_t n, int64_t rank0, int64_t rank1);
   void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>

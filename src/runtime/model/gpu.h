@@ -14,6 +14,7 @@
 namespace genesis::runtime {
 
 struct ModelConfig;
+class GgufFile;
 struct Weights;
 struct LoadOptions;
 
@@ -34,7 +35,10 @@ std::string gpu_summary();
 
 // Uploads what the GPU runs. Throws genesis::Error when the build has no CUDA, there is no usable device, or its free
 // memory is less than what must go there (naming both).
-std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt);
+// With the model's GGUF file, the experts' blocks as the file stores them are also registered for the prefill, which
+// streams them to the GPU and multiplies there (chunks of at least LoadOptions::gpu_prefill_rows rows).
+std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt,
+                                               std::shared_ptr<const GgufFile> gguf);
 // "NVIDIA H200 ...: attention, dense MLP, router, norms, output on the GPU (bf16, 1.9 GiB); routed experts on the CPU"
 std::string gpu_description(const GpuModel& g);
 size_t gpu_weight_bytes(const GpuModel& g);

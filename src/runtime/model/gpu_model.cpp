@@ -15,8 +15,10 @@
 #include <functional>
 
 #include "common/error.h"
+#include "cuda/blas.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "runtime/io/gguf.h"
 #include "quant/half.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/ops.h"
@@ -83,9 +85,31 @@ size_t matrix_bytes(const Dense& d) {
 
 }  // namespace
 
+// A MoE layer's experts as the GGUF file stores them ([experts][rows][cols] blocks), for the prefill on the GPU.
+struct RawExperts {
+  uint32_t type = 0;
+  const uint8_t* data = nullptr;
+  size_t bytes = 0;
+  int64_t rows = 0, cols = 0;
+};
+struct LayerRawExperts {
+  RawExperts gate, up, down;
+};
+
 class GpuModel {
  public:
+  ~GpuModel() {
+    for (void* p : registered) cudaHostUnregister(p);
+  }
   cuda::DeviceInfo dev;
+  // Prefill experts on the GPU (0: off, the CPU runs them), why not when off, each MoE layer's raw blocks.
+  int64_t prefill_rows = 0;
+  std::string prefill_note;
+  std::vector<LayerRawExperts> raw;  // [layers]
+  size_t raw_max_bytes = 0;
+  bool raw_pinned = false;
+  std::vector<void*> registered;
+  std::shared_ptr<const GgufFile> gguf;
   std::vector<GpuLayer> layers;
   cuda::DeviceArray<float> final_norm;
   GpuMatrix output;
@@ -122,6 +146,15 @@ class GpuState {
   cuda::PinnedArray<float*> h_kptr, h_vptr;
   std::vector<float> rope_on_device;
   std::vector<float> deferred;  // [rows][hidden]: the deferred experts' sum (expert deferral)
+  // Prefill experts on the GPU: one layer's raw blocks and their bf16 values, the pairs' inputs and products.
+  cuda::DeviceArray<uint8_t> raw[3];
+  cuda::DeviceArray<uint16_t> deq[3], xp, act;
+  cuda::DeviceArray<float> pe1, pe2, yd, pair_w;
+  cuda::DeviceArray<int32_t> pair_row, row_pairs;
+  cuda::PinnedArray<int32_t> h_pair_row, h_row_pairs;
+  cuda::PinnedArray<float> h_pair_w;
+  cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
+  cuda::DeviceArray<float> def_dev;
 };
 
 void GpuStateDeleter::operator()(GpuState* s) const { delete s; }
@@ -149,18 +182,91 @@ std::string gpu_description(const GpuModel& g) {
   const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
   if (g.cpu_mixers > 0) where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU", g.cpu_mixers);
   else where += " on the GPU";
-  return fmt::format("{}: {} ({:.2f} GiB of weights); routed experts on the CPU{}", g.dev.summary(), where,
-                     double(g.bytes) / double(1ull << 30), defer);
+  return fmt::format("{}: {} ({:.2f} GiB of weights); routed experts on the CPU{}{}", g.dev.summary(), where,
+                     double(g.bytes) / double(1ull << 30), defer,
+                     g.prefill_note.empty() ? "" : "; prefill experts " + g.prefill_note);
 }
 
-std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt) {
+namespace {
+
+// Finds each MoE layer's expert tensors in the GGUF file and registers their pages for DMA; on anything missing the
+// prefill's experts stay on the CPU and prefill_note says why.
+void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions& opt,
+                           std::shared_ptr<const GgufFile> gguf) {
+  if (!c.is_moe() || opt.gpu_prefill_rows <= 0) {
+    g.prefill_note = c.is_moe() ? "on the CPU (--gpu-prefill-rows 0)" : "";
+    return;
+  }
+  if (!gguf) {
+    g.prefill_note = "on the CPU (the GPU prefill of experts reads a GGUF file's blocks; this is a safetensors model)";
+    return;
+  }
+  std::string why;
+  if (!cuda::Blas::get(&why)) {
+    g.prefill_note = "on the CPU (" + why + ")";
+    return;
+  }
+  g.raw.resize(size_t(c.num_layers));
+  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    if (!c.layer_is_moe(li)) continue;
+    LayerRawExperts& r = g.raw[size_t(li)];
+    const std::pair<const char*, RawExperts*> parts[] = {{"ffn_gate_exps", &r.gate}, {"ffn_up_exps", &r.up},
+                                                          {"ffn_down_exps", &r.down}};
+    for (auto [name, dst] : parts) {
+      const std::string tn = fmt::format("blk.{}.{}.weight", li, name);
+      const GgufTensor* t = gguf->find(tn);
+      const bool down = dst == &r.down;
+      if (!t || t->ne.size() != 3 || t->ne[2] != E || t->ne[0] != (down ? I : H) || t->ne[1] != (down ? H : I)) {
+        g.prefill_note = fmt::format("on the CPU ({} is not a [{}, {}, {}] tensor in the file)", tn, E,
+                                     down ? H : I, down ? I : H);
+        g.raw.clear();
+        return;
+      }
+      if (!cuda::can_dequantize(t->type)) {
+        g.prefill_note = fmt::format("on the CPU ({} is GGML type {}, which the GPU does not dequantize)", tn, t->type);
+        g.raw.clear();
+        return;
+      }
+      *dst = {t->type, t->data, size_t(t->nbytes), t->ne[1], t->ne[0]};
+      g.raw_max_bytes = std::max(g.raw_max_bytes, size_t(t->nbytes));
+    }
+  }
+  // Page-locked for DMA at the bus's speed (the mapping is read-only: registered as such), as one range from the
+  // first expert tensor to the end of the last (tensors share pages at their ends); else the copies stage.
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
+  for (const LayerRawExperts& r : g.raw)
+    for (const RawExperts* x : {&r.gate, &r.up, &r.down})
+      if (x->data) {
+        lo = std::min(lo, reinterpret_cast<uintptr_t>(x->data));
+        hi = std::max(hi, reinterpret_cast<uintptr_t>(x->data) + x->bytes);
+      }
+  g.raw_pinned = false;
+  if (lo < hi) {
+    const uintptr_t a = lo & ~uintptr_t(4095), b = (hi + 4095) & ~uintptr_t(4095);
+    void* p = reinterpret_cast<void*>(a);
+    if (cudaHostRegister(p, b - a, cudaHostRegisterReadOnly) == cudaSuccess) {
+      g.registered.push_back(p);
+      g.raw_pinned = true;
+    } else {
+      cudaGetLastError();
+    }
+  }
+  g.gguf = std::move(gguf);
+  g.prefill_rows = opt.gpu_prefill_rows;
+  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (blocks streamed per layer, {})", g.prefill_rows,
+                               g.raw_pinned ? "page-locked" : "staged: the file's pages could not be page-locked");
+}
+
+}  // namespace
+
+std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt,
+                                               std::shared_ptr<const GgufFile> gguf) {
   auto g = std::make_shared<GpuModel>();
   g->dev = cuda::use_device(opt.gpu_device);
   if (c.head_dim > 256) fail("--gpu: head_dim {} exceeds the GPU attention kernel's 256", c.head_dim);
   if (opt.gpu_defer != 0) {
-    if (c.moe_layers() != c.num_layers)
-      fail("--gpu-defer: expert deferral needs a MoE model whose every layer is MoE ({} of {} layers are)",
-           c.moe_layers(), c.num_layers);
+    if (!c.is_moe()) fail("--gpu-defer: expert deferral needs a MoE model; {} has no experts", arch_name(c.arch));
     if (opt.gpu_defer < 0 || opt.gpu_defer >= c.top_k)
       fail("--gpu-defer {}: defer between 0 and top_k - 1 = {} experts per token", opt.gpu_defer, c.top_k - 1);
   }
@@ -222,6 +328,7 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   }
   upload_vector(w.final_norm, g->final_norm, g->bytes);
   upload_matrix(w.output(), g->output, g->bytes);
+  setup_prefill_experts(*g, c, opt, std::move(gguf));
   return g;
 }
 
@@ -297,6 +404,49 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
 }
 
 }  // namespace
+
+// A MoE layer's routed experts for a prefill step on the GPU: the layer's blocks copied over and dequantized to bf16,
+// the pairs' rows gathered (bf16), per expert a cuBLAS product for gate and up, SwiGLU, a product for down, and each
+// row's weighted sum into g.moe_out. `start` [experts + 1] delimits each expert's pairs; the pair arrays are in
+// g.h_pair_row / h_row_pairs / h_pair_w.
+static void gpu_prefill_experts(GpuState& g, const LayerRawExperts& r, const ModelConfig& c, const int32_t* start, int64_t n,
+                         int64_t k) {
+  const cudaStream_t s = g.stream.get();
+  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts, P = n * k;
+  cuda::Blas* blas = cuda::Blas::get(nullptr);
+  if (g.raw[0].empty()) {
+    for (int i = 0; i < 3; ++i) {
+      g.raw[i].resize(g.gm.raw_max_bytes);
+      g.deq[i].resize(size_t(E * I * H));
+    }
+    const size_t pairs = size_t(g.max_rows * c.top_k);
+    g.xp.resize(pairs * size_t(H)), g.act.resize(pairs * size_t(I));
+    g.pe1.resize(pairs * size_t(I)), g.pe2.resize(pairs * size_t(I)), g.yd.resize(pairs * size_t(H));
+    g.pair_w.resize(pairs), g.pair_row.resize(pairs), g.row_pairs.resize(pairs);
+  }
+  cuda::copy_to_device(g.pair_row.data(), g.h_pair_row.data(), size_t(P) * 4, g.stream);
+  cuda::copy_to_device(g.row_pairs.data(), g.h_row_pairs.data(), size_t(P) * 4, g.stream);
+  cuda::copy_to_device(g.pair_w.data(), g.h_pair_w.data(), size_t(P) * 4, g.stream);
+  const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
+  for (int i = 0; i < 3; ++i) {
+    cuda::copy_to_device(g.raw[i].data(), parts[i]->data, parts[i]->bytes, g.stream);
+    cuda::dequantize_bf16(parts[i]->type, g.raw[i].data(), g.deq[i].data(), E * parts[i]->rows * parts[i]->cols, s);
+  }
+  cuda::gather_rows_bf16(g.xn.data(), g.pair_row.data(), g.xp.data(), P, H, s);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t p0 = start[e], np = start[e + 1] - p0;
+    if (np == 0) continue;
+    blas->gemm_bf16(g.deq[0].data() + e * I * H, I, H, g.xp.data() + p0 * H, np, g.pe1.data() + p0 * I, I, s);
+    blas->gemm_bf16(g.deq[1].data() + e * I * H, I, H, g.xp.data() + p0 * H, np, g.pe2.data() + p0 * I, I, s);
+  }
+  cuda::swiglu_bf16(g.pe1.data(), g.pe2.data(), g.act.data(), P * I, s);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t p0 = start[e], np = start[e + 1] - p0;
+    if (np == 0) continue;
+    blas->gemm_bf16(g.deq[2].data() + e * H * I, H, I, g.act.data() + p0 * I, np, g.yd.data() + p0 * H, H, s);
+  }
+  cuda::combine_pairs(g.yd.data(), g.row_pairs.data(), g.pair_w.data(), n, k, H, g.moe_out.data(), s);
+}
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
   const cudaStream_t s = stream.get();
@@ -385,6 +535,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   const int64_t K = c_.top_k, defer = gm.defer;
   const Layer* deferred_layer = nullptr;  // a layer whose deferred experts are still to run (on xn_, router_logits_)
   bool deferred_ready = false;            // g.deferred holds a sum not yet added
+  bool moe_copy_queued = false;           // the last MoE output's copy to the device is in `work`, not yet run
   if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
   auto run_deferred = [&] {
     if (!deferred_layer) return;
@@ -411,6 +562,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
         cuda::copy_to_host(g.h_xn.data(), g.xn.data(), xbytes, g.stream);
       });
       g.run_segment(n, work);
+      moe_copy_queued = false;
       run_deferred();  // before xn_ is overwritten
       g.stream.sync("the GPU part of a layer");
       clock_.lap(Op::gpu);
@@ -440,6 +592,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     // The router's logits are written to the host directly too; the event after them is the CPU's signal.
     work.push_back([&g, gl, n, E, s] { cuda::gemv(gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
     g.run_segment(n, work);
+    moe_copy_queued = false;
     cuda::check(cudaEventRecord(g.ev, s), "cudaEventRecord");
     const bool shared = kind.mlp == MlpKind::moe_shared;
     if (shared) {
@@ -458,9 +611,25 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     run_deferred();  // the previous MoE layer's deferred experts, while the GPU runs this layer
     cuda::check(cudaEventSynchronize(g.ev), "the GPU part of a layer (attention, router)");
     clock_.lap(Op::gpu);
-    std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
     if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
+    if (gm.prefill_rows > 0 && n >= gm.prefill_rows && !gm.raw.empty()) {
+      // A prefill step: the layer's experts on the GPU, all ranks (no deferral), the sum stays there.
+      route_pairs(n, 0, K);
+      const size_t P = size_t(n * K);
+      g.h_pair_row.resize(size_t(g.max_rows * K)), g.h_row_pairs.resize(size_t(g.max_rows * K));
+      g.h_pair_w.resize(size_t(g.max_rows * K));
+      std::memcpy(g.h_pair_row.data(), pair_row_.data(), P * 4);
+      std::memcpy(g.h_row_pairs.data(), row_pairs_.data(), P * 4);
+      std::memcpy(g.h_pair_w.data(), pair_weight_.data(), P * 4);
+      gpu_prefill_experts(g, gm.raw[size_t(li)], c_, expert_start_.data(), n, K);
+      clock_.lap(Op::gpu);
+      moe_copy_queued = false;
+      pend_a = g.moe_out.data();
+      pend_b = shared ? g.sh_out.data() : nullptr;
+      continue;
+    }
+    std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
     routed_experts(l, n, 0, K - defer, tmp_.data());
     if (deferred_ready) {
       for (int64_t i = 0; i < n * H; ++i) tmp_[size_t(i)] += g.deferred[size_t(i)];
@@ -469,14 +638,24 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     if (defer > 0) deferred_layer = &l;
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
     work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    moe_copy_queued = true;
     pend_a = g.moe_out.data();
     pend_b = shared ? g.sh_out.data() : nullptr;
   }
 
-  // The last layer's deferred experts join its sum (every layer is MoE with deferral: its copy is still queued).
+  // The last MoE layer's deferred experts join the last layer's output: its own when it is that layer (its copy to
+  // the device is still queued), else through the final norm.
   run_deferred();
-  if (deferred_ready)
+  if (deferred_ready && moe_copy_queued && c_.layers.back().mlp != MlpKind::dense) {
     for (int64_t i = 0; i < n * H; ++i) g.h_tmp.data()[i] += g.deferred[size_t(i)];
+  } else if (deferred_ready) {
+    g.h_def.resize(size_t(g.max_rows * H));
+    g.def_dev.resize(size_t(g.max_rows * H));
+    std::memcpy(g.h_def.data(), g.deferred.data(), xbytes);
+    cuda::copy_to_device(g.def_dev.data(), g.h_def.data(), xbytes, g.stream);
+    if (pend_b) fail("gpu_step: no slot for the deferred experts' sum");  // pend_b is a MoE layer's (copy queued)
+    pend_b = g.def_dev.data();
+  }
   // Output rows: the last row of each sequence, or all of its rows (all_logits); launch by launch (the rows vary).
   for (auto& f : work) f();
   work.clear();

@@ -23,7 +23,10 @@ namespace {
 }
 }  // namespace
 
-std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig&, const Weights&, const LoadOptions&) { no_cuda(); }
+std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig&, const Weights&, const LoadOptions&,
+                                               std::shared_ptr<const GgufFile>) {
+  no_cuda();
+}
 std::string gpu_description(const GpuModel&) { no_cuda(); }
 size_t gpu_weight_bytes(const GpuModel&) { return 0; }
 size_t gpu_bytes_held() { return 0; }

@@ -20,7 +20,7 @@ namespace genesis::runtime {
 Model::Model(ModelConfig c, Weights w) : config_(std::move(c)), weights_(std::move(w)) {}
 
 std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src, const LoadOptions& opt,
-                                          const std::string& origin) {
+                                          const std::string& origin, std::shared_ptr<const GgufFile> gguf) {
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
   if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
@@ -33,7 +33,7 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
           if (!x->op && x->packed) x->op = kernels::nf4_gemv::make_linear(std::move(x->packed), set);
       }
   }
-  if (opt.gpu) m->gpu_ = make_gpu_model(m->config_, m->weights_, opt);
+  if (opt.gpu) m->gpu_ = make_gpu_model(m->config_, m->weights_, opt, std::move(gguf));
   return m;
 }
 
@@ -42,7 +42,7 @@ std::unique_ptr<Model> Model::from_gguf(std::shared_ptr<const GgufFile> f, const
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);  // see load() below
   // Quantized non-expert matrices become bf16 unless the caller wants fp32 (LoadOptions::keep_bf16 = false).
   std::unique_ptr<TensorSource> src = gguf_tensor_source(f, c, opt.keep_bf16);
-  return from_source(std::move(c), *src, opt, f->label());
+  return from_source(std::move(c), *src, opt, f->label(), f);
 }
 
 std::unique_ptr<Model> Model::load(const std::string& dir, const LoadOptions& opt) {

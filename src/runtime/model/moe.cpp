@@ -19,8 +19,8 @@ void Session::moe(const Layer& l, int64_t n) {
   routed_experts(l, n, 0, c_.top_k, tmp_.data());
 }
 
-void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst) {
-  const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts;
+void Session::route_pairs(int64_t n, int64_t rank0, int64_t rank1) {
+  const int64_t E = c_.num_experts;
   const int64_t K = rank1 - rank0;  // the experts of each row this call runs: ranks [rank0, rank1) of its top-k
   const int64_t P = n * K;
 
@@ -50,13 +50,21 @@ void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t r
     pair_weight_[size_t(p)] = chosen_w[size_t(i)];
     row_pairs_[size_t(i)] = p;
   }
+  for (int64_t e = 0; e < E; ++e) prof_.experts += start[size_t(e + 1)] > start[size_t(e)];
+  clock_.lap(Op::router);
+}
+
+void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst) {
+  const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts;
+  const int64_t K = rank1 - rank0;
+  const int64_t P = n * K;
+  route_pairs(n, rank0, rank1);
+  const std::vector<int32_t>& start = expert_start_;
   units_.clear();
   for (int64_t e = 0; e < E; ++e)
     for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += kMaxUnitRows)
       units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
   const int64_t U = int64_t(units_.size());
-  for (int64_t e = 0; e < E; ++e) prof_.experts += start[size_t(e + 1)] > start[size_t(e)];
-  clock_.lap(Op::router);
 
   if (moe_h_.size() < size_t(P * 2 * I)) {
     moe_h_.resize(size_t(P * 2 * I));

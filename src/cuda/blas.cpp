@@ -1,0 +1,68 @@
+#include "cuda/blas.h"
+
+#include <cublas_v2.h>
+#include <dlfcn.h>
+
+#include <mutex>
+
+#include "common/error.h"
+
+namespace genesis::cuda {
+
+namespace {
+using CreateFn = cublasStatus_t (*)(cublasHandle_t*);
+using SetStreamFn = cublasStatus_t (*)(cublasHandle_t, cudaStream_t);
+using GemmExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
+                                    const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
+                                    cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+}  // namespace
+
+Blas* Blas::get(std::string* why) {
+  static std::mutex mu;
+  static Blas* blas = nullptr;
+  static std::string error;
+  static bool tried = false;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!tried) {
+    tried = true;
+    void* lib = nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+      if ((lib = dlopen(name, RTLD_NOW | RTLD_LOCAL))) break;
+    if (!lib) {
+      error = fmt::format("libcublas not found ({}); put the CUDA toolkit's lib64 on LD_LIBRARY_PATH", dlerror());
+    } else {
+      auto create = reinterpret_cast<CreateFn>(dlsym(lib, "cublasCreate_v2"));
+      auto set_stream = reinterpret_cast<SetStreamFn>(dlsym(lib, "cublasSetStream_v2"));
+      void* gemm = dlsym(lib, "cublasGemmEx");
+      cublasHandle_t h = nullptr;
+      if (!create || !set_stream || !gemm) {
+        error = "libcublas lacks cublasCreate_v2 / cublasSetStream_v2 / cublasGemmEx";
+      } else if (const cublasStatus_t st = create(&h); st != CUBLAS_STATUS_SUCCESS) {
+        error = fmt::format("cublasCreate failed (status {})", int(st));
+      } else {
+        blas = new Blas();
+        blas->lib_ = lib;
+        blas->handle_ = h;
+        blas->set_stream_ = reinterpret_cast<int (*)(void*, cudaStream_t)>(set_stream);
+        blas->gemm_ex_ = gemm;
+      }
+    }
+  }
+  if (!blas && why) *why = error;
+  return blas;
+}
+
+void Blas::gemm_bf16(const uint16_t* W, int64_t rows, int64_t cols, const uint16_t* x, int64_t n, float* y, int64_t ldy,
+                     cudaStream_t s) {
+  if (n <= 0) return;
+  auto h = static_cast<cublasHandle_t>(handle_);
+  if (const int st = set_stream_(handle_, s); st != 0) fail("cublasSetStream failed (status {})", st);
+  const float alpha = 1.0f, beta = 0.0f;
+  // Column-major: y^T [rows x n] = W [cols x rows]^T * x^T [cols x n].
+  const cublasStatus_t st = reinterpret_cast<GemmExFn>(gemm_ex_)(
+      h, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols), &alpha, W, CUDA_R_16BF, int(cols), x, CUDA_R_16BF,
+      int(cols), &beta, y, CUDA_R_32F, int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (st != CUBLAS_STATUS_SUCCESS) fail("cublasGemmEx ({} x {} x {}) failed (status {})", rows, n, cols, int(st));
+}
+
+}  // namespace genesis::cuda

@@ -146,6 +146,9 @@ void setup_bench(CLI::App& app) {
       run_kq(*args);
       return;
     }
+    if (!args->genome.empty())
+      fail("--genome takes a kq_gemv genome (the GGUF formats: {}); NF4 takes its genomes from --kb",
+           kq::format_names());
     nf::GemvBenchOptions opt;
     for (const auto& s : args->shapes) opt.shapes.push_back(parse_shape(s));
     if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();

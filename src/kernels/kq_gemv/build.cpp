@@ -290,7 +290,9 @@ class Builder {
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
-    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
+    for (int t = 0; t < T_; ++t)
+      o.push_back(c_.zero_init ? jit::make_alu(Op::vpxord, c_.f[size_t(t)], c_.f[size_t(t)], c_.f[size_t(t)])
+                               : jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
     std::vector<Instr> hot = hot_body();
@@ -365,6 +367,14 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);
   c.id = fmt::format("kq_gemv_{}_t{}_{}", format_name(fmt_), tokens, g.code_key());
+  return c;
+}
+
+Conf zero_init(Conf c) {
+  if (!c.zero_init) {
+    c.zero_init = true;
+    c.id += "_z";
+  }
   return c;
 }
 

@@ -51,12 +51,17 @@ struct Conf {
   // stored high bits, one product temp
   std::vector<int> s;
   int sb = -1, qh = -1, p = -1;
+  // The row loop starts each row's lanes at zero instead of loading them (the driver's first column chunk: the lanes
+  // buffer then needs no clearing). Set by zero_init(); part of the id.
+  bool zero_init = false;
   std::string id;
   std::string describe() const;
 };
 
 Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline(), Path path = Path::avx512vnni);
 jit::Program build(const Conf& c);
+// The same kernel with its lanes started at zero (Conf::zero_init; id + "_z").
+Conf zero_init(Conf c);
 // Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).
 int max_tokens(Path path, Format f);
 // The activation rows of each kernel pass run_rows makes for n rows: balanced passes of at most

@@ -295,7 +295,9 @@ class Builder2 {
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
     // 8 lanes per activation row in the low half of its 16 (the driver zeroes all 16 and sums them)
-    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut), kY));
+    for (int t = 0; t < T_; ++t)  // lanes 8..15 of each 16 are never written nor read (sum_lanes8)
+      o.push_back(c_.zero_init ? jit::make_alu(Op::vpxord, c_.f[size_t(t)], c_.f[size_t(t)], c_.f[size_t(t)], kY)
+                               : jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut), kY));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
     std::vector<Instr> hot = hot_body();

@@ -149,8 +149,9 @@ class Builder2 {
         high_bits(o, lo(), 4 - 2 * g, kMask10Y);
         high_bits(o, hi(), 3 - 2 * g, kMask10Y);
       }
-      o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(int(kIdxK + xl)), kY));
-      o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(int(kIdxK + xh)), kY));
+      const int idx = f_ == Format::q4_k ? kIdxKL : kIdxK;  // Q4_K: word w's sub-block is (w / 2) % 8
+      o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(int(idx + xl)), kY));
+      o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(int(idx + xh)), kY));
       k_products(o, lo(), scl, xl, g == 0);
       k_products(o, hi(), sch, xh, false);
     }

@@ -78,9 +78,12 @@ int16_t i16(const uint8_t* p) {
 // One unit's weights in kernel byte order as small integers: for the K-quants the code times its sub-block scale
 // (the -32 of Q6_K and the mins are applied from the activations' sums), for the legacy formats the unsigned code.
 void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
-  static const auto elem = [] {  // element_of for Q4_K / Q5_K
-    std::array<uint8_t, 256> t{};
-    for (int j = 0; j < 256; ++j) t[size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+  static const auto elem = [] {  // element_of for Q4_K ([0]) and Q5_K ([1])
+    std::array<std::array<uint8_t, 256>, 2> t{};
+    for (int j = 0; j < 256; ++j) {
+      t[0][size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+      t[1][size_t(j)] = uint8_t(element_of(Format::q5_k, j));
+    }
     return t;
   }();
   const int co = codes_offset(f);
@@ -88,7 +91,7 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
     case Format::q4_k:
     case Format::q5_k:
       for (int j = 0; j < 256; ++j) {
-        const int k = j / 64, p = j % 64, e = elem[size_t(j)];
+        const int k = j / 64, p = j % 64, e = elem[f == Format::q5_k][size_t(j)];
         const uint8_t b = rec[co + 64 * (k / 2) + p];
         int c = (k % 2) ? b >> 4 : b & 0xF;
         if (f == Format::q5_k) c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
@@ -169,16 +172,20 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
   }
 }
 
-// zero: the variant that starts each row's lanes at zero (the first column chunk), else the one that adds to them.
-std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g, bool zero) {
+// zero: the variant that starts each row's lanes at zero (the first column chunk), else the one that adds to them;
+// pair: the two-row kernel (has_pair_kernel()).
+std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g, bool zero,
+                                                      bool pair) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int, std::string, bool>, std::shared_ptr<const jit::ExecutableCode>> cache;
-  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key(), zero);
+  static std::map<std::tuple<int, int, int, std::string, bool, bool>, std::shared_ptr<const jit::ExecutableCode>>
+      cache;
+  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key(), zero, pair);
   {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf c = zero ? zero_init(make_conf(f, tokens, g, path)) : make_conf(f, tokens, g, path);
+  const Conf one = pair ? make_conf_pair(f, tokens, g) : make_conf(f, tokens, g, path);
+  const Conf c = zero ? zero_init(one) : one;
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
   return cache.emplace(key, code).first->second;
@@ -258,6 +265,8 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     int64_t unit_chunk;
     void (*fn_zero)(const KernelArgs*);  // the first column chunk: lanes start at zero
     void (*fn)(const KernelArgs*);       // later chunks: added to the lanes
+    void (*fn2_zero)(const KernelArgs*); // the same for row pairs (null where there is no two-row kernel)
+    void (*fn2)(const KernelArgs*);
   };
   // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
   // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
@@ -265,17 +274,17 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     Path path;
     Format f;
     int n;
-    bool zero;
+    bool zero, pair;
     Genome g;
     void (*fn)(const KernelArgs*);
   };
   thread_local std::vector<Cached> kernels;
-  auto kernel_for = [&](int n, bool zero) {
+  auto kernel_for = [&](int n, bool zero, bool pair) {
     for (const Cached& c : kernels)
-      if (c.path == path && c.f == w.format && c.n == n && c.zero == zero && c.g == g) return c.fn;
-    auto fn = jit_kernel(path, w.format, n, g, zero)->as<void (*)(const KernelArgs*)>();
+      if (c.path == path && c.f == w.format && c.n == n && c.zero == zero && c.pair == pair && c.g == g) return c.fn;
+    auto fn = jit_kernel(path, w.format, n, g, zero, pair)->as<void (*)(const KernelArgs*)>();
     if (kernels.size() >= 64) kernels.erase(kernels.begin());
-    kernels.push_back({path, w.format, n, zero, g, fn});
+    kernels.push_back({path, w.format, n, zero, pair, g, fn});
     return fn;
   };
   thread_local std::vector<Pass> plan;
@@ -283,7 +292,11 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   for (int p = 0, t0 = 0; p < passes; ++p) {
     const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
     const int64_t unit_chunk = std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord));
-    plan.push_back({t0, n, unit_chunk, kernel_for(n, true), unit_chunk < w.units ? kernel_for(n, false) : nullptr});
+    // row pairs for several activation rows (one row: the weights' bandwidth decides, and a tuned order fits it)
+    const bool pair = a.n > 1 && has_pair_kernel(path, w.format, n) && r1 - r0 > 1;
+    const bool more = unit_chunk < w.units;
+    plan.push_back({t0, n, unit_chunk, kernel_for(n, true, false), more ? kernel_for(n, false, false) : nullptr,
+                    pair ? kernel_for(n, true, true) : nullptr, pair && more ? kernel_for(n, false, true) : nullptr});
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
@@ -293,17 +306,29 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   args.consts = kernel_constants();
   args.out = lanes.data();
   args.x_stride = int64_t(a.n) * kTokenRecord;
+  args.w_row = w.row_bytes();
   for (int64_t r = r0; r < r1; r += row_chunk) {
     const int64_t rows = std::min(row_chunk, r1 - r);
     for (const Pass& p : plan) {
       for (int64_t u = 0; u < w.units; u += p.unit_chunk) {
         const int64_t nu = std::min(p.unit_chunk, w.units - u);
-        args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
         args.x = a.data.data() + (size_t(u) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
-        args.n_rows = rows;
         args.n_units = nu;
         args.w_skip = w.row_bytes() - nu * w.record_bytes;
-        (u == 0 ? p.fn_zero : p.fn)(&args);
+        int64_t done = 0;
+        if (p.fn2_zero && rows > 1) {  // rows in pairs, then a last odd row alone
+          args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+          args.out = lanes.data();
+          args.n_rows = rows / 2;
+          (u == 0 ? p.fn2_zero : p.fn2)(&args);
+          done = rows / 2 * 2;
+        }
+        if (done < rows) {
+          args.w = w.data.data() + size_t((r + done) * w.row_bytes() + u * w.record_bytes);
+          args.out = lanes.data() + size_t(done) * size_t(p.n) * 16;
+          args.n_rows = rows - done;
+          (u == 0 ? p.fn_zero : p.fn)(&args);
+        }
       }
       if (path == Path::avx512vnni)
         sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);
@@ -340,9 +365,7 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (genome.fault != Fault::none && !allow_faults)
     fail("kq_gemv: genome '{}' carries a planted test fault; only the factory's sandboxed tests may run it",
          genome.serialize());
-  const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
-                         (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
-  if (!same_kind || a.cols != w.cols || a.units != w.units)
+  if (a.format != w.format || a.cols != w.cols || a.units != w.units)
     fail("kq_gemv: activations quantized for {} with {} columns do not fit a {} matrix of {} columns",
          format_name(a.format), a.cols, format_name(w.format), w.cols);
   if (a.n < 1 || a.n > kMaxRows) fail("kq_gemv: {} activation rows; 1..{} possible", a.n, kMaxRows);

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -112,7 +113,11 @@ int codes_offset(Format f) {
 
 int element_of(Format f, int j) {
   if (f == Format::q6_k) return j;
-  if (is_k_quant(f)) {  // Q4_K / Q5_K: code vector k = low / high nibbles of 64 stored bytes
+  if (f == Format::q4_k) {  // code vector k, dword lane l, byte i: sub-block l % 8 in every vector (README)
+    const int k = j / 64, l = (j % 64) / 4, i = j % 4;
+    return 32 * (l % 8) + 16 * (l / 8) + 4 * k + i;
+  }
+  if (is_k_quant(f)) {  // Q5_K: code vector k = low / high nibbles of 64 stored bytes
     const int k = j / 64, p = j % 64;
     return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
   }
@@ -126,6 +131,38 @@ int element_of(Format f, int j) {
 namespace {
 
 using namespace layout;
+
+// Q4_K: the file's qs[128] holds element e in byte 32 (e / 64) + e % 32, low nibble for e % 64 < 32. The record's
+// codes: kernel byte j (layout::element_of) is the low (code vector k = j / 64 even) or high nibble of record code
+// byte 64 (k / 2) + j % 64. Per kernel byte: the file's byte and nibble shift of its element, and the record's.
+struct Q4kMove {
+  uint8_t file_byte, file_shift, rec_byte, rec_shift;
+};
+const std::array<Q4kMove, 256>& q4k_moves() {
+  static const std::array<Q4kMove, 256> t = [] {
+    std::array<Q4kMove, 256> m{};
+    for (int j = 0; j < 256; ++j) {
+      const int e = element_of(Format::q4_k, j), k = j / 64;
+      m[size_t(j)] = {uint8_t(32 * (e / 64) + e % 32), uint8_t((e % 64) < 32 ? 0 : 4), uint8_t(64 * (k / 2) + j % 64),
+                      uint8_t((k % 2) ? 4 : 0)};
+    }
+    return m;
+  }();
+  return t;
+}
+
+void put_q4k_codes(const uint8_t* qs, uint8_t* codes) {
+  std::memset(codes, 0, 128);
+  for (const Q4kMove& m : q4k_moves())
+    codes[m.rec_byte] |= uint8_t(((qs[m.file_byte] >> m.file_shift) & 0xF) << m.rec_shift);
+}
+
+// The inverse: the file's qs[128] from the record's codes.
+void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
+  std::memset(qs, 0, 128);
+  for (const Q4kMove& m : q4k_moves())
+    qs[m.file_byte] |= uint8_t(((codes[m.rec_byte] >> m.rec_shift) & 0xF) << m.file_shift);
+}
 
 void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
   if (j < 4) {
@@ -146,7 +183,7 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
       std::memcpy(rec, src, 4);  // d, dmin
       for (int j = 0; j < 8; ++j) scale_min_k4(j, src + 4, rec[4 + j], rec[12 + j]);
       if (f == Format::q4_k) {
-        std::memcpy(rec + 20, src + 16, 128);
+        put_q4k_codes(src + 16, rec + 20);
       } else {
         std::memcpy(rec + 20, src + 16, 32);   // qh
         std::memcpy(rec + 52, src + 48, 128);  // qs
@@ -195,7 +232,7 @@ void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
         q[j + 8] = uint8_t((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
       }
       if (f == Format::q4_k) {
-        std::memcpy(dst + 16, rec + 20, 128);
+        get_q4k_codes(rec + 20, dst + 16);
       } else {
         std::memcpy(dst + 16, rec + 20, 32);
         std::memcpy(dst + 48, rec + 52, 128);
@@ -258,7 +295,9 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
       continue;
     }
     const float d = half_at(rec), dmin = half_at(rec + 2);
-    const uint8_t* qs = rec + (f == Format::q4_k ? 20 : 52);
+    alignas(16) uint8_t q4k[128];
+    if (f == Format::q4_k) get_q4k_codes(rec + 20, q4k);  // the file's order
+    const uint8_t* qs = f == Format::q4_k ? q4k : rec + 52;
     for (int j = 0; j < 8; ++j) {
       const float d1 = d * float(rec[4 + j]), m1 = dmin * float(rec[12 + j]);
       for (int i0 = 0; i0 < 32; i0 += 16) {
@@ -433,7 +472,9 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
     const float s = fn(x, 256, q, sums);
     if (f == Format::q6_k) {
       std::memcpy(rec, q, 256);
-    } else {  // 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
+    } else if (f == Format::q4_k) {  // whole dwords: 4 consecutive elements per dword lane (element_of)
+      for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(Format::q4_k, j), 4);
+    } else {  // Q5_K: 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
       static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
       for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
     }

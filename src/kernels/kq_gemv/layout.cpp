@@ -132,36 +132,37 @@ namespace {
 
 using namespace layout;
 
-// Q4_K: the file's qs[128] holds element e in byte 32 (e / 64) + e % 32, low nibble for e % 64 < 32. The record's
-// codes: kernel byte j (layout::element_of) is the low (code vector k = j / 64 even) or high nibble of record code
-// byte 64 (k / 2) + j % 64. Per kernel byte: the file's byte and nibble shift of its element, and the record's.
-struct Q4kMove {
-  uint8_t file_byte, file_shift, rec_byte, rec_shift;
-};
-const std::array<Q4kMove, 256>& q4k_moves() {
-  static const std::array<Q4kMove, 256> t = [] {
-    std::array<Q4kMove, 256> m{};
-    for (int j = 0; j < 256; ++j) {
-      const int e = element_of(Format::q4_k, j), k = j / 64;
-      m[size_t(j)] = {uint8_t(32 * (e / 64) + e % 32), uint8_t((e % 64) < 32 ? 0 : 4), uint8_t(64 * (k / 2) + j % 64),
-                      uint8_t((k % 2) ? 4 : 0)};
-    }
-    return m;
-  }();
-  return t;
-}
-
+// Q4_K: the file's qs[128] holds sub-block s (32 elements) in the low (s even) or high nibbles of bytes 32 (s / 2) ..
+// + 31, element w at byte w. The record (layout::element_of): code byte 64 h + 4 l + i (half h, dword lane l) holds
+// sub-block l % 8 in both nibbles: low = element 16 (l / 8) + 8 h + i, high = that + 4. So the 8 file bytes
+// 8 g .. 8 g + 7 of a sub-block (g = 2 (l / 8) + h) become one record dword: their first 4 nibbles low, the next 4
+// high. 64-bit words, 32 per unit.
 void put_q4k_codes(const uint8_t* qs, uint8_t* codes) {
-  std::memset(codes, 0, 128);
-  for (const Q4kMove& m : q4k_moves())
-    codes[m.rec_byte] |= uint8_t(((qs[m.file_byte] >> m.file_shift) & 0xF) << m.rec_shift);
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full;
+  for (int s = 0; s < 8; ++s)
+    for (int g = 0; g < 4; ++g) {
+      uint64_t v;
+      std::memcpy(&v, qs + 32 * (s / 2) + 8 * g, 8);
+      v = (v >> (4 * (s % 2))) & k4;
+      const uint32_t d = uint32_t(v) | uint32_t(v >> 32) << 4;
+      std::memcpy(codes + 64 * (g % 2) + 4 * (s + 8 * (g / 2)), &d, 4);
+    }
 }
 
 // The inverse: the file's qs[128] from the record's codes.
 void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
+  constexpr uint32_t k4 = 0x0F0F0F0Fu;
   std::memset(qs, 0, 128);
-  for (const Q4kMove& m : q4k_moves())
-    qs[m.file_byte] |= uint8_t(((codes[m.rec_byte] >> m.rec_shift) & 0xF) << m.file_shift);
+  for (int s = 0; s < 8; ++s)
+    for (int g = 0; g < 4; ++g) {
+      uint32_t d;
+      std::memcpy(&d, codes + 64 * (g % 2) + 4 * (s + 8 * (g / 2)), 4);
+      const uint64_t v = (uint64_t(d & k4) | uint64_t((d >> 4) & k4) << 32) << (4 * (s % 2));
+      uint64_t q;
+      std::memcpy(&q, qs + 32 * (s / 2) + 8 * g, 8);
+      q |= v;
+      std::memcpy(qs + 32 * (s / 2) + 8 * g, &q, 8);
+    }
 }
 
 void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {

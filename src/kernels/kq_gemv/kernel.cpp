@@ -292,8 +292,10 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   for (int p = 0, t0 = 0; p < passes; ++p) {
     const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
     const int64_t unit_chunk = std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord));
-    // row pairs for several activation rows (one row: the weights' bandwidth decides, and a tuned order fits it)
-    const bool pair = a.n > 1 && has_pair_kernel(path, w.format, n) && r1 - r0 > 1;
+    // Row pairs for several activation rows, unless the genome carries an order (it permutes the one-row body, which
+    // then runs as ordered: the factory's reordered mutants are measured as they are). One activation row: the
+    // weights' bandwidth decides, and a tuned order fits that body.
+    const bool pair = a.n > 1 && g.order.empty() && has_pair_kernel(path, w.format, n) && r1 - r0 > 1;
     const bool more = unit_chunk < w.units;
     plan.push_back({t0, n, unit_chunk, kernel_for(n, true, false), more ? kernel_for(n, false, false) : nullptr,
                     pair ? kernel_for(n, true, true) : nullptr, pair && more ? kernel_for(n, false, true) : nullptr});

@@ -69,6 +69,18 @@ struct alignas(64) Constants {
       put16(kOnes16 + 2 * w, 1);
       put16(kSixteens16 + 2 * w, 16);
     }
+    for (int w = 0; w < 16; ++w) {
+      b[kIdx6L + 2 * w] = 0x80;
+      b[kIdx6L + 2 * w + 1] = uint8_t(w / 2);
+    }
+    for (int l = 0; l < 16; ++l) {
+      put16(kIdxWW + 4 * l, int16_t(l));
+      put16(kIdxWW + 4 * l + 2, int16_t(l));
+      put16(kIdxW0 + 4 * l, int16_t(l));
+      put16(kIdxW0 + 4 * l + 2, int16_t(16));
+      put16(kOneLo + 4 * l, 1);
+      put16(kOneLo + 4 * l + 2, 0);
+    }
     for (int l = 0; l < 16; ++l) {
       b[kIdxD + 4 * l] = uint8_t(l % 8);
       for (int i = 1; i < 4; ++i) b[kIdxD + 4 * l + i] = 0x80;
@@ -153,6 +165,26 @@ class Builder {
     o.push_back(jit::make_alu(Op::vcvtph2ps, v, v, -1, 64));
   }
 
+  // Q6_K: D = d sc_l per dword lane l as fp32 (every code vector's lane l is sub-block l): the 16 scales
+  // sign-extended to words, word l to both words of dword l (vpermw), summed with [1, 0] (vpmaddwd), converted, times d
+  void scales_q6k(std::vector<Instr>& o, int D, int base, int W, int P, int I, int d) const {
+    o.push_back(jit::make_load(Op::vsx_b2w, W, mem(base, 192, kW)));
+    o.push_back(jit::make_load(Op::vload, I, cst(kIdxWW)));
+    o.push_back(jit::make_alu(Op::vpermw, P, I, W));
+    o.push_back(with_const(Op::vpmaddwd, D, P, kOneLo));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, D, D, -1));
+    o.push_back(jit::make_load(Op::vbcast_w, d, mem(base, 208, kW), 32));
+    o.push_back(jit::make_alu(Op::vcvtph2ps, d, d, -1, 64));
+    o.push_back(jit::make_alu(Op::vmulps, D, D, d));
+  }
+
+  // Q6_K: S = -32 bsum_l per dword lane l (the activations' per-16 sums, natural order = lane order): word l and the
+  // record's zero word 16 to dword l (vpermw), times -32 (vpmaddwd)
+  void seed_q6k(std::vector<Instr>& o, int t, int S, int P) const {
+    o.push_back(jit::make_alu_mem(Op::vpermw, P, creg(kIdxW0), xm(t, layout::kXBs16)));
+    o.push_back(with_const(Op::vpmaddwd, S, P, kNeg32));
+  }
+
   void decode_k(std::vector<Instr>& o) const {
     const auto& C = c_.c;
     const auto& SC = c_.sc;
@@ -168,16 +200,7 @@ class Builder {
         o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
         o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
       }
-      for (int h = 0; h < 2; ++h) {
-        const int a = SC[size_t(2 * h)], b = SC[size_t(2 * h + 1)];
-        o.push_back(jit::make_load(Op::vbcast_q, a, wm(192 + 8 * h)));
-        o.push_back(with_const(Op::vpshufb, b, a, kIdx6 + 64 * (2 * h + 1)));
-        o.push_back(with_const(Op::vpshufb, a, a, kIdx6 + 64 * (2 * h)));
-      }
-      for (int k = 0; k < 4; ++k) o.push_back(jit::make_shift(Op::vpsraw_imm, SC[size_t(k)], SC[size_t(k)], 8));
-      o.push_back(jit::make_load(Op::vsx_b2w, c_.mv, wm(192), 32));
-      o.push_back(with_const(Op::vpmullw, c_.mv, c_.mv, kNeg32, false, 32));
-      half_to_float(o, Op::vbcast_w, c_.d, 208);
+      scales_q6k(o, SC[0], kWReg, tmp(0, 0), tmp(0, 1), tmp(0, 2), c_.d);
       return;
     }
     nibbles(o, C[0], C[1], co);
@@ -221,6 +244,17 @@ class Builder {
   void tokens_k(std::vector<Instr>& o) const {
     const auto& C = c_.c;
     const auto& SC = c_.sc;
+    if (f_ == Format::q6_k) {  // as Q4_K below, lane l = sub-block l, S from -32 bsum_l, no mins
+      for (int t = 0; t < T_; ++t) {
+        const int S = tmp(t, 0);
+        seed_q6k(o, t, S, tmp(t, 1));
+        for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
+        o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+        o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
+        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
+      }
+      return;
+    }
     if (f_ == Format::q4_k) {
       // per dword lane: vpdpbusd sums codes x activations of one sub-block (every vector's lane l is sub-block
       // l % 8), scaled after the conversion by D = d sc_(l % 8)
@@ -474,11 +508,11 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   const bool k = is_k_quant(fmt_);
   for (int i = 0; i < (k ? 4 : 2); ++i) c.c.push_back(next++);
-  if (k)  // Q4_K: one fp32 scale vector D; Q5_K / Q6_K: four int16 scale vectors
-    for (int i = 0; i < (fmt_ == Format::q4_k ? 1 : 4); ++i) c.sc.push_back(next++);
+  if (k)  // Q4_K / Q6_K: one fp32 scale vector D; Q5_K: four int16 scale vectors
+    for (int i = 0; i < (fmt_ == Format::q5_k ? 4 : 1); ++i) c.sc.push_back(next++);
   c.d = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
-  if (k || fmt_ == Format::q4_1) c.mv = next++;
+  if (fmt_ == Format::q4_k || fmt_ == Format::q5_k || fmt_ == Format::q4_1) c.mv = next++;
   int left = 32 - next;
   // Q5_K / Q6_K: S, P0, P1 (the decode borrows set 0 for the high bits); Q4_K, legacy: S (Q4_K's decode borrows it)
   c.set_size = k && fmt_ != Format::q4_k ? 3 : 1;
@@ -492,9 +526,7 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
     case Format::q5_k:
       wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192, kMask10, kSh02, kSh13});
       break;
-    case Format::q6_k:
-      wanted.insert(wanted.end(), {kIdx6, kIdx6 + 64, kIdx6 + 128, kIdx6 + 192, kMask30, kSh02, kNeg32});
-      break;
+    case Format::q6_k: wanted = {kIdxW0, kNeg32, kMask30, kSh02, kMask0F}; break;  // kIdxW0: vpermw's index
     default: break;
   }
   std::vector<int> const_regs;
@@ -503,6 +535,8 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
       const_regs.push_back(off);
       --left;
     }
+  if (fmt_ == Format::q6_k && (const_regs.empty() || const_regs[0] != kIdxW0))
+    fail("kq_gemv: no register for Q6_K's vpermw index with {} activation rows", tokens);
   c.sets = std::min(4, c.sets + left / c.set_size);
   for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);

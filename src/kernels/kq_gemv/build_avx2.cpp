@@ -171,28 +171,28 @@ class Builder2 {
   }
 
   void unit_q6k(std::vector<Instr>& o) const {
-    const int scl = c_.sc[0], sch = c_.sc[1];
+    const int scl = c_.sc[0];
     // S starts from -32 sum_j sc_j bsum_j (the 16 scales sign-extended to words, times -32)
     o.push_back(jit::make_load(Op::vsx_b2w, lo(), wm(192), kY));
     o.push_back(jit::make_alu_mem(Op::vpmullw, lo(), lo(), cst(kNeg32), kY));
     for (int t = 0; t < T_; ++t)
       o.push_back(jit::make_alu_mem(Op::vpmaddwd, c_.s[size_t(t)], lo(), xm(t, layout::kXBs16), kY));
     for (int h = 0; h < 2; ++h) {
-      o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(192 + 8 * h), kY));  // this half's 8 scales
       o.push_back(jit::make_load(Op::vload, c_.qh, wm(128 + 32 * h), kY));
       for (int s = 0; s < 2; ++s) {
-        // ql bytes 64h + 32s..: low nibbles = elements 128h + 32s + l (quarter s), high = quarter 2 + s;
-        // quarter q's high bits are bits 2q, 2q+1 of qh[l] -> bits 4, 5; its scales are sub-blocks 2q, 2q+1
+        // code bytes 32 s .. 32 s + 31 of each vector: dword lanes 8 s .. 8 s + 7, i.e. sub-blocks 8 s + w / 2 for
+        // word w (the record's layout), in both the low and the high nibbles' vector
+        o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(192 + 8 * s), kY));
+        // ql bytes 64h + 32s..: low nibbles = positions 128h + 32s + l (quarter s), high = quarter 2 + s;
+        // quarter q's high bits are bits 2q, 2q+1 of qh[l] -> bits 4, 5
         const int64_t xl = 128 * h + 32 * s, xh = xl + 64;
         nibbles(o, 64 * h + 32 * s);
         high_bits(o, lo(), 4 - 2 * s, kMask30Y);
         high_bits(o, hi(), -2 * s, kMask30Y);
-        o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(kIdx6 + 32 * s), kY));
+        o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(kIdx6L), kY));
         o.push_back(jit::make_shift(Op::vpsraw_imm, scl, scl, 8, kY));
-        o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(kIdx6 + 32 * (2 + s)), kY));
-        o.push_back(jit::make_shift(Op::vpsraw_imm, sch, sch, 8, kY));
         k_products(o, lo(), scl, xl, false);
-        k_products(o, hi(), sch, xh, false);
+        k_products(o, hi(), scl, xh, false);
       }
     }
     half_to_float(o, Op::vbcast_w, lo(), 208);

@@ -104,7 +104,7 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
         const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
         const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
         const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
-        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + j / 16])));
+        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + element_of(Format::q6_k, j) / 16])));
       }
       return;
     case Format::q8_0:

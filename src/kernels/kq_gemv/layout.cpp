@@ -112,7 +112,10 @@ int codes_offset(Format f) {
 }
 
 int element_of(Format f, int j) {
-  if (f == Format::q6_k) return j;
+  if (f == Format::q6_k) {  // code vector k, dword lane l, byte i: sub-block l (16 elements) in every vector
+    const int k = j / 64, l = (j % 64) / 4, i = j % 4;
+    return 16 * l + 4 * k + i;
+  }
   if (f == Format::q4_k) {  // code vector k, dword lane l, byte i: sub-block l % 8 in every vector (README)
     const int k = j / 64, l = (j % 64) / 4, i = j % 4;
     return 32 * (l % 8) + 16 * (l / 8) + 4 * k + i;
@@ -165,6 +168,31 @@ void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
     }
 }
 
+// Q6_K's 6-bit code at position a of a block as ggml packs it (ql[128], qh[64]): half h = a / 128, quarter q of it.
+int q6_code_at(const uint8_t* blk, int a) {
+  const int h = a / 128, l = a % 128, q = l / 32, i = l % 32;
+  const int lo = (blk[64 * h + 32 * (q % 2) + i] >> (4 * (q / 2))) & 0xF;
+  return lo | ((blk[128 + 32 * h + i] >> (2 * q)) & 3) << 4;
+}
+void q6_put_code(uint8_t* blk, int a, int c) {
+  const int h = a / 128, l = a % 128, q = l / 32, i = l % 32;
+  blk[64 * h + 32 * (q % 2) + i] |= uint8_t((c & 0xF) << (4 * (q / 2)));
+  blk[128 + 32 * h + i] |= uint8_t(((c >> 4) & 3) << (2 * q));
+}
+// Q6_K's record: the codes packed as ggml packs a block, but position j holds element element_of(q6_k, j) (so
+// every code vector's dword lane l is sub-block l); scales and d as stored. `to_record` false: the inverse.
+void q6_permute(const uint8_t* src, uint8_t* dst, bool to_record) {
+  std::memset(dst, 0, 192);
+  for (int j = 0; j < 256; ++j) {
+    const int e = element_of(Format::q6_k, j);
+    if (to_record)
+      q6_put_code(dst, j, q6_code_at(src, e));
+    else
+      q6_put_code(dst, e, q6_code_at(src, j));
+  }
+  std::memcpy(dst + 192, src + 192, 18);
+}
+
 void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
   if (j < 4) {
     d = q[j] & 63;
@@ -191,7 +219,7 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
       }
       return;
     }
-    case Format::q6_k: std::memcpy(rec, src, 210); return;
+    case Format::q6_k: q6_permute(src, rec, true); return;
     default: break;
   }
   const int bb = stored_block_bytes(f);
@@ -240,7 +268,7 @@ void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
       }
       return;
     }
-    case Format::q6_k: std::memcpy(dst, rec, 210); return;
+    case Format::q6_k: q6_permute(rec, dst, false); return;
     default: break;
   }
   const int bb = stored_block_bytes(f), co = codes_offset(f);
@@ -280,6 +308,9 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
   for (int64_t u = 0; u < units; ++u, out += 256) {
     const uint8_t* rec = row + u * record_bytes(f);
     if (f == Format::q6_k) {
+      alignas(16) uint8_t blk[210];
+      q6_permute(rec, blk, false);  // the block as the file holds it
+      rec = blk;
       const float d = half_at(rec + 208);
       for (int hh = 0; hh < 2; ++hh)
         for (int qu = 0; qu < 4; ++qu)
@@ -471,10 +502,8 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
   int32_t sums[16];
   if (is_k_quant(f)) {
     const float s = fn(x, 256, q, sums);
-    if (f == Format::q6_k) {
-      std::memcpy(rec, q, 256);
-    } else if (f == Format::q4_k) {  // whole dwords: 4 consecutive elements per dword lane (element_of)
-      for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(Format::q4_k, j), 4);
+    if (f == Format::q6_k || f == Format::q4_k) {  // whole dwords: 4 consecutive elements per dword lane (element_of)
+      for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(f, j), 4);
     } else {  // Q5_K: 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
       static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
       for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);

@@ -363,6 +363,20 @@ class Builder {
     o.push_back(jit::make_alu(Op::vmulps, mv, mv, dmin));
   }
 
+  void decode_q6k_row(std::vector<Instr>& o, int base, const std::vector<int>& C, int D) const {
+    const int H = c_.temps[0], Hs = c_.temps[1], t = c_.xr;
+    for (int h = 0; h < 2; ++h) {
+      nibbles(o, C[size_t(2 * h)], C[size_t(2 * h + 1)], 64 * h, base);
+      o.push_back(jit::make_load(Op::vbcast_64x4, H, mem(base, 128 + 32 * h, kW)));
+      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+      o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
+      o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
+      o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
+      o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
+    }
+    scales_q6k(o, D, base, c_.temps[0], c_.temps[1], c_.xr, c_.temps[0]);
+  }
+
   std::vector<Instr> hot_body_pair() const {
     std::vector<Instr> o;
     const Genome& g = c_.genome;
@@ -375,12 +389,23 @@ class Builder {
       for (int base : {kWReg, kW2Reg})
         for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, mem(base, g.pf_dist + b, kW)));
     }
-    decode_q4k_row(o, kWReg, c_.c, c_.sc[0], c_.mv);
-    decode_q4k_row(o, kW2Reg, c_.c2, c_.sc2, c_.mv2);
+    const bool q6 = f_ == Format::q6_k;
+    if (q6) {
+      decode_q6k_row(o, kWReg, c_.c, c_.sc[0]);
+      decode_q6k_row(o, kW2Reg, c_.c2, c_.sc2);
+    } else {
+      decode_q4k_row(o, kWReg, c_.c, c_.sc[0], c_.mv);
+      decode_q4k_row(o, kW2Reg, c_.c2, c_.sc2, c_.mv2);
+    }
     const int S0 = c_.temps[0], S1 = c_.temps[1], X = c_.xr;
     for (int t = 0; t < T_; ++t) {
-      o.push_back(jit::make_alu(Op::vpxord, S0, S0, S0));  // zeroing idioms
-      o.push_back(jit::make_alu(Op::vpxord, S1, S1, S1));
+      if (q6) {  // both rows start from -32 bsum_l (activations only)
+        seed_q6k(o, t, S0, c_.temps[2]);
+        o.push_back(jit::make_alu(Op::vpor, S1, S0, S0));
+      } else {
+        o.push_back(jit::make_alu(Op::vpxord, S0, S0, S0));  // zeroing idioms
+        o.push_back(jit::make_alu(Op::vpxord, S1, S1, S1));
+      }
       for (int k = 0; k < 4; ++k) {  // one load of the activations for both rows
         o.push_back(jit::make_load(Op::vload, X, xm(t, 64 * k)));
         o.push_back(jit::make_alu(Op::vpdpbusd, S0, c_.c[size_t(k)], X));
@@ -390,8 +415,10 @@ class Builder {
       o.push_back(jit::make_alu(Op::vcvtdq2ps, S1, S1, -1));
       o.push_back(jit::make_alu(Op::vmulps, S0, S0, c_.sc[0]));
       o.push_back(jit::make_alu(Op::vmulps, S1, S1, c_.sc2));
-      o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S0, c_.mv, xm(t, layout::kXSums32)));
-      o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S1, c_.mv2, xm(t, layout::kXSums32)));
+      if (!q6) {
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S0, c_.mv, xm(t, layout::kXSums32)));
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S1, c_.mv2, xm(t, layout::kXSums32)));
+      }
       o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S0, xm(t, layout::kXScale, true)));
       o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(T_ + t)], S1, xm(t, layout::kXScale, true)));
     }
@@ -558,7 +585,7 @@ jit::Program build(const Conf& c) {
 }
 
 bool has_pair_kernel(Path path, Format f, int tokens) {
-  return path == Path::avx512vnni && f == Format::q4_k && tokens >= 1 && tokens <= 8;
+  return path == Path::avx512vnni && (f == Format::q4_k || f == Format::q6_k) && tokens >= 1 && tokens <= 8;
 }
 
 Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {
@@ -577,14 +604,20 @@ Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {
   for (int i = 0; i < 4; ++i) c.c2.push_back(next++);
   c.sc.push_back(next++);
   c.sc2 = next++;
-  c.mv = next++;
-  c.mv2 = next++;
+  const bool q6 = fmt_ == Format::q6_k;
+  if (!q6) {  // Q4_K's mins (Q6_K has none)
+    c.mv = next++;
+    c.mv2 = next++;
+  }
   c.xr = next++;
-  c.set_size = 2;  // S0, S1
+  c.set_size = q6 ? 3 : 2;  // S0, S1 (+ Q6_K's vpermw result)
   c.sets = 1;
-  for (int i = 0; i < 2; ++i) c.temps.push_back(next++);
-  for (int off : {kMask0F, kIdxD})
+  for (int i = 0; i < c.set_size; ++i) c.temps.push_back(next++);
+  // Q6_K's vpermw index must be a register (it is the instruction's index operand)
+  for (int off : q6 ? std::vector<int>{kIdxW0, kNeg32} : std::vector<int>{kMask0F, kIdxD})
     if (next < 32) c.const_regs.emplace_back(off, next++);
+  if (q6 && (c.const_regs.empty() || c.const_regs[0].first != kIdxW0))
+    fail("kq_gemv: no register for Q6_K's vpermw index in a two-row kernel of {} activation rows", tokens);
   if (next > 32) fail("kq_gemv: {} vector registers for a two-row kernel of {} activation rows", next, tokens);
   c.id = fmt::format("kq_gemv_{}_t{}_r2_{}", format_name(fmt_), tokens, c.genome.code_key());
   return c;

@@ -62,7 +62,7 @@ struct Conf {
   // The row loop starts each row's lanes at zero instead of loading them (the driver's first column chunk: the lanes
   // buffer then needs no clearing). Set by zero_init(); part of the id.
   bool zero_init = false;
-  // Two weight rows per iteration (Q4_K on avx512vnni): each activation vector is loaded once into `xr` and feeds
+  // Two weight rows per iteration (Q4_K, Q6_K on avx512vnni): each activation vector is loaded once into `xr` and feeds
   // both rows' vpdpbusd. Row 1 has its own codes (c2), scales (sc2: D) and mins (mv2); its lanes follow row 0's.
   bool pair = false;
   std::vector<int> c2;
@@ -75,8 +75,9 @@ Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline(), Path 
 jit::Program build(const Conf& c);
 // The same kernel with its lanes started at zero (Conf::zero_init; id + "_z").
 Conf zero_init(Conf c);
-// Q4_K on avx512vnni: the kernel for 1..8 activation rows that takes two weight rows per iteration (Conf::pair; id
-// "..._r2_..."); KernelArgs::n_rows counts row pairs and w_row is the row stride. Other formats and paths have none.
+// Q4_K and Q6_K on avx512vnni: the kernel for 1..8 activation rows that takes two weight rows per iteration
+// (Conf::pair; id "..._r2_..."); KernelArgs::n_rows counts row pairs and w_row is the row stride. Other formats and
+// paths have none.
 bool has_pair_kernel(Path path, Format f, int tokens);
 Conf make_conf_pair(Format f, int tokens, const Genome& g = Genome::baseline());
 // Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).

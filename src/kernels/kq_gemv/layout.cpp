@@ -168,28 +168,49 @@ void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
     }
 }
 
-// Q6_K's 6-bit code at position a of a block as ggml packs it (ql[128], qh[64]): half h = a / 128, quarter q of it.
-int q6_code_at(const uint8_t* blk, int a) {
-  const int h = a / 128, l = a % 128, q = l / 32, i = l % 32;
-  const int lo = (blk[64 * h + 32 * (q % 2) + i] >> (4 * (q / 2))) & 0xF;
-  return lo | ((blk[128 + 32 * h + i] >> (2 * q)) & 3) << 4;
+// Q6_K's 6-bit codes at positions 0..255 as ggml packs a block (ql[128], qh[64]): position 128 h + 32 q + i has its low
+// 4 bits in nibble q / 2 of ql[64 h + 32 (q % 2) + i] and its high 2 in bits 2 q of qh[32 h + i]. Unpacked / packed
+// 8 positions at a time on 64-bit words.
+void q6_unpack(const uint8_t* blk, uint8_t* codes) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k2 = 0x0303030303030303ull;
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 4; ++q)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t lo, hi;
+        std::memcpy(&lo, blk + 64 * h + 32 * (q % 2) + 8 * g, 8);
+        std::memcpy(&hi, blk + 128 + 32 * h + 8 * g, 8);
+        const uint64_t c = ((lo >> (4 * (q / 2))) & k4) | ((hi >> (2 * q)) & k2) << 4;
+        std::memcpy(codes + 128 * h + 32 * q + 8 * g, &c, 8);
+      }
 }
-void q6_put_code(uint8_t* blk, int a, int c) {
-  const int h = a / 128, l = a % 128, q = l / 32, i = l % 32;
-  blk[64 * h + 32 * (q % 2) + i] |= uint8_t((c & 0xF) << (4 * (q / 2)));
-  blk[128 + 32 * h + i] |= uint8_t(((c >> 4) & 3) << (2 * q));
+void q6_pack(const uint8_t* codes, uint8_t* blk) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k2 = 0x0303030303030303ull;
+  std::memset(blk, 0, 192);
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 4; ++q)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t c, lo, hi;
+        std::memcpy(&c, codes + 128 * h + 32 * q + 8 * g, 8);
+        std::memcpy(&lo, blk + 64 * h + 32 * (q % 2) + 8 * g, 8);
+        std::memcpy(&hi, blk + 128 + 32 * h + 8 * g, 8);
+        lo |= (c & k4) << (4 * (q / 2));
+        hi |= ((c >> 4) & k2) << (2 * q);
+        std::memcpy(blk + 64 * h + 32 * (q % 2) + 8 * g, &lo, 8);
+        std::memcpy(blk + 128 + 32 * h + 8 * g, &hi, 8);
+      }
 }
-// Q6_K's record: the codes packed as ggml packs a block, but position j holds element element_of(q6_k, j) (so
-// every code vector's dword lane l is sub-block l); scales and d as stored. `to_record` false: the inverse.
+// Q6_K's record: the codes packed as ggml packs a block, but position 64 k + 4 l + i holds element 16 l + 4 k + i
+// (layout::element_of: every code vector's dword lane l is sub-block l), a transpose of 4-element groups; scales and
+// d as stored. `to_record` false: the inverse.
 void q6_permute(const uint8_t* src, uint8_t* dst, bool to_record) {
-  std::memset(dst, 0, 192);
-  for (int j = 0; j < 256; ++j) {
-    const int e = element_of(Format::q6_k, j);
-    if (to_record)
-      q6_put_code(dst, j, q6_code_at(src, e));
-    else
-      q6_put_code(dst, e, q6_code_at(src, j));
-  }
+  alignas(64) uint8_t a[256], b[256];
+  q6_unpack(src, a);
+  for (int k = 0; k < 4; ++k)
+    for (int l = 0; l < 16; ++l) {
+      const int pos = 64 * k + 4 * l, elem = 16 * l + 4 * k;
+      std::memcpy(b + (to_record ? pos : elem), a + (to_record ? elem : pos), 4);
+    }
+  q6_pack(b, dst);
   std::memcpy(dst + 192, src + 192, 18);
 }
 

@@ -205,40 +205,33 @@ class Builder {
     }
     nibbles(o, C[0], C[1], co);
     nibbles(o, C[2], C[3], co + 64);
-    if (f_ == Format::q4_k) {
-      // D = d sc_(l % 8) per dword lane l as fp32 (every code vector's lane l is sub-block l % 8); dmin m_j in lanes
-      // 0..7 (lanes 8..15 zero)
-      const int B = tmp(0, 0);
-      o.push_back(jit::make_load(Op::vbcast_q, B, wm(4)));
-      o.push_back(with_const(Op::vpshufb, SC[0], B, kIdxD));
-      o.push_back(jit::make_alu(Op::vcvtdq2ps, SC[0], SC[0], -1));
-      half_to_float(o, Op::vbcast_w, c_.d, 0);
-      o.push_back(jit::make_alu(Op::vmulps, SC[0], SC[0], c_.d));
-      half_to_float(o, Op::vbcast_w, c_.dmin, 2);
-      o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
-      o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
-      o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
-      return;
-    }
-    if (f_ == Format::q5_k) {
-      const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
-      o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(20)));
-      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
-      const int src[4] = {Hs, Hs, H, H};
-      const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
-      for (int k = 0; k < 4; ++k) {
-        o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
-        o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
-      }
-    }
-    o.push_back(jit::make_load(Op::vbcast_q, SC[3], wm(4)));
-    for (int k = 0; k < 4; ++k) o.push_back(with_const(Op::vpshufb, SC[size_t(k)], SC[3], kIdxK + 64 * k));
-    // dmin * m_j as fp32 in lanes 0..7 (lanes 8..15 zero)
+    if (f_ == Format::q5_k) high_bits_q5k(o, kWReg, C, tmp(0, 0), tmp(0, 1), tmp(0, 2));
+    // D = d sc_(l % 8) per dword lane l as fp32 (every code vector's lane l is sub-block l % 8); dmin m_j in lanes
+    // 0..7 (lanes 8..15 zero)
+    const int B = tmp(0, 0);
+    o.push_back(jit::make_load(Op::vbcast_q, B, wm(4)));
+    o.push_back(with_const(Op::vpshufb, SC[0], B, kIdxD));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, SC[0], SC[0], -1));
     half_to_float(o, Op::vbcast_w, c_.d, 0);
+    o.push_back(jit::make_alu(Op::vmulps, SC[0], SC[0], c_.d));
     half_to_float(o, Op::vbcast_w, c_.dmin, 2);
     o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
     o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
     o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
+  }
+
+  // Q5_K's fifth bit into the four code vectors: the record's qh (32 bytes) in both halves, a per-half shift, and
+  // vpternlogd code |= bits & 0x10 (q5k_position: vector k's high bit of packed position 32 s + p is bit 2 k' + ...,
+  // as ggml packs it)
+  void high_bits_q5k(std::vector<Instr>& o, int base, const std::vector<int>& C, int H, int Hs, int t) const {
+    o.push_back(jit::make_load(Op::vbcast_64x4, H, mem(base, 20, kW)));
+    o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+    const int src[4] = {Hs, Hs, H, H};
+    const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
+    for (int k = 0; k < 4; ++k) {
+      o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
+      o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
+    }
   }
 
   void tokens_k(std::vector<Instr>& o) const {
@@ -255,7 +248,7 @@ class Builder {
       }
       return;
     }
-    if (f_ == Format::q4_k) {
+    if (f_ == Format::q4_k || f_ == Format::q5_k) {
       // per dword lane: vpdpbusd sums codes x activations of one sub-block (every vector's lane l is sub-block
       // l % 8), scaled after the conversion by D = d sc_(l % 8)
       for (int t = 0; t < T_; ++t) {
@@ -350,6 +343,7 @@ class Builder {
     const int B = c_.temps[0], dmin = c_.temps[1], d = c_.xr;
     nibbles(o, C[0], C[1], co, base);
     nibbles(o, C[2], C[3], co + 64, base);
+    if (f_ == Format::q5_k) high_bits_q5k(o, base, C, B, dmin, d);
     o.push_back(jit::make_load(Op::vbcast_q, B, mem(base, 4, kW)));
     o.push_back(with_const(Op::vpshufb, D, B, kIdxD));
     o.push_back(jit::make_alu(Op::vcvtdq2ps, D, D, -1));
@@ -535,8 +529,7 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   const bool k = is_k_quant(fmt_);
   for (int i = 0; i < (k ? 4 : 2); ++i) c.c.push_back(next++);
-  if (k)  // Q4_K / Q6_K: one fp32 scale vector D; Q5_K: four int16 scale vectors
-    for (int i = 0; i < (fmt_ == Format::q5_k ? 4 : 1); ++i) c.sc.push_back(next++);
+  if (k) c.sc.push_back(next++);  // the fp32 scale vector D
   c.d = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k || fmt_ == Format::q4_1) c.mv = next++;
@@ -550,9 +543,7 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   std::vector<int> wanted = {kMask0F};
   switch (fmt_) {
     case Format::q4_k: wanted.insert(wanted.end(), {kIdxD}); break;
-    case Format::q5_k:
-      wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192, kMask10, kSh02, kSh13});
-      break;
+    case Format::q5_k: wanted.insert(wanted.end(), {kIdxD, kMask10, kSh02, kSh13}); break;
     case Format::q6_k: wanted = {kIdxW0, kNeg32, kMask30, kSh02, kMask0F}; break;  // kIdxW0: vpermw's index
     default: break;
   }
@@ -585,7 +576,7 @@ jit::Program build(const Conf& c) {
 }
 
 bool has_pair_kernel(Path path, Format f, int tokens) {
-  return path == Path::avx512vnni && (f == Format::q4_k || f == Format::q6_k) && tokens >= 1 && tokens <= 8;
+  return path == Path::avx512vnni && is_k_quant(f) && tokens >= 1 && tokens <= 8;
 }
 
 Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {

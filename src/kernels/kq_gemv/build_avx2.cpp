@@ -141,15 +141,15 @@ class Builder2 {
     o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(4), kY));  // the 8 scale bytes in every qword
     if (f_ == Format::q5_k) o.push_back(jit::make_load(Op::vload, c_.qh, wm(20), kY));
     for (int g = 0; g < 4; ++g) {
-      // stored bytes 32g..32g+31: low nibbles = sub-block 2g, high = 2g+1; their activations (layout::element_of)
-      // and their scale indices (kIdxK) sit at the same offsets
+      // record code bytes 32g..32g+31: low nibbles = code vector 2 (g / 2) bytes 32 (g % 2).., high = vector
+      // 2 (g / 2) + 1; their activations sit at the same offsets; word w's sub-block is lane (w / 2) % 8 (kIdxKL)
       const int64_t xl = 128 * (g / 2) + 32 * (g % 2), xh = xl + 64;
       nibbles(o, co + 32 * g);
-      if (f_ == Format::q5_k) {  // element e's high bit is bit e/32 of qh[e % 32]: bits 2g, 2g+1 -> bit 4
+      if (f_ == Format::q5_k) {  // packed position e's high bit is bit e/32 of qh[e % 32]: bits 2g, 2g+1 -> bit 4
         high_bits(o, lo(), 4 - 2 * g, kMask10Y);
         high_bits(o, hi(), 3 - 2 * g, kMask10Y);
       }
-      const int idx = f_ == Format::q4_k ? kIdxKL : kIdxK;  // Q4_K: word w's sub-block is (w / 2) % 8
+      const int idx = kIdxKL;  // word w's sub-block is (w / 2) % 8 (the records' lane order)
       o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(int(idx + xl)), kY));
       o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(int(idx + xh)), kY));
       k_products(o, lo(), scl, xl, g == 0);

@@ -94,7 +94,10 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
         const int k = j / 64, p = j % 64, e = elem[f == Format::q5_k][size_t(j)];
         const uint8_t b = rec[co + 64 * (k / 2) + p];
         int c = (k % 2) ? b >> 4 : b & 0xF;
-        if (f == Format::q5_k) c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
+        if (f == Format::q5_k) {
+          const int pos = q5k_position(j);  // where the record packs this byte's code
+          c |= ((rec[20 + pos % 32] >> (pos / 32)) & 1) << 4;
+        }
         wq[j] = int16_t(c * rec[4 + e / 32]);
       }
       return;

@@ -526,7 +526,7 @@ TEST(KqGemv, ActivationQuantizersAgreeBitForBit) {
   }
 }
 
-// Q4_K's and Q6_K's two-row kernels (avx512vnni, 2..8 activation rows) compute each row with the one-row kernel's operations in
+// The K-quants' two-row kernels (avx512vnni, 2..8 activation rows) compute each row with the one-row kernel's operations in
 // its order: the same bits as rows run one at a time (a one-row range never takes the pair kernel) where the lanes
 // are summed the same way (under 16 rows; from 16 rows sum_lanes' transposing tree orders the 16 lane additions
 // differently, so 70 rows are checked against the fp64 reference); odd row counts end on the one-row kernel;
@@ -535,11 +535,11 @@ TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
   EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q4_k, 8));
   EXPECT_FALSE(has_pair_kernel(Path::avx512vnni, Format::q4_k, 9));
   EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q6_k, 8));
-  EXPECT_FALSE(has_pair_kernel(Path::avx512vnni, Format::q5_k, 4));
+  EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q5_k, 4));
   EXPECT_FALSE(has_pair_kernel(Path::avx2, Format::q4_k, 4));
   EXPECT_THROW(make_conf_pair(Format::q4_k, 9), Error);
   EXPECT_THROW(make_conf_pair(Format::q8_0, 2), Error);
-  for (Format f : {Format::q4_k, Format::q6_k})
+  for (Format f : {Format::q4_k, Format::q5_k, Format::q6_k})
     for (int n = 1; n <= 8; ++n) {
       const Conf c = make_conf_pair(f, n);
       EXPECT_NE(c.id.find("_r2_"), std::string::npos);
@@ -552,7 +552,7 @@ TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
   chunks.x_budget_kb = 1;
   chunks.row_chunk = 6;
   uint32_t seed = 700;
-  for (Format f : {Format::q4_k, Format::q6_k})
+  for (Format f : {Format::q4_k, Format::q5_k, Format::q6_k})
   for (const Genome& g : {Genome::baseline(), chunks})
     for (int64_t rows : {int64_t(2), int64_t(7), int64_t(15), int64_t(70)})
       for (int n : {2, 3, 8, 13}) {

@@ -111,18 +111,19 @@ int codes_offset(Format f) {
   return 0;
 }
 
+int q5k_position(int j) {
+  const int k = j / 64, p = j % 64;
+  return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
+}
+
 int element_of(Format f, int j) {
   if (f == Format::q6_k) {  // code vector k, dword lane l, byte i: sub-block l (16 elements) in every vector
     const int k = j / 64, l = (j % 64) / 4, i = j % 4;
     return 16 * l + 4 * k + i;
   }
-  if (f == Format::q4_k) {  // code vector k, dword lane l, byte i: sub-block l % 8 in every vector (README)
+  if (f == Format::q4_k || f == Format::q5_k) {  // code vector k, dword lane l, byte i: sub-block l % 8 (README)
     const int k = j / 64, l = (j % 64) / 4, i = j % 4;
     return 32 * (l % 8) + 16 * (l / 8) + 4 * k + i;
-  }
-  if (is_k_quant(f)) {  // Q5_K: code vector k = low / high nibbles of 64 stored bytes
-    const int k = j / 64, p = j % 64;
-    return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
   }
   // legacy: vector z (low / high nibble, or Q8_0's second 64 bytes), byte p: dword lane p/4 holds block lane % 4
   const int z = j / 64, p = j % 64;
@@ -166,6 +167,49 @@ void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
       q |= v;
       std::memcpy(qs + 32 * (s / 2) + 8 * g, &q, 8);
     }
+}
+
+// Q5_K's 5-bit codes at positions 0..255 as ggml packs a block (qh[32], qs[128]): position e has its low 4 bits in
+// nibble (e % 64) / 32 of qs[32 (e / 64) + e % 32] and its high bit in bit e / 32 of qh[e % 32]. 64-bit words.
+void q5_unpack(const uint8_t* qh, const uint8_t* qs, uint8_t* codes) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k1 = 0x0101010101010101ull;
+  for (int j4 = 0; j4 < 4; ++j4)
+    for (int hb = 0; hb < 2; ++hb)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t lo, hi;
+        std::memcpy(&lo, qs + 32 * j4 + 8 * g, 8);
+        std::memcpy(&hi, qh + 8 * g, 8);
+        const uint64_t c = ((lo >> (4 * hb)) & k4) | ((hi >> (2 * j4 + hb)) & k1) << 4;
+        std::memcpy(codes + 64 * j4 + 32 * hb + 8 * g, &c, 8);
+      }
+}
+void q5_pack(const uint8_t* codes, uint8_t* qh, uint8_t* qs) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k1 = 0x0101010101010101ull;
+  std::memset(qh, 0, 32);
+  std::memset(qs, 0, 128);
+  for (int j4 = 0; j4 < 4; ++j4)
+    for (int hb = 0; hb < 2; ++hb)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t c, lo, hi;
+        std::memcpy(&c, codes + 64 * j4 + 32 * hb + 8 * g, 8);
+        std::memcpy(&lo, qs + 32 * j4 + 8 * g, 8);
+        std::memcpy(&hi, qh + 8 * g, 8);
+        lo |= (c & k4) << (4 * hb);
+        hi |= ((c >> 4) & k1) << (2 * j4 + hb);
+        std::memcpy(qs + 32 * j4 + 8 * g, &lo, 8);
+        std::memcpy(qh + 8 * g, &hi, 8);
+      }
+}
+// Q5_K's record: qh and qs packed as ggml packs them, but the packed position the kernels read at kernel byte j
+// (q5k_position(j)) holds element element_of(q5_k, j), Q4_K's lane order. `to_record` false: the inverse.
+void q5_permute(const uint8_t* qh, const uint8_t* qs, uint8_t* out_qh, uint8_t* out_qs, bool to_record) {
+  alignas(64) uint8_t a[256], b[256];
+  q5_unpack(qh, qs, a);
+  for (int j = 0; j < 256; j += 4) {
+    const int pos = q5k_position(j), elem = element_of(Format::q5_k, j);
+    std::memcpy(b + (to_record ? pos : elem), a + (to_record ? elem : pos), 4);
+  }
+  q5_pack(b, out_qh, out_qs);
 }
 
 // Q6_K's 6-bit codes at positions 0..255 as ggml packs a block (ql[128], qh[64]): position 128 h + 32 q + i has its low
@@ -232,12 +276,10 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
     case Format::q5_k: {
       std::memcpy(rec, src, 4);  // d, dmin
       for (int j = 0; j < 8; ++j) scale_min_k4(j, src + 4, rec[4 + j], rec[12 + j]);
-      if (f == Format::q4_k) {
+      if (f == Format::q4_k)
         put_q4k_codes(src + 16, rec + 20);
-      } else {
-        std::memcpy(rec + 20, src + 16, 32);   // qh
-        std::memcpy(rec + 52, src + 48, 128);  // qs
-      }
+      else
+        q5_permute(src + 16, src + 48, rec + 20, rec + 52, true);  // qh, qs
       return;
     }
     case Format::q6_k: q6_permute(src, rec, true); return;
@@ -281,12 +323,10 @@ void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
         q[j + 4] = uint8_t(m[j] | ((m[j + 4] >> 4) << 6));
         q[j + 8] = uint8_t((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
       }
-      if (f == Format::q4_k) {
+      if (f == Format::q4_k)
         get_q4k_codes(rec + 20, dst + 16);
-      } else {
-        std::memcpy(dst + 16, rec + 20, 32);
-        std::memcpy(dst + 48, rec + 52, 128);
-      }
+      else
+        q5_permute(rec + 20, rec + 52, dst + 16, dst + 48, false);
       return;
     }
     case Format::q6_k: q6_permute(rec, dst, false); return;
@@ -348,15 +388,17 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
       continue;
     }
     const float d = half_at(rec), dmin = half_at(rec + 2);
-    alignas(16) uint8_t q4k[128];
+    alignas(16) uint8_t q4k[128], q5h[32];
     if (f == Format::q4_k) get_q4k_codes(rec + 20, q4k);  // the file's order
-    const uint8_t* qs = f == Format::q4_k ? q4k : rec + 52;
+    if (f == Format::q5_k) q5_permute(rec + 20, rec + 52, q5h, q4k, false);
+    const uint8_t* qs = q4k;
+    const uint8_t* qh = q5h;
     for (int j = 0; j < 8; ++j) {
       const float d1 = d * float(rec[4 + j]), m1 = dmin * float(rec[12 + j]);
       for (int i0 = 0; i0 < 32; i0 += 16) {
         __m512i q = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 32 * (j / 2) + i0), unsigned(4 * (j % 2))), m4);
         if (f == Format::q5_k)
-          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(rec + 20 + i0), unsigned(j)), one), 4));
+          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh + i0), unsigned(j)), one), 4));
         _mm512_storeu_ps(out + 32 * j + i0,
                          _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d1), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(m1)));
       }
@@ -523,12 +565,7 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
   int32_t sums[16];
   if (is_k_quant(f)) {
     const float s = fn(x, 256, q, sums);
-    if (f == Format::q6_k || f == Format::q4_k) {  // whole dwords: 4 consecutive elements per dword lane (element_of)
-      for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(f, j), 4);
-    } else {  // Q5_K: 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
-      static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-      for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
-    }
+    for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(f, j), 4);  // whole dwords (element_of)
     std::memset(rec + 256, 0, size_t(kTokenRecord - 256));
     if (f == Format::q6_k) {
       int16_t bs16[16];

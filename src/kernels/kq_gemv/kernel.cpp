@@ -370,7 +370,9 @@ void run_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   if (genome.fault != Fault::none && !allow_faults)
     fail("kq_gemv: genome '{}' carries a planted test fault; only the factory's sandboxed tests may run it",
          genome.serialize());
-  if (a.format != w.format || a.cols != w.cols || a.units != w.units)
+  const bool same_kind = a.format == w.format || (a.format == Format::q4_k && w.format == Format::q5_k) ||
+                         (a.format == Format::q5_k && w.format == Format::q4_k);  // one activation layout
+  if (!same_kind || a.cols != w.cols || a.units != w.units)
     fail("kq_gemv: activations quantized for {} with {} columns do not fit a {} matrix of {} columns",
          format_name(a.format), a.cols, format_name(w.format), w.cols);
   if (a.n < 1 || a.n > kMaxRows) fail("kq_gemv: {} activation rows; 1..{} possible", a.n, kMaxRows);

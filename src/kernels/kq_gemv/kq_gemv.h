@@ -112,7 +112,7 @@ class Linear;
 namespace genesis::kernels::kq_gemv {
 // The family behind the Linear seam (linear.cpp): int8 activations and the JIT kernel (best path) for 1..kMaxRows
 // rows of x; above, blocks of rows widened by dequantize_row() and one sgemm. Activation kind "kq_gemv <fmt>"
-// (one per format). `genome`: the schedule of one activation row's product (the runtime passes the knowledge
+// (Q4_K and Q5_K share one). `genome`: the schedule of one activation row's product (the runtime passes the knowledge
 // base's tuned genome, runtime/model/linear_policy.h); several rows run its genes without its instruction order.
 std::shared_ptr<const Linear> make_linear(std::shared_ptr<const Matrix> m, const Genome& genome = Genome::baseline());
 }  // namespace genesis::kernels::kq_gemv

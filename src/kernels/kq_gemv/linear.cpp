@@ -23,7 +23,7 @@ class KqLinear final : public Linear {
   KqLinear(std::shared_ptr<const Matrix> m, const Genome& genome)
       : Linear(m->rows, m->cols),
         m_(std::move(m)),
-        kind_(std::string("kq_gemv ") + format_name(m_->format)),
+        kind_(std::string("kq_gemv ") + (m_->format == Format::q5_k ? "Q4_K" : format_name(m_->format))),
         genome_(genome),
         genome_rows_(genome) {
     genome_.validate();

@@ -163,7 +163,8 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
                                                 p == Path::avx512vnni ? "" : "_", format_name(opt.format),
                                                 std::min(T, pass_rows(p, opt.format, g, T).front()), g.code_key());
             json rec = base(path_name(p), p == Path::scalar ? std::string("scalar") : kid);
-            rec.update({{"genome_source", g == Genome::baseline() ? "baseline" : "--genome"}, {"genome_text", g.serialize()},
+            rec.update({{"genome_source", g == Genome::baseline() ? "baseline" : "--genome"},
+                        {"genome_text", g.serialize()},
                         {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
                         {"gbps", gbps}, {"roofline_fraction", gbps / roofline_gbps(bw, nt)},
                         {"speedup_vs_naive", 0.0},

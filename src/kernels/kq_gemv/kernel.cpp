@@ -209,7 +209,8 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       // level 1: rows 2k, 2k+1 -> per 128-bit lane [2k, 2k+1, 2k, 2k+1]
       __m512 s1[8];
       for (int k = 0; k < 8; ++k) {
-        const __m512 a = _mm512_loadu_ps(l + size_t(2 * k) * stride), b = _mm512_loadu_ps(l + size_t(2 * k + 1) * stride);
+        const __m512 a = _mm512_loadu_ps(l + size_t(2 * k) * stride);
+        const __m512 b = _mm512_loadu_ps(l + size_t(2 * k + 1) * stride);
         s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
       }
       // level 2: rows 4m..4m+3 in each 128-bit lane
@@ -223,7 +224,8 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
       for (int h = 0; h < 2; ++h)
         s3[h] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0x88),
                               _mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0xDD));
-      const __m512 s4 = _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
+      const __m512 s4 =
+          _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
       _mm512_storeu_ps(y + size_t(t) * size_t(ldy) + size_t(r0 + i), s4);
     }
   for (; i < rows; ++i)

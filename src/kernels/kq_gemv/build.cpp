@@ -512,8 +512,9 @@ class Builder {
 }  // namespace
 
 std::string Conf::describe() const {
-  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(),
-                     int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()) + int(const_regs.size()));
+  const int vregs = int(f.size() + c.size() + c2.size() + sc.size() + temps.size() + const_regs.size()) + (d >= 0) +
+                    (dmin >= 0) + (mv >= 0) + (sc2 >= 0) + (mv2 >= 0) + (xr >= 0);
+  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(), vregs);
 }
 
 Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {

@@ -35,7 +35,7 @@ std::pair<int64_t, int64_t> parse_shape(const std::string& s) {
 struct BenchArgs {
   std::vector<std::string> shapes, paths = {"all"};
   std::vector<int> tokens = {1}, threads;
-  std::string regime = "both", json_file, kb_file, format = "NF4";
+  std::string regime = "both", json_file, kb_file, format = "NF4", genome;
   bool no_kb = false;
   int blocksize = 64, samples = 15;
   bool no_baselines = false, cached_bandwidth = false;
@@ -104,6 +104,7 @@ void run_kq(const BenchArgs& args) {
   opt.samples = args.samples;
   opt.baselines = !args.no_baselines;
   opt.remeasure_bandwidth = !args.cached_bandwidth;
+  if (!args.genome.empty()) opt.genome = kq::Genome::parse(args.genome);
   print_header();
   finish(args, kq::run_bench(opt, print_row));
 }
@@ -134,6 +135,9 @@ void setup_bench(CLI::App& app) {
   g->add_option("--json", args->json_file, "also write {machine, results} as JSON to FILE");
   g->add_option("--kb", args->kb_file, "knowledge base to take tuned genomes from (default ~/.cache/genesis/kb.sqlite)");
   g->add_flag("--no-kb", args->no_kb, "use every path's baseline genome, ignoring the knowledge base");
+  g->add_option("--genome", args->genome,
+                "GGUF formats: the kq_gemv genome the JIT paths run, as text (e.g. 'pass=16'; unnamed genes keep "
+                "their baseline values; default: the baseline genome)");
   g->callback([args] {
     const auto family = genesis::kernels::bench_family_for(args->format);
     if (!family)
@@ -142,6 +146,9 @@ void setup_bench(CLI::App& app) {
       run_kq(*args);
       return;
     }
+    if (!args->genome.empty())
+      fail("--genome takes a kq_gemv genome (the GGUF formats: {}); NF4 takes its genomes from --kb",
+           kq::format_names());
     nf::GemvBenchOptions opt;
     for (const auto& s : args->shapes) opt.shapes.push_back(parse_shape(s));
     if (opt.shapes.empty()) opt.shapes = nf::default_bench_shapes();

@@ -145,25 +145,27 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
               const Matrix& w = k_mats[cold ? i++ % k_mats.size() : 0];
               quantize_activations(w.format, x.data(), T, K, acts);
               if (pool == nullptr) {
-                run_rows(w, acts, y.data(), M, 0, M, p);
+                run_rows(w, acts, y.data(), M, 0, M, p, opt.genome);
                 return;
               }
               const int n = pool->size();
               const int64_t per = (M + n - 1) / n;
               pool->run([&](int tid, int) {
                 const int64_t a = std::min(M, int64_t(tid) * per), b = std::min(M, a + per);
-                if (a < b) run_rows(w, acts, y.data(), M, a, b, p);
+                if (a < b) run_rows(w, acts, y.data(), M, a, b, p, opt.genome);
               });
             };
             const auto st = time_calls(call, topt);
             const double bytes = bytes_moved(k_mats[0], T);
             const double gbps = bytes / (st.median_us * 1e3);
-            const Genome g = Genome::baseline();
+            const Genome& g = opt.genome;
             const std::string kid = fmt::format("kq_gemv_{}{}{}_t{}_{}", p == Path::avx512vnni ? "" : path_name(p),
                                                 p == Path::avx512vnni ? "" : "_", format_name(opt.format),
-                                                std::min(T, max_tokens(p, opt.format)), g.code_key());
+                                                std::min(T, pass_rows(p, opt.format, g, T).front()), g.code_key());
             json rec = base(path_name(p), p == Path::scalar ? std::string("scalar") : kid);
-            rec.update({{"genome_source", "baseline"}, {"genome_text", g.serialize()}, {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
+            rec.update({{"genome_source", g == Genome::baseline() ? "baseline" : "--genome"},
+                        {"genome_text", g.serialize()},
+                        {"median_us", st.median_us}, {"iqr_us", st.iqr_us},
                         {"gbps", gbps}, {"roofline_fraction", gbps / roofline_gbps(bw, nt)},
                         {"speedup_vs_naive", 0.0},
                         {"speedup_vs_compiled", ggml_us > 0 ? ggml_us / st.median_us : 0.0}, {"bytes", bytes}});

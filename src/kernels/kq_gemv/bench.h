@@ -24,6 +24,7 @@ struct BenchOptions {
   bool baselines = true;                            // time ggml_gemv too
   int samples = 15;
   bool remeasure_bandwidth = true;
+  Genome genome = Genome::baseline();               // the JIT paths' schedule (`--genome`)
 };
 
 nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const nlohmann::json&)>& on_record);

@@ -38,6 +38,8 @@ constexpr int kUnitCnt = jit::kGprBase + 0;   // rax
 constexpr int kRowCnt = jit::kGprBase + 2;    // rdx
 constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
 constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
+constexpr int kW2Reg = jit::kGprBase + 12;    // r12: row 1 of a pair (two-row kernels)
+constexpr int kRowReg = jit::kGprBase + 13;   // r13: w_row (two-row kernels)
 
 using namespace kconst;
 
@@ -67,6 +69,27 @@ struct alignas(64) Constants {
       put16(kOnes16 + 2 * w, 1);
       put16(kSixteens16 + 2 * w, 16);
     }
+    for (int w = 0; w < 16; ++w) {
+      b[kIdx6L + 2 * w] = 0x80;
+      b[kIdx6L + 2 * w + 1] = uint8_t(w / 2);
+    }
+    for (int l = 0; l < 16; ++l) {
+      put16(kIdxWW + 4 * l, int16_t(l));
+      put16(kIdxWW + 4 * l + 2, int16_t(l));
+      put16(kIdxW0 + 4 * l, int16_t(l));
+      put16(kIdxW0 + 4 * l + 2, int16_t(16));
+      put16(kOneLo + 4 * l, 1);
+      put16(kOneLo + 4 * l + 2, 0);
+    }
+    for (int l = 0; l < 16; ++l) {
+      b[kIdxD + 4 * l] = uint8_t(l % 8);
+      for (int i = 1; i < 4; ++i) b[kIdxD + 4 * l + i] = 0x80;
+    }
+    for (int k = 0; k < 4; ++k)
+      for (int w = 0; w < 32; ++w) {
+        b[kIdxKL + 64 * k + 2 * w] = uint8_t((w / 2) % 8);
+        b[kIdxKL + 64 * k + 2 * w + 1] = 0x80;
+      }
     for (int k = 0; k < 4; ++k)
       for (int w = 0; w < 32; ++w) {
         // Q4_K / Q5_K vector k holds sub-blocks (k/2)*4 + k%2 (bytes 0..31) and that + 2 (bytes 32..63)
@@ -130,8 +153,8 @@ class Builder {
   Mem wm(int64_t off, bool bcast = false) const { return mem(kWReg, off, kW, bcast); }
   Mem xm(int t, int64_t off, bool bcast = false) const { return mem(kXReg, t * kTokenRecord + off, kX, bcast); }
 
-  void nibbles(std::vector<Instr>& o, int lo, int hi, int64_t off) const {
-    o.push_back(jit::make_load(Op::vload, hi, wm(off)));
+  void nibbles(std::vector<Instr>& o, int lo, int hi, int64_t off, int base = kWReg) const {
+    o.push_back(jit::make_load(Op::vload, hi, mem(base, off, kW)));
     o.push_back(with_const(Op::vpandd, lo, hi, kMask0F, true));
     o.push_back(jit::make_shift(Op::vpsrlw_imm, hi, hi, 4));
     o.push_back(with_const(Op::vpandd, hi, hi, kMask0F, true));
@@ -140,6 +163,26 @@ class Builder {
   void half_to_float(std::vector<Instr>& o, Op bcast, int v, int64_t off) const {
     o.push_back(jit::make_load(bcast, v, wm(off), 32));
     o.push_back(jit::make_alu(Op::vcvtph2ps, v, v, -1, 64));
+  }
+
+  // Q6_K: D = d sc_l per dword lane l as fp32 (every code vector's lane l is sub-block l): the 16 scales
+  // sign-extended to words, word l to both words of dword l (vpermw), summed with [1, 0] (vpmaddwd), converted, times d
+  void scales_q6k(std::vector<Instr>& o, int D, int base, int W, int P, int I, int d) const {
+    o.push_back(jit::make_load(Op::vsx_b2w, W, mem(base, 192, kW)));
+    o.push_back(jit::make_load(Op::vload, I, cst(kIdxWW)));
+    o.push_back(jit::make_alu(Op::vpermw, P, I, W));
+    o.push_back(with_const(Op::vpmaddwd, D, P, kOneLo));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, D, D, -1));
+    o.push_back(jit::make_load(Op::vbcast_w, d, mem(base, 208, kW), 32));
+    o.push_back(jit::make_alu(Op::vcvtph2ps, d, d, -1, 64));
+    o.push_back(jit::make_alu(Op::vmulps, D, D, d));
+  }
+
+  // Q6_K: S = -32 bsum_l per dword lane l (the activations' per-16 sums, natural order = lane order): word l and the
+  // record's zero word 16 to dword l (vpermw), times -32 (vpmaddwd)
+  void seed_q6k(std::vector<Instr>& o, int t, int S, int P) const {
+    o.push_back(jit::make_alu_mem(Op::vpermw, P, creg(kIdxW0), xm(t, layout::kXBs16)));
+    o.push_back(with_const(Op::vpmaddwd, S, P, kNeg32));
   }
 
   void decode_k(std::vector<Instr>& o) const {
@@ -157,44 +200,68 @@ class Builder {
         o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
         o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
       }
-      for (int h = 0; h < 2; ++h) {
-        const int a = SC[size_t(2 * h)], b = SC[size_t(2 * h + 1)];
-        o.push_back(jit::make_load(Op::vbcast_q, a, wm(192 + 8 * h)));
-        o.push_back(with_const(Op::vpshufb, b, a, kIdx6 + 64 * (2 * h + 1)));
-        o.push_back(with_const(Op::vpshufb, a, a, kIdx6 + 64 * (2 * h)));
-      }
-      for (int k = 0; k < 4; ++k) o.push_back(jit::make_shift(Op::vpsraw_imm, SC[size_t(k)], SC[size_t(k)], 8));
-      o.push_back(jit::make_load(Op::vsx_b2w, c_.mv, wm(192), 32));
-      o.push_back(with_const(Op::vpmullw, c_.mv, c_.mv, kNeg32, false, 32));
-      half_to_float(o, Op::vbcast_w, c_.d, 208);
+      scales_q6k(o, SC[0], kWReg, tmp(0, 0), tmp(0, 1), tmp(0, 2), c_.d);
       return;
     }
     nibbles(o, C[0], C[1], co);
     nibbles(o, C[2], C[3], co + 64);
-    if (f_ == Format::q5_k) {
-      const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
-      o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(20)));
-      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
-      const int src[4] = {Hs, Hs, H, H};
-      const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
-      for (int k = 0; k < 4; ++k) {
-        o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
-        o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
-      }
-    }
-    o.push_back(jit::make_load(Op::vbcast_q, SC[3], wm(4)));
-    for (int k = 0; k < 4; ++k) o.push_back(with_const(Op::vpshufb, SC[size_t(k)], SC[3], kIdxK + 64 * k));
-    // dmin * m_j as fp32 in lanes 0..7 (lanes 8..15 zero)
+    if (f_ == Format::q5_k) high_bits_q5k(o, kWReg, C, tmp(0, 0), tmp(0, 1), tmp(0, 2));
+    // D = d sc_(l % 8) per dword lane l as fp32 (every code vector's lane l is sub-block l % 8); dmin m_j in lanes
+    // 0..7 (lanes 8..15 zero)
+    const int B = tmp(0, 0);
+    o.push_back(jit::make_load(Op::vbcast_q, B, wm(4)));
+    o.push_back(with_const(Op::vpshufb, SC[0], B, kIdxD));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, SC[0], SC[0], -1));
     half_to_float(o, Op::vbcast_w, c_.d, 0);
+    o.push_back(jit::make_alu(Op::vmulps, SC[0], SC[0], c_.d));
     half_to_float(o, Op::vbcast_w, c_.dmin, 2);
     o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
     o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
     o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
   }
 
+  // Q5_K's fifth bit into the four code vectors: the record's qh (32 bytes) in both halves, a per-half shift, and
+  // vpternlogd code |= bits & 0x10 (q5k_position: vector k's high bit of packed position 32 s + p is bit 2 k' + ...,
+  // as ggml packs it)
+  void high_bits_q5k(std::vector<Instr>& o, int base, const std::vector<int>& C, int H, int Hs, int t) const {
+    o.push_back(jit::make_load(Op::vbcast_64x4, H, mem(base, 20, kW)));
+    o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+    const int src[4] = {Hs, Hs, H, H};
+    const int sh[4] = {kSh02, kSh13, kSh02, kSh13};
+    for (int k = 0; k < 4; ++k) {
+      o.push_back(with_const(Op::vpsrlvw, t, src[k], sh[k]));
+      o.push_back(ternlog_const(C[size_t(k)], t, kMask10));
+    }
+  }
+
   void tokens_k(std::vector<Instr>& o) const {
     const auto& C = c_.c;
     const auto& SC = c_.sc;
+    if (f_ == Format::q6_k) {  // as Q4_K below, lane l = sub-block l, S from -32 bsum_l, no mins
+      for (int t = 0; t < T_; ++t) {
+        const int S = tmp(t, 0);
+        seed_q6k(o, t, S, tmp(t, 1));
+        for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
+        o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+        o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
+        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
+      }
+      return;
+    }
+    if (f_ == Format::q4_k || f_ == Format::q5_k) {
+      // per dword lane: vpdpbusd sums codes x activations of one sub-block (every vector's lane l is sub-block
+      // l % 8), scaled after the conversion by D = d sc_(l % 8)
+      for (int t = 0; t < T_; ++t) {
+        const int S = tmp(t, 0);
+        o.push_back(jit::make_alu(Op::vpxord, S, S, S));  // zeroing idiom
+        for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
+        o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+        o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
+        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
+      }
+      return;
+    }
     for (int t = 0; t < T_; ++t) {
       const int S = tmp(t, 0), P[2] = {tmp(t, 1), tmp(t, 2)};
       bool first = true;
@@ -269,6 +336,133 @@ class Builder {
     return o;
   }
 
+  // Two-row kernels (Conf::pair, Q4_K): one row's decode from `base` into codes C, D and mins mv; the temporaries are
+  // the pair's S0, S1 and xr (free until the products).
+  void decode_q4k_row(std::vector<Instr>& o, int base, const std::vector<int>& C, int D, int mv) const {
+    const int co = layout::codes_offset(f_);
+    const int B = c_.temps[0], dmin = c_.temps[1], d = c_.xr;
+    nibbles(o, C[0], C[1], co, base);
+    nibbles(o, C[2], C[3], co + 64, base);
+    if (f_ == Format::q5_k) high_bits_q5k(o, base, C, B, dmin, d);
+    o.push_back(jit::make_load(Op::vbcast_q, B, mem(base, 4, kW)));
+    o.push_back(with_const(Op::vpshufb, D, B, kIdxD));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, D, D, -1));
+    o.push_back(jit::make_load(Op::vbcast_w, d, mem(base, 0, kW), 32));
+    o.push_back(jit::make_alu(Op::vcvtph2ps, d, d, -1, 64));
+    o.push_back(jit::make_alu(Op::vmulps, D, D, d));
+    o.push_back(jit::make_load(Op::vbcast_w, dmin, mem(base, 2, kW), 32));
+    o.push_back(jit::make_alu(Op::vcvtph2ps, dmin, dmin, -1, 64));
+    o.push_back(jit::make_load(Op::vzx_b2d, mv, mem(base, 12, kW), 32));
+    o.push_back(jit::make_alu(Op::vcvtdq2ps, mv, mv, -1));
+    o.push_back(jit::make_alu(Op::vmulps, mv, mv, dmin));
+  }
+
+  void decode_q6k_row(std::vector<Instr>& o, int base, const std::vector<int>& C, int D) const {
+    const int H = c_.temps[0], Hs = c_.temps[1], t = c_.xr;
+    for (int h = 0; h < 2; ++h) {
+      nibbles(o, C[size_t(2 * h)], C[size_t(2 * h + 1)], 64 * h, base);
+      o.push_back(jit::make_load(Op::vbcast_64x4, H, mem(base, 128 + 32 * h, kW)));
+      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
+      o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
+      o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
+      o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
+      o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
+    }
+    scales_q6k(o, D, base, c_.temps[0], c_.temps[1], c_.xr, c_.temps[0]);
+  }
+
+  std::vector<Instr> hot_body_pair() const {
+    std::vector<Instr> o;
+    const Genome& g = c_.genome;
+    const int64_t rec = layout::record_bytes(f_);
+    if (g.pf_dist > 0) {
+      const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
+                    : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
+                    : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
+                                                     : Op::prefetch_t0;
+      for (int base : {kWReg, kW2Reg})
+        for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, mem(base, g.pf_dist + b, kW)));
+    }
+    const bool q6 = f_ == Format::q6_k;
+    if (q6) {
+      decode_q6k_row(o, kWReg, c_.c, c_.sc[0]);
+      decode_q6k_row(o, kW2Reg, c_.c2, c_.sc2);
+    } else {
+      decode_q4k_row(o, kWReg, c_.c, c_.sc[0], c_.mv);
+      decode_q4k_row(o, kW2Reg, c_.c2, c_.sc2, c_.mv2);
+    }
+    const int S0 = c_.temps[0], S1 = c_.temps[1], X = c_.xr;
+    for (int t = 0; t < T_; ++t) {
+      if (q6) {  // both rows start from -32 bsum_l (activations only)
+        seed_q6k(o, t, S0, c_.temps[2]);
+        o.push_back(jit::make_alu(Op::vpor, S1, S0, S0));
+      } else {
+        o.push_back(jit::make_alu(Op::vpxord, S0, S0, S0));  // zeroing idioms
+        o.push_back(jit::make_alu(Op::vpxord, S1, S1, S1));
+      }
+      for (int k = 0; k < 4; ++k) {  // one load of the activations for both rows
+        o.push_back(jit::make_load(Op::vload, X, xm(t, 64 * k)));
+        o.push_back(jit::make_alu(Op::vpdpbusd, S0, c_.c[size_t(k)], X));
+        o.push_back(jit::make_alu(Op::vpdpbusd, S1, c_.c2[size_t(k)], X));
+      }
+      o.push_back(jit::make_alu(Op::vcvtdq2ps, S0, S0, -1));
+      o.push_back(jit::make_alu(Op::vcvtdq2ps, S1, S1, -1));
+      o.push_back(jit::make_alu(Op::vmulps, S0, S0, c_.sc[0]));
+      o.push_back(jit::make_alu(Op::vmulps, S1, S1, c_.sc2));
+      if (!q6) {
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S0, c_.mv, xm(t, layout::kXSums32)));
+        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S1, c_.mv2, xm(t, layout::kXSums32)));
+      }
+      o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S0, xm(t, layout::kXScale, true)));
+      o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(T_ + t)], S1, xm(t, layout::kXScale, true)));
+    }
+    return o;
+  }
+
+  // rows in pairs: r8 = row 0, r12 = r8 + w_row = row 1; the 2T lanes of the pair at out (row 0's T, then row 1's)
+  jit::Program program_pair() const {
+    jit::Program p;
+    p.name = c_.id;
+    p.saved_gprs = {kW2Reg, kRowReg};
+    auto& o = p.code;
+    const int64_t rec = layout::record_bytes(f_);
+    const int nf = 2 * T_;
+    o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
+    o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
+    for (auto [off, r] : c_.const_regs)
+      o.push_back(off < 64 ? jit::make_load(Op::vbcast_d, r, cst(off)) : jit::make_load(Op::vload, r, cst(off)));
+    o.push_back(jit::make_gpr(Op::mov_load, kOutReg, -1, 0, arg(offsetof(KernelArgs, out))));
+    o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
+    o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
+    o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
+    o.push_back(jit::make_gpr(Op::mov_load, kRowReg, -1, 0, arg(offsetof(KernelArgs, w_row))));
+    o.push_back(jit::make_gpr(Op::mov_reg, kW2Reg, kWReg, 0));
+    o.push_back(jit::make_gpr(Op::add_reg, kW2Reg, kRowReg, 0));
+    o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
+    o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
+    o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
+    for (int j = 0; j < nf; ++j)
+      o.push_back(c_.zero_init ? jit::make_alu(Op::vpxord, c_.f[size_t(j)], c_.f[size_t(j)], c_.f[size_t(j)])
+                               : jit::make_load(Op::vload, c_.f[size_t(j)], mem(kOutReg, 64 * j, kOut)));
+    o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
+    p.hot_begin = o.size();
+    std::vector<Instr> hot = hot_body_pair();
+    o.insert(o.end(), hot.begin(), hot.end());
+    p.hot_end = o.size();
+    o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
+    o.push_back(jit::make_gpr(Op::add_imm, kW2Reg, -1, rec));
+    o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
+    o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
+    for (int j = 0; j < nf; ++j) o.push_back(jit::make_store(c_.f[size_t(j)], mem(kOutReg, 64 * j, kOut)));
+    o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(nf) * 64));
+    o.push_back(jit::make_gpr(Op::add_reg, kWReg, kSkipReg, 0));  // past row 1: w_skip, then a whole row
+    o.push_back(jit::make_gpr(Op::add_reg, kWReg, kRowReg, 0));
+    o.push_back(jit::make_gpr(Op::mov_reg, kW2Reg, kWReg, 0));
+    o.push_back(jit::make_gpr(Op::add_reg, kW2Reg, kRowReg, 0));
+    o.push_back(loop_marker(Op::loop_end, kRowCnt, 0));
+    return p;
+  }
+
   // The genome's permutation of the body, if any: legal iff it keeps every def/use edge (jit::is_legal_order).
   void apply_order(std::vector<Instr>& body) const {
     jit::apply_order(body, c_.genome.order, "kq_gemv: genome of " + c_.id);
@@ -290,7 +484,9 @@ class Builder {
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
-    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
+    for (int t = 0; t < T_; ++t)
+      o.push_back(c_.zero_init ? jit::make_alu(Op::vpxord, c_.f[size_t(t)], c_.f[size_t(t)], c_.f[size_t(t)])
+                               : jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
     std::vector<Instr> hot = hot_body();
@@ -316,8 +512,9 @@ class Builder {
 }  // namespace
 
 std::string Conf::describe() const {
-  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(),
-                     int(f.size() + c.size() + sc.size()) + (d >= 0) + (dmin >= 0) + (mv >= 0) + int(temps.size()) + int(const_regs.size()));
+  const int vregs = int(f.size() + c.size() + c2.size() + sc.size() + temps.size() + const_regs.size()) + (d >= 0) +
+                    (dmin >= 0) + (mv >= 0) + (sc2 >= 0) + (mv2 >= 0) + (xr >= 0);
+  return fmt::format("{} tokens={} sets={} genome '{}' vregs={}", id, tokens, sets, genome.serialize(), vregs);
 }
 
 Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
@@ -333,26 +530,22 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   const bool k = is_k_quant(fmt_);
   for (int i = 0; i < (k ? 4 : 2); ++i) c.c.push_back(next++);
-  if (k)
-    for (int i = 0; i < 4; ++i) c.sc.push_back(next++);
+  if (k) c.sc.push_back(next++);  // the fp32 scale vector D
   c.d = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
-  if (k || fmt_ == Format::q4_1) c.mv = next++;
+  if (fmt_ == Format::q4_k || fmt_ == Format::q5_k || fmt_ == Format::q4_1) c.mv = next++;
   int left = 32 - next;
-  c.set_size = k ? 3 : 1;  // K: S, P0, P1 (the decode borrows set 0 for the high bits); legacy: S
+  // Q5_K / Q6_K: S, P0, P1 (the decode borrows set 0 for the high bits); Q4_K, legacy: S (Q4_K's decode borrows it)
+  c.set_size = k && fmt_ != Format::q4_k ? 3 : 1;
   c.sets = std::min(2, left / c.set_size);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
   left -= c.set_size * c.sets;
   // Constants the hot loop reads, most used first: held in registers while registers remain.
   std::vector<int> wanted = {kMask0F};
   switch (fmt_) {
-    case Format::q4_k: wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192}); break;
-    case Format::q5_k:
-      wanted.insert(wanted.end(), {kIdxK, kIdxK + 64, kIdxK + 128, kIdxK + 192, kMask10, kSh02, kSh13});
-      break;
-    case Format::q6_k:
-      wanted.insert(wanted.end(), {kIdx6, kIdx6 + 64, kIdx6 + 128, kIdx6 + 192, kMask30, kSh02, kNeg32});
-      break;
+    case Format::q4_k: wanted.insert(wanted.end(), {kIdxD}); break;
+    case Format::q5_k: wanted.insert(wanted.end(), {kIdxD, kMask10, kSh02, kSh13}); break;
+    case Format::q6_k: wanted = {kIdxW0, kNeg32, kMask30, kSh02, kMask0F}; break;  // kIdxW0: vpermw's index
     default: break;
   }
   std::vector<int> const_regs;
@@ -361,6 +554,8 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
       const_regs.push_back(off);
       --left;
     }
+  if (fmt_ == Format::q6_k && (const_regs.empty() || const_regs[0] != kIdxW0))
+    fail("kq_gemv: no register for Q6_K's vpermw index with {} activation rows", tokens);
   c.sets = std::min(4, c.sets + left / c.set_size);
   for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);
@@ -368,7 +563,57 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   return c;
 }
 
-jit::Program build(const Conf& c) { return c.path == Path::avx512vnni ? Builder(c).program() : build_avx2(c); }
+Conf zero_init(Conf c) {
+  if (!c.zero_init) {
+    c.zero_init = true;
+    c.id += "_z";
+  }
+  return c;
+}
+
+jit::Program build(const Conf& c) {
+  if (c.pair) return Builder(c).program_pair();
+  return c.path == Path::avx512vnni ? Builder(c).program() : build_avx2(c);
+}
+
+bool has_pair_kernel(Path path, Format f, int tokens) {
+  return path == Path::avx512vnni && is_k_quant(f) && tokens >= 1 && tokens <= 8;
+}
+
+Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {
+  if (!has_pair_kernel(Path::avx512vnni, fmt_, tokens))
+    fail("kq_gemv: no two-row kernel for {} activation rows of {}", tokens, format_name(fmt_));
+  g.validate();
+  Conf c;
+  c.format = fmt_;
+  c.tokens = tokens;
+  c.genome = g;
+  c.genome.order.clear();  // an order fits the one-row body
+  c.pair = true;
+  int next = 0;
+  for (int j = 0; j < 2 * tokens; ++j) c.f.push_back(next++);
+  for (int i = 0; i < 4; ++i) c.c.push_back(next++);
+  for (int i = 0; i < 4; ++i) c.c2.push_back(next++);
+  c.sc.push_back(next++);
+  c.sc2 = next++;
+  const bool q6 = fmt_ == Format::q6_k;
+  if (!q6) {  // Q4_K's mins (Q6_K has none)
+    c.mv = next++;
+    c.mv2 = next++;
+  }
+  c.xr = next++;
+  c.set_size = q6 ? 3 : 2;  // S0, S1 (+ Q6_K's vpermw result)
+  c.sets = 1;
+  for (int i = 0; i < c.set_size; ++i) c.temps.push_back(next++);
+  // Q6_K's vpermw index must be a register (it is the instruction's index operand)
+  for (int off : q6 ? std::vector<int>{kIdxW0, kNeg32} : std::vector<int>{kMask0F, kIdxD})
+    if (next < 32) c.const_regs.emplace_back(off, next++);
+  if (q6 && (c.const_regs.empty() || c.const_regs[0].first != kIdxW0))
+    fail("kq_gemv: no register for Q6_K's vpermw index in a two-row kernel of {} activation rows", tokens);
+  if (next > 32) fail("kq_gemv: {} vector registers for a two-row kernel of {} activation rows", next, tokens);
+  c.id = fmt::format("kq_gemv_{}_t{}_r2_{}", format_name(fmt_), tokens, c.genome.code_key());
+  return c;
+}
 
 std::vector<jit::Instr> canonical_body(const Conf& c) {
   Conf plain = c;

@@ -24,6 +24,7 @@ struct KernelArgs {
   const void* consts = nullptr;
   int64_t w_skip = 0;    // row stride minus n_units records: added to w after each row
   int64_t x_stride = 0;  // bytes from one unit's activation records to the next (all activation rows' records)
+  int64_t w_row = 0;     // row stride of the matrix (the two-row kernels read rows r and r + 1; n_rows counts pairs)
 };
 
 // Constant block offsets (kernel_constants()).
@@ -31,7 +32,14 @@ namespace kconst {
 inline constexpr int kMask0F = 0, kMask10 = 4, kMask30 = 8;
 inline constexpr int kSh02 = 64, kSh13 = 128, kIdxK = 192, kIdx6 = 448, kNeg32 = 704;
 inline constexpr int kMask30Y = 768, kMask10Y = 800, kOnes16 = 832, kSixteens16 = 864;  // 32 bytes each
-inline constexpr int kConstBytes = 896;
+// Q4_K (its record layout): dword lane l -> scale byte l % 8 (AVX-512); per word of each 64-byte code vector the
+// scale byte of its sub-block (AVX2's vpshufb of the broadcast scales, 32 bytes at a time)
+inline constexpr int kIdxD = 896, kIdxKL = 960;
+// Q6_K (its record layout: dword lane l of every code vector is sub-block l): AVX2's word -> scale byte (high byte,
+// then vpsraw 8) for 32 bytes of a code vector; vpermw indices that put word l in dword lane l's low word (kIdxWW: and
+// in its high word; kIdxW0: word 16, a zero of the activation record, in its high word); words [1, 0] per dword
+inline constexpr int kIdx6L = 1216, kIdxWW = 1280, kIdxW0 = 1344, kOneLo = 1408;
+inline constexpr int kConstBytes = 1472;
 }  // namespace kconst
 
 struct Conf {
@@ -51,12 +59,27 @@ struct Conf {
   // stored high bits, one product temp
   std::vector<int> s;
   int sb = -1, qh = -1, p = -1;
+  // The row loop starts each row's lanes at zero instead of loading them (the driver's first column chunk: the lanes
+  // buffer then needs no clearing). Set by zero_init(); part of the id.
+  bool zero_init = false;
+  // Two weight rows per iteration (Q4_K, Q6_K on avx512vnni): each activation vector is loaded once into `xr` and feeds
+  // both rows' vpdpbusd. Row 1 has its own codes (c2), scales (sc2: D) and mins (mv2); its lanes follow row 0's.
+  bool pair = false;
+  std::vector<int> c2;
+  int sc2 = -1, mv2 = -1, xr = -1;
   std::string id;
   std::string describe() const;
 };
 
 Conf make_conf(Format f, int tokens, const Genome& g = Genome::baseline(), Path path = Path::avx512vnni);
 jit::Program build(const Conf& c);
+// The same kernel with its lanes started at zero (Conf::zero_init; id + "_z").
+Conf zero_init(Conf c);
+// Q4_K and Q6_K on avx512vnni: the kernel for 1..8 activation rows that takes two weight rows per iteration
+// (Conf::pair; id "..._r2_..."); KernelArgs::n_rows counts row pairs and w_row is the row stride. Other formats and
+// paths have none.
+bool has_pair_kernel(Path path, Format f, int tokens);
+Conf make_conf_pair(Format f, int tokens, const Genome& g = Genome::baseline());
 // Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).
 int max_tokens(Path path, Format f);
 // The activation rows of each kernel pass run_rows makes for n rows: balanced passes of at most

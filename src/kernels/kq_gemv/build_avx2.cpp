@@ -141,16 +141,17 @@ class Builder2 {
     o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(4), kY));  // the 8 scale bytes in every qword
     if (f_ == Format::q5_k) o.push_back(jit::make_load(Op::vload, c_.qh, wm(20), kY));
     for (int g = 0; g < 4; ++g) {
-      // stored bytes 32g..32g+31: low nibbles = sub-block 2g, high = 2g+1; their activations (layout::element_of)
-      // and their scale indices (kIdxK) sit at the same offsets
+      // record code bytes 32g..32g+31: low nibbles = code vector 2 (g / 2) bytes 32 (g % 2).., high = vector
+      // 2 (g / 2) + 1; their activations sit at the same offsets; word w's sub-block is lane (w / 2) % 8 (kIdxKL)
       const int64_t xl = 128 * (g / 2) + 32 * (g % 2), xh = xl + 64;
       nibbles(o, co + 32 * g);
-      if (f_ == Format::q5_k) {  // element e's high bit is bit e/32 of qh[e % 32]: bits 2g, 2g+1 -> bit 4
+      if (f_ == Format::q5_k) {  // packed position e's high bit is bit e/32 of qh[e % 32]: bits 2g, 2g+1 -> bit 4
         high_bits(o, lo(), 4 - 2 * g, kMask10Y);
         high_bits(o, hi(), 3 - 2 * g, kMask10Y);
       }
-      o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(int(kIdxK + xl)), kY));
-      o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(int(kIdxK + xh)), kY));
+      const int idx = kIdxKL;  // word w's sub-block is (w / 2) % 8 (the records' lane order)
+      o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(int(idx + xl)), kY));
+      o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(int(idx + xh)), kY));
       k_products(o, lo(), scl, xl, g == 0);
       k_products(o, hi(), sch, xh, false);
     }
@@ -170,28 +171,28 @@ class Builder2 {
   }
 
   void unit_q6k(std::vector<Instr>& o) const {
-    const int scl = c_.sc[0], sch = c_.sc[1];
+    const int scl = c_.sc[0];
     // S starts from -32 sum_j sc_j bsum_j (the 16 scales sign-extended to words, times -32)
     o.push_back(jit::make_load(Op::vsx_b2w, lo(), wm(192), kY));
     o.push_back(jit::make_alu_mem(Op::vpmullw, lo(), lo(), cst(kNeg32), kY));
     for (int t = 0; t < T_; ++t)
       o.push_back(jit::make_alu_mem(Op::vpmaddwd, c_.s[size_t(t)], lo(), xm(t, layout::kXBs16), kY));
     for (int h = 0; h < 2; ++h) {
-      o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(192 + 8 * h), kY));  // this half's 8 scales
       o.push_back(jit::make_load(Op::vload, c_.qh, wm(128 + 32 * h), kY));
       for (int s = 0; s < 2; ++s) {
-        // ql bytes 64h + 32s..: low nibbles = elements 128h + 32s + l (quarter s), high = quarter 2 + s;
-        // quarter q's high bits are bits 2q, 2q+1 of qh[l] -> bits 4, 5; its scales are sub-blocks 2q, 2q+1
+        // code bytes 32 s .. 32 s + 31 of each vector: dword lanes 8 s .. 8 s + 7, i.e. sub-blocks 8 s + w / 2 for
+        // word w (the record's layout), in both the low and the high nibbles' vector
+        o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(192 + 8 * s), kY));
+        // ql bytes 64h + 32s..: low nibbles = positions 128h + 32s + l (quarter s), high = quarter 2 + s;
+        // quarter q's high bits are bits 2q, 2q+1 of qh[l] -> bits 4, 5
         const int64_t xl = 128 * h + 32 * s, xh = xl + 64;
         nibbles(o, 64 * h + 32 * s);
         high_bits(o, lo(), 4 - 2 * s, kMask30Y);
         high_bits(o, hi(), -2 * s, kMask30Y);
-        o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(kIdx6 + 32 * s), kY));
+        o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(kIdx6L), kY));
         o.push_back(jit::make_shift(Op::vpsraw_imm, scl, scl, 8, kY));
-        o.push_back(jit::make_alu_mem(Op::vpshufb, sch, c_.sb, cst(kIdx6 + 32 * (2 + s)), kY));
-        o.push_back(jit::make_shift(Op::vpsraw_imm, sch, sch, 8, kY));
         k_products(o, lo(), scl, xl, false);
-        k_products(o, hi(), sch, xh, false);
+        k_products(o, hi(), scl, xh, false);
       }
     }
     half_to_float(o, Op::vbcast_w, lo(), 208);
@@ -295,7 +296,9 @@ class Builder2 {
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
     // 8 lanes per activation row in the low half of its 16 (the driver zeroes all 16 and sums them)
-    for (int t = 0; t < T_; ++t) o.push_back(jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut), kY));
+    for (int t = 0; t < T_; ++t)  // lanes 8..15 of each 16 are never written nor read (sum_lanes8)
+      o.push_back(c_.zero_init ? jit::make_alu(Op::vpxord, c_.f[size_t(t)], c_.f[size_t(t)], c_.f[size_t(t)], kY)
+                               : jit::make_load(Op::vload, c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut), kY));
     o.push_back(loop_marker(Op::loop_begin, kUnitCnt, c_.genome.loop_align));
     p.hot_begin = o.size();
     std::vector<Instr> hot = hot_body();

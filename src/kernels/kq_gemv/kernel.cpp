@@ -78,9 +78,12 @@ int16_t i16(const uint8_t* p) {
 // One unit's weights in kernel byte order as small integers: for the K-quants the code times its sub-block scale
 // (the -32 of Q6_K and the mins are applied from the activations' sums), for the legacy formats the unsigned code.
 void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
-  static const auto elem = [] {  // element_of for Q4_K / Q5_K
-    std::array<uint8_t, 256> t{};
-    for (int j = 0; j < 256; ++j) t[size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+  static const auto elem = [] {  // element_of for Q4_K ([0]) and Q5_K ([1])
+    std::array<std::array<uint8_t, 256>, 2> t{};
+    for (int j = 0; j < 256; ++j) {
+      t[0][size_t(j)] = uint8_t(element_of(Format::q4_k, j));
+      t[1][size_t(j)] = uint8_t(element_of(Format::q5_k, j));
+    }
     return t;
   }();
   const int co = codes_offset(f);
@@ -88,10 +91,13 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
     case Format::q4_k:
     case Format::q5_k:
       for (int j = 0; j < 256; ++j) {
-        const int k = j / 64, p = j % 64, e = elem[size_t(j)];
+        const int k = j / 64, p = j % 64, e = elem[f == Format::q5_k][size_t(j)];
         const uint8_t b = rec[co + 64 * (k / 2) + p];
         int c = (k % 2) ? b >> 4 : b & 0xF;
-        if (f == Format::q5_k) c |= ((rec[20 + e % 32] >> (e / 32)) & 1) << 4;
+        if (f == Format::q5_k) {
+          const int pos = q5k_position(j);  // where the record packs this byte's code
+          c |= ((rec[20 + pos % 32] >> (pos / 32)) & 1) << 4;
+        }
         wq[j] = int16_t(c * rec[4 + e / 32]);
       }
       return;
@@ -101,7 +107,7 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
         const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
         const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
         const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
-        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + j / 16])));
+        wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + element_of(Format::q6_k, j) / 16])));
       }
       return;
     case Format::q8_0:
@@ -169,23 +175,60 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
   }
 }
 
-std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g) {
+// zero: the variant that starts each row's lanes at zero (the first column chunk), else the one that adds to them;
+// pair: the two-row kernel (has_pair_kernel()).
+std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g, bool zero,
+                                                      bool pair) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int, std::string>, std::shared_ptr<const jit::ExecutableCode>> cache;
-  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key());
+  static std::map<std::tuple<int, int, int, std::string, bool, bool>, std::shared_ptr<const jit::ExecutableCode>>
+      cache;
+  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key(), zero, pair);
   {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf c = make_conf(f, tokens, g, path);
+  const Conf one = pair ? make_conf_pair(f, tokens, g) : make_conf(f, tokens, g, path);
+  const Conf c = zero ? zero_init(one) : one;
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
   return cache.emplace(key, code).first->second;
 }
 
+// The 16 fp32 lanes of output (row i, activation row t) at lanes[(i n + t) 16] summed into y[t ldy + r0 + i]. 16 rows
+// at a time by a transposing tree (45 shuffles and adds for 16 outputs, one contiguous store per activation row)
+// rather than a horizontal reduction per output (about 9 dependent instructions each and a scattered store: it took
+// 13% of the kernel time in a 30B-shaped MoE prefill); the rows left over one at a time. Either way each output is
+// a pairwise tree of depth 4 over its lanes.
 __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int64_t rows, float* y, int64_t ldy,
                                                   int64_t r0) {
-  for (int64_t i = 0; i < rows; ++i)
+  const size_t stride = size_t(n) * 16;  // floats from one row's lanes to the next row's (same activation row)
+  int64_t i = 0;
+  for (; i + 16 <= rows; i += 16)
+    for (int t = 0; t < n; ++t) {
+      const float* l = lanes + (size_t(i) * size_t(n) + size_t(t)) * 16;
+      // level 1: rows 2k, 2k+1 -> per 128-bit lane [2k, 2k+1, 2k, 2k+1]
+      __m512 s1[8];
+      for (int k = 0; k < 8; ++k) {
+        const __m512 a = _mm512_loadu_ps(l + size_t(2 * k) * stride);
+        const __m512 b = _mm512_loadu_ps(l + size_t(2 * k + 1) * stride);
+        s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+      }
+      // level 2: rows 4m..4m+3 in each 128-bit lane
+      __m512 s2[4];
+      for (int m = 0; m < 4; ++m) {
+        const __m512d a = _mm512_castps_pd(s1[2 * m]), b = _mm512_castps_pd(s1[2 * m + 1]);
+        s2[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+      }
+      // level 3: [rows 0..3, 0..3, 4..7, 4..7] and [8..11, 8..11, 12..15, 12..15]; level 4: rows 0..15
+      __m512 s3[2];
+      for (int h = 0; h < 2; ++h)
+        s3[h] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0x88),
+                              _mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0xDD));
+      const __m512 s4 =
+          _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
+      _mm512_storeu_ps(y + size_t(t) * size_t(ldy) + size_t(r0 + i), s4);
+    }
+  for (; i < rows; ++i)
     for (int t = 0; t < n; ++t)
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
 }
@@ -214,7 +257,9 @@ namespace {
 
 // Rows in chunks of genome.row_chunk (their lanes stay in L1/L2); per chunk the activation rows in balanced passes of
 // at most genome.rows_per_pass (later passes find the chunk's weights in L2); columns in chunks whose activation
-// records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1.
+// records fit genome.x_budget_kb, so that the activations a chunk of rows re-reads stay in L1. The first column chunk
+// runs the kernel variant that starts the lanes at zero (no clearing of the lanes buffer: it was 5% of a product with
+// 8 activation rows), later chunks the one that adds to them.
 void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int64_t r0, int64_t r1, const Genome& g,
               Path path) {
   // pass_rows() without its vector (no allocation per call)
@@ -223,7 +268,10 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   struct Pass {
     int t0, n;
     int64_t unit_chunk;
-    void (*fn)(const KernelArgs*);
+    void (*fn_zero)(const KernelArgs*);  // the first column chunk: lanes start at zero
+    void (*fn)(const KernelArgs*);       // later chunks: added to the lanes
+    void (*fn2_zero)(const KernelArgs*); // the same for row pairs (null where there is no two-row kernel)
+    void (*fn2)(const KernelArgs*);
   };
   // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
   // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
@@ -231,24 +279,31 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     Path path;
     Format f;
     int n;
+    bool zero, pair;
     Genome g;
     void (*fn)(const KernelArgs*);
   };
   thread_local std::vector<Cached> kernels;
-  auto kernel_for = [&](int n) {
+  auto kernel_for = [&](int n, bool zero, bool pair) {
     for (const Cached& c : kernels)
-      if (c.path == path && c.f == w.format && c.n == n && c.g == g) return c.fn;
-    auto fn = jit_kernel(path, w.format, n, g)->as<void (*)(const KernelArgs*)>();
+      if (c.path == path && c.f == w.format && c.n == n && c.zero == zero && c.pair == pair && c.g == g) return c.fn;
+    auto fn = jit_kernel(path, w.format, n, g, zero, pair)->as<void (*)(const KernelArgs*)>();
     if (kernels.size() >= 64) kernels.erase(kernels.begin());
-    kernels.push_back({path, w.format, n, g, fn});
+    kernels.push_back({path, w.format, n, zero, pair, g, fn});
     return fn;
   };
   thread_local std::vector<Pass> plan;
   plan.clear();
   for (int p = 0, t0 = 0; p < passes; ++p) {
     const int n = a.n / passes + (p < a.n % passes ? 1 : 0);
-    plan.push_back({t0, n, std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord)),
-                    kernel_for(n)});
+    const int64_t unit_chunk = std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kTokenRecord));
+    // Row pairs for several activation rows, unless the genome carries an order (it permutes the one-row body, which
+    // then runs as ordered: the factory's reordered mutants are measured as they are). One activation row: the
+    // weights' bandwidth decides, and a tuned order fits that body.
+    const bool pair = a.n > 1 && g.order.empty() && has_pair_kernel(path, w.format, n) && r1 - r0 > 1;
+    const bool more = unit_chunk < w.units;
+    plan.push_back({t0, n, unit_chunk, kernel_for(n, true, false), more ? kernel_for(n, false, false) : nullptr,
+                    pair ? kernel_for(n, true, true) : nullptr, pair && more ? kernel_for(n, false, true) : nullptr});
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
@@ -258,18 +313,29 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   args.consts = kernel_constants();
   args.out = lanes.data();
   args.x_stride = int64_t(a.n) * kTokenRecord;
+  args.w_row = w.row_bytes();
   for (int64_t r = r0; r < r1; r += row_chunk) {
     const int64_t rows = std::min(row_chunk, r1 - r);
     for (const Pass& p : plan) {
-      std::fill(lanes.begin(), lanes.begin() + rows * p.n * 16, 0.0f);
       for (int64_t u = 0; u < w.units; u += p.unit_chunk) {
         const int64_t nu = std::min(p.unit_chunk, w.units - u);
-        args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
         args.x = a.data.data() + (size_t(u) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
-        args.n_rows = rows;
         args.n_units = nu;
         args.w_skip = w.row_bytes() - nu * w.record_bytes;
-        p.fn(&args);
+        int64_t done = 0;
+        if (p.fn2_zero && rows > 1) {  // rows in pairs, then a last odd row alone
+          args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+          args.out = lanes.data();
+          args.n_rows = rows / 2;
+          (u == 0 ? p.fn2_zero : p.fn2)(&args);
+          done = rows / 2 * 2;
+        }
+        if (done < rows) {
+          args.w = w.data.data() + size_t((r + done) * w.row_bytes() + u * w.record_bytes);
+          args.out = lanes.data() + size_t(done) * size_t(p.n) * 16;
+          args.n_rows = rows - done;
+          (u == 0 ? p.fn_zero : p.fn)(&args);
+        }
       }
       if (path == Path::avx512vnni)
         sum_lanes(lanes.data(), p.n, rows, y + size_t(p.t0) * size_t(ldy), ldy, r);

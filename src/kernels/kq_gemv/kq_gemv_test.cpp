@@ -525,6 +525,61 @@ TEST(KqGemv, ActivationQuantizersAgreeBitForBit) {
   }
 }
 
+// The K-quants' two-row kernels (avx512vnni, 2..8 activation rows) compute each row with the one-row kernel's operations in
+// its order: the same bits as rows run one at a time (a one-row range never takes the pair kernel) where the lanes
+// are summed the same way (under 16 rows; from 16 rows sum_lanes' transposing tree orders the 16 lane additions
+// differently, so 70 rows are checked against the fp64 reference); odd row counts end on the one-row kernel;
+// several column chunks (xkb=1) start and then add to the lanes.
+TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
+  EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q4_k, 8));
+  EXPECT_FALSE(has_pair_kernel(Path::avx512vnni, Format::q4_k, 9));
+  EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q6_k, 8));
+  EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q5_k, 4));
+  EXPECT_FALSE(has_pair_kernel(Path::avx2, Format::q4_k, 4));
+  EXPECT_THROW(make_conf_pair(Format::q4_k, 9), Error);
+  EXPECT_THROW(make_conf_pair(Format::q8_0, 2), Error);
+  for (Format f : {Format::q4_k, Format::q5_k, Format::q6_k})
+    for (int n = 1; n <= 8; ++n) {
+      const Conf c = make_conf_pair(f, n);
+      EXPECT_NE(c.id.find("_r2_"), std::string::npos);
+      EXPECT_NO_THROW(build(c));
+    }
+  bool avx512 = false;
+  for (Path p : available_paths()) avx512 |= p == Path::avx512vnni;
+  if (!avx512) GTEST_SKIP() << "no avx512vnni path on this CPU";
+  Genome chunks;
+  chunks.x_budget_kb = 1;
+  chunks.row_chunk = 6;
+  uint32_t seed = 700;
+  for (Format f : {Format::q4_k, Format::q5_k, Format::q6_k})
+  for (const Genome& g : {Genome::baseline(), chunks})
+    for (int64_t rows : {int64_t(2), int64_t(7), int64_t(15), int64_t(70)})
+      for (int n : {2, 3, 8, 13}) {
+        SCOPED_TRACE(testing::Message() << format_name(f) << " " << rows << " rows, n=" << n << ", genome "
+                                        << g.serialize());
+        const int64_t cols = 768;
+        const auto stored = random_stored(f, rows, cols, seed++);
+        const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+        const auto x = random_x(n, cols, seed++, 1.0f);
+        Activations a;
+        quantize_activations(f, x.data(), n, cols, a);
+        std::vector<float> y2(size_t(n * rows)), y1(size_t(n * rows));
+        run_rows(m, a, y2.data(), rows, 0, rows, Path::avx512vnni, g);
+        if (rows < 16) {
+          for (int64_t r = 0; r < rows; ++r) run_rows(m, a, y1.data(), rows, r, r + 1, Path::avx512vnni, g);
+          for (size_t i = 0; i < y1.size(); ++i) ASSERT_EQ(y2[i], y1[i]) << "output " << i;
+          continue;
+        }
+        std::vector<double> ref(size_t(n * rows));
+        reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+        for (int t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows; ++r) {
+            const double b = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
+            ASSERT_LE(std::fabs(double(y2[size_t(t * rows + r)]) - ref[size_t(t * rows + r)]), b) << t << " " << r;
+          }
+      }
+}
+
 TEST(KqGemv, BadInputIsAnError) {
   std::vector<uint8_t> b(144 * 2);
   EXPECT_THROW(make_matrix(ggml_type(Format::q4_k), 1, 512, b.data(), b.size() - 1), Error);  // byte count

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -110,11 +111,19 @@ int codes_offset(Format f) {
   return 0;
 }
 
+int q5k_position(int j) {
+  const int k = j / 64, p = j % 64;
+  return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
+}
+
 int element_of(Format f, int j) {
-  if (f == Format::q6_k) return j;
-  if (is_k_quant(f)) {  // Q4_K / Q5_K: code vector k = low / high nibbles of 64 stored bytes
-    const int k = j / 64, p = j % 64;
-    return 128 * (k / 2) + 32 * (k % 2) + p + (p >= 32 ? 32 : 0);
+  if (f == Format::q6_k) {  // code vector k, dword lane l, byte i: sub-block l (16 elements) in every vector
+    const int k = j / 64, l = (j % 64) / 4, i = j % 4;
+    return 16 * l + 4 * k + i;
+  }
+  if (f == Format::q4_k || f == Format::q5_k) {  // code vector k, dword lane l, byte i: sub-block l % 8 (README)
+    const int k = j / 64, l = (j % 64) / 4, i = j % 4;
+    return 32 * (l % 8) + 16 * (l / 8) + 4 * k + i;
   }
   // legacy: vector z (low / high nibble, or Q8_0's second 64 bytes), byte p: dword lane p/4 holds block lane % 4
   const int z = j / 64, p = j % 64;
@@ -126,6 +135,128 @@ int element_of(Format f, int j) {
 namespace {
 
 using namespace layout;
+
+// Q4_K: the file's qs[128] holds sub-block s (32 elements) in the low (s even) or high nibbles of bytes 32 (s / 2) ..
+// + 31, element w at byte w. The record (layout::element_of): code byte 64 h + 4 l + i (half h, dword lane l) holds
+// sub-block l % 8 in both nibbles: low = element 16 (l / 8) + 8 h + i, high = that + 4. So the 8 file bytes
+// 8 g .. 8 g + 7 of a sub-block (g = 2 (l / 8) + h) become one record dword: their first 4 nibbles low, the next 4
+// high. 64-bit words, 32 per unit.
+void put_q4k_codes(const uint8_t* qs, uint8_t* codes) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full;
+  for (int s = 0; s < 8; ++s)
+    for (int g = 0; g < 4; ++g) {
+      uint64_t v;
+      std::memcpy(&v, qs + 32 * (s / 2) + 8 * g, 8);
+      v = (v >> (4 * (s % 2))) & k4;
+      const uint32_t d = uint32_t(v) | uint32_t(v >> 32) << 4;
+      std::memcpy(codes + 64 * (g % 2) + 4 * (s + 8 * (g / 2)), &d, 4);
+    }
+}
+
+// The inverse: the file's qs[128] from the record's codes.
+void get_q4k_codes(const uint8_t* codes, uint8_t* qs) {
+  constexpr uint32_t k4 = 0x0F0F0F0Fu;
+  std::memset(qs, 0, 128);
+  for (int s = 0; s < 8; ++s)
+    for (int g = 0; g < 4; ++g) {
+      uint32_t d;
+      std::memcpy(&d, codes + 64 * (g % 2) + 4 * (s + 8 * (g / 2)), 4);
+      const uint64_t v = (uint64_t(d & k4) | uint64_t((d >> 4) & k4) << 32) << (4 * (s % 2));
+      uint64_t q;
+      std::memcpy(&q, qs + 32 * (s / 2) + 8 * g, 8);
+      q |= v;
+      std::memcpy(qs + 32 * (s / 2) + 8 * g, &q, 8);
+    }
+}
+
+// Q5_K's 5-bit codes at positions 0..255 as ggml packs a block (qh[32], qs[128]): position e has its low 4 bits in
+// nibble (e % 64) / 32 of qs[32 (e / 64) + e % 32] and its high bit in bit e / 32 of qh[e % 32]. 64-bit words.
+void q5_unpack(const uint8_t* qh, const uint8_t* qs, uint8_t* codes) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k1 = 0x0101010101010101ull;
+  for (int j4 = 0; j4 < 4; ++j4)
+    for (int hb = 0; hb < 2; ++hb)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t lo, hi;
+        std::memcpy(&lo, qs + 32 * j4 + 8 * g, 8);
+        std::memcpy(&hi, qh + 8 * g, 8);
+        const uint64_t c = ((lo >> (4 * hb)) & k4) | ((hi >> (2 * j4 + hb)) & k1) << 4;
+        std::memcpy(codes + 64 * j4 + 32 * hb + 8 * g, &c, 8);
+      }
+}
+void q5_pack(const uint8_t* codes, uint8_t* qh, uint8_t* qs) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k1 = 0x0101010101010101ull;
+  std::memset(qh, 0, 32);
+  std::memset(qs, 0, 128);
+  for (int j4 = 0; j4 < 4; ++j4)
+    for (int hb = 0; hb < 2; ++hb)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t c, lo, hi;
+        std::memcpy(&c, codes + 64 * j4 + 32 * hb + 8 * g, 8);
+        std::memcpy(&lo, qs + 32 * j4 + 8 * g, 8);
+        std::memcpy(&hi, qh + 8 * g, 8);
+        lo |= (c & k4) << (4 * hb);
+        hi |= ((c >> 4) & k1) << (2 * j4 + hb);
+        std::memcpy(qs + 32 * j4 + 8 * g, &lo, 8);
+        std::memcpy(qh + 8 * g, &hi, 8);
+      }
+}
+// Q5_K's record: qh and qs packed as ggml packs them, but the packed position the kernels read at kernel byte j
+// (q5k_position(j)) holds element element_of(q5_k, j), Q4_K's lane order. `to_record` false: the inverse.
+void q5_permute(const uint8_t* qh, const uint8_t* qs, uint8_t* out_qh, uint8_t* out_qs, bool to_record) {
+  alignas(64) uint8_t a[256], b[256];
+  q5_unpack(qh, qs, a);
+  for (int j = 0; j < 256; j += 4) {
+    const int pos = q5k_position(j), elem = element_of(Format::q5_k, j);
+    std::memcpy(b + (to_record ? pos : elem), a + (to_record ? elem : pos), 4);
+  }
+  q5_pack(b, out_qh, out_qs);
+}
+
+// Q6_K's 6-bit codes at positions 0..255 as ggml packs a block (ql[128], qh[64]): position 128 h + 32 q + i has its low
+// 4 bits in nibble q / 2 of ql[64 h + 32 (q % 2) + i] and its high 2 in bits 2 q of qh[32 h + i]. Unpacked / packed
+// 8 positions at a time on 64-bit words.
+void q6_unpack(const uint8_t* blk, uint8_t* codes) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k2 = 0x0303030303030303ull;
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 4; ++q)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t lo, hi;
+        std::memcpy(&lo, blk + 64 * h + 32 * (q % 2) + 8 * g, 8);
+        std::memcpy(&hi, blk + 128 + 32 * h + 8 * g, 8);
+        const uint64_t c = ((lo >> (4 * (q / 2))) & k4) | ((hi >> (2 * q)) & k2) << 4;
+        std::memcpy(codes + 128 * h + 32 * q + 8 * g, &c, 8);
+      }
+}
+void q6_pack(const uint8_t* codes, uint8_t* blk) {
+  constexpr uint64_t k4 = 0x0F0F0F0F0F0F0F0Full, k2 = 0x0303030303030303ull;
+  std::memset(blk, 0, 192);
+  for (int h = 0; h < 2; ++h)
+    for (int q = 0; q < 4; ++q)
+      for (int g = 0; g < 4; ++g) {
+        uint64_t c, lo, hi;
+        std::memcpy(&c, codes + 128 * h + 32 * q + 8 * g, 8);
+        std::memcpy(&lo, blk + 64 * h + 32 * (q % 2) + 8 * g, 8);
+        std::memcpy(&hi, blk + 128 + 32 * h + 8 * g, 8);
+        lo |= (c & k4) << (4 * (q / 2));
+        hi |= ((c >> 4) & k2) << (2 * q);
+        std::memcpy(blk + 64 * h + 32 * (q % 2) + 8 * g, &lo, 8);
+        std::memcpy(blk + 128 + 32 * h + 8 * g, &hi, 8);
+      }
+}
+// Q6_K's record: the codes packed as ggml packs a block, but position 64 k + 4 l + i holds element 16 l + 4 k + i
+// (layout::element_of: every code vector's dword lane l is sub-block l), a transpose of 4-element groups; scales and
+// d as stored. `to_record` false: the inverse.
+void q6_permute(const uint8_t* src, uint8_t* dst, bool to_record) {
+  alignas(64) uint8_t a[256], b[256];
+  q6_unpack(src, a);
+  for (int k = 0; k < 4; ++k)
+    for (int l = 0; l < 16; ++l) {
+      const int pos = 64 * k + 4 * l, elem = 16 * l + 4 * k;
+      std::memcpy(b + (to_record ? pos : elem), a + (to_record ? elem : pos), 4);
+    }
+  q6_pack(b, dst);
+  std::memcpy(dst + 192, src + 192, 18);
+}
 
 void scale_min_k4(int j, const uint8_t* q, uint8_t& d, uint8_t& m) {
   if (j < 4) {
@@ -145,15 +276,13 @@ void repack_unit(Format f, const uint8_t* src, int nblocks, uint8_t* rec) {
     case Format::q5_k: {
       std::memcpy(rec, src, 4);  // d, dmin
       for (int j = 0; j < 8; ++j) scale_min_k4(j, src + 4, rec[4 + j], rec[12 + j]);
-      if (f == Format::q4_k) {
-        std::memcpy(rec + 20, src + 16, 128);
-      } else {
-        std::memcpy(rec + 20, src + 16, 32);   // qh
-        std::memcpy(rec + 52, src + 48, 128);  // qs
-      }
+      if (f == Format::q4_k)
+        put_q4k_codes(src + 16, rec + 20);
+      else
+        q5_permute(src + 16, src + 48, rec + 20, rec + 52, true);  // qh, qs
       return;
     }
-    case Format::q6_k: std::memcpy(rec, src, 210); return;
+    case Format::q6_k: q6_permute(src, rec, true); return;
     default: break;
   }
   const int bb = stored_block_bytes(f);
@@ -194,15 +323,13 @@ void restore_unit(Format f, const uint8_t* rec, int nblocks, uint8_t* dst) {
         q[j + 4] = uint8_t(m[j] | ((m[j + 4] >> 4) << 6));
         q[j + 8] = uint8_t((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
       }
-      if (f == Format::q4_k) {
-        std::memcpy(dst + 16, rec + 20, 128);
-      } else {
-        std::memcpy(dst + 16, rec + 20, 32);
-        std::memcpy(dst + 48, rec + 52, 128);
-      }
+      if (f == Format::q4_k)
+        get_q4k_codes(rec + 20, dst + 16);
+      else
+        q5_permute(rec + 20, rec + 52, dst + 16, dst + 48, false);
       return;
     }
-    case Format::q6_k: std::memcpy(dst, rec, 210); return;
+    case Format::q6_k: q6_permute(rec, dst, false); return;
     default: break;
   }
   const int bb = stored_block_bytes(f), co = codes_offset(f);
@@ -242,6 +369,9 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
   for (int64_t u = 0; u < units; ++u, out += 256) {
     const uint8_t* rec = row + u * record_bytes(f);
     if (f == Format::q6_k) {
+      alignas(16) uint8_t blk[210];
+      q6_permute(rec, blk, false);  // the block as the file holds it
+      rec = blk;
       const float d = half_at(rec + 208);
       for (int hh = 0; hh < 2; ++hh)
         for (int qu = 0; qu < 4; ++qu)
@@ -258,13 +388,17 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
       continue;
     }
     const float d = half_at(rec), dmin = half_at(rec + 2);
-    const uint8_t* qs = rec + (f == Format::q4_k ? 20 : 52);
+    alignas(16) uint8_t q4k[128], q5h[32];
+    if (f == Format::q4_k) get_q4k_codes(rec + 20, q4k);  // the file's order
+    if (f == Format::q5_k) q5_permute(rec + 20, rec + 52, q5h, q4k, false);
+    const uint8_t* qs = q4k;
+    const uint8_t* qh = q5h;
     for (int j = 0; j < 8; ++j) {
       const float d1 = d * float(rec[4 + j]), m1 = dmin * float(rec[12 + j]);
       for (int i0 = 0; i0 < 32; i0 += 16) {
         __m512i q = _mm512_and_si512(_mm512_srli_epi32(bytes16(qs + 32 * (j / 2) + i0), unsigned(4 * (j % 2))), m4);
         if (f == Format::q5_k)
-          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(rec + 20 + i0), unsigned(j)), one), 4));
+          q = _mm512_add_epi32(q, _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(bytes16(qh + i0), unsigned(j)), one), 4));
         _mm512_storeu_ps(out + 32 * j + i0,
                          _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(d1), _mm512_cvtepi32_ps(q)), _mm512_set1_ps(m1)));
       }
@@ -431,12 +565,7 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
   int32_t sums[16];
   if (is_k_quant(f)) {
     const float s = fn(x, 256, q, sums);
-    if (f == Format::q6_k) {
-      std::memcpy(rec, q, 256);
-    } else {  // 32-element chunks in the order 0, 2, 1, 3, 4, 6, 5, 7 (element_of)
-      static constexpr int kChunk[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-      for (int c = 0; c < 8; ++c) std::memcpy(rec + 32 * c, q + 32 * kChunk[c], 32);
-    }
+    for (int j = 0; j < 256; j += 4) std::memcpy(rec + j, q + element_of(f, j), 4);  // whole dwords (element_of)
     std::memset(rec + 256, 0, size_t(kTokenRecord - 256));
     if (f == Format::q6_k) {
       int16_t bs16[16];

@@ -20,7 +20,10 @@ int stored_block_cols(Format f);   // 256 or 32
 int stored_block_bytes(Format f);
 
 // Record offsets.
-// Q4_K: d, dmin (fp16) @0, sc[8] @4, m[8] @12, qs[128] @20 (as stored).  Q5_K: ... qh[32] @20, qs[128] @52.
+// Q4_K: d, dmin (fp16) @0, sc[8] @4, m[8] @12, codes[128] @20 rearranged so that dword lane l of each of the four
+// code vectors (low / high nibbles of codes 0..63, then of 64..127) holds sub-block l % 8 (element_of).
+// Q5_K: d, dmin, sc[8], m[8] as Q4_K, qh[32] @20, qs[128] @52 packed as ggml packs them, position q5k_position(j)
+// holding element element_of(q5_k, j) (Q4_K's lane order).
 // Q6_K: as stored: ql[128] @0, qh[64] @128, sc[16] @192, d @208.
 // Legacy: d[4] (fp16) @0, Q4_1's m[4] @8, codes after (64 bytes for 4-bit, 128 for Q8_0 stored as q ^ 0x80).
 int codes_offset(Format f);
@@ -40,6 +43,8 @@ std::vector<std::pair<const char*, QuantizeBlockFn>> quantize_block_variants();
 
 // Element (within the unit) whose code sits at kernel byte j (0..255 K, 0..127 legacy) of a unit.
 int element_of(Format f, int j);
+// Q5_K: the packed position (ggml's qh / qs packing in the record) the kernels decode at kernel byte j.
+int q5k_position(int j);
 
 // The inverse of the load-time rearrangement: the unit's first `nblocks` stored blocks, byte for byte as the file
 // held them.

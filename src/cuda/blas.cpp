@@ -56,6 +56,8 @@ void Blas::gemm_bf16(const uint16_t* W, int64_t rows, int64_t cols, const uint16
                      cudaStream_t s) {
   if (n <= 0) return;
   auto h = static_cast<cublasHandle_t>(handle_);
+  static std::mutex call_mu;  // the stream is the handle's state: set and use it as one step
+  std::lock_guard<std::mutex> lock(call_mu);
   if (const int st = set_stream_(handle_, s); st != 0) fail("cublasSetStream failed (status {})", st);
   const float alpha = 1.0f, beta = 0.0f;
   // Column-major: y^T [rows x n] = W [cols x rows]^T * x^T [cols x n].

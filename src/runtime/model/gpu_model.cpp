@@ -153,6 +153,7 @@ class GpuState {
   cuda::DeviceArray<int32_t> pair_row, row_pairs;
   cuda::PinnedArray<int32_t> h_pair_row, h_row_pairs;
   cuda::PinnedArray<float> h_pair_w;
+  bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
 };
@@ -414,7 +415,9 @@ static void gpu_prefill_experts(GpuState& g, const LayerRawExperts& r, const Mod
   const cudaStream_t s = g.stream.get();
   const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts, P = n * k;
   cuda::Blas* blas = cuda::Blas::get(nullptr);
-  if (g.raw[0].empty()) {
+  if (!g.prefill_ready) {
+    // Every buffer or none counts as ready: an allocation that throws (VRAM short) leaves the next step to retry
+    // (resizes of those already allocated are no-ops), never to run on a missing buffer.
     for (int i = 0; i < 3; ++i) {
       g.raw[i].resize(g.gm.raw_max_bytes);
       g.deq[i].resize(size_t(E * I * H));
@@ -423,6 +426,7 @@ static void gpu_prefill_experts(GpuState& g, const LayerRawExperts& r, const Mod
     g.xp.resize(pairs * size_t(H)), g.act.resize(pairs * size_t(I));
     g.pe1.resize(pairs * size_t(I)), g.pe2.resize(pairs * size_t(I)), g.yd.resize(pairs * size_t(H));
     g.pair_w.resize(pairs), g.pair_row.resize(pairs), g.row_pairs.resize(pairs);
+    g.prefill_ready = true;
   }
   cuda::copy_to_device(g.pair_row.data(), g.h_pair_row.data(), size_t(P) * 4, g.stream);
   cuda::copy_to_device(g.row_pairs.data(), g.h_row_pairs.data(), size_t(P) * 4, g.stream);
@@ -500,6 +504,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     g.rope_on_device = rope.inv_freq;
   }
   const float rope_scaling = rope.attention_scaling;
+  // The prefill's experts go to the GPU when one sequence brings that many rows (a prompt chunk), not when many
+  // sequences' decode rows add up to it (continuous batching).
+  int64_t longest_segment = 0;
+  for (const SequenceRows& b : batch) longest_segment = std::max(longest_segment, int64_t(b.tokens.size()));
   // Embedding rows (on the CPU: one row per token), positions and cache bases per row.
   segs_.clear();
   int64_t row = 0;
@@ -613,7 +621,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     clock_.lap(Op::gpu);
     if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
-    if (gm.prefill_rows > 0 && n >= gm.prefill_rows && !gm.raw.empty()) {
+    if (gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty()) {
       // A prefill step: the layer's experts on the GPU, all ranks (no deferral), the sum stays there.
       route_pairs(n, 0, K);
       const size_t P = size_t(n * K);

@@ -79,9 +79,11 @@ struct LoadOptions {
   // to the residual one MoE layer later, so the CPU computes them while the GPU runs the next layer's attention. Not
   // the model's function: its effect on the logits is measured (README). 0 = off (exact).
   int gpu_defer = 0;
-  // Prefill steps of at least this many rows run a GGUF's routed experts on the GPU, their blocks streamed from host
-  // memory per layer and multiplied by cuBLAS (0: never; the CPU runs them). Off by default: built and its kernels
-  // checked on the GPU host, but its end-to-end test and its speed are not yet measured there (README).
+  // Prefill steps in which one sequence brings at least this many rows run a GGUF's routed experts on the GPU, their
+  // blocks streamed from host memory per layer and multiplied by cuBLAS (0: never; the CPU runs them). Off by
+  // default: built and its kernels checked on the GPU host, but its end-to-end test and its speed are not yet measured
+  // there (README). When on, the file's expert pages are page-locked for the model's life (host memory: the file's
+  // expert bytes, beside the CPU's own copy); a staging ring would avoid that.
   int gpu_prefill_rows = 0;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };

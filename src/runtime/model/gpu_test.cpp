@@ -52,6 +52,14 @@ std::vector<int32_t> greedy(Session& s, std::vector<int32_t> toks, int steps) {
   return out;
 }
 
+// A model path as a test name ("gguf/tiny_llama.gguf" -> "gguf_tiny_llama_gguf").
+std::string test_name(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (char& ch : s)
+    if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return s;
+}
+
 class GpuGolden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GpuGolden, LogitsAndGreedyMatchTheCpuPath) {
@@ -78,12 +86,7 @@ INSTANTIATE_TEST_SUITE_P(Models, GpuGolden,
                          ::testing::Values("llama", "qwen2", "qwen3", "qwen3_moe", "olmoe", "mixtral", "qwen3_next",
                                            "gguf/tiny_llama.gguf", "gguf/tiny_qwen3moe.gguf",
                                            "gguf/tiny_qwen3next.gguf", "gguf/tiny_mixtral.gguf"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& ch : s)
-                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           return s;
-                         });
+                         test_name);
 
 // The prefill's experts on the GPU (a GGUF's blocks dequantized there, bf16 products): a 21-row prompt against the
 // CPU path with the same weights (the file's blocks dequantized exactly: --experts f32; the default would re-quantize
@@ -116,12 +119,7 @@ TEST_P(GpuPrefill, MatchesTheCpuPath) {
 INSTANTIATE_TEST_SUITE_P(Models, GpuPrefill,
                          ::testing::Values("gguf/tiny_qwen3moe.gguf", "gguf/tiny_mixtral.gguf", "gguf/tiny_olmoe.gguf",
                                            "gguf/tiny_qwen3next.gguf"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& ch : s)
-                             if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           return s;
-                         });
+                         test_name);
 
 TEST(Gpu, SequencesStepTogetherAsAlone) {
   std::string why;

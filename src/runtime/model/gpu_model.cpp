@@ -116,6 +116,7 @@ class GpuModel {
   std::vector<int64_t> attn_slot;  // [layers]: index among the attention layers (their KV cache)
   int64_t attn_layers = 0, cpu_mixers = 0;
   int64_t defer = 0;  // LoadOptions::gpu_defer
+  bool moe = false;
   size_t bytes = 0;
 };
 
@@ -183,8 +184,9 @@ std::string gpu_description(const GpuModel& g) {
   const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
   if (g.cpu_mixers > 0) where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU", g.cpu_mixers);
   else where += " on the GPU";
-  return fmt::format("{}: {} ({:.2f} GiB of weights); routed experts on the CPU{}{}", g.dev.summary(), where,
-                     double(g.bytes) / double(1ull << 30), defer,
+  return fmt::format("{}: {} ({:.2f} GiB of weights); {}{}{}", g.dev.summary(), where,
+                     double(g.bytes) / double(1ull << 30),
+                     g.moe ? "routed experts on the CPU" : "no experts: only the embedding lookup on the CPU", defer,
                      g.prefill_note.empty() ? "" : "; prefill experts " + g.prefill_note);
 }
 
@@ -272,6 +274,7 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
       fail("--gpu-defer {}: defer between 0 and top_k - 1 = {} experts per token", opt.gpu_defer, c.top_k - 1);
   }
   g->defer = opt.gpu_defer;
+  g->moe = c.is_moe();
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
     fail("--gpu: {} heads are not a multiple of {} KV heads", c.num_heads, c.num_kv_heads);
   // What must fit: every matrix the GPU runs, before anything is allocated.

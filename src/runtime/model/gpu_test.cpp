@@ -169,6 +169,15 @@ TEST(Gpu, ExpertDeferralIsMeasured) {
   EXPECT_THROW(Model::load(kGolden + "/llama", o), Error);
 }
 
+TEST(Gpu, HybridOptionsWithoutGpuAreRefused) {
+  LoadOptions o = options(false);
+  o.gpu_defer = 1;
+  EXPECT_THROW(Model::load(kGolden + "/qwen3_moe", o), Error);
+  o.gpu_defer = 0;
+  o.gpu_prefill_rows = 8;
+  EXPECT_THROW(Model::load(kGolden + "/qwen3_moe", o), Error);
+}
+
 TEST(Gpu, WithoutADeviceTheErrorSaysWhy) {
   std::string why;
   if (!no_gpu(&why)) GTEST_SKIP() << "this machine has a CUDA device";

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <map>
 
 namespace genesis::cpu {
@@ -90,6 +91,12 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
   // Spinning only pays when every thread has a core; oversubscribed, a spinner steals time from the thread it waits
   // for.
   spin_ns_ = size_ <= static_cast<int>(cpus.size()) ? kSpinNs : 0;
+  // GENESIS_SPIN_US overrides it (0: sleep at once), for machines whose wake-ups are slow.
+  if (const char* env = std::getenv("GENESIS_SPIN_US"); env && *env) {
+    char* end = nullptr;
+    const long us = std::strtol(env, &end, 10);
+    if (end && *end == '\0' && us >= 0 && us <= 1000000) spin_ns_ = us * 1000;
+  }
   caller_cpu_ = pin && size_ > 1 && size_ <= static_cast<int>(cpus.size()) ? cpus[0] : -1;
   slots_ = std::make_unique<Slot[]>(size_);
   workers_.reserve(size_ - 1);

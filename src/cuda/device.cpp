@@ -126,6 +126,7 @@ template class PinnedArray<float>;
 template class PinnedArray<int32_t>;
 template class PinnedArray<int64_t>;
 template class PinnedArray<float*>;
+template class PinnedArray<uint8_t>;
 
 Stream::Stream() { check(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate"); }
 Stream::~Stream() {

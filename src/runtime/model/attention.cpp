@@ -28,12 +28,13 @@ void Session::attention(int64_t li, int64_t n) {
   dense_products(qkv, xn_.data(), n, pool_);
   clock_.lap(Op::dense);
   if (gated) {
-    for (int64_t t = 0; t < n; ++t)
+    for_rows(n, [&](int64_t t) {
       for (int64_t h = 0; h < nh; ++h) {
         const float* src = &qg_[size_t((t * nh + h) * 2 * hd)];
         std::memcpy(&q_[size_t(t * qd + h * hd)], src, size_t(hd) * 4);
         std::memcpy(&gate_[size_t(t * qd + h * hd)], src + hd, size_t(hd) * 4);
       }
+    });
     clock_.lap(Op::elementwise);
   }
   // A cache is [attention layer][kv head][position][head_dim]: each head's keys and values are one contiguous stream.
@@ -44,7 +45,9 @@ void Session::attention(int64_t li, int64_t n) {
     SequenceState& sq = seqs_[size_t(sg.seq)];
     float* kc = sq.k_layer(li);
     float* vc = sq.v_layer(li);
-    for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
+    // Each row writes its own cache position: the rows of a prefill segment run in parallel.
+    for_rows(sg.n, [&, kc, vc](int64_t r) {
+      const int64_t t = sg.row0 + r;
       float* q = &q_[size_t(t * qd)];
       float* k = &k_[size_t(t * kvd)];
       float* v = &v_[size_t(t * kvd)];
@@ -70,7 +73,7 @@ void Session::attention(int64_t li, int64_t n) {
         std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
         std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
       }
-    }
+    });
   }
   clock_.lap(Op::elementwise);
   // Segments of many rows (prefill) take the GEMM path, the rows of the others (decode) the span path.
@@ -149,21 +152,19 @@ void Session::attention(int64_t li, int64_t n) {
         return;
       }
       // The group's query heads are consecutive rows of q: scores [group, cnt] = scale * Q K^T and the weighted
-      // values [group, hd] = P V as two small GEMMs over the span's keys and values, each read once for all heads.
+      // values [group, hd] = P V over the span's keys and values, each row read once for all heads.
       thread_local std::vector<float> s;
       s.resize(size_t(group * cnt));
       const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(group), int(cnt), int(hd), scale, qg, int(hd),
-                  kc + (kvh * cap + j0) * hd, int(hd), 0.0f, s.data(), int(cnt));
+      group_scores(qg, group, kc + (kvh * cap + j0) * hd, cnt, hd, scale, s.data());
       for (int64_t g = 0; g < group; ++g) {
         float* sg = &s[size_t(g * cnt)];
         float mx = -INFINITY, sum = 0.0f;
         for (int64_t j = 0; j < cnt; ++j) mx = std::max(mx, sg[j]);
-        for (int64_t j = 0; j < cnt; ++j) sum += (sg[j] = std::exp(sg[j] - mx));
+        sum = float(exp_shift_sum(sg, cnt, mx));
         out[g * part] = mx, out[g * part + 1] = sum;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(group), int(hd), int(cnt), 1.0f, s.data(), int(cnt),
-                  vc + (kvh * cap + j0) * hd, int(hd), 0.0f, out + 2, int(part));
+      group_weighted_sum(s.data(), group, vc + (kvh * cap + j0) * hd, cnt, hd, out + 2, int64_t(part));
     });
     // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
     for (int64_t i = 0; i < m; ++i)
@@ -187,12 +188,18 @@ void Session::attention(int64_t li, int64_t n) {
   }
   clock_.lap(Op::attention);
   if (gated) {
-    for (int64_t i = 0; i < n * qd; ++i) att_[size_t(i)] *= 1.0f / (1.0f + std::exp(-gate_[size_t(i)]));
+    for_rows(n, [&](int64_t t) {
+      for (int64_t i = t * qd; i < (t + 1) * qd; ++i) att_[size_t(i)] *= 1.0f / (1.0f + std::exp(-gate_[size_t(i)]));
+    });
     clock_.lap(Op::elementwise);
   }
   dense_product(l.o, att_.data(), tmp_.data(), n, pool_);
   clock_.lap(Op::dense);
-  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
+  for_rows(n, [&](int64_t t) {
+    float* x = &x_[size_t(t * H)];
+    const float* d = &tmp_[size_t(t * H)];
+    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
+  });
   clock_.lap(Op::elementwise);
 }
 

@@ -219,16 +219,18 @@ void Session::output_rows(std::span<const std::pair<int64_t, float*>> rows) {
 void Session::run_layer(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size;
-  for (int64_t t = 0; t < n; ++t)
+  for_rows(n, [&](int64_t t) {
     rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+  });
   clock_.lap(Op::elementwise);
   switch (c_.layers[size_t(li)].mixer) {
     case MixerKind::attention:
     case MixerKind::gated_attention: attention(li, n); break;
     case MixerKind::gated_deltanet: deltanet(li, n); break;
   }
-  for (int64_t t = 0; t < n; ++t)
+  for_rows(n, [&](int64_t t) {
     rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+  });
   clock_.lap(Op::elementwise);
   mlp(li, n);
 }
@@ -241,7 +243,7 @@ void Session::mlp(int64_t li, int64_t n) {
     const DenseJob gate_up[] = {{&l.gate, h1_.data()}, {&l.up, h2_.data()}};
     dense_products(gate_up, xn_.data(), n, pool_);
     clock_.lap(Op::dense);
-    swiglu(h1_.data(), h2_.data(), h1_.data(), n * I);
+    for_rows(n, [&](int64_t t) { swiglu(&h1_[size_t(t * I)], &h2_[size_t(t * I)], &h1_[size_t(t * I)], I); });
     clock_.lap(Op::elementwise);
     dense_product(l.down, h1_.data(), tmp_.data(), n, pool_);
     clock_.lap(Op::dense);
@@ -249,7 +251,11 @@ void Session::mlp(int64_t li, int64_t n) {
     moe(l, n);
     if (c_.layers[size_t(li)].mlp == MlpKind::moe_shared) shared_expert(l, n);
   }
-  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
+  for_rows(n, [&](int64_t t) {
+    float* x = &x_[size_t(t * H)];
+    const float* d = &tmp_[size_t(t * H)];
+    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
+  });
   clock_.lap(Op::elementwise);
 }
 

@@ -166,6 +166,11 @@ class Session {
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
   void parallel_for(int64_t tasks, F&& fn);
+  // fn(row) for rows [0, n): element-wise work per row (norms, rope, residual adds). A prefill step's rows are spread
+  // over the pool (one region), a decode step's few rows run on the caller (a region would cost more than the work).
+  template <class F>
+  void for_rows(int64_t n, F&& fn);
+  static constexpr int64_t kParallelRows = 16;
 
   const Model& m_;
   const ModelConfig& c_;
@@ -227,6 +232,15 @@ void Session::parallel_for(int64_t tasks, F&& fn) {
     return;
   }
   for (int64_t t = 0; t < tasks; ++t) fn(t);
+}
+
+template <class F>
+void Session::for_rows(int64_t n, F&& fn) {
+  if (n >= kParallelRows) {
+    parallel_for(n, fn);
+    return;
+  }
+  for (int64_t t = 0; t < n; ++t) fn(t);
 }
 
 }  // namespace genesis::runtime

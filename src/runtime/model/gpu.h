@@ -35,7 +35,7 @@ std::string gpu_summary();
 
 // Uploads what the GPU runs. Throws genesis::Error when the build has no CUDA, there is no usable device, or its free
 // memory is less than what must go there (naming both).
-// With the model's GGUF file, the experts' blocks as the file stores them are also registered for the prefill, which
+// With the model's GGUF file, the experts' blocks as the file stores them are also found for the prefill, which
 // streams them to the GPU and multiplies there (chunks of at least LoadOptions::gpu_prefill_rows rows).
 std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weights& w, const LoadOptions& opt,
                                                std::shared_ptr<const GgufFile> gguf);

@@ -98,17 +98,12 @@ struct LayerRawExperts {
 
 class GpuModel {
  public:
-  ~GpuModel() {
-    for (void* p : registered) cudaHostUnregister(p);
-  }
   cuda::DeviceInfo dev;
   // Prefill experts on the GPU (0: off, the CPU runs them), why not when off, each MoE layer's raw blocks.
   int64_t prefill_rows = 0;
   std::string prefill_note;
   std::vector<LayerRawExperts> raw;  // [layers]
   size_t raw_max_bytes = 0;
-  bool raw_pinned = false;
-  std::vector<void*> registered;
   std::shared_ptr<const GgufFile> gguf;
   std::vector<GpuLayer> layers;
   cuda::DeviceArray<float> final_norm;
@@ -147,8 +142,15 @@ class GpuState {
   cuda::PinnedArray<float*> h_kptr, h_vptr;
   std::vector<float> rope_on_device;
   std::vector<float> deferred;  // [rows][hidden]: the deferred experts' sum (expert deferral)
-  // Prefill experts on the GPU: one layer's raw blocks and their bf16 values, the pairs' inputs and products.
-  cuda::DeviceArray<uint8_t> raw[3];
+  // Prefill experts on the GPU: two layers' raw blocks (the next MoE layer's stream in on copy_stream while this
+  // one computes), staged through two pinned host buffers (the file's pages are copied there by the thread pool, so
+  // nothing of the file is page-locked), one layer's bf16 values, the pairs' inputs and products.
+  cuda::DeviceArray<uint8_t> raw[2][3];
+  cuda::PinnedArray<uint8_t> stage[2][3];
+  cuda::Stream copy_stream;
+  cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader (dequant) is done
+  cudaEvent_t stage_free[2] = {};                    // the copies out of staging buffer b are done
+  int64_t raw_layer[2] = {-1, -1};                   // the layer buffer b holds or receives in this step
   cuda::DeviceArray<uint16_t> deq[3], xp, act;
   cuda::DeviceArray<float> pe1, pe2, yd, pair_w;
   cuda::DeviceArray<int32_t> pair_row, row_pairs;
@@ -235,30 +237,10 @@ void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions&
       g.raw_max_bytes = std::max(g.raw_max_bytes, size_t(t->nbytes));
     }
   }
-  // Page-locked for DMA at the bus's speed (the mapping is read-only: registered as such), as one range from the
-  // first expert tensor to the end of the last (tensors share pages at their ends); else the copies stage.
-  uintptr_t lo = UINTPTR_MAX, hi = 0;
-  for (const LayerRawExperts& r : g.raw)
-    for (const RawExperts* x : {&r.gate, &r.up, &r.down})
-      if (x->data) {
-        lo = std::min(lo, reinterpret_cast<uintptr_t>(x->data));
-        hi = std::max(hi, reinterpret_cast<uintptr_t>(x->data) + x->bytes);
-      }
-  g.raw_pinned = false;
-  if (lo < hi) {
-    const uintptr_t a = lo & ~uintptr_t(4095), b = (hi + 4095) & ~uintptr_t(4095);
-    void* p = reinterpret_cast<void*>(a);
-    if (cudaHostRegister(p, b - a, cudaHostRegisterReadOnly) == cudaSuccess) {
-      g.registered.push_back(p);
-      g.raw_pinned = true;
-    } else {
-      cudaGetLastError();
-    }
-  }
   g.gguf = std::move(gguf);
   g.prefill_rows = opt.gpu_prefill_rows;
-  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (blocks streamed per layer, {})", g.prefill_rows,
-                               g.raw_pinned ? "page-locked" : "staged: the file's pages could not be page-locked");
+  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks streamed through pinned "
+                               "buffers while the previous layer computes)", g.prefill_rows);
 }
 
 }  // namespace
@@ -340,6 +322,11 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
     : gm(m), capacity(cap), max_rows(rows) {
   cuda::check(cudaSetDevice(m.dev.index), "cudaSetDevice");
   cuda::check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+  for (int b = 0; b < 2; ++b) {
+    cuda::check(cudaEventCreateWithFlags(&raw_ready[b], cudaEventDisableTiming), "cudaEventCreate");
+    cuda::check(cudaEventCreateWithFlags(&raw_free[b], cudaEventDisableTiming), "cudaEventCreate");
+    cuda::check(cudaEventCreateWithFlags(&stage_free[b], cudaEventDisableTiming), "cudaEventCreate");
+  }
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
   graphs.resize(size_t(kGraphRows + 1));
@@ -409,36 +396,87 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
 
 }  // namespace
 
-// A MoE layer's routed experts for a prefill step on the GPU: the layer's blocks copied over and dequantized to bf16,
-// the pairs' rows gathered (bf16), per expert a cuBLAS product for gate and up, SwiGLU, a product for down, and each
-// row's weighted sum into g.moe_out. `start` [experts + 1] delimits each expert's pairs; the pair arrays are in
-// g.h_pair_row / h_row_pairs / h_pair_w.
-static void gpu_prefill_experts(GpuState& g, const LayerRawExperts& r, const ModelConfig& c, const int32_t* start, int64_t n,
-                         int64_t k) {
+// The prefill's device buffers, allocated at the first step that runs experts on the GPU. Every buffer or none counts
+// as ready: an allocation that throws (VRAM short) leaves the next step to retry (resizes of those already allocated
+// are no-ops), never to run on a missing buffer.
+static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c) {
+  if (g.prefill_ready) return;
+  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
+  for (int i = 0; i < 3; ++i) {
+    for (int b = 0; b < 2; ++b) {
+      g.raw[b][i].resize(g.gm.raw_max_bytes);
+      g.stage[b][i].resize(g.gm.raw_max_bytes);
+    }
+    g.deq[i].resize(size_t(E * I * H));
+  }
+  const size_t pairs = size_t(g.max_rows * c.top_k);
+  g.xp.resize(pairs * size_t(H)), g.act.resize(pairs * size_t(I));
+  g.pe1.resize(pairs * size_t(I)), g.pe2.resize(pairs * size_t(I)), g.yd.resize(pairs * size_t(H));
+  g.pair_w.resize(pairs), g.pair_row.resize(pairs), g.row_pairs.resize(pairs);
+  g.prefill_ready = true;
+}
+
+// Sends MoE layer li's expert blocks to raw buffer b: each part copied by the thread pool from the file's pages into
+// staging buffer b (once the copies out of it are done), then queued on the copy stream (after raw buffer b's last
+// reader), so that the next part's host copy overlaps this part's transfer.
+static void prefetch_raw(GpuState& g, int64_t li, int b, cpu::ThreadPool* pool) {
+  const LayerRawExperts& r = g.gm.raw[size_t(li)];
+  const cudaStream_t cs = g.copy_stream.get();
+  cuda::check(cudaEventSynchronize(g.stage_free[b]), "the GPU's copy of a layer's experts");
+  cuda::check(cudaStreamWaitEvent(cs, g.raw_free[b], 0), "cudaStreamWaitEvent");
+  const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
+  constexpr size_t kPiece = size_t(1) << 20;
+  for (int i = 0; i < 3; ++i) {
+    const uint8_t* src = parts[i]->data;
+    uint8_t* dst = g.stage[b][i].data();
+    const size_t bytes = parts[i]->bytes;
+    const int64_t pieces = int64_t((bytes + kPiece - 1) / kPiece);
+    auto copy_piece = [&](int64_t p) {
+      const size_t o = size_t(p) * kPiece;
+      std::memcpy(dst + o, src + o, std::min(kPiece, bytes - o));
+    };
+    if (pool) pool->parallel_for(pieces, copy_piece);
+    else for (int64_t p = 0; p < pieces; ++p) copy_piece(p);
+    cuda::copy_to_device(g.raw[b][i].data(), dst, bytes, g.copy_stream);
+  }
+  cuda::check(cudaEventRecord(g.stage_free[b], cs), "cudaEventRecord");
+  cuda::check(cudaEventRecord(g.raw_ready[b], cs), "cudaEventRecord");
+  g.raw_layer[b] = li;
+}
+
+// The first MoE layer at or after li (-1: none).
+static int64_t next_moe_layer(const ModelConfig& c, int64_t li) {
+  for (; li < c.num_layers; ++li)
+    if (c.layer_is_moe(li)) return li;
+  return -1;
+}
+
+// A MoE layer's routed experts for a prefill step on the GPU: the layer's blocks (streamed in while the previous layer
+// computed) dequantized to bf16, the pairs' rows gathered (bf16), per expert a cuBLAS product for gate and up, SwiGLU,
+// a product for down, and each row's weighted sum into g.moe_out. `start` [experts + 1] delimits each expert's pairs;
+// the pair arrays are in g.h_pair_row / h_row_pairs / h_pair_w. Queues the next MoE layer's blocks.
+static void gpu_prefill_experts(GpuState& g, int64_t li, const ModelConfig& c, const int32_t* start, int64_t n,
+                                int64_t k, cpu::ThreadPool* pool) {
   const cudaStream_t s = g.stream.get();
   const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts, P = n * k;
+  const LayerRawExperts& r = g.gm.raw[size_t(li)];
   cuda::Blas* blas = cuda::Blas::get(nullptr);
-  if (!g.prefill_ready) {
-    // Every buffer or none counts as ready: an allocation that throws (VRAM short) leaves the next step to retry
-    // (resizes of those already allocated are no-ops), never to run on a missing buffer.
-    for (int i = 0; i < 3; ++i) {
-      g.raw[i].resize(g.gm.raw_max_bytes);
-      g.deq[i].resize(size_t(E * I * H));
-    }
-    const size_t pairs = size_t(g.max_rows * c.top_k);
-    g.xp.resize(pairs * size_t(H)), g.act.resize(pairs * size_t(I));
-    g.pe1.resize(pairs * size_t(I)), g.pe2.resize(pairs * size_t(I)), g.yd.resize(pairs * size_t(H));
-    g.pair_w.resize(pairs), g.pair_row.resize(pairs), g.row_pairs.resize(pairs);
-    g.prefill_ready = true;
+  ensure_prefill_buffers(g, c);
+  int b = g.raw_layer[0] == li ? 0 : g.raw_layer[1] == li ? 1 : -1;
+  if (b < 0) {
+    b = g.raw_layer[0] < g.raw_layer[1] ? 0 : 1;  // the older buffer
+    prefetch_raw(g, li, b, pool);
   }
   cuda::copy_to_device(g.pair_row.data(), g.h_pair_row.data(), size_t(P) * 4, g.stream);
   cuda::copy_to_device(g.row_pairs.data(), g.h_row_pairs.data(), size_t(P) * 4, g.stream);
   cuda::copy_to_device(g.pair_w.data(), g.h_pair_w.data(), size_t(P) * 4, g.stream);
+  cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent");
   const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
-  for (int i = 0; i < 3; ++i) {
-    cuda::copy_to_device(g.raw[i].data(), parts[i]->data, parts[i]->bytes, g.stream);
-    cuda::dequantize_bf16(parts[i]->type, g.raw[i].data(), g.deq[i].data(), E * parts[i]->rows * parts[i]->cols, s);
-  }
+  for (int i = 0; i < 3; ++i)
+    cuda::dequantize_bf16(parts[i]->type, g.raw[b][i].data(), g.deq[i].data(), E * parts[i]->rows * parts[i]->cols, s);
+  cuda::check(cudaEventRecord(g.raw_free[b], s), "cudaEventRecord");
+  const int64_t next = next_moe_layer(c, li + 1);
+  if (next >= 0) prefetch_raw(g, next, 1 - b, pool);
   cuda::gather_rows_bf16(g.xn.data(), g.pair_row.data(), g.xp.data(), P, H, s);
   for (int64_t e = 0; e < E; ++e) {
     const int64_t p0 = start[e], np = start[e + 1] - p0;
@@ -490,6 +528,11 @@ GpuState::~GpuState() {
   for (auto& v : graphs)
     for (cudaGraphExec_t e : v) cudaGraphExecDestroy(e);
   if (ev) cudaEventDestroy(ev);
+  for (int b = 0; b < 2; ++b) {
+    if (raw_ready[b]) cudaEventDestroy(raw_ready[b]);
+    if (raw_free[b]) cudaEventDestroy(raw_free[b]);
+    if (stage_free[b]) cudaEventDestroy(stage_free[b]);
+  }
 }
 
 void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64_t longest) {
@@ -511,6 +554,14 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // sequences' decode rows add up to it (continuous batching).
   int64_t longest_segment = 0;
   for (const SequenceRows& b : batch) longest_segment = std::max(longest_segment, int64_t(b.tokens.size()));
+  // A prefill step that runs the experts on the GPU: the first MoE layer's blocks start streaming in now, while the
+  // GPU runs the layers before it.
+  const bool gpu_experts = gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty();
+  g.raw_layer[0] = g.raw_layer[1] = -1;
+  if (gpu_experts) {
+    ensure_prefill_buffers(g, c_);
+    if (const int64_t first = next_moe_layer(c_, 0); first >= 0) prefetch_raw(g, first, 0, pool_);
+  }
   // Embedding rows (on the CPU: one row per token), positions and cache bases per row.
   segs_.clear();
   int64_t row = 0;
@@ -624,7 +675,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     clock_.lap(Op::gpu);
     if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
-    if (gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty()) {
+    if (gpu_experts) {
       // A prefill step: the layer's experts on the GPU, all ranks (no deferral), the sum stays there.
       route_pairs(n, 0, K);
       const size_t P = size_t(n * K);
@@ -633,7 +684,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       std::memcpy(g.h_pair_row.data(), pair_row_.data(), P * 4);
       std::memcpy(g.h_row_pairs.data(), row_pairs_.data(), P * 4);
       std::memcpy(g.h_pair_w.data(), pair_weight_.data(), P * 4);
-      gpu_prefill_experts(g, gm.raw[size_t(li)], c_, expert_start_.data(), n, K);
+      gpu_prefill_experts(g, li, c_, expert_start_.data(), n, K, pool_);
       clock_.lap(Op::gpu);
       moe_copy_queued = false;
       pend_a = g.moe_out.data();

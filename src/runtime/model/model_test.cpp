@@ -248,6 +248,62 @@ TEST(Ops, RouterTopKWithAndWithoutRenormalization) {
   EXPECT_NEAR(norm[0].second, std::exp(3.0) / (std::exp(3.0) + std::exp(2.0)), 1e-6);
 }
 
+// The vector exp (softmax, SwiGLU, decode attention) within a few ulp of the C library's, its edges (underflow to 0,
+// large arguments finite), odd lengths (masked / scalar tails); the decode attention's group products against fp64.
+TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> wide(-100.0f, 88.0f), unit(-1.0f, 1.0f);
+  for (int64_t n : {1, 7, 8, 15, 16, 17, 33, 1000}) {
+    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+    for (float& v : x) v = wide(rng);
+    if (n > 2) x[0] = -200.0f, x[1] = 88.5f;
+    y = x;
+    const double sum = exp_shift_sum(y.data(), n, 1.5f);
+    double want_sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = std::exp(double(x[size_t(i)] - 1.5f));  // the shift is subtracted in fp32, as before
+      want_sum += double(float(want));
+      if (want < 1e-37) EXPECT_LE(y[size_t(i)], 1e-36f) << x[size_t(i)];
+      else EXPECT_NEAR(y[size_t(i)], want, 4e-7 * want) << x[size_t(i)];
+      EXPECT_TRUE(std::isfinite(y[size_t(i)]));
+    }
+    EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
+    std::vector<float> g(static_cast<size_t>(n)), u(static_cast<size_t>(n)), o(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) g[size_t(i)] = 20.0f * unit(rng), u[size_t(i)] = unit(rng);
+    if (n > 2) g[0] = -150.0f, g[1] = 150.0f;
+    swiglu(g.data(), u.data(), o.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double gv = g[size_t(i)], want = gv / (1.0 + std::exp(-gv)) * u[size_t(i)];
+      EXPECT_NEAR(o[size_t(i)], want, 1e-6 * std::abs(want) + 1e-30) << gv;
+    }
+  }
+  for (int64_t d : {5, 8, 16, 24, 64, 128, 256}) {
+    for (int64_t G : {1, 8}) {
+      const int64_t cnt = 37;
+      std::vector<float> q(size_t(G * d)), k(size_t(cnt * d)), v(size_t(cnt * d)), p(size_t(G * cnt));
+      for (float& e : q) e = unit(rng);
+      for (float& e : k) e = unit(rng);
+      for (float& e : v) e = unit(rng);
+      for (float& e : p) e = unit(rng);
+      std::vector<float> s(size_t(G * cnt)), o(size_t(G * (d + 3)));
+      group_scores(q.data(), G, k.data(), cnt, d, 0.5f, s.data());
+      group_weighted_sum(p.data(), G, v.data(), cnt, d, o.data(), d + 3);
+      for (int64_t g = 0; g < G; ++g) {
+        for (int64_t j = 0; j < cnt; ++j) {
+          double want = 0.0;
+          for (int64_t i = 0; i < d; ++i) want += double(q[size_t(g * d + i)]) * k[size_t(j * d + i)];
+          EXPECT_NEAR(s[size_t(g * cnt + j)], 0.5 * want, 1e-5) << d << " " << G;
+        }
+        for (int64_t i = 0; i < d; ++i) {
+          double want = 0.0;
+          for (int64_t j = 0; j < cnt; ++j) want += double(p[size_t(g * cnt + j)]) * v[size_t(j * d + i)];
+          EXPECT_NEAR(o[size_t(g * (d + 3) + i)], want, 1e-5) << d << " " << G;
+        }
+      }
+    }
+  }
+}
+
 TEST(Ops, RmsNormAndRopeRotation) {
   std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 1}, y(4);
   rms_norm(x.data(), w.data(), y.data(), 4, 0.0);

@@ -175,17 +175,20 @@ void Session::shared_expert(const Layer& l, int64_t n) {
   thread_local std::vector<float> gate_row;
   gate_row.resize(size_t(H));
   l.shared_gate.row_f32(0, gate_row.data());
-  for (int64_t t = 0; t < n; ++t) shared_gate_[size_t(t)] = dot_f32(gate_row.data(), &xn_[size_t(t * H)], H);
-  swiglu(shared_h1_.data(), shared_h2_.data(), shared_h1_.data(), n * I);
+  const float* gr = gate_row.data();
+  for_rows(n, [&](int64_t t) {
+    shared_gate_[size_t(t)] = dot_f32(gr, &xn_[size_t(t * H)], H);
+    swiglu(&shared_h1_[size_t(t * I)], &shared_h2_[size_t(t * I)], &shared_h1_[size_t(t * I)], I);
+  });
   clock_.lap(Op::elementwise);
   dense_product(l.shared_down, shared_h1_.data(), shared_out_.data(), n, pool_);
   clock_.lap(Op::dense);
-  for (int64_t t = 0; t < n; ++t) {
+  for_rows(n, [&](int64_t t) {
     const float g = 1.0f / (1.0f + std::exp(-shared_gate_[size_t(t)]));
     float* out = &tmp_[size_t(t * H)];
     const float* s = &shared_out_[size_t(t * H)];
     for (int64_t i = 0; i < H; ++i) out[i] += g * s[i];
-  }
+  });
   clock_.lap(Op::elementwise);
 }
 

@@ -131,7 +131,16 @@ void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, i
   }
 }
 
+namespace {
+void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n);
+void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n);
+}  // namespace
+
 void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512) return swiglu_avx512(gate, up, out, n);
+  if (avx2) return swiglu_avx2(gate, up, out, n);
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
     out[i] = (g / (1.0f + std::exp(-g))) * up[i];
@@ -198,21 +207,268 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
   f(a, x, y, n);
 }
 
+namespace {
+
+void scores_portable(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s) {
+  for (int64_t j = 0; j < cnt; ++j)
+    for (int64_t g = 0; g < G; ++g) s[g * cnt + j] = scale * dot_portable(q + g * d, k + j * d, d);
+}
+
+void weighted_portable(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+  for (int64_t g = 0; g < G; ++g) {
+    float* og = o + g * ldo;
+    std::fill(og, og + d, 0.0f);
+    for (int64_t j = 0; j < cnt; ++j) axpy_portable(p[g * cnt + j], v + j * d, og, d);
+  }
+}
+
+constexpr int64_t kValueBlock = 32;  // value rows per block of group_weighted_sum (16 KiB at head_dim 128)
+
+// d a multiple of 16: each key row's 16-float chunks are dotted with every head of the group.
+__attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G, const float* k, int64_t cnt,
+                                                      int64_t d, float scale, float* s) {
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float* kj = k + j * d;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * d;
+      __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+      int64_t i = 0;
+      for (; i + 32 <= d; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), _mm512_loadu_ps(kj + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i + 16), _mm512_loadu_ps(kj + i + 16), a1);
+      }
+      if (i < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), _mm512_loadu_ps(kj + i), a0);
+      s[g * cnt + j] = scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    }
+  }
+  _mm256_zeroupper();
+}
+
+// d a multiple of 16, at most 256: a head's output row stays in registers while the span's value rows stream by.
+__attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t G, const float* v, int64_t cnt,
+                                                        int64_t d, float* o, int64_t ldo) {
+  const int64_t nc = d / 16;
+  for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
+    const int64_t j1 = std::min(cnt, j0 + kValueBlock);
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 acc[16];
+      float* og = o + g * ldo;
+      for (int64_t c = 0; c < nc; ++c) acc[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(og + c * 16);
+      const float* pg = p + g * cnt;
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m512 w = _mm512_set1_ps(pg[j]);
+        const float* vj = v + j * d;
+        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj + c * 16), acc[c]);
+      }
+      for (int64_t c = 0; c < nc; ++c) _mm512_storeu_ps(og + c * 16, acc[c]);
+    }
+  }
+  _mm256_zeroupper();
+}
+
+__attribute__((target("avx2,fma"))) float hsum256(__m256 v) {
+  const __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 y = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  return _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps(y, y, 1)));
+}
+
+// d a multiple of 8.
+__attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, const float* k, int64_t cnt,
+                                                     int64_t d, float scale, float* s) {
+  for (int64_t j = 0; j < cnt; ++j) {
+    const float* kj = k + j * d;
+    for (int64_t g = 0; g < G; ++g) {
+      const float* qg = q + g * d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int64_t i = 0;
+      for (; i + 16 <= d; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kj + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i + 8), _mm256_loadu_ps(kj + i + 8), a1);
+      }
+      if (i < d) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kj + i), a0);
+      s[g * cnt + j] = scale * hsum256(_mm256_add_ps(a0, a1));
+    }
+  }
+  _mm256_zeroupper();
+}
+
+// d a multiple of 8, at most 128 (16 registers hold the row).
+__attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G, const float* v, int64_t cnt,
+                                                       int64_t d, float* o, int64_t ldo) {
+  const int64_t nc = d / 8;
+  for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
+    const int64_t j1 = std::min(cnt, j0 + kValueBlock);
+    for (int64_t g = 0; g < G; ++g) {
+      __m256 acc[16];
+      float* og = o + g * ldo;
+      for (int64_t c = 0; c < nc; ++c) acc[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(og + c * 8);
+      const float* pg = p + g * cnt;
+      for (int64_t j = j0; j < j1; ++j) {
+        const __m256 w = _mm256_set1_ps(pg[j]);
+        const float* vj = v + j * d;
+        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + c * 8), acc[c]);
+      }
+      for (int64_t c = 0; c < nc; ++c) _mm256_storeu_ps(og + c * 8, acc[c]);
+    }
+  }
+  _mm256_zeroupper();
+}
+
+}  // namespace
+
+void group_scores(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512 && d % 16 == 0) scores_avx512(q, G, k, cnt, d, scale, s);
+  else if (avx2 && d % 8 == 0) scores_avx2(q, G, k, cnt, d, scale, s);
+  else scores_portable(q, G, k, cnt, d, scale, s);
+}
+
+void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512 && d % 16 == 0 && d <= 256) weighted_avx512(p, G, v, cnt, d, o, ldo);
+  else if (avx2 && d % 8 == 0 && d <= 128) weighted_avx2(p, G, v, cnt, d, o, ldo);
+  else weighted_portable(p, G, v, cnt, d, o, ldo);
+}
+
+namespace {
+
+// exp(x) for x <= 88.7 (inputs below -87.3 give 0): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' degree-6
+// polynomial (within 2 ulp of the correctly rounded value), times 2^n built in the exponent bits.
+constexpr float kExpLo = -87.33654f, kExpHi = 88.7f, kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+
+__attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpLo), _CMP_LT_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(kExpLo)), _mm512_set1_ps(kExpHi));
+  const __m512 fx = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kP0);
+  for (float c : {kP1, kP2, kP3, kP4, kP5}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(fx), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mov_ps(__mmask16(~under), _mm512_mul_ps(p, _mm512_castsi512_ps(e)));
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 exp256(__m256 x) {
+  const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(kExpLo), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpLo)), _mm256_set1_ps(kExpHi));
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kP0);
+  for (float c : {kP1, kP2, kP3, kP4, kP5}) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+}
+
+__attribute__((target("avx512f"))) double exp_shift_sum_avx512(float* x, int64_t n, float shift) {
+  const __m512 sh = _mm512_set1_ps(shift);
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(m, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), sh)));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  const double r = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+  _mm256_zeroupper();
+  return r;
+}
+
+__attribute__((target("avx2,fma"))) double exp_shift_sum_avx2(float* x, int64_t n, float shift) {
+  const __m256 sh = _mm256_set1_ps(shift);
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+    _mm256_storeu_ps(x + i, e);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, _mm256_add_pd(s0, s1));
+  double r = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  if (i < n) {
+    alignas(32) float tail[8] = {};
+    for (int64_t j = i; j < n; ++j) tail[j - i] = x[j] - shift;
+    _mm256_store_ps(tail, exp256(_mm256_load_ps(tail)));
+    for (int64_t j = i; j < n; ++j) r += (x[j] = tail[j - i]);
+  }
+  _mm256_zeroupper();
+  return r;
+}
+
+double exp_shift_sum_portable(float* x, int64_t n, float shift) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - shift));
+  return sum;
+}
+
+__attribute__((target("avx512f"))) void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+    const __m512 d = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(g, d), _mm512_maskz_loadu_ps(m, up + i)));
+  }
+  _mm256_zeroupper();
+}
+
+__attribute__((target("avx2,fma"))) void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 d = _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, d), _mm256_loadu_ps(up + i)));
+  }
+  _mm256_zeroupper();
+  for (; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+  }
+}
+
+}  // namespace
+
+double exp_shift_sum(float* x, int64_t n, float shift) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512) return exp_shift_sum_avx512(x, n, shift);
+  if (avx2) return exp_shift_sum_avx2(x, n, shift);
+  return exp_shift_sum_portable(x, n, shift);
+}
+
 void softmax(float* x, int64_t n) {
   float mx = x[0];
   for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    x[i] = std::exp(x[i] - mx);
-    sum += x[i];
-  }
+  const double sum = exp_shift_sum(x, n, mx);
   const float inv = float(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
+namespace {
+// The router's softmax with the C library's exp (its top-k must not move with a vector exp's last-bit differences).
+void softmax_libm(float* x, int64_t n) {
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+  const float inv = float(1.0 / exp_shift_sum_portable(x, n, mx));
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+}  // namespace
+
 std::vector<std::pair<int, float>> route_top_k(const float* logits, int64_t n_experts, int64_t k, bool renormalize) {
   std::vector<float> p(logits, logits + n_experts);
-  softmax(p.data(), n_experts);
+  softmax_libm(p.data(), n_experts);
   std::vector<int> idx(static_cast<size_t>(n_experts));
   for (int64_t i = 0; i < n_experts; ++i) idx[size_t(i)] = int(i);
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {

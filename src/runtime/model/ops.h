@@ -35,6 +35,18 @@ float dot_f32(const float* a, const float* b, int64_t n);
 // y[i] += a * x[i]
 void axpy_f32(float a, const float* x, float* y, int64_t n);
 
+// Attention over a span of cached positions for a group of query heads that share one KV head (decode):
+// s[g * cnt + j] = scale * (q[g] . k[j]) for g < G, j < cnt, where q is [G][d] and k is [cnt][d];
+void group_scores(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s);
+// o[g * ldo + i] = sum_j p[g * cnt + j] * v[j * d + i] for g < G, i < d. Each key and value row is read once for
+// the whole group (AVX-512 or AVX2 with FMA where the CPU has it); no BLAS call, whose per-call cost dominated
+// these small products.
+void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo);
+
+// x[i] = exp(x[i] - shift) for i < n (a vector exp within 2 ulp where the CPU has AVX2 or AVX-512), returning their
+// sum accumulated in double.
+double exp_shift_sum(float* x, int64_t n, float shift);
+
 // In place, over n elements; computed with a max shift, in fp32 (as torch.softmax(dtype=float32)).
 void softmax(float* x, int64_t n);
 

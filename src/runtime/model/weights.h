@@ -80,10 +80,8 @@ struct LoadOptions {
   // the model's function: its effect on the logits is measured (README). 0 = off (exact).
   int gpu_defer = 0;
   // Prefill steps in which one sequence brings at least this many rows run a GGUF's routed experts on the GPU, their
-  // blocks streamed from host memory per layer and multiplied by cuBLAS (0: never; the CPU runs them). Off by
-  // default: built and its kernels checked on the GPU host, but its end-to-end test and its speed are not yet measured
-  // there (README). When on, the file's expert pages are page-locked for the model's life (host memory: the file's
-  // expert bytes, beside the CPU's own copy); a staging ring would avoid that.
+  // blocks streamed from host memory per layer (through two pinned staging buffers of a layer's expert tensors) and
+  // multiplied by cuBLAS (0: never; the CPU runs them). Off by default: see the README for its measured speed.
   int gpu_prefill_rows = 0;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };

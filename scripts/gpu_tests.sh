@@ -17,6 +17,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 CUBLAS=$(ls -d /usr/local/cuda*/lib64 2>/dev/null | head -1 || true)
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}${CUBLAS}"
 export GENESIS_GOLDEN_DIR="$PWD/tests/golden"
+export GENESIS_CLI="$B/genesis"
 out=$("$B/test_cuda" 2>&1) || { echo "$out"; exit 1; }
 echo "$out" | tail -3
 if echo "$out" | grep -q "no CUDA device"; then

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -492,7 +493,9 @@ TEST_P(GgufCommands, RunTokenizePerplexity) {
   const auto tmp = std::filesystem::temp_directory_path() /
                    ("genesis_gguf_cli_" + GetParam() + "_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
-  const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
+  // GENESIS_CLI in the environment overrides the build tree's binary (tests run on another machine).
+  const std::string cli = std::getenv("GENESIS_CLI") ? std::getenv("GENESIS_CLI") : GENESIS_CLI;
+  const std::string out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {
     const std::string cmd = cli + " " + args + " > '" + (tmp / "stdout.txt").string() + "' 2> '" + err + "'";
     return std::system(cmd.c_str());
@@ -548,7 +551,9 @@ TEST(GgufCommandsBadInput, RunRefusesOrClampsBadInput) {
   const std::string model = kDir + "/tiny_qwen3moe.gguf";
   const auto tmp = std::filesystem::temp_directory_path() / ("genesis_gguf_cli_bad_" + std::to_string(::getpid()));
   std::filesystem::create_directories(tmp);
-  const std::string cli = GENESIS_CLI, out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
+  // GENESIS_CLI in the environment overrides the build tree's binary (tests run on another machine).
+  const std::string cli = std::getenv("GENESIS_CLI") ? std::getenv("GENESIS_CLI") : GENESIS_CLI;
+  const std::string out = (tmp / "out.json").string(), err = (tmp / "err.txt").string();
   auto sh = [&](const std::string& args) {
     const std::string cmd = "timeout 60 " + cli + " " + args + " > /dev/null 2> '" + err + "'";
     const int rc = std::system(cmd.c_str());

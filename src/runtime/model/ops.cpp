@@ -334,9 +334,10 @@ void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, 
 
 namespace {
 
-// exp(x) for x <= 88.7 (inputs below -87.3 give 0): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' degree-6
-// polynomial (within 2 ulp of the correctly rounded value), times 2^n built in the exponent bits.
-constexpr float kExpLo = -87.33654f, kExpHi = 88.7f, kLog2e = 1.44269504088896341f;
+// exp(x): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial (within 2 ulp of the correctly
+// rounded value), times 2^n built in the exponent bits. Inputs below -87.3 give 0; above 88.3 (n would pass 127) they
+// are clamped there, a finite 2.2e38 (softmax's inputs are <= 0; SwiGLU's exp(-g) that large makes its output 0).
+constexpr float kExpLo = -87.33654f, kExpHi = 88.3f, kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
                 kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;

@@ -132,22 +132,6 @@ void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, i
 }
 
 namespace {
-void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n);
-void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n);
-}  // namespace
-
-void swiglu(const float* gate, const float* up, float* out, int64_t n) {
-  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
-                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
-  if (avx512) return swiglu_avx512(gate, up, out, n);
-  if (avx2) return swiglu_avx2(gate, up, out, n);
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
-  }
-}
-
-namespace {
 
 float dot_portable(const float* a, const float* b, int64_t n) {
   float acc[8] = {};
@@ -440,6 +424,17 @@ __attribute__((target("avx2,fma"))) void swiglu_avx2(const float* gate, const fl
 }
 
 }  // namespace
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512) return swiglu_avx512(gate, up, out, n);
+  if (avx2) return swiglu_avx2(gate, up, out, n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+  }
+}
 
 double exp_shift_sum(float* x, int64_t n, float shift) {
   static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),

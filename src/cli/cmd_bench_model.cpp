@@ -19,6 +19,7 @@ struct Args {
   rt::ModelBenchOptions o;
   std::string json_file, path, experts = "stored", kb, dense = "stored";
   bool no_kb = false, quiet = false, keep_quant = false;
+  genesis::cli::HybridArgs hybrid;
 };
 
 void run(Args& a) {
@@ -31,6 +32,7 @@ void run(Args& a) {
   }
   rt::set_dense_mode(a.dense, a.o.load);
   a.o.load.keep_quant = a.keep_quant;
+  a.hybrid.apply(a.o.load);
   a.o.load.kb_path = a.kb;
   a.o.load.use_kb = !a.no_kb;
   a.o.progress = !a.quiet;
@@ -107,12 +109,7 @@ void setup(CLI::App& app) {
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
-  c->add_flag("--gpu", a->o.load.gpu, genesis::cli::kGpuHelp);
-  c->add_option("--gpu-device", a->o.load.gpu_device, "CUDA device for --gpu (default 0)")
-      ->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-defer", a->o.load.gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-prefill-rows", a->o.load.gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)
-      ->check(CLI::NonNegativeNumber);
+  a->hybrid.add(c);
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
   c->add_option("--json", a->json_file, "also write the record as JSON to FILE");

@@ -23,8 +23,8 @@ struct Args {
   std::string model, file, experts = "stored", json_file, dense = "stored";
   int64_t context = 512, skip = -1, chunks = 0;
   int threads = 0;
-  bool no_kb = false, quiet = false, keep_quant = false, gpu = false;
-  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
+  bool no_kb = false, quiet = false, keep_quant = false;
+  genesis::cli::HybridArgs hybrid;
 };
 
 void run(const Args& a) {
@@ -35,10 +35,7 @@ void run(const Args& a) {
   rt::set_expert_mode(a.experts, opt);
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
-  opt.gpu = a.gpu;
-  opt.gpu_device = a.gpu_device;
-  opt.gpu_defer = a.gpu_defer;
-  opt.gpu_prefill_rows = a.gpu_prefill_rows;
+  a.hybrid.apply(opt);
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
@@ -68,6 +65,7 @@ void run(const Args& a) {
     if (progress) progress->add(1);
   });
   progress.reset();
+  a.hybrid.record(lm.model->config(), session.expert_usage(), a.quiet);
   const int64_t skip = a.skip < 0 ? a.context / 2 : a.skip;
   fmt::print("{}: {} tokens, {} chunks of {} (first {} of each not scored), {} tokens scored\n", a.file, ids.size(),
              r.chunks, a.context, skip, r.scored);
@@ -98,10 +96,7 @@ void setup(CLI::App& app) {
   c->add_option("--experts", a->experts, genesis::cli::kExpertsHelp);
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
-  c->add_flag("--gpu", a->gpu, genesis::cli::kGpuHelp);
-  c->add_option("--gpu-device", a->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-defer", a->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-prefill-rows", a->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
+  a->hybrid.add(c);
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--json", a->json_file, "write the result as JSON");
   c->add_flag("--quiet,-q", a->quiet, "no progress bars");

@@ -26,8 +26,7 @@ struct RunArgs {
   std::string model, prompt, system, experts = "stored", path, kb, json_file, dense = "stored";
   int64_t max_tokens = 128, context = 0;
   bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
-  bool gpu = false;
-  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
+  genesis::cli::HybridArgs hybrid;
   float temp = 0, top_p = 1;
   int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
@@ -48,10 +47,7 @@ void run(const RunArgs& a) {
   opt.show_progress = !a.quiet;
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
-  opt.gpu = a.gpu;
-  opt.gpu_device = a.gpu_device;
-  opt.gpu_defer = a.gpu_defer;
-  opt.gpu_prefill_rows = a.gpu_prefill_rows;
+  a.hybrid.apply(opt);
   rt::LoadedModel lm = rt::load_model(a.model, opt);
   if (!lm.tokenizer)
     fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
@@ -141,6 +137,7 @@ void run(const RunArgs& a) {
                                                         go.sampling.temperature, go.sampling.top_k,
                                                         go.sampling.top_p, go.sampling.seed),
              double(rt::peak_rss_bytes()) / (1u << 30), lm.model->expert_description());
+  a.hybrid.record(cfg, session.expert_usage(), a.quiet);
   if (!a.json_file.empty()) {
     nlohmann::json j = {
         {"model", a.model}, {"config", cfg.summary()}, {"experts", lm.model->expert_description()},
@@ -181,10 +178,7 @@ void setup_run(CLI::App& app) {
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
-  c->add_flag("--gpu", a->gpu, genesis::cli::kGpuHelp);
-  c->add_option("--gpu-device", a->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-defer", a->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-prefill-rows", a->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
+  a->hybrid.add(c);
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
   c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")

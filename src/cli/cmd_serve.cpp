@@ -44,12 +44,15 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(1, 3600));
   c->add_option("--dense", o->dense, genesis::cli::kDenseHelp);
   c->add_option("--experts", o->experts, genesis::cli::kExpertsHelp);
-  c->add_flag("--gpu", o->gpu, genesis::cli::kGpuHelp);
-  c->add_option("--gpu-device", o->gpu_device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-defer", o->gpu_defer, genesis::cli::kGpuDeferHelp)->check(CLI::NonNegativeNumber);
-  c->add_option("--gpu-prefill-rows", o->gpu_prefill_rows, genesis::cli::kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
+  auto h = std::make_shared<genesis::cli::HybridArgs>();
+  h->add(c);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
-  c->callback([o] {
+  c->callback([o, h] {
+    genesis::runtime::LoadOptions lo;
+    h->apply(lo);
+    o->gpu = lo.gpu, o->gpu_device = lo.gpu_device, o->gpu_defer = lo.gpu_defer;
+    o->gpu_prefill_rows = lo.gpu_prefill_rows, o->gpu_expert_budget = lo.gpu_expert_budget;
+    o->expert_usage = lo.expert_usage;
     const int rc = sv::serve(*o);
     if (rc != 0) std::exit(rc);
   });

@@ -11,6 +11,9 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "runtime/model/config.h"
+#include "runtime/model/expert_usage.h"
+#include "runtime/model/weights.h"
 
 namespace genesis::cli {
 
@@ -71,5 +74,50 @@ inline constexpr const char* kGpuPrefillHelp =
     "with --gpu and a GGUF MoE: prefill steps of at least N rows run the routed experts on the GPU, each layer's "
     "blocks streamed from host memory and multiplied there by cuBLAS (loaded at run time); 0 keeps them on the CPU "
     "(default 0: measured slower than the CPU's experts on a 16-core host with an H200, see the README)";
+
+inline constexpr const char* kGpuExpertsHelp =
+    "with --gpu and a GGUF MoE: hold routed experts in the GPU's memory, as the file stores their blocks, within SIZE "
+    "(12G, 500M, or all); a step's pairs routed to them run there while the CPU runs the rest. Which ones: the most "
+    "used by --expert-usage's counts, else spread evenly over the layers. Default 0 (all routed experts on the CPU)";
+
+inline constexpr const char* kExpertUsageHelp =
+    "a JSON file of how often each routed expert was chosen: --gpu-experts places by it, and `run` and `perplexity` "
+    "add their run's choices to it (created when missing): run a representative text through `genesis perplexity "
+    "--expert-usage FILE` once, then load with --gpu --gpu-experts SIZE --expert-usage FILE";
+
+// The hybrid mode's options, the same for run, perplexity, serve and bench model.
+struct HybridArgs {
+  bool gpu = false;
+  int device = 0, defer = 0, prefill_rows = 0;
+  std::string experts = "0", usage;
+
+  void add(CLI::App* c) {
+    c->add_flag("--gpu", gpu, kGpuHelp);
+    c->add_option("--gpu-device", device, "CUDA device for --gpu (default 0)")->check(CLI::NonNegativeNumber);
+    c->add_option("--gpu-defer", defer, kGpuDeferHelp)->check(CLI::NonNegativeNumber);
+    c->add_option("--gpu-prefill-rows", prefill_rows, kGpuPrefillHelp)->check(CLI::NonNegativeNumber);
+    c->add_option("--gpu-experts", experts, kGpuExpertsHelp)->type_name("SIZE");
+    c->add_option("--expert-usage", usage, kExpertUsageHelp)->type_name("FILE");
+  }
+  // Throws genesis::Error for a malformed --gpu-experts.
+  void apply(runtime::LoadOptions& o) const {
+    o.gpu = gpu;
+    o.gpu_device = device;
+    o.gpu_defer = defer;
+    o.gpu_prefill_rows = prefill_rows;
+    o.gpu_expert_budget = runtime::parse_byte_budget(experts);
+    o.expert_usage = usage;
+  }
+  // After a run: its routed experts' choices (Session::expert_usage()) added to the --expert-usage file, if given.
+  void record(const runtime::ModelConfig& c, const std::vector<uint64_t>& counts, bool quiet) const {
+    if (usage.empty()) return;
+    if (!c.is_moe() || counts.empty()) {
+      if (!quiet) fmt::print(stderr, "--expert-usage {}: nothing recorded (no routed experts ran)\n", usage);
+      return;
+    }
+    runtime::add_expert_usage(usage, c, counts);
+    if (!quiet) fmt::print(stderr, "--expert-usage {}: this run's expert choices added\n", usage);
+  }
+};
 
 }  // namespace genesis::cli

@@ -465,15 +465,115 @@ __global__ void swiglu_bf16_kernel(const float* g, const float* u, uint16_t* out
 }
 
 __global__ void combine_pairs_kernel(const float* y, const int32_t* row_pairs, const float* weight, int64_t k,
-                                     int64_t H, float* out) {
+                                     int64_t H, float* out, bool accumulate) {
   const int64_t t = blockIdx.x;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
     float s = 0.0f;
     for (int64_t j = 0; j < k; ++j) {
       const int32_t p = row_pairs[t * k + j];
-      s += weight[p] * y[int64_t(p) * H + i];
+      if (p >= 0) s += weight[p] * y[int64_t(p) * H + i];
     }
-    out[t * H + i] = s;
+    out[t * H + i] = accumulate ? out[t * H + i] + s : s;
+  }
+}
+
+// Eight consecutive weights k .. k + 7 (k a multiple of 8) of a row of GGUF blocks, as dequant_kernel computes them.
+__device__ inline void dequant8(uint32_t type, const uint8_t* __restrict__ row, int64_t k, float* w) {
+  if (type == kQ4_K || type == kQ5_K) {
+    const bool five = type == kQ5_K;
+    const uint8_t* p = row + (k / 256) * (five ? 176 : 144);
+    const int i = int(k % 256), c = i / 64, l0 = i % 64, hi = l0 >= 32, l = l0 % 32;
+    float sc, m;
+    k_scale_min(2 * c + hi, p + 4, sc, m);
+    const float d = half_at(p) * sc, mn = half_at(p + 2) * m;
+    const uint8_t* q = p + (five ? 48 : 16) + 32 * c + l;
+    const uint8_t* qh = p + 16 + l;
+    const uint8_t u = uint8_t((hi ? 2 : 1) << (2 * c));
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int v = (hi ? q[j] >> 4 : q[j] & 0xF) + (five && (qh[j] & u) ? 16 : 0);
+      w[j] = d * float(v) - mn;
+    }
+    return;
+  }
+  if (type == kQ6_K) {
+    const uint8_t* p = row + (k / 256) * 210;
+    const int i = int(k % 256), h = i / 128, quarter = (i % 128) / 32, l = i % 32;
+    const uint8_t* ql = p + 64 * h + l + (quarter & 1) * 32;
+    const uint8_t* qh = p + 128 + 32 * h + l;
+    const float d = half_at(p + 208) * float(reinterpret_cast<const int8_t*>(p + 192)[8 * h + l / 16 + 2 * quarter]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const int lo = quarter < 2 ? ql[j] & 0xF : ql[j] >> 4;
+      w[j] = d * float((lo | (((qh[j] >> (2 * quarter)) & 3) << 4)) - 32);
+    }
+    return;
+  }
+  const int o = int(k % 32);
+  if (type == kQ8_0) {
+    const uint8_t* p = row + (k / 32) * 34;
+    const float d = half_at(p);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) w[j] = d * float(int8_t(p[2 + o + j]));
+    return;
+  }
+  // Q4_0, Q4_1, Q5_0, Q5_1: weight j < 16 from the low nibble of qs[j], j >= 16 from the high nibble of qs[j - 16].
+  const bool one = type == kQ4_1 || type == kQ5_1, five = type == kQ5_0 || type == kQ5_1;
+  const int bytes = type == kQ4_0 ? 18 : type == kQ4_1 ? 20 : type == kQ5_0 ? 22 : 24;
+  const uint8_t* p = row + (k / 32) * bytes;
+  const float d = half_at(p), m = one ? half_at(p + 2) : 0.0f;
+  const uint8_t* hp = p + (one ? 4 : 2);
+  const uint32_t qh = five ? uint32_t(hp[0]) | (uint32_t(hp[1]) << 8) | (uint32_t(hp[2]) << 16) | (uint32_t(hp[3]) << 24)
+                           : 0u;
+  const uint8_t* qs = hp + (five ? 4 : 0);
+  const int shift = o >= 16 ? 4 : 0, base = o % 16;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    int v = (qs[base + j] >> shift) & 0xF;
+    if (five) v |= int((qh >> (o + j)) & 1u) << 4;
+    w[j] = one ? float(v) * d + m : float(v - (five ? 16 : 8)) * d;
+  }
+}
+
+struct ExpertArgs {
+  const uint8_t* arena;
+  int64_t slot_bytes, rows, cols;
+  ExpertMatrix mats[2];
+  const ExpertUnit* units;
+  const float* x;
+  const int32_t* x_row;
+};
+
+// Grid (row blocks, units, matrices); a warp per output row of one matrix of one unit's slot.
+__global__ void expert_products_kernel(ExpertArgs a) {
+  const ExpertUnit u = a.units[blockIdx.y];
+  const ExpertMatrix& m = a.mats[blockIdx.z];
+  const int lane = threadIdx.x % 32;
+  const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (r >= a.rows) return;
+  const uint8_t* w = a.arena + int64_t(u.slot) * a.slot_bytes + m.offset + r * m.row_bytes;
+  const float* xr[kExpertUnitRows];
+#pragma unroll
+  for (int j = 0; j < kExpertUnitRows; ++j)
+    xr[j] = a.x + int64_t(j < u.rows ? (a.x_row ? a.x_row[u.q0 + j] : u.q0 + j) : 0) * a.cols;
+  float acc[kExpertUnitRows] = {};
+  for (int64_t k = int64_t(lane) * 8; k < a.cols; k += 256) {
+    float wv[8];
+    dequant8(m.type, w, k, wv);
+#pragma unroll
+    for (int j = 0; j < kExpertUnitRows; ++j) {
+      if (j >= u.rows) break;
+      const float4 x0 = __ldg(reinterpret_cast<const float4*>(xr[j] + k));
+      const float4 x1 = __ldg(reinterpret_cast<const float4*>(xr[j] + k + 4));
+      acc[j] += wv[0] * x0.x + wv[1] * x0.y + wv[2] * x0.z + wv[3] * x0.w + wv[4] * x1.x + wv[5] * x1.y +
+                wv[6] * x1.z + wv[7] * x1.w;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kExpertUnitRows; ++j) {
+    if (j >= u.rows) break;
+    const float s = warp_sum(acc[j]);
+    if (lane == 0) m.y[int64_t(u.q0 + j) * a.rows + r] = s;
   }
 }
 
@@ -585,8 +685,18 @@ void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, c
 }
 
 void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight, int64_t n, int64_t k, int64_t H,
-                   float* out, cudaStream_t s) {
-  if (n > 0) combine_pairs_kernel<<<unsigned(n), 256, 0, s>>>(y, row_pairs, weight, k, H, out);
+                   float* out, cudaStream_t s, bool accumulate) {
+  if (n > 0) combine_pairs_kernel<<<unsigned(n), 256, 0, s>>>(y, row_pairs, weight, k, H, out, accumulate);
+}
+
+void expert_products(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix* mats, int count, int64_t rows,
+                     int64_t cols, const ExpertUnit* units, int64_t n_units, const float* x, const int32_t* x_row,
+                     cudaStream_t s) {
+  if (n_units <= 0 || rows <= 0 || count <= 0) return;
+  ExpertArgs a{arena, slot_bytes, rows, cols, {mats[0], count > 1 ? mats[1] : mats[0]}, units, x, x_row};
+  constexpr int kWarps = 8;
+  const dim3 grid(unsigned((rows + kWarps - 1) / kWarps), unsigned(n_units), unsigned(count));
+  expert_products_kernel<<<grid, kWarps * 32, 0, s>>>(a);
 }
 
 void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, int64_t H, cudaStream_t s) {

@@ -88,8 +88,30 @@ void dequantize_bf16(uint32_t ggml_type, const void* src, uint16_t* dst, int64_t
 void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s);
 // out[i] (bf16) = silu(g[i]) * u[i] for i < count.
 void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s);
-// out[t] = sum_j weight[p] y[p] over p = row_pairs[t * k + j], j < k (rows of H).
+// out[t] = sum_j weight[p] y[p] over p = row_pairs[t * k + j], j < k (rows of H); entries < 0 are skipped. With
+// `accumulate` the sum is added to out[t] instead of replacing it.
 void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight, int64_t n, int64_t k, int64_t H,
-                   float* out, cudaStream_t s);
+                   float* out, cudaStream_t s, bool accumulate = false);
+
+// Experts resident on the device (--gpu-experts), as the GGUF file stores their blocks: one arena per layer of
+// `slots` experts, slot i at arena + i * slot_bytes holding its gate, up and down matrices (each [rows][cols] rows of
+// blocks, at the offsets below). A unit is up to kExpertUnitRows pairs q0.. of one slot that share one pass over its
+// weights (a warp per output row, the blocks dequantized in registers, fp32 activations and sums).
+constexpr int kExpertUnitRows = 8;
+struct ExpertUnit {
+  int32_t slot, q0, rows;
+};
+struct ExpertMatrix {
+  uint32_t type = 0;      // ggml type id: any can_dequantize() takes
+  int64_t offset = 0;     // within a slot
+  int64_t row_bytes = 0;  // bytes of one row's blocks
+  float* y = nullptr;     // y[q * rows + r]
+};
+// For each unit u < units and pair q in it: m.y[q][r] = W_m(slot) row r . x[q'] for each of the `count` (1 or 2)
+// matrices, which share rows and cols (a multiple of 256 for K-quant formats, of 32 otherwise), where q' = x_row[q]
+// when x_row is given (the step's rows) and q otherwise. `units` is device memory.
+void expert_products(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix* mats, int count, int64_t rows,
+                     int64_t cols, const ExpertUnit* units, int64_t n_units, const float* x, const int32_t* x_row,
+                     cudaStream_t s);
 
 }  // namespace genesis::cuda

@@ -314,6 +314,108 @@ TEST(CudaKernels, DequantizeMatchesGgml) {
   }
 }
 
+// Random blocks of a GGUF format with every half-precision scale a small normal value.
+std::vector<uint8_t> random_blocks(uint32_t type, int64_t blocks, std::mt19937& g) {
+  const auto info = *quant::ggml_type_info(type);
+  std::vector<uint8_t> bytes(size_t(blocks * info.block_bytes));
+  for (auto& b : bytes) b = uint8_t(g());
+  std::uniform_real_distribution<float> sc(0.001f, 0.05f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* p = &bytes[size_t(b * info.block_bytes)];
+    auto put = [&](size_t at) {
+      const uint16_t h = quant::f32_to_f16(sc(g));
+      p[at] = uint8_t(h & 0xff), p[at + 1] = uint8_t(h >> 8);
+    };
+    if (type == 14u) put(208);
+    else put(0);
+    if (type == 3u || type == 7u || type == 12u || type == 13u) put(2);
+  }
+  return bytes;
+}
+
+// Resident experts' products (a warp per row, blocks dequantized in registers) against ggml's dequantizer and double
+// sums: every format, units of 1..8 pairs, two matrices of different formats in one launch, rows read through x_row.
+TEST(CudaKernels, ExpertProductsMatchGgml) {
+  NEED_GPU();
+  Stream s;
+  std::mt19937 g(11);
+  const uint32_t types[] = {2u, 3u, 6u, 7u, 8u, 12u, 13u, 14u};
+  for (uint32_t ta : types) {
+    const uint32_t tb = ta == 14u ? 12u : 14u;  // the second matrix in another format (a Q4_K_M file's gate / down)
+    const auto ia = *quant::ggml_type_info(ta), ib = *quant::ggml_type_info(tb);
+    const int64_t rows = 37, cols = 512, slots = 3;
+    const int64_t ra = int64_t(ia.block_bytes) * cols / ia.block, rb = int64_t(ib.block_bytes) * cols / ib.block;
+    const int64_t slot_bytes = rows * (ra + rb);
+    std::vector<uint8_t> arena;
+    std::vector<float> wa(size_t(slots * rows * cols)), wb(wa.size());
+    for (int64_t sl = 0; sl < slots; ++sl) {
+      const auto a = random_blocks(ta, rows * cols / ia.block, g), b = random_blocks(tb, rows * cols / ib.block, g);
+      arena.insert(arena.end(), a.begin(), a.end());
+      arena.insert(arena.end(), b.begin(), b.end());
+      quant::ggml_dequantize(ta, a.data(), &wa[size_t(sl * rows * cols)], rows * cols);
+      quant::ggml_dequantize(tb, b.data(), &wb[size_t(sl * rows * cols)], rows * cols);
+    }
+    // Pairs: 13 of them over units of 8, 1, 4 (slots 2, 0, 2); x rows 0..5 picked through x_row.
+    const std::vector<ExpertUnit> units = {{2, 0, 8}, {0, 8, 1}, {2, 9, 4}};
+    const int64_t Q = 13, X = 6;
+    std::vector<int32_t> x_row(static_cast<size_t>(Q));
+    for (int64_t q = 0; q < Q; ++q) x_row[size_t(q)] = int32_t((q * 5 + 1) % X);
+    const auto x = randoms(size_t(X * cols), 3);
+    DeviceArray<uint8_t> darena;
+    DeviceArray<float> dx, ya, yb;
+    DeviceArray<int32_t> dunits, drow;
+    darena.upload(arena.data(), arena.size());
+    dx.upload(x.data(), x.size());
+    dunits.upload(reinterpret_cast<const int32_t*>(units.data()), units.size() * 3);
+    drow.upload(x_row.data(), x_row.size());
+    ya.resize(size_t(Q * rows)), yb.resize(size_t(Q * rows));
+    ExpertMatrix mats[2] = {{ta, 0, ra, ya.data()}, {tb, rows * ra, rb, yb.data()}};
+    expert_products(darena.data(), slot_bytes, mats, 2, rows, cols,
+                    reinterpret_cast<const ExpertUnit*>(dunits.data()), int64_t(units.size()), dx.data(), drow.data(),
+                    s.get());
+    s.sync("expert_products");
+    std::vector<double> want_a(size_t(Q * rows)), want_b(want_a.size());
+    for (const ExpertUnit& u : units)
+      for (int32_t q = u.q0; q < u.q0 + u.rows; ++q)
+        for (int64_t r = 0; r < rows; ++r) {
+          double sa = 0, sb = 0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double xv = x[size_t(x_row[size_t(q)] * cols + k)];
+            sa += double(wa[size_t((u.slot * rows + r) * cols + k)]) * xv;
+            sb += double(wb[size_t((u.slot * rows + r) * cols + k)]) * xv;
+          }
+          want_a[size_t(q * rows + r)] = sa, want_b[size_t(q * rows + r)] = sb;
+        }
+    EXPECT_LT(max_err(download(ya, want_a.size()), want_a), 1e-5) << quant::ggml_type_name(ta);
+    EXPECT_LT(max_err(download(yb, want_b.size()), want_b), 1e-5) << quant::ggml_type_name(tb);
+  }
+}
+
+// combine_pairs skips entries < 0 and accumulates when asked (the resident experts' sum joins the CPU's).
+TEST(CudaKernels, CombinePairsSkipsAndAccumulates) {
+  NEED_GPU();
+  Stream s;
+  const int64_t n = 3, k = 2, H = 70;
+  const auto y = randoms(size_t(4 * H), 8), base = randoms(size_t(n * H), 9);
+  const std::vector<int32_t> row_pairs = {0, -1, -1, -1, 3, 1};
+  const std::vector<float> w = {0.5f, 0.25f, 0.0f, 2.0f};
+  DeviceArray<float> dy, dw, out;
+  DeviceArray<int32_t> drp;
+  dy.upload(y.data(), y.size()), dw.upload(w.data(), w.size()), drp.upload(row_pairs.data(), row_pairs.size());
+  out.upload(base.data(), base.size());
+  combine_pairs(dy.data(), drp.data(), dw.data(), n, k, H, out.data(), s.get(), true);
+  s.sync("combine_pairs");
+  std::vector<double> want(size_t(n * H));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t i = 0; i < H; ++i) {
+      double v = base[size_t(t * H + i)];
+      for (int64_t j = 0; j < k; ++j)
+        if (const int32_t p = row_pairs[size_t(t * k + j)]; p >= 0) v += double(w[size_t(p)]) * y[size_t(p * H + i)];
+      want[size_t(t * H + i)] = v;
+    }
+  EXPECT_LT(max_err(download(out, want.size()), want), 1e-6);
+}
+
 TEST(CudaDevice, ErrorsAreGenesisErrors) {
   std::string why;
   if (device_count(&why) == 0) {

@@ -430,6 +430,8 @@ int serve(const ServeOptions& opt) {
       lo.gpu_device = opt.gpu_device;
       lo.gpu_defer = opt.gpu_defer;
       lo.gpu_prefill_rows = opt.gpu_prefill_rows;
+      lo.gpu_expert_budget = opt.gpu_expert_budget;
+      lo.expert_usage = opt.expert_usage;
       s->lm = rt::load_model(opt.model, lo);
       if (!s->lm.tokenizer) fail("{} has no tokenizer: the server needs one to read prompts", opt.model);
       rt::Scheduler::Options so;

@@ -25,6 +25,8 @@ struct ServeOptions {
   std::string dense = "stored", experts = "stored";
   bool gpu = false;  // the hybrid mode (runtime/model/gpu.h)
   int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
+  int64_t gpu_expert_budget = 0;  // --gpu-experts (bytes, -1 all)
+  std::string expert_usage;       // --expert-usage: the counts --gpu-experts places by (read only here)
   bool quiet = false;
 };
 

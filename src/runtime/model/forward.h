@@ -139,6 +139,9 @@ class Session {
 
   // Time per op class since the session was made (profile.h); callers take differences around what they time.
   const Profile& profile() const { return prof_; }
+  // How often each routed expert was chosen since the session was made: [layer * experts + expert] (zeros for
+  // dense layers; empty for a dense model). Written to an --expert-usage file (expert_usage.h).
+  const std::vector<uint64_t>& expert_usage() const { return expert_use_; }
   // Rows run through a layer together in prefill (at most; the last chunk of a prompt may be shorter).
   int64_t chunk() const { return chunk_; }
 
@@ -160,8 +163,11 @@ class Session {
   // [rank0, rank1) of each row's top-k (all: 0, top_k) over xn_, their weighted sum -> dst [n][hidden].
   void routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst);
   // moe.cpp: its routing part: the (row, expert) pairs of those ranks sorted by expert: pair_row_, pair_weight_,
-  // row_pairs_ ([rows][ranks] -> pair) and expert_start_ ([experts + 1]).
-  void route_pairs(int64_t n, int64_t rank0, int64_t rank1);
+  // row_pairs_ ([rows][ranks] -> pair) and expert_start_ ([experts + 1]); counts the choices of layer `li`.
+  void route_pairs(int64_t li, int64_t n, int64_t rank0, int64_t rank1);
+  // moe.cpp: the products of the routed pairs (route_pairs' K = rank1 - rank0 ranks) on the CPU, their weighted sum
+  // -> dst; pairs with pair_elsewhere_[p] >= 0 (run by the GPU) are left out of both.
+  void cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst);
   void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
@@ -207,6 +213,8 @@ class Session {
   std::vector<float> pair_weight_;                       // [pairs]
   std::vector<int32_t> expert_start_, next_pair_, chosen_e_;  // counting sort of the pairs by expert
   std::vector<float> chosen_w_;
+  std::vector<int32_t> pair_elsewhere_;  // [pairs]: >= 0 where the GPU runs the pair (empty: the CPU runs all)
+  std::vector<uint64_t> expert_use_;     // [layers][experts]: times chosen
   std::vector<MoeUnit> units_;
   std::vector<float> moe_x_, moe_h_, moe_act_, moe_out_;  // [pairs][hidden], [pairs][2 inter], [pairs][inter], [pairs][hidden]
   // Prepared activations of a unit's x and of its down input (kernels/linear.h), kept across steps; unit_prep_[u] is

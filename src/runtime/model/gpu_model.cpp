@@ -12,14 +12,17 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 
 #include "common/error.h"
 #include "cuda/blas.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
-#include "runtime/io/gguf.h"
+#include "quant/ggml.h"
 #include "quant/half.h"
+#include "runtime/io/gguf.h"
+#include "runtime/model/expert_usage.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/ops.h"
 
@@ -96,6 +99,15 @@ struct LayerRawExperts {
   RawExperts gate, up, down;
 };
 
+// A MoE layer's experts held on the device (--gpu-experts): the placed experts' blocks, slot after slot, and which
+// expert is in which slot.
+struct ResidentExperts {
+  cuda::DeviceArray<uint8_t> arena;
+  int64_t slot_bytes = 0, count = 0;
+  cuda::ExpertMatrix gate, up, down;  // types, offsets and row bytes (the outputs are a GpuState's)
+  std::vector<int32_t> slot;          // [experts]: slot, or -1 (on the CPU)
+};
+
 class GpuModel {
  public:
   cuda::DeviceInfo dev;
@@ -104,6 +116,11 @@ class GpuModel {
   std::string prefill_note;
   std::vector<LayerRawExperts> raw;  // [layers]
   size_t raw_max_bytes = 0;
+  // Experts resident on the device: per layer (empty: none anywhere), how many, their bytes, how they were chosen.
+  std::vector<ResidentExperts> resident;
+  int64_t resident_count = 0, resident_total = 0;
+  size_t resident_bytes = 0;
+  std::string resident_note;
   std::shared_ptr<const GgufFile> gguf;
   std::vector<GpuLayer> layers;
   cuda::DeviceArray<float> final_norm;
@@ -159,6 +176,13 @@ class GpuState {
   bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
+  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs): units, each q's row of the
+  // step and weight, each (row, rank)'s q or -1; gate, up (SwiGLU in place) and down outputs.
+  // (units as int32 triples: cuda::ExpertUnit)
+  cuda::PinnedArray<int32_t> h_units, h_q_row, h_row_q;
+  cuda::PinnedArray<float> h_q_w;
+  cuda::DeviceArray<int32_t> units, q_row, row_q;
+  cuda::DeviceArray<float> q_w, r1, r2, ryd;
 };
 
 void GpuStateDeleter::operator()(GpuState* s) const { delete s; }
@@ -186,16 +210,50 @@ std::string gpu_description(const GpuModel& g) {
   const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
   if (g.cpu_mixers > 0) where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU", g.cpu_mixers);
   else where += " on the GPU";
+  std::string experts = g.moe ? "routed experts on the CPU" : "no experts: only the embedding lookup on the CPU";
+  if (g.resident_count > 0)
+    experts = fmt::format("{} of {} routed experts on the GPU ({:.2f} GiB as the file stores them, {}), the rest on "
+                          "the CPU",
+                          g.resident_count, g.resident_total, double(g.resident_bytes) / double(1ull << 30),
+                          g.resident_note);
   return fmt::format("{}: {} ({:.2f} GiB of weights); {}{}{}", g.dev.summary(), where,
-                     double(g.bytes) / double(1ull << 30),
-                     g.moe ? "routed experts on the CPU" : "no experts: only the embedding lookup on the CPU", defer,
+                     double(g.bytes) / double(1ull << 30), experts, defer,
                      g.prefill_note.empty() ? "" : "; prefill experts " + g.prefill_note);
 }
 
 namespace {
 
-// Finds each MoE layer's expert tensors in the GGUF file and registers their pages for DMA; on anything missing the
-// prefill's experts stay on the CPU and prefill_note says why.
+// Each MoE layer's expert tensors in the GGUF file ([layers], dense layers empty); empty with `why` set when one is
+// missing, misshapen or in a format the GPU does not dequantize.
+std::vector<LayerRawExperts> find_raw_experts(const ModelConfig& c, const GgufFile& gguf, std::string* why) {
+  std::vector<LayerRawExperts> raw(size_t(c.num_layers));
+  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    if (!c.layer_is_moe(li)) continue;
+    LayerRawExperts& r = raw[size_t(li)];
+    const std::pair<const char*, RawExperts*> parts[] = {{"ffn_gate_exps", &r.gate}, {"ffn_up_exps", &r.up},
+                                                          {"ffn_down_exps", &r.down}};
+    for (auto [name, dst] : parts) {
+      const std::string tn = fmt::format("blk.{}.{}.weight", li, name);
+      const GgufTensor* t = gguf.find(tn);
+      const bool down = dst == &r.down;
+      if (!t || t->ne.size() != 3 || t->ne[2] != E || t->ne[0] != (down ? I : H) || t->ne[1] != (down ? H : I)) {
+        *why = fmt::format("{} is not a [{}, {}, {}] tensor in the file", tn, E, down ? H : I, down ? I : H);
+        return {};
+      }
+      if (!cuda::can_dequantize(t->type)) {
+        *why = fmt::format("{} is GGML type {}, which the GPU does not dequantize", tn,
+                           quant::ggml_type_name(t->type));
+        return {};
+      }
+      *dst = {t->type, t->data, size_t(t->nbytes), t->ne[1], t->ne[0]};
+    }
+  }
+  return raw;
+}
+
+// Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
+// and prefill_note says why.
 void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions& opt,
                            std::shared_ptr<const GgufFile> gguf) {
   if (!c.is_moe() || opt.gpu_prefill_rows <= 0) {
@@ -211,36 +269,89 @@ void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions&
     g.prefill_note = "on the CPU (" + why + ")";
     return;
   }
-  g.raw.resize(size_t(c.num_layers));
-  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
-  for (int64_t li = 0; li < c.num_layers; ++li) {
-    if (!c.layer_is_moe(li)) continue;
-    LayerRawExperts& r = g.raw[size_t(li)];
-    const std::pair<const char*, RawExperts*> parts[] = {{"ffn_gate_exps", &r.gate}, {"ffn_up_exps", &r.up},
-                                                          {"ffn_down_exps", &r.down}};
-    for (auto [name, dst] : parts) {
-      const std::string tn = fmt::format("blk.{}.{}.weight", li, name);
-      const GgufTensor* t = gguf->find(tn);
-      const bool down = dst == &r.down;
-      if (!t || t->ne.size() != 3 || t->ne[2] != E || t->ne[0] != (down ? I : H) || t->ne[1] != (down ? H : I)) {
-        g.prefill_note = fmt::format("on the CPU ({} is not a [{}, {}, {}] tensor in the file)", tn, E,
-                                     down ? H : I, down ? I : H);
-        g.raw.clear();
-        return;
-      }
-      if (!cuda::can_dequantize(t->type)) {
-        g.prefill_note = fmt::format("on the CPU ({} is GGML type {}, which the GPU does not dequantize)", tn, t->type);
-        g.raw.clear();
-        return;
-      }
-      *dst = {t->type, t->data, size_t(t->nbytes), t->ne[1], t->ne[0]};
-      g.raw_max_bytes = std::max(g.raw_max_bytes, size_t(t->nbytes));
-    }
+  g.raw = find_raw_experts(c, *gguf, &why);
+  if (g.raw.empty()) {
+    g.prefill_note = "on the CPU (" + why + ")";
+    return;
   }
+  for (const LayerRawExperts& r : g.raw)
+    for (const RawExperts* x : {&r.gate, &r.up, &r.down}) g.raw_max_bytes = std::max(g.raw_max_bytes, x->bytes);
   g.gguf = std::move(gguf);
   g.prefill_rows = opt.gpu_prefill_rows;
   g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks streamed through pinned "
                                "buffers while the previous layer computes)", g.prefill_rows);
+}
+
+// --gpu-experts: which experts go to the device (expert_usage.h) and their bytes; the upload is upload_resident().
+// Throws genesis::Error when the budget cannot be served (not a GGUF, a format the GPU does not read).
+void place_resident(GpuModel& g, const ModelConfig& c, const LoadOptions& opt, const GgufFile* gguf) {
+  if (opt.gpu_expert_budget == 0) return;
+  if (!c.is_moe()) fail("--gpu-experts: {} has no routed experts", arch_name(c.arch));
+  if (!gguf)
+    fail("--gpu-experts: the GPU holds experts as a GGUF file stores their blocks; this model is a safetensors "
+         "checkpoint (convert it to GGUF, or leave its experts on the CPU)");
+  std::string why;
+  g.raw = find_raw_experts(c, *gguf, &why);
+  if (g.raw.empty()) fail("--gpu-experts: {}", why);
+  const int64_t E = c.num_experts;
+  std::vector<int64_t> bytes(size_t(c.num_layers), 0);
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    const LayerRawExperts& r = g.raw[size_t(li)];
+    if (c.layer_is_moe(li)) bytes[size_t(li)] = int64_t((r.gate.bytes + r.up.bytes + r.down.bytes) / size_t(E));
+  }
+  ExpertUsage usage;
+  const bool counted = !opt.expert_usage.empty() && std::filesystem::exists(opt.expert_usage);
+  if (counted) usage = read_expert_usage(opt.expert_usage, c);
+  const auto slots = place_experts(c, counted ? &usage : nullptr, bytes, opt.gpu_expert_budget);
+  g.resident.resize(size_t(c.num_layers));
+  uint64_t covered = 0;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    if (!c.layer_is_moe(li)) continue;
+    ResidentExperts& re = g.resident[size_t(li)];
+    const LayerRawExperts& r = g.raw[size_t(li)];
+    re.slot = slots[size_t(li)];
+    g.resident_total += E;
+    for (int64_t e = 0; e < E; ++e) {
+      if (re.slot[size_t(e)] < 0) continue;
+      ++re.count;
+      if (counted) covered += usage.counts[size_t(li * E + e)];
+    }
+    re.slot_bytes = bytes[size_t(li)];
+    const int64_t g_bytes = int64_t(r.gate.bytes) / E, u_bytes = int64_t(r.up.bytes) / E;
+    re.gate = {r.gate.type, 0, g_bytes / r.gate.rows, nullptr};
+    re.up = {r.up.type, g_bytes, u_bytes / r.up.rows, nullptr};
+    re.down = {r.down.type, g_bytes + u_bytes, int64_t(r.down.bytes) / E / r.down.rows, nullptr};
+    g.resident_count += re.count;
+    g.resident_bytes += size_t(re.count * re.slot_bytes);
+  }
+  if (counted && usage.total() > 0)
+    g.resident_note = fmt::format("the most used by {}'s counts: {:.1f}% of the choices recorded there",
+                                  opt.expert_usage, 100.0 * double(covered) / double(usage.total()));
+  else if (!opt.expert_usage.empty())
+    g.resident_note = fmt::format("spread evenly over the layers: {} has no counts yet", opt.expert_usage);
+  else
+    g.resident_note = "spread evenly over the layers (no --expert-usage counts)";
+}
+
+// Copies the placed experts' blocks from the file to their slots.
+void upload_resident(GpuModel& g, const ModelConfig& c) {
+  const int64_t E = c.num_experts;
+  for (int64_t li = 0; li < int64_t(g.resident.size()); ++li) {
+    ResidentExperts& re = g.resident[size_t(li)];
+    if (re.count == 0) continue;
+    const LayerRawExperts& r = g.raw[size_t(li)];
+    re.arena.resize(size_t(re.count * re.slot_bytes));
+    for (int64_t e = 0; e < E; ++e) {
+      const int32_t sl = re.slot[size_t(e)];
+      if (sl < 0) continue;
+      size_t at = size_t(sl) * size_t(re.slot_bytes);
+      for (const RawExperts* x : {&r.gate, &r.up, &r.down}) {
+        const size_t each = x->bytes / size_t(E);
+        re.arena.upload_at(at, x->data + size_t(e) * each, each);
+        at += each;
+      }
+    }
+  }
 }
 
 }  // namespace
@@ -270,14 +381,20 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
       need += matrix_bytes(*d);
   }
   need += matrix_bytes(w.output());
+  place_resident(*g, c, opt, gguf.get());
   constexpr size_t kHeadroom = size_t(512) << 20;  // the context, caches of one short sequence, scratch
-  if (need + kHeadroom > g->dev.free_bytes)
-    fail("--gpu: the weights that go to the GPU need {:.2f} GiB (+0.5 GiB for caches and scratch), device {} has "
+  if (need + g->resident_bytes + kHeadroom > g->dev.free_bytes)
+    fail("--gpu: the weights that go to the GPU need {:.2f} GiB{} (+0.5 GiB for caches and scratch), device {} has "
          "{:.2f} GiB free of {:.2f} GiB",
-         double(need) / double(1ull << 30), g->dev.index, double(g->dev.free_bytes) / double(1ull << 30),
-         double(g->dev.total_bytes) / double(1ull << 30));
+         double(need + g->resident_bytes) / double(1ull << 30),
+         g->resident_bytes ? fmt::format(", {:.2f} GiB of them --gpu-experts'", double(g->resident_bytes) / double(1ull << 30))
+                           : std::string(),
+         g->dev.index, double(g->dev.free_bytes) / double(1ull << 30), double(g->dev.total_bytes) / double(1ull << 30));
   if (opt.show_progress)
-    fmt::print(stderr, "uploading {:.2f} GiB of non-expert weights to {}\n", double(need) / double(1ull << 30),
+    fmt::print(stderr, "uploading {:.2f} GiB of non-expert weights{} to {}\n", double(need) / double(1ull << 30),
+               g->resident_bytes ? fmt::format(" and {} routed experts ({:.2f} GiB)", g->resident_count,
+                                               double(g->resident_bytes) / double(1ull << 30))
+                                 : std::string(),
                g->dev.name);
   g->layers.resize(size_t(c.num_layers));
   g->attn_slot.assign(size_t(c.num_layers), -1);
@@ -314,6 +431,9 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   }
   upload_vector(w.final_norm, g->final_norm, g->bytes);
   upload_matrix(w.output(), g->output, g->bytes);
+  upload_resident(*g, c);
+  g->bytes += g->resident_bytes;
+  if (g->resident_count == 0) g->raw.clear();
   setup_prefill_experts(*g, c, opt, std::move(gguf));
   return g;
 }
@@ -348,6 +468,13 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   h_x.resize(R * H), h_xn.resize(R * H), h_tmp.resize(R * H);
   h_router.resize(R * size_t(std::max<int64_t>(c.num_experts, 1)));
   h_pos.resize(R), h_out_rows.resize(R), h_kptr.resize(R), h_vptr.resize(R);
+  if (m.resident_count > 0) {
+    const size_t Q = R * size_t(c.top_k), I = size_t(c.moe_intermediate_size);
+    static_assert(sizeof(cuda::ExpertUnit) == 3 * sizeof(int32_t));
+    h_units.resize(3 * Q), h_q_row.resize(Q), h_row_q.resize(Q), h_q_w.resize(Q);
+    units.resize(3 * Q), q_row.resize(Q), row_q.resize(Q), q_w.resize(Q);
+    r1.resize(Q * I), r2.resize(Q * I), ryd.resize(Q * H);
+  }
 }
 
 std::unique_ptr<GpuState, GpuStateDeleter> make_gpu_state(const GpuModel& g, const ModelConfig& c, int64_t capacity,
@@ -599,6 +726,45 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   bool deferred_ready = false;            // g.deferred holds a sum not yet added
   bool moe_copy_queued = false;           // the last MoE output's copy to the device is in `work`, not yet run
   if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
+  // A MoE layer's pairs routed to experts resident on the device: their lists to the device and their products
+  // queued (they run while the CPU computes the rest); pair_elsewhere_ tells cpu_experts() to leave them out. The
+  // sum joins the CPU's in the device's moe_out (combine_pairs after its copy, always queued: a graph's fixed part).
+  auto launch_resident = [&](const ResidentExperts& re, int64_t KK) {
+    const int64_t P = n * KK, I = c_.moe_intermediate_size;
+    pair_elsewhere_.assign(size_t(P), -1);
+    int32_t q = 0;
+    int64_t U = 0;
+    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(g.h_units.data());
+    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.units.data());
+    for (int64_t e = 0; e < E; ++e) {
+      const int32_t sl = re.slot[size_t(e)], p0 = expert_start_[size_t(e)], p1 = expert_start_[size_t(e + 1)];
+      if (sl < 0 || p1 == p0) continue;
+      for (int32_t u0 = p0; u0 < p1; u0 += cuda::kExpertUnitRows)
+        hu[U++] = {sl, q + (u0 - p0), std::min<int32_t>(cuda::kExpertUnitRows, p1 - u0)};
+      for (int32_t p = p0; p < p1; ++p, ++q) {
+        pair_elsewhere_[size_t(p)] = q;
+        g.h_q_row.data()[q] = pair_row_[size_t(p)];
+        g.h_q_w.data()[q] = pair_weight_[size_t(p)];
+      }
+    }
+    for (int64_t i = 0; i < P; ++i) g.h_row_q.data()[i] = pair_elsewhere_[size_t(row_pairs_[size_t(i)])];
+    prof_.gpu_expert_pairs += q;
+    cuda::copy_to_device(g.row_q.data(), g.h_row_q.data(), size_t(P) * 4, g.stream);
+    if (U > 0) {
+      cuda::copy_to_device(g.units.data(), g.h_units.data(), size_t(U) * sizeof(cuda::ExpertUnit), g.stream);
+      cuda::copy_to_device(g.q_row.data(), g.h_q_row.data(), size_t(q) * 4, g.stream);
+      cuda::copy_to_device(g.q_w.data(), g.h_q_w.data(), size_t(q) * 4, g.stream);
+      cuda::ExpertMatrix gu[2] = {re.gate, re.up};
+      gu[0].y = g.r1.data(), gu[1].y = g.r2.data();
+      cuda::expert_products(re.arena.data(), re.slot_bytes, gu, 2, I, H, du, U, g.xn.data(),
+                            g.q_row.data(), s);
+      cuda::swiglu(g.r1.data(), g.r2.data(), g.r1.data(), int64_t(q) * I, s);
+      cuda::ExpertMatrix d = re.down;
+      d.y = g.ryd.data();
+      cuda::expert_products(re.arena.data(), re.slot_bytes, &d, 1, H, I, du, U, g.r1.data(), nullptr, s);
+    }
+    clock_.lap(Op::router);
+  };
   auto run_deferred = [&] {
     if (!deferred_layer) return;
     routed_experts(*deferred_layer, n, K - defer, K, g.deferred.data());
@@ -677,7 +843,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
     if (gpu_experts) {
       // A prefill step: the layer's experts on the GPU, all ranks (no deferral), the sum stays there.
-      route_pairs(n, 0, K);
+      route_pairs(li, n, 0, K);
       const size_t P = size_t(n * K);
       g.h_pair_row.resize(size_t(g.max_rows * K)), g.h_row_pairs.resize(size_t(g.max_rows * K));
       g.h_pair_w.resize(size_t(g.max_rows * K));
@@ -692,7 +858,15 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       continue;
     }
     std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
-    routed_experts(l, n, 0, K - defer, tmp_.data());
+    const ResidentExperts* re =
+        gm.resident.empty() || gm.resident[size_t(li)].count == 0 ? nullptr : &gm.resident[size_t(li)];
+    if (re) {
+      route_pairs(li, n, 0, K - defer);
+      launch_resident(*re, K - defer);
+      cpu_experts(l, n, K - defer, tmp_.data());
+    } else {
+      routed_experts(l, n, 0, K - defer, tmp_.data());
+    }
     if (deferred_ready) {
       for (int64_t i = 0; i < n * H; ++i) tmp_[size_t(i)] += g.deferred[size_t(i)];
       deferred_ready = false;
@@ -700,6 +874,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     if (defer > 0) deferred_layer = &l;
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
     work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    if (re)
+      work.push_back([&g, n, KK = K - defer, H, s] {
+        cuda::combine_pairs(g.ryd.data(), g.row_q.data(), g.q_w.data(), n, KK, H, g.moe_out.data(), s, true);
+      });
     moe_copy_queued = true;
     pend_a = g.moe_out.data();
     pend_b = shared ? g.sh_out.data() : nullptr;

@@ -7,11 +7,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "runtime/model/expert_usage.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/test_util.h"
 
@@ -121,6 +123,97 @@ INSTANTIATE_TEST_SUITE_P(Models, GpuPrefill,
                                            "gguf/tiny_qwen3next.gguf"),
                          test_name);
 
+// Routed experts resident on the GPU (--gpu-experts: the file's blocks, dequantized in the products' registers, fp32
+// activations): all of them, and half the budget (pairs split between the GPU and the CPU in one step), against the
+// CPU path with the same weights (--experts f32); several sequences and decode rows included.
+class GpuResident : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GpuResident, MatchesTheCpuPath) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  const std::string path = kGolden + "/" + GetParam();
+  LoadOptions ref = options(false);
+  ref.experts = ExpertMode::f32;
+  auto cpu_model = Model::load(path, ref);
+  cpu::ThreadPool pool(2);
+  const auto toks = prompt(cpu_model->config().vocab_size, 21);
+  Session cs(*cpu_model, 128, &pool);
+  const auto want = cs.forward_all(toks);
+  cs.reset();
+  const auto want_greedy = greedy(cs, toks, 8);
+  int64_t previous = -1;
+  for (const char* budget : {"all", "half"}) {
+    LoadOptions o = options(true);
+    o.experts = ExpertMode::f32;
+    o.gpu_expert_budget = -1;
+    if (std::string(budget) == "half") {
+      auto probe = Model::load(path, o);
+      o.gpu_expert_budget = int64_t(gpu_weight_bytes(*probe->gpu()) / 2);  // well under all the experts' bytes
+    }
+    auto gpu_model = Model::load(path, o);
+    const std::string desc = gpu_description(*gpu_model->gpu());
+    ASSERT_NE(desc.find("routed experts on the GPU"), std::string::npos) << desc;
+    Session gs(*gpu_model, 128, &pool);
+    const auto got = gs.forward_all(toks);
+    const double d = test::max_rel_diff(got, want);
+    const Profile& p = gs.profile();
+    std::printf("%s, --gpu-experts %s: %lld of %lld pairs on the GPU; vs CPU max |logit diff| / max |logit| = %.3g\n",
+                GetParam().c_str(), budget, (long long)p.gpu_expert_pairs, (long long)p.expert_pairs, d);
+    EXPECT_LT(d, 1e-4) << GetParam() << " " << budget;  // fp32 throughout: the order of sums only
+    if (previous < 0) EXPECT_EQ(p.gpu_expert_pairs, p.expert_pairs) << "all experts resident, some pairs on the CPU";
+    else EXPECT_LT(p.gpu_expert_pairs, previous) << "half the budget moved no pair back to the CPU";
+    EXPECT_GT(p.gpu_expert_pairs, 0) << desc;
+    previous = p.gpu_expert_pairs;
+    gs.reset();
+    EXPECT_EQ(greedy(gs, toks, 8), want_greedy) << GetParam() << " " << budget;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GpuResident,
+                         ::testing::Values("gguf/tiny_qwen3moe.gguf", "gguf/tiny_mixtral.gguf", "gguf/tiny_olmoe.gguf",
+                                           "gguf/tiny_qwen3next.gguf"),
+                         test_name);
+
+// --expert-usage: the most used experts go to the GPU; a safetensors model's experts cannot (the GPU holds a GGUF's
+// blocks), nor a dense model's.
+TEST(Gpu, ResidentExpertsFollowTheUsageCounts) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  const std::string path = kGolden + "/gguf/tiny_qwen3moe.gguf";
+  cpu::ThreadPool pool(2);
+  const std::string usage = (std::filesystem::temp_directory_path() / "genesis_gpu_usage.json").string();
+  std::filesystem::remove(usage);
+  {
+    auto m = Model::load(path, options(false));
+    Session s(*m, 128, &pool);
+    s.forward_all(prompt(m->config().vocab_size, 40));
+    add_expert_usage(usage, m->config(), s.expert_usage());
+  }
+  LoadOptions o = options(true);
+  o.expert_usage = usage;
+  o.gpu_expert_budget = -1;
+  auto all = Model::load(path, o);
+  const size_t all_bytes = gpu_weight_bytes(*all->gpu());
+  o.gpu_expert_budget = 0;
+  const size_t none_bytes = gpu_weight_bytes(*Model::load(path, o)->gpu());
+  o.gpu_expert_budget = int64_t(all_bytes - none_bytes) / 4;  // a quarter of the experts
+  auto m = Model::load(path, o);
+  const std::string desc = gpu_description(*m->gpu());
+  EXPECT_NE(desc.find("the most used by"), std::string::npos) << desc;
+  Session s(*m, 128, &pool);
+  s.forward_all(prompt(m->config().vocab_size, 40));  // the same text the counts came from
+  const Profile& p = s.profile();
+  std::printf("usage-placed quarter of the experts: %lld of %lld pairs on the GPU (%s)\n",
+              (long long)p.gpu_expert_pairs, (long long)p.expert_pairs, desc.c_str());
+  EXPECT_GT(double(p.gpu_expert_pairs), 0.25 * double(p.expert_pairs)) << "the most used quarter took no more pairs";
+  std::filesystem::remove(usage);
+
+  o = options(true);
+  o.gpu_expert_budget = -1;
+  EXPECT_THROW(Model::load(kGolden + "/qwen3_moe", o), Error);  // safetensors
+  EXPECT_THROW(Model::load(kGolden + "/gguf/tiny_llama.gguf", o), Error);  // dense
+}
+
 TEST(Gpu, SequencesStepTogetherAsAlone) {
   std::string why;
   if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
@@ -176,6 +269,9 @@ TEST(Gpu, HybridOptionsWithoutGpuAreRefused) {
   o.gpu_defer = 0;
   o.gpu_prefill_rows = 8;
   EXPECT_THROW(Model::load(kGolden + "/qwen3_moe", o), Error);
+  o.gpu_prefill_rows = 0;
+  o.gpu_expert_budget = -1;
+  EXPECT_THROW(Model::load(kGolden + "/gguf/tiny_qwen3moe.gguf", o), Error);
 }
 
 TEST(Gpu, WithoutADeviceTheErrorSaysWhy) {

@@ -21,8 +21,9 @@ Model::Model(ModelConfig c, Weights w) : config_(std::move(c)), weights_(std::mo
 
 std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src, const LoadOptions& opt,
                                           const std::string& origin, std::shared_ptr<const GgufFile> gguf) {
-  if (!opt.gpu && (opt.gpu_defer != 0 || opt.gpu_prefill_rows != 0))
-    fail("{} is an option of the hybrid mode: add --gpu", opt.gpu_defer != 0 ? "--gpu-defer" : "--gpu-prefill-rows");
+  if (!opt.gpu && (opt.gpu_defer != 0 || opt.gpu_prefill_rows != 0 || opt.gpu_expert_budget != 0))
+    fail("{} is an option of the hybrid mode: add --gpu",
+         opt.gpu_defer != 0 ? "--gpu-defer" : opt.gpu_prefill_rows != 0 ? "--gpu-prefill-rows" : "--gpu-experts");
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
   if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {

@@ -19,7 +19,7 @@ void Session::moe(const Layer& l, int64_t n) {
   routed_experts(l, n, 0, c_.top_k, tmp_.data());
 }
 
-void Session::route_pairs(int64_t n, int64_t rank0, int64_t rank1) {
+void Session::route_pairs(int64_t li, int64_t n, int64_t rank0, int64_t rank1) {
   const int64_t E = c_.num_experts;
   const int64_t K = rank1 - rank0;  // the experts of each row this call runs: ranks [rank0, rank1) of its top-k
   const int64_t P = n * K;
@@ -50,20 +50,33 @@ void Session::route_pairs(int64_t n, int64_t rank0, int64_t rank1) {
     pair_weight_[size_t(p)] = chosen_w[size_t(i)];
     row_pairs_[size_t(i)] = p;
   }
-  for (int64_t e = 0; e < E; ++e) prof_.experts += start[size_t(e + 1)] > start[size_t(e)];
+  if (expert_use_.size() != size_t(c_.num_layers * E)) expert_use_.assign(size_t(c_.num_layers * E), 0);
+  uint64_t* use = &expert_use_[size_t(li * E)];
+  for (int64_t e = 0; e < E; ++e) {
+    const int32_t count = start[size_t(e + 1)] - start[size_t(e)];
+    prof_.experts += count > 0;
+    use[e] += uint64_t(count);
+  }
+  prof_.expert_pairs += P;
+  pair_elsewhere_.clear();
   clock_.lap(Op::router);
 }
 
 void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst) {
+  route_pairs(&l - m_.weights().layers.data(), n, rank0, rank1);
+  cpu_experts(l, n, rank1 - rank0, dst);
+}
+
+void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts;
-  const int64_t K = rank1 - rank0;
   const int64_t P = n * K;
-  route_pairs(n, rank0, rank1);
   const std::vector<int32_t>& start = expert_start_;
+  const bool elsewhere = !pair_elsewhere_.empty();
   units_.clear();
   for (int64_t e = 0; e < E; ++e)
     for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += kMaxUnitRows)
-      units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
+      if (!elsewhere || pair_elsewhere_[size_t(p0)] < 0)  // an expert's pairs run all on the CPU or all on the GPU
+        units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
   const int64_t U = int64_t(units_.size());
 
   if (moe_h_.size() < size_t(P * 2 * I)) {
@@ -147,6 +160,7 @@ void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t r
     std::fill(out, out + H, 0.0f);
     for (int64_t j = 0; j < K; ++j) {
       const int32_t p = row_pairs_[size_t(t * K + j)];
+      if (elsewhere && pair_elsewhere_[size_t(p)] >= 0) continue;
       const float w = pair_weight_[size_t(p)];
       const float* y = &moe_out_[size_t(p) * size_t(H)];
       for (int64_t i = 0; i < H; ++i) out[i] += w * y[i];

@@ -44,6 +44,8 @@ Profile Profile::operator-(const Profile& o) const {
   d.steps = steps - o.steps;
   d.regions = regions - o.regions;
   d.experts = experts - o.experts;
+  d.expert_pairs = expert_pairs - o.expert_pairs;
+  d.gpu_expert_pairs = gpu_expert_pairs - o.gpu_expert_pairs;
   return d;
 }
 

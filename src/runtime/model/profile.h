@@ -36,6 +36,8 @@ struct Profile {
   int64_t steps = 0;    // forward() calls
   int64_t regions = 0;  // parallel regions started
   int64_t experts = 0;  // distinct routed experts whose weights steps read, summed over MoE layers
+  int64_t expert_pairs = 0;      // (row, routed expert) pairs run
+  int64_t gpu_expert_pairs = 0;  // of those, the ones the GPU ran (experts resident there: --gpu-experts)
 
   double total() const;
   Profile operator-(const Profile& o) const;

@@ -83,6 +83,12 @@ struct LoadOptions {
   // blocks streamed from host memory per layer (through two pinned staging buffers of a layer's expert tensors) and
   // multiplied by cuBLAS (0: never; the CPU runs them). Off by default: see the README for its measured speed.
   int gpu_prefill_rows = 0;
+  // Routed experts held in the GPU's memory as the GGUF file stores their blocks, within this many bytes (-1: all,
+  // 0: none): the most used (expert_usage's counts) or, without counts, spread evenly over the layers. A step's pairs
+  // routed to them run there while the CPU runs the rest (expert_usage.h).
+  int64_t gpu_expert_budget = 0;
+  // A file of expert counts (expert_usage.h) that --gpu-experts places by; the commands add their run's counts to it.
+  std::string expert_usage;
   kernels::nf4_gemv::Path kernel_path() const { return path ? *path : kernels::nf4_gemv::best_path(); }
 };
 

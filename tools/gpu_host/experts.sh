@@ -1,0 +1,30 @@
+# On the GPU host: --gpu-experts (routed experts resident in VRAM) on the 30B-shaped Q4_K_M file, in one call.
+#   TESTS=1            the GPU tests first (scripts/gpu_tests.sh)
+#   BUDGETS="0 6G all" Genesis `bench model --gpu --gpu-experts B` for each budget
+#   NCMOE="48 24"      also llama.cpp built here with CUDA (about 300 s, while the GGUF is written), `llama-bench
+#                      -ngl 99 -ncmoe N` for each N (N layers' experts on the CPU: the same placement as Genesis with
+#                      (48 - N) / 48 of the experts' bytes as its budget)
+# Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/experts.sh  (carry devicepkg)
+T0=$(date +%s)
+source devicepkg/common.sh
+RES=$OUT/r; mkdir -p $RES build-host
+M=build-host/q30.gguf
+[ -n "${NCMOE:-}" ] && { ( build_llama "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90" ) > /dev/null 2>&1 & BL=$!; }
+( synth qwen3-30b-a3b $M $LAYERS ) & SY=$!
+if [ -n "${TESTS:-}" ]; then
+  step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
+  tail -4 $RES/t_gpu.out
+  grep -hE "pairs on the GPU|FAILED|Failure" $RES/t_gpu.out $RES/t_gpu.err | head -30 | cut -c1-240
+fi
+wait $SY
+B="bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q"
+for x in ${BUDGETS:-0 all}; do
+  step g_x$x 90 $G $B --gpu --gpu-experts $x --json $RES/g_x$x.json
+  grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
+done
+if [ -n "${NCMOE:-}" ]; then
+  wait $BL; tail -1 $OUT/llbuild.log
+  for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
+fi
+tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES
+echo "total $(( $(date +%s) - T0 )) s"

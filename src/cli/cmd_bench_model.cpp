@@ -56,11 +56,19 @@ void run(Args& a) {
              "of the time)\n",
              j["decode_tps"].get<double>(), j["decode_ms_median"].get<double>(), j["decode_ms_iqr"].get<double>(),
              j["decode_tokens"].get<int>(), j["threads"].get<int>(), 100 * j["decode_expert_fraction"].get<double>());
-  fmt::print("bound        {}{:.1f} MB/token at {:.1f} GB/s ({}) = {:.2f} tokens/s; decode reaches {:.0f}% of it "
-             "({:.1f} GB/s)\n",
-             j.contains("gpu") ? "CPU experts: " : "", j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
-             j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
-             100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
+  const double on_gpu = j.value("gpu_expert_pair_fraction", 0.0);
+  if (j["bound_tps"].get<double>() <= 0)
+    fmt::print("bound        none on the CPU: every routed expert ran on the GPU (--gpu-experts)\n");
+  else
+    fmt::print("bound        {}{:.1f} MB/token at {:.1f} GB/s ({}) = {:.2f} tokens/s; decode reaches {:.0f}% of it "
+               "({:.1f} GB/s)\n",
+               !j.contains("gpu") ? std::string()
+               : on_gpu > 0       ? fmt::format("CPU experts ({:.0f}% of the pairs; the GPU ran the rest): ",
+                                                100 * (1 - on_gpu))
+                                  : std::string("CPU experts: "),
+               j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
+               j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
+               100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
   if (j.contains("streams"))
     fmt::print("batched      {} streams: step {:.1f} ms (IQR {:.1f}), {:.2f} tokens/s = {:.2f}x one stream; bound "
                "{:.1f} MB/step ({:.1f} distinct experts per MoE layer) = {:.2f} tokens/s, reached {:.0f}%\n",

@@ -538,42 +538,51 @@ __device__ inline void dequant8(uint32_t type, const uint8_t* __restrict__ row, 
 struct ExpertArgs {
   const uint8_t* arena;
   int64_t slot_bytes, rows, cols;
-  ExpertMatrix mats[2];
+  ExpertMatrix a, b;  // gate and up (kGateUp), or down (a)
   const ExpertUnit* units;
   const float* x;
-  const int32_t* x_row;
+  const int32_t* x_row;  // null: pair q reads x row q
+  float* y;              // y[q * rows + r]
 };
 
-// Grid (row blocks, units, matrices); a warp per output row of one matrix of one unit's slot.
-__global__ void expert_products_kernel(ExpertArgs a) {
+// Grid (row blocks, units); a warp per output row r of one unit's slot: with kGateUp the gate's and the up's row r,
+// written as silu(gate) * up. R >= every unit's rows (R = 1 for decode keeps the registers, so the occupancy, low).
+template <bool kGateUp, int R>
+__global__ void expert_kernel(ExpertArgs a) {
   const ExpertUnit u = a.units[blockIdx.y];
-  const ExpertMatrix& m = a.mats[blockIdx.z];
   const int lane = threadIdx.x % 32;
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (r >= a.rows) return;
-  const uint8_t* w = a.arena + int64_t(u.slot) * a.slot_bytes + m.offset + r * m.row_bytes;
-  const float* xr[kExpertUnitRows];
+  const uint8_t* slot = a.arena + int64_t(u.slot) * a.slot_bytes;
+  const uint8_t* wa = slot + a.a.offset + r * a.a.row_bytes;
+  const uint8_t* wb = slot + a.b.offset + r * a.b.row_bytes;
+  const float* xr[R];
 #pragma unroll
-  for (int j = 0; j < kExpertUnitRows; ++j)
+  for (int j = 0; j < R; ++j)
     xr[j] = a.x + int64_t(j < u.rows ? (a.x_row ? a.x_row[u.q0 + j] : u.q0 + j) : 0) * a.cols;
-  float acc[kExpertUnitRows] = {};
+  float acc[R] = {}, acc2[R] = {};
   for (int64_t k = int64_t(lane) * 8; k < a.cols; k += 256) {
-    float wv[8];
-    dequant8(m.type, w, k, wv);
+    float va[8], vb[8];
+    dequant8(a.a.type, wa, k, va);
+    if (kGateUp) dequant8(a.b.type, wb, k, vb);
 #pragma unroll
-    for (int j = 0; j < kExpertUnitRows; ++j) {
+    for (int j = 0; j < R; ++j) {
       if (j >= u.rows) break;
       const float4 x0 = __ldg(reinterpret_cast<const float4*>(xr[j] + k));
       const float4 x1 = __ldg(reinterpret_cast<const float4*>(xr[j] + k + 4));
-      acc[j] += wv[0] * x0.x + wv[1] * x0.y + wv[2] * x0.z + wv[3] * x0.w + wv[4] * x1.x + wv[5] * x1.y +
-                wv[6] * x1.z + wv[7] * x1.w;
+      acc[j] += va[0] * x0.x + va[1] * x0.y + va[2] * x0.z + va[3] * x0.w + va[4] * x1.x + va[5] * x1.y +
+                va[6] * x1.z + va[7] * x1.w;
+      if (kGateUp)
+        acc2[j] += vb[0] * x0.x + vb[1] * x0.y + vb[2] * x0.z + vb[3] * x0.w + vb[4] * x1.x + vb[5] * x1.y +
+                   vb[6] * x1.z + vb[7] * x1.w;
     }
   }
 #pragma unroll
-  for (int j = 0; j < kExpertUnitRows; ++j) {
+  for (int j = 0; j < R; ++j) {
     if (j >= u.rows) break;
-    const float s = warp_sum(acc[j]);
-    if (lane == 0) m.y[int64_t(u.q0 + j) * a.rows + r] = s;
+    float v = warp_sum(acc[j]);
+    if (kGateUp) v = v / (1.0f + expf(-v)) * warp_sum(acc2[j]);
+    if (lane == 0) a.y[int64_t(u.q0 + j) * a.rows + r] = v;
   }
 }
 
@@ -689,14 +698,28 @@ void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight
   if (n > 0) combine_pairs_kernel<<<unsigned(n), 256, 0, s>>>(y, row_pairs, weight, k, H, out, accumulate);
 }
 
-void expert_products(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix* mats, int count, int64_t rows,
-                     int64_t cols, const ExpertUnit* units, int64_t n_units, const float* x, const int32_t* x_row,
-                     cudaStream_t s) {
-  if (n_units <= 0 || rows <= 0 || count <= 0) return;
-  ExpertArgs a{arena, slot_bytes, rows, cols, {mats[0], count > 1 ? mats[1] : mats[0]}, units, x, x_row};
-  constexpr int kWarps = 8;
-  const dim3 grid(unsigned((rows + kWarps - 1) / kWarps), unsigned(n_units), unsigned(count));
-  expert_products_kernel<<<grid, kWarps * 32, 0, s>>>(a);
+constexpr int kExpertWarps = 8;
+
+template <bool kGateUp>
+void launch_expert(const ExpertArgs& a, int64_t n_units, int max_rows, cudaStream_t s) {
+  const dim3 grid(unsigned((a.rows + kExpertWarps - 1) / kExpertWarps), unsigned(n_units));
+  if (max_rows <= 1) expert_kernel<kGateUp, 1><<<grid, kExpertWarps * 32, 0, s>>>(a);
+  else if (max_rows <= 2) expert_kernel<kGateUp, 2><<<grid, kExpertWarps * 32, 0, s>>>(a);
+  else if (max_rows <= 4) expert_kernel<kGateUp, 4><<<grid, kExpertWarps * 32, 0, s>>>(a);
+  else expert_kernel<kGateUp, kExpertUnitRows><<<grid, kExpertWarps * 32, 0, s>>>(a);
+}
+
+void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& gate, const ExpertMatrix& up,
+                    int64_t I, int64_t H, const ExpertUnit* units, int64_t n_units, int max_rows, const float* x,
+                    const int32_t* x_row, float* act, cudaStream_t s) {
+  if (n_units <= 0 || I <= 0) return;
+  launch_expert<true>({arena, slot_bytes, I, H, gate, up, units, x, x_row, act}, n_units, max_rows, s);
+}
+
+void expert_down(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& down, int64_t H, int64_t I,
+                 const ExpertUnit* units, int64_t n_units, int max_rows, const float* act, float* y, cudaStream_t s) {
+  if (n_units <= 0 || H <= 0) return;
+  launch_expert<false>({arena, slot_bytes, H, I, down, down, units, act, nullptr, y}, n_units, max_rows, s);
 }
 
 void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, int64_t H, cudaStream_t s) {

@@ -94,9 +94,10 @@ void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight
                    float* out, cudaStream_t s, bool accumulate = false);
 
 // Experts resident on the device (--gpu-experts), as the GGUF file stores their blocks: one arena per layer of
-// `slots` experts, slot i at arena + i * slot_bytes holding its gate, up and down matrices (each [rows][cols] rows of
-// blocks, at the offsets below). A unit is up to kExpertUnitRows pairs q0.. of one slot that share one pass over its
-// weights (a warp per output row, the blocks dequantized in registers, fp32 activations and sums).
+// slots, slot i at arena + i * slot_bytes holding its gate, up and down matrices (each [rows][cols] rows of blocks, at
+// the offsets below). A unit is up to kExpertUnitRows pairs q0.. of one slot that share one pass over its weights (a
+// warp per output row, the blocks dequantized in registers, fp32 activations and sums). The unit and row lists may be
+// host memory mapped for the device.
 constexpr int kExpertUnitRows = 8;
 struct ExpertUnit {
   int32_t slot, q0, rows;
@@ -105,13 +106,15 @@ struct ExpertMatrix {
   uint32_t type = 0;      // ggml type id: any can_dequantize() takes
   int64_t offset = 0;     // within a slot
   int64_t row_bytes = 0;  // bytes of one row's blocks
-  float* y = nullptr;     // y[q * rows + r]
 };
-// For each unit u < units and pair q in it: m.y[q][r] = W_m(slot) row r . x[q'] for each of the `count` (1 or 2)
-// matrices, which share rows and cols (a multiple of 256 for K-quant formats, of 32 otherwise), where q' = x_row[q]
-// when x_row is given (the step's rows) and q otherwise. `units` is device memory.
-void expert_products(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix* mats, int count, int64_t rows,
-                     int64_t cols, const ExpertUnit* units, int64_t n_units, const float* x, const int32_t* x_row,
-                     cudaStream_t s);
+// act[q][r] = silu(gate(slot) row r . x[x_row[q]]) * (up(slot) row r . x[x_row[q]]) for r < I, over each unit's
+// pairs q; gate and up are [I][H] (H a multiple of 256 for K-quant formats, of 32 otherwise). max_rows: the most
+// rows of any unit (1 for decode: a smaller kernel).
+void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& gate, const ExpertMatrix& up,
+                    int64_t I, int64_t H, const ExpertUnit* units, int64_t n_units, int max_rows, const float* x,
+                    const int32_t* x_row, float* act, cudaStream_t s);
+// y[q][r] = down(slot) row r . act[q] for r < H, over each unit's pairs q; down is [H][I].
+void expert_down(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& down, int64_t H, int64_t I,
+                 const ExpertUnit* units, int64_t n_units, int max_rows, const float* act, float* y, cudaStream_t s);
 
 }  // namespace genesis::cuda

@@ -334,60 +334,87 @@ std::vector<uint8_t> random_blocks(uint32_t type, int64_t blocks, std::mt19937& 
 }
 
 // Resident experts' products (a warp per row, blocks dequantized in registers) against ggml's dequantizer and double
-// sums: every format, units of 1..8 pairs, two matrices of different formats in one launch, rows read through x_row.
+// sums: every format, units of 1..8 pairs, gate and up in different formats (a Q4_K_M file's experts), rows read
+// through x_row, SwiGLU fused; then down over that activation.
 TEST(CudaKernels, ExpertProductsMatchGgml) {
   NEED_GPU();
   Stream s;
   std::mt19937 g(11);
   const uint32_t types[] = {2u, 3u, 6u, 7u, 8u, 12u, 13u, 14u};
   for (uint32_t ta : types) {
-    const uint32_t tb = ta == 14u ? 12u : 14u;  // the second matrix in another format (a Q4_K_M file's gate / down)
+    const uint32_t tb = ta == 14u ? 12u : 14u;
     const auto ia = *quant::ggml_type_info(ta), ib = *quant::ggml_type_info(tb);
-    const int64_t rows = 37, cols = 512, slots = 3;
-    const int64_t ra = int64_t(ia.block_bytes) * cols / ia.block, rb = int64_t(ib.block_bytes) * cols / ib.block;
-    const int64_t slot_bytes = rows * (ra + rb);
+    // gate [I2][H] in ta, up in tb, down [H][I2] in ta (its cols I2 a multiple of ta's block).
+    const int64_t H = 512, slots = 3, I2 = ia.block == 256 ? 256 : 96;
+    const uint32_t td = ta;
+    const auto id = ia;
+    const int64_t rga = int64_t(ia.block_bytes) * H / ia.block, rgb = int64_t(ib.block_bytes) * H / ib.block;
+    const int64_t rd = int64_t(id.block_bytes) * I2 / id.block;
+    const int64_t slot_bytes = I2 * (rga + rgb) + H * rd;
     std::vector<uint8_t> arena;
-    std::vector<float> wa(size_t(slots * rows * cols)), wb(wa.size());
+    std::vector<float> wa(size_t(slots * I2 * H)), wb(wa.size()), wd(size_t(slots * H * I2));
     for (int64_t sl = 0; sl < slots; ++sl) {
-      const auto a = random_blocks(ta, rows * cols / ia.block, g), b = random_blocks(tb, rows * cols / ib.block, g);
-      arena.insert(arena.end(), a.begin(), a.end());
-      arena.insert(arena.end(), b.begin(), b.end());
-      quant::ggml_dequantize(ta, a.data(), &wa[size_t(sl * rows * cols)], rows * cols);
-      quant::ggml_dequantize(tb, b.data(), &wb[size_t(sl * rows * cols)], rows * cols);
+      const auto a = random_blocks(ta, I2 * H / ia.block, g), b = random_blocks(tb, I2 * H / ib.block, g);
+      const auto d = random_blocks(td, H * I2 / id.block, g);
+      for (const auto* v : {&a, &b, &d}) arena.insert(arena.end(), v->begin(), v->end());
+      quant::ggml_dequantize(ta, a.data(), &wa[size_t(sl * I2 * H)], I2 * H);
+      quant::ggml_dequantize(tb, b.data(), &wb[size_t(sl * I2 * H)], I2 * H);
+      quant::ggml_dequantize(td, d.data(), &wd[size_t(sl * H * I2)], H * I2);
     }
     // Pairs: 13 of them over units of 8, 1, 4 (slots 2, 0, 2); x rows 0..5 picked through x_row.
     const std::vector<ExpertUnit> units = {{2, 0, 8}, {0, 8, 1}, {2, 9, 4}};
     const int64_t Q = 13, X = 6;
     std::vector<int32_t> x_row(static_cast<size_t>(Q));
     for (int64_t q = 0; q < Q; ++q) x_row[size_t(q)] = int32_t((q * 5 + 1) % X);
-    const auto x = randoms(size_t(X * cols), 3);
+    const auto x = randoms(size_t(X * H), 3);
     DeviceArray<uint8_t> darena;
-    DeviceArray<float> dx, ya, yb;
+    DeviceArray<float> dx, act, y;
     DeviceArray<int32_t> dunits, drow;
     darena.upload(arena.data(), arena.size());
     dx.upload(x.data(), x.size());
     dunits.upload(reinterpret_cast<const int32_t*>(units.data()), units.size() * 3);
     drow.upload(x_row.data(), x_row.size());
-    ya.resize(size_t(Q * rows)), yb.resize(size_t(Q * rows));
-    ExpertMatrix mats[2] = {{ta, 0, ra, ya.data()}, {tb, rows * ra, rb, yb.data()}};
-    expert_products(darena.data(), slot_bytes, mats, 2, rows, cols,
-                    reinterpret_cast<const ExpertUnit*>(dunits.data()), int64_t(units.size()), dx.data(), drow.data(),
-                    s.get());
-    s.sync("expert_products");
-    std::vector<double> want_a(size_t(Q * rows)), want_b(want_a.size());
+    act.resize(size_t(Q * I2)), y.resize(size_t(Q * H));
+    const ExpertMatrix mg{ta, 0, rga}, mu{tb, I2 * rga, rgb}, md{td, I2 * (rga + rgb), rd};
+    const auto* du = reinterpret_cast<const ExpertUnit*>(dunits.data());
+    expert_gate_up(darena.data(), slot_bytes, mg, mu, I2, H, du, int64_t(units.size()), 8, dx.data(), drow.data(),
+                   act.data(), s.get());
+    expert_down(darena.data(), slot_bytes, md, H, I2, du, int64_t(units.size()), 8, act.data(), y.data(), s.get());
+    s.sync("expert products");
+    const auto got_act = download(act, size_t(Q * I2));
+    std::vector<double> want_act(size_t(Q * I2)), want_y(size_t(Q * H));
     for (const ExpertUnit& u : units)
-      for (int32_t q = u.q0; q < u.q0 + u.rows; ++q)
-        for (int64_t r = 0; r < rows; ++r) {
+      for (int32_t q = u.q0; q < u.q0 + u.rows; ++q) {
+        for (int64_t r = 0; r < I2; ++r) {
           double sa = 0, sb = 0;
-          for (int64_t k = 0; k < cols; ++k) {
-            const double xv = x[size_t(x_row[size_t(q)] * cols + k)];
-            sa += double(wa[size_t((u.slot * rows + r) * cols + k)]) * xv;
-            sb += double(wb[size_t((u.slot * rows + r) * cols + k)]) * xv;
+          for (int64_t k = 0; k < H; ++k) {
+            const double xv = x[size_t(x_row[size_t(q)] * H + k)];
+            sa += double(wa[size_t((u.slot * I2 + r) * H + k)]) * xv;
+            sb += double(wb[size_t((u.slot * I2 + r) * H + k)]) * xv;
           }
-          want_a[size_t(q * rows + r)] = sa, want_b[size_t(q * rows + r)] = sb;
+          want_act[size_t(q * I2 + r)] = sa / (1.0 + std::exp(-sa)) * sb;
         }
-    EXPECT_LT(max_err(download(ya, want_a.size()), want_a), 1e-5) << quant::ggml_type_name(ta);
-    EXPECT_LT(max_err(download(yb, want_b.size()), want_b), 1e-5) << quant::ggml_type_name(tb);
+        for (int64_t r = 0; r < H; ++r) {  // down over the GPU's activation (its own error checked above)
+          double sd = 0;
+          for (int64_t k = 0; k < I2; ++k)
+            sd += double(wd[size_t((u.slot * H + r) * I2 + k)]) * double(got_act[size_t(q * I2 + k)]);
+          want_y[size_t(q * H + r)] = sd;
+        }
+      }
+    EXPECT_LT(max_err(got_act, want_act), 1e-5) << quant::ggml_type_name(ta) << " + " << quant::ggml_type_name(tb);
+    // The decode kernel (units of one pair, max_rows 1) gives the same activations.
+    std::vector<ExpertUnit> ones;
+    for (const ExpertUnit& u : units)
+      for (int32_t q = u.q0; q < u.q0 + u.rows; ++q) ones.push_back({u.slot, q, 1});
+    DeviceArray<int32_t> dones;
+    DeviceArray<float> act1;
+    dones.upload(reinterpret_cast<const int32_t*>(ones.data()), ones.size() * 3);
+    act1.resize(size_t(Q * I2));
+    expert_gate_up(darena.data(), slot_bytes, mg, mu, I2, H, reinterpret_cast<const ExpertUnit*>(dones.data()),
+                   int64_t(ones.size()), 1, dx.data(), drow.data(), act1.data(), s.get());
+    s.sync("expert products, one row per unit");
+    EXPECT_LT(max_err(download(act1, size_t(Q * I2)), want_act), 1e-5) << quant::ggml_type_name(ta);
+    EXPECT_LT(max_err(download(y, want_y.size()), want_y), 1e-5) << quant::ggml_type_name(td);
   }
 }
 

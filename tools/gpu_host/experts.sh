@@ -17,13 +17,13 @@ if [ -n "${TESTS:-}" ]; then
   grep -hE "pairs on the GPU|FAILED|Failure" $RES/t_gpu.out $RES/t_gpu.err | head -30 | cut -c1-240
 fi
 wait $SY
+[ -n "${NCMOE:-}" ] && { wait $BL; tail -1 $OUT/llbuild.log; }  # no timing while it compiles
 B="bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q"
 for x in ${BUDGETS:-0 all}; do
   step g_x$x 90 $G $B --gpu --gpu-experts $x --json $RES/g_x$x.json
   grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
 done
 if [ -n "${NCMOE:-}" ]; then
-  wait $BL; tail -1 $OUT/llbuild.log
   for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES

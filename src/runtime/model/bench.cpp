@@ -135,11 +135,15 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   const double decode_s = now_seconds() - t0;
   const Profile decode_prof = s.profile() - after_prefill;
-  // Hybrid mode: the bound is the CPU's, the routed experts' bytes per token (the GPU's part is far faster).
-  const double bytes = model->gpu() ? model->expert_bytes_per_token() : model->bytes_per_token();
+  // Hybrid mode: the bound is the CPU's, the routed experts' bytes per token (the GPU's part is far faster), for the
+  // share of the pairs the CPU ran (the rest ran on experts resident on the GPU: --gpu-experts).
+  const double gpu_pairs = decode_prof.expert_pairs > 0
+                               ? double(decode_prof.gpu_expert_pairs) / double(decode_prof.expert_pairs)
+                               : 0.0;
+  const double bytes = model->gpu() ? model->expert_bytes_per_token() * (1.0 - gpu_pairs) : model->bytes_per_token();
   const double med_ms = median(step_ms);
   const double decode_tps = 1e3 / med_ms;
-  const double bound_tps = bw * 1e9 / bytes;
+  const double bound_tps = bytes > 0 ? bw * 1e9 / bytes : 0.0;  // 0: no CPU bound (every expert on the GPU)
   nlohmann::json j;
   j["model"] = opt.dir;
   j["config"] = c.summary();
@@ -152,6 +156,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
     j["vram_bytes"] = gpu_bytes_held();
     j["gpu_weight_bytes"] = gpu_weight_bytes(*model->gpu());
     j["bound_kind"] = "routed experts on the CPU";
+    j["gpu_expert_pair_fraction"] = gpu_pairs;
   }
   j["load_s"] = load_s;
   j["peak_rss_bytes"] = rss_load;  // the process peak so far: loading is the largest part
@@ -176,7 +181,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   j["read_bandwidth_gbps"] = bw;
   j["bandwidth_measured_now"] = !opt.cached_bandwidth;
   j["bound_tps"] = bound_tps;
-  j["bound_fraction"] = decode_tps / bound_tps;
+  j["bound_fraction"] = bound_tps > 0 ? decode_tps / bound_tps : 0.0;
   j["achieved_gbps"] = bytes * decode_tps / 1e9;
   if (opt.streams > 1) batched_decode(opt, *model, context, pool, bw, decode_tps, j);
   return j;

@@ -104,7 +104,7 @@ struct LayerRawExperts {
 struct ResidentExperts {
   cuda::DeviceArray<uint8_t> arena;
   int64_t slot_bytes = 0, count = 0;
-  cuda::ExpertMatrix gate, up, down;  // types, offsets and row bytes (the outputs are a GpuState's)
+  cuda::ExpertMatrix gate, up, down;
   std::vector<int32_t> slot;          // [experts]: slot, or -1 (on the CPU)
 };
 
@@ -176,13 +176,12 @@ class GpuState {
   bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
-  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs): units, each q's row of the
-  // step and weight, each (row, rank)'s q or -1; gate, up (SwiGLU in place) and down outputs.
-  // (units as int32 triples: cuda::ExpertUnit)
-  cuda::PinnedArray<int32_t> h_units, h_q_row, h_row_q;
-  cuda::PinnedArray<float> h_q_w;
-  cuda::DeviceArray<int32_t> units, q_row, row_q;
-  cuda::DeviceArray<float> q_w, r1, r2, ryd;
+  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs), packed in one pinned
+  // buffer that one copy sends to `lists`: each (row, rank)'s q or -1 [Q], each q's weight [Q] and row of the step
+  // [Q], the units [3 Q] (int32 triples: cuda::ExpertUnit). Then SwiGLU of gate and up, and down's output.
+  cuda::PinnedArray<int32_t> h_lists;
+  cuda::DeviceArray<int32_t> lists;
+  cuda::DeviceArray<float> r_act, r_out;
 };
 
 void GpuStateDeleter::operator()(GpuState* s) const { delete s; }
@@ -318,9 +317,9 @@ void place_resident(GpuModel& g, const ModelConfig& c, const LoadOptions& opt, c
     }
     re.slot_bytes = bytes[size_t(li)];
     const int64_t g_bytes = int64_t(r.gate.bytes) / E, u_bytes = int64_t(r.up.bytes) / E;
-    re.gate = {r.gate.type, 0, g_bytes / r.gate.rows, nullptr};
-    re.up = {r.up.type, g_bytes, u_bytes / r.up.rows, nullptr};
-    re.down = {r.down.type, g_bytes + u_bytes, int64_t(r.down.bytes) / E / r.down.rows, nullptr};
+    re.gate = {r.gate.type, 0, g_bytes / r.gate.rows};
+    re.up = {r.up.type, g_bytes, u_bytes / r.up.rows};
+    re.down = {r.down.type, g_bytes + u_bytes, int64_t(r.down.bytes) / E / r.down.rows};
     g.resident_count += re.count;
     g.resident_bytes += size_t(re.count * re.slot_bytes);
   }
@@ -471,9 +470,8 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (m.resident_count > 0) {
     const size_t Q = R * size_t(c.top_k), I = size_t(c.moe_intermediate_size);
     static_assert(sizeof(cuda::ExpertUnit) == 3 * sizeof(int32_t));
-    h_units.resize(3 * Q), h_q_row.resize(Q), h_row_q.resize(Q), h_q_w.resize(Q);
-    units.resize(3 * Q), q_row.resize(Q), row_q.resize(Q), q_w.resize(Q);
-    r1.resize(Q * I), r2.resize(Q * I), ryd.resize(Q * H);
+    h_lists.resize(6 * Q), lists.resize(6 * Q);
+    r_act.resize(Q * I), r_out.resize(Q * H);
   }
 }
 
@@ -726,43 +724,41 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   bool deferred_ready = false;            // g.deferred holds a sum not yet added
   bool moe_copy_queued = false;           // the last MoE output's copy to the device is in `work`, not yet run
   if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
-  // A MoE layer's pairs routed to experts resident on the device: their lists to the device and their products
-  // queued (they run while the CPU computes the rest); pair_elsewhere_ tells cpu_experts() to leave them out. The
-  // sum joins the CPU's in the device's moe_out (combine_pairs after its copy, always queued: a graph's fixed part).
+  // A MoE layer's pairs routed to experts resident on the device: their lists copied over and their products queued
+  // (they run while the CPU computes the rest); pair_elsewhere_ tells cpu_experts() to leave them out. The sum joins
+  // the CPU's in the device's moe_out (combine_pairs after its copy, always queued: a graph's fixed part). The pinned
+  // lists are rewritten only after the next router's event: their copy is done by then.
   auto launch_resident = [&](const ResidentExperts& re, int64_t KK) {
-    const int64_t P = n * KK, I = c_.moe_intermediate_size;
+    const int64_t P = n * KK, I = c_.moe_intermediate_size, Q = g.max_rows * K;
+    int32_t* row_q = g.h_lists.data();
+    float* q_w = reinterpret_cast<float*>(row_q + Q);
+    int32_t* q_row = row_q + 2 * Q;
+    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(row_q + 3 * Q);
     pair_elsewhere_.assign(size_t(P), -1);
     int32_t q = 0;
     int64_t U = 0;
-    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(g.h_units.data());
-    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.units.data());
+    int max_rows = 1;
     for (int64_t e = 0; e < E; ++e) {
       const int32_t sl = re.slot[size_t(e)], p0 = expert_start_[size_t(e)], p1 = expert_start_[size_t(e + 1)];
       if (sl < 0 || p1 == p0) continue;
       for (int32_t u0 = p0; u0 < p1; u0 += cuda::kExpertUnitRows)
         hu[U++] = {sl, q + (u0 - p0), std::min<int32_t>(cuda::kExpertUnitRows, p1 - u0)};
+      max_rows = std::max(max_rows, std::min<int>(cuda::kExpertUnitRows, p1 - p0));
       for (int32_t p = p0; p < p1; ++p, ++q) {
         pair_elsewhere_[size_t(p)] = q;
-        g.h_q_row.data()[q] = pair_row_[size_t(p)];
-        g.h_q_w.data()[q] = pair_weight_[size_t(p)];
+        q_row[q] = pair_row_[size_t(p)];
+        q_w[q] = pair_weight_[size_t(p)];
       }
     }
-    for (int64_t i = 0; i < P; ++i) g.h_row_q.data()[i] = pair_elsewhere_[size_t(row_pairs_[size_t(i)])];
+    for (int64_t i = 0; i < P; ++i) row_q[i] = pair_elsewhere_[size_t(row_pairs_[size_t(i)])];
     prof_.gpu_expert_pairs += q;
-    cuda::copy_to_device(g.row_q.data(), g.h_row_q.data(), size_t(P) * 4, g.stream);
-    if (U > 0) {
-      cuda::copy_to_device(g.units.data(), g.h_units.data(), size_t(U) * sizeof(cuda::ExpertUnit), g.stream);
-      cuda::copy_to_device(g.q_row.data(), g.h_q_row.data(), size_t(q) * 4, g.stream);
-      cuda::copy_to_device(g.q_w.data(), g.h_q_w.data(), size_t(q) * 4, g.stream);
-      cuda::ExpertMatrix gu[2] = {re.gate, re.up};
-      gu[0].y = g.r1.data(), gu[1].y = g.r2.data();
-      cuda::expert_products(re.arena.data(), re.slot_bytes, gu, 2, I, H, du, U, g.xn.data(),
-                            g.q_row.data(), s);
-      cuda::swiglu(g.r1.data(), g.r2.data(), g.r1.data(), int64_t(q) * I, s);
-      cuda::ExpertMatrix d = re.down;
-      d.y = g.ryd.data();
-      cuda::expert_products(re.arena.data(), re.slot_bytes, &d, 1, H, I, du, U, g.r1.data(), nullptr, s);
-    }
+    // One copy: the whole buffer when units were made (they sit at its end), else only row_q.
+    cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 ? 3 * Q + 3 * U : P) * 4, g.stream);
+    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * Q);
+    cuda::expert_gate_up(re.arena.data(), re.slot_bytes, re.gate, re.up, I, H, du, U, max_rows, g.xn.data(),
+                         g.lists.data() + 2 * Q, g.r_act.data(), s);
+    cuda::expert_down(re.arena.data(), re.slot_bytes, re.down, H, I, du, U, max_rows, g.r_act.data(), g.r_out.data(),
+                      s);
     clock_.lap(Op::router);
   };
   auto run_deferred = [&] {
@@ -875,8 +871,9 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
     work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
     if (re)
-      work.push_back([&g, n, KK = K - defer, H, s] {
-        cuda::combine_pairs(g.ryd.data(), g.row_q.data(), g.q_w.data(), n, KK, H, g.moe_out.data(), s, true);
+      work.push_back([&g, n, KK = K - defer, Q = g.max_rows * K, H, s] {
+        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + Q), n, KK,
+                            H, g.moe_out.data(), s, true);
       });
     moe_copy_queued = true;
     pend_a = g.moe_out.data();

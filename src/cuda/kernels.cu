@@ -225,11 +225,14 @@ constexpr int kAttnThreads = 256;  // 8 warps
 constexpr int kAttnTile = 256;     // keys scored per round of the online softmax
 constexpr int kLaneDims = 8;       // head dims per lane: d = lane + 32 i (head_dim <= 256)
 
-// Block (head, row): the row's query head against its KV head's keys [first, pos], online softmax over tiles. Each
-// warp takes every 8th key of a tile, for the scores (its lanes over the head dims, then a warp sum) and for the
-// weighted values (each lane accumulating its dims); the warps' partial values are summed at the end.
+// Block (head, row, split): the row's query head against its KV head's keys [first, pos] (with splits > 1 the
+// split's share of them), online softmax over tiles. Each warp takes every 8th key of a tile, for the scores (its
+// lanes over the head dims, then a warp sum) and for the weighted values (each lane accumulating its dims); the warps'
+// partial values are summed at the end. With splits > 1 the block writes its running max, sum and unnormalized values
+// to `partial` [row][head][split][2 + hd] for attention_merge_kernel.
 __global__ void attention_kernel(const float* __restrict__ q, float* __restrict__ out, int heads, int kv_heads, int hd,
-                                 KvRows kv, int64_t window, float scale, const float* __restrict__ gate) {
+                                 KvRows kv, int64_t window, float scale, const float* __restrict__ gate,
+                                 float* __restrict__ partial, int splits) {
   extern __shared__ float sm[];
   float* ps = sm;               // [kAttnTile] scores, then probabilities
   float* red = sm + kAttnTile;  // [warps][hd] the warps' weighted values
@@ -249,9 +252,15 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
   const int64_t first = window > 0 ? (pos - window + 1 > 0 ? pos - window + 1 : 0) : 0;
   const float* K = kv.k[t] + kv.layer_off + int64_t(kvh) * kv.capacity * hd;
   const float* V = kv.v[t] + kv.layer_off + int64_t(kvh) * kv.capacity * hd;
+  int64_t lo = first, hi = pos + 1;
+  if (splits > 1) {
+    const int64_t span = (hi - lo + splits - 1) / splits;
+    lo = first + int64_t(blockIdx.z) * span;
+    hi = lo + span < hi ? lo + span : hi;
+  }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t j0 = first; j0 <= pos; j0 += kAttnTile) {
-    const int cnt = int(pos + 1 - j0 < kAttnTile ? pos + 1 - j0 : kAttnTile);
+  for (int64_t j0 = lo; j0 < hi; j0 += kAttnTile) {
+    const int cnt = int(hi - j0 < kAttnTile ? hi - j0 : kAttnTile);
 #pragma unroll 4
     for (int jj = warp; jj < cnt; jj += nwarps) {
       const float* kr = K + (j0 + jj) * hd;
@@ -299,6 +308,16 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
     if (d < hd) red[warp * hd + d] = acc[i];
   }
   __syncthreads();
+  if (splits > 1) {
+    float* part = partial + ((t * heads + h) * splits + blockIdx.z) * (2 + hd);
+    if (tid == 0) part[0] = m, part[1] = l;
+    for (int d = tid; d < hd; d += blockDim.x) {
+      float o = 0.0f;
+      for (int w = 0; w < nwarps; ++w) o += red[w * hd + d];
+      part[2 + d] = o;
+    }
+    return;
+  }
   for (int d = tid; d < hd; d += blockDim.x) {
     float o = 0.0f;
     for (int w = 0; w < nwarps; ++w) o += red[w * hd + d];
@@ -308,6 +327,29 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
       o *= 1.0f / (1.0f + expf(-g));
     }
     out[t * qd + int64_t(h) * hd + d] = o;
+  }
+}
+
+// Block (head, row): the splits' partial softmaxes merged (each rescaled to the largest running max), then the gate.
+__global__ void attention_merge_kernel(const float* __restrict__ partial, float* __restrict__ out, int heads, int hd,
+                                       int splits, const float* __restrict__ gate) {
+  const int h = blockIdx.x;
+  const int64_t t = blockIdx.y;
+  const float* base = partial + (t * heads + h) * splits * (2 + hd);
+  float M = -INFINITY;
+  for (int z = 0; z < splits; ++z) M = fmaxf(M, base[z * (2 + hd)]);
+  float L = 0.0f;
+  for (int z = 0; z < splits; ++z)
+    if (base[z * (2 + hd) + 1] > 0.0f) L += base[z * (2 + hd) + 1] * expf(base[z * (2 + hd)] - M);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.0f;
+    for (int z = 0; z < splits; ++z) {
+      const float* p = base + z * (2 + hd);
+      if (p[1] > 0.0f) o += p[2 + d] * expf(p[0] - M);
+    }
+    o /= L;
+    if (gate) o *= 1.0f / (1.0f + expf(-gate[(t * heads + h) * 2 * hd + hd + d]));
+    out[t * int64_t(heads) * hd + int64_t(h) * hd + d] = o;
   }
 }
 
@@ -659,11 +701,15 @@ void rope_store(float* q, float* k, const float* v, int64_t n, int64_t heads, in
 }
 
 void attention(const float* q, float* out, int64_t n, int64_t heads, int64_t kv_heads, int64_t hd, const KvRows& kv,
-               int64_t window, float scale, const float* gate, cudaStream_t s) {
+               int64_t window, float scale, const float* gate, cudaStream_t s, float* partial, int splits) {
   if (n <= 0) return;
+  if (!partial) splits = 1;
   const size_t shared = size_t(kAttnTile + (kAttnThreads / kWarp) * hd) * sizeof(float);
-  attention_kernel<<<dim3(unsigned(heads), unsigned(n)), kAttnThreads, shared, s>>>(
-      q, out, int(heads), int(kv_heads), int(hd), kv, window, scale, gate);
+  attention_kernel<<<dim3(unsigned(heads), unsigned(n), unsigned(splits)), kAttnThreads, shared, s>>>(
+      q, out, int(heads), int(kv_heads), int(hd), kv, window, scale, gate, partial, splits);
+  if (splits > 1)
+    attention_merge_kernel<<<dim3(unsigned(heads), unsigned(n)), 128, 0, s>>>(partial, out, int(heads), int(hd),
+                                                                              splits, gate);
 }
 
 void swiglu(const float* g, const float* u, float* out, int64_t count, cudaStream_t s) {

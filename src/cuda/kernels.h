@@ -69,8 +69,11 @@ void rope_store(float* q, float* k, const float* v, int64_t n, int64_t heads, in
 // Causal attention of each (row, head) over its sequence's cached positions [first, pos] (first = pos - window + 1
 // with a sliding window > 0, else 0): softmax(scale q K^T) V, online over tiles of keys; out [n][heads][hd]. With
 // `gate` (gated attention: qg as split_gated_q reads it) the output is multiplied by sigmoid(gate). hd <= 256.
+// With `partial` (n * heads * splits * (2 + hd) floats) and splits > 1, each (row, head)'s keys are cut into `splits`
+// spans scored by separate blocks (decode has too few (row, head) pairs to fill the GPU) and merged by a second kernel.
 void attention(const float* q, float* out, int64_t n, int64_t heads, int64_t kv_heads, int64_t hd, const KvRows& kv,
-               int64_t window, float scale, const float* gate, cudaStream_t s);
+               int64_t window, float scale, const float* gate, cudaStream_t s, float* partial = nullptr,
+               int splits = 1);
 
 // out[i] = silu(g[i]) * u[i] for i < count (out may alias g).
 void swiglu(const float* g, const float* u, float* out, int64_t count, cudaStream_t s);

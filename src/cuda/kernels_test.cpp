@@ -167,6 +167,7 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
         rvc[size_t(rows[size_t(t)].seq)][at] = v[size_t(t * kvd + h * hd + d)];
       }
   }
+  for (int splits : {1, 5, 16})
   for (int64_t window : {int64_t(0), int64_t(7)})
     for (bool gated : {false, true}) {
       DeviceArray<float> dq, dk, dv, dqg, dout, dinv;
@@ -186,7 +187,9 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
       dpos.upload(pos.data(), pos.size()), dkp.upload(kp.data(), kp.size()), dvp.upload(vp.data(), vp.size());
       const KvRows kv{dpos.data(), dkp.data(), dvp.data(), off, cap};
       rope_store(dq.data(), dk.data(), dv.data(), n, nh, nkv, hd, rd, dinv.data(), scaling, QkPrep{}, kv, s.get());
-      attention(dq.data(), dout.data(), n, nh, nkv, hd, kv, window, 0.3f, gated ? dqg.data() : nullptr, s.get());
+      DeviceArray<float> part(size_t(n * nh * splits * (2 + hd)));
+      attention(dq.data(), dout.data(), n, nh, nkv, hd, kv, window, 0.3f, gated ? dqg.data() : nullptr, s.get(),
+                splits > 1 ? part.data() : nullptr, splits);
       s.sync("rope_store + attention");
       // The caches as rope_store left them.
       for (int sq = 0; sq < 2; ++sq) {
@@ -222,7 +225,7 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
             want.push_back(o);
           }
         }
-      EXPECT_LT(max_err(got, want), 1e-5) << "window " << window << " gated " << gated;
+      EXPECT_LT(max_err(got, want), 1e-5) << "window " << window << " gated " << gated << " splits " << splits;
     }
 }
 

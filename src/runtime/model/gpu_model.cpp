@@ -140,6 +140,8 @@ class GpuState {
   // kGraphRows rows as a CUDA graph per (rows, segment), recorded the first time, else launch by launch.
   void run_segment(int64_t n, std::vector<std::function<void()>>& work);
   static constexpr int64_t kGraphRows = 16;
+  static constexpr int64_t kAttnSplitRows = 16;  // steps of at most this many rows split attention's keys
+  static constexpr int kAttnSplits = 16;
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
   size_t segment = 0;
@@ -151,7 +153,7 @@ class GpuState {
   int64_t capacity, max_rows, kv_elems;
   std::vector<cuda::DeviceArray<float>> kcache, vcache;  // [sequence slot]
   cuda::DeviceArray<float> x, xn, q, qg, k, v, att, tmp, h1, h2, moe_out, sh_out, sh_gate, out_x, logits;
-  cuda::DeviceArray<float> inv_freq;
+  cuda::DeviceArray<float> inv_freq, att_part;
   cuda::DeviceArray<int32_t> pos, out_rows;
   cuda::DeviceArray<float*> kptr, vptr;
   cuda::PinnedArray<float> h_x, h_xn, h_router, h_tmp, h_logits;
@@ -459,6 +461,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   x.resize(R * H), xn.resize(R * H), tmp.resize(R * H), moe_out.resize(R * H), sh_out.resize(R * H);
   out_x.resize(R * H);
   q.resize(R * size_t(c.q_dim())), att.resize(R * size_t(c.q_dim()));
+  att_part.resize(size_t(std::min<int64_t>(rows, kAttnSplitRows) * c.num_heads * kAttnSplits * (2 + c.head_dim)));
   if (gated) qg.resize(R * 2 * size_t(c.q_dim()));
   k.resize(R * size_t(c.kv_dim())), v.resize(R * size_t(c.kv_dim()));
   h1.resize(R * inter), h2.resize(R * inter);
@@ -514,8 +517,11 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
                         g.capacity};
   cuda::rope_store(g.q.data(), g.k.data(), g.v.data(), n, nh, nkv, hd, c.rotary_dim(), g.inv_freq.data(), rope_scaling,
                    prep, kv, s);
+  // Steps of few rows (decode) split each (row, head)'s keys over kAttnSplits blocks.
+  const bool split = n <= GpuState::kAttnSplitRows && !g.att_part.empty();
   cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, float(1.0 / std::sqrt(double(hd))),
-                  gated ? g.qg.data() : nullptr, s);
+                  gated ? g.qg.data() : nullptr, s, split ? g.att_part.data() : nullptr,
+                  split ? GpuState::kAttnSplits : 1);
   cuda::gemv(gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
 }
 

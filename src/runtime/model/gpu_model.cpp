@@ -141,7 +141,7 @@ class GpuState {
   void run_segment(int64_t n, std::vector<std::function<void()>>& work);
   static constexpr int64_t kGraphRows = 16;
   static constexpr int64_t kAttnSplitRows = 16;  // steps of at most this many rows split attention's keys
-  static constexpr int kAttnSplits = 16;
+  int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
   size_t segment = 0;
@@ -450,6 +450,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   }
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
+  if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
   graphs.resize(size_t(kGraphRows + 1));
   kv_elems = m.attn_layers * c.num_kv_heads * capacity * c.head_dim;
   const size_t R = size_t(rows), H = size_t(c.hidden_size);
@@ -461,7 +462,8 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   x.resize(R * H), xn.resize(R * H), tmp.resize(R * H), moe_out.resize(R * H), sh_out.resize(R * H);
   out_x.resize(R * H);
   q.resize(R * size_t(c.q_dim())), att.resize(R * size_t(c.q_dim()));
-  att_part.resize(size_t(std::min<int64_t>(rows, kAttnSplitRows) * c.num_heads * kAttnSplits * (2 + c.head_dim)));
+  if (attn_splits > 1)
+    att_part.resize(size_t(std::min<int64_t>(rows, kAttnSplitRows) * c.num_heads * attn_splits * (2 + c.head_dim)));
   if (gated) qg.resize(R * 2 * size_t(c.q_dim()));
   k.resize(R * size_t(c.kv_dim())), v.resize(R * size_t(c.kv_dim()));
   h1.resize(R * inter), h2.resize(R * inter);
@@ -517,11 +519,11 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
                         g.capacity};
   cuda::rope_store(g.q.data(), g.k.data(), g.v.data(), n, nh, nkv, hd, c.rotary_dim(), g.inv_freq.data(), rope_scaling,
                    prep, kv, s);
-  // Steps of few rows (decode) split each (row, head)'s keys over kAttnSplits blocks.
-  const bool split = n <= GpuState::kAttnSplitRows && !g.att_part.empty();
+  // Steps of few rows (decode) split each (row, head)'s keys over attn_splits blocks.
+  const bool split = n <= GpuState::kAttnSplitRows && g.attn_splits > 1;
   cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, float(1.0 / std::sqrt(double(hd))),
                   gated ? g.qg.data() : nullptr, s, split ? g.att_part.data() : nullptr,
-                  split ? GpuState::kAttnSplits : 1);
+                  split ? g.attn_splits : 1);
   cuda::gemv(gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
 }
 

@@ -81,8 +81,8 @@ inline constexpr const char* kGpuExpertsHelp =
     "used by --expert-usage's counts, else spread evenly over the layers. Default 0 (all routed experts on the CPU)";
 
 inline constexpr const char* kExpertUsageHelp =
-    "a JSON file of how often each routed expert was chosen: --gpu-experts places by it, and `run` and `perplexity` "
-    "add their run's choices to it (created when missing): run a representative text through `genesis perplexity "
+    "a JSON file of how often each routed expert was chosen: --gpu-experts places by it, and `run`, `perplexity` and "
+    "`serve` (at exit) add their run's choices to it (created when missing): run a representative text through `genesis perplexity "
     "--expert-usage FILE` once, then load with --gpu --gpu-experts SIZE --expert-usage FILE";
 
 // The hybrid mode's options, the same for run, perplexity, serve and bench model.

@@ -20,6 +20,7 @@
 
 #include "common/error.h"
 #include "runtime/model/load.h"
+#include "runtime/model/expert_usage.h"
 #include "runtime/model/scheduler.h"
 #include "runtime/tokenizer/chat.h"
 #include "server/api.h"
@@ -440,6 +441,12 @@ int serve(const ServeOptions& opt) {
       so.max_queue = opt.max_queue;
       so.prefill_chunk = opt.prefill_chunk;
       so.threads = opt.threads;
+      if (!opt.expert_usage.empty() && s->lm.model->config().is_moe())
+        so.on_exit = [path = opt.expert_usage, &cfg = s->lm.model->config(), quiet = opt.quiet](const rt::Session& ses) {
+          if (ses.expert_usage().empty()) return;
+          rt::add_expert_usage(path, cfg, ses.expert_usage());
+          if (!quiet) fmt::print(stderr, "genesis serve: the served requests' expert choices added to {}\n", path);
+        };
       s->sch = std::make_unique<rt::Scheduler>(*s->lm.model, *s->lm.tokenizer, s->lm.stop_tokens, so);
       s->ready = true;
       if (!opt.quiet)

@@ -26,7 +26,7 @@ struct ServeOptions {
   bool gpu = false;  // the hybrid mode (runtime/model/gpu.h)
   int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
   int64_t gpu_expert_budget = 0;  // --gpu-experts (bytes, -1 all)
-  std::string expert_usage;       // --expert-usage: the counts --gpu-experts places by (read only here)
+  std::string expert_usage;       // --expert-usage: the counts --gpu-experts places by; the served choices are added at exit
   bool quiet = false;
 };
 

@@ -315,9 +315,18 @@ void Scheduler::engine() {
       }
     }
     for (auto& r : running) finish(*r, "cancelled");
-    std::lock_guard<std::mutex> lk(mu_);
-    for (auto& r : waiting_) r->h->push(final_event("cancelled"));
-    waiting_.clear();
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      for (auto& r : waiting_) r->h->push(final_event("cancelled"));
+      waiting_.clear();
+    }
+    if (opt_.on_exit) {
+      try {
+        opt_.on_exit(*session_);
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "{}\n", e.what());
+      }
+    }
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lk(mu_);
     if (!ready_) {

@@ -96,6 +96,9 @@ class Scheduler {
     int64_t prefill_chunk = 64;  // prompt rows per step at most (fewer when decode rows fill the step)
     int threads = 0;             // the engine's thread pool (0: every allowed cpu)
     std::function<void()> on_step;  // called on the engine thread after each step (tests); keep it short
+    // Called on the engine thread when it stops (not after a failure), with the Session it ran: `serve
+    // --expert-usage` records the routed experts' choices there. Its exceptions are caught and printed.
+    std::function<void(const Session&)> on_exit;
   };
   // `eos` ends generation (unless a request ignores it). The model and tokenizer must outlive the scheduler. Starts
   // the engine thread; the destructor cancels every request and joins it.

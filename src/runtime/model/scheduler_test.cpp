@@ -181,5 +181,37 @@ TEST(Scheduler, CancelQueueBoundAndBadRequests) {
   EXPECT_EQ(full.completion_tokens, 5);  // as generate(): positions 60..63, and a last token never run
 }
 
+// on_exit runs on the engine thread at shutdown with the Session that served: `serve --expert-usage` reads the
+// routed experts' choices there (a MoE model: every prompt and generated row chose top_k experts per MoE layer).
+TEST(Scheduler, OnExitSeesTheServedSession) {
+  LoadOptions lo;
+  lo.use_kb = false;
+  LoadedModel moe = load_model(std::string(GENESIS_GOLDEN_DIR) + "/gguf/tiny_qwen3moe.gguf", lo);
+  const ModelConfig& c = moe.model->config();
+  uint64_t chosen = 0;
+  bool called = false;
+  {
+    Scheduler::Options o;
+    o.parallel = 2;
+    o.context = 128;
+    o.threads = 2;
+    o.on_exit = [&](const Session& s) {
+      called = true;
+      for (uint64_t v : s.expert_usage()) chosen += v;
+    };
+    Scheduler sch(*moe.model, *moe.tokenizer, {}, o);
+    RequestOptions ro;
+    ro.max_tokens = 5;
+    ro.ignore_eos = true;
+    auto a = sch.submit(prompt_for(1), ro), b = sch.submit(prompt_for(2), ro);
+    collect(*a);
+    collect(*b);
+  }
+  ASSERT_TRUE(called);
+  // Rows run: each prompt, then 4 decode rows each (the 5th token is sampled from the last row's logits).
+  const uint64_t rows = prompt_for(1).size() + prompt_for(2).size() + 2 * 4;
+  EXPECT_EQ(chosen, rows * uint64_t(c.top_k) * uint64_t(c.moe_layers()));
+}
+
 }  // namespace
 }  // namespace genesis::runtime

@@ -744,6 +744,64 @@ void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight
   if (n > 0) combine_pairs_kernel<<<unsigned(n), 256, 0, s>>>(y, row_pairs, weight, k, H, out, accumulate);
 }
 
+// Block t: row t's router logits [E] -> softmax, the top k (larger logit first, the lower id on ties: route_top_k's
+// order), renormalized when asked; then the pair lists the expert kernels and combine_pairs read (pair q = t * k + j,
+// a unit of one row each) and the chosen ids for the host's usage counts.
+__global__ void route_top_k_kernel(const float* __restrict__ logits, int E, int k, bool renorm,
+                                   const int32_t* __restrict__ slot, int32_t* __restrict__ lists, int Q,
+                                   int32_t* __restrict__ chosen) {
+  extern __shared__ float sl[];  // [E]
+  __shared__ int s_idx[32];
+  __shared__ float s_val[32];
+  const int64_t t = blockIdx.x;
+  const int tid = threadIdx.x, lane = tid % kWarp, wid = tid / kWarp, nw = blockDim.x / kWarp;
+  for (int e = tid; e < E; e += blockDim.x) sl[e] = logits[t * E + e];
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int e = tid; e < E; e += blockDim.x) mx = fmaxf(mx, sl[e]);
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (int e = tid; e < E; e += blockDim.x) sum += expf(sl[e] - mx);
+  sum = block_sum(sum);
+  float picked_sum = 0.0f;
+  int32_t* row_q = lists;
+  float* q_w = reinterpret_cast<float*>(lists + Q);
+  int32_t* q_row = lists + 2 * Q;
+  int32_t* units = lists + 3 * Q;
+  for (int j = 0; j < k; ++j) {
+    // Block argmax (value, then the lower index).
+    float v = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int e = tid; e < E; e += blockDim.x)
+      if (sl[e] > v || (sl[e] == v && e < idx)) v = sl[e], idx = e;
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o /= 2) {
+      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+      if (ov > v || (ov == v && oi < idx)) v = ov, idx = oi;
+    }
+    if (lane == 0) s_val[wid] = v, s_idx[wid] = idx;
+    __syncthreads();
+    if (tid == 0) {
+      for (int w = 1; w < nw; ++w)
+        if (s_val[w] > s_val[0] || (s_val[w] == s_val[0] && s_idx[w] < s_idx[0])) s_val[0] = s_val[w], s_idx[0] = s_idx[w];
+      const int e = s_idx[0];
+      const int q = int(t) * k + j;
+      const float p = expf(sl[e] - mx) / sum;
+      q_w[q] = p;
+      picked_sum += p;
+      row_q[q] = q;
+      q_row[q] = int32_t(t);
+      units[3 * q] = slot[e], units[3 * q + 1] = q, units[3 * q + 2] = 1;
+      if (chosen) chosen[q] = e;
+      sl[e] = -INFINITY;
+    }
+    __syncthreads();
+  }
+  if (tid == 0 && renorm)
+    for (int j = 0; j < k; ++j) q_w[int(t) * k + j] /= picked_sum;
+}
+
 constexpr int kExpertWarps = 8;
 
 template <bool kGateUp>
@@ -753,6 +811,13 @@ void launch_expert(const ExpertArgs& a, int64_t n_units, int max_rows, cudaStrea
   else if (max_rows <= 2) expert_kernel<kGateUp, 2><<<grid, kExpertWarps * 32, 0, s>>>(a);
   else if (max_rows <= 4) expert_kernel<kGateUp, 4><<<grid, kExpertWarps * 32, 0, s>>>(a);
   else expert_kernel<kGateUp, kExpertUnitRows><<<grid, kExpertWarps * 32, 0, s>>>(a);
+}
+
+void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool renorm, const int32_t* slot,
+                 int32_t* lists, int64_t Q, int32_t* chosen, cudaStream_t s) {
+  if (n <= 0) return;
+  route_top_k_kernel<<<unsigned(n), 256, size_t(E) * sizeof(float), s>>>(logits, int(E), int(k), renorm, slot, lists,
+                                                                         int(Q), chosen);
 }
 
 void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& gate, const ExpertMatrix& up,

@@ -110,6 +110,12 @@ struct ExpertMatrix {
   int64_t offset = 0;     // within a slot
   int64_t row_bytes = 0;  // bytes of one row's blocks
 };
+// The routing of a layer whose experts are all resident, on the device: per row t < n, softmax of logits [t][E], the
+// top k (larger probability first, the lower id on ties, as the host's route_top_k), renormalized when asked. Writes
+// the pair lists at `lists` ([Q] row -> pair (identity), [Q] weights (float), [Q] pair -> row, [3 Q] units of one
+// pair each: slot[expert], q, 1), and the chosen expert ids to chosen[t * k + j] when given.
+void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool renorm, const int32_t* slot,
+                 int32_t* lists, int64_t Q, int32_t* chosen, cudaStream_t s);
 // act[q][r] = silu(gate(slot) row r . x[x_row[q]]) * (up(slot) row r . x[x_row[q]]) for r < I, over each unit's
 // pairs q; gate and up are [I][H] (H a multiple of 256 for K-quant formats, of 32 otherwise). max_rows: the most
 // rows of any unit (1 for decode: a smaller kernel).

@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/error.h"
@@ -13,6 +15,7 @@
 #include "cuda/kernels.h"
 #include "quant/ggml.h"
 #include "quant/half.h"
+#include "runtime/model/ops.h"
 
 namespace genesis::cuda {
 namespace {
@@ -418,6 +421,43 @@ TEST(CudaKernels, ExpertProductsMatchGgml) {
     s.sync("expert products, one row per unit");
     EXPECT_LT(max_err(download(act1, size_t(Q * I2)), want_act), 1e-5) << quant::ggml_type_name(ta);
     EXPECT_LT(max_err(download(y, want_y.size()), want_y), 1e-5) << quant::ggml_type_name(td);
+  }
+}
+
+// The device's top-k against the host's route_top_k: the same experts in the same order (ties included: equal
+// logits go to the lower id), the same weights, and the pair lists the expert kernels read.
+TEST(CudaKernels, RouteTopKMatchesTheHost) {
+  NEED_GPU();
+  Stream s;
+  for (const auto& [E, k, renorm] : {std::tuple{128, 8, true}, std::tuple{60, 4, false}, std::tuple{512, 10, true}}) {
+    const int64_t n = 3, Q = n * k + 5;
+    auto logits = randoms(size_t(n * E), 40 + E);
+    logits[5] = logits[9] = logits[E + 3] = logits[E + 7] = 4.0f;  // ties among the largest
+    std::vector<int32_t> slot(static_cast<size_t>(E));
+    for (int e = 0; e < E; ++e) slot[size_t(e)] = (e * 7) % E;
+    DeviceArray<float> dl;
+    DeviceArray<int32_t> dslot, lists, chosen;
+    dl.upload(logits.data(), logits.size()), dslot.upload(slot.data(), slot.size());
+    lists.resize(size_t(6 * Q)), chosen.resize(size_t(n * k));
+    route_top_k(dl.data(), n, E, k, renorm, dslot.data(), lists.data(), Q, chosen.data(), s.get());
+    s.sync("route_top_k");
+    const auto got = download(lists, size_t(6 * Q));
+    const auto ids = download(chosen, size_t(n * k));
+    for (int64_t t = 0; t < n; ++t) {
+      const auto want = runtime::route_top_k(&logits[size_t(t * E)], E, k, renorm);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t q = t * k + j;
+        EXPECT_EQ(ids[size_t(q)], want[size_t(j)].first) << "E " << E << " row " << t << " rank " << j;
+        float w;
+        std::memcpy(&w, &got[size_t(Q + q)], 4);
+        EXPECT_NEAR(w, want[size_t(j)].second, 1e-6f * std::max(1.0f, want[size_t(j)].second));
+        EXPECT_EQ(got[size_t(q)], q);
+        EXPECT_EQ(got[size_t(2 * Q + q)], t);
+        EXPECT_EQ(got[size_t(3 * Q + 3 * q)], slot[size_t(want[size_t(j)].first)]);
+        EXPECT_EQ(got[size_t(3 * Q + 3 * q + 1)], q);
+        EXPECT_EQ(got[size_t(3 * Q + 3 * q + 2)], 1);
+      }
+    }
   }
 }
 

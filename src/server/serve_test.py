@@ -263,9 +263,12 @@ def test_disconnect():
             got += sock.recv(4096)
         sock.close()
         deadline = time.time() + 20
+        # Both counters: the request is counted cancelled when it finishes, and leaves the running count after the
+        # engine's step (a metrics read in between sees it in both).
         while time.time() < deadline:
             m = s.metrics()
-            if m.get('genesis_requests_finished_total{finish_reason="cancelled"}', 0) == 1:
+            if (m.get('genesis_requests_finished_total{finish_reason="cancelled"}', 0) == 1
+                    and m["genesis_running_requests"] == 0):
                 break
             time.sleep(0.02)
         m = s.metrics()

@@ -105,7 +105,8 @@ struct ResidentExperts {
   cuda::DeviceArray<uint8_t> arena;
   int64_t slot_bytes = 0, count = 0;
   cuda::ExpertMatrix gate, up, down;
-  std::vector<int32_t> slot;          // [experts]: slot, or -1 (on the CPU)
+  std::vector<int32_t> slot;            // [experts]: slot, or -1 (on the CPU)
+  cuda::DeviceArray<int32_t> slot_dev;  // the same on the device (a layer whose experts are all resident)
 };
 
 class GpuModel {
@@ -141,6 +142,9 @@ class GpuState {
   void run_segment(int64_t n, std::vector<std::function<void()>>& work);
   static constexpr int64_t kGraphRows = 16;
   static constexpr int64_t kAttnSplitRows = 16;  // steps of at most this many rows split attention's keys
+  // Steps of at most this many rows route a layer whose experts are all resident on the device (no hand-off to the
+  // host; a unit per pair, so each row reads its experts' weights: more rows group them on the host instead).
+  static constexpr int64_t kDeviceRouteRows = 4;
   int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
@@ -184,6 +188,9 @@ class GpuState {
   cuda::PinnedArray<int32_t> h_lists;
   cuda::DeviceArray<int32_t> lists;
   cuda::DeviceArray<float> r_act, r_out;
+  // Device routing: the router's logits and, per layer, the chosen expert ids (mapped: the host counts them).
+  cuda::DeviceArray<float> router_dev;
+  cuda::PinnedArray<int32_t> h_chosen;  // [layers][kDeviceRouteRows][top_k]
 };
 
 void GpuStateDeleter::operator()(GpuState* s) const { delete s; }
@@ -342,6 +349,7 @@ void upload_resident(GpuModel& g, const ModelConfig& c) {
     if (re.count == 0) continue;
     const LayerRawExperts& r = g.raw[size_t(li)];
     re.arena.resize(size_t(re.count * re.slot_bytes));
+    if (re.count == E) re.slot_dev.upload(re.slot.data(), re.slot.size());
     for (int64_t e = 0; e < E; ++e) {
       const int32_t sl = re.slot[size_t(e)];
       if (sl < 0) continue;
@@ -477,6 +485,8 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
     static_assert(sizeof(cuda::ExpertUnit) == 3 * sizeof(int32_t));
     h_lists.resize(6 * Q), lists.resize(6 * Q);
     r_act.resize(Q * I), r_out.resize(Q * H);
+    router_dev.resize(size_t(kDeviceRouteRows * c.num_experts));
+    h_chosen.resize(size_t(c.num_layers * kDeviceRouteRows * c.top_k));
   }
 }
 
@@ -732,6 +742,9 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   bool deferred_ready = false;            // g.deferred holds a sum not yet added
   bool moe_copy_queued = false;           // the last MoE output's copy to the device is in `work`, not yet run
   if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
+  // Layers whose experts are all resident route on the device in small steps: no hand-off to the host at all.
+  const bool device_route = gm.resident_count > 0 && defer == 0 && !gpu_experts && n <= GpuState::kDeviceRouteRows;
+  std::vector<int64_t> device_layers;  // the layers routed there (their choices are counted after the step)
   // A MoE layer's pairs routed to experts resident on the device: their lists copied over and their products queued
   // (they run while the CPU computes the rest); pair_elsewhere_ tells cpu_experts() to leave them out. The sum joins
   // the CPU's in the device's moe_out (combine_pairs after its copy, always queued: a graph's fixed part). The pinned
@@ -804,8 +817,13 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       std::memcpy(g.h_x.data(), x_.data(), xbytes);
       work.push_back([&g, xbytes] { cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream); });
     }
+    const ResidentExperts* re =
+        kind.mlp == MlpKind::dense || gm.resident.empty() || gm.resident[size_t(li)].count == 0
+            ? nullptr
+            : &gm.resident[size_t(li)];
+    const bool on_device = device_route && re && re->count == E;
     // A MoE layer's normalized rows also go straight to the host (mapped memory): the CPU's experts read them.
-    float* xn_host = kind.mlp == MlpKind::dense ? nullptr : g.h_xn.device();
+    float* xn_host = kind.mlp == MlpKind::dense || on_device ? nullptr : g.h_xn.device();
     work.push_back([&g, gl, pend_a, xn_host, n, H, eps, s] {
       cuda::add_rms_norm(g.x.data(), pend_a, nullptr, gl->post_norm.data(), g.xn.data(), n, H, eps, s, xn_host);
     });
@@ -821,14 +839,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       pend_a = g.tmp.data();
       continue;
     }
-    // The router's logits are written to the host directly too; the event after them is the CPU's signal.
-    work.push_back([&g, gl, n, E, s] { cuda::gemv(gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
-    g.run_segment(n, work);
-    moe_copy_queued = false;
-    cuda::check(cudaEventRecord(g.ev, s), "cudaEventRecord");
     const bool shared = kind.mlp == MlpKind::moe_shared;
-    if (shared) {
-      // After the event: the GPU runs the shared expert while the CPU runs the routed experts.
+    auto shared_expert = [&] {
       const int64_t SI = c_.shared_expert_intermediate_size;
       work.push_back([&g, gl, n, H, SI, s] {
         const cuda::GemvJob gate_up[] = {{gl->sh_gate_proj.m, g.h1.data(), SI}, {gl->sh_up.m, g.h2.data(), SI}};
@@ -838,6 +850,37 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
         cuda::gemv(gl->sh_gate.m, g.xn.data(), g.sh_gate.data(), n, 1, s);
         cuda::scale_rows_sigmoid(g.sh_out.data(), g.sh_gate.data(), n, H, s);
       });
+    };
+    if (on_device) {
+      // Router, top-k, the experts and their sum on the device, in this segment: the host is not involved.
+      const int64_t I = c_.moe_intermediate_size, Q = g.max_rows * K;
+      int32_t* chosen = g.h_chosen.device() + li * GpuState::kDeviceRouteRows * K;
+      work.push_back([&g, gl, re, n, E, K, H, I, Q, chosen, norm = c_.norm_topk_prob, s] {
+        cuda::gemv(gl->router.m, g.xn.data(), g.router_dev.data(), n, E, s);
+        cuda::route_top_k(g.router_dev.data(), n, E, K, norm, re->slot_dev.data(), g.lists.data(), Q, chosen, s);
+        const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * Q);
+        cuda::expert_gate_up(re->arena.data(), re->slot_bytes, re->gate, re->up, I, H, du, n * K, 1, g.xn.data(),
+                             g.lists.data() + 2 * Q, g.r_act.data(), s);
+        cuda::expert_down(re->arena.data(), re->slot_bytes, re->down, H, I, du, n * K, 1, g.r_act.data(),
+                          g.r_out.data(), s);
+        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + Q), n, K,
+                            H, g.moe_out.data(), s);
+      });
+      if (shared) shared_expert();
+      device_layers.push_back(li);
+      moe_copy_queued = false;
+      pend_a = g.moe_out.data();
+      pend_b = shared ? g.sh_out.data() : nullptr;
+      continue;
+    }
+    // The router's logits are written to the host directly too; the event after them is the CPU's signal.
+    work.push_back([&g, gl, n, E, s] { cuda::gemv(gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
+    g.run_segment(n, work);
+    moe_copy_queued = false;
+    cuda::check(cudaEventRecord(g.ev, s), "cudaEventRecord");
+    if (shared) {
+      // After the event: the GPU runs the shared expert while the CPU runs the routed experts.
+      shared_expert();
       g.run_segment(n, work);
     }
     run_deferred();  // the previous MoE layer's deferred experts, while the GPU runs this layer
@@ -862,8 +905,6 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       continue;
     }
     std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
-    const ResidentExperts* re =
-        gm.resident.empty() || gm.resident[size_t(li)].count == 0 ? nullptr : &gm.resident[size_t(li)];
     if (re) {
       route_pairs(li, n, 0, K - defer);
       launch_resident(*re, K - defer);
@@ -927,8 +968,21 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     cuda::copy_to_host(g.h_logits.data(), g.logits.data(), size_t(m * V) * 4, g.stream);
   }
   g.stream.sync("the GPU part of a step (output layer)");
+  clock_.lap(Op::gpu);
   for (int64_t i = 0; i < m; ++i)
     std::memcpy(out[size_t(i)].second, g.h_logits.data() + i * V, size_t(V) * 4);
+  // The device-routed layers' choices, for the usage counts and the profile.
+  if (!device_layers.empty() && expert_use_.size() != size_t(c_.num_layers * E))
+    expert_use_.assign(size_t(c_.num_layers * E), 0);
+  for (int64_t li : device_layers) {
+    const int32_t* ch = g.h_chosen.data() + li * GpuState::kDeviceRouteRows * K;
+    std::vector<int32_t> ids(ch, ch + n * K);
+    for (int32_t e : ids) ++expert_use_[size_t(li * E + e)];
+    std::sort(ids.begin(), ids.end());
+    prof_.experts += int64_t(std::unique(ids.begin(), ids.end()) - ids.begin());
+    prof_.expert_pairs += n * K;
+    prof_.gpu_expert_pairs += n * K;
+  }
   for (const SequenceRows& b : batch) seqs_[size_t(b.seq)].pos += int64_t(b.tokens.size());
   clock_.lap(Op::logits);
   prof_.tokens += total;

@@ -4,6 +4,7 @@
 // them on one).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -168,6 +169,27 @@ TEST_P(GpuResident, MatchesTheCpuPath) {
     previous = p.gpu_expert_pairs;
     gs.reset();
     EXPECT_EQ(greedy(gs, toks, 8), want_greedy) << GetParam() << " " << budget;
+    // Decode steps (one row): with every expert resident these layers route on the device (top-k there, no hand-off
+    // to the host): the logits and the experts chosen (Session::expert_usage) against the CPU path's.
+    Session c2(*cpu_model, 128, &pool), g2(*gpu_model, 128, &pool);
+    std::vector<float> lc(size_t(cpu_model->config().vocab_size)), lg(lc.size());
+    c2.forward(toks, lc.data());
+    g2.forward(toks, lg.data());
+    double worst = 0;
+    for (int i = 0; i < 6; ++i) {
+      const int32_t one[] = {int32_t((i * 37 + 11) % cpu_model->config().vocab_size)};
+      c2.forward(one, lc.data());
+      g2.forward(one, lg.data());
+      worst = std::max(worst, test::max_rel_diff(lg, lc));
+    }
+    ASSERT_EQ(g2.expert_usage().size(), c2.expert_usage().size()) << "the device-routed layers' choices went uncounted";
+    uint64_t moved = 0;
+    for (size_t i = 0; i < c2.expert_usage().size(); ++i)
+      moved += uint64_t(std::llabs(int64_t(c2.expert_usage()[i]) - int64_t(g2.expert_usage()[i])));
+    std::printf("  decode: max |logit diff| / max |logit| = %.3g; expert choices differing from the CPU's: %llu\n", worst,
+                (unsigned long long)moved);
+    EXPECT_LT(worst, 1e-4) << GetParam() << " " << budget;
+    EXPECT_LE(moved, 2u) << GetParam() << " " << budget << ": the device's top-k chose other experts";
   }
 }
 

@@ -146,6 +146,7 @@ class GpuState {
   // host; a unit per pair, so each row reads its experts' weights: more rows group them on the host instead).
   static constexpr int64_t kDeviceRouteRows = 4;
   int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
+  bool device_route = true;  // GENESIS_CUDA_DEVICE_ROUTE=0 turns it off (for comparisons)
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
   size_t segment = 0;
@@ -459,6 +460,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
+  if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
   graphs.resize(size_t(kGraphRows + 1));
   kv_elems = m.attn_layers * c.num_kv_heads * capacity * c.head_dim;
   const size_t R = size_t(rows), H = size_t(c.hidden_size);
@@ -743,7 +745,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   bool moe_copy_queued = false;           // the last MoE output's copy to the device is in `work`, not yet run
   if (defer > 0 && g.deferred.size() < size_t(n * H)) g.deferred.resize(size_t(n * H));
   // Layers whose experts are all resident route on the device in small steps: no hand-off to the host at all.
-  const bool device_route = gm.resident_count > 0 && defer == 0 && !gpu_experts && n <= GpuState::kDeviceRouteRows;
+  const bool device_route =
+      g.device_route && gm.resident_count > 0 && defer == 0 && !gpu_experts && n <= GpuState::kDeviceRouteRows;
   std::vector<int64_t> device_layers;  // the layers routed there (their choices are counted after the step)
   // A MoE layer's pairs routed to experts resident on the device: their lists copied over and their products queued
   // (they run while the CPU computes the rest); pair_elsewhere_ tells cpu_experts() to leave them out. The sum joins

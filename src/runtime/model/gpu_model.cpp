@@ -146,7 +146,9 @@ class GpuState {
   // host; a unit per pair, so each row reads its experts' weights: more rows group them on the host instead).
   static constexpr int64_t kDeviceRouteRows = 4;
   int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
-  bool device_route = true;  // GENESIS_CUDA_DEVICE_ROUTE=0 turns it off (for comparisons)
+  // GENESIS_CUDA_DEVICE_ROUTE=1 turns device routing on: off by default until it has run on a GPU (written and tested
+  // here without one; GpuResident.* and CudaKernels.RouteTopKMatchesTheHost check it where there is one).
+  bool device_route = false;
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
   size_t segment = 0;
@@ -460,7 +462,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
-  if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
+  if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) == "1";
   graphs.resize(size_t(kGraphRows + 1));
   kv_elems = m.attn_layers * c.num_kv_heads * capacity * c.head_dim;
   const size_t R = size_t(rows), H = size_t(c.hidden_size);

@@ -169,9 +169,12 @@ TEST_P(GpuResident, MatchesTheCpuPath) {
     previous = p.gpu_expert_pairs;
     gs.reset();
     EXPECT_EQ(greedy(gs, toks, 8), want_greedy) << GetParam() << " " << budget;
-    // Decode steps (one row): with every expert resident these layers route on the device (top-k there, no hand-off
-    // to the host): the logits and the experts chosen (Session::expert_usage) against the CPU path's.
+    // Decode steps (one row): with every expert resident and GENESIS_CUDA_DEVICE_ROUTE=1 these layers route on the
+    // device (top-k there, no hand-off to the host): the logits and the experts chosen (Session::expert_usage)
+    // against the CPU path's. (The variable is read when a Session makes its device state.)
+    setenv("GENESIS_CUDA_DEVICE_ROUTE", "1", 1);
     Session c2(*cpu_model, 128, &pool), g2(*gpu_model, 128, &pool);
+    unsetenv("GENESIS_CUDA_DEVICE_ROUTE");
     std::vector<float> lc(size_t(cpu_model->config().vocab_size)), lg(lc.size());
     c2.forward(toks, lc.data());
     g2.forward(toks, lg.data());

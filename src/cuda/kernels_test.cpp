@@ -279,6 +279,25 @@ TEST(CudaKernels, SmallOpsMatchReference) {
   EXPECT_LT(max_err(download(dgath, wg.size()), wg), 1e-5);
 }
 
+// Random blocks of a GGUF format with every half-precision scale a small normal value.
+std::vector<uint8_t> random_blocks(uint32_t type, int64_t blocks, std::mt19937& g) {
+  const auto info = *quant::ggml_type_info(type);
+  std::vector<uint8_t> bytes(size_t(blocks * info.block_bytes));
+  for (auto& b : bytes) b = uint8_t(g());
+  std::uniform_real_distribution<float> sc(0.001f, 0.05f);
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* p = &bytes[size_t(b * info.block_bytes)];
+    auto put = [&](size_t at) {
+      const uint16_t h = quant::f32_to_f16(sc(g));
+      p[at] = uint8_t(h & 0xff), p[at + 1] = uint8_t(h >> 8);
+    };
+    if (type == 14u) put(208);  // Q6_K: d last
+    else put(0);
+    if (type == 3u || type == 7u || type == 12u || type == 13u) put(2);  // min / dmin
+  }
+  return bytes;
+}
+
 // Every block format the prefill dequantizes, against the CPU's reference dequantizer (ggml's), rounded to bf16.
 // Random blocks with every half-precision scale set to a small normal value (random bits could be inf / NaN).
 TEST(CudaKernels, DequantizeMatchesGgml) {
@@ -289,19 +308,7 @@ TEST(CudaKernels, DequantizeMatchesGgml) {
     ASSERT_TRUE(can_dequantize(type));
     const auto info = *quant::ggml_type_info(type);
     const int64_t blocks = 37, n = blocks * info.block;
-    std::vector<uint8_t> bytes(size_t(blocks * info.block_bytes));
-    for (auto& b : bytes) b = uint8_t(g());
-    std::uniform_real_distribution<float> sc(0.001f, 0.05f);
-    for (int64_t b = 0; b < blocks; ++b) {
-      uint8_t* p = &bytes[size_t(b * info.block_bytes)];
-      auto put = [&](size_t at) {
-        const uint16_t h = quant::f32_to_f16(sc(g));
-        p[at] = uint8_t(h & 0xff), p[at + 1] = uint8_t(h >> 8);
-      };
-      if (type == 14u) put(208);  // Q6_K: d last
-      else put(0);
-      if (type == 3u || type == 7u || type == 12u || type == 13u) put(2);  // min / dmin
-    }
+    const std::vector<uint8_t> bytes = random_blocks(type, blocks, g);
     std::vector<float> want(static_cast<size_t>(n));
     quant::ggml_dequantize(type, bytes.data(), want.data(), n);
     DeviceArray<uint8_t> src;
@@ -318,25 +325,6 @@ TEST(CudaKernels, DequantizeMatchesGgml) {
     }
     EXPECT_EQ(bad, 0) << quant::ggml_type_name(type);
   }
-}
-
-// Random blocks of a GGUF format with every half-precision scale a small normal value.
-std::vector<uint8_t> random_blocks(uint32_t type, int64_t blocks, std::mt19937& g) {
-  const auto info = *quant::ggml_type_info(type);
-  std::vector<uint8_t> bytes(size_t(blocks * info.block_bytes));
-  for (auto& b : bytes) b = uint8_t(g());
-  std::uniform_real_distribution<float> sc(0.001f, 0.05f);
-  for (int64_t b = 0; b < blocks; ++b) {
-    uint8_t* p = &bytes[size_t(b * info.block_bytes)];
-    auto put = [&](size_t at) {
-      const uint16_t h = quant::f32_to_f16(sc(g));
-      p[at] = uint8_t(h & 0xff), p[at + 1] = uint8_t(h >> 8);
-    };
-    if (type == 14u) put(208);
-    else put(0);
-    if (type == 3u || type == 7u || type == 12u || type == 13u) put(2);
-  }
-  return bytes;
 }
 
 // Resident experts' products (a warp per row, blocks dequantized in registers) against ggml's dequantizer and double

@@ -65,7 +65,6 @@ void run(const Args& a) {
     if (progress) progress->add(1);
   });
   progress.reset();
-  a.hybrid.record(lm.model->config(), session.expert_usage(), a.quiet);
   const int64_t skip = a.skip < 0 ? a.context / 2 : a.skip;
   fmt::print("{}: {} tokens, {} chunks of {} (first {} of each not scored), {} tokens scored\n", a.file, ids.size(),
              r.chunks, a.context, skip, r.scored);
@@ -82,6 +81,7 @@ void run(const Args& a) {
     if (!o) fail("cannot write {}", a.json_file);
     o << j.dump(2) << "\n";
   }
+  a.hybrid.record(lm.model->config(), session.expert_usage(), a.quiet);
 }
 
 void setup(CLI::App& app) {

@@ -137,7 +137,6 @@ void run(const RunArgs& a) {
                                                         go.sampling.temperature, go.sampling.top_k,
                                                         go.sampling.top_p, go.sampling.seed),
              double(rt::peak_rss_bytes()) / (1u << 30), lm.model->expert_description());
-  a.hybrid.record(cfg, session.expert_usage(), a.quiet);
   if (!a.json_file.empty()) {
     nlohmann::json j = {
         {"model", a.model}, {"config", cfg.summary()}, {"experts", lm.model->expert_description()},
@@ -151,6 +150,7 @@ void run(const RunArgs& a) {
     if (!o) fail("cannot write {}", a.json_file);
     o << j.dump(2) << "\n";
   }
+  a.hybrid.record(cfg, session.expert_usage(), a.quiet);
 }
 
 void setup_run(CLI::App& app) {

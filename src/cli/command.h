@@ -108,15 +108,21 @@ struct HybridArgs {
     o.gpu_expert_budget = runtime::parse_byte_budget(experts);
     o.expert_usage = usage;
   }
-  // After a run: its routed experts' choices (Session::expert_usage()) added to the --expert-usage file, if given.
+  // After a run (its results already out): its routed experts' choices (Session::expert_usage()) added to the
+  // --expert-usage file, if given. A failure to write it is a warning on stderr, not the run's failure.
   void record(const runtime::ModelConfig& c, const std::vector<uint64_t>& counts, bool quiet) const {
     if (usage.empty()) return;
     if (!c.is_moe() || counts.empty()) {
       if (!quiet) fmt::print(stderr, "--expert-usage {}: nothing recorded (no routed experts ran)\n", usage);
       return;
     }
-    runtime::add_expert_usage(usage, c, counts);
-    if (!quiet) fmt::print(stderr, "--expert-usage {}: this run's expert choices added\n", usage);
+    try {
+      const std::string note = runtime::add_expert_usage(usage, c, counts);
+      if (!note.empty()) fmt::print(stderr, "--expert-usage: warning: {}\n", note);
+      else if (!quiet) fmt::print(stderr, "--expert-usage {}: this run's expert choices added\n", usage);
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "--expert-usage: warning: not recorded: {}\n", e.what());
+    }
   }
 };
 

@@ -744,57 +744,71 @@ void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight
   if (n > 0) combine_pairs_kernel<<<unsigned(n), 256, 0, s>>>(y, row_pairs, weight, k, H, out, accumulate);
 }
 
-// Block t: row t's router logits [E] -> softmax, the top k (larger logit first, the lower id on ties: route_top_k's
-// order), renormalized when asked; then the pair lists the expert kernels and combine_pairs read (pair q = t * k + j,
-// a unit of one row each) and the chosen ids for the host's usage counts.
+// Block t: row t's router logits [E] -> softmax, the top k (larger probability first, the lower id on ties: the
+// host's route_top_k order), renormalized when asked; then the pair lists the expert kernels and combine_pairs read
+// (pair q = t * k + j, a unit of one row each) and the chosen ids for the host's usage counts. Picked experts are
+// flagged (never chosen twice, whatever the values: -inf or NaN logits included); every rank gets a valid id.
 __global__ void route_top_k_kernel(const float* __restrict__ logits, int E, int k, bool renorm,
                                    const int32_t* __restrict__ slot, int32_t* __restrict__ lists, int Q,
                                    int32_t* __restrict__ chosen) {
-  extern __shared__ float sl[];  // [E]
+  extern __shared__ float sp[];                          // [E] probabilities
+  unsigned char* picked = reinterpret_cast<unsigned char*>(sp + E);  // [E]
   __shared__ int s_idx[32];
   __shared__ float s_val[32];
   const int64_t t = blockIdx.x;
   const int tid = threadIdx.x, lane = tid % kWarp, wid = tid / kWarp, nw = blockDim.x / kWarp;
-  for (int e = tid; e < E; e += blockDim.x) sl[e] = logits[t * E + e];
-  __syncthreads();
   float mx = -INFINITY;
-  for (int e = tid; e < E; e += blockDim.x) mx = fmaxf(mx, sl[e]);
+  for (int e = tid; e < E; e += blockDim.x) mx = fmaxf(mx, logits[t * E + e]);
   mx = block_max(mx);
   float sum = 0.0f;
-  for (int e = tid; e < E; e += blockDim.x) sum += expf(sl[e] - mx);
-  sum = block_sum(sum);
+  for (int e = tid; e < E; e += blockDim.x) {
+    const float p = expf(logits[t * E + e] - mx);
+    sp[e] = p;
+    picked[e] = 0;
+    sum += p;
+  }
+  sum = block_sum(sum);  // its barriers also publish sp[] and picked[]
   float picked_sum = 0.0f;
   int32_t* row_q = lists;
   float* q_w = reinterpret_cast<float*>(lists + Q);
   int32_t* q_row = lists + 2 * Q;
   int32_t* units = lists + 3 * Q;
+  // (v, i) beats (w, j): a candidate beats none (i >= 0 > j), then the larger value, then the lower id; NaN values
+  // lose to numbers and tie among themselves by id.
+  auto better = [](float v, int i, float w, int j) {
+    if (i < 0) return false;
+    if (j < 0) return true;
+    const bool vn = v != v, wn = w != w;
+    if (vn != wn) return wn;
+    if (!vn && v != w) return v > w;
+    return i < j;
+  };
   for (int j = 0; j < k; ++j) {
-    // Block argmax (value, then the lower index).
-    float v = -INFINITY;
-    int idx = 0x7fffffff;
+    float v = 0.0f;
+    int idx = -1;
     for (int e = tid; e < E; e += blockDim.x)
-      if (sl[e] > v || (sl[e] == v && e < idx)) v = sl[e], idx = e;
+      if (!picked[e] && better(sp[e], e, v, idx)) v = sp[e], idx = e;
 #pragma unroll
     for (int o = kWarp / 2; o > 0; o /= 2) {
       const float ov = __shfl_xor_sync(0xffffffffu, v, o);
       const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-      if (ov > v || (ov == v && oi < idx)) v = ov, idx = oi;
+      if (better(ov, oi, v, idx)) v = ov, idx = oi;
     }
     if (lane == 0) s_val[wid] = v, s_idx[wid] = idx;
     __syncthreads();
     if (tid == 0) {
       for (int w = 1; w < nw; ++w)
-        if (s_val[w] > s_val[0] || (s_val[w] == s_val[0] && s_idx[w] < s_idx[0])) s_val[0] = s_val[w], s_idx[0] = s_idx[w];
-      const int e = s_idx[0];
+        if (better(s_val[w], s_idx[w], s_val[0], s_idx[0])) s_val[0] = s_val[w], s_idx[0] = s_idx[w];
+      const int e = s_idx[0] >= 0 && s_idx[0] < E ? s_idx[0] : 0;  // k <= E: always a candidate; never out of range
       const int q = int(t) * k + j;
-      const float p = expf(sl[e] - mx) / sum;
+      const float p = sp[e] / sum;
       q_w[q] = p;
       picked_sum += p;
       row_q[q] = q;
       q_row[q] = int32_t(t);
       units[3 * q] = slot[e], units[3 * q + 1] = q, units[3 * q + 2] = 1;
       if (chosen) chosen[q] = e;
-      sl[e] = -INFINITY;
+      picked[e] = 1;
     }
     __syncthreads();
   }
@@ -816,8 +830,8 @@ void launch_expert(const ExpertArgs& a, int64_t n_units, int max_rows, cudaStrea
 void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool renorm, const int32_t* slot,
                  int32_t* lists, int64_t Q, int32_t* chosen, cudaStream_t s) {
   if (n <= 0) return;
-  route_top_k_kernel<<<unsigned(n), 256, size_t(E) * sizeof(float), s>>>(logits, int(E), int(k), renorm, slot, lists,
-                                                                         int(Q), chosen);
+  route_top_k_kernel<<<unsigned(n), 256, size_t(E) * (sizeof(float) + 1), s>>>(logits, int(E), int(k), renorm, slot,
+                                                                               lists, int(Q), chosen);
 }
 
 void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& gate, const ExpertMatrix& up,

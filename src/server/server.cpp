@@ -444,8 +444,9 @@ int serve(const ServeOptions& opt) {
       if (!opt.expert_usage.empty() && s->lm.model->config().is_moe())
         so.on_exit = [path = opt.expert_usage, &cfg = s->lm.model->config(), quiet = opt.quiet](const rt::Session& ses) {
           if (ses.expert_usage().empty()) return;
-          rt::add_expert_usage(path, cfg, ses.expert_usage());
-          if (!quiet) fmt::print(stderr, "genesis serve: the served requests' expert choices added to {}\n", path);
+          const std::string note = rt::add_expert_usage(path, cfg, ses.expert_usage());
+          if (!note.empty()) fmt::print(stderr, "genesis serve: --expert-usage: warning: {}\n", note);
+          else if (!quiet) fmt::print(stderr, "genesis serve: the served requests' expert choices added to {}\n", path);
         };
       s->sch = std::make_unique<rt::Scheduler>(*s->lm.model, *s->lm.tokenizer, s->lm.stop_tokens, so);
       s->ready = true;

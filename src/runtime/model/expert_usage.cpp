@@ -5,7 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <numeric>
+#include <cstdint>
 
 #include <nlohmann/json.hpp>
 
@@ -14,7 +14,11 @@
 
 namespace genesis::runtime {
 
-uint64_t ExpertUsage::total() const { return std::accumulate(counts.begin(), counts.end(), uint64_t(0)); }
+uint64_t ExpertUsage::total() const {
+  uint64_t t = 0;
+  for (uint64_t v : counts) t = v > UINT64_MAX - t ? UINT64_MAX : t + v;
+  return t;
+}
 
 namespace {
 
@@ -29,7 +33,6 @@ ExpertUsage parse(const std::string& path, const nlohmann::json& j) {
   u.layers = int64_t(layers.size());
   u.experts = j.at("experts").get<int64_t>();
   if (u.experts <= 0 || u.experts > (1 << 20)) fail("{}: \"experts\" = {} is out of range", path, u.experts);
-  u.counts.reserve(size_t(u.layers * u.experts));
   for (size_t li = 0; li < layers.size(); ++li) {
     const auto& row = layers[li];
     if (!row.is_array() || int64_t(row.size()) != u.experts)
@@ -60,14 +63,20 @@ ExpertUsage read_expert_usage(const std::string& path, const ModelConfig& c) {
   return u;
 }
 
-void add_expert_usage(const std::string& path, const ModelConfig& c, const std::vector<uint64_t>& counts) {
+std::string add_expert_usage(const std::string& path, const ModelConfig& c, const std::vector<uint64_t>& counts) {
   if (counts.size() != size_t(c.num_layers * c.num_experts))
     fail("--expert-usage: {} counts for a model of {} layers x {} experts", counts.size(), c.num_layers,
          c.num_experts);
   std::vector<uint64_t> sum = counts;
+  std::string note;
   if (std::filesystem::exists(path)) {
-    const ExpertUsage old = read_expert_usage(path, c);
-    for (size_t i = 0; i < sum.size(); ++i) sum[i] += old.counts[i];
+    try {
+      const ExpertUsage old = read_expert_usage(path, c);
+      for (size_t i = 0; i < sum.size(); ++i)  // saturating: a count never wraps to a small one
+        sum[i] = old.counts[i] > UINT64_MAX - sum[i] ? UINT64_MAX : sum[i] + old.counts[i];
+    } catch (const Error& e) {
+      note = fmt::format("{} did not hold this model's counts ({}); it now holds this run's", path, e.what());
+    }
   }
   nlohmann::json j;
   j["format"] = kFormat;
@@ -88,6 +97,7 @@ void add_expert_usage(const std::string& path, const ModelConfig& c, const std::
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
   if (ec) fail("--expert-usage {}: cannot replace it ({})", path, ec.message());
+  return note;
 }
 
 std::vector<std::vector<int32_t>> place_experts(const ModelConfig& c, const ExpertUsage* usage,

@@ -22,9 +22,10 @@ struct ExpertUsage {
 // The file's counts. Throws genesis::Error naming the file for a missing or malformed file, or one recorded for
 // another shape than `c` (layers, experts).
 ExpertUsage read_expert_usage(const std::string& path, const ModelConfig& c);
-// Adds `counts` ([layers][experts], a Session's expert_usage()) to the file's (when it exists and has this shape,
-// else starts from zero) and writes it back (through a temporary file and a rename). Throws genesis::Error on I/O.
-void add_expert_usage(const std::string& path, const ModelConfig& c, const std::vector<uint64_t>& counts);
+// Adds `counts` ([layers][experts], a Session's expert_usage()) to the file's (saturating) and writes it back
+// (through a temporary file and a rename). A file that is not this model's counts (another shape, malformed) is
+// replaced by this run's: the returned note says so ("" otherwise). Throws genesis::Error on I/O.
+std::string add_expert_usage(const std::string& path, const ModelConfig& c, const std::vector<uint64_t>& counts);
 
 // The experts to hold on the GPU: per layer, slot[layer][expert] = its slot (0, 1, ... in that layer) or -1. Each
 // expert of layer l costs expert_bytes[l] (0 for a dense layer: none go there); budget < 0 takes all. Greedy by

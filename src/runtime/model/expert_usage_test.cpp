@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <cstdint>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -71,6 +72,19 @@ TEST(ExpertUsage, FileRoundTripsAddsAndRefusesOtherShapes) {
     std::ofstream(path) << bad;
     EXPECT_THROW(read_expert_usage(path, c), Error) << bad;
   }
+  // Adding to a file that holds no counts of this model replaces it, saying so; counts saturate, never wrap.
+  std::ofstream(path) << "{";
+  EXPECT_NE(add_expert_usage(path, c, counts), "");
+  EXPECT_EQ(read_expert_usage(path, c).counts, counts);
+  std::vector<uint64_t> huge(counts.size(), UINT64_MAX - 1);
+  EXPECT_EQ(add_expert_usage(path, c, huge), "");
+  EXPECT_EQ(read_expert_usage(path, c).counts[1], UINT64_MAX);
+  EXPECT_EQ(read_expert_usage(path, c).total(), UINT64_MAX);
+  // A small file claiming a huge shape is refused without allocating for it.
+  std::string big = R"({"format":"genesis-expert-usage-1","experts":1048576,"counts":[)";
+  for (int i = 0; i < 20000; ++i) big += i ? ",[]" : "[]";
+  std::ofstream(path) << big << "]}";
+  EXPECT_THROW(read_expert_usage(path, c), Error);
   std::filesystem::remove(path);
   EXPECT_THROW(read_expert_usage(path, c), Error);  // missing
 }

@@ -150,6 +150,9 @@ class GpuState {
   // here without one; GpuResident.* and CudaKernels.RouteTopKMatchesTheHost check it where there is one).
   bool device_route = false;
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
+  // Graphs are kept per row count, so only steps of one structure may use them: a step whose experts run on the GPU
+  // from streamed blocks (--gpu-prefill-rows) splits its work differently from a decode step of as many rows.
+  bool step_graphs = true;
   std::vector<std::vector<cudaGraphExec_t>> graphs;  // [rows][segment]
   size_t segment = 0;
   std::vector<std::function<void()>> work;
@@ -185,9 +188,10 @@ class GpuState {
   bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
-  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs), packed in one pinned
-  // buffer that one copy sends to `lists`: each (row, rank)'s q or -1 [Q], each q's weight [Q] and row of the step
-  // [Q], the units [3 Q] (int32 triples: cuda::ExpertUnit). Then SwiGLU of gate and up, and down's output.
+  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs; P = the step's rows x
+  // ranks), packed in one pinned buffer that one copy sends to `lists`: each (row, rank)'s q or -1 [P], each q's
+  // weight [P] and row of the step [P], the units [3 P] (int32 triples: cuda::ExpertUnit); sized for the most rows.
+  // Then SwiGLU of gate and up, and down's output.
   cuda::PinnedArray<int32_t> h_lists;
   cuda::DeviceArray<int32_t> lists;
   cuda::DeviceArray<float> r_act, r_out;
@@ -445,7 +449,7 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   upload_matrix(w.output(), g->output, g->bytes);
   upload_resident(*g, c);
   g->bytes += g->resident_bytes;
-  if (g->resident_count == 0) g->raw.clear();
+  g->raw.clear();  // found again below when the prefill streams them
   setup_prefill_experts(*g, c, opt, std::move(gguf));
   return g;
 }
@@ -642,7 +646,7 @@ static void gpu_prefill_experts(GpuState& g, int64_t li, const ModelConfig& c, c
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
   const cudaStream_t s = stream.get();
-  if (!use_graphs || n > kGraphRows) {
+  if (!use_graphs || !step_graphs || n > kGraphRows) {
     for (auto& f : work) f();
   } else {
     std::vector<cudaGraphExec_t>& v = graphs[size_t(n)];
@@ -705,6 +709,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // GPU runs the layers before it.
   const bool gpu_experts = gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty();
   g.raw_layer[0] = g.raw_layer[1] = -1;
+  g.step_graphs = !gpu_experts;
   if (gpu_experts) {
     ensure_prefill_buffers(g, c_);
     if (const int64_t first = next_moe_layer(c_, 0); first >= 0) prefetch_raw(g, first, 0, pool_);
@@ -755,11 +760,11 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // the CPU's in the device's moe_out (combine_pairs after its copy, always queued: a graph's fixed part). The pinned
   // lists are rewritten only after the next router's event: their copy is done by then.
   auto launch_resident = [&](const ResidentExperts& re, int64_t KK) {
-    const int64_t P = n * KK, I = c_.moe_intermediate_size, Q = g.max_rows * K;
+    const int64_t P = n * KK, I = c_.moe_intermediate_size;
     int32_t* row_q = g.h_lists.data();
-    float* q_w = reinterpret_cast<float*>(row_q + Q);
-    int32_t* q_row = row_q + 2 * Q;
-    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(row_q + 3 * Q);
+    float* q_w = reinterpret_cast<float*>(row_q + P);
+    int32_t* q_row = row_q + 2 * P;
+    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(row_q + 3 * P);
     pair_elsewhere_.assign(size_t(P), -1);
     int32_t q = 0;
     int64_t U = 0;
@@ -779,10 +784,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     for (int64_t i = 0; i < P; ++i) row_q[i] = pair_elsewhere_[size_t(row_pairs_[size_t(i)])];
     prof_.gpu_expert_pairs += q;
     // One copy: the whole buffer when units were made (they sit at its end), else only row_q.
-    cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 ? 3 * Q + 3 * U : P) * 4, g.stream);
-    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * Q);
+    cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 ? 3 * P + 3 * U : P) * 4, g.stream);
+    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * P);
     cuda::expert_gate_up(re.arena.data(), re.slot_bytes, re.gate, re.up, I, H, du, U, max_rows, g.xn.data(),
-                         g.lists.data() + 2 * Q, g.r_act.data(), s);
+                         g.lists.data() + 2 * P, g.r_act.data(), s);
     cuda::expert_down(re.arena.data(), re.slot_bytes, re.down, H, I, du, U, max_rows, g.r_act.data(), g.r_out.data(),
                       s);
     clock_.lap(Op::router);
@@ -858,17 +863,17 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     };
     if (on_device) {
       // Router, top-k, the experts and their sum on the device, in this segment: the host is not involved.
-      const int64_t I = c_.moe_intermediate_size, Q = g.max_rows * K;
+      const int64_t I = c_.moe_intermediate_size, P = n * K;
       int32_t* chosen = g.h_chosen.device() + li * GpuState::kDeviceRouteRows * K;
-      work.push_back([&g, gl, re, n, E, K, H, I, Q, chosen, norm = c_.norm_topk_prob, s] {
+      work.push_back([&g, gl, re, n, E, K, H, I, P, chosen, norm = c_.norm_topk_prob, s] {
         cuda::gemv(gl->router.m, g.xn.data(), g.router_dev.data(), n, E, s);
-        cuda::route_top_k(g.router_dev.data(), n, E, K, norm, re->slot_dev.data(), g.lists.data(), Q, chosen, s);
-        const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * Q);
-        cuda::expert_gate_up(re->arena.data(), re->slot_bytes, re->gate, re->up, I, H, du, n * K, 1, g.xn.data(),
-                             g.lists.data() + 2 * Q, g.r_act.data(), s);
-        cuda::expert_down(re->arena.data(), re->slot_bytes, re->down, H, I, du, n * K, 1, g.r_act.data(),
-                          g.r_out.data(), s);
-        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + Q), n, K,
+        cuda::route_top_k(g.router_dev.data(), n, E, K, norm, re->slot_dev.data(), g.lists.data(), P, chosen, s);
+        const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * P);
+        cuda::expert_gate_up(re->arena.data(), re->slot_bytes, re->gate, re->up, I, H, du, P, 1, g.xn.data(),
+                             g.lists.data() + 2 * P, g.r_act.data(), s);
+        cuda::expert_down(re->arena.data(), re->slot_bytes, re->down, H, I, du, P, 1, g.r_act.data(), g.r_out.data(),
+                          s);
+        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + P), n, K,
                             H, g.moe_out.data(), s);
       });
       if (shared) shared_expert();
@@ -925,9 +930,9 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
     work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
     if (re)
-      work.push_back([&g, n, KK = K - defer, Q = g.max_rows * K, H, s] {
-        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + Q), n, KK,
-                            H, g.moe_out.data(), s, true);
+      work.push_back([&g, n, KK = K - defer, H, s] {
+        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * KK), n,
+                            KK, H, g.moe_out.data(), s, true);
       });
     moe_copy_queued = true;
     pend_a = g.moe_out.data();
@@ -982,7 +987,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   for (int64_t li : device_layers) {
     const int32_t* ch = g.h_chosen.data() + li * GpuState::kDeviceRouteRows * K;
     std::vector<int32_t> ids(ch, ch + n * K);
-    for (int32_t e : ids) ++expert_use_[size_t(li * E + e)];
+    for (int32_t e : ids)
+      if (e >= 0 && e < E) ++expert_use_[size_t(li * E + e)];
     std::sort(ids.begin(), ids.end());
     prof_.experts += int64_t(std::unique(ids.begin(), ids.end()) - ids.begin());
     prof_.expert_pairs += n * K;

@@ -48,11 +48,7 @@ void setup(CLI::App& app) {
   h->add(c);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
   c->callback([o, h] {
-    genesis::runtime::LoadOptions lo;
-    h->apply(lo);
-    o->gpu = lo.gpu, o->gpu_device = lo.gpu_device, o->gpu_defer = lo.gpu_defer;
-    o->gpu_prefill_rows = lo.gpu_prefill_rows, o->gpu_expert_budget = lo.gpu_expert_budget;
-    o->expert_usage = lo.expert_usage;
+    h->apply(o->load);
     const int rc = sv::serve(*o);
     if (rc != 0) std::exit(rc);
   });

@@ -423,16 +423,10 @@ int serve(const ServeOptions& opt) {
   int rc = 0;
   std::thread loader([&] {
     try {
-      rt::LoadOptions lo;
+      rt::LoadOptions lo = opt.load;
       rt::set_expert_mode(opt.experts, lo);
       lo.show_progress = !opt.quiet;
       rt::set_dense_mode(opt.dense, lo);
-      lo.gpu = opt.gpu;
-      lo.gpu_device = opt.gpu_device;
-      lo.gpu_defer = opt.gpu_defer;
-      lo.gpu_prefill_rows = opt.gpu_prefill_rows;
-      lo.gpu_expert_budget = opt.gpu_expert_budget;
-      lo.expert_usage = opt.expert_usage;
       s->lm = rt::load_model(opt.model, lo);
       if (!s->lm.tokenizer) fail("{} has no tokenizer: the server needs one to read prompts", opt.model);
       rt::Scheduler::Options so;
@@ -441,8 +435,8 @@ int serve(const ServeOptions& opt) {
       so.max_queue = opt.max_queue;
       so.prefill_chunk = opt.prefill_chunk;
       so.threads = opt.threads;
-      if (!opt.expert_usage.empty() && s->lm.model->config().is_moe())
-        so.on_exit = [path = opt.expert_usage, &cfg = s->lm.model->config(), quiet = opt.quiet](const rt::Session& ses) {
+      if (!opt.load.expert_usage.empty() && s->lm.model->config().is_moe())
+        so.on_exit = [path = opt.load.expert_usage, &cfg = s->lm.model->config(), quiet = opt.quiet](const rt::Session& ses) {
           if (ses.expert_usage().empty()) return;
           const std::string note = rt::add_expert_usage(path, cfg, ses.expert_usage());
           if (!note.empty()) fmt::print(stderr, "genesis serve: --expert-usage: warning: {}\n", note);

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "runtime/model/weights.h"
+
 namespace genesis::server {
 
 struct ServeOptions {
@@ -23,10 +25,10 @@ struct ServeOptions {
   int max_connections = 64;    // HTTP worker threads: connections served at once; more wait for one
   int idle_timeout_s = 5;      // keep-alive idle and read/write timeouts
   std::string dense = "stored", experts = "stored";
-  bool gpu = false;  // the hybrid mode (runtime/model/gpu.h)
-  int gpu_device = 0, gpu_defer = 0, gpu_prefill_rows = 0;
-  int64_t gpu_expert_budget = 0;  // --gpu-experts (bytes, -1 all)
-  std::string expert_usage;       // --expert-usage: the counts --gpu-experts places by; the served choices are added at exit
+  // The hybrid mode and its options (gpu, gpu_device, gpu_defer, gpu_prefill_rows, gpu_expert_budget) and
+  // --expert-usage (the counts --gpu-experts places by; the served choices are added at exit). The load starts from
+  // these; experts, dense and progress come from the fields above.
+  runtime::LoadOptions load;
   bool quiet = false;
 };
 

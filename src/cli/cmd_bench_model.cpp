@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 
 #include <fstream>
+#include <map>
 #include <memory>
 
 #include "cli/command.h"
@@ -90,6 +91,21 @@ void run(Args& a) {
   }
   fmt::print("  {:<18} {:>9.1f}       {:>8.1f}\n", "regions per step", pd["regions_per_step"].get<double>(),
              pp["regions_per_step"].get<double>());
+  // GENESIS_CUDA_TIMES=1: the GPU's own time by part (CUDA events), beside the host's view above.
+  if (pd.contains("gpu_parts") || pp.contains("gpu_parts")) {
+    fmt::print("gpu parts    ms/token        decode   prefill   (GPU time by CUDA events; graphs off)\n");
+    std::map<std::string, std::pair<double, double>> rows;
+    if (pd.contains("gpu_parts"))
+      for (const auto& [k, v] : pd["gpu_parts"].items()) rows[k].first = v.get<double>();
+    if (pp.contains("gpu_parts"))
+      for (const auto& [k, v] : pp["gpu_parts"].items()) rows[k].second = v.get<double>();
+    double sd = 0, sp = 0;
+    for (const auto& [k, v] : rows) {
+      fmt::print("  {:<24} {:>9.3f} {:>9.3f}\n", k, v.first, v.second);
+      sd += v.first, sp += v.second;
+    }
+    fmt::print("  {:<24} {:>9.3f} {:>9.3f}\n", "sum", sd, sp);
+  }
   if (!a.json_file.empty()) {
     std::ofstream f(a.json_file);
     f << j.dump(2) << "\n";

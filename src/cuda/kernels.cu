@@ -397,13 +397,12 @@ __device__ inline void k_scale_min(int j, const uint8_t* q, float& sc, float& m)
 
 enum : uint32_t { kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14 };
 
-// One thread per block of the format, as ggml's dequantize_row_* lays the values out.
-__global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, uint16_t* __restrict__ dst,
-                               int64_t blocks) {
-  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= blocks) return;
+// Block b of the format at src: put(i, value) for each of its weights i (< 32 or 256), as ggml's dequantize_row_*
+// lays them out.
+template <class Put>
+__device__ void dequant_values(uint32_t type, const uint8_t* __restrict__ src, int64_t b, Put put) {
+  int y = 0;  // the first weight of the current group
   if (type == kQ4_0 || type == kQ4_1 || type == kQ5_0 || type == kQ5_1 || type == kQ8_0) {
-    uint16_t* y = dst + b * 32;
     if (type == kQ5_0 || type == kQ5_1) {
       const bool one = type == kQ5_1;
       const uint8_t* p = src + b * (one ? 24 : 22);
@@ -414,31 +413,30 @@ __global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, u
       for (int j = 0; j < 16; ++j) {
         const int x0 = int((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10));
         const int x1 = int((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
-        y[j] = to_bf16(one ? float(x0) * d + m : float(x0 - 16) * d);
-        y[j + 16] = to_bf16(one ? float(x1) * d + m : float(x1 - 16) * d);
+        put(y + j, one ? float(x0) * d + m : float(x0 - 16) * d);
+        put(y + j + 16, one ? float(x1) * d + m : float(x1 - 16) * d);
       }
     } else if (type == kQ8_0) {
       const uint8_t* p = src + b * 34;
       const float d = half_at(p);
-      for (int j = 0; j < 32; ++j) y[j] = to_bf16(d * float(int8_t(p[2 + j])));
+      for (int j = 0; j < 32; ++j) put(y + j, d * float(int8_t(p[2 + j])));
     } else if (type == kQ4_0) {
       const uint8_t* p = src + b * 18;
       const float d = half_at(p);
       for (int j = 0; j < 16; ++j) {
-        y[j] = to_bf16(float(int(p[2 + j] & 0xF) - 8) * d);
-        y[j + 16] = to_bf16(float(int(p[2 + j] >> 4) - 8) * d);
+        put(y + j, float(int(p[2 + j] & 0xF) - 8) * d);
+        put(y + j + 16, float(int(p[2 + j] >> 4) - 8) * d);
       }
     } else {
       const uint8_t* p = src + b * 20;
       const float d = half_at(p), m = half_at(p + 2);
       for (int j = 0; j < 16; ++j) {
-        y[j] = to_bf16(float(p[4 + j] & 0xF) * d + m);
-        y[j + 16] = to_bf16(float(p[4 + j] >> 4) * d + m);
+        put(y + j, float(p[4 + j] & 0xF) * d + m);
+        put(y + j + 16, float(p[4 + j] >> 4) * d + m);
       }
     }
     return;
   }
-  uint16_t* y = dst + b * 256;
   if (type == kQ4_K || type == kQ5_K) {
     const bool five = type == kQ5_K;
     const uint8_t* p = src + b * (five ? 176 : 144);
@@ -456,8 +454,8 @@ __global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, u
       const float d2 = d * sc, m2 = dmin * m;
       for (int l = 0; l < 32; ++l) {
         const int h1 = five && (qh[l] & u1) ? 16 : 0, h2 = five && (qh[l] & u2) ? 16 : 0;
-        y[l] = to_bf16(d1 * float((q[l] & 0xF) + h1) - m1);
-        y[l + 32] = to_bf16(d2 * float((q[l] >> 4) + h2) - m2);
+        put(y + l, d1 * float((q[l] & 0xF) + h1) - m1);
+        put(y + l + 32, d2 * float((q[l] >> 4) + h2) - m2);
       }
       q += 32;
       y += 64;
@@ -480,10 +478,10 @@ __global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, u
       const int q2 = int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
       const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
       const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      y[l] = to_bf16(d * float(sc[is]) * float(q1));
-      y[l + 32] = to_bf16(d * float(sc[is + 2]) * float(q2));
-      y[l + 64] = to_bf16(d * float(sc[is + 4]) * float(q3));
-      y[l + 96] = to_bf16(d * float(sc[is + 6]) * float(q4));
+      put(y + l, d * float(sc[is]) * float(q1));
+      put(y + l + 32, d * float(sc[is + 2]) * float(q2));
+      put(y + l + 64, d * float(sc[is + 4]) * float(q3));
+      put(y + l + 96, d * float(sc[is + 6]) * float(q4));
     }
     y += 128;
     ql += 64;
@@ -492,10 +490,57 @@ __global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, u
   }
 }
 
-__global__ void gather_rows_bf16_kernel(const float* src, const int32_t* rows, uint16_t* dst, int64_t H) {
-  const float* s = src + int64_t(rows[blockIdx.x]) * H;
+// Block b's values into dst + b * the block's weights in bf16.
+__device__ void dequant_block(uint32_t type, const uint8_t* __restrict__ src, int64_t b, uint16_t* __restrict__ dst) {
+  const int64_t base = b * (type == kQ4_K || type == kQ5_K || type == kQ6_K ? 256 : 32);
+  dequant_values(type, src, b, [&](int i, float v) { dst[base + i] = to_bf16(v); });
+}
+
+// One thread per block.
+__global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, uint16_t* __restrict__ dst,
+                               int64_t blocks) {
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b < blocks) dequant_block(type, src, b, dst);
+}
+
+// v as bf16 into hi[i] and, with lo, v - bf16(v) as bf16 into lo[i].
+__device__ inline void put_split(float v, uint16_t* hi, uint16_t* lo, int64_t i) {
+  const uint16_t h = to_bf16(v);
+  hi[i] = h;
+  if (lo) lo[i] = to_bf16(v - __uint_as_float(uint32_t(h) << 16));
+}
+
+__global__ void to_bf16_kernel(const float* x, uint16_t* y, uint16_t* lo, int64_t count) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) put_split(x[i], y, lo, i);
+}
+
+__global__ void swiglu_halves_bf16_kernel(const float* y, int64_t I, uint16_t* out, uint16_t* lo, int64_t count) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const int64_t t = i / I, c = i % I;
+  const float g = y[t * 2 * I + c];
+  put_split((g / (1.0f + expf(-g))) * y[t * 2 * I + I + c], out, lo, i);
+}
+
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t rows, int64_t ldy, int64_t count) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < count) y[(i / rows) * ldy + i % rows] += bias[i % rows];
+}
+
+__global__ void gather_rows_bf16_kernel(const float* src, const int32_t* rows, uint16_t* dst, uint16_t* lo,
+                                        int64_t H) {
+  const int32_t r = rows[blockIdx.x];
   uint16_t* d = dst + int64_t(blockIdx.x) * H;
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) d[i] = to_bf16(s[i]);
+  uint16_t* l = lo ? lo + int64_t(blockIdx.x) * H : nullptr;
+  if (r < 0) {
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) d[i] = 0;
+    if (l)
+      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) l[i] = 0;
+    return;
+  }
+  const float* s = src + int64_t(r) * H;
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) put_split(s[i], d, l, i);
 }
 
 __global__ void swiglu_bf16_kernel(const float* g, const float* u, uint16_t* out, int64_t count) {
@@ -575,6 +620,23 @@ __device__ inline void dequant8(uint32_t type, const uint8_t* __restrict__ row, 
     if (five) v |= int((qh >> (o + j)) & 1u) << 4;
     w[j] = one ? float(v) * d + m : float(v - (five ? 16 : 8)) * d;
   }
+}
+
+// Grid (ranges of 8-weight groups, list entries): thread i writes weights [8 i, 8 i + 8) of entry j's matrix (rows of
+// `cols` weights, `row_bytes` of blocks each, at arena + slots[j] * slot_bytes + offset) as bf16 into
+// dst + j * stride: 16-byte stores side by side across a warp.
+__global__ void dequant_slots_kernel(uint32_t type, const uint8_t* __restrict__ arena, int64_t slot_bytes,
+                                     int64_t offset, int64_t row_bytes, int64_t cols, const int32_t* __restrict__ slots,
+                                     int64_t groups, uint16_t* __restrict__ dst, int64_t stride) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  const int64_t w0 = i * 8, r = w0 / cols;
+  float v[8];
+  dequant8(type, arena + int64_t(slots[blockIdx.y]) * slot_bytes + offset + r * row_bytes, w0 - r * cols, v);
+  uint32_t u[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) u[q] = uint32_t(to_bf16(v[2 * q])) | (uint32_t(to_bf16(v[2 * q + 1])) << 16);
+  *reinterpret_cast<uint4*>(dst + int64_t(blockIdx.y) * stride + w0) = make_uint4(u[0], u[1], u[2], u[3]);
 }
 
 struct ExpertArgs {
@@ -731,8 +793,22 @@ void dequantize_bf16(uint32_t type, const void* src, uint16_t* dst, int64_t n, c
     dequant_kernel<<<blocks_for(blocks, 128), 128, 0, s>>>(type, static_cast<const uint8_t*>(src), dst, blocks);
 }
 
-void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s) {
-  if (m > 0) gather_rows_bf16_kernel<<<unsigned(m), 256, 0, s>>>(src, rows, dst, H);
+
+void convert_bf16(const float* x, uint16_t* y, int64_t count, cudaStream_t s, uint16_t* lo) {
+  if (count > 0) to_bf16_kernel<<<blocks_for(count, 256), 256, 0, s>>>(x, y, lo, count);
+}
+
+void swiglu_halves_bf16(const float* y, int64_t n, int64_t I, uint16_t* out, cudaStream_t s, uint16_t* lo) {
+  if (n > 0 && I > 0) swiglu_halves_bf16_kernel<<<blocks_for(n * I, 256), 256, 0, s>>>(y, I, out, lo, n * I);
+}
+
+void add_bias(float* y, const float* bias, int64_t n, int64_t rows, int64_t ldy, cudaStream_t s) {
+  if (n > 0 && rows > 0) add_bias_kernel<<<blocks_for(n * rows, 256), 256, 0, s>>>(y, bias, rows, ldy, n * rows);
+}
+
+void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s,
+                      uint16_t* lo) {
+  if (m > 0) gather_rows_bf16_kernel<<<unsigned(m), 256, 0, s>>>(src, rows, dst, lo, H);
 }
 
 void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s) {
@@ -825,6 +901,14 @@ void launch_expert(const ExpertArgs& a, int64_t n_units, int max_rows, cudaStrea
   else if (max_rows <= 2) expert_kernel<kGateUp, 2><<<grid, kExpertWarps * 32, 0, s>>>(a);
   else if (max_rows <= 4) expert_kernel<kGateUp, 4><<<grid, kExpertWarps * 32, 0, s>>>(a);
   else expert_kernel<kGateUp, kExpertUnitRows><<<grid, kExpertWarps * 32, 0, s>>>(a);
+}
+
+void dequantize_slots_bf16(const ExpertMatrix& m, int64_t rows, int64_t cols, const uint8_t* arena, int64_t slot_bytes,
+                           const int32_t* slots, int64_t count, uint16_t* dst, int64_t stride, cudaStream_t s) {
+  const int64_t groups = rows * cols / 8;
+  if (groups > 0 && count > 0)
+    dequant_slots_kernel<<<dim3(blocks_for(groups, 256), unsigned(count)), 256, 0, s>>>(
+        m.type, arena, slot_bytes, m.offset, m.row_bytes, cols, slots, groups, dst, stride);
 }
 
 void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool renorm, const int32_t* slot,

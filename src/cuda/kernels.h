@@ -87,8 +87,17 @@ void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, i
 bool can_dequantize(uint32_t ggml_type);
 // dst[i] (bf16) for i < n, n a multiple of the format's block (32 or 256 weights), from GGUF blocks at src.
 void dequantize_bf16(uint32_t ggml_type, const void* src, uint16_t* dst, int64_t n, cudaStream_t s);
-// dst[i] (bf16) = src[rows[i]] (fp32 rows of H) for i < m.
-void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s);
+// The cuBLAS products of large steps split each fp32 activation v into two bf16 parts, hi = bf16(v) and
+// lo = bf16(v - hi) (hi + lo carries about 16 bits of v): where a function below takes `lo`, it writes that part too.
+// y[i] (bf16, round to nearest even) = x[i] for i < count.
+void convert_bf16(const float* x, uint16_t* y, int64_t count, cudaStream_t s, uint16_t* lo = nullptr);
+// out[t][i] (bf16) = silu(y[t][i]) * y[t][I + i] for t < n, i < I (y: rows of 2 I, gate then up).
+void swiglu_halves_bf16(const float* y, int64_t n, int64_t I, uint16_t* out, cudaStream_t s, uint16_t* lo = nullptr);
+// y[t * ldy + r] += bias[r] for t < n, r < rows.
+void add_bias(float* y, const float* bias, int64_t n, int64_t rows, int64_t ldy, cudaStream_t s);
+// dst[i] (bf16) = src[rows[i]] (fp32 rows of H) for i < m; zeros where rows[i] < 0 (padding).
+void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s,
+                      uint16_t* lo = nullptr);
 // out[i] (bf16) = silu(g[i]) * u[i] for i < count.
 void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s);
 // out[t] = sum_j weight[p] y[p] over p = row_pairs[t * k + j], j < k (rows of H); entries < 0 are skipped. With
@@ -122,6 +131,10 @@ void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool reno
 void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& gate, const ExpertMatrix& up,
                     int64_t I, int64_t H, const ExpertUnit* units, int64_t n_units, int max_rows, const float* x,
                     const int32_t* x_row, float* act, cudaStream_t s);
+// For each list entry j < count: matrix m ([rows][cols]) of slot slots[j] into dst + j * stride as bf16 (stride a
+// multiple of 8). Resident experts' matrices for the cuBLAS products of large steps.
+void dequantize_slots_bf16(const ExpertMatrix& m, int64_t rows, int64_t cols, const uint8_t* arena, int64_t slot_bytes,
+                           const int32_t* slots, int64_t count, uint16_t* dst, int64_t stride, cudaStream_t s);
 // y[q][r] = down(slot) row r . act[q] for r < H, over each unit's pairs q; down is [H][I].
 void expert_down(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& down, int64_t H, int64_t I,
                  const ExpertUnit* units, int64_t n_units, int max_rows, const float* act, float* y, cudaStream_t s);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "cuda/blas.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "quant/ggml.h"
@@ -479,6 +480,119 @@ TEST(CudaKernels, CombinePairsSkipsAndAccumulates) {
       want[size_t(t * H + i)] = v;
     }
   EXPECT_LT(max_err(download(out, want.size()), want), 1e-6);
+}
+
+// The large steps' pieces: a list of slots' matrices dequantized (a part at its offset in each slot) equals ggml's
+// values rounded to bf16; the bf16 conversion rounds to nearest even and hi + lo carries x within 2^-15; SwiGLU over
+// [gate | up] rows (hi + lo too); bias rows with a stride.
+TEST(CudaKernels, LargeStepPiecesMatchTheirReferences) {
+  NEED_GPU();
+  Stream s;
+  std::mt19937 g(11);
+  for (uint32_t type : {8u, 12u, 14u}) {
+    // Slots of [gate 6 x C][down C x 6]-like parts; the list's second part (rows R of cols C) is checked.
+    const auto info = *quant::ggml_type_info(type);
+    const int64_t C = 2 * info.block, R = 6, row_bytes = C / info.block * info.block_bytes, part = R * row_bytes;
+    const int64_t slot_bytes = 2 * part + 10, slots = 5, n = R * C;
+    std::vector<uint8_t> arena(size_t(slots * slot_bytes));
+    for (int64_t sl = 0; sl < slots; ++sl) {
+      const auto b = random_blocks(type, n / info.block, g);
+      std::memcpy(&arena[size_t(sl * slot_bytes + part)], b.data(), b.size());  // the second part of each slot
+    }
+    const std::vector<int32_t> list = {3, 0, 4};
+    DeviceArray<uint8_t> da;
+    DeviceArray<int32_t> dl;
+    DeviceArray<uint16_t> out;
+    da.upload(arena.data(), arena.size()), dl.upload(list.data(), list.size());
+    const int64_t stride = n + 64;
+    out.resize(size_t(3 * stride));
+    const ExpertMatrix m{type, part, row_bytes};
+    dequantize_slots_bf16(m, R, C, da.data(), slot_bytes, dl.data(), 3, out.data(), stride, s.get());
+    s.sync("dequantize_slots_bf16");
+    const auto got = download(out, size_t(3 * stride));
+    for (int j = 0; j < 3; ++j) {
+      std::vector<float> want(static_cast<size_t>(n));
+      quant::ggml_dequantize(type, &arena[size_t(list[size_t(j)] * slot_bytes + part)], want.data(), n);
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = quant::bf16_to_f32(got[size_t(j * stride + i)]), w = want[size_t(i)];
+        if (std::fabs(x - w) > std::fabs(w) * (1.0f / 128) + 1e-7f) ++bad;  // one bf16 step, fma or not
+      }
+      EXPECT_EQ(bad, 0) << quant::ggml_type_name(type) << " entry " << j;
+    }
+  }
+  const int64_t rows = 3, I = 37;
+  const auto y = randoms(size_t(rows * 2 * I), 12, 3.0f);
+  DeviceArray<float> dy;
+  DeviceArray<uint16_t> act, act_lo, yb, yb_lo;
+  dy.upload(y.data(), y.size());
+  act.resize(size_t(rows * I)), act_lo.resize(size_t(rows * I)), yb.resize(y.size()), yb_lo.resize(y.size());
+  swiglu_halves_bf16(dy.data(), rows, I, act.data(), s.get(), act_lo.data());
+  convert_bf16(dy.data(), yb.data(), int64_t(y.size()), s.get(), yb_lo.data());
+  s.sync("swiglu_halves_bf16, convert_bf16");
+  const auto a = download(act, size_t(rows * I)), b = download(yb, y.size());
+  const auto al = download(act_lo, size_t(rows * I)), bl = download(yb_lo, y.size());
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < I; ++i) {
+      const double gt = y[size_t(t * 2 * I + i)], u = y[size_t(t * 2 * I + I + i)];
+      const double want = gt / (1.0 + std::exp(-gt)) * u;
+      EXPECT_NEAR(quant::bf16_to_f32(a[size_t(t * I + i)]), want, std::fabs(want) / 128 + 1e-6) << t << " " << i;
+      EXPECT_NEAR(quant::bf16_to_f32(a[size_t(t * I + i)]) + quant::bf16_to_f32(al[size_t(t * I + i)]), want,
+                  std::fabs(want) * 1e-5 + 1e-6)
+          << t << " " << i;
+    }
+  for (size_t i = 0; i < y.size(); ++i) {
+    ASSERT_EQ(b[i], quant::f32_to_bf16(y[i])) << i;
+    ASSERT_NEAR(quant::bf16_to_f32(b[i]) + quant::bf16_to_f32(bl[i]), y[i], std::fabs(y[i]) / 32768) << i;
+  }
+  const auto bias = randoms(size_t(I), 13);
+  DeviceArray<float> db, dz;
+  db.upload(bias.data(), bias.size());
+  const int64_t ldy = I + 5;
+  const auto z = randoms(size_t(rows * ldy), 14);
+  dz.upload(z.data(), z.size());
+  add_bias(dz.data(), db.data(), rows, I, ldy, s.get());
+  s.sync("add_bias");
+  const auto zz = download(dz, z.size());
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < ldy; ++i)
+      EXPECT_FLOAT_EQ(zz[size_t(t * ldy + i)], z[size_t(t * ldy + i)] + (i < I ? bias[size_t(i)] : 0.0f));
+}
+
+// cuBLAS's products (opened at run time): bf16 and fp32 against double sums of the same values, with a row stride.
+TEST(CudaBlas, ProductsMatchTheHost) {
+  NEED_GPU();
+  std::string why;
+  Blas* blas = Blas::get(&why);
+  if (!blas) GTEST_SKIP() << "no cuBLAS: " << why;
+  Stream s;
+  const int64_t rows = 45, cols = 72, n = 19, ldy = 50;
+  auto w = randoms(size_t(rows * cols), 15), x = randoms(size_t(n * cols), 16);
+  std::vector<uint16_t> wb(w.size()), xb(x.size());
+  for (size_t i = 0; i < w.size(); ++i) wb[i] = quant::f32_to_bf16(w[i]), w[i] = quant::bf16_to_f32(wb[i]);
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = quant::f32_to_bf16(x[i]);
+  DeviceArray<float> dw, dx, dy;
+  DeviceArray<uint16_t> dwb, dxb;
+  dw.upload(w.data(), w.size()), dx.upload(x.data(), x.size()), dwb.upload(wb.data(), wb.size());
+  dxb.upload(xb.data(), xb.size());
+  dy.resize(size_t(n * ldy));
+  for (const bool bf16 : {false, true}) {
+    if (bf16) blas->gemm_bf16(dwb.data(), rows, cols, dxb.data(), n, dy.data(), ldy, s.get());
+    else blas->gemm_f32(dw.data(), rows, cols, dx.data(), n, dy.data(), ldy, s.get());
+    s.sync("cuBLAS");
+    const auto got = download(dy, size_t(n * ldy));
+    std::vector<float> g;
+    std::vector<double> want;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < rows; ++r) {
+        double v = 0;
+        for (int64_t k = 0; k < cols; ++k)
+          v += double(w[size_t(r * cols + k)]) *
+               double(bf16 ? quant::bf16_to_f32(xb[size_t(t * cols + k)]) : x[size_t(t * cols + k)]);
+        want.push_back(v), g.push_back(got[size_t(t * ldy + r)]);
+      }
+    EXPECT_LT(max_err(g, want), 1e-5) << (bf16 ? "bf16" : "f32");
+  }
 }
 
 TEST(CudaDevice, ErrorsAreGenesisErrors) {

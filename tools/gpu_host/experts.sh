@@ -2,6 +2,7 @@
 #   TESTS=1            the GPU tests first (scripts/gpu_tests.sh)
 #   BUDGETS="0 6G all" Genesis `bench model --gpu --gpu-experts B` for each budget
 #   AB_ENV="VAR=v"     each budget also run with this environment (an A/B in the same call: a_x<budget>)
+#   PREFILL_ROWS=N     also `--gpu --gpu-prefill-rows N` (the prefill's experts streamed to the GPU), experts in VRAM 0
 #   NCMOE="48 24"      also llama.cpp built here with CUDA (about 300 s, while the GGUF is written), `llama-bench
 #                      -ngl 99 -ncmoe N` for each N (N layers' experts on the CPU: the same placement as Genesis with
 #                      (48 - N) / 48 of the experts' bytes as its budget)
@@ -25,6 +26,7 @@ for x in ${BUDGETS:-0 all}; do
   grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
   [ -n "${AB_ENV:-}" ] && step a_x$x 90 env $AB_ENV $G $B --gpu --gpu-experts $x --json $RES/a_x$x.json
 done
+[ -n "${PREFILL_ROWS:-}" ] && step g_stream 90 $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/g_stream.json
 if [ -n "${NCMOE:-}" ]; then
   for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
 fi

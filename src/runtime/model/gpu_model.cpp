@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 
 #include "common/error.h"
 #include "cuda/blas.h"
@@ -133,6 +134,12 @@ class GpuModel {
   size_t bytes = 0;
 };
 
+// A resident expert a cuBLAS step multiplies as bf16 GEMMs: its slot and its pairs q0 .. q0 + rows (q0 its padded
+// place among the step's pairs).
+struct GemmExpert {
+  int32_t slot, q0, rows;
+};
+
 class GpuState {
  public:
   GpuState(const GpuModel& m, const ModelConfig& c, int64_t capacity, int64_t max_rows);
@@ -146,10 +153,56 @@ class GpuState {
   // host; a unit per pair, so each row reads its experts' weights: more rows group them on the host instead).
   static constexpr int64_t kDeviceRouteRows = 4;
   int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
-  // GENESIS_CUDA_DEVICE_ROUTE=1 turns device routing on: off by default until it has run on a GPU (written and tested
-  // here without one; GpuResident.* and CudaKernels.RouteTopKMatchesTheHost check it where there is one).
-  bool device_route = false;
+  // Steps of at least gemm_rows rows (prefill chunks) run their products through cuBLAS on bf16 tensor cores with fp32
+  // sums, each fp32 activation split into two bf16 parts (hi + lo, about 16 bits: kernels.h), W x = W x_hi + W x_lo:
+  // the dense matrices (bf16 as the kernels read them); fp32 matrices in fp32; each resident expert that more than a
+  // unit's rows chose, its blocks dequantized to bf16 (2^-9, as the dense matrices are held) in groups of kDeqGroup
+  // experts. Fewer rows (decode, CUDA graphs) keep the kernels of kernels.h, which read each weight once per 8 rows.
+  // GENESIS_CUDA_GEMM_ROWS=N moves the threshold (0: never; at least kGraphRows + 1).
+  int64_t gemm_rows = kGraphRows + 1;
+  cuda::Blas* blas = nullptr;  // null: no cuBLAS (or off), the kernels take every step
+  static constexpr int64_t kDeqGroup = 16;
+  // GENESIS_CUDA_DEVICE_ROUTE=0 turns device routing off (for comparisons; GpuResident.* and
+  // CudaKernels.RouteTopKMatchesTheHost check it against the host's routing).
+  bool device_route = true;
   bool use_graphs = true;  // GENESIS_CUDA_GRAPHS=0 turns them off (for comparisons)
+  // GENESIS_CUDA_TIMES=1: the GPU time of each part of a step (CUDA events around it, graphs off), added to the
+  // Session's Profile::gpu_parts after the step. A profile of the device side where no Nsight is at hand.
+  bool times = false;
+  std::vector<cudaEvent_t> tev;  // timing events, reused step after step
+  size_t tev_used = 0;
+  struct Timed {
+    const char* what;
+    size_t a, b;
+  };
+  std::vector<Timed> timed;
+  template <class F>
+  void time(const char* what, F&& f) {
+    if (!times) return void(f());
+    const size_t a = event(), b = event();
+    cuda::check(cudaEventRecord(tev[a], stream.get()), "cudaEventRecord");
+    f();
+    cuda::check(cudaEventRecord(tev[b], stream.get()), "cudaEventRecord");
+    timed.push_back({what, a, b});
+  }
+  size_t event() {
+    if (tev_used == tev.size()) {
+      cudaEvent_t e = nullptr;
+      cuda::check(cudaEventCreate(&e), "cudaEventCreate");
+      tev.push_back(e);
+    }
+    return tev_used++;
+  }
+  // After the step's last sync: the timed parts' milliseconds into `parts` (seconds), events free for the next step.
+  void collect_times(std::map<std::string, double>& parts) {
+    for (const Timed& t : timed) {
+      float ms = 0;
+      cuda::check(cudaEventElapsedTime(&ms, tev[t.a], tev[t.b]), "cudaEventElapsedTime");
+      parts[t.what] += double(ms) * 1e-3;
+    }
+    timed.clear();
+    tev_used = 0;
+  }
   // Graphs are kept per row count, so only steps of one structure may use them: a step whose experts run on the GPU
   // from streamed blocks (--gpu-prefill-rows) splits its work differently from a decode step of as many rows.
   bool step_graphs = true;
@@ -188,13 +241,20 @@ class GpuState {
   bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
-  // Resident experts' pairs of one MoE layer (q: their index among the layer's GPU pairs; P = the step's rows x
-  // ranks), packed in one pinned buffer that one copy sends to `lists`: each (row, rank)'s q or -1 [P], each q's
-  // weight [P] and row of the step [P], the units [3 P] (int32 triples: cuda::ExpertUnit); sized for the most rows.
-  // Then SwiGLU of gate and up, and down's output.
+  // Resident experts' pairs of one MoE layer (q: their place among the layer's GPU pairs, QC places in all: P = the
+  // step's rows x ranks, and in a cuBLAS step the padding of launch_resident's groups), packed in one pinned buffer
+  // that one copy sends to `lists`: each (row, rank)'s q or -1 [P], each q's weight [QC] and row of the step [QC] (-1:
+  // padding), the units [3 U] (int32 triples: cuda::ExpertUnit), the GEMM experts' slots [J]; sized for the most
+  // rows. Then SwiGLU of gate and up (units), and down's output (units and GEMMs) per q.
   cuda::PinnedArray<int32_t> h_lists;
   cuda::DeviceArray<int32_t> lists;
   cuda::DeviceArray<float> r_act, r_out;
+  // cuBLAS steps: the rows' hi and lo parts (xb); resident experts' GEMMs: their pairs' rows (hi, lo), gate and up
+  // products [Q][2 I], SwiGLU (hi, lo), a group of experts' dequantized matrices [kDeqGroup][gate I H, up I H,
+  // down H I].
+  cuda::DeviceArray<uint16_t> xb, r_xb, r_actb, r_deq;
+  cuda::DeviceArray<float> r_gu;
+  std::vector<GemmExpert> gemm_experts;
   // Device routing: the router's logits and, per layer, the chosen expert ids (mapped: the host counts them).
   cuda::DeviceArray<float> router_dev;
   cuda::PinnedArray<int32_t> h_chosen;  // [layers][kDeviceRouteRows][top_k]
@@ -465,8 +525,14 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   }
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
+  if (const char* t = std::getenv("GENESIS_CUDA_TIMES")) times = std::string(t) == "1";
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
-  if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) == "1";
+  if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
+  if (const char* gr = std::getenv("GENESIS_CUDA_GEMM_ROWS")) {
+    const int64_t v = std::atoll(gr);
+    gemm_rows = v <= 0 ? 0 : std::max<int64_t>(v, kGraphRows + 1);
+  }
+  if (gemm_rows > 0 && rows >= gemm_rows) blas = cuda::Blas::get(nullptr);
   graphs.resize(size_t(kGraphRows + 1));
   kv_elems = m.attn_layers * c.num_kv_heads * capacity * c.head_dim;
   const size_t R = size_t(rows), H = size_t(c.hidden_size);
@@ -483,6 +549,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (gated) qg.resize(R * 2 * size_t(c.q_dim()));
   k.resize(R * size_t(c.kv_dim())), v.resize(R * size_t(c.kv_dim()));
   h1.resize(R * inter), h2.resize(R * inter);
+  if (blas) xb.resize(2 * R * std::max({H, size_t(c.q_dim()), inter}));
   sh_gate.resize(R);
   pos.resize(R), out_rows.resize(R), kptr.resize(R), vptr.resize(R);
   h_x.resize(R * H), h_xn.resize(R * H), h_tmp.resize(R * H);
@@ -491,7 +558,8 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (m.resident_count > 0) {
     const size_t Q = R * size_t(c.top_k), I = size_t(c.moe_intermediate_size);
     static_assert(sizeof(cuda::ExpertUnit) == 3 * sizeof(int32_t));
-    h_lists.resize(6 * Q), lists.resize(6 * Q);
+    // Room for the cuBLAS steps' padding (launch_resident falls back to units beyond it).
+    h_lists.resize(12 * Q + size_t(c.num_experts)), lists.resize(12 * Q + size_t(c.num_experts));
     r_act.resize(Q * I), r_out.resize(Q * H);
     router_dev.resize(size_t(kDeviceRouteRows * c.num_experts));
     h_chosen.resize(size_t(c.num_layers * kDeviceRouteRows * c.top_k));
@@ -512,6 +580,38 @@ void gpu_reserve_sequence(GpuState& s, int32_t seq) {
 
 namespace {
 
+// The products of a step's n rows over one x (GpuState::gemm_rows says which path), timed as `what`.
+void products(GpuState& g, const char* what, const cuda::GemvJob* jobs, int count, const float* x, int64_t n,
+              cudaStream_t s) {
+  g.time(what, [&] {
+  if (!g.blas || n < g.gemm_rows) return cuda::gemv_many(jobs, count, x, n, s);
+  int64_t xb_cols = -1;  // the columns xb holds x's rows at
+  for (int j = 0; j < count; ++j) {
+    const cuda::DeviceMatrix& m = jobs[j].w;
+    if (m.bf16) {
+      const int64_t part = n * m.cols;
+      if (xb_cols != m.cols) {
+        g.xb.resize(size_t(2 * part));
+        cuda::convert_bf16(x, g.xb.data(), part, s, g.xb.data() + part);
+        xb_cols = m.cols;
+      }
+      const auto* w = static_cast<const uint16_t*>(m.w);
+      g.blas->gemm_bf16(w, m.rows, m.cols, g.xb.data(), n, jobs[j].y, jobs[j].ldy, s);
+      g.blas->gemm_bf16(w, m.rows, m.cols, g.xb.data() + part, n, jobs[j].y, jobs[j].ldy, s, true);
+    } else {
+      g.blas->gemm_f32(static_cast<const float*>(m.w), m.rows, m.cols, x, n, jobs[j].y, jobs[j].ldy, s);
+    }
+    if (m.bias) cuda::add_bias(jobs[j].y, m.bias, n, m.rows, jobs[j].ldy, s);
+  }
+  });
+}
+
+void product(GpuState& g, const char* what, const cuda::DeviceMatrix& W, const float* x, float* y, int64_t n,
+             int64_t ldy, cudaStream_t s) {
+  const cuda::GemvJob job{W, y, ldy};
+  products(g, what, &job, 1, x, n, s);
+}
+
 // A layer's attention on the GPU: xn -> q, k, v -> QK-norm, clip, rope, KV append -> attention -> o -> g.tmp.
 void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float rope_scaling, bool gated, int64_t li,
                    int64_t n) {
@@ -521,7 +621,8 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
   const cuda::GemvJob qkv[] = {{gl.q.m, gated ? g.qg.data() : g.q.data(), gated ? 2 * qd : qd},
                                {gl.k.m, g.k.data(), kvd},
                                {gl.v.m, g.v.data(), kvd}};
-  cuda::gemv_many(qkv, 3, g.xn.data(), n, s);
+  products(g, "attention q k v", qkv, 3, g.xn.data(), n, s);
+  g.time("attention core", [&] {
   if (gated) cuda::split_gated_q(g.qg.data(), g.q.data(), n, nh, hd, s);
   cuda::QkPrep prep;
   prep.eps = eps;
@@ -542,7 +643,8 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
   cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, float(1.0 / std::sqrt(double(hd))),
                   gated ? g.qg.data() : nullptr, s, split ? g.att_part.data() : nullptr,
                   split ? g.attn_splits : 1);
-  cuda::gemv(gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
+  });
+  product(g, "attention o", gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
 }
 
 }  // namespace
@@ -646,7 +748,7 @@ static void gpu_prefill_experts(GpuState& g, int64_t li, const ModelConfig& c, c
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
   const cudaStream_t s = stream.get();
-  if (!use_graphs || !step_graphs || n > kGraphRows) {
+  if (!use_graphs || times || !step_graphs || n > kGraphRows) {
     for (auto& f : work) f();
   } else {
     std::vector<cudaGraphExec_t>& v = graphs[size_t(n)];
@@ -678,6 +780,7 @@ void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) 
 GpuState::~GpuState() {
   for (auto& v : graphs)
     for (cudaGraphExec_t e : v) cudaGraphExecDestroy(e);
+  for (cudaEvent_t e : tev) cudaEventDestroy(e);
   if (ev) cudaEventDestroy(ev);
   for (int b = 0; b < 2; ++b) {
     if (raw_ready[b]) cudaEventDestroy(raw_ready[b]);
@@ -737,10 +840,12 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   work.clear();
   g.segment = 0;
   work.push_back([&g, n, xbytes] {
-    cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream);
-    cuda::copy_to_device(g.pos.data(), g.h_pos.data(), size_t(n) * 4, g.stream);
-    cuda::copy_to_device(g.kptr.data(), g.h_kptr.data(), size_t(n) * sizeof(float*), g.stream);
-    cuda::copy_to_device(g.vptr.data(), g.h_vptr.data(), size_t(n) * sizeof(float*), g.stream);
+    g.time("copies", [&] {
+      cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream);
+      cuda::copy_to_device(g.pos.data(), g.h_pos.data(), size_t(n) * 4, g.stream);
+      cuda::copy_to_device(g.kptr.data(), g.h_kptr.data(), size_t(n) * sizeof(float*), g.stream);
+      cuda::copy_to_device(g.vptr.data(), g.h_vptr.data(), size_t(n) * sizeof(float*), g.stream);
+    });
   });
   const float* pend_a = nullptr;  // deltas the next norm adds to x
   const float* pend_b = nullptr;
@@ -761,35 +866,114 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // lists are rewritten only after the next router's event: their copy is done by then.
   auto launch_resident = [&](const ResidentExperts& re, int64_t KK) {
     const int64_t P = n * KK, I = c_.moe_intermediate_size;
+    auto count = [&](int64_t e) { return expert_start_[size_t(e + 1)] - expert_start_[size_t(e)]; };
+    // In a cuBLAS step the experts that more than a unit's rows chose run as batched GEMMs: sorted by their pair
+    // count, in groups of kDeqGroup, each expert of a group padded to the group's largest count (the pairs' q are
+    // their padded places). The rest, and every expert of a smaller step, run in units (q after the padded ones).
+    std::vector<GemmExpert>& ge = g.gemm_experts;
+    ge.clear();
+    int64_t unit_pairs = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const int32_t sl = re.slot[size_t(e)], cnt = count(e);
+      if (sl < 0 || cnt == 0) continue;
+      if (g.blas && n >= g.gemm_rows && cnt > cuda::kExpertUnitRows) ge.push_back({sl, int32_t(e), cnt});
+      else unit_pairs += cnt;
+    }
+    std::stable_sort(ge.begin(), ge.end(), [](const GemmExpert& a, const GemmExpert& b) { return a.rows > b.rows; });
+    constexpr int64_t G = GpuState::kDeqGroup;
+    const int64_t J = int64_t(ge.size());
+    int64_t padded = 0;
+    for (int64_t j0 = 0; j0 < J; j0 += G) padded += std::min(G, J - j0) * ge[size_t(j0)].rows;
+    // Lists: row_q [P], q_w [QC], q_row [QC], units [3 U], GEMM slots [J] (QC: the padded pairs and the units').
+    int64_t QC = padded + unit_pairs;
+    if (P + 2 * QC + 3 * P + J > int64_t(g.h_lists.size())) {  // padding beyond the buffer: units for all
+      for (const GemmExpert& x : ge) unit_pairs += x.rows;
+      ge.clear();
+      padded = 0;
+      QC = unit_pairs;
+    }
+    const int64_t Jn = int64_t(ge.size());
     int32_t* row_q = g.h_lists.data();
     float* q_w = reinterpret_cast<float*>(row_q + P);
-    int32_t* q_row = row_q + 2 * P;
-    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(row_q + 3 * P);
+    int32_t* q_row = row_q + P + QC;
+    auto* hu = reinterpret_cast<cuda::ExpertUnit*>(row_q + P + 2 * QC);
     pair_elsewhere_.assign(size_t(P), -1);
+    auto take = [&](int64_t e, int32_t q0, int32_t places) {
+      const int32_t p0 = expert_start_[size_t(e)], p1 = expert_start_[size_t(e + 1)];
+      for (int32_t p = p0; p < p1; ++p) {
+        pair_elsewhere_[size_t(p)] = q0 + (p - p0);
+        q_row[q0 + (p - p0)] = pair_row_[size_t(p)];
+        q_w[q0 + (p - p0)] = pair_weight_[size_t(p)];
+      }
+      for (int32_t q = q0 + (p1 - p0); q < q0 + places; ++q) q_row[q] = -1, q_w[q] = 0.0f;  // padding
+    };
     int32_t q = 0;
+    for (int64_t j0 = 0; j0 < Jn; j0 += G) {
+      const int32_t rmax = ge[size_t(j0)].rows;
+      for (int64_t j = j0; j < std::min(Jn, j0 + G); ++j, q += rmax) {
+        take(ge[size_t(j)].q0, q, rmax);  // q0 holds the expert until here
+        ge[size_t(j)].q0 = q;
+      }
+    }
     int64_t U = 0;
     int max_rows = 1;
     for (int64_t e = 0; e < E; ++e) {
-      const int32_t sl = re.slot[size_t(e)], p0 = expert_start_[size_t(e)], p1 = expert_start_[size_t(e + 1)];
-      if (sl < 0 || p1 == p0) continue;
-      for (int32_t u0 = p0; u0 < p1; u0 += cuda::kExpertUnitRows)
-        hu[U++] = {sl, q + (u0 - p0), std::min<int32_t>(cuda::kExpertUnitRows, p1 - u0)};
-      max_rows = std::max(max_rows, std::min<int>(cuda::kExpertUnitRows, p1 - p0));
-      for (int32_t p = p0; p < p1; ++p, ++q) {
-        pair_elsewhere_[size_t(p)] = q;
-        q_row[q] = pair_row_[size_t(p)];
-        q_w[q] = pair_weight_[size_t(p)];
-      }
+      const int32_t sl = re.slot[size_t(e)], cnt = count(e);
+      if (sl < 0 || cnt == 0 || pair_elsewhere_[size_t(expert_start_[size_t(e)])] >= 0) continue;
+      for (int32_t u0 = 0; u0 < cnt; u0 += cuda::kExpertUnitRows)
+        hu[U++] = {sl, q + u0, std::min<int32_t>(cuda::kExpertUnitRows, cnt - u0)};
+      max_rows = std::max(max_rows, std::min<int>(cuda::kExpertUnitRows, cnt));
+      take(e, q, cnt);
+      q += cnt;
     }
+    int32_t* slots = row_q + P + 2 * QC + 3 * U;
+    for (int64_t j = 0; j < Jn; ++j) slots[j] = ge[size_t(j)].slot;
     for (int64_t i = 0; i < P; ++i) row_q[i] = pair_elsewhere_[size_t(row_pairs_[size_t(i)])];
-    prof_.gpu_expert_pairs += q;
-    // One copy: the whole buffer when units were made (they sit at its end), else only row_q.
-    cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 ? 3 * P + 3 * U : P) * 4, g.stream);
-    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * P);
-    cuda::expert_gate_up(re.arena.data(), re.slot_bytes, re.gate, re.up, I, H, du, U, max_rows, g.xn.data(),
-                         g.lists.data() + 2 * P, g.r_act.data(), s);
-    cuda::expert_down(re.arena.data(), re.slot_bytes, re.down, H, I, du, U, max_rows, g.r_act.data(), g.r_out.data(),
-                      s);
+    prof_.gpu_expert_pairs += unit_pairs;
+    for (const GemmExpert& x : ge) prof_.gpu_expert_pairs += x.rows;
+    // One copy: the whole buffer when units or GEMM experts were made (they sit at its end), else only row_q.
+    g.time("copies", [&] {
+      cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 || Jn > 0 ? P + 2 * QC + 3 * U + Jn : P) * 4,
+                           g.stream);
+    });
+    if (QC > int64_t(g.r_act.size()) / I) g.r_act.resize(size_t(QC * I)), g.r_out.resize(size_t(QC * H));
+    const int32_t* d_qrow = g.lists.data() + P + QC;
+    const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + P + 2 * QC);
+    g.time("experts gate+up (units)", [&] {
+      cuda::expert_gate_up(re.arena.data(), re.slot_bytes, re.gate, re.up, I, H, du, U, max_rows, g.xn.data(), d_qrow,
+                           g.r_act.data(), s);
+    });
+    g.time("experts down (units)", [&] {
+      cuda::expert_down(re.arena.data(), re.slot_bytes, re.down, H, I, du, U, max_rows, g.r_act.data(),
+                        g.r_out.data(), s);
+    });
+    if (Jn > 0) g.time("experts (GEMMs)", [&] {
+      const int64_t IH = I * H;
+      g.r_xb.resize(size_t(2 * padded * H)), g.r_gu.resize(size_t(padded * 2 * I));
+      g.r_actb.resize(size_t(2 * padded * I)), g.r_deq.resize(size_t(G * 3 * IH));
+      uint16_t *x_hi = g.r_xb.data(), *x_lo = x_hi + padded * H, *a_hi = g.r_actb.data(), *a_lo = a_hi + padded * I;
+      uint16_t* w = g.r_deq.data();
+      cuda::gather_rows_bf16(g.xn.data(), d_qrow, x_hi, padded, H, s, x_lo);
+      const int32_t* dslots = g.lists.data() + P + 2 * QC + 3 * U;
+      for (int64_t j0 = 0; j0 < Jn; j0 += G) {
+        const int64_t cnt = std::min(G, Jn - j0), rmax = ge[size_t(j0)].rows, base = ge[size_t(j0)].q0;
+        cuda::dequantize_slots_bf16(re.gate, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w, 3 * IH, s);
+        cuda::dequantize_slots_bf16(re.up, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + IH, 3 * IH, s);
+        cuda::dequantize_slots_bf16(re.down, H, I, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + 2 * IH,
+                                    3 * IH, s);
+        // W x as W x_hi + W x_lo, a batch of the group's experts each.
+        auto split_product = [&](int64_t w_off, int64_t rows, int64_t cols, const uint16_t* xh, const uint16_t* xl,
+                                 float* y) {
+          g.blas->gemm_bf16_batched(w + w_off, rows, cols, 3 * IH, xh, rmax, rmax * cols, y, rows, rmax * rows, cnt, s);
+          g.blas->gemm_bf16_batched(w + w_off, rows, cols, 3 * IH, xl, rmax, rmax * cols, y, rows, rmax * rows, cnt, s,
+                                    true);
+        };
+        // Gate and up as one [2 I][H] matrix per expert, SwiGLU over the group's rows, then down.
+        split_product(0, 2 * I, H, x_hi + base * H, x_lo + base * H, g.r_gu.data() + base * 2 * I);
+        cuda::swiglu_halves_bf16(g.r_gu.data() + base * 2 * I, cnt * rmax, I, a_hi + base * I, s, a_lo + base * I);
+        split_product(2 * IH, H, I, a_hi + base * I, a_lo + base * I, g.r_out.data() + base * H);
+      }
+    });
     clock_.lap(Op::router);
   };
   auto run_deferred = [&] {
@@ -803,7 +987,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     const GpuLayer* gl = &gm.layers[size_t(li)];
     const LayerKind kind = c_.layers[size_t(li)];
     work.push_back([&g, gl, pend_a, pend_b, n, H, eps, s] {
-      cuda::add_rms_norm(g.x.data(), pend_a, pend_b, gl->input_norm.data(), g.xn.data(), n, H, eps, s);
+      g.time("norms", [&] { cuda::add_rms_norm(g.x.data(), pend_a, pend_b, gl->input_norm.data(), g.xn.data(), n, H, eps, s); });
     });
     pend_a = pend_b = nullptr;
     if (gl->gpu_mixer) {
@@ -835,16 +1019,18 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     // A MoE layer's normalized rows also go straight to the host (mapped memory): the CPU's experts read them.
     float* xn_host = kind.mlp == MlpKind::dense || on_device ? nullptr : g.h_xn.device();
     work.push_back([&g, gl, pend_a, xn_host, n, H, eps, s] {
-      cuda::add_rms_norm(g.x.data(), pend_a, nullptr, gl->post_norm.data(), g.xn.data(), n, H, eps, s, xn_host);
+      g.time("norms", [&] {
+        cuda::add_rms_norm(g.x.data(), pend_a, nullptr, gl->post_norm.data(), g.xn.data(), n, H, eps, s, xn_host);
+      });
     });
     pend_a = nullptr;
     if (kind.mlp == MlpKind::dense) {
       const int64_t I = c_.intermediate_size;
       work.push_back([&g, gl, n, H, I, s] {
         const cuda::GemvJob gate_up[] = {{gl->gate.m, g.h1.data(), I}, {gl->up.m, g.h2.data(), I}};
-        cuda::gemv_many(gate_up, 2, g.xn.data(), n, s);
-        cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * I, s);
-        cuda::gemv(gl->down.m, g.h1.data(), g.tmp.data(), n, H, s);
+        products(g, "dense mlp", gate_up, 2, g.xn.data(), n, s);
+        g.time("elementwise", [&] { cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * I, s); });
+        product(g, "dense mlp", gl->down.m, g.h1.data(), g.tmp.data(), n, H, s);
       });
       pend_a = g.tmp.data();
       continue;
@@ -854,11 +1040,11 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       const int64_t SI = c_.shared_expert_intermediate_size;
       work.push_back([&g, gl, n, H, SI, s] {
         const cuda::GemvJob gate_up[] = {{gl->sh_gate_proj.m, g.h1.data(), SI}, {gl->sh_up.m, g.h2.data(), SI}};
-        cuda::gemv_many(gate_up, 2, g.xn.data(), n, s);
-        cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * SI, s);
-        cuda::gemv(gl->sh_down.m, g.h1.data(), g.sh_out.data(), n, H, s);
-        cuda::gemv(gl->sh_gate.m, g.xn.data(), g.sh_gate.data(), n, 1, s);
-        cuda::scale_rows_sigmoid(g.sh_out.data(), g.sh_gate.data(), n, H, s);
+        products(g, "shared expert", gate_up, 2, g.xn.data(), n, s);
+        g.time("elementwise", [&] { cuda::swiglu(g.h1.data(), g.h2.data(), g.h1.data(), n * SI, s); });
+        product(g, "shared expert", gl->sh_down.m, g.h1.data(), g.sh_out.data(), n, H, s);
+        product(g, "shared expert", gl->sh_gate.m, g.xn.data(), g.sh_gate.data(), n, 1, s);
+        g.time("elementwise", [&] { cuda::scale_rows_sigmoid(g.sh_out.data(), g.sh_gate.data(), n, H, s); });
       });
     };
     if (on_device) {
@@ -866,15 +1052,23 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       const int64_t I = c_.moe_intermediate_size, P = n * K;
       int32_t* chosen = g.h_chosen.device() + li * GpuState::kDeviceRouteRows * K;
       work.push_back([&g, gl, re, n, E, K, H, I, P, chosen, norm = c_.norm_topk_prob, s] {
-        cuda::gemv(gl->router.m, g.xn.data(), g.router_dev.data(), n, E, s);
-        cuda::route_top_k(g.router_dev.data(), n, E, K, norm, re->slot_dev.data(), g.lists.data(), P, chosen, s);
+        g.time("router", [&] { cuda::gemv(gl->router.m, g.xn.data(), g.router_dev.data(), n, E, s); });
+        g.time("route top-k", [&] {
+          cuda::route_top_k(g.router_dev.data(), n, E, K, norm, re->slot_dev.data(), g.lists.data(), P, chosen, s);
+        });
         const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + 3 * P);
-        cuda::expert_gate_up(re->arena.data(), re->slot_bytes, re->gate, re->up, I, H, du, P, 1, g.xn.data(),
-                             g.lists.data() + 2 * P, g.r_act.data(), s);
-        cuda::expert_down(re->arena.data(), re->slot_bytes, re->down, H, I, du, P, 1, g.r_act.data(), g.r_out.data(),
-                          s);
-        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + P), n, K,
-                            H, g.moe_out.data(), s);
+        g.time("experts gate+up (units)", [&] {
+          cuda::expert_gate_up(re->arena.data(), re->slot_bytes, re->gate, re->up, I, H, du, P, 1, g.xn.data(),
+                               g.lists.data() + 2 * P, g.r_act.data(), s);
+        });
+        g.time("experts down (units)", [&] {
+          cuda::expert_down(re->arena.data(), re->slot_bytes, re->down, H, I, du, P, 1, g.r_act.data(),
+                            g.r_out.data(), s);
+        });
+        g.time("combine", [&] {
+          cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + P), n,
+                              K, H, g.moe_out.data(), s);
+        });
       });
       if (shared) shared_expert();
       device_layers.push_back(li);
@@ -884,7 +1078,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       continue;
     }
     // The router's logits are written to the host directly too; the event after them is the CPU's signal.
-    work.push_back([&g, gl, n, E, s] { cuda::gemv(gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
+    work.push_back([&g, gl, n, E, s] { product(g, "router", gl->router.m, g.xn.data(), g.h_router.device(), n, E, s); });
     g.run_segment(n, work);
     moe_copy_queued = false;
     cuda::check(cudaEventRecord(g.ev, s), "cudaEventRecord");
@@ -928,11 +1122,15 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     }
     if (defer > 0) deferred_layer = &l;
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
-    work.push_back([&g, xbytes] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    work.push_back([&g, xbytes] {
+      g.time("copies", [&] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    });
     if (re)
       work.push_back([&g, n, KK = K - defer, H, s] {
-        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * KK), n,
-                            KK, H, g.moe_out.data(), s, true);
+        g.time("combine", [&] {
+          cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * KK),
+                              n, KK, H, g.moe_out.data(), s, true);
+        });
       });
     moe_copy_queued = true;
     pend_a = g.moe_out.data();
@@ -973,12 +1171,13 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     cuda::copy_to_device(g.out_rows.data(), g.h_out_rows.data(), size_t(m) * 4, g.stream);
     cuda::gather_rows(g.xn.data(), g.out_rows.data(), g.out_x.data(), m, H, s);
     g.logits.resize(size_t(m * V));
-    cuda::gemv(gm.output.m, g.out_x.data(), g.logits.data(), m, V, s);
+    product(g, "output", gm.output.m, g.out_x.data(), g.logits.data(), m, V, s);
     g.h_logits.resize(size_t(m * V));
     cuda::copy_to_host(g.h_logits.data(), g.logits.data(), size_t(m * V) * 4, g.stream);
   }
   g.stream.sync("the GPU part of a step (output layer)");
   clock_.lap(Op::gpu);
+  if (g.times) g.collect_times(prof_.gpu_parts);
   for (int64_t i = 0; i < m; ++i)
     std::memcpy(out[size_t(i)].second, g.h_logits.data() + i * V, size_t(V) * 4);
   // The device-routed layers' choices, for the usage counts and the profile.

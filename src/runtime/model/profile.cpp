@@ -46,6 +46,8 @@ Profile Profile::operator-(const Profile& o) const {
   d.experts = experts - o.experts;
   d.expert_pairs = expert_pairs - o.expert_pairs;
   d.gpu_expert_pairs = gpu_expert_pairs - o.gpu_expert_pairs;
+  d.gpu_parts = gpu_parts;
+  for (const auto& [k, v] : o.gpu_parts) d.gpu_parts[k] -= v;
   return d;
 }
 
@@ -56,6 +58,11 @@ nlohmann::json Profile::to_json(bool per_token) const {
   for (int i = 0; i < kOpCount; ++i) j[op_name(Op(i))] = seconds[size_t(i)] * scale;
   j["total"] = total() * scale;
   j["regions_per_step"] = steps > 0 ? double(regions) / double(steps) : 0.0;
+  if (!gpu_parts.empty()) {
+    nlohmann::json g = nlohmann::json::object();
+    for (const auto& [k, v] : gpu_parts) g[k] = v * scale;
+    j["gpu_parts"] = g;
+  }
   return j;
 }
 

@@ -5,6 +5,8 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +40,9 @@ struct Profile {
   int64_t experts = 0;  // distinct routed experts whose weights steps read, summed over MoE layers
   int64_t expert_pairs = 0;      // (row, routed expert) pairs run
   int64_t gpu_expert_pairs = 0;  // of those, the ones the GPU ran (experts resident there: --gpu-experts)
+  // Hybrid mode with GENESIS_CUDA_TIMES=1: the GPU's time by part of the step (seconds; CUDA events around each part,
+  // no CUDA graphs). The device side's own profile, beside `seconds`' host view ("gpu": the host waiting).
+  std::map<std::string, double> gpu_parts;
 
   double total() const;
   Profile operator-(const Profile& o) const;

@@ -17,13 +17,13 @@
 
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
+#include "runtime/model/ops.h"
 
 namespace genesis::runtime {
 
 namespace {
 
 float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-float silu(float x) { return x / (1.0f + std::exp(-x)); }
 // torch.nn.functional.softplus (beta 1, threshold 20).
 float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
 
@@ -80,9 +80,10 @@ void Session::deltanet(int64_t li, int64_t n) {
     }
   }
   // Per sequence of the step: the conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the
-  // window's last kernel - 1 rows become its conv state. Depthwise causal conv + SiLU; channels split over the pool
-  // for several rows (a decode token's 8192 x 4 products take less time than starting a parallel region).
-  constexpr int64_t kChannelBlock = 256;
+  // window's last kernel - 1 rows become its conv state. Depthwise causal conv, then SiLU over each block of channels
+  // (the vector exp: a decode token's 8192 libm exps took ~85 us); blocks split over the pool from kConvParallel
+  // channel-rows on (one decode token on Qwen3-Next has 8192), below that in the caller.
+  constexpr int64_t kChannelBlock = 256, kConvParallel = 4096;
   for (const Segment& sg : segs_) {
     float* state = seqs_[size_t(sg.seq)].conv_layer(li);
     fit(conv_win_, (K - 1 + sg.n) * CD);
@@ -91,16 +92,19 @@ void Session::deltanet(int64_t li, int64_t n) {
     std::memcpy(state, &conv_win_[size_t(sg.n * CD)], size_t((K - 1) * CD) * 4);
     auto conv_block = [&](int64_t b) {
       const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
-      for (int64_t t = 0; t < sg.n; ++t)
+      for (int64_t t = 0; t < sg.n; ++t) {
+        float* out = &conv_out_[size_t((sg.row0 + t) * CD)];
         for (int64_t c = c0; c < c1; ++c) {
           const float* w = &l.conv_w[size_t(c * K)];
           float s = 0.0f;
           for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
-          conv_out_[size_t((sg.row0 + t) * CD + c)] = silu(s);
+          out[c] = s;
         }
+        silu(out + c0, c1 - c0);
+      }
     };
     const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
-    if (sg.n >= 4) {
+    if (sg.n * CD >= kConvParallel) {
       parallel_for(blocks, conv_block);
     } else {
       for (int64_t b = 0; b < blocks; ++b) conv_block(b);
@@ -114,22 +118,20 @@ void Session::deltanet(int64_t li, int64_t n) {
       l2_normalize(&conv_out_[size_t(t * CD + KD + g * dk)], &dk_[size_t(t * KD + g * dk)], dk, 1.0f);
     }
 
-  // The delta rule, one task per (sequence, value head): each state is its own.
+  // The delta rule, one task per (sequence, value head): each state is its own. Then, in the same task, the gated
+  // RMSNorm of that head's outputs: rmsnorm(o) * w * silu(z).
   parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
     const Segment& sg = segs_[size_t(task / nv)];
     const int64_t h = task % nv;
     float* S = seqs_[size_t(sg.seq)].recurrent_layer(li) + h * dk * dv;
     if (chunked_delta_ && sg.n > 1) delta_rule_chunked(S, h, sg.row0, sg.n);
     else delta_rule_recurrent(S, h, sg.row0, sg.n);
-  });
-  // Gated RMSNorm per (row, value head): rmsnorm(o) * w * silu(z).
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t h = 0; h < nv; ++h) {
+    for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
       float* o = &core_[size_t(t * VD + h * dv)];
-      const float* z = &z_[size_t(t * VD + h * dv)];
       rms_norm(o, l.gated_norm.data(), o, dv, c_.rms_norm_eps);
-      for (int64_t i = 0; i < dv; ++i) o[i] *= silu(z[i]);
+      swiglu(&z_[size_t(t * VD + h * dv)], o, o, dv);
     }
+  });
   clock_.lap(Op::delta_rule);
   dense_product(l.out_proj, core_.data(), tmp_.data(), n, pool_);
   clock_.lap(Op::dense);

@@ -276,6 +276,12 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
       const double gv = g[size_t(i)], want = gv / (1.0 + std::exp(-gv)) * u[size_t(i)];
       EXPECT_NEAR(o[size_t(i)], want, 1e-6 * std::abs(want) + 1e-30) << gv;
     }
+    std::vector<float> sl = g;  // silu in place: swiglu without the up factor
+    silu(sl.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double gv = g[size_t(i)], want = gv / (1.0 + std::exp(-gv));
+      EXPECT_NEAR(sl[size_t(i)], want, 1e-6 * std::abs(want) + 1e-30) << gv;
+    }
   }
   for (int64_t d : {5, 8, 16, 24, 64, 128, 256}) {
     for (int64_t G : {1, 8}) {

@@ -397,13 +397,15 @@ double exp_shift_sum_portable(float* x, int64_t n, float shift) {
   return sum;
 }
 
+// out[i] = silu(gate[i]) * up[i], or silu(gate[i]) alone when up is null.
 __attribute__((target("avx512f"))) void swiglu_avx512(const float* gate, const float* up, float* out, int64_t n) {
   const __m512 one = _mm512_set1_ps(1.0f);
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
     const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
     const __m512 d = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g)));
-    _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(_mm512_div_ps(g, d), _mm512_maskz_loadu_ps(m, up + i)));
+    const __m512 a = _mm512_div_ps(g, d);
+    _mm512_mask_storeu_ps(out + i, m, up ? _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, up + i)) : a);
   }
   _mm256_zeroupper();
 }
@@ -414,27 +416,32 @@ __attribute__((target("avx2,fma"))) void swiglu_avx2(const float* gate, const fl
   for (; i + 8 <= n; i += 8) {
     const __m256 g = _mm256_loadu_ps(gate + i);
     const __m256 d = _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)));
-    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, d), _mm256_loadu_ps(up + i)));
+    const __m256 a = _mm256_div_ps(g, d);
+    _mm256_storeu_ps(out + i, up ? _mm256_mul_ps(a, _mm256_loadu_ps(up + i)) : a);
   }
   _mm256_zeroupper();
   for (; i < n; ++i) {
     const float g = gate[i];
-    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * (up ? up[i] : 1.0f);
   }
 }
 
-}  // namespace
-
-void swiglu(const float* gate, const float* up, float* out, int64_t n) {
+void swiglu_any(const float* gate, const float* up, float* out, int64_t n) {
   static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
                     avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
   if (avx512) return swiglu_avx512(gate, up, out, n);
   if (avx2) return swiglu_avx2(gate, up, out, n);
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    out[i] = (g / (1.0f + std::exp(-g))) * up[i];
+    out[i] = (g / (1.0f + std::exp(-g))) * (up ? up[i] : 1.0f);
   }
 }
+
+}  // namespace
+
+void swiglu(const float* gate, const float* up, float* out, int64_t n) { swiglu_any(gate, up, out, n); }
+
+void silu(float* x, int64_t n) { swiglu_any(x, nullptr, x, n); }
 
 double exp_shift_sum(float* x, int64_t n, float shift) {
   static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),

@@ -27,8 +27,10 @@ RopeTable rope_table(const ModelConfig& c, int64_t seq_len);
 // Rotates the first rotary_dim dims of each of `heads` vectors of head_dim floats (NeoX: pairs (i, i + rd/2)).
 void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, int64_t pos, const RopeTable& t);
 
-// out[i] = silu(gate[i]) * up[i]
+// out[i] = silu(gate[i]) * up[i] (out may alias either; a vector exp within 2 ulp where the CPU has AVX2 or AVX-512)
 void swiglu(const float* gate, const float* up, float* out, int64_t n);
+// x[i] = silu(x[i]) = x[i] / (1 + exp(-x[i])), the same vector exp.
+void silu(float* x, int64_t n);
 
 // sum_i a[i] * b[i] in fp32 (AVX-512 with 16 lanes summed at the end where the CPU has it, else 8 partial sums).
 float dot_f32(const float* a, const float* b, int64_t n);

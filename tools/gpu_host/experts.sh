@@ -2,6 +2,7 @@
 #   TESTS=1            the GPU tests first (scripts/gpu_tests.sh)
 #   BUDGETS="0 6G all" Genesis `bench model --gpu --gpu-experts B` for each budget
 #   AB_ENV="VAR=v"     each budget also run with this environment (an A/B in the same call: a_x<budget>)
+#   CPU=1              also CPU only (no --gpu) and, with NCMOE, llama-bench -dev none (the engine's own comparison)
 #   PREFILL_ROWS=N     also `--gpu --gpu-prefill-rows N` (the prefill's experts streamed to the GPU), experts in VRAM 0
 #   NCMOE="48 24"      also llama.cpp built here with CUDA (about 300 s, while the GGUF is written), `llama-bench
 #                      -ngl 99 -ncmoe N` for each N (N layers' experts on the CPU: the same placement as Genesis with
@@ -27,8 +28,10 @@ for x in ${BUDGETS:-0 all}; do
   [ -n "${AB_ENV:-}" ] && step a_x$x 90 env $AB_ENV $G $B --gpu --gpu-experts $x --json $RES/a_x$x.json
 done
 [ -n "${PREFILL_ROWS:-}" ] && step g_stream 90 $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/g_stream.json
+[ -n "${CPU:-}" ] && step g_cpu 90 $G $B --json $RES/g_cpu.json
 if [ -n "${NCMOE:-}" ]; then
   for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
+  [ -n "${CPU:-}" ] && step l_cpu 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -dev none
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES
 echo "total $(( $(date +%s) - T0 )) s"

@@ -108,8 +108,13 @@ void setup_evolve(CLI::App& app) {
   c->add_option("--tokens", a->opt.tokens, "tokens per call, 1..16");
   c->add_option("--regime", a->opt.regime,
                  "cache regime of the search's fitness: both (default), hot (weights stay in cache) or cold (rotate "
-                 "copies > 2x LLC); the end-of-run gate always checks both")
+                 "copies > 2x LLC); the end-of-run gate measures both")
       ->check(CLI::IsMember({"hot", "cold", "both"}));
+  c->add_option("--gate", a->opt.gate,
+                 "what the end-of-run gate requires: both (default: not slower in either regime) or search (not slower "
+                 "in the search's --regime, hot or cold; the other regime is measured and reported, not gating). "
+                 "Decode streams a model's weights from memory: a cold winner is what it runs")
+      ->check(CLI::IsMember({"both", "search"}));
   c->add_option("--budget", a->opt.budget, "10m / 90s / 1h of search, or a number of evaluations (default 2m)");
   c->add_option("--strategy", a->opt.strategy, "one-plus-one or map-elites");
   c->add_option("--seed", a->opt.seed, "random seed (same seed, same sequence of genomes)");

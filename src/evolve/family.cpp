@@ -75,10 +75,11 @@ size_t cold_copy_count(size_t bytes) {
   return std::max<size_t>(2, 2 * llc / std::max<size_t>(1, bytes) + 1);
 }
 
-void judge_gate(GateResult& g, bool winner_is_baseline) {
+void judge_gate(GateResult& g, bool winner_is_baseline, const std::string& only_regime) {
   // Verdict: the search's own regime on training shapes was already confirmed; everything else must not lose.
   std::vector<std::string> losses;
   for (const auto& rec : g.records) {
+    if (!only_regime.empty() && rec.correct && rec.regime != only_regime) continue;  // reported, not gating
     if (!rec.correct) {
       losses.push_back(fmt::format("{} {}: {}", rec.set, rec.shape, rec.diagnostics));
       continue;
@@ -95,7 +96,11 @@ void judge_gate(GateResult& g, bool winner_is_baseline) {
     g.reason = "loses on: " + losses.front() + (losses.size() > 1 ? fmt::format(" (+{} more)", losses.size() - 1) : "");
   } else {
     g.promoted = true;
-    g.reason = "correct everywhere and not slower on held-out shapes or in the other regime";
+    g.reason = only_regime.empty()
+                   ? "correct everywhere and not slower on held-out shapes or in the other regime"
+                   : fmt::format("correct everywhere and not slower on held-out shapes in the {} regime (--gate "
+                                 "search: the other regime reported, not gating)",
+                                 only_regime);
   }
 }
 

@@ -253,6 +253,9 @@ TEST_F(KqFactory, RunEndToEndDedupeAndTheRuntimeServesAPromotedGenome) {
   bool was_tuned = false;
   EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 48, 512, kq::Path::avx512vnni, opt.kb_path, &was_tuned), tuned);
   EXPECT_TRUE(was_tuned);
+  // Another shape of that format: the nearest record's genome (the gate checked it on held-out shapes).
+  EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 4096, 2048, kq::Path::avx512vnni, opt.kb_path, &was_tuned), tuned);
+  EXPECT_TRUE(was_tuned);
   EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx512vnni, opt.kb_path, &was_tuned),
             KqGenome::baseline());  // another format: baseline
   EXPECT_FALSE(was_tuned);

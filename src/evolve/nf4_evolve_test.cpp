@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "evolve/pipeline.h"
 #include "evolve/run.h"
 #include "kernels/nf4_gemv/nf4_gemv.h"
 
@@ -322,6 +323,31 @@ TEST(Gate, LossRule) {
   GateRecord bad = rec(2.0, 20, 20);
   bad.correct = false;
   EXPECT_TRUE(gate_loses(bad));
+}
+
+// --gate search: a cold winner that loses hot is promoted when only the cold regime gates, never when it is wrong
+// anywhere, and not under the default (both regimes).
+TEST(Gate, SearchRegimeOnly) {
+  auto rec = [](const char* regime, double speedup, int wins) {
+    GateRecord r;
+    r.shape = "64x64", r.set = "heldout", r.regime = regime;
+    r.speedup = speedup, r.ab_wins = wins, r.ab_rounds = 20;
+    return r;
+  };
+  GateResult g;
+  g.records = {rec("cold", 1.2, 20), rec("hot", 0.7, 0)};
+  pipeline::judge_gate(g, false);
+  EXPECT_FALSE(g.promoted) << g.reason;
+  pipeline::judge_gate(g, false, "cold");
+  EXPECT_TRUE(g.promoted) << g.reason;
+  pipeline::judge_gate(g, false, "hot");
+  EXPECT_FALSE(g.promoted) << g.reason;
+  g.records[1].correct = false;  // wrong in the other regime: never promoted
+  pipeline::judge_gate(g, false, "cold");
+  EXPECT_FALSE(g.promoted) << g.reason;
+  g.records[1].correct = true;
+  pipeline::judge_gate(g, true, "cold");  // nothing better than the baseline
+  EXPECT_FALSE(g.promoted) << g.reason;
 }
 
 }  // namespace

@@ -285,8 +285,9 @@ SandboxResult gate_shape(const typename A::Config& given, const Shape& shape, co
       cfg.timeout_s + 60);
 }
 
-// The verdict of the gate from its records (shared by every family).
-void judge_gate(GateResult& g, bool winner_is_baseline);
+// The verdict of the gate from its records (shared by every family). With `only_regime` ("hot" or "cold") records of
+// the other regime are reported but do not block the promotion.
+void judge_gate(GateResult& g, bool winner_is_baseline, const std::string& only_regime = "");
 
 }  // namespace pipeline
 

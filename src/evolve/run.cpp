@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "common/util.h"
+#include "evolve/pipeline.h"
 
 namespace genesis::evolve {
 
@@ -158,6 +159,7 @@ json search_and_gate(const EvolveOptions& opt, kb::Kb& kb, const std::string& kb
   if (opt.progress) fmt::print(stderr, "\n[evolve] held-out gate: {} vs baseline on {} shapes, hot and cold\n",
                                id_of(res.best), cfg.train.size() + heldout.size());
   GateResult gate = heldout_gate(cfg, heldout, res.best, baseline, opt.gate_rounds);
+  if (opt.gate == "search") pipeline::judge_gate(gate, res.best == baseline, opt.regime);
 
   json report;
   report["run_id"] = run_id;
@@ -170,6 +172,7 @@ json search_and_gate(const EvolveOptions& opt, kb::Kb& kb, const std::string& kb
   report["seed"] = opt.seed;
   report["tokens"] = opt.tokens;
   report["regime"] = opt.regime;
+  report["gate"] = opt.gate;
   report["threads"] = opt.threads;
   report["budget"] = opt.budget;
   report["cpu_signature"] = kb.cpu_sig();
@@ -235,8 +238,10 @@ json search_and_gate(const EvolveOptions& opt, kb::Kb& kb, const std::string& kb
   report["trace"] = trace;
 
   if (gate.promoted) {
+    // The gating regime's records (hot by default; the search's with --gate search) go to the best table.
+    const std::string stored = opt.gate == "search" ? opt.regime : "hot";
     for (const auto& r : gate.records) {
-      if (r.regime != "hot" || !r.correct || r.speedup <= 1.0) continue;  // never store a slower genome as best
+      if (r.regime != stored || !r.correct || r.speedup <= 1.0) continue;  // never store a slower genome as best
       kb::Best b;
       b.family = opt.family;
       b.path = key_path;
@@ -296,6 +301,9 @@ json run_evolve(const EvolveOptions& given) {
   if (opt.threads < 1) fail("threads {} must be at least 1", opt.threads);
   if (opt.regime != "hot" && opt.regime != "cold" && opt.regime != "both")
     fail("unknown regime '{}' (possible: hot, cold, both)", opt.regime);
+  if (opt.gate != "both" && opt.gate != "search") fail("unknown gate '{}' (possible: both, search)", opt.gate);
+  if (opt.gate == "search" && opt.regime == "both")
+    fail("--gate search gates on the search's regime: give --regime hot or cold (the search ran both)");
   std::vector<Shape> heldout;
   for (const auto& s : opt.heldout) heldout.push_back(parse_shape(s));
 

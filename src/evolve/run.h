@@ -31,6 +31,10 @@ struct EvolveOptions {
   int64_t resume = 0;   // run id to continue
   bool seed_from_kb = true;
   int gate_rounds = 20;
+  // Which regimes the end-of-run gate requires the winner not to lose in: "both" (default) or "search" (only the
+  // search's regime, with --regime hot or cold; the other regime is still measured and reported). Decode streams a
+  // model's weights from memory (far more than the LLC), so a cold winner that loses hot is what it runs.
+  std::string gate = "both";
   bool progress = true;
   // Tests: shorter timing per evaluation.
   double min_sample_s = 0.002;

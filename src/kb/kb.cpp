@@ -7,6 +7,8 @@
 #include <sqlite3.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -564,6 +566,44 @@ std::optional<std::string> best_genome_text(const std::string& kb_path, const st
   auto rows = kb.best(BestQuery{family, path, shape, tokens, false});
   if (rows.empty()) return std::nullopt;
   return rows.front().genome;
+}
+
+namespace {
+// Weights of an "MxK" shape (0 if it is not one).
+double shape_weights(const std::string& s) {
+  const size_t x = s.find('x');
+  if (x == std::string::npos || x == 0 || x + 1 >= s.size()) return 0;
+  char* end = nullptr;
+  const double m = std::strtod(s.c_str(), &end);
+  if (end != s.c_str() + x) return 0;
+  const double k = std::strtod(s.c_str() + x + 1, &end);
+  if (*end != '\0' || m <= 0 || k <= 0) return 0;
+  return m * k;
+}
+}  // namespace
+
+std::optional<std::string> nearest_genome_text(const std::string& kb_path, const std::string& family,
+                                               const std::string& path, const std::string& shape, int tokens,
+                                               std::string* from) {
+  if (!std::filesystem::exists(kb_path)) return std::nullopt;
+  Kb kb(kb_path, false);
+  const auto rows = kb.best(BestQuery{family, path, "", tokens, false});
+  const double want = shape_weights(shape);
+  const Best* pick = nullptr;
+  double pick_d = 0, pick_w = 0;
+  for (const Best& b : rows) {
+    const double w = shape_weights(b.shape);
+    if (w <= 0) continue;
+    if (b.shape == shape) {
+      pick = &b;
+      break;
+    }
+    const double d = want > 0 ? std::fabs(std::log(w / want)) : 0;
+    if (!pick || d < pick_d || (d == pick_d && w < pick_w)) pick = &b, pick_d = d, pick_w = w;
+  }
+  if (!pick) return std::nullopt;
+  if (from) *from = pick->shape;
+  return pick->genome;
 }
 
 std::optional<kernels::nf4_gemv::Genome> best_genome(const std::string& kb_path, const std::string& family,

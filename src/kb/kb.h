@@ -129,6 +129,12 @@ class Kb {
 // throws genesis::Error. The runtime parses it with its family's Genome::parse (and falls back to the baseline).
 std::optional<std::string> best_genome_text(const std::string& kb_path, const std::string& family,
                                             const std::string& path, const std::string& shape, int tokens);
+// Without a record of that exact shape: the best genome of (family, path, tokens) whose shape is nearest "MxK" in
+// weights (log scale; ties to the smaller), and that shape in *from. The gate promoted it after shapes its search
+// never saw, so the runtime serves it for other shapes of the same family, path and format too.
+std::optional<std::string> nearest_genome_text(const std::string& kb_path, const std::string& family,
+                                               const std::string& path, const std::string& shape, int tokens,
+                                               std::string* from = nullptr);
 // The same for nf4_gemv, parsed.
 std::optional<kernels::nf4_gemv::Genome> best_genome(const std::string& kb_path, const std::string& family,
                                                       const std::string& path, const std::string& shape,

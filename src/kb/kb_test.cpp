@@ -212,6 +212,35 @@ TEST_F(KbTest, GenomeTextPerFamily) {
   EXPECT_FALSE(best_genome_text(file("b.sqlite"), "kq_gemv", "avx512vnni/Q6_K", "768x2048", 1).has_value());
 }
 
+// A shape without a record of its own gets the nearest recorded shape's genome (in weights, log scale) of the same
+// family, path and tokens; other paths, tokens or a missing file give none.
+TEST_F(KbTest, NearestShapeGenome) {
+  kernels::kq_gemv::Genome small = kernels::kq_gemv::Genome::baseline(), big = small;
+  small.pf_dist = 1024;
+  big.pf_dist = 3072;
+  {
+    Kb kb(file("n.sqlite"));
+    ASSERT_TRUE(kb.offer_best(Best{"kq_gemv", "avx2/Q4_K", "512x2048", 1, "", "", small.serialize(),
+                                   hex64(small.hash()), 1.1, 10, 9, 1, false, ""}));
+    ASSERT_TRUE(kb.offer_best(Best{"kq_gemv", "avx2/Q4_K", "4096x2048", 1, "", "", big.serialize(),
+                                   hex64(big.hash()), 1.1, 10, 9, 1, false, ""}));
+  }
+  std::string from;
+  auto at = [&](const char* shape) {
+    auto t = nearest_genome_text(file("n.sqlite"), "kq_gemv", "avx2/Q4_K", shape, 1, &from);
+    return t ? kernels::kq_gemv::Genome::parse(*t) : kernels::kq_gemv::Genome::baseline();
+  };
+  EXPECT_EQ(at("512x2048"), small);
+  EXPECT_EQ(from, "512x2048");
+  EXPECT_EQ(at("768x2048"), small);  // 1.5x the small one, 5.3x below the big one
+  EXPECT_EQ(at("151936x2048"), big);
+  EXPECT_EQ(from, "4096x2048");
+  EXPECT_EQ(at("1448x2048"), small);  // about 2.83x from both: the nearer, the smaller
+  EXPECT_FALSE(nearest_genome_text(file("n.sqlite"), "kq_gemv", "avx2/Q6_K", "512x2048", 1).has_value());
+  EXPECT_FALSE(nearest_genome_text(file("n.sqlite"), "kq_gemv", "avx2/Q4_K", "512x2048", 16).has_value());
+  EXPECT_FALSE(nearest_genome_text(file("missing.sqlite"), "kq_gemv", "avx2/Q4_K", "512x2048", 1).has_value());
+}
+
 TEST_F(KbTest, RefusesNonSqliteForeignAndNewerFiles) {
   {
     std::ofstream(file("junk.sqlite")) << "this is not a database, just some text long enough to be read............";

@@ -31,12 +31,13 @@ std::string kb_path_of(const LoadOptions& opt) {
 namespace {
 
 // "Knowledge-base genome, else baseline", once for every family: the best genome of this CPU and build for one
-// activation row of (family, path key, shape), parsed by the family's genome type.
+// activation row of (family, path key, shape), or of the nearest shape the knowledge base holds for that family and
+// path key (the gate checked it on shapes its search never saw), parsed by the family's genome type.
 template <class G>
 G tuned_or_baseline(const std::string& kb_path, const std::string& family, const std::string& path,
                     const std::string& shape, const G& baseline, bool* tuned) {
   std::optional<std::string> text;
-  if (!kb_path.empty()) text = kb::best_genome_text(kb_path, family, path, shape, 1);
+  if (!kb_path.empty()) text = kb::nearest_genome_text(kb_path, family, path, shape, 1);
   if (tuned) *tuned = text.has_value();
   if (!text) return baseline;
   try {

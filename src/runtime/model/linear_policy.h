@@ -61,8 +61,9 @@ class LinearPolicy {
   mutable std::map<std::tuple<int, int64_t, int64_t>, kernels::kq_gemv::Genome> kq_genomes_;  // (format, rows, cols)
 };
 
-// The knowledge base's best genome for one row of this NF4 shape on `path` (kb_path empty: none), else the baseline;
-// `tuned` says which. ("Knowledge-base genome, else baseline", written once.)
+// The knowledge base's best genome for one row of this NF4 shape on `path` (kb_path empty: none), or that of the
+// nearest shape it holds for `path` (kb::nearest_genome_text), else the baseline; `tuned` says which.
+// ("Knowledge-base genome, else baseline", written once.)
 kernels::nf4_gemv::Genome genome_for(const kernels::nf4_gemv::Problem& pr, kernels::nf4_gemv::Path path,
                                      const std::string& kb_path, bool* tuned = nullptr);
 // The same for kq_gemv: one activation row of a [rows, cols] matrix of format `f` on `path` (knowledge-base path key

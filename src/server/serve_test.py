@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,11 +33,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra):
+    def __init__(self, *extra, model=None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([ARGS.genesis, "serve", "-m", ARGS.model, "--port", str(self.port), "-t", "2",
-                                      "--quiet", "--timeout", "2", *extra], stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([ARGS.genesis, "serve", "-m", model or ARGS.model, "--port", str(self.port),
+                                      "-t", "2", "--quiet", "--timeout", "2", *extra],
+                                     stderr=subprocess.PIPE, text=True)
         # --timeout 2: SIGTERM waits for connections to finish, idle keep-alive ones included (the client's pool)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -251,31 +253,50 @@ def test_bad_requests():
         check(s.client("sekrit").models.list().data[0].id, "the right key was refused")
 
 
+def long_context_copy(dst, positions):
+    """The test model with its GGUF context_length (a UINT32 after its key) raised: its 256 positions let a request
+    finish in about 0.1 s, sooner than a loaded machine may take to close the connection after the first event."""
+    b = bytearray(open(ARGS.model, "rb").read())
+    key = b"qwen3.context_length"
+    at = b.find(key)
+    check(at > 0 and struct.unpack_from("<I", b, at + len(key))[0] == 4, "no UINT32 qwen3.context_length in the model")
+    struct.pack_into("<I", b, at + len(key) + 4, positions)
+    with open(dst, "wb") as f:
+        f.write(b)
+    return dst
+
+
 def test_disconnect():
-    # One slot: a streamed request whose client goes away must be cancelled so the slot serves the next one.
-    with Server("--parallel", "1") as s:
-        body = json.dumps({"prompt": [5] * 4, "max_tokens": 10000, "stream": True, "ignore_eos": True})
-        sock = socket.create_connection(("127.0.0.1", s.port))
-        sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
-        got = b""
-        while b"data:" not in got:
-            got += sock.recv(4096)
-        sock.close()
-        deadline = time.time() + 20
-        # Both counters: the request is counted cancelled when it finishes, and leaves the running count after the
-        # engine's step (a metrics read in between sees it in both).
-        while time.time() < deadline:
+    # One slot: a streamed request whose client goes away must be cancelled so the slot serves the next one. The
+    # model's context is raised so that the request (10000 tokens) cannot finish before the client leaves.
+    with tempfile.TemporaryDirectory() as tmp:
+        model = long_context_copy(os.path.join(tmp, "long.gguf"), 16384)
+        with Server("--parallel", "1", "--context", "16384", model=model) as s:
+            body = json.dumps({"prompt": [5] * 4, "max_tokens": 10000, "stream": True, "ignore_eos": True})
+            sock = socket.create_connection(("127.0.0.1", s.port))
+            sock.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            got = b""
+            while b"data:" not in got:
+                got += sock.recv(4096)
+            # Close with a reset (linger 0): the server's next write fails at once (a plain close lets a write or two
+            # still succeed).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            deadline = time.time() + 20
+            # Both counters: the request is counted cancelled when it finishes, and leaves the running count after the
+            # engine's step (a metrics read in between sees it in both).
+            while time.time() < deadline:
+                m = s.metrics()
+                if (m.get('genesis_requests_finished_total{finish_reason="cancelled"}', 0) == 1
+                        and m["genesis_running_requests"] == 0):
+                    break
+                time.sleep(0.02)
             m = s.metrics()
-            if (m.get('genesis_requests_finished_total{finish_reason="cancelled"}', 0) == 1
-                    and m["genesis_running_requests"] == 0):
-                break
-            time.sleep(0.02)
-        m = s.metrics()
-        check(m.get('genesis_requests_finished_total{finish_reason="cancelled"}') == 1, f"not cancelled: {m}")
-        check(m["genesis_running_requests"] == 0, m)
-        r = s.client().completions.create(model="x", prompt="abc", max_tokens=3, extra_body={"ignore_eos": True})
-        check(r.usage.completion_tokens == 3, r)
+            check(m.get('genesis_requests_finished_total{finish_reason="cancelled"}') == 1, f"not cancelled: {m}")
+            check(m["genesis_running_requests"] == 0, m)
+            r = s.client().completions.create(model="x", prompt="abc", max_tokens=3, extra_body={"ignore_eos": True})
+            check(r.usage.completion_tokens == 3, r)
 
 
 def test_load():

@@ -52,6 +52,23 @@ double max_err(const std::vector<float>& got, const std::vector<double>& want) {
   return e / ref;
 }
 
+// A product's rows against double sums: got[t * ldy + r] vs sum_k w[r, k] x[t, k] (+ bias[r]), for t < n, r < rows;
+// the largest difference relative to the largest reference value.
+double product_error(const std::vector<float>& got, int64_t ldy, const std::vector<float>& w,
+                     const std::vector<float>& x, int64_t rows, int64_t cols, int64_t n,
+                     const std::vector<float>* bias = nullptr) {
+  std::vector<float> g;
+  std::vector<double> want;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double acc = bias ? (*bias)[size_t(r)] : 0.0;
+      for (int64_t k = 0; k < cols; ++k) acc += double(w[size_t(r * cols + k)]) * x[size_t(t * cols + k)];
+      want.push_back(acc);
+      g.push_back(got[size_t(t * ldy + r)]);
+    }
+  return max_err(g, want);
+}
+
 TEST(CudaKernels, GemvMatchesReference) {
   NEED_GPU();
   Stream s;
@@ -79,17 +96,8 @@ TEST(CudaKernels, GemvMatchesReference) {
                        rows, cols, db.data()};
         gemv(m, dx.data(), dy.data(), n, ldy, s.get());
         s.sync("gemv");
-        const auto y = download(dy, size_t(n * ldy));
-        std::vector<float> got;
-        std::vector<double> want;
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t r = 0; r < rows; ++r) {
-            double acc = b[size_t(r)];
-            for (int64_t k = 0; k < cols; ++k) acc += double(w[size_t(r * cols + k)]) * x[size_t(t * cols + k)];
-            want.push_back(acc);
-            got.push_back(y[size_t(t * ldy + r)]);
-          }
-        EXPECT_LT(max_err(got, want), 1e-5) << "bf16 " << bf16 << " cols " << cols << " n " << n;
+        EXPECT_LT(product_error(download(dy, size_t(n * ldy)), ldy, w, x, rows, cols, n, &b), 1e-5)
+            << "bf16 " << bf16 << " cols " << cols << " n " << n;
       }
 }
 
@@ -580,18 +588,10 @@ TEST(CudaBlas, ProductsMatchTheHost) {
     if (bf16) blas->gemm_bf16(dwb.data(), rows, cols, dxb.data(), n, dy.data(), ldy, s.get());
     else blas->gemm_f32(dw.data(), rows, cols, dx.data(), n, dy.data(), ldy, s.get());
     s.sync("cuBLAS");
-    const auto got = download(dy, size_t(n * ldy));
-    std::vector<float> g;
-    std::vector<double> want;
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = 0; r < rows; ++r) {
-        double v = 0;
-        for (int64_t k = 0; k < cols; ++k)
-          v += double(w[size_t(r * cols + k)]) *
-               double(bf16 ? quant::bf16_to_f32(xb[size_t(t * cols + k)]) : x[size_t(t * cols + k)]);
-        want.push_back(v), g.push_back(got[size_t(t * ldy + r)]);
-      }
-    EXPECT_LT(max_err(g, want), 1e-5) << (bf16 ? "bf16" : "f32");
+    std::vector<float> xr = x;  // the values the product saw
+    if (bf16)
+      for (size_t i = 0; i < xr.size(); ++i) xr[i] = quant::bf16_to_f32(xb[i]);
+    EXPECT_LT(product_error(download(dy, size_t(n * ldy)), ldy, w, xr, rows, cols, n), 1e-5) << (bf16 ? "bf16" : "f32");
   }
 }
 

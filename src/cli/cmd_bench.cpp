@@ -174,8 +174,12 @@ void setup_bench(CLI::App& app) {
     opt.remeasure_bandwidth = !args->cached_bandwidth;
     if (!args->no_kb) {
       const std::string kb_path = args->kb_file.empty() ? genesis::kb::default_path() : args->kb_file;
-      opt.genome_source = [kb_path](nf::Path p, const nf::Problem& pr) {
-        return genesis::kb::best_genome(kb_path, "nf4_gemv", std::string(nf::path_name(p)), pr.shape(), pr.tokens);
+      // The genome the runtime serves: that shape's record, else the nearest recorded shape's (same path, tokens).
+      opt.genome_source = [kb_path](nf::Path p, const nf::Problem& pr) -> std::optional<nf::Genome> {
+        const auto text = genesis::kb::nearest_genome_text(kb_path, "nf4_gemv", std::string(nf::path_name(p)),
+                                                           pr.shape(), pr.tokens);
+        if (!text) return std::nullopt;
+        return nf::Genome::parse(*text);
       };
     }
     print_header();

@@ -134,10 +134,10 @@ class GpuModel {
   size_t bytes = 0;
 };
 
-// A resident expert a cuBLAS step multiplies as bf16 GEMMs: its slot and its pairs q0 .. q0 + rows (q0 its padded
-// place among the step's pairs).
+// A resident expert a cuBLAS step multiplies as bf16 GEMMs: its slot, its id, and its pairs q0 .. q0 + rows (q0 its
+// padded place among the step's pairs).
 struct GemmExpert {
-  int32_t slot, q0, rows;
+  int32_t slot, expert, rows, q0 = 0;
 };
 
 class GpuState {
@@ -580,10 +580,8 @@ void gpu_reserve_sequence(GpuState& s, int32_t seq) {
 
 namespace {
 
-// The products of a step's n rows over one x (GpuState::gemm_rows says which path), timed as `what`.
-void products(GpuState& g, const char* what, const cuda::GemvJob* jobs, int count, const float* x, int64_t n,
-              cudaStream_t s) {
-  g.time(what, [&] {
+// The products of a step's n rows over one x: the kernels, or cuBLAS from GpuState::gemm_rows rows on.
+void queue_products(GpuState& g, const cuda::GemvJob* jobs, int count, const float* x, int64_t n, cudaStream_t s) {
   if (!g.blas || n < g.gemm_rows) return cuda::gemv_many(jobs, count, x, n, s);
   int64_t xb_cols = -1;  // the columns xb holds x's rows at
   for (int j = 0; j < count; ++j) {
@@ -603,7 +601,12 @@ void products(GpuState& g, const char* what, const cuda::GemvJob* jobs, int coun
     }
     if (m.bias) cuda::add_bias(jobs[j].y, m.bias, n, m.rows, jobs[j].ldy, s);
   }
-  });
+}
+
+// The same, timed as `what` (GENESIS_CUDA_TIMES).
+void products(GpuState& g, const char* what, const cuda::GemvJob* jobs, int count, const float* x, int64_t n,
+              cudaStream_t s) {
+  g.time(what, [&] { queue_products(g, jobs, count, x, n, s); });
 }
 
 void product(GpuState& g, const char* what, const cuda::DeviceMatrix& W, const float* x, float* y, int64_t n,
@@ -911,7 +914,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     for (int64_t j0 = 0; j0 < Jn; j0 += G) {
       const int32_t rmax = ge[size_t(j0)].rows;
       for (int64_t j = j0; j < std::min(Jn, j0 + G); ++j, q += rmax) {
-        take(ge[size_t(j)].q0, q, rmax);  // q0 holds the expert until here
+        take(ge[size_t(j)].expert, q, rmax);
         ge[size_t(j)].q0 = q;
       }
     }

@@ -397,112 +397,6 @@ __device__ inline void k_scale_min(int j, const uint8_t* q, float& sc, float& m)
 
 enum : uint32_t { kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14 };
 
-// Block b of the format at src: put(i, value) for each of its weights i (< 32 or 256), as ggml's dequantize_row_*
-// lays them out.
-template <class Put>
-__device__ void dequant_values(uint32_t type, const uint8_t* __restrict__ src, int64_t b, Put put) {
-  int y = 0;  // the first weight of the current group
-  if (type == kQ4_0 || type == kQ4_1 || type == kQ5_0 || type == kQ5_1 || type == kQ8_0) {
-    if (type == kQ5_0 || type == kQ5_1) {
-      const bool one = type == kQ5_1;
-      const uint8_t* p = src + b * (one ? 24 : 22);
-      const float d = half_at(p), m = one ? half_at(p + 2) : 0.0f;
-      const uint8_t* hp = p + (one ? 4 : 2);
-      const uint32_t qh = uint32_t(hp[0]) | (uint32_t(hp[1]) << 8) | (uint32_t(hp[2]) << 16) | (uint32_t(hp[3]) << 24);
-      const uint8_t* qs = hp + 4;
-      for (int j = 0; j < 16; ++j) {
-        const int x0 = int((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10));
-        const int x1 = int((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10));
-        put(y + j, one ? float(x0) * d + m : float(x0 - 16) * d);
-        put(y + j + 16, one ? float(x1) * d + m : float(x1 - 16) * d);
-      }
-    } else if (type == kQ8_0) {
-      const uint8_t* p = src + b * 34;
-      const float d = half_at(p);
-      for (int j = 0; j < 32; ++j) put(y + j, d * float(int8_t(p[2 + j])));
-    } else if (type == kQ4_0) {
-      const uint8_t* p = src + b * 18;
-      const float d = half_at(p);
-      for (int j = 0; j < 16; ++j) {
-        put(y + j, float(int(p[2 + j] & 0xF) - 8) * d);
-        put(y + j + 16, float(int(p[2 + j] >> 4) - 8) * d);
-      }
-    } else {
-      const uint8_t* p = src + b * 20;
-      const float d = half_at(p), m = half_at(p + 2);
-      for (int j = 0; j < 16; ++j) {
-        put(y + j, float(p[4 + j] & 0xF) * d + m);
-        put(y + j + 16, float(p[4 + j] >> 4) * d + m);
-      }
-    }
-    return;
-  }
-  if (type == kQ4_K || type == kQ5_K) {
-    const bool five = type == kQ5_K;
-    const uint8_t* p = src + b * (five ? 176 : 144);
-    const float d = half_at(p), dmin = half_at(p + 2);
-    const uint8_t* scales = p + 4;
-    const uint8_t* qh = five ? p + 16 : nullptr;
-    const uint8_t* q = p + (five ? 48 : 16);
-    int is = 0;
-    uint8_t u1 = 1, u2 = 2;
-    for (int j = 0; j < 256; j += 64) {
-      float sc, m;
-      k_scale_min(is, scales, sc, m);
-      const float d1 = d * sc, m1 = dmin * m;
-      k_scale_min(is + 1, scales, sc, m);
-      const float d2 = d * sc, m2 = dmin * m;
-      for (int l = 0; l < 32; ++l) {
-        const int h1 = five && (qh[l] & u1) ? 16 : 0, h2 = five && (qh[l] & u2) ? 16 : 0;
-        put(y + l, d1 * float((q[l] & 0xF) + h1) - m1);
-        put(y + l + 32, d2 * float((q[l] >> 4) + h2) - m2);
-      }
-      q += 32;
-      y += 64;
-      is += 2;
-      u1 <<= 2;
-      u2 <<= 2;
-    }
-    return;
-  }
-  // Q6_K: ql[128], qh[64], int8 scales[16], half d.
-  const uint8_t* p = src + b * 210;
-  const uint8_t* ql = p;
-  const uint8_t* qh = p + 128;
-  const int8_t* sc = reinterpret_cast<const int8_t*>(p + 192);
-  const float d = half_at(p + 208);
-  for (int n = 0; n < 256; n += 128) {
-    for (int l = 0; l < 32; ++l) {
-      const int is = l / 16;
-      const int q1 = int((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-      const int q2 = int((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-      const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-      const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-      put(y + l, d * float(sc[is]) * float(q1));
-      put(y + l + 32, d * float(sc[is + 2]) * float(q2));
-      put(y + l + 64, d * float(sc[is + 4]) * float(q3));
-      put(y + l + 96, d * float(sc[is + 6]) * float(q4));
-    }
-    y += 128;
-    ql += 64;
-    qh += 32;
-    sc += 8;
-  }
-}
-
-// Block b's values into dst + b * the block's weights in bf16.
-__device__ void dequant_block(uint32_t type, const uint8_t* __restrict__ src, int64_t b, uint16_t* __restrict__ dst) {
-  const int64_t base = b * (type == kQ4_K || type == kQ5_K || type == kQ6_K ? 256 : 32);
-  dequant_values(type, src, b, [&](int i, float v) { dst[base + i] = to_bf16(v); });
-}
-
-// One thread per block.
-__global__ void dequant_kernel(uint32_t type, const uint8_t* __restrict__ src, uint16_t* __restrict__ dst,
-                               int64_t blocks) {
-  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b < blocks) dequant_block(type, src, b, dst);
-}
-
 // v as bf16 into hi[i] and, with lo, v - bf16(v) as bf16 into lo[i].
 __device__ inline void put_split(float v, uint16_t* hi, uint16_t* lo, int64_t i) {
   const uint16_t h = to_bf16(v);
@@ -541,14 +435,6 @@ __global__ void gather_rows_bf16_kernel(const float* src, const int32_t* rows, u
   }
   const float* s = src + int64_t(r) * H;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) put_split(s[i], d, l, i);
-}
-
-__global__ void swiglu_bf16_kernel(const float* g, const float* u, uint16_t* out, int64_t count) {
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < count) {
-    const float x = g[i];
-    out[i] = to_bf16((x / (1.0f + expf(-x))) * u[i]);
-  }
 }
 
 __global__ void combine_pairs_kernel(const float* y, const int32_t* row_pairs, const float* weight, int64_t k,
@@ -786,14 +672,6 @@ bool can_dequantize(uint32_t t) {
   return t == kQ4_0 || t == kQ4_1 || t == kQ5_0 || t == kQ5_1 || t == kQ8_0 || t == kQ4_K || t == kQ5_K || t == kQ6_K;
 }
 
-void dequantize_bf16(uint32_t type, const void* src, uint16_t* dst, int64_t n, cudaStream_t s) {
-  const int64_t block = type == kQ4_K || type == kQ5_K || type == kQ6_K ? 256 : 32;
-  const int64_t blocks = n / block;
-  if (blocks > 0)
-    dequant_kernel<<<blocks_for(blocks, 128), 128, 0, s>>>(type, static_cast<const uint8_t*>(src), dst, blocks);
-}
-
-
 void convert_bf16(const float* x, uint16_t* y, int64_t count, cudaStream_t s, uint16_t* lo) {
   if (count > 0) to_bf16_kernel<<<blocks_for(count, 256), 256, 0, s>>>(x, y, lo, count);
 }
@@ -809,10 +687,6 @@ void add_bias(float* y, const float* bias, int64_t n, int64_t rows, int64_t ldy,
 void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s,
                       uint16_t* lo) {
   if (m > 0) gather_rows_bf16_kernel<<<unsigned(m), 256, 0, s>>>(src, rows, dst, lo, H);
-}
-
-void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s) {
-  if (count > 0) swiglu_bf16_kernel<<<blocks_for(count, 256), 256, 0, s>>>(g, u, out, count);
 }
 
 void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight, int64_t n, int64_t k, int64_t H,

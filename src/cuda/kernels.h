@@ -82,11 +82,8 @@ void scale_rows_sigmoid(float* x, const float* gate, int64_t n, int64_t H, cudaS
 // dst[i] = src[rows[i]] for i < m, rows of H floats.
 void gather_rows(const float* src, const int32_t* rows, float* dst, int64_t m, int64_t H, cudaStream_t s);
 
-// The prefill's experts on the device (the chunk's rows as (row, expert) pairs sorted by expert).
-// GGUF block formats dequantize() takes (ggml type ids): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
+// GGUF block formats the device dequantizes (ggml type ids): Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K.
 bool can_dequantize(uint32_t ggml_type);
-// dst[i] (bf16) for i < n, n a multiple of the format's block (32 or 256 weights), from GGUF blocks at src.
-void dequantize_bf16(uint32_t ggml_type, const void* src, uint16_t* dst, int64_t n, cudaStream_t s);
 // The cuBLAS products of large steps split each fp32 activation v into two bf16 parts, hi = bf16(v) and
 // lo = bf16(v - hi) (hi + lo carries about 16 bits of v): where a function below takes `lo`, it writes that part too.
 // y[i] (bf16, round to nearest even) = x[i] for i < count.
@@ -98,8 +95,6 @@ void add_bias(float* y, const float* bias, int64_t n, int64_t rows, int64_t ldy,
 // dst[i] (bf16) = src[rows[i]] (fp32 rows of H) for i < m; zeros where rows[i] < 0 (padding).
 void gather_rows_bf16(const float* src, const int32_t* rows, uint16_t* dst, int64_t m, int64_t H, cudaStream_t s,
                       uint16_t* lo = nullptr);
-// out[i] (bf16) = silu(g[i]) * u[i] for i < count.
-void swiglu_bf16(const float* g, const float* u, uint16_t* out, int64_t count, cudaStream_t s);
 // out[t] = sum_j weight[p] y[p] over p = row_pairs[t * k + j], j < k (rows of H); entries < 0 are skipped. With
 // `accumulate` the sum is added to out[t] instead of replacing it.
 void combine_pairs(const float* y, const int32_t* row_pairs, const float* weight, int64_t n, int64_t k, int64_t H,

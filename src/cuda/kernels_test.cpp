@@ -307,8 +307,9 @@ std::vector<uint8_t> random_blocks(uint32_t type, int64_t blocks, std::mt19937& 
   return bytes;
 }
 
-// Every block format the prefill dequantizes, against the CPU's reference dequantizer (ggml's), rounded to bf16.
-// Random blocks with every half-precision scale set to a small normal value (random bits could be inf / NaN).
+// Every block format the device dequantizes (dequantize_slots_bf16, the GEMM steps' experts), against the CPU's
+// reference dequantizer (ggml's), rounded to bf16: one slot holding one row of the blocks. Random blocks with every
+// half-precision scale set to a small normal value (random bits could be inf / NaN).
 TEST(CudaKernels, DequantizeMatchesGgml) {
   NEED_GPU();
   Stream s;
@@ -322,10 +323,14 @@ TEST(CudaKernels, DequantizeMatchesGgml) {
     quant::ggml_dequantize(type, bytes.data(), want.data(), n);
     DeviceArray<uint8_t> src;
     DeviceArray<uint16_t> dst;
+    DeviceArray<int32_t> slot;
     src.upload(bytes.data(), bytes.size());
     dst.resize(size_t(n));
-    dequantize_bf16(type, src.data(), dst.data(), n, s.get());
-    s.sync("dequantize");
+    const int32_t zero = 0;
+    slot.upload(&zero, 1);
+    const ExpertMatrix m{type, 0, int64_t(bytes.size())};
+    dequantize_slots_bf16(m, 1, n, src.data(), int64_t(bytes.size()), slot.data(), 1, dst.data(), n, s.get());
+    s.sync("dequantize_slots_bf16");
     const auto got = download(dst, size_t(n));
     int bad = 0;
     for (int64_t i = 0; i < n; ++i) {

@@ -4,6 +4,7 @@
 #   AB_ENV="VAR=v"     each budget also run with this environment (an A/B in the same call: a_x<budget>)
 #   CPU=1              also CPU only (no --gpu) and, with NCMOE, llama-bench -dev none (the engine's own comparison)
 #   PREFILL_ROWS=N     also `--gpu --gpu-prefill-rows N` (the prefill's experts streamed to the GPU), experts in VRAM 0
+#   STREAM_ENV="A=1 B=0"  with PREFILL_ROWS: that run again with each of these settings (s_<VAR>.json)
 #   NCMOE="48 24"      also llama.cpp built here with CUDA (about 300 s, while the GGUF is written), `llama-bench
 #                      -ngl 99 -ncmoe N` for each N (N layers' experts on the CPU: the same placement as Genesis with
 #                      (48 - N) / 48 of the experts' bytes as its budget)
@@ -27,7 +28,14 @@ for x in ${BUDGETS:-0 all}; do
   grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
   [ -n "${AB_ENV:-}" ] && step a_x$x 90 env $AB_ENV $G $B --gpu --gpu-experts $x --json $RES/a_x$x.json
 done
-[ -n "${PREFILL_ROWS:-}" ] && step g_stream 90 $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/g_stream.json
+if [ -n "${PREFILL_ROWS:-}" ]; then
+  step g_stream 90 $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/g_stream.json
+  grep -h "^gpu \|^prefill" $RES/g_stream.out | cut -c1-400
+  for e in ${STREAM_ENV:-}; do
+    step s_${e%%=*} 90 env $e $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/s_${e%%=*}.json
+    grep -h "^prefill" $RES/s_${e%%=*}.out
+  done
+fi
 [ -n "${CPU:-}" ] && step g_cpu 90 $G $B --json $RES/g_cpu.json
 if [ -n "${NCMOE:-}" ]; then
   for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done

@@ -8,11 +8,15 @@
 // normalized rows copied to the host (the copies and an event queued before the shared expert's kernels, so that
 // those run while the CPU computes the routed experts), top-k and the routed experts on the CPU, their sum copied
 // back. The GPU-side deltas are added by the next layer's norm kernel.
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -112,12 +116,19 @@ struct ResidentExperts {
 
 class GpuModel {
  public:
+  ~GpuModel() {
+    if (registered) cudaHostUnregister(registered);
+  }
   cuda::DeviceInfo dev;
-  // Prefill experts on the GPU (0: off, the CPU runs them), why not when off, each MoE layer's raw blocks.
+  // Prefill experts on the GPU (0: off, the CPU runs them), why not when off, each MoE layer's raw blocks, the largest
+  // of their parts and of their per-expert slots (gate, up, down of one expert).
   int64_t prefill_rows = 0;
   std::string prefill_note;
   std::vector<LayerRawExperts> raw;  // [layers]
-  size_t raw_max_bytes = 0;
+  size_t raw_max_bytes = 0, raw_max_slot = 0;
+  // The file's pages holding the experts' blocks, page-locked for the device (register_expert_pages): the prefill's
+  // copies read them directly. Null: they are staged through pinned buffers.
+  void* registered = nullptr;
   // Experts resident on the device: per layer (empty: none anywhere), how many, their bytes, how they were chosen.
   std::vector<ResidentExperts> resident;
   int64_t resident_count = 0, resident_total = 0;
@@ -224,20 +235,16 @@ class GpuState {
   cuda::PinnedArray<float*> h_kptr, h_vptr;
   std::vector<float> rope_on_device;
   std::vector<float> deferred;  // [rows][hidden]: the deferred experts' sum (expert deferral)
-  // Prefill experts on the GPU: two layers' raw blocks (the next MoE layer's stream in on copy_stream while this
-  // one computes), staged through two pinned host buffers (the file's pages are copied there by the thread pool, so
-  // nothing of the file is page-locked), one layer's bf16 values, the pairs' inputs and products.
-  cuda::DeviceArray<uint8_t> raw[2][3];
+  // Prefill experts on the GPU: two layers' blocks in the resident experts' slot layout (every expert, slot e = expert
+  // e), the next MoE layer's copied in on copy_stream while this one computes, then run as resident experts are
+  // (launch_resident). The copies read the file's pages (GpuModel::registered) or two pinned staging buffers per part
+  // that the thread pool fills.
+  ResidentExperts streamed[2];
   cuda::PinnedArray<uint8_t> stage[2][3];
   cuda::Stream copy_stream;
-  cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader (dequant) is done
+  cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader is done
   cudaEvent_t stage_free[2] = {};                    // the copies out of staging buffer b are done
   int64_t raw_layer[2] = {-1, -1};                   // the layer buffer b holds or receives in this step
-  cuda::DeviceArray<uint16_t> deq[3], xp, act;
-  cuda::DeviceArray<float> pe1, pe2, yd, pair_w;
-  cuda::DeviceArray<int32_t> pair_row, row_pairs;
-  cuda::PinnedArray<int32_t> h_pair_row, h_row_pairs;
-  cuda::PinnedArray<float> h_pair_w;
   bool prefill_ready = false;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
@@ -327,6 +334,60 @@ std::vector<LayerRawExperts> find_raw_experts(const ModelConfig& c, const GgufFi
   return raw;
 }
 
+// Bytes of memory the kernel could give now (MemAvailable), 0 when unknown.
+size_t memory_available() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  size_t kib = 0;
+  std::string unit;
+  while (f >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib * 1024;
+  return 0;
+}
+
+// With GENESIS_CUDA_REGISTER=1, page-locks the span of the file that holds every MoE layer's expert blocks for the
+// device to read (read-only registration): the prefill's copies then run from the file's pages, with no host copy
+// into staging buffers. Not when the span is more than half of the memory available now (locked pages cannot be
+// reclaimed) or when the device cannot read registered read-only memory. Off by default: on the H200 host a 17.5 GiB
+// file's registration did not finish within 90 s. Returns how the blocks travel, for prefill_note.
+std::string register_expert_pages(GpuModel& g) {
+  const std::string staged = "staged through pinned buffers by the thread pool";
+  if (const char* e = std::getenv("GENESIS_CUDA_REGISTER"); !e || std::string(e) != "1") return staged;
+  int read_only = 0;
+  if (cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, g.dev.index) != cudaSuccess ||
+      !read_only) {
+    cudaGetLastError();
+    return staged + " (this device cannot read registered read-only host memory)";
+  }
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
+  for (const LayerRawExperts& r : g.raw)
+    for (const RawExperts* x : {&r.gate, &r.up, &r.down}) {
+      if (!x->data || x->bytes == 0) continue;
+      lo = std::min(lo, uintptr_t(x->data));
+      hi = std::max(hi, uintptr_t(x->data) + x->bytes);
+    }
+  if (hi <= lo) return staged;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  lo &= ~(page - 1);
+  hi = (hi + page - 1) & ~(page - 1);
+  const size_t span = hi - lo, avail = memory_available();
+  constexpr double kGiB = double(1ull << 30);
+  if (avail == 0 || span > avail / 2)
+    return staged + fmt::format(" ({:.1f} GiB of expert blocks, {:.1f} GiB of memory available: too much to lock)",
+                                double(span) / kGiB, double(avail) / kGiB);
+  const auto t0 = std::chrono::steady_clock::now();
+  const cudaError_t e = cudaHostRegister(reinterpret_cast<void*>(lo), span,
+                                         cudaHostRegisterReadOnly | cudaHostRegisterPortable);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return staged + fmt::format(" (cudaHostRegister: {})", cudaGetErrorString(e));
+  }
+  g.registered = reinterpret_cast<void*>(lo);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return fmt::format("read by the device from the file's pages: {:.1f} GiB page-locked in {:.1f} s",
+                     double(span) / kGiB, secs);
+}
+
 // Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
 // and prefill_note says why.
 void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions& opt,
@@ -349,12 +410,23 @@ void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions&
     g.prefill_note = "on the CPU (" + why + ")";
     return;
   }
-  for (const LayerRawExperts& r : g.raw)
+  for (const LayerRawExperts& r : g.raw) {
     for (const RawExperts* x : {&r.gate, &r.up, &r.down}) g.raw_max_bytes = std::max(g.raw_max_bytes, x->bytes);
+    g.raw_max_slot = std::max(g.raw_max_slot, (r.gate.bytes + r.up.bytes + r.down.bytes) / size_t(c.num_experts));
+  }
   g.gguf = std::move(gguf);
   g.prefill_rows = opt.gpu_prefill_rows;
-  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks streamed through pinned "
-                               "buffers while the previous layer computes)", g.prefill_rows);
+  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks copied in while the previous "
+                               "layer computes, {})", g.prefill_rows, register_expert_pages(g));
+}
+
+// A slot holds one expert's gate, up and down blocks, one after the other, as the file stores each.
+void set_slot_layout(ResidentExperts& re, const LayerRawExperts& r, int64_t E) {
+  const int64_t g_bytes = int64_t(r.gate.bytes) / E, u_bytes = int64_t(r.up.bytes) / E;
+  re.slot_bytes = g_bytes + u_bytes + int64_t(r.down.bytes) / E;
+  re.gate = {r.gate.type, 0, g_bytes / r.gate.rows};
+  re.up = {r.up.type, g_bytes, u_bytes / r.up.rows};
+  re.down = {r.down.type, g_bytes + u_bytes, int64_t(r.down.bytes) / E / r.down.rows};
 }
 
 // --gpu-experts: which experts go to the device (expert_usage.h) and their bytes; the upload is upload_resident().
@@ -391,11 +463,7 @@ void place_resident(GpuModel& g, const ModelConfig& c, const LoadOptions& opt, c
       ++re.count;
       if (counted) covered += usage.counts[size_t(li * E + e)];
     }
-    re.slot_bytes = bytes[size_t(li)];
-    const int64_t g_bytes = int64_t(r.gate.bytes) / E, u_bytes = int64_t(r.up.bytes) / E;
-    re.gate = {r.gate.type, 0, g_bytes / r.gate.rows};
-    re.up = {r.up.type, g_bytes, u_bytes / r.up.rows};
-    re.down = {r.down.type, g_bytes + u_bytes, int64_t(r.down.bytes) / E / r.down.rows};
+    set_slot_layout(re, r, E);
     g.resident_count += re.count;
     g.resident_bytes += size_t(re.count * re.slot_bytes);
   }
@@ -514,6 +582,8 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   return g;
 }
 
+static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c);
+
 GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t rows)
     : gm(m), capacity(cap), max_rows(rows) {
   cuda::check(cudaSetDevice(m.dev.index), "cudaSetDevice");
@@ -555,12 +625,23 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   h_x.resize(R * H), h_xn.resize(R * H), h_tmp.resize(R * H);
   h_router.resize(R * size_t(std::max<int64_t>(c.num_experts, 1)));
   h_pos.resize(R), h_out_rows.resize(R), h_kptr.resize(R), h_vptr.resize(R);
-  if (m.resident_count > 0) {
+  if (m.resident_count > 0 || m.prefill_rows > 0) {
     const size_t Q = R * size_t(c.top_k), I = size_t(c.moe_intermediate_size);
     static_assert(sizeof(cuda::ExpertUnit) == 3 * sizeof(int32_t));
-    // Room for the cuBLAS steps' padding (launch_resident falls back to units beyond it).
-    h_lists.resize(12 * Q + size_t(c.num_experts)), lists.resize(12 * Q + size_t(c.num_experts));
-    r_act.resize(Q * I), r_out.resize(Q * H);
+    // Room for the cuBLAS steps' padding: up to 2 Q places (launch_resident falls back to units beyond it). Their
+    // scratch is allocated here at its largest: growing it during a step would free device memory, and cudaFree waits
+    // for the whole device (the copy stream's transfers included).
+    h_lists.resize(8 * Q + size_t(c.num_experts)), lists.resize(8 * Q + size_t(c.num_experts));
+    const size_t QC = blas ? 2 * Q : Q;
+    r_act.resize(QC * I), r_out.resize(QC * H);
+    if (blas) {
+      r_xb.resize(2 * QC * H), r_gu.resize(QC * 2 * I), r_actb.resize(2 * QC * I);
+      r_deq.resize(size_t(kDeqGroup) * 3 * I * H);
+    }
+  }
+  // The prefill's expert buffers now, not at its first step (a step that allocates waits for the device).
+  if (m.prefill_rows > 0) ensure_prefill_buffers(*this, c);
+  if (m.resident_count > 0) {
     router_dev.resize(size_t(kDeviceRouteRows * c.num_experts));
     h_chosen.resize(size_t(c.num_layers * kDeviceRouteRows * c.top_k));
   }
@@ -657,45 +738,53 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
 // are no-ops), never to run on a missing buffer.
 static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c) {
   if (g.prefill_ready) return;
-  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
-  for (int i = 0; i < 3; ++i) {
-    for (int b = 0; b < 2; ++b) {
-      g.raw[b][i].resize(g.gm.raw_max_bytes);
-      g.stage[b][i].resize(g.gm.raw_max_bytes);
-    }
-    g.deq[i].resize(size_t(E * I * H));
+  for (int b = 0; b < 2; ++b) {
+    ResidentExperts& re = g.streamed[b];
+    re.arena.resize(size_t(c.num_experts) * g.gm.raw_max_slot);
+    re.slot.resize(size_t(c.num_experts));
+    for (int64_t e = 0; e < c.num_experts; ++e) re.slot[size_t(e)] = int32_t(e);
+    re.count = c.num_experts;
+    if (!g.gm.registered)
+      for (int i = 0; i < 3; ++i) g.stage[b][i].resize(g.gm.raw_max_bytes);
   }
-  const size_t pairs = size_t(g.max_rows * c.top_k);
-  g.xp.resize(pairs * size_t(H)), g.act.resize(pairs * size_t(I));
-  g.pe1.resize(pairs * size_t(I)), g.pe2.resize(pairs * size_t(I)), g.yd.resize(pairs * size_t(H));
-  g.pair_w.resize(pairs), g.pair_row.resize(pairs), g.row_pairs.resize(pairs);
   g.prefill_ready = true;
 }
 
-// Sends MoE layer li's expert blocks to raw buffer b: each part copied by the thread pool from the file's pages into
-// staging buffer b (once the copies out of it are done), then queued on the copy stream (after raw buffer b's last
-// reader), so that the next part's host copy overlaps this part's transfer.
-static void prefetch_raw(GpuState& g, int64_t li, int b, cpu::ThreadPool* pool) {
+// Sends MoE layer li's expert blocks to buffer b in the slot layout (one 2-D copy per part: expert e's rows to slot e),
+// on the copy stream after buffer b's last reader. From the file's pages when they are registered; else each part is
+// first copied by the thread pool into staging buffer b (once the copies out of it are done), so that the next part's
+// host copy overlaps this part's transfer.
+static void prefetch_raw(GpuState& g, const ModelConfig& c, int64_t li, int b, cpu::ThreadPool* pool) {
   const LayerRawExperts& r = g.gm.raw[size_t(li)];
   const cudaStream_t cs = g.copy_stream.get();
-  cuda::check(cudaEventSynchronize(g.stage_free[b]), "the GPU's copy of a layer's experts");
+  const int64_t E = c.num_experts;
+  ResidentExperts& re = g.streamed[b];
+  set_slot_layout(re, r, E);
+  const bool staged = !g.gm.registered;
+  if (staged) cuda::check(cudaEventSynchronize(g.stage_free[b]), "the GPU's copy of a layer's experts");
   cuda::check(cudaStreamWaitEvent(cs, g.raw_free[b], 0), "cudaStreamWaitEvent");
   const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
+  const int64_t offset[3] = {re.gate.offset, re.up.offset, re.down.offset};
   constexpr size_t kPiece = size_t(1) << 20;
   for (int i = 0; i < 3; ++i) {
     const uint8_t* src = parts[i]->data;
-    uint8_t* dst = g.stage[b][i].data();
-    const size_t bytes = parts[i]->bytes;
-    const int64_t pieces = int64_t((bytes + kPiece - 1) / kPiece);
-    auto copy_piece = [&](int64_t p) {
-      const size_t o = size_t(p) * kPiece;
-      std::memcpy(dst + o, src + o, std::min(kPiece, bytes - o));
-    };
-    if (pool) pool->parallel_for(pieces, copy_piece);
-    else for (int64_t p = 0; p < pieces; ++p) copy_piece(p);
-    cuda::copy_to_device(g.raw[b][i].data(), dst, bytes, g.copy_stream);
+    const size_t bytes = parts[i]->bytes, each = bytes / size_t(E);
+    if (staged) {
+      uint8_t* dst = g.stage[b][i].data();
+      const int64_t pieces = int64_t((bytes + kPiece - 1) / kPiece);
+      auto copy_piece = [&](int64_t p) {
+        const size_t o = size_t(p) * kPiece;
+        std::memcpy(dst + o, src + o, std::min(kPiece, bytes - o));
+      };
+      if (pool) pool->parallel_for(pieces, copy_piece);
+      else for (int64_t p = 0; p < pieces; ++p) copy_piece(p);
+      src = dst;
+    }
+    cuda::check(cudaMemcpy2DAsync(re.arena.data() + offset[i], size_t(re.slot_bytes), src, each, each, size_t(E),
+                                  cudaMemcpyHostToDevice, cs),
+                "cudaMemcpy2DAsync (a layer's expert blocks)");
   }
-  cuda::check(cudaEventRecord(g.stage_free[b], cs), "cudaEventRecord");
+  if (staged) cuda::check(cudaEventRecord(g.stage_free[b], cs), "cudaEventRecord");
   cuda::check(cudaEventRecord(g.raw_ready[b], cs), "cudaEventRecord");
   g.raw_layer[b] = li;
 }
@@ -705,48 +794,6 @@ static int64_t next_moe_layer(const ModelConfig& c, int64_t li) {
   for (; li < c.num_layers; ++li)
     if (c.layer_is_moe(li)) return li;
   return -1;
-}
-
-// A MoE layer's routed experts for a prefill step on the GPU: the layer's blocks (streamed in while the previous layer
-// computed) dequantized to bf16, the pairs' rows gathered (bf16), per expert a cuBLAS product for gate and up, SwiGLU,
-// a product for down, and each row's weighted sum into g.moe_out. `start` [experts + 1] delimits each expert's pairs;
-// the pair arrays are in g.h_pair_row / h_row_pairs / h_pair_w. Queues the next MoE layer's blocks.
-static void gpu_prefill_experts(GpuState& g, int64_t li, const ModelConfig& c, const int32_t* start, int64_t n,
-                                int64_t k, cpu::ThreadPool* pool) {
-  const cudaStream_t s = g.stream.get();
-  const int64_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts, P = n * k;
-  const LayerRawExperts& r = g.gm.raw[size_t(li)];
-  cuda::Blas* blas = cuda::Blas::get(nullptr);
-  ensure_prefill_buffers(g, c);
-  int b = g.raw_layer[0] == li ? 0 : g.raw_layer[1] == li ? 1 : -1;
-  if (b < 0) {
-    b = g.raw_layer[0] < g.raw_layer[1] ? 0 : 1;  // the older buffer
-    prefetch_raw(g, li, b, pool);
-  }
-  cuda::copy_to_device(g.pair_row.data(), g.h_pair_row.data(), size_t(P) * 4, g.stream);
-  cuda::copy_to_device(g.row_pairs.data(), g.h_row_pairs.data(), size_t(P) * 4, g.stream);
-  cuda::copy_to_device(g.pair_w.data(), g.h_pair_w.data(), size_t(P) * 4, g.stream);
-  cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent");
-  const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
-  for (int i = 0; i < 3; ++i)
-    cuda::dequantize_bf16(parts[i]->type, g.raw[b][i].data(), g.deq[i].data(), E * parts[i]->rows * parts[i]->cols, s);
-  cuda::check(cudaEventRecord(g.raw_free[b], s), "cudaEventRecord");
-  const int64_t next = next_moe_layer(c, li + 1);
-  if (next >= 0) prefetch_raw(g, next, 1 - b, pool);
-  cuda::gather_rows_bf16(g.xn.data(), g.pair_row.data(), g.xp.data(), P, H, s);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t p0 = start[e], np = start[e + 1] - p0;
-    if (np == 0) continue;
-    blas->gemm_bf16(g.deq[0].data() + e * I * H, I, H, g.xp.data() + p0 * H, np, g.pe1.data() + p0 * I, I, s);
-    blas->gemm_bf16(g.deq[1].data() + e * I * H, I, H, g.xp.data() + p0 * H, np, g.pe2.data() + p0 * I, I, s);
-  }
-  cuda::swiglu_bf16(g.pe1.data(), g.pe2.data(), g.act.data(), P * I, s);
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t p0 = start[e], np = start[e + 1] - p0;
-    if (np == 0) continue;
-    blas->gemm_bf16(g.deq[2].data() + e * H * I, H, I, g.act.data() + p0 * I, np, g.yd.data() + p0 * H, H, s);
-  }
-  cuda::combine_pairs(g.yd.data(), g.row_pairs.data(), g.pair_w.data(), n, k, H, g.moe_out.data(), s);
 }
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
@@ -818,7 +865,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   g.step_graphs = !gpu_experts;
   if (gpu_experts) {
     ensure_prefill_buffers(g, c_);
-    if (const int64_t first = next_moe_layer(c_, 0); first >= 0) prefetch_raw(g, first, 0, pool_);
+    if (const int64_t first = next_moe_layer(c_, 0); first >= 0) prefetch_raw(g, c_, first, 0, pool_);
   }
   // Embedding rows (on the CPU: one row per token), positions and cache bases per row.
   segs_.clear();
@@ -889,7 +936,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     for (int64_t j0 = 0; j0 < J; j0 += G) padded += std::min(G, J - j0) * ge[size_t(j0)].rows;
     // Lists: row_q [P], q_w [QC], q_row [QC], units [3 U], GEMM slots [J] (QC: the padded pairs and the units').
     int64_t QC = padded + unit_pairs;
-    if (P + 2 * QC + 3 * P + J > int64_t(g.h_lists.size())) {  // padding beyond the buffer: units for all
+    if (P + 2 * QC + 3 * P + J > int64_t(g.h_lists.size()) || QC > int64_t(g.r_out.size()) / H) {
+      // padding beyond the buffers: units for all
       for (const GemmExpert& x : ge) unit_pairs += x.rows;
       ge.clear();
       padded = 0;
@@ -950,20 +998,23 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       cuda::expert_down(re.arena.data(), re.slot_bytes, re.down, H, I, du, U, max_rows, g.r_act.data(),
                         g.r_out.data(), s);
     });
-    if (Jn > 0) g.time("experts (GEMMs)", [&] {
+    if (Jn > 0) {
       const int64_t IH = I * H;
       g.r_xb.resize(size_t(2 * padded * H)), g.r_gu.resize(size_t(padded * 2 * I));
       g.r_actb.resize(size_t(2 * padded * I)), g.r_deq.resize(size_t(G * 3 * IH));
       uint16_t *x_hi = g.r_xb.data(), *x_lo = x_hi + padded * H, *a_hi = g.r_actb.data(), *a_lo = a_hi + padded * I;
       uint16_t* w = g.r_deq.data();
-      cuda::gather_rows_bf16(g.xn.data(), d_qrow, x_hi, padded, H, s, x_lo);
+      g.time("experts (GEMMs)", [&] { cuda::gather_rows_bf16(g.xn.data(), d_qrow, x_hi, padded, H, s, x_lo); });
       const int32_t* dslots = g.lists.data() + P + 2 * QC + 3 * U;
       for (int64_t j0 = 0; j0 < Jn; j0 += G) {
         const int64_t cnt = std::min(G, Jn - j0), rmax = ge[size_t(j0)].rows, base = ge[size_t(j0)].q0;
-        cuda::dequantize_slots_bf16(re.gate, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w, 3 * IH, s);
-        cuda::dequantize_slots_bf16(re.up, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + IH, 3 * IH, s);
-        cuda::dequantize_slots_bf16(re.down, H, I, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + 2 * IH,
-                                    3 * IH, s);
+        g.time("experts (GEMMs' dequantization)", [&] {
+          cuda::dequantize_slots_bf16(re.gate, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w, 3 * IH, s);
+          cuda::dequantize_slots_bf16(re.up, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + IH, 3 * IH,
+                                      s);
+          cuda::dequantize_slots_bf16(re.down, H, I, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + 2 * IH,
+                                      3 * IH, s);
+        });
         // W x as W x_hi + W x_lo, a batch of the group's experts each.
         auto split_product = [&](int64_t w_off, int64_t rows, int64_t cols, const uint16_t* xh, const uint16_t* xl,
                                  float* y) {
@@ -972,11 +1023,13 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
                                     true);
         };
         // Gate and up as one [2 I][H] matrix per expert, SwiGLU over the group's rows, then down.
-        split_product(0, 2 * I, H, x_hi + base * H, x_lo + base * H, g.r_gu.data() + base * 2 * I);
-        cuda::swiglu_halves_bf16(g.r_gu.data() + base * 2 * I, cnt * rmax, I, a_hi + base * I, s, a_lo + base * I);
-        split_product(2 * IH, H, I, a_hi + base * I, a_lo + base * I, g.r_out.data() + base * H);
+        g.time("experts (GEMMs)", [&] {
+          split_product(0, 2 * I, H, x_hi + base * H, x_lo + base * H, g.r_gu.data() + base * 2 * I);
+          cuda::swiglu_halves_bf16(g.r_gu.data() + base * 2 * I, cnt * rmax, I, a_hi + base * I, s, a_lo + base * I);
+          split_product(2 * IH, H, I, a_hi + base * I, a_lo + base * I, g.r_out.data() + base * H);
+        });
       }
-    });
+    }
     clock_.lap(Op::router);
   };
   auto run_deferred = [&] {
@@ -1096,15 +1149,23 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
     if (gpu_experts) {
-      // A prefill step: the layer's experts on the GPU, all ranks (no deferral), the sum stays there.
+      // A prefill step: the layer's experts on the GPU from the blocks copied in (every expert is in the buffer, as
+      // if resident), all ranks (no deferral); their sum stays there. The next MoE layer's copy follows.
       route_pairs(li, n, 0, K);
-      const size_t P = size_t(n * K);
-      g.h_pair_row.resize(size_t(g.max_rows * K)), g.h_row_pairs.resize(size_t(g.max_rows * K));
-      g.h_pair_w.resize(size_t(g.max_rows * K));
-      std::memcpy(g.h_pair_row.data(), pair_row_.data(), P * 4);
-      std::memcpy(g.h_row_pairs.data(), row_pairs_.data(), P * 4);
-      std::memcpy(g.h_pair_w.data(), pair_weight_.data(), P * 4);
-      gpu_prefill_experts(g, li, c_, expert_start_.data(), n, K, pool_);
+      int b = g.raw_layer[0] == li ? 0 : g.raw_layer[1] == li ? 1 : -1;
+      if (b < 0) {
+        b = g.raw_layer[0] < g.raw_layer[1] ? 0 : 1;  // the older buffer
+        prefetch_raw(g, c_, li, b, pool_);
+      }
+      g.time("experts (waiting for their blocks)",
+             [&] { cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent"); });
+      launch_resident(g.streamed[b], K);
+      cuda::check(cudaEventRecord(g.raw_free[b], s), "cudaEventRecord");
+      if (const int64_t next = next_moe_layer(c_, li + 1); next >= 0) prefetch_raw(g, c_, next, 1 - b, pool_);
+      g.time("combine", [&] {
+        cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * K), n,
+                            K, H, g.moe_out.data(), s);
+      });
       clock_.lap(Op::gpu);
       moe_copy_queued = false;
       pend_a = g.moe_out.data();

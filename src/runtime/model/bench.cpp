@@ -116,7 +116,9 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   for (auto& t : prompt) t = tok(rng);
   std::vector<float> logits(size_t(c.vocab_size));
   Session s(*model, context, &pool);
-  // Warm-up: one token (page faults of the KV cache, JIT, thread wake-up), then start over.
+  // Warm-up, as llama-bench's: the whole prompt and one decode token (page faults of the KV cache and scratch, JIT,
+  // the GPU's lazily loaded kernels and recorded graphs, thread wake-up), then start over.
+  s.forward(prompt, logits.data());
   s.forward(std::span<const int32_t>(prompt.data(), 1), logits.data());
   s.reset();
   const Profile before_prefill = s.profile();

@@ -8,17 +8,19 @@
 // normalized rows copied to the host (the copies and an event queued before the shared expert's kernels, so that
 // those run while the CPU computes the routed experts), top-k and the routed experts on the CPU, their sum copied
 // back. The GPU-side deltas are added by the next layer's norm kernel.
-#include <unistd.h>
+#include <emmintrin.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "common/error.h"
 #include "cuda/blas.h"
@@ -116,9 +118,6 @@ struct ResidentExperts {
 
 class GpuModel {
  public:
-  ~GpuModel() {
-    if (registered) cudaHostUnregister(registered);
-  }
   cuda::DeviceInfo dev;
   // Prefill experts on the GPU (0: off, the CPU runs them), why not when off, each MoE layer's raw blocks, the largest
   // of their parts and of their per-expert slots (gate, up, down of one expert).
@@ -126,9 +125,6 @@ class GpuModel {
   std::string prefill_note;
   std::vector<LayerRawExperts> raw;  // [layers]
   size_t raw_max_bytes = 0, raw_max_slot = 0;
-  // The file's pages holding the experts' blocks, page-locked for the device (register_expert_pages): the prefill's
-  // copies read them directly. Null: they are staged through pinned buffers.
-  void* registered = nullptr;
   // Experts resident on the device: per layer (empty: none anywhere), how many, their bytes, how they were chosen.
   std::vector<ResidentExperts> resident;
   int64_t resident_count = 0, resident_total = 0;
@@ -236,16 +232,27 @@ class GpuState {
   std::vector<float> rope_on_device;
   std::vector<float> deferred;  // [rows][hidden]: the deferred experts' sum (expert deferral)
   // Prefill experts on the GPU: two layers' blocks in the resident experts' slot layout (every expert, slot e = expert
-  // e), the next MoE layer's copied in on copy_stream while this one computes, then run as resident experts are
-  // (launch_resident). The copies read the file's pages (GpuModel::registered) or two pinned staging buffers per part
-  // that the thread pool fills.
+  // e), run as resident experts are (launch_resident). A copy thread (Stager) takes the step's MoE layers in order:
+  // the j-th into buffer j % 2 once the (j - 2)-th has been launched, each part copied from the file's pages into a
+  // pinned staging buffer by its own thread pool, then sent on copy_stream. So the host copies of the next layers run
+  // while this thread routes and launches, and the transfers while the GPU computes.
   ResidentExperts streamed[2];
   cuda::PinnedArray<uint8_t> stage[2][3];
   cuda::Stream copy_stream;
   cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader is done
   cudaEvent_t stage_free[2] = {};                    // the copies out of staging buffer b are done
-  int64_t raw_layer[2] = {-1, -1};                   // the layer buffer b holds or receives in this step
   bool prefill_ready = false;
+  struct Stager {
+    std::unique_ptr<cpu::ThreadPool> pool;  // the host copies' threads (not the step's pool: it routes meanwhile)
+    std::thread thread;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<int64_t> layers;  // the step's MoE layers, in order
+    int64_t staged = 0;           // layers [0, staged) are on the copy stream (their raw_ready recorded)
+    int64_t launched = 0;         // layers [0, launched) have their experts launched (their raw_free recorded)
+    bool stop = false;
+    std::exception_ptr error;
+  } stager;
   cuda::PinnedArray<float> h_def;  // the last deferred sum when no MoE output is left to carry it
   cuda::DeviceArray<float> def_dev;
   // Resident experts' pairs of one MoE layer (q: their place among the layer's GPU pairs, QC places in all: P = the
@@ -262,6 +269,7 @@ class GpuState {
   cuda::DeviceArray<uint16_t> xb, r_xb, r_actb, r_deq;
   cuda::DeviceArray<float> r_gu;
   std::vector<GemmExpert> gemm_experts;
+  std::vector<int64_t> gemm_groups;  // launch_resident's groups of gemm_experts (their first index, then the end)
   // Device routing: the router's logits and, per layer, the chosen expert ids (mapped: the host counts them).
   cuda::DeviceArray<float> router_dev;
   cuda::PinnedArray<int32_t> h_chosen;  // [layers][kDeviceRouteRows][top_k]
@@ -334,60 +342,6 @@ std::vector<LayerRawExperts> find_raw_experts(const ModelConfig& c, const GgufFi
   return raw;
 }
 
-// Bytes of memory the kernel could give now (MemAvailable), 0 when unknown.
-size_t memory_available() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  size_t kib = 0;
-  std::string unit;
-  while (f >> key >> kib >> unit)
-    if (key == "MemAvailable:") return kib * 1024;
-  return 0;
-}
-
-// With GENESIS_CUDA_REGISTER=1, page-locks the span of the file that holds every MoE layer's expert blocks for the
-// device to read (read-only registration): the prefill's copies then run from the file's pages, with no host copy
-// into staging buffers. Not when the span is more than half of the memory available now (locked pages cannot be
-// reclaimed) or when the device cannot read registered read-only memory. Off by default: on the H200 host a 17.5 GiB
-// file's registration did not finish within 90 s. Returns how the blocks travel, for prefill_note.
-std::string register_expert_pages(GpuModel& g) {
-  const std::string staged = "staged through pinned buffers by the thread pool";
-  if (const char* e = std::getenv("GENESIS_CUDA_REGISTER"); !e || std::string(e) != "1") return staged;
-  int read_only = 0;
-  if (cudaDeviceGetAttribute(&read_only, cudaDevAttrHostRegisterReadOnlySupported, g.dev.index) != cudaSuccess ||
-      !read_only) {
-    cudaGetLastError();
-    return staged + " (this device cannot read registered read-only host memory)";
-  }
-  uintptr_t lo = UINTPTR_MAX, hi = 0;
-  for (const LayerRawExperts& r : g.raw)
-    for (const RawExperts* x : {&r.gate, &r.up, &r.down}) {
-      if (!x->data || x->bytes == 0) continue;
-      lo = std::min(lo, uintptr_t(x->data));
-      hi = std::max(hi, uintptr_t(x->data) + x->bytes);
-    }
-  if (hi <= lo) return staged;
-  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
-  lo &= ~(page - 1);
-  hi = (hi + page - 1) & ~(page - 1);
-  const size_t span = hi - lo, avail = memory_available();
-  constexpr double kGiB = double(1ull << 30);
-  if (avail == 0 || span > avail / 2)
-    return staged + fmt::format(" ({:.1f} GiB of expert blocks, {:.1f} GiB of memory available: too much to lock)",
-                                double(span) / kGiB, double(avail) / kGiB);
-  const auto t0 = std::chrono::steady_clock::now();
-  const cudaError_t e = cudaHostRegister(reinterpret_cast<void*>(lo), span,
-                                         cudaHostRegisterReadOnly | cudaHostRegisterPortable);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return staged + fmt::format(" (cudaHostRegister: {})", cudaGetErrorString(e));
-  }
-  g.registered = reinterpret_cast<void*>(lo);
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  return fmt::format("read by the device from the file's pages: {:.1f} GiB page-locked in {:.1f} s",
-                     double(span) / kGiB, secs);
-}
-
 // Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
 // and prefill_note says why.
 void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions& opt,
@@ -416,8 +370,8 @@ void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions&
   }
   g.gguf = std::move(gguf);
   g.prefill_rows = opt.gpu_prefill_rows;
-  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks copied in while the previous "
-                               "layer computes, {})", g.prefill_rows, register_expert_pages(g));
+  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks staged through pinned buffers "
+                               "by a copy thread and copied in while the layers before it compute)", g.prefill_rows);
 }
 
 // A slot holds one expert's gate, up and down blocks, one after the other, as the file stores each.
@@ -744,56 +698,133 @@ static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c) {
     re.slot.resize(size_t(c.num_experts));
     for (int64_t e = 0; e < c.num_experts; ++e) re.slot[size_t(e)] = int32_t(e);
     re.count = c.num_experts;
-    if (!g.gm.registered)
-      for (int i = 0; i < 3; ++i) g.stage[b][i].resize(g.gm.raw_max_bytes);
+    for (int i = 0; i < 3; ++i) g.stage[b][i].resize(g.gm.raw_max_bytes);
   }
   g.prefill_ready = true;
 }
 
-// Sends MoE layer li's expert blocks to buffer b in the slot layout (one 2-D copy per part: expert e's rows to slot e),
-// on the copy stream after buffer b's last reader. From the file's pages when they are registered; else each part is
-// first copied by the thread pool into staging buffer b (once the copies out of it are done), so that the next part's
-// host copy overlaps this part's transfer.
-static void prefetch_raw(GpuState& g, const ModelConfig& c, int64_t li, int b, cpu::ThreadPool* pool) {
+// dst[0, bytes) = src[0, bytes) with streaming stores (dst 16-byte aligned): a staging copy writes each line once
+// instead of reading it for ownership first, so it costs the memory bus two passes over the bytes, not three (the
+// device's transfer out of the staging buffer is the next pass).
+static void stream_copy(uint8_t* dst, const uint8_t* src, size_t bytes) {
+  size_t i = 0;
+  for (; i + 64 <= bytes; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  if (i < bytes) std::memcpy(dst + i, src + i, bytes - i);
+  _mm_sfence();
+}
+
+// Sends MoE layer li's expert blocks to buffer b in the slot layout: each part copied by `pool` from the file's pages
+// into staging buffer b (once the transfers out of it are done), then one 2-D transfer per part (expert e's rows to
+// slot e) on the copy stream after buffer b's last reader, so that the next part's host copy overlaps this one's.
+static void stage_layer(GpuState& g, const ModelConfig& c, int64_t li, int b, cpu::ThreadPool& pool) {
   const LayerRawExperts& r = g.gm.raw[size_t(li)];
   const cudaStream_t cs = g.copy_stream.get();
   const int64_t E = c.num_experts;
   ResidentExperts& re = g.streamed[b];
   set_slot_layout(re, r, E);
-  const bool staged = !g.gm.registered;
-  if (staged) cuda::check(cudaEventSynchronize(g.stage_free[b]), "the GPU's copy of a layer's experts");
+  cuda::check(cudaEventSynchronize(g.stage_free[b]), "the GPU's copy of a layer's experts");
   cuda::check(cudaStreamWaitEvent(cs, g.raw_free[b], 0), "cudaStreamWaitEvent");
   const RawExperts* parts[3] = {&r.gate, &r.up, &r.down};
   const int64_t offset[3] = {re.gate.offset, re.up.offset, re.down.offset};
   constexpr size_t kPiece = size_t(1) << 20;
   for (int i = 0; i < 3; ++i) {
     const uint8_t* src = parts[i]->data;
+    uint8_t* dst = g.stage[b][i].data();
     const size_t bytes = parts[i]->bytes, each = bytes / size_t(E);
-    if (staged) {
-      uint8_t* dst = g.stage[b][i].data();
-      const int64_t pieces = int64_t((bytes + kPiece - 1) / kPiece);
-      auto copy_piece = [&](int64_t p) {
-        const size_t o = size_t(p) * kPiece;
-        std::memcpy(dst + o, src + o, std::min(kPiece, bytes - o));
-      };
-      if (pool) pool->parallel_for(pieces, copy_piece);
-      else for (int64_t p = 0; p < pieces; ++p) copy_piece(p);
-      src = dst;
-    }
-    cuda::check(cudaMemcpy2DAsync(re.arena.data() + offset[i], size_t(re.slot_bytes), src, each, each, size_t(E),
+    pool.parallel_for(int64_t((bytes + kPiece - 1) / kPiece), [&](int64_t p) {
+      const size_t o = size_t(p) * kPiece;
+      stream_copy(dst + o, src + o, std::min(kPiece, bytes - o));
+    });
+    cuda::check(cudaMemcpy2DAsync(re.arena.data() + offset[i], size_t(re.slot_bytes), dst, each, each, size_t(E),
                                   cudaMemcpyHostToDevice, cs),
                 "cudaMemcpy2DAsync (a layer's expert blocks)");
   }
-  if (staged) cuda::check(cudaEventRecord(g.stage_free[b], cs), "cudaEventRecord");
+  cuda::check(cudaEventRecord(g.stage_free[b], cs), "cudaEventRecord");
   cuda::check(cudaEventRecord(g.raw_ready[b], cs), "cudaEventRecord");
-  g.raw_layer[b] = li;
 }
 
-// The first MoE layer at or after li (-1: none).
-static int64_t next_moe_layer(const ModelConfig& c, int64_t li) {
-  for (; li < c.num_layers; ++li)
-    if (c.layer_is_moe(li)) return li;
-  return -1;
+// The copy thread of a prefill step: stages st.layers one after the other (see GpuState::streamed). Ends when all are
+// staged or stop is set; an error is kept for the step's thread, which rethrows it.
+static void stager_main(GpuState* g, const ModelConfig* c) {
+  GpuState::Stager& st = g->stager;
+  try {
+    cuda::check(cudaSetDevice(g->gm.dev.index), "cudaSetDevice");
+    for (int64_t j = 0; j < int64_t(st.layers.size()); ++j) {
+      {
+        std::unique_lock<std::mutex> lock(st.mu);
+        st.cv.wait(lock, [&] { return st.stop || st.launched >= j - 1; });  // buffer j % 2's last layer launched
+        if (st.stop) return;
+      }
+      stage_layer(*g, *c, st.layers[size_t(j)], int(j % 2), *st.pool);
+      {
+        std::lock_guard<std::mutex> lock(st.mu);
+        st.staged = j + 1;
+      }
+      st.cv.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.error = std::current_exception();
+    st.cv.notify_all();
+  }
+}
+
+// Starts the copy thread for a prefill step over the model's MoE layers.
+static void start_stager(GpuState& g, const ModelConfig& c, const cpu::ThreadPool* step_pool) {
+  GpuState::Stager& st = g.stager;
+  if (!st.pool) {
+    // As many threads as the step's pool (which only routes meanwhile): on the H200 host memcpy from the page cache
+    // into pinned memory made 10.1 GB/s on 1 thread, 37.8 on 8, 40.8 on 16 (the bus, not the cores, bounds it).
+    const int threads = step_pool ? step_pool->size() : 1;
+    st.pool = std::make_unique<cpu::ThreadPool>(threads, false);
+  }
+  st.layers.clear();
+  for (int64_t li = 0; li < c.num_layers; ++li)
+    if (c.layer_is_moe(li)) st.layers.push_back(li);
+  st.staged = st.launched = 0;
+  st.stop = false;
+  st.error = nullptr;
+  st.thread = std::thread(stager_main, &g, &c);
+}
+
+// Stops and joins the copy thread (at the end of a step, or when the step throws). Idempotent.
+static void stop_stager(GpuState& g) {
+  GpuState::Stager& st = g.stager;
+  if (!st.thread.joinable()) return;
+  {
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.stop = true;
+  }
+  st.cv.notify_all();
+  st.thread.join();
+}
+
+// Waits until the j-th MoE layer of the step is on the copy stream; its buffer is j % 2. Rethrows the copy thread's
+// error.
+static int wait_staged(GpuState& g, int64_t j) {
+  GpuState::Stager& st = g.stager;
+  std::unique_lock<std::mutex> lock(st.mu);
+  st.cv.wait(lock, [&] { return st.error || st.staged > j; });
+  if (st.error) std::rethrow_exception(st.error);
+  return int(j % 2);
+}
+
+// The j-th MoE layer's experts are launched (buffer j % 2's raw_free recorded): the copy thread may reuse the buffer.
+static void mark_launched(GpuState& g, int64_t j) {
+  {
+    std::lock_guard<std::mutex> lock(g.stager.mu);
+    g.stager.launched = j + 1;
+  }
+  g.stager.cv.notify_all();
 }
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
@@ -861,11 +892,18 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // A prefill step that runs the experts on the GPU: the first MoE layer's blocks start streaming in now, while the
   // GPU runs the layers before it.
   const bool gpu_experts = gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty();
-  g.raw_layer[0] = g.raw_layer[1] = -1;
   g.step_graphs = !gpu_experts;
+  int64_t moe_j = 0;  // the MoE layers met so far in this step (the copy thread's order)
+  struct StagerGuard {
+    GpuState* g = nullptr;
+    ~StagerGuard() {
+      if (g) stop_stager(*g);
+    }
+  } stager_guard;
   if (gpu_experts) {
     ensure_prefill_buffers(g, c_);
-    if (const int64_t first = next_moe_layer(c_, 0); first >= 0) prefetch_raw(g, c_, first, 0, pool_);
+    start_stager(g, c_, pool_);
+    stager_guard.g = &g;
   }
   // Embedding rows (on the CPU: one row per token), positions and cache bases per row.
   segs_.clear();
@@ -919,21 +957,33 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     auto count = [&](int64_t e) { return expert_start_[size_t(e + 1)] - expert_start_[size_t(e)]; };
     // In a cuBLAS step the experts that more than a unit's rows chose run as batched GEMMs: sorted by their pair
     // count, in groups of kDeqGroup, each expert of a group padded to the group's largest count (the pairs' q are
-    // their padded places). The rest, and every expert of a smaller step, run in units (q after the padded ones).
+    // their padded places). The rest, and every expert of a smaller step, run in units (q after the padded ones). A
+    // unit reads its expert's blocks at a warp per row, slowly: when the step brings at least 4 pairs per expert on
+    // average (a prefill chunk), every chosen expert takes the GEMMs (on the H200, 512-row steps spent 0.4 ms per
+    // token in the units of the experts that 8 or fewer rows chose).
     std::vector<GemmExpert>& ge = g.gemm_experts;
+    const bool all_gemm = P >= 4 * E;
     ge.clear();
     int64_t unit_pairs = 0;
     for (int64_t e = 0; e < E; ++e) {
       const int32_t sl = re.slot[size_t(e)], cnt = count(e);
       if (sl < 0 || cnt == 0) continue;
-      if (g.blas && n >= g.gemm_rows && cnt > cuda::kExpertUnitRows) ge.push_back({sl, int32_t(e), cnt});
+      if (g.blas && n >= g.gemm_rows && (cnt > cuda::kExpertUnitRows || all_gemm)) ge.push_back({sl, int32_t(e), cnt});
       else unit_pairs += cnt;
     }
     std::stable_sort(ge.begin(), ge.end(), [](const GemmExpert& a, const GemmExpert& b) { return a.rows > b.rows; });
     constexpr int64_t G = GpuState::kDeqGroup;
     const int64_t J = int64_t(ge.size());
+    // Groups [group[i], group[i + 1]): up to G experts; one with less than half its group's largest count starts a new
+    // group, so the padding at most doubles the pairs (the scratch holds 2 Q places; skewed routing padded past it).
+    std::vector<int64_t>& group = g.gemm_groups;
+    group.clear();
+    for (int64_t j = 0; j < J; ++j)
+      if (group.empty() || j - group.back() == G || 2 * ge[size_t(j)].rows < ge[size_t(group.back())].rows)
+        group.push_back(j);
+    group.push_back(J);
     int64_t padded = 0;
-    for (int64_t j0 = 0; j0 < J; j0 += G) padded += std::min(G, J - j0) * ge[size_t(j0)].rows;
+    for (size_t i = 0; i + 1 < group.size(); ++i) padded += (group[i + 1] - group[i]) * ge[size_t(group[i])].rows;
     // Lists: row_q [P], q_w [QC], q_row [QC], units [3 U], GEMM slots [J] (QC: the padded pairs and the units').
     int64_t QC = padded + unit_pairs;
     if (P + 2 * QC + 3 * P + J > int64_t(g.h_lists.size()) || QC > int64_t(g.r_out.size()) / H) {
@@ -959,9 +1009,11 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       for (int32_t q = q0 + (p1 - p0); q < q0 + places; ++q) q_row[q] = -1, q_w[q] = 0.0f;  // padding
     };
     int32_t q = 0;
-    for (int64_t j0 = 0; j0 < Jn; j0 += G) {
+    if (Jn == 0) group.assign(1, 0);
+    for (size_t i = 0; i + 1 < group.size(); ++i) {
+      const int64_t j0 = group[i];
       const int32_t rmax = ge[size_t(j0)].rows;
-      for (int64_t j = j0; j < std::min(Jn, j0 + G); ++j, q += rmax) {
+      for (int64_t j = j0; j < group[i + 1]; ++j, q += rmax) {
         take(ge[size_t(j)].expert, q, rmax);
         ge[size_t(j)].q0 = q;
       }
@@ -1006,8 +1058,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       uint16_t* w = g.r_deq.data();
       g.time("experts (GEMMs)", [&] { cuda::gather_rows_bf16(g.xn.data(), d_qrow, x_hi, padded, H, s, x_lo); });
       const int32_t* dslots = g.lists.data() + P + 2 * QC + 3 * U;
-      for (int64_t j0 = 0; j0 < Jn; j0 += G) {
-        const int64_t cnt = std::min(G, Jn - j0), rmax = ge[size_t(j0)].rows, base = ge[size_t(j0)].q0;
+      for (size_t i = 0; i + 1 < group.size(); ++i) {
+        const int64_t j0 = group[i], cnt = group[i + 1] - j0, rmax = ge[size_t(j0)].rows, base = ge[size_t(j0)].q0;
         g.time("experts (GEMMs' dequantization)", [&] {
           cuda::dequantize_slots_bf16(re.gate, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w, 3 * IH, s);
           cuda::dequantize_slots_bf16(re.up, I, H, re.arena.data(), re.slot_bytes, dslots + j0, cnt, w + IH, 3 * IH,
@@ -1152,16 +1204,13 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       // A prefill step: the layer's experts on the GPU from the blocks copied in (every expert is in the buffer, as
       // if resident), all ranks (no deferral); their sum stays there. The next MoE layer's copy follows.
       route_pairs(li, n, 0, K);
-      int b = g.raw_layer[0] == li ? 0 : g.raw_layer[1] == li ? 1 : -1;
-      if (b < 0) {
-        b = g.raw_layer[0] < g.raw_layer[1] ? 0 : 1;  // the older buffer
-        prefetch_raw(g, c_, li, b, pool_);
-      }
+      const int b = wait_staged(g, moe_j);
+      clock_.lap(Op::gpu);  // waiting for the copy thread
       g.time("experts (waiting for their blocks)",
              [&] { cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent"); });
       launch_resident(g.streamed[b], K);
       cuda::check(cudaEventRecord(g.raw_free[b], s), "cudaEventRecord");
-      if (const int64_t next = next_moe_layer(c_, li + 1); next >= 0) prefetch_raw(g, c_, next, 1 - b, pool_);
+      mark_launched(g, moe_j++);
       g.time("combine", [&] {
         cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * K), n,
                             K, H, g.moe_out.data(), s);

@@ -139,12 +139,11 @@ TEST_P(GpuPrefill, MatchesTheCpuPath) {
   auto gpu_model = Model::load(path, o);
   const std::string desc = gpu_description(*gpu_model->gpu());
   ASSERT_NE(desc.find("prefill experts on the GPU"), std::string::npos) << desc;
-  ASSERT_NE(desc.find("staged through pinned buffers"), std::string::npos) << desc;
   cpu::ThreadPool pool(2);
   Session cs(*cpu_model, 128, &pool), gs(*gpu_model, 128, &pool);
   const auto toks = prompt(cpu_model->config().vocab_size, 21);
-  const auto got = gs.forward_all(toks);
-  const double d = test::max_rel_diff(got, cs.forward_all(toks));
+  const auto want = cs.forward_all(toks);
+  const double d = test::max_rel_diff(gs.forward_all(toks), want);
   std::printf("%s: GPU prefill experts vs CPU: max |logit diff| / max |logit| = %.3g\n", GetParam().c_str(), d);
   // The experts chosen by more than a unit's rows as bf16 GEMMs (blocks dequantized to bf16, 2^-9 per weight; the
   // activations split in two bf16 parts), the others in units: GpuResident's cuBLAS bound.
@@ -153,13 +152,12 @@ TEST_P(GpuPrefill, MatchesTheCpuPath) {
   cs.reset();
   gs.reset();
   EXPECT_EQ(greedy(gs, toks, 8), greedy(cs, toks, 8)) << GetParam();
-  // The blocks read by the device from the file's registered pages instead of staged: the same logits, bit for bit.
-  ScopedEnv registered("GENESIS_CUDA_REGISTER", "1");
-  auto reg_model = Model::load(path, o);
-  const std::string rdesc = gpu_description(*reg_model->gpu());
-  ASSERT_NE(rdesc.find("page-locked"), std::string::npos) << rdesc;
-  Session rs(*reg_model, 128, &pool);
-  EXPECT_EQ(rs.forward_all(toks), got) << GetParam();
+  // Kernels only: the streamed blocks through the units (fp32 activations, weights dequantized in registers).
+  ScopedEnv kernels(kGemmRows, "0");
+  Session ks(*gpu_model, 128, &pool);
+  const double dk = test::max_rel_diff(ks.forward_all(toks), want);
+  std::printf("  kernels only: max |logit diff| / max |logit| = %.3g\n", dk);
+  EXPECT_LT(dk, 1e-4) << GetParam();  // fp32 throughout: the order of sums only (as GpuResident)
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, GpuPrefill,

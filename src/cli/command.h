@@ -72,8 +72,12 @@ inline constexpr const char* kGpuDeferHelp =
 
 inline constexpr const char* kGpuPrefillHelp =
     "with --gpu and a GGUF MoE: prefill steps of at least N rows run the routed experts on the GPU, each layer's "
-    "blocks streamed from host memory and multiplied there by cuBLAS (loaded at run time); 0 keeps them on the CPU "
-    "(default 0: measured slower than the CPU's experts on a 16-core host with an H200, see the README)";
+    "blocks streamed from host memory and multiplied there by cuBLAS (loaded at run time); 0 keeps them on the CPU. "
+    "Default 256 when no expert is held on the GPU (--gpu-experts 0), else 0: a layer's transfer costs about as much "
+    "as 256 rows of the CPU's experts on a 16-core host with an H200 (see the README)";
+
+// --gpu-prefill-rows when not given: with --gpu and every routed expert on the CPU.
+inline constexpr int kAutoGpuPrefillRows = 256;
 
 inline constexpr const char* kGpuExpertsHelp =
     "with --gpu and a GGUF MoE: hold routed experts in the GPU's memory, as the file stores their blocks, within SIZE "
@@ -88,7 +92,7 @@ inline constexpr const char* kExpertUsageHelp =
 // The hybrid mode's options, the same for run, perplexity, serve and bench model.
 struct HybridArgs {
   bool gpu = false;
-  int device = 0, defer = 0, prefill_rows = 0;
+  int device = 0, defer = 0, prefill_rows = -1;  // -1: not given (kAutoGpuPrefillRows or 0)
   std::string experts = "0", usage;
 
   void add(CLI::App* c) {
@@ -104,8 +108,8 @@ struct HybridArgs {
     o.gpu = gpu;
     o.gpu_device = device;
     o.gpu_defer = defer;
-    o.gpu_prefill_rows = prefill_rows;
     o.gpu_expert_budget = runtime::parse_byte_budget(experts);
+    o.gpu_prefill_rows = prefill_rows >= 0 ? prefill_rows : gpu && o.gpu_expert_budget == 0 ? kAutoGpuPrefillRows : 0;
     o.expert_usage = usage;
   }
   // After a run (its results already out): its routed experts' choices (Session::expert_usage()) added to the

@@ -162,9 +162,9 @@ class GpuState {
   int attn_splits = 16;  // GENESIS_CUDA_ATTN_SPLITS (1: off, for comparisons)
   // Steps of at least gemm_rows rows (prefill chunks) run their products through cuBLAS on bf16 tensor cores with fp32
   // sums, each fp32 activation split into two bf16 parts (hi + lo, about 16 bits: kernels.h), W x = W x_hi + W x_lo:
-  // the dense matrices (bf16 as the kernels read them); fp32 matrices in fp32; each resident expert that more than a
-  // unit's rows chose, its blocks dequantized to bf16 (2^-9, as the dense matrices are held) in groups of kDeqGroup
-  // experts. Fewer rows (decode, CUDA graphs) keep the kernels of kernels.h, which read each weight once per 8 rows.
+  // the dense matrices (bf16 as the kernels read them); fp32 matrices in fp32; the resident (or streamed) experts that
+  // more than a unit's rows chose, or every chosen one in a step of >= 4 pairs per expert, their blocks dequantized to
+  // bf16 (2^-9, as the dense matrices are held) in groups of up to kDeqGroup experts (launch_resident). Fewer rows (decode, CUDA graphs) keep the kernels of kernels.h, which read each weight once per 8 rows.
   // GENESIS_CUDA_GEMM_ROWS=N moves the threshold (0: never; at least kGraphRows + 1).
   int64_t gemm_rows = kGraphRows + 1;
   cuda::Blas* blas = nullptr;  // null: no cuBLAS (or off), the kernels take every step
@@ -242,6 +242,7 @@ class GpuState {
   cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader is done
   cudaEvent_t stage_free[2] = {};                    // the copies out of staging buffer b are done
   bool prefill_ready = false;
+  std::string prefill_off;  // why the prefill's buffers could not be allocated (the CPU runs its experts)
   struct Stager {
     std::unique_ptr<cpu::ThreadPool> pool;  // the host copies' threads (not the step's pool: it routes meanwhile)
     std::thread thread;
@@ -593,8 +594,19 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
       r_deq.resize(size_t(kDeqGroup) * 3 * I * H);
     }
   }
-  // The prefill's expert buffers now, not at its first step (a step that allocates waits for the device).
-  if (m.prefill_rows > 0) ensure_prefill_buffers(*this, c);
+  // The prefill's expert buffers now, not at its first step (a step that allocates waits for the device), and only
+  // when a step of this state can bring prefill_rows rows. Short of memory, the CPU keeps the prefill's experts.
+  if (m.prefill_rows > 0 && rows >= m.prefill_rows) {
+    try {
+      ensure_prefill_buffers(*this, c);
+    } catch (const Error& e) {
+      for (ResidentExperts& re : streamed) re.arena.reset();
+      for (auto& part : stage)
+        for (auto& buf : part) buf.reset();
+      prefill_off = e.what();
+      fmt::print(stderr, "genesis: the prefill's experts stay on the CPU: {}\n", prefill_off);
+    }
+  }
   if (m.resident_count > 0) {
     router_dev.resize(size_t(kDeviceRouteRows * c.num_experts));
     h_chosen.resize(size_t(c.num_layers * kDeviceRouteRows * c.top_k));
@@ -687,9 +699,9 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
 
 }  // namespace
 
-// The prefill's device buffers, allocated at the first step that runs experts on the GPU. Every buffer or none counts
-// as ready: an allocation that throws (VRAM short) leaves the next step to retry (resizes of those already allocated
-// are no-ops), never to run on a missing buffer.
+// The prefill's buffers (device and pinned host), allocated with a state whose steps can reach the model's
+// prefill_rows. prefill_ready only once all are there: when one cannot be allocated, the caller leaves the prefill's
+// experts on the CPU and says why (prefill_off).
 static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c) {
   if (g.prefill_ready) return;
   for (int b = 0; b < 2; ++b) {
@@ -782,9 +794,11 @@ static void stager_main(GpuState* g, const ModelConfig* c) {
 static void start_stager(GpuState& g, const ModelConfig& c, const cpu::ThreadPool* step_pool) {
   GpuState::Stager& st = g.stager;
   if (!st.pool) {
-    // As many threads as the step's pool (which only routes meanwhile): on the H200 host memcpy from the page cache
-    // into pinned memory made 10.1 GB/s on 1 thread, 37.8 on 8, 40.8 on 16 (the bus, not the cores, bounds it).
-    const int threads = step_pool ? step_pool->size() : 1;
+    // As many threads as the step's pool, which only routes meanwhile, or half of them when the model has layers
+    // that the CPU runs (Gated DeltaNet): on the H200 host memcpy from the page cache into pinned memory made 10.1
+    // GB/s on 1 thread, 37.8 on 8, 40.8 on 16 (the bus, not the cores, bounds it).
+    const int all = step_pool ? step_pool->size() : 1;
+    const int threads = g.gm.cpu_mixers > 0 ? std::max(1, all / 2) : all;
     st.pool = std::make_unique<cpu::ThreadPool>(threads, false);
   }
   st.layers.clear();
@@ -891,7 +905,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   for (const SequenceRows& b : batch) longest_segment = std::max(longest_segment, int64_t(b.tokens.size()));
   // A prefill step that runs the experts on the GPU: the first MoE layer's blocks start streaming in now, while the
   // GPU runs the layers before it.
-  const bool gpu_experts = gm.prefill_rows > 0 && longest_segment >= gm.prefill_rows && !gm.raw.empty();
+  const bool gpu_experts = g.prefill_ready && longest_segment >= gm.prefill_rows && !gm.raw.empty();
   g.step_graphs = !gpu_experts;
   int64_t moe_j = 0;  // the MoE layers met so far in this step (the copy thread's order)
   struct StagerGuard {
@@ -901,7 +915,6 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     }
   } stager_guard;
   if (gpu_experts) {
-    ensure_prefill_buffers(g, c_);
     start_stager(g, c_, pool_);
     stager_guard.g = &g;
   }
@@ -1039,7 +1052,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 || Jn > 0 ? P + 2 * QC + 3 * U + Jn : P) * 4,
                            g.stream);
     });
-    if (QC > int64_t(g.r_act.size()) / I) g.r_act.resize(size_t(QC * I)), g.r_out.resize(size_t(QC * H));
+    // (r_act, r_out and the GEMMs' scratch below were sized with the state for the most places QC can take.)
     const int32_t* d_qrow = g.lists.data() + P + QC;
     const auto* du = reinterpret_cast<const cuda::ExpertUnit*>(g.lists.data() + P + 2 * QC);
     g.time("experts gate+up (units)", [&] {
@@ -1052,8 +1065,6 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     });
     if (Jn > 0) {
       const int64_t IH = I * H;
-      g.r_xb.resize(size_t(2 * padded * H)), g.r_gu.resize(size_t(padded * 2 * I));
-      g.r_actb.resize(size_t(2 * padded * I)), g.r_deq.resize(size_t(G * 3 * IH));
       uint16_t *x_hi = g.r_xb.data(), *x_lo = x_hi + padded * H, *a_hi = g.r_actb.data(), *a_lo = a_hi + padded * I;
       uint16_t* w = g.r_deq.data();
       g.time("experts (GEMMs)", [&] { cuda::gather_rows_bf16(g.xn.data(), d_qrow, x_hi, padded, H, s, x_lo); });
@@ -1208,8 +1219,15 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       clock_.lap(Op::gpu);  // waiting for the copy thread
       g.time("experts (waiting for their blocks)",
              [&] { cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent"); });
-      launch_resident(g.streamed[b], K);
-      cuda::check(cudaEventRecord(g.raw_free[b], s), "cudaEventRecord");
+      {
+        // Recorded even when a launch throws: the copy thread must not overwrite blocks the GPU may still read.
+        struct RecordFree {
+          cudaEvent_t e;
+          cudaStream_t s;
+          ~RecordFree() { cudaEventRecord(e, s); }
+        } record_free{g.raw_free[b], s};
+        launch_resident(g.streamed[b], K);
+      }
       mark_launched(g, moe_j++);
       g.time("combine", [&] {
         cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * K), n,

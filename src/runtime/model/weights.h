@@ -81,7 +81,8 @@ struct LoadOptions {
   int gpu_defer = 0;
   // Prefill steps in which one sequence brings at least this many rows run a GGUF's routed experts on the GPU, their
   // blocks streamed from host memory per layer (through two pinned staging buffers of a layer's expert tensors) and
-  // multiplied by cuBLAS (0: never; the CPU runs them). Off by default: see the README for its measured speed.
+  // multiplied by cuBLAS (0: never; the CPU runs them). 0 here; the commands default to 256 with --gpu when no expert
+  // is held in VRAM (cli/command.h; the README has the measurements).
   int gpu_prefill_rows = 0;
   // Routed experts held in the GPU's memory as the GGUF file stores their blocks, within this many bytes (-1: all,
   // 0: none): the most used (expert_usage's counts) or, without counts, spread evenly over the layers. A step's pairs

@@ -164,7 +164,8 @@ class GpuState {
   // sums, each fp32 activation split into two bf16 parts (hi + lo, about 16 bits: kernels.h), W x = W x_hi + W x_lo:
   // the dense matrices (bf16 as the kernels read them); fp32 matrices in fp32; the resident (or streamed) experts that
   // more than a unit's rows chose, or every chosen one in a step of >= 4 pairs per expert, their blocks dequantized to
-  // bf16 (2^-9, as the dense matrices are held) in groups of up to kDeqGroup experts (launch_resident). Fewer rows (decode, CUDA graphs) keep the kernels of kernels.h, which read each weight once per 8 rows.
+  // bf16 (2^-9, as the dense matrices are held) in groups of up to kDeqGroup experts (launch_resident). Fewer rows
+  // (decode, CUDA graphs) keep the kernels of kernels.h, which read each weight once per 8 rows.
   // GENESIS_CUDA_GEMM_ROWS=N moves the threshold (0: never; at least kGraphRows + 1).
   int64_t gemm_rows = kGraphRows + 1;
   cuda::Blas* blas = nullptr;  // null: no cuBLAS (or off), the kernels take every step
@@ -969,7 +970,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     const int64_t P = n * KK, I = c_.moe_intermediate_size;
     auto count = [&](int64_t e) { return expert_start_[size_t(e + 1)] - expert_start_[size_t(e)]; };
     // In a cuBLAS step the experts that more than a unit's rows chose run as batched GEMMs: sorted by their pair
-    // count, in groups of kDeqGroup, each expert of a group padded to the group's largest count (the pairs' q are
+    // count, in groups of up to kDeqGroup, each expert of a group padded to the group's largest count (the pairs' q are
     // their padded places). The rest, and every expert of a smaller step, run in units (q after the padded ones). A
     // unit reads its expert's blocks at a warp per row, slowly: when the step brings at least 4 pairs per expert on
     // average (a prefill chunk), every chosen expert takes the GEMMs (on the H200, 512-row steps spent 0.4 ms per
@@ -1213,7 +1214,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
     if (gpu_experts) {
       // A prefill step: the layer's experts on the GPU from the blocks copied in (every expert is in the buffer, as
-      // if resident), all ranks (no deferral); their sum stays there. The next MoE layer's copy follows.
+      // if resident), all ranks (no deferral); their sum stays there. The copy thread brings the next layers meanwhile.
       route_pairs(li, n, 0, K);
       const int b = wait_staged(g, moe_j);
       clock_.lap(Op::gpu);  // waiting for the copy thread

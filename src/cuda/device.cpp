@@ -141,4 +141,13 @@ void copy_to_host(void* dst, const void* src, size_t bytes, const Stream& s) {
   if (bytes) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s.get()), "cudaMemcpyAsync (to host)");
 }
 
+HostRegistration::HostRegistration(void* p, size_t bytes) {
+  check(cudaHostRegister(p, bytes, cudaHostRegisterPortable), "cudaHostRegister");
+  p_ = p;
+}
+
+HostRegistration::~HostRegistration() {
+  if (p_) cudaHostUnregister(p_);
+}
+
 }  // namespace genesis::cuda

@@ -89,6 +89,22 @@ class PinnedArray {
   size_t n_ = 0;
 };
 
+// Host memory pinned where it is (cudaHostRegister): async copies run straight from it. Unpinned when destroyed.
+// Throws genesis::Error with CUDA's text when the range cannot be pinned.
+class HostRegistration {
+ public:
+  HostRegistration() = default;
+  HostRegistration(void* p, size_t bytes);
+  ~HostRegistration();
+  HostRegistration(HostRegistration&& o) noexcept : p_(std::exchange(o.p_, nullptr)) {}
+  HostRegistration& operator=(HostRegistration&&) = delete;
+  HostRegistration(const HostRegistration&) = delete;
+  HostRegistration& operator=(const HostRegistration&) = delete;
+
+ private:
+  void* p_ = nullptr;
+};
+
 class Stream {
  public:
   Stream();

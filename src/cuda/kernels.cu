@@ -3,7 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "cuda/kernels.h"
 
@@ -576,6 +578,42 @@ __global__ void expert_kernel(ExpertArgs a) {
   }
 }
 
+// restore_records(): a block per row at a time (grid-stride), a thread per stored byte; the map in shared memory.
+__global__ void restore_records_kernel(RecordRows r, int64_t rows, uint8_t* arena, int64_t slot_bytes) {
+  extern __shared__ int32_t map[];
+  const int sb = r.stored_bytes;
+  for (int i = threadIdx.x; i < 10 * sb; i += blockDim.x) map[i] = r.map[i];
+  __syncthreads();
+  const int32_t* bits = map + 2 * sb;
+  const int64_t row_stored = (r.units - 1) * sb + r.last_bytes;
+  for (int64_t gr = blockIdx.x; gr < rows; gr += gridDim.x) {
+    const int64_t e = gr / r.rows, row = gr % r.rows;
+    const uint8_t* rec = r.rec + e * r.expert_bytes + row * r.units * r.record_bytes;
+    uint8_t* dst = arena + e * slot_bytes +
+                   (row < r.split ? r.first + row * r.row_bytes : r.second + (row - r.split) * r.row_bytes);
+    for (int64_t o = threadIdx.x; o < row_stored; o += blockDim.x) {
+      const int u = int(o / sb), b = int(o % sb);
+      const uint8_t* ru = rec + int64_t(u) * r.record_bytes;
+      const int32_t op = map[2 * b], x = map[2 * b + 1];
+      int v;
+      if ((op & 3) == 0) {
+        v = ru[(op >> 2) & 0x3FFF];
+      } else if ((op & 3) == 1) {
+        const int a = (op >> 2) & 0x3FFF, c = (op >> 16) & 0x3FFF;
+        v = ((ru[a >> 1] >> ((a & 1) * 4)) & 0xF) | (((ru[c >> 1] >> ((c & 1) * 4)) & 0xF) << 4);
+      } else {
+        v = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int k = bits[8 * b + i] & 0xFFFF;
+          v |= ((ru[k >> 3] >> (k & 7)) & 1) << i;
+        }
+      }
+      dst[o] = uint8_t(v ^ x);
+    }
+  }
+}
+
 }  // namespace
 
 void gemv(const DeviceMatrix& W, const float* x, float* y, int64_t n, int64_t ldy, cudaStream_t s) {
@@ -783,6 +821,36 @@ void dequantize_slots_bf16(const ExpertMatrix& m, int64_t rows, int64_t cols, co
   if (groups > 0 && count > 0)
     dequant_slots_kernel<<<dim3(blocks_for(groups, 256), unsigned(count)), 256, 0, s>>>(
         m.type, arena, slot_bytes, m.offset, m.row_bytes, cols, slots, groups, dst, stride);
+}
+
+std::vector<int32_t> make_record_map(const int16_t* source, const uint8_t* invert, int stored_bytes) {
+  // Per stored byte: {kind | a << 2 | b << 16, xor}: kind 0 a whole record byte a; kind 1 the low nibble from record
+  // nibble a (byte a / 2, the high half when a is odd), the high from nibble b; kind 2 bit by bit (the bit table).
+  // Then per stored bit: its record bit | 1 << 16 when inverted.
+  std::vector<int32_t> m(size_t(stored_bytes) * 10, 0);
+  for (int o = 0; o < stored_bytes; ++o) {
+    const int16_t* src = source + 8 * o;
+    int32_t x = 0;
+    for (int i = 0; i < 8; ++i) x |= int32_t(invert[8 * o + i] & 1) << i;
+    bool byte = src[0] % 8 == 0, nib = src[0] % 4 == 0 && src[4] % 4 == 0;
+    for (int i = 1; i < 8; ++i) byte = byte && src[i] == src[0] + i;
+    for (int i = 1; i < 4; ++i) nib = nib && src[i] == src[0] + i && src[4 + i] == src[4] + i;
+    if (byte) m[size_t(2 * o)] = 0 | (src[0] / 8) << 2;
+    else if (nib) m[size_t(2 * o)] = 1 | (src[0] / 4) << 2 | (src[4] / 4) << 16;
+    else m[size_t(2 * o)] = 2;
+    m[size_t(2 * o + 1)] = x;
+    for (int i = 0; i < 8; ++i)
+      m[size_t(2 * stored_bytes + 8 * o + i)] = int32_t(src[i]) | int32_t(invert[8 * o + i] & 1) << 16;
+  }
+  return m;
+}
+
+void restore_records(const RecordRows& r, int64_t experts, uint8_t* arena, int64_t slot_bytes, cudaStream_t s) {
+  const int64_t rows = experts * r.rows;
+  if (rows <= 0 || r.units <= 0) return;
+  const size_t shared = size_t(r.stored_bytes) * 10 * sizeof(int32_t);
+  const unsigned grid = unsigned(std::min<int64_t>(rows, 4096));
+  restore_records_kernel<<<grid, 256, shared, s>>>(r, rows, arena, slot_bytes);
 }
 
 void route_top_k(const float* logits, int64_t n, int64_t E, int64_t k, bool renorm, const int32_t* slot,

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace genesis::cuda {
 
@@ -130,6 +131,25 @@ void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix
 // multiple of 8). Resident experts' matrices for the cuBLAS products of large steps.
 void dequantize_slots_bf16(const ExpertMatrix& m, int64_t rows, int64_t cols, const uint8_t* arena, int64_t slot_bytes,
                            const int32_t* slots, int64_t count, uint16_t* dst, int64_t stride, cudaStream_t s);
+// The CPU's kq_gemv records back to the file's blocks on the device: the GPU's prefill copies a layer's experts
+// straight from the CPU's records (pinned in place), then writes them as stored into the slots the products read.
+// make_record_map: from a format's bit map (kq_gemv::RecordBits: stored bit i of a unit is record bit source[i],
+// inverted where invert[i]) the table restore_records() takes, once per format, uploaded: per stored byte two int32
+// (a whole byte or two nibbles moved, else its bits one by one), then per stored bit one int32.
+std::vector<int32_t> make_record_map(const int16_t* source, const uint8_t* invert, int stored_bytes);
+struct RecordRows {
+  const uint8_t* rec = nullptr;  // expert e's row r's unit u at rec + e * expert_bytes + (r * units + u) * record_bytes
+  int64_t expert_bytes = 0;
+  int record_bytes = 0;
+  int64_t rows = 0, units = 0;  // per expert
+  const int32_t* map = nullptr;  // make_record_map()'s table, on the device
+  int stored_bytes = 0;          // per unit
+  int last_bytes = 0;            // stored bytes of a row's last unit (legacy rows ending inside a unit)
+  // Row r < split goes to slot e at first + r * row_bytes, the others at second + (r - split) * row_bytes (gate and
+  // up rows of one records matrix into two parts of a slot).
+  int64_t split = 0, first = 0, second = 0, row_bytes = 0;
+};
+void restore_records(const RecordRows& r, int64_t experts, uint8_t* arena, int64_t slot_bytes, cudaStream_t s);
 // y[q][r] = down(slot) row r . act[q] for r < H, over each unit's pairs q; down is [H][I].
 void expert_down(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix& down, int64_t H, int64_t I,
                  const ExpertUnit* units, int64_t n_units, int max_rows, const float* act, float* y, cudaStream_t s);

@@ -14,6 +14,7 @@
 #include "cuda/blas.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "quant/ggml.h"
 #include "quant/half.h"
 #include "runtime/model/ops.h"
@@ -428,6 +429,64 @@ TEST(CudaKernels, ExpertProductsMatchGgml) {
 
 // The device's top-k against the host's route_top_k: the same experts in the same order (ties included: equal
 // logits go to the lower id), the same weights, and the pair lists the expert kernels read.
+// The CPU's kq_gemv records restored on the device (the direct prefill's copies): byte for byte the file's blocks,
+// each expert's gate and up rows into two parts of its slot, for every format, a padded legacy unit included.
+TEST(CudaKernels, RestoreRecordsGiveTheFileBlocks) {
+  NEED_GPU();
+  namespace kg = kernels::kq_gemv;
+  Stream s;
+  std::mt19937 gen(5);
+  for (kg::Format f : kg::kFormats) {
+    SCOPED_TRACE(kg::format_name(f));
+    const uint32_t t = kg::ggml_type(f);
+    const auto info = quant::ggml_type_info(t);
+    ASSERT_TRUE(info.has_value());
+    const int64_t E = 3, I = 5, rows = 2 * I, cols = kg::is_k_quant(f) ? 512 : 224;  // 224: seven 32-blocks
+    const int64_t row_stored = cols / info->block * info->block_bytes;
+    std::vector<uint8_t> stored(size_t(E * rows * row_stored));
+    for (uint8_t& b : stored) b = uint8_t(gen());
+    const size_t eb = kg::record_bytes_of(t, rows, cols);
+    std::vector<uint8_t> rec(size_t(E) * eb + 64, 0);
+    for (int64_t e = 0; e < E; ++e)
+      kg::make_matrix_in(t, rows, cols, stored.data() + e * rows * row_stored, size_t(rows * row_stored),
+                         rec.data() + size_t(e) * eb, nullptr);
+    const kg::RecordBits rb = kg::record_bits(f);
+    const std::vector<int32_t> map = make_record_map(rb.source.data(), rb.invert.data(), rb.stored_bytes);
+    DeviceArray<uint8_t> drec(rec.size()), arena;
+    DeviceArray<int32_t> dmap(map.size());
+    drec.upload(rec.data(), rec.size());
+    dmap.upload(map.data(), map.size());
+    // A slot: 7 bytes of gap, the up rows, 13 bytes, the gate rows, 9 bytes (offsets as odd as the code allows).
+    const int64_t up_at = 7, gate_at = up_at + I * row_stored + 13, slot_bytes = gate_at + I * row_stored + 9;
+    const std::vector<uint8_t> fill(size_t(E * slot_bytes), 0xEE);
+    arena.resize(fill.size());
+    arena.upload(fill.data(), fill.size());
+    RecordRows r;
+    r.rec = drec.data();
+    r.expert_bytes = int64_t(eb);
+    r.record_bytes = rb.record_bytes;
+    r.rows = rows;
+    r.units = (cols + (kg::is_k_quant(f) ? 255 : 127)) / (kg::is_k_quant(f) ? 256 : 128);
+    r.map = dmap.data();
+    r.stored_bytes = rb.stored_bytes;
+    r.last_bytes = int(row_stored - (r.units - 1) * rb.stored_bytes);
+    r.split = I;
+    r.first = gate_at;
+    r.second = up_at;
+    r.row_bytes = row_stored;
+    restore_records(r, E, arena.data(), slot_bytes, s.get());
+    s.sync("restore_records");
+    const auto got = download(arena, fill.size());
+    for (int64_t e = 0; e < E; ++e) {
+      const uint8_t* slot = got.data() + e * slot_bytes;
+      const uint8_t* want = stored.data() + e * rows * row_stored;
+      ASSERT_EQ(0, std::memcmp(slot + gate_at, want, size_t(I * row_stored))) << "expert " << e << " gate";
+      ASSERT_EQ(0, std::memcmp(slot + up_at, want + I * row_stored, size_t(I * row_stored))) << "expert " << e << " up";
+      for (int64_t i : {int64_t(0), up_at + I * row_stored, slot_bytes - 1}) EXPECT_EQ(slot[i], 0xEE) << i;
+    }
+  }
+}
+
 TEST(CudaKernels, RouteTopKMatchesTheHost) {
   NEED_GPU();
   Stream s;

@@ -133,7 +133,7 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
   for (int64_t r = r0; r < r1; ++r) {
     std::fill(acc, acc + a.n, 0.0f);
     for (int64_t u = 0; u < w.units; ++u) {
-      const uint8_t* rec = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+      const uint8_t* rec = w.records() + size_t(r * w.row_bytes() + u * w.record_bytes);
       decode_unit(f, rec, wq);
       for (int t = 0; t < a.n; ++t) {
         const uint8_t* xr = a.data.data() + (size_t(u) * size_t(a.n) + size_t(t)) * kTokenRecord;
@@ -324,14 +324,14 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
         args.w_skip = w.row_bytes() - nu * w.record_bytes;
         int64_t done = 0;
         if (p.fn2_zero && rows > 1) {  // rows in pairs, then a last odd row alone
-          args.w = w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes);
+          args.w = w.records() + size_t(r * w.row_bytes() + u * w.record_bytes);
           args.out = lanes.data();
           args.n_rows = rows / 2;
           (u == 0 ? p.fn2_zero : p.fn2)(&args);
           done = rows / 2 * 2;
         }
         if (done < rows) {
-          args.w = w.data.data() + size_t((r + done) * w.row_bytes() + u * w.record_bytes);
+          args.w = w.records() + size_t((r + done) * w.row_bytes() + u * w.record_bytes);
           args.out = lanes.data() + size_t(done) * size_t(p.n) * 16;
           args.n_rows = rows - done;
           (u == 0 ? p.fn_zero : p.fn)(&args);

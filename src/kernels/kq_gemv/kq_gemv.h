@@ -56,6 +56,10 @@ struct Matrix {
   int64_t units = 0;        // per row
   int64_t record_bytes = 0;
   std::vector<uint8_t> data;  // rows * units * record_bytes, plus 64 bytes of slack for full-vector loads
+  // Or the records in a caller's memory (make_matrix_in): `external`, kept alive by `keep`; data is then empty.
+  const uint8_t* external = nullptr;
+  std::shared_ptr<const void> keep;
+  const uint8_t* records() const { return external ? external : data.data(); }
   int64_t row_bytes() const { return units * record_bytes; }
   size_t bytes() const { return size_t(rows * row_bytes()); }  // what one product reads of the weights
   std::string describe() const;
@@ -65,6 +69,24 @@ struct Matrix {
 // Throws genesis::Error for an unsupported type, cols not a multiple of the format's block, or a byte count that
 // does not match the type and shape.
 Matrix make_matrix(uint32_t ggml_type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes);
+// The same with the records written to dst (record_bytes_of() bytes, then 64 readable bytes of slack: the next
+// matrix's records or padding), which `keep` keeps alive: a loader's arena of many matrices.
+Matrix make_matrix_in(uint32_t ggml_type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes, uint8_t* dst,
+                      std::shared_ptr<const void> keep);
+// The records' bytes of a [rows, cols] matrix of ggml_type (what make_matrix_in writes); throws as make_matrix does
+// for a format or shape the family does not take.
+size_t record_bytes_of(uint32_t ggml_type, int64_t rows, int64_t cols);
+
+// The record layout as a permutation of the stored bits: for a unit (one K-quant super-block, four legacy blocks),
+// stored bit i (byte i / 8, bit i % 8) is record bit source[i], inverted where invert[i] (every stored bit is kept).
+// Derived from the repacking itself (so a device can undo it without knowing the layout); tested against
+// restore_unit. A legacy row's last unit may hold fewer than four blocks: its first blocks are the stored ones.
+struct RecordBits {
+  int stored_bytes = 0, record_bytes = 0;  // per unit
+  std::vector<int16_t> source;             // [stored_bytes * 8]
+  std::vector<uint8_t> invert;             // [stored_bytes * 8]
+};
+RecordBits record_bits(Format f);
 
 // Activations x[n][cols] (row stride cols, n <= kMaxRows) quantized for one matrix format: per unit and activation row a 320-byte
 // record (int8 codes in the kernel's order, then the block sums and scales the format needs). Reusable across calls

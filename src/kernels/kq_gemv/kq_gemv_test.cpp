@@ -305,6 +305,46 @@ TEST(KqGemv, RowsWidenBitExact) {
   }
 }
 
+// Records in a caller's memory: the same bytes and products as owned records; and the stored bits recovered from the
+// records through record_bits() (what the GPU's prefill undoes), a padded legacy unit included.
+TEST(KqGemv, RecordsInPlaceAndTheirBitMap) {
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int64_t rows = 3, cols = is_k_quant(f) ? 768 : 224;  // 224: seven 32-blocks, a padded legacy unit
+    const auto stored = random_stored(f, rows, cols, 78, 1, 29);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const size_t bytes = record_bytes_of(ggml_type(f), rows, cols);
+    ASSERT_EQ(bytes, m.bytes());
+    auto arena = std::make_shared<std::vector<uint8_t>>(bytes + 64 + 7, 0xAB);
+    const Matrix e = make_matrix_in(ggml_type(f), rows, cols, stored.data(), stored.size(), arena->data() + 7, arena);
+    EXPECT_TRUE(e.data.empty());
+    ASSERT_EQ(0, std::memcmp(e.records(), m.records(), bytes));
+    std::vector<float> a(static_cast<size_t>(cols)), b(static_cast<size_t>(cols));
+    dequantize_row(e, 2, a.data());
+    dequantize_row(m, 2, b.data());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * 4));
+
+    const RecordBits rb = record_bits(f);
+    ASSERT_EQ(rb.record_bytes, m.record_bytes);
+    const int bb = layout::stored_block_bytes(f), per_unit = rb.stored_bytes / bb;
+    const int64_t blocks = cols / layout::stored_block_cols(f), row_stored = blocks * bb;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t u = 0; u < m.units; ++u) {
+        const uint8_t* rec = m.records() + r * m.row_bytes() + u * m.record_bytes;
+        const int nb = int(std::min<int64_t>(per_unit, blocks - u * per_unit));
+        std::vector<uint8_t> got(size_t(rb.stored_bytes), 0);
+        for (int i = 0; i < rb.stored_bytes * 8; ++i) {
+          const int k = rb.source[size_t(i)];
+          const int v = ((rec[k / 8] >> (k % 8)) & 1) ^ rb.invert[size_t(i)];
+          got[size_t(i / 8)] = uint8_t(got[size_t(i / 8)] | (v << (i % 8)));
+        }
+        ASSERT_EQ(0, std::memcmp(got.data(), stored.data() + r * row_stored + u * per_unit * bb, size_t(nb * bb)))
+            << "row " << r << " unit " << u;
+      }
+  }
+  EXPECT_THROW(record_bytes_of(ggml_type(Format::q4_k), 2, 100), Error);
+}
+
 // Through the Linear seam: few rows on the int8 kernels, many rows widened + sgemm; both within the bound of their
 // own semantics (int8 activations / fp32 activations), Q4_K's activations accepted by a Q5_K matrix.
 TEST(KqGemv, LinearSeam) {

@@ -413,7 +413,7 @@ void dequantize_row(const Matrix& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
   static const bool wide = cpu::mayiuse(cpu::Isa::avx512f);
   if (wide && is_k_quant(w.format)) {
-    dequantize_k_avx512(w.format, w.data.data() + size_t(r * w.row_bytes()), w.units, out);
+    dequantize_k_avx512(w.format, w.records() + size_t(r * w.row_bytes()), w.units, out);
     return;
   }
   const int uc = unit_cols(w.format), bc = stored_block_cols(w.format);
@@ -421,12 +421,15 @@ void dequantize_row(const Matrix& w, int64_t r, float* out) {
   for (int64_t u = 0; u < w.units; ++u) {
     const int64_t c0 = u * uc;
     const int64_t n = std::min<int64_t>(uc, w.cols - c0);
-    restore_unit(w.format, w.data.data() + size_t(r * w.row_bytes() + u * w.record_bytes), int(n / bc), buf);
+    restore_unit(w.format, w.records() + size_t(r * w.row_bytes() + u * w.record_bytes), int(n / bc), buf);
     quant::ggml_dequantize(ggml_type(w.format), buf, out + c0, n);
   }
 }
 
-Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
+namespace {
+
+// The checks of make_matrix and the matrix's shape (no records yet).
+Matrix matrix_shape(uint32_t type, int64_t rows, int64_t cols, size_t nbytes, bool check_bytes) {
   const auto f = format_of(type);
   if (!f) fail("kq_gemv: {} is not a format the family multiplies (supported: {})", quant::ggml_type_name(type),
                format_names());
@@ -436,7 +439,7 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* dat
     fail("kq_gemv: {} rows of {} columns: a row must be whole blocks of {}", format_name(*f), cols, bc);
   const int64_t blocks = cols / bc;
   const int64_t row_stored = blocks * stored_block_bytes(*f);
-  if (uint64_t(rows) * uint64_t(row_stored) != nbytes)
+  if (check_bytes && uint64_t(rows) * uint64_t(row_stored) != nbytes)
     fail("kq_gemv: a [{}, {}] {} matrix is {} bytes, {} were given", rows, cols, format_name(*f),
          uint64_t(rows) * uint64_t(row_stored), nbytes);
   Matrix m;
@@ -446,14 +449,70 @@ Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* dat
   const int per_unit = unit_cols(*f) / bc;  // stored blocks per unit
   m.units = (blocks + per_unit - 1) / per_unit;
   m.record_bytes = record_bytes(*f);
-  m.data.assign(size_t(rows * m.row_bytes()) + 64, 0);
-  for (int64_t r = 0; r < rows; ++r)
+  return m;
+}
+
+// The records of m (shaped by matrix_shape) from the stored rows into dst (zeroed first: a legacy row's last unit).
+void repack_rows(const Matrix& m, const uint8_t* data, uint8_t* dst) {
+  const int bc = stored_block_cols(m.format), per_unit = unit_cols(m.format) / bc;
+  const int64_t blocks = m.cols / bc, row_stored = blocks * stored_block_bytes(m.format);
+  std::memset(dst, 0, m.bytes());
+  for (int64_t r = 0; r < m.rows; ++r)
     for (int64_t u = 0; u < m.units; ++u) {
       const int64_t b0 = u * per_unit;
-      repack_unit(*f, data + r * row_stored + b0 * stored_block_bytes(*f),
-                  int(std::min<int64_t>(per_unit, blocks - b0)), m.data.data() + r * m.row_bytes() + u * m.record_bytes);
+      repack_unit(m.format, data + r * row_stored + b0 * stored_block_bytes(m.format),
+                  int(std::min<int64_t>(per_unit, blocks - b0)), dst + r * m.row_bytes() + u * m.record_bytes);
     }
+}
+
+}  // namespace
+
+Matrix make_matrix(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes) {
+  Matrix m = matrix_shape(type, rows, cols, nbytes, true);
+  m.data.assign(m.bytes() + 64, 0);
+  repack_rows(m, data, m.data.data());
   return m;
+}
+
+Matrix make_matrix_in(uint32_t type, int64_t rows, int64_t cols, const uint8_t* data, size_t nbytes, uint8_t* dst,
+                      std::shared_ptr<const void> keep) {
+  Matrix m = matrix_shape(type, rows, cols, nbytes, true);
+  repack_rows(m, data, dst);
+  m.external = dst;
+  m.keep = std::move(keep);
+  return m;
+}
+
+size_t record_bytes_of(uint32_t type, int64_t rows, int64_t cols) {
+  return matrix_shape(type, rows, cols, 0, false).bytes();
+}
+
+RecordBits record_bits(Format f) {
+  const int per_unit = unit_cols(f) / stored_block_cols(f);
+  RecordBits rb;
+  rb.stored_bytes = per_unit * stored_block_bytes(f);
+  rb.record_bytes = record_bytes(f);
+  const int nbits = rb.stored_bytes * 8;
+  rb.source.assign(size_t(nbits), -1);
+  rb.invert.assign(size_t(nbits), 0);
+  std::vector<uint8_t> stored(size_t(rb.stored_bytes), 0), base(size_t(rb.record_bytes)), rec(base.size());
+  repack_unit(f, stored.data(), per_unit, base.data());
+  auto bit = [](const std::vector<uint8_t>& v, int i) { return (v[size_t(i / 8)] >> (i % 8)) & 1; };
+  for (int i = 0; i < nbits; ++i) {
+    stored[size_t(i / 8)] = uint8_t(1u << (i % 8));
+    repack_unit(f, stored.data(), per_unit, rec.data());
+    stored[size_t(i / 8)] = 0;
+    int found = -1;
+    for (int k = 0; k < rb.record_bytes * 8; ++k) {
+      if (bit(rec, k) == bit(base, k)) continue;
+      if (found >= 0) fail("kq_gemv: the {} record layout moves stored bit {} to more than one place", format_name(f), i);
+      found = k;
+    }
+    if (found < 0) fail("kq_gemv: the {} record layout drops stored bit {}", format_name(f), i);
+    rb.source[size_t(i)] = int16_t(found);
+    rb.invert[size_t(i)] = uint8_t(bit(base, found));
+  }
+  return rb;
 }
 
 namespace {

@@ -226,6 +226,14 @@ TEST_P(GgufModel, StoredIsCloseToTransformers) {
   const bool nf4 = lm.model->expert_description().find("NF4") != std::string::npos;
   if (lm.model->config().is_moe() && !nf4) {
     EXPECT_NE(lm.model->expert_description().find("kq_gemv"), std::string::npos) << lm.model->expert_description();
+    // Each MoE layer's expert records in one arena (what the GPU's prefill copies from), every expert in it.
+    for (const Layer& l : lm.model->weights().layers) {
+      if (!l.moe) continue;
+      ASSERT_TRUE(l.expert_arena) << c.name;
+      EXPECT_TRUE(l.expert_arena->complete()) << c.name;
+      EXPECT_EQ(l.expert_arena->bytes, size_t(l.expert_arena->experts) * (l.expert_arena->gate_up.expert_bytes +
+                                                                          l.expert_arena->down.expert_bytes));
+    }
   }
   const auto want = ref.at(nf4 ? "logits_nf4" : "logits_f32").get<std::vector<float>>();
   const double d = max_rel_diff(logits, want);

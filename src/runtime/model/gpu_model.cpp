@@ -11,6 +11,7 @@
 #include <emmintrin.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdlib>
@@ -28,6 +29,7 @@
 #include "cuda/kernels.h"
 #include "quant/ggml.h"
 #include "quant/half.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "runtime/io/gguf.h"
 #include "runtime/model/expert_usage.h"
 #include "runtime/model/forward.h"
@@ -125,6 +127,18 @@ class GpuModel {
   std::string prefill_note;
   std::vector<LayerRawExperts> raw;  // [layers]
   size_t raw_max_bytes = 0, raw_max_slot = 0;
+  // The direct prefill (when every MoE layer's experts are in a complete ExpertArena of the formats the file stores):
+  // each layer's records copied straight from the CPU's arena, pinned in place, then restored to the file's blocks
+  // on the device with the format's record map; else (direct false) the file's blocks staged by the copy thread.
+  bool direct = false;
+  std::vector<std::shared_ptr<const ExpertArena>> arenas;  // [layers]
+  std::vector<cuda::HostRegistration> pinned;             // after arenas: unpinned before they are unmapped
+  struct RecordFormat {
+    cuda::DeviceArray<int32_t> map;
+    int stored_bytes = 0, record_bytes = 0, unit_cols = 0;
+  };
+  std::map<uint32_t, RecordFormat> record_formats;  // by GGML type
+  size_t arena_max_bytes = 0;
   // Experts resident on the device: per layer (empty: none anywhere), how many, their bytes, how they were chosen.
   std::vector<ResidentExperts> resident;
   int64_t resident_count = 0, resident_total = 0;
@@ -242,6 +256,10 @@ class GpuState {
   cuda::Stream copy_stream;
   cudaEvent_t raw_ready[2] = {}, raw_free[2] = {};  // buffer b's blocks arrived / its last reader is done
   cudaEvent_t stage_free[2] = {};                    // the copies out of staging buffer b are done
+  // The direct prefill (GpuModel::direct): buffer b's records as copied from the CPU's arena, arrived / restored.
+  cuda::DeviceArray<uint8_t> rec[2];
+  cudaEvent_t rec_ready[2] = {}, rec_free[2] = {};
+  std::vector<int64_t> moe_layers;  // the model's MoE layers in order
   bool prefill_ready = false;
   std::string prefill_off;  // why the prefill's buffers could not be allocated (the CPU runs its experts)
   struct Stager {
@@ -346,7 +364,61 @@ std::vector<LayerRawExperts> find_raw_experts(const ModelConfig& c, const GgufFi
 
 // Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
 // and prefill_note says why.
-void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions& opt,
+// The direct prefill (GpuModel::direct): every MoE layer's experts in a complete arena of the file's formats, each
+// arena pinned in place, the formats' record maps on the device. False with `why` otherwise (nothing kept).
+bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::string* why) {
+  namespace kg = kernels::kq_gemv;
+  if (const char* e = std::getenv("GENESIS_CUDA_DIRECT_PREFILL"); e && std::string(e) == "0") {
+    *why = "GENESIS_CUDA_DIRECT_PREFILL=0";
+    return false;
+  }
+  std::vector<std::shared_ptr<const ExpertArena>> arenas(size_t(c.num_layers));
+  size_t total = 0;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    if (!c.layer_is_moe(li)) continue;
+    const std::shared_ptr<ExpertArena>& a = w.layers[size_t(li)].expert_arena;
+    const LayerRawExperts& r = g.raw[size_t(li)];
+    if (!a || !a->complete()) {
+      *why = fmt::format("layer {}'s experts are not all in the CPU's kq_gemv layout (--experts stored)", li);
+      return false;
+    }
+    if (a->gate_up.type != r.gate.type || a->gate_up.type != r.up.type || a->down.type != r.down.type) {
+      *why = fmt::format("layer {}'s expert formats differ between the CPU's records and the file", li);
+      return false;
+    }
+    arenas[size_t(li)] = a;
+    total += a->bytes;
+    g.arena_max_bytes = std::max(g.arena_max_bytes, a->bytes);
+    for (uint32_t t : {a->gate_up.type, a->down.type}) {
+      if (g.record_formats.count(t)) continue;
+      const kg::Format f = *kg::format_of(t);
+      const kg::RecordBits rb = kg::record_bits(f);
+      GpuModel::RecordFormat& rf = g.record_formats[t];
+      const std::vector<int32_t> map = cuda::make_record_map(rb.source.data(), rb.invert.data(), rb.stored_bytes);
+      rf.map.upload(map.data(), map.size());
+      rf.stored_bytes = rb.stored_bytes;
+      rf.record_bytes = rb.record_bytes;
+      rf.unit_cols = kg::is_k_quant(f) ? 256 : 128;
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    for (const auto& a : arenas)
+      if (a) g.pinned.emplace_back(const_cast<uint8_t*>(a->data), a->bytes);
+  } catch (const Error& e) {
+    g.pinned.clear();
+    g.record_formats.clear();
+    *why = fmt::format("the CPU's expert records ({:.2f} GiB) could not be pinned: {}", double(total) / double(1ull << 30),
+                       e.what());
+    return false;
+  }
+  g.arenas = std::move(arenas);
+  *why = fmt::format("{:.2f} GiB pinned in {:.1f} s", double(total) / double(1ull << 30),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return true;
+}
+
+void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const Weights& w, const LoadOptions& opt,
                            std::shared_ptr<const GgufFile> gguf) {
   if (!c.is_moe() || opt.gpu_prefill_rows <= 0) {
     g.prefill_note = c.is_moe() ? "on the CPU (--gpu-prefill-rows 0)" : "";
@@ -372,8 +444,16 @@ void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const LoadOptions&
   }
   g.gguf = std::move(gguf);
   g.prefill_rows = opt.gpu_prefill_rows;
-  g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks staged through pinned buffers "
-                               "by a copy thread and copied in while the layers before it compute)", g.prefill_rows);
+  std::string direct_why;
+  g.direct = setup_direct(g, c, w, &direct_why);
+  if (g.direct)
+    g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's records copied straight from the "
+                                 "CPU's experts, {}, restored to the file's blocks on the GPU, while the layers before "
+                                 "it compute)", g.prefill_rows, direct_why);
+  else
+    g.prefill_note = fmt::format("on the GPU for steps of >= {} rows (each layer's blocks staged through pinned buffers "
+                                 "by a copy thread and copied in while the layers before it compute; not straight from "
+                                 "the CPU's records: {})", g.prefill_rows, direct_why);
 }
 
 // A slot holds one expert's gate, up and down blocks, one after the other, as the file stores each.
@@ -534,7 +614,7 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   upload_resident(*g, c);
   g->bytes += g->resident_bytes;
   g->raw.clear();  // found again below when the prefill streams them
-  setup_prefill_experts(*g, c, opt, std::move(gguf));
+  setup_prefill_experts(*g, c, w, opt, std::move(gguf));
   return g;
 }
 
@@ -548,7 +628,11 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
     cuda::check(cudaEventCreateWithFlags(&raw_ready[b], cudaEventDisableTiming), "cudaEventCreate");
     cuda::check(cudaEventCreateWithFlags(&raw_free[b], cudaEventDisableTiming), "cudaEventCreate");
     cuda::check(cudaEventCreateWithFlags(&stage_free[b], cudaEventDisableTiming), "cudaEventCreate");
+    cuda::check(cudaEventCreateWithFlags(&rec_ready[b], cudaEventDisableTiming), "cudaEventCreate");
+    cuda::check(cudaEventCreateWithFlags(&rec_free[b], cudaEventDisableTiming), "cudaEventCreate");
   }
+  for (int64_t li = 0; li < c.num_layers; ++li)
+    if (c.layer_is_moe(li)) moe_layers.push_back(li);
   const char* env = std::getenv("GENESIS_CUDA_GRAPHS");
   use_graphs = !(env && std::string(env) == "0");
   if (const char* t = std::getenv("GENESIS_CUDA_TIMES")) times = std::string(t) == "1";
@@ -602,6 +686,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
       ensure_prefill_buffers(*this, c);
     } catch (const Error& e) {
       for (ResidentExperts& re : streamed) re.arena.reset();
+      for (auto& r : rec) r.reset();
       for (auto& part : stage)
         for (auto& buf : part) buf.reset();
       prefill_off = e.what();
@@ -711,7 +796,10 @@ static void ensure_prefill_buffers(GpuState& g, const ModelConfig& c) {
     re.slot.resize(size_t(c.num_experts));
     for (int64_t e = 0; e < c.num_experts; ++e) re.slot[size_t(e)] = int32_t(e);
     re.count = c.num_experts;
-    for (int i = 0; i < 3; ++i) g.stage[b][i].resize(g.gm.raw_max_bytes);
+    if (g.gm.direct)
+      g.rec[b].resize(g.gm.arena_max_bytes);
+    else
+      for (int i = 0; i < 3; ++i) g.stage[b][i].resize(g.gm.raw_max_bytes);
   }
   g.prefill_ready = true;
 }
@@ -842,6 +930,53 @@ static void mark_launched(GpuState& g, int64_t j) {
   g.stager.cv.notify_all();
 }
 
+// The direct prefill (GpuModel::direct): the j-th MoE layer's records into buffer j % 2 on the copy stream, once the
+// layer that used that buffer before has been restored out of it. Nothing when the step has no j-th MoE layer.
+static void enqueue_records(GpuState& g, int64_t j) {
+  if (j >= int64_t(g.moe_layers.size())) return;
+  const int b = int(j % 2);
+  const ExpertArena& a = *g.gm.arenas[size_t(g.moe_layers[size_t(j)])];
+  const cudaStream_t cs = g.copy_stream.get();
+  cuda::check(cudaStreamWaitEvent(cs, g.rec_free[b], 0), "cudaStreamWaitEvent");
+  cuda::check(cudaMemcpyAsync(g.rec[b].data(), a.data, a.bytes, cudaMemcpyHostToDevice, cs),
+              "cudaMemcpyAsync (a layer's expert records)");
+  cuda::check(cudaEventRecord(g.rec_ready[b], cs), "cudaEventRecord");
+}
+
+// The direct prefill: MoE layer li's records in buffer b (once arrived) written as the file's blocks into the slots of
+// streamed[b] (stream order: after the products that read the layer before in those slots).
+static void restore_layer(GpuState& g, const ModelConfig& c, int64_t li, int b) {
+  const cudaStream_t s = g.stream.get();
+  ResidentExperts& re = g.streamed[b];
+  set_slot_layout(re, g.gm.raw[size_t(li)], c.num_experts);
+  const ExpertArena& a = *g.gm.arenas[size_t(li)];
+  g.time("experts (waiting for their blocks)",
+         [&] { cuda::check(cudaStreamWaitEvent(s, g.rec_ready[b], 0), "cudaStreamWaitEvent"); });
+  g.time("experts (restoring blocks)", [&] {
+    auto restore = [&](const ExpertArena::Part& p, int64_t split, const cuda::ExpertMatrix& m0,
+                       const cuda::ExpertMatrix& m1) {
+      const GpuModel::RecordFormat& f = g.gm.record_formats.at(p.type);
+      cuda::RecordRows r;
+      r.rec = g.rec[b].data() + p.offset;
+      r.expert_bytes = int64_t(p.expert_bytes);
+      r.record_bytes = f.record_bytes;
+      r.rows = p.rows;
+      r.units = (p.cols + f.unit_cols - 1) / f.unit_cols;
+      r.map = f.map.data();
+      r.stored_bytes = f.stored_bytes;
+      r.last_bytes = int(m0.row_bytes - (r.units - 1) * f.stored_bytes);
+      r.split = split;
+      r.first = m0.offset;
+      r.second = m1.offset;
+      r.row_bytes = m0.row_bytes;
+      cuda::restore_records(r, c.num_experts, re.arena.data(), re.slot_bytes, s);
+    };
+    restore(a.gate_up, c.moe_intermediate_size, re.gate, re.up);
+    restore(a.down, a.down.rows, re.down, re.down);
+  });
+  cuda::check(cudaEventRecord(g.rec_free[b], s), "cudaEventRecord");
+}
+
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
   const cudaStream_t s = stream.get();
   if (!use_graphs || times || !step_graphs || n > kGraphRows) {
@@ -882,6 +1017,8 @@ GpuState::~GpuState() {
     if (raw_ready[b]) cudaEventDestroy(raw_ready[b]);
     if (raw_free[b]) cudaEventDestroy(raw_free[b]);
     if (stage_free[b]) cudaEventDestroy(stage_free[b]);
+    if (rec_ready[b]) cudaEventDestroy(rec_ready[b]);
+    if (rec_free[b]) cudaEventDestroy(rec_free[b]);
   }
 }
 
@@ -915,7 +1052,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       if (g) stop_stager(*g);
     }
   } stager_guard;
-  if (gpu_experts) {
+  if (gpu_experts && gm.direct) {
+    enqueue_records(g, 0);
+    enqueue_records(g, 1);
+  } else if (gpu_experts) {
     start_stager(g, c_, pool_);
     stager_guard.g = &g;
   }
@@ -1216,10 +1356,15 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       // A prefill step: the layer's experts on the GPU from the blocks copied in (every expert is in the buffer, as
       // if resident), all ranks (no deferral); their sum stays there. The copy thread brings the next layers meanwhile.
       route_pairs(li, n, 0, K);
-      const int b = wait_staged(g, moe_j);
-      clock_.lap(Op::gpu);  // waiting for the copy thread
-      g.time("experts (waiting for their blocks)",
-             [&] { cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent"); });
+      int b = int(moe_j % 2);
+      if (gm.direct) {
+        restore_layer(g, c_, li, b);
+      } else {
+        b = wait_staged(g, moe_j);
+        clock_.lap(Op::gpu);  // waiting for the copy thread
+        g.time("experts (waiting for their blocks)",
+               [&] { cuda::check(cudaStreamWaitEvent(s, g.raw_ready[b], 0), "cudaStreamWaitEvent"); });
+      }
       {
         // Recorded even when a launch throws: the copy thread must not overwrite blocks the GPU may still read.
         struct RecordFree {
@@ -1229,7 +1374,11 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
         } record_free{g.raw_free[b], s};
         launch_resident(g.streamed[b], K);
       }
-      mark_launched(g, moe_j++);
+      if (gm.direct)
+        enqueue_records(g, moe_j + 2);
+      else
+        mark_launched(g, moe_j);
+      ++moe_j;
       g.time("combine", [&] {
         cuda::combine_pairs(g.r_out.data(), g.lists.data(), reinterpret_cast<const float*>(g.lists.data() + n * K), n,
                             K, H, g.moe_out.data(), s);

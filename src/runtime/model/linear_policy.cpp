@@ -62,9 +62,12 @@ kernels::kq_gemv::Genome genome_for(kernels::kq_gemv::Format f, int64_t rows, in
 }
 
 std::shared_ptr<const kernels::Linear> LinearPolicy::kq_linear(uint32_t type, int64_t rows, int64_t cols,
-                                                               const std::vector<uint8_t>& bytes) const {
+                                                               const std::vector<uint8_t>& bytes, uint8_t* dst,
+                                                               std::shared_ptr<const void> keep) const {
   namespace kg = kernels::kq_gemv;
-  auto m = std::make_shared<const kg::Matrix>(kg::make_matrix(type, rows, cols, bytes.data(), bytes.size()));
+  auto m = std::make_shared<const kg::Matrix>(
+      dst ? kg::make_matrix_in(type, rows, cols, bytes.data(), bytes.size(), dst, std::move(keep))
+          : kg::make_matrix(type, rows, cols, bytes.data(), bytes.size()));
   kg::Genome g;
   {
     std::lock_guard<std::mutex> lock(mu_);

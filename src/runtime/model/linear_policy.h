@@ -41,8 +41,10 @@ class LinearPolicy {
                                                 MatrixRole role) const;
   // GGUF blocks of `ggml_type` [rows, cols] as stored on kq_gemv, on the knowledge base's genome for its format and
   // shape when it has one (looked up once per format and shape), else the baseline. Experts (--experts stored) too.
+  // With dst, the records go there (kq_gemv::make_matrix_in; `keep` keeps that memory alive).
   std::shared_ptr<const kernels::Linear> kq_linear(uint32_t ggml_type, int64_t rows, int64_t cols,
-                                                   const std::vector<uint8_t>& bytes) const;
+                                                   const std::vector<uint8_t>& bytes, uint8_t* dst = nullptr,
+                                                   std::shared_ptr<const void> keep = nullptr) const;
   // The checked tensor view (missing / wrong shape: an error naming the tensor, its file, and the shape expected).
   const TensorView& get(const std::string& name, const std::vector<int64_t>& shape) const;
 

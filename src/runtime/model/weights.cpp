@@ -11,11 +11,14 @@
 #include <atomic>
 #include <charconv>
 #include <cmath>
+#include <cerrno>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
+
+#include <sys/mman.h>
 
 #include "common/error.h"
 #include "quant/ggml.h"
@@ -135,11 +138,38 @@ void parallel_for(int64_t n, int threads, const std::function<void(int64_t)>& fn
   if (error) std::rethrow_exception(error);
 }
 
+}  // namespace
+
+ExpertArena::ExpertArena(int64_t n, Part gu, Part d) : experts(n), gate_up(gu), down(d) {
+  gate_up.offset = 0;
+  down.offset = size_t(n) * gate_up.expert_bytes;
+  bytes = down.offset + size_t(n) * down.expert_bytes;
+  void* p = mmap(nullptr, bytes + 64, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED)
+    fail("cannot map {:.2f} GiB for a layer's experts: {}", double(bytes) / double(1ull << 30), std::strerror(errno));
+  madvise(p, bytes + 64, MADV_HUGEPAGE);  // fewer TLB misses for the kernels' streams (a hint; may be refused)
+  data = static_cast<uint8_t*>(p);
+}
+
+ExpertArena::~ExpertArena() {
+  if (data) munmap(data, bytes + 64);
+}
+
+namespace {
+
+// A layer's arena, mapped by the first expert that reaches it (its formats decide the arena's).
+struct ArenaSlot {
+  std::mutex mu;
+  std::shared_ptr<ExpertArena> arena;
+  bool tried = false;
+};
+
 // keep_quant: expert e as the file stores it, when its three matrices are in formats ggml_gemv multiplies. Gate and
 // up become one [2 * inter, hidden] matrix (gate rows first) when they share a format, else two.
 // kq: on kq_gemv (experts_stored) instead of ggml_gemv (keep_quant).
-bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t I, int64_t H, bool kq,
-                 const LinearPolicy& policy, Expert& out) {
+// With `slot` (kq only), gate_up and down's records go to the layer's arena when their formats are its formats.
+bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64_t E, int64_t I, int64_t H, bool kq,
+                 const LinearPolicy& policy, Expert& out, ArenaSlot* slot) {
   namespace gg = kernels::ggml_gemv;
   namespace kg = kernels::kq_gemv;
   const std::string x = fmt::format("{}experts.{}.", m, e);
@@ -154,19 +184,33 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
   if (sg != std::vector<int64_t>{I, H} || su != sg || sd != std::vector<int64_t>{H, I})
     fail("{}: expert shapes gate {}, up {}, down {} do not match the config's [{}, {}] / [{}, {}]", src.describe(x),
          shape_str(sg), shape_str(su), shape_str(sd), I, H, H, I);
-  auto linear = [&](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b) {
+  std::shared_ptr<ExpertArena> arena;
+  if (kq && slot && tg == tu) {
+    std::lock_guard<std::mutex> lock(slot->mu);
+    if (!slot->tried) {
+      slot->tried = true;
+      slot->arena = std::make_shared<ExpertArena>(E, ExpertArena::Part{tg, 2 * I, H, 0, kg::record_bytes_of(tg, 2 * I, H)},
+                                                  ExpertArena::Part{td, H, I, 0, kg::record_bytes_of(td, H, I)});
+    }
+    if (slot->arena && slot->arena->gate_up.type == tg && slot->arena->down.type == td) arena = slot->arena;
+  }
+  auto linear = [&](uint32_t type, int64_t rows, int64_t cols, const std::vector<uint8_t>& b,
+                    const ExpertArena::Part* part) {
+    if (kq && arena && part)
+      return policy.kq_linear(type, rows, cols, b, arena->data + part->offset + size_t(e) * part->expert_bytes, arena);
     return kq ? policy.kq_linear(type, rows, cols, b)
               : gg::make_linear(std::make_shared<const gg::GgmlMatrix>(gg::make_matrix(type, rows, cols, b.data(), b.size())));
   };
   out.gate_up.rows = 2 * I, out.gate_up.cols = H;
   if (tg == tu) {
     bg.insert(bg.end(), bu.begin(), bu.end());
-    out.gate_up.op = linear(tg, 2 * I, H, bg);
+    out.gate_up.op = linear(tg, 2 * I, H, bg, arena ? &arena->gate_up : nullptr);
   } else {
-    out.gate_up.op = kernels::make_stacked(linear(tg, I, H, bg), linear(tu, I, H, bu));
+    out.gate_up.op = kernels::make_stacked(linear(tg, I, H, bg, nullptr), linear(tu, I, H, bu, nullptr));
   }
   out.down.rows = H, out.down.cols = I;
-  out.down.op = linear(td, H, I, bd);
+  out.down.op = linear(td, H, I, bd, arena ? &arena->down : nullptr);
+  if (arena) ++arena->placed;
   return true;
 }
 
@@ -363,9 +407,10 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
       // fp32 copy of a layer's experts is ever held. Experts are independent; workers take the next index.
       std::vector<int> blocksizes(size_t(E), 0);
       std::atomic<int64_t> kept{0};
+      ArenaSlot arena_slot;
       parallel_for(E, opt.load_threads, [&](int64_t e) {
         if ((opt.keep_quant || opt.experts_stored) &&
-            keep_expert(src, m, e, I, H, !opt.keep_quant, L.policy_, l.experts[size_t(e)])) {
+            keep_expert(src, m, e, E, I, H, !opt.keep_quant, L.policy_, l.experts[size_t(e)], &arena_slot)) {
           ++kept;
           return;
         }
@@ -384,6 +429,7 @@ Weights load_weights(const ModelConfig& c, const TensorSource& src, const LoadOp
         ex.down = packer.make_nf4(std::move(x.down), name + ".down_proj");
       });
       w.experts_kept += kept;
+      l.expert_arena = std::move(arena_slot.arena);
       for (int64_t e = 0; e < E; ++e) {
         if (blocksizes[size_t(e)] == 0) continue;  // kept as stored
         if (blocksize_seen == 0) blocksize_seen = blocksizes[size_t(e)];

@@ -4,6 +4,7 @@
 // or taken as stored when the checkpoint is bitsandbytes NF4), run through the NF4 kernels or their reference.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -130,6 +131,30 @@ struct Expert {
   ExpertMatrix down;     // [hidden, inter]
 };
 
+// A MoE layer's experts in kq_gemv's record layout (a GGUF's experts as stored), all in one anonymous mapping:
+// every expert's gate_up records one after another, then every expert's down records, then 64 bytes of slack. The
+// CPU's kernels read them there; the GPU's prefill copies the whole layer straight from it (pinned in place), one pass
+// over the memory bus. `placed` counts the experts whose matrices live here: an expert in other formats than the
+// first one's keeps its own records, and the arena is then incomplete (the GPU's prefill does not use it).
+struct ExpertArena {
+  struct Part {
+    uint32_t type = 0;  // GGML type
+    int64_t rows = 0, cols = 0;
+    size_t offset = 0;        // of expert 0's records in the mapping
+    size_t expert_bytes = 0;  // records per expert
+  };
+  ExpertArena(int64_t experts, Part gate_up, Part down);  // maps the memory (throws genesis::Error when it cannot)
+  ~ExpertArena();
+  ExpertArena(const ExpertArena&) = delete;
+  ExpertArena& operator=(const ExpertArena&) = delete;
+  uint8_t* data = nullptr;
+  size_t bytes = 0;  // records of every expert (the slack after them not counted)
+  int64_t experts = 0;
+  Part gate_up, down;
+  std::atomic<int64_t> placed{0};
+  bool complete() const { return placed.load() == experts; }
+};
+
 struct Layer {
   std::vector<float> input_norm;  // [hidden] (Qwen3-Next: 1 + w, as applied)
   // Attention. Gated attention: q is [2 * q_dim, hidden], per head the query rows then the gate rows.
@@ -156,6 +181,7 @@ struct Layer {
   bool moe = false;
   Dense router;                // [n_experts, hidden]
   std::vector<Expert> experts; // [n_experts]
+  std::shared_ptr<ExpertArena> expert_arena;  // where the experts' kq_gemv records live (GGUF experts as stored)
   // Shared expert (MlpKind::moe_shared): a SwiGLU MLP over every row, scaled by sigmoid(shared_gate . x).
   Dense shared_gate_proj, shared_up, shared_down;  // [shared inter, hidden] x2, [hidden, shared inter]
   Dense shared_gate;                               // [1, hidden]

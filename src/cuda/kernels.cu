@@ -578,6 +578,18 @@ __global__ void expert_kernel(ExpertArgs a) {
   }
 }
 
+__global__ void copy_mapped_kernel(const uint8_t* src, uint8_t* dst, size_t bytes) {
+  const size_t stride = size_t(gridDim.x) * blockDim.x, i0 = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if ((reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0) {
+    const size_t n16 = bytes / 16;
+    for (size_t i = i0; i < n16; i += stride)
+      reinterpret_cast<uint4*>(dst)[i] = reinterpret_cast<const uint4*>(src)[i];
+    for (size_t i = n16 * 16 + i0; i < bytes; i += stride) dst[i] = src[i];
+  } else {
+    for (size_t i = i0; i < bytes; i += stride) dst[i] = src[i];
+  }
+}
+
 // restore_records(): a block per row at a time (grid-stride), a thread per stored byte; the map in shared memory.
 __global__ void restore_records_kernel(RecordRows r, int64_t rows, uint8_t* arena, int64_t slot_bytes) {
   extern __shared__ int32_t map[];
@@ -843,6 +855,12 @@ std::vector<int32_t> make_record_map(const int16_t* source, const uint8_t* inver
       m[size_t(2 * stored_bytes + 8 * o + i)] = int32_t(src[i]) | int32_t(invert[8 * o + i] & 1) << 16;
   }
   return m;
+}
+
+void copy_mapped(void* dst, const void* src, size_t bytes, cudaStream_t s) {
+  if (bytes == 0) return;
+  const unsigned grid = unsigned(std::min<size_t>((bytes + 16 * 256 - 1) / (16 * 256), 264));
+  copy_mapped_kernel<<<grid, 256, 0, s>>>(static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), bytes);
 }
 
 void restore_records(const RecordRows& r, int64_t experts, uint8_t* arena, int64_t slot_bytes, cudaStream_t s) {

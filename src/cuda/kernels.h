@@ -131,6 +131,10 @@ void expert_gate_up(const uint8_t* arena, int64_t slot_bytes, const ExpertMatrix
 // multiple of 8). Resident experts' matrices for the cuBLAS products of large steps.
 void dequantize_slots_bf16(const ExpertMatrix& m, int64_t rows, int64_t cols, const uint8_t* arena, int64_t slot_bytes,
                            const int32_t* slots, int64_t count, uint16_t* dst, int64_t stride, cudaStream_t s);
+// dst[0, bytes) = src[0, bytes) by a kernel, src being mapped pinned host memory (PinnedArray::device()): a copy that
+// does not queue behind the copy engine's transfers (a prefill step's expert blocks, hundreds of MB per layer, would
+// hold a small copy of the step's lists for milliseconds).
+void copy_mapped(void* dst, const void* src, size_t bytes, cudaStream_t s);
 // The CPU's kq_gemv records back to the file's blocks on the device: the GPU's prefill copies a layer's experts
 // straight from the CPU's records (pinned in place), then writes them as stored into the slots the products read.
 // make_record_map: from a format's bit map (kq_gemv::RecordBits: stored bit i of a unit is record bit source[i],

@@ -429,6 +429,22 @@ TEST(CudaKernels, ExpertProductsMatchGgml) {
 
 // The device's top-k against the host's route_top_k: the same experts in the same order (ties included: equal
 // logits go to the lower id), the same weights, and the pair lists the expert kernels read.
+// copy_mapped: a kernel reading mapped pinned memory, whole 16-byte words and odd tails and offsets.
+TEST(CudaKernels, CopyMappedCopiesBytes) {
+  NEED_GPU();
+  Stream s;
+  PinnedArray<uint8_t> h;
+  h.resize(100003);
+  for (size_t i = 0; i < h.size(); ++i) h.data()[i] = uint8_t(i * 7 + 3);
+  for (auto [off, bytes] : {std::pair<size_t, size_t>{0, 65536}, {0, 100003}, {5, 99998}, {16, 17}, {3, 1}}) {
+    DeviceArray<uint8_t> d(bytes + 3);
+    copy_mapped(d.data() + 3 * (off % 2), h.device() + off, bytes, s.get());
+    s.sync("copy_mapped");
+    const auto got = download(d, bytes + 3);
+    EXPECT_EQ(0, std::memcmp(got.data() + 3 * (off % 2), h.data() + off, bytes)) << off << " " << bytes;
+  }
+}
+
 // The CPU's kq_gemv records restored on the device (the direct prefill's copies): byte for byte the file's blocks,
 // each expert's gate and up rows into two parts of its slot, for every format, a padded legacy unit included.
 TEST(CudaKernels, RestoreRecordsGiveTheFileBlocks) {

@@ -260,6 +260,17 @@ class GpuState {
   cuda::DeviceArray<uint8_t> rec[2];
   cudaEvent_t rec_ready[2] = {}, rec_free[2] = {};
   std::vector<int64_t> moe_layers;  // the model's MoE layers in order
+  // A step whose expert blocks cross on the copy stream: host-to-device copies of the step's own data run as kernels
+  // reading the mapped pinned arrays (to_device), not on the copy engine behind those blocks.
+  bool bulk_copies = false;
+  bool mapped_copies = true;  // GENESIS_CUDA_MAPPED_COPIES=0: the copy engine for those too (an A/B switch)
+  template <class T>
+  void to_device(T* dst, cuda::PinnedArray<T>& arr, const T* from, size_t bytes) {
+    if (bulk_copies)
+      cuda::copy_mapped(dst, arr.device() + (from - arr.data()), bytes, stream.get());
+    else
+      cuda::copy_to_device(dst, from, bytes, stream);
+  }
   bool prefill_ready = false;
   std::string prefill_off;  // why the prefill's buffers could not be allocated (the CPU runs its experts)
   struct Stager {
@@ -638,6 +649,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (const char* t = std::getenv("GENESIS_CUDA_TIMES")) times = std::string(t) == "1";
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
   if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
+  if (const char* mc = std::getenv("GENESIS_CUDA_MAPPED_COPIES")) mapped_copies = std::string(mc) != "0";
   if (const char* gr = std::getenv("GENESIS_CUDA_GEMM_ROWS")) {
     const int64_t v = std::atoll(gr);
     gemm_rows = v <= 0 ? 0 : std::max<int64_t>(v, kGraphRows + 1);
@@ -1045,6 +1057,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   // GPU runs the layers before it.
   const bool gpu_experts = g.prefill_ready && longest_segment >= gm.prefill_rows && !gm.raw.empty();
   g.step_graphs = !gpu_experts;
+  g.bulk_copies = gpu_experts && g.mapped_copies;
   int64_t moe_j = 0;  // the MoE layers met so far in this step (the copy thread's order)
   struct StagerGuard {
     GpuState* g = nullptr;
@@ -1083,10 +1096,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   g.segment = 0;
   work.push_back([&g, n, xbytes] {
     g.time("copies", [&] {
-      cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream);
-      cuda::copy_to_device(g.pos.data(), g.h_pos.data(), size_t(n) * 4, g.stream);
-      cuda::copy_to_device(g.kptr.data(), g.h_kptr.data(), size_t(n) * sizeof(float*), g.stream);
-      cuda::copy_to_device(g.vptr.data(), g.h_vptr.data(), size_t(n) * sizeof(float*), g.stream);
+      g.to_device(g.x.data(), g.h_x, g.h_x.data(), xbytes);
+      g.to_device(g.pos.data(), g.h_pos, g.h_pos.data(), size_t(n) * 4);
+      g.to_device(g.kptr.data(), g.h_kptr, g.h_kptr.data(), size_t(n) * sizeof(float*));
+      g.to_device(g.vptr.data(), g.h_vptr, g.h_vptr.data(), size_t(n) * sizeof(float*));
     });
   });
   const float* pend_a = nullptr;  // deltas the next norm adds to x
@@ -1190,8 +1203,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     for (const GemmExpert& x : ge) prof_.gpu_expert_pairs += x.rows;
     // One copy: the whole buffer when units or GEMM experts were made (they sit at its end), else only row_q.
     g.time("copies", [&] {
-      cuda::copy_to_device(g.lists.data(), row_q, size_t(U > 0 || Jn > 0 ? P + 2 * QC + 3 * U + Jn : P) * 4,
-                           g.stream);
+      g.to_device(g.lists.data(), g.h_lists, row_q, size_t(U > 0 || Jn > 0 ? P + 2 * QC + 3 * U + Jn : P) * 4);
     });
     // (r_act, r_out and the GEMMs' scratch below were sized with the state for the most places QC can take.)
     const int32_t* d_qrow = g.lists.data() + P + QC;
@@ -1269,7 +1281,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
       deltanet(li, n);
       std::memcpy(g.h_x.data(), x_.data(), xbytes);
-      work.push_back([&g, xbytes] { cuda::copy_to_device(g.x.data(), g.h_x.data(), xbytes, g.stream); });
+      work.push_back([&g, xbytes] { g.to_device(g.x.data(), g.h_x, g.h_x.data(), xbytes); });
     }
     const ResidentExperts* re =
         kind.mlp == MlpKind::dense || gm.resident.empty() || gm.resident[size_t(li)].count == 0

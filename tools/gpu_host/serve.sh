@@ -1,0 +1,53 @@
+# On the GPU host, CPU only (16 threads): the serving benchmark (tools/bench_serve.py, vLLM's / SGLang's conventions)
+# of `genesis serve` beside llama-server built there from the same llama.cpp tree (CPU), on the synthetic SmolLM2-135M
+# shape (Q8_0, dense) and the 48-layer Qwen3-30B-A3B shape (Q4_K_M); then `genesis bench model --streams 8` (the
+# engine alone, against the batched step's bound). Results in one $OUT/r.tgz.
+# The device tool's command:  DEADLINE=520 bash devicepkg/serve.sh   (carry: devicepkg)
+#   CONC="1 8"  concurrency levels;  REQ=2  requests per client;  MODELS="smol q30"
+#   GPU_AB="A=0 B=1"  first `bench model --gpu` on the 30B file (pp512), by default and with each setting (an A/B)
+T0=$(date +%s)
+source devicepkg/common.sh
+RES=$OUT/r; mkdir -p $RES build-host
+exec > >(tee $RES/serve.log) 2>&1
+( LLAMA_TARGETS="llama-server" build_llama "-DLLAMA_BUILD_SERVER=ON" ) > /dev/null 2>&1 & BL=$!
+( synth smollm2-135m build-host/smol.gguf; synth qwen3-30b-a3b build-host/q30.gguf ) & SY=$!
+wait $SY; echo "synth done t=$(( $(date +%s) - T0 )) s"; ls -la build-host/*.gguf
+wait $BL; tail -1 $OUT/llbuild.log; echo "llama build done t=$(( $(date +%s) - T0 )) s"
+if [ -n "${GPU_AB:-}" ]; then  # the hybrid prefill's experts (the 30B file): default, then each setting in GPU_AB
+  B="bench model -m build-host/q30.gguf --prompt-tokens 512 -n 32 -t 16 -q --gpu"
+  step p_default 60 $G $B --json $RES/p_default.json
+  for e in $GPU_AB; do step p_${e%%=*} 60 env $e $G $B --json $RES/p_${e%%=*}.json; done
+  step p_default2 60 $G $B --json $RES/p_default2.json
+fi
+LS=$R/build-llama/b/bin/llama-server
+C=${CONC:-1 8}
+serve_pair() {  # name file output-tokens vocab
+  local n=$1 f=$2 o=$3 v=$4
+  step g_$n 150 python3 tools/bench_serve.py --genesis $G --model $f --threads 16 --concurrency $C \
+    --requests-per-client ${REQ:-2} --prompt-tokens 64 --output-tokens $o --vocab $v --json $RES/g_$n.json
+  tail -12 $RES/g_$n.out
+  if [ -x "$LS" ]; then
+    setsid $LS -m $f -t 16 --parallel 8 -c 8192 --port 8091 > $RES/ls_$n.log 2>&1 & LP=$!
+    python3 -c "import time,urllib.request as u
+for i in range(120):
+  try:
+    u.urlopen('http://127.0.0.1:8091/health', timeout=2); break
+  except Exception: time.sleep(1)"
+    step l_$n 150 python3 tools/bench_serve.py --url http://127.0.0.1:8091 --concurrency $C \
+      --requests-per-client ${REQ:-2} --prompt-tokens 64 --output-tokens $o --vocab $v --json $RES/l_$n.json
+    tail -12 $RES/l_$n.out
+    kill $LP 2>/dev/null; sleep 2; kill -9 -$LP 2>/dev/null
+  fi
+}
+for m in ${MODELS:-smol q30}; do
+  case $m in
+    smol) serve_pair smol build-host/smol.gguf 64 49152 ;;
+    q30) serve_pair q30 build-host/q30.gguf 32 151936 ;;
+  esac
+done
+for m in ${MODELS:-smol q30}; do
+  step e_$m 90 $G bench model -m build-host/$m.gguf --prompt-tokens 64 -n 24 --streams 8 -t 16 -q --json $RES/e_$m.json
+  grep -hE "^(streams|bound|decode)" $RES/e_$m.out | cut -c1-300
+done
+echo "total $(( $(date +%s) - T0 )) s"
+tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES

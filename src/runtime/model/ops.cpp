@@ -257,12 +257,43 @@ __attribute__((target("avx2,fma"))) float hsum256(__m256 v) {
 }
 
 // d a multiple of 8.
+// The sums of a[0..7] in one vector: lanes 0-3 the sums of a[0..3], lanes 4-7 those of a[4..7].
+__attribute__((target("avx2,fma"))) inline __m256 hsum8x8(const __m256* a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// Blocks of 4 keys x 2 heads: each key chunk and query chunk loaded once for 8 products (the loads, not the
+// multiply-adds, bounded a key-by-head loop), the 8 sums reduced together; the key blocks outside, so that the keys
+// are read from L2 once. Other keys and an odd head one by one.
 __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, const float* k, int64_t cnt,
                                                      int64_t d, float scale, float* s) {
-  for (int64_t j = 0; j < cnt; ++j) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  const int64_t G2 = G & ~int64_t(1), cnt4 = cnt & ~int64_t(3);
+  for (int64_t j = 0; j < cnt4; j += 4) {  // the 4 key rows stay in L1 while every head pair reads them
     const float* kj = k + j * d;
-    for (int64_t g = 0; g < G; ++g) {
-      const float* qg = q + g * d;
+    for (int64_t g = 0; g < G2; g += 2) {
+      const float *q0 = q + g * d, *q1 = q0 + d;
+      __m256 a[8];
+      for (__m256& x : a) x = _mm256_setzero_ps();
+      for (int64_t i = 0; i < d; i += 8) {
+        const __m256 x0 = _mm256_loadu_ps(q0 + i), x1 = _mm256_loadu_ps(q1 + i);
+        for (int r = 0; r < 4; ++r) {
+          const __m256 kr = _mm256_loadu_ps(kj + r * d + i);
+          a[r] = _mm256_fmadd_ps(x0, kr, a[r]);
+          a[4 + r] = _mm256_fmadd_ps(x1, kr, a[4 + r]);
+        }
+      }
+      const __m256 r = _mm256_mul_ps(sc, hsum8x8(a));
+      _mm_storeu_ps(s + g * cnt + j, _mm256_castps256_ps128(r));
+      _mm_storeu_ps(s + (g + 1) * cnt + j, _mm256_extractf128_ps(r, 1));
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * d;
+    for (int64_t j = g < G2 ? cnt4 : 0; j < cnt; ++j) {
+      const float* kj = k + j * d;
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
       int64_t i = 0;
       for (; i + 16 <= d; i += 16) {
@@ -276,13 +307,38 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, 
   _mm256_zeroupper();
 }
 
-// d a multiple of 8, at most 128 (16 registers hold the row).
+// d a multiple of 8, at most 128 (16 registers hold the row). When d is a multiple of 64 the heads go in pairs and
+// the row in halves of 64: 16 accumulators, each value chunk loaded once for both heads.
 __attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G, const float* v, int64_t cnt,
                                                        int64_t d, float* o, int64_t ldo) {
   const int64_t nc = d / 8;
+  const int64_t G2 = d % 64 == 0 ? G & ~int64_t(1) : 0;
   for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
     const int64_t j1 = std::min(cnt, j0 + kValueBlock);
-    for (int64_t g = 0; g < G; ++g) {
+    for (int64_t g = 0; g < G2; g += 2)
+      for (int64_t c0 = 0; c0 < nc; c0 += 8) {
+        __m256 a0[8], a1[8];
+        float *o0 = o + g * ldo + c0 * 8, *o1 = o0 + ldo;
+        for (int c = 0; c < 8; ++c) {
+          a0[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(o0 + c * 8);
+          a1[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(o1 + c * 8);
+        }
+        const float *p0 = p + g * cnt, *p1 = p0 + cnt;
+        for (int64_t j = j0; j < j1; ++j) {
+          const __m256 w0 = _mm256_set1_ps(p0[j]), w1 = _mm256_set1_ps(p1[j]);
+          const float* vj = v + j * d + c0 * 8;
+          for (int c = 0; c < 8; ++c) {
+            const __m256 x = _mm256_loadu_ps(vj + c * 8);
+            a0[c] = _mm256_fmadd_ps(w0, x, a0[c]);
+            a1[c] = _mm256_fmadd_ps(w1, x, a1[c]);
+          }
+        }
+        for (int c = 0; c < 8; ++c) {
+          _mm256_storeu_ps(o0 + c * 8, a0[c]);
+          _mm256_storeu_ps(o1 + c * 8, a1[c]);
+        }
+      }
+    for (int64_t g = G2; g < G; ++g) {
       __m256 acc[16];
       float* og = o + g * ldo;
       for (int64_t c = 0; c < nc; ++c) acc[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(og + c * 8);

@@ -34,6 +34,10 @@ PRESETS = {
     # SmolLM2-135M (dense llama, tied embeddings) as a Q8_0 file: its 576 columns are no multiple of Q4_K's 256.
     "smollm2-135m": dict(arch="llama", vocab=49152, hidden=576, layers=30, heads=9, kv_heads=3, head_dim=64,
                          experts=0, top_k=0, moe_inter=0, inter=1536, ctx=8192, theta=1e5, eps=1e-5, qtype=T.Q8_0),
+    # A tiny Qwen3-MoE of the same formats (2.8 MB): the GPU tests' prefill over several MoE layers
+    # (tests/golden/gguf/tiny_synth_moe.gguf).
+    "tiny-moe": dict(arch="qwen3moe", vocab=512, hidden=256, layers=3, heads=4, kv_heads=2, head_dim=64,
+                     experts=6, top_k=2, moe_inter=256, inter=512, ctx=512, theta=1e6, eps=1e-6),
     # OLMoE-1B-7B
     "olmoe": dict(arch="olmoe", vocab=50304, hidden=2048, layers=16, heads=16, kv_heads=16, head_dim=128,
                   experts=64, top_k=8, moe_inter=1024, inter=1024, ctx=4096, theta=1e4, eps=1e-5),

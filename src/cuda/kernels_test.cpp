@@ -427,8 +427,6 @@ TEST(CudaKernels, ExpertProductsMatchGgml) {
   }
 }
 
-// The device's top-k against the host's route_top_k: the same experts in the same order (ties included: equal
-// logits go to the lower id), the same weights, and the pair lists the expert kernels read.
 // copy_mapped: a kernel reading mapped pinned memory, whole 16-byte words and odd tails and offsets.
 TEST(CudaKernels, CopyMappedCopiesBytes) {
   NEED_GPU();
@@ -437,11 +435,16 @@ TEST(CudaKernels, CopyMappedCopiesBytes) {
   h.resize(100003);
   for (size_t i = 0; i < h.size(); ++i) h.data()[i] = uint8_t(i * 7 + 3);
   for (auto [off, bytes] : {std::pair<size_t, size_t>{0, 65536}, {0, 100003}, {5, 99998}, {16, 17}, {3, 1}}) {
-    DeviceArray<uint8_t> d(bytes + 3);
-    copy_mapped(d.data() + 3 * (off % 2), h.device() + off, bytes, s.get());
+    const size_t lead = 3 * (off % 2);  // an odd destination offset where the source's is odd
+    const std::vector<uint8_t> fill(bytes + 8, 0xEE);
+    DeviceArray<uint8_t> d(fill.size());
+    d.upload(fill.data(), fill.size());
+    copy_mapped(d.data() + lead, h.device() + off, bytes, s.get());
     s.sync("copy_mapped");
-    const auto got = download(d, bytes + 3);
-    EXPECT_EQ(0, std::memcmp(got.data() + 3 * (off % 2), h.data() + off, bytes)) << off << " " << bytes;
+    const auto got = download(d, fill.size());
+    EXPECT_EQ(0, std::memcmp(got.data() + lead, h.data() + off, bytes)) << off << " " << bytes;
+    for (size_t i = 0; i < got.size(); ++i)
+      if (i < lead || i >= lead + bytes) ASSERT_EQ(got[i], 0xEE) << "byte " << i << " outside the copy";
   }
 }
 
@@ -498,11 +501,16 @@ TEST(CudaKernels, RestoreRecordsGiveTheFileBlocks) {
       const uint8_t* want = stored.data() + e * rows * row_stored;
       ASSERT_EQ(0, std::memcmp(slot + gate_at, want, size_t(I * row_stored))) << "expert " << e << " gate";
       ASSERT_EQ(0, std::memcmp(slot + up_at, want + I * row_stored, size_t(I * row_stored))) << "expert " << e << " up";
-      for (int64_t i : {int64_t(0), up_at + I * row_stored, slot_bytes - 1}) EXPECT_EQ(slot[i], 0xEE) << i;
+      for (int64_t i = 0; i < slot_bytes; ++i) {
+        const bool gap = i < up_at || (i >= up_at + I * row_stored && i < gate_at) || i >= gate_at + I * row_stored;
+        if (gap) ASSERT_EQ(slot[i], 0xEE) << "expert " << e << " byte " << i << " outside the rows";
+      }
     }
   }
 }
 
+// The device's top-k against the host's route_top_k: the same experts in the same order (ties included: equal
+// logits go to the lower id), the same weights, and the pair lists the expert kernels read.
 TEST(CudaKernels, RouteTopKMatchesTheHost) {
   NEED_GPU();
   Stream s;

@@ -79,8 +79,8 @@ size_t record_bytes_of(uint32_t ggml_type, int64_t rows, int64_t cols);
 
 // The record layout as a permutation of the stored bits: for a unit (one K-quant super-block, four legacy blocks),
 // stored bit i (byte i / 8, bit i % 8) is record bit source[i], inverted where invert[i] (every stored bit is kept).
-// Derived from the repacking itself (so a device can undo it without knowing the layout); tested against
-// restore_unit. A legacy row's last unit may hold fewer than four blocks: its first blocks are the stored ones.
+// Derived from the repacking itself (so a device can undo it without knowing the layout); tested by recovering the
+// stored bytes from records. A legacy row's last unit may hold fewer than four blocks: its first blocks are the stored ones.
 struct RecordBits {
   int stored_bytes = 0, record_bytes = 0;  // per unit
   std::vector<int16_t> source;             // [stored_bytes * 8]

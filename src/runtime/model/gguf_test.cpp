@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "runtime/io/gguf.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/gguf_model.h"
@@ -231,8 +232,11 @@ TEST_P(GgufModel, StoredIsCloseToTransformers) {
       if (!l.moe) continue;
       ASSERT_TRUE(l.expert_arena) << c.name;
       EXPECT_TRUE(l.expert_arena->complete()) << c.name;
-      EXPECT_EQ(l.expert_arena->bytes, size_t(l.expert_arena->experts) * (l.expert_arena->gate_up.expert_bytes +
-                                                                          l.expert_arena->down.expert_bytes));
+      const ExpertArena& a = *l.expert_arena;
+      const int64_t I = lm.model->config().moe_intermediate_size, H = lm.model->config().hidden_size;
+      EXPECT_EQ(a.gate_up.expert_bytes, kernels::kq_gemv::record_bytes_of(a.gate_up.type, 2 * I, H));
+      EXPECT_EQ(a.down.expert_bytes, kernels::kq_gemv::record_bytes_of(a.down.type, H, I));
+      EXPECT_EQ(a.experts, lm.model->config().num_experts);
     }
   }
   const auto want = ref.at(nf4 ? "logits_nf4" : "logits_f32").get<std::vector<float>>();

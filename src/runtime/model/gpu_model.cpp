@@ -135,7 +135,7 @@ class GpuModel {
   std::vector<cuda::HostRegistration> pinned;             // after arenas: unpinned before they are unmapped
   struct RecordFormat {
     cuda::DeviceArray<int32_t> map;
-    int stored_bytes = 0, record_bytes = 0, unit_cols = 0;
+    int stored_bytes = 0, record_bytes = 0;
   };
   std::map<uint32_t, RecordFormat> record_formats;  // by GGML type
   size_t arena_max_bytes = 0;
@@ -373,11 +373,10 @@ std::vector<LayerRawExperts> find_raw_experts(const ModelConfig& c, const GgufFi
   return raw;
 }
 
-// Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
-// and prefill_note says why.
 // The direct prefill (GpuModel::direct): every MoE layer's experts in a complete arena of the file's formats, each
-// arena pinned in place, the formats' record maps on the device. False with `why` otherwise (nothing kept).
-bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::string* why) {
+// arena pinned in place, the formats' record maps on the device. False with `why` otherwise, nothing kept (the copy
+// thread stages the file's blocks instead).
+bool try_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::string* why) {
   namespace kg = kernels::kq_gemv;
   if (const char* e = std::getenv("GENESIS_CUDA_DIRECT_PREFILL"); e && std::string(e) == "0") {
     *why = "GENESIS_CUDA_DIRECT_PREFILL=0";
@@ -400,16 +399,14 @@ bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::stri
     arenas[size_t(li)] = a;
     total += a->bytes;
     g.arena_max_bytes = std::max(g.arena_max_bytes, a->bytes);
-    for (uint32_t t : {a->gate_up.type, a->down.type}) {
-      if (g.record_formats.count(t)) continue;
-      const kg::Format f = *kg::format_of(t);
-      const kg::RecordBits rb = kg::record_bits(f);
-      GpuModel::RecordFormat& rf = g.record_formats[t];
+    for (const ExpertArena::Part* p : {&a->gate_up, &a->down}) {
+      if (g.record_formats.count(p->type)) continue;
+      const kg::RecordBits rb = kg::record_bits(*kg::format_of(p->type));
+      GpuModel::RecordFormat& rf = g.record_formats[p->type];
       const std::vector<int32_t> map = cuda::make_record_map(rb.source.data(), rb.invert.data(), rb.stored_bytes);
       rf.map.upload(map.data(), map.size());
       rf.stored_bytes = rb.stored_bytes;
       rf.record_bytes = rb.record_bytes;
-      rf.unit_cols = kg::is_k_quant(f) ? 256 : 128;
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
@@ -417,8 +414,6 @@ bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::stri
     for (const auto& a : arenas)
       if (a) g.pinned.emplace_back(const_cast<uint8_t*>(a->data), a->bytes);
   } catch (const Error& e) {
-    g.pinned.clear();
-    g.record_formats.clear();
     *why = fmt::format("the CPU's expert records ({:.2f} GiB) could not be pinned: {}", double(total) / double(1ull << 30),
                        e.what());
     return false;
@@ -429,6 +424,24 @@ bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::stri
   return true;
 }
 
+bool setup_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::string* why) {
+  bool ok = false;
+  try {
+    ok = try_direct(g, c, w, why);
+  } catch (const Error& e) {  // a record map's upload, a format the maps do not take: the staged path serves
+    *why = e.what();
+  }
+  if (!ok) {
+    g.pinned.clear();
+    g.arenas.clear();
+    g.record_formats.clear();
+    g.arena_max_bytes = 0;
+  }
+  return ok;
+}
+
+// Finds each MoE layer's expert tensors in the GGUF file; on anything missing the prefill's experts stay on the CPU
+// and prefill_note says why.
 void setup_prefill_experts(GpuModel& g, const ModelConfig& c, const Weights& w, const LoadOptions& opt,
                            std::shared_ptr<const GgufFile> gguf) {
   if (!c.is_moe() || opt.gpu_prefill_rows <= 0) {
@@ -964,6 +977,12 @@ static void restore_layer(GpuState& g, const ModelConfig& c, int64_t li, int b) 
   const ExpertArena& a = *g.gm.arenas[size_t(li)];
   g.time("experts (waiting for their blocks)",
          [&] { cuda::check(cudaStreamWaitEvent(s, g.rec_ready[b], 0), "cudaStreamWaitEvent"); });
+  // Recorded even when a launch throws: the next copy into rec[b] must wait for any restore already queued.
+  struct RecordFree {
+    cudaEvent_t e;
+    cudaStream_t s;
+    ~RecordFree() { cudaEventRecord(e, s); }
+  } record_free{g.rec_free[b], s};
   g.time("experts (restoring blocks)", [&] {
     auto restore = [&](const ExpertArena::Part& p, int64_t split, const cuda::ExpertMatrix& m0,
                        const cuda::ExpertMatrix& m1) {
@@ -973,7 +992,7 @@ static void restore_layer(GpuState& g, const ModelConfig& c, int64_t li, int b) 
       r.expert_bytes = int64_t(p.expert_bytes);
       r.record_bytes = f.record_bytes;
       r.rows = p.rows;
-      r.units = (p.cols + f.unit_cols - 1) / f.unit_cols;
+      r.units = int64_t(kernels::kq_gemv::record_bytes_of(p.type, 1, p.cols)) / f.record_bytes;
       r.map = f.map.data();
       r.stored_bytes = f.stored_bytes;
       r.last_bytes = int(m0.row_bytes - (r.units - 1) * f.stored_bytes);
@@ -986,7 +1005,6 @@ static void restore_layer(GpuState& g, const ModelConfig& c, int64_t li, int b) 
     restore(a.gate_up, c.moe_intermediate_size, re.gate, re.up);
     restore(a.down, a.down.rows, re.down, re.down);
   });
-  cuda::check(cudaEventRecord(g.rec_free[b], s), "cudaEventRecord");
 }
 
 void GpuState::run_segment(int64_t n, std::vector<std::function<void()>>& work) {
@@ -1058,7 +1076,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   const bool gpu_experts = g.prefill_ready && longest_segment >= gm.prefill_rows && !gm.raw.empty();
   g.step_graphs = !gpu_experts;
   g.bulk_copies = gpu_experts && g.mapped_copies;
-  int64_t moe_j = 0;  // the MoE layers met so far in this step (the copy thread's order)
+  int64_t moe_j = 0;  // the MoE layers met so far in this step (the order their blocks cross in: buffer moe_j % 2)
   struct StagerGuard {
     GpuState* g = nullptr;
     ~StagerGuard() {
@@ -1366,7 +1384,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     std::memcpy(router_logits_.data(), g.h_router.data(), size_t(n * E) * 4);
     if (gpu_experts) {
       // A prefill step: the layer's experts on the GPU from the blocks copied in (every expert is in the buffer, as
-      // if resident), all ranks (no deferral); their sum stays there. The copy thread brings the next layers meanwhile.
+      // if resident), all ranks (no deferral); their sum stays there. The next layers' blocks cross meanwhile (the
+      // direct prefill's transfers two layers ahead, or the copy thread's staging).
       route_pairs(li, n, 0, K);
       int b = int(moe_j % 2);
       if (gm.direct) {

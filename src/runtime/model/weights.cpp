@@ -189,8 +189,13 @@ bool keep_expert(const TensorSource& src, const std::string& m, int64_t e, int64
     std::lock_guard<std::mutex> lock(slot->mu);
     if (!slot->tried) {
       slot->tried = true;
-      slot->arena = std::make_shared<ExpertArena>(E, ExpertArena::Part{tg, 2 * I, H, 0, kg::record_bytes_of(tg, 2 * I, H)},
-                                                  ExpertArena::Part{td, H, I, 0, kg::record_bytes_of(td, H, I)});
+      try {
+        slot->arena = std::make_shared<ExpertArena>(
+            E, ExpertArena::Part{tg, 2 * I, H, 0, kg::record_bytes_of(tg, 2 * I, H)},
+            ExpertArena::Part{td, H, I, 0, kg::record_bytes_of(td, H, I)});
+      } catch (const Error&) {
+        // No mapping this large: each expert keeps its own records (the GPU's prefill then stages the file's blocks).
+      }
     }
     if (slot->arena && slot->arena->gate_up.type == tg && slot->arena->down.type == td) arena = slot->arena;
   }

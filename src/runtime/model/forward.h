@@ -172,11 +172,13 @@ class Session {
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
   void parallel_for(int64_t tasks, F&& fn);
-  // fn(row) for rows [0, n): element-wise work per row (norms, rope, residual adds). A prefill step's rows are spread
-  // over the pool (one region), a decode step's few rows run on the caller (a region would cost more than the work).
+  // fn(row) for rows [0, n): element-wise work per row (norms, rope, residual adds). From kParallelRows rows (a
+  // prefill chunk, or a batched decode step of several sequences) the rows are spread over the pool (one region);
+  // fewer run on the caller (a region would cost more than the work). On the H200 host's 16 threads the SmolLM2-shaped
+  // 8-row decode step spent 1.29 of its 5.92 ms in element-wise work on the caller alone (1 row: 0.19 of 1.88).
   template <class F>
   void for_rows(int64_t n, F&& fn);
-  static constexpr int64_t kParallelRows = 16;
+  static constexpr int64_t kParallelRows = 4;
 
   const Model& m_;
   const ModelConfig& c_;

@@ -78,19 +78,30 @@ void run(Args& a) {
                j["batched_vs_single"].get<double>(), j["batched_step_bytes"].get<double>() / 1e6,
                j["batched_distinct_experts_per_layer"].get<double>(), j["batched_bound_tps"].get<double>(),
                100 * j["batched_bound_fraction"].get<double>());
-  // The profile: milliseconds per token by op class, decode and prefill side by side.
+  // The profile: milliseconds per token by op class, decode and prefill side by side (and with --streams, the
+  // batched decode step's milliseconds per step).
   const auto& pd = j["profile"]["decode"];
   const auto& pp = j["profile"]["prefill"];
-  fmt::print("profile      ms/token        decode   prefill\n");
+  const bool batched = j["profile"].contains("batched_decode");
+  const nlohmann::json none = nlohmann::json::object();
+  const auto& pb = batched ? j["profile"]["batched_decode"] : none;
+  fmt::print("profile      ms/token        decode   prefill{}\n", batched ? "   ms/batched step" : "");
   for (const char* op : {"attention", "delta_rule", "dense", "router", "experts_gate_up", "experts_down",
                          "elementwise", "logits", "barrier", "gpu", "total"}) {
     const double d = pd[op].get<double>(), p = pp[op].get<double>();
     const double dt = pd["total"].get<double>(), ptot = pp["total"].get<double>();
-    fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%\n", op, d, dt > 0 ? 100 * d / dt : 0.0, p,
+    fmt::print("  {:<18} {:>9.3f} {:>4.0f}% {:>8.3f} {:>4.0f}%", op, d, dt > 0 ? 100 * d / dt : 0.0, p,
                ptot > 0 ? 100 * p / ptot : 0.0);
+    if (batched) {
+      const double b = pb[op].get<double>(), bt = pb["total"].get<double>();
+      fmt::print(" {:>9.3f} {:>4.0f}%", b, bt > 0 ? 100 * b / bt : 0.0);
+    }
+    fmt::print("\n");
   }
-  fmt::print("  {:<18} {:>9.1f}       {:>8.1f}\n", "regions per step", pd["regions_per_step"].get<double>(),
+  fmt::print("  {:<18} {:>9.1f}       {:>8.1f}", "regions per step", pd["regions_per_step"].get<double>(),
              pp["regions_per_step"].get<double>());
+  if (batched) fmt::print("       {:>9.1f}", pb["regions_per_step"].get<double>());
+  fmt::print("\n");
   // GENESIS_CUDA_TIMES=1: the GPU's own time by part (CUDA events), beside the host's view above.
   if (pd.contains("gpu_parts") || pp.contains("gpu_parts")) {
     fmt::print("gpu parts    ms/token        decode   prefill   (GPU time by CUDA events; graphs off)\n");

@@ -7,7 +7,7 @@
 namespace {
 void setup_version(CLI::App& app) {
   auto* cmd = app.add_subcommand("version", "Print the build id");
-  cmd->callback([] { fmt::print("genesis {}\n", genesis::build_id()); });
+  cmd->callback([] { fmt::print("genesis {} (kernels {})\n", genesis::build_id(), genesis::kernel_build_id()); });
 }
 }  // namespace
 GENESIS_COMMAND("version", 100, setup_version);

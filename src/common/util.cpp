@@ -36,5 +36,6 @@ std::string cache_dir() {
 }
 
 std::string build_id() { return std::string(GENESIS_VERSION) + "+" + GENESIS_GIT_REV; }
+std::string kernel_build_id() { return std::string("k") + GENESIS_KERNEL_ID; }
 
 }  // namespace genesis

@@ -31,7 +31,10 @@ inline double now_seconds() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-// Build identity (git revision at configure time); knowledge-base records carry it.
+// Build identity: the version and git revision at configure time ("0.1.0+1a2b3c4d5e6f").
 std::string build_id();
+// What knowledge-base records carry: "k" and a digest of the kernel families' and the JIT's sources at configure
+// time, so that tuning outlives the commits that do not change what a genome means.
+std::string kernel_build_id();
 
 }  // namespace genesis

@@ -197,7 +197,7 @@ std::string default_path() { return (std::filesystem::path(cache_dir()) / "kb.sq
 
 std::string host_cpu_signature() { return cpu::cpu_info().signature; }
 
-Kb::Kb(const std::string& path, bool create) : path_(path), cpu_sig_(host_cpu_signature()), build_(build_id()) {
+Kb::Kb(const std::string& path, bool create) : path_(path), cpu_sig_(host_cpu_signature()), build_(kernel_build_id()) {
   const bool exists = std::filesystem::exists(path);
   if (!exists && !create) fail("knowledge base {}: no such file", path);
   if (!exists) {

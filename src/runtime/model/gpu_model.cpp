@@ -955,6 +955,14 @@ static void mark_launched(GpuState& g, int64_t j) {
   g.stager.cv.notify_all();
 }
 
+// Records event e on stream s when it goes out of scope, also when a launch in between throws: a buffer's "free"
+// event must follow whatever was queued to read it.
+struct RecordOnExit {
+  cudaEvent_t e;
+  cudaStream_t s;
+  ~RecordOnExit() { cudaEventRecord(e, s); }
+};
+
 // The direct prefill (GpuModel::direct): the j-th MoE layer's records into buffer j % 2 on the copy stream, once the
 // layer that used that buffer before has been restored out of it. Nothing when the step has no j-th MoE layer.
 static void enqueue_records(GpuState& g, int64_t j) {
@@ -978,11 +986,7 @@ static void restore_layer(GpuState& g, const ModelConfig& c, int64_t li, int b) 
   g.time("experts (waiting for their blocks)",
          [&] { cuda::check(cudaStreamWaitEvent(s, g.rec_ready[b], 0), "cudaStreamWaitEvent"); });
   // Recorded even when a launch throws: the next copy into rec[b] must wait for any restore already queued.
-  struct RecordFree {
-    cudaEvent_t e;
-    cudaStream_t s;
-    ~RecordFree() { cudaEventRecord(e, s); }
-  } record_free{g.rec_free[b], s};
+  const RecordOnExit record_free{g.rec_free[b], s};
   g.time("experts (restoring blocks)", [&] {
     auto restore = [&](const ExpertArena::Part& p, int64_t split, const cuda::ExpertMatrix& m0,
                        const cuda::ExpertMatrix& m1) {
@@ -1398,11 +1402,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       }
       {
         // Recorded even when a launch throws: the copy thread must not overwrite blocks the GPU may still read.
-        struct RecordFree {
-          cudaEvent_t e;
-          cudaStream_t s;
-          ~RecordFree() { cudaEventRecord(e, s); }
-        } record_free{g.raw_free[b], s};
+        const RecordOnExit record_free{g.raw_free[b], s};
         launch_resident(g.streamed[b], K);
       }
       if (gm.direct)

@@ -27,9 +27,9 @@
 #include "cuda/blas.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "quant/ggml.h"
 #include "quant/half.h"
-#include "kernels/kq_gemv/kq_gemv.h"
 #include "runtime/io/gguf.h"
 #include "runtime/model/expert_usage.h"
 #include "runtime/model/forward.h"
@@ -278,7 +278,6 @@ class GpuState {
     std::thread thread;
     std::mutex mu;
     std::condition_variable cv;
-    std::vector<int64_t> layers;  // the step's MoE layers, in order
     int64_t staged = 0;           // layers [0, staged) are on the copy stream (their raw_ready recorded)
     int64_t launched = 0;         // layers [0, launched) have their experts launched (their raw_free recorded)
     bool stop = false;
@@ -412,7 +411,7 @@ bool try_direct(GpuModel& g, const ModelConfig& c, const Weights& w, std::string
   const auto t0 = std::chrono::steady_clock::now();
   try {
     for (const auto& a : arenas)
-      if (a) g.pinned.emplace_back(const_cast<uint8_t*>(a->data), a->bytes);
+      if (a) g.pinned.emplace_back(a->data, a->bytes);
   } catch (const Error& e) {
     *why = fmt::format("the CPU's expert records ({:.2f} GiB) could not be pinned: {}", double(total) / double(1ull << 30),
                        e.what());
@@ -878,19 +877,19 @@ static void stage_layer(GpuState& g, const ModelConfig& c, int64_t li, int b, cp
   cuda::check(cudaEventRecord(g.raw_ready[b], cs), "cudaEventRecord");
 }
 
-// The copy thread of a prefill step: stages st.layers one after the other (see GpuState::streamed). Ends when all are
+// The copy thread of a prefill step: stages the model's MoE layers (moe_layers) one after the other (see GpuState::streamed). Ends when all are
 // staged or stop is set; an error is kept for the step's thread, which rethrows it.
 static void stager_main(GpuState* g, const ModelConfig* c) {
   GpuState::Stager& st = g->stager;
   try {
     cuda::check(cudaSetDevice(g->gm.dev.index), "cudaSetDevice");
-    for (int64_t j = 0; j < int64_t(st.layers.size()); ++j) {
+    for (int64_t j = 0; j < int64_t(g->moe_layers.size()); ++j) {
       {
         std::unique_lock<std::mutex> lock(st.mu);
         st.cv.wait(lock, [&] { return st.stop || st.launched >= j - 1; });  // buffer j % 2's last layer launched
         if (st.stop) return;
       }
-      stage_layer(*g, *c, st.layers[size_t(j)], int(j % 2), *st.pool);
+      stage_layer(*g, *c, g->moe_layers[size_t(j)], int(j % 2), *st.pool);
       {
         std::lock_guard<std::mutex> lock(st.mu);
         st.staged = j + 1;
@@ -915,9 +914,6 @@ static void start_stager(GpuState& g, const ModelConfig& c, const cpu::ThreadPoo
     const int threads = g.gm.cpu_mixers > 0 ? std::max(1, all / 2) : all;
     st.pool = std::make_unique<cpu::ThreadPool>(threads, false);
   }
-  st.layers.clear();
-  for (int64_t li = 0; li < c.num_layers; ++li)
-    if (c.layer_is_moe(li)) st.layers.push_back(li);
   st.staged = st.launched = 0;
   st.stop = false;
   st.error = nullptr;

@@ -256,7 +256,6 @@ __attribute__((target("avx2,fma"))) float hsum256(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps(y, y, 1)));
 }
 
-// d a multiple of 8.
 // The sums of a[0..7] in one vector: lanes 0-3 the sums of a[0..3], lanes 4-7 those of a[4..7].
 __attribute__((target("avx2,fma"))) inline __m256 hsum8x8(const __m256* a) {
   const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
@@ -264,7 +263,7 @@ __attribute__((target("avx2,fma"))) inline __m256 hsum8x8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// Blocks of 4 keys x 2 heads: each key chunk and query chunk loaded once for 8 products (the loads, not the
+// d a multiple of 8. Blocks of 4 keys x 2 heads: each key chunk and query chunk loaded once for 8 products (the loads, not the
 // multiply-adds, bounded a key-by-head loop), the 8 sums reduced together; the key blocks outside, so that the keys
 // are read from L2 once. Other keys and an odd head one by one.
 __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, const float* k, int64_t cnt,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what a run on the GPU host needs into devicepkg/ (ignored by git), for the device tool's `carry`:
-#   devicepkg/genesis.tar.xz  build/genesis, test_cuda, test_model (+ BASE_BIN as genesis_base, a baseline binary for
+#   devicepkg/genesis.tar.xz  build/genesis, test_cuda, test_model, test_kernels, test_kq_gemv (+ BASE_BIN as genesis_base, a baseline binary for
 #                             A/B runs in the same call) and the shared libraries `ldd` lists (not the C/C++ runtime)
 #   devicepkg/llama.tar.xz    llama.cpp's source tree from llama-cpp-python's source distribution on PyPI (the peer,
 #                             built on the host), without docs, models and the backends other than cpu, cuda and blas
@@ -12,7 +12,7 @@ P=devicepkg
 mkdir -p $P
 S=$(mktemp -d)
 mkdir -p $S/g/lib
-cp build/genesis build/test_cuda build/test_model $S/g/
+cp build/genesis build/test_cuda build/test_model build/test_kernels build/test_kq_gemv $S/g/
 [ -n "${BASE_BIN:-}" ] && cp "$BASE_BIN" $S/g/genesis_base
 for b in $S/g/genesis $S/g/test_cuda $S/g/test_model; do
   ldd $b | awk '/=> \//{print $3}'
@@ -28,7 +28,7 @@ if [ ! -s $P/llama.tar.xz ]; then
   for d in $L/ggml/src/ggml-*/; do case $d in *ggml-cpu/|*ggml-cuda/|*ggml-blas/) ;; *) rm -rf "$d" ;; esac; done
   tar cJf $P/llama.tar.xz -C $(dirname $L) llama.cpp
 fi
-cp tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh \
+cp tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh \
   tools/gpu_host/serve_smoke.py $P/
 rm -rf $S
 ls -la $P

@@ -1,0 +1,271 @@
+// bf16 GEMM on AMX tiles; see amx_gemm.h.
+#include "kernels/amx/amx_gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "common/error.h"
+#include "cpu/isa.h"
+#include "kernels/linear.h"
+#include "quant/half.h"
+
+namespace genesis::kernels::amx {
+namespace {
+
+bool vector_bf16() {
+  static const bool v = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) &&
+                        cpu::mayiuse(cpu::Isa::avx512bf16);
+  return v;
+}
+
+// n floats -> bf16 (round to nearest even). The vector instruction flushes denormal inputs to zero; the scalar
+// conversion keeps them: the two differ only there.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void to_bf16_avx512(const float* x, uint16_t* out, int64_t n) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(v));
+  }
+  for (; i < n; ++i) out[i] = quant::f32_to_bf16(x[i]);
+}
+
+void to_bf16(const float* x, uint16_t* out, int64_t n) {
+  if (vector_bf16()) {
+    to_bf16_avx512(x, out, n);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = quant::f32_to_bf16(x[i]);
+}
+
+// The tile configuration of every call: palette 1, tiles 0..7 of 16 rows x 64 bytes.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+TileConfig tile_config() {
+  TileConfig c;
+  for (int i = 0; i < 8; ++i) {
+    c.colsb[i] = 64;
+    c.rows[i] = kTileRows;
+  }
+  return c;
+}
+
+// The hardware tiles, through the compiler's intrinsics (tile numbers are immediates).
+struct HardTiles {
+  __attribute__((target("amx-tile"))) HardTiles() {
+    static const TileConfig cfg = tile_config();
+    _tile_loadconfig(&cfg);
+  }
+  __attribute__((target("amx-tile"))) ~HardTiles() { _tile_release(); }
+  // The intrinsics take tile numbers as literal text: one branch per tile the driver uses.
+#define GENESIS_TILE_CASES(T, OP) \
+  if constexpr (T == 0) {         \
+    OP(0);                        \
+  } else if constexpr (T == 1) {  \
+    OP(1);                        \
+  } else if constexpr (T == 2) {  \
+    OP(2);                        \
+  } else if constexpr (T == 3) {  \
+    OP(3);                        \
+  } else if constexpr (T == 4) {  \
+    OP(4);                        \
+  } else if constexpr (T == 5) {  \
+    OP(5);                        \
+  } else if constexpr (T == 6) {  \
+    OP(6);                        \
+  } else {                        \
+    static_assert(T == 7);        \
+    OP(7);                        \
+  }
+  template <int T>
+  void zero() {
+#define GENESIS_OP(t) _tile_zero(t)
+    GENESIS_TILE_CASES(T, GENESIS_OP)
+#undef GENESIS_OP
+  }
+  template <int T>
+  void load(const void* p, int64_t stride) {
+#define GENESIS_OP(t) _tile_loadd(t, p, stride)
+    GENESIS_TILE_CASES(T, GENESIS_OP)
+#undef GENESIS_OP
+  }
+  template <int T>
+  void store(void* p, int64_t stride) {
+#define GENESIS_OP(t) _tile_stored(t, p, stride)
+    GENESIS_TILE_CASES(T, GENESIS_OP)
+#undef GENESIS_OP
+  }
+#undef GENESIS_TILE_CASES
+  template <int C, int A, int B>
+  void dp() {
+    if constexpr (C == 0 && A == 4 && B == 6) {
+      _tile_dpbf16ps(0, 4, 6);
+    } else if constexpr (C == 1 && A == 4 && B == 7) {
+      _tile_dpbf16ps(1, 4, 7);
+    } else if constexpr (C == 2 && A == 5 && B == 6) {
+      _tile_dpbf16ps(2, 5, 6);
+    } else {
+      static_assert(C == 3 && A == 5 && B == 7, "a tile product the driver does not use");
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+};
+
+// Software tiles after the instructions' pseudocode (Intel SDM, TDPBF16PS: per element of C, over the pairs k of a
+// row of A, tmp += A[m][2k] * B[k][2n] then tmp += A[m][2k + 1] * B[k][2n + 1], in fp32).
+struct SoftTiles {
+  alignas(64) uint8_t t[8][kTileRows][64];
+  template <int T>
+  void zero() {
+    std::memset(t[T], 0, sizeof t[T]);
+  }
+  template <int T>
+  void load(const void* p, int64_t stride) {
+    for (int r = 0; r < kTileRows; ++r) std::memcpy(t[T][r], static_cast<const uint8_t*>(p) + r * stride, 64);
+  }
+  template <int T>
+  void store(void* p, int64_t stride) {
+    for (int r = 0; r < kTileRows; ++r) std::memcpy(static_cast<uint8_t*>(p) + r * stride, t[T][r], 64);
+  }
+  template <int C, int A, int B>
+  void dp() {
+    for (int m = 0; m < kTileRows; ++m)
+      for (int n = 0; n < 16; ++n) {
+        float acc;
+        std::memcpy(&acc, &t[C][m][4 * n], 4);
+        for (int k = 0; k < 16; ++k)
+          for (int j = 0; j < 2; ++j) {
+            uint16_t a, b;
+            std::memcpy(&a, &t[A][m][4 * k + 2 * j], 2);
+            std::memcpy(&b, &t[B][k][4 * n + 2 * j], 2);
+            acc += quant::bf16_to_f32(a) * quant::bf16_to_f32(b);
+          }
+        std::memcpy(&t[C][m][4 * n], &acc, 4);
+      }
+  }
+};
+
+// For each block of 32 weight rows and each pair of 16-row groups of x: four C tiles over all column blocks, then
+// the valid part written to y transposed (C holds weight rows x rows of x).
+template <class Tiles>
+void drive(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
+  alignas(64) float c[4][kTileRows][16];
+  const int64_t kb_count = x.kblocks, stride = ldw * 2;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+    const uint16_t* a0 = w + r0 * ldw;
+    const uint16_t* a1 = a0 + kTileRows * ldw;
+    const int64_t rv = std::min<int64_t>(kBlockRows, rows - r0);
+    for (int64_t g = 0; g < x.groups; g += 2) {
+      tl.template zero<0>();
+      tl.template zero<1>();
+      tl.template zero<2>();
+      tl.template zero<3>();
+      for (int64_t kb = 0; kb < kb_count; ++kb) {
+        tl.template load<4>(a0 + kb * kTileK, stride);
+        tl.template load<5>(a1 + kb * kTileK, stride);
+        tl.template load<6>(x.tile(g, kb), 64);
+        tl.template load<7>(x.tile(g + 1, kb), 64);
+        tl.template dp<0, 4, 6>();
+        tl.template dp<1, 4, 7>();
+        tl.template dp<2, 5, 6>();
+        tl.template dp<3, 5, 7>();
+      }
+      tl.template store<0>(c[0], 64);
+      tl.template store<1>(c[1], 64);
+      tl.template store<2>(c[2], 64);
+      tl.template store<3>(c[3], 64);
+      for (int i = 0; i < 4; ++i) {
+        const int64_t rb = (i >> 1) * kTileRows, t0 = (g + (i & 1)) * kTileRows;
+        const int64_t rn = std::min<int64_t>(kTileRows, rv - rb), tn = std::min<int64_t>(kTileRows, x.n - t0);
+        for (int64_t t = 0; t < tn; ++t)
+          for (int64_t r = 0; r < rn; ++r) y[(t0 + t) * ldy + r0 + rb + r] = c[i][r][t];
+      }
+    }
+  }
+}
+
+void check(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x) {
+  if (!w || rows < 1 || x.n < 1 || x.groups % 2 != 0 || ldw < x.kblocks * kTileK ||
+      x.data.size() != size_t(x.groups * x.kblocks * 512))
+    fail("amx gemm: {} weight rows of stride {} with {} packed rows of {} columns", rows, ldw, x.n, x.cols);
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void gemm_hard(const uint16_t* w, int64_t ldw, int64_t rows,
+                                                            const PackedRows& x, float* y, int64_t ldy) {
+  HardTiles tl;
+  drive(tl, w, ldw, rows, x, y, ldy);
+}
+
+}  // namespace
+
+bool available() {
+  static const bool a = [] {
+    const char* env = std::getenv("GENESIS_AMX");
+    if (env && std::string_view(env) == "0") return false;
+    return cpu::mayiuse(cpu::Isa::amx_tile) && cpu::mayiuse(cpu::Isa::amx_bf16) && vector_bf16();
+  }();
+  return a;
+}
+
+void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
+  if (n < 1 || cols < 1) fail("amx pack: {} rows of {} columns", n, cols);
+  p.n = n;
+  p.cols = cols;
+  p.groups = ((n + kTileRows - 1) / kTileRows + 1) / 2 * 2;
+  p.kblocks = (cols + kTileK - 1) / kTileK;
+  p.data.assign(size_t(p.groups * p.kblocks * 512), 0);
+  alignas(64) uint16_t row[kTileK];
+  for (int64_t g = 0; g < p.groups; ++g)
+    for (int64_t kb = 0; kb < p.kblocks; ++kb) {
+      uint16_t* tile = p.data.data() + (g * p.kblocks + kb) * 512;
+      const int64_t c0 = kb * kTileK, cn = std::min<int64_t>(kTileK, cols - c0);
+      for (int t = 0; t < kTileRows; ++t) {
+        const int64_t tr = g * kTileRows + t;
+        if (tr >= n) break;
+        std::memset(row, 0, sizeof row);
+        to_bf16(x + tr * cols + c0, row, cn);
+        for (int kk = 0; kk < kTileK / 2; ++kk) std::memcpy(tile + kk * 32 + t * 2, row + 2 * kk, 4);
+      }
+    }
+}
+
+void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
+  if (!available()) fail("amx gemm: this CPU (or GENESIS_MAX_ISA / GENESIS_AMX) gives no AMX bf16 tiles");
+  check(w, ldw, rows, x);
+  gemm_hard(w, ldw, rows, x, y, ldy);
+}
+
+void gemm_bf16_emulated(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
+  check(w, ldw, rows, x);
+  SoftTiles tl;
+  drive(tl, w, ldw, rows, x, y, ldy);
+}
+
+void widened_rows(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1) {
+  if (x.cols != w.cols()) fail("amx gemm: packed rows of {} columns for a matrix of {}", x.cols, w.cols());
+  const int64_t cols = w.cols(), ldw = x.kblocks * kTileK;
+  thread_local std::vector<float> f;
+  thread_local std::vector<uint16_t> b;
+  f.resize(size_t(cols));
+  if (b.size() < size_t(kBlockRows * ldw)) b.assign(size_t(kBlockRows * ldw), 0);
+  for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
+    const int64_t R = std::min<int64_t>(kBlockRows, r1 - rb);
+    for (int64_t r = 0; r < R; ++r) {
+      w.row_f32(rb + r, f.data());
+      to_bf16(f.data(), b.data() + r * ldw, cols);
+      std::fill(b.begin() + r * ldw + cols, b.begin() + (r + 1) * ldw, uint16_t(0));
+    }
+    gemm_bf16(b.data(), ldw, R, x, y + rb, w.rows());
+  }
+}
+
+}  // namespace genesis::kernels::amx

@@ -1,0 +1,42 @@
+# On the GPU host (CPU side, AMX): the AMX tests, then the 48-layer 30B-shaped Q4_K_M CPU only, Genesis with its AMX
+# many-row products and without (GENESIS_AMX=0), beside llama.cpp built there for the CPU, in one call.
+#   TESTS=1      also the GPU tests (scripts/gpu_tests.sh) and the model tests that run the prefill's many-row path
+#   THREADS="16 8"  thread counts (default 16)
+#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off)
+#   NEXT=1       also the 48-layer Qwen3-Next GGUF (written there: about 155 s more)
+# Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
+T0=$(date +%s)
+source devicepkg/common.sh
+RES=$OUT/r; mkdir -p $RES build-host
+M=build-host/q30.gguf
+( build_llama "" ) > /dev/null 2>&1 & BL=$!
+( synth qwen3-30b-a3b $M ) & SY=$!
+step t_amx 60 /tmp/g/test_kernels --gtest_filter='Amx*'
+tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | head -20
+step t_kq 120 /tmp/g/test_kq_gemv
+tail -3 $RES/t_kq.out; grep -hE "Failure|FAILED" -A4 $RES/t_kq.out | head -20
+if [ -n "${TESTS:-}" ]; then
+  step t_model 200 /tmp/g/test_model --gtest_filter='GgufModel.*:MultiSequenceStep.*:*Prefill*:*Golden*'
+  tail -3 $RES/t_model.out; grep -hE "Failure|FAILED" -A4 $RES/t_model.out | head -30 | cut -c1-240
+  step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
+  tail -4 $RES/t_gpu.out; grep -hE "FAILED|Failure" $RES/t_gpu.out $RES/t_gpu.err | head -20 | cut -c1-240
+fi
+wait $SY; wait $BL; tail -1 $OUT/llbuild.log
+$G info > $RES/info.txt 2>&1; grep -iE "amx|region" $RES/info.txt | head -8
+for t in ${THREADS:-16}; do
+  B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
+  step g_t$t 90 $G $B --json $RES/g_t$t.json
+  grep -h "^dense" $RES/g_t$t.out | cut -c1-200
+  for e in ${AB:-GENESIS_AMX=0}; do step a_${e%%=*}_t$t 90 env $e $G $B --json $RES/a_${e%%=*}_t$t.json; done
+  step l_t$t 100 $LB -m $M -p 512 -n 32 -r 2 -t $t -o json
+  step g2_t$t 90 $G $B --json $RES/g2_t$t.json
+done
+if [ -n "${NEXT:-}" ]; then
+  N=build-host/q80.gguf
+  synth qwen3-next-80b-a3b $N
+  step n_g 120 $G bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q --json $RES/n_g.json
+  step n_a 120 env GENESIS_AMX=0 $G bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q --json $RES/n_a.json
+  step n_l 120 $LB -m $N -p 512 -n 32 -r 2 -t 16 -o json
+fi
+tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES
+echo "total $(( $(date +%s) - T0 )) s"

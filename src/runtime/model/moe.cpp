@@ -15,7 +15,19 @@ namespace genesis::runtime {
 void Session::moe(const Layer& l, int64_t n) {
   const int64_t E = c_.num_experts;
   if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
-  dense_product(l.router, xn_.data(), router_logits_.data(), n, pool_);
+  const int64_t li = &l - m_.weights().layers.data();
+  if (c_.layers[size_t(li)].mlp != MlpKind::moe_shared) {
+    dense_product(l.router, xn_.data(), router_logits_.data(), n, pool_);
+  } else {
+    // Qwen3-Next: the shared expert's gate and up read the same rows: one region with the router (a small product
+    // alone, about 4 MB at 512 experts, costs a wake-up and a barrier of its own on many cores). Profiled as router.
+    const int64_t I = c_.shared_expert_intermediate_size;
+    if (shared_h1_.size() < size_t(n * I)) shared_h1_.resize(size_t(n * I)), shared_h2_.resize(size_t(n * I));
+    const DenseJob jobs[] = {{&l.router, router_logits_.data()},
+                             {&l.shared_gate_proj, shared_h1_.data()},
+                             {&l.shared_up, shared_h2_.data()}};
+    dense_products(jobs, xn_.data(), n, pool_);
+  }
   routed_experts(l, n, 0, c_.top_k, tmp_.data());
 }
 
@@ -176,14 +188,10 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
 namespace genesis::runtime {
 
 // Qwen3-Next's shared expert: a SwiGLU MLP over every row, scaled by sigmoid(shared_expert_gate . x), added to the
-// routed experts' sum in tmp_.
+// routed experts' sum in tmp_. Its gate and up products ran in moe()'s region with the router (shared_h1_, _h2_).
 void Session::shared_expert(const Layer& l, int64_t n) {
   const int64_t H = c_.hidden_size, I = c_.shared_expert_intermediate_size;
-  if (shared_h1_.size() < size_t(n * I)) shared_h1_.resize(size_t(n * I)), shared_h2_.resize(size_t(n * I));
   if (shared_out_.size() < size_t(n * H)) shared_out_.resize(size_t(n * H)), shared_gate_.resize(size_t(n));
-  const DenseJob jobs[] = {{&l.shared_gate_proj, shared_h1_.data()}, {&l.shared_up, shared_h2_.data()}};
-  dense_products(jobs, xn_.data(), n, pool_);
-  clock_.lap(Op::dense);
   // The gate's one row (fp32 or bf16, never block-quantized), dotted here rather than as a third job: held unlike
   // gate and up, it would split their shared parallel region in two.
   thread_local std::vector<float> gate_row;

@@ -2,6 +2,7 @@
 #include "runtime/model/dense.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
@@ -35,6 +36,18 @@ void add_bias(const Dense& d, float* y, int64_t n) {
 int64_t share(int64_t rows, int nt, int64_t granule) {
   const int64_t g = std::max<int64_t>(16, granule);
   return ((rows + nt - 1) / nt + g - 1) / g * g;
+}
+
+// Few-row products are cut into this many tasks per thread (GENESIS_DENSE_TASKS, 1..64, default 4), of at least
+// kMinTaskBytes of weights each: finer tasks shorten the wait for the last one at the region's end, coarser ones pay
+// fewer claims and kernel calls (SmolLM2's 576-column matrices are 5 KB per 16 rows).
+constexpr size_t kMinTaskBytes = 32 << 10;
+int tasks_per_thread() {
+  static const int t = [] {
+    const char* e = std::getenv("GENESIS_DENSE_TASKS");
+    return e ? std::clamp(std::atoi(e), 1, 64) : 4;
+  }();
+  return t;
 }
 
 // One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a quarter of a thread's
@@ -71,7 +84,11 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
     });
     return;
   }
-  const int64_t per = share(total, 4 * nt, granule);
+  size_t bytes = 0;
+  for (const DenseJob& j : jobs) bytes += j.d->op->bytes();
+  const int64_t g = std::max<int64_t>(16, granule);
+  const int64_t min_rows = (int64_t(kMinTaskBytes * size_t(total) / std::max<size_t>(bytes, 1)) + g - 1) / g * g;
+  const int64_t per = std::max(share(total, tasks_per_thread() * nt, granule), min_rows);
   thread_local std::vector<RowTask> tasks;
   tasks.clear();
   for (size_t i = 0; i < jobs.size(); ++i)

@@ -48,7 +48,7 @@ void Session::deltanet(int64_t li, int64_t n) {
   };
   const bool split = !l.in_qkv.empty();
   fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_in_, n * CD), fit(conv_out_, n * CD);
-  fit(z_, n * VD), fit(dq_, n * KD), fit(dk_, n * KD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
+  fit(z_, n * VD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
 
   // The conv inputs of every row: all key heads' q, then k, then all value heads' v, as the conv channels are
   // ordered. z, beta and the decay per value head. A split projection (in_qkv, in_z) writes the conv inputs and z
@@ -79,53 +79,60 @@ void Session::deltanet(int64_t li, int64_t n) {
       }
     }
   }
-  // Per sequence of the step: the conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the
-  // window's last kernel - 1 rows become its conv state. Depthwise causal conv, then SiLU over each block of channels
-  // (the vector exp: a decode token's 8192 libm exps took ~85 us); blocks split over the pool from kConvParallel
-  // channel-rows on (one decode token on Qwen3-Next has 8192), below that in the caller.
-  constexpr int64_t kChannelBlock = 256, kConvParallel = 4096;
-  for (const Segment& sg : segs_) {
+  // Per sequence of the step: its conv window, the conv state's kernel - 1 rows then its rows' conv inputs, kept for
+  // the region below; the window's last kernel - 1 rows become its conv state.
+  fit(conv_win_, (int64_t(segs_.size()) * (K - 1) + n) * CD);
+  thread_local std::vector<int64_t> win_at;
+  win_at.resize(segs_.size());
+  for (size_t i = 0, off = 0; i < segs_.size(); ++i) {
+    const Segment& sg = segs_[i];
     float* state = seqs_[size_t(sg.seq)].conv_layer(li);
-    fit(conv_win_, (K - 1 + sg.n) * CD);
-    std::memcpy(conv_win_.data(), state, size_t((K - 1) * CD) * 4);
-    std::memcpy(&conv_win_[size_t((K - 1) * CD)], &conv_in_[size_t(sg.row0 * CD)], size_t(sg.n * CD) * 4);
-    std::memcpy(state, &conv_win_[size_t(sg.n * CD)], size_t((K - 1) * CD) * 4);
-    auto conv_block = [&](int64_t b) {
-      const int64_t c0 = b * kChannelBlock, c1 = std::min(CD, c0 + kChannelBlock);
+    float* win = &conv_win_[off];
+    std::memcpy(win, state, size_t((K - 1) * CD) * 4);
+    std::memcpy(win + (K - 1) * CD, &conv_in_[size_t(sg.row0 * CD)], size_t(sg.n * CD) * 4);
+    std::memcpy(state, win + sg.n * CD, size_t((K - 1) * CD) * 4);
+    win_at[i] = int64_t(off);
+    off += size_t((K - 1 + sg.n) * CD);
+  }
+
+  // One task per (sequence, value head), each on its own state, in one region: the depthwise causal conv + SiLU of
+  // the channels the head reads (its key head's q and k, recomputed by each of that key head's value heads, and its
+  // own v), q and k L2-normalized (q also times 1/sqrt(key_head_dim)), the delta rule, then the gated RMSNorm of the
+  // head's outputs: rmsnorm(o) * w * silu(z). (The conv had a region of its own: one wake-up and barrier more per
+  // layer, and the normalization ran on the calling thread.)
+  const float qscale = float(1.0 / std::sqrt(double(dk)));
+  const std::vector<int64_t>* wa = &win_at;  // the caller's: inside the workers `win_at` names their own
+  parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
+    const int64_t si = task / nv, h = task % nv, kh = h / r;
+    const Segment& sg = segs_[size_t(si)];
+    const float* win = &conv_win_[size_t((*wa)[size_t(si)])];
+    // Channels [c0, c0 + count) of the sequence's rows into out (row stride `stride`), SiLU-ed.
+    auto conv = [&](int64_t c0, int64_t count, float* out, int64_t stride) {
       for (int64_t t = 0; t < sg.n; ++t) {
-        float* out = &conv_out_[size_t((sg.row0 + t) * CD)];
-        for (int64_t c = c0; c < c1; ++c) {
-          const float* w = &l.conv_w[size_t(c * K)];
-          float s = 0.0f;
-          for (int64_t j = 0; j < K; ++j) s += w[j] * conv_win_[size_t((t + j) * CD + c)];
-          out[c] = s;
+        float* o = out + t * stride;
+        for (int64_t c = 0; c < count; ++c) {
+          const float* w = &l.conv_w[size_t((c0 + c) * K)];
+          float acc = 0.0f;
+          for (int64_t j = 0; j < K; ++j) acc += w[j] * win[(t + j) * CD + c0 + c];
+          o[c] = acc;
         }
-        silu(out + c0, c1 - c0);
+        silu(o, count);
       }
     };
-    const int64_t blocks = (CD + kChannelBlock - 1) / kChannelBlock;
-    if (sg.n * CD >= kConvParallel) {
-      parallel_for(blocks, conv_block);
-    } else {
-      for (int64_t b = 0; b < blocks; ++b) conv_block(b);
+    thread_local std::vector<float> qk;
+    qk.resize(size_t(2 * sg.n * dk));
+    float* q = qk.data();
+    float* k = q + sg.n * dk;
+    conv(kh * dk, dk, q, dk);
+    conv(KD + kh * dk, dk, k, dk);
+    conv(2 * KD + h * dv, dv, &conv_out_[size_t(sg.row0 * CD + 2 * KD + h * dv)], CD);
+    for (int64_t t = 0; t < sg.n; ++t) {
+      l2_normalize(q + t * dk, q + t * dk, dk, qscale);
+      l2_normalize(k + t * dk, k + t * dk, dk, 1.0f);
     }
-  }
-  // q and k L2-normalized per key head (q scaled by 1/sqrt(dk)); v stays in conv_out_.
-  const float qscale = float(1.0 / std::sqrt(double(dk)));
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t g = 0; g < nk; ++g) {
-      l2_normalize(&conv_out_[size_t(t * CD + g * dk)], &dq_[size_t(t * KD + g * dk)], dk, qscale);
-      l2_normalize(&conv_out_[size_t(t * CD + KD + g * dk)], &dk_[size_t(t * KD + g * dk)], dk, 1.0f);
-    }
-
-  // The delta rule, one task per (sequence, value head): each state is its own. Then, in the same task, the gated
-  // RMSNorm of that head's outputs: rmsnorm(o) * w * silu(z).
-  parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
-    const Segment& sg = segs_[size_t(task / nv)];
-    const int64_t h = task % nv;
     float* S = seqs_[size_t(sg.seq)].recurrent_layer(li) + h * dk * dv;
-    if (chunked_delta_ && sg.n > 1) delta_rule_chunked(S, h, sg.row0, sg.n);
-    else delta_rule_recurrent(S, h, sg.row0, sg.n);
+    if (chunked_delta_ && sg.n > 1) delta_rule_chunked(S, h, sg.row0, sg.n, q, k);
+    else delta_rule_recurrent(S, h, sg.row0, sg.n, q, k);
     for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
       float* o = &core_[size_t(t * VD + h * dv)];
       rms_norm(o, l.gated_norm.data(), o, dv, c_.rms_norm_eps);
@@ -143,15 +150,15 @@ void Session::deltanet(int64_t li, int64_t n) {
 // once and written once per token (it is 64 KB per head, 2 MB per layer on Qwen3-Next: beyond L2). The decay d is a
 // scalar, so with the old state S: (dS)^T k = d S^T k and the output (dS + k delta^T)^T q = d S^T q + (q . k) delta.
 // One read pass gives S^T k and S^T q; delta = beta (v - d S^T k); one read-write pass makes S = d S + k delta^T.
-void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n) {
-  const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
+void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks) {
+  const int64_t nv = c_.linear_num_value_heads;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
   const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim();
   thread_local std::vector<float> sk;
   sk.resize(size_t(dv));
   for (int64_t t = row0; t < row0 + n; ++t) {
-    const float* q = &dq_[size_t(t * KD + (h / r) * dk)];
-    const float* k = &dk_[size_t(t * KD + (h / r) * dk)];
+    const float* q = qs + (t - row0) * dk;
+    const float* k = ks + (t - row0) * dk;
     const float* v = &conv_out_[size_t(t * CD + 2 * KD + h * dv)];
     const float decay = std::exp(decay_[size_t(t * nv + h)]), beta = beta_[size_t(t * nv + h)];
     float* o = &core_[size_t(t * VD + h * dv)];
@@ -182,21 +189,20 @@ void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n)
 //   U = T^-1 (beta v),  W = T^-1 (kb exp(c));  v_new = U - W S;
 //   o_i = exp(c_i) q_i S + sum_{j<=i} (q_i . k_j) exp(c_i - c_j) v_new_j;
 //   S <- exp(c_L) S + sum_j exp(c_L - c_j) k_j v_new_j^T.
-void Session::delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n) {
-  const int64_t nv = c_.linear_num_value_heads, nk = c_.linear_num_key_heads, r = nv / nk;
+void Session::delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks) {
+  const int64_t nv = c_.linear_num_value_heads;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
   const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim(), C = kDeltaChunk;
   thread_local std::vector<float> q, k, A, U, W, cum, P;
   q.resize(size_t(C * dk)), k.resize(size_t(C * dk)), A.resize(size_t(C * C)), U.resize(size_t(C * dv));
   W.resize(size_t(C * dk)), cum.resize(size_t(C)), P.resize(size_t(C * C));
-  const int64_t kh = h / r;
   for (int64_t t0 = row0; t0 < row0 + n; t0 += C) {
     const int64_t L = std::min(C, row0 + n - t0);
     float c = 0.0f;
     for (int64_t i = 0; i < L; ++i) {
       const int64_t t = t0 + i;
-      std::memcpy(&q[size_t(i * dk)], &dq_[size_t(t * KD + kh * dk)], size_t(dk) * 4);
-      std::memcpy(&k[size_t(i * dk)], &dk_[size_t(t * KD + kh * dk)], size_t(dk) * 4);
+      std::memcpy(&q[size_t(i * dk)], qs + (t - row0) * dk, size_t(dk) * 4);
+      std::memcpy(&k[size_t(i * dk)], ks + (t - row0) * dk, size_t(dk) * 4);
       cum[size_t(i)] = c += decay_[size_t(t * nv + h)];
     }
     // Gram matrices k k^T and q k^T of the chunk.

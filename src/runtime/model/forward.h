@@ -152,8 +152,9 @@ class Session {
   void attention(int64_t li, int64_t n);  // attention.cpp
   void deltanet(int64_t li, int64_t n);   // deltanet.cpp
   // deltanet.cpp: one value head's state over rows [row0, row0 + n) of one sequence.
-  void delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n);
-  void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n);
+  // qs, ks: the head's L2-normalized q and k of rows row0.. (row stride key_head_dim).
+  void delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks);
+  void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks);
   void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
   void mlp(int64_t li, int64_t n);
   // gpu_step.cpp: the step of the hybrid mode (the same rows and results as the CPU step's, up to float rounding).
@@ -198,7 +199,7 @@ class Session {
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
   std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
   // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
-  std::vector<float> qkvz_, ba_, conv_in_, conv_win_, conv_out_, z_, dq_, dk_, dv_, beta_, decay_, core_;
+  std::vector<float> qkvz_, ba_, conv_in_, conv_win_, conv_out_, z_, beta_, decay_, core_;
   bool chunked_delta_ = true;
   std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;

@@ -2,8 +2,9 @@
 # many-row products and without (GENESIS_AMX=0), beside llama.cpp built there for the CPU, in one call.
 #   TESTS=1      also the GPU tests (scripts/gpu_tests.sh) and the model tests that run the prefill's many-row path
 #   THREADS="16 8"  thread counts (default 16)
-#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off)
-#   NEXT=1       also the 48-layer Qwen3-Next GGUF (written there: about 155 s more)
+#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off), each its own run
+#   NEXT=1       also the 48-layer Qwen3-Next GGUF (written there while the tests run: about 155 s), Genesis with
+#                NEXT_AB's settings (default AB's) and llama-bench
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -11,6 +12,8 @@ RES=$OUT/r; mkdir -p $RES build-host
 M=build-host/q30.gguf
 ( build_llama "" ) > /dev/null 2>&1 & BL=$!
 ( synth qwen3-30b-a3b $M ) & SY=$!
+N=build-host/q80.gguf
+[ -n "${NEXT:-}" ] && { ( synth qwen3-next-80b-a3b $N ) & SN=$!; }
 step t_amx 60 /tmp/g/test_kernels --gtest_filter='Amx*'
 tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | head -20
 step t_kq 120 /tmp/g/test_kq_gemv
@@ -32,10 +35,10 @@ for t in ${THREADS:-16}; do
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
 done
 if [ -n "${NEXT:-}" ]; then
-  N=build-host/q80.gguf
-  synth qwen3-next-80b-a3b $N
-  step n_g 120 $G bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q --json $RES/n_g.json
-  step n_a 120 env GENESIS_AMX=0 $G bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q --json $RES/n_a.json
+  wait $SN
+  B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"
+  step n_g 120 $G $B --json $RES/n_g.json
+  for e in ${NEXT_AB:-${AB:-GENESIS_AMX=0}}; do step n_${e%%=*} 120 env $e $G $B --json $RES/n_${e%%=*}.json; done
   step n_l 120 $LB -m $N -p 512 -n 32 -r 2 -t 16 -o json
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES

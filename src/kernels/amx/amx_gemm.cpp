@@ -216,6 +216,14 @@ bool available() {
   return a;
 }
 
+int64_t min_rows() {
+  static const int64_t m = [] {
+    const char* env = std::getenv("GENESIS_AMX_ROWS");
+    return env ? std::max<int64_t>(1, std::atoll(env)) : kDefaultMinRows;
+  }();
+  return m;
+}
+
 void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
   if (n < 1 || cols < 1) fail("amx pack: {} rows of {} columns", n, cols);
   p.n = n;

@@ -24,6 +24,11 @@ inline constexpr int kBlockRows = 32; // weight rows per block (two A tiles)
 // GENESIS_MAX_ISA=amx (the default where AMX exists); GENESIS_AMX=0 turns the path off for A/B runs.
 bool available();
 
+// Rows of x from which a family's product takes the tiles (GENESIS_AMX_ROWS, default kDefaultMinRows): below, the
+// weights' widening to bf16 is paid by too few rows against the family's own int8 kernels.
+inline constexpr int64_t kDefaultMinRows = 32;
+int64_t min_rows();
+
 // x [n][cols] as B tiles: for a group g of 16 rows and a block kb of 32 columns one 1 KiB tile at tile(g, kb) whose
 // row kk holds, for each of the group's rows t, the bf16 pair (x[t][32 kb + 2 kk], x[t][32 kb + 2 kk + 1]). Groups
 // are padded to an even count and the columns to whole blocks, with zeros.

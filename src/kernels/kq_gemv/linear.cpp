@@ -2,7 +2,8 @@
 // product, up to kMaxRows (128) rows of x (kernel passes of at most 16 rows); above, rows widened to fp32 (ggml's
 // dequantization, exact) and one sgemm. Measured on 768x2048 Q4_K, 1 thread: 64 rows 0.76 ms on the kernels, 65
 // rows 2.5 ms widened, 128 rows 2.4 ms widened (the widening dominates); Q6_K 2048x768: 0.88 / 3.5 / 5.1 ms.
-// Where the CPU has AMX, the many-row path runs on bf16 tiles instead (kernels/amx: x packed once in prepare()).
+// Where the CPU has AMX, products of amx::min_rows() rows or more run on bf16 tiles instead (kernels/amx: x packed
+// once in prepare()).
 #include <fmt/format.h>
 
 #include "common/error.h"
@@ -18,7 +19,7 @@ constexpr std::string_view kName = "kq_gemv";
 struct KqActivations : LinearActivations {
   Activations q;             // n <= kMaxRows: int8 activations for the kernels
   const float* x = nullptr;  // n > kMaxRows: fp32 rows for the widened GEMM
-  amx::PackedRows packed;    // n > kMaxRows where AMX exists: x as the tiles' B operand
+  amx::PackedRows packed;    // n >= amx::min_rows() where AMX exists: x as the tiles' B operand
 };
 
 class KqLinear final : public Linear {
@@ -38,7 +39,7 @@ class KqLinear final : public Linear {
   std::string describe() const override {
     return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{}{})", format(), path_name(path()),
                        genome_ == Genome::baseline() ? "" : ", genome " + genome_.serialize(),
-                       amx::available() ? fmt::format("; AMX bf16 tiles from {} rows", kMaxRows + 1) : "");
+                       amx::available() ? fmt::format("; AMX bf16 tiles from {} rows", amx::min_rows()) : "");
   }
   std::string_view activation_kind() const override { return kind_; }
   std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<KqActivations>(); }
@@ -48,16 +49,20 @@ class KqLinear final : public Linear {
     k.n = n;
     k.cols = cols();
     k.x = x;
-    if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
-    else if (amx::available()) amx::pack_rows(x, n, cols(), k.packed);
-    if (n <= kMaxRows || !amx::available()) k.packed.n = 0;
+    const bool tiles = amx::available() && n >= amx::min_rows();
+    if (tiles) amx::pack_rows(x, n, cols(), k.packed);
+    else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
+    if (!tiles) k.packed.n = 0;
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& k = activations_as<KqActivations>(a, kName);
     if (k.cols != cols()) fail("kq_gemv: activations of {} columns for a matrix of {}", k.cols, cols());
+    if (k.packed.n == k.n) {
+      amx::widened_rows(*this, k.packed, y, r0, r1);
+      return;
+    }
     if (k.n > kMaxRows) {
-      if (k.packed.n == k.n) amx::widened_rows(*this, k.packed, y, r0, r1);
-      else widened_gemm_rows(*this, k.x, k.n, y, r0, r1);
+      widened_gemm_rows(*this, k.x, k.n, y, r0, r1);
       return;
     }
     kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path(), k.q.n == 1 ? genome_ : genome_rows_);

@@ -41,6 +41,38 @@ void to_bf16(const float* x, uint16_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = quant::f32_to_bf16(x[i]);
 }
 
+// out[j * 16 + i] = in[i * 16 + j] over 16 x 16 dwords: four 8 x 8 transposes in AVX2 registers where the CPU has
+// them (every AMX CPU does), else element by element.
+__attribute__((target("avx2"))) void transpose_8x8(const uint32_t* in, uint32_t* out) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i * 16)));
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * 16), _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i + 4) * 16), _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31)));
+  }
+}
+
+void transpose_16x16(const uint32_t* in, uint32_t* out) {
+  static const bool avx2 = cpu::mayiuse(cpu::Isa::avx2);
+  if (avx2) {
+    for (int bi = 0; bi < 2; ++bi)
+      for (int bj = 0; bj < 2; ++bj) transpose_8x8(in + bi * 8 * 16 + bj * 8, out + bj * 8 * 16 + bi * 8);
+    return;
+  }
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 16; ++j) out[j * 16 + i] = in[i * 16 + j];
+}
+
 // The tile configuration of every call: palette 1, tiles 0..7 of 16 rows x 64 bytes.
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -230,19 +262,17 @@ void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
   p.cols = cols;
   p.groups = ((n + kTileRows - 1) / kTileRows + 1) / 2 * 2;
   p.kblocks = (cols + kTileK - 1) / kTileK;
-  p.data.assign(size_t(p.groups * p.kblocks * 512), 0);
-  alignas(64) uint16_t row[kTileK];
+  p.data.resize(size_t(p.groups * p.kblocks * 512));
+  alignas(64) uint32_t rows[kTileRows][kTileK / 2];  // the tile's 16 rows of x as bf16 pairs
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t kb = 0; kb < p.kblocks; ++kb) {
       uint16_t* tile = p.data.data() + (g * p.kblocks + kb) * 512;
       const int64_t c0 = kb * kTileK, cn = std::min<int64_t>(kTileK, cols - c0);
-      for (int t = 0; t < kTileRows; ++t) {
-        const int64_t tr = g * kTileRows + t;
-        if (tr >= n) break;
-        std::memset(row, 0, sizeof row);
-        to_bf16(x + tr * cols + c0, row, cn);
-        for (int kk = 0; kk < kTileK / 2; ++kk) std::memcpy(tile + kk * 32 + t * 2, row + 2 * kk, 4);
-      }
+      const int64_t tn = std::clamp<int64_t>(n - g * kTileRows, 0, kTileRows);
+      if (tn < kTileRows || cn < kTileK) std::memset(rows, 0, sizeof rows);
+      for (int64_t t = 0; t < tn; ++t)
+        to_bf16(x + (g * kTileRows + t) * cols + c0, reinterpret_cast<uint16_t*>(rows[t]), cn);
+      transpose_16x16(&rows[0][0], reinterpret_cast<uint32_t*>(tile));
     }
 }
 

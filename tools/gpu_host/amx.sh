@@ -13,7 +13,7 @@ M=build-host/q30.gguf
 ( build_llama "" ) > /dev/null 2>&1 & BL=$!
 ( synth qwen3-30b-a3b $M ) & SY=$!
 N=build-host/q80.gguf
-[ -n "${NEXT:-}" ] && { ( synth qwen3-next-80b-a3b $N ) & SN=$!; }
+[ -n "${NEXT:-}" ] && { ( synth qwen3next $N ) & SN=$!; }
 step t_amx 60 /tmp/g/test_kernels --gtest_filter='Amx*'
 tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | head -20
 step t_kq 120 /tmp/g/test_kq_gemv

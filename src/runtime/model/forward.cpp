@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "kernels/amx/amx_gemm.h"
 #include "runtime/model/dense.h"
 
 namespace genesis::runtime {
@@ -46,9 +47,10 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
   use_blas_single_threaded();
   capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
-  // The hybrid mode's prefill streams each layer's experts to the GPU once per step: longer steps read them for more
-  // rows (llama.cpp's default batch is 512 too).
-  chunk_ = m.gpu() ? 2 * kMaxChunk : kMaxChunk;
+  // The hybrid mode's prefill streams each layer's experts to the GPU once per step, and AMX tiles widen each expert's
+  // weights to bf16 once per unit of rows: longer steps read them for more rows (llama.cpp's default batch is 512 too).
+  chunk_ = m.gpu() || kernels::amx::available() ? 2 * kMaxChunk : kMaxChunk;
+  unit_rows_ = kernels::amx::available() ? kAmxUnitRows : kMaxUnitRows;
   const size_t n = size_t(chunk_);
   // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
   const bool any_dense = c_.moe_layers() < c_.num_layers;

@@ -1,5 +1,5 @@
 // The MoE layer over a batch of rows (xn_ -> tmp_): one router product for all rows and top-k per row; the
-// (row, expert) pairs grouped by expert into units of up to kMaxUnitRows rows that share one pass over the expert's
+// (row, expert) pairs grouped by expert into units of up to unit_rows_ rows that share one pass over the expert's
 // weights; gate_up as one parallel region of (unit, row block) tasks claimed dynamically, where the task that
 // finishes a unit's last block runs its SwiGLU and converts the down input; down as a second region; then each row's
 // weighted sum of its experts' outputs, in the router's order (highest probability first).
@@ -86,9 +86,9 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   const bool elsewhere = !pair_elsewhere_.empty();
   units_.clear();
   for (int64_t e = 0; e < E; ++e)
-    for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += kMaxUnitRows)
+    for (int32_t p0 = start[size_t(e)]; p0 < start[size_t(e + 1)]; p0 += unit_rows_)
       if (!elsewhere || pair_elsewhere_[size_t(p0)] < 0)  // an expert's pairs run all on the CPU or all on the GPU
-        units_.push_back({int32_t(e), p0, std::min<int32_t>(kMaxUnitRows, start[size_t(e + 1)] - p0)});
+        units_.push_back({int32_t(e), p0, std::min<int32_t>(unit_rows_, start[size_t(e + 1)] - p0)});
   const int64_t U = int64_t(units_.size());
 
   if (moe_h_.size() < size_t(P * 2 * I)) {

@@ -137,39 +137,16 @@ void Session::attention(int64_t li, int64_t n) {
                                               std::max<int64_t>(1, max_len / kMinSpan));
     const size_t part = size_t(hd + 2);  // per (task, head): max, sum, weighted values
     if (att_part_.size() < size_t(m * nkv * spans * group) * part) att_part_.resize(size_t(m * nkv * spans * group) * part);
-    parallel_for(m * nkv * spans, [&](int64_t task) {
-      const int64_t sp = task % spans, kvh = (task / spans) % nkv;
-      const DecodeRow& d = drows[size_t(task / (spans * nkv))];
-      const int64_t t = d.t, pos = d.pos;
-      const float *kc = d.kc, *vc = d.vc;
-      const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
-      const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
-      const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
-      float* out = &att_part_[size_t(task * group) * part];
-      const int64_t cnt = std::max<int64_t>(j1 - j0, 0);
-      if (cnt == 0) {
-        for (int64_t g = 0; g < group; ++g) out[g * part] = -INFINITY, out[g * part + 1] = 0.0f;
-        return;
-      }
-      // The group's query heads are consecutive rows of q: scores [group, cnt] = scale * Q K^T and the weighted
-      // values [group, hd] = P V over the span's keys and values, each row read once for all heads.
-      thread_local std::vector<float> s;
-      s.resize(size_t(group * cnt));
-      const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
-      group_scores(qg, group, kc + (kvh * cap + j0) * hd, cnt, hd, scale, s.data());
+    if (span_left_size_ < size_t(m * nkv)) {
+      span_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(m * nkv));
+      span_left_size_ = size_t(m * nkv);
+    }
+    for (int64_t i = 0; i < m * nkv; ++i) span_left_[size_t(i)].store(int32_t(spans), std::memory_order_relaxed);
+    // The spans of (row i, KV head kvh) merged into each of its query heads' output: every span's sum and values
+    // rescaled to the common max.
+    auto merge = [&](int64_t i, int64_t kvh) {
       for (int64_t g = 0; g < group; ++g) {
-        float* sg = &s[size_t(g * cnt)];
-        float mx = -INFINITY, sum = 0.0f;
-        for (int64_t j = 0; j < cnt; ++j) mx = std::max(mx, sg[j]);
-        sum = float(exp_shift_sum(sg, cnt, mx));
-        out[g * part] = mx, out[g * part + 1] = sum;
-      }
-      group_weighted_sum(s.data(), group, vc + (kvh * cap + j0) * hd, cnt, hd, out + 2, int64_t(part));
-    });
-    // Merge the spans of each (row, head): rescale each span's sum and values to the common max.
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t h = 0; h < nh; ++h) {
-        const int64_t kvh = h / group, g = h % group;
+        const int64_t h = kvh * group + g;
         float mx = -INFINITY;
         for (int64_t sp = 0; sp < spans; ++sp) mx = std::max(mx, att_part_[size_t(((i * nkv + kvh) * spans + sp) * group + g) * part]);
         float* o = &att_[size_t(drows[size_t(i)].t * qd + h * hd)];
@@ -185,6 +162,40 @@ void Session::attention(int64_t li, int64_t n) {
         const float inv = 1.0f / sum;
         for (int64_t i2 = 0; i2 < hd; ++i2) o[i2] *= inv;
       }
+    };
+    parallel_for(m * nkv * spans, [&](int64_t task) {
+      const int64_t sp = task % spans, kvh = (task / spans) % nkv;
+      const DecodeRow& d = drows[size_t(task / (spans * nkv))];
+      const int64_t t = d.t, pos = d.pos;
+      const float *kc = d.kc, *vc = d.vc;
+      const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
+      const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
+      const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
+      float* out = &att_part_[size_t(task * group) * part];
+      const int64_t cnt = std::max<int64_t>(j1 - j0, 0);
+      if (cnt == 0) {
+        for (int64_t g = 0; g < group; ++g) out[g * part] = -INFINITY, out[g * part + 1] = 0.0f;
+      } else {
+        // The group's query heads are consecutive rows of q: scores [group, cnt] = scale * Q K^T and the weighted
+        // values [group, hd] = P V over the span's keys and values, each row read once for all heads.
+        thread_local std::vector<float> s;
+        s.resize(size_t(group * cnt));
+        const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
+        group_scores(qg, group, kc + (kvh * cap + j0) * hd, cnt, hd, scale, s.data());
+        for (int64_t g = 0; g < group; ++g) {
+          float* sg = &s[size_t(g * cnt)];
+          float mx = -INFINITY, sum = 0.0f;
+          for (int64_t j = 0; j < cnt; ++j) mx = std::max(mx, sg[j]);
+          sum = float(exp_shift_sum(sg, cnt, mx));
+          out[g * part] = mx, out[g * part + 1] = sum;
+        }
+        group_weighted_sum(s.data(), group, vc + (kvh * cap + j0) * hd, cnt, hd, out + 2, int64_t(part));
+      }
+      // The task that finishes a (row, KV head)'s last span merges them (acq_rel: the other spans' parts are
+      // visible), in the region rather than on the calling thread after it.
+      const int64_t rk = task / spans;
+      if (span_left_[size_t(rk)].fetch_sub(1, std::memory_order_acq_rel) == 1) merge(rk / nkv, rk % nkv);
+    });
   }
   clock_.lap(Op::attention);
   if (gated) {

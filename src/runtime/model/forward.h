@@ -234,6 +234,8 @@ class Session {
   std::vector<int32_t> unit_prep_;                  // [units]
   std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
   size_t unit_left_size_ = 0;
+  std::unique_ptr<std::atomic<int32_t>[]> span_left_;    // [decode rows x KV heads] attention spans not yet done
+  size_t span_left_size_ = 0;
 
   Profile prof_;
   ProfileClock clock_;

@@ -109,6 +109,50 @@ void run_kq(const BenchArgs& args) {
   finish(args, kq::run_bench(opt, print_row));
 }
 
+struct GemmArgs {
+  std::vector<std::string> shapes;
+  std::vector<int> rows = {512}, threads;
+  std::string format = "Q4_K", json_file;
+  int samples = 7;
+};
+
+// `bench gemm`: the prefill's many-row products (kq_gemv formats) through the Linear seam.
+void run_gemm(const GemmArgs& args) {
+  kq::GemmBenchOptions opt;
+  const auto f = kq::parse_format(args.format);
+  if (!f) fail("--format '{}' is unknown; possible: {}", args.format, kq::format_names());
+  opt.format = *f;
+  for (const auto& s : args.shapes) opt.shapes.push_back(parse_shape(s));
+  if (opt.shapes.empty()) opt.shapes = {{5120, 2048}, {2048, 4096}, {1536, 2048}, {2048, 768}};
+  opt.rows = args.rows;
+  for (int r : opt.rows)
+    if (r < 1 || r > 4096) fail("--rows {}: possible values are 1..4096", r);
+  opt.threads = args.threads;
+  for (int t : opt.threads)
+    if (t < 1) fail("--threads {}: must be at least 1", t);
+  opt.samples = args.samples;
+  fmt::print("{:>4} {:>10} {:>5} {:>3} {:>10} {:>10} {:>8} {:>11} {:>8}  {}\n", "fmt", "shape", "rows", "th", "median_us",
+             "prepare_us", "GMAC/s", "tiles_only", "GMAC/s", "path");
+  auto row = [](const nlohmann::json& r) {
+    const bool t = r.contains("tiles_only_us");
+    fmt::print("{:>4} {:>10} {:>5} {:>3} {:>10.1f} {:>10.1f} {:>8.1f} {:>11} {:>8}  {}\n", r["format"].get<std::string>(),
+               r["shape"].get<std::string>(), r["rows"].get<int>(), r["threads"].get<int>(),
+               r["median_us"].get<double>(), r["prepare_us"].get<double>(), r["gmacs"].get<double>(),
+               t ? fmt::format("{:.1f}", r["tiles_only_us"].get<double>()) : "-",
+               t ? fmt::format("{:.1f}", r["tiles_only_gmacs"].get<double>()) : "-", r["path"].get<std::string>());
+    std::fflush(stdout);
+  };
+  const auto result = kq::run_gemm_bench(opt, row);
+  fmt::print("machine {}; AMX tiles {}\n", result["machine"]["signature"].get<std::string>(),
+             result["machine"]["amx_tiles"].get<bool>() ? "yes" : "no");
+  if (!args.json_file.empty()) {
+    std::ofstream out(args.json_file);
+    if (!out) fail("cannot write --json file '{}'", args.json_file);
+    out << result.dump(2) << "\n";
+    fmt::print("wrote {}\n", args.json_file);
+  }
+}
+
 void setup_bench(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks (kernels, models); each has --json");
   bench->require_subcommand(1);
@@ -138,6 +182,20 @@ void setup_bench(CLI::App& app) {
   g->add_option("--genome", args->genome,
                 "GGUF formats: the kq_gemv genome the JIT paths run, as text (e.g. 'pass=16'; unnamed genes keep "
                 "their baseline values; default: the baseline genome)");
+  auto gargs = std::make_shared<GemmArgs>();
+  auto* gm = bench->add_subcommand(
+      "gemm", "the prefill's many-row products of a GGUF format (kq_gemv) through the runtime's seam: prepare, then "
+              "one row range per thread; the int8 kernels, or AMX bf16 tiles where the CPU has them (GENESIS_AMX=0 "
+              "turns them off, GENESIS_AMX_ROWS sets where they start)");
+  gm->add_option("--format", gargs->format, "weight format: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0, Q4_1");
+  gm->add_option("--shape", gargs->shapes,
+                 "MxK weight shapes (default: the 30B-A3B shape's q+k+v 5120x2048, o 2048x4096, expert gate_up "
+                 "1536x2048 and down 2048x768)");
+  gm->add_option("--rows", gargs->rows, "rows of x, 1..4096 (default 512: a prefill chunk)");
+  gm->add_option("--threads", gargs->threads, "thread counts (default: 1 and all cores)");
+  gm->add_option("--samples", gargs->samples, "timed samples per measurement")->check(CLI::Range(3, 1000));
+  gm->add_option("--json", gargs->json_file, "also write {machine, results} as JSON to FILE");
+  gm->callback([gargs] { run_gemm(*gargs); });
   g->callback([args] {
     const auto family = genesis::kernels::bench_family_for(args->format);
     if (!family)

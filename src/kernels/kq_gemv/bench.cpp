@@ -14,10 +14,13 @@
 #include "cpu/bandwidth.h"
 #include "cpu/info.h"
 #include "cpu/thread_pool.h"
+#include "kernels/amx/amx_gemm.h"
 #include "kernels/ggml_gemv/ggml_gemv.h"
 #include "kernels/kq_gemv/build.h"
 #include "kernels/kq_gemv/layout.h"
+#include "kernels/linear.h"
 #include "quant/ggml.h"
+#include "quant/half.h"
 
 namespace genesis::kernels::kq_gemv {
 namespace {
@@ -173,6 +176,85 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
             out["results"].push_back(rec);
           }
         }
+      }
+    }
+  return out;
+}
+
+nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
+                              const std::function<void(const nlohmann::json&)>& on_record) {
+  using nlohmann::json;
+  const auto& info = cpu::cpu_info();
+  std::vector<int> threads = opt.threads;
+  const int all = int(cpu::allowed_cpus().size());
+  if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  json out;
+  out["machine"] = {{"signature", info.signature}, {"brand", info.brand}, {"amx_tiles", amx::available()}};
+  out["results"] = json::array();
+  cpu::pin_current_thread(cpu::allowed_cpus().front());
+  TimingOptions topt;
+  topt.samples = opt.samples;
+  for (const auto& shape : opt.shapes)
+    for (int n : opt.rows) {
+      const int64_t M = shape.first, K = shape.second;
+      if (n < 1 || n > 4096) fail("bench gemm: {} rows of x; 1..4096 possible", n);
+      const auto stored = random_stored(opt.format, M, K, uint64_t(M * 131 + K));
+      const auto lin = make_linear(
+          std::make_shared<const Matrix>(make_matrix(ggml_type(opt.format), M, K, stored.data(), stored.size())));
+      std::vector<float> x(size_t(n) * size_t(K)), y(size_t(n) * size_t(M));
+      for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * float(i)) + 0.1f;
+      auto acts = lin->new_activations();
+      const bool tiles = amx::available() && n >= amx::min_rows();
+      // The tiles alone: every row widened to bf16 beforehand (the stride widened_rows uses).
+      std::vector<uint16_t> wb;
+      amx::PackedRows packed;
+      int64_t ldw = 0;
+      if (tiles) {
+        amx::pack_rows(x.data(), n, K, packed);
+        ldw = packed.kblocks * amx::kTileK + amx::kTileK;
+        const int64_t mp = (M + amx::kBlockRows - 1) / amx::kBlockRows * amx::kBlockRows;
+        wb.assign(size_t(mp * ldw), 0);
+        std::vector<float> f(static_cast<size_t>(K));
+        for (int64_t r = 0; r < M; ++r) {
+          lin->row_f32(r, f.data());
+          for (int64_t c = 0; c < K; ++c) wb[size_t(r * ldw + c)] = quant::f32_to_bf16(f[size_t(c)]);
+        }
+      }
+      for (int nt : threads) {
+        std::unique_ptr<cpu::ThreadPool> pool = nt > 1 ? std::make_unique<cpu::ThreadPool>(nt) : nullptr;
+        // Rows per thread as the runtime's prefill splits them: an even share rounded up to 32.
+        const int64_t per = ((M + nt - 1) / nt + 31) / 32 * 32;
+        auto over_threads = [&](const std::function<void(int64_t, int64_t)>& f) {
+          if (!pool) return f(0, M);
+          pool->run([&](int tid, int) {
+            const int64_t a = std::min(M, int64_t(tid) * per), b = std::min(M, a + per);
+            if (a < b) f(a, b);
+          });
+        };
+        const auto prep = time_calls([&] { lin->prepare(x.data(), n, *acts); }, topt);
+        const auto whole = time_calls(
+            [&] {
+              lin->prepare(x.data(), n, *acts);
+              over_threads([&](int64_t a, int64_t b) { lin->run_rows(*acts, y.data(), a, b); });
+            },
+            topt);
+        const double macs = double(M) * double(K) * double(n);
+        json rec{{"format", format_name(opt.format)}, {"shape", shape_text(M, K)}, {"rows", n}, {"threads", nt},
+                 {"path", lin->describe()}, {"tiles", tiles}, {"median_us", whole.median_us}, {"iqr_us", whole.iqr_us},
+                 {"prepare_us", prep.median_us}, {"gmacs", macs / (whole.median_us * 1e3)}};
+        if (tiles) {
+          const auto bare = time_calls(
+              [&] {
+                over_threads([&](int64_t a, int64_t b) {
+                  amx::gemm_bf16(wb.data() + a * ldw, ldw, b - a, packed, y.data() + a, M);
+                });
+              },
+              topt);
+          rec["tiles_only_us"] = bare.median_us;
+          rec["tiles_only_gmacs"] = macs / (bare.median_us * 1e3);
+        }
+        on_record(rec);
+        out["results"].push_back(rec);
       }
     }
   return out;

@@ -29,6 +29,20 @@ struct BenchOptions {
 
 nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const nlohmann::json&)>& on_record);
 
+// `genesis bench gemm`: the many-row products of a prefill chunk through the Linear seam, as the runtime runs them
+// (prepare() on the calling thread, then one contiguous row range per thread): for each shape x rows x threads the
+// median time, the prepare() part alone, multiply-adds per second, and the path describe() names (AMX tiles, the
+// int8 kernels in passes of 16 rows, or widening + sgemm). Where AMX tiles serve, also the tiles alone on rows
+// widened beforehand (what the widening costs is the difference).
+struct GemmBenchOptions {
+  Format format = Format::q4_k;
+  std::vector<std::pair<int64_t, int64_t>> shapes;  // rows x cols (M x K)
+  std::vector<int> rows = {512};                    // rows of x
+  std::vector<int> threads;                         // empty = {1, all}
+  int samples = 7;
+};
+nlohmann::json run_gemm_bench(const GemmBenchOptions& opt, const std::function<void(const nlohmann::json&)>& on_record);
+
 // Random stored blocks of a format (every code byte random, scales halves of moderate size): benchmarks need bytes.
 std::vector<uint8_t> random_stored(Format f, int64_t rows, int64_t cols, uint64_t seed);
 

@@ -26,6 +26,21 @@ std::vector<float> random_values(size_t n, uint32_t seed) {
 
 float rounded(float x) { return quant::bf16_to_f32(quant::f32_to_bf16(x)); }
 
+// The bound of a product with both operands rounded to bf16 (2^-9 relative each): 2^-8 of sum |w x|, plus fp32
+// accumulation. mag[t * rows + r] = sum_k |w[r][k] x[t][k]|.
+std::vector<double> magnitudes(const std::vector<float>& w, const std::vector<float>& x, int64_t rows, int64_t cols,
+                               int64_t n) {
+  std::vector<double> mag(size_t(n * rows));
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      double m = 0;
+      for (int64_t k = 0; k < cols; ++k) m += std::fabs(double(w[size_t(r * cols + k)]) * x[size_t(t * cols + k)]);
+      mag[size_t(t * rows + r)] = m;
+    }
+  return mag;
+}
+constexpr double kBf16Bound = 1.0 / 256 + 1e-5;
+
 TEST(AmxGemm, PackedRowsFollowTheTileLayout) {
   const int64_t n = 19, cols = 70;  // two groups (the second padded), three column blocks (the last partial)
   const auto x = random_values(size_t(n * cols), 1);
@@ -50,7 +65,7 @@ struct Case {
 };
 
 // w bf16 [round_up(rows, 32)][ldw] (padding zero), x fp32; the reference in fp64 over the bf16-rounded operands.
-void check_driver(const Case& c, bool hardware) {
+void check_driver(const Case& c, bool hardware, Order order) {
   const int64_t ldw = (c.cols + 31) / 32 * 32 + 32 * (c.rows % 3 == 0);  // a stride wider than the columns, too
   const int64_t rows_pad = (c.rows + 31) / 32 * 32;
   const auto wf = random_values(size_t(c.rows * c.cols), uint32_t(c.rows * 7 + c.cols));
@@ -62,8 +77,8 @@ void check_driver(const Case& c, bool hardware) {
   pack_rows(x.data(), c.n, c.cols, p);
   const int64_t ldy = c.rows + 5;  // y's stride is the caller's: untouched columns stay as they were
   std::vector<float> soft(size_t(c.n * ldy), -7.0f), hard(soft);
-  gemm_bf16_emulated(w.data(), ldw, c.rows, p, soft.data(), ldy);
-  if (hardware) gemm_bf16(w.data(), ldw, c.rows, p, hard.data(), ldy);
+  gemm_bf16_emulated(w.data(), ldw, c.rows, p, soft.data(), ldy, order);
+  if (hardware) gemm_bf16(w.data(), ldw, c.rows, p, hard.data(), ldy, order);
   for (int64_t t = 0; t < c.n; ++t)
     for (int64_t r = 0; r < ldy; ++r) {
       const float got = soft[size_t(t * ldy + r)];
@@ -90,15 +105,37 @@ void check_driver(const Case& c, bool hardware) {
     }
 }
 
-const Case kCases[] = {{32, 32, 64}, {1, 1, 32}, {45, 37, 70}, {16, 17, 576}, {96, 64, 2048}, {33, 130, 100}};
+// {96, 64, 2048} and {40, 33, 600}: several column panels (256 columns each), the last partial.
+const Case kCases[] = {{32, 32, 64}, {1, 1, 32}, {45, 37, 70}, {16, 17, 576}, {96, 64, 2048}, {33, 130, 100}, {40, 33, 600}};
 
 TEST(AmxGemm, SoftwareTilesMatchTheReference) {
-  for (const Case& c : kCases) check_driver(c, false);
+  for (const Case& c : kCases)
+    for (Order o : {Order::rows, Order::panels}) check_driver(c, false, o);
 }
 
 TEST(AmxGemm, HardwareMatchesTheReference) {
   if (!available()) GTEST_SKIP() << "no AMX bf16 tiles here (or GENESIS_MAX_ISA / GENESIS_AMX=0)";
-  for (const Case& c : kCases) check_driver(c, true);
+  for (const Case& c : kCases)
+    for (Order o : {Order::rows, Order::panels}) check_driver(c, true, o);
+}
+
+// Widening a Linear's rows (both orders; the panels widen a thread's whole range first) over the software tiles.
+TEST(AmxGemm, EmulatedWidenedRowsMatchTheSgemmPath) {
+  const int64_t rows = 90, cols = 600, n = 40;
+  const auto w = random_values(size_t(rows * cols), 7);
+  const auto x = random_values(size_t(n * cols), 8);
+  const auto lin = float_dense::make_f32(rows, cols, w);
+  std::vector<float> want(size_t(n * rows));
+  widened_gemm_rows(*lin, x.data(), n, want.data(), 0, rows);
+  PackedRows p;
+  pack_rows(x.data(), n, cols, p);
+  const auto mag = magnitudes(w, x, rows, cols, n);
+  for (Order o : {Order::rows, Order::panels}) {
+    std::vector<float> got(size_t(n * rows), 0.0f);
+    widened_rows_emulated(*lin, p, got.data(), 0, 50, o);
+    widened_rows_emulated(*lin, p, got.data(), 50, rows, o);
+    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kBf16Bound * mag[i]) << i;
+  }
 }
 
 TEST(AmxGemm, WidenedRowsMatchTheSgemmPath) {
@@ -113,8 +150,8 @@ TEST(AmxGemm, WidenedRowsMatchTheSgemmPath) {
   pack_rows(x.data(), n, cols, p);
   widened_rows(*lin, p, got.data(), 0, 100);  // two calls, as two threads' shares
   widened_rows(*lin, p, got.data(), 100, rows);
-  for (size_t i = 0; i < want.size(); ++i)  // bf16 operands: 2^-8 relative per element, sqrt(cols) in the sum
-    ASSERT_NEAR(got[i], want[i], 0.01 * std::sqrt(double(cols))) << i;
+  const auto mag = magnitudes(w, x, rows, cols, n);
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kBf16Bound * mag[i]) << i;
 }
 
 }  // namespace

@@ -17,8 +17,8 @@ namespace genesis::kernels::amx {
 namespace {
 
 bool vector_bf16() {
-  static const bool v = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) &&
-                        cpu::mayiuse(cpu::Isa::avx512bf16);
+  static const bool v =
+      cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16);
   return v;
 }
 
@@ -45,7 +45,8 @@ void to_bf16(const float* x, uint16_t* out, int64_t n) {
 // them (every AMX CPU does), else element by element.
 __attribute__((target("avx2"))) void transpose_8x8(const uint32_t* in, uint32_t* out) {
   __m256 r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i * 16)));
+  for (int i = 0; i < 8; ++i)
+    r[i] = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i * 16)));
   for (int i = 0; i < 8; i += 2) {
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -57,8 +58,10 @@ __attribute__((target("avx2"))) void transpose_8x8(const uint32_t* in, uint32_t*
     u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
   for (int i = 0; i < 4; ++i) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * 16), _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i + 4) * 16), _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * 16),
+                        _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x20)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (i + 4) * 16),
+                        _mm256_castps_si256(_mm256_permute2f128_ps(u[i], u[i + 4], 0x31)));
   }
 }
 
@@ -232,8 +235,7 @@ void drive(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const Packed
 constexpr int64_t kPanelBlocks = 8;
 
 template <class Tiles>
-void drive_panels(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y,
-                  int64_t ldy) {
+void drive_panels(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
   const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows, pairs = x.groups / 2, stride = ldw * 2;
   thread_local std::vector<float> acc_store;  // [block][pair][4 tiles][16][16]
   acc_store.resize(size_t(blocks * pairs * 1024));
@@ -278,7 +280,8 @@ void drive_panels(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const
       for (int i = 0; i < 4; ++i) {
         const float* c = acc + (b * pairs + gp) * 1024 + i * 256;
         const int64_t r0 = b * kBlockRows + (i >> 1) * kTileRows, t0 = (2 * gp + (i & 1)) * kTileRows;
-        const int64_t rn = std::clamp<int64_t>(rows - r0, 0, kTileRows), tn = std::clamp<int64_t>(x.n - t0, 0, kTileRows);
+        const int64_t rn = std::clamp<int64_t>(rows - r0, 0, kTileRows),
+                      tn = std::clamp<int64_t>(x.n - t0, 0, kTileRows);
         for (int64_t t = 0; t < tn; ++t)
           for (int64_t r = 0; r < rn; ++r) y[(t0 + t) * ldy + r0 + r] = c[r * 16 + t];
       }
@@ -293,8 +296,10 @@ void check(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x) {
 __attribute__((target("amx-tile,amx-bf16"))) void gemm_hard(const uint16_t* w, int64_t ldw, int64_t rows,
                                                             const PackedRows& x, float* y, int64_t ldy, bool panels) {
   HardTiles tl;
-  if (panels) drive_panels(tl, w, ldw, rows, x, y, ldy);
-  else drive(tl, w, ldw, rows, x, y, ldy);
+  if (panels)
+    drive_panels(tl, w, ldw, rows, x, y, ldy);
+  else
+    drive(tl, w, ldw, rows, x, y, ldy);
 }
 
 }  // namespace
@@ -346,8 +351,7 @@ bool panels() {
 }
 }  // namespace
 
-void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy,
-               Order order) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy, Order order) {
   if (!available()) fail("amx gemm: this CPU (or GENESIS_MAX_ISA / GENESIS_AMX) gives no AMX bf16 tiles");
   check(w, ldw, rows, x);
   gemm_hard(w, ldw, rows, x, y, ldy, order == Order::panels);
@@ -357,8 +361,10 @@ void gemm_bf16_emulated(const uint16_t* w, int64_t ldw, int64_t rows, const Pack
                         Order order) {
   check(w, ldw, rows, x);
   SoftTiles tl;
-  if (order == Order::panels) drive_panels(tl, w, ldw, rows, x, y, ldy);
-  else drive(tl, w, ldw, rows, x, y, ldy);
+  if (order == Order::panels)
+    drive_panels(tl, w, ldw, rows, x, y, ldy);
+  else
+    drive(tl, w, ldw, rows, x, y, ldy);
 }
 
 namespace {
@@ -385,8 +391,10 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
       to_bf16(f.data(), b.data() + r * ldw, cols);
       std::fill(b.begin() + r * ldw + cols, b.begin() + (r + 1) * ldw, uint16_t(0));
     }
-    if (emulated) gemm_bf16_emulated(b.data(), ldw, R, x, y + rb, w.rows(), order);
-    else gemm_bf16(b.data(), ldw, R, x, y + rb, w.rows(), order);
+    if (emulated)
+      gemm_bf16_emulated(b.data(), ldw, R, x, y + rb, w.rows(), order);
+    else
+      gemm_bf16(b.data(), ldw, R, x, y + rb, w.rows(), order);
   }
 }
 

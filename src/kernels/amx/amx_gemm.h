@@ -16,9 +16,9 @@ class Linear;
 
 namespace genesis::kernels::amx {
 
-inline constexpr int kTileRows = 16;  // rows of every tile; rows of x per B tile
-inline constexpr int kTileK = 32;     // bf16 columns per tile row (64 bytes)
-inline constexpr int kBlockRows = 32; // weight rows per block (two A tiles)
+inline constexpr int kTileRows = 16;   // rows of every tile; rows of x per B tile
+inline constexpr int kTileK = 32;      // bf16 columns per tile row (64 bytes)
+inline constexpr int kBlockRows = 32;  // weight rows per block (two A tiles)
 
 // AMX tiles with bf16 products usable in this process: cpuid, the OS's permission (requested at detection) and
 // GENESIS_MAX_ISA=amx (the default where AMX exists); GENESIS_AMX=0 turns the path off for A/B runs.

@@ -106,7 +106,8 @@ void check_driver(const Case& c, bool hardware, Order order) {
 }
 
 // {96, 64, 2048} and {40, 33, 600}: several column panels (256 columns each), the last partial.
-const Case kCases[] = {{32, 32, 64}, {1, 1, 32}, {45, 37, 70}, {16, 17, 576}, {96, 64, 2048}, {33, 130, 100}, {40, 33, 600}};
+const Case kCases[] = {{32, 32, 64},   {1, 1, 32},     {45, 37, 70}, {16, 17, 576},
+                       {96, 64, 2048}, {33, 130, 100}, {40, 33, 600}};
 
 TEST(AmxGemm, SoftwareTilesMatchTheReference) {
   for (const Case& c : kCases)

@@ -28,7 +28,7 @@ if [ ! -s $P/llama.tar.xz ]; then
   for d in $L/ggml/src/ggml-*/; do case $d in *ggml-cpu/|*ggml-cuda/|*ggml-blas/) ;; *) rm -rf "$d" ;; esac; done
   tar cJf $P/llama.tar.xz -C $(dirname $L) llama.cpp
 fi
-cp tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh \
+cp tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/gemm.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh \
   tools/gpu_host/serve_smoke.py $P/
 rm -rf $S
 ls -la $P

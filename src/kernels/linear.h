@@ -54,6 +54,9 @@ class Linear {
   virtual void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const = 0;
   // Row ranges handed to run_rows() start at multiples of this (the packing's row groups).
   virtual int64_t row_granule() const { return 16; }
+  // Rows of x from which the product runs on AMX tiles (kernels/amx), widening its weights once per call; 0: never.
+  // The runtime makes its steps and expert units longer where this is not 0.
+  virtual int64_t tile_rows() const { return 0; }
   // Row r of W as the family holds it, widened to fp32 (embedding lookup). Throws genesis::Error where the family
   // has no row access.
   virtual void row_f32(int64_t r, float* out) const = 0;

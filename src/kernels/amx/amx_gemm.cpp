@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -41,8 +42,8 @@ void to_bf16(const float* x, uint16_t* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = quant::f32_to_bf16(x[i]);
 }
 
-// out[j * 16 + i] = in[i * 16 + j] over 16 x 16 dwords: four 8 x 8 transposes in AVX2 registers where the CPU has
-// them (every AMX CPU does), else element by element.
+// out[j * 16 + i] = in[i * 16 + j] over 16 x 16 dwords (bf16 pairs): four 8 x 8 transposes in AVX2 registers where the
+// CPU has them (every AMX CPU does), else element by element.
 __attribute__((target("avx2"))) void transpose_8x8(const uint32_t* in, uint32_t* out) {
   __m256 r[8], t[8], u[8];
   for (int i = 0; i < 8; ++i)
@@ -65,15 +66,17 @@ __attribute__((target("avx2"))) void transpose_8x8(const uint32_t* in, uint32_t*
   }
 }
 
-void transpose_16x16(const uint32_t* in, uint32_t* out) {
+void transpose_16x16(const uint16_t* in, uint16_t* out) {
   static const bool avx2 = cpu::mayiuse(cpu::Isa::avx2);
   if (avx2) {
+    const auto* i32 = reinterpret_cast<const uint32_t*>(in);  // read and written through __m256i only
+    auto* o32 = reinterpret_cast<uint32_t*>(out);
     for (int bi = 0; bi < 2; ++bi)
-      for (int bj = 0; bj < 2; ++bj) transpose_8x8(in + bi * 8 * 16 + bj * 8, out + bj * 8 * 16 + bi * 8);
+      for (int bj = 0; bj < 2; ++bj) transpose_8x8(i32 + bi * 8 * 16 + bj * 8, o32 + bj * 8 * 16 + bi * 8);
     return;
   }
   for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j) out[j * 16 + i] = in[i * 16 + j];
+    for (int j = 0; j < 16; ++j) std::memcpy(out + 2 * (j * 16 + i), in + 2 * (i * 16 + j), 4);
 }
 
 // The tile configuration of every call: palette 1, tiles 0..7 of 16 rows x 64 bytes.
@@ -84,6 +87,9 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+
+static_assert(sizeof(TileConfig) == 64 && offsetof(TileConfig, colsb) == 16 && offsetof(TileConfig, rows) == 48,
+              "LDTILECFG's 64-byte layout: palette, start_row, 14 reserved, colsb[16], rows[16]");
 
 TileConfig tile_config() {
   TileConfig c;
@@ -328,28 +334,25 @@ void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
   p.groups = ((n + kTileRows - 1) / kTileRows + 1) / 2 * 2;
   p.kblocks = (cols + kTileK - 1) / kTileK;
   p.data.resize(size_t(p.groups * p.kblocks * 512));
-  alignas(64) uint32_t rows[kTileRows][kTileK / 2];  // the tile's 16 rows of x as bf16 pairs
+  alignas(64) uint16_t rows[kTileRows][kTileK];  // the tile's 16 rows of x in bf16
   for (int64_t g = 0; g < p.groups; ++g)
     for (int64_t kb = 0; kb < p.kblocks; ++kb) {
       uint16_t* tile = p.data.data() + (g * p.kblocks + kb) * 512;
       const int64_t c0 = kb * kTileK, cn = std::min<int64_t>(kTileK, cols - c0);
       const int64_t tn = std::clamp<int64_t>(n - g * kTileRows, 0, kTileRows);
       if (tn < kTileRows || cn < kTileK) std::memset(rows, 0, sizeof rows);
-      for (int64_t t = 0; t < tn; ++t)
-        to_bf16(x + (g * kTileRows + t) * cols + c0, reinterpret_cast<uint16_t*>(rows[t]), cn);
-      transpose_16x16(&rows[0][0], reinterpret_cast<uint32_t*>(tile));
+      for (int64_t t = 0; t < tn; ++t) to_bf16(x + (g * kTileRows + t) * cols + c0, rows[t], cn);
+      transpose_16x16(&rows[0][0], tile);
     }
 }
 
-namespace {
-bool panels() {
-  static const bool p = [] {
+Order order() {
+  static const Order o = [] {
     const char* env = std::getenv("GENESIS_AMX_PANELS");
-    return env && std::string_view(env) == "1";
+    return env && std::string_view(env) == "1" ? Order::panels : Order::rows;
   }();
-  return p;
+  return o;
 }
-}  // namespace
 
 void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy, Order order) {
   if (!available()) fail("amx gemm: this CPU (or GENESIS_MAX_ISA / GENESIS_AMX) gives no AMX bf16 tiles");
@@ -379,10 +382,12 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
   thread_local std::vector<float> f;
   thread_local std::vector<uint16_t> b;
   f.resize(size_t(cols));
-  // Row blocks: 32 rows widened then multiplied (Order::rows), or the whole range widened first and multiplied in
-  // column panels (Order::panels).
-  const int64_t block =
-      order == Order::panels ? (r1 - r0 + kBlockRows - 1) / kBlockRows * kBlockRows : int64_t(kBlockRows);
+  // Row blocks: 32 rows widened then multiplied (Order::rows), or up to kPanelRows widened first and multiplied in
+  // column panels (Order::panels; the cap bounds the thread's buffers, an output layer's rows included).
+  constexpr int64_t kPanelRows = 512;
+  const int64_t block = order == Order::panels
+                            ? std::min<int64_t>(kPanelRows, (r1 - r0 + kBlockRows - 1) / kBlockRows * kBlockRows)
+                            : int64_t(kBlockRows);
   if (b.size() < size_t(block * ldw)) b.assign(size_t(block * ldw), 0);
   for (int64_t rb = r0; rb < r1; rb += block) {
     const int64_t R = std::min<int64_t>(block, r1 - rb);
@@ -401,7 +406,7 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
 }  // namespace
 
 void widened_rows(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1) {
-  widen_and_multiply(w, x, y, r0, r1, panels() ? Order::panels : Order::rows, false);
+  widen_and_multiply(w, x, y, r0, r1, order(), false);
 }
 
 void widened_rows_emulated(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1, Order order) {

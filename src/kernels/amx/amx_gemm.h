@@ -43,6 +43,8 @@ void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p);
 // panel of 256 columns, all weight rows against all of x, the C tiles stored between panels (x's panel stays in L2).
 // widened_rows() takes `panels` where GENESIS_AMX_PANELS=1 (an A/B not yet measured on AMX hardware).
 enum class Order { rows, panels };
+// The order widened_rows() takes (GENESIS_AMX_PANELS=1: panels).
+Order order();
 
 // y[t * ldy + r] = sum_k w[r * ldw + k] x[t][k] for r < rows, t < x.n. w: bf16, [round_up(rows, 32)][ldw] with
 // ldw >= 32 * x.kblocks, the columns from x.cols on and the rows from `rows` on readable (they are computed, not

@@ -222,7 +222,8 @@ nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
       }
       for (int nt : threads) {
         std::unique_ptr<cpu::ThreadPool> pool = nt > 1 ? std::make_unique<cpu::ThreadPool>(nt) : nullptr;
-        // Rows per thread as the runtime's prefill splits them: an even share rounded up to 32.
+        // Rows per thread: an even share rounded up to 32 (the runtime's prefill rounds to 16: a range may then start
+        // inside a 32-row block, which widened_rows() handles alike).
         const int64_t per = ((M + nt - 1) / nt + 31) / 32 * 32;
         auto over_threads = [&](const std::function<void(int64_t, int64_t)>& f) {
           if (!pool) return f(0, M);
@@ -246,10 +247,11 @@ nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
           const auto bare = time_calls(
               [&] {
                 over_threads([&](int64_t a, int64_t b) {
-                  amx::gemm_bf16(wb.data() + a * ldw, ldw, b - a, packed, y.data() + a, M);
+                  amx::gemm_bf16(wb.data() + a * ldw, ldw, b - a, packed, y.data() + a, M, amx::order());
                 });
               },
               topt);
+          rec["tiles_order"] = amx::order() == amx::Order::panels ? "panels" : "rows";
           rec["tiles_only_us"] = bare.median_us;
           rec["tiles_only_gmacs"] = macs / (bare.median_us * 1e3);
         }

@@ -1,5 +1,5 @@
 // kq_gemv behind the Linear seam: the matrix in the kernel layout (see README.md), x quantized to int8 once per
-// product, up to kMaxRows (128) rows of x (kernel passes of at most 16 rows); above, rows widened to fp32 (ggml's
+// product, up to kMaxRows (256) rows of x (kernel passes of at most 16 rows); above, rows widened to fp32 (ggml's
 // dequantization, exact) and one sgemm. Measured on 768x2048 Q4_K, 1 thread: 64 rows 0.76 ms on the kernels, 65
 // rows 2.5 ms widened, 128 rows 2.4 ms widened (the widening dominates); Q6_K 2048x768: 0.88 / 3.5 / 5.1 ms.
 // Where the CPU has AMX, products of amx::min_rows() rows or more run on bf16 tiles instead (kernels/amx: x packed
@@ -19,7 +19,8 @@ constexpr std::string_view kName = "kq_gemv";
 struct KqActivations : LinearActivations {
   Activations q;             // n <= kMaxRows: int8 activations for the kernels
   const float* x = nullptr;  // n > kMaxRows: fp32 rows for the widened GEMM
-  amx::PackedRows packed;    // n >= amx::min_rows() where AMX exists: x as the tiles' B operand
+  bool tiles = false;        // n >= amx::min_rows() where AMX exists: the product runs on AMX tiles
+  amx::PackedRows packed;    // then x as the tiles' B operand
 };
 
 class KqLinear final : public Linear {
@@ -49,15 +50,14 @@ class KqLinear final : public Linear {
     k.n = n;
     k.cols = cols();
     k.x = x;
-    const bool tiles = amx::available() && n >= amx::min_rows();
-    if (tiles) amx::pack_rows(x, n, cols(), k.packed);
+    k.tiles = amx::available() && n >= amx::min_rows();
+    if (k.tiles) amx::pack_rows(x, n, cols(), k.packed);
     else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
-    if (!tiles) k.packed.n = 0;
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& k = activations_as<KqActivations>(a, kName);
     if (k.cols != cols()) fail("kq_gemv: activations of {} columns for a matrix of {}", k.cols, cols());
-    if (k.packed.n == k.n) {
+    if (k.tiles) {
       amx::widened_rows(*this, k.packed, y, r0, r1);
       return;
     }
@@ -68,6 +68,7 @@ class KqLinear final : public Linear {
     kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path(), k.q.n == 1 ? genome_ : genome_rows_);
   }
   int64_t row_granule() const override { return 1; }
+  int64_t tile_rows() const override { return amx::available() ? amx::min_rows() : 0; }
   void row_f32(int64_t r, float* out) const override {
     if (r < 0 || r >= rows()) fail("kq_gemv: row {} of {}", r, rows());
     dequantize_row(*m_, r, out);

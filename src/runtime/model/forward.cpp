@@ -10,7 +10,6 @@
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
-#include "kernels/amx/amx_gemm.h"
 #include "runtime/model/dense.h"
 
 namespace genesis::runtime {
@@ -47,10 +46,17 @@ Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
     : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
   use_blas_single_threaded();
   capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
-  // The hybrid mode's prefill streams each layer's experts to the GPU once per step, and AMX tiles widen each expert's
-  // weights to bf16 once per unit of rows: longer steps read them for more rows (llama.cpp's default batch is 512 too).
-  chunk_ = m.gpu() || kernels::amx::available() ? 2 * kMaxChunk : kMaxChunk;
-  unit_rows_ = kernels::amx::available() ? kAmxUnitRows : kMaxUnitRows;
+  // The hybrid mode's prefill streams each layer's experts to the GPU once per step, and AMX tiles widen a matrix's
+  // weights to bf16 once per product (an expert's: once per unit of rows): longer steps read them for more rows
+  // (llama.cpp's default batch is 512 too). Only where the model's matrices take the tiles (kq_gemv on AMX).
+  bool expert_tiles = false, dense_tiles = false;
+  for (const Layer& l : m.weights().layers) {
+    if (!l.experts.empty() && l.experts[0].gate_up.op) expert_tiles |= l.experts[0].gate_up.op->tile_rows() > 0;
+    for (const Dense* d : {&l.q, &l.o, &l.in_qkvz, &l.in_qkv, &l.out_proj, &l.gate})
+      if (d->op) dense_tiles |= d->op->tile_rows() > 0;
+  }
+  chunk_ = m.gpu() || expert_tiles || dense_tiles ? 2 * kMaxChunk : kMaxChunk;
+  unit_rows_ = expert_tiles ? kAmxUnitRows : kMaxUnitRows;
   const size_t n = size_t(chunk_);
   // A MoE config's dense intermediate_size sizes nothing when no layer is dense (no tensor checked it).
   const bool any_dense = c_.moe_layers() < c_.num_layers;

@@ -33,6 +33,13 @@ double roofline_gbps(const cpu::Bandwidth& bw, int threads) {
 
 std::string shape_text(int64_t m, int64_t k) { return std::to_string(m) + "x" + std::to_string(k); }
 
+// The thread counts asked for, else 1 and all cores.
+std::vector<int> thread_counts(const std::vector<int>& asked) {
+  if (!asked.empty()) return asked;
+  const int all = int(cpu::allowed_cpus().size());
+  return all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+}
+
 }  // namespace
 
 std::vector<uint8_t> random_stored(Format f, int64_t rows, int64_t cols, uint64_t seed) {
@@ -73,9 +80,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
   const cpu::Bandwidth bw = cpu::read_bandwidth(opt.remeasure_bandwidth);
   std::vector<Path> paths = opt.paths.empty() ? available_paths() : opt.paths;
   for (Path p : paths) require_path(p);
-  std::vector<int> threads = opt.threads;
-  const int all = int(cpu::allowed_cpus().size());
-  if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  const std::vector<int> threads = thread_counts(opt.threads);
   for (const auto& r : opt.regimes)
     if (r != "hot" && r != "cold") fail("bench: regime '{}' is not one of hot, cold", r);
   const size_t llc = std::max<size_t>(info.caches.l3 ? info.caches.l3 : info.caches.l2, size_t(8) << 20);
@@ -185,9 +190,7 @@ nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
                               const std::function<void(const nlohmann::json&)>& on_record) {
   using nlohmann::json;
   const auto& info = cpu::cpu_info();
-  std::vector<int> threads = opt.threads;
-  const int all = int(cpu::allowed_cpus().size());
-  if (threads.empty()) threads = all > 1 ? std::vector<int>{1, all} : std::vector<int>{1};
+  const std::vector<int> threads = thread_counts(opt.threads);
   json out;
   out["machine"] = {{"signature", info.signature}, {"brand", info.brand}, {"amx_tiles", amx::available()}};
   out["results"] = json::array();

@@ -206,7 +206,7 @@ class Session {
   int64_t rope_len_ = -1;
 
   // MoE scratch (moe.cpp). A pair is one (row, chosen expert); pairs are sorted by expert, and a unit is up to
-  // kMaxTokens consecutive pairs of one expert that share one pass over its weights.
+  // unit_rows_ consecutive pairs of one expert that share one pass over its weights.
   static constexpr int32_t kMaxUnitRows = kernels::nf4_gemv::kMaxTokens;  // rows sharing one pass over an expert
   // Where AMX tiles serve the many-row products (kernels/amx), an expert's rows of a step stay one unit (up to this
   // many): its weights are widened to bf16 once for all of them.

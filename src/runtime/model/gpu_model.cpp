@@ -877,8 +877,9 @@ static void stage_layer(GpuState& g, const ModelConfig& c, int64_t li, int b, cp
   cuda::check(cudaEventRecord(g.raw_ready[b], cs), "cudaEventRecord");
 }
 
-// The copy thread of a prefill step: stages the model's MoE layers (moe_layers) one after the other (see GpuState::streamed). Ends when all are
-// staged or stop is set; an error is kept for the step's thread, which rethrows it.
+// The copy thread of a prefill step: stages the model's MoE layers (moe_layers) one after the other (see
+// GpuState::streamed). Ends when all are staged or stop is set; an error is kept for the step's thread, which rethrows
+// it.
 static void stager_main(GpuState* g, const ModelConfig* c) {
   GpuState::Stager& st = g->stager;
   try {

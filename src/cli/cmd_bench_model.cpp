@@ -21,6 +21,7 @@ struct Args {
   std::string json_file, path, experts = "stored", kb, dense = "stored";
   bool no_kb = false, quiet = false, keep_quant = false;
   genesis::cli::HybridArgs hybrid;
+  genesis::cli::KvArgs kv;
 };
 
 void run(Args& a) {
@@ -34,6 +35,7 @@ void run(Args& a) {
   rt::set_dense_mode(a.dense, a.o.load);
   a.o.load.keep_quant = a.keep_quant;
   a.hybrid.apply(a.o.load);
+  a.kv.apply(a.o.load);
   a.o.load.kb_path = a.kb;
   a.o.load.use_kb = !a.no_kb;
   a.o.progress = !a.quiet;
@@ -145,6 +147,7 @@ void setup(CLI::App& app) {
   c->add_option("--kb", a->kb, "knowledge base of tuned kernels (default ~/.cache/genesis/kb.sqlite)");
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
   a->hybrid.add(c);
+  a->kv.add(c);
   c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
   c->add_option("--json", a->json_file, "also write the record as JSON to FILE");

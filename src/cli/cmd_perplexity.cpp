@@ -25,6 +25,7 @@ struct Args {
   int threads = 0;
   bool no_kb = false, quiet = false, keep_quant = false;
   genesis::cli::HybridArgs hybrid;
+  genesis::cli::KvArgs kv;
 };
 
 void run(const Args& a) {
@@ -36,6 +37,7 @@ void run(const Args& a) {
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
   a.hybrid.apply(opt);
+  a.kv.apply(opt);
   opt.use_kb = !a.no_kb;
   opt.show_progress = !a.quiet;
   rt::LoadedModel lm = rt::load_model(a.model, opt);
@@ -97,6 +99,7 @@ void setup(CLI::App& app) {
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   a->hybrid.add(c);
+  a->kv.add(c);
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only, ignore the knowledge base");
   c->add_option("--json", a->json_file, "write the result as JSON");
   c->add_flag("--quiet,-q", a->quiet, "no progress bars");

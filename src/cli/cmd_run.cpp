@@ -27,6 +27,7 @@ struct RunArgs {
   int64_t max_tokens = 128, context = 0;
   bool chat = false, no_think = false, no_kb = false, quiet = false, ignore_eos = false, keep_quant = false;
   genesis::cli::HybridArgs hybrid;
+  genesis::cli::KvArgs kv;
   float temp = 0, top_p = 1;
   int top_k = 0, threads = 0, top_logits = 0;
   uint64_t seed = 0;
@@ -48,6 +49,7 @@ void run(const RunArgs& a) {
   rt::set_dense_mode(a.dense, opt);
   opt.keep_quant = a.keep_quant;
   a.hybrid.apply(opt);
+  a.kv.apply(opt);
   rt::LoadedModel lm = rt::load_model(a.model, opt);
   if (!lm.tokenizer)
     fail("{} has no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file): `genesis run` needs one to turn "
@@ -179,6 +181,7 @@ void setup_run(CLI::App& app) {
   c->add_option("--dense", a->dense, genesis::cli::kDenseHelp);
   c->add_flag("--keep-quant", a->keep_quant, "GGUF: every block-quantized matrix (experts, attention, MLP, output, embedding) stays as stored and runs on the ggml_gemv kernels with fp32 activations: the dequantized model's results at the file's size (no NF4; slower kernels)");
   a->hybrid.add(c);
+  a->kv.add(c);
   c->add_flag("--ignore-eos", a->ignore_eos, "do not stop at end-of-sequence tokens (for timing)");
   c->add_option("--json", a->json_file, "write prompt ids, generated ids, text and timings as JSON");
   c->add_option("--top-logits", a->top_logits, "with --json: also each step's K largest logits (for checks)")

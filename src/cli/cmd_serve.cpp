@@ -46,9 +46,12 @@ void setup(CLI::App& app) {
   c->add_option("--experts", o->experts, genesis::cli::kExpertsHelp);
   auto h = std::make_shared<genesis::cli::HybridArgs>();
   h->add(c);
+  auto kv = std::make_shared<genesis::cli::KvArgs>();
+  kv->add(c);
   c->add_flag("--quiet,-q", o->quiet, "no progress bar or startup lines");
-  c->callback([o, h] {
+  c->callback([o, h, kv] {
     h->apply(o->load);
+    kv->apply(o->load);
     const int rc = sv::serve(*o);
     if (rc != 0) std::exit(rc);
   });

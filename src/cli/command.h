@@ -89,6 +89,20 @@ inline constexpr const char* kExpertUsageHelp =
     "`serve` (at exit) add their run's choices to it (created when missing): run a representative text through `genesis perplexity "
     "--expert-usage FILE` once, then load with --gpu --gpu-experts SIZE --expert-usage FILE";
 
+inline constexpr const char* kCacheTypeHelp =
+    "element type of the KV cache on the CPU: f16 (default, as llama.cpp's: half the memory and half the bytes decode "
+    "attention reads; keys and values rounded to 11 significant bits) or f32 (exact, what the checks against "
+    "transformers use). The hybrid mode keeps its cache on the GPU";
+
+// --cache-type, the same for run, perplexity, serve and bench model.
+struct KvArgs {
+  std::string type = "f16";
+  void add(CLI::App* c) {
+    c->add_option("--cache-type", type, kCacheTypeHelp)->check(CLI::IsMember({"f16", "f32"}))->type_name("TYPE");
+  }
+  void apply(runtime::LoadOptions& o) const { o.kv_cache = runtime::parse_kv_type(type); }
+};
+
 // The hybrid mode's options, the same for run, perplexity, serve and bench model.
 struct HybridArgs {
   bool gpu = false;

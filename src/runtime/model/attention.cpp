@@ -41,12 +41,15 @@ void Session::attention(int64_t li, int64_t n) {
   const int64_t cap = capacity_;
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
+  const bool half = kv_ == KvType::f16;
   for (const Segment& sg : segs_) {
     SequenceState& sq = seqs_[size_t(sg.seq)];
-    float* kc = sq.k_layer(li);
-    float* vc = sq.v_layer(li);
+    float* kc = half ? nullptr : sq.k_layer(li);
+    float* vc = half ? nullptr : sq.v_layer(li);
+    uint16_t* kh = half ? sq.k_layer_half(li) : nullptr;
+    uint16_t* vh = half ? sq.v_layer_half(li) : nullptr;
     // Each row writes its own cache position: the rows of a prefill segment run in parallel.
-    for_rows(sg.n, [&, kc, vc](int64_t r) {
+    for_rows(sg.n, [&, kc, vc, kh, vh](int64_t r) {
       const int64_t t = sg.row0 + r;
       float* q = &q_[size_t(t * qd)];
       float* k = &k_[size_t(t * kvd)];
@@ -70,49 +73,69 @@ void Session::attention(int64_t li, int64_t n) {
       apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
       apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
       for (int64_t h = 0; h < nkv; ++h) {
-        std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
-        std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
+        if (half) {
+          to_f16_saturated(k + h * hd, kh + (h * cap + pos) * hd, hd);
+          to_f16_saturated(v + h * hd, vh + (h * cap + pos) * hd, hd);
+        } else {
+          std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
+          std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
+        }
       }
     });
   }
   clock_.lap(Op::elementwise);
   // Segments of many rows (prefill) take the GEMM path, the rows of the others (decode) the span path.
+  // A sequence's cache of this layer, fp32 or binary16 (the other pair null).
+  struct Cache {
+    const float *kc, *vc;
+    const uint16_t *kh, *vh;
+  };
   struct Block {
     int64_t t0, t1, pos0;  // rows [t0, t1) at positions pos0..
-    const float *kc, *vc;
+    Cache c;
   };
   std::vector<Block> blocks;
   struct DecodeRow {
     int64_t t, pos;
-    const float *kc, *vc;
+    Cache c;
   };
   std::vector<DecodeRow> drows;
   for (const Segment& sg : segs_) {
     SequenceState& sq = seqs_[size_t(sg.seq)];
-    const float* kc = sq.k_layer(li);
-    const float* vc = sq.v_layer(li);
+    const Cache cc = half ? Cache{nullptr, nullptr, sq.k_layer_half(li), sq.v_layer_half(li)}
+                          : Cache{sq.k_layer(li), sq.v_layer(li), nullptr, nullptr};
     if (sg.n >= kBlockRows && c_.sliding_window <= 0) {
       for (int64_t t0 = sg.row0; t0 < sg.row0 + sg.n; t0 += kBlockRows)
-        blocks.push_back({t0, std::min(sg.row0 + sg.n, t0 + kBlockRows), sg.pos0 + (t0 - sg.row0), kc, vc});
+        blocks.push_back({t0, std::min(sg.row0 + sg.n, t0 + kBlockRows), sg.pos0 + (t0 - sg.row0), cc});
     } else {
-      for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) drows.push_back({t, sg.pos0 + (t - sg.row0), kc, vc});
+      for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) drows.push_back({t, sg.pos0 + (t - sg.row0), cc});
     }
   }
   if (!blocks.empty()) {
-    // (head, block of kBlockRows query rows) tasks: scores and the weighted sum as two GEMMs (the block's rows share
-    // every K and V row they read), the causal mask applied to the scores.
-    const int64_t nblk = int64_t(blocks.size());
-    parallel_for(nh * nblk, [&](int64_t task) {
+    // (KV head, heads of its group, block of kBlockRows query rows) tasks: per query head the scores and the weighted
+    // sum as two GEMMs (the block's rows share every K and V row they read), the causal mask applied to the scores.
+    // The heads of a task share its keys and values (a binary16 cache widened once per task); a group is split into
+    // `sub` tasks only where there would be too few tasks for the pool otherwise.
+    const int64_t nblk = int64_t(blocks.size()), threads = pool_ ? pool_->size() : 1;
+    int64_t sub = 1;
+    while (sub < group && (group % (2 * sub) == 0) && nkv * nblk * sub < 2 * threads) sub *= 2;
+    const int64_t per = group / sub;
+    parallel_for(nkv * sub * nblk, [&](int64_t task) {
       const Block& bl = blocks[size_t(task % nblk)];
-      const int64_t h = task / nblk, kvh = h / group, t0 = bl.t0, t1 = bl.t1;
+      const int64_t kvh = task / (nblk * sub), h0 = kvh * group + (task / nblk) % sub * per, t0 = bl.t0, t1 = bl.t1;
       const int64_t rows = t1 - t0, npos = bl.pos0 + rows;  // positions [0, npos) cover every row of the block
-      const float *kc = bl.kc, *vc = bl.vc;
-      thread_local std::vector<float> sc;
+      const float *kc = bl.c.kc ? bl.c.kc + kvh * cap * hd : nullptr, *vc = bl.c.vc ? bl.c.vc + kvh * cap * hd : nullptr;
+      thread_local std::vector<float> sc, kw, vw;
+      if (!kc) {
+        kw.resize(size_t(npos * hd)), vw.resize(size_t(npos * hd));
+        from_f16(bl.c.kh + kvh * cap * hd, kw.data(), npos * hd);
+        from_f16(bl.c.vh + kvh * cap * hd, vw.data(), npos * hd);
+        kc = kw.data(), vc = vw.data();
+      }
       sc.resize(size_t(rows * npos));
-      {
+      for (int64_t h = h0; h < h0 + per; ++h) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(npos), int(hd), scale,
-                    &q_[size_t(t0 * qd + h * hd)], int(qd), kc + kvh * cap * hd, int(hd), 0.0f, sc.data(),
-                    int(npos));
+                    &q_[size_t(t0 * qd + h * hd)], int(qd), kc, int(hd), 0.0f, sc.data(), int(npos));
         for (int64_t r = 0; r < rows; ++r) {
           float* row = &sc[size_t(r * npos)];
           const int64_t valid = bl.pos0 + r + 1;
@@ -120,7 +143,7 @@ void Session::attention(int64_t li, int64_t n) {
           std::fill(row + valid, row + npos, 0.0f);
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(hd), int(npos), 1.0f, sc.data(),
-                    int(npos), vc + kvh * cap * hd, int(hd), 0.0f, &att_[size_t(t0 * qd + h * hd)], int(qd));
+                    int(npos), vc, int(hd), 0.0f, &att_[size_t(t0 * qd + h * hd)], int(qd));
       }
     });
   }
@@ -167,7 +190,6 @@ void Session::attention(int64_t li, int64_t n) {
       const int64_t sp = task % spans, kvh = (task / spans) % nkv;
       const DecodeRow& d = drows[size_t(task / (spans * nkv))];
       const int64_t t = d.t, pos = d.pos;
-      const float *kc = d.kc, *vc = d.vc;
       const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
       const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;
       const int64_t j0 = first + sp * per, j1 = std::min(pos + 1, j0 + per);
@@ -181,7 +203,9 @@ void Session::attention(int64_t li, int64_t n) {
         thread_local std::vector<float> s;
         s.resize(size_t(group * cnt));
         const float* qg = &q_[size_t(t * qd + kvh * group * hd)];
-        group_scores(qg, group, kc + (kvh * cap + j0) * hd, cnt, hd, scale, s.data());
+        const int64_t at = (kvh * cap + j0) * hd;
+        if (d.c.kh) group_scores(qg, group, d.c.kh + at, cnt, hd, scale, s.data());
+        else group_scores(qg, group, d.c.kc + at, cnt, hd, scale, s.data());
         for (int64_t g = 0; g < group; ++g) {
           float* sg = &s[size_t(g * cnt)];
           float mx = -INFINITY, sum = 0.0f;
@@ -189,7 +213,8 @@ void Session::attention(int64_t li, int64_t n) {
           sum = float(exp_shift_sum(sg, cnt, mx));
           out[g * part] = mx, out[g * part + 1] = sum;
         }
-        group_weighted_sum(s.data(), group, vc + (kvh * cap + j0) * hd, cnt, hd, out + 2, int64_t(part));
+        if (d.c.vh) group_weighted_sum(s.data(), group, d.c.vh + at, cnt, hd, out + 2, int64_t(part));
+        else group_weighted_sum(s.data(), group, d.c.vc + at, cnt, hd, out + 2, int64_t(part));
       }
       // The task that finishes a (row, KV head)'s last span merges them (acq_rel: the other spans' parts are
       // visible), in the region rather than on the calling thread after it.

@@ -105,6 +105,7 @@ TEST(MultiSequenceStep, SafetensorsGoldensEqualAlone) {
   for (const char* arch : {"llama", "mixtral", "qwen2", "qwen3", "qwen3_moe", "qwen3_next"}) {
     for (ExpertMode mode : {ExpertMode::f32, ExpertMode::nf4_reference}) {
       LoadOptions opt;
+      opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
       opt.experts = mode;
       opt.use_kb = false;
       auto m = Model::load(kGolden + "/" + arch, opt);
@@ -118,6 +119,7 @@ TEST(MultiSequenceStep, GgufGoldensEqualAlone) {
   for (const char* name : {"tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_qwen3moe", "tiny_olmoe", "tiny_mixtral",
                            "tiny_qwen3next"}) {
     LoadOptions opt;
+    opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
     opt.experts = ExpertMode::nf4_reference;
     opt.use_kb = false;
     // bf16 non-expert matrices (the default). --dense q8 quantizes the activations of steps under kGemmRows rows
@@ -152,6 +154,7 @@ TEST(MultiSequenceStep, Q8ProductOfRowsEqualsEachRowAlone) {
 
 TEST(MultiSequenceStep, SlotsAreReusedAndBadBatchesChangeNothing) {
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   auto m = Model::load(kGolden + "/qwen3", opt);
   Session s(*m, 16, nullptr);

@@ -20,14 +20,20 @@ namespace {
 constexpr int64_t kMaxChunk = 256;
 }  // namespace
 
-SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv) : capacity(cap) {
+SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv, KvType t) : capacity(cap), kv(t) {
   slot.resize(size_t(c.num_layers));
   int32_t attn = 0, lin = 0;
   for (int64_t l = 0; l < c.num_layers; ++l)
     slot[size_t(l)] = c.layers[size_t(l)].mixer == MixerKind::gated_deltanet ? lin++ : attn++;
   kv_per_layer = host_kv ? capacity * c.kv_dim() : 0;
-  k_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
-  v_cache.assign(size_t(kv_per_layer) * size_t(attn), 0.0f);
+  const size_t kv_size = size_t(kv_per_layer) * size_t(attn);
+  if (kv == KvType::f16) {
+    k_half.assign(kv_size, 0);
+    v_half.assign(kv_size, 0);
+  } else {
+    k_cache.assign(kv_size, 0.0f);
+    v_cache.assign(kv_size, 0.0f);
+  }
   if (lin > 0) {
     conv_per_layer = (c.linear_conv_kernel - 1) * c.linear_conv_dim();
     recurrent_per_layer = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
@@ -42,8 +48,8 @@ void SequenceState::reset() {
   std::fill(recurrent.begin(), recurrent.end(), 0.0f);
 }
 
-Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool)
-    : m_(m), c_(m.config()), pool_(pool), clock_(prof_, pool) {
+Session::Session(const Model& m, int64_t context, cpu::ThreadPool* pool, std::optional<KvType> kv)
+    : m_(m), c_(m.config()), pool_(pool), kv_(kv.value_or(m.kv_cache())), clock_(prof_, pool) {
   use_blas_single_threaded();
   capacity_ = context > 0 ? context : std::min(c_.max_position_embeddings, kDefaultContext);
   // The hybrid mode's prefill streams each layer's experts to the GPU once per step, and AMX tiles widen a matrix's
@@ -85,7 +91,7 @@ int32_t Session::add_sequence() {
   while (id < seqs_.size() && seqs_[id].in_use) ++id;
   if (id == seqs_.size()) seqs_.emplace_back();
   SequenceState& s = seqs_[id];
-  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_, m_.gpu() == nullptr);
+  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_, m_.gpu() == nullptr, kv_);
   s.reset();
   if (gpu_) gpu_reserve_sequence(*gpu_, int32_t(id));
   s.in_use = true;

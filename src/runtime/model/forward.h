@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -54,10 +55,13 @@ class Model {
   double expert_bytes_per_token() const;
   // The device copy of the non-expert weights when loaded with LoadOptions::gpu (gpu.h), else null.
   const GpuModel* gpu() const { return gpu_.get(); }
+  // The KV cache type its Sessions take unless told otherwise (LoadOptions::kv_cache).
+  KvType kv_cache() const { return kv_cache_; }
 
  private:
   Model(ModelConfig c, Weights w);
   ModelConfig config_;
+  KvType kv_cache_ = KvType::f16;
   Weights weights_;
   ExpertKernels kernels_;
   std::shared_ptr<const GpuModel> gpu_;
@@ -69,13 +73,17 @@ class Model {
 struct SequenceState {
   SequenceState() = default;
   // host_kv = false: the attention layers' KV cache lives on the GPU (GpuState), none is allocated here.
-  SequenceState(const ModelConfig& c, int64_t capacity, bool host_kv = true);
+  SequenceState(const ModelConfig& c, int64_t capacity, bool host_kv = true, KvType kv = KvType::f32);
   void reset();  // position 0, conv and recurrent states zeroed (KV entries are written before they are read)
 
   int64_t pos = 0;
   int64_t capacity = 0;     // KV positions
   std::vector<int32_t> slot;  // [layers]: the layer's index among the layers of its mixer's kind
-  std::vector<float> k_cache, v_cache;  // [attention layers][kv heads][capacity][head_dim]
+  KvType kv = KvType::f32;
+  // [attention layers][kv heads][capacity][head_dim]: k_cache / v_cache with KvType::f32, k_half / v_half (IEEE
+  // binary16 bits) with KvType::f16; the other pair stays empty.
+  std::vector<float> k_cache, v_cache;
+  std::vector<uint16_t> k_half, v_half;
   std::vector<float> conv;              // [linear layers][kernel - 1][conv dim]
   std::vector<float> recurrent;         // [linear layers][value heads][key_head_dim][value_head_dim]
   int64_t kv_per_layer = 0, conv_per_layer = 0, recurrent_per_layer = 0;
@@ -83,6 +91,8 @@ struct SequenceState {
 
   float* k_layer(int64_t li) { return &k_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
   float* v_layer(int64_t li) { return &v_cache[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  uint16_t* k_layer_half(int64_t li) { return &k_half[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
+  uint16_t* v_layer_half(int64_t li) { return &v_half[size_t(slot[size_t(li)]) * size_t(kv_per_layer)]; }
   float* conv_layer(int64_t li) { return &conv[size_t(slot[size_t(li)]) * size_t(conv_per_layer)]; }
   float* recurrent_layer(int64_t li) { return &recurrent[size_t(slot[size_t(li)]) * size_t(recurrent_per_layer)]; }
 };
@@ -99,11 +109,13 @@ class Session {
  public:
   // context: the KV cache's capacity in tokens (<= 0: min(max_position_embeddings, kDefaultContext), so that a
   // config claiming millions of positions does not size gigabytes of cache). pool may be null.
+  // kv: the KV cache's element type (unset: the model's, LoadOptions::kv_cache).
   static constexpr int64_t kDefaultContext = 4096;
-  Session(const Model& m, int64_t context, cpu::ThreadPool* pool);
+  Session(const Model& m, int64_t context, cpu::ThreadPool* pool, std::optional<KvType> kv = std::nullopt);
 
   int64_t position() const { return position(0); }
   int64_t context() const { return capacity_; }
+  KvType kv_type() const { return kv_; }
   void reset() { reset(0); }
   const SequenceState& state(int32_t seq = 0) const { return this->seq(seq); }
 
@@ -185,6 +197,7 @@ class Session {
   const ModelConfig& c_;
   cpu::ThreadPool* pool_;
   int64_t capacity_ = 0;
+  KvType kv_ = KvType::f16;
   std::vector<SequenceState> seqs_;
   // The step's rows: a segment is the consecutive rows of one sequence (first row, rows, first position).
   struct Segment {

@@ -72,6 +72,7 @@ TEST_P(GgufModel, Fp32MatchesTransformersOnDequantizedTensors) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   opt.keep_bf16 = false;
   LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
@@ -105,6 +106,7 @@ TEST_P(GgufMoeModel, Nf4ExpertsAreBitsandbytesNf4OfTheDequantizedTensors) {
   const json ref = reference(c.name);
   ASSERT_TRUE(ref.contains("logits_nf4"));
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::nf4_reference;
   opt.keep_bf16 = false;
   opt.nf4_blocksize = ref.at("nf4_blocksize").get<int>();
@@ -123,6 +125,7 @@ TEST_P(GgufModel, KeepQuantMatchesTransformersOnDequantizedTensors) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.keep_bf16 = false;
   opt.keep_quant = true;
   opt.use_kb = false;
@@ -146,6 +149,7 @@ TEST_P(GgufModel, Nf4DenseOnScalarKernelsMatchesTransformers) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.use_kb = false;
   opt.keep_bf16 = false;
   opt.path = kernels::nf4_gemv::Path::scalar;
@@ -161,10 +165,13 @@ TEST_P(GgufModel, Nf4DenseOnScalarKernelsMatchesTransformers) {
 
 // Default path: experts re-quantized to NF4 for the JIT kernels (int8 activations on avx512vnni), non-expert
 // matrices dequantized to bf16. Close to the reference (with the NF4 round trip for MoE models), not equal.
+// The KV cache in fp32: the default binary16 cache's own effect is F16CacheIsCloseToF32Cache's (alone 2.4e-4 on
+// tiny_olmoe; with this path's roundings it tips a near-tie of one of its routers, 0.115 against 0.0089 without).
 TEST_P(GgufModel, DefaultPathIsCloseToTransformers) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;
   opt.use_kb = false;
   LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
   const auto tokens = ref.at("tokens").get<std::vector<int32_t>>();
@@ -179,6 +186,29 @@ TEST_P(GgufModel, DefaultPathIsCloseToTransformers) {
   expect_argmax_agrees(logits, want, V);
 }
 
+// --cache-type f16 (the default) against f32 on the exact path otherwise (fp32 weights): each key and value rounded
+// to binary16 (2^-11 relative) moves the logits by a small multiple of that, times how much the model amplifies a
+// rounding; the batched prefill and token-by-token decode agree on it as they do with fp32 (one rounding, the same
+// for both, of values that differ by their summation order).
+TEST_P(GgufModel, F16CacheIsCloseToF32Cache) {
+  const Case c = GetParam();
+  const json ref = reference(c.name);
+  LoadOptions opt;
+  opt.experts = ExpertMode::f32;
+  opt.keep_bf16 = false;
+  LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
+  const auto tokens = ref.at("tokens").get<std::vector<int32_t>>();
+  Session half(*lm.model, 64, nullptr, KvType::f16), full(*lm.model, 64, nullptr, KvType::f32);
+  EXPECT_EQ(half.kv_type(), KvType::f16);
+  const auto a = half.forward_all(tokens), b = full.forward_all(tokens);
+  const double d = max_rel_diff(a, b), dt = max_rel_diff(b, ref.at("logits_f32").get<std::vector<float>>());
+  std::printf("%s f16 cache vs f32: max |logit diff| / max |logit| = %.3g (f32 vs transformers %.3g)\n", c.name, d,
+              dt);
+  EXPECT_LE(d, 5e-3 * c.amplification);
+  EXPECT_GT(d, 0.0) << "the f16 cache rounded nothing: is it in use?";
+  expect_argmax_agrees(a, b, size_t(lm.model->config().vocab_size));
+}
+
 // --dense q8: every block-quantized non-expert matrix and the embedding as int8 blocks (q8_gemv, int8 activations
 // for decode, widened weights + sgemm for 16 rows or more), experts in fp32 here so that only the int8 dense path
 // differs from the reference: close, not equal (a second rounding of 1/254 of a block's largest weight, and the
@@ -187,6 +217,7 @@ TEST_P(GgufModel, Q8DenseIsCloseToTransformers) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   set_dense_mode("q8", opt);
   LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
@@ -213,6 +244,7 @@ TEST_P(GgufModel, StoredIsCloseToTransformers) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.use_kb = false;
   set_dense_mode("stored", opt);
   set_expert_mode("stored", opt);
@@ -257,6 +289,7 @@ TEST_P(GgufModel, TokenizerFromMetadataMatchesTokenizersLibrary) {
   const Case c = GetParam();
   const json ref = reference(c.name);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   LoadedModel lm = load_model(kDir + "/" + c.name + ".gguf", opt);
   ASSERT_TRUE(lm.tokenizer.has_value());
@@ -334,6 +367,7 @@ void expect_load_error(const std::string& bytes, const std::string& needle) {
     o << bytes;
   }
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   try {
     load_model(path, opt);
@@ -451,6 +485,7 @@ TEST(GgufQwen3Next, SplitQkvGateLayoutEqualsFusedSsmIn) {
   const auto want = ref.at("logits_f32").get<std::vector<float>>();
   for (bool keep : {false, true}) {
     LoadOptions opt;
+    opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
     opt.experts = ExpertMode::f32;
     opt.keep_bf16 = false;
     opt.keep_quant = keep;
@@ -464,6 +499,7 @@ TEST(GgufQwen3Next, SplitQkvGateLayoutEqualsFusedSsmIn) {
     EXPECT_LE(d, 1e-5);
   }
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.use_kb = false;
   LoadedModel split = load_model(kDir + "/tiny_qwen3next_split.gguf", opt);
   LoadedModel fused = load_model(kDir + "/tiny_qwen3next.gguf", opt);

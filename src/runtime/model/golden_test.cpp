@@ -78,6 +78,7 @@ using test::max_rel_diff;
 void check_model(const std::string& arch, ExpertMode mode, const std::string& key, double tol, bool check_greedy) {
   Golden g = load_golden(arch);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = mode;
   opt.nf4_blocksize = g.ref.value("nf4_blocksize", 64);
   auto model = Model::from_source(g.config, *g.src, opt, arch + "/config.json");
@@ -143,6 +144,7 @@ TEST_P(GoldenNf4Kernel, EveryPathMatchesTransformersWithinItsBound) {
   for (auto path : kernels::nf4_gemv::available_paths()) {
     Golden g = load_golden(GetParam());
     LoadOptions opt;
+    opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
     opt.experts = ExpertMode::nf4_kernel;
     opt.path = path;
     opt.use_kb = false;
@@ -199,6 +201,7 @@ TEST(BatchedPrefill, EqualsTokenByToken) {
       for (auto p : kernels::nf4_gemv::available_paths()) cases.push_back({ExpertMode::nf4_kernel, p});
     for (const Case& c : cases) {
       LoadOptions opt;
+      opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
       opt.experts = c.mode;
       opt.path = c.path;
       opt.use_kb = false;
@@ -233,6 +236,7 @@ TEST(BatchedPrefill, EqualsTokenByToken) {
 TEST(ModelLoad, DirectoryEqualsInMemorySource) {
   Golden g = load_golden("qwen3_moe");
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::nf4_reference;
   auto from_dir = Model::load(kGolden + "/qwen3_moe", opt);
   auto from_mem = Model::from_source(g.config, *g.src, opt, "qwen3_moe/config.json");
@@ -272,6 +276,7 @@ TEST(ModelLoad, BitsandbytesExpertsLoadAsStored) {
       }
     }
     LoadOptions opt;
+    opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
     opt.experts = ExpertMode::nf4_reference;
     opt.nf4_blocksize = bs;
     auto stored = Model::from_source(g.config, bnb, opt, "olmoe-bnb/config.json");
@@ -301,6 +306,7 @@ TEST(GoldenQwen3Next, ChunkedAndRecurrentDeltaRuleMatchTransformers) {
   EXPECT_EQ(g.config.layers[3].mlp, MlpKind::moe_shared);
   EXPECT_EQ(g.config.rotary_dim(), 4);
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   auto model = Model::from_source(g.config, *g.src, opt, "qwen3_next/config.json");
   const auto tokens = g.ref.at("tokens").get<std::vector<int32_t>>();
@@ -331,6 +337,7 @@ TEST(GoldenQwen3Next, PrefillSplitsAndResetAgree) {
   Golden g = load_golden("qwen3_next");
   g.config.max_position_embeddings = 256;
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   auto model = Model::from_source(g.config, *g.src, opt, "qwen3_next/config.json");
   std::vector<int32_t> tokens;
@@ -387,6 +394,7 @@ TEST(GoldenQwen3Next, BadConfigAndMissingTensorsAreClearErrors) {
   // A config whose linear-attention sizes disagree with the tensors; missing linear_attn / shared expert tensors.
   Golden g = load_golden("qwen3_next");
   LoadOptions opt;
+  opt.kv_cache = KvType::f32;  // the exact comparisons below: no binary16 cache rounding
   opt.experts = ExpertMode::f32;
   ModelConfig wrong = g.config;
   wrong.linear_value_head_dim = 32;

@@ -55,6 +55,7 @@ LoadOptions options(bool gpu) {
   LoadOptions o;
   set_dense_mode("bf16", o);
   o.gpu = gpu;
+  o.kv_cache = KvType::f32;  // the CPU references: no binary16 cache rounding (the GPU keeps its own cache)
   return o;
 }
 

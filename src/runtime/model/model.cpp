@@ -26,6 +26,7 @@ std::unique_ptr<Model> Model::from_source(ModelConfig c, const TensorSource& src
          opt.gpu_defer != 0 ? "--gpu-defer" : opt.gpu_prefill_rows != 0 ? "--gpu-prefill-rows" : "--gpu-experts");
   Weights w = load_weights(c, src, opt, origin);
   std::unique_ptr<Model> m(new Model(std::move(c), std::move(w)));
+  m->kv_cache_ = opt.kv_cache;
   if (m->config_.is_moe() && opt.experts == ExpertMode::nf4_kernel) {
     // The blocksize is known once the experts are loaded (a bitsandbytes checkpoint brings its own): bind the packed
     // experts to their kernel sets now.

@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "quant/half.h"
 #include "quant/nf4.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/generate.h"
@@ -291,20 +293,68 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
       for (float& e : k) e = unit(rng);
       for (float& e : v) e = unit(rng);
       for (float& e : p) e = unit(rng);
-      std::vector<float> s(size_t(G * cnt)), o(size_t(G * (d + 3)));
+      // The binary16 cache's form: keys and values rounded to binary16; the products must equal those of the
+      // rounded values widened (the same fp32 arithmetic up to summation order).
+      std::vector<uint16_t> kh(k.size()), vh(v.size());
+      to_f16_saturated(k.data(), kh.data(), int64_t(k.size()));
+      to_f16_saturated(v.data(), vh.data(), int64_t(v.size()));
+      std::vector<float> kw(k.size()), vw(v.size());
+      from_f16(kh.data(), kw.data(), int64_t(k.size()));
+      from_f16(vh.data(), vw.data(), int64_t(v.size()));
+      for (size_t i = 0; i < k.size(); ++i) {
+        ASSERT_EQ(kh[i], quant::f32_to_f16(k[i])) << i;
+        ASSERT_EQ(kw[i], quant::f16_to_f32(kh[i])) << i;
+      }
+      std::vector<float> s(size_t(G * cnt)), o(size_t(G * (d + 3))), sh(s.size()), oh(o.size());
       group_scores(q.data(), G, k.data(), cnt, d, 0.5f, s.data());
       group_weighted_sum(p.data(), G, v.data(), cnt, d, o.data(), d + 3);
+      group_scores(q.data(), G, kh.data(), cnt, d, 0.5f, sh.data());
+      group_weighted_sum(p.data(), G, vh.data(), cnt, d, oh.data(), d + 3);
       for (int64_t g = 0; g < G; ++g) {
         for (int64_t j = 0; j < cnt; ++j) {
-          double want = 0.0;
-          for (int64_t i = 0; i < d; ++i) want += double(q[size_t(g * d + i)]) * k[size_t(j * d + i)];
+          double want = 0.0, want_h = 0.0;
+          for (int64_t i = 0; i < d; ++i) {
+            want += double(q[size_t(g * d + i)]) * k[size_t(j * d + i)];
+            want_h += double(q[size_t(g * d + i)]) * kw[size_t(j * d + i)];
+          }
           EXPECT_NEAR(s[size_t(g * cnt + j)], 0.5 * want, 1e-5) << d << " " << G;
+          EXPECT_NEAR(sh[size_t(g * cnt + j)], 0.5 * want_h, 1e-5) << d << " " << G;
         }
         for (int64_t i = 0; i < d; ++i) {
-          double want = 0.0;
-          for (int64_t j = 0; j < cnt; ++j) want += double(p[size_t(g * cnt + j)]) * v[size_t(j * d + i)];
+          double want = 0.0, want_h = 0.0;
+          for (int64_t j = 0; j < cnt; ++j) {
+            want += double(p[size_t(g * cnt + j)]) * v[size_t(j * d + i)];
+            want_h += double(p[size_t(g * cnt + j)]) * vw[size_t(j * d + i)];
+          }
           EXPECT_NEAR(o[size_t(g * (d + 3) + i)], want, 1e-5) << d << " " << G;
+          EXPECT_NEAR(oh[size_t(g * (d + 3) + i)], want_h, 1e-5) << d << " " << G;
         }
+      }
+    }
+  }
+}
+
+// The KV cache's binary16 conversion: round to nearest even as quant::f32_to_f16, saturated at +-65504 instead of
+// overflowing to infinity, NaN kept; every length (the vector body and its tail).
+TEST(Ops, F16CacheConversionSaturatesAndRounds) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> special = {0.0f, -0.0f, 1.0f, -2.5f, 65504.0f, 65520.0f, 1e6f, -1e9f, inf, -inf, nan,
+                                      6e-8f, 1e-10f, 3.14159f, 1.0009765625f, 1.00048828125f, -65519.0f};
+  for (int64_t n : {1, 7, 8, 9, 17}) {
+    std::vector<float> x(static_cast<size_t>(n)), back(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) x[size_t(i)] = special[size_t(i) % special.size()];
+    std::vector<uint16_t> h(static_cast<size_t>(n));
+    to_f16_saturated(x.data(), h.data(), n);
+    from_f16(h.data(), back.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = x[size_t(i)];
+      if (std::isnan(v)) {
+        EXPECT_TRUE(std::isnan(back[size_t(i)])) << i;
+      } else if (std::abs(v) >= 65504.0f) {
+        EXPECT_EQ(back[size_t(i)], std::copysign(65504.0f, v)) << v;
+      } else {
+        EXPECT_EQ(h[size_t(i)], quant::f32_to_f16(v)) << v;
+        EXPECT_EQ(back[size_t(i)], quant::f16_to_f32(h[size_t(i)])) << v;
       }
     }
   }

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "cpu/isa.h"
+#include "quant/half.h"
 
 #include <algorithm>
 #include <cmath>
@@ -193,35 +194,56 @@ void axpy_f32(float a, const float* x, float* y, int64_t n) {
 
 namespace {
 
-void scores_portable(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s) {
-  for (int64_t j = 0; j < cnt; ++j)
-    for (int64_t g = 0; g < G; ++g) s[g * cnt + j] = scale * dot_portable(q + g * d, k + j * d, d);
+// Keys and values of the KV cache are fp32 or IEEE binary16 (KvType): one kernel per ISA for both, the element
+// widened to fp32 as it is loaded (F16C's VCVTPH2PS on AVX2, its AVX-512 form there).
+inline float ld1(const float* p) { return *p; }
+inline float ld1(const uint16_t* p) { return quant::f16_to_f32(*p); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 ld8(const float* p) { return _mm256_loadu_ps(p); }
+__attribute__((target("avx2,fma,f16c"))) inline __m256 ld8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+__attribute__((target("avx512f"))) inline __m512 ld16(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((target("avx512f"))) inline __m512 ld16(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-void weighted_portable(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+template <class T>
+void scores_portable(const float* q, int64_t G, const T* k, int64_t cnt, int64_t d, float scale, float* s) {
+  for (int64_t j = 0; j < cnt; ++j)
+    for (int64_t g = 0; g < G; ++g) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < d; ++i) acc += q[g * d + i] * ld1(k + j * d + i);
+      s[g * cnt + j] = scale * acc;
+    }
+}
+
+template <class T>
+void weighted_portable(const float* p, int64_t G, const T* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
   for (int64_t g = 0; g < G; ++g) {
     float* og = o + g * ldo;
     std::fill(og, og + d, 0.0f);
-    for (int64_t j = 0; j < cnt; ++j) axpy_portable(p[g * cnt + j], v + j * d, og, d);
+    for (int64_t j = 0; j < cnt; ++j)
+      for (int64_t i = 0; i < d; ++i) og[i] += p[g * cnt + j] * ld1(v + j * d + i);
   }
 }
 
 constexpr int64_t kValueBlock = 32;  // value rows per block of group_weighted_sum (16 KiB at head_dim 128)
 
 // d a multiple of 16: each key row's 16-float chunks are dotted with every head of the group.
-__attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G, const float* k, int64_t cnt,
-                                                      int64_t d, float scale, float* s) {
+template <class T>
+__attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G, const T* k, int64_t cnt, int64_t d,
+                                                      float scale, float* s) {
   for (int64_t j = 0; j < cnt; ++j) {
-    const float* kj = k + j * d;
+    const T* kj = k + j * d;
     for (int64_t g = 0; g < G; ++g) {
       const float* qg = q + g * d;
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
       int64_t i = 0;
       for (; i + 32 <= d; i += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), _mm512_loadu_ps(kj + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i + 16), _mm512_loadu_ps(kj + i + 16), a1);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), ld16(kj + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i + 16), ld16(kj + i + 16), a1);
       }
-      if (i < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), _mm512_loadu_ps(kj + i), a0);
+      if (i < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), ld16(kj + i), a0);
       s[g * cnt + j] = scale * _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     }
   }
@@ -229,8 +251,9 @@ __attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G,
 }
 
 // d a multiple of 16, at most 256: a head's output row stays in registers while the span's value rows stream by.
-__attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t G, const float* v, int64_t cnt,
-                                                        int64_t d, float* o, int64_t ldo) {
+template <class T>
+__attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t G, const T* v, int64_t cnt, int64_t d,
+                                                        float* o, int64_t ldo) {
   const int64_t nc = d / 16;
   for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
     const int64_t j1 = std::min(cnt, j0 + kValueBlock);
@@ -241,8 +264,8 @@ __attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t 
       const float* pg = p + g * cnt;
       for (int64_t j = j0; j < j1; ++j) {
         const __m512 w = _mm512_set1_ps(pg[j]);
-        const float* vj = v + j * d;
-        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(vj + c * 16), acc[c]);
+        const T* vj = v + j * d;
+        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm512_fmadd_ps(w, ld16(vj + c * 16), acc[c]);
       }
       for (int64_t c = 0; c < nc; ++c) _mm512_storeu_ps(og + c * 16, acc[c]);
     }
@@ -250,14 +273,14 @@ __attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t 
   _mm256_zeroupper();
 }
 
-__attribute__((target("avx2,fma"))) float hsum256(__m256 v) {
+__attribute__((target("avx2,fma,f16c"))) float hsum256(__m256 v) {
   const __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   const __m128 y = _mm_add_ps(x, _mm_movehl_ps(x, x));
   return _mm_cvtss_f32(_mm_add_ss(y, _mm_shuffle_ps(y, y, 1)));
 }
 
 // The sums of a[0..7] in one vector: lanes 0-3 the sums of a[0..3], lanes 4-7 those of a[4..7].
-__attribute__((target("avx2,fma"))) inline __m256 hsum8x8(const __m256* a) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256 hsum8x8(const __m256* a) {
   const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
   const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
@@ -266,12 +289,13 @@ __attribute__((target("avx2,fma"))) inline __m256 hsum8x8(const __m256* a) {
 // d a multiple of 8. Blocks of 4 keys x 2 heads: each key chunk and query chunk loaded once for 8 products (the loads, not the
 // multiply-adds, bounded a key-by-head loop), the 8 sums reduced together; the key blocks outside, so that the keys
 // are read from L2 once. Other keys and an odd head one by one.
-__attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, const float* k, int64_t cnt,
-                                                     int64_t d, float scale, float* s) {
+template <class T>
+__attribute__((target("avx2,fma,f16c"))) void scores_avx2(const float* q, int64_t G, const T* k, int64_t cnt,
+                                                          int64_t d, float scale, float* s) {
   const __m256 sc = _mm256_set1_ps(scale);
   const int64_t G2 = G & ~int64_t(1), cnt4 = cnt & ~int64_t(3);
   for (int64_t j = 0; j < cnt4; j += 4) {  // the 4 key rows stay in L1 while every head pair reads them
-    const float* kj = k + j * d;
+    const T* kj = k + j * d;
     for (int64_t g = 0; g < G2; g += 2) {
       const float *q0 = q + g * d, *q1 = q0 + d;
       __m256 a[8];
@@ -279,7 +303,7 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, 
       for (int64_t i = 0; i < d; i += 8) {
         const __m256 x0 = _mm256_loadu_ps(q0 + i), x1 = _mm256_loadu_ps(q1 + i);
         for (int r = 0; r < 4; ++r) {
-          const __m256 kr = _mm256_loadu_ps(kj + r * d + i);
+          const __m256 kr = ld8(kj + r * d + i);
           a[r] = _mm256_fmadd_ps(x0, kr, a[r]);
           a[4 + r] = _mm256_fmadd_ps(x1, kr, a[4 + r]);
         }
@@ -292,14 +316,14 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, 
   for (int64_t g = 0; g < G; ++g) {
     const float* qg = q + g * d;
     for (int64_t j = g < G2 ? cnt4 : 0; j < cnt; ++j) {
-      const float* kj = k + j * d;
+      const T* kj = k + j * d;
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
       int64_t i = 0;
       for (; i + 16 <= d; i += 16) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kj + i), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i + 8), _mm256_loadu_ps(kj + i + 8), a1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), ld8(kj + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i + 8), ld8(kj + i + 8), a1);
       }
-      if (i < d) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kj + i), a0);
+      if (i < d) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), ld8(kj + i), a0);
       s[g * cnt + j] = scale * hsum256(_mm256_add_ps(a0, a1));
     }
   }
@@ -308,8 +332,9 @@ __attribute__((target("avx2,fma"))) void scores_avx2(const float* q, int64_t G, 
 
 // d a multiple of 8, at most 128 (16 registers hold the row). When d is a multiple of 64 the heads go in pairs and
 // the row in halves of 64: 16 accumulators, each value chunk loaded once for both heads.
-__attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G, const float* v, int64_t cnt,
-                                                       int64_t d, float* o, int64_t ldo) {
+template <class T>
+__attribute__((target("avx2,fma,f16c"))) void weighted_avx2(const float* p, int64_t G, const T* v, int64_t cnt,
+                                                            int64_t d, float* o, int64_t ldo) {
   const int64_t nc = d / 8;
   const int64_t G2 = d % 64 == 0 ? G & ~int64_t(1) : 0;
   for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
@@ -325,9 +350,9 @@ __attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G
         const float *p0 = p + g * cnt, *p1 = p0 + cnt;
         for (int64_t j = j0; j < j1; ++j) {
           const __m256 w0 = _mm256_set1_ps(p0[j]), w1 = _mm256_set1_ps(p1[j]);
-          const float* vj = v + j * d + c0 * 8;
+          const T* vj = v + j * d + c0 * 8;
           for (int c = 0; c < 8; ++c) {
-            const __m256 x = _mm256_loadu_ps(vj + c * 8);
+            const __m256 x = ld8(vj + c * 8);
             a0[c] = _mm256_fmadd_ps(w0, x, a0[c]);
             a1[c] = _mm256_fmadd_ps(w1, x, a1[c]);
           }
@@ -344,8 +369,8 @@ __attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G
       const float* pg = p + g * cnt;
       for (int64_t j = j0; j < j1; ++j) {
         const __m256 w = _mm256_set1_ps(pg[j]);
-        const float* vj = v + j * d;
-        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm256_fmadd_ps(w, _mm256_loadu_ps(vj + c * 8), acc[c]);
+        const T* vj = v + j * d;
+        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm256_fmadd_ps(w, ld8(vj + c * 8), acc[c]);
       }
       for (int64_t c = 0; c < nc; ++c) _mm256_storeu_ps(og + c * 8, acc[c]);
     }
@@ -353,22 +378,70 @@ __attribute__((target("avx2,fma"))) void weighted_avx2(const float* p, int64_t G
   _mm256_zeroupper();
 }
 
-}  // namespace
+bool use_avx512() {
+  static const bool b = cpu::mayiuse(cpu::Isa::avx512f);
+  return b;
+}
+bool use_avx2() {
+  static const bool b = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma) && cpu::mayiuse(cpu::Isa::f16c);
+  return b;
+}
 
-void group_scores(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s) {
-  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
-                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
-  if (avx512 && d % 16 == 0) scores_avx512(q, G, k, cnt, d, scale, s);
-  else if (avx2 && d % 8 == 0) scores_avx2(q, G, k, cnt, d, scale, s);
+template <class T>
+void scores_any(const float* q, int64_t G, const T* k, int64_t cnt, int64_t d, float scale, float* s) {
+  if (use_avx512() && d % 16 == 0) scores_avx512(q, G, k, cnt, d, scale, s);
+  else if (use_avx2() && d % 8 == 0) scores_avx2(q, G, k, cnt, d, scale, s);
   else scores_portable(q, G, k, cnt, d, scale, s);
 }
 
-void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
-  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
-                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
-  if (avx512 && d % 16 == 0 && d <= 256) weighted_avx512(p, G, v, cnt, d, o, ldo);
-  else if (avx2 && d % 8 == 0 && d <= 128) weighted_avx2(p, G, v, cnt, d, o, ldo);
+template <class T>
+void weighted_any(const float* p, int64_t G, const T* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+  if (use_avx512() && d % 16 == 0 && d <= 256) weighted_avx512(p, G, v, cnt, d, o, ldo);
+  else if (use_avx2() && d % 8 == 0 && d <= 128) weighted_avx2(p, G, v, cnt, d, o, ldo);
   else weighted_portable(p, G, v, cnt, d, o, ldo);
+}
+
+__attribute__((target("avx2,fma,f16c"))) void to_f16_avx2(const float* x, uint16_t* y, int64_t n) {
+  const __m256 hi = _mm256_set1_ps(65504.0f), lo = _mm256_set1_ps(-65504.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    // MAXPS / MINPS return their second operand where either is NaN: a NaN passes through both.
+    const __m256 v = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(x + i)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; ++i) y[i] = quant::f32_to_f16(std::clamp(x[i], -65504.0f, 65504.0f));
+}
+
+__attribute__((target("avx2,fma,f16c"))) void from_f16_avx2(const uint16_t* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, ld8(x + i));
+  for (; i < n; ++i) y[i] = quant::f16_to_f32(x[i]);
+}
+
+}  // namespace
+
+void group_scores(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s) {
+  scores_any(q, G, k, cnt, d, scale, s);
+}
+void group_scores(const float* q, int64_t G, const uint16_t* k, int64_t cnt, int64_t d, float scale, float* s) {
+  scores_any(q, G, k, cnt, d, scale, s);
+}
+
+void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+  weighted_any(p, G, v, cnt, d, o, ldo);
+}
+void group_weighted_sum(const float* p, int64_t G, const uint16_t* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
+  weighted_any(p, G, v, cnt, d, o, ldo);
+}
+
+void to_f16_saturated(const float* x, uint16_t* y, int64_t n) {
+  if (use_avx2()) return to_f16_avx2(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = quant::f32_to_f16(std::isnan(x[i]) ? x[i] : std::clamp(x[i], -65504.0f, 65504.0f));
+}
+
+void from_f16(const uint16_t* x, float* y, int64_t n) {
+  if (use_avx2()) return from_f16_avx2(x, y, n);
+  for (int64_t i = 0; i < n; ++i) y[i] = quant::f16_to_f32(x[i]);
 }
 
 namespace {

@@ -39,11 +39,19 @@ void axpy_f32(float a, const float* x, float* y, int64_t n);
 
 // Attention over a span of cached positions for a group of query heads that share one KV head (decode):
 // s[g * cnt + j] = scale * (q[g] . k[j]) for g < G, j < cnt, where q is [G][d] and k is [cnt][d];
+// k in fp32 or IEEE binary16 (the KV cache's KvType; widened as it is loaded).
 void group_scores(const float* q, int64_t G, const float* k, int64_t cnt, int64_t d, float scale, float* s);
+void group_scores(const float* q, int64_t G, const uint16_t* k, int64_t cnt, int64_t d, float scale, float* s);
 // o[g * ldo + i] = sum_j p[g * cnt + j] * v[j * d + i] for g < G, i < d. Each key and value row is read once for
-// the whole group (AVX-512 or AVX2 with FMA where the CPU has it); no BLAS call, whose per-call cost dominated
-// these small products.
+// the whole group (AVX-512 or AVX2 with FMA and F16C where the CPU has it); no BLAS call, whose per-call cost
+// dominated these small products.
 void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo);
+void group_weighted_sum(const float* p, int64_t G, const uint16_t* v, int64_t cnt, int64_t d, float* o, int64_t ldo);
+// y[i] = x[i] as IEEE binary16, rounded to nearest even and saturated at +-65504 (a key or value past the format's
+// range keeps its sign and the largest magnitude instead of becoming infinite); NaN stays NaN.
+void to_f16_saturated(const float* x, uint16_t* y, int64_t n);
+// y[i] = x[i] widened to fp32 (exact).
+void from_f16(const uint16_t* x, float* y, int64_t n);
 
 // x[i] = exp(x[i] - shift) for i < n (a vector exp within 2 ulp where the CPU has AVX2 or AVX-512), returning their
 // sum accumulated in double.

@@ -54,6 +54,14 @@ const char* dense_nf4_name(DenseNf4 d) {
   return "?";
 }
 
+const char* kv_type_name(KvType t) { return t == KvType::f16 ? "f16" : "f32"; }
+
+KvType parse_kv_type(const std::string& name) {
+  if (name == "f16") return KvType::f16;
+  if (name == "f32") return KvType::f32;
+  fail("unknown KV cache type '{}' (choose f16 or f32)", name);
+}
+
 void set_expert_mode(const std::string& name, LoadOptions& opt) {
   opt.experts_stored = name == "stored";
   opt.experts = opt.experts_stored ? ExpertMode::nf4_kernel : expert_mode_from_name(name);

@@ -42,6 +42,17 @@ enum class DenseNf4 {
 };
 const char* dense_nf4_name(DenseNf4 d);
 
+// The element type of a Session's KV cache on the CPU (the attention layers' keys and values; the hybrid mode keeps
+// its cache on the GPU).
+enum class KvType {
+  f16,  // IEEE binary16, as llama.cpp's default: half the bytes that decode attention reads and half the memory;
+        // each key and value rounded to nearest (2^-11 relative) and saturated at +-65504
+  f32,  // exact: the checks against transformers' logits use it
+};
+const char* kv_type_name(KvType t);
+// "f16" or "f32"; throws genesis::Error naming the choices otherwise.
+KvType parse_kv_type(const std::string& name);
+
 struct LoadOptions {
   ExpertMode experts = ExpertMode::nf4_kernel;
   int nf4_blocksize = quant::kNf4DefaultBlocksize;  // when quantizing fp32/bf16 experts at load
@@ -56,6 +67,8 @@ struct LoadOptions {
   // fp32 at load. fp32 and fp16 checkpoints are held in fp32 either way. GGUF: quantized non-expert matrices are
   // dequantized to bf16 when true (rounded: about 2^-9 relative, far below their 4-8 bit step), to fp32 when false.
   bool keep_bf16 = true;
+  // The KV cache of this model's Sessions (Session's constructor may choose another).
+  KvType kv_cache = KvType::f16;
   // Off by default: re-quantizing a GGUF's 4-6 bit matrices to NF4 costs quality that the experts' re-quantization
   // (where the bytes are) justifies and the small attention matrices do not always (SmolLM2-135M Q4_1: perplexity
   // 18.31 with bf16, 24.60 with NF4, on the same text).

@@ -70,8 +70,9 @@ void Session::attention(int64_t li, int64_t n) {
         }
       }
       const int64_t pos = sg.pos0 + (t - sg.row0);
-      apply_rope(q, nh, hd, c_.rotary_dim(), pos, rope_);
-      apply_rope(k, nkv, hd, c_.rotary_dim(), pos, rope_);
+      const float* cs = &rope_cs_[size_t(t * c_.rotary_dim())];  // this row's angles (the step's, every layer's)
+      apply_rope(q, nh, hd, c_.rotary_dim(), cs);
+      apply_rope(k, nkv, hd, c_.rotary_dim(), cs);
       for (int64_t h = 0; h < nkv; ++h) {
         if (half) {
           to_f16_saturated(k + h * hd, kh + (h * cap + pos) * hd, hd);

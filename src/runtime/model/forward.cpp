@@ -179,6 +179,16 @@ void Session::step(std::span<const SequenceRows> batch) {
     const Dense& emb = m_.weights().embed;
     for (int32_t t : b.tokens) emb.row_f32(t, &x_[size_t(row++ * H)]);
   }
+  // Each row's rotary angles, once per step for all the attention layers.
+  if (c_.layers_of(MixerKind::attention) + c_.layers_of(MixerKind::gated_attention) > 0) {
+    const int64_t rd = c_.rotary_dim();
+    if (rope_cs_.size() < size_t(total * rd)) rope_cs_.resize(size_t(chunk_ * rd));
+    for_rows(total, [&](int64_t t) {
+      const Segment* sg = &segs_.front();
+      while (t >= sg->row0 + sg->n) ++sg;  // segments are in row order
+      rope_cos_sin(sg->pos0 + (t - sg->row0), rd, rope_, &rope_cs_[size_t(t * rd)]);
+    });
+  }
   clock_.lap(Op::elementwise);
   for (int64_t li = 0; li < c_.num_layers; ++li) run_layer(li, total);
   std::vector<std::pair<int64_t, float*>> out;

@@ -217,6 +217,7 @@ class Session {
   std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;
   int64_t rope_len_ = -1;
+  std::vector<float> rope_cs_;  // [rows of the step][rotary_dim]: each row's cosines, then sines (rope_cos_sin)
 
   // MoE scratch (moe.cpp). A pair is one (row, chosen expert); pairs are sorted by expert, and a unit is up to
   // unit_rows_ consecutive pairs of one expert that share one pass over its weights.

@@ -2,7 +2,8 @@
 # many-row products and without (GENESIS_AMX=0), beside llama.cpp built there for the CPU, in one call.
 #   TESTS=1      also the GPU tests (scripts/gpu_tests.sh) and the model tests that run the prefill's many-row path
 #   THREADS="16 8"  thread counts (default 16)
-#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off), each its own run
+#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off), each its own run: VAR=value for the
+#                environment, or a genesis flag written --flag=value (--cache-type=f32)
 #   NEXT=1       the 48-layer Qwen3-Next GGUF instead of the 30B one (written there while the tests run: about 155 s),
 #                Genesis with NEXT_AB's settings (default AB's) and llama-bench. Not both files: the host's 64 GiB disk
 #                holds 18.4 + 48 GiB only just, and writing one while the other is benchmarked ruined the figures
@@ -20,7 +21,7 @@ tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | h
 step t_kq 120 /tmp/g/test_kq_gemv
 tail -3 $RES/t_kq.out; grep -hE "Failure|FAILED" -A4 $RES/t_kq.out | head -20
 if [ -n "${TESTS:-}" ]; then
-  step t_model 200 /tmp/g/test_model --gtest_filter='GgufModel.*:MultiSequenceStep.*:*Prefill*:*Golden*'
+  step t_model 200 /tmp/g/test_model --gtest_filter='*GgufModel.*:*MultiSequenceStep.*:*Prefill*:*Golden*:Ops.*'
   tail -3 $RES/t_model.out; grep -hE "Failure|FAILED" -A4 $RES/t_model.out | head -30 | cut -c1-240
   step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
   tail -4 $RES/t_gpu.out; grep -hE "FAILED|Failure" $RES/t_gpu.out $RES/t_gpu.err | head -20 | cut -c1-240
@@ -31,7 +32,11 @@ $G info > $RES/info.txt 2>&1; grep -iE "amx|region" $RES/info.txt | head -8
   B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
   step g_t$t 90 $G $B --json $RES/g_t$t.json
   grep -h "^dense" $RES/g_t$t.out | cut -c1-200
-  for e in ${AB:-GENESIS_AMX=0}; do step a_${e%%=*}_t$t 90 env $e $G $B --json $RES/a_${e%%=*}_t$t.json; done
+  for e in ${AB:-GENESIS_AMX=0}; do
+    n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
+    if [ "${e#--}" != "$e" ]; then step a_${n}_t$t 90 $G $B ${e/=/ } --json $RES/a_${n}_t$t.json
+    else step a_${n}_t$t 90 env $e $G $B --json $RES/a_${n}_t$t.json; fi
+  done
   step l_t$t 100 $LB -m $M -p 512 -n 32 -r 2 -t $t -o json
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
 done
@@ -39,7 +44,11 @@ if [ -n "${NEXT:-}" ]; then
   wait $SN
   B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"
   step n_g 120 $G $B --json $RES/n_g.json
-  for e in ${NEXT_AB:-${AB:-GENESIS_AMX=0}}; do step n_${e%%=*} 120 env $e $G $B --json $RES/n_${e%%=*}.json; done
+  for e in ${NEXT_AB:-${AB:-GENESIS_AMX=0}}; do
+    n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
+    if [ "${e#--}" != "$e" ]; then step n_$n 120 $G $B ${e/=/ } --json $RES/n_$n.json
+    else step n_$n 120 env $e $G $B --json $RES/n_$n.json; fi
+  done
   step n_l 120 $LB -m $N -p 512 -n 32 -r 2 -t 16 -o json
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES

@@ -2,6 +2,8 @@
 // The kernel path's packing and kernels live in expert_kernel.cpp.
 #include "runtime/model/expert_pack.h"
 
+#include <cstdlib>
+
 #include "common/error.h"
 #include "kernels/float_dense/float_dense.h"
 
@@ -48,6 +50,16 @@ ExpertMatrix ExpertPacker::make_nf4(quant::Nf4Matrix q, const std::string& name)
   }
   m.op = kernels::nf4_gemv::make_reference_linear(std::move(q));
   return m;
+}
+
+int64_t expert_row_block() {
+  static const int64_t b = [] {
+    const char* e = std::getenv("GENESIS_EXPERT_BLOCK");
+    if (!e) return kExpertRowBlock;
+    const int64_t v = std::atoll(e);
+    return v == 16 || v == 32 || v == 64 || v == 128 ? v : kExpertRowBlock;
+  }();
+  return b;
 }
 
 }  // namespace genesis::runtime

@@ -13,6 +13,9 @@ namespace genesis::runtime {
 
 // Rows per MoE task: a multiple of the kernels' 16-row groups.
 inline constexpr int64_t kExpertRowBlock = 64;
+// The rows per MoE task a step takes: kExpertRowBlock, or GENESIS_EXPERT_BLOCK (16, 32, 64 or 128) for A/B runs of
+// the region's tail on many cores (finer tasks: a shorter wait for the last one; coarser: fewer claims and calls).
+int64_t expert_row_block();
 
 class ExpertPacker {
  public:

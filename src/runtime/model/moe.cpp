@@ -100,8 +100,9 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
     unit_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(U));
     unit_left_size_ = size_t(U);
   }
-  const int64_t nb1 = (2 * I + kExpertRowBlock - 1) / kExpertRowBlock;
-  const int64_t nb2 = (H + kExpertRowBlock - 1) / kExpertRowBlock;
+  const int64_t blk = expert_row_block();
+  const int64_t nb1 = (2 * I + blk - 1) / blk;
+  const int64_t nb2 = (H + blk - 1) / blk;
   for (int64_t u = 0; u < U; ++u) unit_left_[size_t(u)].store(int32_t(nb1), std::memory_order_relaxed);
 
   // A unit's input rows: with one row every unit reads xn_ itself and units of the same activation kind share one
@@ -147,7 +148,7 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
     const MoeUnit& un = units_[size_t(u)];
     const Expert& e = l.experts[size_t(un.expert)];
     e.gate_up.op->run_rows(*prep_x_[size_t(unit_prep_[size_t(u)])].a, &moe_h_[size_t(un.p0) * size_t(2 * I)],
-                           b * kExpertRowBlock, std::min(2 * I, (b + 1) * kExpertRowBlock));
+                           b * blk, std::min(2 * I, (b + 1) * blk));
     if (unit_left_[size_t(u)].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     // The unit's last block: its gate and up rows are complete (acq_rel orders the other tasks' writes before).
     float* act = &moe_act_[size_t(un.p0) * size_t(I)];
@@ -163,7 +164,7 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
     const int64_t u = task / nb2, b = task % nb2;
     const MoeUnit& un = units_[size_t(u)];
     l.experts[size_t(un.expert)].down.op->run_rows(*prep_act_[size_t(u)].a, &moe_out_[size_t(un.p0) * size_t(H)],
-                                                   b * kExpertRowBlock, std::min(H, (b + 1) * kExpertRowBlock));
+                                                   b * blk, std::min(H, (b + 1) * blk));
   });
   clock_.lap(Op::experts_down);
 

@@ -234,65 +234,6 @@ void drive(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const Packed
   }
 }
 
-// The same product in column panels of kPanelBlocks blocks (256 columns): for each panel, every 32-row block of w
-// against every pair of row groups of x, the C tiles kept in `acc` between panels. x's panel (rows of x x 256 columns,
-// 256 KiB at 512 rows) then stays in L2 across all of w's rows, where drive() streams all of x once per 32 weight
-// rows (2 MiB at 512 x 2048: from L3). C costs a load and a store per panel instead.
-constexpr int64_t kPanelBlocks = 8;
-
-template <class Tiles>
-void drive_panels(Tiles& tl, const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
-  const int64_t blocks = (rows + kBlockRows - 1) / kBlockRows, pairs = x.groups / 2, stride = ldw * 2;
-  thread_local std::vector<float> acc_store;  // [block][pair][4 tiles][16][16]
-  acc_store.resize(size_t(blocks * pairs * 1024));
-  float* acc = acc_store.data();
-  for (int64_t k0 = 0; k0 < x.kblocks; k0 += kPanelBlocks) {
-    const int64_t k1 = std::min(x.kblocks, k0 + kPanelBlocks);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint16_t* a0 = w + b * kBlockRows * ldw;
-      const uint16_t* a1 = a0 + kTileRows * ldw;
-      for (int64_t gp = 0; gp < pairs; ++gp) {
-        float* c = acc + (b * pairs + gp) * 1024;
-        if (k0 == 0) {
-          tl.template zero<0>();
-          tl.template zero<1>();
-          tl.template zero<2>();
-          tl.template zero<3>();
-        } else {
-          tl.template load<0>(c, 64);
-          tl.template load<1>(c + 256, 64);
-          tl.template load<2>(c + 512, 64);
-          tl.template load<3>(c + 768, 64);
-        }
-        for (int64_t kb = k0; kb < k1; ++kb) {
-          tl.template load<4>(a0 + kb * kTileK, stride);
-          tl.template load<5>(a1 + kb * kTileK, stride);
-          tl.template load<6>(x.tile(2 * gp, kb), 64);
-          tl.template load<7>(x.tile(2 * gp + 1, kb), 64);
-          tl.template dp<0, 4, 6>();
-          tl.template dp<1, 4, 7>();
-          tl.template dp<2, 5, 6>();
-          tl.template dp<3, 5, 7>();
-        }
-        tl.template store<0>(c, 64);
-        tl.template store<1>(c + 256, 64);
-        tl.template store<2>(c + 512, 64);
-        tl.template store<3>(c + 768, 64);
-      }
-    }
-  }
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t gp = 0; gp < pairs; ++gp)
-      for (int i = 0; i < 4; ++i) {
-        const float* c = acc + (b * pairs + gp) * 1024 + i * 256;
-        const int64_t r0 = b * kBlockRows + (i >> 1) * kTileRows, t0 = (2 * gp + (i & 1)) * kTileRows;
-        const int64_t rn = std::clamp<int64_t>(rows - r0, 0, kTileRows),
-                      tn = std::clamp<int64_t>(x.n - t0, 0, kTileRows);
-        for (int64_t t = 0; t < tn; ++t)
-          for (int64_t r = 0; r < rn; ++r) y[(t0 + t) * ldy + r0 + r] = c[r * 16 + t];
-      }
-}
-
 void check(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x) {
   if (!w || rows < 1 || x.n < 1 || x.groups % 2 != 0 || ldw < x.kblocks * kTileK ||
       x.data.size() != size_t(x.groups * x.kblocks * 512))
@@ -300,12 +241,9 @@ void check(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x) {
 }
 
 __attribute__((target("amx-tile,amx-bf16"))) void gemm_hard(const uint16_t* w, int64_t ldw, int64_t rows,
-                                                            const PackedRows& x, float* y, int64_t ldy, bool panels) {
+                                                            const PackedRows& x, float* y, int64_t ldy) {
   HardTiles tl;
-  if (panels)
-    drive_panels(tl, w, ldw, rows, x, y, ldy);
-  else
-    drive(tl, w, ldw, rows, x, y, ldy);
+  drive(tl, w, ldw, rows, x, y, ldy);
 }
 
 }  // namespace
@@ -346,35 +284,22 @@ void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
     }
 }
 
-Order order() {
-  static const Order o = [] {
-    const char* env = std::getenv("GENESIS_AMX_PANELS");
-    return env && std::string_view(env) == "1" ? Order::panels : Order::rows;
-  }();
-  return o;
-}
-
-void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy, Order order) {
+void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
   if (!available()) fail("amx gemm: this CPU (or GENESIS_MAX_ISA / GENESIS_AMX) gives no AMX bf16 tiles");
   check(w, ldw, rows, x);
-  gemm_hard(w, ldw, rows, x, y, ldy, order == Order::panels);
+  gemm_hard(w, ldw, rows, x, y, ldy);
 }
 
-void gemm_bf16_emulated(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy,
-                        Order order) {
+void gemm_bf16_emulated(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy) {
   check(w, ldw, rows, x);
   SoftTiles tl;
-  if (order == Order::panels)
-    drive_panels(tl, w, ldw, rows, x, y, ldy);
-  else
-    drive(tl, w, ldw, rows, x, y, ldy);
+  drive(tl, w, ldw, rows, x, y, ldy);
 }
 
 namespace {
 
 // widened_rows() over either tile set (the software tiles for the tests).
-void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1, Order order,
-                        bool emulated) {
+void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1, bool emulated) {
   if (x.cols != w.cols()) fail("amx gemm: packed rows of {} columns for a matrix of {}", x.cols, w.cols());
   // The bf16 rows one cache line apart more than whole pages: at a stride of 4 KB (2048 columns) a tile's 16 rows
   // fall in one L1 set.
@@ -382,12 +307,8 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
   thread_local std::vector<float> f;
   thread_local std::vector<uint16_t> b;
   f.resize(size_t(cols));
-  // Row blocks: 32 rows widened then multiplied (Order::rows), or up to kPanelRows widened first and multiplied in
-  // column panels (Order::panels; the cap bounds the thread's buffers, an output layer's rows included).
-  constexpr int64_t kPanelRows = 512;
-  const int64_t block = order == Order::panels
-                            ? std::min<int64_t>(kPanelRows, (r1 - r0 + kBlockRows - 1) / kBlockRows * kBlockRows)
-                            : int64_t(kBlockRows);
+  // Row blocks of 32: widened, then multiplied.
+  const int64_t block = kBlockRows;
   if (b.size() < size_t(block * ldw)) b.assign(size_t(block * ldw), 0);
   for (int64_t rb = r0; rb < r1; rb += block) {
     const int64_t R = std::min<int64_t>(block, r1 - rb);
@@ -397,20 +318,20 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
       std::fill(b.begin() + r * ldw + cols, b.begin() + (r + 1) * ldw, uint16_t(0));
     }
     if (emulated)
-      gemm_bf16_emulated(b.data(), ldw, R, x, y + rb, w.rows(), order);
+      gemm_bf16_emulated(b.data(), ldw, R, x, y + rb, w.rows());
     else
-      gemm_bf16(b.data(), ldw, R, x, y + rb, w.rows(), order);
+      gemm_bf16(b.data(), ldw, R, x, y + rb, w.rows());
   }
 }
 
 }  // namespace
 
 void widened_rows(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1) {
-  widen_and_multiply(w, x, y, r0, r1, order(), false);
+  widen_and_multiply(w, x, y, r0, r1, false);
 }
 
-void widened_rows_emulated(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1, Order order) {
-  widen_and_multiply(w, x, y, r0, r1, order, true);
+void widened_rows_emulated(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1) {
+  widen_and_multiply(w, x, y, r0, r1, true);
 }
 
 }  // namespace genesis::kernels::amx

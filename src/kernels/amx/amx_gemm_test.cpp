@@ -65,7 +65,7 @@ struct Case {
 };
 
 // w bf16 [round_up(rows, 32)][ldw] (padding zero), x fp32; the reference in fp64 over the bf16-rounded operands.
-void check_driver(const Case& c, bool hardware, Order order) {
+void check_driver(const Case& c, bool hardware) {
   const int64_t ldw = (c.cols + 31) / 32 * 32 + 32 * (c.rows % 3 == 0);  // a stride wider than the columns, too
   const int64_t rows_pad = (c.rows + 31) / 32 * 32;
   const auto wf = random_values(size_t(c.rows * c.cols), uint32_t(c.rows * 7 + c.cols));
@@ -77,8 +77,8 @@ void check_driver(const Case& c, bool hardware, Order order) {
   pack_rows(x.data(), c.n, c.cols, p);
   const int64_t ldy = c.rows + 5;  // y's stride is the caller's: untouched columns stay as they were
   std::vector<float> soft(size_t(c.n * ldy), -7.0f), hard(soft);
-  gemm_bf16_emulated(w.data(), ldw, c.rows, p, soft.data(), ldy, order);
-  if (hardware) gemm_bf16(w.data(), ldw, c.rows, p, hard.data(), ldy, order);
+  gemm_bf16_emulated(w.data(), ldw, c.rows, p, soft.data(), ldy);
+  if (hardware) gemm_bf16(w.data(), ldw, c.rows, p, hard.data(), ldy);
   for (int64_t t = 0; t < c.n; ++t)
     for (int64_t r = 0; r < ldy; ++r) {
       const float got = soft[size_t(t * ldy + r)];
@@ -105,22 +105,22 @@ void check_driver(const Case& c, bool hardware, Order order) {
     }
 }
 
-// {96, 64, 2048} and {40, 33, 600}: several column panels (256 columns each), the last partial.
+// {96, 64, 2048} and {40, 33, 600}: many column blocks, the last partial.
 const Case kCases[] = {{32, 32, 64},   {1, 1, 32},     {45, 37, 70}, {16, 17, 576},
                        {96, 64, 2048}, {33, 130, 100}, {40, 33, 600}};
 
 TEST(AmxGemm, SoftwareTilesMatchTheReference) {
   for (const Case& c : kCases)
-    for (Order o : {Order::rows, Order::panels}) check_driver(c, false, o);
+    check_driver(c, false);
 }
 
 TEST(AmxGemm, HardwareMatchesTheReference) {
   if (!available()) GTEST_SKIP() << "no AMX bf16 tiles here (or GENESIS_MAX_ISA / GENESIS_AMX=0)";
   for (const Case& c : kCases)
-    for (Order o : {Order::rows, Order::panels}) check_driver(c, true, o);
+    check_driver(c, true);
 }
 
-// Widening a Linear's rows (both orders; the panels widen a thread's whole range first) over the software tiles.
+// Widening a Linear's rows over the software tiles, in two ranges.
 TEST(AmxGemm, EmulatedWidenedRowsMatchTheSgemmPath) {
   const int64_t rows = 90, cols = 600, n = 40;
   const auto w = random_values(size_t(rows * cols), 7);
@@ -131,12 +131,10 @@ TEST(AmxGemm, EmulatedWidenedRowsMatchTheSgemmPath) {
   PackedRows p;
   pack_rows(x.data(), n, cols, p);
   const auto mag = magnitudes(w, x, rows, cols, n);
-  for (Order o : {Order::rows, Order::panels}) {
-    std::vector<float> got(size_t(n * rows), 0.0f);
-    widened_rows_emulated(*lin, p, got.data(), 0, 50, o);
-    widened_rows_emulated(*lin, p, got.data(), 50, rows, o);
-    for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kBf16Bound * mag[i]) << i;
-  }
+  std::vector<float> got(size_t(n * rows), 0.0f);
+  widened_rows_emulated(*lin, p, got.data(), 0, 50);
+  widened_rows_emulated(*lin, p, got.data(), 50, rows);
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kBf16Bound * mag[i]) << i;
 }
 
 TEST(AmxGemm, WidenedRowsMatchTheSgemmPath) {

@@ -250,11 +250,10 @@ nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
           const auto bare = time_calls(
               [&] {
                 over_threads([&](int64_t a, int64_t b) {
-                  amx::gemm_bf16(wb.data() + a * ldw, ldw, b - a, packed, y.data() + a, M, amx::order());
+                  amx::gemm_bf16(wb.data() + a * ldw, ldw, b - a, packed, y.data() + a, M);
                 });
               },
               topt);
-          rec["tiles_order"] = amx::order() == amx::Order::panels ? "panels" : "rows";
           rec["tiles_only_us"] = bare.median_us;
           rec["tiles_only_gmacs"] = macs / (bare.median_us * 1e3);
         }

@@ -16,9 +16,10 @@ class Linear;
 
 namespace genesis::kernels::amx {
 
-inline constexpr int kTileRows = 16;   // rows of every tile; rows of x per B tile
-inline constexpr int kTileK = 32;      // bf16 columns per tile row (64 bytes)
-inline constexpr int kBlockRows = 32;  // weight rows per block (two A tiles)
+inline constexpr int kTileRows = 16;    // rows of every tile; rows of x per B tile
+inline constexpr int kTileK = 32;       // bf16 columns per tile row (64 bytes)
+inline constexpr int kBlockRows = 32;   // weight rows per block (two A tiles)
+inline constexpr int kWidenRows = 128;  // weight rows widened at once by widened_rows()
 
 // AMX tiles with bf16 products usable in this process: cpuid, the OS's permission (requested at detection) and
 // GENESIS_MAX_ISA=amx (the default where AMX exists); GENESIS_AMX=0 turns the path off for A/B runs.
@@ -39,9 +40,9 @@ struct PackedRows {
 };
 void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p);
 
-// The loop order: per 32 weight rows, all of x over all columns (x streamed once per 32 rows). A column-panel order
-// (x's panel kept in L2, the C tiles stored between panels) measured slower on the 16-core host (5120x2048 x 512
-// rows, 16 threads: 4669 against 4068 us) and was removed.
+// The loop order: per pair of x's 16-row groups, every 32-row block of w over all columns (x read once per call). A
+// column-panel order (x's panel kept in L2, the C tiles stored between panels) measured slower on the 16-core host
+// (5120x2048 x 512 rows, 16 threads: 4669 against 4068 us for w's 32-row blocks outside) and was removed.
 // y[t * ldy + r] = sum_k w[r * ldw + k] x[t][k] for r < rows, t < x.n. w: bf16, [round_up(rows, 32)][ldw] with
 // ldw >= 32 * x.kblocks, the columns from x.cols on and the rows from `rows` on readable (they are computed, not
 // stored; zeros keep them finite).

@@ -122,7 +122,7 @@ TEST(AmxGemm, HardwareMatchesTheReference) {
 
 // Widening a Linear's rows over the software tiles, in two ranges.
 TEST(AmxGemm, EmulatedWidenedRowsMatchTheSgemmPath) {
-  const int64_t rows = 90, cols = 600, n = 40;
+  const int64_t rows = 300, cols = 600, n = 40;  // more than kWidenRows: several widened blocks, the last partial
   const auto w = random_values(size_t(rows * cols), 7);
   const auto x = random_values(size_t(n * cols), 8);
   const auto lin = float_dense::make_f32(rows, cols, w);
@@ -133,7 +133,7 @@ TEST(AmxGemm, EmulatedWidenedRowsMatchTheSgemmPath) {
   const auto mag = magnitudes(w, x, rows, cols, n);
   std::vector<float> got(size_t(n * rows), 0.0f);
   widened_rows_emulated(*lin, p, got.data(), 0, 50);
-  widened_rows_emulated(*lin, p, got.data(), 50, rows);
+  widened_rows_emulated(*lin, p, got.data(), 50, rows);  // 250 rows: blocks of 128, 122
   for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], kBf16Bound * mag[i]) << i;
 }
 

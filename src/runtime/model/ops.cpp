@@ -263,14 +263,52 @@ void weighted_portable(const float* p, int64_t G, const T* v, int64_t cnt, int64
 
 constexpr int64_t kValueBlock = 32;  // value rows per block of group_weighted_sum (16 KiB at head_dim 128)
 
-// d a multiple of 16: each key row's 16-float chunks are dotted with every head of the group.
+// The sums of a[0..7] (16 lanes each) in one 8-lane vector: lanes 0-3 those of a[0..3], lanes 4-7 those of a[4..7].
+__attribute__((target("avx512f,avx2,fma,f16c"))) inline __m256 hsum8x16(const __m512* a) {
+  __m256 h[8];
+  for (int i = 0; i < 8; ++i)
+    h[i] = _mm256_add_ps(_mm512_castps512_ps256(a[i]),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[i]), 1)));
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(h[4], h[5]), _mm256_hadd_ps(h[6], h[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// d a multiple of 16. Blocks of 4 keys x 4 heads: each key chunk loaded (and, from a binary16 cache, widened) once
+// for 4 heads and each query chunk once for 4 keys, 16 accumulators reduced together; the key blocks outside, so that
+// the keys are read from memory once. Other keys and heads one by one.
 template <class T>
-__attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G, const T* k, int64_t cnt, int64_t d,
-                                                      float scale, float* s) {
-  for (int64_t j = 0; j < cnt; ++j) {
+__attribute__((target("avx512f,avx2,fma,f16c"))) void scores_avx512(const float* q, int64_t G, const T* k,
+                                                                    int64_t cnt, int64_t d, float scale, float* s) {
+  const __m256 sc = _mm256_set1_ps(scale);
+  const int64_t G4 = G & ~int64_t(3), cnt4 = cnt & ~int64_t(3);
+  for (int64_t j = 0; j < cnt4; j += 4) {
     const T* kj = k + j * d;
-    for (int64_t g = 0; g < G; ++g) {
-      const float* qg = q + g * d;
+    for (int64_t g = 0; g < G4; g += 4) {
+      __m512 a[16];
+      for (__m512& x : a) x = _mm512_setzero_ps();
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 k0 = ld16(kj + i), k1 = ld16(kj + d + i), k2 = ld16(kj + 2 * d + i), k3 = ld16(kj + 3 * d + i);
+        for (int h = 0; h < 4; ++h) {
+          const __m512 x = _mm512_loadu_ps(q + (g + h) * d + i);
+          a[4 * h] = _mm512_fmadd_ps(x, k0, a[4 * h]);
+          a[4 * h + 1] = _mm512_fmadd_ps(x, k1, a[4 * h + 1]);
+          a[4 * h + 2] = _mm512_fmadd_ps(x, k2, a[4 * h + 2]);
+          a[4 * h + 3] = _mm512_fmadd_ps(x, k3, a[4 * h + 3]);
+        }
+      }
+      // a[4h + r]: head g + h, key j + r.
+      const __m256 r0 = _mm256_mul_ps(sc, hsum8x16(a)), r1 = _mm256_mul_ps(sc, hsum8x16(a + 8));
+      _mm_storeu_ps(s + g * cnt + j, _mm256_castps256_ps128(r0));
+      _mm_storeu_ps(s + (g + 1) * cnt + j, _mm256_extractf128_ps(r0, 1));
+      _mm_storeu_ps(s + (g + 2) * cnt + j, _mm256_castps256_ps128(r1));
+      _mm_storeu_ps(s + (g + 3) * cnt + j, _mm256_extractf128_ps(r1, 1));
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    const float* qg = q + g * d;
+    for (int64_t j = g < G4 ? cnt4 : 0; j < cnt; ++j) {
+      const T* kj = k + j * d;
       __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
       int64_t i = 0;
       for (; i + 32 <= d; i += 32) {
@@ -284,24 +322,39 @@ __attribute__((target("avx512f"))) void scores_avx512(const float* q, int64_t G,
   _mm256_zeroupper();
 }
 
-// d a multiple of 16, at most 256: a head's output row stays in registers while the span's value rows stream by.
+// d a multiple of 16, at most 256. Heads in pairs over the row in chunks of 128: 16 accumulators, each value chunk
+// loaded (and widened) once for both heads; an odd head alone. A block of value rows stays in L1 for all the heads.
 template <class T>
 __attribute__((target("avx512f"))) void weighted_avx512(const float* p, int64_t G, const T* v, int64_t cnt, int64_t d,
                                                         float* o, int64_t ldo) {
-  const int64_t nc = d / 16;
-  for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {  // a block of value rows stays in L1 for all the heads
+  const int64_t G2 = G & ~int64_t(1);
+  for (int64_t j0 = 0; j0 < cnt; j0 += kValueBlock) {
     const int64_t j1 = std::min(cnt, j0 + kValueBlock);
-    for (int64_t g = 0; g < G; ++g) {
-      __m512 acc[16];
-      float* og = o + g * ldo;
-      for (int64_t c = 0; c < nc; ++c) acc[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(og + c * 16);
-      const float* pg = p + g * cnt;
-      for (int64_t j = j0; j < j1; ++j) {
-        const __m512 w = _mm512_set1_ps(pg[j]);
-        const T* vj = v + j * d;
-        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm512_fmadd_ps(w, ld16(vj + c * 16), acc[c]);
+    for (int64_t g = 0; g < G; g += 2) {
+      const bool pair = g < G2;
+      for (int64_t c0 = 0; c0 < d; c0 += 128) {
+        const int64_t nc = std::min<int64_t>(8, (d - c0) / 16);
+        __m512 a0[8], a1[8];
+        float *o0 = o + g * ldo + c0, *o1 = o0 + ldo;
+        for (int64_t c = 0; c < nc; ++c) {
+          a0[c] = j0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(o0 + c * 16);
+          a1[c] = j0 == 0 || !pair ? _mm512_setzero_ps() : _mm512_loadu_ps(o1 + c * 16);
+        }
+        const float *p0 = p + g * cnt, *p1 = pair ? p0 + cnt : p0;
+        for (int64_t j = j0; j < j1; ++j) {
+          const __m512 w0 = _mm512_set1_ps(p0[j]), w1 = _mm512_set1_ps(p1[j]);
+          const T* vj = v + j * d + c0;
+          for (int64_t c = 0; c < nc; ++c) {
+            const __m512 x = ld16(vj + c * 16);
+            a0[c] = _mm512_fmadd_ps(w0, x, a0[c]);
+            a1[c] = _mm512_fmadd_ps(w1, x, a1[c]);
+          }
+        }
+        for (int64_t c = 0; c < nc; ++c) {
+          _mm512_storeu_ps(o0 + c * 16, a0[c]);
+          if (pair) _mm512_storeu_ps(o1 + c * 16, a1[c]);
+        }
       }
-      for (int64_t c = 0; c < nc; ++c) _mm512_storeu_ps(og + c * 16, acc[c]);
     }
   }
   _mm256_zeroupper();

@@ -154,32 +154,12 @@ void Session::delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n,
   const int64_t nv = c_.linear_num_value_heads;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, KD = c_.linear_key_dim();
   const int64_t CD = c_.linear_conv_dim(), VD = c_.linear_value_dim();
-  thread_local std::vector<float> sk;
-  sk.resize(size_t(dv));
   for (int64_t t = row0; t < row0 + n; ++t) {
     const float* q = qs + (t - row0) * dk;
     const float* k = ks + (t - row0) * dk;
     const float* v = &conv_out_[size_t(t * CD + 2 * KD + h * dv)];
     const float decay = std::exp(decay_[size_t(t * nv + h)]), beta = beta_[size_t(t * nv + h)];
-    float* o = &core_[size_t(t * VD + h * dv)];
-    std::fill(sk.begin(), sk.end(), 0.0f);
-    std::fill(o, o + dv, 0.0f);
-    for (int64_t i = 0; i < dk; ++i) {
-      const float* row = S + i * dv;
-      axpy_f32(k[i], row, sk.data(), dv);
-      axpy_f32(q[i], row, o, dv);
-    }
-    const float qk = dot_f32(q, k, dk);
-    for (int64_t j = 0; j < dv; ++j) {
-      const float delta = (v[j] - decay * sk[size_t(j)]) * beta;
-      sk[size_t(j)] = delta;
-      o[j] = decay * o[j] + qk * delta;
-    }
-    for (int64_t i = 0; i < dk; ++i) {
-      float* row = S + i * dv;
-      const float ki = k[i];
-      for (int64_t j = 0; j < dv; ++j) row[j] = decay * row[j] + ki * sk[size_t(j)];
-    }
+    delta_rule_token(S, dk, dv, q, k, v, decay, beta, &core_[size_t(t * VD + h * dv)]);
   }
 }
 

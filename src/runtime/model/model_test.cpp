@@ -334,6 +334,35 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
   }
 }
 
+// One token of the gated delta rule (the recurrent form's kernel) against an fp64 evaluation of its definition, for
+// head sizes that take each path (AVX-512 slabs of 64 columns, AVX2 slabs of 32, the portable loop).
+TEST(Ops, DeltaRuleTokenMatchesItsDefinition) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (auto [dk, dv] : {std::pair<int64_t, int64_t>{128, 128}, {64, 64}, {16, 96}, {32, 32}, {8, 40}, {3, 5}}) {
+    std::vector<float> S(static_cast<size_t>(dk * dv)), q(static_cast<size_t>(dk)), k(static_cast<size_t>(dk)),
+        v(static_cast<size_t>(dv)), o(static_cast<size_t>(dv));
+    for (float& e : S) e = unit(rng);
+    for (float& e : q) e = unit(rng);
+    for (float& e : k) e = unit(rng);
+    for (float& e : v) e = unit(rng);
+    const float decay = 0.9f, beta = 0.7f;
+    std::vector<double> Sd(S.begin(), S.end()), sk(size_t(dv), 0.0), want_o(size_t(dv), 0.0);
+    for (int64_t i = 0; i < dk; ++i)
+      for (int64_t j = 0; j < dv; ++j) sk[size_t(j)] += double(k[size_t(i)]) * Sd[size_t(i * dv + j)];
+    for (int64_t i = 0; i < dk; ++i)
+      for (int64_t j = 0; j < dv; ++j) {
+        const double delta = beta * (double(v[size_t(j)]) - decay * sk[size_t(j)]);
+        Sd[size_t(i * dv + j)] = decay * Sd[size_t(i * dv + j)] + double(k[size_t(i)]) * delta;
+      }
+    for (int64_t i = 0; i < dk; ++i)
+      for (int64_t j = 0; j < dv; ++j) want_o[size_t(j)] += double(q[size_t(i)]) * Sd[size_t(i * dv + j)];
+    delta_rule_token(S.data(), dk, dv, q.data(), k.data(), v.data(), decay, beta, o.data());
+    for (int64_t j = 0; j < dv; ++j) EXPECT_NEAR(o[size_t(j)], want_o[size_t(j)], 2e-5 * double(dk)) << dk << "x" << dv;
+    for (size_t i = 0; i < S.size(); ++i) ASSERT_NEAR(S[i], Sd[i], 2e-5 * double(dk)) << dk << "x" << dv << " " << i;
+  }
+}
+
 // The KV cache's binary16 conversion: round to nearest even as quant::f32_to_f16, saturated at +-65504 instead of
 // overflowing to infinity, NaN kept; every length (the vector body and its tail).
 TEST(Ops, F16CacheConversionSaturatesAndRounds) {

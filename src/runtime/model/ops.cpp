@@ -521,6 +521,104 @@ void group_weighted_sum(const float* p, int64_t G, const uint16_t* v, int64_t cn
   weighted_any(p, G, v, cnt, d, o, ldo);
 }
 
+namespace {
+
+void delta_portable(float* S, int64_t dk, int64_t dv, const float* q, const float* k, const float* v, float decay,
+                    float beta, float* o) {
+  thread_local std::vector<float> sk;
+  sk.assign(size_t(dv), 0.0f);
+  std::fill(o, o + dv, 0.0f);
+  for (int64_t i = 0; i < dk; ++i)
+    for (int64_t j = 0; j < dv; ++j) {
+      sk[size_t(j)] += k[i] * S[i * dv + j];
+      o[j] += q[i] * S[i * dv + j];
+    }
+  float qk = 0.0f;
+  for (int64_t i = 0; i < dk; ++i) qk += q[i] * k[i];
+  for (int64_t j = 0; j < dv; ++j) {
+    const float delta = (v[j] - decay * sk[size_t(j)]) * beta;
+    sk[size_t(j)] = delta;
+    o[j] = decay * o[j] + qk * delta;
+  }
+  for (int64_t i = 0; i < dk; ++i)
+    for (int64_t j = 0; j < dv; ++j) S[i * dv + j] = decay * S[i * dv + j] + k[i] * sk[size_t(j)];
+}
+
+// Per slab of 64 columns (4 x 16 lanes): one pass over the slab's rows accumulates S^T k and S^T q in registers, a
+// second rewrites the slab (32 KiB at 128 rows: still in L1) with the slab's delta in registers.
+__attribute__((target("avx512f"))) void delta_avx512(float* S, int64_t dk, int64_t dv, const float* q, const float* k,
+                                                     const float* v, float decay, float beta, float qk, float* o) {
+  constexpr int W = 4;
+  const __m512 dec = _mm512_set1_ps(decay), bet = _mm512_set1_ps(beta), qkv = _mm512_set1_ps(qk);
+  for (int64_t c0 = 0; c0 < dv; c0 += 16 * W) {
+    __m512 sk[W], so[W];
+    for (int c = 0; c < W; ++c) sk[c] = _mm512_setzero_ps(), so[c] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < dk; ++i) {
+      const __m512 ki = _mm512_set1_ps(k[i]), qi = _mm512_set1_ps(q[i]);
+      const float* row = S + i * dv + c0;
+      for (int c = 0; c < W; ++c) {
+        const __m512 x = _mm512_loadu_ps(row + 16 * c);
+        sk[c] = _mm512_fmadd_ps(ki, x, sk[c]);
+        so[c] = _mm512_fmadd_ps(qi, x, so[c]);
+      }
+    }
+    for (int c = 0; c < W; ++c) {
+      // delta = beta (v - decay S^T k); o = decay S^T q + (q . k) delta
+      sk[c] = _mm512_mul_ps(bet, _mm512_fnmadd_ps(dec, sk[c], _mm512_loadu_ps(v + c0 + 16 * c)));
+      _mm512_storeu_ps(o + c0 + 16 * c, _mm512_fmadd_ps(qkv, sk[c], _mm512_mul_ps(dec, so[c])));
+    }
+    for (int64_t i = 0; i < dk; ++i) {
+      const __m512 ki = _mm512_set1_ps(k[i]);
+      float* row = S + i * dv + c0;
+      for (int c = 0; c < W; ++c)
+        _mm512_storeu_ps(row + 16 * c, _mm512_fmadd_ps(dec, _mm512_loadu_ps(row + 16 * c), _mm512_mul_ps(ki, sk[c])));
+    }
+  }
+  _mm256_zeroupper();
+}
+
+// The same in slabs of 32 columns (4 x 8 lanes; 16 KiB at 128 rows).
+__attribute__((target("avx2,fma"))) void delta_avx2(float* S, int64_t dk, int64_t dv, const float* q, const float* k,
+                                                    const float* v, float decay, float beta, float qk, float* o) {
+  constexpr int W = 4;
+  const __m256 dec = _mm256_set1_ps(decay), bet = _mm256_set1_ps(beta), qkv = _mm256_set1_ps(qk);
+  for (int64_t c0 = 0; c0 < dv; c0 += 8 * W) {
+    __m256 sk[W], so[W];
+    for (int c = 0; c < W; ++c) sk[c] = _mm256_setzero_ps(), so[c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < dk; ++i) {
+      const __m256 ki = _mm256_set1_ps(k[i]), qi = _mm256_set1_ps(q[i]);
+      const float* row = S + i * dv + c0;
+      for (int c = 0; c < W; ++c) {
+        const __m256 x = _mm256_loadu_ps(row + 8 * c);
+        sk[c] = _mm256_fmadd_ps(ki, x, sk[c]);
+        so[c] = _mm256_fmadd_ps(qi, x, so[c]);
+      }
+    }
+    for (int c = 0; c < W; ++c) {
+      sk[c] = _mm256_mul_ps(bet, _mm256_fnmadd_ps(dec, sk[c], _mm256_loadu_ps(v + c0 + 8 * c)));
+      _mm256_storeu_ps(o + c0 + 8 * c, _mm256_fmadd_ps(qkv, sk[c], _mm256_mul_ps(dec, so[c])));
+    }
+    for (int64_t i = 0; i < dk; ++i) {
+      const __m256 ki = _mm256_set1_ps(k[i]);
+      float* row = S + i * dv + c0;
+      for (int c = 0; c < W; ++c)
+        _mm256_storeu_ps(row + 8 * c, _mm256_fmadd_ps(dec, _mm256_loadu_ps(row + 8 * c), _mm256_mul_ps(ki, sk[c])));
+    }
+  }
+  _mm256_zeroupper();
+}
+
+}  // namespace
+
+void delta_rule_token(float* S, int64_t dk, int64_t dv, const float* q, const float* k, const float* v, float decay,
+                      float beta, float* o) {
+  static const bool avx512 = cpu::mayiuse(cpu::Isa::avx512f),
+                    avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+  if (avx512 && dv % 64 == 0) return delta_avx512(S, dk, dv, q, k, v, decay, beta, dot_f32(q, k, dk), o);
+  if (avx2 && dv % 32 == 0) return delta_avx2(S, dk, dv, q, k, v, decay, beta, dot_f32(q, k, dk), o);
+  delta_portable(S, dk, dv, q, k, v, decay, beta, o);
+}
+
 void to_f16_saturated(const float* x, uint16_t* y, int64_t n) {
   if (use_avx2()) return to_f16_avx2(x, y, n);
   for (int64_t i = 0; i < n; ++i) y[i] = quant::f32_to_f16(std::isnan(x[i]) ? x[i] : std::clamp(x[i], -65504.0f, 65504.0f));

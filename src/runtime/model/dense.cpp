@@ -32,9 +32,9 @@ void add_bias(const Dense& d, float* y, int64_t n) {
     for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
 }
 
-// Rows per thread: an even share rounded up to a multiple of 16 (and of the matrix's row granule).
-int64_t share(int64_t rows, int nt, int64_t granule) {
-  const int64_t g = std::max<int64_t>(16, granule);
+// Rows per thread: an even share rounded up to a multiple of `floor` (and of the matrix's row granule).
+int64_t share(int64_t rows, int nt, int64_t granule, int64_t floor = 16) {
+  const int64_t g = std::max<int64_t>(floor, granule);
   return ((rows + nt - 1) / nt + g - 1) / g * g;
 }
 
@@ -86,9 +86,12 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
   }
   size_t bytes = 0;
   for (const DenseJob& j : jobs) bytes += j.d->op->bytes();
-  const int64_t g = std::max<int64_t>(16, granule);
+  // Tasks in multiples of 4 rows (or of the matrix's granule): with multiples of 16 a 128-row fp32 router (1 MiB)
+  // made 8 tasks of 128 KiB for 16 threads.
+  constexpr int64_t kFewRowsFloor = 4;
+  const int64_t g = std::max<int64_t>(kFewRowsFloor, granule);
   const int64_t min_rows = (int64_t(kMinTaskBytes * size_t(total) / std::max<size_t>(bytes, 1)) + g - 1) / g * g;
-  const int64_t per = std::max(share(total, tasks_per_thread() * nt, granule), min_rows);
+  const int64_t per = std::max(share(total, tasks_per_thread() * nt, granule, kFewRowsFloor), min_rows);
   thread_local std::vector<RowTask> tasks;
   tasks.clear();
   for (size_t i = 0; i < jobs.size(); ++i)

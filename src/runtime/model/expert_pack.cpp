@@ -62,4 +62,12 @@ int64_t expert_row_block() {
   return b;
 }
 
+bool fused_experts() {
+  static const bool f = [] {
+    const char* e = std::getenv("GENESIS_MOE_FUSE");
+    return !(e && std::string(e) == "0");
+  }();
+  return f;
+}
+
 }  // namespace genesis::runtime

@@ -16,6 +16,9 @@ inline constexpr int64_t kExpertRowBlock = 64;
 // The rows per MoE task a step takes: kExpertRowBlock, or GENESIS_EXPERT_BLOCK (16, 32, 64 or 128) for A/B runs of
 // the region's tail on many cores (finer tasks: a shorter wait for the last one; coarser: fewer claims and calls).
 int64_t expert_row_block();
+// Whether a MoE layer's gate_up and down products run as one parallel region (down tasks wait for their unit's
+// gate_up), default; GENESIS_MOE_FUSE=0 runs two regions (A/B runs).
+bool fused_experts();
 
 class ExpertPacker {
  public:

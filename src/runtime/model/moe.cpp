@@ -3,9 +3,12 @@
 // weights; gate_up as one parallel region of (unit, row block) tasks claimed dynamically, where the task that
 // finishes a unit's last block runs its SwiGLU and converts the down input; down as a second region; then each row's
 // weighted sum of its experts' outputs, in the router's order (highest probability first).
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
@@ -98,12 +101,16 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   }
   if (unit_left_size_ < size_t(U)) {
     unit_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(U));
+    down_ready_ = std::make_unique<std::atomic<int32_t>[]>(size_t(U));
     unit_left_size_ = size_t(U);
   }
   const int64_t blk = expert_row_block();
   const int64_t nb1 = (2 * I + blk - 1) / blk;
   const int64_t nb2 = (H + blk - 1) / blk;
-  for (int64_t u = 0; u < U; ++u) unit_left_[size_t(u)].store(int32_t(nb1), std::memory_order_relaxed);
+  for (int64_t u = 0; u < U; ++u) {
+    unit_left_[size_t(u)].store(int32_t(nb1), std::memory_order_relaxed);
+    down_ready_[size_t(u)].store(0, std::memory_order_relaxed);
+  }
 
   // A unit's input rows: with one row every unit reads xn_ itself and units of the same activation kind share one
   // prepare() (decode: one conversion for all experts), else the unit's rows gathered contiguously and prepared once
@@ -143,7 +150,7 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   }
   for (int64_t u = 0; u < U; ++u) ensure(prep_act_[size_t(u)], *l.experts[size_t(units_[size_t(u)].expert)].down.op);
 
-  parallel_for(U * nb1, [&](int64_t task) {
+  auto gate_up = [&](int64_t task) {
     const int64_t u = task / nb1, b = task % nb1;
     const MoeUnit& un = units_[size_t(u)];
     const Expert& e = l.experts[size_t(un.expert)];
@@ -157,15 +164,48 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
       swiglu(h, h + I, act + r * I, I);
     }
     e.down.op->prepare(act, un.rows, *prep_act_[size_t(u)].a);
-  });
-  clock_.lap(Op::experts_gate_up);
-
-  parallel_for(U * nb2, [&](int64_t task) {
+    down_ready_[size_t(u)].store(1, std::memory_order_release);
+  };
+  auto down = [&](int64_t task) {
     const int64_t u = task / nb2, b = task % nb2;
     const MoeUnit& un = units_[size_t(u)];
     l.experts[size_t(un.expert)].down.op->run_rows(*prep_act_[size_t(u)].a, &moe_out_[size_t(un.p0) * size_t(H)],
                                                    b * blk, std::min(H, (b + 1) * blk));
-  });
+  };
+  if (!fused_experts()) {
+    parallel_for(U * nb1, gate_up);
+    clock_.lap(Op::experts_gate_up);
+    parallel_for(U * nb2, down);
+  } else {
+    // One region: every gate_up task, then every down task. Tasks are claimed in index order, so a down task's unit
+    // has had all its gate_up blocks claimed by running threads: it waits (spinning) for the unit's last block, never
+    // for a task that could wait on it. The caller laps gate_up when it takes its first down task (the profile's
+    // split; the tail of gate_up then overlaps down work instead of a barrier and a wake-up between two regions).
+    const std::thread::id caller = std::this_thread::get_id();
+    bool lapped = false;
+    std::atomic<bool> failed{false};
+    parallel_for(U * (nb1 + nb2), [&](int64_t task) {
+      if (task < U * nb1) {
+        try {
+          gate_up(task);
+        } catch (...) {
+          failed.store(true, std::memory_order_relaxed);
+          throw;
+        }
+        return;
+      }
+      const int64_t d = task - U * nb1, u = d / nb2;
+      if (!lapped && std::this_thread::get_id() == caller) {
+        clock_.lap(Op::experts_gate_up);
+        lapped = true;
+      }
+      while (down_ready_[size_t(u)].load(std::memory_order_acquire) == 0)
+        if (failed.load(std::memory_order_relaxed)) return;
+        else _mm_pause();
+      down(d);
+    });
+    if (!lapped) clock_.lap(Op::experts_gate_up);
+  }
   clock_.lap(Op::experts_down);
 
   auto combine = [&](int64_t t) {

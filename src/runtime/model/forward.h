@@ -248,6 +248,8 @@ class Session {
   std::vector<int32_t> unit_prep_;                  // [units]
   std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
   std::unique_ptr<std::atomic<int32_t>[]> down_ready_;   // [units] 1 once the unit's down input is prepared
+  std::unique_ptr<std::atomic<int32_t>[]> col_left_;     // [down column blocks] units whose block is not yet done
+  size_t col_left_size_ = 0;
   size_t unit_left_size_ = 0;
   std::unique_ptr<std::atomic<int32_t>[]> span_left_;    // [decode rows x KV heads] attention spans not yet done
   size_t span_left_size_ = 0;

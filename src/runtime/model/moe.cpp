@@ -166,11 +166,38 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
     e.down.op->prepare(act, un.rows, *prep_act_[size_t(u)].a);
     down_ready_[size_t(u)].store(1, std::memory_order_release);
   };
+  // Row t's weighted sum of its experts' outputs over columns [c0, c1), in the router's order.
+  auto combine = [&](int64_t t, int64_t c0, int64_t c1) {
+    float* out = dst + t * H;
+    std::fill(out + c0, out + c1, 0.0f);
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t p = row_pairs_[size_t(t * K + j)];
+      if (elsewhere && pair_elsewhere_[size_t(p)] >= 0) continue;
+      const float w = pair_weight_[size_t(p)];
+      const float* y = &moe_out_[size_t(p) * size_t(H)];
+      for (int64_t i = c0; i < c1; ++i) out[i] += w * y[i];
+    }
+  };
+  // Few rows (decode): a block of columns' sums is made by the down task that completes the block's last unit, in
+  // the region, where the calling thread alone read every expert's output (written by other cores) after it. Many
+  // rows keep one pass per row after the region (per block, a prefill's rows read their outputs 256 bytes apart).
+  const bool combine_in_region = n < kParallelRows && U > 0;
+  if (combine_in_region) {
+    if (col_left_size_ < size_t(nb2)) {
+      col_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(nb2));
+      col_left_size_ = size_t(nb2);
+    }
+    for (int64_t b = 0; b < nb2; ++b) col_left_[size_t(b)].store(int32_t(U), std::memory_order_relaxed);
+  }
   auto down = [&](int64_t task) {
     const int64_t u = task / nb2, b = task % nb2;
     const MoeUnit& un = units_[size_t(u)];
-    l.experts[size_t(un.expert)].down.op->run_rows(*prep_act_[size_t(u)].a, &moe_out_[size_t(un.p0) * size_t(H)],
-                                                   b * blk, std::min(H, (b + 1) * blk));
+    const int64_t c0 = b * blk, c1 = std::min(H, (b + 1) * blk);
+    l.experts[size_t(un.expert)].down.op->run_rows(*prep_act_[size_t(u)].a, &moe_out_[size_t(un.p0) * size_t(H)], c0,
+                                                   c1);
+    // acq_rel: the other units' blocks of these columns are visible to the task that finishes the last one.
+    if (combine_in_region && col_left_[size_t(b)].fetch_sub(1, std::memory_order_acq_rel) == 1)
+      for (int64_t t = 0; t < n; ++t) combine(t, c0, c1);
   };
   if (!fused_experts()) {
     parallel_for(U * nb1, gate_up);
@@ -208,19 +235,10 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   }
   clock_.lap(Op::experts_down);
 
-  auto combine = [&](int64_t t) {
-    float* out = dst + t * H;
-    std::fill(out, out + H, 0.0f);
-    for (int64_t j = 0; j < K; ++j) {
-      const int32_t p = row_pairs_[size_t(t * K + j)];
-      if (elsewhere && pair_elsewhere_[size_t(p)] >= 0) continue;
-      const float w = pair_weight_[size_t(p)];
-      const float* y = &moe_out_[size_t(p) * size_t(H)];
-      for (int64_t i = 0; i < H; ++i) out[i] += w * y[i];
-    }
-  };
-  if (n == 1) combine(0);
-  else parallel_for(n, combine);
+  if (!combine_in_region) {
+    if (n == 1) combine(0, 0, H);
+    else parallel_for(n, [&](int64_t t) { combine(t, 0, H); });
+  }
   clock_.lap(Op::elementwise);
 }
 

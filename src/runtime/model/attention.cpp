@@ -125,12 +125,13 @@ void Session::attention(int64_t li, int64_t n) {
       const Block& bl = blocks[size_t(task % nblk)];
       const int64_t kvh = task / (nblk * sub), h0 = kvh * group + (task / nblk) % sub * per, t0 = bl.t0, t1 = bl.t1;
       const int64_t rows = t1 - t0, npos = bl.pos0 + rows;  // positions [0, npos) cover every row of the block
-      const float *kc = bl.c.kc ? bl.c.kc + kvh * cap * hd : nullptr, *vc = bl.c.vc ? bl.c.vc + kvh * cap * hd : nullptr;
+      const int64_t at = kvh * cap * hd;  // this KV head's positions
+      const float *kc = bl.c.kc ? bl.c.kc + at : nullptr, *vc = bl.c.vc ? bl.c.vc + at : nullptr;
       thread_local std::vector<float> sc, kw, vw;
       if (!kc) {
         kw.resize(size_t(npos * hd)), vw.resize(size_t(npos * hd));
-        from_f16(bl.c.kh + kvh * cap * hd, kw.data(), npos * hd);
-        from_f16(bl.c.vh + kvh * cap * hd, vw.data(), npos * hd);
+        from_f16(bl.c.kh + at, kw.data(), npos * hd);
+        from_f16(bl.c.vh + at, vw.data(), npos * hd);
         kc = kw.data(), vc = vw.data();
       }
       sc.resize(size_t(rows * npos));

@@ -52,7 +52,8 @@ void group_scores(const float* q, int64_t G, const uint16_t* k, int64_t cnt, int
 void group_weighted_sum(const float* p, int64_t G, const float* v, int64_t cnt, int64_t d, float* o, int64_t ldo);
 void group_weighted_sum(const float* p, int64_t G, const uint16_t* v, int64_t cnt, int64_t d, float* o, int64_t ldo);
 // One token of the gated delta rule on a value head's state S [dk][dv] (row-major, fp32), with the decay already
-// exponentiated: S' = decay S + k delta^T where delta = beta (v - decay S^T k); o = S'^T q = decay S^T q + (q . k) delta.
+// exponentiated: S' = decay S + k delta^T where delta = beta (v - decay S^T k);
+// o = S'^T q = decay S^T q + (q . k) delta.
 // The state is read from memory once and written once (AVX-512 / AVX2 in column slabs that stay in L1).
 void delta_rule_token(float* S, int64_t dk, int64_t dv, const float* q, const float* k, const float* v, float decay,
                       float beta, float* o);

@@ -21,7 +21,7 @@ tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | h
 step t_kq 120 /tmp/g/test_kq_gemv
 tail -3 $RES/t_kq.out; grep -hE "Failure|FAILED" -A4 $RES/t_kq.out | head -20
 if [ -n "${TESTS:-}" ]; then
-  step t_model 200 /tmp/g/test_model --gtest_filter='*GgufModel.*:*MultiSequenceStep.*:*Prefill*:*Golden*:Ops.*'
+  step t_model 200 /tmp/g/test_model --gtest_filter='*GgufModel.*:*MultiSequenceStep.*:*Prefill*:*Golden*:Ops.*:*Dense*'
   tail -3 $RES/t_model.out; grep -hE "Failure|FAILED" -A4 $RES/t_model.out | head -30 | cut -c1-240
   step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
   tail -4 $RES/t_gpu.out; grep -hE "FAILED|Failure" $RES/t_gpu.out $RES/t_gpu.err | head -20 | cut -c1-240

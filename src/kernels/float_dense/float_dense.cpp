@@ -61,44 +61,52 @@ __attribute__((target("avx512f"))) float dot_avx512(const uint16_t* w, const flo
 }
 
 // AVX-512: tiles of R rows x T tokens (R, T <= 4), one fp32 accumulator per (row, token) over 16-column steps, so a
-// row's result does not depend on the tile it falls in (threads and tails change nothing). The weights are widened
-// once per step and meet T tokens; the x rows of a token block stay in L1/L2 while the rows stream.
-#define GENESIS_AVX512_BF16_TILE __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline
-template <int R, int T>
-GENESIS_AVX512_BF16_TILE void bf16_tile_step(const uint16_t* w, int64_t cols, const float* x, int64_t c, __mmask16 m,
-                                             __m512 (&acc)[R][T]) {
+// row's result does not depend on the tile it falls in (threads and tails change nothing). The weights (bf16, widened,
+// or fp32) are loaded once per step and meet T tokens; the x rows of a token block stay in L1/L2 while the rows
+// stream.
+#define GENESIS_AVX512_TILE __attribute__((target("avx512f,avx512bw,avx512vl"), always_inline)) inline
+GENESIS_AVX512_TILE __m512 load_w(const uint16_t* w, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w)), 16));
+}
+GENESIS_AVX512_TILE __m512 load_w(const float* w, __mmask16 m) { return _mm512_maskz_loadu_ps(m, w); }
+
+template <class Wt, int R, int T>
+GENESIS_AVX512_TILE void tile_step(const Wt* w, int64_t cols, const float* x, int64_t c, __mmask16 m,
+                                   __m512 (&acc)[R][T]) {
   __m512 wv[R];
-  for (int i = 0; i < R; ++i)
-    wv[i] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, w + i * cols + c)), 16));
+  for (int i = 0; i < R; ++i) wv[i] = load_w(w + i * cols + c, m);
   for (int j = 0; j < T; ++j) {
     const __m512 xv = _mm512_maskz_loadu_ps(m, x + j * cols + c);
     for (int i = 0; i < R; ++i) acc[i][j] = _mm512_fmadd_ps(wv[i], xv, acc[i][j]);
   }
 }
 
-template <int R, int T>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void bf16_tile(const uint16_t* w, int64_t cols, const float* x,
-                                                                      float* y, int64_t ldy, const float* bias) {
+template <class Wt, int R, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void tile(const Wt* w, int64_t cols, const float* x, float* y,
+                                                                int64_t ldy, const float* bias) {
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
   int64_t c = 0;
-  for (; c + 16 <= cols; c += 16) bf16_tile_step<R, T>(w, cols, x, c, __mmask16(0xFFFF), acc);
-  if (c < cols) bf16_tile_step<R, T>(w, cols, x, c, __mmask16((1u << (cols - c)) - 1), acc);
+  for (; c + 16 <= cols; c += 16) tile_step<Wt, R, T>(w, cols, x, c, __mmask16(0xFFFF), acc);
+  if (c < cols) tile_step<Wt, R, T>(w, cols, x, c, __mmask16((1u << (cols - c)) - 1), acc);
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.0f);
 }
 
-using TileFn = void (*)(const uint16_t*, int64_t, const float*, float*, int64_t, const float*);
-template <int R>
-constexpr std::array<TileFn, 4> tiles_of_rows() {
-  return {bf16_tile<R, 1>, bf16_tile<R, 2>, bf16_tile<R, 3>, bf16_tile<R, 4>};
+template <class Wt>
+using TileFn = void (*)(const Wt*, int64_t, const float*, float*, int64_t, const float*);
+template <class Wt, int R>
+constexpr std::array<TileFn<Wt>, 4> tiles_of_rows() {
+  return {tile<Wt, R, 1>, tile<Wt, R, 2>, tile<Wt, R, 3>, tile<Wt, R, 4>};
 }
-constexpr std::array<std::array<TileFn, 4>, 4> kTiles = {tiles_of_rows<1>(), tiles_of_rows<2>(), tiles_of_rows<3>(),
-                                                        tiles_of_rows<4>()};
+template <class Wt>
+constexpr std::array<std::array<TileFn<Wt>, 4>, 4> kTiles = {tiles_of_rows<Wt, 1>(), tiles_of_rows<Wt, 2>(),
+                                                             tiles_of_rows<Wt, 3>(), tiles_of_rows<Wt, 4>()};
 
-__attribute__((target("avx512f"))) void bf16_rows_avx512(const uint16_t* w, int64_t rows, int64_t cols, const float* x,
-                                                         float* y, int64_t n, int64_t r0, int64_t r1) {
+template <class Wt>
+__attribute__((target("avx512f"))) void rows_avx512(const Wt* w, int64_t rows, int64_t cols, const float* x, float* y,
+                                                    int64_t n, int64_t r0, int64_t r1) {
   constexpr int64_t kTokenBlock = 64;  // x rows reused by every row tile while they sit in L2
   for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
     const int64_t t1 = std::min(n, t0 + kTokenBlock);
@@ -106,11 +114,37 @@ __attribute__((target("avx512f"))) void bf16_rows_avx512(const uint16_t* w, int6
       const int64_t R = std::min<int64_t>(4, r1 - r);
       for (int64_t t = t0; t < t1; t += 4) {
         const int64_t T = std::min<int64_t>(4, t1 - t);
-        kTiles[size_t(R - 1)][size_t(T - 1)](w + r * cols, cols, x + t * cols, y + t * rows + r, rows, nullptr);
+        kTiles<Wt>[size_t(R - 1)][size_t(T - 1)](w + r * cols, cols, x + t * cols, y + t * rows + r, rows, nullptr);
       }
     }
   }
   _mm256_zeroupper();  // the callers are SSE code: no dirty upper state behind
+}
+
+// AVX2, fp32 weights: 4 rows at a time, each token's 4 dot products over 8-column steps, x's step loaded once for
+// the 4 rows.
+__attribute__((target("avx2,fma"))) void f32_rows_avx2(const float* w, int64_t rows, int64_t cols, const float* x,
+                                                       float* y, int64_t n, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; r += 4) {
+    const int64_t R = std::min<int64_t>(4, r1 - r);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * cols;
+      __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) {
+        const __m256 xv = _mm256_loadu_ps(xt + c);
+        for (int64_t i = 0; i < R; ++i) a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(w + (r + i) * cols + c), xv, a[i]);
+      }
+      for (int64_t i = 0; i < R; ++i) {
+        alignas(32) float l[8];
+        _mm256_store_ps(l, a[i]);
+        float sum = ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+        for (int64_t cc = c; cc < cols; ++cc) sum += w[(r + i) * cols + cc] * xt[cc];
+        y[t * rows + r + i] = sum;
+      }
+    }
+  }
+  _mm256_zeroupper();
 }
 
 DotFn pick_dot() {
@@ -124,7 +158,7 @@ void bf16_rows(const uint16_t* w, int64_t rows, int64_t cols, const float* x, fl
   static const bool wide = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) &&
                            cpu::mayiuse(cpu::Isa::avx512vl);
   if (wide) {
-    bf16_rows_avx512(w, rows, cols, x, y, n, r0, r1);
+    rows_avx512(w, rows, cols, x, y, n, r0, r1);
     return;
   }
   static const DotFn dot = pick_dot();
@@ -151,9 +185,17 @@ class F32Linear final : public Linear {
   void prepare(const float* x, int64_t n, LinearActivations& a) const override {
     prepare_float(x, n, cols(), a, "float_dense f32");
   }
+  // Few rows of x (decode): our tiles (AVX-512, AVX2), each task's rows streamed once. OpenBLAS's sgemv took a
+  // lock-guarded buffer from its allocator on every call: 16 threads splitting a 1 MiB router into 32 KiB tasks
+  // spent 2.8 ms per token in it on the 16-core host (1.0 ms in 128 KiB tasks). Many rows, or a CPU without AVX2:
   // OpenBLAS on the calling thread (the runtime keeps it single-threaded inside a step and splits rows itself).
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& f = activations_as<FloatActivations>(a, "float_dense f32");
+    static const bool wide = cpu::mayiuse(cpu::Isa::avx512f) && cpu::mayiuse(cpu::Isa::avx512bw) &&
+                             cpu::mayiuse(cpu::Isa::avx512vl),
+                      avx2 = cpu::mayiuse(cpu::Isa::avx2) && cpu::mayiuse(cpu::Isa::fma);
+    if (f.n < kGemmRows && wide) return rows_avx512(w_.data(), rows(), cols(), f.x, y, f.n, r0, r1);
+    if (f.n < kGemmRows && avx2) return f32_rows_avx2(w_.data(), rows(), cols(), f.x, y, f.n, r0, r1);
     const float* w0 = w_.data() + r0 * cols();
     if (f.n == 1)
       cblas_sgemv(CblasRowMajor, CblasNoTrans, int(r1 - r0), int(cols()), 1.0f, w0, int(cols()), f.x, 1, 0.0f,

@@ -52,7 +52,8 @@ void gemm_bf16(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x
 // on any CPU: the tests check the layouts and edges with it everywhere, and the hardware against it where AMX exists.
 void gemm_bf16_emulated(const uint16_t* w, int64_t ldw, int64_t rows, const PackedRows& x, float* y, int64_t ldy);
 
-// Rows [r0, r1) of w x over AMX: w's rows widened through row_f32() 32 at a time, rounded to bf16, then gemm_bf16.
+// Rows [r0, r1) of w x over AMX: w's rows widened through row_f32() kWidenRows at a time, rounded to bf16, then
+// gemm_bf16.
 // y[t * w.rows() + r]. Requires available().
 void widened_rows(const Linear& w, const PackedRows& x, float* y, int64_t r0, int64_t r1);
 // The same over the software tiles (tests, on any CPU).

@@ -178,7 +178,7 @@ class F32Linear final : public Linear {
   }
   size_t bytes() const override { return w_.size() * 4; }
   std::string format() const override { return "f32"; }
-  std::string describe() const override { return "f32 (OpenBLAS)"; }
+  std::string describe() const override { return "f32 (row tiles; OpenBLAS sgemm from 16 rows)"; }
   int64_t row_granule() const override { return 1; }
   std::string_view activation_kind() const override { return "f32"; }
   std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<FloatActivations>(); }

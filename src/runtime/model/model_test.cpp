@@ -285,8 +285,8 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
       EXPECT_NEAR(sl[size_t(i)], want, 1e-6 * std::abs(want) + 1e-30) << gv;
     }
   }
-  for (int64_t d : {5, 8, 16, 24, 64, 128, 256}) {
-    for (int64_t G : {1, 3, 8}) {
+  for (int64_t d : {5, 8, 16, 24, 64, 128, 144, 200, 256}) {
+    for (int64_t G : {1, 3, 5, 8}) {
       const int64_t cnt = 37;
       std::vector<float> q(size_t(G * d)), k(size_t(cnt * d)), v(size_t(cnt * d)), p(size_t(G * cnt));
       for (float& e : q) e = unit(rng);

@@ -1,8 +1,9 @@
 // The MoE layer over a batch of rows (xn_ -> tmp_): one router product for all rows and top-k per row; the
 // (row, expert) pairs grouped by expert into units of up to unit_rows_ rows that share one pass over the expert's
-// weights; gate_up as one parallel region of (unit, row block) tasks claimed dynamically, where the task that
-// finishes a unit's last block runs its SwiGLU and converts the down input; down as a second region; then each row's
-// weighted sum of its experts' outputs, in the router's order (highest probability first).
+// weights; gate_up and down as one parallel region of (unit, row block) tasks claimed dynamically (GENESIS_MOE_FUSE=0:
+// two regions), where the task that finishes a unit's last gate_up block runs its SwiGLU and converts the down input,
+// and a down task waits for its unit; then each row's weighted sum of its experts' outputs, in the router's order
+// (highest probability first): for fewer than 4 rows per column block in the region, by the task finishing it.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -222,13 +223,16 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
         return;
       }
       const int64_t d = task - U * nb1, u = d / nb2;
-      if (!lapped && std::this_thread::get_id() == caller) {
+      if (std::this_thread::get_id() == caller && !lapped) {  // only the caller touches `lapped`
         clock_.lap(Op::experts_gate_up);
         lapped = true;
       }
-      while (down_ready_[size_t(u)].load(std::memory_order_acquire) == 0)
+      // Spin briefly, then give the cpu away: with more threads than cpus the block waited on may be preempted here.
+      for (int spins = 0; down_ready_[size_t(u)].load(std::memory_order_acquire) == 0; ++spins) {
         if (failed.load(std::memory_order_relaxed)) return;
-        else _mm_pause();
+        if (spins < 4096) _mm_pause();
+        else std::this_thread::yield();
+      }
       down(d);
     });
     if (!lapped) clock_.lap(Op::experts_gate_up);

@@ -417,8 +417,8 @@ __attribute__((target("avx2,fma,f16c"))) void scores_avx2(const float* q, int64_
   _mm256_zeroupper();
 }
 
-// d a multiple of 8, at most 128 (16 registers hold the row). When d is a multiple of 64 the heads go in pairs and
-// the row in halves of 64: 16 accumulators, each value chunk loaded once for both heads.
+// d a multiple of 8. When d is a multiple of 64 the heads go in pairs over the row in chunks of 64: 16 accumulators,
+// each value chunk loaded once for both heads; otherwise (and an odd head) one head over chunks of 128 columns.
 template <class T>
 __attribute__((target("avx2,fma,f16c"))) void weighted_avx2(const float* p, int64_t G, const T* v, int64_t cnt,
                                                             int64_t d, float* o, int64_t ldo) {
@@ -449,18 +449,20 @@ __attribute__((target("avx2,fma,f16c"))) void weighted_avx2(const float* p, int6
           _mm256_storeu_ps(o1 + c * 8, a1[c]);
         }
       }
-    for (int64_t g = G2; g < G; ++g) {
-      __m256 acc[16];
-      float* og = o + g * ldo;
-      for (int64_t c = 0; c < nc; ++c) acc[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(og + c * 8);
-      const float* pg = p + g * cnt;
-      for (int64_t j = j0; j < j1; ++j) {
-        const __m256 w = _mm256_set1_ps(pg[j]);
-        const T* vj = v + j * d;
-        for (int64_t c = 0; c < nc; ++c) acc[c] = _mm256_fmadd_ps(w, ld8(vj + c * 8), acc[c]);
+    for (int64_t g = G2; g < G; ++g)
+      for (int64_t c0 = 0; c0 < nc; c0 += 16) {  // 128 columns (16 registers) at a time
+        const int64_t m = std::min<int64_t>(16, nc - c0);
+        __m256 acc[16];
+        float* og = o + g * ldo + c0 * 8;
+        for (int64_t c = 0; c < m; ++c) acc[c] = j0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(og + c * 8);
+        const float* pg = p + g * cnt;
+        for (int64_t j = j0; j < j1; ++j) {
+          const __m256 w = _mm256_set1_ps(pg[j]);
+          const T* vj = v + j * d + c0 * 8;
+          for (int64_t c = 0; c < m; ++c) acc[c] = _mm256_fmadd_ps(w, ld8(vj + c * 8), acc[c]);
+        }
+        for (int64_t c = 0; c < m; ++c) _mm256_storeu_ps(og + c * 8, acc[c]);
       }
-      for (int64_t c = 0; c < nc; ++c) _mm256_storeu_ps(og + c * 8, acc[c]);
-    }
   }
   _mm256_zeroupper();
 }
@@ -484,7 +486,7 @@ void scores_any(const float* q, int64_t G, const T* k, int64_t cnt, int64_t d, f
 template <class T>
 void weighted_any(const float* p, int64_t G, const T* v, int64_t cnt, int64_t d, float* o, int64_t ldo) {
   if (use_avx512() && d % 16 == 0 && d <= 256) weighted_avx512(p, G, v, cnt, d, o, ldo);
-  else if (use_avx2() && d % 8 == 0 && d <= 128) weighted_avx2(p, G, v, cnt, d, o, ldo);
+  else if (use_avx2() && d % 8 == 0) weighted_avx2(p, G, v, cnt, d, o, ldo);
   else weighted_portable(p, G, v, cnt, d, o, ldo);
 }
 

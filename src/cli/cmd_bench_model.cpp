@@ -55,10 +55,11 @@ void run(Args& a) {
              j["dense_bytes"].get<double>() / gib);
   fmt::print("prefill      {} tokens in {:.2f} s: {:.1f} tokens/s\n", j["prompt_tokens"].get<int>(),
              j["prefill_s"].get<double>(), j["prefill_tps"].get<double>());
-  fmt::print("decode       {:.2f} tokens/s (median {:.1f} ms/token, IQR {:.1f} ms, {} tokens, {} threads, experts {:.0f}% "
-             "of the time)\n",
+  fmt::print("decode       {:.2f} tokens/s (median {:.1f} ms/token, IQR {:.1f} ms, {} tokens, {} threads, KV cache {}, "
+             "experts {:.0f}% of the time)\n",
              j["decode_tps"].get<double>(), j["decode_ms_median"].get<double>(), j["decode_ms_iqr"].get<double>(),
-             j["decode_tokens"].get<int>(), j["threads"].get<int>(), 100 * j["decode_expert_fraction"].get<double>());
+             j["decode_tokens"].get<int>(), j["threads"].get<int>(), j["kv_cache"].get<std::string>(),
+             100 * j["decode_expert_fraction"].get<double>());
   const double on_gpu = j.value("gpu_expert_pair_fraction", 0.0);
   if (j["bound_tps"].get<double>() <= 0)
     fmt::print("bound        none on the CPU: every routed expert ran on the GPU (--gpu-experts)\n");

@@ -179,6 +179,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   // median that decode_ms_median reports).
   j["profile"] = {{"decode", decode_prof.to_json(true)}, {"prefill", prefill_prof.to_json(true)}};
   j["prefill_chunk"] = s.chunk();
+  j["kv_cache"] = model->gpu() ? "gpu" : kv_type_name(s.kv_type());  // the hybrid mode keeps its cache on the GPU
   j["bytes_per_token"] = bytes;
   j["read_bandwidth_gbps"] = bw;
   j["bandwidth_measured_now"] = !opt.cached_bandwidth;

@@ -58,6 +58,7 @@ TEST(Synth, OlmoeLayerLoadsAndRuns) {
   for (const char* k : {"prefill_tps", "decode_tps", "bound_tps", "bound_fraction", "bytes_per_token", "load_s",
                         "peak_rss_bytes", "read_bandwidth_gbps"})
     EXPECT_GT(j.at(k).get<double>(), 0) << k;
+  EXPECT_EQ(j.at("kv_cache").get<std::string>(), "f16");  // the default KV cache, reported
   fs::remove_all(dir);
 }
 

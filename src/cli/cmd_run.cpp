@@ -130,10 +130,11 @@ void run(const RunArgs& a) {
   std::fflush(stdout);
   fmt::print(stderr,
              "\nprompt {} tokens: prefill {:.2f} s ({:.1f} tokens/s)\ngenerated {} tokens: decode {:.1f} tokens/s "
-             "({} steps, {:.2f} s); stop: {}\nthreads {}, context {}, sampling {}\npeak memory {:.2f} GiB "
+             "({} steps, {:.2f} s); stop: {}\nthreads {}, context {} ({} KV cache), sampling {}\npeak memory {:.2f} GiB "
              "(resident)\nexperts: {}\n",
              st.prompt_tokens, st.prefill_s, st.prefill_tps(), st.generated, st.decode_tps(), st.decode_steps,
              st.decode_s, st.stop_reason, pool.size(), context,
+             lm.model->gpu() ? std::string("GPU") : std::string(rt::kv_type_name(session.kv_type())),
              go.sampling.temperature <= 0 ? std::string("greedy")
                                           : fmt::format("temperature {} top-k {} top-p {} seed {}",
                                                         go.sampling.temperature, go.sampling.top_k,

@@ -397,8 +397,9 @@ TEST(Ops, RmsNormAndRopeRotation) {
   // Rope keeps each pair's norm and rotates by pos * inv_freq.
   RopeTable t;
   t.inv_freq = {0.5f, 0.25f};
-  std::vector<float> v = {1, 0, 0, 0};
-  apply_rope(v.data(), 1, 4, 4, 2, t);
+  std::vector<float> v = {1, 0, 0, 0}, cs(4);
+  rope_cos_sin(2, 4, t, cs.data());
+  apply_rope(v.data(), 1, 4, 4, cs.data());
   EXPECT_NEAR(v[0], std::cos(1.0), 1e-6);
   EXPECT_NEAR(v[2], std::sin(1.0), 1e-6);
 }

@@ -160,12 +160,6 @@ void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, c
   }
 }
 
-void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, int64_t pos, const RopeTable& t) {
-  std::vector<float> cs(size_t(rotary_dim / 2) * 2);
-  rope_cos_sin(pos, rotary_dim, t, cs.data());
-  apply_rope(x, heads, head_dim, rotary_dim, cs.data());
-}
-
 namespace {
 
 float dot_portable(const float* a, const float* b, int64_t n) {

@@ -24,10 +24,9 @@ struct RopeTable {
 };
 RopeTable rope_table(const ModelConfig& c, int64_t seq_len);
 
-// Rotates the first rotary_dim dims of each of `heads` vectors of head_dim floats (NeoX: pairs (i, i + rd/2)).
-void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, int64_t pos, const RopeTable& t);
-// The same in two parts, so that a position's angles serve every layer: cs[0, rd/2) the cosines and cs[rd/2, rd)
-// the sines of position `pos`, then the rotation by them.
+// Rotary embeddings in two parts, so that a position's angles serve every layer: rope_cos_sin() writes cs[0, rd/2)
+// the cosines and cs[rd/2, rd) the sines of position `pos`; apply_rope() rotates the first rotary_dim dims of each of
+// `heads` vectors of head_dim floats by them (NeoX: pairs (i, i + rd/2)).
 void rope_cos_sin(int64_t pos, int64_t rotary_dim, const RopeTable& t, float* cs);
 void apply_rope(float* x, int64_t heads, int64_t head_dim, int64_t rotary_dim, const float* cs);
 

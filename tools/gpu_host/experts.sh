@@ -8,13 +8,16 @@
 #   NCMOE="48 24"      also llama.cpp built here with CUDA (about 300 s, while the GGUF is written), `llama-bench
 #                      -ngl 99 -ncmoe N` for each N (N layers' experts on the CPU: the same placement as Genesis with
 #                      (48 - N) / 48 of the experts' bytes as its budget)
+#   MODEL=next         the 48-layer Qwen3-Next-80B-A3B-shaped file (about 48 GiB) instead of the 30B one (never both on
+#                      the host's 64 GiB disk); -ncmoe 48 is then all of its experts on the CPU too
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/experts.sh  (carry devicepkg)
 T0=$(date +%s)
 source devicepkg/common.sh
 RES=$OUT/r; mkdir -p $RES build-host
-M=build-host/q30.gguf
+M=build-host/q30.gguf; P=qwen3-30b-a3b
+[ "${MODEL:-}" = next ] && { rm -f $M; M=build-host/q80.gguf; P=qwen3next; }
 [ -n "${NCMOE:-}" ] && { ( build_llama "-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90" ) > /dev/null 2>&1 & BL=$!; }
-( synth qwen3-30b-a3b $M $LAYERS ) & SY=$!
+( synth $P $M $LAYERS ) & SY=$!
 if [ -n "${TESTS:-}" ]; then
   step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
   tail -4 $RES/t_gpu.out
@@ -24,7 +27,7 @@ wait $SY
 [ -n "${NCMOE:-}" ] && { wait $BL; tail -1 $OUT/llbuild.log; }  # no timing while it compiles
 B="bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q"
 for x in ${BUDGETS:-0 all}; do
-  step g_x$x 90 $G $B --gpu --gpu-experts $x --json $RES/g_x$x.json
+  step g_x$x 150 $G $B --gpu --gpu-experts $x --json $RES/g_x$x.json
   grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
   [ -n "${AB_ENV:-}" ] && step a_x$x 90 env $AB_ENV $G $B --gpu --gpu-experts $x --json $RES/a_x$x.json
 done
@@ -36,10 +39,10 @@ if [ -n "${PREFILL_ROWS:-}" ]; then
     grep -h "^prefill" $RES/s_${e%%=*}.out
   done
 fi
-[ -n "${CPU:-}" ] && step g_cpu 90 $G $B --json $RES/g_cpu.json
+[ -n "${CPU:-}" ] && step g_cpu 120 $G $B --json $RES/g_cpu.json
 if [ -n "${NCMOE:-}" ]; then
-  for n in $NCMOE; do step l_n$n 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
-  [ -n "${CPU:-}" ] && step l_cpu 100 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -dev none
+  for n in $NCMOE; do step l_n$n 150 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -ngl 99 -ncmoe $n; done
+  [ -n "${CPU:-}" ] && step l_cpu 150 $LB -m $M -p 512 -n 32 -r 2 -t 16 -o json -dev none
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES
 echo "total $(( $(date +%s) - T0 )) s"

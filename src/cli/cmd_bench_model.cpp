@@ -73,6 +73,21 @@ void run(Args& a) {
                j["bytes_per_token"].get<double>() / 1e6, j["read_bandwidth_gbps"].get<double>(),
                j["bandwidth_measured_now"].get<bool>() ? "measured now" : "cached", j["bound_tps"].get<double>(),
                100 * j["bound_fraction"].get<double>(), j["achieved_gbps"].get<double>());
+  if (j.contains("read_bandwidth_passes")) {
+    const auto& b = j["read_bandwidth_passes"]["before_prefill"];
+    const auto& a = j["read_bandwidth_passes"]["after_decode"];
+    fmt::print("bandwidth    median of {} read passes before the prefill ({:.1f}, best {:.1f}, worst {:.1f} GB/s) and {} "
+               "after the decode ({:.1f}, best {:.1f}, worst {:.1f}); against the best pass decode reaches {:.0f}%\n",
+               b["passes"].get<int>(), b["median"].get<double>(), b["best"].get<double>(), b["worst"].get<double>(),
+               a["passes"].get<int>(), a["median"].get<double>(), a["best"].get<double>(), a["worst"].get<double>(),
+               100 * j["bound_fraction_best"].get<double>());
+    const double lo = std::min(b["median"].get<double>(), a["median"].get<double>());
+    const double hi = std::max(b["median"].get<double>(), a["median"].get<double>());
+    if (lo > 0 && hi / lo > 1.15)
+      fmt::print("warning      the read bandwidth moved {:.0f}% between before and after: the machine is shared or "
+                 "throttling, and the bound is only as good as this figure\n",
+                 100 * (hi / lo - 1));
+  }
   if (j.contains("streams"))
     fmt::print("batched      {} streams: step {:.1f} ms (IQR {:.1f}), {:.2f} tokens/s = {:.2f}x one stream; bound "
                "{:.1f} MB/step ({:.1f} distinct experts per MoE layer) = {:.2f} tokens/s, reached {:.0f}%\n",

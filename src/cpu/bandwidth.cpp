@@ -145,7 +145,12 @@ size_t bandwidth_buffer_bytes() {
   return bytes;
 }
 
-double measure_read_gbps(size_t bytes, int threads) {
+namespace {
+
+// Runs `timed(pass)` after the set-up every measurement shares: the buffer, first touch by its reader, one warm-up
+// pass. `timed` gets a function that runs one pass and returns its seconds.
+template <typename Timed>
+void with_read_passes(size_t bytes, int threads, Timed&& timed, size_t* total_bytes) {
   threads = std::max(threads, 1);
   // Every thread's slice is a whole number of chunks; round the buffer down (but keep one chunk per thread).
   size_t slice = std::max(bytes / threads / kChunk, size_t{1}) * kChunk;
@@ -154,6 +159,7 @@ double measure_read_gbps(size_t bytes, int threads) {
   ReadFn read = pick_read_fn();
   // Small buffers are read several times per pass, so one pass lasts long enough for the clock.
   int reps = static_cast<int>(std::max<size_t>(1, (64 * kMiB) / total));
+  *total_bytes = total * static_cast<size_t>(reps);
 
   std::lock_guard<std::mutex> lock(measure_mutex());
   AffinityGuard guard;
@@ -174,18 +180,56 @@ double measure_read_gbps(size_t bytes, int threads) {
     g_sink.fetch_xor(r, std::memory_order_relaxed);
   };
   pool.run(pass);  // warm-up: page tables, frequency
-
-  double best = 1e30;
-  constexpr int kMinPasses = 3, kMaxPasses = 8;
-  constexpr double kBudgetS = 0.4;
-  double start = now_seconds();
-  for (int i = 0; i < kMaxPasses; ++i) {
+  timed([&] {
     double t0 = now_seconds();
     pool.run(pass);
-    best = std::min(best, now_seconds() - t0);
-    if (i + 1 >= kMinPasses && now_seconds() - start > kBudgetS) break;
-  }
-  return static_cast<double>(total) * reps / best / 1e9;
+    return now_seconds() - t0;
+  });
+}
+
+}  // namespace
+
+double measure_read_gbps(size_t bytes, int threads) {
+  double best = 1e30;
+  size_t total = 0;
+  with_read_passes(
+      bytes, threads,
+      [&](auto&& one_pass) {
+        constexpr int kMinPasses = 3, kMaxPasses = 8;
+        constexpr double kBudgetS = 0.4;
+        double start = now_seconds();
+        for (int i = 0; i < kMaxPasses; ++i) {
+          best = std::min(best, one_pass());
+          if (i + 1 >= kMinPasses && now_seconds() - start > kBudgetS) break;
+        }
+      },
+      &total);
+  return static_cast<double>(total) / best / 1e9;
+}
+
+ReadSample measure_read_sample(size_t bytes, int threads, double seconds, int min_passes) {
+  ReadSample r;
+  size_t total = 0;
+  std::vector<double> secs;
+  with_read_passes(
+      bytes, threads,
+      [&](auto&& one_pass) {
+        double start = now_seconds();
+        constexpr int kMaxPasses = 100000;  // a clock that stands still must not loop forever
+        while (static_cast<int>(secs.size()) < kMaxPasses &&
+               (static_cast<int>(secs.size()) < std::max(min_passes, 1) || now_seconds() - start < seconds))
+          secs.push_back(one_pass());
+      },
+      &total);
+  for (double s : secs) r.pass_gbps.push_back(static_cast<double>(total) / std::max(s, 1e-12) / 1e9);
+  std::vector<double> sorted = r.pass_gbps;
+  std::sort(sorted.begin(), sorted.end());
+  r.passes = static_cast<int>(sorted.size());
+  r.worst_gbps = sorted.front();
+  r.best_gbps = sorted.back();
+  const size_t n = sorted.size();
+  r.median_gbps = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
+  return r;
 }
 
 std::string bandwidth_cache_path() {

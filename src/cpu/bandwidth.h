@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace genesis::cpu {
 
@@ -23,6 +24,17 @@ Bandwidth read_bandwidth(bool remeasure = false);
 // One measurement: `threads` pinned threads each read their own slice of a `bytes` buffer (touched first) with the
 // widest loads mayiuse() allows; best of a few passes, in GB/s. Small buffers are read several times per pass.
 double measure_read_gbps(size_t bytes, int threads);
+
+// The passes of one sustained measurement (the same read as measure_read_gbps), for figures that must hold over a
+// run rather than its best moment: a shared host's bandwidth moves between passes.
+struct ReadSample {
+  double best_gbps = 0, median_gbps = 0, worst_gbps = 0;
+  int passes = 0;
+  std::vector<double> pass_gbps;  // every timed pass, in order
+};
+
+// Passes over `bytes` with `threads` pinned threads for at least `seconds` (and at least min_passes passes).
+ReadSample measure_read_sample(size_t bytes, int threads, double seconds, int min_passes = 5);
 
 // max(4 x all L3, 256 MiB), rounded to 2 MiB and capped at a quarter of physical memory.
 size_t bandwidth_buffer_bytes();

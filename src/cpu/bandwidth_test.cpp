@@ -52,6 +52,22 @@ TEST(Bandwidth, SmallBufferPositiveFinite) {
   }
 }
 
+TEST(Bandwidth, SampleOrdersItsPasses) {
+  ReadSample r = measure_read_sample(4 << 20, 2, 0.05, 7);
+  ASSERT_GE(r.passes, 7);
+  ASSERT_EQ(r.pass_gbps.size(), static_cast<size_t>(r.passes));
+  EXPECT_LE(r.worst_gbps, r.median_gbps);
+  EXPECT_LE(r.median_gbps, r.best_gbps);
+  for (double g : r.pass_gbps) {
+    EXPECT_TRUE(std::isfinite(g));
+    EXPECT_GE(g, r.worst_gbps);
+    EXPECT_LE(g, r.best_gbps);
+  }
+  // Zero seconds still runs the minimum; a minimum below one still runs one pass.
+  EXPECT_EQ(measure_read_sample(1 << 20, 1, 0.0, 3).passes, 3);
+  EXPECT_EQ(measure_read_sample(1 << 20, 1, 0.0, 0).passes, 1);
+}
+
 TEST(Bandwidth, BufferExceedsLastLevelCache) {
   size_t b = bandwidth_buffer_bytes();
   EXPECT_EQ(b % (2u << 20), 0u);

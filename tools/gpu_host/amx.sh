@@ -2,12 +2,14 @@
 # many-row products and without (GENESIS_AMX=0), beside llama.cpp built there for the CPU, in one call.
 #   TESTS=1      also the GPU tests (scripts/gpu_tests.sh) and the model tests that run the prefill's many-row path
 #   THREADS="16 8"  thread counts (default 16)
-#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off), each its own run: VAR=value for the
+#   AB="GENESIS_AMX=0"  the other setting(s) of the A/B (default: AMX off; AB=none for none), each its own run: VAR=value for the
 #                environment, or a genesis flag written --flag=value (--cache-type=f32)
 #   NEXT=1       the 48-layer Qwen3-Next GGUF instead of the 30B one (written there while the tests run: about 155 s),
 #                Genesis with NEXT_AB's settings (default AB's) and llama-bench. Not both files: the host's 64 GiB disk
 #                holds 18.4 + 48 GiB only just, and writing one while the other is benchmarked ruined the figures
 #                (decode 3.4 tokens/s, then "No space left on device")
+#   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth)
+#   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU)
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -28,11 +30,19 @@ if [ -n "${TESTS:-}" ]; then
 fi
 wait $BL; tail -1 $OUT/llbuild.log
 $G info > $RES/info.txt 2>&1; grep -iE "amx|region" $RES/info.txt | head -8
-[ -z "${NEXT:-}" ] && wait $SY && for t in ${THREADS:-16}; do
+if [ -n "${GEMV:-}" ]; then
+  [ -z "${NEXT:-}" ] && { wait $SY; SY=; }  # not beside the file's writing
+  for f in NF4 Q4_K Q5_K Q6_K Q8_0 Q4_0 Q4_1; do
+    step v_$f 40 $G bench gemv --format $f --shape 14336x4096 2048x7168 --threads 16 --regime cold --no-baselines --json $RES/v_$f.json
+    grep -hE "^ *$f " $RES/v_$f.out | cut -c1-120; grep -h "^roofline" $RES/v_$f.out | cut -c1-100
+  done
+fi
+[ -z "${NEXT:-}" ] && { [ -z "$SY" ] || wait $SY; true; } && for t in ${THREADS:-16}; do
   B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
   step g_t$t 90 $G $B --json $RES/g_t$t.json
   grep -h "^dense" $RES/g_t$t.out | cut -c1-200
   for e in ${AB:-GENESIS_AMX=0}; do
+    [ "$e" = none ] && continue
     n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
     if [ "${e#--}" != "$e" ]; then step a_${n}_t$t 90 $G $B ${e/=/ } --json $RES/a_${n}_t$t.json
     else step a_${n}_t$t 90 env $e $G $B --json $RES/a_${n}_t$t.json; fi
@@ -40,6 +50,8 @@ $G info > $RES/info.txt 2>&1; grep -iE "amx|region" $RES/info.txt | head -8
   step l_t$t 100 $LB -m $M -p 512 -n 32 -r 2 -t $t -o json
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
 done
+[ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && { step g_gpu 120 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu.json
+  grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300; }
 if [ -n "${NEXT:-}" ]; then
   wait $SN
   B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"

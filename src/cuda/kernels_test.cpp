@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "cuda/blas.h"
+#include "cuda/deltanet.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "kernels/kq_gemv/kq_gemv.h"
@@ -656,6 +657,128 @@ TEST(CudaKernels, LargeStepPiecesMatchTheirReferences) {
 }
 
 // cuBLAS's products (opened at run time): bf16 and fp32 against double sums of the same values, with a row stride.
+// Gated DeltaNet's conv and delta rule over two segments (one fresh, one continuing from given states), both projection
+// layouts, a value head dim that leaves some of the block's threads without a column, then a second step from the
+// states the first left: against the definition in double (deltanet.h).
+TEST(CudaKernels, DeltaNetMatchesReference) {
+  NEED_GPU();
+  for (const bool fused : {false, true}) {
+    DeltaShape sh{2, 4, 16, 24, 4, fused};
+    ASSERT_EQ(deltanet_unsupported(sh, 0), "");
+    const int64_t nk = sh.nk, nv = sh.nv, dk = sh.dk, dv = sh.dv, K = sh.kernel, r = nv / nk;
+    const int64_t KD = nk * dk, VD = nv * dv, CD = 2 * KD + VD, QKVZ = 2 * KD + 2 * VD, n = 8, layers = 2, slot = 1;
+    const int64_t ld = fused ? QKVZ : CD, ldz = fused ? QKVZ : VD;
+    const int32_t segs_h[] = {2, 0, 5, 1, 5, 3, 0};  // rows 0-4 fresh, rows 5-7 continuing
+    const auto w = randoms(size_t(CD * K), 1, 0.5f), dtb = randoms(size_t(nv), 2), nw = randoms(size_t(dv), 3);
+    std::vector<float> aneg(static_cast<size_t>(nv));
+    for (int64_t h = 0; h < nv; ++h) aneg[size_t(h)] = -std::exp(0.3f * float(h) - 0.5f);
+    // States of the continuing segment's sequence (both layers; the kernel uses `slot`).
+    std::vector<float> conv1 = randoms(size_t(layers * (K - 1) * CD), 4), rec1 = randoms(size_t(layers * nv * dk * dv), 5, 0.1f);
+    std::vector<float> conv0(conv1.size(), 7.0f), rec0(rec1.size(), 7.0f);  // garbage: a fresh segment ignores it
+    DeviceArray<float> dw, dtbd, nwd, anegd, dconv0, dconv1, drec0, drec1, dsrc, dz, dba, dout, dcore;
+    dw.upload(w.data(), w.size()), dtbd.upload(dtb.data(), dtb.size()), nwd.upload(nw.data(), nw.size());
+    anegd.upload(aneg.data(), aneg.size());
+    dconv0.upload(conv0.data(), conv0.size()), dconv1.upload(conv1.data(), conv1.size());
+    drec0.upload(rec0.data(), rec0.size()), drec1.upload(rec1.data(), rec1.size());
+    DeviceArray<int32_t> dseg;
+    dseg.upload(segs_h, 7);
+    float* cp[] = {dconv0.data(), dconv1.data()};
+    float* rp[] = {drec0.data(), drec1.data()};
+    DeviceArray<float*> dcp, drp;
+    dcp.upload(cp, 2), drp.upload(rp, 2);
+    const DeltaSegments segs{dseg.data(), dcp.data(), drp.data()};
+    // Reference states: sequence 0 starts at zero.
+    std::vector<double> cs[2], rs[2];
+    for (int q = 0; q < 2; ++q) {
+      cs[q].assign(size_t((K - 1) * CD), 0.0), rs[q].assign(size_t(nv * dk * dv), 0.0);
+      if (q == 1) {
+        for (size_t i = 0; i < cs[q].size(); ++i) cs[q][i] = conv1[size_t(slot * (K - 1) * CD) + i];
+        for (size_t i = 0; i < rs[q].size(); ++i) rs[q][i] = rec1[size_t(slot * nv * dk * dv) + i];
+      }
+    }
+    auto silu = [](double x) { return x / (1 + std::exp(-x)); };
+    for (int step = 0; step < 2; ++step) {
+      const auto src = randoms(size_t(n * ld), 10 + step), ba = randoms(size_t(n * 2 * nv), 20 + step);
+      const auto zsep = randoms(size_t(n * VD), 30 + step);
+      dsrc.upload(src.data(), src.size()), dba.upload(ba.data(), ba.size()), dz.upload(zsep.data(), zsep.size());
+      dout.resize(size_t(n * CD)), dcore.resize(size_t(n * VD));
+      deltanet_conv(dsrc.data(), ld, dw.data(), dout.data(), segs, n, slot, sh, nullptr);
+      deltanet_rule(dout.data(), dba.data(), fused ? dsrc.data() : dz.data(), ldz, anegd.data(), dtbd.data(),
+                    nwd.data(), 1e-6f, dcore.data(), segs, n, slot, sh, nullptr);
+      const auto got = download(dcore, size_t(n * VD));
+      std::vector<double> want(static_cast<size_t>(n * VD));
+      auto at = [&](int64_t ch) -> int64_t {  // conv channel -> column of the projection's row
+        if (!fused) return ch;
+        const int64_t gs = 2 * dk + 2 * r * dv;
+        if (ch < KD) return ch / dk * gs + ch % dk;
+        if (ch < 2 * KD) return (ch - KD) / dk * gs + dk + (ch - KD) % dk;
+        return (ch - 2 * KD) / (r * dv) * gs + 2 * dk + (ch - 2 * KD) % (r * dv);
+      };
+      for (int q = 0; q < 2; ++q) {
+        const int64_t row0 = segs_h[1 + 3 * q], rows = segs_h[2 + 3 * q];
+        std::vector<double> co(static_cast<size_t>(rows * CD));
+        for (int64_t ch = 0; ch < CD; ++ch) {
+          std::vector<double> win(static_cast<size_t>(K - 1));
+          for (int64_t j = 0; j < K - 1; ++j) win[size_t(j)] = cs[q][size_t(j * CD + ch)];
+          for (int64_t t = 0; t < rows; ++t) {
+            const double x = src[size_t((row0 + t) * ld + at(ch))];
+            double acc = w[size_t(ch * K + K - 1)] * x;
+            for (int64_t j = 0; j < K - 1; ++j) acc += w[size_t(ch * K + j)] * win[size_t(j)];
+            co[size_t(t * CD + ch)] = silu(acc);
+            win.erase(win.begin()), win.push_back(x);
+          }
+          for (int64_t j = 0; j < K - 1; ++j) cs[q][size_t(j * CD + ch)] = win[size_t(j)];
+        }
+        for (int64_t h = 0; h < nv; ++h) {
+          const int64_t kh = h / r, j = h % r;
+          double* S = &rs[q][size_t(h * dk * dv)];
+          for (int64_t t = 0; t < rows; ++t) {
+            const int64_t row = row0 + t;
+            std::vector<double> qv(static_cast<size_t>(dk)), kv(static_cast<size_t>(dk));
+            double qq = 0, kk = 0;
+            for (int64_t i = 0; i < dk; ++i) {
+              qv[size_t(i)] = co[size_t(t * CD + kh * dk + i)], kv[size_t(i)] = co[size_t(t * CD + KD + kh * dk + i)];
+              qq += qv[size_t(i)] * qv[size_t(i)], kk += kv[size_t(i)] * kv[size_t(i)];
+            }
+            for (int64_t i = 0; i < dk; ++i) qv[size_t(i)] /= std::sqrt(qq + 1e-6) * std::sqrt(double(dk)), kv[size_t(i)] /= std::sqrt(kk + 1e-6);
+            const double b = ba[size_t(row * 2 * nv + kh * 2 * r + j)], a = ba[size_t(row * 2 * nv + kh * 2 * r + r + j)] + dtb[size_t(h)];
+            const double beta = 1 / (1 + std::exp(-b)), d = std::exp(aneg[size_t(h)] * std::log1p(std::exp(a)));
+            std::vector<double> o(static_cast<size_t>(dv));
+            double oo = 0;
+            for (int64_t c = 0; c < dv; ++c) {
+              double sk = 0, sq = 0;
+              for (int64_t i = 0; i < dk; ++i) sk += S[i * dv + c] * kv[size_t(i)], sq += S[i * dv + c] * qv[size_t(i)];
+              double qk = 0;
+              for (int64_t i = 0; i < dk; ++i) qk += qv[size_t(i)] * kv[size_t(i)];
+              const double delta = beta * (co[size_t(t * CD + 2 * KD + h * dv + c)] - d * sk);
+              o[size_t(c)] = d * sq + qk * delta;
+              for (int64_t i = 0; i < dk; ++i) S[i * dv + c] = d * S[i * dv + c] + kv[size_t(i)] * delta;
+              oo += o[size_t(c)] * o[size_t(c)];
+            }
+            for (int64_t c = 0; c < dv; ++c) {
+              const double zv = fused ? src[size_t(row * ld + kh * (2 * dk + 2 * r * dv) + 2 * dk + r * dv + j * dv + c)]
+                                      : zsep[size_t(row * VD + h * dv + c)];
+              want[size_t(row * VD + h * dv + c)] = o[size_t(c)] / std::sqrt(oo / double(dv) + 1e-6) * nw[size_t(c)] * silu(zv);
+            }
+          }
+        }
+      }
+      const double e = max_err(got, want);
+      EXPECT_LT(e, 2e-5) << "fused " << fused << " step " << step;
+      // Step 2 continues both sequences: neither is fresh now.
+      const int32_t again[] = {2, 0, 5, 0, 5, 3, 0};
+      dseg.upload(again, 7);
+    }
+    // The states the kernels left against the reference's.
+    const auto rec_got = download(drec0, rec0.size());
+    std::vector<float> r0(rec_got.begin() + slot * nv * dk * dv, rec_got.begin() + (slot + 1) * nv * dk * dv);
+    EXPECT_LT(max_err(r0, rs[0]), 2e-5) << "fused " << fused;
+    const auto conv_got = download(dconv1, conv1.size());
+    std::vector<float> c1(conv_got.begin() + slot * (K - 1) * CD, conv_got.begin() + (slot + 1) * (K - 1) * CD);
+    EXPECT_LT(max_err(c1, cs[1]), 1e-6) << "fused " << fused;
+  }
+}
+
 TEST(CudaBlas, ProductsMatchTheHost) {
   NEED_GPU();
   std::string why;

@@ -25,6 +25,7 @@
 
 #include "common/error.h"
 #include "cuda/blas.h"
+#include "cuda/deltanet.h"
 #include "cuda/device.h"
 #include "cuda/kernels.h"
 #include "kernels/kq_gemv/kq_gemv.h"
@@ -49,9 +50,13 @@ struct GpuMatrix {
 };
 
 struct GpuLayer {
-  bool gpu_mixer = false;  // attention or gated attention (the GPU runs it); Gated DeltaNet runs on the CPU
+  bool gpu_mixer = false;  // attention, gated attention or (GpuModel::deltanet_gpu) Gated DeltaNet: the GPU runs it
+  bool deltanet = false;   // a Gated DeltaNet layer on the GPU (its states: GpuState::dn_conv_state, dn_rec_state)
+  int64_t lin_slot = -1;   // its index among the DeltaNet layers
   cuda::DeviceArray<float> input_norm, post_norm, q_norm, k_norm;
   GpuMatrix q, k, v, o;                            // attention
+  GpuMatrix in_qkvz, in_qkv, in_z, in_ba, out_proj;  // Gated DeltaNet
+  cuda::DeviceArray<float> conv_w, a_neg, dt_bias, gated_norm;
   GpuMatrix gate, up, down;                        // dense MLP
   GpuMatrix router, sh_gate_proj, sh_up, sh_down, sh_gate;  // MoE: router, shared expert
 };
@@ -150,6 +155,12 @@ class GpuModel {
   GpuMatrix output;
   std::vector<int64_t> attn_slot;  // [layers]: index among the attention layers (their KV cache)
   int64_t attn_layers = 0, cpu_mixers = 0;
+  // Gated DeltaNet layers on the GPU (GENESIS_CUDA_DELTANET=0 keeps them on the CPU, for comparisons): their shape,
+  // how many, and why not when they stay on the CPU.
+  bool deltanet_gpu = false;
+  cuda::DeltaShape dshape;
+  int64_t lin_layers = 0;
+  std::string deltanet_note;
   int64_t defer = 0;  // LoadOptions::gpu_defer
   bool moe = false;
   size_t bytes = 0;
@@ -300,6 +311,16 @@ class GpuState {
   cuda::DeviceArray<float> r_gu;
   std::vector<GemmExpert> gemm_experts;
   std::vector<int64_t> gemm_groups;  // launch_resident's groups of gemm_experts (their first index, then the end)
+  // Gated DeltaNet layers on the GPU: per sequence slot its conv and recurrent states (every DeltaNet layer's); the
+  // step's segments (cuda::DeltaSegments: sent with the step's first copies, so that graphs replay them) and the
+  // layer's scratch: the projection's rows (in_proj_qkvz's, or in_proj_qkv's), z (split projections), b and a, the
+  // conv's output, the gated output.
+  std::vector<cuda::DeviceArray<float>> dn_conv_state, dn_rec_state;  // [sequence slot]
+  cuda::PinnedArray<int32_t> h_dseg;
+  cuda::DeviceArray<int32_t> dseg;
+  cuda::PinnedArray<float*> h_dconv, h_drec;
+  cuda::DeviceArray<float*> dconv, drec;
+  cuda::DeviceArray<float> dn_proj, dn_z, dn_ba, dn_conv, dn_core;
   // Device routing: the router's logits and, per layer, the chosen expert ids (mapped: the host counts them).
   cuda::DeviceArray<float> router_dev;
   cuda::PinnedArray<int32_t> h_chosen;  // [layers][kDeviceRouteRows][top_k]
@@ -328,8 +349,12 @@ size_t gpu_weight_bytes(const GpuModel& g) { return g.bytes; }
 std::string gpu_description(const GpuModel& g) {
   std::string where = "attention + KV cache, dense matrices, router, norms, output";
   const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
-  if (g.cpu_mixers > 0) where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU", g.cpu_mixers);
-  else where += " on the GPU";
+  if (g.deltanet_gpu) where += fmt::format(", {} Gated DeltaNet layers with their states", g.lin_layers);
+  if (g.cpu_mixers > 0)
+    where += fmt::format(" on the GPU; {} Gated DeltaNet layers on the CPU{}", g.cpu_mixers,
+                         g.deltanet_note.empty() ? "" : " (" + g.deltanet_note + ")");
+  else
+    where += " on the GPU";
   std::string experts = g.moe ? "routed experts on the CPU" : "no experts: only the embedding lookup on the CPU";
   if (g.resident_count > 0)
     experts = fmt::format("{} of {} routed experts on the GPU ({:.2f} GiB as the file stores them, {}), the rest on "
@@ -573,12 +598,24 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   g->moe = c.is_moe();
   if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0)
     fail("--gpu: {} heads are not a multiple of {} KV heads", c.num_heads, c.num_kv_heads);
+  // Gated DeltaNet layers go to the GPU where its shared memory holds a head's state.
+  for (const LayerKind& k : c.layers) g->lin_layers += k.mixer == MixerKind::gated_deltanet;
+  if (g->lin_layers > 0) {
+    g->dshape = {c.linear_num_key_heads, c.linear_num_value_heads, c.linear_key_head_dim, c.linear_value_head_dim,
+                 c.linear_conv_kernel, false};
+    const char* env = std::getenv("GENESIS_CUDA_DELTANET");
+    if (env && std::string(env) == "0") g->deltanet_note = "GENESIS_CUDA_DELTANET=0";
+    else g->deltanet_note = cuda::deltanet_unsupported(g->dshape, g->dev.index);
+    g->deltanet_gpu = g->deltanet_note.empty();
+  }
   // What must fit: every matrix the GPU runs, before anything is allocated.
   size_t need = 0;
   for (int64_t li = 0; li < c.num_layers; ++li) {
     const Layer& l = w.layers[size_t(li)];
     if (c.layers[size_t(li)].mixer != MixerKind::gated_deltanet)
       for (const Dense* d : {&l.q, &l.k, &l.v, &l.o}) need += matrix_bytes(*d);
+    else if (g->deltanet_gpu)
+      for (const Dense* d : {&l.in_qkvz, &l.in_qkv, &l.in_z, &l.in_ba, &l.out_proj}) need += matrix_bytes(*d);
     for (const Dense* d : {&l.gate, &l.up, &l.down, &l.router, &l.shared_gate_proj, &l.shared_up, &l.shared_down,
                            &l.shared_gate})
       need += matrix_bytes(*d);
@@ -601,13 +638,24 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
                g->dev.name);
   g->layers.resize(size_t(c.num_layers));
   g->attn_slot.assign(size_t(c.num_layers), -1);
+  int64_t lin = 0;  // DeltaNet layers on the GPU so far
   for (int64_t li = 0; li < c.num_layers; ++li) {
     const Layer& l = w.layers[size_t(li)];
     GpuLayer& gl = g->layers[size_t(li)];
     upload_vector(l.input_norm, gl.input_norm, g->bytes);
     upload_vector(l.post_norm, gl.post_norm, g->bytes);
-    gl.gpu_mixer = c.layers[size_t(li)].mixer != MixerKind::gated_deltanet;
-    if (gl.gpu_mixer) {
+    gl.deltanet = g->deltanet_gpu && c.layers[size_t(li)].mixer == MixerKind::gated_deltanet;
+    gl.gpu_mixer = c.layers[size_t(li)].mixer != MixerKind::gated_deltanet || gl.deltanet;
+    if (gl.deltanet) {
+      for (auto [d, dst] : {std::pair{&l.in_qkvz, &gl.in_qkvz}, {&l.in_qkv, &gl.in_qkv}, {&l.in_z, &gl.in_z},
+                            {&l.in_ba, &gl.in_ba}, {&l.out_proj, &gl.out_proj}})
+        upload_matrix(*d, *dst, g->bytes);
+      upload_vector(l.conv_w, gl.conv_w, g->bytes);
+      upload_vector(l.a_neg, gl.a_neg, g->bytes);
+      upload_vector(l.dt_bias, gl.dt_bias, g->bytes);
+      upload_vector(l.gated_norm, gl.gated_norm, g->bytes);
+      gl.lin_slot = lin++;
+    } else if (gl.gpu_mixer) {
       g->attn_slot[size_t(li)] = g->attn_layers++;
       upload_matrix(l.q, gl.q, g->bytes);
       upload_matrix(l.k, gl.k, g->bytes);
@@ -717,6 +765,14 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
       fmt::print(stderr, "genesis: the prefill's experts stay on the CPU: {}\n", prefill_off);
     }
   }
+  if (m.deltanet_gpu) {
+    const cuda::DeltaShape& d = m.dshape;
+    const size_t KD = size_t(d.nk * d.dk), VD = size_t(d.nv * d.dv);
+    dn_proj.resize(R * (2 * KD + 2 * VD)), dn_z.resize(R * VD), dn_ba.resize(R * 2 * size_t(d.nv));
+    dn_conv.resize(R * (2 * KD + VD)), dn_core.resize(R * VD);
+    h_dseg.resize(1 + 3 * R), dseg.resize(1 + 3 * R);
+    h_dconv.resize(R), h_drec.resize(R), dconv.resize(R), drec.resize(R);
+  }
   if (m.resident_count > 0) {
     router_dev.resize(size_t(kDeviceRouteRows * c.num_experts));
     h_chosen.resize(size_t(c.num_layers * kDeviceRouteRows * c.top_k));
@@ -729,6 +785,14 @@ std::unique_ptr<GpuState, GpuStateDeleter> make_gpu_state(const GpuModel& g, con
 }
 
 void gpu_reserve_sequence(GpuState& s, int32_t seq) {
+  if (s.gm.deltanet_gpu) {
+    if (size_t(seq) >= s.dn_conv_state.size()) s.dn_conv_state.resize(size_t(seq) + 1), s.dn_rec_state.resize(size_t(seq) + 1);
+    const cuda::DeltaShape& d = s.gm.dshape;
+    if (s.dn_conv_state[size_t(seq)].empty()) {  // contents need no clearing: a sequence at position 0 starts at zero
+      s.dn_conv_state[size_t(seq)].resize(size_t(s.gm.lin_layers * (d.kernel - 1) * (2 * d.nk * d.dk + d.nv * d.dv)));
+      s.dn_rec_state[size_t(seq)].resize(size_t(s.gm.lin_layers * d.nv * d.dk * d.dv));
+    }
+  }
   if (size_t(seq) >= s.kcache.size()) s.kcache.resize(size_t(seq) + 1), s.vcache.resize(size_t(seq) + 1);
   if (s.kv_elems == 0 || !s.kcache[size_t(seq)].empty()) return;
   s.kcache[size_t(seq)].resize(size_t(s.kv_elems));
@@ -770,6 +834,35 @@ void product(GpuState& g, const char* what, const cuda::DeviceMatrix& W, const f
              int64_t ldy, cudaStream_t s) {
   const cuda::GemvJob job{W, y, ldy};
   products(g, what, &job, 1, x, n, s);
+}
+
+// A Gated DeltaNet layer on the GPU: xn -> the projections -> the conv, the delta rule over each segment's rows and
+// state, the gated norm (cuda/deltanet.h) -> out_proj -> g.tmp.
+void gpu_deltanet(GpuState& g, const GpuLayer& gl, const ModelConfig& c, int64_t n) {
+  const cudaStream_t s = g.stream.get();
+  cuda::DeltaShape sh = g.gm.dshape;
+  sh.fused = gl.in_qkvz.present();
+  const int64_t KD = sh.nk * sh.dk, VD = sh.nv * sh.dv, CD = 2 * KD + VD, QKVZ = 2 * KD + 2 * VD;
+  if (sh.fused) {
+    const cuda::GemvJob jobs[] = {{gl.in_qkvz.m, g.dn_proj.data(), QKVZ}, {gl.in_ba.m, g.dn_ba.data(), 2 * sh.nv}};
+    products(g, "deltanet projections", jobs, 2, g.xn.data(), n, s);
+  } else {
+    const cuda::GemvJob jobs[] = {{gl.in_qkv.m, g.dn_proj.data(), CD},
+                                  {gl.in_z.m, g.dn_z.data(), VD},
+                                  {gl.in_ba.m, g.dn_ba.data(), 2 * sh.nv}};
+    products(g, "deltanet projections", jobs, 3, g.xn.data(), n, s);
+  }
+  const cuda::DeltaSegments segs{g.dseg.data(), g.dconv.data(), g.drec.data()};
+  g.time("deltanet conv", [&] {
+    cuda::deltanet_conv(g.dn_proj.data(), sh.fused ? QKVZ : CD, gl.conv_w.data(), g.dn_conv.data(), segs, n,
+                        gl.lin_slot, sh, s);
+  });
+  g.time("delta rule", [&] {
+    cuda::deltanet_rule(g.dn_conv.data(), g.dn_ba.data(), sh.fused ? g.dn_proj.data() : g.dn_z.data(),
+                        sh.fused ? QKVZ : VD, gl.a_neg.data(), gl.dt_bias.data(), gl.gated_norm.data(),
+                        float(c.rms_norm_eps), g.dn_core.data(), segs, n, gl.lin_slot, sh, s);
+  });
+  product(g, "deltanet out_proj", gl.out_proj.m, g.dn_core.data(), g.tmp.data(), n, c.hidden_size, s);
 }
 
 // A layer's attention on the GPU: xn -> q, k, v -> QK-norm, clip, rope, KV append -> attention -> o -> g.tmp.
@@ -1106,6 +1199,18 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       g.h_vptr.data()[row] = g.vcache[size_t(b.seq)].data();
     }
   }
+  // The DeltaNet layers' segments: first row, rows, fresh (position 0: the states start at zero), state bases.
+  const bool dn = gm.deltanet_gpu;
+  if (dn) {
+    int32_t* d = g.h_dseg.data();
+    d[0] = int32_t(segs_.size());
+    for (size_t i = 0; i < segs_.size(); ++i) {
+      const Segment& sg = segs_[i];
+      d[1 + 3 * i] = int32_t(sg.row0), d[2 + 3 * i] = int32_t(sg.n), d[3 + 3 * i] = sg.pos0 == 0;
+      g.h_dconv.data()[i] = g.dn_conv_state[size_t(sg.seq)].data();
+      g.h_drec.data()[i] = g.dn_rec_state[size_t(sg.seq)].data();
+    }
+  }
   clock_.lap(Op::elementwise);
 
   // The GPU work between two points where the CPU needs its results is one segment: queued as closures, run as a
@@ -1113,12 +1218,17 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
   std::vector<std::function<void()>>& work = g.work;
   work.clear();
   g.segment = 0;
-  work.push_back([&g, n, xbytes] {
+  work.push_back([&g, n, xbytes, dn] {
     g.time("copies", [&] {
       g.to_device(g.x.data(), g.h_x, g.h_x.data(), xbytes);
       g.to_device(g.pos.data(), g.h_pos, g.h_pos.data(), size_t(n) * 4);
       g.to_device(g.kptr.data(), g.h_kptr, g.h_kptr.data(), size_t(n) * sizeof(float*));
       g.to_device(g.vptr.data(), g.h_vptr, g.h_vptr.data(), size_t(n) * sizeof(float*));
+      if (dn) {  // sized by the rows (a graph's copies are fixed), not by the segments
+        g.to_device(g.dseg.data(), g.h_dseg, g.h_dseg.data(), size_t(1 + 3 * n) * 4);
+        g.to_device(g.dconv.data(), g.h_dconv, g.h_dconv.data(), size_t(n) * sizeof(float*));
+        g.to_device(g.drec.data(), g.h_drec, g.h_drec.data(), size_t(n) * sizeof(float*));
+      }
     });
   });
   const float* pend_a = nullptr;  // deltas the next norm adds to x
@@ -1281,7 +1391,10 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       g.time("norms", [&] { cuda::add_rms_norm(g.x.data(), pend_a, pend_b, gl->input_norm.data(), g.xn.data(), n, H, eps, s); });
     });
     pend_a = pend_b = nullptr;
-    if (gl->gpu_mixer) {
+    if (gl->deltanet) {
+      work.push_back([&g, gl, this, n] { gpu_deltanet(g, *gl, c_, n); });
+      pend_a = g.tmp.data();
+    } else if (gl->gpu_mixer) {
       const bool gated = kind.mixer == MixerKind::gated_attention;
       work.push_back([&g, gl, this, rope_scaling, gated, li, n] { gpu_attention(g, *gl, c_, rope_scaling, gated, li, n); });
       pend_a = g.tmp.data();

@@ -346,24 +346,34 @@ TEST(Gpu, ResidentExpertsFollowTheUsageCounts) {
 TEST(Gpu, SequencesStepTogetherAsAlone) {
   std::string why;
   if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
-  auto m = Model::load(kGolden + "/qwen3_moe", options(true));
-  cpu::ThreadPool pool(2);
-  const int64_t V = m->config().vocab_size;
-  const auto a = prompt(V, 9), b = prompt(V, 5);
-  std::vector<float> la(static_cast<size_t>(V)), lb(static_cast<size_t>(V));
-  {
+  // qwen3_next: the DeltaNet layers' conv and recurrent states per sequence on the device (two segments per step).
+  for (const char* arch : {"qwen3_moe", "qwen3_next"}) {
+    auto m = Model::load(kGolden + "/" + arch, options(true));
+    cpu::ThreadPool pool(2);
+    const int64_t V = m->config().vocab_size;
+    const auto a = prompt(V, 9), b = prompt(V, 5);
+    const int32_t ta[] = {a[0]}, tb[] = {b[1]};  // a decode step of both after their prompts
+    std::vector<float> la(static_cast<size_t>(V)), lb(static_cast<size_t>(V)), la2(la), lb2(lb);
+    {
+      Session s(*m, 64, &pool);
+      s.forward(a, la.data());
+      s.forward(ta, la2.data());
+      s.reset();
+      s.forward(b, lb.data());
+      s.forward(tb, lb2.data());
+    }
     Session s(*m, 64, &pool);
-    s.forward(a, la.data());
-    s.reset();
-    s.forward(b, lb.data());
+    const int32_t second = s.add_sequence();
+    std::vector<float> ga(static_cast<size_t>(V)), gb(static_cast<size_t>(V)), ga2(ga), gb2(gb);
+    const SequenceRows rows[] = {{0, a, ga.data(), false}, {second, b, gb.data(), false}};
+    s.step(rows);
+    const SequenceRows next[] = {{0, ta, ga2.data(), false}, {second, tb, gb2.data(), false}};
+    s.step(next);
+    EXPECT_LT(test::max_rel_diff(ga, la), 1e-5) << arch;
+    EXPECT_LT(test::max_rel_diff(gb, lb), 1e-5) << arch;
+    EXPECT_LT(test::max_rel_diff(ga2, la2), 1e-5) << arch;
+    EXPECT_LT(test::max_rel_diff(gb2, lb2), 1e-5) << arch;
   }
-  Session s(*m, 64, &pool);
-  const int32_t second = s.add_sequence();
-  std::vector<float> ga(static_cast<size_t>(V)), gb(static_cast<size_t>(V));
-  const SequenceRows rows[] = {{0, a, ga.data(), false}, {second, b, gb.data(), false}};
-  s.step(rows);
-  EXPECT_LT(test::max_rel_diff(ga, la), 1e-5);
-  EXPECT_LT(test::max_rel_diff(gb, lb), 1e-5);
 }
 
 // Expert deferral changes the function (the lowest-ranked experts join one layer late): measured, bounded, and

@@ -166,16 +166,19 @@ size_t rule_smem(const DeltaShape& s) {
 
 std::string deltanet_unsupported(const DeltaShape& s, int device) {
   if (s.nk <= 0 || s.nv % s.nk != 0) return "value heads are not a multiple of key heads";
-  if (s.kernel < 1 || s.kernel > kMaxConvKernel) return "the conv kernel exceeds 8";
+  if (s.kernel < 1 || s.kernel > kMaxConvKernel) return "a conv kernel outside 1..8";
   if (s.dv > 1024) return "value_head_dim exceeds 1024";
   int optin = 0;
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  if (cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device); e != cudaSuccess)
+    return std::string("cudaDeviceGetAttribute: ") + cudaGetErrorString(e);
   if (rule_smem(s) > size_t(optin))
     return "the recurrent state of a head (" + std::to_string(s.dk * s.dv * 4) + " bytes) exceeds the " +
            std::to_string(optin) + " bytes of shared memory a block may have";
-  // Once per process and shape: the opt-in beyond 48 KB, set before any launch (not during a graph's capture).
-  check(cudaFuncSetAttribute(rule_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin),
-        "cudaFuncSetAttribute (the delta rule's shared memory)");
+  // At each model load (the device's maximum, whatever the shape): the opt-in beyond 48 KB, set before any launch
+  // (and not while a graph is captured). A failure (no kernel image for this device, say) keeps the layers on the CPU.
+  if (cudaError_t e = cudaFuncSetAttribute(rule_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+      e != cudaSuccess)
+    return std::string("cudaFuncSetAttribute (the delta rule's shared memory): ") + cudaGetErrorString(e);
   return {};
 }
 

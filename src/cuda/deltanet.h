@@ -33,7 +33,7 @@ struct DeltaSegments {
 };
 
 // Empty when the device can run the shape; else why not (the caller keeps the layers on the CPU). Also raises the
-// delta rule kernel's shared-memory limit: call it once before any launch (and not while a graph is captured).
+// delta rule kernel's shared-memory limit: call it before any launch (and not while a graph is captured).
 std::string deltanet_unsupported(const DeltaShape& s, int device);
 
 // out[t][ch] (conv channels, SiLU-ed) for the segments' rows, and each segment's new conv state. src[t * ld + ...]:

@@ -656,7 +656,6 @@ TEST(CudaKernels, LargeStepPiecesMatchTheirReferences) {
       EXPECT_FLOAT_EQ(zz[size_t(t * ldy + i)], z[size_t(t * ldy + i)] + (i < I ? bias[size_t(i)] : 0.0f));
 }
 
-// cuBLAS's products (opened at run time): bf16 and fp32 against double sums of the same values, with a row stride.
 // Gated DeltaNet's conv and delta rule over two segments (one fresh, one continuing from given states), both projection
 // layouts, a value head dim that leaves some of the block's threads without a column, then a second step from the
 // states the first left: against the definition in double (deltanet.h).
@@ -779,6 +778,7 @@ TEST(CudaKernels, DeltaNetMatchesReference) {
   }
 }
 
+// cuBLAS's products (opened at run time): bf16 and fp32 against double sums of the same values, with a row stride.
 TEST(CudaBlas, ProductsMatchTheHost) {
   NEED_GPU();
   std::string why;

@@ -376,6 +376,62 @@ TEST(Gpu, SequencesStepTogetherAsAlone) {
   }
 }
 
+// A graph recorded for a row count replays steps of that many rows with other sequences: one sequence's 2 rows, then
+// two sequences' single rows (one of them fresh), then the second's 2 rows; each equals the same rows run alone.
+TEST(Gpu, GraphsReplayOtherSequenceCounts) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  for (const char* arch : {"qwen3_moe", "qwen3_next"}) {
+    auto m = Model::load(kGolden + "/" + arch, options(true));
+    cpu::ThreadPool pool(2);
+    const size_t V = static_cast<size_t>(m->config().vocab_size);
+    const auto a = prompt(int64_t(V), 3), b = prompt(int64_t(V), 3);
+    const std::span<const int32_t> a01(a.data(), 2), a2(a.data() + 2, 1), b0(b.data(), 1), b12(b.data() + 1, 2);
+    std::vector<float> ra(V), rb1(V), rb2(V), ga(V), gb1(V), gb2(V), scratch(V);
+    {
+      Session s(*m, 64, &pool);
+      s.forward(a01, scratch.data());
+      s.forward(a2, ra.data());
+      s.reset();
+      s.forward(b0, rb1.data());
+      s.forward(b12, rb2.data());
+    }
+    Session s(*m, 64, &pool);
+    const SequenceRows first[] = {{0, a01, scratch.data(), false}};
+    s.step(first);
+    const int32_t second = s.add_sequence();
+    const SequenceRows both[] = {{0, a2, ga.data(), false}, {second, b0, gb1.data(), false}};
+    s.step(both);
+    const SequenceRows last[] = {{second, b12, gb2.data(), false}};
+    s.step(last);
+    EXPECT_LT(test::max_rel_diff(ga, ra), 1e-5) << arch;
+    EXPECT_LT(test::max_rel_diff(gb1, rb1), 1e-5) << arch;
+    EXPECT_LT(test::max_rel_diff(gb2, rb2), 1e-5) << arch;
+  }
+}
+
+// GENESIS_CUDA_DELTANET=0: Qwen3-Next's DeltaNet layers stay on the CPU, the hidden rows copied across; the hybrid's
+// logits still match the CPU path's (the GpuGolden bound of the kernels' path).
+TEST(Gpu, DeltaNetOnTheCpuMatchesToo) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  for (const char* file : {"qwen3_next", "gguf/tiny_qwen3next.gguf"}) {
+    auto cpu_model = Model::load(kGolden + "/" + file, options(false));
+    std::unique_ptr<Model> gpu_model;
+    {
+      ScopedEnv env("GENESIS_CUDA_DELTANET", "0");
+      gpu_model = Model::load(kGolden + "/" + file, options(true));
+    }
+    EXPECT_NE(gpu_description(*gpu_model->gpu()).find("Gated DeltaNet layers on the CPU"), std::string::npos) << file;
+    cpu::ThreadPool pool(2);
+    Session cs(*cpu_model, 128, &pool), gs(*gpu_model, 128, &pool);
+    const auto toks = prompt(cpu_model->config().vocab_size, 21);
+    const double d = test::max_rel_diff(gs.forward_all(toks), cs.forward_all(toks));
+    std::printf("%s, DeltaNet on the CPU: hybrid vs CPU max |logit diff| / max |logit| = %.3g\n", file, d);
+    EXPECT_LT(d, 1e-2) << file;
+  }
+}
+
 // Expert deferral changes the function (the lowest-ranked experts join one layer late): measured, bounded, and
 // refused for a dense model. (qwen3_moe's and qwen3_next's goldens end with a dense layer and have one in between.)
 TEST(Gpu, ExpertDeferralIsMeasured) {

@@ -9,7 +9,8 @@
 #                holds 18.4 + 48 GiB only just, and writing one while the other is benchmarked ruined the figures
 #                (decode 3.4 tokens/s, then "No space left on device")
 #   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth)
-#   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU)
+#   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
+#                and the GPU tests (scripts/gpu_tests.sh) first
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -22,6 +23,10 @@ step t_amx 60 /tmp/g/test_kernels --gtest_filter='Amx*'
 tail -3 $RES/t_amx.out; grep -hE "Failure|FAILED|Skipped" -A3 $RES/t_amx.out | head -20
 step t_kq 120 /tmp/g/test_kq_gemv
 tail -3 $RES/t_kq.out; grep -hE "Failure|FAILED" -A4 $RES/t_kq.out | head -20
+if [ -n "${GPU:-}" ] && [ -z "${TESTS:-}" ]; then  # GPU=1: the GPU tests too (a few seconds)
+  step t_gpu 150 bash scripts/gpu_tests.sh /tmp/g
+  tail -4 $RES/t_gpu.out; grep -hE "FAILED|Failure|DeltaNet on the CPU" $RES/t_gpu.out $RES/t_gpu.err | head -20 | cut -c1-240
+fi
 if [ -n "${TESTS:-}" ]; then
   step t_model 200 /tmp/g/test_model --gtest_filter='*GgufModel.*:*MultiSequenceStep.*:*Prefill*:*Golden*:Ops.*:*Dense*'
   tail -3 $RES/t_model.out; grep -hE "Failure|FAILED" -A4 $RES/t_model.out | head -30 | cut -c1-240

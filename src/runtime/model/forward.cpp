@@ -20,7 +20,8 @@ namespace {
 constexpr int64_t kMaxChunk = 256;
 }  // namespace
 
-SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv, KvType t) : capacity(cap), kv(t) {
+SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv, KvType t, bool host_linear)
+    : capacity(cap), kv(t) {
   slot.resize(size_t(c.num_layers));
   int32_t attn = 0, lin = 0;
   for (int64_t l = 0; l < c.num_layers; ++l)
@@ -34,7 +35,7 @@ SequenceState::SequenceState(const ModelConfig& c, int64_t cap, bool host_kv, Kv
     k_cache.assign(kv_size, 0.0f);
     v_cache.assign(kv_size, 0.0f);
   }
-  if (lin > 0) {
+  if (lin > 0 && host_linear) {
     conv_per_layer = (c.linear_conv_kernel - 1) * c.linear_conv_dim();
     recurrent_per_layer = c.linear_num_value_heads * c.linear_key_head_dim * c.linear_value_head_dim;
     conv.assign(size_t(conv_per_layer) * size_t(lin), 0.0f);
@@ -91,7 +92,8 @@ int32_t Session::add_sequence() {
   while (id < seqs_.size() && seqs_[id].in_use) ++id;
   if (id == seqs_.size()) seqs_.emplace_back();
   SequenceState& s = seqs_[id];
-  if (s.capacity != capacity_ || s.slot.empty()) s = SequenceState(c_, capacity_, m_.gpu() == nullptr, kv_);
+  if (s.capacity != capacity_ || s.slot.empty())
+    s = SequenceState(c_, capacity_, m_.gpu() == nullptr, kv_, !(m_.gpu() && gpu_holds_deltanet(*m_.gpu())));
   s.reset();
   if (gpu_) gpu_reserve_sequence(*gpu_, int32_t(id));
   s.in_use = true;

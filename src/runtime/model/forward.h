@@ -72,8 +72,10 @@ class Model {
 // conv inputs) and the recurrent state (per value head a [key_head_dim, value_head_dim] fp32 matrix).
 struct SequenceState {
   SequenceState() = default;
-  // host_kv = false: the attention layers' KV cache lives on the GPU (GpuState), none is allocated here.
-  SequenceState(const ModelConfig& c, int64_t capacity, bool host_kv = true, KvType kv = KvType::f32);
+  // host_kv = false: the attention layers' KV cache lives on the GPU (GpuState), none is allocated here; host_linear
+  // = false: so do the Gated DeltaNet layers' conv and recurrent states (conv and recurrent stay empty).
+  SequenceState(const ModelConfig& c, int64_t capacity, bool host_kv = true, KvType kv = KvType::f32,
+                bool host_linear = true);
   void reset();  // position 0, conv and recurrent states zeroed (KV entries are written before they are read)
 
   int64_t pos = 0;

@@ -42,6 +42,8 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
 // "NVIDIA H200 ...: attention, dense MLP, router, norms, output on the GPU (bf16, 1.9 GiB); routed experts on the CPU"
 std::string gpu_description(const GpuModel& g);
 size_t gpu_weight_bytes(const GpuModel& g);
+// Whether the Gated DeltaNet layers run on the device (their states there; the host's SequenceState holds none).
+bool gpu_holds_deltanet(const GpuModel& g);
 // A Session's device side for up to `max_rows` rows per step and KV caches of `capacity` positions.
 std::unique_ptr<GpuState, GpuStateDeleter> make_gpu_state(const GpuModel& g, const ModelConfig& c, int64_t capacity,
                                                           int64_t max_rows);

@@ -345,6 +345,7 @@ std::string gpu_summary() {
 
 size_t gpu_bytes_held() { return cuda::device_bytes_held(); }
 size_t gpu_weight_bytes(const GpuModel& g) { return g.bytes; }
+bool gpu_holds_deltanet(const GpuModel& g) { return g.deltanet_gpu; }
 
 std::string gpu_description(const GpuModel& g) {
   std::string where = "attention + KV cache, dense matrices, router, norms, output";

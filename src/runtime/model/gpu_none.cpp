@@ -29,6 +29,7 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig&, const Weights
 }
 std::string gpu_description(const GpuModel&) { no_cuda(); }
 size_t gpu_weight_bytes(const GpuModel&) { return 0; }
+bool gpu_holds_deltanet(const GpuModel&) { return false; }
 size_t gpu_bytes_held() { return 0; }
 std::unique_ptr<GpuState, GpuStateDeleter> make_gpu_state(const GpuModel&, const ModelConfig&, int64_t, int64_t) {
   no_cuda();

@@ -87,6 +87,12 @@ void run(Args& a) {
       fmt::print("warning      the read bandwidth moved {:.0f}% between before and after: the machine is shared or "
                  "throttling, and the bound is only as good as this figure\n",
                  100 * (hi / lo - 1));
+    const double worst = std::min(b["worst"].get<double>(), a["worst"].get<double>());
+    if (worst > 0 && worst < 0.5 * lo)
+      fmt::print("warning      a read pass ran at {:.1f} GB/s, under half the median: something else used the memory "
+                 "bus during the run (a file's writeback, another process), and the bound is only as good as this "
+                 "figure\n",
+                 worst);
   }
   if (j.contains("streams"))
     fmt::print("batched      {} streams: step {:.1f} ms (IQR {:.1f}), {:.2f} tokens/s = {:.2f}x one stream; bound "

@@ -11,6 +11,8 @@
 #   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth)
 #   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
 #                and the GPU tests (scripts/gpu_tests.sh) first
+#   GPU_TIMES=1  with GPU=1: also the GPU's own time by part (GENESIS_CUDA_TIMES=1, graphs off)
+#   DEFER="1 2"  with GPU=1: also `--gpu-defer N` runs
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -56,7 +58,10 @@ fi
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
 done
 [ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && { step g_gpu 120 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu.json
-  grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300; }
+  grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300
+  [ -n "${GPU_TIMES:-}" ] && { step g_gpu_times 90 env GENESIS_CUDA_TIMES=1 $G bench model -m $M --prompt-tokens 512 -n 16 -t 16 -q --gpu --json $RES/g_gpu_times.json
+    sed -n '/^gpu parts/,/sum/p' $RES/g_gpu_times.out | cut -c1-200; }
+  for d in ${DEFER:-}; do step g_gpu_d$d 90 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --gpu-defer $d --json $RES/g_gpu_d$d.json; done; }
 if [ -n "${NEXT:-}" ]; then
   wait $SN
   B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"

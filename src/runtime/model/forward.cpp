@@ -275,7 +275,6 @@ void Session::mlp(int64_t li, int64_t n) {
     clock_.lap(Op::dense);
   } else {
     moe(l, n);
-    if (c_.layers[size_t(li)].mlp == MlpKind::moe_shared) shared_expert(l, n);
   }
   for_rows(n, [&](int64_t t) {
     float* x = &x_[size_t(t * H)];

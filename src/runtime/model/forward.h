@@ -169,20 +169,24 @@ class Session {
   // qs, ks: the head's L2-normalized q and k of rows row0.. (row stride key_head_dim).
   void delta_rule_recurrent(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks);
   void delta_rule_chunked(float* S, int64_t h, int64_t row0, int64_t n, const float* qs, const float* ks);
-  void shared_expert(const Layer& l, int64_t n);         // moe.cpp: adds to tmp_
+  // moe.cpp, Qwen3-Next's shared expert before the routed experts' region: each row's gate (shared_gate_), SwiGLU of
+  // its gate and up products (shared_h1_, from the router's region) and the down input prepared (shared_act_).
+  void shared_expert_input(const Layer& l, int64_t n);
   void mlp(int64_t li, int64_t n);
   // gpu_step.cpp: the step of the hybrid mode (the same rows and results as the CPU step's, up to float rounding).
   void gpu_step(std::span<const SequenceRows> batch, int64_t total, int64_t longest);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows
   // moe.cpp: the part after the router product: top-k of router_logits_ rows, and the experts of ranks
   // [rank0, rank1) of each row's top-k (all: 0, top_k) over xn_, their weighted sum -> dst [n][hidden].
-  void routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst);
+  // shared: the layer's shared expert joins (its down product's tasks in the experts' region, its output scaled by
+  // sigmoid(shared_gate_) added to each row's sum after the routed experts); shared_expert_input() ran before.
+  void routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst, bool shared = false);
   // moe.cpp: its routing part: the (row, expert) pairs of those ranks sorted by expert: pair_row_, pair_weight_,
   // row_pairs_ ([rows][ranks] -> pair) and expert_start_ ([experts + 1]); counts the choices of layer `li`.
   void route_pairs(int64_t li, int64_t n, int64_t rank0, int64_t rank1);
   // moe.cpp: the products of the routed pairs (route_pairs' K = rank1 - rank0 ranks) on the CPU, their weighted sum
   // -> dst; pairs with pair_elsewhere_[p] >= 0 (run by the GPU) are left out of both.
-  void cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst);
+  void cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst, bool shared = false);
   void output_rows(std::span<const std::pair<int64_t, float*>> rows);  // (row of x_, destination) pairs
   const RopeTable& rope_for(int64_t seq_len);
   template <class F>
@@ -247,6 +251,7 @@ class Session {
     std::unique_ptr<kernels::LinearActivations> a;
   };
   std::vector<UnitActivations> prep_x_, prep_act_;  // [units]
+  UnitActivations shared_act_;                      // the shared expert's down input (moe_shared)
   std::vector<int32_t> unit_prep_;                  // [units]
   std::unique_ptr<std::atomic<int32_t>[]> unit_left_;    // [units] gate_up row blocks not yet done
   std::unique_ptr<std::atomic<int32_t>[]> down_ready_;   // [units] 1 once the unit's down input is prepared

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 
+#include "common/error.h"
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
 
@@ -31,8 +32,9 @@ void Session::moe(const Layer& l, int64_t n) {
                              {&l.shared_gate_proj, shared_h1_.data()},
                              {&l.shared_up, shared_h2_.data()}};
     dense_products(jobs, xn_.data(), n, pool_);
+    shared_expert_input(l, n);
   }
-  routed_experts(l, n, 0, c_.top_k, tmp_.data());
+  routed_experts(l, n, 0, c_.top_k, tmp_.data(), c_.layers[size_t(li)].mlp == MlpKind::moe_shared);
 }
 
 void Session::route_pairs(int64_t li, int64_t n, int64_t rank0, int64_t rank1) {
@@ -78,12 +80,12 @@ void Session::route_pairs(int64_t li, int64_t n, int64_t rank0, int64_t rank1) {
   clock_.lap(Op::router);
 }
 
-void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst) {
+void Session::routed_experts(const Layer& l, int64_t n, int64_t rank0, int64_t rank1, float* dst, bool shared) {
   route_pairs(&l - m_.weights().layers.data(), n, rank0, rank1);
-  cpu_experts(l, n, rank1 - rank0, dst);
+  cpu_experts(l, n, rank1 - rank0, dst, shared);
 }
 
-void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
+void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst, bool shared) {
   const int64_t H = c_.hidden_size, I = c_.moe_intermediate_size, E = c_.num_experts;
   const int64_t P = n * K;
   const std::vector<int32_t>& start = expert_start_;
@@ -108,6 +110,11 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
   const int64_t blk = expert_row_block();
   const int64_t nb1 = (2 * I + blk - 1) / blk;
   const int64_t nb2 = (H + blk - 1) / blk;
+  // The shared expert's down product (moe_shared): nb2 more tasks over the same column blocks, input prepared.
+  const int64_t S = shared ? nb2 : 0;
+  if (shared && blk % l.shared_down.op->row_granule() != 0)
+    fail("cpu_experts: the shared expert's down product takes rows in groups of {}, not a divisor of the block {}",
+         l.shared_down.op->row_granule(), blk);
   for (int64_t u = 0; u < U; ++u) {
     unit_left_[size_t(u)].store(int32_t(nb1), std::memory_order_relaxed);
     down_ready_[size_t(u)].store(0, std::memory_order_relaxed);
@@ -178,6 +185,11 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
       const float* y = &moe_out_[size_t(p) * size_t(H)];
       for (int64_t i = c0; i < c1; ++i) out[i] += w * y[i];
     }
+    if (shared) {  // after the routed experts' sum, as a separate shared-expert pass would add it
+      const float g = shared_gate_[size_t(t)];
+      const float* y = &shared_out_[size_t(t * H)];
+      for (int64_t i = c0; i < c1; ++i) out[i] += g * y[i];
+    }
   };
   // Few rows (decode): a block of columns' sums is made by the down task that completes the block's last unit, in
   // the region, where the calling thread alone read every expert's output (written by other cores) after it. Many
@@ -188,7 +200,7 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
       col_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(nb2));
       col_left_size_ = size_t(nb2);
     }
-    for (int64_t b = 0; b < nb2; ++b) col_left_[size_t(b)].store(int32_t(U), std::memory_order_relaxed);
+    for (int64_t b = 0; b < nb2; ++b) col_left_[size_t(b)].store(int32_t(U + (shared ? 1 : 0)), std::memory_order_relaxed);
   }
   auto down = [&](int64_t task) {
     const int64_t u = task / nb2, b = task % nb2;
@@ -200,19 +212,30 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
     if (combine_in_region && col_left_[size_t(b)].fetch_sub(1, std::memory_order_acq_rel) == 1)
       for (int64_t t = 0; t < n; ++t) combine(t, c0, c1);
   };
+  // The shared expert's down over column block b (its input needs no wait: prepared before the region).
+  auto shared_down = [&](int64_t b) {
+    const int64_t c0 = b * blk, c1 = std::min(H, (b + 1) * blk);
+    l.shared_down.op->run_rows(*shared_act_.a, shared_out_.data(), c0, c1);
+    if (!l.shared_down.bias.empty())
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t c = c0; c < c1; ++c) shared_out_[size_t(t * H + c)] += l.shared_down.bias[size_t(c)];
+    if (combine_in_region && col_left_[size_t(b)].fetch_sub(1, std::memory_order_acq_rel) == 1)
+      for (int64_t t = 0; t < n; ++t) combine(t, c0, c1);
+  };
   if (!fused_experts()) {
     parallel_for(U * nb1, gate_up);
     clock_.lap(Op::experts_gate_up);
-    parallel_for(U * nb2, down);
+    parallel_for(S + U * nb2, [&](int64_t task) { task < S ? shared_down(task) : down(task - S); });
   } else {
-    // One region: every gate_up task, then every down task. Tasks are claimed in index order, so a down task's unit
+    // One region: every gate_up task, the shared expert's down tasks (no wait), then every down task. Tasks are
+    // claimed in index order, so a down task's unit
     // has had all its gate_up blocks claimed by running threads: it waits (spinning) for the unit's last block, never
     // for a task that could wait on it. The caller laps gate_up when it takes its first down task (the profile's
     // split; the tail of gate_up then overlaps down work instead of a barrier and a wake-up between two regions).
     const std::thread::id caller = std::this_thread::get_id();
     bool lapped = false;
     std::atomic<bool> failed{false};
-    parallel_for(U * (nb1 + nb2), [&](int64_t task) {
+    parallel_for(U * nb1 + S + U * nb2, [&](int64_t task) {
       if (task < U * nb1) {
         try {
           gate_up(task);
@@ -222,11 +245,12 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
         }
         return;
       }
-      const int64_t d = task - U * nb1, u = d / nb2;
       if (std::this_thread::get_id() == caller && !lapped) {  // only the caller touches `lapped`
         clock_.lap(Op::experts_gate_up);
         lapped = true;
       }
+      if (task < U * nb1 + S) return shared_down(task - U * nb1);
+      const int64_t d = task - U * nb1 - S, u = d / nb2;
       // Spin briefly, then give the cpu away: with more threads than cpus the block waited on may be preempted here.
       for (int spins = 0; down_ready_[size_t(u)].load(std::memory_order_acquire) == 0; ++spins) {
         if (failed.load(std::memory_order_relaxed)) return;
@@ -251,8 +275,11 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst) {
 namespace genesis::runtime {
 
 // Qwen3-Next's shared expert: a SwiGLU MLP over every row, scaled by sigmoid(shared_expert_gate . x), added to the
-// routed experts' sum in tmp_. Its gate and up products ran in moe()'s region with the router (shared_h1_, _h2_).
-void Session::shared_expert(const Layer& l, int64_t n) {
+// routed experts' sum. Its gate and up products ran in moe()'s region with the router (shared_h1_, _h2_); here each
+// row's gate and SwiGLU, and its down product's input prepared: the product runs in the routed experts' region
+// (cpu_experts, as column-block tasks that wait for nothing), where it had a region of its own (a wake-up and a
+// barrier per layer). Profiled as experts down.
+void Session::shared_expert_input(const Layer& l, int64_t n) {
   const int64_t H = c_.hidden_size, I = c_.shared_expert_intermediate_size;
   if (shared_out_.size() < size_t(n * H)) shared_out_.resize(size_t(n * H)), shared_gate_.resize(size_t(n));
   // The gate's one row (fp32 or bf16, never block-quantized), dotted here rather than as a third job: held unlike
@@ -262,18 +289,15 @@ void Session::shared_expert(const Layer& l, int64_t n) {
   l.shared_gate.row_f32(0, gate_row.data());
   const float* gr = gate_row.data();
   for_rows(n, [&](int64_t t) {
-    shared_gate_[size_t(t)] = dot_f32(gr, &xn_[size_t(t * H)], H);
+    shared_gate_[size_t(t)] = 1.0f / (1.0f + std::exp(-dot_f32(gr, &xn_[size_t(t * H)], H)));
     swiglu(&shared_h1_[size_t(t * I)], &shared_h2_[size_t(t * I)], &shared_h1_[size_t(t * I)], I);
   });
-  clock_.lap(Op::elementwise);
-  dense_product(l.shared_down, shared_h1_.data(), shared_out_.data(), n, pool_);
-  clock_.lap(Op::dense);
-  for_rows(n, [&](int64_t t) {
-    const float g = 1.0f / (1.0f + std::exp(-shared_gate_[size_t(t)]));
-    float* out = &tmp_[size_t(t * H)];
-    const float* s = &shared_out_[size_t(t * H)];
-    for (int64_t i = 0; i < H; ++i) out[i] += g * s[i];
-  });
+  const kernels::Linear& down = *l.shared_down.op;
+  if (!shared_act_.a || shared_act_.kind != down.activation_kind()) {
+    shared_act_.a = down.new_activations();
+    shared_act_.kind = std::string(down.activation_kind());
+  }
+  down.prepare(shared_h1_.data(), n, *shared_act_.a);
   clock_.lap(Op::elementwise);
 }
 

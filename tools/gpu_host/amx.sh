@@ -11,6 +11,7 @@
 #   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth)
 #   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
 #                and the GPU tests (scripts/gpu_tests.sh) first
+#   BASE=1       with NEXT=1: also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after Genesis's run
 #   GPU_TIMES=1  with GPU=1: also the GPU's own time by part (GENESIS_CUDA_TIMES=1, graphs off)
 #   DEFER="1 2"  with GPU=1: also `--gpu-defer N` runs
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
@@ -66,12 +67,16 @@ if [ -n "${NEXT:-}" ]; then
   wait $SN
   B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"
   step n_g 120 $G $B --json $RES/n_g.json
+  [ -n "${BASE:-}" ] && [ -x $GB ] && step n_base 120 $GB $B --json $RES/n_base.json
   for e in ${NEXT_AB:-${AB:-GENESIS_AMX=0}}; do
     n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
     if [ "${e#--}" != "$e" ]; then step n_$n 120 $G $B ${e/=/ } --json $RES/n_$n.json
     else step n_$n 120 env $e $G $B --json $RES/n_$n.json; fi
   done
   step n_l 120 $LB -m $N -p 512 -n 32 -r 2 -t 16 -o json
+  if [ -n "${BASE:-}" ] && [ -x $GB ]; then  # the pair again, the other way round
+    step n_base2 120 $GB $B --json $RES/n_base2.json; step n_g2 120 $G $B --json $RES/n_g2.json
+  fi
 fi
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES
 echo "total $(( $(date +%s) - T0 )) s"

@@ -86,6 +86,8 @@ struct ManyArgs {
   int64_t rows[3], ldy[3];
   unsigned first_block[4];
   int count;
+  uint32_t type[3];  // block_gemv_many_kernel: each matrix's ggml type and bytes per row
+  int64_t row_bytes[3];
 };
 
 template <class WT, int NR>
@@ -578,6 +580,45 @@ __global__ void expert_kernel(ExpertArgs a) {
   }
 }
 
+// gemv_many_kernel over matrices held as GGUF blocks: a warp per output row, lane l dequantizing weights
+// [8 l + 256 i, +8) of it in registers (dequant8: the file's values, fp32) against up to NR rows of x.
+template <int NR>
+__global__ void block_gemv_many_kernel(ManyArgs a, const float* __restrict__ x, int n, int64_t cols) {
+  int j = 0;
+  while (j + 1 < a.count && blockIdx.x >= a.first_block[j + 1]) ++j;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x - a.first_block[j]) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (r >= a.rows[j]) return;
+  const uint32_t type = a.type[j];
+  const uint8_t* w = static_cast<const uint8_t*>(a.w[j]) + r * a.row_bytes[j];
+  float acc[NR];
+#pragma unroll
+  for (int t = 0; t < NR; ++t) acc[t] = 0.0f;
+#pragma unroll 2
+  for (int64_t c = int64_t(lane) * 8; c < cols; c += 8 * kWarp) {
+    float wf[8];
+    dequant8(type, w, c, wf);
+#pragma unroll
+    for (int t = 0; t < NR; ++t) {
+      if (t < n) {
+        float xf[8];
+        load8(x + int64_t(t) * cols + c, xf);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s += wf[i] * xf[i];
+        acc[t] += s;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NR; ++t) {
+    if (t < n) {
+      const float s = warp_sum(acc[t]);
+      if (lane == 0) a.y[j][int64_t(t) * a.ldy[j] + r] = s + (a.bias[j] ? a.bias[j][r] : 0.0f);
+    }
+  }
+}
+
 __global__ void copy_mapped_kernel(const uint8_t* src, uint8_t* dst, size_t bytes) {
   const size_t stride = size_t(gridDim.x) * blockDim.x, i0 = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if ((reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) % 16 == 0) {
@@ -635,9 +676,11 @@ void gemv(const DeviceMatrix& W, const float* x, float* y, int64_t n, int64_t ld
 
 void gemv_many(const GemvJob* jobs, int count, const float* x, int64_t n, cudaStream_t s) {
   if (n <= 0) return;
+  const bool blocks = count >= 1 && jobs[0].w.type != 0;
   bool same = count >= 1 && count <= 3;
   for (int j = 1; j < count && same; ++j)
-    same = jobs[j].w.cols == jobs[0].w.cols && jobs[j].w.bf16 == jobs[0].w.bf16;
+    same = jobs[j].w.cols == jobs[0].w.cols && (jobs[j].w.type != 0) == blocks &&
+           (blocks || jobs[j].w.bf16 == jobs[0].w.bf16);
   if (!same) {
     for (int j = 0; j < count; ++j) gemv(jobs[j].w, x, jobs[j].y, n, jobs[j].ldy, s);
     return;
@@ -649,6 +692,7 @@ void gemv_many(const GemvJob* jobs, int count, const float* x, int64_t n, cudaSt
   for (int j = 0; j < count; ++j) {
     a.w[j] = jobs[j].w.w, a.bias[j] = jobs[j].w.bias, a.y[j] = jobs[j].y;
     a.rows[j] = jobs[j].w.rows, a.ldy[j] = jobs[j].ldy;
+    a.type[j] = jobs[j].w.type, a.row_bytes[j] = jobs[j].w.row_bytes;
     a.first_block[j + 1] = a.first_block[j] + unsigned((jobs[j].w.rows + kRowsPerBlock - 1) / kRowsPerBlock);
   }
   if (a.first_block[count] == 0) return;
@@ -664,7 +708,12 @@ void gemv_many(const GemvJob* jobs, int count, const float* x, int64_t n, cudaSt
   else if (nt == 2) gemv_many_kernel<WT, 2><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);             \
   else if (nt <= 4) gemv_many_kernel<WT, 4><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);             \
   else gemv_many_kernel<WT, 8><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);
-    if (jobs[0].w.bf16) {
+    if (blocks) {
+      if (nt == 1) block_gemv_many_kernel<1><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);
+      else if (nt == 2) block_gemv_many_kernel<2><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);
+      else if (nt <= 4) block_gemv_many_kernel<4><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);
+      else block_gemv_many_kernel<8><<<grid, kThreads, 0, s>>>(at, xt, nt, cols);
+    } else if (jobs[0].w.bf16) {
       GENESIS_MANY(uint16_t)
     } else {
       GENESIS_MANY(float)

@@ -17,13 +17,18 @@ struct DeviceMatrix {
   bool bf16 = false;
   int64_t rows = 0, cols = 0;
   const float* bias = nullptr;
+  // type != 0: w holds the rows as a GGUF file stores them (ggml type id, any can_dequantize() takes), row_bytes
+  // each; the products dequantize them in registers (fp32, the file's exact values) and bf16 is ignored.
+  uint32_t type = 0;
+  int64_t row_bytes = 0;
 };
 
 // y[t * ldy + r] = sum_k W[r, k] x[t * cols + k] (+ bias[r]) for t < n, r < rows. Up to 8 rows of x share one pass
 // over W (a warp per output row, 16-byte loads); more rows take several passes.
 void gemv(const DeviceMatrix& W, const float* x, float* y, int64_t n, int64_t ldy, cudaStream_t s);
 // Up to three products over the same x (q, k and v; gate and up) in one launch: y_i = W_i x with row stride ldy_i.
-// The matrices share cols and their weight type (else they run as separate launches).
+// The matrices share cols and their weight type (bf16, fp32, or GGUF blocks of any types; else they run as separate
+// launches).
 struct GemvJob {
   DeviceMatrix w;
   float* y = nullptr;

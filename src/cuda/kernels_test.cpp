@@ -343,6 +343,74 @@ TEST(CudaKernels, DequantizeMatchesGgml) {
   }
 }
 
+// Dense matrices held as the file's blocks (DeviceMatrix::type): gemv and gemv_many against ggml's dequantizer and
+// double sums, every format, 1..13 rows of x (passes of 8), a bias, three matrices of different formats in one
+// launch (q, k, v of a Q4_K_M file: Q4_K, Q4_K, Q6_K), and one of them in a separate pass.
+TEST(CudaKernels, BlockGemvMatchesGgml) {
+  NEED_GPU();
+  Stream s;
+  std::mt19937 g(11);
+  const int64_t cols = 512;
+  auto make = [&](uint32_t type, int64_t rows, std::vector<float>& w, DeviceArray<uint8_t>& d) {
+    const auto info = *quant::ggml_type_info(type);
+    const auto bytes = random_blocks(type, rows * cols / info.block, g);
+    w.resize(size_t(rows * cols));
+    quant::ggml_dequantize(type, bytes.data(), w.data(), rows * cols);
+    d.upload(bytes.data(), bytes.size());
+    return DeviceMatrix{d.data(), false, rows, cols, nullptr, type, int64_t(bytes.size()) / rows};
+  };
+  for (uint32_t type : {2u, 3u, 6u, 7u, 8u, 12u, 13u, 14u})
+    for (int64_t n : {1, 2, 5, 8, 13}) {
+      const int64_t rows = 41, ldy = rows + 3;
+      std::vector<float> w;
+      DeviceArray<uint8_t> dw;
+      DeviceArray<float> dx, dy, db;
+      DeviceMatrix m = make(type, rows, w, dw);
+      const auto x = randoms(size_t(n * cols), 12), b = randoms(size_t(rows), 13);
+      dx.upload(x.data(), x.size());
+      db.upload(b.data(), b.size());
+      m.bias = db.data();
+      dy.resize(size_t(n * ldy));
+      gemv(m, dx.data(), dy.data(), n, ldy, s.get());
+      s.sync("gemv (blocks)");
+      EXPECT_LT(product_error(download(dy, size_t(n * ldy)), ldy, w, x, rows, cols, n, &b), 1e-5)
+          << quant::ggml_type_name(type) << " n " << n;
+    }
+  // Three formats in one launch, then a block matrix beside a bf16 one (separate launches).
+  for (int64_t n : {1, 8, 9}) {
+    const uint32_t types[3] = {12u, 12u, 14u};
+    const int64_t rows[3] = {64, 16, 24};
+    std::vector<float> w[3];
+    DeviceArray<uint8_t> dw[3];
+    DeviceArray<float> dy[3], dx;
+    GemvJob jobs[3];
+    const auto x = randoms(size_t(n * cols), 14);
+    dx.upload(x.data(), x.size());
+    for (int j = 0; j < 3; ++j) {
+      jobs[j].w = make(types[j], rows[j], w[j], dw[j]);
+      dy[j].resize(size_t(n * rows[j]));
+      jobs[j].y = dy[j].data();
+      jobs[j].ldy = rows[j];
+    }
+    gemv_many(jobs, 3, dx.data(), n, s.get());
+    s.sync("gemv_many (blocks)");
+    for (int j = 0; j < 3; ++j)
+      EXPECT_LT(product_error(download(dy[j], size_t(n * rows[j])), rows[j], w[j], x, rows[j], cols, n), 1e-5)
+          << "job " << j << " n " << n;
+    std::vector<uint16_t> h(w[1].size());
+    for (size_t i = 0; i < h.size(); ++i) h[i] = quant::f32_to_bf16(w[1][i]);
+    std::vector<float> wb(h.size());
+    for (size_t i = 0; i < h.size(); ++i) wb[i] = quant::bf16_to_f32(h[i]);
+    DeviceArray<uint16_t> d16;
+    d16.upload(h.data(), h.size());
+    GemvJob mixed[2] = {jobs[0], {DeviceMatrix{d16.data(), true, rows[1], cols}, dy[1].data(), rows[1]}};
+    gemv_many(mixed, 2, dx.data(), n, s.get());
+    s.sync("gemv_many (blocks and bf16)");
+    EXPECT_LT(product_error(download(dy[0], size_t(n * rows[0])), rows[0], w[0], x, rows[0], cols, n), 1e-5);
+    EXPECT_LT(product_error(download(dy[1], size_t(n * rows[1])), rows[1], wb, x, rows[1], cols, n), 1e-5);
+  }
+}
+
 // Resident experts' products (a warp per row, blocks dequantized in registers) against ggml's dequantizer and double
 // sums: every format, units of 1..8 pairs, gate and up in different formats (a Q4_K_M file's experts), rows read
 // through x_row, SwiGLU fused; then down over that activation.

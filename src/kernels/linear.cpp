@@ -16,6 +16,10 @@ void throw_activation_mismatch(std::string_view family) {
   fail("{}: activations prepared by another family's Linear (activation kinds differ)", family);
 }
 
+void Linear::stored_row(int64_t, uint8_t*) const {
+  fail("{}: this matrix is not held as GGUF blocks (no stored rows)", describe());
+}
+
 void prepare_float(const float* x, int64_t n, int64_t cols, LinearActivations& a, std::string_view family) {
   if (n < 1) fail("{}: prepare() with {} rows of x", family, n);
   auto& f = activations_as<FloatActivations>(a, family);

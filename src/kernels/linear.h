@@ -61,6 +61,13 @@ class Linear {
   // has no row access.
   virtual void row_f32(int64_t r, float* out) const = 0;
 
+  // The GGUF block type the family holds W in (quant::GgmlType id; 0: none, W is not a GGUF block matrix), and row r
+  // as the file stores it (stored_row_bytes() bytes: the blocks, without a family's repacking or padding), for a
+  // device that reads the file's blocks itself (the hybrid mode's GPU). stored_row throws where stored_type() is 0.
+  virtual uint32_t stored_type() const { return 0; }
+  virtual size_t stored_row_bytes() const { return 0; }
+  virtual void stored_row(int64_t r, uint8_t* out) const;
+
  private:
   int64_t rows_, cols_;
 };

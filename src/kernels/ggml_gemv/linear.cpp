@@ -2,6 +2,8 @@
 // blocks of rows are dequantized (ggml's formula) and multiplied by sgemm.
 #include <fmt/format.h>
 
+#include <cstring>
+
 #include "common/error.h"
 
 #include "quant/ggml.h"
@@ -32,6 +34,12 @@ class GgmlLinear final : public Linear {
     else gemv_rows(*m_, f.x, y, f.n, r0, r1, path());
   }
   int64_t row_granule() const override { return 1; }
+  uint32_t stored_type() const override { return m_->type; }
+  size_t stored_row_bytes() const override { return m_->row_bytes; }
+  void stored_row(int64_t r, uint8_t* out) const override {
+    if (r < 0 || r >= rows()) fail("ggml_gemv: stored row {} of {}", r, rows());
+    std::memcpy(out, m_->bytes.data() + size_t(r) * m_->row_bytes, m_->row_bytes);
+  }
   void row_f32(int64_t r, float* out) const override {
     quant::ggml_dequantize(m_->type, m_->bytes.data() + size_t(r) * m_->row_bytes, out, cols());
   }

@@ -119,6 +119,11 @@ void reference(uint32_t ggml_type, const uint8_t* stored, int64_t rows, int64_t 
 double error_bound(uint32_t ggml_type, const uint8_t* stored, int64_t cols, int64_t r, const Activations& a, int t);
 std::string error_bound_text();
 
+// Row r's bytes as the GGUF file stores them (its blocks; a legacy row's padding left out): stored_row_bytes(w)
+// bytes recovered from the records through record_bits().
+size_t stored_row_bytes(const Matrix& w);
+void stored_row(const Matrix& w, int64_t r, uint8_t* out);
+
 // Row r of the matrix widened to fp32, bit-exact with quant::ggml_dequantize of the stored row (same fp32 operations).
 void dequantize_row(const Matrix& w, int64_t r, float* out);
 

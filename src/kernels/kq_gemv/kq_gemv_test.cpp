@@ -342,6 +342,15 @@ TEST(KqGemv, RecordsInPlaceAndTheirBitMap) {
         ASSERT_EQ(0, std::memcmp(got.data(), stored.data() + r * row_stored + u * per_unit * bb, size_t(nb * bb)))
             << "row " << r << " unit " << u;
       }
+    // stored_row(): the same recovery, a whole row at a time (what the hybrid mode's GPU uploads).
+    ASSERT_EQ(stored_row_bytes(e), size_t(row_stored));
+    std::vector<uint8_t> row(static_cast<size_t>(row_stored) + 8, 0xCD);
+    for (int64_t r = 0; r < rows; ++r) {
+      stored_row(e, r, row.data());
+      ASSERT_EQ(0, std::memcmp(row.data(), stored.data() + r * row_stored, size_t(row_stored))) << "row " << r;
+      EXPECT_EQ(row[size_t(row_stored)], 0xCD) << "stored_row wrote past the row";
+    }
+    EXPECT_THROW(stored_row(e, rows, row.data()), genesis::Error);
   }
   EXPECT_THROW(record_bytes_of(ggml_type(Format::q4_k), 2, 100), Error);
 }

@@ -515,6 +515,34 @@ RecordBits record_bits(Format f) {
   return rb;
 }
 
+size_t stored_row_bytes(const Matrix& w) {
+  return size_t(w.cols / stored_block_cols(w.format) * stored_block_bytes(w.format));
+}
+
+void stored_row(const Matrix& w, int64_t r, uint8_t* out) {
+  if (r < 0 || r >= w.rows) fail("kq_gemv: stored row {} of {}", r, w.rows);
+  static const std::vector<RecordBits> bits = [] {
+    std::vector<RecordBits> v;
+    for (Format f : kFormats) v.push_back(record_bits(f));
+    return v;
+  }();
+  const RecordBits& rb = bits[size_t(std::find(std::begin(kFormats), std::end(kFormats), w.format) - kFormats)];
+  const int bb = stored_block_bytes(w.format), per_unit = rb.stored_bytes / bb;
+  const int64_t blocks = w.cols / stored_block_cols(w.format);
+  std::vector<uint8_t> unit(size_t(rb.stored_bytes));
+  for (int64_t u = 0; u < w.units; ++u) {
+    const uint8_t* rec = w.records() + r * w.row_bytes() + u * w.record_bytes;
+    std::fill(unit.begin(), unit.end(), 0);
+    for (int i = 0; i < rb.stored_bytes * 8; ++i) {
+      const int k = rb.source[size_t(i)];
+      const int v = ((rec[k / 8] >> (k % 8)) & 1) ^ rb.invert[size_t(i)];
+      unit[size_t(i / 8)] = uint8_t(unit[size_t(i / 8)] | (v << (i % 8)));
+    }
+    const int64_t nb = std::min<int64_t>(per_unit, blocks - u * per_unit);  // a legacy row's last unit: its blocks
+    std::memcpy(out + u * per_unit * bb, unit.data(), size_t(nb * bb));
+  }
+}
+
 namespace {
 
 // Per block of `len` values (a multiple of 16): scale = amax / 127, q = round-to-nearest-even(x * (127 / amax)),

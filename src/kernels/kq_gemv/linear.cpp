@@ -37,6 +37,9 @@ class KqLinear final : public Linear {
   }
   size_t bytes() const override { return m_->bytes(); }
   std::string format() const override { return format_name(m_->format); }
+  uint32_t stored_type() const override { return ggml_type(m_->format); }
+  size_t stored_row_bytes() const override { return kq_gemv::stored_row_bytes(*m_); }
+  void stored_row(int64_t r, uint8_t* out) const override { kq_gemv::stored_row(*m_, r, out); }
   std::string describe() const override {
     return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{}{})", format(), path_name(path()),
                        genome_ == Genome::baseline() ? "" : ", genome " + genome_.serialize(),

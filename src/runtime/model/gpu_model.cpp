@@ -45,6 +45,7 @@ namespace {
 struct GpuMatrix {
   cuda::DeviceArray<uint16_t> w16;
   cuda::DeviceArray<float> w32, bias;
+  cuda::DeviceArray<uint8_t> blocks;  // the file's blocks (DeviceMatrix::type != 0)
   cuda::DeviceMatrix m;
   bool present() const { return m.w != nullptr; }
 };
@@ -67,9 +68,41 @@ void upload_vector(const std::vector<float>& v, cuda::DeviceArray<float>& d, siz
   bytes += v.size() * 4;
 }
 
+// Dense matrices the CPU holds as GGUF blocks go to the device as the file stores them (kernels::Linear::stored_row:
+// 4.5-8.5 bits per weight instead of bf16's 16, the file's exact values in the decode products), unless
+// GENESIS_CUDA_DENSE_BLOCKS=0 (bf16 for all, as before: an A/B switch).
+bool dense_blocks() {
+  static const bool on = [] {
+    const char* e = std::getenv("GENESIS_CUDA_DENSE_BLOCKS");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+bool as_blocks(const Dense& d) {
+  return dense_blocks() && d.op->stored_type() != 0 && cuda::can_dequantize(d.op->stored_type());
+}
+
 void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
   if (d.empty()) return;
   const int64_t R = d.rows, C = d.cols;
+  if (as_blocks(d)) {
+    const int64_t rb = int64_t(d.op->stored_row_bytes());
+    constexpr int64_t kChunkRows = 4096;
+    std::vector<uint8_t> buf(size_t(std::min<int64_t>(R, kChunkRows) * rb));
+    g.blocks.resize(size_t(R * rb));
+    for (int64_t r0 = 0; r0 < R; r0 += kChunkRows) {
+      const int64_t rows = std::min(kChunkRows, R - r0);
+      for (int64_t r = 0; r < rows; ++r) d.op->stored_row(r0 + r, &buf[size_t(r * rb)]);
+      g.blocks.upload_at(size_t(r0 * rb), buf.data(), size_t(rows * rb));
+    }
+    bytes += size_t(R * rb);
+    if (!d.bias.empty()) {
+      g.bias.upload(d.bias.data(), d.bias.size());
+      bytes += d.bias.size() * 4;
+    }
+    g.m = {g.blocks.data(), false, R, C, d.bias.empty() ? nullptr : g.bias.data(), d.op->stored_type(), rb};
+    return;
+  }
   const bool f32 = d.op->format() == "f32";
   constexpr int64_t kChunkRows = 2048;
   std::vector<float> buf(size_t(std::min<int64_t>(R, kChunkRows) * C));
@@ -97,6 +130,7 @@ void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
 
 size_t matrix_bytes(const Dense& d) {
   if (d.empty()) return 0;
+  if (as_blocks(d)) return size_t(d.rows) * d.op->stored_row_bytes() + d.bias.size() * 4;
   return size_t(d.rows * d.cols) * (d.op->format() == "f32" ? 4 : 2) + d.bias.size() * 4;
 }
 
@@ -162,6 +196,7 @@ class GpuModel {
   int64_t lin_layers = 0;
   std::string deltanet_note;
   int64_t defer = 0;  // LoadOptions::gpu_defer
+  std::string dense_note;  // how the dense matrices are held: bf16, or the file's blocks (GENESIS_CUDA_DENSE_BLOCKS)
   bool moe = false;
   size_t bytes = 0;
 };
@@ -309,6 +344,11 @@ class GpuState {
   // down H I].
   cuda::DeviceArray<uint16_t> xb, r_xb, r_actb, r_deq;
   cuda::DeviceArray<float> r_gu;
+  // cuBLAS steps over dense matrices held as the file's blocks: a chunk of their rows dequantized to bf16 (at most
+  // kDeqElems weights: 32 MB), and a slot list {0} for dequantize_slots_bf16.
+  static constexpr int64_t kDeqElems = int64_t(16) << 20;
+  cuda::DeviceArray<uint16_t> wdeq;
+  cuda::DeviceArray<int32_t> zero_slot;
   std::vector<GemmExpert> gemm_experts;
   std::vector<int64_t> gemm_groups;  // launch_resident's groups of gemm_experts (their first index, then the end)
   // Gated DeltaNet layers on the GPU: per sequence slot its conv and recurrent states (every DeltaNet layer's); the
@@ -348,7 +388,7 @@ size_t gpu_weight_bytes(const GpuModel& g) { return g.bytes; }
 bool gpu_holds_deltanet(const GpuModel& g) { return g.deltanet_gpu; }
 
 std::string gpu_description(const GpuModel& g) {
-  std::string where = "attention + KV cache, dense matrices, router, norms, output";
+  std::string where = "attention + KV cache, dense matrices (" + g.dense_note + "), router, norms, output";
   const std::string defer = g.defer > 0 ? fmt::format(" ({} of each token's experts deferred a layer)", g.defer) : "";
   if (g.deltanet_gpu) where += fmt::format(", {} Gated DeltaNet layers with their states", g.lin_layers);
   if (g.cpu_mixers > 0)
@@ -683,6 +723,20 @@ std::shared_ptr<const GpuModel> make_gpu_model(const ModelConfig& c, const Weigh
   }
   upload_vector(w.final_norm, g->final_norm, g->bytes);
   upload_matrix(w.output(), g->output, g->bytes);
+  {
+    // What the dense matrices went as, for gpu_description.
+    int64_t blocks = 0, other = 0;
+    auto count = [&](const GpuMatrix& m) {
+      if (m.present()) ++(m.m.type != 0 ? blocks : other);
+    };
+    for (const GpuLayer& gl : g->layers)
+      for (const GpuMatrix* m : {&gl.q, &gl.k, &gl.v, &gl.o, &gl.in_qkvz, &gl.in_qkv, &gl.in_z, &gl.in_ba,
+                                 &gl.out_proj, &gl.gate, &gl.up, &gl.down, &gl.sh_gate_proj, &gl.sh_up, &gl.sh_down})
+        count(*m);
+    count(g->output);
+    g->dense_note = blocks == 0 ? "bf16" : other == 0 ? "as the file stores them"
+                                                      : fmt::format("{} as the file stores them, {} bf16", blocks, other);
+  }
   upload_resident(*g, c);
   g->bytes += g->resident_bytes;
   g->raw.clear();  // found again below when the prefill streams them
@@ -809,7 +863,29 @@ void queue_products(GpuState& g, const cuda::GemvJob* jobs, int count, const flo
   int64_t xb_cols = -1;  // the columns xb holds x's rows at
   for (int j = 0; j < count; ++j) {
     const cuda::DeviceMatrix& m = jobs[j].w;
-    if (m.bf16) {
+    if (m.type != 0) {
+      // The file's blocks: rows dequantized to bf16 (as the other matrices are held) a chunk at a time into wdeq.
+      const int64_t part = n * m.cols;
+      if (xb_cols != m.cols) {
+        g.xb.resize(size_t(2 * part));
+        cuda::convert_bf16(x, g.xb.data(), part, s, g.xb.data() + part);
+        xb_cols = m.cols;
+      }
+      if (g.zero_slot.size() == 0) {
+        const int32_t zero = 0;
+        g.zero_slot.upload(&zero, 1);
+      }
+      const int64_t chunk = std::max<int64_t>(1, GpuState::kDeqElems / m.cols);
+      if (g.wdeq.size() < size_t(std::min(chunk, m.rows) * m.cols)) g.wdeq.resize(size_t(std::min(chunk, m.rows) * m.cols));
+      const auto* base = static_cast<const uint8_t*>(m.w);
+      for (int64_t r0 = 0; r0 < m.rows; r0 += chunk) {
+        const int64_t rows = std::min(chunk, m.rows - r0);
+        cuda::dequantize_slots_bf16({m.type, 0, m.row_bytes}, rows, m.cols, base + r0 * m.row_bytes, 0,
+                                    g.zero_slot.data(), 1, g.wdeq.data(), 0, s);
+        g.blas->gemm_bf16(g.wdeq.data(), rows, m.cols, g.xb.data(), n, jobs[j].y + r0, jobs[j].ldy, s);
+        g.blas->gemm_bf16(g.wdeq.data(), rows, m.cols, g.xb.data() + part, n, jobs[j].y + r0, jobs[j].ldy, s, true);
+      }
+    } else if (m.bf16) {
       const int64_t part = n * m.cols;
       if (xb_cols != m.cols) {
         g.xb.resize(size_t(2 * part));

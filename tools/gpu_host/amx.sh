@@ -12,10 +12,14 @@
 #   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
 #                and the GPU tests (scripts/gpu_tests.sh) first
 #   BASE=1       with NEXT=1: also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after Genesis's run
+#   GPU_AB="VAR=value ..."  with GPU=1: also `bench model --gpu` with each setting (GENESIS_CUDA_DENSE_BLOCKS=0)
 #   GPU_TIMES=1  with GPU=1: also the GPU's own time by part (GENESIS_CUDA_TIMES=1, graphs off)
 #   DEFER="1 2"  with GPU=1: also `--gpu-defer N` runs
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
+# devicepkg/override.env, when packed (tools/gpu_host/override.env, ignored by git), is sourced first: it changes a
+# queued call's settings without changing its command.
 T0=$(date +%s)
+[ -f devicepkg/override.env ] && { source devicepkg/override.env; echo "override.env: $(grep -v '^#' devicepkg/override.env | tr '\n' ' ')"; }
 source devicepkg/common.sh
 RES=$OUT/r; mkdir -p $RES build-host
 M=build-host/q30.gguf
@@ -60,6 +64,7 @@ fi
 done
 [ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && { step g_gpu 120 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu.json
   grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300
+  for e in ${GPU_AB:-}; do n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _); step g_gpu_$n 120 env $e $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu_$n.json; done
   [ -n "${GPU_TIMES:-}" ] && { step g_gpu_times 90 env GENESIS_CUDA_TIMES=1 $G bench model -m $M --prompt-tokens 512 -n 16 -t 16 -q --gpu --json $RES/g_gpu_times.json
     sed -n '/^gpu parts/,/sum/p' $RES/g_gpu_times.out | cut -c1-200; }
   for d in ${DEFER:-}; do step g_gpu_d$d 90 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --gpu-defer $d --json $RES/g_gpu_d$d.json; done; }
@@ -73,6 +78,11 @@ if [ -n "${NEXT:-}" ]; then
     if [ "${e#--}" != "$e" ]; then step n_$n 120 $G $B ${e/=/ } --json $RES/n_$n.json
     else step n_$n 120 env $e $G $B --json $RES/n_$n.json; fi
   done
+  if [ -n "${GPU:-}" ]; then  # the hybrid mode on this file: the default, then each of GPU_AB's settings
+    step n_gpu 150 $G $B --gpu --json $RES/n_gpu.json
+    grep -h "^gpu " $RES/n_gpu.out | cut -c1-300
+    for e in ${GPU_AB:-}; do n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _); step n_gpu_$n 150 env $e $G $B --gpu --json $RES/n_gpu_$n.json; done
+  fi
   step n_l 120 $LB -m $N -p 512 -n 32 -r 2 -t 16 -o json
   if [ -n "${BASE:-}" ] && [ -x $GB ]; then  # the pair again, the other way round
     step n_base2 120 $GB $B --json $RES/n_base2.json; step n_g2 120 $G $B --json $RES/n_g2.json

@@ -18,7 +18,7 @@ for b in $S/g/genesis $S/g/test_cuda $S/g/test_model; do
   ldd $b | awk '/=> \//{print $3}'
 done | grep -vE 'libc\.so|libm\.so|libstdc\+\+|libgcc_s|ld-linux|libpthread|libdl\.so|librt\.so' | sort -u |
   while read -r l; do cp -L "$l" $S/g/lib/; done
-tar cJf $P/genesis.tar.xz -C $S g
+tar cJf $P/.genesis.tar.xz.tmp -C $S g && mv $P/.genesis.tar.xz.tmp $P/genesis.tar.xz  # whole or not at all (a queued call may carry it)
 if [ ! -s $P/llama.tar.xz ]; then
   V=${1:-0.3.36}
   pip download --no-deps --no-binary :all: "llama-cpp-python==$V" -d $S -q
@@ -28,6 +28,7 @@ if [ ! -s $P/llama.tar.xz ]; then
   for d in $L/ggml/src/ggml-*/; do case $d in *ggml-cpu/|*ggml-cuda/|*ggml-blas/) ;; *) rm -rf "$d" ;; esac; done
   tar cJf $P/llama.tar.xz -C $(dirname $L) llama.cpp
 fi
+[ -f tools/gpu_host/override.env ] && cp tools/gpu_host/override.env $P/ || rm -f $P/override.env
 cp tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/gemm.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh \
   tools/gpu_host/serve_smoke.py $P/
 rm -rf $S

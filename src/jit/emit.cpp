@@ -138,6 +138,7 @@ class Assembler : public Xbyak::CodeGenerator {
       case Op::vpermw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermw(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpermb: with_src2(in, w, [&](const Xbyak::Operand& s) { vpermb(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vpaddd: with_src2(in, w, [&](const Xbyak::Operand& s) { vpaddd(v(in.dst, w), v(in.src1, w), s); }); break;
+      case Op::vpaddw: with_src2(in, w, [&](const Xbyak::Operand& s) { vpaddw(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vaddps: with_src2(in, w, [&](const Xbyak::Operand& s) { vaddps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vmulps: with_src2(in, w, [&](const Xbyak::Operand& s) { vmulps(v(in.dst, w), v(in.src1, w), s); }); break;
       case Op::vcvtdq2ps: vcvtdq2ps(v(in.dst, w), v(in.src1, w)); break;

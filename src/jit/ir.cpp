@@ -53,6 +53,7 @@ const char* op_name(Op op) {
     case Op::vpermw: return "vpermw";
     case Op::vpermb: return "vpermb";
     case Op::vpaddd: return "vpaddd";
+    case Op::vpaddw: return "vpaddw";
     case Op::vaddps: return "vaddps";
     case Op::vmulps: return "vmulps";
     case Op::vcvtdq2ps: return "vcvtdq2ps";
@@ -212,6 +213,7 @@ Instr finalize(Instr in) {
     case Op::vpermw:
     case Op::vpermb:
     case Op::vpaddd:
+    case Op::vpaddw:
     case Op::vaddps:
     case Op::vmulps:
     case Op::vpsrlvw:

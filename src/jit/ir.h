@@ -38,6 +38,7 @@ enum class Op : uint8_t {
   vpermw,       // dst = table(src2)[idx(src1)]
   vpermb,       // dst = table(src2)[idx(src1)] (bytes, 6-bit index)
   vpaddd,
+  vpaddw,       // words, wrapping
   vaddps,
   vmulps,       // src2 may be a broadcast memory operand
   vcvtdq2ps,    // dst = float(src1)

@@ -58,6 +58,7 @@ struct Conf {
   // avx2 / avx2vnni (ymm, 16 registers): an int32 accumulator per activation row, the broadcast scale bytes, the
   // stored high bits, one product temp
   std::vector<int> s;
+  std::vector<int> s_hi;  // avx2 Q8_0: the high nibbles' int16 sums per activation row
   int sb = -1, qh = -1, p = -1;
   // The row loop starts each row's lanes at zero instead of loading them (the driver's first column chunk: the lanes
   // buffer then needs no clearing). Set by zero_init(); part of the id.

@@ -223,20 +223,68 @@ class Builder2 {
 
   void unit_legacy(std::vector<Instr>& o) const {
     const int co = layout::codes_offset(f_);
-    for (int t = 0; t < T_; ++t)  // the offset corrections in lanes 0..3 (block = lane % 4), zeros above
-      o.push_back(jit::make_load(Op::vload, c_.s[size_t(t)], xm(t, layout::kXCorr), 16));
-    if (f_ == Format::q8_0) {
+    if (!vnni_ && f_ == Format::q8_0) {
+      // Q8_0 on vpmaddubsw: codes split in nibbles (unsigned codes up to 255 would saturate its pairs); per
+      // activation row the four chunks' low-nibble products summed as int16 words in S, the high nibbles' in s_hi
+      // (each sum at most 4 x 3810), then one vpmaddwd by ones and one by sixteens instead of eight.
       for (int i = 0; i < 4; ++i) {
-        if (vnni_) {
-          o.push_back(jit::make_load(Op::vload, lo(), wm(co + 32 * i), kY));
-          legacy_products(o, lo(), 32 * i, kOnes16);
-        } else {  // unsigned codes up to 255 would saturate vpmaddubsw's pairs: 16 * high nibble + low nibble
-          nibbles(o, co + 32 * i);
-          legacy_products(o, lo(), 32 * i, kOnes16);
-          legacy_products(o, hi(), 32 * i, kSixteens16);
+        nibbles(o, co + 32 * i);
+        for (int t = 0; t < T_; ++t) {
+          const int S = c_.s[size_t(t)], Hs = c_.s_hi[size_t(t)];
+          if (i == 0) {
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, S, lo(), xm(t, 32 * i), kY));
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, Hs, hi(), xm(t, 32 * i), kY));
+          } else {
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, c_.p, lo(), xm(t, 32 * i), kY));
+            o.push_back(jit::make_alu(Op::vpaddw, S, S, c_.p, kY));
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, c_.p, hi(), xm(t, 32 * i), kY));
+            o.push_back(jit::make_alu(Op::vpaddw, Hs, Hs, c_.p, kY));
+          }
         }
       }
+      for (int t = 0; t < T_; ++t) {
+        const int S = c_.s[size_t(t)], Hs = c_.s_hi[size_t(t)];
+        o.push_back(jit::make_alu_mem(Op::vpmaddwd, S, S, cst(kOnes16), kY));
+        o.push_back(jit::make_alu_mem(Op::vpmaddwd, Hs, Hs, cst(kSixteens16), kY));
+        o.push_back(jit::make_alu(Op::vpaddd, S, S, Hs, kY));
+        o.push_back(jit::make_load(Op::vload, c_.p, xm(t, layout::kXCorr), 16));
+        o.push_back(jit::make_alu(Op::vpaddd, S, S, c_.p, kY));
+      }
+    } else if (!vnni_) {
+      // Q4_0 / Q4_1 on vpmaddubsw: the unit's four products per activation row summed as int16 words first (codes <=
+      // 15, |x| <= 127: each pair at most 3810, four of them 15240, no wrap), then one vpmaddwd by ones instead of
+      // four. vpmaddubsw and vpmaddwd share one port on many AVX2 cores (Zen 2: one per cycle together), so the
+      // unit takes 5 of those per row instead of 8; the sums are the same integers.
+      for (int s = 0; s < 2; ++s) {
+        nibbles(o, co + 32 * s);
+        for (int t = 0; t < T_; ++t) {
+          const int S = c_.s[size_t(t)];
+          if (s == 0) {
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, S, lo(), xm(t, 0), kY));
+          } else {
+            o.push_back(jit::make_alu_mem(Op::vpmaddubsw, c_.p, lo(), xm(t, 32), kY));
+            o.push_back(jit::make_alu(Op::vpaddw, S, S, c_.p, kY));
+          }
+          o.push_back(jit::make_alu_mem(Op::vpmaddubsw, c_.p, hi(), xm(t, 64 + 32 * s), kY));
+          o.push_back(jit::make_alu(Op::vpaddw, S, S, c_.p, kY));
+        }
+      }
+      for (int t = 0; t < T_; ++t) {  // to dwords, plus the offset corrections (lanes 0..3, block = lane % 4)
+        const int S = c_.s[size_t(t)];
+        o.push_back(jit::make_alu_mem(Op::vpmaddwd, S, S, cst(kOnes16), kY));
+        o.push_back(jit::make_load(Op::vload, c_.p, xm(t, layout::kXCorr), 16));
+        o.push_back(jit::make_alu(Op::vpaddd, S, S, c_.p, kY));
+      }
     } else {
+      for (int t = 0; t < T_; ++t)  // the offset corrections in lanes 0..3 (block = lane % 4), zeros above
+        o.push_back(jit::make_load(Op::vload, c_.s[size_t(t)], xm(t, layout::kXCorr), 16));
+    }
+    if (f_ == Format::q8_0 && vnni_) {
+      for (int i = 0; i < 4; ++i) {
+        o.push_back(jit::make_load(Op::vload, lo(), wm(co + 32 * i), kY));
+        legacy_products(o, lo(), 32 * i, kOnes16);
+      }
+    } else if (vnni_) {
       for (int s = 0; s < 2; ++s) {
         nibbles(o, co + 32 * s);
         legacy_products(o, lo(), 32 * s, kOnes16);
@@ -325,6 +373,7 @@ class Builder2 {
 }  // namespace
 
 int max_tokens(Path path, Format f) {
+  if (path == Path::avx2 && f == Format::q8_0) return (16 - fixed_regs(f)) / 3;  // + s_hi per activation row
   if (path == Path::avx2 || path == Path::avx2vnni) return std::min(kMaxTokens, (16 - fixed_regs(f)) / 2);
   return kMaxTokens;
 }
@@ -344,6 +393,8 @@ Conf make_conf_avx2(Format fmt_, int tokens, const Genome& g, bool vnni) {
   int next = 0;
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   for (int t = 0; t < tokens; ++t) c.s.push_back(next++);
+  if (path == Path::avx2 && fmt_ == Format::q8_0)
+    for (int t = 0; t < tokens; ++t) c.s_hi.push_back(next++);
   c.c = {next, next + 1};
   next += 2;
   c.p = next++;

@@ -13,6 +13,7 @@
 #                and the GPU tests (scripts/gpu_tests.sh) first
 #   BASE=1       with NEXT=1: also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after Genesis's run
 #   GPU_AB="VAR=value ..."  with GPU=1: also `bench model --gpu` with each setting (GENESIS_CUDA_DENSE_BLOCKS=0)
+#   GPU_FIRST=1  with GPU=1: the --gpu runs before the CPU-only ones (when the call may not reach the end)
 #   GPU_TIMES=1  with GPU=1: also the GPU's own time by part (GENESIS_CUDA_TIMES=1, graphs off)
 #   DEFER="1 2"  with GPU=1: also `--gpu-defer N` runs
 # Results in one $OUT/r.tgz. The device tool's command:  DEADLINE=540 TESTS=1 bash devicepkg/amx.sh  (carry devicepkg)
@@ -49,6 +50,14 @@ if [ -n "${GEMV:-}" ]; then
     grep -hE "^ *$f " $RES/v_$f.out | cut -c1-120; grep -h "^roofline" $RES/v_$f.out | cut -c1-100
   done
 fi
+gpu_30b() {  # the hybrid mode on the 30B file (GPU=1)
+  step g_gpu 120 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu.json
+  grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300
+  for e in ${GPU_AB:-}; do n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _); step g_gpu_$n 120 env $e $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu_$n.json; done
+  [ -n "${GPU_TIMES:-}" ] && { step g_gpu_times 90 env GENESIS_CUDA_TIMES=1 $G bench model -m $M --prompt-tokens 512 -n 16 -t 16 -q --gpu --json $RES/g_gpu_times.json
+    sed -n '/^gpu parts/,/sum/p' $RES/g_gpu_times.out | cut -c1-200; }
+  for d in ${DEFER:-}; do step g_gpu_d$d 90 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --gpu-defer $d --json $RES/g_gpu_d$d.json; done; }
+[ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && [ -n "${GPU_FIRST:-}" ] && { [ -z "$SY" ] || wait $SY; SY=; gpu_30b; }
 [ -z "${NEXT:-}" ] && { [ -z "$SY" ] || wait $SY; true; } && for t in ${THREADS:-16}; do
   B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
   step g_t$t 90 $G $B --json $RES/g_t$t.json
@@ -62,12 +71,7 @@ fi
   step l_t$t 100 $LB -m $M -p 512 -n 32 -r 2 -t $t -o json
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
 done
-[ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && { step g_gpu 120 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu.json
-  grep -h "^gpu " -A1 $RES/g_gpu.out | cut -c1-300; grep -h "^bandwidth" $RES/g_gpu.out | cut -c1-300
-  for e in ${GPU_AB:-}; do n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _); step g_gpu_$n 120 env $e $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --json $RES/g_gpu_$n.json; done
-  [ -n "${GPU_TIMES:-}" ] && { step g_gpu_times 90 env GENESIS_CUDA_TIMES=1 $G bench model -m $M --prompt-tokens 512 -n 16 -t 16 -q --gpu --json $RES/g_gpu_times.json
-    sed -n '/^gpu parts/,/sum/p' $RES/g_gpu_times.out | cut -c1-200; }
-  for d in ${DEFER:-}; do step g_gpu_d$d 90 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --gpu-defer $d --json $RES/g_gpu_d$d.json; done; }
+[ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && [ -z "${GPU_FIRST:-}" ] && gpu_30b
 if [ -n "${NEXT:-}" ]; then
   wait $SN
   B="bench model -m $N --prompt-tokens 512 -n 32 -t 16 -q"

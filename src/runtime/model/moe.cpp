@@ -32,6 +32,7 @@ void Session::moe(const Layer& l, int64_t n) {
                              {&l.shared_gate_proj, shared_h1_.data()},
                              {&l.shared_up, shared_h2_.data()}};
     dense_products(jobs, xn_.data(), n, pool_);
+    clock_.lap(Op::router);
     shared_expert_input(l, n);
   }
   routed_experts(l, n, 0, c_.top_k, tmp_.data(), c_.layers[size_t(li)].mlp == MlpKind::moe_shared);

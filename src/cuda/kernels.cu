@@ -143,8 +143,6 @@ __global__ void add_rms_norm_kernel(float* __restrict__ x, const float* __restri
   const float* ar = a ? a + int64_t(blockIdx.x) * H : nullptr;
   const float* br = b ? b + int64_t(blockIdx.x) * H : nullptr;
   double ss = 0.0;
-  // Unrolled so that a row's loads are issued together: `a` may be mapped host memory (a PCIe round trip each).
-#pragma unroll 8
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
     float v = xr[i];
     if (ar || br) {

@@ -312,9 +312,6 @@ class GpuState {
   // reading the mapped pinned arrays (to_device), not on the copy engine behind those blocks.
   bool bulk_copies = false;
   bool mapped_copies = true;  // GENESIS_CUDA_MAPPED_COPIES=0: the copy engine for those too (an A/B switch)
-  // Decode steps: the next layer's norm reads the CPU experts' sum from mapped pinned memory (no copy node);
-  // GENESIS_CUDA_MAPPED_MOE=0 copies it first, as before (an A/B switch).
-  bool mapped_moe = true;
   template <class T>
   void to_device(T* dst, cuda::PinnedArray<T>& arr, const T* from, size_t bytes) {
     if (bulk_copies)
@@ -770,7 +767,6 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
   if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
   if (const char* mc = std::getenv("GENESIS_CUDA_MAPPED_COPIES")) mapped_copies = std::string(mc) != "0";
-  if (const char* mm = std::getenv("GENESIS_CUDA_MAPPED_MOE")) mapped_moe = std::string(mm) != "0";
   if (const char* gr = std::getenv("GENESIS_CUDA_GEMM_ROWS")) {
     const int64_t v = std::atoll(gr);
     gemm_rows = v <= 0 ? 0 : std::max<int64_t>(v, kGraphRows + 1);
@@ -1628,14 +1624,9 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     }
     if (defer > 0) deferred_layer = &l;
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
-    // Decode-sized steps without resident experts: the next norm reads the CPU's sum straight from the mapped pinned
-    // buffer (8 KB a row over PCIe, inside that kernel) instead of a copy node before it. The CPU writes h_tmp again
-    // only after the next MoE layer's event, which follows that norm.
-    const bool mapped_moe = g.mapped_moe && !re && n <= GpuState::kGraphRows;
-    if (!mapped_moe)
-      work.push_back([&g, xbytes] {
-        g.time("copies", [&] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
-      });
+    work.push_back([&g, xbytes] {
+      g.time("copies", [&] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    });
     if (re)
       work.push_back([&g, n, KK = K - defer, H, s] {
         g.time("combine", [&] {
@@ -1644,7 +1635,7 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
         });
       });
     moe_copy_queued = true;
-    pend_a = mapped_moe ? g.h_tmp.device() : g.moe_out.data();
+    pend_a = g.moe_out.data();
     pend_b = shared ? g.sh_out.data() : nullptr;
   }
 

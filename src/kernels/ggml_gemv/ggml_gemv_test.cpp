@@ -4,11 +4,13 @@
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
 #include "kernels/ggml_gemv/ggml_gemv.h"
+#include "kernels/linear.h"
 #include "quant/ggml.h"
 
 namespace genesis::kernels::ggml_gemv {
@@ -91,6 +93,26 @@ INSTANTIATE_TEST_SUITE_P(Formats, GgmlGemv,
                                            Case{GgmlType::q4_1, 1, 32, 1}, Case{GgmlType::q5_0, 40, 64, 2},
                                            Case{GgmlType::q5_1, 40, 64, 9}, Case{GgmlType::q4_k, 48, 512, 1}, Case{GgmlType::q4_k, 33, 768, 5},
                                            Case{GgmlType::q5_k, 17, 256, 3}, Case{GgmlType::q6_k, 64, 768, 10}));
+
+// The Linear seam's stored rows: the file's bytes of each row, its type, and an error past the last row.
+TEST(GgmlGemvLinear, StoredRowsAreTheFileBytes) {
+  std::mt19937 rng(7);
+  for (GgmlType t : {GgmlType::q4_0, GgmlType::q8_0, GgmlType::q4_k, GgmlType::q6_k}) {
+    const int64_t rows = 5, cols = 512;
+    const auto bytes = random_blocks(t, rows, cols, rng);
+    const auto lin = make_linear(std::make_shared<const GgmlMatrix>(
+        make_matrix(uint32_t(t), rows, cols, bytes.data(), bytes.size())));
+    EXPECT_EQ(lin->stored_type(), uint32_t(t));
+    const size_t rb = bytes.size() / size_t(rows);
+    ASSERT_EQ(lin->stored_row_bytes(), rb);
+    std::vector<uint8_t> row(rb);
+    for (int64_t r = 0; r < rows; ++r) {
+      lin->stored_row(r, row.data());
+      EXPECT_EQ(0, std::memcmp(row.data(), bytes.data() + size_t(r) * rb, rb)) << "row " << r;
+    }
+    EXPECT_THROW(lin->stored_row(rows, row.data()), Error);
+  }
+}
 
 TEST(GgmlGemvErrors, UnsupportedOrMisshapenMatricesAreClearErrors) {
   std::vector<uint8_t> b(144, 0);

@@ -90,6 +90,35 @@ struct ManyArgs {
   int64_t row_bytes[3];
 };
 
+// acc[t] += wf[0..8) . x[t][c, c + 8) for the t < n rows of x (row stride cols).
+template <int NR>
+__device__ __forceinline__ void dot8_rows(const float* wf, const float* __restrict__ x, int64_t cols, int64_t c, int n,
+                                          float* acc) {
+#pragma unroll
+  for (int t = 0; t < NR; ++t) {
+    if (t < n) {
+      float xf[8];
+      load8(x + int64_t(t) * cols + c, xf);
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += wf[i] * xf[i];
+      acc[t] += s;
+    }
+  }
+}
+
+// Output row r of matrix j: each x row's sum over the warp (plus the bias), written by lane 0.
+template <int NR>
+__device__ __forceinline__ void store_row(const ManyArgs& a, int j, int64_t r, int lane, int n, const float* acc) {
+#pragma unroll
+  for (int t = 0; t < NR; ++t) {
+    if (t < n) {
+      const float s = warp_sum(acc[t]);
+      if (lane == 0) a.y[j][int64_t(t) * a.ldy[j] + r] = s + (a.bias[j] ? a.bias[j][r] : 0.0f);
+    }
+  }
+}
+
 template <class WT, int NR>
 __global__ void gemv_many_kernel(ManyArgs a, const float* __restrict__ x, int n, int64_t cols) {
   int j = 0;
@@ -107,17 +136,7 @@ __global__ void gemv_many_kernel(ManyArgs a, const float* __restrict__ x, int n,
     for (int64_t c = int64_t(lane) * 8; c < cols; c += 8 * kWarp) {
       float wf[8];
       load8(w + c, wf);
-#pragma unroll
-      for (int t = 0; t < NR; ++t) {
-        if (t < n) {
-          float xf[8];
-          load8(x + int64_t(t) * cols + c, xf);
-          float s = 0.0f;
-#pragma unroll
-          for (int i = 0; i < 8; ++i) s += wf[i] * xf[i];
-          acc[t] += s;
-        }
-      }
+      dot8_rows<NR>(wf, x, cols, c, n, acc);
     }
   } else {
     for (int64_t c = lane; c < cols; c += kWarp) {
@@ -127,13 +146,7 @@ __global__ void gemv_many_kernel(ManyArgs a, const float* __restrict__ x, int n,
         if (t < n) acc[t] += wv * __ldg(x + int64_t(t) * cols + c);
     }
   }
-#pragma unroll
-  for (int t = 0; t < NR; ++t) {
-    if (t < n) {
-      const float s = warp_sum(acc[t]);
-      if (lane == 0) a.y[j][int64_t(t) * a.ldy[j] + r] = s + (a.bias[j] ? a.bias[j][r] : 0.0f);
-    }
-  }
+  store_row<NR>(a, j, r, lane, n, acc);
 }
 
 __global__ void add_rms_norm_kernel(float* __restrict__ x, const float* __restrict__ a, const float* __restrict__ b,
@@ -598,25 +611,9 @@ __global__ void block_gemv_many_kernel(ManyArgs a, const float* __restrict__ x, 
   for (int64_t c = int64_t(lane) * 8; c < cols; c += 8 * kWarp) {
     float wf[8];
     dequant8(type, w, c, wf);
-#pragma unroll
-    for (int t = 0; t < NR; ++t) {
-      if (t < n) {
-        float xf[8];
-        load8(x + int64_t(t) * cols + c, xf);
-        float s = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) s += wf[i] * xf[i];
-        acc[t] += s;
-      }
-    }
+    dot8_rows<NR>(wf, x, cols, c, n, acc);
   }
-#pragma unroll
-  for (int t = 0; t < NR; ++t) {
-    if (t < n) {
-      const float s = warp_sum(acc[t]);
-      if (lane == 0) a.y[j][int64_t(t) * a.ldy[j] + r] = s + (a.bias[j] ? a.bias[j][r] : 0.0f);
-    }
-  }
+  store_row<NR>(a, j, r, lane, n, acc);
 }
 
 __global__ void copy_mapped_kernel(const uint8_t* src, uint8_t* dst, size_t bytes) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Genesis builds with (only those missing), then configures and builds it in ./build.
-# Idempotent: a second run installs nothing and rebuilds only what changed.
+# Idempotent: a second run installs nothing and rebuilds only what changed. It builds the CLI (./build/genesis) and
+# what it links; SETUP_TARGET=all builds every target, the tests included (scripts/test.sh does), or names one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,5 +36,5 @@ fi
 BUILD_DIR=${BUILD_DIR:-build}
 jobs=$(nproc)
 cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release ${GENESIS_CMAKE_ARGS:-} >/dev/null
-cmake --build "$BUILD_DIR" -j "$jobs" ${SETUP_TARGET:+--target $SETUP_TARGET}
+cmake --build "$BUILD_DIR" -j "$jobs" --target "${SETUP_TARGET:-genesis_cli}"
 echo "setup: built $BUILD_DIR/genesis"

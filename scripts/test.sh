@@ -2,6 +2,6 @@
 # Builds everything (installing missing packages first) and runs every test. .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+SETUP_TARGET=all bash scripts/setup.sh
 cd "${BUILD_DIR:-build}"
 ctest --output-on-failure -j "$(nproc)" --timeout 900

@@ -7,7 +7,8 @@
 // scale bytes; the high bits (Q5_K, Q6_K) come from the stored qh by one shift by an immediate, vpand and vpor.
 // Then per activation row: vpmaddubsw (u8 codes x s8 activations -> int16 pairs) and
 //   avx2vnni: {vex} vpdpwssd acc, pairs, scales          (legacy: {vex} vpdpbusd acc, codes, x)
-//   avx2:     vpmaddwd pairs, pairs, scales; vpaddd acc   (legacy: vpmaddwd pairs, ones; Q8_0 codes split in nibbles)
+//   avx2:     vpmaddwd pairs, pairs, scales; vpaddd acc   (legacy: a unit's pairs summed as int16 words, vpaddw, then
+//             one vpmaddwd by ones; Q8_0 codes split in nibbles, two such sums)
 // The decode is shared by the activation rows of a pass; their accumulators (int32 and fp32, 2 registers per row)
 // live in registers, so a kernel takes at most max_tokens() rows (the driver runs more in passes).
 // The fold per unit and activation row is the AVX-512 kernels': vcvtdq2ps, times d, minus the mins' term (Q4_K, Q5_K),
@@ -204,20 +205,13 @@ class Builder2 {
     }
   }
 
-  // acc += dot4(u8 code, s8 x at x_off) per dword lane; `weight` is the word constant the avx2 path scales the
-  // int16 pairs by (kOnes16, or kSixteens16 for Q8_0's high nibbles).
-  void legacy_products(std::vector<Instr>& o, int code, int64_t x_off, int weight) const {
+  // avx2vnni: acc += dot4(u8 code, s8 x at x_off) per dword lane ({vex} vpdpbusd; the avx2 path sums int16 words
+  // in unit_legacy instead).
+  void legacy_products(std::vector<Instr>& o, int code, int64_t x_off) const {
     for (int t = 0; t < T_; ++t) {
-      const int S = c_.s[size_t(t)];
-      if (vnni_) {
-        Instr i = jit::make_alu_mem(Op::vpdpbusd, S, code, xm(t, x_off), kY);
-        i.vex = true;
-        o.push_back(i);
-      } else {
-        o.push_back(jit::make_alu_mem(Op::vpmaddubsw, c_.p, code, xm(t, x_off), kY));
-        o.push_back(jit::make_alu_mem(Op::vpmaddwd, c_.p, c_.p, cst(weight), kY));
-        o.push_back(jit::make_alu(Op::vpaddd, S, S, c_.p, kY));
-      }
+      Instr i = jit::make_alu_mem(Op::vpdpbusd, c_.s[size_t(t)], code, xm(t, x_off), kY);
+      i.vex = true;
+      o.push_back(i);
     }
   }
 
@@ -282,13 +276,13 @@ class Builder2 {
     if (f_ == Format::q8_0 && vnni_) {
       for (int i = 0; i < 4; ++i) {
         o.push_back(jit::make_load(Op::vload, lo(), wm(co + 32 * i), kY));
-        legacy_products(o, lo(), 32 * i, kOnes16);
+        legacy_products(o, lo(), 32 * i);
       }
     } else if (vnni_) {
       for (int s = 0; s < 2; ++s) {
         nibbles(o, co + 32 * s);
-        legacy_products(o, lo(), 32 * s, kOnes16);
-        legacy_products(o, hi(), 64 + 32 * s, kOnes16);
+        legacy_products(o, lo(), 32 * s);
+        legacy_products(o, hi(), 64 + 32 * s);
       }
     }
     // the 4 blocks' d in lanes l % 4 (and Q4_1's m)

@@ -87,6 +87,11 @@ bool as_blocks(const Dense& d) {
 void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
   if (d.empty()) return;
   const int64_t R = d.rows, C = d.cols;
+  if (!d.bias.empty()) {
+    g.bias.upload(d.bias.data(), d.bias.size());
+    bytes += d.bias.size() * 4;
+  }
+  const float* bias = d.bias.empty() ? nullptr : g.bias.data();
   if (as_blocks(d)) {
     const int64_t rb = int64_t(d.op->stored_row_bytes());
     constexpr int64_t kChunkRows = 4096;
@@ -98,11 +103,7 @@ void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
       g.blocks.upload_at(size_t(r0 * rb), buf.data(), size_t(rows * rb));
     }
     bytes += size_t(R * rb);
-    if (!d.bias.empty()) {
-      g.bias.upload(d.bias.data(), d.bias.size());
-      bytes += d.bias.size() * 4;
-    }
-    g.m = {g.blocks.data(), false, R, C, d.bias.empty() ? nullptr : g.bias.data(), d.op->stored_type(), rb};
+    g.m = {g.blocks.data(), false, R, C, bias, d.op->stored_type(), rb};
     return;
   }
   const bool f32 = d.op->format() == "f32";
@@ -122,12 +123,7 @@ void upload_matrix(const Dense& d, GpuMatrix& g, size_t& bytes) {
     }
   }
   bytes += size_t(R * C) * (f32 ? 4 : 2);
-  if (!d.bias.empty()) {
-    g.bias.upload(d.bias.data(), d.bias.size());
-    bytes += d.bias.size() * 4;
-  }
-  g.m = {f32 ? static_cast<const void*>(g.w32.data()) : static_cast<const void*>(g.w16.data()), !f32, R, C,
-         d.bias.empty() ? nullptr : g.bias.data()};
+  g.m = {f32 ? static_cast<const void*>(g.w32.data()) : static_cast<const void*>(g.w16.data()), !f32, R, C, bias};
 }
 
 size_t matrix_bytes(const Dense& d) {
@@ -865,14 +861,14 @@ void queue_products(GpuState& g, const cuda::GemvJob* jobs, int count, const flo
   int64_t xb_cols = -1;  // the columns xb holds x's rows at
   for (int j = 0; j < count; ++j) {
     const cuda::DeviceMatrix& m = jobs[j].w;
+    const int64_t part = n * m.cols;
+    if ((m.type != 0 || m.bf16) && xb_cols != m.cols) {  // x as bf16 hi and lo parts, once per column count
+      g.xb.resize(size_t(2 * part));
+      cuda::convert_bf16(x, g.xb.data(), part, s, g.xb.data() + part);
+      xb_cols = m.cols;
+    }
     if (m.type != 0) {
       // The file's blocks: rows dequantized to bf16 (as the other matrices are held) a chunk at a time into wdeq.
-      const int64_t part = n * m.cols;
-      if (xb_cols != m.cols) {
-        g.xb.resize(size_t(2 * part));
-        cuda::convert_bf16(x, g.xb.data(), part, s, g.xb.data() + part);
-        xb_cols = m.cols;
-      }
       if (g.zero_slot.size() == 0) {
         const int32_t zero = 0;
         g.zero_slot.upload(&zero, 1);
@@ -888,12 +884,6 @@ void queue_products(GpuState& g, const cuda::GemvJob* jobs, int count, const flo
         g.blas->gemm_bf16(g.wdeq.data(), rows, m.cols, g.xb.data() + part, n, jobs[j].y + r0, jobs[j].ldy, s, true);
       }
     } else if (m.bf16) {
-      const int64_t part = n * m.cols;
-      if (xb_cols != m.cols) {
-        g.xb.resize(size_t(2 * part));
-        cuda::convert_bf16(x, g.xb.data(), part, s, g.xb.data() + part);
-        xb_cols = m.cols;
-      }
       const auto* w = static_cast<const uint16_t*>(m.w);
       g.blas->gemm_bf16(w, m.rows, m.cols, g.xb.data(), n, jobs[j].y, jobs[j].ldy, s);
       g.blas->gemm_bf16(w, m.rows, m.cols, g.xb.data() + part, n, jobs[j].y, jobs[j].ldy, s, true);

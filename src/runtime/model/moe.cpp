@@ -201,7 +201,8 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst, bool
       col_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(nb2));
       col_left_size_ = size_t(nb2);
     }
-    for (int64_t b = 0; b < nb2; ++b) col_left_[size_t(b)].store(int32_t(U + (shared ? 1 : 0)), std::memory_order_relaxed);
+    for (int64_t b = 0; b < nb2; ++b)  // the units' blocks of these columns, and the shared expert's
+      col_left_[size_t(b)].store(int32_t(U + (shared ? 1 : 0)), std::memory_order_relaxed);
   }
   auto down = [&](int64_t task) {
     const int64_t u = task / nb2, b = task % nb2;
@@ -229,9 +230,8 @@ void Session::cpu_experts(const Layer& l, int64_t n, int64_t K, float* dst, bool
     parallel_for(S + U * nb2, [&](int64_t task) { task < S ? shared_down(task) : down(task - S); });
   } else {
     // One region: every gate_up task, the shared expert's down tasks (no wait), then every down task. Tasks are
-    // claimed in index order, so a down task's unit
-    // has had all its gate_up blocks claimed by running threads: it waits (spinning) for the unit's last block, never
-    // for a task that could wait on it. The caller laps gate_up when it takes its first down task (the profile's
+    // claimed in index order, so a down task's unit has had all its gate_up blocks claimed by running threads: it
+    // waits (spinning) for the unit's last block, never for a task that could wait on it. The caller laps gate_up when it takes its first down task (the profile's
     // split; the tail of gate_up then overlaps down work instead of a barrier and a wake-up between two regions).
     const std::thread::id caller = std::this_thread::get_id();
     bool lapped = false;

@@ -36,6 +36,10 @@ struct GemvJob {
 };
 void gemv_many(const GemvJob* jobs, int count, const float* x, int64_t n, cudaStream_t s);
 
+// slots[i] = the device's global nanosecond clock (%globaltimer), from one thread: stamps between kernels of a CUDA
+// graph time its parts where no profiler is at hand (GENESIS_CUDA_TIMES=graph).
+void stamp(int64_t* slots, int64_t i, cudaStream_t s);
+
 // Per row t < n of [H]: x[t] += (a[t] + b[t]) (either may be null; x is left alone when both are), then
 // xn[t] = x[t] * rsqrt(mean(x[t]^2) + eps) * w (also into xn_copy when given: host memory mapped for the device).
 void add_rms_norm(float* x, const float* a, const float* b, const float* w, float* xn, int64_t n, int64_t H, float eps,

@@ -410,6 +410,31 @@ TEST(Gpu, GraphsReplayOtherSequenceCounts) {
   }
 }
 
+// GENESIS_CUDA_TIMES=graph: stamp kernels inside the decode step's graphs time its parts; the tokens are the same as
+// without them, and the parts the graphs hold are there with times that add up within the segments' whole.
+TEST(Gpu, GraphStampsTimeThePartsAndChangeNothing) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no CUDA device: " << why;
+  auto m = Model::load(kGolden + "/qwen3_moe", options(true));
+  cpu::ThreadPool pool(2);
+  const auto toks = prompt(m->config().vocab_size, 5);
+  std::vector<int32_t> plain;
+  {
+    Session s(*m, 64, &pool);
+    plain = greedy(s, toks, 6);
+  }
+  ScopedEnv env("GENESIS_CUDA_TIMES", "graph");
+  Session s(*m, 64, &pool);
+  EXPECT_EQ(greedy(s, toks, 6), plain);
+  const auto& parts = s.profile().gpu_parts;
+  for (const char* p : {"(segments, whole)", "(stamp pair, empty)", "attention q k v", "norms", "router"})
+    EXPECT_TRUE(parts.count(p) && parts.at(p) > 0) << p;
+  double sum = 0;
+  for (const char* p : {"attention q k v", "attention core", "attention o", "norms", "router"})
+    sum += parts.count(p) ? parts.at(p) : 0.0;
+  EXPECT_LT(sum, parts.at("(segments, whole)") * 1.001);
+}
+
 // GENESIS_CUDA_DELTANET=0: Qwen3-Next's DeltaNet layers stay on the CPU, the hidden rows copied across; the hybrid's
 // logits still match the CPU path's (the GpuGolden bound of the kernels' path).
 TEST(Gpu, DeltaNetOnTheCpuMatchesToo) {

@@ -2,9 +2,11 @@
 // (runtime::run_model_bench does the work; this file parses and prints). Registers under `genesis bench`.
 #include <fmt/core.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
+#include <string>
 
 #include "cli/command.h"
 #include "common/error.h"
@@ -126,9 +128,13 @@ void run(Args& a) {
              pp["regions_per_step"].get<double>());
   if (batched) fmt::print("       {:>9.1f}", pb["regions_per_step"].get<double>());
   fmt::print("\n");
-  // GENESIS_CUDA_TIMES=1: the GPU's own time by part (CUDA events), beside the host's view above.
+  // GENESIS_CUDA_TIMES=1 (CUDA events, graphs off) or =graph (stamps inside the graphs): the GPU's own time by part,
+  // beside the host's view above. The bracketed rows (the stamps' own cost, the segments' whole) stay out of the sum.
   if (pd.contains("gpu_parts") || pp.contains("gpu_parts")) {
-    fmt::print("gpu parts    ms/token        decode   prefill   (GPU time by CUDA events; graphs off)\n");
+    const char* how = std::getenv("GENESIS_CUDA_TIMES") && std::string(std::getenv("GENESIS_CUDA_TIMES")) == "graph"
+                          ? "stamps in the decode graphs"
+                          : "CUDA events; graphs off";
+    fmt::print("gpu parts    ms/token        decode   prefill   (GPU time by {})\n", how);
     std::map<std::string, std::pair<double, double>> rows;
     if (pd.contains("gpu_parts"))
       for (const auto& [k, v] : pd["gpu_parts"].items()) rows[k].first = v.get<double>();
@@ -137,7 +143,7 @@ void run(Args& a) {
     double sd = 0, sp = 0;
     for (const auto& [k, v] : rows) {
       fmt::print("  {:<24} {:>9.3f} {:>9.3f}\n", k, v.first, v.second);
-      sd += v.first, sp += v.second;
+      if (k.empty() || k[0] != '(') sd += v.first, sp += v.second;
     }
     fmt::print("  {:<24} {:>9.3f} {:>9.3f}\n", "sum", sd, sp);
   }

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cuda/kernels.h"
@@ -182,6 +184,49 @@ __global__ void add_rms_norm_kernel(float* __restrict__ x, const float* __restri
   }
 }
 
+// add_rms_norm_kernel's form for rows of H = 4 R blockDim.x floats (16-byte aligned): each thread holds its R float4
+// of the row in registers from the sum to the scaling (one pass over x, a and b; loads issued together), the same
+// double sum of squares.
+template <int R>
+__global__ void add_rms_norm_reg_kernel(float* __restrict__ x, const float* __restrict__ a, const float* __restrict__ b,
+                                        const float* __restrict__ w, float* __restrict__ xn, float* __restrict__ xn2,
+                                        int64_t H, float eps) {
+  const int64_t row = blockIdx.x;
+  float4* xr = reinterpret_cast<float4*>(x + row * H);
+  const float4* ar = a ? reinterpret_cast<const float4*>(a + row * H) : nullptr;
+  const float4* br = b ? reinterpret_cast<const float4*>(b + row * H) : nullptr;
+  float4 v[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) v[r] = xr[threadIdx.x + r * blockDim.x];
+  if (ar || br) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const int i = threadIdx.x + r * blockDim.x;
+      const float4 p = ar ? ar[i] : make_float4(0.f, 0.f, 0.f, 0.f), q = br ? br[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+      v[r].x += p.x + q.x, v[r].y += p.y + q.y, v[r].z += p.z + q.z, v[r].w += p.w + q.w;
+      xr[i] = v[r];
+    }
+  }
+  double ss = 0.0;
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+    ss += double(v[r].x) * double(v[r].x) + double(v[r].y) * double(v[r].y) + double(v[r].z) * double(v[r].z) +
+          double(v[r].w) * double(v[r].w);
+  ss = block_sum(ss);
+  const float inv = float(1.0 / sqrt(ss / double(H) + double(eps)));
+  float4* o = reinterpret_cast<float4*>(xn + row * H);
+  float4* o2 = xn2 ? reinterpret_cast<float4*>(xn2 + row * H) : nullptr;
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    const int i = threadIdx.x + r * blockDim.x;
+    const float4 g = w4[i];
+    const float4 y = make_float4(g.x * (v[r].x * inv), g.y * (v[r].y * inv), g.z * (v[r].z * inv), g.w * (v[r].w * inv));
+    o[i] = y;
+    if (o2) o2[i] = y;
+  }
+}
+
 __global__ void rms_norm_vectors_kernel(float* __restrict__ v, int64_t dim, const float* __restrict__ w, float eps) {
   float* p = v + int64_t(blockIdx.x) * dim;
   double ss = 0.0;
@@ -227,7 +272,9 @@ __global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, 
   const int32_t pos = kv.pos[t];
   for (int d = threadIdx.x; d < half; d += blockDim.x) {
     const float a = float(pos) * inv_freq[d];
-    const float c = float(cos(double(a))) * scaling, s = float(sin(double(a))) * scaling;
+    double sd, cd;
+    sincos(double(a), &sd, &cd);
+    const float c = float(cd) * scaling, s = float(sd) * scaling;
     const float x1 = vec[d], x2 = vec[d + half];
     vec[d] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
     vec[d + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
@@ -729,7 +776,24 @@ void stamp(int64_t* slots, int64_t i, cudaStream_t s) { stamp_kernel<<<1, 1, 0, 
 
 void add_rms_norm(float* x, const float* a, const float* b, const float* w, float* xn, int64_t n, int64_t H, float eps,
                   cudaStream_t s, float* xn_copy) {
-  if (n > 0) add_rms_norm_kernel<<<unsigned(n), 256, 0, s>>>(x, a, b, w, xn, xn_copy, H, eps);
+  if (n <= 0) return;
+  static const bool plain = [] {
+    const char* e = std::getenv("GENESIS_CUDA_NORM");
+    return e && std::string(e) == "plain";
+  }();
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  const bool aligned = ((addr(x) | addr(a) | addr(b) | addr(w) | addr(xn) | addr(xn_copy)) % 16) == 0;
+  // Rows in registers: R float4 a thread, R = 2 where the row allows it (2048 floats: 256 threads), else 1 or 4.
+  for (const int R : {2, 1, 4}) {
+    const int64_t th = H / (4 * R);
+    if (plain || !aligned || H % (4 * R) != 0 || th % kWarp != 0 || th > 1024) continue;
+    const unsigned g = unsigned(n), t = unsigned(th);
+    if (R == 1) add_rms_norm_reg_kernel<1><<<g, t, 0, s>>>(x, a, b, w, xn, xn_copy, H, eps);
+    if (R == 2) add_rms_norm_reg_kernel<2><<<g, t, 0, s>>>(x, a, b, w, xn, xn_copy, H, eps);
+    if (R == 4) add_rms_norm_reg_kernel<4><<<g, t, 0, s>>>(x, a, b, w, xn, xn_copy, H, eps);
+    return;
+  }
+  add_rms_norm_kernel<<<unsigned(n), 256, 0, s>>>(x, a, b, w, xn, xn_copy, H, eps);
 }
 
 void rms_norm_vectors(float* v, int64_t count, int64_t dim, const float* w, float eps, cudaStream_t s) {

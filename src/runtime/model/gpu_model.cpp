@@ -340,6 +340,7 @@ class GpuState {
   // reading the mapped pinned arrays (to_device), not on the copy engine behind those blocks.
   bool bulk_copies = false;
   bool mapped_copies = true;  // GENESIS_CUDA_MAPPED_COPIES=0: the copy engine for those too (an A/B switch)
+  bool moe_copy_kernel = true;  // decode steps: the CPU experts' sum across by copy_mapped (GENESIS_CUDA_MOE_COPY)
   template <class T>
   void to_device(T* dst, cuda::PinnedArray<T>& arr, const T* from, size_t bytes) {
     if (bulk_copies)
@@ -799,6 +800,7 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
   if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
   if (const char* mc = std::getenv("GENESIS_CUDA_MAPPED_COPIES")) mapped_copies = std::string(mc) != "0";
+  if (const char* mc = std::getenv("GENESIS_CUDA_MOE_COPY")) moe_copy_kernel = std::string(mc) != "engine";
   if (const char* gr = std::getenv("GENESIS_CUDA_GEMM_ROWS")) {
     const int64_t v = std::atoll(gr);
     gemm_rows = v <= 0 ? 0 : std::max<int64_t>(v, kGraphRows + 1);
@@ -1673,10 +1675,18 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
     }
     if (defer > 0) deferred_layer = &l;
     std::memcpy(g.h_tmp.data(), tmp_.data(), xbytes);
-    // (Reading it in the next norm straight from the mapped pinned buffer instead of this copy node was measured
-    // slower on the host: 3.7 against 3.4 ms/token of GPU wait, stop 27.)
-    work.push_back([&g, xbytes] {
-      g.time("copies", [&] { cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream); });
+    // Decode-sized steps bring the sum across with a kernel reading the mapped pinned buffer (all its loads in flight
+    // at once): a copy-engine node cost about 10 us a layer inside the graphs (GENESIS_CUDA_TIMES=graph, stop 27).
+    // GENESIS_CUDA_MOE_COPY=engine keeps the copy engine (an A/B switch). Reading the buffer inside the next norm
+    // instead was measured slower: 3.7 against 3.4 ms/token of GPU wait.
+    const bool mapped = g.moe_copy_kernel && n <= GpuState::kGraphRows;
+    work.push_back([&g, xbytes, mapped, s] {
+      g.time("copies", [&] {
+        if (mapped)
+          cuda::copy_mapped(g.moe_out.data(), g.h_tmp.device(), xbytes, s);
+        else
+          cuda::copy_to_device(g.moe_out.data(), g.h_tmp.data(), xbytes, g.stream);
+      });
     });
     if (re)
       work.push_back([&g, n, KK = K - defer, H, s] {

@@ -249,15 +249,10 @@ __global__ void split_gated_q_kernel(const float* __restrict__ qg, float* __rest
   for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) dst[d] = src[d];
 }
 
-// Block (vector, row): vectors [0, heads) are q's heads, [heads, heads + kv_heads) k's (which also store k and v).
-__global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
-                                  int heads, int kv_heads, int hd, int rotary_dim, const float* __restrict__ inv_freq,
-                                  float scaling, QkPrep prep, KvRows kv) {
-  const int i = blockIdx.x;
-  const int64_t t = blockIdx.y;
-  const bool is_q = i < heads;
-  float* vec = is_q ? q + (t * heads + i) * hd : k + (t * kv_heads + (i - heads)) * hd;
-  const float* nw = is_q ? prep.q_norm : prep.k_norm;
+// One head's vector vec[hd] in place, by the whole block (all its threads call it): the QK-norm (nw given), the clip,
+// the rotary embedding at `pos`. The vector may be in global or shared memory.
+__device__ void prep_rope(float* vec, const float* __restrict__ nw, const QkPrep& prep, int hd, int rotary_dim,
+                          int32_t pos, const float* __restrict__ inv_freq, float scaling) {
   if (nw) {
     double ss = 0.0;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) ss += double(vec[d]) * double(vec[d]);
@@ -269,7 +264,6 @@ __global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, 
     for (int d = threadIdx.x; d < hd; d += blockDim.x) vec[d] = fminf(fmaxf(vec[d], -prep.clip), prep.clip);
   __syncthreads();
   const int half = rotary_dim / 2;
-  const int32_t pos = kv.pos[t];
   for (int d = threadIdx.x; d < half; d += blockDim.x) {
     const float a = float(pos) * inv_freq[d];
     double sd, cd;
@@ -279,6 +273,18 @@ __global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, 
     vec[d] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
     vec[d + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
   }
+}
+
+// Block (vector, row): vectors [0, heads) are q's heads, [heads, heads + kv_heads) k's (which also store k and v).
+__global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, const float* __restrict__ v,
+                                  int heads, int kv_heads, int hd, int rotary_dim, const float* __restrict__ inv_freq,
+                                  float scaling, QkPrep prep, KvRows kv) {
+  const int i = blockIdx.x;
+  const int64_t t = blockIdx.y;
+  const bool is_q = i < heads;
+  float* vec = is_q ? q + (t * heads + i) * hd : k + (t * kv_heads + (i - heads)) * hd;
+  const int32_t pos = kv.pos[t];
+  prep_rope(vec, is_q ? prep.q_norm : prep.k_norm, prep, hd, rotary_dim, pos, inv_freq, scaling);
   if (is_q) return;
   __syncthreads();
   const int kvh = i - heads;
@@ -291,6 +297,16 @@ __global__ void rope_store_kernel(float* __restrict__ q, float* __restrict__ k, 
   }
 }
 
+struct RopeFuse {  // attention_kernel<true>'s inputs for the query's and the new key's preparation
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const float* inv_freq = nullptr;
+  float scaling = 1.0f;
+  int rotary_dim = 0;
+  QkPrep prep;
+  int* counters = nullptr;  // [rows][heads], 0 between launches: the split blocks merge themselves (no merge kernel)
+};
+
 constexpr int kAttnThreads = 256;  // 8 warps
 constexpr int kAttnTile = 256;     // keys scored per round of the online softmax
 constexpr int kLaneDims = 8;       // head dims per lane: d = lane + 32 i (head_dim <= 256)
@@ -300,9 +316,33 @@ constexpr int kLaneDims = 8;       // head dims per lane: d = lane + 32 i (head_
 // lanes over the head dims, then a warp sum) and for the weighted values (each lane accumulating its dims); the warps'
 // partial values are summed at the end. With splits > 1 the block writes its running max, sum and unnormalized values
 // to `partial` [row][head][split][2 + hd] for attention_merge_kernel.
+// One (row, head)'s `splits` partial softmaxes [split][max, sum, hd values] merged (each rescaled to the largest
+// running max), times sigmoid(gate[d]) when given, into o[hd], by the whole block. The partials are read through L2
+// (__ldcg): other blocks of the same kernel may have written them (attention_kernel's last split block).
+__device__ void merge_partials(const float* base, float* o_row, int hd, int splits, const float* __restrict__ g) {
+  float M = -INFINITY;
+  for (int z = 0; z < splits; ++z) M = fmaxf(M, __ldcg(base + z * (2 + hd)));
+  float L = 0.0f;
+  for (int z = 0; z < splits; ++z) {
+    const float lz = __ldcg(base + z * (2 + hd) + 1);
+    if (lz > 0.0f) L += lz * expf(__ldcg(base + z * (2 + hd)) - M);
+  }
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float o = 0.0f;
+    for (int z = 0; z < splits; ++z) {
+      const float* p = base + z * (2 + hd);
+      if (__ldcg(p + 1) > 0.0f) o += __ldcg(p + 2 + d) * expf(__ldcg(p) - M);
+    }
+    o /= L;
+    if (g) o *= 1.0f / (1.0f + expf(-g[d]));
+    o_row[d] = o;
+  }
+}
+
+template <bool kFused>
 __global__ void attention_kernel(const float* __restrict__ q, float* __restrict__ out, int heads, int kv_heads, int hd,
                                  KvRows kv, int64_t window, float scale, const float* __restrict__ gate,
-                                 float* __restrict__ partial, int splits) {
+                                 float* __restrict__ partial, int splits, RopeFuse rf) {
   extern __shared__ float sm[];
   float* ps = sm;               // [kAttnTile] scores, then probabilities
   float* red = sm + kAttnTile;  // [warps][hd] the warps' weighted values
@@ -311,13 +351,6 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
   const int kvh = h / (heads / kv_heads);
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp, nwarps = blockDim.x / kWarp;
   const int64_t qd = int64_t(heads) * hd;
-  float qr[kLaneDims], acc[kLaneDims];
-#pragma unroll
-  for (int i = 0; i < kLaneDims; ++i) {
-    const int d = lane + kWarp * i;
-    qr[i] = d < hd ? q[t * qd + int64_t(h) * hd + d] : 0.0f;
-    acc[i] = 0.0f;
-  }
   const int64_t pos = kv.pos[t];
   const int64_t first = window > 0 ? (pos - window + 1 > 0 ? pos - window + 1 : 0) : 0;
   const float* K = kv.k[t] + kv.layer_off + int64_t(kvh) * kv.capacity * hd;
@@ -328,12 +361,47 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
     lo = first + int64_t(blockIdx.z) * span;
     hi = lo + span < hi ? lo + span : hi;
   }
+  // Fused (rope_attention): the block prepares its query head itself, and the block whose span holds the row's own
+  // position prepares the new key and value too (into shared memory: that key is read from there, never from the
+  // cache); the first query head of each KV group writes them to the cache for the steps after.
+  float* qs = red + nwarps * hd;  // [hd] the query head, then [hd] the new key, [hd] the new value
+  float* kn = qs + hd;
+  float* vn = kn + hd;
+  const bool has_new = kFused && lo <= pos && pos < hi;  // the same for the whole block
+  if constexpr (kFused) {
+    for (int d = tid; d < hd; d += blockDim.x) qs[d] = q[t * qd + int64_t(h) * hd + d];
+    __syncthreads();
+    prep_rope(qs, rf.prep.q_norm, rf.prep, hd, rf.rotary_dim, int32_t(pos), rf.inv_freq, rf.scaling);
+    if (has_new) {
+      const int64_t at = (t * kv_heads + kvh) * hd;
+      for (int d = tid; d < hd; d += blockDim.x) {
+        kn[d] = rf.k[at + d];
+        vn[d] = rf.prep.clip > 0.0f ? fminf(fmaxf(rf.v[at + d], -rf.prep.clip), rf.prep.clip) : rf.v[at + d];
+      }
+      __syncthreads();
+      prep_rope(kn, rf.prep.k_norm, rf.prep, hd, rf.rotary_dim, int32_t(pos), rf.inv_freq, rf.scaling);
+      __syncthreads();
+      if (h % (heads / kv_heads) == 0) {
+        float* kc = kv.k[t] + kv.layer_off + (int64_t(kvh) * kv.capacity + pos) * hd;
+        float* vc = kv.v[t] + kv.layer_off + (int64_t(kvh) * kv.capacity + pos) * hd;
+        for (int d = tid; d < hd; d += blockDim.x) kc[d] = kn[d], vc[d] = vn[d];
+      }
+    }
+    __syncthreads();
+  }
+  float qr[kLaneDims], acc[kLaneDims];
+#pragma unroll
+  for (int i = 0; i < kLaneDims; ++i) {
+    const int d = lane + kWarp * i;
+    qr[i] = d < hd ? (kFused ? qs[d] : q[t * qd + int64_t(h) * hd + d]) : 0.0f;
+    acc[i] = 0.0f;
+  }
   float m = -INFINITY, l = 0.0f;
   for (int64_t j0 = lo; j0 < hi; j0 += kAttnTile) {
     const int cnt = int(hi - j0 < kAttnTile ? hi - j0 : kAttnTile);
 #pragma unroll 4
     for (int jj = warp; jj < cnt; jj += nwarps) {
-      const float* kr = K + (j0 + jj) * hd;
+      const float* kr = has_new && j0 + jj == pos ? kn : K + (j0 + jj) * hd;
       float s = 0.0f;
 #pragma unroll
       for (int i = 0; i < kLaneDims; ++i) {
@@ -362,7 +430,7 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
 #pragma unroll 4
     for (int jj = warp; jj < cnt; jj += nwarps) {
       const float p = ps[jj];
-      const float* vr = V + (j0 + jj) * hd;
+      const float* vr = has_new && j0 + jj == pos ? vn : V + (j0 + jj) * hd;
 #pragma unroll
       for (int i = 0; i < kLaneDims; ++i) {
         const int d = lane + kWarp * i;
@@ -386,6 +454,22 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
       for (int w = 0; w < nwarps; ++w) o += red[w * hd + d];
       part[2 + d] = o;
     }
+    if constexpr (kFused) {
+      // The last of the (row, head)'s split blocks to finish merges them (no merge kernel): each block's partial is
+      // made visible before its count, and the last one puts the counter back to 0 for the next launch.
+      if (rf.counters) {
+        __shared__ bool last;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) last = atomicAdd(rf.counters + t * heads + h, 1) == splits - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        merge_partials(partial + (t * heads + h) * splits * (2 + hd), out + t * qd + int64_t(h) * hd, hd, splits,
+                       gate ? gate + (t * heads + h) * 2 * hd + hd : nullptr);
+        if (tid == 0) rf.counters[t * heads + h] = 0;
+      }
+    }
     return;
   }
   for (int d = tid; d < hd; d += blockDim.x) {
@@ -400,27 +484,13 @@ __global__ void attention_kernel(const float* __restrict__ q, float* __restrict_
   }
 }
 
-// Block (head, row): the splits' partial softmaxes merged (each rescaled to the largest running max), then the gate.
+// Block (head, row): the splits' partial softmaxes merged (merge_partials).
 __global__ void attention_merge_kernel(const float* __restrict__ partial, float* __restrict__ out, int heads, int hd,
                                        int splits, const float* __restrict__ gate) {
   const int h = blockIdx.x;
   const int64_t t = blockIdx.y;
-  const float* base = partial + (t * heads + h) * splits * (2 + hd);
-  float M = -INFINITY;
-  for (int z = 0; z < splits; ++z) M = fmaxf(M, base[z * (2 + hd)]);
-  float L = 0.0f;
-  for (int z = 0; z < splits; ++z)
-    if (base[z * (2 + hd) + 1] > 0.0f) L += base[z * (2 + hd) + 1] * expf(base[z * (2 + hd)] - M);
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float o = 0.0f;
-    for (int z = 0; z < splits; ++z) {
-      const float* p = base + z * (2 + hd);
-      if (p[1] > 0.0f) o += p[2 + d] * expf(p[0] - M);
-    }
-    o /= L;
-    if (gate) o *= 1.0f / (1.0f + expf(-gate[(t * heads + h) * 2 * hd + hd + d]));
-    out[t * int64_t(heads) * hd + int64_t(h) * hd + d] = o;
-  }
+  merge_partials(partial + (t * heads + h) * splits * (2 + hd), out + t * int64_t(heads) * hd + int64_t(h) * hd, hd,
+                 splits, gate ? gate + (t * heads + h) * 2 * hd + hd : nullptr);
 }
 
 __global__ void swiglu_kernel(const float* g, const float* u, float* out, int64_t count) {
@@ -821,9 +891,24 @@ void attention(const float* q, float* out, int64_t n, int64_t heads, int64_t kv_
   if (n <= 0) return;
   if (!partial) splits = 1;
   const size_t shared = size_t(kAttnTile + (kAttnThreads / kWarp) * hd) * sizeof(float);
-  attention_kernel<<<dim3(unsigned(heads), unsigned(n), unsigned(splits)), kAttnThreads, shared, s>>>(
-      q, out, int(heads), int(kv_heads), int(hd), kv, window, scale, gate, partial, splits);
+  attention_kernel<false><<<dim3(unsigned(heads), unsigned(n), unsigned(splits)), kAttnThreads, shared, s>>>(
+      q, out, int(heads), int(kv_heads), int(hd), kv, window, scale, gate, partial, splits, RopeFuse{});
   if (splits > 1)
+    attention_merge_kernel<<<dim3(unsigned(heads), unsigned(n)), 128, 0, s>>>(partial, out, int(heads), int(hd),
+                                                                              splits, gate);
+}
+
+void rope_attention(const float* q, const float* k, const float* v, float* out, int64_t n, int64_t heads,
+                    int64_t kv_heads, int64_t hd, int64_t rotary_dim, const float* inv_freq, float scaling,
+                    const QkPrep& prep, const KvRows& kv, int64_t window, float scale, const float* gate, cudaStream_t s,
+                    float* partial, int splits, int* counters) {
+  if (n <= 0) return;
+  if (!partial) splits = 1;
+  const RopeFuse rf{k, v, inv_freq, scaling, int(rotary_dim), prep, splits > 1 ? counters : nullptr};
+  const size_t shared = size_t(kAttnTile + (kAttnThreads / kWarp) * hd + 3 * hd) * sizeof(float);
+  attention_kernel<true><<<dim3(unsigned(heads), unsigned(n), unsigned(splits)), kAttnThreads, shared, s>>>(
+      q, out, int(heads), int(kv_heads), int(hd), kv, window, scale, gate, partial, splits, rf);
+  if (splits > 1 && !counters)
     attention_merge_kernel<<<dim3(unsigned(heads), unsigned(n)), 128, 0, s>>>(partial, out, int(heads), int(hd),
                                                                               splits, gate);
 }

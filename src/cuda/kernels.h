@@ -85,6 +85,15 @@ void attention(const float* q, float* out, int64_t n, int64_t heads, int64_t kv_
                int64_t window, float scale, const float* gate, cudaStream_t s, float* partial = nullptr,
                int splits = 1);
 
+// rope_store and attention in one kernel, for steps whose rows are of distinct sequences (each row's new key is the
+// only one not in the cache yet): the same results, k and v written to the cache the same, q left as it was (each
+// block prepares its query head itself). With `counters` (n * heads ints, all 0; left 0) and splits > 1 the last
+// split block of each (row, head) merges the partials itself instead of a merge kernel.
+void rope_attention(const float* q, const float* k, const float* v, float* out, int64_t n, int64_t heads,
+                    int64_t kv_heads, int64_t hd, int64_t rotary_dim, const float* inv_freq, float scaling,
+                    const QkPrep& prep, const KvRows& kv, int64_t window, float scale, const float* gate, cudaStream_t s,
+                    float* partial = nullptr, int splits = 1, int* counters = nullptr);
+
 // out[i] = silu(g[i]) * u[i] for i < count (out may alias g).
 void swiglu(const float* g, const float* u, float* out, int64_t count, cudaStream_t s);
 // x[t][i] *= sigmoid(gate[t]) for t < n, i < H (the shared expert's gate).

@@ -135,11 +135,18 @@ TEST(CudaKernels, AddRmsNormMatchesReference) {
   }
 }
 
-// Rope + KV append + attention for rows of two sequences at different positions, with and without a window and a
-// gate, against a direct CPU computation.
+// Rope + KV append + attention for rows of two sequences at different positions, with and without a window, a gate
+// and per-head QK-norms, against a direct CPU computation; the fused kernel (rope_attention) for rows of distinct
+// sequences the same.
 TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
   NEED_GPU();
   Stream s;
+  // mode 0: rope_store, attention (and its merge kernel); 1: rope_attention with the merge kernel; 2: rope_attention
+  // whose split blocks merge themselves (counters).
+  for (const int mode : {0, 1, 2})
+  for (const bool normed : {false, true}) {
+  const bool fused = mode > 0;
+  SCOPED_TRACE("mode " + std::to_string(mode) + (normed ? ", QK-norm" : ""));
   const int64_t nh = 4, nkv = 2, hd = 40, rd = 20, cap = 300, layers = 2, layer = 1;
   const int64_t group = nh / nkv, qd = nh * hd, kvd = nkv * hd;
   std::vector<float> inv_freq(size_t(rd / 2));
@@ -151,7 +158,7 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
     int seq;
     int32_t pos;
   };
-  const std::vector<Row> rows = {{0, 290}, {0, 291}, {1, 3}};
+  const std::vector<Row> rows = fused ? std::vector<Row>{{0, 290}, {1, 3}} : std::vector<Row>{{0, 290}, {0, 291}, {1, 3}};
   const int64_t n = int64_t(rows.size());
   std::vector<std::vector<float>> kc(2), vc(2);
   for (int sq = 0; sq < 2; ++sq) {
@@ -160,6 +167,17 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
   }
   auto q = randoms(size_t(n * qd), 30), k = randoms(size_t(n * kvd), 31), v = randoms(size_t(n * kvd), 32);
   auto qg = randoms(size_t(n * 2 * qd), 33);
+  auto qnw = randoms(size_t(hd), 34), knw = randoms(size_t(hd), 35);
+  // CPU reference of the per-head QK-norm (as the kernel: a double sum of squares, float products).
+  auto norm = [&](float* x, int64_t heads, const std::vector<float>& w) {
+    for (int64_t h = 0; h < heads; ++h) {
+      float* p = x + h * hd;
+      double ss = 0;
+      for (int64_t d = 0; d < hd; ++d) ss += double(p[d]) * double(p[d]);
+      const float inv = float(1.0 / std::sqrt(ss / double(hd) + 1e-6));
+      for (int64_t d = 0; d < hd; ++d) p[d] = w[size_t(d)] * (p[d] * inv);
+    }
+  };
   // CPU reference of rope and the cache writes.
   auto rope = [&](float* x, int64_t heads, int32_t pos) {
     for (int64_t h = 0; h < heads; ++h)
@@ -176,6 +194,7 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
   auto rkc = kc, rvc = vc;
   const int64_t off = layer * nkv * cap * hd;
   for (int64_t t = 0; t < n; ++t) {
+    if (normed) norm(&rq[size_t(t * qd)], nh, qnw), norm(&rk[size_t(t * kvd)], nkv, knw);
     rope(&rq[size_t(t * qd)], nh, rows[size_t(t)].pos);
     rope(&rk[size_t(t * kvd)], nkv, rows[size_t(t)].pos);
     for (int64_t h = 0; h < nkv; ++h)
@@ -188,7 +207,10 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
   for (int splits : {1, 5, 16})
   for (int64_t window : {int64_t(0), int64_t(7)})
     for (bool gated : {false, true}) {
-      DeviceArray<float> dq, dk, dv, dqg, dout, dinv;
+      DeviceArray<float> dq, dk, dv, dqg, dout, dinv, dqn, dkn;
+      dqn.upload(qnw.data(), qnw.size()), dkn.upload(knw.data(), knw.size());
+      QkPrep prep;
+      if (normed) prep.q_norm = dqn.data(), prep.k_norm = dkn.data();
       DeviceArray<float> dkc[2], dvc[2];
       dq.upload(q.data(), q.size()), dk.upload(k.data(), k.size()), dv.upload(v.data(), v.size());
       dqg.upload(qg.data(), qg.size()), dinv.upload(inv_freq.data(), inv_freq.size());
@@ -204,16 +226,29 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
       DeviceArray<float*> dkp, dvp;
       dpos.upload(pos.data(), pos.size()), dkp.upload(kp.data(), kp.size()), dvp.upload(vp.data(), vp.size());
       const KvRows kv{dpos.data(), dkp.data(), dvp.data(), off, cap};
-      rope_store(dq.data(), dk.data(), dv.data(), n, nh, nkv, hd, rd, dinv.data(), scaling, QkPrep{}, kv, s.get());
       DeviceArray<float> part(size_t(n * nh * splits * (2 + hd)));
-      attention(dq.data(), dout.data(), n, nh, nkv, hd, kv, window, 0.3f, gated ? dqg.data() : nullptr, s.get(),
-                splits > 1 ? part.data() : nullptr, splits);
+      const std::vector<int32_t> zeros(size_t(n * nh), 0);
+      DeviceArray<int32_t> counters;
+      counters.upload(zeros.data(), zeros.size());
+      if (fused) {
+        rope_attention(dq.data(), dk.data(), dv.data(), dout.data(), n, nh, nkv, hd, rd, dinv.data(), scaling, prep, kv,
+                       window, 0.3f, gated ? dqg.data() : nullptr, s.get(), splits > 1 ? part.data() : nullptr, splits,
+                       mode == 2 ? counters.data() : nullptr);
+      } else {
+        rope_store(dq.data(), dk.data(), dv.data(), n, nh, nkv, hd, rd, dinv.data(), scaling, prep, kv, s.get());
+        attention(dq.data(), dout.data(), n, nh, nkv, hd, kv, window, 0.3f, gated ? dqg.data() : nullptr, s.get(),
+                  splits > 1 ? part.data() : nullptr, splits);
+      }
       s.sync("rope_store + attention");
-      // The caches as rope_store left them.
+      const auto left = download(counters, zeros.size());
+      EXPECT_EQ(std::count(left.begin(), left.end(), 0), int64_t(left.size())) << "counters back to 0";
+      // The caches as rope_store (or the fused kernel) left them.
       for (int sq = 0; sq < 2; ++sq) {
-        const auto gk = download(dkc[sq], rkc[size_t(sq)].size());
+        const auto gk = download(dkc[sq], rkc[size_t(sq)].size()), gv = download(dvc[sq], rvc[size_t(sq)].size());
         std::vector<double> want(rkc[size_t(sq)].begin(), rkc[size_t(sq)].end());
-        EXPECT_LT(max_err(gk, want), 1e-6) << "K cache of sequence " << sq;
+        std::vector<double> wantv(rvc[size_t(sq)].begin(), rvc[size_t(sq)].end());
+        EXPECT_LT(max_err(gk, want), 1e-5) << "K cache of sequence " << sq;
+        EXPECT_EQ(max_err(gv, wantv), 0.0) << "V cache of sequence " << sq;
       }
       // Attention by the definition, each row over its sequence's rows written above.
       const auto got = download(dout, size_t(n * qd));
@@ -245,6 +280,7 @@ TEST(CudaKernels, RopeStoreAndAttentionMatchReference) {
         }
       EXPECT_LT(max_err(got, want), 1e-5) << "window " << window << " gated " << gated << " splits " << splits;
     }
+  }
 }
 
 TEST(CudaKernels, SmallOpsMatchReference) {

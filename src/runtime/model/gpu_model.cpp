@@ -315,6 +315,7 @@ class GpuState {
   std::vector<cuda::DeviceArray<float>> kcache, vcache;  // [sequence slot]
   cuda::DeviceArray<float> x, xn, q, qg, k, v, att, tmp, h1, h2, moe_out, sh_out, sh_gate, out_x, logits;
   cuda::DeviceArray<float> inv_freq, att_part;
+  cuda::DeviceArray<int32_t> att_count;  // one-row steps: the split attention blocks' counters (cuda::rope_attention)
   cuda::DeviceArray<int32_t> pos, out_rows;
   cuda::DeviceArray<float*> kptr, vptr;
   cuda::PinnedArray<float> h_x, h_xn, h_router, h_tmp, h_logits;
@@ -340,6 +341,8 @@ class GpuState {
   // reading the mapped pinned arrays (to_device), not on the copy engine behind those blocks.
   bool bulk_copies = false;
   bool mapped_copies = true;  // GENESIS_CUDA_MAPPED_COPIES=0: the copy engine for those too (an A/B switch)
+  bool rope_fused = true;  // one-row steps: cuda::rope_attention (GENESIS_CUDA_ROPE_FUSED=0: rope_store, attention)
+  bool self_merge = true;  // and its split blocks merge themselves (GENESIS_CUDA_SELF_MERGE=0: the merge kernel)
   bool moe_copy_kernel = true;  // decode steps: the CPU experts' sum across by copy_mapped (GENESIS_CUDA_MOE_COPY)
   template <class T>
   void to_device(T* dst, cuda::PinnedArray<T>& arr, const T* from, size_t bytes) {
@@ -800,6 +803,8 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   if (const char* sp = std::getenv("GENESIS_CUDA_ATTN_SPLITS")) attn_splits = std::clamp(std::atoi(sp), 1, 64);
   if (const char* dr = std::getenv("GENESIS_CUDA_DEVICE_ROUTE")) device_route = std::string(dr) != "0";
   if (const char* mc = std::getenv("GENESIS_CUDA_MAPPED_COPIES")) mapped_copies = std::string(mc) != "0";
+  if (const char* rf = std::getenv("GENESIS_CUDA_ROPE_FUSED")) rope_fused = std::string(rf) != "0";
+  if (const char* sm = std::getenv("GENESIS_CUDA_SELF_MERGE")) self_merge = std::string(sm) != "0";
   if (const char* mc = std::getenv("GENESIS_CUDA_MOE_COPY")) moe_copy_kernel = std::string(mc) != "engine";
   if (const char* gr = std::getenv("GENESIS_CUDA_GEMM_ROWS")) {
     const int64_t v = std::atoll(gr);
@@ -818,8 +823,11 @@ GpuState::GpuState(const GpuModel& m, const ModelConfig& c, int64_t cap, int64_t
   x.resize(R * H), xn.resize(R * H), tmp.resize(R * H), moe_out.resize(R * H), sh_out.resize(R * H);
   out_x.resize(R * H);
   q.resize(R * size_t(c.q_dim())), att.resize(R * size_t(c.q_dim()));
-  if (attn_splits > 1)
+  if (attn_splits > 1) {
     att_part.resize(size_t(std::min<int64_t>(rows, kAttnSplitRows) * c.num_heads * attn_splits * (2 + c.head_dim)));
+    const std::vector<int32_t> zeros(size_t(c.num_heads), 0);
+    att_count.upload(zeros.data(), zeros.size());
+  }
   if (gated) qg.resize(R * 2 * size_t(c.q_dim()));
   k.resize(R * size_t(c.kv_dim())), v.resize(R * size_t(c.kv_dim()));
   h1.resize(R * inter), h2.resize(R * inter);
@@ -998,13 +1006,24 @@ void gpu_attention(GpuState& g, const GpuLayer& gl, const ModelConfig& c, float 
   }
   const cuda::KvRows kv{g.pos.data(), g.kptr.data(), g.vptr.data(), g.gm.attn_slot[size_t(li)] * nkv * g.capacity * hd,
                         g.capacity};
-  cuda::rope_store(g.q.data(), g.k.data(), g.v.data(), n, nh, nkv, hd, c.rotary_dim(), g.inv_freq.data(), rope_scaling,
-                   prep, kv, s);
   // Steps of few rows (decode) split each (row, head)'s keys over attn_splits blocks.
   const bool split = n <= GpuState::kAttnSplitRows && g.attn_splits > 1;
-  cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, float(1.0 / std::sqrt(double(hd))),
-                  gated ? g.qg.data() : nullptr, s, split ? g.att_part.data() : nullptr,
-                  split ? g.attn_splits : 1);
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  float* part = split ? g.att_part.data() : nullptr;
+  const int splits = split ? g.attn_splits : 1;
+  if (n == 1 && g.rope_fused) {
+    // One row: rope, the KV append and attention as one kernel (a graph keeps its structure per row count, and only
+    // with one row is every row of its own sequence).
+    cuda::rope_attention(g.q.data(), g.k.data(), g.v.data(), g.att.data(), n, nh, nkv, hd, c.rotary_dim(),
+                         g.inv_freq.data(), rope_scaling, prep, kv, c.sliding_window, scale,
+                         gated ? g.qg.data() : nullptr, s, part, splits,
+                         part && g.self_merge ? g.att_count.data() : nullptr);
+  } else {
+    cuda::rope_store(g.q.data(), g.k.data(), g.v.data(), n, nh, nkv, hd, c.rotary_dim(), g.inv_freq.data(),
+                     rope_scaling, prep, kv, s);
+    cuda::attention(g.q.data(), g.att.data(), n, nh, nkv, hd, kv, c.sliding_window, scale,
+                    gated ? g.qg.data() : nullptr, s, part, splits);
+  }
   });
   product(g, "attention o", gl.o.m, g.att.data(), g.tmp.data(), n, c.hidden_size, s);
 }

@@ -2,6 +2,7 @@
 #   TESTS=1            the GPU tests first (scripts/gpu_tests.sh)
 #   BUDGETS="0 6G all" Genesis `bench model --gpu --gpu-experts B` for each budget
 #   AB_ENV="VAR=v"     each budget also run with this environment (an A/B in the same call: a_x<budget>)
+#   AB_EACH="A=1 B=0"  each budget also run once with each of these settings (e_<A_1>_x<budget>)
 #   CPU=1              also CPU only (no --gpu) and, with NCMOE, llama-bench -dev none (the engine's own comparison)
 #   PREFILL_ROWS=N     also `--gpu --gpu-prefill-rows N` (the prefill's experts streamed to the GPU), experts in VRAM 0
 #   STREAM_ENV="A=1 B=0"  with PREFILL_ROWS: that run again with each of these settings (s_<VAR>.json)
@@ -30,6 +31,10 @@ for x in ${BUDGETS:-0 all}; do
   step g_x$x 150 $G $B --gpu --gpu-experts $x --json $RES/g_x$x.json
   grep -h "^gpu " -A1 $RES/g_x$x.out | cut -c1-300
   [ -n "${AB_ENV:-}" ] && step a_x$x 90 env $AB_ENV $G $B --gpu --gpu-experts $x --json $RES/a_x$x.json
+  for e in ${AB_EACH:-}; do
+    nm=$(echo "$e" | tr -c 'A-Za-z0-9\n' _)
+    step e_${nm}_x$x 90 env $e $G $B --gpu --gpu-experts $x --json $RES/e_${nm}_x$x.json
+  done
 done
 if [ -n "${PREFILL_ROWS:-}" ]; then
   step g_stream 90 $G $B --gpu --gpu-prefill-rows $PREFILL_ROWS --json $RES/g_stream.json

@@ -302,12 +302,12 @@ class Builder2 {
     std::vector<Instr> o;
     const Genome& g = c_.genome;
     const int64_t rec = layout::record_bytes(f_);
-    if (g.pf_dist > 0) {
+    if (g.pf_for(T_) > 0) {
       const Op pf = g.pf_kind == PrefetchKind::t1    ? Op::prefetch_t1
                     : g.pf_kind == PrefetchKind::t2  ? Op::prefetch_t2
                     : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
                                                      : Op::prefetch_t0;
-      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_dist + b)));
+      for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_for(T_) + b)));
     }
     if (f_ == Format::q4_k || f_ == Format::q5_k)
       unit_q4k_q5k(o);

@@ -30,6 +30,8 @@ constexpr const char* kFaultNames[] = {"none", "wrong_result", "crash", "hang", 
 void Genome::validate() const {
   if (pf_dist < 0 || pf_dist > 65536 || pf_dist % 64 != 0)
     fail("kq_gemv genome: pf={} must be a multiple of 64 in 0..65536", pf_dist);
+  if (pf_multi < 0 || pf_multi > 65536 || pf_multi % 64 != 0)
+    fail("kq_gemv genome: pfm={} must be a multiple of 64 in 0..65536", pf_multi);
   if (int(pf_kind) > int(PrefetchKind::nta)) fail("kq_gemv genome: prefetch kind {} is not t0, t1, t2 or nta", int(pf_kind));
   if (loop_align != 0 && loop_align != 16 && loop_align != 32 && loop_align != 64)
     fail("kq_gemv genome: align={} must be 0, 16, 32 or 64", loop_align);
@@ -46,15 +48,15 @@ uint64_t Genome::hash() const {
 }
 
 std::string Genome::serialize() const {
-  std::string s = fmt::format("pf={} pfk={} align={} rows={} xkb={} pass={}", pf_dist, kind_name(pf_kind),
-                              loop_align, row_chunk, x_budget_kb, rows_per_pass);
+  std::string s = fmt::format("pf={} pfm={} pfk={} align={} rows={} xkb={} pass={}", pf_dist, pf_multi,
+                              kind_name(pf_kind), loop_align, row_chunk, x_budget_kb, rows_per_pass);
   if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
   if (fault != Fault::none) s += fmt::format(" fault={}", kFaultNames[int(fault)]);
   return s;
 }
 
 std::string Genome::code_key() const {
-  std::string k = fmt::format("pf{}{}a{}", pf_dist, kind_name(pf_kind), loop_align);
+  std::string k = fmt::format("pf{}m{}{}a{}", pf_dist, pf_multi, kind_name(pf_kind), loop_align);
   if (!order.empty()) {
     uint64_t h = 1469598103934665603ull;  // FNV-1a of the permutation
     for (uint16_t v : order) h = (h ^ v) * 1099511628211ull;
@@ -102,11 +104,12 @@ Genome Genome::parse(const std::string& text) {
     auto [p, ec] = std::from_chars(val.data(), val.data() + val.size(), v);
     if (ec != std::errc() || p != val.data() + val.size()) fail("kq_gemv genome: {}='{}' is not an integer", key, val);
     if (key == "pf") g.pf_dist = v;
+    else if (key == "pfm") g.pf_multi = v;
     else if (key == "align") g.loop_align = v;
     else if (key == "rows") g.row_chunk = v;
     else if (key == "xkb") g.x_budget_kb = v;
     else if (key == "pass") g.rows_per_pass = v;
-    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfk, align, rows, xkb, pass, order, fault)", key);
+    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfm, pfk, align, rows, xkb, pass, order, fault)", key);
   }
   g.validate();
   return g;

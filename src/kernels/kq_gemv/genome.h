@@ -20,6 +20,10 @@ struct Genome {
   // bytes ahead of the record being decoded; 0 = none; multiple of 64, <= 65536. 4096 measured on the 2-core Zen 5
   // machine, 1 thread, cold 14336x4096: Q4_K 26 -> 31 GB/s, Q6_K 27 -> 31 GB/s against 0 (8192 alike); no cost hot.
   int pf_dist = 4096;
+  // The same for passes of more than one activation row ("pfm"): measured apart because the two want different
+  // distances (stop 27, 2-core Intel Xeon with AMX, cold, 2 threads: Q4_K 14336x4096 one row 14.0 GB/s at 4096 and
+  // 18.9 at 1024, but four rows 12.1 at 4096 and 8.5 at 1024).
+  int pf_multi = 4096;
   PrefetchKind pf_kind = PrefetchKind::t0;
   int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
   int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
@@ -35,12 +39,14 @@ struct Genome {
   Fault fault = Fault::none;
 
   static Genome baseline() { return Genome{}; }
+  int pf_for(int tokens) const { return tokens > 1 ? pf_multi : pf_dist; }  // the prefetch distance of a pass
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  // "pf=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
+  // "pf=4096 pfm=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
   std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
   uint64_t hash() const;                 // FNV-1a of serialize(): the knowledge base's dedupe key
-  // The genes that shape the generated code ("pf4096t0a64", + "o<hash>" with an order): the kernel id and cache key.
+  // The genes that shape the generated code ("pf4096m4096t0a64", + "o<hash>" with an order): the kernel id and cache
+  // key.
   std::string code_key() const;
   friend bool operator==(const Genome&, const Genome&) = default;
 };

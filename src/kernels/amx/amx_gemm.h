@@ -26,8 +26,12 @@ inline constexpr int kWidenRows = 128;  // weight rows widened at once by widene
 bool available();
 
 // Rows of x from which a family's product takes the tiles (GENESIS_AMX_ROWS, default kDefaultMinRows): below, the
-// weights' widening to bf16 is paid by too few rows against the family's own int8 kernels.
-inline constexpr int64_t kDefaultMinRows = 32;
+// weights' widening to bf16 is paid by too few rows against the family's own int8 kernels. 64: on a 2-core Xeon with
+// AMX (stop 27, `bench gemm --format Q4_K --threads 2`, us with tiles / int8 kernels) 32 rows lost on every shape
+// (1536x2048 752 / 619, 2048x768 416 / 297, 5120x2048 2343 / 1872: the widening, about 0.75 cycles a weight, is most
+// of a tile product of 32 rows), 48 were even (937 / 913, 502 / 447, 2830 / 2726) and 64 won (983 / 1176, 497 / 603,
+// 2841 / 3571); the 30B file's pp64 went 222 / 219 -> 238 / 236 tokens/s, pp512 363 -> 365 (was 32).
+inline constexpr int64_t kDefaultMinRows = 64;
 int64_t min_rows();
 
 // x [n][cols] as B tiles: for a group g of 16 rows and a block kb of 32 columns one 1 KiB tile at tile(g, kb) whose

@@ -60,6 +60,9 @@ class Linear {
   // Row r of W as the family holds it, widened to fp32 (embedding lookup). Throws genesis::Error where the family
   // has no row access.
   virtual void row_f32(int64_t r, float* out) const = 0;
+  // Row r rounded to bf16 (round to nearest even: the same bits as row_f32() rounded), where the family has a path
+  // that skips the fp32 row (the AMX tiles' widening); false where not (the caller takes row_f32()).
+  virtual bool row_bf16(int64_t /*r*/, uint16_t* /*out*/) const { return false; }
 
   // The GGUF block type the family holds W in (quant::GgmlType id; 0: none, W is not a GGUF block matrix), and row r
   // as the file stores it (stored_row_bytes() bytes: the blocks, without a family's repacking or padding), for a

@@ -259,12 +259,12 @@ bool available() {
   return a;
 }
 
-int64_t min_rows() {
+int64_t min_rows(bool straight_bf16_rows) {
   static const int64_t m = [] {
     const char* env = std::getenv("GENESIS_AMX_ROWS");
-    return env ? std::max<int64_t>(1, std::atoll(env)) : kDefaultMinRows;
+    return env ? std::max<int64_t>(1, std::atoll(env)) : int64_t(0);
   }();
-  return m;
+  return m > 0 ? m : straight_bf16_rows ? kStraightMinRows : kDefaultMinRows;
 }
 
 void pack_rows(const float* x, int64_t n, int64_t cols, PackedRows& p) {
@@ -316,8 +316,10 @@ void widen_and_multiply(const Linear& w, const PackedRows& x, float* y, int64_t 
   for (int64_t rb = r0; rb < r1; rb += block) {
     const int64_t R = std::min<int64_t>(block, r1 - rb);
     for (int64_t r = 0; r < R; ++r) {
-      w.row_f32(rb + r, f.data());
-      to_bf16(f.data(), b.data() + r * ldw, cols);
+      if (!w.row_bf16(rb + r, b.data() + r * ldw)) {
+        w.row_f32(rb + r, f.data());
+        to_bf16(f.data(), b.data() + r * ldw, cols);
+      }
       std::fill(b.begin() + r * ldw + cols, b.begin() + (r + 1) * ldw, uint16_t(0));
     }
     if (emulated)

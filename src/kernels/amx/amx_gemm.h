@@ -32,7 +32,12 @@ bool available();
 // of a tile product of 32 rows), 48 were even (937 / 913, 502 / 447, 2830 / 2726) and 64 won (983 / 1176, 497 / 603,
 // 2841 / 3571); the 30B file's pp64 went 222 / 219 -> 238 / 236 tokens/s, pp512 363 -> 365 (was 32).
 inline constexpr int64_t kDefaultMinRows = 64;
-int64_t min_rows();
+// Where the family widens the rows straight to bf16 (Linear::row_bf16: Q4_K), 48: the same machine and command after
+// that path (about 1.3x faster tile products), with tiles / int8 kernels, us: 32 rows 463 / 579, 482 / 367,
+// 1608 / 1519 (even); 48 rows 696 / 913, 362 / 544, 2152 / 2752; 64 rows 725 / 1304, 376 / 692, 2194 / 4261.
+inline constexpr int64_t kStraightMinRows = 48;
+// GENESIS_AMX_ROWS when set, else kStraightMinRows for a family with straight bf16 rows, else kDefaultMinRows.
+int64_t min_rows(bool straight_bf16_rows = false);
 
 // x [n][cols] as B tiles: for a group g of 16 rows and a block kb of 32 columns one 1 KiB tile at tile(g, kb) whose
 // row kk holds, for each of the group's rows t, the bf16 pair (x[t][32 kb + 2 kk], x[t][32 kb + 2 kk + 1]). Groups

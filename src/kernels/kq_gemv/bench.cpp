@@ -207,7 +207,7 @@ nlohmann::json run_gemm_bench(const GemmBenchOptions& opt,
       std::vector<float> x(size_t(n) * size_t(K)), y(size_t(n) * size_t(M));
       for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * float(i)) + 0.1f;
       auto acts = lin->new_activations();
-      const bool tiles = amx::available() && n >= amx::min_rows();
+      const bool tiles = lin->tile_rows() > 0 && n >= lin->tile_rows();
       // The tiles alone: every row widened to bf16 beforehand (the stride widened_rows uses).
       std::vector<uint16_t> wb;
       amx::PackedRows packed;

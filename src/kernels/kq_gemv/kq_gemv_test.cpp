@@ -11,12 +11,14 @@
 #include <random>
 
 #include "common/error.h"
+#include "cpu/isa.h"
 #include "jit/ir.h"
 #include "kernels/amx/amx_gemm.h"
 #include "kernels/kq_gemv/build.h"
 #include "kernels/kq_gemv/layout.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
+#include "quant/half.h"
 
 namespace genesis::kernels::kq_gemv {
 namespace {
@@ -359,6 +361,35 @@ TEST(KqGemv, RecordsInPlaceAndTheirBitMap) {
 // own semantics (int8 activations / fp32 activations, or bf16 operands on AMX tiles where the CPU has them: each
 // operand rounded to 2^-9 relative, so a product to 2^-8 of its magnitude), Q4_K's activations accepted by a Q5_K
 // matrix.
+// The AMX widening's straight path (Q4_K records to bf16) gives the bits of the fp32 row rounded to nearest even, on
+// rows with wide exponent ranges; the other formats say they have no such path.
+TEST(KqGemv, RowsToBf16AsTheFp32RowRounded) {
+  const bool fast = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16);
+  for (const int64_t cols : {int64_t(256), int64_t(768), int64_t(2048)}) {
+    const int64_t rows = 9;
+    const auto stored = random_stored(Format::q4_k, rows, cols, uint32_t(61 + cols), 2, 20);
+    const Matrix m = make_matrix(ggml_type(Format::q4_k), rows, cols, stored.data(), stored.size());
+    std::vector<float> f(static_cast<size_t>(cols));
+    std::vector<uint16_t> b(static_cast<size_t>(cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_EQ(dequantize_row_bf16(m, r, b.data()), fast);
+      if (!fast) continue;
+      dequantize_row(m, r, f.data());
+      for (int64_t k = 0; k < cols; ++k)
+        ASSERT_EQ(b[size_t(k)], quant::f32_to_bf16(f[size_t(k)])) << "row " << r << " column " << k;
+    }
+    EXPECT_THROW(dequantize_row_bf16(m, rows, b.data()), Error);
+  }
+  for (Format f : kFormats) {
+    if (f == Format::q4_k) continue;
+    const int64_t cols = is_k_quant(f) ? 256 : 128;
+    const auto stored = random_stored(f, 2, cols, 67);
+    const Matrix m = make_matrix(ggml_type(f), 2, cols, stored.data(), stored.size());
+    std::vector<uint16_t> b(static_cast<size_t>(cols));
+    EXPECT_FALSE(dequantize_row_bf16(m, 0, b.data())) << format_name(f);
+  }
+}
+
 TEST(KqGemv, LinearSeam) {
   for (Format f : kFormats) {
     SCOPED_TRACE(format_name(f));
@@ -374,7 +405,7 @@ TEST(KqGemv, LinearSeam) {
       std::vector<float> y(size_t(n * rows));
       lin->run_rows(*a, y.data(), 0, 7);
       lin->run_rows(*a, y.data(), 7, rows);
-      const bool tiles = amx::available() && n >= amx::min_rows();
+      const bool tiles = lin->tile_rows() > 0 && n >= lin->tile_rows();
       if (n <= kMaxRows && !tiles) {
         Activations q;
         quantize_activations(f, x.data(), n, cols, q);

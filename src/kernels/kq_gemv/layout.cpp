@@ -409,6 +409,52 @@ __attribute__((target("avx512f"))) void dequantize_k_avx512(Format f, const uint
 
 }  // namespace
 
+namespace {
+
+// Q4_K records to bf16 without the file's order in between: sub-block s's 32 codes are the nibbles of four dwords of
+// the record's codes (get_q4k_codes' gather: for g = 0..3 the dword at 64 (g % 2) + 4 (s + 8 (g / 2)) gives codes
+// 8 g .. 8 g + 7, its bytes' low nibbles then their high nibbles); then the reference's fp32 operations (scale
+// products rounded first, code * scale, - min) and one rounding to bf16.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_q4k_bf16(const uint8_t* row, int64_t units,
+                                                                             uint16_t* out) {
+  const __m128i m4 = _mm_set1_epi8(0x0F);
+  for (int64_t u = 0; u < units; ++u, out += 256) {
+    const uint8_t* rec = row + u * record_bytes(Format::q4_k);
+    const float d = half_at(rec), dmin = half_at(rec + 2);
+    const uint8_t* codes = rec + 20;
+    for (int s = 0; s < 8; ++s) {
+      const float d1 = d * float(rec[4 + s]), m1 = dmin * float(rec[12 + s]);
+      int32_t w[4];
+      std::memcpy(&w[0], codes + 4 * s, 4);
+      std::memcpy(&w[1], codes + 64 + 4 * s, 4);
+      std::memcpy(&w[2], codes + 32 + 4 * s, 4);
+      std::memcpy(&w[3], codes + 96 + 4 * s, 4);
+      const __m128i v = _mm_setr_epi32(w[0], w[1], w[2], w[3]);
+      const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+      const __m512 sd = _mm512_set1_ps(d1), sm = _mm512_set1_ps(m1);
+      const __m512 a = _mm512_sub_ps(_mm512_mul_ps(sd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi32(lo, hi)))), sm);
+      const __m512 b = _mm512_sub_ps(_mm512_mul_ps(sd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi32(lo, hi)))), sm);
+      const __m512bh o = _mm512_cvtne2ps_pbh(b, a);
+      _mm512_storeu_si512(out + 32 * s, reinterpret_cast<const __m512i&>(o));
+    }
+  }
+  _mm256_zeroupper();
+}
+
+}  // namespace
+
+bool has_bf16_rows(Format f) {
+  static const bool ok = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16);
+  return ok && f == Format::q4_k;
+}
+
+bool dequantize_row_bf16(const Matrix& w, int64_t r, uint16_t* out) {
+  if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
+  if (!has_bf16_rows(w.format)) return false;
+  widen_q4k_bf16(w.records() + size_t(r * w.row_bytes()), w.units, out);
+  return true;
+}
+
 void dequantize_row(const Matrix& w, int64_t r, float* out) {
   if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
   static const bool wide = cpu::mayiuse(cpu::Isa::avx512f);

@@ -2,7 +2,7 @@
 // product, up to kMaxRows (256) rows of x (kernel passes of at most 16 rows); above, rows widened to fp32 (ggml's
 // dequantization, exact) and one sgemm. Measured on 768x2048 Q4_K, 1 thread: 64 rows 0.76 ms on the kernels, 65
 // rows 2.5 ms widened, 128 rows 2.4 ms widened (the widening dominates); Q6_K 2048x768: 0.88 / 3.5 / 5.1 ms.
-// Where the CPU has AMX, products of amx::min_rows() rows or more run on bf16 tiles instead (kernels/amx: x packed
+// Where the CPU has AMX, products of tile_rows() rows or more run on bf16 tiles instead (kernels/amx: x packed
 // once in prepare()).
 #include <fmt/format.h>
 
@@ -19,7 +19,7 @@ constexpr std::string_view kName = "kq_gemv";
 struct KqActivations : LinearActivations {
   Activations q;             // n <= kMaxRows: int8 activations for the kernels
   const float* x = nullptr;  // n > kMaxRows: fp32 rows for the widened GEMM
-  bool tiles = false;        // n >= amx::min_rows() where AMX exists: the product runs on AMX tiles
+  bool tiles = false;        // n >= tile_rows() where AMX exists: the product runs on AMX tiles
   amx::PackedRows packed;    // then x as the tiles' B operand
 };
 
@@ -43,7 +43,7 @@ class KqLinear final : public Linear {
   std::string describe() const override {
     return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{}{})", format(), path_name(path()),
                        genome_ == Genome::baseline() ? "" : ", genome " + genome_.serialize(),
-                       amx::available() ? fmt::format("; AMX bf16 tiles from {} rows", amx::min_rows()) : "");
+                       amx::available() ? fmt::format("; AMX bf16 tiles from {} rows", tile_rows()) : "");
   }
   std::string_view activation_kind() const override { return kind_; }
   std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<KqActivations>(); }
@@ -53,7 +53,7 @@ class KqLinear final : public Linear {
     k.n = n;
     k.cols = cols();
     k.x = x;
-    k.tiles = amx::available() && n >= amx::min_rows();
+    k.tiles = amx::available() && n >= tile_rows();
     if (k.tiles) amx::pack_rows(x, n, cols(), k.packed);
     else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
   }
@@ -71,11 +71,12 @@ class KqLinear final : public Linear {
     kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path(), k.q.n == 1 ? genome_ : genome_rows_);
   }
   int64_t row_granule() const override { return 1; }
-  int64_t tile_rows() const override { return amx::available() ? amx::min_rows() : 0; }
+  int64_t tile_rows() const override { return amx::available() ? amx::min_rows(has_bf16_rows(m_->format)) : 0; }
   void row_f32(int64_t r, float* out) const override {
     if (r < 0 || r >= rows()) fail("kq_gemv: row {} of {}", r, rows());
     dequantize_row(*m_, r, out);
   }
+  bool row_bf16(int64_t r, uint16_t* out) const override { return dequantize_row_bf16(*m_, r, out); }
 
  private:
   static Path path() {

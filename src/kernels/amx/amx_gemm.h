@@ -35,8 +35,11 @@ inline constexpr int64_t kDefaultMinRows = 64;
 // Where the family widens the rows straight to bf16 (Linear::row_bf16: Q4_K), 48: the same machine and command after
 // that path (about 1.3x faster tile products), with tiles / int8 kernels, us: 32 rows 463 / 579, 482 / 367,
 // 1608 / 1519 (even); 48 rows 696 / 913, 362 / 544, 2152 / 2752; 64 rows 725 / 1304, 376 / 692, 2194 / 4261.
+// Q6_K's straight rows halved its tile products (2048x768, 64 rows: 1163 -> 585 us) but 48 rows still lost (618
+// against 546; 5120x2048 3994 against 3510), so it keeps 64.
 inline constexpr int64_t kStraightMinRows = 48;
-// GENESIS_AMX_ROWS when set, else kStraightMinRows for a family with straight bf16 rows, else kDefaultMinRows.
+// GENESIS_AMX_ROWS when set, else kStraightMinRows where the caller says its rows pay from there, else
+// kDefaultMinRows.
 int64_t min_rows(bool straight_bf16_rows = false);
 
 // x [n][cols] as B tiles: for a group g of 16 rows and a block kb of 32 columns one 1 KiB tile at tile(g, kb) whose

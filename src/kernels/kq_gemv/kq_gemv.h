@@ -127,7 +127,7 @@ void stored_row(const Matrix& w, int64_t r, uint8_t* out);
 // Row r of the matrix widened to fp32, bit-exact with quant::ggml_dequantize of the stored row (same fp32 operations).
 void dequantize_row(const Matrix& w, int64_t r, float* out);
 // Row r rounded to bf16 straight from the records (the same bits as dequantize_row() rounded to nearest even), for
-// the AMX tiles' widening: Q4_K on CPUs with AVX-512 BW and BF16; false for the other formats and CPUs.
+// the AMX tiles' widening: Q4_K and Q6_K on CPUs with AVX-512 BW, VL and BF16; false for the other formats and CPUs.
 bool dequantize_row_bf16(const Matrix& w, int64_t r, uint16_t* out);
 bool has_bf16_rows(Format f);  // dequantize_row_bf16 serves this format on this CPU
 

@@ -361,14 +361,17 @@ TEST(KqGemv, RecordsInPlaceAndTheirBitMap) {
 // own semantics (int8 activations / fp32 activations, or bf16 operands on AMX tiles where the CPU has them: each
 // operand rounded to 2^-9 relative, so a product to 2^-8 of its magnitude), Q4_K's activations accepted by a Q5_K
 // matrix.
-// The AMX widening's straight path (Q4_K records to bf16) gives the bits of the fp32 row rounded to nearest even, on
-// rows with wide exponent ranges; the other formats say they have no such path.
+// The AMX widening's straight paths (Q4_K and Q6_K records to bf16) give the bits of the fp32 row rounded to nearest
+// even, on rows with wide exponent ranges; the other formats say they have no such path.
 TEST(KqGemv, RowsToBf16AsTheFp32RowRounded) {
-  const bool fast = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16);
+  const bool fast = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16) &&
+                    cpu::mayiuse(cpu::Isa::avx512vl);
+  for (Format fmt : {Format::q4_k, Format::q6_k})
   for (const int64_t cols : {int64_t(256), int64_t(768), int64_t(2048)}) {
+    SCOPED_TRACE(format_name(fmt));
     const int64_t rows = 9;
-    const auto stored = random_stored(Format::q4_k, rows, cols, uint32_t(61 + cols), 2, 20);
-    const Matrix m = make_matrix(ggml_type(Format::q4_k), rows, cols, stored.data(), stored.size());
+    const auto stored = random_stored(fmt, rows, cols, uint32_t(61 + cols), 2, 20);
+    const Matrix m = make_matrix(ggml_type(fmt), rows, cols, stored.data(), stored.size());
     std::vector<float> f(static_cast<size_t>(cols));
     std::vector<uint16_t> b(static_cast<size_t>(cols));
     for (int64_t r = 0; r < rows; ++r) {
@@ -381,7 +384,7 @@ TEST(KqGemv, RowsToBf16AsTheFp32RowRounded) {
     EXPECT_THROW(dequantize_row_bf16(m, rows, b.data()), Error);
   }
   for (Format f : kFormats) {
-    if (f == Format::q4_k) continue;
+    if (f == Format::q4_k || f == Format::q6_k) continue;
     const int64_t cols = is_k_quant(f) ? 256 : 128;
     const auto stored = random_stored(f, 2, cols, 67);
     const Matrix m = make_matrix(ggml_type(f), 2, cols, stored.data(), stored.size());

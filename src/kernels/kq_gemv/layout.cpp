@@ -441,17 +441,54 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void widen_q4k_bf16(const
   _mm256_zeroupper();
 }
 
+// Q6_K records to bf16 without the file's order in between. The record packs its codes as ggml packs a block, but
+// position p = 64 k + 4 l + i holds element 16 l + 4 k + i (q6_permute): 16 consecutive positions of one (h, q, i0)
+// group share k = 2 h + q / 2 and span four l, so their values go out as four runs of 4 elements. The reference's
+// fp32 operations (d * scale rounded first, then times code - 32), one rounding to bf16 each.
+__attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void widen_q6k_bf16(const uint8_t* row,
+                                                                                      int64_t units, uint16_t* out) {
+  const __m512i m4 = _mm512_set1_epi32(0xF), m2 = _mm512_set1_epi32(3), c32 = _mm512_set1_epi32(32);
+  for (int64_t u = 0; u < units; ++u, out += 256) {
+    const uint8_t* rec = row + u * record_bytes(Format::q6_k);
+    const float d = half_at(rec + 208);
+    for (int h = 0; h < 2; ++h)
+      for (int q = 0; q < 4; ++q)
+        for (int i0 = 0; i0 < 32; i0 += 16) {
+          __m512i lo = bytes16(rec + 64 * h + 32 * (q % 2) + i0);
+          lo = _mm512_and_si512(_mm512_srli_epi32(lo, unsigned(4 * (q / 2))), m4);
+          __m512i hi = bytes16(rec + 128 + 32 * h + i0);
+          hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hi, unsigned(2 * q)), m2), 4);
+          const __m512i code = _mm512_sub_epi32(_mm512_or_si512(lo, hi), c32);
+          const int l0 = 8 * (q % 2) + i0 / 4, k = 2 * h + q / 2;
+          float ds[4];
+          for (int c = 0; c < 4; ++c) ds[c] = d * float(int8_t(rec[192 + l0 + c]));
+          const __m512 sv = _mm512_setr_ps(ds[0], ds[0], ds[0], ds[0], ds[1], ds[1], ds[1], ds[1], ds[2], ds[2], ds[2],
+                                           ds[2], ds[3], ds[3], ds[3], ds[3]);
+          const __m256bh b = _mm512_cvtneps_pbh(_mm512_mul_ps(sv, _mm512_cvtepi32_ps(code)));
+          alignas(32) uint64_t runs[4];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(runs), reinterpret_cast<const __m256i&>(b));
+          for (int c = 0; c < 4; ++c) std::memcpy(out + 16 * (l0 + c) + 4 * k, &runs[c], 8);
+        }
+  }
+  _mm256_zeroupper();
+}
+
 }  // namespace
 
 bool has_bf16_rows(Format f) {
-  static const bool ok = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16);
-  return ok && f == Format::q4_k;
+  static const bool ok = cpu::mayiuse(cpu::Isa::avx512bw) && cpu::mayiuse(cpu::Isa::avx512bf16) &&
+                         cpu::mayiuse(cpu::Isa::avx512vl);
+  return ok && (f == Format::q4_k || f == Format::q6_k);
 }
 
 bool dequantize_row_bf16(const Matrix& w, int64_t r, uint16_t* out) {
   if (r < 0 || r >= w.rows) fail("kq_gemv: row {} of {}", r, w.rows);
   if (!has_bf16_rows(w.format)) return false;
-  widen_q4k_bf16(w.records() + size_t(r * w.row_bytes()), w.units, out);
+  const uint8_t* row = w.records() + size_t(r * w.row_bytes());
+  if (w.format == Format::q6_k)
+    widen_q6k_bf16(row, w.units, out);
+  else
+    widen_q4k_bf16(row, w.units, out);
   return true;
 }
 

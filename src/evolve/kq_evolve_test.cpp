@@ -235,12 +235,15 @@ TEST_F(KqFactory, RunEndToEndDedupeAndTheRuntimeServesAPromotedGenome) {
   auto again = run_evolve(opt);
   EXPECT_EQ(again["time_split"]["evaluations_run"], 0);
 
-  // A best record (as a promoted run stores it) is what the runtime's policy serves for that format and shape.
+  // A best record (as a promoted run stores it) is what the runtime's policy serves for that format and shape. In a
+  // knowledge base of its own: the run above may have promoted a genome of its own (timing decides), which would be
+  // the nearest record for some shapes.
+  const std::string serve_kb = (dir_ / "serve.sqlite").string();
   KqGenome tuned = KqGenome::baseline();
   tuned.pf_dist = 2048;
   tuned.row_chunk = 16;
   {
-    kb::Kb kb(opt.kb_path, false);
+    kb::Kb kb(serve_kb);
     kb::Best b;
     b.family = "kq_gemv";
     b.path = "avx512vnni/Q6_K";
@@ -251,12 +254,12 @@ TEST_F(KqFactory, RunEndToEndDedupeAndTheRuntimeServesAPromotedGenome) {
     ASSERT_TRUE(kb.offer_best(b));
   }
   bool was_tuned = false;
-  EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 48, 512, kq::Path::avx512vnni, opt.kb_path, &was_tuned), tuned);
+  EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 48, 512, kq::Path::avx512vnni, serve_kb, &was_tuned), tuned);
   EXPECT_TRUE(was_tuned);
   // Another shape of that format: the nearest record's genome (the gate checked it on held-out shapes).
-  EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 4096, 2048, kq::Path::avx512vnni, opt.kb_path, &was_tuned), tuned);
+  EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 4096, 2048, kq::Path::avx512vnni, serve_kb, &was_tuned), tuned);
   EXPECT_TRUE(was_tuned);
-  EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx512vnni, opt.kb_path, &was_tuned),
+  EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx512vnni, serve_kb, &was_tuned),
             KqGenome::baseline());  // another format: baseline
   EXPECT_FALSE(was_tuned);
   EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 48, 512, kq::Path::avx512vnni, "", &was_tuned),

@@ -16,6 +16,7 @@
 #include "kernels/amx/amx_gemm.h"
 #include "kernels/kq_gemv/build.h"
 #include "kernels/kq_gemv/layout.h"
+#include "kernels/kq_gemv/tiles.h"
 #include "kernels/linear.h"
 #include "quant/ggml.h"
 #include "quant/half.h"
@@ -119,6 +120,74 @@ TEST(KqGemv, EveryTokenCount) {
     for (int n = 1; n <= kMaxTokens; ++n) check_case({f, 19, is_k_quant(f) ? 512 : 160, n}, seed++);
   for (Format f : kFormats)  // more rows than one kernel pass takes
     for (int n : {17, 40, kMaxRows}) check_case({f, 7, is_k_quant(f) ? 256 : 96, n}, seed++);
+}
+
+// The AMX int8 tiles (tiles.h) of the legacy formats against the fp64 reference within the family's bound: the
+// software tiles (the SDM's definitions) wherever AVX-512 runs the unpacking and the fold, the hardware where AMX
+// exists; edge shapes (one block, rows and rows of x not whole tiles, a row range split off a tile's middle as
+// threads split it), the padding between ldy and rows untouched.
+TEST(KqGemv, Int8TilesAgreeWithTheReference) {
+  if (!tiles::emulation_available()) GTEST_SKIP() << "the int8 tiles' unpacking and fold need AVX-512 F/BW/VL/DQ";
+  uint32_t seed = 700;
+  for (Format f : {Format::q8_0, Format::q4_0, Format::q4_1})
+    for (int64_t rows : {int64_t(1), int64_t(16), int64_t(37)})
+      for (int64_t cols : {int64_t(32), int64_t(160), int64_t(640)})
+        for (int n : {1, 3, 5, 8, 16, 17, 40}) {
+          SCOPED_TRACE(testing::Message() << format_name(f) << " " << rows << "x" << cols << " n=" << n);
+          const auto stored = random_stored(f, rows, cols, seed);
+          const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+          const auto x = random_x(n, cols, seed + 1, 1.0f);
+          ++seed;
+          Activations a;
+          quantize_activations(f, x.data(), n, cols, a);
+          tiles::Packed p;
+          tiles::pack(a, p);
+          std::vector<double> ref(size_t(n * rows));
+          reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+          for (bool emulated : {true, false}) {
+            if (!emulated && !tiles::available()) continue;
+            SCOPED_TRACE(emulated ? "software tiles" : "AMX");
+            const int64_t ldy = rows + 5, mid = rows / 3;
+            std::vector<float> y(size_t(n * ldy), -1e30f);
+            tiles::run_rows(m, p, y.data(), ldy, 0, mid, emulated);
+            tiles::run_rows(m, p, y.data(), ldy, mid, rows, emulated);
+            int bad = 0;
+            for (int t = 0; t < n; ++t) {
+              for (int64_t r = 0; r < rows; ++r) {
+                const double b = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
+                const double e = std::fabs(double(y[size_t(t * ldy + r)]) - ref[size_t(t * rows + r)]);
+                if (!(e <= b) && bad++ < 3)
+                  ADD_FAILURE() << "t=" << t << " r=" << r << " y=" << y[size_t(t * ldy + r)]
+                                << " ref=" << ref[size_t(t * rows + r)] << " err=" << e << " bound=" << b;
+              }
+              for (int64_t r = rows; r < ldy; ++r) ASSERT_EQ(y[size_t(t * ldy + r)], -1e30f);
+            }
+          }
+        }
+  // A wrong weight is caught: one code of row 2 changed in the records.
+  const int64_t rows = 20, cols = 256;
+  const auto stored = random_stored(Format::q4_0, rows, cols, 9);
+  Matrix m = make_matrix(ggml_type(Format::q4_0), rows, cols, stored.data(), stored.size());
+  m.data[size_t(2 * m.row_bytes() + layout::codes_offset(Format::q4_0) + 5)] ^= 0x0F;
+  const auto x = random_x(3, cols, 10, 1.0f);
+  Activations a;
+  quantize_activations(Format::q4_0, x.data(), 3, cols, a);
+  tiles::Packed p;
+  tiles::pack(a, p);
+  std::vector<double> ref(size_t(3 * rows));
+  reference(ggml_type(Format::q4_0), stored.data(), rows, cols, a, ref.data());
+  std::vector<float> y(size_t(3 * rows));
+  tiles::run_rows(m, p, y.data(), rows, 0, rows, true);
+  double worst = 0;
+  for (int t = 0; t < 3; ++t)
+    worst = std::max(worst, std::fabs(double(y[size_t(t * rows + 2)]) - ref[size_t(t * rows + 2)]) /
+                                error_bound(ggml_type(Format::q4_0), stored.data(), cols, 2, a, t));
+  EXPECT_GT(worst, 1.0);
+  EXPECT_THROW(tiles::run_rows(m, p, y.data(), rows, 0, rows + 1, true), Error);
+  Activations k;
+  const auto xk = random_x(1, 256, 11, 1.0f);
+  quantize_activations(Format::q4_k, xk.data(), 1, 256, k);
+  EXPECT_THROW(tiles::pack(k, p), Error);
 }
 
 // All-zero activation rows and blocks: scale 0, codes 0, the product exactly 0 where the whole row is zero.

@@ -3,12 +3,16 @@
 // dequantization, exact) and one sgemm. Measured on 768x2048 Q4_K, 1 thread: 64 rows 0.76 ms on the kernels, 65
 // rows 2.5 ms widened, 128 rows 2.4 ms widened (the widening dominates); Q6_K 2048x768: 0.88 / 3.5 / 5.1 ms.
 // Where the CPU has AMX, products of tile_rows() rows or more run on bf16 tiles instead (kernels/amx: x packed
-// once in prepare()).
+// once in prepare()); the legacy formats (Q8_0, Q4_0, Q4_1) run from tiles::min_rows() rows on AMX int8 tiles
+// (tiles.h: the same int8 semantics as the kernels, x packed as B tiles in prepare()).
 #include <fmt/format.h>
+
+#include <algorithm>
 
 #include "common/error.h"
 #include "kernels/amx/amx_gemm.h"
 #include "kernels/kq_gemv/kq_gemv.h"
+#include "kernels/kq_gemv/tiles.h"
 #include "kernels/linear.h"
 
 namespace genesis::kernels::kq_gemv {
@@ -21,6 +25,8 @@ struct KqActivations : LinearActivations {
   const float* x = nullptr;  // n > kMaxRows: fp32 rows for the widened GEMM
   bool tiles = false;        // n >= tile_rows() where AMX exists: the product runs on AMX tiles
   amx::PackedRows packed;    // then x as the tiles' B operand
+  bool int8_tiles = false;   // a legacy format from tiles::min_rows() rows (below tile_rows()): AMX int8 tiles
+  tiles::Packed packed8;     // then q as their B operand
 };
 
 class KqLinear final : public Linear {
@@ -41,8 +47,9 @@ class KqLinear final : public Linear {
   size_t stored_row_bytes() const override { return kq_gemv::stored_row_bytes(*m_); }
   void stored_row(int64_t r, uint8_t* out) const override { kq_gemv::stored_row(*m_, r, out); }
   std::string describe() const override {
-    return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{}{})", format(), path_name(path()),
+    return fmt::format("{} in the kq_gemv layout (kq_gemv {}, int8 activations{}{}{})", format(), path_name(path()),
                        genome_ == Genome::baseline() ? "" : ", genome " + genome_.serialize(),
+                       int8_tiles() ? fmt::format("; AMX int8 tiles from {} rows", tiles::min_rows()) : "",
                        amx::available() ? fmt::format("; AMX bf16 tiles from {} rows", tile_rows()) : "");
   }
   std::string_view activation_kind() const override { return kind_; }
@@ -54,14 +61,20 @@ class KqLinear final : public Linear {
     k.cols = cols();
     k.x = x;
     k.tiles = amx::available() && n >= tile_rows();
+    k.int8_tiles = !k.tiles && n <= kMaxRows && int8_tiles() && n >= tiles::min_rows();
     if (k.tiles) amx::pack_rows(x, n, cols(), k.packed);
     else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
+    if (k.int8_tiles) tiles::pack(k.q, k.packed8);
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& k = activations_as<KqActivations>(a, kName);
     if (k.cols != cols()) fail("kq_gemv: activations of {} columns for a matrix of {}", k.cols, cols());
     if (k.tiles) {
       amx::widened_rows(*this, k.packed, y, r0, r1);
+      return;
+    }
+    if (k.int8_tiles) {
+      tiles::run_rows(*m_, k.packed8, y, rows(), r0, r1);
       return;
     }
     if (k.n > kMaxRows) {
@@ -71,9 +84,13 @@ class KqLinear final : public Linear {
     kq_gemv::run_rows(*m_, k.q, y, rows(), r0, r1, path(), k.q.n == 1 ? genome_ : genome_rows_);
   }
   int64_t row_granule() const override { return 1; }
-  // Q4_K's straight rows pay from 48 rows; Q6_K's (2x faster tile products) still from 64 (amx_gemm.h).
+  // Q4_K's straight rows pay from 48 rows; Q6_K's (2x faster tile products) still from 64 (amx_gemm.h). The legacy
+  // formats on int8 tiles keep them up to tiles::kMaxRows (128): 3-4x faster than the bf16 tiles at 64-128 rows;
+  // even at 256, where x's quantizing and packing on the calling thread cost more than the bf16 packing (tiles.h).
   int64_t tile_rows() const override {
-    return amx::available() ? amx::min_rows(m_->format == Format::q4_k && has_bf16_rows(m_->format)) : 0;
+    if (!amx::available()) return 0;
+    const int64_t bf16 = amx::min_rows(m_->format == Format::q4_k && has_bf16_rows(m_->format));
+    return int8_tiles() ? std::max<int64_t>(tiles::kMaxRows + 1, bf16) : bf16;
   }
   void row_f32(int64_t r, float* out) const override {
     if (r < 0 || r >= rows()) fail("kq_gemv: row {} of {}", r, rows());
@@ -82,6 +99,7 @@ class KqLinear final : public Linear {
   bool row_bf16(int64_t r, uint16_t* out) const override { return dequantize_row_bf16(*m_, r, out); }
 
  private:
+  bool int8_tiles() const { return tiles::serves(m_->format) && tiles::available(); }
   static Path path() {
     static const Path p = best_path();
     return p;

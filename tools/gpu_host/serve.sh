@@ -4,6 +4,8 @@
 # engine alone, against the batched step's bound). Results in one $OUT/r.tgz.
 # The device tool's command:  DEADLINE=520 bash devicepkg/serve.sh   (carry: devicepkg)
 #   CONC="1 8"  concurrency levels;  REQ=2  requests per client;  MODELS="smol q30"
+#   STREAMS="8 16"  the engine's `bench model --streams N` runs at the end (default 8); E_AB="VAR=v ..." each again
+#                   under each setting (an A/B: GENESIS_AMX_INT8=0)
 #   GPU_AB="A=0 B=1"  first `bench model --gpu` on the 30B file (pp512), by default and with each setting (an A/B)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -46,8 +48,15 @@ for m in ${MODELS:-smol q30}; do
   esac
 done
 for m in ${MODELS:-smol q30}; do
-  step e_$m 90 $G bench model -m build-host/$m.gguf --prompt-tokens 64 -n 24 --streams 8 -t 16 -q --json $RES/e_$m.json
-  grep -hE "^(streams|bound|decode)" $RES/e_$m.out | cut -c1-300
+  for s in ${STREAMS:-8}; do
+    step e_${m}_s$s 90 $G bench model -m build-host/$m.gguf --prompt-tokens 64 -n 24 --streams $s -t 16 -q --json $RES/e_${m}_s$s.json
+    grep -hE "^(batched|bound|decode|prefill)" $RES/e_${m}_s$s.out | cut -c1-300
+    for e in ${E_AB:-}; do
+      n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _)
+      step e_${m}_s${s}_$n 90 env $e $G bench model -m build-host/$m.gguf --prompt-tokens 64 -n 24 --streams $s -t 16 -q --json $RES/e_${m}_s${s}_$n.json
+      grep -hE "^(batched|decode|prefill)" $RES/e_${m}_s${s}_$n.out | cut -c1-300
+    done
+  done
 done
 echo "total $(( $(date +%s) - T0 )) s"
 tar czf $OUT/r.tgz -C $OUT r $(cd $OUT && ls *.log 2>/dev/null); rm -rf $RES

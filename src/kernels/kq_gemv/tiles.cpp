@@ -306,6 +306,41 @@ __attribute__((target(GENESIS_INT8_TARGET), always_inline)) inline void unit_til
   }
 }
 
+// The records the next unpack reads (the next chunk of these rows, else the next rows' first chunk), prefetched a few
+// lines at a time while this chunk's tiles and fold run: the hardware prefetcher stops running ahead while no load
+// of the stream issues, and the unpack then waited on memory (a streamed 49152x576 Q8_0, 8 rows: 7.4 ms against 2.0
+// for the unpack alone and 1.6 for the tiles alone).
+struct Ahead {
+  const uint8_t* base = nullptr;
+  int64_t stride = 0, bytes = 0, off = 0, per_step = 0;
+  int rows = 0, r = 0;
+  void set(const Matrix& w, int64_t g0, int64_t u1, int64_t steps) {
+    int64_t row0 = g0, v0 = u1;
+    if (u1 >= w.units) {
+      row0 = g0 + kRows;
+      v0 = 0;
+    }
+    rows = int(std::clamp<int64_t>(w.rows - row0, 0, kRows));
+    stride = w.row_bytes();
+    base = w.records() + row0 * stride + v0 * w.record_bytes;
+    bytes = std::min(kChunkUnits, w.units - v0) * w.record_bytes + 63;
+    r = 0;
+    off = 0;
+    const int64_t lines = rows * ((bytes + 63) / 64);
+    per_step = steps > 0 ? (lines + steps - 1) / steps : lines;
+  }
+  __attribute__((target(GENESIS_INT8_TARGET), always_inline)) inline void step() {
+    for (int64_t i = 0; i < per_step && r < rows; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(base + r * stride + off), _MM_HINT_T0);
+      off += 64;
+      if (off >= bytes) {
+        off = 0;
+        ++r;
+      }
+    }
+  }
+};
+
 // Per 16 weight rows and chunk of units: unpack, then for each group of x's rows the chunk's tiles, each unit folded
 // while the next one's tiles run; the rows' lanes carried between chunks in `lanes`.
 template <Format F, int T, class Tiles>
@@ -324,6 +359,8 @@ __attribute__((target(GENESIS_INT8_TARGET))) void drive(Tiles& tl, const Matrix&
     for (int64_t u0 = 0; u0 < w.units; u0 += kChunkUnits) {
       const int64_t u1 = std::min(w.units, u0 + kChunkUnits);
       unpack(w, g0, rn, u0, u1, a, ds);
+      Ahead ahead;
+      ahead.set(w, g0, u1, u1 - u0);
       for (int g = 0; g < x.groups; ++g) {
         float* lg = lanes.data() + size_t(g) * kRows * 16;
         __m512 acc[kRows];
@@ -336,6 +373,7 @@ __attribute__((target(GENESIS_INT8_TARGET))) void drive(Tiles& tl, const Matrix&
               unit_tiles<T, 0>(tl, a + (u - u0) * 128, x, g, u, c[0]);
           }
           if (u > u0) fold<F, T>(c[(u - 1) & 1], x, g, u - 1, ds + (u - 1 - u0) * 8, idx, acc);
+          if (g == 0 && u < u1) ahead.step();
         }
         for (int r = 0; r < kRows; ++r) _mm512_storeu_ps(lg + r * 16, acc[r]);
       }

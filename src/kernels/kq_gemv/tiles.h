@@ -21,9 +21,9 @@ bool available();
 bool serves(Format f);
 // Rows of x from which a legacy product takes the int8 tiles (GENESIS_AMX_INT8_ROWS, else kDefaultMinRows), up to
 // kMaxRows (the family's bf16 tiles above). 16: on a 2-core Xeon (Sapphire Rapids class, one thread) against the
-// int8 kernels, Q4_0 / Q4_1 / Q8_0: 8 rows 1.4-2.3x on weights in L2 (1536x576, 4096x4096) but even on streamed ones
-// (49152x576 Q8_0: the unpacking's loads stall beside the tiles), 16 rows 2.0-2.8x in L2 and 1.5x streamed; 4-6 rows
-// 0.7-1.2x (the per-row unpacking and fold cost as much as the kernels' products). See README.md.
+// int8 kernels, Q4_0 / Q4_1 / Q8_0: 8 rows 1.4-2.3x (in L2 and streamed) and 16 rows 1.7-2.8x, 4-6 rows 0.7-1.2x (the
+// per-row unpacking and fold cost as much as the kernels' products); in the model (SmolLM2 Q4_1, 8 streams) 8 rows
+// were even to slightly slower, their products being small. See README.md.
 inline constexpr int64_t kDefaultMinRows = 16;
 inline constexpr int64_t kMaxRows = 128;
 int64_t min_rows();

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "cpu/isa.h"
+#include "kernels/amx/tile_ops.h"
 #include "kernels/linear.h"
 #include "quant/half.h"
 
@@ -80,17 +81,6 @@ void transpose_16x16(const uint16_t* in, uint16_t* out) {
 }
 
 // The tile configuration of every call: palette 1, tiles 0..7 of 16 rows x 64 bytes.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-static_assert(sizeof(TileConfig) == 64 && offsetof(TileConfig, colsb) == 16 && offsetof(TileConfig, rows) == 48,
-              "LDTILECFG's 64-byte layout: palette, start_row, 14 reserved, colsb[16], rows[16]");
-
 TileConfig tile_config() {
   TileConfig c;
   for (int i = 0; i < 8; ++i) {
@@ -107,45 +97,18 @@ struct HardTiles {
     _tile_loadconfig(&cfg);
   }
   __attribute__((target("amx-tile"))) ~HardTiles() { _tile_release(); }
-  // The intrinsics take tile numbers as literal text: one branch per tile the driver uses.
-#define GENESIS_TILE_CASES(T, OP) \
-  if constexpr (T == 0) {         \
-    OP(0);                        \
-  } else if constexpr (T == 1) {  \
-    OP(1);                        \
-  } else if constexpr (T == 2) {  \
-    OP(2);                        \
-  } else if constexpr (T == 3) {  \
-    OP(3);                        \
-  } else if constexpr (T == 4) {  \
-    OP(4);                        \
-  } else if constexpr (T == 5) {  \
-    OP(5);                        \
-  } else if constexpr (T == 6) {  \
-    OP(6);                        \
-  } else {                        \
-    static_assert(T == 7);        \
-    OP(7);                        \
-  }
   template <int T>
   void zero() {
-#define GENESIS_OP(t) _tile_zero(t)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    tile_zero<T>();
   }
   template <int T>
   void load(const void* p, int64_t stride) {
-#define GENESIS_OP(t) _tile_loadd(t, p, stride)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    tile_load<T>(p, stride);
   }
   template <int T>
   void store(void* p, int64_t stride) {
-#define GENESIS_OP(t) _tile_stored(t, p, stride)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    tile_store<T>(p, stride);
   }
-#undef GENESIS_TILE_CASES
   template <int C, int A, int B>
   void dp() {
     if constexpr (C == 0 && A == 4 && B == 6) {

@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "kernels/amx/tile_ops.h"
 #include "cpu/isa.h"
 #include "kernels/kq_gemv/layout.h"
 
@@ -25,21 +26,12 @@ bool env_off(const char* name) {
 
 // Palette 1: C0..C3 = tmm0..3 (16 weight rows x 16 columns, int32), A0, A1 = tmm4, 5 (16 weight rows x a block's 32
 // codes, T = 16, or a pair's 64), B0, B1 = tmm6, 7 (8 or 16 dword rows x 16 columns).
-struct alignas(64) TileConfig {
-  uint8_t palette = 1;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-static_assert(sizeof(TileConfig) == 64 && offsetof(TileConfig, colsb) == 16 && offsetof(TileConfig, rows) == 48,
-              "LDTILECFG's 64-byte layout: palette, start_row, 14 reserved, colsb[16], rows[16]");
 constexpr int tile_rows_of(int tile, int T) { return tile >= 6 && T == 16 ? 8 : 16; }
 constexpr int tile_colsb_of(int tile, int T) { return (tile == 4 || tile == 5) && T == 16 ? 32 : 64; }
 
 template <int T>
-TileConfig tile_config() {
-  TileConfig c;
+amx::TileConfig tile_config() {
+  amx::TileConfig c;
   for (int i = 0; i < 8; ++i) {
     c.colsb[i] = uint16_t(tile_colsb_of(i, T));
     c.rows[i] = uint8_t(tile_rows_of(i, T));
@@ -55,48 +47,22 @@ TileConfig tile_config() {
 template <int TG>
 struct HardTiles {
   __attribute__((target(GENESIS_INT8_TARGET))) HardTiles() {
-    static const TileConfig cfg = tile_config<TG>();
+    static const amx::TileConfig cfg = tile_config<TG>();
     _tile_loadconfig(&cfg);
   }
   __attribute__((target(GENESIS_INT8_TARGET))) ~HardTiles() { _tile_release(); }
-#define GENESIS_TILE_CASES(T, OP) \
-  if constexpr (T == 0) {         \
-    OP(0);                        \
-  } else if constexpr (T == 1) {  \
-    OP(1);                        \
-  } else if constexpr (T == 2) {  \
-    OP(2);                        \
-  } else if constexpr (T == 3) {  \
-    OP(3);                        \
-  } else if constexpr (T == 4) {  \
-    OP(4);                        \
-  } else if constexpr (T == 5) {  \
-    OP(5);                        \
-  } else if constexpr (T == 6) {  \
-    OP(6);                        \
-  } else {                        \
-    static_assert(T == 7);        \
-    OP(7);                        \
-  }
   template <int T>
   __attribute__((target(GENESIS_INT8_TARGET))) void zero() {
-#define GENESIS_OP(t) _tile_zero(t)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    amx::tile_zero<T>();
   }
   template <int T>
   __attribute__((target(GENESIS_INT8_TARGET))) void load(const void* p, int64_t stride) {
-#define GENESIS_OP(t) _tile_loadd(t, p, stride)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    amx::tile_load<T>(p, stride);
   }
   template <int T>
   __attribute__((target(GENESIS_INT8_TARGET))) void store(void* p, int64_t stride) {
-#define GENESIS_OP(t) _tile_stored(t, p, stride)
-    GENESIS_TILE_CASES(T, GENESIS_OP)
-#undef GENESIS_OP
+    amx::tile_store<T>(p, stride);
   }
-#undef GENESIS_TILE_CASES
   template <int C, int A, int B>
   __attribute__((target(GENESIS_INT8_TARGET))) void dp() {
     static_assert((A == 4 && B == 6) || (A == 5 && B == 7), "a tile product the driver does not use");

@@ -10,14 +10,14 @@
 #include <string_view>
 
 #include "common/error.h"
-#include "kernels/amx/tile_ops.h"
 #include "cpu/isa.h"
+#include "kernels/amx/tile_ops.h"
 #include "kernels/kq_gemv/layout.h"
 
 namespace genesis::kernels::kq_gemv::tiles {
 namespace {
 
-constexpr int kRows = 16;        // weight rows per group (A and C tile rows); rows of x per group (C tile columns)
+constexpr int kRows = 16;  // weight rows per group (A and C tile rows); rows of x per group (C tile columns)
 
 bool env_off(const char* name) {
   const char* e = std::getenv(name);
@@ -170,7 +170,8 @@ __attribute__((target(GENESIS_INT8_TARGET))) void unpack(const Matrix& w, int64_
       _mm512_storeu_si512(ar, _mm512_permutex2var_epi32(z0, idx01, z1));
       _mm512_storeu_si512(ar + 64, _mm512_permutex2var_epi32(z0, idx23, z1));
       _mm_storeu_ps(dr, _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec))));
-      if (f == Format::q4_1) _mm_storeu_ps(dr + 4, _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 8))));
+      if (f == Format::q4_1)
+        _mm_storeu_ps(dr + 4, _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rec + 8))));
     }
   }
 }
@@ -403,7 +404,8 @@ int64_t min_rows() {
 }
 
 void pack(const Activations& a, Packed& p) {
-  if (!serves(a.format)) fail("kq_gemv tiles: {} activations are not a format of the int8 tiles", format_name(a.format));
+  if (!serves(a.format))
+    fail("kq_gemv tiles: {} activations are not a format of the int8 tiles", format_name(a.format));
   if (a.n < 1 || a.units < 1) fail("kq_gemv tiles: {} activation rows of {} units", a.n, a.units);
   p.format = a.format;
   p.n = a.n;

@@ -3,8 +3,8 @@
 // 16 weight rows with up to 16 rows of x are TDPBUSD (u8 codes x s8 activations) instead of one vpdpbusd per row of
 // x. The codes are unpacked into a 16-row scratch once per 16 weight rows (nibbles to bytes, each block's dwords
 // gathered); x is packed once per product into B tiles (Packed). Per unit (four blocks) the C tiles are stored and
-// folded while the next unit's tiles run: per weight row, (C + offset correction) to fp32 times d_w * d_x (+ m_w * d_x sum_x for Q4_1),
-// summed over the unit, then into the row's lanes. See README.md ("AMX int8 tiles") for the figures.
+// folded while the next unit's tiles run: per weight row, (C + offset correction) to fp32 times d_w * d_x (+ m_w *
+// d_x sum_x for Q4_1), summed over the unit, then into the row's lanes. See README.md ("AMX int8 tiles").
 #pragma once
 
 #include <cstdint>

@@ -129,12 +129,11 @@ struct SoftTiles {
 // Units unpacked at once: the 16 rows' codes (16 KiB) and scales stay in L1 while the chunk's tiles read them.
 constexpr int64_t kChunkUnits = 8;
 constexpr int64_t kAStride = kChunkUnits * 128 + 64;  // a row's codes; a line more than whole units (L1 sets)
-constexpr int64_t kPrefetch = 4096;                   // bytes ahead in the records (the JIT kernels' baseline)
 
 // Units [u0, u1) of rows [g0, g0 + rn) of w into the chunk's scratch: a[r][u - u0][b][32] block b's codes as bytes,
 // its dwords in the order k = 0..3: low-nibble / first-half lane b + 4k, k = 4..7: high-nibble / second-half lane
 // b + 4 (k - 4) (the order pack() gives x), and ds[r][u - u0] = d[4], m[4] (Q4_1) in fp32. Rows from rn on are
-// zeros. Each record kPrefetch bytes ahead is prefetched (the rows' order is the records' when a row is one chunk).
+// zeros. (The records were prefetched while the previous chunk's tiles ran: Ahead.)
 __attribute__((target(GENESIS_INT8_TARGET))) void unpack(const Matrix& w, int64_t g0, int rn, int64_t u0, int64_t u1,
                                                          uint8_t* a, float* ds) {
   const Format f = w.format;
@@ -143,7 +142,6 @@ __attribute__((target(GENESIS_INT8_TARGET))) void unpack(const Matrix& w, int64_
   const __m512i idx01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
   const __m512i idx23 = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  const uint8_t* end = w.records() + w.rows * row;
   for (int r = 0; r < kRows; ++r) {
     uint8_t* ar = a + r * kAStride;
     float* dr = ds + r * kChunkUnits * 8;
@@ -154,10 +152,6 @@ __attribute__((target(GENESIS_INT8_TARGET))) void unpack(const Matrix& w, int64_
     }
     const uint8_t* rec = w.records() + (g0 + r) * row + u0 * rb;
     for (int64_t u = u0; u < u1; ++u, rec += rb, ar += 128, dr += 8) {
-      if (rec + kPrefetch + rb <= end) {
-        _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(rec + kPrefetch + rb - 1), _MM_HINT_T0);
-      }
       __m512i z0, z1;
       if (f == Format::q8_0) {
         z0 = _mm512_loadu_si512(rec + co);
@@ -421,8 +415,8 @@ void pack(const Activations& a, Packed& p) {
         // the B tile of block b, its rows (b's dwords k = 0..7) and columns; the C tile whose columns it feeds
         const int j = T == 16 ? b : b / 2, row0 = T == 16 ? 0 : 8 * (b % 2), q = T == 4 ? 0 : j;
         const int col0 = (T == 16 ? 0 : (b - q * P)) * T;
-        uint8_t* tile = const_cast<uint8_t*>(p.record(g, u, j));
-        uint8_t* meta = const_cast<uint8_t*>(p.record(g, u, q));
+        uint8_t* tile = p.record(g, u, j);
+        uint8_t* meta = p.record(g, u, q);
         for (int t = 0; t < tn; ++t) {
           const uint8_t* xr = a.data.data() + (size_t(u) * size_t(a.n) + size_t(g * T + t)) * kTokenRecord;
           const int col = col0 + t;

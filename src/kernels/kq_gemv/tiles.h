@@ -46,9 +46,11 @@ struct Packed {
   int64_t units = 0;
   std::vector<uint8_t> data;  // [groups][units][b_tiles()][kTileRecord]
   int b_tiles() const { return t == 16 ? 4 : 2; }
-  const uint8_t* record(int g, int64_t u, int j) const {
-    return data.data() + ((size_t(g) * size_t(units) + size_t(u)) * size_t(b_tiles()) + size_t(j)) * kTileRecord;
+  size_t offset(int g, int64_t u, int j) const {
+    return ((size_t(g) * size_t(units) + size_t(u)) * size_t(b_tiles()) + size_t(j)) * kTileRecord;
   }
+  const uint8_t* record(int g, int64_t u, int j) const { return data.data() + offset(g, u, j); }
+  uint8_t* record(int g, int64_t u, int j) { return data.data() + offset(g, u, j); }
 };
 void pack(const Activations& a, Packed& out);
 

@@ -96,6 +96,15 @@ void run(Args& a) {
                  "figure\n",
                  worst);
   }
+  if (j.contains("paired")) {
+    const auto& p = j["paired"];
+    fmt::print("paired       {} more steps, each between read passes ({:.1f} GB/s median, {:.1f}-{:.1f}): median step "
+               "{:.1f} ms, {:.0f}% of the bound of the passes around it (quartiles {:.0f}-{:.0f}%)\n",
+               p["steps"].get<int>(), p["read_gbps_median"].get<double>(), p["read_gbps_worst"].get<double>(),
+               p["read_gbps_best"].get<double>(), p["step_ms_median"].get<double>(),
+               100 * p["bound_fraction"].get<double>(), 100 * p["bound_fraction_q25"].get<double>(),
+               100 * p["bound_fraction_q75"].get<double>());
+  }
   if (j.contains("streams"))
     fmt::print("batched      {} streams: step {:.1f} ms (IQR {:.1f}), {:.2f} tokens/s = {:.2f}x one stream; bound "
                "{:.1f} MB/step ({:.1f} distinct experts per MoE layer) = {:.2f} tokens/s, reached {:.0f}%\n",
@@ -104,6 +113,14 @@ void run(Args& a) {
                j["batched_vs_single"].get<double>(), j["batched_step_bytes"].get<double>() / 1e6,
                j["batched_distinct_experts_per_layer"].get<double>(), j["batched_bound_tps"].get<double>(),
                100 * j["batched_bound_fraction"].get<double>());
+  if (j.contains("batched_paired")) {
+    const auto& p = j["batched_paired"];
+    fmt::print("paired       {} more batched steps between read passes ({:.1f} GB/s median): median step {:.1f} ms, "
+               "{:.0f}% of the bound of the passes around it (quartiles {:.0f}-{:.0f}%)\n",
+               p["steps"].get<int>(), p["read_gbps_median"].get<double>(), p["step_ms_median"].get<double>(),
+               100 * p["bound_fraction"].get<double>(), 100 * p["bound_fraction_q25"].get<double>(),
+               100 * p["bound_fraction_q75"].get<double>());
+  }
   // The profile: milliseconds per token by op class, decode and prefill side by side (and with --streams, the
   // batched decode step's milliseconds per step).
   const auto& pd = j["profile"]["decode"];

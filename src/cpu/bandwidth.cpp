@@ -232,6 +232,41 @@ ReadSample measure_read_sample(size_t bytes, int threads, double seconds, int mi
   return r;
 }
 
+struct ReadProbe::Impl {
+  Impl(size_t bytes, ThreadPool& p)
+      : pool(p),
+        slice(std::max(bytes / size_t(std::max(p.size(), 1)) / kChunk, size_t{1}) * kChunk),
+        total(slice * size_t(std::max(p.size(), 1))),
+        buf(total),
+        read(pick_read_fn()) {}
+  ThreadPool& pool;
+  size_t slice, total;
+  Buffer buf;
+  ReadFn read;
+};
+
+ReadProbe::ReadProbe(size_t bytes, ThreadPool& pool) : impl_(std::make_unique<Impl>(bytes, pool)) {
+  Impl& m = *impl_;
+  m.pool.run([&](int tid, int) {  // first touch by the reader, non-zero bytes (no shared zero page)
+    char* p = m.buf.data() + size_t(tid) * m.slice;
+    for (size_t i = 0; i < m.slice; i += 64) p[i] = static_cast<char>(i >> 6 | 1);
+  });
+  (void)pass();  // warm-up: page tables
+}
+
+ReadProbe::~ReadProbe() = default;
+
+size_t ReadProbe::bytes() const { return impl_->total; }
+
+double ReadProbe::pass() {
+  Impl& m = *impl_;
+  const double t0 = now_seconds();
+  m.pool.run([&](int tid, int) {
+    g_sink.fetch_xor(m.read(m.buf.data() + size_t(tid) * m.slice, m.slice), std::memory_order_relaxed);
+  });
+  return double(m.total) / std::max(now_seconds() - t0, 1e-12) / 1e9;
+}
+
 std::string bandwidth_cache_path() {
   std::string name = "bandwidth-" + cpu_info().signature + ".json";
   for (char& c : name)

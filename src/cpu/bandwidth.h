@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,26 @@ struct ReadSample {
 
 // Passes over `bytes` with `threads` pinned threads for at least `seconds` (and at least min_passes passes).
 ReadSample measure_read_sample(size_t bytes, int threads, double seconds, int min_passes = 5);
+
+class ThreadPool;
+
+// Read passes a benchmark interleaves with its own timed work, on its own pool's threads, so that each timed part can
+// be set against the bandwidth of the moments around it (a shared host's bandwidth moves by tens of percent within a
+// run). The buffer is allocated and first touched by the pool's threads once; pass() reads it once with every thread
+// of the pool and returns GB/s.
+class ReadProbe {
+ public:
+  ReadProbe(size_t bytes, ThreadPool& pool);
+  ~ReadProbe();
+  ReadProbe(const ReadProbe&) = delete;
+  ReadProbe& operator=(const ReadProbe&) = delete;
+  double pass();
+  size_t bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // max(4 x all L3, 256 MiB), rounded to 2 MiB and capped at a quarter of physical memory.
 size_t bandwidth_buffer_bytes();

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +16,7 @@
 #include "cpu/info.h"
 #include "cpu/isa.h"
 #include "cpu/report.h"
+#include "cpu/thread_pool.h"
 
 namespace genesis::cpu {
 namespace {
@@ -66,6 +68,28 @@ TEST(Bandwidth, SampleOrdersItsPasses) {
   // Zero seconds still runs the minimum; a minimum below one still runs one pass.
   EXPECT_EQ(measure_read_sample(1 << 20, 1, 0.0, 3).passes, 3);
   EXPECT_EQ(measure_read_sample(1 << 20, 1, 0.0, 0).passes, 1);
+}
+
+// The probe a benchmark interleaves with its steps: whole chunks per thread of the caller's pool, and every pass a
+// finite positive figure, on a pool it shares with other work.
+TEST(Bandwidth, ProbeReadsWithTheCallersPool) {
+  ThreadPool pool(2);
+  ReadProbe probe(4 << 20, pool);
+  EXPECT_EQ(probe.bytes() % (256 * 2), 0u);
+  EXPECT_GT(probe.bytes(), size_t(2) << 20);
+  EXPECT_LE(probe.bytes(), size_t(4) << 20);
+  for (int i = 0; i < 3; ++i) {
+    const double g = probe.pass();
+    EXPECT_TRUE(std::isfinite(g));
+    EXPECT_GT(g, 0.0);
+    EXPECT_LT(g, 1e5);
+  }
+  std::atomic<int> ran{0};
+  pool.run([&](int, int) { ran.fetch_add(1); });  // the pool still serves its owner
+  EXPECT_EQ(ran.load(), 2);
+  ReadProbe tiny(1, pool);  // below a chunk per thread: one chunk each
+  EXPECT_EQ(tiny.bytes(), 512u);
+  EXPECT_GT(tiny.pass(), 0.0);
 }
 
 TEST(Bandwidth, BufferExceedsLastLevelCache) {

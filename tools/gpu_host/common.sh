@@ -32,5 +32,5 @@ step() {
   local s=$(date +%s%N)
   timeout $t "$@" > $RES/$n.out 2> $RES/$n.err; local rc=$?
   echo "$n rc=$rc $(( ($(date +%s%N) - s) / 1000000 )) ms"
-  grep -hE "^(prefill|decode|bound|bandwidth|warning) |\"avg_ts\"" $RES/$n.out | head -8 | cut -c1-260
+  grep -hE "^(prefill|decode|bound|bandwidth|warning|paired|batched) |\"avg_ts\"" $RES/$n.out | head -10 | cut -c1-260
 }

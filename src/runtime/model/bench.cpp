@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <memory>
 #include <random>
 
 #include "common/error.h"
@@ -18,11 +20,38 @@ namespace genesis::runtime {
 
 namespace {
 
+// Steps paired with the bandwidth: `steps` calls of step(), each between two read passes of `probe` (the same pool's
+// threads), and per step the fraction of its bound, bytes / its time against the mean of the passes on either side.
+// A shared host's bandwidth drifts by tens of percent within a run (27-62% between the passes before the prefill and
+// after the decode on the GPU host, stop 28); set against the moments around it, each step's fraction does not
+// drift with it. The passes evict the caches, so each step reads its weights from memory, as the bound assumes.
+template <class Step>
+nlohmann::json paired_steps(cpu::ReadProbe& probe, int steps, double bytes_per_step, Step&& step) {
+  std::vector<double> pass_gbps{probe.pass()}, step_ms, fractions;
+  for (int i = 0; i < steps; ++i) {
+    const double a = now_seconds();
+    step();
+    step_ms.push_back(1e3 * (now_seconds() - a));
+    pass_gbps.push_back(probe.pass());
+    const double around = 0.5 * (pass_gbps[size_t(i)] + pass_gbps[size_t(i) + 1]);
+    fractions.push_back(bytes_per_step / (step_ms.back() * 1e6) / around);
+  }
+  return {{"steps", steps},
+          {"step_ms_median", median(step_ms)},
+          {"read_gbps_median", median(pass_gbps)},
+          {"read_gbps_worst", *std::min_element(pass_gbps.begin(), pass_gbps.end())},
+          {"read_gbps_best", *std::max_element(pass_gbps.begin(), pass_gbps.end())},
+          {"probe_bytes", probe.bytes()},
+          {"bound_fraction", median(fractions)},
+          {"bound_fraction_q25", quantile(fractions, 0.25)},
+          {"bound_fraction_q75", quantile(fractions, 0.75)}};
+}
+
 // Decode steps of `streams` sequences at once (one row each, as the server's continuous batching runs them): the
 // step's time, the aggregate tokens/s against one stream, and the step's bound: the weights every row shares read
 // once plus each distinct routed expert once (counted in the steps run), over the read bandwidth.
 void batched_decode(const ModelBenchOptions& opt, const Model& model, int64_t context, cpu::ThreadPool& pool,
-                    double bw, double single_tps, nlohmann::json& j) {
+                    cpu::ReadProbe* probe, double bw, double single_tps, nlohmann::json& j) {
   const auto& c = model.config();
   const int64_t n = opt.streams;
   if (n > 256) fail("bench model: --streams {} exceeds the 256 rows of a step", n);
@@ -82,6 +111,8 @@ void batched_decode(const ModelBenchOptions& opt, const Model& model, int64_t co
   j["batched_bound_tps"] = bound_tps;
   j["batched_bound_fraction"] = tps / bound_tps;
   j["profile"]["batched_decode"] = prof.to_json(false);
+  // The same steps again, each between read passes (the context holds them: the caller sized it).
+  if (probe != nullptr) j["batched_paired"] = paired_steps(*probe, opt.decode_tokens - 1, step_bytes, step);
 }
 
 }  // namespace
@@ -95,10 +126,12 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   const double load_s = now_seconds() - t0;
   const uint64_t rss_load = peak_rss_bytes();
   const auto& c = model->config();
-  const int64_t context = opt.prompt_tokens + opt.decode_tokens + 1;
-  if (context > c.max_position_embeddings)
+  if (opt.prompt_tokens + opt.decode_tokens + 1 > c.max_position_embeddings)
     fail("bench model: {} prompt + {} decode tokens exceed the model's {} positions", opt.prompt_tokens,
          opt.decode_tokens, c.max_position_embeddings);
+  // Room for the steps paired with read passes too (after the plain ones), where the model's positions allow.
+  const bool paired = !opt.cached_bandwidth && opt.prompt_tokens + 2 * opt.decode_tokens + 1 <= c.max_position_embeddings;
+  const int64_t context = opt.prompt_tokens + (paired ? 2 : 1) * opt.decode_tokens + 1;
 
   cpu::ThreadPool pool(opt.threads);
   // The roofline, measured now (same threads) unless the cached figure is asked for: passes for about a second
@@ -107,6 +140,8 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   // moment, not what the decode can count on.
   double bw = 0;
   cpu::ReadSample bw_before, bw_after;
+  std::unique_ptr<cpu::ReadProbe> probe;
+  if (paired) probe = std::make_unique<cpu::ReadProbe>(cpu::bandwidth_buffer_bytes(), pool);
   auto measure = [&] { return cpu::measure_read_sample(cpu::bandwidth_buffer_bytes(), pool.size(), 1.0, 10); };
   if (opt.cached_bandwidth) {
     const auto b = cpu::read_bandwidth(false);
@@ -142,6 +177,13 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   const double decode_s = now_seconds() - t0;
   const Profile decode_prof = s.profile() - after_prefill;
+  nlohmann::json paired_json;
+  if (probe) {  // the bytes are known below; time the steps now and set them against the bound after
+    paired_json = paired_steps(*probe, opt.decode_tokens, 1.0, [&] {
+      const int32_t next[1] = {tok(rng)};
+      s.forward(next, logits.data());
+    });
+  }
   if (!opt.cached_bandwidth) {
     bw_after = measure();
     std::vector<double> all = bw_before.pass_gbps;
@@ -206,8 +248,13 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   j["bound_tps"] = bound_tps;
   j["bound_fraction"] = bound_tps > 0 ? decode_tps / bound_tps : 0.0;
+  if (probe && bytes > 0) {  // paired_steps ran with 1 byte per step: scale its fractions by the real bytes
+    for (const char* k : {"bound_fraction", "bound_fraction_q25", "bound_fraction_q75"})
+      paired_json[k] = paired_json[k].get<double>() * bytes;
+    j["paired"] = paired_json;
+  }
   j["achieved_gbps"] = bytes * decode_tps / 1e9;
-  if (opt.streams > 1) batched_decode(opt, *model, context, pool, bw, decode_tps, j);
+  if (opt.streams > 1) batched_decode(opt, *model, context, pool, probe.get(), bw, decode_tps, j);
   return j;
 }
 

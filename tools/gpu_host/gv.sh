@@ -1,0 +1,24 @@
+# On the GPU host: a kq_gemv sweep, `bench gemv` per format over shapes and thread counts (one process per format
+# and round; the ggml_gemv baseline beside it unless NOBASE=1), and `genesis info` first. Results in $OUT/r.tgz.
+#   DEADLINE=300 FORMATS="Q6_K Q4_K" SHAPES="2048x7168 14336x4096" THREADS="16 8 4" REGIMES=cold ROUNDS=1 \
+#     ENVS="GENESIS_SPIN_US=50 GENESIS_SPIN_US=500" bash devicepkg/gv.sh        (carry devicepkg)
+# ENVS: settings run in turn for each format (none: as is).
+T0=$(date +%s)
+source devicepkg/common.sh
+RES=$OUT/r; mkdir -p $RES
+$G info > $RES/info.out 2>&1; grep -iE "cache|bandwidth|parallel|region" $RES/info.out | head -12
+for e in ${ENVS:-}; do [ "$e" = none ] && continue; echo "info with $e:"; env $e $G info 2>&1 | grep -iE "region"; done
+
+for r in $(seq 1 ${ROUNDS:-1}); do
+  for f in ${FORMATS:-Q6_K Q4_K}; do
+    for g in ${REGIMES:-cold}; do for e in ${ENVS:-none}; do
+      n=${f}_${g}_$(echo "$e" | tr -c 'A-Za-z0-9\n' _)_$r; [ "$e" = none ] && e=
+      echo "$f $g ${e:-as is}"
+      step gv_$n 120 env $e $G bench gemv --format $f --shape ${SHAPES:-2048x7168 14336x4096} --threads ${THREADS:-16} --regime $g \
+        ${NOBASE:+--no-baselines} --path avx512vnni ${GENOME:+--genome "$GENOME"} --json $RES/gv_$n.json
+      grep -hE "^$f " $RES/gv_$n.out | awk '{print "  ", $1, $2, $4, $5, $6, $7, $9, $10}'
+    done; done
+  done
+done
+tar czf $OUT/r.tgz -C $OUT r; rm -rf $RES
+echo "total $(( $(date +%s) - T0 )) s"

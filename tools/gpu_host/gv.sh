@@ -6,8 +6,8 @@
 T0=$(date +%s)
 source devicepkg/common.sh
 RES=$OUT/r; mkdir -p $RES
-$G info > $RES/info.out 2>&1; grep -iE "cache|bandwidth|parallel|region" $RES/info.out | head -12
-for e in ${ENVS:-}; do [ "$e" = none ] && continue; echo "info with $e:"; env $e $G info 2>&1 | grep -iE "region"; done
+$G info > $RES/info.out 2>&1; grep -iE "cache|bandwidth|empty run" $RES/info.out | head -12
+for e in ${ENVS:-}; do [ "$e" = none ] && continue; echo "info with $e:"; env $e $G info 2>&1 | grep -iE "empty run"; done
 
 for r in $(seq 1 ${ROUNDS:-1}); do
   for f in ${FORMATS:-Q6_K Q4_K}; do

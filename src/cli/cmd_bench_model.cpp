@@ -116,10 +116,12 @@ void run(Args& a) {
   if (j.contains("batched_paired")) {
     const auto& p = j["batched_paired"];
     fmt::print("paired       {} more batched steps between read passes ({:.1f} GB/s median): median step {:.1f} ms, "
-               "{:.0f}% of the bound of the passes around it (quartiles {:.0f}-{:.0f}%)\n",
+               "{:.0f}% of the bound of the passes around it (quartiles {:.0f}-{:.0f}%){}\n",
                p["steps"].get<int>(), p["read_gbps_median"].get<double>(), p["step_ms_median"].get<double>(),
                100 * p["bound_fraction"].get<double>(), 100 * p["bound_fraction_q25"].get<double>(),
-               100 * p["bound_fraction_q75"].get<double>());
+               100 * p["bound_fraction_q75"].get<double>(),
+               p.contains("vs_single") ? fmt::format(", {:.2f}x one stream's paired steps", p["vs_single"].get<double>())
+                                       : std::string());
   }
   // The profile: milliseconds per token by op class, decode and prefill side by side (and with --streams, the
   // batched decode step's milliseconds per step).

@@ -24,7 +24,12 @@ struct Genome {
   // distances (stop 27, 2-core Intel Xeon with AMX, cold, 2 threads: Q4_K 14336x4096 one row 14.0 GB/s at 4096 and
   // 18.9 at 1024, but four rows 12.1 at 4096 and 8.5 at 1024).
   int pf_multi = 4096;
-  PrefetchKind pf_kind = PrefetchKind::t0;
+  // Into L2 (prefetcht2), not L1: an L1 prefetch holds one of the core's few L1 fill buffers until its line
+  // arrives, so the core has fewer misses in flight than its L2 queue allows, and a 4-bit kernel, whose compute then
+  // does not overlap its reads, ran at 55-65% of the bus. Stop 29, the 2-core Intel Xeon with AMX, cold, 2 threads,
+  // 14336x4096 / 2048x7168, t0 -> t2: Q4_K 59/57 -> 84/84%, Q5_K 61/54 -> 83/79%, Q6_K 64/55 -> 86/86%, Q4_0 64/63
+  // -> 87/85%, Q4_1 65/54 -> 84/76%, Q8_0 95/90 -> 96/94%; one thread alike; hot and the 4-row passes unchanged.
+  PrefetchKind pf_kind = PrefetchKind::t2;
   int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
   int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
   int x_budget_kb = 24;                  // activation records of one column chunk: 1..1024 KB
@@ -41,11 +46,11 @@ struct Genome {
   static Genome baseline() { return Genome{}; }
   int pf_for(int tokens) const { return tokens > 1 ? pf_multi : pf_dist; }  // the prefetch distance of a pass
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  // "pf=4096 pfm=4096 pfk=t0 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
+  // "pf=4096 pfm=4096 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
   std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
   uint64_t hash() const;                 // FNV-1a of serialize(): the knowledge base's dedupe key
-  // The genes that shape the generated code ("pf4096m4096t0a64", + "o<hash>" with an order): the kernel id and cache
+  // The genes that shape the generated code ("pf4096m4096t2a64", + "o<hash>" with an order): the kernel id and cache
   // key.
   std::string code_key() const;
   friend bool operator==(const Genome&, const Genome&) = default;

@@ -93,6 +93,10 @@ def main():
             print(f"        genesis decode: {g['bytes_per_token'] / 1e9:.2f} GB/token, "
                   f"{g['decode_tps'] / g['bound_tps']:.0%} of its bound {g['bound_tps']:.1f} tok/s at "
                   f"{g['read_bandwidth_gbps']:.1f} GB/s; load {g['load_s']:.1f} s")
+            if "paired" in g:  # steps between read passes: weights from memory, bandwidth of the same moments
+                p = g["paired"]
+                print(f"        genesis paired steps: {p['step_ms_median']:.1f} ms, {p['bound_fraction']:.0%} of the "
+                      f"bound of the read passes around each ({p['read_gbps_median']:.1f} GB/s)")
             if "gpu" in g:
                 print(f"        genesis gpu: VRAM held {g['vram_bytes'] / 2**30:.2f} GiB "
                       f"(weights {g['gpu_weight_bytes'] / 2**30:.2f} GiB); bound = {g['bound_kind']}")

@@ -148,22 +148,33 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
           }
           kq_copies(cold ? copies : 1);
           for (Path p : paths) {
-            size_t i = 0;
-            auto call = [&] {
+            // One product with genome g on the next copy (cold) or the same one (hot), `i` counting the calls.
+            auto call_with = [&](const Genome& g, size_t& i) {
               const Matrix& w = k_mats[cold ? i++ % k_mats.size() : 0];
               quantize_activations(w.format, x.data(), T, K, acts);
               if (pool == nullptr) {
-                run_rows(w, acts, y.data(), M, 0, M, p, opt.genome);
+                run_rows(w, acts, y.data(), M, 0, M, p, g);
                 return;
               }
               const int n = pool->size();
               const int64_t per = (M + n - 1) / n;
               pool->run([&](int tid, int) {
                 const int64_t a = std::min(M, int64_t(tid) * per), b = std::min(M, a + per);
-                if (a < b) run_rows(w, acts, y.data(), M, a, b, p, opt.genome);
+                if (a < b) run_rows(w, acts, y.data(), M, a, b, p, g);
               });
             };
+            size_t i = 0, j = 0;
+            auto call = [&] { call_with(opt.genome, i); };
             const auto st = time_calls(call, topt);
+            nlohmann::json ab_rec;
+            if (p != Path::scalar && !(opt.genome == Genome::baseline())) {
+              // --genome against the baseline, interleaved (A B A B ...): a shared host's speed moves between runs,
+              // and only pairs taken moments apart compare two genomes.
+              const Genome base = Genome::baseline();
+              const auto ab = ab_compare(call, [&] { call_with(base, j); }, 10, topt);
+              ab_rec = {{"speedup_vs_baseline_genome", 1.0 / ab.median_ratio}, {"ab_wins", ab.a_wins},
+                        {"ab_rounds", ab.rounds}};
+            }
             const double bytes = bytes_moved(k_mats[0], T);
             const double gbps = bytes / (st.median_us * 1e3);
             const Genome& g = opt.genome;
@@ -177,6 +188,7 @@ nlohmann::json run_bench(const BenchOptions& opt, const std::function<void(const
                         {"gbps", gbps}, {"roofline_fraction", gbps / roofline_gbps(bw, nt)},
                         {"speedup_vs_naive", 0.0},
                         {"speedup_vs_compiled", ggml_us > 0 ? ggml_us / st.median_us : 0.0}, {"bytes", bytes}});
+            if (!ab_rec.empty()) rec.update(ab_rec);
             on_record(rec);
             out["results"].push_back(rec);
           }

@@ -8,10 +8,11 @@
 #                Genesis with NEXT_AB's settings (default AB's) and llama-bench. Not both files: the host's 64 GiB disk
 #                holds 18.4 + 48 GiB only just, and writing one while the other is benchmarked ruined the figures
 #                (decode 3.4 tokens/s, then "No space left on device")
-#   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth)
+#   GEMV=1       also `bench gemv` cold at 16 threads for every format (the kernels alone against the read bandwidth);
+#                GEMV_FORMATS, GEMV_THREADS ("16 8"), GEMV_GENOME (a kq_gemv genome, A/B against the baseline)
 #   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
 #                and the GPU tests (scripts/gpu_tests.sh) first
-#   BASE=1       with NEXT=1: also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after Genesis's run
+#   BASE=1       also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after each Genesis run
 #   GPU_AB="VAR=value ..."  with GPU=1: also `bench model --gpu` with each setting (GENESIS_CUDA_DENSE_BLOCKS=0)
 #   GPU_FIRST=1  with GPU=1: the --gpu runs before the CPU-only ones (when the call may not reach the end)
 #   GPU_TIMES=1  with GPU=1: also the GPU's own time by part (GENESIS_CUDA_TIMES=1, graphs off)
@@ -45,9 +46,10 @@ wait $BL; tail -1 $OUT/llbuild.log
 $G info > $RES/info.txt 2>&1; grep -iE "amx|region" $RES/info.txt | head -8
 if [ -n "${GEMV:-}" ]; then
   [ -z "${NEXT:-}" ] && { wait $SY; SY=; }  # not beside the file's writing
-  for f in NF4 Q4_K Q5_K Q6_K Q8_0 Q4_0 Q4_1; do
-    step v_$f 40 $G bench gemv --format $f --shape 14336x4096 2048x7168 --threads 16 --regime cold --no-baselines --json $RES/v_$f.json
-    grep -hE "^ *$f " $RES/v_$f.out | cut -c1-120; grep -h "^roofline" $RES/v_$f.out | cut -c1-100
+  for f in ${GEMV_FORMATS:-NF4 Q4_K Q5_K Q6_K Q8_0 Q4_0 Q4_1}; do
+    step v_$f 60 $G bench gemv --format $f --shape 14336x4096 2048x7168 --threads ${GEMV_THREADS:-16} --regime cold --no-baselines \
+      ${GEMV_GENOME:+--genome "$GEMV_GENOME"} --json $RES/v_$f.json
+    grep -hE "^ *$f " $RES/v_$f.out | tr -s " " | cut -c1-220; grep -h "^roofline" $RES/v_$f.out | cut -c1-100
   done
 fi
 gpu_30b() {  # the hybrid mode on the 30B file (GPU=1)
@@ -62,6 +64,7 @@ gpu_30b() {  # the hybrid mode on the 30B file (GPU=1)
   B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
   step g_t$t 90 $G $B --json $RES/g_t$t.json
   grep -h "^dense" $RES/g_t$t.out | cut -c1-200
+  [ -n "${BASE:-}" ] && [ -x $GB ] && step b_t$t 90 $GB $B --json $RES/b_t$t.json
   for e in ${AB:-GENESIS_AMX=0}; do
     [ "$e" = none ] && continue
     n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
@@ -70,6 +73,7 @@ gpu_30b() {  # the hybrid mode on the 30B file (GPU=1)
   done
   step l_t$t 100 $LB -m $M -p 512 -n 32 -r 2 -t $t -o json
   step g2_t$t 90 $G $B --json $RES/g2_t$t.json
+  [ -n "${BASE:-}" ] && [ -x $GB ] && step b2_t$t 90 $GB $B --json $RES/b2_t$t.json
 done
 [ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && [ -z "${GPU_FIRST:-}" ] && gpu_30b
 if [ -n "${NEXT:-}" ]; then

@@ -1,0 +1,22 @@
+# On the GPU host: two Genesis builds A/B on `bench model`, alternating (genesis, then genesis_base from pack.sh's
+# BASE_BIN, ROUNDS times), on the 30B-shaped file and the SmolLM2-shaped one, CPU only, with --streams (the paired
+# steps of each: one stream and batched against the read passes around them). Results in $OUT/r.tgz.
+#   DEADLINE=480 ROUNDS=3 THREADS=16 STREAMS=8 MODELS="q30 smol" bash devicepkg/binab.sh   (carry devicepkg)
+T0=$(date +%s)
+source devicepkg/common.sh
+RES=$OUT/r; mkdir -p $RES build-host
+for m in ${MODELS:-q30 smol}; do
+  case $m in q30) synth qwen3-30b-a3b build-host/q30.gguf ;; smol) synth smollm2-135m build-host/smol.gguf ;; esac
+done
+echo "synth done t=$(( $(date +%s) - T0 )) s"
+for r in $(seq 1 ${ROUNDS:-3}); do
+  for m in ${MODELS:-q30 smol}; do
+    for t in ${THREADS:-16}; do
+      B="bench model -m build-host/$m.gguf --prompt-tokens 128 -n 24 -t $t --streams ${STREAMS:-8} -q"
+      step ${m}_g_t${t}_$r 90 $G $B --json $RES/${m}_g_t${t}_$r.json
+      step ${m}_b_t${t}_$r 90 $GB $B --json $RES/${m}_b_t${t}_$r.json
+    done
+  done
+done
+tar czf $OUT/r.tgz -C $OUT r; rm -rf $RES
+echo "total $(( $(date +%s) - T0 )) s"

@@ -146,10 +146,11 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   // between passes (80-142 GB/s seen on one host within a call); the best pass of a short burst is its luckiest
   // moment, not what the decode can count on.
   double bw = 0;
+  const size_t probe_bytes = opt.probe_bytes > 0 ? opt.probe_bytes : cpu::bandwidth_buffer_bytes();
   cpu::ReadSample bw_before, bw_after;
   std::unique_ptr<cpu::ReadProbe> probe;
-  if (paired) probe = std::make_unique<cpu::ReadProbe>(cpu::bandwidth_buffer_bytes(), pool);
-  auto measure = [&] { return cpu::measure_read_sample(cpu::bandwidth_buffer_bytes(), pool.size(), 1.0, 10); };
+  if (paired) probe = std::make_unique<cpu::ReadProbe>(probe_bytes, pool);
+  auto measure = [&] { return cpu::measure_read_sample(probe_bytes, pool.size(), 1.0, 10); };
   if (opt.cached_bandwidth) {
     const auto b = cpu::read_bandwidth(false);
     bw = pool.size() == 1 ? b.one_thread_gbps : b.all_threads_gbps;

@@ -18,12 +18,17 @@ struct ModelBenchOptions {
   int threads = 0;          // 0: all allowed cores
   int streams = 1;          // > 1: also decode steps of this many sequences at once (continuous batching)
   bool cached_bandwidth = false;  // reuse `genesis info`'s cached figure instead of measuring now
+  // Bytes of the read passes measured now (before, after, and between the paired steps); 0: the roofline's buffer
+  // (cpu::bandwidth_buffer_bytes(), several times the last-level cache). Tests use less.
+  size_t probe_bytes = 0;
   bool progress = true;
   LoadOptions load;
 };
 
 // The JSON record: model, experts, load_s, peak_rss_bytes, nf4_expert_bytes, prefill_tps, decode_tps,
-// decode_ms_median / iqr, bytes_per_token, read_bandwidth_gbps, bound_tps, bound_fraction, threads, time split.
+// decode_ms_median / iqr, bytes_per_token, read_bandwidth_gbps, bound_tps, bound_fraction, threads, time split;
+// measured now, "paired": as many decode steps again, each between read passes, and the median of their fractions of
+// the bound against the passes around each (with --streams, "batched_paired" the same for the batched steps).
 nlohmann::json run_model_bench(const ModelBenchOptions& opt);
 
 }  // namespace genesis::runtime

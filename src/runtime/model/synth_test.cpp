@@ -59,6 +59,27 @@ TEST(Synth, OlmoeLayerLoadsAndRuns) {
                         "peak_rss_bytes", "read_bandwidth_gbps"})
     EXPECT_GT(j.at(k).get<double>(), 0) << k;
   EXPECT_EQ(j.at("kv_cache").get<std::string>(), "f16");  // the default KV cache, reported
+  EXPECT_FALSE(j.contains("paired"));  // the cached figure: no read passes to pair with
+
+  // Measured now: the decode steps again between read passes (a small buffer here), and with two streams the
+  // batched steps too, set against one stream's paired steps.
+  b.cached_bandwidth = false;
+  b.probe_bytes = size_t(8) << 20;
+  b.streams = 2;
+  const auto m2 = run_model_bench(b);
+  ASSERT_TRUE(m2.contains("paired"));
+  const auto& p = m2.at("paired");
+  EXPECT_EQ(p.at("steps").get<int>(), 4);
+  for (const char* k : {"step_ms_median", "read_gbps_median", "bound_fraction", "bound_fraction_q25"}) {
+    EXPECT_GT(p.at(k).get<double>(), 0) << k;
+    EXPECT_TRUE(std::isfinite(p.at(k).get<double>())) << k;
+  }
+  EXPECT_LE(p.at("bound_fraction_q25").get<double>(), p.at("bound_fraction_q75").get<double>());
+  EXPECT_LE(p.at("read_gbps_worst").get<double>(), p.at("read_gbps_best").get<double>());
+  ASSERT_TRUE(m2.contains("batched_paired"));
+  EXPECT_EQ(m2.at("batched_paired").at("steps").get<int>(), 3);
+  EXPECT_GT(m2.at("batched_paired").at("vs_single").get<double>(), 0);
+  EXPECT_GT(m2.at("batched_paired").at("bound_fraction").get<double>(), 0);
   fs::remove_all(dir);
 }
 

@@ -178,6 +178,11 @@ void setup(CLI::App& app) {
   auto* bench = app.get_subcommand("bench");
   auto a = std::make_shared<Args>();
   auto* c = bench->add_subcommand("model", "Prefill and decode tokens/s of a model vs its memory-bandwidth bound");
+  c->footer(
+      "The bound is the bytes a decode step reads over the read bandwidth measured in the run (about a second of read "
+      "passes before the prefill and after the decode). The decode then runs as many steps again, each between two "
+      "read passes (\"paired\" in --json): each step against the bandwidth of the moments around it, its weights "
+      "read from memory; on a shared host whose bandwidth drifts, that median is the figure to quote.");
   c->add_option("--model,-m", a->o.dir, "model directory (config.json + safetensors; `genesis synth` makes one) or GGUF file")
       ->required();
   c->add_option("--prompt-tokens", a->o.prompt_tokens, "prefill length (default 64)")->check(CLI::PositiveNumber);
@@ -195,7 +200,7 @@ void setup(CLI::App& app) {
   c->add_flag("--no-kb", a->no_kb, "baseline kernels only");
   a->hybrid.add(c);
   a->kv.add(c);
-  c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now");
+  c->add_flag("--cached-bandwidth", a->o.cached_bandwidth, "use the cached read bandwidth instead of measuring now (and skip the decode steps paired with read passes)");
   c->add_flag("--quiet,-q", a->quiet, "no progress bar");
   c->add_option("--json", a->json_file, "also write the record as JSON to FILE");
   c->callback([a] { run(*a); });

@@ -124,6 +124,10 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
   for (;;) {
     seen = wait_while_equal(generation_, seen, spin_ns_.load(std::memory_order_relaxed));
     if (stop_.load(std::memory_order_relaxed)) return;
+    if (seen & 1u) {  // a task region: join it if it is still open (the caller does not wait for this worker)
+      join_tasks();
+      continue;
+    }
     try {
       fn_(ctx_, tid, size_);
     } catch (...) {
@@ -143,20 +147,11 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
     return;
   }
   std::lock_guard<std::mutex> lock(run_mutex_);
-  if (caller_cpu_ >= 0 && tls_pinned_by != this) {
-    if (!caller_pinned_ &&
-        pthread_getaffinity_np(pthread_self(), sizeof(caller_mask_), &caller_mask_) == 0) {
-      caller_pinned_ = true;
-      pinned_caller_ = pthread_self();
-    }
-    pin_current_thread(caller_cpu_);
-    tls_pinned_by = this;
-  }
+  pin_caller();
   fn_ = fn;
   ctx_ = ctx;
   pending_.store(size_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);  // publishes fn_, ctx_, pending_
-  generation_.notify_all();                             // no system call while the workers are still spinning
+  publish(false);  // publishes fn_, ctx_, pending_
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;
@@ -178,6 +173,78 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
     slots_[t].error = nullptr;
   }
   if (first) std::rethrow_exception(first);
+}
+
+void ThreadPool::pin_caller() {
+  if (caller_cpu_ >= 0 && tls_pinned_by != this) {
+    if (!caller_pinned_ &&
+        pthread_getaffinity_np(pthread_self(), sizeof(caller_mask_), &caller_mask_) == 0) {
+      caller_pinned_ = true;
+      pinned_caller_ = pthread_self();
+    }
+    pin_current_thread(caller_cpu_);
+    tls_pinned_by = this;
+  }
+}
+
+uint32_t ThreadPool::publish(bool tasks) {
+  const uint32_t g = generation_.load(std::memory_order_relaxed);  // written only here (under run_mutex_) and at exit
+  const uint32_t next = (((g >> 1) + 1) << 1) | (tasks ? 1u : 0u);
+  generation_.store(next, std::memory_order_release);
+  generation_.notify_all();  // no system call while the workers are still spinning
+  return next;
+}
+
+bool ThreadPool::tls_running_pool_is(const ThreadPool* p) { return tls_running_pool == p; }
+
+void ThreadPool::claim_tasks() {
+  const ThreadPool* outer = tls_running_pool;
+  tls_running_pool = this;  // a nested parallel_for / run from inside a task runs serially
+  for (int64_t t = task_next_.fetch_add(1, std::memory_order_relaxed); t < task_count_;
+       t = task_next_.fetch_add(1, std::memory_order_relaxed)) {
+    try {
+      task_fn_(task_ctx_, t);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(task_error_mutex_);
+      if (!task_error_) task_error_ = std::current_exception();
+    }
+    if (task_done_.fetch_add(1, std::memory_order_acq_rel) + 1 == task_count_) task_done_.notify_one();
+  }
+  tls_running_pool = outer;
+}
+
+void ThreadPool::join_tasks() {
+  // Counted first, then the check: the caller closes the region before it waits for task_active_ to reach 0, so a
+  // worker that saw it open reads its fields while they are still the region's (seq_cst on both sides).
+  task_active_.fetch_add(1, std::memory_order_seq_cst);
+  if (task_open_.load(std::memory_order_seq_cst)) claim_tasks();
+  if (task_active_.fetch_sub(1, std::memory_order_acq_rel) == 1) task_active_.notify_one();
+}
+
+void ThreadPool::run_tasks_raw(int64_t tasks, void (*fn)(void*, int64_t), void* ctx) {
+  std::lock_guard<std::mutex> lock(run_mutex_);
+  pin_caller();
+  task_fn_ = fn;
+  task_ctx_ = ctx;
+  task_count_ = tasks;
+  task_error_ = nullptr;
+  task_next_.store(0, std::memory_order_relaxed);
+  task_done_.store(0, std::memory_order_relaxed);
+  task_open_.store(true, std::memory_order_seq_cst);  // publishes the fields to workers that join
+  publish(true);
+  claim_tasks();
+  const long spin = spin_ns_.load(std::memory_order_relaxed);
+  const long w0 = now_ns();
+  for (int64_t d = task_done_.load(std::memory_order_acquire); d != tasks;) d = wait_while_equal(task_done_, d, spin);
+  task_open_.store(false, std::memory_order_seq_cst);
+  for (int a = task_active_.load(std::memory_order_seq_cst); a != 0;) a = wait_while_equal(task_active_, a, spin);
+  wait_ns_ += now_ns() - w0;
+  ++runs_;
+  if (task_error_) {
+    std::exception_ptr e = task_error_;
+    task_error_ = nullptr;
+    std::rethrow_exception(e);
+  }
 }
 
 double ThreadPool::measure_overhead_us(int reps) {

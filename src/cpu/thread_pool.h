@@ -55,20 +55,23 @@ class ThreadPool {
 
   // fn(task) for every task in [0, tasks), each claimed by whichever thread is free next (one shared atomic counter),
   // so tasks of uneven cost balance themselves. One region; serial when the pool has one thread or tasks <= 1.
+  // The region ends when every task is done, not when every worker has checked in: a worker that is not running
+  // (its cpu taken by another process, or asleep) when the region starts does not hold it up; it joins while tasks
+  // remain, or skips the region. (run() must wait for every tid; a 16-vCPU host showed 15-100 us products taking
+  // 0.5-1.5 ms when one pinned worker lost its cpu for a while.) The first exception thrown by fn is rethrown here.
   template <class F>
   void parallel_for(int64_t tasks, F&& fn) {
     if (tasks <= 0) return;
-    if (size_ == 1 || tasks == 1) {
+    if (size_ == 1 || tasks == 1 || tls_running_pool_is(this)) {
       for (int64_t t = 0; t < tasks; ++t) fn(t);
       return;
     }
-    alignas(64) std::atomic<int64_t> next{0};
-    run([&](int, int) {
-      for (int64_t t = next.fetch_add(1, std::memory_order_relaxed); t < tasks;
-           t = next.fetch_add(1, std::memory_order_relaxed))
-        fn(t);
-    });
+    using Fn = std::remove_reference_t<F>;
+    run_tasks_raw(tasks, [](void* c, int64_t t) { (*static_cast<Fn*>(c))(t); },
+                  const_cast<void*>(static_cast<const void*>(&fn)));
   }
+  void run_tasks_raw(int64_t tasks, void (*fn)(void*, int64_t), void* ctx);
+  static bool tls_running_pool_is(const ThreadPool* p);
 
   // Since the pool was made: nanoseconds the caller spent waiting at the end of runs for the other threads (the
   // barrier on the critical path: imbalance, wake-up latency), and the number of parallel runs.
@@ -85,6 +88,10 @@ class ThreadPool {
 
   void worker_loop(int tid, int cpu, uint32_t start_generation);
   void run_serial(void (*fn)(void*, int, int), void* ctx);
+  void join_tasks();    // a worker's part of the open task region, if one is open
+  void claim_tasks();   // run tasks until none is left to claim
+  uint32_t publish(bool tasks);  // bumps generation_ (its low bit: a task region) and wakes the workers
+  void pin_caller();             // the calling thread to caller_cpu_ (once per thread), as run() does
 
   int size_ = 1;
   bool pin_ = true;
@@ -104,6 +111,18 @@ class ThreadPool {
   alignas(64) std::atomic<uint32_t> generation_{0};
   std::atomic<bool> stop_{false};
   alignas(64) std::atomic<int> pending_{0};  // workers still running the current job
+
+  // The task region (parallel_for): published before task_open_ is set; a worker reads them only after it counted
+  // itself in task_active_ and then saw task_open_ (the caller closes the region, then waits for task_active_ == 0).
+  void (*task_fn_)(void*, int64_t) = nullptr;
+  void* task_ctx_ = nullptr;
+  int64_t task_count_ = 0;
+  std::exception_ptr task_error_;  // the first task's exception (under task_error_mutex_)
+  std::mutex task_error_mutex_;
+  alignas(64) std::atomic<int64_t> task_next_{0};
+  alignas(64) std::atomic<int64_t> task_done_{0};
+  alignas(64) std::atomic<int> task_active_{0};
+  std::atomic<bool> task_open_{false};
 };
 
 // Process-wide pool of `threads` threads (0 = one per allowed cpu). One pool per distinct count, created on first

@@ -6,6 +6,8 @@
 #include <sched.h>
 
 #include <atomic>
+#include <chrono>
+#include <vector>
 #include <cmath>
 #include <iostream>
 #include <stdexcept>
@@ -145,6 +147,62 @@ TEST(ThreadPool, OverheadIsFinite) {
   EXPECT_TRUE(std::isfinite(us));
   EXPECT_GT(us, 0.0);
   std::cout << "empty run(), 2 threads: median " << us << " us\n";
+}
+
+// parallel_for's regions end when their tasks are done, with or without every worker: a worker that comes late
+// joins the open region or skips a closed one, and never runs a task twice or a run() region out of turn. Task
+// regions of 1..40 tasks (some sleeping, so that workers fall asleep and come late) alternate with run() regions.
+TEST(ThreadPool, TaskRegionsRunEachTaskOnceAmongRunRegions) {
+  for (int threads : {2, 3, 5}) {
+    ThreadPool pool(threads);
+    std::vector<std::atomic<int>> hits(40);
+    std::vector<std::atomic<int>> tids(static_cast<size_t>(threads));
+    for (int region = 0; region < 600; ++region) {
+      const int tasks = 1 + (region * 7) % 40;
+      for (auto& h : hits) h.store(0);
+      pool.parallel_for(tasks, [&](int64_t t) {
+        if ((region + t) % 97 == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        hits[size_t(t)].fetch_add(1);
+      });
+      for (int t = 0; t < 40; ++t) ASSERT_EQ(hits[size_t(t)].load(), t < tasks ? 1 : 0) << region << " " << t;
+      if (region % 3 == 0) {
+        for (auto& c : tids) c.store(0);
+        pool.run([&](int tid, int) { tids[size_t(tid)].fetch_add(1); });
+        for (int t = 0; t < threads; ++t) ASSERT_EQ(tids[size_t(t)].load(), 1) << region;
+      }
+      if (region % 50 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));  // workers go to sleep
+    }
+  }
+}
+
+// One thread held inside a task while the other does every other task alone: the region completes (the tasks are
+// claimed, not assigned per thread).
+TEST(ThreadPool, TaskRegionEndsWhenItsTasksAreDone) {
+  ThreadPool pool(2);
+  std::atomic<int> done{0};
+  constexpr int kTasks = 64;
+  pool.parallel_for(kTasks, [&](int64_t t) {
+    if (t == 0) {  // whoever takes task 0 waits for the 63 others, which the other thread does alone
+      while (done.load() < kTasks - 1) std::this_thread::yield();
+    }
+    done.fetch_add(1);
+  });
+  EXPECT_EQ(done.load(), kTasks);
+}
+
+TEST(ThreadPool, ExceptionFromATaskPropagatesAndThePoolGoesOn) {
+  ThreadPool pool(3);
+  std::atomic<int> ran{0};
+  EXPECT_THROW(pool.parallel_for(30,
+                                 [&](int64_t t) {
+                                   ran.fetch_add(1);
+                                   if (t == 17) throw std::runtime_error("task 17");
+                                 }),
+               std::runtime_error);
+  EXPECT_EQ(ran.load(), 30);  // the other tasks still ran
+  std::atomic<int> again{0};
+  pool.parallel_for(8, [&](int64_t) { again.fetch_add(1); });
+  EXPECT_EQ(again.load(), 8);
 }
 
 TEST(DefaultPool, SameCountSamePool) {

@@ -145,46 +145,62 @@ size_t bandwidth_buffer_bytes() {
   return bytes;
 }
 
+struct ReadProbe::Impl {
+  Impl(size_t bytes, ThreadPool& p)
+      : pool(p),
+        slice(std::max(bytes / size_t(std::max(p.size(), 1)) / kChunk, size_t{1}) * kChunk),
+        total(slice * size_t(std::max(p.size(), 1))),
+        reps(std::max<size_t>(1, (64 * kMiB) / total)),  // small buffers: read several times, for the clock
+        buf(total),
+        read(pick_read_fn()) {}
+  ThreadPool& pool;
+  size_t slice, total, reps;
+  Buffer buf;
+  ReadFn read;
+};
+
+ReadProbe::ReadProbe(size_t bytes, ThreadPool& pool) : impl_(std::make_unique<Impl>(bytes, pool)) {
+  Impl& m = *impl_;
+  m.pool.run([&](int tid, int) {  // first touch by the reader (its NUMA node), non-zero bytes (no shared zero page)
+    char* p = m.buf.data() + size_t(tid) * m.slice;
+    for (size_t i = 0; i < m.slice; i += 64) p[i] = static_cast<char>(i >> 6 | 1);
+  });
+  (void)pass_seconds();  // warm-up: page tables, frequency
+}
+
+ReadProbe::~ReadProbe() = default;
+
+size_t ReadProbe::bytes() const { return impl_->total; }
+
+size_t ReadProbe::bytes_per_pass() const { return impl_->total * impl_->reps; }
+
+double ReadProbe::pass_seconds() {
+  Impl& m = *impl_;
+  const double t0 = now_seconds();
+  m.pool.run([&](int tid, int) {
+    const char* p = m.buf.data() + size_t(tid) * m.slice;
+    uint64_t r = 0;
+    for (size_t k = 0; k < m.reps; ++k) r ^= m.read(p, m.slice);
+    g_sink.fetch_xor(r, std::memory_order_relaxed);
+  });
+  return std::max(now_seconds() - t0, 1e-12);
+}
+
+double ReadProbe::pass() { return double(bytes_per_pass()) / pass_seconds() / 1e9; }
+
 namespace {
 
-// Runs `timed(pass)` after the set-up every measurement shares: the buffer, first touch by its reader, one warm-up
-// pass. `timed` gets a function that runs one pass and returns its seconds.
+// Runs `timed(pass)` after the set-up every measurement shares: its own pinned pool and a probe (the buffer, first
+// touch by its reader, one warm-up pass). `timed` gets a function that runs one pass and returns its seconds.
 template <typename Timed>
 void with_read_passes(size_t bytes, int threads, Timed&& timed, size_t* total_bytes) {
-  threads = std::max(threads, 1);
-  // Every thread's slice is a whole number of chunks; round the buffer down (but keep one chunk per thread).
-  size_t slice = std::max(bytes / threads / kChunk, size_t{1}) * kChunk;
-  size_t total = slice * threads;
-  Buffer buf(total);
-  ReadFn read = pick_read_fn();
-  // Small buffers are read several times per pass, so one pass lasts long enough for the clock.
-  int reps = static_cast<int>(std::max<size_t>(1, (64 * kMiB) / total));
-  *total_bytes = total * static_cast<size_t>(reps);
-
   std::lock_guard<std::mutex> lock(measure_mutex());
   AffinityGuard guard;
-  std::vector<int> cpus = allowed_cpus();
-  pin_current_thread(cpus[0]);
-  ThreadPool pool(threads, /*pin=*/true);
-
-  // First touch by the thread that will read the slice (its NUMA node), with non-zero bytes so no page stays the
-  // shared zero page.
-  pool.run([&](int tid, int) {
-    char* p = buf.data() + tid * slice;
-    for (size_t i = 0; i < slice; i += 64) p[i] = static_cast<char>(i >> 6 | 1);
-  });
-  auto pass = [&](int tid, int) {
-    const char* p = buf.data() + tid * slice;
-    uint64_t r = 0;
-    for (int k = 0; k < reps; ++k) r ^= read(p, slice);
-    g_sink.fetch_xor(r, std::memory_order_relaxed);
-  };
-  pool.run(pass);  // warm-up: page tables, frequency
-  timed([&] {
-    double t0 = now_seconds();
-    pool.run(pass);
-    return now_seconds() - t0;
-  });
+  pin_current_thread(allowed_cpus()[0]);
+  ThreadPool pool(std::max(threads, 1), /*pin=*/true);
+  ReadProbe probe(bytes, pool);
+  *total_bytes = probe.bytes_per_pass();
+  timed([&] { return probe.pass_seconds(); });
 }
 
 }  // namespace
@@ -230,41 +246,6 @@ ReadSample measure_read_sample(size_t bytes, int threads, double seconds, int mi
   const size_t n = sorted.size();
   r.median_gbps = n % 2 ? sorted[n / 2] : 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]);
   return r;
-}
-
-struct ReadProbe::Impl {
-  Impl(size_t bytes, ThreadPool& p)
-      : pool(p),
-        slice(std::max(bytes / size_t(std::max(p.size(), 1)) / kChunk, size_t{1}) * kChunk),
-        total(slice * size_t(std::max(p.size(), 1))),
-        buf(total),
-        read(pick_read_fn()) {}
-  ThreadPool& pool;
-  size_t slice, total;
-  Buffer buf;
-  ReadFn read;
-};
-
-ReadProbe::ReadProbe(size_t bytes, ThreadPool& pool) : impl_(std::make_unique<Impl>(bytes, pool)) {
-  Impl& m = *impl_;
-  m.pool.run([&](int tid, int) {  // first touch by the reader, non-zero bytes (no shared zero page)
-    char* p = m.buf.data() + size_t(tid) * m.slice;
-    for (size_t i = 0; i < m.slice; i += 64) p[i] = static_cast<char>(i >> 6 | 1);
-  });
-  (void)pass();  // warm-up: page tables
-}
-
-ReadProbe::~ReadProbe() = default;
-
-size_t ReadProbe::bytes() const { return impl_->total; }
-
-double ReadProbe::pass() {
-  Impl& m = *impl_;
-  const double t0 = now_seconds();
-  m.pool.run([&](int tid, int) {
-    g_sink.fetch_xor(m.read(m.buf.data() + size_t(tid) * m.slice, m.slice), std::memory_order_relaxed);
-  });
-  return double(m.total) / std::max(now_seconds() - t0, 1e-12) / 1e9;
 }
 
 std::string bandwidth_cache_path() {

@@ -41,8 +41,8 @@ class ThreadPool;
 
 // Read passes a benchmark interleaves with its own timed work, on its own pool's threads, so that each timed part can
 // be set against the bandwidth of the moments around it (a shared host's bandwidth moves by tens of percent within a
-// run). The buffer is allocated and first touched by the pool's threads once; pass() reads it once with every thread
-// of the pool and returns GB/s.
+// run). The buffer is allocated and first touched by the pool's threads once; pass() reads it with every thread of
+// the pool and returns GB/s. measure_read_gbps and measure_read_sample use it on a pool of their own.
 class ReadProbe {
  public:
   ReadProbe(size_t bytes, ThreadPool& pool);
@@ -50,7 +50,9 @@ class ReadProbe {
   ReadProbe(const ReadProbe&) = delete;
   ReadProbe& operator=(const ReadProbe&) = delete;
   double pass();
-  size_t bytes() const;
+  double pass_seconds();          // one pass, its seconds
+  size_t bytes() const;           // the buffer
+  size_t bytes_per_pass() const;  // what one pass reads: small buffers are read several times, for the clock
 
  private:
   struct Impl;

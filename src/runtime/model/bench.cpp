@@ -185,25 +185,24 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   const double decode_s = now_seconds() - t0;
   const Profile decode_prof = s.profile() - after_prefill;
-  nlohmann::json paired_json;
-  if (probe) {  // the bytes are known below; time the steps now and set them against the bound after
-    paired_json = paired_steps(*probe, opt.decode_tokens, 1.0, [&] {
-      const int32_t next[1] = {tok(rng)};
-      s.forward(next, logits.data());
-    });
-  }
-  if (!opt.cached_bandwidth) {
-    bw_after = measure();
-    std::vector<double> all = bw_before.pass_gbps;
-    all.insert(all.end(), bw_after.pass_gbps.begin(), bw_after.pass_gbps.end());
-    bw = median(all);
-  }
   // Hybrid mode: the bound is the CPU's, the routed experts' bytes per token (the GPU's part is far faster), for the
   // share of the pairs the CPU ran (the rest ran on experts resident on the GPU: --gpu-experts).
   const double gpu_pairs = decode_prof.expert_pairs > 0
                                ? double(decode_prof.gpu_expert_pairs) / double(decode_prof.expert_pairs)
                                : 0.0;
   const double bytes = model->gpu() ? model->expert_bytes_per_token() * (1.0 - gpu_pairs) : model->bytes_per_token();
+  nlohmann::json paired_json;
+  if (probe && bytes > 0)
+    paired_json = paired_steps(*probe, opt.decode_tokens, bytes, [&] {
+      const int32_t next[1] = {tok(rng)};
+      s.forward(next, logits.data());
+    });
+  if (!opt.cached_bandwidth) {
+    bw_after = measure();
+    std::vector<double> all = bw_before.pass_gbps;
+    all.insert(all.end(), bw_after.pass_gbps.begin(), bw_after.pass_gbps.end());
+    bw = median(all);
+  }
   const double med_ms = median(step_ms);
   const double decode_tps = 1e3 / med_ms;
   const double bound_tps = bytes > 0 ? bw * 1e9 / bytes : 0.0;  // 0: no CPU bound (every expert on the GPU)
@@ -256,11 +255,7 @@ nlohmann::json run_model_bench(const ModelBenchOptions& opt) {
   }
   j["bound_tps"] = bound_tps;
   j["bound_fraction"] = bound_tps > 0 ? decode_tps / bound_tps : 0.0;
-  if (probe && bytes > 0) {  // paired_steps ran with 1 byte per step: scale its fractions by the real bytes
-    for (const char* k : {"bound_fraction", "bound_fraction_q25", "bound_fraction_q75"})
-      paired_json[k] = paired_json[k].get<double>() * bytes;
-    j["paired"] = paired_json;
-  }
+  if (!paired_json.empty()) j["paired"] = paired_json;
   j["achieved_gbps"] = bytes * decode_tps / 1e9;
   if (opt.streams > 1) batched_decode(opt, *model, context, pool, probe.get(), bw, decode_tps, j);
   return j;

@@ -187,12 +187,11 @@ void ThreadPool::pin_caller() {
   }
 }
 
-uint32_t ThreadPool::publish(bool tasks) {
+void ThreadPool::publish(bool tasks) {
   const uint32_t g = generation_.load(std::memory_order_relaxed);  // written only here (under run_mutex_) and at exit
   const uint32_t next = (((g >> 1) + 1) << 1) | (tasks ? 1u : 0u);
   generation_.store(next, std::memory_order_release);
   generation_.notify_all();  // no system call while the workers are still spinning
-  return next;
 }
 
 bool ThreadPool::tls_running_pool_is(const ThreadPool* p) { return tls_running_pool == p; }

@@ -90,7 +90,7 @@ class ThreadPool {
   void run_serial(void (*fn)(void*, int, int), void* ctx);
   void join_tasks();    // a worker's part of the open task region, if one is open
   void claim_tasks();   // run tasks until none is left to claim
-  uint32_t publish(bool tasks);  // bumps generation_ (its low bit: a task region) and wakes the workers
+  void publish(bool tasks);      // bumps generation_ (its low bit: a task region) and wakes the workers
   void pin_caller();             // the calling thread to caller_cpu_ (once per thread), as run() does
 
   int size_ = 1;

@@ -40,6 +40,8 @@ constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
 constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
 constexpr int kW2Reg = jit::kGprBase + 12;    // r12: row 1 of a pair (two-row kernels)
 constexpr int kRowReg = jit::kGprBase + 13;   // r13: w_row (two-row kernels)
+constexpr int kPfReg = jit::kGprBase + 14;    // r14: the next pair's row 0 at the record being decoded (two-row kernels)
+constexpr int kPf2Reg = jit::kGprBase + 15;   // r15: the next pair's row 1
 
 using namespace kconst;
 
@@ -375,13 +377,13 @@ class Builder {
     std::vector<Instr> o;
     const Genome& g = c_.genome;
     const int64_t rec = layout::record_bytes(f_);
-    if (g.pf_for(T_) > 0) {
+    if (g.pf_for(T_) > 0) {  // pfm 0: no prefetch here either
       const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
                     : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
                     : g.pf_kind == PrefetchKind::nta ? Op::prefetch_nta
                                                      : Op::prefetch_t0;
-      for (int base : {kWReg, kW2Reg})
-        for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, mem(base, g.pf_for(T_) + b, kW)));
+      for (int base : {kPfReg, kPf2Reg})
+        for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, mem(base, g.pf_pair + b, kW)));
     }
     const bool q6 = f_ == Format::q6_k;
     if (q6) {
@@ -419,11 +421,21 @@ class Builder {
     return o;
   }
 
+  // From row 0 (r8): row 1 (r12), and the next pair's rows 0 and 1 (r14, r15) that the prefetches read ahead in.
+  static void next_pair(std::vector<Instr>& o) {
+    int prev = kWReg;
+    for (int r : {kW2Reg, kPfReg, kPf2Reg}) {
+      o.push_back(jit::make_gpr(Op::mov_reg, r, prev, 0));
+      o.push_back(jit::make_gpr(Op::add_reg, r, kRowReg, 0));
+      prev = r;
+    }
+  }
+
   // rows in pairs: r8 = row 0, r12 = r8 + w_row = row 1; the 2T lanes of the pair at out (row 0's T, then row 1's)
   jit::Program program_pair() const {
     jit::Program p;
     p.name = c_.id;
-    p.saved_gprs = {kW2Reg, kRowReg};
+    p.saved_gprs = {kW2Reg, kRowReg, kPfReg, kPf2Reg};
     auto& o = p.code;
     const int64_t rec = layout::record_bytes(f_);
     const int nf = 2 * T_;
@@ -436,8 +448,7 @@ class Builder {
     o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
     o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
     o.push_back(jit::make_gpr(Op::mov_load, kRowReg, -1, 0, arg(offsetof(KernelArgs, w_row))));
-    o.push_back(jit::make_gpr(Op::mov_reg, kW2Reg, kWReg, 0));
-    o.push_back(jit::make_gpr(Op::add_reg, kW2Reg, kRowReg, 0));
+    next_pair(o);
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
@@ -451,14 +462,15 @@ class Builder {
     p.hot_end = o.size();
     o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
     o.push_back(jit::make_gpr(Op::add_imm, kW2Reg, -1, rec));
+    o.push_back(jit::make_gpr(Op::add_imm, kPfReg, -1, rec));
+    o.push_back(jit::make_gpr(Op::add_imm, kPf2Reg, -1, rec));
     o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
     o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
     for (int j = 0; j < nf; ++j) o.push_back(jit::make_store(c_.f[size_t(j)], mem(kOutReg, 64 * j, kOut)));
     o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(nf) * 64));
     o.push_back(jit::make_gpr(Op::add_reg, kWReg, kSkipReg, 0));  // past row 1: w_skip, then a whole row
     o.push_back(jit::make_gpr(Op::add_reg, kWReg, kRowReg, 0));
-    o.push_back(jit::make_gpr(Op::mov_reg, kW2Reg, kWReg, 0));
-    o.push_back(jit::make_gpr(Op::add_reg, kW2Reg, kRowReg, 0));
+    next_pair(o);
     o.push_back(loop_marker(Op::loop_end, kRowCnt, 0));
     return p;
   }

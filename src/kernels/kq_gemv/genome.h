@@ -30,6 +30,11 @@ struct Genome {
   // 14336x4096 / 2048x7168, t0 -> t2: Q4_K 59/57 -> 84/84%, Q5_K 61/54 -> 83/79%, Q6_K 64/55 -> 86/86%, Q4_0 64/63
   // -> 87/85%, Q4_1 65/54 -> 84/76%, Q8_0 95/90 -> 96/94%; one thread alike; hot and the 4-row passes unchanged.
   PrefetchKind pf_kind = PrefetchKind::t2;
+  // The two-row kernels (several activation rows, Q4_K / Q6_K): they prefetch the next pair's two rows at the record
+  // being decoded plus pfp bytes, not pfm bytes ahead in memory. Their walk is row pair by row pair over a column
+  // chunk, so the next pair's same records are what they read next; a linear distance lands in the pair's own second
+  // row (a row is 2-8 KB) and left half the rows unprefetched.
+  int pf_pair = 0;
   int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
   int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
   int x_budget_kb = 24;                  // activation records of one column chunk: 1..1024 KB
@@ -46,11 +51,11 @@ struct Genome {
   static Genome baseline() { return Genome{}; }
   int pf_for(int tokens) const { return tokens > 1 ? pf_multi : pf_dist; }  // the prefetch distance of a pass
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  // "pf=4096 pfm=4096 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
+  // "pf=4096 pfm=4096 pfp=0 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
   std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
   uint64_t hash() const;                 // FNV-1a of serialize(): the knowledge base's dedupe key
-  // The genes that shape the generated code ("pf4096m4096t2a64", + "o<hash>" with an order): the kernel id and cache
+  // The genes that shape the generated code ("pf4096m4096p0t2a64", + "o<hash>" with an order): the kernel id and cache
   // key.
   std::string code_key() const;
   friend bool operator==(const Genome&, const Genome&) = default;

@@ -543,6 +543,10 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   EXPECT_THROW(Genome::parse("speed=11"), Error);
   EXPECT_THROW(Genome::parse("pf"), Error);
   EXPECT_THROW(Genome::parse("pfm=65"), Error);
+  EXPECT_THROW(Genome::parse("pfp=65"), Error);
+  EXPECT_THROW(Genome::parse("pfp=65600"), Error);
+  EXPECT_EQ(Genome::parse("pf=1024 pfm=8192").pf_pair, b.pf_pair);  // text without pfp (older knowledge bases)
+  EXPECT_NE(Genome::parse("pfp=512").code_key(), b.code_key());
   // pf for one-row passes, pfm for passes of more; text without pfm keeps its baseline (older knowledge bases).
   Genome m = Genome::parse("pf=1024 pfm=8192");
   EXPECT_EQ(m.pf_for(1), 1024);
@@ -550,8 +554,9 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   EXPECT_EQ(Genome::parse("pf=1024").pf_multi, b.pf_multi);
   EXPECT_NE(m.code_key(), Genome::parse("pf=1024").code_key());
   g.pf_multi = 512;
+  g.pf_pair = 1024;
   // Another schedule computes the same products: rows in chunks of 7, one unit per column chunk, no prefetch in
-  // one-row passes, 512 bytes ahead in passes of more.
+  // one-row passes, 512 bytes ahead in passes of more, the next row pair 1024 bytes ahead in the two-row kernels.
   for (Format f : kFormats) {
     const int64_t rows = 23, cols = is_k_quant(f) ? 768 : 224;
     const auto stored = random_stored(f, rows, cols, 31);

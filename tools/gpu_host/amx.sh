@@ -82,6 +82,7 @@ if [ -n "${NEXT:-}" ]; then
   step n_g 120 $G $B --json $RES/n_g.json
   [ -n "${BASE:-}" ] && [ -x $GB ] && step n_base 120 $GB $B --json $RES/n_base.json
   for e in ${NEXT_AB:-${AB:-GENESIS_AMX=0}}; do
+    [ "$e" = none ] && continue
     n=$(echo "${e#--}" | tr -c 'A-Za-z0-9\n' _)
     if [ "${e#--}" != "$e" ]; then step n_$n 120 $G $B ${e/=/ } --json $RES/n_$n.json
     else step n_$n 120 env $e $G $B --json $RES/n_$n.json; fi

@@ -97,6 +97,13 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
     const long us = std::strtol(env, &end, 10);
     if (end && *end == '\0' && us >= 0 && us <= 1000000) spin_ns_ = us * 1000;
   }
+  // GENESIS_POOL_GUIDED: the share of a task region's remaining tasks one claim takes is 1 / (this x threads);
+  // 0 claims one task at a time.
+  if (const char* env = std::getenv("GENESIS_POOL_GUIDED"); env && *env) {
+    char* end = nullptr;
+    const long g = std::strtol(env, &end, 10);
+    if (end && *end == '\0' && g >= 0 && g <= 1024) guided_ = int(g);
+  }
   caller_cpu_ = pin && size_ > 1 && size_ <= static_cast<int>(cpus.size()) ? cpus[0] : -1;
   slots_ = std::make_unique<Slot[]>(size_);
   workers_.reserve(size_ - 1);
@@ -199,15 +206,25 @@ bool ThreadPool::tls_running_pool_is(const ThreadPool* p) { return tls_running_p
 void ThreadPool::claim_tasks() {
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;  // a nested parallel_for / run from inside a task runs serially
-  for (int64_t t = task_next_.fetch_add(1, std::memory_order_relaxed); t < task_count_;
-       t = task_next_.fetch_add(1, std::memory_order_relaxed)) {
-    try {
-      task_fn_(task_ctx_, t);
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(task_error_mutex_);
-      if (!task_error_) task_error_ = std::current_exception();
+  const int64_t share = int64_t(guided_) * size_;
+  for (;;) {
+    // Guided claims: a run of tasks, a share of those left (at least one), so that early claims are long runs of
+    // neighbouring tasks (one thread walks a matrix's row blocks in a row and its prefetch runs on from one into the
+    // next) and the last ones single tasks that even out the end.
+    const int64_t c = share > 0 ? std::max<int64_t>(1, (task_count_ - task_next_.load(std::memory_order_relaxed)) / share)
+                                : 1;
+    const int64_t t0 = task_next_.fetch_add(c, std::memory_order_relaxed);
+    if (t0 >= task_count_) break;
+    const int64_t t1 = std::min(t0 + c, task_count_);
+    for (int64_t t = t0; t < t1; ++t) {
+      try {
+        task_fn_(task_ctx_, t);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(task_error_mutex_);
+        if (!task_error_) task_error_ = std::current_exception();
+      }
     }
-    if (task_done_.fetch_add(1, std::memory_order_acq_rel) + 1 == task_count_) task_done_.notify_one();
+    if (task_done_.fetch_add(t1 - t0, std::memory_order_acq_rel) + (t1 - t0) == task_count_) task_done_.notify_one();
   }
   tls_running_pool = outer;
 }

@@ -59,6 +59,10 @@ class ThreadPool {
   // (its cpu taken by another process, or asleep) when the region starts does not hold it up; it joins while tasks
   // remain, or skips the region. (run() must wait for every tid; a 16-vCPU host showed 15-100 us products taking
   // 0.5-1.5 ms when one pinned worker lost its cpu for a while.) The first exception thrown by fn is rethrown here.
+  // Claims are guided: one takes a run of consecutive tasks, 1 / (4 x threads) of those left (at least one), so that a
+  // thread walks neighbouring row blocks in a row (its prefetch runs on into the next; one claim per run) and the last
+  // claims even out the end; GENESIS_POOL_GUIDED=k takes 1 / (k x threads), 0 one task per claim. A thread runs its
+  // run in index order, so a task may wait for tasks of lower index (they are done or running), never of higher.
   template <class F>
   void parallel_for(int64_t tasks, F&& fn) {
     if (tasks <= 0) return;
@@ -94,6 +98,7 @@ class ThreadPool {
   void pin_caller();             // the calling thread to caller_cpu_ (once per thread), as run() does
 
   int size_ = 1;
+  int guided_ = 4;  // a claim takes 1 / (guided_ x size_) of the tasks left (0: one task)
   bool pin_ = true;
   int caller_cpu_ = -1;  // where callers of run() are pinned (-1: not pinned)
   bool caller_pinned_ = false;

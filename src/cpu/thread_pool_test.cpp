@@ -175,19 +175,41 @@ TEST(ThreadPool, TaskRegionsRunEachTaskOnceAmongRunRegions) {
   }
 }
 
-// One thread held inside a task while the other does every other task alone: the region completes (the tasks are
-// claimed, not assigned per thread).
+// A task may wait for tasks of lower index (the MoE region's down tasks wait for their unit's gate+up): claims run in
+// index order, so the tasks waited on are done or running. Here the last task waits for all 63 others, and whoever
+// claims it early holds it while the other thread does the rest: the region completes.
 TEST(ThreadPool, TaskRegionEndsWhenItsTasksAreDone) {
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    std::atomic<int> done{0};
+    constexpr int kTasks = 64;
+    pool.parallel_for(kTasks, [&](int64_t t) {
+      if (t == kTasks - 1)
+        while (done.load() < kTasks - 1) std::this_thread::yield();
+      done.fetch_add(1);
+    });
+    EXPECT_EQ(done.load(), kTasks);
+  }
+}
+
+// Claims are guided: early ones take runs of neighbouring tasks (a share of those left), the last ones single tasks.
+// 4096 tasks on 2 threads: some thread runs a run of at least 64 consecutive tasks, and each task runs once.
+TEST(ThreadPool, EarlyClaimsTakeRunsOfNeighbouringTasks) {
   ThreadPool pool(2);
-  std::atomic<int> done{0};
-  constexpr int kTasks = 64;
+  constexpr int kTasks = 4096;
+  std::vector<std::atomic<int>> hits(kTasks);
+  std::vector<std::thread::id> owner(kTasks);
   pool.parallel_for(kTasks, [&](int64_t t) {
-    if (t == 0) {  // whoever takes task 0 waits for the 63 others, which the other thread does alone
-      while (done.load() < kTasks - 1) std::this_thread::yield();
-    }
-    done.fetch_add(1);
+    hits[size_t(t)].fetch_add(1);
+    owner[size_t(t)] = std::this_thread::get_id();
   });
-  EXPECT_EQ(done.load(), kTasks);
+  int longest = 1, run = 1;
+  for (int t = 0; t < kTasks; ++t) {
+    ASSERT_EQ(hits[size_t(t)].load(), 1) << t;
+    if (t > 0) run = owner[size_t(t)] == owner[size_t(t - 1)] ? run + 1 : 1;
+    longest = std::max(longest, run);
+  }
+  EXPECT_GE(longest, 64);
 }
 
 TEST(ThreadPool, ExceptionFromATaskPropagatesAndThePoolGoesOn) {

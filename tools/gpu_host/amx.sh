@@ -12,6 +12,7 @@
 #                GEMV_FORMATS, GEMV_THREADS ("16 8"), GEMV_GENOME (a kq_gemv genome, A/B against the baseline)
 #   GPU=1        also `bench model --gpu` on the 30B file after the CPU runs (the hybrid mode, all experts on the CPU),
 #                and the GPU tests (scripts/gpu_tests.sh) first
+#   STREAMS=8    the 30B runs also batch that many streams (bench model --streams: the batched step and its bound)
 #   BASE=1       also the baseline binary (pack.sh's BASE_BIN, genesis_base) right after each Genesis run
 #   GPU_AB="VAR=value ..."  with GPU=1: also `bench model --gpu` with each setting (GENESIS_CUDA_DENSE_BLOCKS=0)
 #   GPU_FIRST=1  with GPU=1: the --gpu runs before the CPU-only ones (when the call may not reach the end)
@@ -61,7 +62,7 @@ gpu_30b() {  # the hybrid mode on the 30B file (GPU=1)
   for d in ${DEFER:-}; do step g_gpu_d$d 90 $G bench model -m $M --prompt-tokens 512 -n 32 -t 16 -q --gpu --gpu-defer $d --json $RES/g_gpu_d$d.json; done; }
 [ -z "${NEXT:-}" ] && [ -n "${GPU:-}" ] && [ -n "${GPU_FIRST:-}" ] && { [ -z "$SY" ] || wait $SY; SY=; gpu_30b; }
 [ -z "${NEXT:-}" ] && { [ -z "$SY" ] || wait $SY; true; } && for t in ${THREADS:-16}; do
-  B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q"
+  B="bench model -m $M --prompt-tokens 512 -n 32 -t $t -q ${STREAMS:+--streams $STREAMS}"
   step g_t$t 90 $G $B --json $RES/g_t$t.json
   grep -h "^dense" $RES/g_t$t.out | cut -c1-200
   [ -n "${BASE:-}" ] && [ -x $GB ] && step b_t$t 90 $GB $B --json $RES/b_t$t.json

@@ -38,20 +38,23 @@ int64_t share(int64_t rows, int nt, int64_t granule, int64_t floor = 16) {
   return ((rows + nt - 1) / nt + g - 1) / g * g;
 }
 
-// Few-row products are cut into this many tasks per thread (GENESIS_DENSE_TASKS, 1..64, default 4), of at least
+// Few-row products are cut into this many tasks per thread (GENESIS_DENSE_TASKS, 1..64, default 16), of at least
 // kMinTaskBytes of weights each: finer tasks shorten the wait for the last one at the region's end, coarser ones pay
-// fewer claims and kernel calls (SmolLM2's 576-column matrices are 5 KB per 16 rows).
+// fewer claims and kernel calls (SmolLM2's 576-column matrices are 5 KB per 16 rows). The pool's guided claims take
+// the first tasks in runs (a quarter of a thread's share, as 4 tasks per thread did before) and the last ones singly:
+// the 16-core host's 30B decode barrier went 2.04 -> 1.41 ms/token with one stream and 8.9 -> 3.6 ms per 8-stream step
+// against 4 (one call, stop 31); on 2 cores 4 and 16 measured alike.
 constexpr size_t kMinTaskBytes = 32 << 10;
 int tasks_per_thread() {
   static const int t = [] {
     const char* e = std::getenv("GENESIS_DENSE_TASKS");
-    return e ? std::clamp(std::atoi(e), 1, 64) : 4;
+    return e ? std::clamp(std::atoi(e), 1, 64) : 16;
   }();
   return t;
 }
 
-// One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a quarter of a thread's
-// share, claimed dynamically, so a thread slowed by memory contention or a late wake-up does not hold the others at
+// One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a sixteenth of a thread's
+// share, claimed dynamically (in guided runs), so a thread slowed by memory contention or a late wake-up does not hold the others at
 // the region's end. Many rows (prefill): one contiguous range per thread (each sgemm call packs x again).
 struct RowTask {
   int32_t job;

@@ -16,6 +16,15 @@ namespace {
 
 constexpr long kSpinNs = 50'000;  // tens of microseconds: covers the gap between layers of one decode step
 
+// The integer in environment variable `name` when it is set, a whole number and within [lo, hi]; else `fallback`.
+long env_long(const char* name, long lo, long hi, long fallback) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return fallback;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  return end && *end == '\0' && v >= lo && v <= hi ? v : fallback;
+}
+
 thread_local const ThreadPool* tls_running_pool = nullptr;
 thread_local const ThreadPool* tls_pinned_by = nullptr;  // the pool that pinned this (calling) thread
 
@@ -92,18 +101,10 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
   // for.
   spin_ns_ = size_ <= static_cast<int>(cpus.size()) ? kSpinNs : 0;
   // GENESIS_SPIN_US overrides it (0: sleep at once), for machines whose wake-ups are slow.
-  if (const char* env = std::getenv("GENESIS_SPIN_US"); env && *env) {
-    char* end = nullptr;
-    const long us = std::strtol(env, &end, 10);
-    if (end && *end == '\0' && us >= 0 && us <= 1000000) spin_ns_ = us * 1000;
-  }
+  spin_ns_ = env_long("GENESIS_SPIN_US", 0, 1000000, spin_ns_ / 1000) * 1000;
   // GENESIS_POOL_GUIDED: the share of a task region's remaining tasks one claim takes is 1 / (this x threads);
   // 0 claims one task at a time.
-  if (const char* env = std::getenv("GENESIS_POOL_GUIDED"); env && *env) {
-    char* end = nullptr;
-    const long g = std::strtol(env, &end, 10);
-    if (end && *end == '\0' && g >= 0 && g <= 1024) guided_ = int(g);
-  }
+  guided_ = int(env_long("GENESIS_POOL_GUIDED", 0, 1024, guided_));
   caller_cpu_ = pin && size_ > 1 && size_ <= static_cast<int>(cpus.size()) ? cpus[0] : -1;
   slots_ = std::make_unique<Slot[]>(size_);
   workers_.reserve(size_ - 1);
@@ -211,8 +212,8 @@ void ThreadPool::claim_tasks() {
     // Guided claims: a run of tasks, a share of those left (at least one), so that early claims are long runs of
     // neighbouring tasks (one thread walks a matrix's row blocks in a row and its prefetch runs on from one into the
     // next) and the last ones single tasks that even out the end.
-    const int64_t c = share > 0 ? std::max<int64_t>(1, (task_count_ - task_next_.load(std::memory_order_relaxed)) / share)
-                                : 1;
+    const int64_t left = task_count_ - task_next_.load(std::memory_order_relaxed);
+    const int64_t c = share > 0 ? std::max<int64_t>(1, left / share) : 1;
     const int64_t t0 = task_next_.fetch_add(c, std::memory_order_relaxed);
     if (t0 >= task_count_) break;
     const int64_t t1 = std::min(t0 + c, task_count_);

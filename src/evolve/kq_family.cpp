@@ -103,8 +103,9 @@ KqBodyFn kq_body_fn(kq::Format f, int tokens, kq::Path path) {
 }
 
 bool same_params(const KqGenome& a, const KqGenome& b) {
-  return a.pf_dist == b.pf_dist && a.pf_multi == b.pf_multi && a.pf_pair == b.pf_pair && a.pf_kind == b.pf_kind && a.loop_align == b.loop_align &&
-         a.row_chunk == b.row_chunk && a.x_budget_kb == b.x_budget_kb && a.rows_per_pass == b.rows_per_pass;
+  return a.pf_dist == b.pf_dist && a.pf_multi == b.pf_multi && a.pf_pair == b.pf_pair && a.pf_kind == b.pf_kind &&
+         a.loop_align == b.loop_align && a.row_chunk == b.row_chunk && a.x_budget_kb == b.x_budget_kb &&
+         a.rows_per_pass == b.rows_per_pass;
 }
 
 bool KqMutator::order_fits(const KqGenome& g) const {

@@ -40,7 +40,7 @@ constexpr int kSkipReg = jit::kGprBase + 10;  // r10: w_skip
 constexpr int kXStride = jit::kGprBase + 11;  // r11: x_stride
 constexpr int kW2Reg = jit::kGprBase + 12;    // r12: row 1 of a pair (two-row kernels)
 constexpr int kRowReg = jit::kGprBase + 13;   // r13: w_row (two-row kernels)
-constexpr int kPfReg = jit::kGprBase + 14;    // r14: the next pair's row 0 at the record being decoded (two-row kernels)
+constexpr int kPfReg = jit::kGprBase + 14;    // r14: the next pair's row 0 at the record being decoded (two-row)
 constexpr int kPf2Reg = jit::kGprBase + 15;   // r15: the next pair's row 1
 
 using namespace kconst;

@@ -51,7 +51,8 @@ struct Genome {
   static Genome baseline() { return Genome{}; }
   int pf_for(int tokens) const { return tokens > 1 ? pf_multi : pf_dist; }  // the prefetch distance of a pass
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  // "pf=4096 pfm=4096 pfp=0 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash" if any)
+  // "pf=4096 pfm=4096 pfp=0 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash"
+  // if any)
   std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text
   uint64_t hash() const;                 // FNV-1a of serialize(): the knowledge base's dedupe key

@@ -53,9 +53,10 @@ int tasks_per_thread() {
   return t;
 }
 
-// One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a sixteenth of a thread's
-// share, claimed dynamically (in guided runs), so a thread slowed by memory contention or a late wake-up does not hold the others at
-// the region's end. Many rows (prefill): one contiguous range per thread (each sgemm call packs x again).
+// One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a sixteenth of a
+// thread's share, claimed dynamically (in guided runs), so a thread slowed by memory contention or a late wake-up
+// does not hold the others at the region's end. Many rows (prefill): one contiguous range per thread (each sgemm
+// call packs x again).
 struct RowTask {
   int32_t job;
   int64_t r0, r1;

@@ -79,45 +79,46 @@ void Session::deltanet(int64_t li, int64_t n) {
       }
     }
   }
-  // Per sequence of the step: its conv window, the conv state's kernel - 1 rows then its rows' conv inputs, kept for
-  // the region below; the window's last kernel - 1 rows become its conv state.
-  fit(conv_win_, (int64_t(segs_.size()) * (K - 1) + n) * CD);
-  thread_local std::vector<int64_t> win_at;
-  win_at.resize(segs_.size());
-  for (size_t i = 0, off = 0; i < segs_.size(); ++i) {
-    const Segment& sg = segs_[i];
-    float* state = seqs_[size_t(sg.seq)].conv_layer(li);
-    float* win = &conv_win_[off];
-    std::memcpy(win, state, size_t((K - 1) * CD) * 4);
-    std::memcpy(win + (K - 1) * CD, &conv_in_[size_t(sg.row0 * CD)], size_t(sg.n * CD) * 4);
-    std::memcpy(state, win + sg.n * CD, size_t((K - 1) * CD) * 4);
-    win_at[i] = int64_t(off);
-    off += size_t((K - 1 + sg.n) * CD);
-  }
-
   // One task per (sequence, value head), each on its own state, in one region: the depthwise causal conv + SiLU of
   // the channels the head reads (its key head's q and k, recomputed by each of that key head's value heads, and its
   // own v), q and k L2-normalized (q also times 1/sqrt(key_head_dim)), the delta rule, then the gated RMSNorm of the
   // head's outputs: rmsnorm(o) * w * silu(z). (The conv had a region of its own: one wake-up and barrier more per
   // layer, and the normalization ran on the calling thread.)
+  // A sequence's conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the tasks read both in
+  // place. Its last kernel - 1 rows become the conv state, each channel shifted by a task that reads it, once no task
+  // reads it any more: a head's v channels by the head's task, a key head's q and k channels by the last of its value
+  // heads' tasks to finish (a counter per (sequence, key head)). Before, the caller copied every sequence's window
+  // and state (224 KB a layer on Qwen3-Next) between the projections and this region, on one thread.
+  const int64_t nseg = int64_t(segs_.size());
+  if (group_left_size_ < size_t(nseg * nk)) {
+    group_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(nseg * nk));
+    group_left_size_ = size_t(nseg * nk);
+  }
+  for (int64_t i = 0; i < nseg * nk; ++i) group_left_[size_t(i)].store(int32_t(r), std::memory_order_relaxed);
   const float qscale = float(1.0 / std::sqrt(double(dk)));
-  const std::vector<int64_t>* wa = &win_at;  // the caller's: inside the workers `win_at` names their own
-  parallel_for(int64_t(segs_.size()) * nv, [&](int64_t task) {
+  parallel_for(nseg * nv, [&](int64_t task) {
     const int64_t si = task / nv, h = task % nv, kh = h / r;
     const Segment& sg = segs_[size_t(si)];
-    const float* win = &conv_win_[size_t((*wa)[size_t(si)])];
+    float* state = seqs_[size_t(sg.seq)].conv_layer(li);
+    const float* in = &conv_in_[size_t(sg.row0 * CD)];
+    // Row i of the window: the conv state's rows, then the segment's conv inputs.
+    auto row = [&](int64_t i) { return i < K - 1 ? state + i * CD : in + (i - (K - 1)) * CD; };
     // Channels [c0, c0 + count) of the sequence's rows into out (row stride `stride`), SiLU-ed.
     auto conv = [&](int64_t c0, int64_t count, float* out, int64_t stride) {
       for (int64_t t = 0; t < sg.n; ++t) {
         float* o = out + t * stride;
-        for (int64_t c = 0; c < count; ++c) {
-          const float* w = &l.conv_w[size_t((c0 + c) * K)];
-          float acc = 0.0f;
-          for (int64_t j = 0; j < K; ++j) acc += w[j] * win[(t + j) * CD + c0 + c];
-          o[c] = acc;
+        for (int64_t c = 0; c < count; ++c) o[c] = 0.0f;
+        for (int64_t j = 0; j < K; ++j) {
+          const float* x = row(t + j) + c0;
+          for (int64_t c = 0; c < count; ++c) o[c] += l.conv_w[size_t((c0 + c) * K + j)] * x[c];
         }
         silu(o, count);
       }
+    };
+    // The window's last kernel - 1 rows of channels [c0, c0 + count) into the conv state, in ascending rows: a row
+    // taken from the state comes from a later row, not yet overwritten.
+    auto shift = [&](int64_t c0, int64_t count) {
+      for (int64_t i = 0; i < K - 1; ++i) std::memmove(state + i * CD + c0, row(i + sg.n) + c0, size_t(count) * 4);
     };
     thread_local std::vector<float> qk;
     qk.resize(size_t(2 * sg.n * dk));
@@ -126,6 +127,12 @@ void Session::deltanet(int64_t li, int64_t n) {
     conv(kh * dk, dk, q, dk);
     conv(KD + kh * dk, dk, k, dk);
     conv(2 * KD + h * dv, dv, &conv_out_[size_t(sg.row0 * CD + 2 * KD + h * dv)], CD);
+    shift(2 * KD + h * dv, dv);
+    // acq_rel: the group's other tasks have read these channels before their decrement.
+    if (group_left_[size_t(si * nk + kh)].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      shift(kh * dk, dk);
+      shift(KD + kh * dk, dk);
+    }
     for (int64_t t = 0; t < sg.n; ++t) {
       l2_normalize(q + t * dk, q + t * dk, dk, qscale);
       l2_normalize(k + t * dk, k + t * dk, dk, 1.0f);

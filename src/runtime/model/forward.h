@@ -218,7 +218,7 @@ class Session {
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
   std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
   // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
-  std::vector<float> qkvz_, ba_, conv_in_, conv_win_, conv_out_, z_, beta_, decay_, core_;
+  std::vector<float> qkvz_, ba_, conv_in_, conv_out_, z_, beta_, decay_, core_;
   bool chunked_delta_ = true;
   std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;
@@ -260,6 +260,8 @@ class Session {
   size_t unit_left_size_ = 0;
   std::unique_ptr<std::atomic<int32_t>[]> span_left_;    // [decode rows x KV heads] attention spans not yet done
   size_t span_left_size_ = 0;
+  std::unique_ptr<std::atomic<int32_t>[]> group_left_;   // [segments x key heads] Gated DeltaNet value heads not yet done
+  size_t group_left_size_ = 0;
 
   Profile prof_;
   ProfileClock clock_;

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -82,29 +81,21 @@ GENESIS_AVX512_TILE void tile_step(const Wt* w, int64_t cols, const float* x, in
   }
 }
 
-// pf > 0: each 64-byte step of a row also prefetches (into L2) the same columns pf rows further on: the row tiles
-// that follow in the task, which a 4-row tile's four short streams left to the hardware prefetcher alone.
 template <class Wt, int R, int T>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void tile(const Wt* w, int64_t cols, const float* x, float* y,
-                                                                int64_t ldy, const float* bias, int64_t pf) {
+                                                                int64_t ldy, const float* bias) {
   __m512 acc[R][T];
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) acc[i][j] = _mm512_setzero_ps();
   int64_t c = 0;
-  constexpr int64_t kLine = 64 / int64_t(sizeof(Wt));  // elements per cache line
-  for (; c + 16 <= cols; c += 16) {
-    if (pf > 0 && c % kLine == 0)
-      for (int i = 0; i < R; ++i)
-        _mm_prefetch(reinterpret_cast<const char*>(w + (i + pf) * cols + c), _MM_HINT_T2);
-    tile_step<Wt, R, T>(w, cols, x, c, __mmask16(0xFFFF), acc);
-  }
+  for (; c + 16 <= cols; c += 16) tile_step<Wt, R, T>(w, cols, x, c, __mmask16(0xFFFF), acc);
   if (c < cols) tile_step<Wt, R, T>(w, cols, x, c, __mmask16((1u << (cols - c)) - 1), acc);
   for (int i = 0; i < R; ++i)
     for (int j = 0; j < T; ++j) y[j * ldy + i] = _mm512_reduce_add_ps(acc[i][j]) + (bias ? bias[i] : 0.0f);
 }
 
 template <class Wt>
-using TileFn = void (*)(const Wt*, int64_t, const float*, float*, int64_t, const float*, int64_t);
+using TileFn = void (*)(const Wt*, int64_t, const float*, float*, int64_t, const float*);
 template <class Wt, int R>
 constexpr std::array<TileFn<Wt>, 4> tiles_of_rows() {
   return {tile<Wt, R, 1>, tile<Wt, R, 2>, tile<Wt, R, 3>, tile<Wt, R, 4>};
@@ -117,21 +108,13 @@ template <class Wt>
 __attribute__((target("avx512f"))) void rows_avx512(const Wt* w, int64_t rows, int64_t cols, const float* x, float* y,
                                                     int64_t n, int64_t r0, int64_t r1) {
   constexpr int64_t kTokenBlock = 64;  // x rows reused by every row tile while they sit in L2
-  // GENESIS_F32_PF=rows: the prefetch distance of the decode tiles in rows (0: none, the default; a tile's rows
-  // beyond r1 are the next task's, which guided claims mostly give to the same thread).
-  static const int64_t pf = [] {
-    const char* e = std::getenv("GENESIS_F32_PF");
-    return e ? std::clamp<int64_t>(std::atoll(e), 0, 64) : int64_t(0);
-  }();
-  const int64_t pf_rows = n <= 4 ? pf : 0;  // one pass of tiles over the rows: their bytes are the step's
   for (int64_t t0 = 0; t0 < n; t0 += kTokenBlock) {
     const int64_t t1 = std::min(n, t0 + kTokenBlock);
     for (int64_t r = r0; r < r1; r += 4) {
       const int64_t R = std::min<int64_t>(4, r1 - r);
       for (int64_t t = t0; t < t1; t += 4) {
         const int64_t T = std::min<int64_t>(4, t1 - t);
-        kTiles<Wt>[size_t(R - 1)][size_t(T - 1)](w + r * cols, cols, x + t * cols, y + t * rows + r, rows, nullptr,
-                                                 r + R + pf_rows <= rows ? pf_rows : 0);
+        kTiles<Wt>[size_t(R - 1)][size_t(T - 1)](w + r * cols, cols, x + t * cols, y + t * rows + r, rows, nullptr);
       }
     }
   }

@@ -47,12 +47,12 @@ void Session::deltanet(int64_t li, int64_t n) {
     if (v.size() < size_t(size)) v.resize(size_t(size));
   };
   const bool split = !l.in_qkv.empty();
-  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_in_, n * CD), fit(conv_out_, n * CD);
-  fit(z_, n * VD), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
+  fit(qkvz_, split ? 0 : n * QKVZ), fit(ba_, n * 2 * nv), fit(conv_in_, split ? n * CD : 0), fit(conv_out_, n * CD);
+  fit(z_, split ? n * VD : 0), fit(beta_, n * nv), fit(decay_, n * nv), fit(core_, n * VD);
 
-  // The conv inputs of every row: all key heads' q, then k, then all value heads' v, as the conv channels are
-  // ordered. z, beta and the decay per value head. A split projection (in_qkv, in_z) writes the conv inputs and z
-  // directly; the fused one is regrouped from its per-key-head order.
+  // A split projection (in_qkv, in_z) writes the conv inputs in the conv channels' order (all key heads' q, then k,
+  // then all value heads' v) and z; the fused one (in_qkvz) per key head [q, k, its value heads' v, their z]. The
+  // tasks below read either in place.
   if (split) {
     const DenseJob proj[] = {{&l.in_qkv, conv_in_.data()}, {&l.in_z, z_.data()}, {&l.in_ba, ba_.data()}};
     dense_products(proj, xn_.data(), n, pool_);
@@ -61,24 +61,6 @@ void Session::deltanet(int64_t li, int64_t n) {
     dense_products(proj, xn_.data(), n, pool_);
   }
   clock_.lap(Op::dense);
-  for (int64_t t = 0; t < n; ++t) {
-    float* w = &conv_in_[size_t(t * CD)];
-    for (int64_t g = 0; g < nk; ++g) {
-      if (!split) {
-        const float* grp = qkvz_.data() + t * QKVZ + g * (2 * dk + 2 * r * dv);
-        std::memcpy(w + g * dk, grp, size_t(dk) * 4);
-        std::memcpy(w + KD + g * dk, grp + dk, size_t(dk) * 4);
-        std::memcpy(w + 2 * KD + g * r * dv, grp + 2 * dk, size_t(r * dv) * 4);
-        std::memcpy(&z_[size_t(t * VD + g * r * dv)], grp + 2 * dk + r * dv, size_t(r * dv) * 4);
-      }
-      const float* ba = &ba_[size_t(t * 2 * nv + g * 2 * r)];
-      for (int64_t j = 0; j < r; ++j) {
-        const int64_t h = g * r + j;
-        beta_[size_t(t * nv + h)] = sigmoid(ba[j]);
-        decay_[size_t(t * nv + h)] = l.a_neg[size_t(h)] * softplus(ba[r + j] + l.dt_bias[size_t(h)]);
-      }
-    }
-  }
   // One task per (sequence, value head), each on its own state, in one region: the depthwise causal conv + SiLU of
   // the channels the head reads (its key head's q and k, recomputed by each of that key head's value heads, and its
   // own v), q and k L2-normalized (q also times 1/sqrt(key_head_dim)), the delta rule, then the gated RMSNorm of the
@@ -87,8 +69,10 @@ void Session::deltanet(int64_t li, int64_t n) {
   // A sequence's conv window is its conv state's kernel - 1 rows, then its rows' conv inputs; the tasks read both in
   // place. Its last kernel - 1 rows become the conv state, each channel shifted by a task that reads it, once no task
   // reads it any more: a head's v channels by the head's task, a key head's q and k channels by the last of its value
-  // heads' tasks to finish (a counter per (sequence, key head)). Before, the caller copied every sequence's window
-  // and state (224 KB a layer on Qwen3-Next) between the projections and this region, on one thread.
+  // heads' tasks to finish (a counter per (sequence, key head)). Each task also computes its head's beta and decay.
+  // Before, the caller regrouped the fused projection into conv order (48 KB a row), copied every sequence's window
+  // and state (224 KB a layer on Qwen3-Next at one row) and computed beta and the decay, between the projections and
+  // this region, on one thread.
   const int64_t nseg = int64_t(segs_.size());
   if (group_left_size_ < size_t(nseg * nk)) {
     group_left_ = std::make_unique<std::atomic<int32_t>[]>(size_t(nseg * nk));
@@ -97,41 +81,62 @@ void Session::deltanet(int64_t li, int64_t n) {
   for (int64_t i = 0; i < nseg * nk; ++i) group_left_[size_t(i)].store(int32_t(r), std::memory_order_relaxed);
   const float qscale = float(1.0 / std::sqrt(double(dk)));
   parallel_for(nseg * nv, [&](int64_t task) {
-    const int64_t si = task / nv, h = task % nv, kh = h / r;
+    const int64_t si = task / nv, h = task % nv, kh = h / r, j = h % r;
     const Segment& sg = segs_[size_t(si)];
     float* state = seqs_[size_t(sg.seq)].conv_layer(li);
-    const float* in = &conv_in_[size_t(sg.row0 * CD)];
-    // Row i of the window: the conv state's rows, then the segment's conv inputs.
-    auto row = [&](int64_t i) { return i < K - 1 ? state + i * CD : in + (i - (K - 1)) * CD; };
-    // Channels [c0, c0 + count) of the sequence's rows into out (row stride `stride`), SiLU-ed.
-    auto conv = [&](int64_t c0, int64_t count, float* out, int64_t stride) {
+    // The segment's new conv inputs of the head's q, k and v channels and its z, and their row stride.
+    const float *qn, *kn, *vn, *zn;
+    int64_t ns;
+    if (split) {
+      const float* in = &conv_in_[size_t(sg.row0 * CD)];
+      qn = in + kh * dk, kn = in + KD + kh * dk, vn = in + 2 * KD + h * dv, ns = CD;
+      zn = &z_[size_t(sg.row0 * VD + h * dv)];
+    } else {
+      const float* grp = &qkvz_[size_t(sg.row0 * QKVZ + kh * (2 * dk + 2 * r * dv))];
+      qn = grp, kn = grp + dk, vn = grp + 2 * dk + j * dv, zn = grp + 2 * dk + (r + j) * dv, ns = QKVZ;
+    }
+    const int64_t zs = split ? VD : QKVZ;
+    // Row i of the window of conv channels [c0, c0 + count): the conv state's rows, then the segment's new inputs.
+    auto row = [&](int64_t c0, const float* src, int64_t i) {
+      return i < K - 1 ? state + i * CD + c0 : src + (i - (K - 1)) * ns;
+    };
+    // Those channels of the sequence's rows into out (row stride `stride`), SiLU-ed.
+    auto conv = [&](int64_t c0, const float* src, int64_t count, float* out, int64_t stride) {
       for (int64_t t = 0; t < sg.n; ++t) {
         float* o = out + t * stride;
         for (int64_t c = 0; c < count; ++c) o[c] = 0.0f;
-        for (int64_t j = 0; j < K; ++j) {
-          const float* x = row(t + j) + c0;
-          for (int64_t c = 0; c < count; ++c) o[c] += l.conv_w[size_t((c0 + c) * K + j)] * x[c];
+        for (int64_t i = 0; i < K; ++i) {
+          const float* x = row(c0, src, t + i);
+          for (int64_t c = 0; c < count; ++c) o[c] += l.conv_w[size_t((c0 + c) * K + i)] * x[c];
         }
         silu(o, count);
       }
     };
-    // The window's last kernel - 1 rows of channels [c0, c0 + count) into the conv state, in ascending rows: a row
-    // taken from the state comes from a later row, not yet overwritten.
-    auto shift = [&](int64_t c0, int64_t count) {
-      for (int64_t i = 0; i < K - 1; ++i) std::memmove(state + i * CD + c0, row(i + sg.n) + c0, size_t(count) * 4);
+    // The window's last kernel - 1 rows of those channels into the conv state, in ascending rows: a row taken from
+    // the state comes from a later row, not yet overwritten.
+    auto shift = [&](int64_t c0, const float* src, int64_t count) {
+      for (int64_t i = 0; i < K - 1; ++i)
+        std::memmove(state + i * CD + c0, row(c0, src, i + sg.n), size_t(count) * 4);
     };
     thread_local std::vector<float> qk;
     qk.resize(size_t(2 * sg.n * dk));
     float* q = qk.data();
     float* k = q + sg.n * dk;
-    conv(kh * dk, dk, q, dk);
-    conv(KD + kh * dk, dk, k, dk);
-    conv(2 * KD + h * dv, dv, &conv_out_[size_t(sg.row0 * CD + 2 * KD + h * dv)], CD);
-    shift(2 * KD + h * dv, dv);
+    conv(kh * dk, qn, dk, q, dk);
+    conv(KD + kh * dk, kn, dk, k, dk);
+    conv(2 * KD + h * dv, vn, dv, &conv_out_[size_t(sg.row0 * CD + 2 * KD + h * dv)], CD);
+    shift(2 * KD + h * dv, vn, dv);
     // acq_rel: the group's other tasks have read these channels before their decrement.
     if (group_left_[size_t(si * nk + kh)].fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      shift(kh * dk, dk);
-      shift(KD + kh * dk, dk);
+      shift(kh * dk, qn, dk);
+      shift(KD + kh * dk, kn, dk);
+    }
+    // beta = sigmoid(b) and the log decay g = -exp(A_log) softplus(a + dt_bias) of the head's rows ([b, a] of a key
+    // head's value heads in in_proj_ba).
+    for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
+      const float* ba = &ba_[size_t(t * 2 * nv + kh * 2 * r)];
+      beta_[size_t(t * nv + h)] = sigmoid(ba[j]);
+      decay_[size_t(t * nv + h)] = l.a_neg[size_t(h)] * softplus(ba[r + j] + l.dt_bias[size_t(h)]);
     }
     for (int64_t t = 0; t < sg.n; ++t) {
       l2_normalize(q + t * dk, q + t * dk, dk, qscale);
@@ -143,7 +148,7 @@ void Session::deltanet(int64_t li, int64_t n) {
     for (int64_t t = sg.row0; t < sg.row0 + sg.n; ++t) {
       float* o = &core_[size_t(t * VD + h * dv)];
       rms_norm(o, l.gated_norm.data(), o, dv, c_.rms_norm_eps);
-      swiglu(&z_[size_t(t * VD + h * dv)], o, o, dv);
+      swiglu(zn + (t - sg.row0) * zs, o, o, dv);
     }
   });
   clock_.lap(Op::delta_rule);

@@ -90,17 +90,21 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
   }
   size_t bytes = 0;
   for (const DenseJob& j : jobs) bytes += j.d->op->bytes();
-  // Tasks in multiples of 4 rows (or of the matrix's granule): with multiples of 16 a 128-row fp32 router (1 MiB)
-  // made 8 tasks of 128 KiB for 16 threads.
+  // Tasks of about equal bytes, in multiples of 4 rows (or of the matrix's granule): with multiples of 16 a 128-row
+  // fp32 router (1 MiB) made 8 tasks of 128 KiB for 16 threads. Equal bytes, not equal rows, where one region holds
+  // matrices of several formats: Qwen3-Next's fp32 router beside its shared expert's Q4_K gate and up had tasks of 96
+  // and 13.5 KB (12 rows each).
   constexpr int64_t kFewRowsFloor = 4;
   const int64_t g = std::max<int64_t>(kFewRowsFloor, granule);
-  const int64_t min_rows = (int64_t(kMinTaskBytes * size_t(total) / std::max<size_t>(bytes, 1)) + g - 1) / g * g;
-  const int64_t per = std::max(share(total, tasks_per_thread() * nt, granule, kFewRowsFloor), min_rows);
+  const size_t task_bytes = std::max(kMinTaskBytes, bytes / size_t(tasks_per_thread() * nt));
   thread_local std::vector<RowTask> tasks;
   tasks.clear();
-  for (size_t i = 0; i < jobs.size(); ++i)
-    for (int64_t r = 0; r < jobs[i].d->rows; r += per)
-      tasks.push_back({int32_t(i), r, std::min(jobs[i].d->rows, r + per)});
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const int64_t rows = jobs[i].d->rows;
+    const size_t row_bytes = std::max<size_t>(1, jobs[i].d->op->bytes() / size_t(rows));
+    const int64_t per = std::max<int64_t>(g, (int64_t(task_bytes / row_bytes) + g - 1) / g * g);
+    for (int64_t r = 0; r < rows; r += per) tasks.push_back({int32_t(i), r, std::min(rows, r + per)});
+  }
   const std::vector<RowTask>* tp = &tasks;  // the caller's list: inside the workers `tasks` names their own
   pool->parallel_for(int64_t(tasks.size()), [&](int64_t k) {
     const RowTask& t = (*tp)[size_t(k)];

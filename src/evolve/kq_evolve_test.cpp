@@ -60,7 +60,7 @@ TEST(KqMutants, ReordersAreBitExactAndParamMovesCorrect) {
       };
       KqGenome parent = KqGenome::baseline();
       auto parent_y = y_of(parent);
-      int reorders = 0, params = 0;
+      int reorders = 0, params = 0, ordered = 0;
       const Op ops[] = {Op::swap_near, Op::swap_far, Op::move_block, Op::param};
       for (int i = 0; i < 80; ++i) {
         const Op op = ops[i % std::size(ops)];
@@ -82,11 +82,12 @@ TEST(KqMutants, ReordersAreBitExactAndParamMovesCorrect) {
         }
         parent = *child;
         parent_y = std::move(y);
+        ordered += !parent.order.empty();
       }
       EXPECT_GT(reorders, 15);  // with 3 rows, passes of 2 + 1 rows take no order
       EXPECT_GT(params, 10);
-      if (tokens == 1) {
-        EXPECT_FALSE(parent.order.empty());
+      if (tokens == 1) {  // the walk went through ordered genomes (a param move may drop the order again)
+        EXPECT_GT(ordered, 10);
       }
       // The family offers no hints and no same-class replacements.
       std::string why;

@@ -108,6 +108,7 @@ class Assembler : public Xbyak::CodeGenerator {
         vbroadcasti64x4(Xbyak::Zmm(in.dst), yword[g(in.mem.base) + in.mem.disp]);
         break;
       case Op::vsx_b2w: vpmovsxbw(v(in.dst, w), m(in.mem, w / 2)); break;
+      case Op::vsx_b2d: vpmovsxbd(v(in.dst, w), m(in.mem, w / 4)); break;
       case Op::vpandd:
         if (vex_ok(in))
           with_src2(in, w, [&](const Xbyak::Operand& s) { vpand(v(in.dst, w), v(in.src1, w), s); });

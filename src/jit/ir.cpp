@@ -44,6 +44,7 @@ const char* op_name(Op op) {
     case Op::vbcast_q: return "vpbroadcastq";
     case Op::vbcast_64x4: return "vbroadcasti64x4";
     case Op::vsx_b2w: return "vpmovsxbw";
+    case Op::vsx_b2d: return "vpmovsxbd";
     case Op::vpandd: return "vpandd";
     case Op::vpxord: return "vpxord";
     case Op::vpsrld_imm: return "vpsrld";
@@ -98,7 +99,8 @@ bool Instr::is_hint() const {
 
 bool Instr::is_load() const {
   return op == Op::vload || op == Op::vzx_b2d || op == Op::vzx_b2w || op == Op::vbcast_d || op == Op::vbcast_w ||
-         op == Op::vbcast_q || op == Op::vbcast_64x4 || op == Op::vsx_b2w;
+         op == Op::vbcast_q || op == Op::vbcast_64x4 || op == Op::vsx_b2w ||
+         op == Op::vsx_b2d;
 }
 
 int Instr::cls() const {
@@ -123,7 +125,8 @@ std::string Instr::text() const {
     case Op::vbcast_w:
     case Op::vbcast_q:
     case Op::vbcast_64x4:
-    case Op::vsx_b2w: return fmt::format("{} {}, {}", n, reg_text(dst, width), mem_text(mem));
+    case Op::vsx_b2w:
+    case Op::vsx_b2d: return fmt::format("{} {}, {}", n, reg_text(dst, width), mem_text(mem));
     case Op::vcvtph2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width / 2));
     case Op::vpternlogd:
       return fmt::format("{} {}, {}, {}, {:#x}", n, reg_text(dst, width), reg_text(src1, width),
@@ -194,6 +197,7 @@ Instr finalize(Instr in) {
     case Op::vbcast_q:
     case Op::vbcast_64x4:
     case Op::vsx_b2w:
+    case Op::vsx_b2d:
     case Op::mov_load:
       i.reads = base;
       i.writes = bit(i.dst);

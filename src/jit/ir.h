@@ -28,6 +28,7 @@ enum class Op : uint8_t {
   vbcast_q,     // vpbroadcastq v, [m]       (8 bytes to every qword)
   vbcast_64x4,  // vbroadcasti64x4 zmm, [m]  (32 bytes to both halves)
   vsx_b2w,      // vpmovsxbw v, [m]          (width/2 bytes -> words, sign-extended)
+  vsx_b2d,      // vpmovsxbd v, [m]          (width/4 bytes -> dwords, sign-extended)
   // vector ALU (dst, src1, src2|mem)
   vpandd,
   vpxord,       // with dst==src1==src2: zeroing idiom (reads nothing)

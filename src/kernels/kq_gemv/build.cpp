@@ -5,11 +5,11 @@
 //   4-bit codes: vpandd / vpsrlw+vpandd on 64 stored bytes give two vectors of 64 codes;
 //   Q5_K / Q6_K high bits: the 32 stored bytes broadcast to both halves, one vpsrlvw (per-half shift) and one
 //   vpternlogd (code |= bits & mask) per vector;
-//   K-quant sub-block scales: vpbroadcastq of 8 scale bytes and one vpshufb per vector give int16 scales
-//   (Q6_K: placed in the high byte, then vpsraw 8 sign-extends).
-// Products: K-quants vpmaddubsw (u8 codes x s8 activations -> int16 pairs) then vpdpwssd with the scales (int32),
-//   the mins' / Q6_K's -32 term from the activations' block sums by one vpmaddwd; legacy formats vpdpbusd from the
-//   offset correction. Then one conversion and fp32 scale products per unit and activation row.
+//   K-quant sub-block scales: one fp32 scale per dword lane (every code vector's lane l is one sub-block): Q4_K /
+//   Q5_K vpbroadcastq of the 8 scale bytes and a vpshufb, Q6_K vpmovsxbd of its 16; converted, times d.
+// Products: vpdpbusd (u8 codes x s8 activations) per dword lane, K-quants from zero (Q6_K from the activation
+//   record's -32 bsum_l), legacy formats from the offset correction; then one conversion and the fp32 scale products
+//   per unit and activation row (README.md "The generated code"). The AVX2 paths are in build_avx2.cpp.
 #include "kernels/kq_gemv/build.h"
 
 #include <fmt/format.h>
@@ -74,14 +74,6 @@ struct alignas(64) Constants {
     for (int w = 0; w < 16; ++w) {
       b[kIdx6L + 2 * w] = 0x80;
       b[kIdx6L + 2 * w + 1] = uint8_t(w / 2);
-    }
-    for (int l = 0; l < 16; ++l) {
-      put16(kIdxWW + 4 * l, int16_t(l));
-      put16(kIdxWW + 4 * l + 2, int16_t(l));
-      put16(kIdxW0 + 4 * l, int16_t(l));
-      put16(kIdxW0 + 4 * l + 2, int16_t(16));
-      put16(kOneLo + 4 * l, 1);
-      put16(kOneLo + 4 * l + 2, 0);
     }
     for (int l = 0; l < 16; ++l) {
       b[kIdxD + 4 * l] = uint8_t(l % 8);
@@ -167,24 +159,21 @@ class Builder {
     o.push_back(jit::make_alu(Op::vcvtph2ps, v, v, -1, 64));
   }
 
-  // Q6_K: D = d sc_l per dword lane l as fp32 (every code vector's lane l is sub-block l): the 16 scales
-  // sign-extended to words, word l to both words of dword l (vpermw), summed with [1, 0] (vpmaddwd), converted, times d
-  void scales_q6k(std::vector<Instr>& o, int D, int base, int W, int P, int I, int d) const {
-    o.push_back(jit::make_load(Op::vsx_b2w, W, mem(base, 192, kW)));
-    o.push_back(jit::make_load(Op::vload, I, cst(kIdxWW)));
-    o.push_back(jit::make_alu(Op::vpermw, P, I, W));
-    o.push_back(with_const(Op::vpmaddwd, D, P, kOneLo));
+  // Q6_K: D = d sc_l per dword lane l as fp32 (every code vector's lane l is sub-block l): the 16 signed scales
+  // sign-extended to dwords (vpmovsxbd: scale l lands in lane l), converted, times d. (Until stop 33: vpmovsxbw to
+  // words, a vpermw of each word to both words of its dword and a vpmaddwd by [1, 0], three more instructions a unit.)
+  void scales_q6k(std::vector<Instr>& o, int D, int base, int d) const {
+    o.push_back(jit::make_load(Op::vsx_b2d, D, mem(base, 192, kW)));
     o.push_back(jit::make_alu(Op::vcvtdq2ps, D, D, -1));
     o.push_back(jit::make_load(Op::vbcast_w, d, mem(base, 208, kW), 32));
     o.push_back(jit::make_alu(Op::vcvtph2ps, d, d, -1, 64));
     o.push_back(jit::make_alu(Op::vmulps, D, D, d));
   }
 
-  // Q6_K: S = -32 bsum_l per dword lane l (the activations' per-16 sums, natural order = lane order): word l and the
-  // record's zero word 16 to dword l (vpermw), times -32 (vpmaddwd)
-  void seed_q6k(std::vector<Instr>& o, int t, int S, int P) const {
-    o.push_back(jit::make_alu_mem(Op::vpermw, P, creg(kIdxW0), xm(t, layout::kXBs16)));
-    o.push_back(with_const(Op::vpmaddwd, S, P, kNeg32));
+  // Q6_K: S = -32 bsum_l per dword lane l, as the activation record holds it (kXSeed6): a load, no arithmetic. (Until
+  // stop 33 a vpermw of the per-16 sums to the lanes and a vpmaddwd by -32, two instructions per unit and row.)
+  void seed_q6k(std::vector<Instr>& o, int t, int S) const {
+    o.push_back(jit::make_load(Op::vload, S, xm(t, layout::kXSeed6)));
   }
 
   void decode_k(std::vector<Instr>& o) const {
@@ -192,17 +181,8 @@ class Builder {
     const auto& SC = c_.sc;
     const int co = layout::codes_offset(f_);
     if (f_ == Format::q6_k) {
-      for (int h = 0; h < 2; ++h) {
-        nibbles(o, C[size_t(2 * h)], C[size_t(2 * h + 1)], 64 * h);
-        const int H = tmp(0, 0), Hs = tmp(0, 1), t = tmp(0, 2);
-        o.push_back(jit::make_load(Op::vbcast_64x4, H, wm(128 + 32 * h)));
-        o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
-        o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
-        o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
-        o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
-        o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
-      }
-      scales_q6k(o, SC[0], kWReg, tmp(0, 0), tmp(0, 1), tmp(0, 2), c_.d);
+      high_bits_q6k(o, kWReg, C, tmp(0, 0), tmp(0, 1));
+      scales_q6k(o, SC[0], kWReg, c_.d);
       return;
     }
     nibbles(o, C[0], C[1], co);
@@ -220,6 +200,24 @@ class Builder {
     o.push_back(jit::make_load(Op::vzx_b2d, c_.mv, wm(12), 32));
     o.push_back(jit::make_alu(Op::vcvtdq2ps, c_.mv, c_.mv, -1));
     o.push_back(jit::make_alu(Op::vmulps, c_.mv, c_.mv, c_.dmin));
+  }
+
+  // Q6_K's four code vectors: the low nibbles of ql[64 h ..] give vectors 2 h (low) and 2 h + 1 (high); vector c's
+  // high bits are bits 2c, 2c + 1 of the record's qh (layout.cpp q6_qh_relayout), one 64-byte load for all four:
+  // code |= (qh << (4 - 2c)) & 0x30 by a word shift (none for c = 2) and vpternlogd. (Until stop 33 qh kept ggml's
+  // packing: two broadcasts of 32 bytes, a vpsllw and two vpsrlvw per 32 bytes, 10 instructions instead of 7.)
+  void high_bits_q6k(std::vector<Instr>& o, int base, const std::vector<int>& C, int H, int t) const {
+    nibbles(o, C[0], C[1], 0, base);
+    nibbles(o, C[2], C[3], 64, base);
+    o.push_back(jit::make_load(Op::vload, H, mem(base, 128, kW)));
+    for (int c = 0; c < 4; ++c) {
+      int src = H;
+      if (c != 2) {
+        o.push_back(jit::make_shift(c < 2 ? Op::vpsllw_imm : Op::vpsrlw_imm, t, H, c < 2 ? 4 - 2 * c : 2));
+        src = t;
+      }
+      o.push_back(ternlog_const(C[size_t(c)], src, kMask30));
+    }
   }
 
   // Q5_K's fifth bit into the four code vectors: the record's qh (32 bytes) in both halves, a per-half shift, and
@@ -242,7 +240,7 @@ class Builder {
     if (f_ == Format::q6_k) {  // as Q4_K below, lane l = sub-block l, S from -32 bsum_l, no mins
       for (int t = 0; t < T_; ++t) {
         const int S = tmp(t, 0);
-        seed_q6k(o, t, S, tmp(t, 1));
+        seed_q6k(o, t, S);
         for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
         o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
         o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
@@ -360,17 +358,8 @@ class Builder {
   }
 
   void decode_q6k_row(std::vector<Instr>& o, int base, const std::vector<int>& C, int D) const {
-    const int H = c_.temps[0], Hs = c_.temps[1], t = c_.xr;
-    for (int h = 0; h < 2; ++h) {
-      nibbles(o, C[size_t(2 * h)], C[size_t(2 * h + 1)], 64 * h, base);
-      o.push_back(jit::make_load(Op::vbcast_64x4, H, mem(base, 128 + 32 * h, kW)));
-      o.push_back(jit::make_shift(Op::vpsllw_imm, Hs, H, 4));
-      o.push_back(with_const(Op::vpsrlvw, t, Hs, kSh02));
-      o.push_back(ternlog_const(C[size_t(2 * h)], t, kMask30));
-      o.push_back(with_const(Op::vpsrlvw, t, H, kSh02));
-      o.push_back(ternlog_const(C[size_t(2 * h + 1)], t, kMask30));
-    }
-    scales_q6k(o, D, base, c_.temps[0], c_.temps[1], c_.xr, c_.temps[0]);
+    high_bits_q6k(o, base, C, c_.temps[0], c_.temps[1]);
+    scales_q6k(o, D, base, c_.temps[0]);
   }
 
   std::vector<Instr> hot_body_pair() const {
@@ -396,8 +385,8 @@ class Builder {
     const int S0 = c_.temps[0], S1 = c_.temps[1], X = c_.xr;
     for (int t = 0; t < T_; ++t) {
       if (q6) {  // both rows start from -32 bsum_l (activations only)
-        seed_q6k(o, t, S0, c_.temps[2]);
-        o.push_back(jit::make_alu(Op::vpor, S1, S0, S0));
+        seed_q6k(o, t, S0);
+        seed_q6k(o, t, S1);
       } else {
         o.push_back(jit::make_alu(Op::vpxord, S0, S0, S0));  // zeroing idioms
         o.push_back(jit::make_alu(Op::vpxord, S1, S1, S1));
@@ -557,7 +546,7 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   switch (fmt_) {
     case Format::q4_k: wanted.insert(wanted.end(), {kIdxD}); break;
     case Format::q5_k: wanted.insert(wanted.end(), {kIdxD, kMask10, kSh02, kSh13}); break;
-    case Format::q6_k: wanted = {kIdxW0, kNeg32, kMask30, kSh02, kMask0F}; break;  // kIdxW0: vpermw's index
+    case Format::q6_k: wanted = {kMask30, kMask0F}; break;
     default: break;
   }
   std::vector<int> const_regs;
@@ -566,8 +555,6 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
       const_regs.push_back(off);
       --left;
     }
-  if (fmt_ == Format::q6_k && (const_regs.empty() || const_regs[0] != kIdxW0))
-    fail("kq_gemv: no register for Q6_K's vpermw index with {} activation rows", tokens);
   c.sets = std::min(4, c.sets + left / c.set_size);
   for (int i = 0; i < c.set_size * c.sets; ++i) c.temps.push_back(next++);
   for (int off : const_regs) c.const_regs.emplace_back(off, next++);
@@ -614,14 +601,11 @@ Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {
     c.mv2 = next++;
   }
   c.xr = next++;
-  c.set_size = q6 ? 3 : 2;  // S0, S1 (+ Q6_K's vpermw result)
+  c.set_size = 2;  // S0, S1
   c.sets = 1;
   for (int i = 0; i < c.set_size; ++i) c.temps.push_back(next++);
-  // Q6_K's vpermw index must be a register (it is the instruction's index operand)
-  for (int off : q6 ? std::vector<int>{kIdxW0, kNeg32} : std::vector<int>{kMask0F, kIdxD})
+  for (int off : q6 ? std::vector<int>{kMask30, kMask0F} : std::vector<int>{kMask0F, kIdxD})
     if (next < 32) c.const_regs.emplace_back(off, next++);
-  if (q6 && (c.const_regs.empty() || c.const_regs[0].first != kIdxW0))
-    fail("kq_gemv: no register for Q6_K's vpermw index in a two-row kernel of {} activation rows", tokens);
   if (next > 32) fail("kq_gemv: {} vector registers for a two-row kernel of {} activation rows", next, tokens);
   c.id = fmt::format("kq_gemv_{}_t{}_r2_{}", format_name(fmt_), tokens, c.genome.code_key());
   return c;

@@ -36,10 +36,9 @@ inline constexpr int kMask30Y = 768, kMask10Y = 800, kOnes16 = 832, kSixteens16 
 // scale byte of its sub-block (AVX2's vpshufb of the broadcast scales, 32 bytes at a time)
 inline constexpr int kIdxD = 896, kIdxKL = 960;
 // Q6_K (its record layout: dword lane l of every code vector is sub-block l): AVX2's word -> scale byte (high byte,
-// then vpsraw 8) for 32 bytes of a code vector; vpermw indices that put word l in dword lane l's low word (kIdxWW: and
-// in its high word; kIdxW0: word 16, a zero of the activation record, in its high word); words [1, 0] per dword
-inline constexpr int kIdx6L = 1216, kIdxWW = 1280, kIdxW0 = 1344, kOneLo = 1408;
-inline constexpr int kConstBytes = 1472;
+// then vpsraw 8) for 32 bytes of a code vector
+inline constexpr int kIdx6L = 1216;
+inline constexpr int kConstBytes = 1280;
 }  // namespace kconst
 
 struct Conf {

@@ -179,17 +179,19 @@ class Builder2 {
     for (int t = 0; t < T_; ++t)
       o.push_back(jit::make_alu_mem(Op::vpmaddwd, c_.s[size_t(t)], lo(), xm(t, layout::kXBs16), kY));
     for (int h = 0; h < 2; ++h) {
-      o.push_back(jit::make_load(Op::vload, c_.qh, wm(128 + 32 * h), kY));
       for (int s = 0; s < 2; ++s) {
+        // qh bytes 32 s ..: bits 2c of byte i are the high bits of vector c's byte 32 s + i (layout.cpp
+        // q6_qh_relayout); here vectors 2 h (low nibbles) and 2 h + 1 (high)
+        o.push_back(jit::make_load(Op::vload, c_.qh, wm(128 + 32 * s), kY));
         // code bytes 32 s .. 32 s + 31 of each vector: dword lanes 8 s .. 8 s + 7, i.e. sub-blocks 8 s + w / 2 for
         // word w (the record's layout), in both the low and the high nibbles' vector
         o.push_back(jit::make_load(Op::vbcast_q, c_.sb, wm(192 + 8 * s), kY));
         // ql bytes 64h + 32s..: low nibbles = positions 128h + 32s + l (quarter s), high = quarter 2 + s;
-        // quarter q's high bits are bits 2q, 2q+1 of qh[l] -> bits 4, 5
+        // vector c's high bits are bits 2c, 2c+1 of qh -> bits 4, 5
         const int64_t xl = 128 * h + 32 * s, xh = xl + 64;
         nibbles(o, 64 * h + 32 * s);
-        high_bits(o, lo(), 4 - 2 * s, kMask30Y);
-        high_bits(o, hi(), -2 * s, kMask30Y);
+        high_bits(o, lo(), 4 - 2 * (2 * h), kMask30Y);
+        high_bits(o, hi(), 4 - 2 * (2 * h + 1), kMask30Y);
         o.push_back(jit::make_alu_mem(Op::vpshufb, scl, c_.sb, cst(kIdx6L), kY));
         o.push_back(jit::make_shift(Op::vpsraw_imm, scl, scl, 8, kY));
         k_products(o, lo(), scl, xl, false);

@@ -106,7 +106,7 @@ void decode_unit(Format f, const uint8_t* rec, int16_t* wq) {
         const int h = j / 128, l = j % 128, quarter = l / 32, i = l % 32;
         const uint8_t ql = rec[64 * h + (quarter % 2) * 32 + i];
         const int lo = quarter < 2 ? ql & 0xF : ql >> 4;
-        const int hi = (rec[128 + 32 * h + i] >> (2 * quarter)) & 3;
+        const int hi = (rec[128 + j % 64] >> (2 * (j / 64))) & 3;  // kernel vector j / 64 (q6_qh_relayout)
         wq[j] = int16_t((lo | (hi << 4)) * int(int8_t(rec[192 + element_of(Format::q6_k, j) / 16])));
       }
       return;

@@ -97,7 +97,7 @@ struct Activations {
   int64_t cols = 0, units = 0;
   std::vector<uint8_t> data;  // [unit][n][kTokenRecord]
 };
-inline constexpr int64_t kTokenRecord = 320;
+inline constexpr int64_t kTokenRecord = 384;
 void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out);
 // The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
 void dequantize_activations(const Activations& a, int t, double* out);

@@ -243,18 +243,38 @@ void q6_pack(const uint8_t* codes, uint8_t* blk) {
         std::memcpy(blk + 128 + 32 * h + 8 * g, &hi, 8);
       }
 }
+// Q6_K's high bits in the record: the kernels' code vector c (0..3) takes its byte j's two high bits from bits 2c,
+// 2c + 1 of qh[j] (j = 0..63), so that one 64-byte load and a shift by 4 - 2c serve every vector. ggml's packing (as
+// q6_pack leaves it) keeps vector c = 2 h + e, byte 32 s + i in bits 4 e + 2 s of qh[32 h + i]. `to_record` false:
+// the inverse.
+void q6_qh_relayout(const uint8_t* src, uint8_t* dst, bool to_record) {
+  uint8_t out[64] = {};
+  for (int c = 0; c < 4; ++c)
+    for (int j = 0; j < 64; ++j) {
+      const int g = 32 * (c / 2) + j % 32, gb = 4 * (c % 2) + 2 * (j / 32);  // ggml's byte and bit
+      if (to_record)
+        out[j] |= uint8_t(((src[g] >> gb) & 3) << (2 * c));
+      else
+        out[g] |= uint8_t(((src[j] >> (2 * c)) & 3) << gb);
+    }
+  std::memcpy(dst, out, 64);
+}
+
 // Q6_K's record: the codes packed as ggml packs a block, but position 64 k + 4 l + i holds element 16 l + 4 k + i
-// (layout::element_of: every code vector's dword lane l is sub-block l), a transpose of 4-element groups; scales and
-// d as stored. `to_record` false: the inverse.
+// (layout::element_of: every code vector's dword lane l is sub-block l), a transpose of 4-element groups, and qh in
+// the kernels' order (q6_qh_relayout); scales and d as stored. `to_record` false: the inverse.
 void q6_permute(const uint8_t* src, uint8_t* dst, bool to_record) {
-  alignas(64) uint8_t a[256], b[256];
-  q6_unpack(src, a);
+  alignas(64) uint8_t a[256], b[256], blk[192];
+  std::memcpy(blk, src, 192);
+  if (!to_record) q6_qh_relayout(src + 128, blk + 128, false);
+  q6_unpack(blk, a);
   for (int k = 0; k < 4; ++k)
     for (int l = 0; l < 16; ++l) {
       const int pos = 64 * k + 4 * l, elem = 16 * l + 4 * k;
       std::memcpy(b + (to_record ? pos : elem), a + (to_record ? elem : pos), 4);
     }
   q6_pack(b, dst);
+  if (to_record) q6_qh_relayout(dst + 128, dst + 128, true);
   std::memcpy(dst + 192, src + 192, 18);
 }
 
@@ -456,8 +476,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16,avx512vl"))) void widen_q6k_b
         for (int i0 = 0; i0 < 32; i0 += 16) {
           __m512i lo = bytes16(rec + 64 * h + 32 * (q % 2) + i0);
           lo = _mm512_and_si512(_mm512_srli_epi32(lo, unsigned(4 * (q / 2))), m4);
-          __m512i hi = bytes16(rec + 128 + 32 * h + i0);
-          hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hi, unsigned(2 * q)), m2), 4);
+          // kernel vector 2 h + q / 2, byte 32 (q % 2) + i (q6_qh_relayout)
+          __m512i hi = bytes16(rec + 128 + 32 * (q % 2) + i0);
+          hi = _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(hi, unsigned(2 * (2 * h + q / 2))), m2), 4);
           const __m512i code = _mm512_sub_epi32(_mm512_or_si512(lo, hi), c32);
           const int l0 = 8 * (q % 2) + i0 / 4, k = 2 * h + q / 2;
           float ds[4];
@@ -739,8 +760,13 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
     std::memset(rec + 256, 0, size_t(kTokenRecord - 256));
     if (f == Format::q6_k) {
       int16_t bs16[16];
-      for (int b = 0; b < 16; ++b) bs16[b] = int16_t(sums[b]);
+      int32_t seed[16];
+      for (int b = 0; b < 16; ++b) {
+        bs16[b] = int16_t(sums[b]);
+        seed[b] = -32 * sums[b];
+      }
       std::memcpy(rec + kXBs16, bs16, 32);
+      std::memcpy(rec + kXSeed6, seed, 64);
     } else {  // exact in fp32 (|sum| <= 32 * 127)
       float s32[8];
       for (int b = 0; b < 8; ++b) s32[b] = float(sums[2 * b] + sums[2 * b + 1]);

@@ -32,6 +32,7 @@ int codes_offset(Format f);
 inline constexpr int kXBs16 = 256;  // Q6_K: int16[16] per-16 sums (natural order)
 inline constexpr int kXSums32 = 256;  // Q4_K / Q5_K: float[8] per-32 sums, then zeros up to kXScale
 inline constexpr int kXScale = 304; // K: float scale
+inline constexpr int kXSeed6 = 320;  // Q6_K: int32[16], lane l = -32 * (per-16 sum l): the AVX-512 kernels' S seed
 inline constexpr int kXCorr = 128;  // legacy: int32[4] offset corrections -off * sum(q_b)
 inline constexpr int kXDx = 192;    // legacy: float[16], lane l = scale of block l % 4
 inline constexpr int kXSx = 256;    // legacy: float[16], lanes 0..3 = scale_b * sum(q_b) (Q4_1), others 0

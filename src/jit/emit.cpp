@@ -130,6 +130,12 @@ class Assembler : public Xbyak::CodeGenerator {
           with_src2(in, w, [&](const Xbyak::Operand& s) { vpord(v(in.dst, w), v(in.src1, w), s); });
         break;
       case Op::vpabsb: vpabsb(v(in.dst, w), v(in.src1, w)); break;
+      case Op::vshufi64x2:
+        if (w != 64) fail("jit: vshufi64x2 is generated at zmm width only");
+        with_src2(in, w, [&](const Xbyak::Operand& s) {
+          vshufi64x2(Xbyak::Zmm(in.dst), Xbyak::Zmm(in.src1), s, uint8_t(in.imm));
+        });
+        break;
       case Op::vpsignb:
         if (!vex_ok(in)) fail("jit: vpsignb exists only at ymm/xmm width on registers 0..15");
         with_src2(in, w, [&](const Xbyak::Operand& s) { vpsignb(v(in.dst, w), v(in.src1, w), s); });

@@ -88,6 +88,7 @@ const char* op_name(Op op) {
     case Op::vpor: return "vpor";
     case Op::vpabsb: return "vpabsb";
     case Op::vpsignb: return "vpsignb";
+    case Op::vshufi64x2: return "vshufi64x2";
   }
   return "?";
 }
@@ -129,6 +130,7 @@ std::string Instr::text() const {
     case Op::vsx_b2d: return fmt::format("{} {}, {}", n, reg_text(dst, width), mem_text(mem));
     case Op::vcvtph2ps: return fmt::format("{} {}, {}", n, reg_text(dst, width), reg_text(src1, width / 2));
     case Op::vpternlogd:
+    case Op::vshufi64x2:
       return fmt::format("{} {}, {}, {}, {:#x}", n, reg_text(dst, width), reg_text(src1, width),
                          has_mem ? mem_text(mem) : reg_text(src2, width), imm);
     case Op::vpsllw_imm:
@@ -224,6 +226,7 @@ Instr finalize(Instr in) {
     case Op::vpmullw:
     case Op::vpmaddubsw:
     case Op::vpmaddwd:
+    case Op::vshufi64x2:
       i.reads = bit(i.src1) | (i.has_mem ? base : bit(i.src2));
       i.writes = bit(i.dst);
       i.mem_reads = stream;

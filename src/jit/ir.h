@@ -80,6 +80,7 @@ enum class Op : uint8_t {
   vpor,         // dst = src1 | src2|mem (vpor at ymm/xmm width with registers 0..15, else vpord)
   vpabsb,       // dst = |src1| (bytes; -128 stays 0x80)
   vpsignb,      // dst = src1 negated where src2|mem < 0, zero where it is 0 (bytes; AVX2, no EVEX form)
+  vshufi64x2,   // dst 128-bit lanes 0, 1 from src1, lanes 2, 3 from src2, each chosen by 2 bits of imm (zmm only)
 };
 
 const char* op_name(Op op);

@@ -42,6 +42,7 @@ constexpr int kW2Reg = jit::kGprBase + 12;    // r12: row 1 of a pair (two-row k
 constexpr int kRowReg = jit::kGprBase + 13;   // r13: w_row (two-row kernels)
 constexpr int kPfReg = jit::kGprBase + 14;    // r14: the next pair's row 0 at the record being decoded (two-row)
 constexpr int kPf2Reg = jit::kGprBase + 15;   // r15: the next pair's row 1
+constexpr int kTailStride = jit::kGprBase + 12;  // r12: x_tail_stride (four-unit kernels with a tail)
 
 using namespace kconst;
 
@@ -75,6 +76,8 @@ struct alignas(64) Constants {
       b[kIdx6L + 2 * w] = 0x80;
       b[kIdx6L + 2 * w + 1] = uint8_t(w / 2);
     }
+    for (int u = 1; u < 4; ++u)
+      for (int i = 0; i < 8; ++i) b[kSelQ + 32 * (u - 1) + 8 * u + i] = 0xFF;
     for (int l = 0; l < 16; ++l) {
       b[kIdxD + 4 * l] = uint8_t(l % 8);
       for (int i = 1; i < 4; ++i) b[kIdxD + 4 * l + i] = 0x80;
@@ -145,7 +148,9 @@ class Builder {
     return i;
   }
   Mem wm(int64_t off, bool bcast = false) const { return mem(kWReg, off, kW, bcast); }
-  Mem xm(int t, int64_t off, bool bcast = false) const { return mem(kXReg, t * kTokenRecord + off, kX, bcast); }
+  Mem xm(int t, int64_t off, bool bcast = false) const {
+    return mem(kXReg, t * (c_.group4 && !tail_x_ ? kGroupRecord : kTokenRecord) + off, kX, bcast);
+  }
 
   void nibbles(std::vector<Instr>& o, int lo, int hi, int64_t off, int base = kWReg) const {
     o.push_back(jit::make_load(Op::vload, hi, mem(base, off, kW)));
@@ -314,11 +319,89 @@ class Builder {
     }
   }
 
+  // Four legacy units (Conf::group4): their records' code bytes regrouped by 128-bit quarters (a 4 x 4 transpose by
+  // vshufi64x2: quarter q of units 0..3 into one vector), so that dword lane 4 u + b of code vector (z, q) holds four
+  // codes of unit u's block b; their scales gathered into lane order; then per activation row one integer sum per
+  // block over the 8 vpdpbusd and one fp32 fold per 16 blocks (README.md "Legacy formats, several rows").
+  void decode_group(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    const int64_t rec = layout::record_bytes(f_), co = layout::codes_offset(f_);
+    auto shuf = [&](int dst, int a, int b, int imm) {
+      Instr i = jit::make_alu(Op::vshufi64x2, dst, a, b);
+      i.imm = imm;
+      o.push_back(i);
+    };
+    const int T0 = c_.temps[0], T1 = c_.temps[1], T2 = c_.temps[2], T3 = c_.temps[3];
+    // out[q] = quarter q of the 64 bytes at `off` of units 0..3; in0/in1 hold loads until the transpose reads them
+    auto regroup = [&](int64_t off, const int* out, int in0, int in1) {
+      o.push_back(jit::make_load(Op::vload, in0, wm(off)));
+      o.push_back(jit::make_load(Op::vload, in1, wm(rec + off)));
+      shuf(T0, in0, in1, 0x44);  // [u0.q0, u0.q1, u1.q0, u1.q1]
+      shuf(T1, in0, in1, 0xEE);  // [u0.q2, u0.q3, u1.q2, u1.q3]
+      o.push_back(jit::make_load(Op::vload, in0, wm(2 * rec + off)));
+      o.push_back(jit::make_load(Op::vload, in1, wm(3 * rec + off)));
+      shuf(T2, in0, in1, 0x44);
+      shuf(T3, in0, in1, 0xEE);
+      shuf(out[0], T0, T2, 0x88);  // [u0.q0, u1.q0, u2.q0, u3.q0]
+      shuf(out[1], T0, T2, 0xDD);
+      shuf(out[2], T1, T3, 0x88);
+      shuf(out[3], T1, T3, 0xDD);
+    };
+    if (f_ == Format::q8_0) {
+      for (int z = 0; z < 2; ++z) {
+        const int out[4] = {C[size_t(4 * z)], C[size_t(4 * z + 1)], C[size_t(4 * z + 2)], C[size_t(4 * z + 3)]};
+        regroup(co + 64 * z, out, out[0], out[1]);
+      }
+    } else {  // code vector (0, q): the low nibbles of quarter q, (1, q): the high ones
+      const int out[4] = {C[4], C[5], C[6], C[7]};
+      regroup(co, out, C[0], C[1]);
+      for (int q = 0; q < 4; ++q) {
+        o.push_back(with_const(Op::vpandd, C[size_t(q)], C[size_t(4 + q)], kMask0F, true));
+        o.push_back(jit::make_shift(Op::vpsrlw_imm, C[size_t(4 + q)], C[size_t(4 + q)], 4));
+        o.push_back(with_const(Op::vpandd, C[size_t(4 + q)], C[size_t(4 + q)], kMask0F, true));
+      }
+    }
+    // 16 halves (qword u = unit u's four blocks) from four broadcasts and three selects, then widened
+    auto gather_halves = [&](int dst, int64_t off) {
+      o.push_back(jit::make_load(Op::vbcast_q, dst, wm(off), 32));
+      for (int u = 1; u < 4; ++u) {
+        o.push_back(jit::make_load(Op::vbcast_q, T0, wm(u * rec + off), 32));
+        Instr i = jit::make_alu_mem(Op::vpternlogd, dst, T0, cst(kSelQ + 32 * (u - 1)), 32);
+        i.imm = 0xD8;  // mask ? src1 : dst
+        o.push_back(i);
+      }
+      o.push_back(jit::make_alu(Op::vcvtph2ps, dst, dst, -1, 64));
+    };
+    gather_halves(c_.d, 0);
+    if (f_ == Format::q4_1) gather_halves(c_.mv, 8);
+  }
+
+  void tokens_group(std::vector<Instr>& o) const {
+    const auto& C = c_.c;
+    // Up to 4 rows: two chains of 4 vpdpbusd per row, added (a chain of 8 made 2 rows latency-bound); more rows
+    // overlap their chains.
+    const bool split = T_ <= 4;
+    for (int t = 0; t < T_; ++t) {
+      const int S = c_.temps[size_t(split ? 2 * t : t) % c_.temps.size()];
+      const int S2 = split ? c_.temps[size_t(2 * t + 1) % c_.temps.size()] : S;
+      o.push_back(jit::make_load(Op::vload, S, xm(t, layout::kGCorr)));
+      if (split) o.push_back(jit::make_alu(Op::vpxord, S2, S2, S2));  // zeroing idiom
+      for (int v = 0; v < 8; ++v)
+        o.push_back(jit::make_alu_mem(Op::vpdpbusd, v < 4 ? S : S2, C[size_t(v)], xm(t, 64 * v)));
+      if (split) o.push_back(jit::make_alu(Op::vpaddd, S, S, S2));
+      o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
+      o.push_back(jit::make_alu(Op::vmulps, S, S, c_.d));
+      o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kGDx)));
+      if (f_ == Format::q4_1)
+        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], c_.mv, xm(t, layout::kGSx)));
+    }
+  }
+
   // The unit loop's body in canonical order: prefetches, the shared decode, then each activation row's products.
   std::vector<Instr> hot_body() const {
     std::vector<Instr> o;
     const Genome& g = c_.genome;
-    const int64_t rec = layout::record_bytes(f_);
+    const int64_t rec = layout::record_bytes(f_) * (c_.group4 ? 4 : 1);
     if (g.pf_for(T_) > 0) {
       const Op pf = g.pf_kind == PrefetchKind::t1   ? Op::prefetch_t1
                     : g.pf_kind == PrefetchKind::t2 ? Op::prefetch_t2
@@ -326,7 +409,10 @@ class Builder {
                                                      : Op::prefetch_t0;
       for (int64_t b = 0; b < rec; b += 64) o.push_back(jit::make_hint(pf, wm(g.pf_for(T_) + b)));
     }
-    if (is_k_quant(f_)) {
+    if (c_.group4) {
+      decode_group(o);
+      tokens_group(o);
+    } else if (is_k_quant(f_)) {
       decode_k(o);
       tokens_k(o);
     } else {
@@ -473,7 +559,7 @@ class Builder {
     jit::Program p;
     p.name = c_.id;
     auto& o = p.code;
-    const int64_t rec = layout::record_bytes(f_);
+    const int64_t rec = layout::record_bytes(f_) * (c_.group4 ? 4 : 1);
     o.push_back(jit::make_gpr(Op::mov_load, kCReg, -1, 0, arg(offsetof(KernelArgs, consts))));
     o.push_back(jit::make_gpr(Op::mov_load, kWReg, -1, 0, arg(offsetof(KernelArgs, w))));
     for (auto [off, r] : c_.const_regs)
@@ -482,6 +568,10 @@ class Builder {
     o.push_back(jit::make_gpr(Op::mov_load, kRowCnt, -1, 0, arg(offsetof(KernelArgs, n_rows))));
     o.push_back(jit::make_gpr(Op::mov_load, kSkipReg, -1, 0, arg(offsetof(KernelArgs, w_skip))));
     o.push_back(jit::make_gpr(Op::mov_load, kXStride, -1, 0, arg(offsetof(KernelArgs, x_stride))));
+    if (c_.group4 && c_.tail > 0) {
+      p.saved_gprs = {kTailStride};
+      o.push_back(jit::make_gpr(Op::mov_load, kTailStride, -1, 0, arg(offsetof(KernelArgs, x_tail_stride))));
+    }
     o.push_back(loop_marker(Op::loop_begin, kRowCnt, 0));
     o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x))));
     o.push_back(jit::make_gpr(Op::mov_load, kUnitCnt, -1, 0, arg(offsetof(KernelArgs, n_units))));
@@ -497,6 +587,17 @@ class Builder {
     o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, rec));
     o.push_back(jit::make_gpr(Op::add_reg, kXReg, kXStride, 0));
     o.push_back(loop_marker(Op::loop_end, kUnitCnt, 0));
+    if (c_.group4 && c_.tail > 0) {  // the row's last units (fewer than 4) by the one-unit body, plain records
+      o.push_back(jit::make_gpr(Op::mov_load, kXReg, -1, 0, arg(offsetof(KernelArgs, x_tail))));
+      tail_x_ = true;
+      for (int k = 0; k < c_.tail; ++k) {
+        decode_legacy(o);
+        tokens_legacy(o);
+        o.push_back(jit::make_gpr(Op::add_imm, kWReg, -1, layout::record_bytes(f_)));
+        o.push_back(jit::make_gpr(Op::add_reg, kXReg, kTailStride, 0));
+      }
+      tail_x_ = false;
+    }
     for (int t = 0; t < T_; ++t) o.push_back(jit::make_store(c_.f[size_t(t)], mem(kOutReg, 64 * t, kOut)));
     o.push_back(jit::make_gpr(Op::add_imm, kOutReg, -1, int64_t(T_) * 64));
     o.push_back(jit::make_gpr(Op::add_reg, kWReg, kSkipReg, 0));
@@ -508,6 +609,7 @@ class Builder {
   const Conf& c_;
   const Format f_;
   const int T_;
+  mutable bool tail_x_ = false;  // generating a four-unit kernel's tail: plain activation records
 };
 
 }  // namespace
@@ -573,6 +675,38 @@ Conf zero_init(Conf c) {
 jit::Program build(const Conf& c) {
   if (c.pair) return Builder(c).program_pair();
   return c.path == Path::avx512vnni ? Builder(c).program() : build_avx2(c);
+}
+
+bool has_group_kernel(Path path, Format f, int tokens) {
+  return path == Path::avx512vnni && !is_k_quant(f) && tokens >= 2 && tokens <= 8;
+}
+
+Conf make_conf_group(Format fmt_, int tokens, const Genome& g, int tail) {
+  if (!has_group_kernel(Path::avx512vnni, fmt_, tokens))
+    fail("kq_gemv: no four-unit kernel for {} activation rows of {}", tokens, format_name(fmt_));
+  if (tail < 0 || tail > 3) fail("kq_gemv: a four-unit kernel's tail is 0..3 units, not {}", tail);
+  g.validate();
+  Conf c;
+  c.format = fmt_;
+  c.tokens = tokens;
+  c.genome = g;
+  c.genome.order.clear();  // an order fits the one-unit body
+  c.group4 = true;
+  c.tail = tail;
+  int next = 0;
+  for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
+  for (int i = 0; i < 8; ++i) c.c.push_back(next++);
+  c.d = next++;
+  if (fmt_ == Format::q4_1) c.mv = next++;
+  if (fmt_ != Format::q8_0) c.const_regs.emplace_back(kMask0F, next++);
+  // the transpose's four temporaries, then each row's S (distinct registers where they fit)
+  c.set_size = 1;
+  c.sets = std::max(4, std::min(tokens <= 4 ? 2 * tokens : tokens, 32 - next));
+  for (int i = 0; i < c.sets; ++i) c.temps.push_back(next++);
+  if (next > 32) fail("kq_gemv: {} vector registers for a four-unit kernel of {} activation rows", next, tokens);
+  c.id = fmt::format("kq_gemv_{}_t{}_g4{}_{}", format_name(fmt_), tokens, tail > 0 ? fmt::format("t{}", tail) : "",
+                     c.genome.code_key());
+  return c;
 }
 
 bool has_pair_kernel(Path path, Format f, int tokens) {

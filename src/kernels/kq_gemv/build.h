@@ -25,6 +25,9 @@ struct KernelArgs {
   int64_t w_skip = 0;    // row stride minus n_units records: added to w after each row
   int64_t x_stride = 0;  // bytes from one unit's activation records to the next (all activation rows' records)
   int64_t w_row = 0;     // row stride of the matrix (the two-row kernels read rows r and r + 1; n_rows counts pairs)
+  // Four-unit kernels with a tail (Conf::tail): the tail units' plain activation records and their unit stride
+  const uint8_t* x_tail = nullptr;
+  int64_t x_tail_stride = 0;
 };
 
 // Constant block offsets (kernel_constants()).
@@ -38,7 +41,9 @@ inline constexpr int kIdxD = 896, kIdxKL = 960;
 // Q6_K (its record layout: dword lane l of every code vector is sub-block l): AVX2's word -> scale byte (high byte,
 // then vpsraw 8) for 32 bytes of a code vector
 inline constexpr int kIdx6L = 1216;
-inline constexpr int kConstBytes = 1280;
+// The four-unit legacy kernels: 32-byte masks of qword u (u = 1, 2, 3) for gathering the units' scales
+inline constexpr int kSelQ = 1280;
+inline constexpr int kConstBytes = 1408;
 }  // namespace kconst
 
 struct Conf {
@@ -65,6 +70,11 @@ struct Conf {
   // Two weight rows per iteration (Q4_K, Q6_K on avx512vnni): each activation vector is loaded once into `xr` and feeds
   // both rows' vpdpbusd. Row 1 has its own codes (c2), scales (sc2: D) and mins (mv2); its lanes follow row 0's.
   bool pair = false;
+  // Four units per iteration (legacy formats on avx512vnni, 2..8 activation rows): the units' code vectors regrouped
+  // so that dword lane 4 u + b is block b of unit u (8 code vectors c), their scales in d (and Q4_1's mins in mv);
+  // the activations in the grouped records (Activations::grouped). KernelArgs::n_units counts groups.
+  bool group4 = false;
+  int tail = 0;  // group4: units after the groups in each row (0..3), run by the one-unit body before the lanes' store
   std::vector<int> c2;
   int sc2 = -1, mv2 = -1, xr = -1;
   std::string id;
@@ -80,6 +90,10 @@ Conf zero_init(Conf c);
 // paths have none.
 bool has_pair_kernel(Path path, Format f, int tokens);
 Conf make_conf_pair(Format f, int tokens, const Genome& g = Genome::baseline());
+// Q8_0, Q4_0 and Q4_1 on avx512vnni, 2..8 activation rows: the kernel that takes four units per iteration
+// (Conf::group4; id "..._g4_...") on Activations::grouped.
+bool has_group_kernel(Path path, Format f, int tokens);
+Conf make_conf_group(Format f, int tokens, const Genome& g = Genome::baseline(), int tail = 0);
 // Activation rows one kernel of `path` takes at most (the AVX2 kernels hold fewer in their 16 registers).
 int max_tokens(Path path, Format f);
 // The activation rows of each kernel pass run_rows makes for n rows: balanced passes of at most

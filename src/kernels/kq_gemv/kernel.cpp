@@ -177,17 +177,21 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
 
 // zero: the variant that starts each row's lanes at zero (the first column chunk), else the one that adds to them;
 // pair: the two-row kernel (has_pair_kernel()).
+// kind: 0 one row per iteration, 1 row pairs (make_conf_pair), 2 + tail four units with `tail` (0..3) one-unit
+// iterations after them (make_conf_group)
 std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g, bool zero,
-                                                      bool pair) {
+                                                      int kind) {
   static std::mutex mu;
-  static std::map<std::tuple<int, int, int, std::string, bool, bool>, std::shared_ptr<const jit::ExecutableCode>>
+  static std::map<std::tuple<int, int, int, std::string, bool, int>, std::shared_ptr<const jit::ExecutableCode>>
       cache;
-  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key(), zero, pair);
+  const auto key = std::make_tuple(int(path), int(f), tokens, g.code_key(), zero, kind);
   {
     std::lock_guard<std::mutex> lock(mu);
     if (auto it = cache.find(key); it != cache.end()) return it->second;
   }
-  const Conf one = pair ? make_conf_pair(f, tokens, g) : make_conf(f, tokens, g, path);
+  const Conf one = kind == 1   ? make_conf_pair(f, tokens, g)
+                   : kind >= 2 ? make_conf_group(f, tokens, g, kind - 2)
+                               : make_conf(f, tokens, g, path);
   const Conf c = zero ? zero_init(one) : one;
   auto code = jit::CodeCache::instance().get_or_build(c.id, [&] { return build(c); });
   std::lock_guard<std::mutex> lock(mu);
@@ -272,6 +276,11 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     void (*fn)(const KernelArgs*);       // later chunks: added to the lanes
     void (*fn2_zero)(const KernelArgs*); // the same for row pairs (null where there is no two-row kernel)
     void (*fn2)(const KernelArgs*);
+    int64_t group_chunk;                 // four-unit kernels: groups per column chunk (0: none)
+    void (*fn4_zero)(const KernelArgs*); // a column chunk before the last (no tail)
+    void (*fn4)(const KernelArgs*);
+    void (*fn4l_zero)(const KernelArgs*); // the last column chunk: the row's tail units too
+    void (*fn4l)(const KernelArgs*);
   };
   // The MoE calls this for every (expert, row block) task, tens of thousands of times per token over all threads: the
   // kernels come from a per-thread cache (no lock, no allocation once warm; the process-wide cache keeps the code).
@@ -279,17 +288,18 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     Path path;
     Format f;
     int n;
-    bool zero, pair;
+    bool zero;
+    int kind;
     Genome g;
     void (*fn)(const KernelArgs*);
   };
   thread_local std::vector<Cached> kernels;
-  auto kernel_for = [&](int n, bool zero, bool pair) {
+  auto kernel_for = [&](int n, bool zero, int kind) {
     for (const Cached& c : kernels)
-      if (c.path == path && c.f == w.format && c.n == n && c.zero == zero && c.pair == pair && c.g == g) return c.fn;
-    auto fn = jit_kernel(path, w.format, n, g, zero, pair)->as<void (*)(const KernelArgs*)>();
+      if (c.path == path && c.f == w.format && c.n == n && c.zero == zero && c.kind == kind && c.g == g) return c.fn;
+    auto fn = jit_kernel(path, w.format, n, g, zero, kind)->as<void (*)(const KernelArgs*)>();
     if (kernels.size() >= 64) kernels.erase(kernels.begin());
-    kernels.push_back({path, w.format, n, zero, pair, g, fn});
+    kernels.push_back({path, w.format, n, zero, kind, g, fn});
     return fn;
   };
   thread_local std::vector<Pass> plan;
@@ -301,9 +311,21 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     // then runs as ordered: the factory's reordered mutants are measured as they are). One activation row: the
     // weights' bandwidth decides, and a tuned order fits that body.
     const bool pair = a.n > 1 && g.order.empty() && has_pair_kernel(path, w.format, n) && r1 - r0 > 1;
+    // Legacy formats, 2..8 rows in the pass: the four-unit kernel over the first 4 * groups units (grouped activation
+    // records), its last column chunk also running the row's remaining units (fewer than 4) by the one-unit body
+    // before the lanes' store. A genome's order permutes the one-unit kernel only (the four-unit kernel takes none).
+    const bool group = a.groups > 0 && has_group_kernel(path, w.format, n);
+    const int64_t group_chunk =
+        group ? std::max<int64_t>(1, (int64_t(g.x_budget_kb) << 10) / (int64_t(n) * kGroupRecord)) : 0;
+    const int tail = group ? int(w.units - 4 * a.groups) : 0;
+    const bool chunks = group && group_chunk < a.groups;  // more than one column chunk of groups
     const bool more = unit_chunk < w.units;
-    plan.push_back({t0, n, unit_chunk, kernel_for(n, true, false), more ? kernel_for(n, false, false) : nullptr,
-                    pair ? kernel_for(n, true, true) : nullptr, pair && more ? kernel_for(n, false, true) : nullptr});
+    plan.push_back({t0, n, unit_chunk, group ? nullptr : kernel_for(n, true, 0),
+                    !group && more ? kernel_for(n, false, 0) : nullptr, pair ? kernel_for(n, true, 1) : nullptr,
+                    pair && more ? kernel_for(n, false, 1) : nullptr, group_chunk,
+                    chunks ? kernel_for(n, true, 2) : nullptr, chunks ? kernel_for(n, false, 2) : nullptr,
+                    group ? kernel_for(n, true, 2 + tail) : nullptr,
+                    chunks ? kernel_for(n, false, 2 + tail) : nullptr});
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
@@ -312,13 +334,36 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
   KernelArgs args;
   args.consts = kernel_constants();
   args.out = lanes.data();
-  args.x_stride = int64_t(a.n) * kTokenRecord;
   args.w_row = w.row_bytes();
   for (int64_t r = r0; r < r1; r += row_chunk) {
     const int64_t rows = std::min(row_chunk, r1 - r);
     for (const Pass& p : plan) {
-      for (int64_t u = 0; u < w.units; u += p.unit_chunk) {
+      int64_t u0 = 0;  // the first unit of the one-unit kernel
+      if (p.fn4l_zero) {
+        const int64_t gw = 4 * w.record_bytes, tail = w.units - 4 * a.groups;
+        args.x_stride = int64_t(a.n) * kGroupRecord;
+        args.x_tail = a.data.data() + (size_t(4 * a.groups) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
+        args.x_tail_stride = int64_t(a.n) * kTokenRecord;
+        args.out = lanes.data();
+        args.n_rows = rows;
+        for (int64_t gi = 0; gi < a.groups; gi += p.group_chunk) {
+          const int64_t ng = std::min(p.group_chunk, a.groups - gi);
+          const bool last = gi + ng == a.groups;
+          args.x = a.grouped.data() + (size_t(gi) * size_t(a.n) + size_t(p.t0)) * kGroupRecord;
+          args.n_units = ng;
+          args.w_skip = w.row_bytes() - (ng * gw + (last ? tail * w.record_bytes : 0));
+          args.w = w.records() + size_t(r * w.row_bytes() + gi * gw);
+          if (last)
+            (gi == 0 ? p.fn4l_zero : p.fn4l)(&args);
+          else
+            (gi == 0 ? p.fn4_zero : p.fn4)(&args);
+        }
+        u0 = w.units;  // every unit done
+      }
+      args.x_stride = int64_t(a.n) * kTokenRecord;
+      for (int64_t u = u0; u < w.units; u += p.unit_chunk) {
         const int64_t nu = std::min(p.unit_chunk, w.units - u);
+        const bool first = u == 0;  // the lanes start here (no four-unit kernel before)
         args.x = a.data.data() + (size_t(u) * size_t(a.n) + size_t(p.t0)) * kTokenRecord;
         args.n_units = nu;
         args.w_skip = w.row_bytes() - nu * w.record_bytes;
@@ -327,14 +372,14 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
           args.w = w.records() + size_t(r * w.row_bytes() + u * w.record_bytes);
           args.out = lanes.data();
           args.n_rows = rows / 2;
-          (u == 0 ? p.fn2_zero : p.fn2)(&args);
+          (first ? p.fn2_zero : p.fn2)(&args);
           done = rows / 2 * 2;
         }
         if (done < rows) {
           args.w = w.records() + size_t((r + done) * w.row_bytes() + u * w.record_bytes);
           args.out = lanes.data() + size_t(done) * size_t(p.n) * 16;
           args.n_rows = rows - done;
-          (u == 0 ? p.fn_zero : p.fn)(&args);
+          (first ? p.fn_zero : p.fn)(&args);
         }
       }
       if (path == Path::avx512vnni)

@@ -96,8 +96,13 @@ struct Activations {
   int n = 0;
   int64_t cols = 0, units = 0;
   std::vector<uint8_t> data;  // [unit][n][kTokenRecord]
+  // Legacy formats with 2+ rows: the same records regrouped for the AVX-512 kernels that take four units at a time
+  // (README.md "Legacy formats, several rows"): [group of 4 units][n][kGroupRecord], units / 4 groups (0: none).
+  int64_t groups = 0;
+  std::vector<uint8_t> grouped;
 };
 inline constexpr int64_t kTokenRecord = 384;
+inline constexpr int64_t kGroupRecord = 768;
 void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out);
 // The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
 void dequantize_activations(const Activations& a, int t, double* out);

@@ -122,6 +122,62 @@ TEST(KqGemv, EveryTokenCount) {
     for (int n : {17, 40, kMaxRows}) check_case({f, 7, is_k_quant(f) ? 256 : 96, n}, seed++);
 }
 
+// The four-unit kernels of the legacy formats (2..8 rows of x per pass on avx512vnni): whole groups only, groups and
+// a tail of 1..3 units (SmolLM2's 576 columns: 18 blocks, one group and a unit of two blocks), several column chunks
+// (a small xkb), passes over more rows; every output within the bound, the grouped records' regrouping checked
+// against the plain records byte for byte.
+TEST(KqGemv, FourUnitKernelsAgreeWithTheReference) {
+  uint32_t seed = 900;
+  for (Format f : {Format::q8_0, Format::q4_0, Format::q4_1}) {
+    for (int64_t cols : {int64_t(512), int64_t(576), int64_t(1632), int64_t(4096)})
+      for (int n : {2, 3, 5, 8, 11, 16}) check_case({f, 21, cols, n}, seed++);
+    // the regrouping: lane 4 u + b of grouped vector 4 z + q is unit u's lane 4 q + b of vector z
+    const int n = 3;
+    const int64_t cols = 2048 + 96;
+    const auto x = random_x(n, cols, seed++, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), n, cols, a);
+    if (best_path() != Path::avx512vnni) {  // only the AVX-512 kernels read them
+      EXPECT_EQ(a.groups, 0);
+      continue;
+    }
+    ASSERT_EQ(a.groups, a.units / 4);
+    for (int64_t g = 0; g < a.groups; ++g)
+      for (int t = 0; t < n; ++t) {
+        const uint8_t* gr = a.grouped.data() + (size_t(g) * n + size_t(t)) * kGroupRecord;
+        for (int u = 0; u < 4; ++u) {
+          const uint8_t* rec = a.data.data() + (size_t(4 * g + u) * n + size_t(t)) * kTokenRecord;
+          for (int z = 0; z < 2; ++z)
+            for (int q = 0; q < 4; ++q)
+              ASSERT_EQ(0, std::memcmp(gr + 64 * (4 * z + q) + 16 * u, rec + 64 * z + 16 * q, 16));
+        }
+      }
+    Activations one;  // one row: no grouped copy (the one-unit kernels serve it)
+    quantize_activations(f, x.data(), 1, cols, one);
+    EXPECT_EQ(one.groups, 0);
+  }
+  const auto paths = available_paths();
+  if (std::find(paths.begin(), paths.end(), Path::avx512vnni) == paths.end()) return;
+  // several column chunks of groups: xkb=4 leaves one or two groups per chunk
+  for (Format f : {Format::q8_0, Format::q4_1}) {
+    const int64_t rows = 9, cols = 4096 + 64;
+    const auto stored = random_stored(f, rows, cols, seed++);
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    const auto x = random_x(6, cols, seed++, 1.0f);
+    Activations a;
+    quantize_activations(f, x.data(), 6, cols, a);
+    std::vector<double> ref(size_t(6 * rows));
+    reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+    std::vector<float> y(size_t(6 * rows));
+    run_rows(m, a, y.data(), rows, 0, rows, Path::avx512vnni, Genome::parse("xkb=4"));
+    for (int t = 0; t < 6; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        EXPECT_LE(std::fabs(double(y[size_t(t * rows + r)]) - ref[size_t(t * rows + r)]),
+                  error_bound(ggml_type(f), stored.data(), cols, r, a, t))
+            << format_name(f) << " t=" << t << " r=" << r;
+  }
+}
+
 // The AMX int8 tiles (tiles.h) of the legacy formats against the fp64 reference within the family's bound: the
 // software tiles (the SDM's definitions) wherever AVX-512 runs the unpacking and the fold, the hardware where AMX
 // exists; edge shapes (one block, rows and rows of x not whole tiles, a row range split off a tile's middle as

@@ -821,6 +821,26 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
       }
       quantize_unit(f, fn, src, rec);
     }
+  // The grouped copy for the four-unit AVX-512 kernels (several rows of a legacy format): a transpose of 16-byte
+  // chunks and a gather of the per-block values (kernel.cpp runs them for 2..8 rows per pass).
+  static const bool four_unit_kernels = best_path() == Path::avx512vnni;  // where the AVX-512 kernels run
+  out.groups = four_unit_kernels && !is_k_quant(f) && n >= 2 ? out.units / 4 : 0;
+  if (out.groups == 0) return;
+  const size_t gneed = size_t(out.groups) * size_t(n) * kGroupRecord;
+  if (out.grouped.size() < gneed) out.grouped.resize(gneed);
+  for (int64_t g = 0; g < out.groups; ++g)
+    for (int t = 0; t < n; ++t) {
+      uint8_t* dst = out.grouped.data() + (size_t(g) * size_t(n) + size_t(t)) * kGroupRecord;
+      for (int u = 0; u < 4; ++u) {
+        const uint8_t* rec = out.data.data() + (size_t(4 * g + u) * size_t(n) + size_t(t)) * kTokenRecord;
+        for (int z = 0; z < 2; ++z)
+          for (int q = 0; q < 4; ++q) std::memcpy(dst + 64 * (4 * z + q) + 16 * u, rec + 64 * z + 16 * q, 16);
+        std::memcpy(dst + kGCorr + 16 * u, rec + kXCorr, 16);
+        std::memcpy(dst + kGDx + 16 * u, rec + kXDx, 16);  // lanes 0..3 = blocks 0..3
+        std::memcpy(dst + kGSx + 16 * u, rec + kXSx, 16);
+      }
+      std::memset(dst + kGSx + 64, 0, size_t(kGroupRecord - kGSx - 64));
+    }
 }
 
 void dequantize_activations(const Activations& a, int t, double* out) {

@@ -36,6 +36,11 @@ inline constexpr int kXSeed6 = 320;  // Q6_K: int32[16], lane l = -32 * (per-16 
 inline constexpr int kXCorr = 128;  // legacy: int32[4] offset corrections -off * sum(q_b)
 inline constexpr int kXDx = 192;    // legacy: float[16], lane l = scale of block l % 4
 inline constexpr int kXSx = 256;    // legacy: float[16], lanes 0..3 = scale_b * sum(q_b) (Q4_1), others 0
+// Grouped legacy record (kGroupRecord bytes per group of 4 units and activation row): lane 4 u + b is block b of the
+// group's unit u. int8 at 64 (4 z + g) + 16 u + 4 b + i = unit u's record byte 64 z + 16 g + 4 b + i (z: the code
+// vector, g: its 128-bit quarter), then per lane the offset correction (int32), the block scale and Q4_1's
+// scale * sum(q) (float).
+inline constexpr int kGCorr = 512, kGDx = 576, kGSx = 640;
 
 // The activation quantizer's block function: scale = amax / 127, q = round-to-nearest-even(x * 127 / amax) in
 // -127..127, sums of 16; the variants this CPU runs (scalar, avx2, avx512), which compute the same bits.

@@ -614,6 +614,20 @@ class Builder {
 
 }  // namespace
 
+namespace {
+// What every AVX-512 kernel's Conf starts from: the format, the rows and the validated genome. `drop_order`: the two-row
+// and four-unit kernels take no instruction order (an order permutes the one-row, one-unit body).
+Conf conf_of(Format f, int tokens, const Genome& g, bool drop_order) {
+  g.validate();
+  Conf c;
+  c.format = f;
+  c.tokens = tokens;
+  c.genome = g;
+  if (drop_order) c.genome.order.clear();
+  return c;
+}
+}  // namespace
+
 std::string Conf::describe() const {
   const int vregs = int(f.size() + c.size() + c2.size() + sc.size() + temps.size() + const_regs.size()) + (d >= 0) +
                     (dmin >= 0) + (mv >= 0) + (sc2 >= 0) + (mv2 >= 0) + (xr >= 0);
@@ -624,11 +638,7 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   if (path == Path::avx2 || path == Path::avx2vnni) return make_conf_avx2(fmt_, tokens, g, path == Path::avx2vnni);
   if (path != Path::avx512vnni) fail("kq_gemv: path {} has no generated kernel", path_name(path));
   if (tokens < 1 || tokens > kMaxTokens) fail("kq_gemv: {} activation rows; a kernel handles 1..{}", tokens, kMaxTokens);
-  g.validate();
-  Conf c;
-  c.format = fmt_;
-  c.tokens = tokens;
-  c.genome = g;
+  Conf c = conf_of(fmt_, tokens, g, false);
   int next = 0;
   for (int t = 0; t < tokens; ++t) c.f.push_back(next++);
   const bool k = is_k_quant(fmt_);
@@ -685,12 +695,7 @@ Conf make_conf_group(Format fmt_, int tokens, const Genome& g, int tail) {
   if (!has_group_kernel(Path::avx512vnni, fmt_, tokens))
     fail("kq_gemv: no four-unit kernel for {} activation rows of {}", tokens, format_name(fmt_));
   if (tail < 0 || tail > 3) fail("kq_gemv: a four-unit kernel's tail is 0..3 units, not {}", tail);
-  g.validate();
-  Conf c;
-  c.format = fmt_;
-  c.tokens = tokens;
-  c.genome = g;
-  c.genome.order.clear();  // an order fits the one-unit body
+  Conf c = conf_of(fmt_, tokens, g, true);
   c.group4 = true;
   c.tail = tail;
   int next = 0;
@@ -716,12 +721,7 @@ bool has_pair_kernel(Path path, Format f, int tokens) {
 Conf make_conf_pair(Format fmt_, int tokens, const Genome& g) {
   if (!has_pair_kernel(Path::avx512vnni, fmt_, tokens))
     fail("kq_gemv: no two-row kernel for {} activation rows of {}", tokens, format_name(fmt_));
-  g.validate();
-  Conf c;
-  c.format = fmt_;
-  c.tokens = tokens;
-  c.genome = g;
-  c.genome.order.clear();  // an order fits the one-row body
+  Conf c = conf_of(fmt_, tokens, g, true);
   c.pair = true;
   int next = 0;
   for (int j = 0; j < 2 * tokens; ++j) c.f.push_back(next++);

@@ -176,7 +176,6 @@ void scalar_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, i
 }
 
 // zero: the variant that starts each row's lanes at zero (the first column chunk), else the one that adds to them;
-// pair: the two-row kernel (has_pair_kernel()).
 // kind: 0 one row per iteration, 1 row pairs (make_conf_pair), 2 + tail four units with `tail` (0..3) one-unit
 // iterations after them (make_conf_group)
 std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int tokens, const Genome& g, bool zero,

@@ -103,7 +103,8 @@ struct Activations {
 };
 inline constexpr int64_t kTokenRecord = 384;
 inline constexpr int64_t kGroupRecord = 768;
-void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out);
+// `grouped` false: no grouped copy (the caller runs the rows on the AMX int8 tiles, which read the plain records).
+void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out, bool grouped = true);
 // The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
 void dequantize_activations(const Activations& a, int t, double* out);
 

@@ -795,7 +795,7 @@ void quantize_unit(Format f, BlockFn fn, const float* x, uint8_t* rec) {
 
 }  // namespace
 
-void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out) {
+void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out, bool grouped) {
   if (n < 1 || n > kMaxRows) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxRows);
   const int bc = stored_block_cols(f);
   if (cols <= 0 || cols % bc != 0)
@@ -824,7 +824,7 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
   // The grouped copy for the four-unit AVX-512 kernels (several rows of a legacy format): a transpose of 16-byte
   // chunks and a gather of the per-block values (kernel.cpp runs them for 2..8 rows per pass).
   static const bool four_unit_kernels = best_path() == Path::avx512vnni;  // where the AVX-512 kernels run
-  out.groups = four_unit_kernels && !is_k_quant(f) && n >= 2 ? out.units / 4 : 0;
+  out.groups = grouped && four_unit_kernels && !is_k_quant(f) && n >= 2 ? out.units / 4 : 0;
   if (out.groups == 0) return;
   const size_t gneed = size_t(out.groups) * size_t(n) * kGroupRecord;
   if (out.grouped.size() < gneed) out.grouped.resize(gneed);

@@ -63,7 +63,7 @@ class KqLinear final : public Linear {
     k.tiles = amx::available() && n >= tile_rows();
     k.int8_tiles = !k.tiles && n <= kMaxRows && int8_tiles() && n >= tiles::min_rows();
     if (k.tiles) amx::pack_rows(x, n, cols(), k.packed);
-    else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q);
+    else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q, !k.int8_tiles);
     if (k.int8_tiles) tiles::pack(k.q, k.packed8);
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {

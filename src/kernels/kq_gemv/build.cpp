@@ -253,40 +253,15 @@ class Builder {
       }
       return;
     }
-    if (f_ == Format::q4_k || f_ == Format::q5_k) {
-      // per dword lane: vpdpbusd sums codes x activations of one sub-block (every vector's lane l is sub-block
-      // l % 8), scaled after the conversion by D = d sc_(l % 8)
-      for (int t = 0; t < T_; ++t) {
-        const int S = tmp(t, 0);
-        o.push_back(jit::make_alu(Op::vpxord, S, S, S));  // zeroing idiom
-        for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
-        o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
-        o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
-        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
-        o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
-      }
-      return;
-    }
+    // Q4_K, Q5_K: per dword lane vpdpbusd sums codes x activations of one sub-block (every vector's lane l is
+    // sub-block l % 8), scaled after the conversion by D = d sc_(l % 8)
     for (int t = 0; t < T_; ++t) {
-      const int S = tmp(t, 0), P[2] = {tmp(t, 1), tmp(t, 2)};
-      bool first = true;
-      if (f_ == Format::q6_k) {  // S starts from -32 * sum_j sc_j * bsum_j
-        o.push_back(jit::make_alu_mem(Op::vpmaddwd, S, c_.mv, xm(t, layout::kXBs16), 32));
-        first = false;
-      }
-      for (int k = 0; k < 4; ++k) {
-        const int p = P[k % 2];
-        o.push_back(jit::make_alu_mem(Op::vpmaddubsw, p, C[size_t(k)], xm(t, 64 * k)));
-        if (first)
-          o.push_back(jit::make_alu(Op::vpmaddwd, S, p, SC[size_t(k)]));
-        else
-          o.push_back(jit::make_alu(Op::vpdpwssd, S, p, SC[size_t(k)]));
-        first = false;
-      }
+      const int S = tmp(t, 0);
+      o.push_back(jit::make_alu(Op::vpxord, S, S, S));  // zeroing idiom
+      for (int k = 0; k < 4; ++k) o.push_back(jit::make_alu_mem(Op::vpdpbusd, S, C[size_t(k)], xm(t, 64 * k)));
       o.push_back(jit::make_alu(Op::vcvtdq2ps, S, S, -1));
-      o.push_back(jit::make_alu(Op::vmulps, S, S, c_.d));
-      if (f_ != Format::q6_k)  // - sum_j (dmin m_j) sums_j, lanes 0..7 (the record holds zeros after the 8 sums)
-        o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
+      o.push_back(jit::make_alu(Op::vmulps, S, S, SC[0]));
+      o.push_back(jit::make_alu_mem(Op::vfnmadd231ps, S, c_.mv, xm(t, layout::kXSums32)));
       o.push_back(jit::make_alu_mem(Op::vfmadd231ps, c_.f[size_t(t)], S, xm(t, layout::kXScale, true)));
     }
   }
@@ -648,8 +623,8 @@ Conf make_conf(Format fmt_, int tokens, const Genome& g, Path path) {
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k) c.dmin = next++;
   if (fmt_ == Format::q4_k || fmt_ == Format::q5_k || fmt_ == Format::q4_1) c.mv = next++;
   int left = 32 - next;
-  // Q5_K / Q6_K: S, P0, P1 (the decode borrows set 0 for the high bits); Q4_K, legacy: S (Q4_K's decode borrows it)
-  c.set_size = k && fmt_ != Format::q4_k ? 3 : 1;
+  // Per row one S; the decode borrows set 0 for the high bits: three registers for Q5_K, two for Q6_K (since stop 33)
+  c.set_size = fmt_ == Format::q5_k ? 3 : fmt_ == Format::q6_k ? 2 : 1;
   c.sets = std::min(2, left / c.set_size);
   if (c.sets < 1) fail("kq_gemv: no register assignment for {} activation rows of {}", tokens, format_name(fmt_));
   left -= c.set_size * c.sets;

@@ -19,7 +19,7 @@ constexpr int64_t kMinSpan = 64;    // decode: fewest positions per task
 
 void Session::attention(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
-  const int64_t H = c_.hidden_size, hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
+  const int64_t hd = c_.head_dim, nh = c_.num_heads, nkv = c_.num_kv_heads;
   const int64_t qd = c_.q_dim(), kvd = c_.kv_dim();
   // Gated attention (Qwen3-Next): q_proj's rows are per head [query (head_dim), gate (head_dim)].
   const bool gated = c_.layers[size_t(li)].mixer == MixerKind::gated_attention;
@@ -42,48 +42,48 @@ void Session::attention(int64_t li, int64_t n) {
   const float scale = float(1.0 / std::sqrt(double(hd)));
   const int64_t group = nh / nkv;
   const bool half = kv_ == KvType::f16;
-  for (const Segment& sg : segs_) {
-    SequenceState& sq = seqs_[size_t(sg.seq)];
+  // Each row writes its own cache position (in its own sequence's cache): every row of the step in one pass, the
+  // rows of a prefill segment or one row of each of several sequences (a batched decode step) alike.
+  for_rows(n, [&](int64_t t) {
+    const Segment* sg = &segs_.front();
+    while (t >= sg->row0 + sg->n) ++sg;  // segments are in row order
+    SequenceState& sq = seqs_[size_t(sg->seq)];
     float* kc = half ? nullptr : sq.k_layer(li);
     float* vc = half ? nullptr : sq.v_layer(li);
     uint16_t* kh = half ? sq.k_layer_half(li) : nullptr;
     uint16_t* vh = half ? sq.v_layer_half(li) : nullptr;
-    // Each row writes its own cache position: the rows of a prefill segment run in parallel.
-    for_rows(sg.n, [&, kc, vc, kh, vh](int64_t r) {
-      const int64_t t = sg.row0 + r;
-      float* q = &q_[size_t(t * qd)];
-      float* k = &k_[size_t(t * kvd)];
-      float* v = &v_[size_t(t * kvd)];
-      // OLMoE: norm over the whole projection, then clip; Qwen3: norm over each head's head_dim.
-      if (c_.qk_norm == QkNorm::whole) {
-        rms_norm(q, l.q_norm.data(), q, qd, c_.rms_norm_eps);
-        rms_norm(k, l.k_norm.data(), k, kvd, c_.rms_norm_eps);
-      } else if (c_.qk_norm == QkNorm::per_head) {
-        for (int64_t h = 0; h < nh; ++h) rms_norm(q + h * hd, l.q_norm.data(), q + h * hd, hd, c_.rms_norm_eps);
-        for (int64_t h = 0; h < nkv; ++h) rms_norm(k + h * hd, l.k_norm.data(), k + h * hd, hd, c_.rms_norm_eps);
+    float* q = &q_[size_t(t * qd)];
+    float* k = &k_[size_t(t * kvd)];
+    float* v = &v_[size_t(t * kvd)];
+    // OLMoE: norm over the whole projection, then clip; Qwen3: norm over each head's head_dim.
+    if (c_.qk_norm == QkNorm::whole) {
+      rms_norm(q, l.q_norm.data(), q, qd, c_.rms_norm_eps);
+      rms_norm(k, l.k_norm.data(), k, kvd, c_.rms_norm_eps);
+    } else if (c_.qk_norm == QkNorm::per_head) {
+      for (int64_t h = 0; h < nh; ++h) rms_norm(q + h * hd, l.q_norm.data(), q + h * hd, hd, c_.rms_norm_eps);
+      for (int64_t h = 0; h < nkv; ++h) rms_norm(k + h * hd, l.k_norm.data(), k + h * hd, hd, c_.rms_norm_eps);
+    }
+    if (c_.clip_qkv > 0) {
+      const float cl = float(c_.clip_qkv);
+      for (float* p : {q, k, v}) {
+        const int64_t len = p == q ? qd : kvd;
+        for (int64_t i = 0; i < len; ++i) p[i] = std::clamp(p[i], -cl, cl);
       }
-      if (c_.clip_qkv > 0) {
-        const float cl = float(c_.clip_qkv);
-        for (float* p : {q, k, v}) {
-          const int64_t len = p == q ? qd : kvd;
-          for (int64_t i = 0; i < len; ++i) p[i] = std::clamp(p[i], -cl, cl);
-        }
+    }
+    const int64_t pos = sg->pos0 + (t - sg->row0);
+    const float* cs = &rope_cs_[size_t(t * c_.rotary_dim())];  // this row's angles (the step's, every layer's)
+    apply_rope(q, nh, hd, c_.rotary_dim(), cs);
+    apply_rope(k, nkv, hd, c_.rotary_dim(), cs);
+    for (int64_t h = 0; h < nkv; ++h) {
+      if (half) {
+        to_f16_saturated(k + h * hd, kh + (h * cap + pos) * hd, hd);
+        to_f16_saturated(v + h * hd, vh + (h * cap + pos) * hd, hd);
+      } else {
+        std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
+        std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
       }
-      const int64_t pos = sg.pos0 + (t - sg.row0);
-      const float* cs = &rope_cs_[size_t(t * c_.rotary_dim())];  // this row's angles (the step's, every layer's)
-      apply_rope(q, nh, hd, c_.rotary_dim(), cs);
-      apply_rope(k, nkv, hd, c_.rotary_dim(), cs);
-      for (int64_t h = 0; h < nkv; ++h) {
-        if (half) {
-          to_f16_saturated(k + h * hd, kh + (h * cap + pos) * hd, hd);
-          to_f16_saturated(v + h * hd, vh + (h * cap + pos) * hd, hd);
-        } else {
-          std::memcpy(kc + (h * cap + pos) * hd, k + h * hd, size_t(hd) * 4);
-          std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
-        }
-      }
-    });
-  }
+    }
+  });
   clock_.lap(Op::elementwise);
   // Segments of many rows (prefill) take the GEMM path, the rows of the others (decode) the span path.
   // A sequence's cache of this layer, fp32 or binary16 (the other pair null).
@@ -231,14 +231,8 @@ void Session::attention(int64_t li, int64_t n) {
     });
     clock_.lap(Op::elementwise);
   }
-  dense_product(l.o, att_.data(), tmp_.data(), n, pool_);
+  dense_product(l.o, att_.data(), tmp_.data(), n, pool_);  // the residual add: run_layer's, fused with the next norm
   clock_.lap(Op::dense);
-  for_rows(n, [&](int64_t t) {
-    float* x = &x_[size_t(t * H)];
-    const float* d = &tmp_[size_t(t * H)];
-    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
-  });
-  clock_.lap(Op::elementwise);
 }
 
 }  // namespace genesis::runtime

@@ -39,7 +39,7 @@ void l2_normalize(const float* x, float* y, int64_t n, float scale) {
 
 void Session::deltanet(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
-  const int64_t H = c_.hidden_size, nk = c_.linear_num_key_heads, nv = c_.linear_num_value_heads;
+  const int64_t nk = c_.linear_num_key_heads, nv = c_.linear_num_value_heads;
   const int64_t dk = c_.linear_key_head_dim, dv = c_.linear_value_head_dim, r = nv / nk;
   const int64_t KD = c_.linear_key_dim(), VD = c_.linear_value_dim(), CD = c_.linear_conv_dim();
   const int64_t K = c_.linear_conv_kernel, QKVZ = 2 * KD + 2 * VD;
@@ -152,10 +152,8 @@ void Session::deltanet(int64_t li, int64_t n) {
     }
   });
   clock_.lap(Op::delta_rule);
-  dense_product(l.out_proj, core_.data(), tmp_.data(), n, pool_);
+  dense_product(l.out_proj, core_.data(), tmp_.data(), n, pool_);  // the residual add: the caller's
   clock_.lap(Op::dense);
-  for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];
-  clock_.lap(Op::elementwise);
 }
 
 // Token by token, as transformers' torch_recurrent_gated_delta_rule computes it, rearranged so that the state is read

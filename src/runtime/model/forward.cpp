@@ -245,25 +245,35 @@ void Session::output_rows(std::span<const std::pair<int64_t, float*>> rows) {
 void Session::run_layer(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int64_t H = c_.hidden_size;
-  for_rows(n, [&](int64_t t) {
-    rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
-  });
-  clock_.lap(Op::elementwise);
+  if (li == 0) {  // later layers' input norms ran with the residual add before them
+    for_rows(n, [&](int64_t t) {
+      rms_norm(&x_[size_t(t * H)], l.input_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+    });
+    clock_.lap(Op::elementwise);
+  }
   switch (c_.layers[size_t(li)].mixer) {
     case MixerKind::attention:
     case MixerKind::gated_attention: attention(li, n); break;
     case MixerKind::gated_deltanet: deltanet(li, n); break;
   }
+  add_residual_norm(n, l.post_norm.data());
+  mlp(li, n);
+  add_residual_norm(n, li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr);
+}
+
+void Session::add_residual_norm(int64_t n, const float* norm) {
+  const int64_t H = c_.hidden_size;
   for_rows(n, [&](int64_t t) {
-    rms_norm(&x_[size_t(t * H)], l.post_norm.data(), &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+    float* x = &x_[size_t(t * H)];
+    const float* d = &tmp_[size_t(t * H)];
+    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
+    if (norm) rms_norm(x, norm, &xn_[size_t(t * H)], H, c_.rms_norm_eps);
   });
   clock_.lap(Op::elementwise);
-  mlp(li, n);
 }
 
 void Session::mlp(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
-  const int64_t H = c_.hidden_size;
   if (c_.layers[size_t(li)].mlp == MlpKind::dense) {
     const int64_t I = c_.intermediate_size;
     const DenseJob gate_up[] = {{&l.gate, h1_.data()}, {&l.up, h2_.data()}};
@@ -276,12 +286,6 @@ void Session::mlp(int64_t li, int64_t n) {
   } else {
     moe(l, n);
   }
-  for_rows(n, [&](int64_t t) {
-    float* x = &x_[size_t(t * H)];
-    const float* d = &tmp_[size_t(t * H)];
-    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
-  });
-  clock_.lap(Op::elementwise);
 }
 
 }  // namespace genesis::runtime

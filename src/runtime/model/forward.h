@@ -172,7 +172,10 @@ class Session {
   // moe.cpp, Qwen3-Next's shared expert before the routed experts' region: each row's gate (shared_gate_), SwiGLU of
   // its gate and up products (shared_h1_, from the router's region) and the down input prepared (shared_act_).
   void shared_expert_input(const Layer& l, int64_t n);
-  void mlp(int64_t li, int64_t n);
+  void mlp(int64_t li, int64_t n);  // xn_ rows -> tmp_ rows (the residual add is run_layer's)
+  // x_ += tmp_ row by row, then xn_ = rms_norm(x_, norm) in the same pass (the next sublayer's input; none for a
+  // null norm): one region where a batched step had two (on 16 threads a region costs more than 8 rows of either).
+  void add_residual_norm(int64_t n, const float* norm);
   // gpu_step.cpp: the step of the hybrid mode (the same rows and results as the CPU step's, up to float rounding).
   void gpu_step(std::span<const SequenceRows> batch, int64_t total, int64_t longest);
   void moe(const Layer& l, int64_t n);  // moe.cpp: xn_ rows -> tmp_ rows

@@ -1562,6 +1562,8 @@ void Session::gpu_step(std::span<const SequenceRows> batch, int64_t total, int64
       std::memcpy(x_.data(), g.h_x.data(), xbytes);
       std::memcpy(xn_.data(), g.h_xn.data(), xbytes);
       deltanet(li, n);
+      for (int64_t i = 0; i < n * H; ++i) x_[size_t(i)] += tmp_[size_t(i)];  // deltanet() leaves the residual add
+      clock_.lap(Op::elementwise);
       std::memcpy(g.h_x.data(), x_.data(), xbytes);
       work.push_back([&g, xbytes] { g.to_device(g.x.data(), g.h_x, g.h_x.data(), xbytes); });
     }

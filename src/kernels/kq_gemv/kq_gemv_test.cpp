@@ -751,6 +751,37 @@ TEST(KqGemv, ActivationQuantizersAgreeBitForBit) {
   }
 }
 
+// Every format's unit quantizers (the AVX-512 one, where it runs) write the generic one's bytes: codes in the lane
+// order, the legacy offset corrections, scales and Q4_1's scaled sums, the K-quants' sums, seeds and scale; random
+// values, .5 ties, a zero block, tiny and huge blocks; each refuses a non-finite value.
+TEST(KqGemv, UnitQuantizersAgreeByteForByte) {
+  const auto variants = layout::quantize_unit_variants();
+  std::mt19937 gen(12);
+  std::normal_distribution<float> nd;
+  for (Format f : {Format::q8_0, Format::q4_0, Format::q4_1, Format::q4_k, Format::q5_k, Format::q6_k})
+    for (int c = 0; c < 24; ++c) {
+      std::vector<float> x(256);
+      for (size_t i = 0; i < x.size(); ++i)
+        x[i] = nd(gen) * (c % 5 == 0 ? 1e-30f : c % 5 == 1 ? 3e4f : (i / 32) % 2 ? 0.01f : 1.0f);
+      if (c == 2) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);  // one block all zero
+      if (c == 3)
+        for (int i = 0; i < 256; ++i) x[size_t(i)] = i % 32 == 0 ? 127.0f : float(i % 64) - 31.5f;  // ties
+      std::vector<uint8_t> r0(kTokenRecord, 0xAB);
+      variants[0].second(f, x.data(), r0.data());
+      for (const auto& [name, fn] : variants) {
+        std::vector<uint8_t> r(kTokenRecord, 0xAB);
+        fn(f, x.data(), r.data());
+        const auto diff = std::mismatch(r.begin(), r.end(), r0.begin());
+        EXPECT_TRUE(diff.first == r.end()) << name << " " << format_name(f) << " case " << c << ": byte "
+                                           << (diff.first - r.begin()) << " of the record differs";
+        const float keep = x[77];
+        x[77] = std::nanf("");
+        EXPECT_THROW(fn(f, x.data(), r.data()), Error) << name;
+        x[77] = keep;
+      }
+    }
+}
+
 // The K-quants' two-row kernels (avx512vnni, 2..8 activation rows) compute each row with the one-row kernel's operations in
 // its order: the same bits as rows run one at a time (a one-row range never takes the pair kernel) where the lanes
 // are summed the same way (under 16 rows; from 16 rows sum_lanes' transposing tree orders the 16 lane additions

@@ -46,6 +46,11 @@ inline constexpr int kGCorr = 512, kGDx = 576, kGSx = 640;
 // -127..127, sums of 16; the variants this CPU runs (scalar, avx2, avx512), which compute the same bits.
 using QuantizeBlockFn = float (*)(const float* x, int len, int8_t* q, int32_t* sums16);
 std::vector<std::pair<const char*, QuantizeBlockFn>> quantize_block_variants();
+// Whole-unit activation quantizers (a unit's unit_cols values -> its activation record): the generic one (blocks, then
+// the lane order copied dword by dword) and, where the CPU has AVX-512 F/BW/DQ, the one quantize_activations() runs
+// there (the lane order by permutes; a legacy unit all in registers). Tests hold them to the same bytes.
+using QuantizeUnitFn = void (*)(Format f, const float* x, uint8_t* rec);
+std::vector<std::pair<const char*, QuantizeUnitFn>> quantize_unit_variants();
 
 // Element (within the unit) whose code sits at kernel byte j (0..255 K, 0..127 legacy) of a unit.
 int element_of(Format f, int j);

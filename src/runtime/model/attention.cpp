@@ -1,11 +1,14 @@
 // A layer's attention over the KV caches of the step's sequences: q/k/v products over all rows, QK-norm, rope, KV
 // append to each row's own sequence, causal attention of every (row, head) over its sequence's cached positions, the
-// output product and the residual.
+// output product (the residual add is the caller's).
 #include <cblas.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <thread>
+
+#include <immintrin.h>
 
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
@@ -44,7 +47,7 @@ void Session::attention(int64_t li, int64_t n) {
   const bool half = kv_ == KvType::f16;
   // Each row writes its own cache position (in its own sequence's cache): every row of the step in one pass, the
   // rows of a prefill segment or one row of each of several sequences (a batched decode step) alike.
-  for_rows(n, [&](int64_t t) {
+  auto prepare_row = [&](int64_t t) {
     const Segment* sg = &segs_.front();
     while (t >= sg->row0 + sg->n) ++sg;  // segments are in row order
     SequenceState& sq = seqs_[size_t(sg->seq)];
@@ -83,8 +86,17 @@ void Session::attention(int64_t li, int64_t n) {
         std::memcpy(vc + (h * cap + pos) * hd, v + h * hd, size_t(hd) * 4);
       }
     }
-  });
-  clock_.lap(Op::elementwise);
+  };
+  // A batched decode step (several sequences, one row each) runs the rows' preparation as the first tasks of the
+  // attention's region below (each attention task waits for its row's), not in a region of its own: on 16 threads a
+  // region costs more than 8 rows of this work. Profiled as attention then.
+  // Only where every sequence has one row: a row's attention reads the keys its sequence's earlier rows write.
+  bool all_decode = n >= kParallelRows && pool_ != nullptr;
+  for (const Segment& sg : segs_) all_decode &= sg.n == 1;
+  if (!all_decode) {
+    for_rows(n, prepare_row);
+    clock_.lap(Op::elementwise);
+  }
   // Segments of many rows (prefill) take the GEMM path, the rows of the others (decode) the span path.
   // A sequence's cache of this layer, fp32 or binary16 (the other pair null).
   struct Cache {
@@ -188,9 +200,29 @@ void Session::attention(int64_t li, int64_t n) {
         for (int64_t i2 = 0; i2 < hd; ++i2) o[i2] *= inv;
       }
     };
-    parallel_for(m * nkv * spans, [&](int64_t task) {
+    const int64_t first_task = all_decode ? n : 0;  // the rows' preparation first (all_decode above)
+    if (all_decode) {
+      if (row_ready_size_ < size_t(n)) {
+        row_ready_ = std::make_unique<std::atomic<int32_t>[]>(size_t(n));
+        row_ready_size_ = size_t(n);
+      }
+      for (int64_t t = 0; t < n; ++t) row_ready_[size_t(t)].store(0, std::memory_order_relaxed);
+    }
+    parallel_for(first_task + m * nkv * spans, [&](int64_t k) {
+      if (k < first_task) {
+        prepare_row(k);
+        row_ready_[size_t(k)].store(1, std::memory_order_release);
+        return;
+      }
+      const int64_t task = k - first_task;
       const int64_t sp = task % spans, kvh = (task / spans) % nkv;
       const DecodeRow& d = drows[size_t(task / (spans * nkv))];
+      if (first_task > 0) {  // tasks are claimed in index order: the row's preparation is running or done
+        for (int spins = 0; row_ready_[size_t(d.t)].load(std::memory_order_acquire) == 0; ++spins) {
+          if (spins >= 4096) std::this_thread::yield();
+          else _mm_pause();
+        }
+      }
       const int64_t t = d.t, pos = d.pos;
       const int64_t first = c_.sliding_window > 0 ? std::max<int64_t>(0, pos - c_.sliding_window + 1) : 0;
       const int64_t len = pos - first + 1, per = (len + spans - 1) / spans;

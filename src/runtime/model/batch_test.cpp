@@ -1,5 +1,6 @@
-// Steps over several sequences (Session::step): rows of three sequences stepped together, prefill chunks and decode
-// rows mixed in one step, give each sequence the logits it gets alone, on the tiny golden models (safetensors
+// Steps over several sequences (Session::step): rows of five sequences stepped together, prefill chunks and decode
+// rows mixed in one step, then decode steps of one row per sequence (from 4 rows their attention's preparation runs in
+// its region), give each sequence the logits it gets alone, on the tiny golden models (safetensors
 // directories and GGUF files); slots are reused after removal; bad batches are errors that change nothing.
 #include <gtest/gtest.h>
 
@@ -45,17 +46,22 @@ std::vector<float> run_alone(const Model& m, const Script& s, cpu::ThreadPool* p
 }
 
 // Together: sequence 0's prompt and the first 4 tokens of sequence 1's in step 1; the rest of sequence 1's prompt,
-// all of sequence 2's, and sequence 0's first decode token in step 2; then every sequence's decode tokens together.
+// all of sequences 2, 3 and 4's, and sequence 0's first decode token in step 2; then every sequence's decode tokens
+// together (5 rows a step, then fewer as sequences finish).
+constexpr int kSeqs = 5;
 std::vector<std::vector<float>> run_together(const Model& m, const std::vector<Script>& sc, cpu::ThreadPool* pool) {
-  Session ses(m, 64, pool);
-  const int32_t ids[3] = {0, ses.add_sequence(), ses.add_sequence()};
-  EXPECT_EQ(ids[1], 1);
-  EXPECT_EQ(ids[2], 2);
+  Session ses(m, 96, pool);
+  int32_t ids[kSeqs] = {0};
+  for (int i = 1; i < kSeqs; ++i) {
+    ids[i] = ses.add_sequence();
+    EXPECT_EQ(ids[i], i);
+  }
   const size_t V = size_t(m.config().vocab_size);
-  std::vector<std::vector<float>> out(3);
-  for (int i = 0; i < 3; ++i) out[size_t(i)].resize((sc[size_t(i)].prompt.size() + sc[size_t(i)].decode.size()) * V);
-  std::vector<size_t> fed(3, 0);  // rows run per sequence
-  std::vector<std::vector<int32_t>> keep(3);  // the tokens of each sequence's rows in the current step
+  std::vector<std::vector<float>> out(kSeqs);
+  for (int i = 0; i < kSeqs; ++i)
+    out[size_t(i)].resize((sc[size_t(i)].prompt.size() + sc[size_t(i)].decode.size()) * V);
+  std::vector<size_t> fed(kSeqs, 0);  // rows run per sequence
+  std::vector<std::vector<int32_t>> keep(kSeqs);  // the tokens of each sequence's rows in the current step
   auto rows = [&](int i, size_t n) {
     const Script& s = sc[size_t(i)];
     std::vector<int32_t> all = s.prompt;
@@ -70,17 +76,18 @@ std::vector<std::vector<float>> run_together(const Model& m, const std::vector<S
     ses.step(b);
   }
   {
-    const SequenceRows b[] = {rows(1, sc[1].prompt.size() - 4), rows(2, sc[2].prompt.size()), rows(0, 1)};
+    const SequenceRows b[] = {rows(1, sc[1].prompt.size() - 4), rows(2, sc[2].prompt.size()),
+                              rows(3, sc[3].prompt.size()), rows(4, sc[4].prompt.size()), rows(0, 1)};
     ses.step(b);
   }
   for (;;) {
     std::vector<SequenceRows> b;
-    for (int i = 0; i < 3; ++i)
+    for (int i = 0; i < kSeqs; ++i)
       if (fed[size_t(i)] < sc[size_t(i)].prompt.size() + sc[size_t(i)].decode.size()) b.push_back(rows(i, 1));
     if (b.empty()) break;
     ses.step(b);
   }
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(ses.position(ids[i]), int64_t(fed[size_t(i)]));
+  for (int i = 0; i < kSeqs; ++i) EXPECT_EQ(ses.position(ids[i]), int64_t(fed[size_t(i)]));
   return out;
 }
 
@@ -89,10 +96,12 @@ void check(const Model& m, const std::string& what) {
   // 20 and 33 prompt rows take attention's GEMM path (>= 16 rows of one sequence), 7 the decode path.
   const std::vector<Script> sc = {{tokens_for(1, 20, V), tokens_for(4, 5, V)},
                                   {tokens_for(2, 7, V), tokens_for(5, 6, V)},
-                                  {tokens_for(3, 33, V), tokens_for(6, 4, V)}};
+                                  {tokens_for(3, 33, V), tokens_for(6, 4, V)},
+                                  {tokens_for(7, 3, V), tokens_for(8, 7, V)},
+                                  {tokens_for(9, 1, V), tokens_for(10, 6, V)}};
   cpu::ThreadPool pool(2);
   const auto together = run_together(m, sc, &pool);
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < kSeqs; ++i) {
     const double d = test::max_rel_diff(together[size_t(i)], run_alone(m, sc[size_t(i)], &pool));
     std::printf("%s sequence %d: together vs alone max |logit diff| / max |logit| = %.3g\n", what.c_str(), i, d);
     EXPECT_LE(d, 1e-5) << what << " sequence " << i;

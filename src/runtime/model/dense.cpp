@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "cpu/thread_pool.h"
+#include "runtime/model/ops.h"
 
 namespace genesis::runtime {
 
@@ -138,6 +139,49 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
   }
   run_tasks(jobs, acts, n, pool);
   for (const DenseJob& j : jobs) add_bias(*j.d, j.y, n);
+}
+
+void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n,
+                  cpu::ThreadPool* pool) {
+  const int64_t I = gate.rows;
+  auto apply = [&](int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < n; ++t) swiglu(g + t * I + r0, u + t * I + r0, g + t * I + r0, r1 - r0);
+  };
+  if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
+  if (!gate.bias.empty() || !up.bias.empty() || up.rows != I || up.cols != gate.cols) {
+    const DenseJob jobs[] = {{&gate, g}, {&up, u}};
+    dense_products(jobs, x, n, pool);
+    if (pool && n >= 4) pool->parallel_for(n, [&](int64_t t) { swiglu(g + t * I, u + t * I, g + t * I, I); });
+    else apply(0, I);
+    return;
+  }
+  kernels::LinearActivations* ag = &activations_for(*gate.op);
+  gate.op->prepare(x, n, *ag);
+  kernels::LinearActivations* au = &activations_for(*up.op);
+  if (au != ag) up.op->prepare(x, n, *au);
+  auto run = [&](int64_t r0, int64_t r1) {
+    gate.op->run_rows(*ag, g, r0, r1);
+    up.op->run_rows(*au, u, r0, r1);
+    apply(r0, r1);
+  };
+  const int nt = pool ? pool->size() : 1;
+  const int64_t granule = std::max(gate.op->row_granule(), up.op->row_granule());
+  if (nt == 1 || I < 64) return run(0, I);
+  if (n >= kernels::kGemmRows) {  // one contiguous range per thread, as run_tasks
+    const int64_t per = share(I, nt, granule);
+    pool->run([&](int tid, int) {
+      const int64_t r0 = std::min(I, int64_t(tid) * per), r1 = std::min(I, r0 + per);
+      if (r0 < r1) run(r0, r1);
+    });
+    return;
+  }
+  // Tasks of about equal bytes of both matrices, in multiples of 4 rows (run_tasks' few-row split).
+  const size_t bytes = gate.op->bytes() + up.op->bytes();
+  const size_t task_bytes = std::max(kMinTaskBytes, bytes / size_t(tasks_per_thread() * nt));
+  const int64_t gr = std::max<int64_t>(4, granule);
+  const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
+  const int64_t per = std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);
+  pool->parallel_for((I + per - 1) / per, [&](int64_t k) { run(k * per, std::min(I, (k + 1) * per)); });
 }
 
 }  // namespace genesis::runtime

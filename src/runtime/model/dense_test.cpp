@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 
 #include "cpu/isa.h"
 #include "cpu/thread_pool.h"
@@ -13,6 +14,7 @@
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/memory_source.h"
+#include "runtime/model/ops.h"
 
 namespace genesis::runtime {
 namespace {
@@ -116,6 +118,51 @@ TEST(DenseProducts, FusedRegionEqualsOneProductEach) {
           EXPECT_NEAR(fused[size_t(i)][j], alone[size_t(i)][j], 1e-5 * (1 + std::fabs(alone[size_t(i)][j])));
       }
     }
+  }
+}
+
+// dense_swiglu (gate and up products with SwiGLU applied per task range, one region) gives the bits of the products
+// then swiglu per row: int8 blocks (q8_gemv) and bf16 matrices, few rows (tasks by bytes) and, within sgemm's
+// summation order, GEMM rows (a range per thread), with and without threads; with a bias, the two-step fallback.
+TEST(DenseSwiglu, EqualsTheProductsThenSwiglu) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  cpu::ThreadPool pool(2);
+  for (int64_t rows : {40, 300}) {
+    const int64_t cols = 256;
+    std::vector<float> wg(size_t(rows * cols)), wu(size_t(rows * cols)), bias(static_cast<size_t>(rows));
+    for (auto& v : wg) v = g(rng);
+    for (auto& v : wu) v = g(rng);
+    for (auto& v : bias) v = g(rng);
+    std::vector<uint16_t> bg, bu;
+    for (float v : wg) bg.push_back(bf16(v));
+    for (float v : wu) bu.push_back(bf16(v));
+    const Dense q_gate(kernels::q8_gemv::make_linear(std::make_shared<const kernels::q8_gemv::Q8Matrix>(
+                  kernels::q8_gemv::quantize(wg.data(), rows, cols)))),
+        q_up(kernels::q8_gemv::make_linear(std::make_shared<const kernels::q8_gemv::Q8Matrix>(
+            kernels::q8_gemv::quantize(wu.data(), rows, cols)))),
+        b_gate(kernels::float_dense::make_bf16(rows, cols, bg)), b_up(kernels::float_dense::make_bf16(rows, cols, bu)),
+        b_gate_bias(kernels::float_dense::make_bf16(rows, cols, bg), bias);
+    const std::pair<const Dense*, const Dense*> pairs[] = {{&q_gate, &q_up}, {&b_gate, &b_up}, {&b_gate_bias, &b_up}};
+    for (const auto& [gate, up] : pairs)
+      for (int64_t n : {1, 6, 20}) {
+        std::vector<float> x(size_t(n * cols));
+        for (auto& v : x) v = g(rng);
+        for (cpu::ThreadPool* p : {static_cast<cpu::ThreadPool*>(nullptr), &pool}) {
+          std::vector<float> g1(size_t(n * rows)), u1(size_t(n * rows)), g2(size_t(n * rows)), u2(size_t(n * rows));
+          const DenseJob jobs[] = {{gate, g1.data()}, {up, u1.data()}};
+          dense_products(jobs, x.data(), n, p);
+          for (int64_t t = 0; t < n; ++t) swiglu(&g1[size_t(t * rows)], &u1[size_t(t * rows)], &g1[size_t(t * rows)], rows);
+          dense_swiglu(*gate, *up, x.data(), g2.data(), u2.data(), n, p);
+          const std::string what = std::to_string(rows) + " rows, n " + std::to_string(n) + (p ? ", 2 threads" : "") +
+                                   (gate->bias.empty() ? "" : ", bias");
+          if (n < kernels::kGemmRows || !p) {
+            EXPECT_EQ(g1, g2) << what;
+          } else {  // sgemm over other row ranges (one per thread, not per matrix) may sum an edge tile in another order
+            for (size_t i = 0; i < g1.size(); ++i) EXPECT_NEAR(g1[i], g2[i], 1e-4 * (1 + std::fabs(g1[i]))) << what;
+          }
+        }
+      }
   }
 }
 

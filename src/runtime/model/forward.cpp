@@ -275,12 +275,8 @@ void Session::add_residual_norm(int64_t n, const float* norm) {
 void Session::mlp(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   if (c_.layers[size_t(li)].mlp == MlpKind::dense) {
-    const int64_t I = c_.intermediate_size;
-    const DenseJob gate_up[] = {{&l.gate, h1_.data()}, {&l.up, h2_.data()}};
-    dense_products(gate_up, xn_.data(), n, pool_);
+    dense_swiglu(l.gate, l.up, xn_.data(), h1_.data(), h2_.data(), n, pool_);  // SwiGLU in the products' region
     clock_.lap(Op::dense);
-    for_rows(n, [&](int64_t t) { swiglu(&h1_[size_t(t * I)], &h2_[size_t(t * I)], &h1_[size_t(t * I)], I); });
-    clock_.lap(Op::elementwise);
     dense_product(l.down, h1_.data(), tmp_.data(), n, pool_);
     clock_.lap(Op::dense);
   } else {

@@ -263,6 +263,8 @@ class Session {
   size_t unit_left_size_ = 0;
   std::unique_ptr<std::atomic<int32_t>[]> span_left_;    // [decode rows x KV heads] attention spans not yet done
   size_t span_left_size_ = 0;
+  std::unique_ptr<std::atomic<int32_t>[]> row_ready_;  // [rows] a batched decode step's attention inputs prepared
+  size_t row_ready_size_ = 0;
   std::unique_ptr<std::atomic<int32_t>[]> group_left_;   // [segments x key heads] Gated DeltaNet value heads not yet done
   size_t group_left_size_ = 0;
 

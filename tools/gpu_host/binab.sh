@@ -10,7 +10,7 @@ RES=$OUT/r; mkdir -p $RES build-host
 for m in ${MODELS:-q30 smol}; do
   case $m in q30) synth qwen3-30b-a3b build-host/q30.gguf ;; smol) synth smollm2-135m build-host/smol.gguf ;; esac
 done
-echo "synth done t=$(( $(date +%s) - T0 )) s"
+sync; echo "synth done t=$(( $(date +%s) - T0 )) s"  # the 30B file's writeback (17 GB) done before any timing
 for r in $(seq 1 ${ROUNDS:-3}); do
   for m in ${MODELS:-q30 smol}; do
     for t in ${THREADS:-16}; do

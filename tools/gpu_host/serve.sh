@@ -15,7 +15,10 @@ source devicepkg/common.sh
 RES=$OUT/r; mkdir -p $RES build-host
 exec > >(tee $RES/serve.log) 2>&1
 ( LLAMA_TARGETS="llama-server${PP:+ llama-bench}" build_llama "-DLLAMA_BUILD_SERVER=ON" ) > /dev/null 2>&1 & BL=$!
-( synth smollm2-135m build-host/smol.gguf; synth qwen3-30b-a3b build-host/q30.gguf ) & SY=$!
+rm -f build-host/q80.gguf  # a warm host may still hold amx.sh's 48 GB Qwen3-Next file: the disk holds not both
+( for m in ${MODELS:-smol q30}; do
+    case $m in smol) synth smollm2-135m build-host/smol.gguf ;; q30) synth qwen3-30b-a3b build-host/q30.gguf ;; esac
+  done ) & SY=$!
 wait $SY; sync; echo "synth done t=$(( $(date +%s) - T0 )) s"; ls -la build-host/*.gguf
 wait $BL; tail -1 $OUT/llbuild.log; echo "llama build done t=$(( $(date +%s) - T0 )) s"
 if [ -n "${GPU_AB:-}" ]; then  # the hybrid prefill's experts (the 30B file): default, then each setting in GPU_AB

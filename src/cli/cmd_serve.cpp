@@ -32,9 +32,13 @@ void setup(CLI::App& app) {
   c->add_option("--queue", o->max_queue, "requests waiting for a slot at most; past it 429 (default 64)")
       ->check(CLI::NonNegativeNumber);
   c->add_option("--prefill-chunk", o->prefill_chunk,
-                "prompt tokens per engine step at most: a long prompt joins over several steps so that running "
-                "streams keep getting tokens (default 64)")
+                "prompt tokens per engine step at most while requests are decoding: a long prompt joins over several "
+                "steps so that running streams keep getting tokens (default 64)")
       ->check(CLI::Range(1, 256));
+  c->add_option("--idle-prefill-chunk", o->idle_prefill_chunk,
+                "prompt tokens per engine step when no request is decoding (a burst of prompts, a long prompt "
+                "alone): default 0, the engine's step capacity (256, or 512 with AMX tiles or --gpu)")
+      ->check(CLI::Range(0, 512));
   c->add_option("--max-body", o->max_body, "request body bytes at most; larger gets 413 (default 4 MiB)")
       ->check(CLI::PositiveNumber);
   c->add_option("--max-connections", o->max_connections,

@@ -434,6 +434,7 @@ int serve(const ServeOptions& opt) {
       so.context = opt.context;
       so.max_queue = opt.max_queue;
       so.prefill_chunk = opt.prefill_chunk;
+      so.idle_prefill_chunk = opt.idle_prefill_chunk;
       so.threads = opt.threads;
       if (!opt.load.expert_usage.empty() && s->lm.model->config().is_moe())
         so.on_exit = [path = opt.load.expert_usage, &cfg = s->lm.model->config(), quiet = opt.quiet](const rt::Session& ses) {

@@ -21,6 +21,7 @@ struct ServeOptions {
   int threads = 0;           // engine threads (0: every allowed cpu)
   int64_t max_queue = 64;    // waiting requests beyond the slots; past it 429
   int64_t prefill_chunk = 64;
+  int64_t idle_prefill_chunk = 0;  // 0: the session's step capacity (Scheduler::Options)
   size_t max_body = 4u << 20;  // bytes; larger bodies get 413
   int max_connections = 64;    // HTTP worker threads: connections served at once; more wait for one
   int idle_timeout_s = 5;      // keep-alive idle and read/write timeouts

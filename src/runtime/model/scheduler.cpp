@@ -68,6 +68,7 @@ Scheduler::Scheduler(const Model& model, const Tokenizer& tokenizer, std::vector
   if (opt_.parallel < 1 || opt_.parallel > 64) fail("--parallel must be in [1, 64], got {}", opt_.parallel);
   if (opt_.max_queue < 0) fail("the queue bound must be >= 0, got {}", opt_.max_queue);
   if (opt_.prefill_chunk < 1) fail("the prefill chunk must be >= 1 row, got {}", opt_.prefill_chunk);
+  if (opt_.idle_prefill_chunk < 0) fail("the idle prefill chunk must be >= 0 rows, got {}", opt_.idle_prefill_chunk);
   const ModelConfig& c = model.config();
   context_ = opt_.context > 0 ? opt_.context : std::min(c.max_position_embeddings, Session::kDefaultContext);
   if (context_ > c.max_position_embeddings)
@@ -216,7 +217,10 @@ void Scheduler::step_once(std::vector<std::unique_ptr<Request>>& running) {
       rows.push_back({r->seq, std::span<const int32_t>(&r->next, 1), r->logits.data(), false});
       who.push_back(r.get());
     }
-  int64_t budget = std::min(opt_.prefill_chunk, max_step_rows_ - int64_t(rows.size()));
+  // Prompt rows: --prefill-chunk while requests decode (their next token waits for the step), more when none does.
+  const int64_t idle = opt_.idle_prefill_chunk > 0 ? opt_.idle_prefill_chunk : max_step_rows_;
+  int64_t budget = std::min(rows.empty() ? std::max(idle, opt_.prefill_chunk) : opt_.prefill_chunk,
+                            max_step_rows_ - int64_t(rows.size()));
   std::vector<int64_t> took(running.size(), 0);
   for (size_t i = 0; i < running.size() && budget > 0; ++i) {
     Request& r = *running[i];

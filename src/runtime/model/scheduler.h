@@ -93,7 +93,11 @@ class Scheduler {
     int parallel = 4;            // sequence slots (requests decoding at once)
     int64_t context = 0;         // tokens per slot (<= 0: the Session's default)
     int64_t max_queue = 64;      // requests beyond the slots waiting at most; beyond, submit() throws QueueFull
-    int64_t prefill_chunk = 64;  // prompt rows per step at most (fewer when decode rows fill the step)
+    int64_t prefill_chunk = 64;  // prompt rows per step at most while requests decode (fewer when decode rows fill it)
+    // Prompt rows per step when no request is decoding (no stream's next token waits for the step): 0 = the Session's
+    // step capacity (256 rows, 512 with AMX tiles or a GPU), so a burst of prompts, or one long prompt, runs as one
+    // pass over the weights per step, as llama-server and vLLM batch them.
+    int64_t idle_prefill_chunk = 0;
     int threads = 0;             // the engine's thread pool (0: every allowed cpu)
     std::function<void()> on_step;  // called on the engine thread after each step (tests); keep it short
     // Called on the engine thread when it stops (not after a failure), with the Session it ran: `serve

@@ -92,6 +92,35 @@ TEST(Scheduler, ConcurrentGreedyRequestsEqualAlone) {
   EXPECT_LT(st.steps, 84u);  // rows of several requests shared steps
 }
 
+// Prompts that arrive while no request decodes run together, up to the step's capacity (idle_prefill_chunk 0), not
+// --prefill-chunk rows a step: four prompts of 9-12 tokens with prefill_chunk 4 take one step (each request's one
+// token comes from it), and 11 or more steps when the idle chunk is 4 too. The tokens are the same either way.
+TEST(Scheduler, PromptsArrivingTogetherShareOneStep) {
+  std::vector<std::vector<int32_t>> got[2];
+  uint64_t steps[2] = {0, 0};
+  for (int idle : {0, 4}) {
+    Scheduler::Options o;
+    o.parallel = 4;
+    o.context = 64;
+    o.prefill_chunk = 4;
+    o.idle_prefill_chunk = idle;
+    o.threads = 2;
+    Scheduler sch(*model().model, *model().tokenizer, {}, o);
+    RequestOptions ro;
+    ro.max_tokens = 1;
+    ro.ignore_eos = true;
+    sch.pause(true);  // all four in the slots before the engine's first step
+    std::vector<std::shared_ptr<RequestHandle>> hs;
+    for (int i = 0; i < 4; ++i) hs.push_back(sch.submit(std::vector<int32_t>(size_t(9 + i), int32_t(5 + i)), ro));
+    sch.pause(false);
+    for (auto& h : hs) got[idle ? 1 : 0].push_back(collect(*h).tokens);
+    steps[idle ? 1 : 0] = sch.stats().steps;
+  }
+  EXPECT_EQ(steps[0], 1u);
+  EXPECT_GE(steps[1], 11u);  // 42 prompt rows, 4 a step
+  EXPECT_EQ(got[0], got[1]);
+}
+
 TEST(Scheduler, StopStringsEosAndSampling) {
   Scheduler::Options o;
   o.parallel = 2;
@@ -134,6 +163,7 @@ TEST(Scheduler, CancelQueueBoundAndBadRequests) {
   o.context = 64;
   o.max_queue = 2;
   o.prefill_chunk = 8;  // a 60-token prompt takes 8 steps
+  o.idle_prefill_chunk = 8;  // alone too (by default a prompt alone runs in one step)
   int steps = 0;
   std::shared_ptr<RequestHandle> cancel_at_step_2;
   o.on_step = [&] {

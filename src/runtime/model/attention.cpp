@@ -218,9 +218,14 @@ void Session::attention(int64_t li, int64_t n) {
       const int64_t sp = task % spans, kvh = (task / spans) % nkv;
       const DecodeRow& d = drows[size_t(task / (spans * nkv))];
       if (first_task > 0) {  // tasks are claimed in index order: the row's preparation is running or done
-        for (int spins = 0; row_ready_[size_t(d.t)].load(std::memory_order_acquire) == 0; ++spins) {
-          if (spins >= 4096) std::this_thread::yield();
-          else _mm_pause();
+        // (prepare_row never throws: a failed preparation would leave its row's waiters here)
+        for (int spins = 0; row_ready_[size_t(d.t)].load(std::memory_order_acquire) == 0;) {
+          if (spins >= 4096) {
+            std::this_thread::yield();
+          } else {
+            _mm_pause();
+            ++spins;
+          }
         }
       }
       const int64_t t = d.t, pos = d.pos;

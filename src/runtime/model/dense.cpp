@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
@@ -148,7 +149,9 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
     for (int64_t t = 0; t < n; ++t) swiglu(g + t * I + r0, u + t * I + r0, g + t * I + r0, r1 - r0);
   };
   if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
-  if (!gate.bias.empty() || !up.bias.empty() || up.rows != I || up.cols != gate.cols) {
+  if (up.rows != I || up.cols != gate.cols)
+    fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
+  if (!gate.bias.empty() || !up.bias.empty()) {
     const DenseJob jobs[] = {{&gate, g}, {&up, u}};
     dense_products(jobs, x, n, pool);
     if (pool && n >= 4) pool->parallel_for(n, [&](int64_t t) { swiglu(g + t * I, u + t * I, g + t * I, I); });
@@ -175,10 +178,11 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
     });
     return;
   }
-  // Tasks of about equal bytes of both matrices, in multiples of 4 rows (run_tasks' few-row split).
+  // Tasks of about equal bytes of both matrices, in multiples of 16 rows: swiglu()'s AVX2 path runs a range's last
+  // len % 8 values through the C library's exp, so ranges at multiples of 8 give every value the bits of a whole row's.
   const size_t bytes = gate.op->bytes() + up.op->bytes();
   const size_t task_bytes = std::max(kMinTaskBytes, bytes / size_t(tasks_per_thread() * nt));
-  const int64_t gr = std::max<int64_t>(4, granule);
+  const int64_t gr = std::lcm<int64_t>(16, granule);
   const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
   const int64_t per = std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);
   pool->parallel_for((I + per - 1) / per, [&](int64_t k) { run(k * per, std::min(I, (k + 1) * per)); });

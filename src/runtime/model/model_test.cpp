@@ -251,7 +251,8 @@ TEST(Ops, RouterTopKWithAndWithoutRenormalization) {
 }
 
 // The vector exp (softmax, SwiGLU, decode attention) within a few ulp of the C library's, its edges (underflow to 0,
-// large arguments finite), odd lengths (masked / scalar tails); the decode attention's group products against fp64.
+// large arguments finite), odd lengths (masked tails), SwiGLU over any split of a row the same bits; the decode
+// attention's group products against fp64.
 TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> wide(-100.0f, 88.0f), unit(-1.0f, 1.0f);
@@ -277,6 +278,14 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
     for (int64_t i = 0; i < n; ++i) {
       const double gv = g[size_t(i)], want = gv / (1.0 + std::exp(-gv)) * u[size_t(i)];
       EXPECT_NEAR(o[size_t(i)], want, 1e-6 * std::abs(want) + 1e-30) << gv;
+    }
+    // Any split of the row gives every value the whole row's bits (dense_swiglu runs rows in task ranges).
+    for (int64_t cut : {int64_t(1), int64_t(3), int64_t(12), n / 2}) {
+      if (cut <= 0 || cut >= n) continue;
+      std::vector<float> parts(static_cast<size_t>(n));
+      swiglu(g.data(), u.data(), parts.data(), cut);
+      swiglu(g.data() + cut, u.data() + cut, parts.data() + cut, n - cut);
+      EXPECT_EQ(parts, o) << "n " << n << " cut at " << cut;
     }
     std::vector<float> sl = g;  // silu in place: swiglu without the up factor
     silu(sl.data(), n);

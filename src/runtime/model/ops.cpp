@@ -719,20 +719,22 @@ __attribute__((target("avx512f"))) void swiglu_avx512(const float* gate, const f
   _mm256_zeroupper();
 }
 
+// The last n % 8 values through masked loads and stores (as the AVX-512 path's masked tail): every value gets the
+// same bits whatever range it is computed in (dense_swiglu runs a row in task ranges).
 __attribute__((target("avx2,fma"))) void swiglu_avx2(const float* gate, const float* up, float* out, int64_t n) {
   const __m256 one = _mm256_set1_ps(1.0f);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 g = _mm256_loadu_ps(gate + i);
+  for (int64_t i = 0; i < n; i += 8) {
+    const bool whole = n - i >= 8;
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(std::min<int64_t>(n - i, 8))),
+                                         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 g = whole ? _mm256_loadu_ps(gate + i) : _mm256_maskload_ps(gate + i, m);
     const __m256 d = _mm256_add_ps(one, exp256(_mm256_sub_ps(_mm256_setzero_ps(), g)));
-    const __m256 a = _mm256_div_ps(g, d);
-    _mm256_storeu_ps(out + i, up ? _mm256_mul_ps(a, _mm256_loadu_ps(up + i)) : a);
+    __m256 a = _mm256_div_ps(g, d);
+    if (up) a = _mm256_mul_ps(a, whole ? _mm256_loadu_ps(up + i) : _mm256_maskload_ps(up + i, m));
+    if (whole) _mm256_storeu_ps(out + i, a);
+    else _mm256_maskstore_ps(out + i, m, a);
   }
   _mm256_zeroupper();
-  for (; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = (g / (1.0f + std::exp(-g))) * (up ? up[i] : 1.0f);
-  }
 }
 
 void swiglu_any(const float* gate, const float* up, float* out, int64_t n) {

@@ -219,8 +219,7 @@ void Scheduler::step_once(std::vector<std::unique_ptr<Request>>& running) {
     }
   // Prompt rows: --prefill-chunk while requests decode (their next token waits for the step), more when none does.
   const int64_t idle = opt_.idle_prefill_chunk > 0 ? opt_.idle_prefill_chunk : max_step_rows_;
-  int64_t budget = std::min(rows.empty() ? std::max(idle, opt_.prefill_chunk) : opt_.prefill_chunk,
-                            max_step_rows_ - int64_t(rows.size()));
+  int64_t budget = std::min(rows.empty() ? idle : opt_.prefill_chunk, max_step_rows_ - int64_t(rows.size()));
   std::vector<int64_t> took(running.size(), 0);
   for (size_t i = 0; i < running.size() && budget > 0; ++i) {
     Request& r = *running[i];

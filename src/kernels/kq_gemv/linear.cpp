@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "common/error.h"
 #include "kernels/amx/amx_gemm.h"
@@ -40,6 +42,16 @@ class KqLinear final : public Linear {
     genome_.validate();
     if (genome_.fault != Fault::none) fail("kq_gemv: make_linear with a genome that carries a planted test fault");
     genome_rows_.order.clear();  // an order fits the body of one activation row, not of a pass of several
+    // GENESIS_KQ_ROWS_GENOME="pfm=8192 pfk=t0 ...": the named genes for passes of several rows, in every product (an
+    // A/B switch for whole-model runs; the factory tunes the one-row product).
+    static const std::string rows_override = [] {
+      const char* e = std::getenv("GENESIS_KQ_ROWS_GENOME");
+      return std::string(e ? e : "");
+    }();
+    if (!rows_override.empty()) {
+      genome_rows_ = Genome::parse(rows_override);
+      genome_rows_.validate();
+    }
   }
   size_t bytes() const override { return m_->bytes(); }
   std::string format() const override { return format_name(m_->format); }

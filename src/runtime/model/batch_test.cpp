@@ -50,7 +50,7 @@ std::vector<float> run_alone(const Model& m, const Script& s, cpu::ThreadPool* p
 // together (5 rows a step, then fewer as sequences finish).
 constexpr int kSeqs = 5;
 std::vector<std::vector<float>> run_together(const Model& m, const std::vector<Script>& sc, cpu::ThreadPool* pool) {
-  Session ses(m, 96, pool);
+  Session ses(m, 64, pool);
   int32_t ids[kSeqs] = {0};
   for (int i = 1; i < kSeqs; ++i) {
     ids[i] = ses.add_sequence();

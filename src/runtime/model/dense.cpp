@@ -28,10 +28,12 @@ kernels::LinearActivations& activations_for(const kernels::Linear& l) {
   return *cache.back().second;
 }
 
-void add_bias(const Dense& d, float* y, int64_t n) {
+// y[i, r] += bias[r] for rows r in [r0, r1) (default: all) of n rows of y.
+void add_bias(const Dense& d, float* y, int64_t n, int64_t r0 = 0, int64_t r1 = -1) {
   if (d.bias.empty()) return;
+  if (r1 < 0) r1 = d.rows;
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t r = 0; r < d.rows; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
+    for (int64_t r = r0; r < r1; ++r) y[i * d.rows + r] += d.bias[size_t(r)];
 }
 
 // Rows per thread: an even share rounded up to a multiple of `floor` (and of the matrix's row granule).
@@ -145,27 +147,19 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
 void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n,
                   cpu::ThreadPool* pool) {
   const int64_t I = gate.rows;
-  auto apply = [&](int64_t r0, int64_t r1) {
-    for (int64_t t = 0; t < n; ++t) swiglu(g + t * I + r0, u + t * I + r0, g + t * I + r0, r1 - r0);
-  };
   if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
   if (up.rows != I || up.cols != gate.cols)
     fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
-  if (!gate.bias.empty() || !up.bias.empty()) {
-    const DenseJob jobs[] = {{&gate, g}, {&up, u}};
-    dense_products(jobs, x, n, pool);
-    if (pool && n >= 4) pool->parallel_for(n, [&](int64_t t) { swiglu(g + t * I, u + t * I, g + t * I, I); });
-    else apply(0, I);
-    return;
-  }
   kernels::LinearActivations* ag = &activations_for(*gate.op);
   gate.op->prepare(x, n, *ag);
   kernels::LinearActivations* au = &activations_for(*up.op);
   if (au != ag) up.op->prepare(x, n, *au);
-  auto run = [&](int64_t r0, int64_t r1) {
+  auto run = [&](int64_t r0, int64_t r1) {  // rows [r0, r1) of both, their biases, then SwiGLU on them
     gate.op->run_rows(*ag, g, r0, r1);
     up.op->run_rows(*au, u, r0, r1);
-    apply(r0, r1);
+    add_bias(gate, g, n, r0, r1);
+    add_bias(up, u, n, r0, r1);
+    for (int64_t t = 0; t < n; ++t) swiglu(g + t * I + r0, u + t * I + r0, g + t * I + r0, r1 - r0);
   };
   const int nt = pool ? pool->size() : 1;
   const int64_t granule = std::max(gate.op->row_granule(), up.op->row_granule());

@@ -29,7 +29,7 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
 // same bits as dense_products over both then swiglu() per row (from kGemmRows rows, up to sgemm's summation order over
 // other row ranges), in one parallel region: each task runs matching row
 // ranges of gate and up and applies SwiGLU to its range (no region of its own for it: on 16 threads a region costs
-// more than 8 rows of it). Matrices with a bias take the two steps; of different shapes, an error.
+// more than 8 rows of it), each task adding the biases of its rows first. Matrices of different shapes: an error.
 void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n,
                   cpu::ThreadPool* pool);
 

@@ -123,7 +123,7 @@ TEST(DenseProducts, FusedRegionEqualsOneProductEach) {
 
 // dense_swiglu (gate and up products with SwiGLU applied per task range, one region) gives the bits of the products
 // then swiglu per row: int8 blocks (q8_gemv) and bf16 matrices, few rows (tasks by bytes) and, within sgemm's
-// summation order, GEMM rows (a range per thread), with and without threads; with a bias, the two-step fallback.
+// summation order, GEMM rows (a range per thread), with and without threads; with a bias too.
 TEST(DenseSwiglu, EqualsTheProductsThenSwiglu) {
   std::mt19937 rng(5);
   std::normal_distribution<float> g;

@@ -28,6 +28,7 @@ std::vector<GeneSpec> kq_param_space(int tokens) {
   std::vector<GeneSpec> s = {
       {"pf", {0, 512, 1024, 2048, 3072, 4096, 6144, 8192, 12288, 16384}},
       {"pfk", {0, 1, 2, 3}},
+      {"pfr", {0, 1024, 2048, 4096, 8192, 16384}},
       {"align", {0, 16, 32, 64}},
       {"rows", {8, 16, 32, 64, 128, 256}},
       {"xkb", {8, 12, 16, 24, 32, 48, 64, 128}},
@@ -44,24 +45,26 @@ int kq_gene(const KqGenome& g, const std::string& name) {
   if (name == "pf") return g.pf_dist;
   if (name == "pfm") return g.pf_multi;
   if (name == "pfp") return g.pf_pair;
+  if (name == "pfr") return g.pf_ramp;
   if (name == "pfk") return int(g.pf_kind);
   if (name == "align") return g.loop_align;
   if (name == "rows") return g.row_chunk;
   if (name == "xkb") return g.x_budget_kb;
   if (name == "pass") return g.rows_per_pass;
-  fail("kq_gemv: unknown gene '{}' (genes: pf, pfm, pfp, pfk, align, rows, xkb, pass)", name);
+  fail("kq_gemv: unknown gene '{}' (genes: pf, pfm, pfp, pfr, pfk, align, rows, xkb, pass)", name);
 }
 
 void set_kq_gene(KqGenome& g, const std::string& name, int v) {
   if (name == "pf") g.pf_dist = v;
   else if (name == "pfm") g.pf_multi = v;
   else if (name == "pfp") g.pf_pair = v;
+  else if (name == "pfr") g.pf_ramp = v;
   else if (name == "pfk") g.pf_kind = kq::PrefetchKind(v);
   else if (name == "align") g.loop_align = v;
   else if (name == "rows") g.row_chunk = v;
   else if (name == "xkb") g.x_budget_kb = v;
   else if (name == "pass") g.rows_per_pass = v;
-  else fail("kq_gemv: unknown gene '{}' (genes: pf, pfm, pfp, pfk, align, rows, xkb, pass)", name);
+  else fail("kq_gemv: unknown gene '{}' (genes: pf, pfm, pfp, pfr, pfk, align, rows, xkb, pass)", name);
 }
 
 std::vector<int> kq_pass_rows(const KqGenome& g, int tokens, kq::Path path, kq::Format f) {
@@ -103,7 +106,8 @@ KqBodyFn kq_body_fn(kq::Format f, int tokens, kq::Path path) {
 }
 
 bool same_params(const KqGenome& a, const KqGenome& b) {
-  return a.pf_dist == b.pf_dist && a.pf_multi == b.pf_multi && a.pf_pair == b.pf_pair && a.pf_kind == b.pf_kind &&
+  return a.pf_dist == b.pf_dist && a.pf_multi == b.pf_multi && a.pf_pair == b.pf_pair && a.pf_ramp == b.pf_ramp &&
+         a.pf_kind == b.pf_kind &&
          a.loop_align == b.loop_align && a.row_chunk == b.row_chunk && a.x_budget_kb == b.x_budget_kb &&
          a.rows_per_pass == b.rows_per_pass;
 }

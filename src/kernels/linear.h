@@ -50,6 +50,16 @@ class Linear {
   // x: [n][cols] fp32, row stride cols. x must stay alive until the last run_rows() on these activations (some
   // families keep a pointer to it). Throws genesis::Error for n < 1 or activations of another kind.
   virtual void prepare(const float* x, int64_t n, LinearActivations& a) const = 0;
+  // prepare() in two parts, so that a region's tasks can convert x's rows in parallel (a few-row product's prepare()
+  // on the caller was serial work before its region): prepare_shape() does what must come first, on one thread, and
+  // returns true when prepare_rows() must then fill every row, ranges [i0, i1) on any threads (disjoint ranges
+  // concurrently), all before the first run_rows(); false when it ran prepare() whole (the default, for a family or
+  // a case without a split).
+  virtual bool prepare_shape(const float* x, int64_t n, LinearActivations& a) const {
+    prepare(x, n, a);
+    return false;
+  }
+  virtual void prepare_rows(const float* /*x*/, int64_t /*i0*/, int64_t /*i1*/, LinearActivations& /*a*/) const {}
   // y[t * rows() + r] = sum_k W[r, k] x[t, k] for t < a.n and r in [r0, r1); r0 a multiple of row_granule().
   virtual void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const = 0;
   // Row ranges handed to run_rows() start at multiples of this (the packing's row groups).

@@ -34,6 +34,8 @@ void Genome::validate() const {
     fail("kq_gemv genome: pfm={} must be a multiple of 64 in 0..65536", pf_multi);
   if (pf_pair < 0 || pf_pair > 65536 || pf_pair % 64 != 0)
     fail("kq_gemv genome: pfp={} must be a multiple of 64 in 0..65536", pf_pair);
+  if (pf_ramp < 0 || pf_ramp > 65536 || pf_ramp % 64 != 0)
+    fail("kq_gemv genome: pfr={} must be a multiple of 64 in 0..65536", pf_ramp);
   if (int(pf_kind) > int(PrefetchKind::nta)) fail("kq_gemv genome: prefetch kind {} is not t0, t1, t2 or nta", int(pf_kind));
   if (loop_align != 0 && loop_align != 16 && loop_align != 32 && loop_align != 64)
     fail("kq_gemv genome: align={} must be 0, 16, 32 or 64", loop_align);
@@ -50,8 +52,8 @@ uint64_t Genome::hash() const {
 }
 
 std::string Genome::serialize() const {
-  std::string s = fmt::format("pf={} pfm={} pfp={} pfk={} align={} rows={} xkb={} pass={}", pf_dist,
-                              pf_multi, pf_pair, kind_name(pf_kind), loop_align, row_chunk, x_budget_kb, rows_per_pass);
+  std::string s = fmt::format("pf={} pfm={} pfp={} pfr={} pfk={} align={} rows={} xkb={} pass={}", pf_dist,
+                              pf_multi, pf_pair, pf_ramp, kind_name(pf_kind), loop_align, row_chunk, x_budget_kb, rows_per_pass);
   if (!order.empty()) s += fmt::format(" order={}", fmt::join(order, ","));
   if (fault != Fault::none) s += fmt::format(" fault={}", kFaultNames[int(fault)]);
   return s;
@@ -108,11 +110,12 @@ Genome Genome::parse(const std::string& text) {
     if (key == "pf") g.pf_dist = v;
     else if (key == "pfm") g.pf_multi = v;
     else if (key == "pfp") g.pf_pair = v;
+    else if (key == "pfr") g.pf_ramp = v;
     else if (key == "align") g.loop_align = v;
     else if (key == "rows") g.row_chunk = v;
     else if (key == "xkb") g.x_budget_kb = v;
     else if (key == "pass") g.rows_per_pass = v;
-    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfm, pfp, pfk, align, rows, xkb, pass, order, fault)", key);
+    else fail("kq_gemv genome: unknown gene '{}' (genes: pf, pfm, pfp, pfr, pfk, align, rows, xkb, pass, order, fault)", key);
   }
   g.validate();
   return g;

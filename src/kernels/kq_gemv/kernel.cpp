@@ -200,27 +200,34 @@ std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int t
 // The 16 fp32 lanes of output (row i, activation row t) at lanes[(i n + t) 16] summed into y[t ldy + r0 + i]. 16 rows
 // at a time by a transposing tree (45 shuffles and adds for 16 outputs, one contiguous store per activation row)
 // rather than a horizontal reduction per output (about 9 dependent instructions each and a scattered store: it took
-// 13% of the kernel time in a 30B-shaped MoE prefill); the rows left over one at a time. Either way each output is
-// a pairwise tree of depth 4 over its lanes.
+// 13% of the kernel time in a 30B-shaped MoE prefill). The last rows (fewer than 16) take the same tree with zeros
+// for the missing rows and a masked store: each output's sum is then the same pairwise tree over its lanes wherever
+// its row falls in a range, so results do not depend on how a product's rows were split into tasks (when those rows
+// took a per-row reduction, a row's bits moved with the split, and with the thread count; and decode's few-row tasks,
+// in multiples of 4 rows, left up to 12 rows of each to it).
+__attribute__((target("avx512f"))) inline __m512 lane_row(const float* p, bool present) {
+  return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps();
+}
+
 __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int64_t rows, float* y, int64_t ldy,
                                                   int64_t r0) {
   const size_t stride = size_t(n) * 16;  // floats from one row's lanes to the next row's (same activation row)
-  int64_t i = 0;
-  for (; i + 16 <= rows; i += 16)
+  for (int64_t i = 0; i < rows; i += 16) {
+    const int64_t m = std::min<int64_t>(16, rows - i);
     for (int t = 0; t < n; ++t) {
       const float* l = lanes + (size_t(i) * size_t(n) + size_t(t)) * 16;
       // level 1: rows 2k, 2k+1 -> per 128-bit lane [2k, 2k+1, 2k, 2k+1]
       __m512 s1[8];
       for (int k = 0; k < 8; ++k) {
-        const __m512 a = _mm512_loadu_ps(l + size_t(2 * k) * stride);
-        const __m512 b = _mm512_loadu_ps(l + size_t(2 * k + 1) * stride);
+        const __m512 a = lane_row(l + size_t(2 * k) * stride, 2 * k < m);
+        const __m512 b = lane_row(l + size_t(2 * k + 1) * stride, 2 * k + 1 < m);
         s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
       }
       // level 2: rows 4m..4m+3 in each 128-bit lane
       __m512 s2[4];
-      for (int m = 0; m < 4; ++m) {
-        const __m512d a = _mm512_castps_pd(s1[2 * m]), b = _mm512_castps_pd(s1[2 * m + 1]);
-        s2[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+      for (int q = 0; q < 4; ++q) {
+        const __m512d a = _mm512_castps_pd(s1[2 * q]), b = _mm512_castps_pd(s1[2 * q + 1]);
+        s2[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
       }
       // level 3: [rows 0..3, 0..3, 4..7, 4..7] and [8..11, 8..11, 12..15, 12..15]; level 4: rows 0..15
       __m512 s3[2];
@@ -229,11 +236,11 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
                               _mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0xDD));
       const __m512 s4 =
           _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
-      _mm512_storeu_ps(y + size_t(t) * size_t(ldy) + size_t(r0 + i), s4);
+      float* out = y + size_t(t) * size_t(ldy) + size_t(r0 + i);
+      if (m == 16) _mm512_storeu_ps(out, s4);
+      else _mm512_mask_storeu_ps(out, __mmask16((1u << m) - 1), s4);
     }
-  for (; i < rows; ++i)
-    for (int t = 0; t < n; ++t)
-      y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = _mm512_reduce_add_ps(_mm512_loadu_ps(lanes + (i * n + t) * 16));
+  }
 }
 
 // The AVX2 kernels fill lanes 0..7 of each 16 (the rest stay zero): summed pairwise in plain C++ (no AVX-512 here).
@@ -244,6 +251,20 @@ void sum_lanes8(const float* lanes, int n, int64_t rows, float* y, int64_t ldy, 
       const float a0 = l[0] + l[4], a1 = l[1] + l[5], a2 = l[2] + l[6], a3 = l[3] + l[7];
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = (a0 + a2) + (a1 + a3);
     }
+}
+
+}  // namespace
+
+namespace {
+
+void prefetch_range(const uint8_t* p, size_t bytes, PrefetchKind k) {
+  const char* c = reinterpret_cast<const char*>(p);
+  switch (k) {
+    case PrefetchKind::t0: for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0); break;
+    case PrefetchKind::t1: for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T1); break;
+    case PrefetchKind::t2: for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T2); break;
+    case PrefetchKind::nta: for (size_t b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_NTA); break;
+  }
 }
 
 }  // namespace
@@ -328,6 +349,9 @@ void jit_rows(const Matrix& w, const Activations& a, float* y, int64_t ldy, int6
     t0 += n;
   }
   const int64_t row_chunk = g.row_chunk;
+  if (g.pf_ramp > 0 && path != Path::scalar)  // the range's first bytes requested at once (genome.h: pf_ramp)
+    prefetch_range(w.records() + size_t(r0) * size_t(w.row_bytes()),
+                   std::min<size_t>(size_t(g.pf_ramp), size_t(r1 - r0) * size_t(w.row_bytes())), g.pf_kind);
   thread_local std::vector<float> lanes;
   if (lanes.size() < size_t(row_chunk * kMaxTokens * 16)) lanes.resize(size_t(row_chunk * kMaxTokens * 16));
   KernelArgs args;

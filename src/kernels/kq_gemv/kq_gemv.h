@@ -105,6 +105,11 @@ inline constexpr int64_t kTokenRecord = 384;
 inline constexpr int64_t kGroupRecord = 768;
 // `grouped` false: no grouped copy (the caller runs the rows on the AMX int8 tiles, which read the plain records).
 void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out, bool grouped = true);
+// quantize_activations() in two parts, so that threads can quantize rows apart: shape_activations() sizes `out` for
+// n rows (on one thread, first), then quantize_activation_rows() fills rows [t0, t1) (x: all n rows, as above), on
+// any thread, concurrently on disjoint rows. Non-finite values are a genesis::Error from either.
+void shape_activations(Format f, int n, int64_t cols, Activations& out, bool grouped = true);
+void quantize_activation_rows(const float* x, int t0, int t1, Activations& out);
 // The quantized values q * scale of activation row t, in natural order (cols entries), exactly.
 void dequantize_activations(const Activations& a, int t, double* out);
 

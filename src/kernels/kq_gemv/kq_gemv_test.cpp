@@ -784,8 +784,8 @@ TEST(KqGemv, UnitQuantizersAgreeByteForByte) {
 
 // The K-quants' two-row kernels (avx512vnni, 2..8 activation rows) compute each row with the one-row kernel's operations in
 // its order: the same bits as rows run one at a time (a one-row range never takes the pair kernel) where the lanes
-// are summed the same way (under 16 rows; from 16 rows sum_lanes' transposing tree orders the 16 lane additions
-// differently, so 70 rows are checked against the fp64 reference); odd row counts end on the one-row kernel;
+// are summed the same way (sum_lanes' transposing tree for any number of rows: 70 rows are also checked against the
+// fp64 reference); odd row counts end on the one-row kernel;
 // several column chunks (xkb=1) start and then add to the lanes.
 TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
   EXPECT_TRUE(has_pair_kernel(Path::avx512vnni, Format::q4_k, 8));
@@ -822,11 +822,9 @@ TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
         quantize_activations(f, x.data(), n, cols, a);
         std::vector<float> y2(size_t(n * rows)), y1(size_t(n * rows));
         run_rows(m, a, y2.data(), rows, 0, rows, Path::avx512vnni, g);
-        if (rows < 16) {
-          for (int64_t r = 0; r < rows; ++r) run_rows(m, a, y1.data(), rows, r, r + 1, Path::avx512vnni, g);
-          for (size_t i = 0; i < y1.size(); ++i) ASSERT_EQ(y2[i], y1[i]) << "output " << i;
-          continue;
-        }
+        for (int64_t r = 0; r < rows; ++r) run_rows(m, a, y1.data(), rows, r, r + 1, Path::avx512vnni, g);
+        for (size_t i = 0; i < y1.size(); ++i) ASSERT_EQ(y2[i], y1[i]) << "output " << i;
+        if (rows < 16) continue;
         std::vector<double> ref(size_t(n * rows));
         reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
         for (int t = 0; t < n; ++t)
@@ -834,6 +832,51 @@ TEST(KqGemv, TwoRowKernelsAgreeBitForBitWithOneRowKernels) {
             const double b = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
             ASSERT_LE(std::fabs(double(y2[size_t(t * rows + r)]) - ref[size_t(t * rows + r)]), b) << t << " " << r;
           }
+      }
+}
+
+// Activations quantized row by row on their own (shape_activations, then quantize_activation_rows over any split of
+// the rows: what a region's tasks do, Linear::prepare_shape / prepare_rows) are quantize_activations()'s bytes, the
+// four-unit kernels' grouped records included; a non-finite value in a row is an error from that row's part. And a
+// product's rows split into ranges anywhere give the whole range's bits (sum_lanes takes the same tree for the last
+// rows of a range as for the others), with 1 and several activation rows.
+TEST(KqGemv, RowsQuantizedApartAndRangesSplitAnywhereKeepTheBits) {
+  uint32_t seed = 900;
+  for (Format f : kFormats)
+    for (int64_t cols : {is_k_quant(f) ? int64_t(256) : int64_t(576), int64_t(2048)})
+      for (int n : {2, 3, 8, 13}) {
+        SCOPED_TRACE(testing::Message() << format_name(f) << " cols " << cols << " n " << n);
+        const auto x = random_x(n, cols, seed++, 1.0f);
+        Activations whole, apart;
+        quantize_activations(f, x.data(), n, cols, whole);
+        shape_activations(f, n, cols, apart);
+        for (int t = n; t-- > 0;) quantize_activation_rows(x.data(), t, t + 1, apart);  // last row first
+        ASSERT_EQ(apart.units, whole.units);
+        ASSERT_EQ(apart.groups, whole.groups);
+        const size_t bytes = size_t(whole.units) * size_t(n) * kTokenRecord;
+        const size_t gbytes = size_t(whole.groups) * size_t(n) * kGroupRecord;
+        ASSERT_EQ(std::memcmp(apart.data.data(), whole.data.data(), bytes), 0);
+        ASSERT_EQ(std::memcmp(apart.grouped.data(), whole.grouped.data(), gbytes), 0);
+        auto bad = x;
+        bad[size_t(cols + 3)] = std::nanf("");
+        EXPECT_NO_THROW(quantize_activation_rows(bad.data(), 0, 1, apart));
+        EXPECT_THROW(quantize_activation_rows(bad.data(), 1, 2, apart), Error);
+        EXPECT_THROW(quantize_activation_rows(x.data(), 0, n + 1, apart), Error);
+
+        const int64_t rows = 75;  // ranges below and above 16 rows, ending anywhere
+        const auto stored = random_stored(f, rows, cols, seed++);
+        const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+        for (int na : {1, n}) {
+          Activations a;
+          quantize_activations(f, x.data(), na, cols, a);
+          std::vector<float> y1(size_t(na * rows)), y2(y1.size());
+          run_rows(m, a, y1.data(), rows, 0, rows, best_path());
+          for (int64_t r0 : {int64_t(0), int64_t(4), int64_t(7), int64_t(23), int64_t(40)}) {
+            const int64_t r1 = r0 == 40 ? rows : r0 == 23 ? 40 : r0 == 7 ? 23 : r0 == 4 ? 7 : 4;
+            run_rows(m, a, y2.data(), rows, r0, r1, best_path());
+          }
+          for (size_t i = 0; i < y1.size(); ++i) ASSERT_EQ(y1[i], y2[i]) << na << " rows of x, output " << i;
+        }
       }
 }
 

@@ -895,7 +895,7 @@ std::vector<std::pair<const char*, layout::QuantizeUnitFn>> layout::quantize_uni
   return v;
 }
 
-void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out, bool grouped) {
+void shape_activations(Format f, int n, int64_t cols, Activations& out, bool grouped) {
   if (n < 1 || n > kMaxRows) fail("kq_gemv: {} activation rows; a product takes 1..{}", n, kMaxRows);
   const int bc = stored_block_cols(f);
   if (cols <= 0 || cols % bc != 0)
@@ -907,13 +907,26 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
   out.units = (cols + uc - 1) / uc;
   const size_t need = size_t(out.units) * size_t(n) * kTokenRecord;
   if (out.data.size() < need) out.data.resize(need);
+  // The grouped copy for the four-unit AVX-512 kernels (several rows of a legacy format; kernel.cpp runs them for
+  // 2..8 rows per pass).
+  static const bool four_unit_kernels = best_path() == Path::avx512vnni;  // where the AVX-512 kernels run
+  out.groups = grouped && four_unit_kernels && !is_k_quant(f) && n >= 2 ? out.units / 4 : 0;
+  const size_t gneed = size_t(out.groups) * size_t(n) * kGroupRecord;
+  if (out.grouped.size() < gneed) out.grouped.resize(gneed);
+}
+
+void quantize_activation_rows(const float* x, int t0, int t1, Activations& out) {
+  if (t0 < 0 || t1 > out.n || t0 > t1) fail("kq_gemv: activation rows [{}, {}) of {}", t0, t1, out.n);
+  const Format f = out.format;
+  const int64_t cols = out.cols, n = out.n;
+  const int uc = unit_cols(f);
   const BlockFn fn = block_fn();
   static const bool avx512 = fn == quantize_block_avx512 && cpu::mayiuse(cpu::Isa::avx512dq);
   const layout::QuantizeUnitFn fast =
       !avx512 ? nullptr : is_k_quant(f) ? quantize_kquant_unit_avx512 : quantize_legacy_unit_avx512;
   alignas(64) float pad[256];
-  for (int64_t u = 0; u < out.units; ++u)
-    for (int t = 0; t < n; ++t) {
+  for (int t = t0; t < t1; ++t)
+    for (int64_t u = 0; u < out.units; ++u) {
       uint8_t* rec = out.data.data() + (size_t(u) * size_t(n) + size_t(t)) * kTokenRecord;
       const int64_t c0 = u * uc;
       const float* src = x + size_t(t) * size_t(cols) + size_t(c0);
@@ -925,15 +938,9 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
       if (fast) fast(f, src, rec);
       else quantize_unit(f, fn, src, rec);
     }
-  // The grouped copy for the four-unit AVX-512 kernels (several rows of a legacy format): a transpose of 16-byte
-  // chunks and a gather of the per-block values (kernel.cpp runs them for 2..8 rows per pass).
-  static const bool four_unit_kernels = best_path() == Path::avx512vnni;  // where the AVX-512 kernels run
-  out.groups = grouped && four_unit_kernels && !is_k_quant(f) && n >= 2 ? out.units / 4 : 0;
-  if (out.groups == 0) return;
-  const size_t gneed = size_t(out.groups) * size_t(n) * kGroupRecord;
-  if (out.grouped.size() < gneed) out.grouped.resize(gneed);
+  // The grouped copy: a transpose of 16-byte chunks and a gather of the per-block values.
   for (int64_t g = 0; g < out.groups; ++g)
-    for (int t = 0; t < n; ++t) {
+    for (int t = t0; t < t1; ++t) {
       uint8_t* dst = out.grouped.data() + (size_t(g) * size_t(n) + size_t(t)) * kGroupRecord;
       for (int u = 0; u < 4; ++u) {
         const uint8_t* rec = out.data.data() + (size_t(4 * g + u) * size_t(n) + size_t(t)) * kTokenRecord;
@@ -945,6 +952,11 @@ void quantize_activations(Format f, const float* x, int n, int64_t cols, Activat
       }
       std::memset(dst + kGSx + 64, 0, size_t(kGroupRecord - kGSx - 64));
     }
+}
+
+void quantize_activations(Format f, const float* x, int n, int64_t cols, Activations& out, bool grouped) {
+  shape_activations(f, n, cols, out, grouped);
+  quantize_activation_rows(x, 0, n, out);
 }
 
 void dequantize_activations(const Activations& a, int t, double* out) {

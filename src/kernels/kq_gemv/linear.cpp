@@ -22,6 +22,11 @@ namespace {
 
 constexpr std::string_view kName = "kq_gemv";
 
+std::string env_text(const char* name) {
+  const char* e = std::getenv(name);
+  return e ? e : "";
+}
+
 struct KqActivations : LinearActivations {
   Activations q;             // n <= kMaxRows: int8 activations for the kernels
   const float* x = nullptr;  // n > kMaxRows: fp32 rows for the widened GEMM
@@ -44,14 +49,11 @@ class KqLinear final : public Linear {
     genome_rows_.order.clear();  // an order fits the body of one activation row, not of a pass of several
     // GENESIS_KQ_ROWS_GENOME="pfm=8192 pfk=t0 ...": the named genes for passes of several rows, in every product (an
     // A/B switch for whole-model runs; the factory tunes the one-row product).
-    static const std::string rows_override = [] {
-      const char* e = std::getenv("GENESIS_KQ_ROWS_GENOME");
-      return std::string(e ? e : "");
-    }();
-    if (!rows_override.empty()) {
-      genome_rows_ = Genome::parse(rows_override);
-      genome_rows_.validate();
-    }
+    // GENESIS_KQ_GENOME: the same for one-row passes (in place of the knowledge base's genome or the baseline).
+    static const std::string rows_override = env_text("GENESIS_KQ_ROWS_GENOME");
+    static const std::string one_override = env_text("GENESIS_KQ_GENOME");
+    if (!rows_override.empty()) genome_rows_ = Genome::parse(rows_override);
+    if (!one_override.empty()) genome_ = Genome::parse(one_override);
   }
   size_t bytes() const override { return m_->bytes(); }
   std::string format() const override { return format_name(m_->format); }
@@ -67,16 +69,23 @@ class KqLinear final : public Linear {
   std::string_view activation_kind() const override { return kind_; }
   std::unique_ptr<LinearActivations> new_activations() const override { return std::make_unique<KqActivations>(); }
   void prepare(const float* x, int64_t n, LinearActivations& a) const override {
-    auto& k = activations_as<KqActivations>(a, kName);
-    if (n < 1) fail("kq_gemv: {} rows of activations", n);
-    k.n = n;
-    k.cols = cols();
-    k.x = x;
-    k.tiles = amx::available() && n >= tile_rows();
-    k.int8_tiles = !k.tiles && n <= kMaxRows && int8_tiles() && n >= tiles::min_rows();
+    KqActivations& k = setup(x, n, a);
     if (k.tiles) amx::pack_rows(x, n, cols(), k.packed);
     else if (n <= kMaxRows) quantize_activations(m_->format, x, int(n), cols(), k.q, !k.int8_tiles);
     if (k.int8_tiles) tiles::pack(k.q, k.packed8);
+  }
+  // Several rows for the kernels split by row; the tiles' packing and one row stay whole.
+  bool prepare_shape(const float* x, int64_t n, LinearActivations& a) const override {
+    KqActivations& k = setup(x, n, a);
+    if (n < 2 || k.tiles || k.int8_tiles || n > kMaxRows) {
+      prepare(x, n, a);
+      return false;
+    }
+    shape_activations(m_->format, int(n), cols(), k.q);
+    return true;
+  }
+  void prepare_rows(const float* x, int64_t i0, int64_t i1, LinearActivations& a) const override {
+    quantize_activation_rows(x, int(i0), int(i1), activations_as<KqActivations>(a, kName).q);
   }
   void run_rows(const LinearActivations& a, float* y, int64_t r0, int64_t r1) const override {
     const auto& k = activations_as<KqActivations>(a, kName);
@@ -112,6 +121,16 @@ class KqLinear final : public Linear {
 
  private:
   bool int8_tiles() const { return tiles::serves(m_->format) && tiles::available(); }
+  KqActivations& setup(const float* x, int64_t n, LinearActivations& a) const {
+    auto& k = activations_as<KqActivations>(a, kName);
+    if (n < 1) fail("kq_gemv: {} rows of activations", n);
+    k.n = n;
+    k.cols = cols();
+    k.x = x;
+    k.tiles = amx::available() && n >= tile_rows();
+    k.int8_tiles = !k.tiles && n <= kMaxRows && int8_tiles() && n >= tiles::min_rows();
+    return k;
+  }
   static Path path() {
     static const Path p = best_path();
     return p;

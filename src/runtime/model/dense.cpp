@@ -1,11 +1,15 @@
 // Dense products over the Linear seam; see dense.h.
 #include "runtime/model/dense.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -57,6 +61,70 @@ int tasks_per_thread() {
   return t;
 }
 
+// A few-row product's activations converted by its region's first tasks, one per row of x (Linear::prepare_shape /
+// prepare_rows), while the product tasks wait for the last: several rows' conversion was serial work on the caller
+// before each region (8 rows of 1536 Q8_0 columns about 4 us on Zen 4; four such products a layer).
+// GENESIS_ROW_PREP=0 converts on the caller as before (A/B).
+class RowPrep {
+ public:
+  // Whether the products of n rows of x over `total` matrix rows convert x in their region.
+  static bool wanted(const cpu::ThreadPool* pool, int64_t n, int64_t total) {
+    static const bool on = [] {
+      const char* e = std::getenv("GENESIS_ROW_PREP");
+      return !(e && std::string(e) == "0");
+    }();
+    return on && pool && pool->size() > 1 && n >= 2 && n < kernels::kGemmRows && total >= 64;
+  }
+  RowPrep(const float* x, int64_t n, bool split) : x_(x), n_(n), split_(split) {}
+  // prepare(), or its shape now and its rows as this region's tasks.
+  void prepare(const kernels::Linear& op, kernels::LinearActivations& a) {
+    if (!split_) op.prepare(x_, n_, a);
+    else if (op.prepare_shape(x_, n_, a)) jobs_.push_back({&op, &a});
+  }
+  int64_t tasks() const { return int64_t(jobs_.size()) * n_; }
+  void run_here() {  // every row on this thread (a region that did not take them as tasks)
+    for (int64_t k = 0; k < tasks(); ++k) run(k);
+    jobs_.clear();
+  }
+  void run(int64_t k) {  // task k < tasks(): one row
+    const Job& j = jobs_[size_t(k / n_)];
+    const int64_t i = k % n_;
+    try {
+      j.op->prepare_rows(x_, i, i + 1, *j.a);
+    } catch (...) {
+      failed_.store(true, std::memory_order_relaxed);
+      done_.fetch_add(1, std::memory_order_release);
+      throw;  // parallel_for rethrows it after the region
+    }
+    done_.fetch_add(1, std::memory_order_release);
+  }
+  // Waits for every row (tasks are claimed in index order: the rows are done or running); false if one failed.
+  bool wait() const {
+    const int64_t all = tasks();
+    for (int spins = 0; done_.load(std::memory_order_acquire) < all;) {
+      if (spins >= 4096) {
+        std::this_thread::yield();
+      } else {
+        _mm_pause();
+        ++spins;
+      }
+    }
+    return !failed_.load(std::memory_order_relaxed);
+  }
+
+ private:
+  struct Job {
+    const kernels::Linear* op;
+    kernels::LinearActivations* a;
+  };
+  const float* x_;
+  int64_t n_;
+  bool split_;
+  std::vector<Job> jobs_;
+  std::atomic<int64_t> done_{0};
+  std::atomic<bool> failed_{false};
+};
+
 // One product's rows over the pool. Few rows of x (decode, memory-bound): chunks of about a sixteenth of a
 // thread's share, claimed dynamically (in guided runs), so a thread slowed by memory contention or a late wake-up
 // does not hold the others at the region's end. Many rows (prefill): one contiguous range per thread (each sgemm
@@ -67,13 +135,14 @@ struct RowTask {
 };
 
 void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivations* const> acts, int64_t n,
-               cpu::ThreadPool* pool) {
+               cpu::ThreadPool* pool, RowPrep& prep) {
   const int nt = pool ? pool->size() : 1;
   int64_t total = 0, granule = 1;
   for (const DenseJob& j : jobs) {
     total += j.d->rows;
     granule = std::max(granule, j.d->op->row_granule());
   }
+  if (nt == 1 || total < 64 || n >= kernels::kGemmRows) prep.run_here();  // (RowPrep::wanted() leaves none here)
   if (nt == 1 || total < 64) {
     for (size_t i = 0; i < jobs.size(); ++i) jobs[i].d->op->run_rows(*acts[i], jobs[i].y, 0, jobs[i].d->rows);
     return;
@@ -110,8 +179,11 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
     for (int64_t r = 0; r < rows; r += per) tasks.push_back({int32_t(i), r, std::min(rows, r + per)});
   }
   const std::vector<RowTask>* tp = &tasks;  // the caller's list: inside the workers `tasks` names their own
-  pool->parallel_for(int64_t(tasks.size()), [&](int64_t k) {
-    const RowTask& t = (*tp)[size_t(k)];
+  const int64_t np = prep.tasks();
+  pool->parallel_for(np + int64_t(tasks.size()), [&](int64_t k) {
+    if (k < np) return prep.run(k);
+    if (np > 0 && !prep.wait()) return;
+    const RowTask& t = (*tp)[size_t(k - np)];
     jobs[size_t(t.job)].d->op->run_rows(*acts[size_t(t.job)], jobs[size_t(t.job)].y, t.r0, t.r1);
   });
 }
@@ -121,9 +193,10 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool) {
   if (d.empty()) fail("dense_product: no matrix (an absent weight was multiplied)");
   kernels::LinearActivations* a = &activations_for(*d.op);
-  d.op->prepare(x, n, *a);
+  RowPrep prep(x, n, RowPrep::wanted(pool, n, d.rows));
+  prep.prepare(*d.op, *a);
   const DenseJob job{&d, y};
-  run_tasks({&job, 1}, {&a, 1}, n, pool);
+  run_tasks({&job, 1}, {&a, 1}, n, pool, prep);
   add_bias(d, y, n);
 }
 
@@ -132,15 +205,18 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
   // x prepared once per activation kind; the jobs' activations in order.
   thread_local std::vector<kernels::LinearActivations*> acts;
   acts.clear();
+  int64_t total = 0;
+  for (const DenseJob& j : jobs) total += j.d->rows;
+  RowPrep prep(x, n, RowPrep::wanted(pool, n, total));
   for (const DenseJob& j : jobs) {
     if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
     if (j.d->cols != jobs[0].d->cols)
       fail("dense_products: matrices over one x with {} and {} columns", jobs[0].d->cols, j.d->cols);
     kernels::LinearActivations* a = &activations_for(*j.d->op);
-    if (std::find(acts.begin(), acts.end(), a) == acts.end()) j.d->op->prepare(x, n, *a);
+    if (std::find(acts.begin(), acts.end(), a) == acts.end()) prep.prepare(*j.d->op, *a);
     acts.push_back(a);
   }
-  run_tasks(jobs, acts, n, pool);
+  run_tasks(jobs, acts, n, pool, prep);
   for (const DenseJob& j : jobs) add_bias(*j.d, j.y, n);
 }
 
@@ -150,10 +226,12 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
   if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
   if (up.rows != I || up.cols != gate.cols)
     fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
+  const int nt = pool ? pool->size() : 1;
+  RowPrep prep(x, n, RowPrep::wanted(pool, n, I));
   kernels::LinearActivations* ag = &activations_for(*gate.op);
-  gate.op->prepare(x, n, *ag);
+  prep.prepare(*gate.op, *ag);
   kernels::LinearActivations* au = &activations_for(*up.op);
-  if (au != ag) up.op->prepare(x, n, *au);
+  if (au != ag) prep.prepare(*up.op, *au);
   auto run = [&](int64_t r0, int64_t r1) {  // rows [r0, r1) of both, their biases, then SwiGLU on them
     gate.op->run_rows(*ag, g, r0, r1);
     up.op->run_rows(*au, u, r0, r1);
@@ -161,8 +239,8 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
     add_bias(up, u, n, r0, r1);
     for (int64_t t = 0; t < n; ++t) swiglu(g + t * I + r0, u + t * I + r0, g + t * I + r0, r1 - r0);
   };
-  const int nt = pool ? pool->size() : 1;
   const int64_t granule = std::max(gate.op->row_granule(), up.op->row_granule());
+  if (nt == 1 || I < 64 || n >= kernels::kGemmRows) prep.run_here();  // (RowPrep::wanted() leaves none here)
   if (nt == 1 || I < 64) return run(0, I);
   if (n >= kernels::kGemmRows) {  // one contiguous range per thread, as run_tasks
     const int64_t per = share(I, nt, granule);
@@ -179,7 +257,13 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
   const int64_t gr = std::lcm<int64_t>(16, granule);
   const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
   const int64_t per = std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);
-  pool->parallel_for((I + per - 1) / per, [&](int64_t k) { run(k * per, std::min(I, (k + 1) * per)); });
+  const int64_t np = prep.tasks();
+  pool->parallel_for(np + (I + per - 1) / per, [&](int64_t k) {
+    if (k < np) return prep.run(k);
+    if (np > 0 && !prep.wait()) return;
+    k -= np;
+    run(k * per, std::min(I, (k + 1) * per));
+  });
 }
 
 }  // namespace genesis::runtime

@@ -9,7 +9,9 @@
 
 #include "cpu/isa.h"
 #include "cpu/thread_pool.h"
+#include "common/error.h"
 #include "kernels/float_dense/float_dense.h"
+#include "kernels/kq_gemv/kq_gemv.h"
 #include "kernels/q8_gemv/q8_gemv.h"
 #include "runtime/model/dense.h"
 #include "runtime/model/forward.h"
@@ -163,6 +165,56 @@ TEST(DenseSwiglu, EqualsTheProductsThenSwiglu) {
           }
         }
       }
+  }
+}
+
+// GGUF-block matrices (kq_gemv) of random blocks: Q8_0 / Q4_0 (the four-unit kernels' grouped activations) and Q4_K.
+Dense random_kq(uint32_t ggml_type, int64_t rows, int64_t cols, std::mt19937& rng) {
+  const size_t block = ggml_type == 12 ? 144 : ggml_type == 8 ? 34 : 18, per = ggml_type == 12 ? 256 : 32;
+  std::vector<uint8_t> b(size_t(rows * cols) / per * block);
+  for (auto& v : b) v = uint8_t(rng());
+  for (size_t i = 0; i < b.size(); i += block)
+    for (int h = 0; h < (ggml_type == 12 ? 2 : 1); ++h) {  // d (and Q4_K's dmin): halves about 2^-7
+      const uint16_t half = uint16_t(((7 + rng() % 3) << 10) | (rng() & 0x3ff));
+      std::memcpy(&b[i + 2 * size_t(h)], &half, 2);
+    }
+  return Dense(kernels::kq_gemv::make_linear(std::make_shared<const kernels::kq_gemv::Matrix>(
+      kernels::kq_gemv::make_matrix(ggml_type, rows, cols, b.data(), b.size()))));
+}
+
+// A few-row product's activations converted by its region's tasks, row by row (RowPrep: Linear::prepare_shape /
+// prepare_rows), give the bits of the caller's conversion (no pool); dense_products, dense_product and dense_swiglu,
+// 2..13 rows of x; a non-finite value in one row is an error from the region, not a hang of the waiting tasks.
+TEST(DenseKq, RowsConvertedInTheRegionGiveTheCallersBits) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> g;
+  cpu::ThreadPool pool(2);
+  for (uint32_t type : {8u, 2u, 12u}) {  // Q8_0, Q4_0, Q4_K
+    const int64_t cols = type == 12 ? 512 : 576, rows = 200;
+    const Dense a = random_kq(type, rows, cols, rng), b = random_kq(type, 96, cols, rng),
+                c = random_kq(type, rows, cols, rng);
+    for (int64_t n : {2, 5, 8, 13}) {
+      std::vector<float> x(size_t(n * cols));
+      for (auto& v : x) v = g(rng);
+      std::vector<float> ya[2], yb[2], yg[2], yu[2], yc[2];
+      for (int k = 0; k < 2; ++k) {
+        cpu::ThreadPool* p = k ? &pool : nullptr;
+        ya[k].resize(size_t(n * rows)), yb[k].resize(size_t(n * 96)), yc[k].resize(size_t(n * rows));
+        yg[k].resize(size_t(n * rows)), yu[k].resize(size_t(n * rows));
+        const DenseJob jobs[] = {{&a, ya[k].data()}, {&b, yb[k].data()}};
+        dense_products(jobs, x.data(), n, p);
+        dense_product(c, x.data(), yc[k].data(), n, p);
+        dense_swiglu(a, c, x.data(), yg[k].data(), yu[k].data(), n, p);
+      }
+      const std::string what = "type " + std::to_string(type) + ", n " + std::to_string(n);
+      EXPECT_EQ(ya[0], ya[1]) << what;
+      EXPECT_EQ(yb[0], yb[1]) << what;
+      EXPECT_EQ(yc[0], yc[1]) << what;
+      EXPECT_EQ(yg[0], yg[1]) << what;
+      x[size_t(cols + 5)] = std::nanf("");  // row 1
+      EXPECT_THROW(dense_product(c, x.data(), yc[1].data(), n, &pool), Error) << what;
+      EXPECT_THROW(dense_swiglu(a, c, x.data(), yg[1].data(), yu[1].data(), n, &pool), Error) << what;
+    }
   }
 }
 

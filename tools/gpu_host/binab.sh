@@ -2,7 +2,8 @@
 # BASE_BIN, ROUNDS times), on the 30B-shaped file and the SmolLM2-shaped one, CPU only, with --streams (the paired
 # steps of each: one stream and batched against the read passes around them). Results in $OUT/r.tgz.
 #   DEADLINE=480 ROUNDS=3 THREADS=16 STREAMS=8 MODELS="q30 smol" bash devicepkg/binab.sh   (carry devicepkg)
-#   ENVS="GENESIS_DENSE_TASKS=4 ..."  also this build under each VAR=value, in every round after the pair
+#   ENVS="GENESIS_DENSE_TASKS=4 A=1+B=2 ..."  also this build under each setting (VAR=value, several joined by +), in
+#                every round after the pair
 #   NOBASE=1     without genesis_base (ENVS against this build's defaults only)
 T0=$(date +%s)
 source devicepkg/common.sh
@@ -19,7 +20,7 @@ for r in $(seq 1 ${ROUNDS:-3}); do
       [ -z "${NOBASE:-}" ] && step ${m}_b_t${t}_$r 90 $GB $B --json $RES/${m}_b_t${t}_$r.json
       for e in ${ENVS:-}; do  # this build again under each setting, in the same round
         n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _)
-        step ${m}_e${n}_t${t}_$r 90 env $e $G $B --json $RES/${m}_e${n}_t${t}_$r.json
+        step ${m}_e${n}_t${t}_$r 90 env ${e//+/ } $G $B --json $RES/${m}_e${n}_t${t}_$r.json
       done
     done
   done

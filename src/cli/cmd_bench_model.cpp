@@ -147,6 +147,19 @@ void run(Args& a) {
              pp["regions_per_step"].get<double>());
   if (batched) fmt::print("       {:>9.1f}", pb["regions_per_step"].get<double>());
   fmt::print("\n");
+  // The pool's utilization by op: the threads' time inside regions over the op's wall time times the threads.
+  if (pd.contains("utilization")) {
+    auto util = [&](const nlohmann::json& p) {
+      std::string s;
+      for (const char* op : {"attention", "delta_rule", "dense", "router", "experts_gate_up", "experts_down",
+                             "elementwise", "logits"})
+        if (p.contains("utilization") && p["utilization"].contains(op) && p[op].get<double>() > 0)
+          s += fmt::format(" {} {:.0f}%", op, 100 * p["utilization"][op].get<double>());
+      return s;
+    };
+    fmt::print("utilization  threads busy in regions over the op's time: decode{}\n", util(pd));
+    if (batched) fmt::print("             batched step{}\n", util(pb));
+  }
   // GENESIS_CUDA_TIMES=1 (CUDA events, graphs off) or =graph (stamps inside the graphs): the GPU's own time by part,
   // beside the host's view above. The bracketed rows (the stamps' own cost, the segments' whole) stay out of the sum.
   if (pd.contains("gpu_parts") || pp.contains("gpu_parts")) {

@@ -136,11 +136,13 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
       join_tasks();
       continue;
     }
+    const long b0 = now_ns();
     try {
       fn_(ctx_, tid, size_);
     } catch (...) {
       slots_[tid].error = std::current_exception();
     }
+    busy_ns_.fetch_add(now_ns() - b0, std::memory_order_relaxed);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
@@ -163,6 +165,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;
+  const long b0 = now_ns();
   try {
     fn(ctx, 0, size_);
   } catch (...) {
@@ -171,6 +174,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   tls_running_pool = outer;
 
   const long w0 = now_ns();
+  busy_ns_.fetch_add(w0 - b0, std::memory_order_relaxed);
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
   wait_ns_ += now_ns() - w0;
   ++runs_;
@@ -217,6 +221,7 @@ void ThreadPool::claim_tasks() {
     const int64_t t0 = task_next_.fetch_add(c, std::memory_order_relaxed);
     if (t0 >= task_count_) break;
     const int64_t t1 = std::min(t0 + c, task_count_);
+    const long b0 = now_ns();
     for (int64_t t = t0; t < t1; ++t) {
       try {
         task_fn_(task_ctx_, t);
@@ -225,6 +230,7 @@ void ThreadPool::claim_tasks() {
         if (!task_error_) task_error_ = std::current_exception();
       }
     }
+    busy_ns_.fetch_add(now_ns() - b0, std::memory_order_relaxed);
     if (task_done_.fetch_add(t1 - t0, std::memory_order_acq_rel) + (t1 - t0) == task_count_) task_done_.notify_one();
   }
   tls_running_pool = outer;

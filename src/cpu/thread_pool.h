@@ -81,6 +81,10 @@ class ThreadPool {
   // barrier on the critical path: imbalance, wake-up latency), and the number of parallel runs.
   int64_t wait_ns() const { return wait_ns_; }
   int64_t runs() const { return runs_; }
+  // Since the pool was made: nanoseconds all threads (the caller's part included) spent inside region functions and
+  // tasks, summed. Against the regions' wall time times size() it is the pool's utilization: what the threads spent
+  // on work rather than waking up, claiming or waiting (two clock reads per run() call or run of claimed tasks).
+  int64_t busy_ns() const { return busy_ns_.load(std::memory_order_relaxed); }
 
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
   double measure_overhead_us(int reps = 2000);
@@ -109,6 +113,7 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
   int64_t wait_ns_ = 0, runs_ = 0;  // written by the caller under run_mutex_
+  alignas(64) std::atomic<int64_t> busy_ns_{0};
 
   // Published by run_raw() before generation_ is bumped (release); read by workers after they see the bump.
   void (*fn_)(void*, int, int) = nullptr;

@@ -227,6 +227,25 @@ TEST(ThreadPool, ExceptionFromATaskPropagatesAndThePoolGoesOn) {
   EXPECT_EQ(again.load(), 8);
 }
 
+// busy_ns() counts the threads' time inside regions: 2 threads working 3 ms each in a run() region, then 6 tasks of
+// 1 ms, add at least about 12 ms (each thread spins the whole time, so a slow machine only adds), and an empty region
+// almost nothing.
+TEST(ThreadPool, BusyTimeCountsTheThreadsWorkInRegions) {
+  ThreadPool pool(2);
+  auto spin_ms = [](double ms) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(int64_t(ms * 1000));
+    while (std::chrono::steady_clock::now() < end) {
+    }
+  };
+  const int64_t b0 = pool.busy_ns();
+  pool.run([&](int, int) { spin_ms(3); });
+  pool.parallel_for(6, [&](int64_t) { spin_ms(1); });
+  const int64_t b1 = pool.busy_ns();
+  EXPECT_GE(b1 - b0, int64_t(11.5e6));
+  pool.parallel_for(64, [](int64_t) {});
+  EXPECT_LT(pool.busy_ns() - b1, int64_t(5e6));
+}
+
 TEST(DefaultPool, SameCountSamePool) {
   ThreadPool& a = default_pool(2);
   ThreadPool& b = default_pool(2);

@@ -39,7 +39,12 @@ double Profile::total() const {
 
 Profile Profile::operator-(const Profile& o) const {
   Profile d;
-  for (int i = 0; i < kOpCount; ++i) d.seconds[size_t(i)] = seconds[size_t(i)] - o.seconds[size_t(i)];
+  for (int i = 0; i < kOpCount; ++i) {
+    d.seconds[size_t(i)] = seconds[size_t(i)] - o.seconds[size_t(i)];
+    d.wall[size_t(i)] = wall[size_t(i)] - o.wall[size_t(i)];
+    d.busy[size_t(i)] = busy[size_t(i)] - o.busy[size_t(i)];
+  }
+  d.threads = threads;
   d.tokens = tokens - o.tokens;
   d.steps = steps - o.steps;
   d.regions = regions - o.regions;
@@ -58,6 +63,13 @@ nlohmann::json Profile::to_json(bool per_token) const {
   for (int i = 0; i < kOpCount; ++i) j[op_name(Op(i))] = seconds[size_t(i)] * scale;
   j["total"] = total() * scale;
   j["regions_per_step"] = steps > 0 ? double(regions) / double(steps) : 0.0;
+  if (threads > 1) {
+    nlohmann::json u = nlohmann::json::object();
+    for (int i = 0; i < kOpCount; ++i)
+      if (wall[size_t(i)] > 0 && Op(i) != Op::barrier)
+        u[op_name(Op(i))] = busy[size_t(i)] / (wall[size_t(i)] * double(threads));
+    j["utilization"] = u;
+  }
   if (!gpu_parts.empty()) {
     nlohmann::json g = nlohmann::json::object();
     for (const auto& [k, v] : gpu_parts) g[k] = v * scale;
@@ -70,18 +82,23 @@ void ProfileClock::start() {
   last_ns_ = now_ns();
   last_wait_ns_ = pool_ ? pool_->wait_ns() : 0;
   last_runs_ = pool_ ? pool_->runs() : 0;
+  last_busy_ns_ = pool_ ? pool_->busy_ns() : 0;
+  p_.threads = pool_ ? pool_->size() : 1;
 }
 
 void ProfileClock::lap(Op op) {
   const int64_t t = now_ns();
   int64_t wait = 0;
   if (pool_) {
-    const int64_t w = pool_->wait_ns(), r = pool_->runs();
+    const int64_t w = pool_->wait_ns(), r = pool_->runs(), b = pool_->busy_ns();
     wait = w - last_wait_ns_;
     p_.regions += r - last_runs_;
+    p_.busy[size_t(op)] += double(b - last_busy_ns_) * 1e-9;
     last_wait_ns_ = w;
     last_runs_ = r;
+    last_busy_ns_ = b;
   }
+  p_.wall[size_t(op)] += double(t - last_ns_) * 1e-9;
   p_.seconds[size_t(op)] += double(t - last_ns_ - wait) * 1e-9;
   p_.seconds[size_t(Op::barrier)] += double(wait) * 1e-9;
   last_ns_ = t;

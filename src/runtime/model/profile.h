@@ -34,6 +34,12 @@ const char* op_name(Op op);
 
 struct Profile {
   std::array<double, kOpCount> seconds{};
+  // Per op class: the laps' wall time with the barrier waits inside them (seconds + their share of `barrier`), and the
+  // pool threads' time inside regions during them (ThreadPool::busy_ns, all threads summed); utilization =
+  // busy / (wall x threads): near 1 when the threads spent the op's regions working, low when they waited (wake-ups,
+  // claims, imbalance, or the caller's serial work between regions).
+  std::array<double, kOpCount> wall{}, busy{};
+  int threads = 1;
   int64_t tokens = 0;   // rows run through the model
   int64_t steps = 0;    // forward() calls
   int64_t regions = 0;  // parallel regions started
@@ -46,7 +52,8 @@ struct Profile {
 
   double total() const;
   Profile operator-(const Profile& o) const;
-  // {op: milliseconds per token} (per_token) or per step, plus "total" and "regions_per_step".
+  // {op: milliseconds per token} (per_token) or per step, plus "total", "regions_per_step" and, with a pool of more
+  // than one thread, "utilization" {op: busy / (wall x threads)} for the ops that ran.
   nlohmann::json to_json(bool per_token) const;
 };
 
@@ -60,7 +67,7 @@ class ProfileClock {
  private:
   Profile& p_;
   const cpu::ThreadPool* pool_;
-  int64_t last_ns_ = 0, last_wait_ns_ = 0, last_runs_ = 0;
+  int64_t last_ns_ = 0, last_wait_ns_ = 0, last_runs_ = 0, last_busy_ns_ = 0;
 };
 
 }  // namespace genesis::runtime

@@ -47,12 +47,19 @@ int64_t share(int64_t rows, int nt, int64_t granule, int64_t floor = 16) {
 }
 
 // Few-row products are cut into this many tasks per thread (GENESIS_DENSE_TASKS, 1..64, default 16), of at least
-// kMinTaskBytes of weights each: finer tasks shorten the wait for the last one at the region's end, coarser ones pay
+// min_task_bytes() of weights each: finer tasks shorten the wait for the last one at the region's end, coarser ones pay
 // fewer claims and kernel calls (SmolLM2's 576-column matrices are 5 KB per 16 rows). The pool's guided claims take
 // the first tasks in runs (a quarter of a thread's share, as 4 tasks per thread did before) and the last ones singly:
 // the 16-core host's 30B decode barrier went 2.04 -> 1.41 ms/token with one stream and 8.9 -> 3.6 ms per 8-stream step
 // against 4 (one call, stop 31); on 2 cores 4 and 16 measured alike.
-constexpr size_t kMinTaskBytes = 32 << 10;
+// GENESIS_DENSE_MIN_TASK_KB (1..1024, default 32) moves that floor.
+size_t min_task_bytes() {
+  static const size_t b = [] {
+    const char* e = std::getenv("GENESIS_DENSE_MIN_TASK_KB");
+    return size_t(e ? std::clamp(std::atoi(e), 1, 1024) : 32) << 10;
+  }();
+  return b;
+}
 int tasks_per_thread() {
   static const int t = [] {
     const char* e = std::getenv("GENESIS_DENSE_TASKS");
@@ -169,7 +176,7 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
   // and 13.5 KB (12 rows each).
   constexpr int64_t kFewRowsFloor = 4;
   const int64_t g = std::max<int64_t>(kFewRowsFloor, granule);
-  const size_t task_bytes = std::max(kMinTaskBytes, bytes / size_t(tasks_per_thread() * nt));
+  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
   thread_local std::vector<RowTask> tasks;
   tasks.clear();
   for (size_t i = 0; i < jobs.size(); ++i) {
@@ -253,7 +260,7 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
   // Tasks of about equal bytes of both matrices, in multiples of 16 rows: swiglu()'s AVX2 path runs a range's last
   // len % 8 values through the C library's exp, so ranges at multiples of 8 give every value the bits of a whole row's.
   const size_t bytes = gate.op->bytes() + up.op->bytes();
-  const size_t task_bytes = std::max(kMinTaskBytes, bytes / size_t(tasks_per_thread() * nt));
+  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
   const int64_t gr = std::lcm<int64_t>(16, granule);
   const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
   const int64_t per = std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);

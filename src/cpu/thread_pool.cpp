@@ -3,6 +3,7 @@
 #include "cpu/thread_pool.h"
 
 #include <immintrin.h>
+#include <x86intrin.h>
 #include <pthread.h>
 #include <sched.h>
 
@@ -95,6 +96,8 @@ void pin_current_thread(int cpu) {
 }
 
 ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
+  tsc0_ = __rdtsc();
+  ns0_ = now_ns();
   std::vector<int> cpus = allowed_cpus();
   size_ = threads > 0 ? threads : static_cast<int>(cpus.size());
   // Spinning only pays when every thread has a core; oversubscribed, a spinner steals time from the thread it waits
@@ -136,13 +139,13 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
       join_tasks();
       continue;
     }
-    const long b0 = now_ns();
+    const uint64_t b0 = __rdtsc();
     try {
       fn_(ctx_, tid, size_);
     } catch (...) {
       slots_[tid].error = std::current_exception();
     }
-    busy_ns_.fetch_add(now_ns() - b0, std::memory_order_relaxed);
+    busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
@@ -165,16 +168,16 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;
-  const long b0 = now_ns();
+  const uint64_t b0 = __rdtsc();
   try {
     fn(ctx, 0, size_);
   } catch (...) {
     slots_[0].error = std::current_exception();
   }
   tls_running_pool = outer;
+  busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
 
   const long w0 = now_ns();
-  busy_ns_.fetch_add(w0 - b0, std::memory_order_relaxed);
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
   wait_ns_ += now_ns() - w0;
   ++runs_;
@@ -208,6 +211,14 @@ void ThreadPool::publish(bool tasks) {
 
 bool ThreadPool::tls_running_pool_is(const ThreadPool* p) { return tls_running_pool == p; }
 
+int64_t ThreadPool::busy_ns() const {
+  // Ticks to nanoseconds by the time-stamp counter's rate since the pool was made (an invariant TSC); before 1 ms has
+  // passed there is nothing worth converting.
+  const double ns = double(now_ns() - ns0_), ticks = double(__rdtsc() - tsc0_);
+  const int64_t b = busy_ticks_.load(std::memory_order_relaxed);
+  return ns < 1e6 || ticks <= 0 ? 0 : int64_t(double(b) * ns / ticks);
+}
+
 void ThreadPool::claim_tasks() {
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;  // a nested parallel_for / run from inside a task runs serially
@@ -221,7 +232,7 @@ void ThreadPool::claim_tasks() {
     const int64_t t0 = task_next_.fetch_add(c, std::memory_order_relaxed);
     if (t0 >= task_count_) break;
     const int64_t t1 = std::min(t0 + c, task_count_);
-    const long b0 = now_ns();
+    const uint64_t b0 = __rdtsc();
     for (int64_t t = t0; t < t1; ++t) {
       try {
         task_fn_(task_ctx_, t);
@@ -230,7 +241,7 @@ void ThreadPool::claim_tasks() {
         if (!task_error_) task_error_ = std::current_exception();
       }
     }
-    busy_ns_.fetch_add(now_ns() - b0, std::memory_order_relaxed);
+    busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
     if (task_done_.fetch_add(t1 - t0, std::memory_order_acq_rel) + (t1 - t0) == task_count_) task_done_.notify_one();
   }
   tls_running_pool = outer;

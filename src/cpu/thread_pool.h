@@ -83,8 +83,9 @@ class ThreadPool {
   int64_t runs() const { return runs_; }
   // Since the pool was made: nanoseconds all threads (the caller's part included) spent inside region functions and
   // tasks, summed. Against the regions' wall time times size() it is the pool's utilization: what the threads spent
-  // on work rather than waking up, claiming or waiting (two clock reads per run() call or run of claimed tasks).
-  int64_t busy_ns() const { return busy_ns_.load(std::memory_order_relaxed); }
+  // on work rather than waking up, claiming or waiting (two time-stamp counter reads per run() call or run of claimed
+  // tasks: a clock_gettime pair per claim was 1.2% of a 2-core decode with small tasks).
+  int64_t busy_ns() const;
 
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
   double measure_overhead_us(int reps = 2000);
@@ -113,7 +114,9 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
   int64_t wait_ns_ = 0, runs_ = 0;  // written by the caller under run_mutex_
-  alignas(64) std::atomic<int64_t> busy_ns_{0};
+  uint64_t tsc0_ = 0;  // the time-stamp counter and the clock when the pool was made (busy_ns' rate)
+  long ns0_ = 0;
+  alignas(64) std::atomic<int64_t> busy_ticks_{0};
 
   // Published by run_raw() before generation_ is bumped (release); read by workers after they see the bump.
   void (*fn_)(void*, int, int) = nullptr;

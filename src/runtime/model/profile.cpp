@@ -1,6 +1,7 @@
 // The step profile; see profile.h.
 #include "runtime/model/profile.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "cpu/thread_pool.h"
@@ -67,7 +68,7 @@ nlohmann::json Profile::to_json(bool per_token) const {
     nlohmann::json u = nlohmann::json::object();
     for (int i = 0; i < kOpCount; ++i)
       if (wall[size_t(i)] > 0 && Op(i) != Op::barrier)
-        u[op_name(Op(i))] = busy[size_t(i)] / (wall[size_t(i)] * double(threads));
+        u[op_name(Op(i))] = std::max(0.0, busy[size_t(i)] / (wall[size_t(i)] * double(threads)));
     j["utilization"] = u;
   }
   if (!gpu_parts.empty()) {

@@ -28,6 +28,8 @@ long env_long(const char* name, long lo, long hi, long fallback) {
 
 thread_local const ThreadPool* tls_running_pool = nullptr;
 thread_local const ThreadPool* tls_pinned_by = nullptr;  // the pool that pinned this (calling) thread
+thread_local const ThreadPool* tls_worker_of = nullptr;  // the pool whose worker this thread is, and its tid
+thread_local int tls_worker_tid = 0;
 
 inline long now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -131,6 +133,8 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
   if (cpu >= 0) pin_current_thread(cpu);
+  tls_worker_of = this;
+  tls_worker_tid = tid;
   tls_running_pool = this;
   for (;;) {
     seen = wait_while_equal(generation_, seen, spin_ns_.load(std::memory_order_relaxed));
@@ -145,7 +149,7 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
     } catch (...) {
       slots_[tid].error = std::current_exception();
     }
-    busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
+    add_busy(__rdtsc() - b0);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
@@ -175,7 +179,7 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
     slots_[0].error = std::current_exception();
   }
   tls_running_pool = outer;
-  busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
+  add_busy(__rdtsc() - b0);
 
   const long w0 = now_ns();
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
@@ -211,11 +215,21 @@ void ThreadPool::publish(bool tasks) {
 
 bool ThreadPool::tls_running_pool_is(const ThreadPool* p) { return tls_running_pool == p; }
 
+void ThreadPool::add_busy(uint64_t ticks) {
+  if (tls_worker_of == this) {  // only this worker writes its slot: a plain read-modify-write, no lock
+    std::atomic<int64_t>& b = slots_[tls_worker_tid].busy;
+    b.store(b.load(std::memory_order_relaxed) + int64_t(ticks), std::memory_order_relaxed);
+  } else {  // a caller (run_mutex_ serializes them) or another pool's worker joining a task region
+    slots_[0].busy.fetch_add(int64_t(ticks), std::memory_order_relaxed);
+  }
+}
+
 int64_t ThreadPool::busy_ns() const {
   // Ticks to nanoseconds by the time-stamp counter's rate since the pool was made (an invariant TSC); before 1 ms has
   // passed there is nothing worth converting.
   const double ns = double(now_ns() - ns0_), ticks = double(__rdtsc() - tsc0_);
-  const int64_t b = busy_ticks_.load(std::memory_order_relaxed);
+  int64_t b = 0;
+  for (int t = 0; t < size_; ++t) b += slots_[t].busy.load(std::memory_order_relaxed);
   return ns < 1e6 || ticks <= 0 ? 0 : int64_t(double(b) * ns / ticks);
 }
 
@@ -241,7 +255,7 @@ void ThreadPool::claim_tasks() {
         if (!task_error_) task_error_ = std::current_exception();
       }
     }
-    busy_ticks_.fetch_add(int64_t(__rdtsc() - b0), std::memory_order_relaxed);
+    add_busy(__rdtsc() - b0);
     if (task_done_.fetch_add(t1 - t0, std::memory_order_acq_rel) + (t1 - t0) == task_count_) task_done_.notify_one();
   }
   tls_running_pool = outer;

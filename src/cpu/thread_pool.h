@@ -84,7 +84,8 @@ class ThreadPool {
   // Since the pool was made: nanoseconds all threads (the caller's part included) spent inside region functions and
   // tasks, summed. Against the regions' wall time times size() it is the pool's utilization: what the threads spent
   // on work rather than waking up, claiming or waiting (two time-stamp counter reads per run() call or run of claimed
-  // tasks: a clock_gettime pair per claim was 1.2% of a 2-core decode with small tasks).
+  // tasks, added to the thread's own slot: a clock_gettime pair per claim was 1.2% of a 2-core decode with small
+  // tasks, and one counter shared by 16 threads is one more contended cache line at every region's end).
   int64_t busy_ns() const;
 
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
@@ -93,7 +94,9 @@ class ThreadPool {
  private:
   struct alignas(64) Slot {
     std::exception_ptr error;
+    std::atomic<int64_t> busy{0};  // time-stamp counter ticks inside regions: worker tid's own (slot 0: the callers')
   };
+  void add_busy(uint64_t ticks);  // into this thread's slot: no cache line shared with the other threads
 
   void worker_loop(int tid, int cpu, uint32_t start_generation);
   void run_serial(void (*fn)(void*, int, int), void* ctx);
@@ -116,7 +119,6 @@ class ThreadPool {
   int64_t wait_ns_ = 0, runs_ = 0;  // written by the caller under run_mutex_
   uint64_t tsc0_ = 0;  // the time-stamp counter and the clock when the pool was made (busy_ns' rate)
   long ns0_ = 0;
-  alignas(64) std::atomic<int64_t> busy_ticks_{0};
 
   // Published by run_raw() before generation_ is bumped (release); read by workers after they see the bump.
   void (*fn_)(void*, int, int) = nullptr;

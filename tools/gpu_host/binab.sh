@@ -16,8 +16,15 @@ for r in $(seq 1 ${ROUNDS:-3}); do
   for m in ${MODELS:-q30 smol}; do
     for t in ${THREADS:-16}; do
       B="bench model -m build-host/$m.gguf --prompt-tokens 128 -n 24 -t $t --streams ${STREAMS:-8} -q"
-      step ${m}_g_t${t}_$r 90 $G $B --json $RES/${m}_g_t${t}_$r.json
-      [ -z "${NOBASE:-}" ] && step ${m}_b_t${t}_$r 90 $GB $B --json $RES/${m}_b_t${t}_$r.json
+      # the two builds in alternating order (odd rounds this build first, even rounds the base first): the first run
+      # of a round can meet another machine state (stop 35 saw one stream a few % apart by position)
+      if [ -z "${NOBASE:-}" ] && [ $((r % 2)) -eq 0 ]; then
+        step ${m}_b_t${t}_$r 90 $GB $B --json $RES/${m}_b_t${t}_$r.json
+        step ${m}_g_t${t}_$r 90 $G $B --json $RES/${m}_g_t${t}_$r.json
+      else
+        step ${m}_g_t${t}_$r 90 $G $B --json $RES/${m}_g_t${t}_$r.json
+        [ -z "${NOBASE:-}" ] && step ${m}_b_t${t}_$r 90 $GB $B --json $RES/${m}_b_t${t}_$r.json
+      fi
       for e in ${ENVS:-}; do  # this build again under each setting, in the same round
         n=$(echo "$e" | tr -c 'A-Za-z0-9\n' _)
         step ${m}_e${n}_t${t}_$r 90 env ${e//+/ } $G $B --json $RES/${m}_e${n}_t${t}_$r.json

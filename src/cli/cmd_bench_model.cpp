@@ -147,7 +147,8 @@ void run(Args& a) {
              pp["regions_per_step"].get<double>());
   if (batched) fmt::print("       {:>9.1f}", pb["regions_per_step"].get<double>());
   fmt::print("\n");
-  // The pool's utilization by op: the threads' time inside regions over the op's wall time times the threads.
+  // The pool's utilization by op (GENESIS_PROFILE_UTILIZATION=1): the threads' time inside regions over the op's wall
+  // time times the threads.
   if (pd.contains("utilization")) {
     auto util = [&](const nlohmann::json& p) {
       std::string s;

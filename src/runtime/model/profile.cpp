@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <string>
 
 #include "cpu/thread_pool.h"
 
@@ -79,25 +81,40 @@ nlohmann::json Profile::to_json(bool per_token) const {
   return j;
 }
 
+namespace {
+// GENESIS_PROFILE_UTILIZATION=1: read the pool's busy time at every lap (utilization per op class). Off by default:
+// the read sums every thread's slot, lines the workers are writing, at each of a step's hundreds of laps.
+bool utilization_on() {
+  static const bool on = [] {
+    const char* e = std::getenv("GENESIS_PROFILE_UTILIZATION");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+}  // namespace
+
 void ProfileClock::start() {
   last_ns_ = now_ns();
   last_wait_ns_ = pool_ ? pool_->wait_ns() : 0;
   last_runs_ = pool_ ? pool_->runs() : 0;
-  last_busy_ns_ = pool_ ? pool_->busy_ns() : 0;
-  p_.threads = pool_ ? pool_->size() : 1;
+  last_busy_ns_ = pool_ && utilization_on() ? pool_->busy_ns() : 0;
+  p_.threads = pool_ && utilization_on() ? pool_->size() : 1;  // 1: no utilization reported
 }
 
 void ProfileClock::lap(Op op) {
   const int64_t t = now_ns();
   int64_t wait = 0;
   if (pool_) {
-    const int64_t w = pool_->wait_ns(), r = pool_->runs(), b = pool_->busy_ns();
+    const int64_t w = pool_->wait_ns(), r = pool_->runs();
     wait = w - last_wait_ns_;
     p_.regions += r - last_runs_;
-    p_.busy[size_t(op)] += double(b - last_busy_ns_) * 1e-9;
+    if (utilization_on()) {
+      const int64_t b = pool_->busy_ns();
+      p_.busy[size_t(op)] += double(b - last_busy_ns_) * 1e-9;
+      last_busy_ns_ = b;
+    }
     last_wait_ns_ = w;
     last_runs_ = r;
-    last_busy_ns_ = b;
   }
   p_.wall[size_t(op)] += double(t - last_ns_) * 1e-9;
   p_.seconds[size_t(op)] += double(t - last_ns_ - wait) * 1e-9;

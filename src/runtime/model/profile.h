@@ -52,8 +52,8 @@ struct Profile {
 
   double total() const;
   Profile operator-(const Profile& o) const;
-  // {op: milliseconds per token} (per_token) or per step, plus "total", "regions_per_step" and, with a pool of more
-  // than one thread, "utilization" {op: busy / (wall x threads)} for the ops that ran.
+  // {op: milliseconds per token} (per_token) or per step, plus "total", "regions_per_step" and, with
+  // GENESIS_PROFILE_UTILIZATION=1 and a pool of more than one thread, "utilization" {op: busy / (wall x threads)}.
   nlohmann::json to_json(bool per_token) const;
 };
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <string>
 
 namespace genesis::cpu {
 namespace {
@@ -98,6 +99,8 @@ void pin_current_thread(int cpu) {
 }
 
 ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
+  const char* util = std::getenv("GENESIS_PROFILE_UTILIZATION");
+  time_busy_ = util && std::string(util) == "1";
   tsc0_ = __rdtsc();
   ns0_ = now_ns();
   std::vector<int> cpus = allowed_cpus();
@@ -143,13 +146,13 @@ void ThreadPool::worker_loop(int tid, int cpu, uint32_t seen) {
       join_tasks();
       continue;
     }
-    const uint64_t b0 = __rdtsc();
+    const uint64_t b0 = time_busy_ ? __rdtsc() : 0;
     try {
       fn_(ctx_, tid, size_);
     } catch (...) {
       slots_[tid].error = std::current_exception();
     }
-    add_busy(__rdtsc() - b0);
+    if (time_busy_) add_busy(__rdtsc() - b0);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) pending_.notify_one();
   }
 }
@@ -172,14 +175,14 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
 
   const ThreadPool* outer = tls_running_pool;
   tls_running_pool = this;
-  const uint64_t b0 = __rdtsc();
+  const uint64_t b0 = time_busy_ ? __rdtsc() : 0;
   try {
     fn(ctx, 0, size_);
   } catch (...) {
     slots_[0].error = std::current_exception();
   }
   tls_running_pool = outer;
-  add_busy(__rdtsc() - b0);
+  if (time_busy_) add_busy(__rdtsc() - b0);
 
   const long w0 = now_ns();
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
@@ -246,7 +249,7 @@ void ThreadPool::claim_tasks() {
     const int64_t t0 = task_next_.fetch_add(c, std::memory_order_relaxed);
     if (t0 >= task_count_) break;
     const int64_t t1 = std::min(t0 + c, task_count_);
-    const uint64_t b0 = __rdtsc();
+    const uint64_t b0 = time_busy_ ? __rdtsc() : 0;
     for (int64_t t = t0; t < t1; ++t) {
       try {
         task_fn_(task_ctx_, t);
@@ -255,7 +258,7 @@ void ThreadPool::claim_tasks() {
         if (!task_error_) task_error_ = std::current_exception();
       }
     }
-    add_busy(__rdtsc() - b0);
+    if (time_busy_) add_busy(__rdtsc() - b0);
     if (task_done_.fetch_add(t1 - t0, std::memory_order_acq_rel) + (t1 - t0) == task_count_) task_done_.notify_one();
   }
   tls_running_pool = outer;

@@ -86,6 +86,7 @@ class ThreadPool {
   // on work rather than waking up, claiming or waiting (two time-stamp counter reads per run() call or run of claimed
   // tasks, added to the thread's own slot: a clock_gettime pair per claim was 1.2% of a 2-core decode with small
   // tasks, and one counter shared by 16 threads is one more contended cache line at every region's end).
+  // Counted only with GENESIS_PROFILE_UTILIZATION=1 (read when the pool is made); 0 otherwise.
   int64_t busy_ns() const;
 
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
@@ -94,7 +95,9 @@ class ThreadPool {
  private:
   struct alignas(64) Slot {
     std::exception_ptr error;
-    std::atomic<int64_t> busy{0};  // time-stamp counter ticks inside regions: worker tid's own (slot 0: the callers')
+    // Time-stamp counter ticks inside regions: worker tid's own (slot 0: the callers'). On a line of its own: the
+    // caller reads every slot's `error` after each run(), and a line the worker had just written cost a transfer.
+    alignas(64) std::atomic<int64_t> busy{0};
   };
   void add_busy(uint64_t ticks);  // into this thread's slot: no cache line shared with the other threads
 
@@ -117,6 +120,7 @@ class ThreadPool {
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;
   int64_t wait_ns_ = 0, runs_ = 0;  // written by the caller under run_mutex_
+  bool time_busy_ = false;  // GENESIS_PROFILE_UTILIZATION=1
   uint64_t tsc0_ = 0;  // the time-stamp counter and the clock when the pool was made (busy_ns' rate)
   long ns0_ = 0;
 

@@ -38,11 +38,11 @@ struct Genome {
   // Bytes of a call's row range prefetched (pfk) before its first kernel starts ("pfr"; 0 = none; multiple of 64,
   // <= 65536). The kernels prefetch pf / pfm bytes ahead of the record they decode, so a range's first pf bytes
   // were demand misses, a few in flight at a time; a decode step's dense products are hundreds of such ranges of
-  // 5-100 KB (tasks of 4-16 per thread), each starting there. 4096 since stop 35: on the 16-core host (SmolLM2
-  // shape, 16 threads, three alternated rounds against 0) the 8-stream step 3.94 / 4.04 / 4.27 against 4.24 / 4.31 /
-  // 4.42 ms and one stream 571 / 495 / 569 against 533 / 558 / 524 tokens/s; neutral on the 30B shape at 8 threads
-  // and on the 2-core Zen 4 VM (within their noise).
-  int pf_ramp = 4096;
+  // 5-100 KB (tasks of 4-16 per thread), each starting there. Baseline 0: on the 16-core host (SmolLM2 shape, 16
+  // threads, alternated rounds against 0) 4096 took the 8-stream step from 4.24 / 4.31 / 4.42 to 3.94 / 4.04 / 4.27 ms
+  // in one call and from 4.39 / 5.75 / 4.72 / 4.36 to 4.96 / 5.87 / 4.88 / 4.47 in a later one; neutral on the 30B
+  // shape at 8 threads and on the 2-core Zen 4 VM: no effect that holds. The factory searches it.
+  int pf_ramp = 0;
   int loop_align = 64;                   // unit loop alignment: 0, 16, 32 or 64
   int row_chunk = 64;                    // rows per kernel call (their fp32 lanes stay in L1/L2): 1..256
   int x_budget_kb = 24;                  // activation records of one column chunk: 1..1024 KB
@@ -59,7 +59,7 @@ struct Genome {
   static Genome baseline() { return Genome{}; }
   int pf_for(int tokens) const { return tokens > 1 ? pf_multi : pf_dist; }  // the prefetch distance of a pass
   void validate() const;                 // throws genesis::Error naming the gene and its range
-  // "pf=4096 pfm=4096 pfp=0 pfr=4096 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash"
+  // "pf=4096 pfm=4096 pfp=0 pfr=0 pfk=t2 align=64 rows=64 xkb=24 pass=8" (+ " order=3,0,1,2..." if any, + " fault=crash"
   // if any)
   std::string serialize() const;
   static Genome parse(const std::string& text);  // inverse of serialize(); genesis::Error on bad text

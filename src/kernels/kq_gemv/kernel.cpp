@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "cpu/isa.h"
+#include "cpu/simd.h"
 #include "cpu/thread_pool.h"
 #include "jit/emit.h"
 #include "kernels/kq_gemv/build.h"
@@ -205,10 +206,6 @@ std::shared_ptr<const jit::ExecutableCode> jit_kernel(Path path, Format f, int t
 // its row falls in a range, so results do not depend on how a product's rows were split into tasks (when those rows
 // took a per-row reduction, a row's bits moved with the split, and with the thread count; and decode's few-row tasks,
 // in multiples of 4 rows, left up to 12 rows of each to it).
-__attribute__((target("avx512f"))) inline __m512 lane_row(const float* p, bool present) {
-  return present ? _mm512_loadu_ps(p) : _mm512_setzero_ps();
-}
-
 __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int64_t rows, float* y, int64_t ldy,
                                                   int64_t r0) {
   const size_t stride = size_t(n) * 16;  // floats from one row's lanes to the next row's (same activation row)
@@ -216,29 +213,12 @@ __attribute__((target("avx512f"))) void sum_lanes(const float* lanes, int n, int
     const int64_t m = std::min<int64_t>(16, rows - i);
     for (int t = 0; t < n; ++t) {
       const float* l = lanes + (size_t(i) * size_t(n) + size_t(t)) * 16;
-      // level 1: rows 2k, 2k+1 -> per 128-bit lane [2k, 2k+1, 2k, 2k+1]
-      __m512 s1[8];
-      for (int k = 0; k < 8; ++k) {
-        const __m512 a = lane_row(l + size_t(2 * k) * stride, 2 * k < m);
-        const __m512 b = lane_row(l + size_t(2 * k + 1) * stride, 2 * k + 1 < m);
-        s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-      }
-      // level 2: rows 4m..4m+3 in each 128-bit lane
-      __m512 s2[4];
-      for (int q = 0; q < 4; ++q) {
-        const __m512d a = _mm512_castps_pd(s1[2 * q]), b = _mm512_castps_pd(s1[2 * q + 1]);
-        s2[q] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-      }
-      // level 3: [rows 0..3, 0..3, 4..7, 4..7] and [8..11, 8..11, 12..15, 12..15]; level 4: rows 0..15
-      __m512 s3[2];
-      for (int h = 0; h < 2; ++h)
-        s3[h] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0x88),
-                              _mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0xDD));
-      const __m512 s4 =
-          _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
+      __m512 v[16];
+      for (int k = 0; k < 16; ++k) v[k] = k < m ? _mm512_loadu_ps(l + size_t(k) * stride) : _mm512_setzero_ps();
+      const __m512 s = cpu::hsum16x16(v);
       float* out = y + size_t(t) * size_t(ldy) + size_t(r0 + i);
-      if (m == 16) _mm512_storeu_ps(out, s4);
-      else _mm512_mask_storeu_ps(out, __mmask16((1u << m) - 1), s4);
+      if (m == 16) _mm512_storeu_ps(out, s);
+      else _mm512_mask_storeu_ps(out, __mmask16((1u << m) - 1), s);
     }
   }
 }
@@ -252,10 +232,6 @@ void sum_lanes8(const float* lanes, int n, int64_t rows, float* y, int64_t ldy, 
       y[size_t(t) * size_t(ldy) + size_t(r0 + i)] = (a0 + a2) + (a1 + a3);
     }
 }
-
-}  // namespace
-
-namespace {
 
 void prefetch_range(const uint8_t* p, size_t bytes, PrefetchKind k) {
   const char* c = reinterpret_cast<const char*>(p);

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include "cpu/isa.h"
+#include "cpu/simd.h"
 #include "quant/half.h"
 
 #include <algorithm>
@@ -268,26 +269,10 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) inline __m256 hsum8x16(const __
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// The sums of v[0..15] (16 lanes each) in one vector, lane r that of v[r]: a transposing tree of 15 additions per
-// output lane pair (as kq_gemv's sum_lanes).
-__attribute__((target("avx512f"))) inline __m512 hsum16x16(const __m512* v) {
-  __m512 s1[8], s2[4], s3[2];
-  for (int k = 0; k < 8; ++k)  // per 128-bit lane [2k, 2k+1, 2k, 2k+1]
-    s1[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
-  for (int m = 0; m < 4; ++m) {  // 4m..4m+3 in each 128-bit lane
-    const __m512d a = _mm512_castps_pd(s1[2 * m]), b = _mm512_castps_pd(s1[2 * m + 1]);
-    s2[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  for (int h = 0; h < 2; ++h)
-    s3[h] = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0x88),
-                          _mm512_shuffle_f32x4(s2[2 * h], s2[2 * h + 1], 0xDD));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(s3[0], s3[1], 0x88), _mm512_shuffle_f32x4(s3[0], s3[1], 0xDD));
-}
-
 // d a multiple of 16. Blocks of 4 keys x 4 heads: each key chunk loaded (and, from a binary16 cache, widened) once
 // for 4 heads and each query chunk once for 4 keys, 16 accumulators reduced together; the key blocks outside, so that
 // the keys are read from memory once. The heads beyond a multiple of 4 (SmolLM2's 3 per KV head, or 1 without
-// grouping) one at a time over blocks of 16 keys, the 16 keys' products reduced together (hsum16x16): one by one,
+// grouping) one at a time over blocks of 16 keys, the 16 keys' products reduced together (cpu::hsum16x16): one by one,
 // each key's reduction was about 8 instructions for its 64 multiply-adds at head_dim 64. Other keys one by one.
 template <class T>
 __attribute__((target("avx512f,avx2,fma,f16c"))) void scores_avx512(const float* q, int64_t G, const T* k,
@@ -336,7 +321,7 @@ __attribute__((target("avx512f,avx2,fma,f16c"))) void scores_avx512(const float*
           if (i < d) a1 = _mm512_fmadd_ps(_mm512_loadu_ps(qg + i), ld16(kj + i), a1);
           v[r] = _mm512_add_ps(a0, a1);
         }
-        _mm512_storeu_ps(s + g * cnt + j, _mm512_mul_ps(sc16, hsum16x16(v)));
+        _mm512_storeu_ps(s + g * cnt + j, _mm512_mul_ps(sc16, cpu::hsum16x16(v)));
       }
     for (; j < cnt; ++j) {
       const T* kj = k + j * d;

@@ -222,7 +222,7 @@ void ThreadPool::add_busy(uint64_t ticks) {
   if (tls_worker_of == this) {  // only this worker writes its slot: a plain read-modify-write, no lock
     std::atomic<int64_t>& b = slots_[tls_worker_tid].busy;
     b.store(b.load(std::memory_order_relaxed) + int64_t(ticks), std::memory_order_relaxed);
-  } else {  // a caller (run_mutex_ serializes them) or another pool's worker joining a task region
+  } else {  // a caller (run_mutex_ serializes them; it may be another pool's worker)
     slots_[0].busy.fetch_add(int64_t(ticks), std::memory_order_relaxed);
   }
 }

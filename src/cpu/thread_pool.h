@@ -86,8 +86,9 @@ class ThreadPool {
   // on work rather than waking up, claiming or waiting (two time-stamp counter reads per run() call or run of claimed
   // tasks, added to the thread's own slot: a clock_gettime pair per claim was 1.2% of a 2-core decode with small
   // tasks, and one counter shared by 16 threads is one more contended cache line at every region's end).
-  // Counted only with GENESIS_PROFILE_UTILIZATION=1 (read when the pool is made); 0 otherwise.
+  // Counted only with GENESIS_PROFILE_UTILIZATION=1 (read when the pool is made; times_busy()); 0 otherwise.
   int64_t busy_ns() const;
+  bool times_busy() const { return time_busy_; }
 
   // Median wall time of an empty run(), in microseconds, over `reps` runs after a warm-up.
   double measure_overhead_us(int reps = 2000);

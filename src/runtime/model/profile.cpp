@@ -3,8 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <string>
 
 #include "cpu/thread_pool.h"
 
@@ -81,24 +79,15 @@ nlohmann::json Profile::to_json(bool per_token) const {
   return j;
 }
 
-namespace {
-// GENESIS_PROFILE_UTILIZATION=1: read the pool's busy time at every lap (utilization per op class). Off by default:
-// the read sums every thread's slot, lines the workers are writing, at each of a step's hundreds of laps.
-bool utilization_on() {
-  static const bool on = [] {
-    const char* e = std::getenv("GENESIS_PROFILE_UTILIZATION");
-    return e && std::string(e) == "1";
-  }();
-  return on;
-}
-}  // namespace
-
 void ProfileClock::start() {
   last_ns_ = now_ns();
   last_wait_ns_ = pool_ ? pool_->wait_ns() : 0;
   last_runs_ = pool_ ? pool_->runs() : 0;
-  last_busy_ns_ = pool_ && utilization_on() ? pool_->busy_ns() : 0;
-  p_.threads = pool_ && utilization_on() ? pool_->size() : 1;  // 1: no utilization reported
+  // GENESIS_PROFILE_UTILIZATION=1 (the pool counts its busy time): utilization per op class; the read sums every
+  // worker's slot, lines the workers are writing, at each of a step's hundreds of laps, hence off by default.
+  utilization_ = pool_ && pool_->times_busy();
+  last_busy_ns_ = utilization_ ? pool_->busy_ns() : 0;
+  p_.threads = utilization_ ? pool_->size() : 1;  // 1: no utilization reported
 }
 
 void ProfileClock::lap(Op op) {
@@ -108,7 +97,7 @@ void ProfileClock::lap(Op op) {
     const int64_t w = pool_->wait_ns(), r = pool_->runs();
     wait = w - last_wait_ns_;
     p_.regions += r - last_runs_;
-    if (utilization_on()) {
+    if (utilization_) {
       const int64_t b = pool_->busy_ns();
       p_.busy[size_t(op)] += double(b - last_busy_ns_) * 1e-9;
       last_busy_ns_ = b;

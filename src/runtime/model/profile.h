@@ -68,6 +68,7 @@ class ProfileClock {
   Profile& p_;
   const cpu::ThreadPool* pool_;
   int64_t last_ns_ = 0, last_wait_ns_ = 0, last_runs_ = 0, last_busy_ns_ = 0;
+  bool utilization_ = false;
 };
 
 }  // namespace genesis::runtime

@@ -295,8 +295,10 @@ TEST(Ops, VectorExpSwigluAndGroupProductsMatchReferences) {
     }
   }
   for (int64_t d : {5, 8, 16, 24, 64, 128, 144, 200, 256}) {
-    for (int64_t G : {1, 3, 5, 8}) {
-      const int64_t cnt = 37;
+    // every remainder of the 4-head blocks (scores) and the 4-head passes (values), keys short of a block of 4, and
+    // several value blocks (kValueBlock = 32)
+    for (auto [G, cnt] : {std::pair<int64_t, int64_t>{1, 37}, {2, 70}, {3, 37}, {3, 3}, {4, 37}, {5, 37}, {6, 70},
+                          {7, 37}, {8, 37}, {8, 2}}) {
       std::vector<float> q(size_t(G * d)), k(size_t(cnt * d)), v(size_t(cnt * d)), p(size_t(G * cnt));
       for (float& e : q) e = unit(rng);
       for (float& e : k) e = unit(rng);

@@ -1,6 +1,7 @@
 // Steps over several sequences (Session::step): rows of five sequences stepped together, prefill chunks and decode
 // rows mixed in one step, then decode steps of one row per sequence (from 4 rows their attention's preparation runs in
-// its region), give each sequence the logits it gets alone, on the tiny golden models (safetensors
+// its region), give each sequence the logits it gets alone (decode layers as one region of stages or a region per
+// product, the same bits), on the tiny golden models (safetensors
 // directories and GGUF files); slots are reused after removal; bad batches are errors that change nothing.
 #include <gtest/gtest.h>
 
@@ -49,8 +50,10 @@ std::vector<float> run_alone(const Model& m, const Script& s, cpu::ThreadPool* p
 // all of sequences 2, 3 and 4's, and sequence 0's first decode token in step 2; then every sequence's decode tokens
 // together (5 rows a step, then fewer as sequences finish).
 constexpr int kSeqs = 5;
-std::vector<std::vector<float>> run_together(const Model& m, const std::vector<Script>& sc, cpu::ThreadPool* pool) {
+std::vector<std::vector<float>> run_together(const Model& m, const std::vector<Script>& sc, cpu::ThreadPool* pool,
+                                             bool staged = true, int64_t* regions = nullptr) {
   Session ses(m, 64, pool);
+  ses.set_staged(staged);
   int32_t ids[kSeqs] = {0};
   for (int i = 1; i < kSeqs; ++i) {
     ids[i] = ses.add_sequence();
@@ -88,6 +91,7 @@ std::vector<std::vector<float>> run_together(const Model& m, const std::vector<S
     ses.step(b);
   }
   for (int i = 0; i < kSeqs; ++i) EXPECT_EQ(ses.position(ids[i]), int64_t(fed[size_t(i)]));
+  if (regions) *regions = ses.profile().regions;
   return out;
 }
 
@@ -101,6 +105,16 @@ void check(const Model& m, const std::string& what) {
                                   {tokens_for(9, 1, V), tokens_for(10, 6, V)}};
   cpu::ThreadPool pool(2);
   const auto together = run_together(m, sc, &pool);
+  // Decode layers as one region of stages (the default) or a region per product and attention: the same bits. With
+  // 3 threads too (other task splits, a thread short of the cpus here).
+  EXPECT_EQ(together, run_together(m, sc, &pool, false)) << what << ": stages against regions";
+  {
+    cpu::ThreadPool three(3);
+    int64_t staged = 0, regions = 0;
+    EXPECT_EQ(run_together(m, sc, &three, true, &staged), run_together(m, sc, &three, false, &regions))
+        << what << ": 3 threads";
+    if (m.config().layers[0].mixer == MixerKind::attention) EXPECT_LT(staged, regions) << what << ": no stages ran";
+  }
   for (int i = 0; i < kSeqs; ++i) {
     const double d = test::max_rel_diff(together[size_t(i)], run_alone(m, sc[size_t(i)], &pool));
     std::printf("%s sequence %d: together vs alone max |logit diff| / max |logit| = %.3g\n", what.c_str(), i, d);

@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "cpu/thread_pool.h"
 #include "runtime/model/ops.h"
+#include "runtime/model/stages.h"
 
 namespace genesis::runtime {
 
@@ -141,6 +142,41 @@ struct RowTask {
   int64_t r0, r1;
 };
 
+// A few-row product's tasks: about equal bytes, in multiples of 4 rows (or of the matrix's granule): with multiples
+// of 16 a 128-row fp32 router (1 MiB) made 8 tasks of 128 KiB for 16 threads. Equal bytes, not equal rows, where one
+// region holds matrices of several formats: Qwen3-Next's fp32 router beside its shared expert's Q4_K gate and up had
+// tasks of 96 and 13.5 KB (12 rows each).
+void plan_few_rows(std::span<const DenseJob> jobs, int nt, std::vector<RowTask>& tasks) {
+  size_t bytes = 0;
+  int64_t granule = 1;
+  for (const DenseJob& j : jobs) {
+    bytes += j.d->op->bytes();
+    granule = std::max(granule, j.d->op->row_granule());
+  }
+  constexpr int64_t kFewRowsFloor = 4;
+  const int64_t g = std::max<int64_t>(kFewRowsFloor, granule);
+  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
+  tasks.clear();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const int64_t rows = jobs[i].d->rows;
+    const size_t row_bytes = std::max<size_t>(1, jobs[i].d->op->bytes() / size_t(rows));
+    const int64_t per = std::max<int64_t>(g, (int64_t(task_bytes / row_bytes) + g - 1) / g * g);
+    for (int64_t r = 0; r < rows; r += per) tasks.push_back({int32_t(i), r, std::min(rows, r + per)});
+  }
+}
+
+// dense_swiglu's few-row tasks: rows per task, about equal bytes of both matrices, in multiples of 16 rows: swiglu()'s
+// AVX2 path runs a range's last len % 8 values through the C library's exp, so ranges at multiples of 8 give every
+// value the bits of a whole row's.
+int64_t swiglu_rows_per_task(const Dense& gate, const Dense& up, int nt) {
+  const int64_t I = gate.rows, granule = std::max(gate.op->row_granule(), up.op->row_granule());
+  const size_t bytes = gate.op->bytes() + up.op->bytes();
+  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
+  const int64_t gr = std::lcm<int64_t>(16, granule);
+  const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
+  return std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);
+}
+
 void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivations* const> acts, int64_t n,
                cpu::ThreadPool* pool, RowPrep& prep) {
   const int nt = pool ? pool->size() : 1;
@@ -168,23 +204,8 @@ void run_tasks(std::span<const DenseJob> jobs, std::span<kernels::LinearActivati
     });
     return;
   }
-  size_t bytes = 0;
-  for (const DenseJob& j : jobs) bytes += j.d->op->bytes();
-  // Tasks of about equal bytes, in multiples of 4 rows (or of the matrix's granule): with multiples of 16 a 128-row
-  // fp32 router (1 MiB) made 8 tasks of 128 KiB for 16 threads. Equal bytes, not equal rows, where one region holds
-  // matrices of several formats: Qwen3-Next's fp32 router beside its shared expert's Q4_K gate and up had tasks of 96
-  // and 13.5 KB (12 rows each).
-  constexpr int64_t kFewRowsFloor = 4;
-  const int64_t g = std::max<int64_t>(kFewRowsFloor, granule);
-  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
   thread_local std::vector<RowTask> tasks;
-  tasks.clear();
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const int64_t rows = jobs[i].d->rows;
-    const size_t row_bytes = std::max<size_t>(1, jobs[i].d->op->bytes() / size_t(rows));
-    const int64_t per = std::max<int64_t>(g, (int64_t(task_bytes / row_bytes) + g - 1) / g * g);
-    for (int64_t r = 0; r < rows; r += per) tasks.push_back({int32_t(i), r, std::min(rows, r + per)});
-  }
+  plan_few_rows(jobs, nt, tasks);
   const std::vector<RowTask>* tp = &tasks;  // the caller's list: inside the workers `tasks` names their own
   const int64_t np = prep.tasks();
   pool->parallel_for(np + int64_t(tasks.size()), [&](int64_t k) {
@@ -257,13 +278,7 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
     });
     return;
   }
-  // Tasks of about equal bytes of both matrices, in multiples of 16 rows: swiglu()'s AVX2 path runs a range's last
-  // len % 8 values through the C library's exp, so ranges at multiples of 8 give every value the bits of a whole row's.
-  const size_t bytes = gate.op->bytes() + up.op->bytes();
-  const size_t task_bytes = std::max(min_task_bytes(), bytes / size_t(tasks_per_thread() * nt));
-  const int64_t gr = std::lcm<int64_t>(16, granule);
-  const size_t row_bytes = std::max<size_t>(1, bytes / size_t(I));
-  const int64_t per = std::max<int64_t>(gr, (int64_t(task_bytes / row_bytes) + gr - 1) / gr * gr);
+  const int64_t per = swiglu_rows_per_task(gate, up, nt);
   const int64_t np = prep.tasks();
   pool->parallel_for(np + (I + per - 1) / per, [&](int64_t k) {
     if (k < np) return prep.run(k);
@@ -271,6 +286,79 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
     k -= np;
     run(k * per, std::min(I, (k + 1) * per));
   });
+}
+
+DenseStage::DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n, int threads)
+    : jobs_(jobs.begin(), jobs.end()), x_(x), n_(n) {
+  if (jobs.empty()) fail("DenseStage: no matrix");
+  for (const DenseJob& j : jobs) {
+    if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
+    if (j.d->cols != jobs[0].d->cols)
+      fail("dense_products: matrices over one x with {} and {} columns", jobs[0].d->cols, j.d->cols);
+  }
+  add_kinds();
+  std::vector<RowTask> plan;
+  plan_few_rows(jobs, std::max(threads, 1), plan);
+  for (const RowTask& t : plan) tasks_.push_back({t.job, t.r0, t.r1});
+}
+
+DenseStage::DenseStage(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n, int threads)
+    : x_(x), n_(n), gate_(&gate), up_(&up) {
+  const int64_t I = gate.rows;
+  if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
+  if (up.rows != I || up.cols != gate.cols)
+    fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
+  jobs_ = {{&gate, g}, {&up, u}};
+  add_kinds();
+  const int64_t per = swiglu_rows_per_task(gate, up, std::max(threads, 1));
+  for (int64_t r = 0; r < I; r += per) tasks_.push_back({-1, r, std::min(I, r + per)});
+}
+
+void DenseStage::add_kinds() {
+  for (const DenseJob& j : jobs_) {
+    kernels::LinearActivations* a = &activations_for(*j.d->op);
+    acts_.push_back(a);
+    bool seen = false;
+    for (const auto& k : kinds_) seen |= k.second == a;
+    if (!seen) kinds_.emplace_back(j.d->op.get(), a);
+  }
+  split_.assign(kinds_.size(), 0);
+}
+
+void DenseStage::shape() {
+  for (size_t i = 0; i < kinds_.size(); ++i) {
+    if (n_ < 2) kinds_[i].first->prepare(x_, n_, *kinds_[i].second);
+    else split_[i] = kinds_[i].first->prepare_shape(x_, n_, *kinds_[i].second);
+  }
+}
+
+void DenseStage::add_to(Stages& st, Op op) {
+  if (n_ >= 2) st.add(op, int64_t(kinds_.size()) * n_, prep_fn_);
+  st.add(op, int64_t(tasks_.size()), run_fn_);
+}
+
+void DenseStage::prep(int64_t k) {
+  const size_t i = size_t(k / n_);
+  if (!split_[i]) return;  // prepared whole by shape()
+  const int64_t r = k % n_;
+  kinds_[i].first->prepare_rows(x_, r, r + 1, *kinds_[i].second);
+}
+
+void DenseStage::run(int64_t k) {
+  const Task& t = tasks_[size_t(k)];
+  if (t.job >= 0) {
+    const DenseJob& j = jobs_[size_t(t.job)];
+    j.d->op->run_rows(*acts_[size_t(t.job)], j.y, t.r0, t.r1);
+    add_bias(*j.d, j.y, n_, t.r0, t.r1);
+    return;
+  }
+  const int64_t I = gate_->rows, r0 = t.r0, r1 = t.r1;  // dense_swiglu's task
+  float *g = jobs_[0].y, *u = jobs_[1].y;
+  gate_->op->run_rows(*acts_[0], g, r0, r1);
+  up_->op->run_rows(*acts_[1], u, r0, r1);
+  add_bias(*gate_, g, n_, r0, r1);
+  add_bias(*up_, u, n_, r0, r1);
+  for (int64_t t2 = 0; t2 < n_; ++t2) swiglu(g + t2 * I + r0, u + t2 * I + r0, g + t2 * I + r0, r1 - r0);
 }
 
 }  // namespace genesis::runtime

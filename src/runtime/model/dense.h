@@ -5,7 +5,11 @@
 
 #include <cstdint>
 #include <span>
+#include <utility>
+#include <vector>
 
+#include "runtime/model/profile.h"
+#include "runtime/model/stages.h"
 #include "runtime/model/weights.h"
 
 namespace genesis::cpu {
@@ -13,6 +17,7 @@ class ThreadPool;
 }
 
 namespace genesis::runtime {
+
 
 // y[n, d.rows] = x[n, d.cols] d^T + bias. pool may be null.
 void dense_product(const Dense& d, const float* x, float* y, int64_t n, cpu::ThreadPool* pool);
@@ -32,5 +37,59 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
 // more than 8 rows of it), each task adding the biases of its rows first. Matrices of different shapes: an error.
 void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n,
                   cpu::ThreadPool* pool);
+
+// A few-row product (n < kernels::kGemmRows rows of x, a pool of several threads) as stages of one region
+// (stages.h): dense_products' or dense_swiglu's results, bit for bit, biases included, with x read only when the
+// stages run, so that x may be the output of an earlier stage of the same region:
+//   shape()        each activation kind's Linear::prepare_shape (prepare() whole for one row of x): on one thread
+//                  before the region, or as the earlier stage's after();
+//   add_to(st, op) a stage converting x's rows (one per task and activation kind, Linear::prepare_rows; none for one
+//                  row), then the stage of the row ranges.
+// Made on the calling thread (the activation containers are its, as dense_products' are); not copied or moved (the
+// stages hold its address).
+class DenseStage {
+ public:
+  DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n, int threads);
+  // dense_swiglu's: g <- silu(x gate^T) * (x up^T), u = x up^T
+  DenseStage(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n, int threads);
+  DenseStage(const DenseStage&) = delete;
+  DenseStage& operator=(const DenseStage&) = delete;
+
+  void shape();
+  void add_to(Stages& st, Op op);
+  template <class A>
+  void add_to(Stages& st, Op op, A& after) {  // after() once the last row range is done
+    if (n_ >= 2) st.add(op, int64_t(kinds_.size()) * n_, prep_fn_);
+    st.add(op, int64_t(tasks_.size()), run_fn_, after);
+  }
+  void prep(int64_t k);  // row k % n of activation kind k / n
+  void run(int64_t k);   // task k's row range
+
+ private:
+  struct Task {
+    int32_t job;  // -1: both matrices of dense_swiglu's, then SwiGLU
+    int64_t r0, r1;
+  };
+  struct PrepFn {
+    DenseStage* s;
+    void operator()(int64_t k) const { s->prep(k); }
+  };
+  struct RunFn {
+    DenseStage* s;
+    void operator()(int64_t k) const { s->run(k); }
+  };
+  void add_kinds();
+
+  std::vector<DenseJob> jobs_;
+  std::vector<kernels::LinearActivations*> acts_;  // [jobs]
+  std::vector<std::pair<const kernels::Linear*, kernels::LinearActivations*>> kinds_;
+  std::vector<char> split_;  // [kinds]: prepare_shape asked for the rows
+  std::vector<Task> tasks_;
+  const float* x_;
+  int64_t n_;
+  const Dense *gate_ = nullptr, *up_ = nullptr;  // dense_swiglu's
+  PrepFn prep_fn_{this};
+  RunFn run_fn_{this};
+};
 
 }  // namespace genesis::runtime

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "common/error.h"
@@ -251,6 +252,7 @@ void Session::run_layer(int64_t li, int64_t n) {
     });
     clock_.lap(Op::elementwise);
   }
+  if (staged_layer(li, n)) return run_layer_staged(li, n);
   switch (c_.layers[size_t(li)].mixer) {
     case MixerKind::attention:
     case MixerKind::gated_attention: attention(li, n); break;
@@ -261,15 +263,74 @@ void Session::run_layer(int64_t li, int64_t n) {
   add_residual_norm(n, li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr);
 }
 
-void Session::add_residual_norm(int64_t n, const float* norm) {
+void Session::residual_norm_row(int64_t t, const float* norm) {
   const int64_t H = c_.hidden_size;
-  for_rows(n, [&](int64_t t) {
-    float* x = &x_[size_t(t * H)];
-    const float* d = &tmp_[size_t(t * H)];
-    for (int64_t i = 0; i < H; ++i) x[i] += d[i];
-    if (norm) rms_norm(x, norm, &xn_[size_t(t * H)], H, c_.rms_norm_eps);
-  });
+  float* x = &x_[size_t(t * H)];
+  const float* d = &tmp_[size_t(t * H)];
+  for (int64_t i = 0; i < H; ++i) x[i] += d[i];
+  if (norm) rms_norm(x, norm, &xn_[size_t(t * H)], H, c_.rms_norm_eps);
+}
+
+void Session::add_residual_norm(int64_t n, const float* norm) {
+  for_rows(n, [&](int64_t t) { residual_norm_row(t, norm); });
   clock_.lap(Op::elementwise);
+}
+
+bool Session::stages_default() {
+  static const bool on = [] {
+    const char* e = std::getenv("GENESIS_STAGES");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
+}
+
+bool Session::staged_layer(int64_t li, int64_t n) const {
+  if (!staged_ || !pool_ || pool_->size() < 2 || n >= kernels::kGemmRows) return false;
+  // gated attention and Gated DeltaNet keep their regions; fewer than 16 rows in all: every segment takes the
+  // attention's decode path (att_rows_)
+  return c_.layers[size_t(li)].mixer == MixerKind::attention;
+}
+
+void Session::run_layer_staged(int64_t li, int64_t n) {
+  const Layer& l = m_.weights().layers[size_t(li)];
+  const int nt = pool_->size();
+  Stages& st = stages_;
+  // q, k, v over xn_ (ready: its activations prepared on the caller, as dense_products does)
+  const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
+  DenseStage qkv_st(qkv, xn_.data(), n, nt);
+  qkv_st.shape();
+  qkv_st.add_to(st, Op::dense);
+  // each row's QK norm, rope and KV append, then the (row, KV head, span) tasks; o's activations shaped after them
+  attention_plan(li, n);
+  auto row = [&](int64_t t) { attention_row(li, t); };
+  st.add(Op::attention, n, row);
+  const DenseJob o[] = {{&l.o, tmp_.data()}};
+  DenseStage o_st(o, att_.data(), n, nt);
+  auto span = [&](int64_t k) { attention_span(k); };
+  auto o_shape = [&] { o_st.shape(); };
+  st.add(Op::attention, attention_span_tasks(), span, o_shape);
+  o_st.add_to(st, Op::dense);
+  // the residual add and the MLP's norm
+  auto post = [&](int64_t t) { residual_norm_row(t, l.post_norm.data()); };
+  if (c_.layers[size_t(li)].mlp != MlpKind::dense) {
+    st.add(Op::elementwise, n, post);
+    st.run(pool_, clock_);
+    mlp(li, n);
+    add_residual_norm(n, li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr);
+    return;
+  }
+  DenseStage gate_up(l.gate, l.up, xn_.data(), h1_.data(), h2_.data(), n, nt);
+  auto gate_up_shape = [&] { gate_up.shape(); };
+  st.add(Op::elementwise, n, post, gate_up_shape);
+  const DenseJob down[] = {{&l.down, tmp_.data()}};
+  DenseStage down_st(down, h1_.data(), n, nt);
+  auto down_shape = [&] { down_st.shape(); };
+  gate_up.add_to(st, Op::dense, down_shape);
+  down_st.add_to(st, Op::dense);
+  const float* next = li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr;
+  auto last = [&](int64_t t) { residual_norm_row(t, next); };
+  st.add(Op::elementwise, n, last);
+  st.run(pool_, clock_);
 }
 
 void Session::mlp(int64_t li, int64_t n) {

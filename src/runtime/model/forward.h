@@ -23,6 +23,7 @@
 #include "runtime/model/gpu.h"
 #include "runtime/model/ops.h"
 #include "runtime/model/profile.h"
+#include "runtime/model/stages.h"
 #include "runtime/model/weights.h"
 #include "runtime/tensor.h"
 
@@ -142,6 +143,9 @@ class Session {
   // summation order; tests compare the two.
   static constexpr int64_t kDeltaChunk = 64;
   void set_chunked_delta(bool on) { chunked_delta_ = on; }
+  // Decode layers as one region of stages (run_layer_staged; default on, GENESIS_STAGES=0 off) or a region per
+  // product and attention. The same bits either way; tests compare the two.
+  void set_staged(bool on) { staged_ = on; }
 
   // Runs tokens at positions position()..; writes the last token's logits (vocab floats) when logits != null, or
   // every token's (tokens.size() x vocab) when all_logits. Throws genesis::Error for a token id outside the
@@ -164,6 +168,21 @@ class Session {
   const SequenceState& seq(int32_t id) const;
   void run_layer(int64_t li, int64_t n);
   void attention(int64_t li, int64_t n);  // attention.cpp
+  // attention.cpp, its parts: row t's QK norm, rope and KV append; the plan of a step's attention (att_blocks_,
+  // att_rows_, att_spans_; it reads only the segments, not q, k or v); a decode task (row, KV head, span) with the
+  // merge of its (row, KV head) when it is the last; how many such tasks there are.
+  void attention_row(int64_t li, int64_t t);
+  void attention_plan(int64_t li, int64_t n);
+  void attention_span(int64_t task);
+  int64_t attention_span_tasks() const { return int64_t(att_rows_.size()) * c_.num_kv_heads * att_spans_; }
+  // A decode layer (rows of fewer than 16 per sequence, attention mixer, a pool of several threads) as one region of
+  // stages (stages.h): q/k/v, the rows' preparation, attention, o, the residual add and norm, and a dense MLP's
+  // gate+up and down with the last residual add and the next layer's norm (a MoE layer's experts keep their regions
+  // after it). The same bits as run_layer's separate regions. GENESIS_STAGES=0 turns it off.
+  bool staged_layer(int64_t li, int64_t n) const;
+  static bool stages_default();
+  void run_layer_staged(int64_t li, int64_t n);
+  void residual_norm_row(int64_t t, const float* norm);  // add_residual_norm's row t
   void deltanet(int64_t li, int64_t n);   // deltanet.cpp
   // deltanet.cpp: one value head's state over rows [row0, row0 + n) of one sequence.
   // qs, ks: the head's L2-normalized q and k of rows row0.. (row stride key_head_dim).
@@ -219,10 +238,28 @@ class Session {
   int64_t chunk_ = 0;
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, h1_, h2_;
   std::vector<float> att_part_;  // decode attention: per (row, KV head, span, head) max, sum and weighted values
+  // A sequence's cache of one layer, fp32 or binary16 (the other pair null).
+  struct AttCache {
+    const float *kc, *vc;
+    const uint16_t *kh, *vh;
+  };
+  struct AttBlock {
+    int64_t t0, t1, pos0;  // rows [t0, t1) at positions pos0..
+    AttCache c;
+  };
+  struct AttRow {
+    int64_t t, pos;
+    AttCache c;
+  };
+  std::vector<AttBlock> att_blocks_;  // attention_plan(): prefill blocks
+  std::vector<AttRow> att_rows_;      // attention_plan(): decode rows
+  int64_t att_spans_ = 0;             // attention_plan(): spans per (decode row, KV head)
+  Stages stages_;                     // run_layer_staged()
   std::vector<float> qg_, gate_;  // gated attention: q_proj's rows (query and gate per head), the gates
   // Gated DeltaNet scratch: projections, conv window and output, per (row, value head) q, k, v, beta, decay, output.
   std::vector<float> qkvz_, ba_, conv_in_, conv_out_, z_, beta_, decay_, core_;
   bool chunked_delta_ = true;
+  bool staged_ = stages_default();
   std::vector<float> shared_h1_, shared_h2_, shared_out_, shared_gate_;  // moe_shared
   RopeTable rope_;
   int64_t rope_len_ = -1;

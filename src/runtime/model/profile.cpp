@@ -111,4 +111,11 @@ void ProfileClock::lap(Op op) {
   last_ns_ = t;
 }
 
+void ProfileClock::lap_at(Op op, int64_t t_ns) {
+  const int64_t t = std::max(t_ns, last_ns_);
+  p_.wall[size_t(op)] += double(t - last_ns_) * 1e-9;
+  p_.seconds[size_t(op)] += double(t - last_ns_) * 1e-9;
+  last_ns_ = t;
+}
+
 }  // namespace genesis::runtime

@@ -63,6 +63,9 @@ class ProfileClock {
   ProfileClock(Profile& p, const cpu::ThreadPool* pool) : p_(p), pool_(pool) {}
   void start();
   void lap(Op op);
+  // A lap that ended at t_ns (a stage of a region, stages.h, its end stamped by a pool thread on the same clock): its
+  // wall time only; the pool's counters (barrier wait, regions, busy time) go to the next lap().
+  void lap_at(Op op, int64_t t_ns);
 
  private:
   Profile& p_;

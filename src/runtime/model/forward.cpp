@@ -312,11 +312,25 @@ void Session::run_layer_staged(int64_t li, int64_t n) {
   o_st.add_to(st, Op::dense);
   // the residual add and the MLP's norm
   auto post = [&](int64_t t) { residual_norm_row(t, l.post_norm.data()); };
-  if (c_.layers[size_t(li)].mlp != MlpKind::dense) {
+  const float* next = li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr;
+  if (c_.layers[size_t(li)].mlp == MlpKind::moe) {  // the router's product in the region too; the experts after it
+    const int64_t E = c_.num_experts;
+    if (router_logits_.size() < size_t(n * E)) router_logits_.resize(size_t(n * E));
+    const DenseJob router[] = {{&l.router, router_logits_.data()}};
+    DenseStage router_st(router, xn_.data(), n, nt);
+    auto router_shape = [&] { router_st.shape(); };
+    st.add(Op::elementwise, n, post, router_shape);
+    router_st.add_to(st, Op::router);
+    st.run(pool_, clock_);
+    routed_experts(l, n, 0, c_.top_k, tmp_.data());
+    add_residual_norm(n, next);
+    return;
+  }
+  if (c_.layers[size_t(li)].mlp != MlpKind::dense) {  // Qwen3-Next's shared expert: moe() as it is
     st.add(Op::elementwise, n, post);
     st.run(pool_, clock_);
     mlp(li, n);
-    add_residual_norm(n, li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr);
+    add_residual_norm(n, next);
     return;
   }
   DenseStage gate_up(l.gate, l.up, xn_.data(), h1_.data(), h2_.data(), n, nt);
@@ -327,7 +341,6 @@ void Session::run_layer_staged(int64_t li, int64_t n) {
   auto down_shape = [&] { down_st.shape(); };
   gate_up.add_to(st, Op::dense, down_shape);
   down_st.add_to(st, Op::dense);
-  const float* next = li + 1 < c_.num_layers ? m_.weights().layers[size_t(li + 1)].input_norm.data() : nullptr;
   auto last = [&](int64_t t) { residual_norm_row(t, next); };
   st.add(Op::elementwise, n, last);
   st.run(pool_, clock_);

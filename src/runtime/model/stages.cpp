@@ -3,6 +3,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <chrono>
 #include <thread>
 
@@ -69,6 +70,22 @@ void Stages::task(int64_t k) {
   finish(s);
 }
 
+// The next run of tasks for this thread: at most a 1 / (4 x threads) share of what is left of the current stage (at
+// least one), never past the stage's end. A claim of the pool's own (parallel_for over every task at once) would take
+// runs across stages, a thread then holding tasks of the next stage while the current one waited for threads.
+bool Stages::claim(int64_t& k0, int64_t& k1, int threads) {
+  int64_t cur = next_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (cur >= total_) return false;
+    const Stage& st = st_[stage_of(cur)];
+    const int64_t take = std::max<int64_t>(1, (st.start + st.tasks - cur) / (4 * int64_t(threads)));
+    if (next_.compare_exchange_weak(cur, cur + take, std::memory_order_relaxed)) {
+      k0 = cur, k1 = cur + take;
+      return true;
+    }
+  }
+}
+
 void Stages::run(cpu::ThreadPool* pool, ProfileClock& clock) {
   struct Clear {
     Stages& s;
@@ -94,8 +111,26 @@ void Stages::run(cpu::ThreadPool* pool, ProfileClock& clock) {
   for (size_t s = 0; s < st_.size(); ++s) left_[s].store(st_[s].tasks, std::memory_order_relaxed);
   stamp_.assign(st_.size(), 0);
   done_.store(0, std::memory_order_relaxed);
+  next_.store(0, std::memory_order_relaxed);
   failed_.store(false, std::memory_order_relaxed);
-  pool->parallel_for(total_, [this](int64_t k) { task(k); });
+  error_ = nullptr;
+  // One entry per thread: whichever threads join claim the tasks in index order (a worker that is not running does
+  // not hold the region up: its entry is taken by another thread, which finds nothing left). A task's exception is
+  // kept and the claimed tasks still finish (as no-ops), so that no stage waits for them.
+  const int threads = pool->size();
+  pool->parallel_for(threads, [this, threads](int64_t) {
+    int64_t k0 = 0, k1 = 0;
+    while (claim(k0, k1, threads))
+      for (int64_t k = k0; k < k1; ++k) {
+        try {
+          task(k);
+        } catch (...) {
+          const std::lock_guard<std::mutex> lock(error_mutex_);
+          if (!error_) error_ = std::current_exception();
+        }
+      }
+  });
+  if (error_) std::rethrow_exception(error_);
   for (size_t s = 0; s + 1 < st_.size(); ++s) clock.lap_at(st_[s].op, stamp_[s]);
   clock.lap(st_.back().op);
 }

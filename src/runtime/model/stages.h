@@ -2,13 +2,15 @@
 // work between them as stages, stage s's tasks starting when every task of the stages before it (and their `after`)
 // is done. On the 16-core host a region of its own cost each of them a wake-up and a barrier, about 2 us (151 regions
 // in a SmolLM2-shaped token of 2 ms); a boundary between stages costs the waiting threads one cache line's transfer.
-// Tasks are claimed in index order (cpu::ThreadPool::parallel_for), so the tasks a waiting task waits for are done or
+// Tasks are claimed in index order, in runs that stay within a stage, so the tasks a waiting task waits for are done or
 // running on other threads: it never waits for one that waits for it.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "runtime/model/profile.h"
@@ -50,6 +52,7 @@ class Stages {
   };
   void add_raw(Op op, int64_t tasks, void (*fn)(void*, int64_t), void* ctx, void (*after)(void*), void* actx);
   void task(int64_t k);
+  bool claim(int64_t& k0, int64_t& k1, int threads);
   void finish(size_t s);
   size_t stage_of(int64_t k) const;
 
@@ -58,8 +61,11 @@ class Stages {
   std::unique_ptr<std::atomic<int64_t>[]> left_;  // [stages]: tasks not yet finished
   size_t left_size_ = 0;
   int64_t total_ = 0;
+  alignas(64) std::atomic<int64_t> next_{0};  // the next task to claim
   alignas(64) std::atomic<int64_t> done_{0};  // stages complete (their after() included)
   std::atomic<bool> failed_{false};
+  std::exception_ptr error_;  // the first task's or after()'s exception
+  std::mutex error_mutex_;
 };
 
 }  // namespace genesis::runtime

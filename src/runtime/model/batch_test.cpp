@@ -113,7 +113,9 @@ void check(const Model& m, const std::string& what) {
     int64_t staged = 0, regions = 0;
     EXPECT_EQ(run_together(m, sc, &three, true, &staged), run_together(m, sc, &three, false, &regions))
         << what << ": 3 threads";
-    if (m.config().layers[0].mixer == MixerKind::attention) EXPECT_LT(staged, regions) << what << ": no stages ran";
+    if (m.config().layers[0].mixer == MixerKind::attention) {
+      EXPECT_LT(staged, regions) << what << ": no stages ran";
+    }
   }
   for (int i = 0; i < kSeqs; ++i) {
     const double d = test::max_rel_diff(together[size_t(i)], run_alone(m, sc[size_t(i)], &pool));

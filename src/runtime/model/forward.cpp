@@ -276,16 +276,17 @@ void Session::add_residual_norm(int64_t n, const float* norm) {
   clock_.lap(Op::elementwise);
 }
 
-bool Session::stages_default() {
-  static const bool on = [] {
+int Session::stages_setting() {
+  static const int on = [] {
     const char* e = std::getenv("GENESIS_STAGES");
-    return !(e && std::string(e) == "0");
+    return e ? (std::string(e) == "0" ? 0 : 1) : -1;
   }();
   return on;
 }
 
 bool Session::staged_layer(int64_t li, int64_t n) const {
-  if (!staged_ || !pool_ || pool_->size() < 2 || n >= kernels::kGemmRows) return false;
+  if (!pool_ || pool_->size() < 2 || n >= kernels::kGemmRows) return false;
+  if (staged_ == 0 || (staged_ < 0 && pool_->size() < kStagedThreads)) return false;
   // gated attention and Gated DeltaNet keep their regions; fewer than 16 rows in all: every segment takes the
   // attention's decode path (att_rows_)
   return c_.layers[size_t(li)].mixer == MixerKind::attention;

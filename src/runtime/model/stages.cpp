@@ -70,20 +70,21 @@ void Stages::task(int64_t k) {
   finish(s);
 }
 
-// The next run of tasks for this thread: at most a 1 / (4 x threads) share of what is left of the current stage (at
-// least one), never past the stage's end. A claim of the pool's own (parallel_for over every task at once) would take
-// runs across stages, a thread then holding tasks of the next stage while the current one waited for threads.
+// The next run of tasks for this thread: a 1 / (4 x threads) share of what is left of the stage the counter is in (at
+// least one), taken with one fetch_add as the pool's claims are (no compare-and-swap retries when 16 threads claim at
+// a stage's start). Another thread's claim in between may make the run cross into the next stage: its tasks there
+// wait for the stage, as any of that stage's do. The pool's own claims over every task at once would take runs
+// sized by all the stages' tasks left, a thread then holding many of the next stage's tasks while the current one
+// waited for threads.
 bool Stages::claim(int64_t& k0, int64_t& k1, int threads) {
-  int64_t cur = next_.load(std::memory_order_relaxed);
-  for (;;) {
-    if (cur >= total_) return false;
-    const Stage& st = st_[stage_of(cur)];
-    const int64_t take = std::max<int64_t>(1, (st.start + st.tasks - cur) / (4 * int64_t(threads)));
-    if (next_.compare_exchange_weak(cur, cur + take, std::memory_order_relaxed)) {
-      k0 = cur, k1 = cur + take;
-      return true;
-    }
-  }
+  const int64_t cur = next_.load(std::memory_order_relaxed);
+  if (cur >= total_) return false;
+  const Stage& st = st_[stage_of(cur)];
+  const int64_t take = std::max<int64_t>(1, (st.start + st.tasks - cur) / (4 * int64_t(threads)));
+  k0 = next_.fetch_add(take, std::memory_order_relaxed);
+  if (k0 >= total_) return false;
+  k1 = std::min(k0 + take, total_);
+  return true;
 }
 
 void Stages::run(cpu::ThreadPool* pool, ProfileClock& clock) {

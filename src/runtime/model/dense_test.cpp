@@ -14,6 +14,7 @@
 #include "kernels/kq_gemv/kq_gemv.h"
 #include "kernels/q8_gemv/q8_gemv.h"
 #include "runtime/model/dense.h"
+#include "runtime/model/stages.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/memory_source.h"
 #include "runtime/model/ops.h"
@@ -214,6 +215,61 @@ TEST(DenseKq, RowsConvertedInTheRegionGiveTheCallersBits) {
       x[size_t(cols + 5)] = std::nanf("");  // row 1
       EXPECT_THROW(dense_product(c, x.data(), yc[1].data(), n, &pool), Error) << what;
       EXPECT_THROW(dense_swiglu(a, c, x.data(), yg[1].data(), yu[1].data(), n, &pool), Error) << what;
+    }
+  }
+}
+
+// DenseStage: the same products as stages of one region (stages.h), x written by an earlier stage of the region and
+// the activations shaped in its after(): the bits of dense_products / dense_swiglu on the caller; 1..13 rows of x, 2
+// and 3 threads; a non-finite value in one row is an error from the region (Stages::run), not a hang.
+TEST(DenseKq, StagesGiveTheBitsOfTheProducts) {
+  std::mt19937 rng(10);
+  std::normal_distribution<float> g;
+  for (int threads : {2, 3}) {
+    cpu::ThreadPool pool(threads);
+    Profile prof;
+    ProfileClock clock(prof, &pool);
+    clock.start();
+    Stages st;
+    for (uint32_t type : {8u, 2u, 12u}) {  // Q8_0, Q4_0, Q4_K
+      const int64_t cols = type == 12 ? 512 : 576, rows = 200;
+      const Dense a = random_kq(type, rows, cols, rng), b = random_kq(type, 96, cols, rng),
+                  c = random_kq(type, rows, cols, rng);
+      for (int64_t n : {1, 2, 5, 13}) {
+        std::vector<float> x0(size_t(n * cols)), x(x0.size());
+        for (auto& v : x0) v = g(rng);
+        std::vector<float> ya(size_t(n * rows)), yb(size_t(n * 96)), yg(size_t(n * rows)), yu(size_t(n * rows));
+        const DenseJob jobs[] = {{&a, ya.data()}, {&b, yb.data()}};
+        dense_products(jobs, x0.data(), n, nullptr);
+        dense_swiglu(a, c, x0.data(), yg.data(), yu.data(), n, nullptr);
+        for (bool bad : {false, true}) {
+          if (bad) x0[size_t((n - 1) * cols + 7)] = std::nanf("");
+          std::vector<float> sa(ya.size()), sb(yb.size()), sg(yg.size()), su(yu.size());
+          const DenseJob sjobs[] = {{&a, sa.data()}, {&b, sb.data()}};
+          DenseStage products(sjobs, x.data(), n, threads), swi(a, c, x.data(), sg.data(), su.data(), n, threads);
+          auto copy = [&](int64_t t) {  // x written by the first stage
+            std::copy_n(&x0[size_t(t * cols)], cols, &x[size_t(t * cols)]);
+          };
+          auto shape = [&] {
+            products.shape();
+            swi.shape();
+          };
+          st.add(Op::elementwise, n, copy, shape);
+          products.add_to(st, Op::dense);
+          swi.add_to(st, Op::dense);
+          const std::string what = "type " + std::to_string(type) + ", n " + std::to_string(n) + ", threads " +
+                                   std::to_string(threads);
+          if (bad) {
+            EXPECT_THROW(st.run(&pool, clock), Error) << what;
+            continue;
+          }
+          st.run(&pool, clock);
+          EXPECT_EQ(sa, ya) << what;
+          EXPECT_EQ(sb, yb) << what;
+          EXPECT_EQ(sg, yg) << what;
+          EXPECT_EQ(su, yu) << what;
+        }
+      }
     }
   }
 }

@@ -3,10 +3,19 @@
 // A/B comparisons interleave the two and count pair-by-pair wins.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <vector>
 
 namespace genesis {
+
+// The monotonic clock in nanoseconds: the step profile's laps, the stages' stamps taken on pool threads and the pool's
+// own waits read this one clock.
+inline int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 struct TimingOptions {
   double warmup_s = 0.02;

@@ -13,6 +13,8 @@
 #include <map>
 #include <string>
 
+#include "common/timing.h"
+
 namespace genesis::cpu {
 namespace {
 
@@ -32,23 +34,18 @@ thread_local const ThreadPool* tls_pinned_by = nullptr;  // the pool that pinned
 thread_local const ThreadPool* tls_worker_of = nullptr;  // the pool whose worker this thread is, and its tid
 thread_local int tls_worker_tid = 0;
 
-inline long now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
 // Waits until `a` no longer holds `old`: spins with pause for up to spin_ns, then sleeps on the atomic.
 template <class T>
 T wait_while_equal(const std::atomic<T>& a, T old, long spin_ns) {
   T v = a.load(std::memory_order_acquire);
   if (v != old) return v;
   if (spin_ns > 0) {
-    long start = now_ns();
+    long start = steady_ns();
     for (int i = 1;; ++i) {
       _mm_pause();
       v = a.load(std::memory_order_acquire);
       if (v != old) return v;
-      if ((i & 63) == 0 && now_ns() - start > spin_ns) break;
+      if ((i & 63) == 0 && steady_ns() - start > spin_ns) break;
     }
   }
   for (;;) {
@@ -102,7 +99,7 @@ ThreadPool::ThreadPool(int threads, bool pin) : pin_(pin) {
   const char* util = std::getenv("GENESIS_PROFILE_UTILIZATION");
   time_busy_ = util && std::string(util) == "1";
   tsc0_ = __rdtsc();
-  ns0_ = now_ns();
+  ns0_ = steady_ns();
   std::vector<int> cpus = allowed_cpus();
   size_ = threads > 0 ? threads : static_cast<int>(cpus.size());
   // Spinning only pays when every thread has a core; oversubscribed, a spinner steals time from the thread it waits
@@ -184,9 +181,9 @@ void ThreadPool::run_raw(void (*fn)(void*, int, int), void* ctx) {
   tls_running_pool = outer;
   if (time_busy_) add_busy(__rdtsc() - b0);
 
-  const long w0 = now_ns();
+  const long w0 = steady_ns();
   for (int p = pending_.load(std::memory_order_acquire); p != 0;) p = wait_while_equal(pending_, p, spin_ns_.load(std::memory_order_relaxed));
-  wait_ns_ += now_ns() - w0;
+  wait_ns_ += steady_ns() - w0;
   ++runs_;
 
   std::exception_ptr first;
@@ -230,7 +227,7 @@ void ThreadPool::add_busy(uint64_t ticks) {
 int64_t ThreadPool::busy_ns() const {
   // Ticks to nanoseconds by the time-stamp counter's rate since the pool was made (an invariant TSC); before 1 ms has
   // passed there is nothing worth converting.
-  const double ns = double(now_ns() - ns0_), ticks = double(__rdtsc() - tsc0_);
+  const double ns = double(steady_ns() - ns0_), ticks = double(__rdtsc() - tsc0_);
   int64_t b = 0;
   for (int t = 0; t < size_; ++t) b += slots_[t].busy.load(std::memory_order_relaxed);
   return ns < 1e6 || ticks <= 0 ? 0 : int64_t(double(b) * ns / ticks);
@@ -285,11 +282,11 @@ void ThreadPool::run_tasks_raw(int64_t tasks, void (*fn)(void*, int64_t), void* 
   publish(true);
   claim_tasks();
   const long spin = spin_ns_.load(std::memory_order_relaxed);
-  const long w0 = now_ns();
+  const long w0 = steady_ns();
   for (int64_t d = task_done_.load(std::memory_order_acquire); d != tasks;) d = wait_while_equal(task_done_, d, spin);
   task_open_.store(false, std::memory_order_seq_cst);
   for (int a = task_active_.load(std::memory_order_seq_cst); a != 0;) a = wait_while_equal(task_active_, a, spin);
-  wait_ns_ += now_ns() - w0;
+  wait_ns_ += steady_ns() - w0;
   ++runs_;
   if (task_error_) {
     std::exception_ptr e = task_error_;

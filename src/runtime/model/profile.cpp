@@ -2,18 +2,11 @@
 #include "runtime/model/profile.h"
 
 #include <algorithm>
-#include <chrono>
 
+#include "common/timing.h"
 #include "cpu/thread_pool.h"
 
 namespace genesis::runtime {
-
-namespace {
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 const char* op_name(Op op) {
   switch (op) {
@@ -80,7 +73,7 @@ nlohmann::json Profile::to_json(bool per_token) const {
 }
 
 void ProfileClock::start() {
-  last_ns_ = now_ns();
+  last_ns_ = steady_ns();
   last_wait_ns_ = pool_ ? pool_->wait_ns() : 0;
   last_runs_ = pool_ ? pool_->runs() : 0;
   // GENESIS_PROFILE_UTILIZATION=1 (the pool counts its busy time): utilization per op class; the read sums every
@@ -91,7 +84,7 @@ void ProfileClock::start() {
 }
 
 void ProfileClock::lap(Op op) {
-  const int64_t t = now_ns();
+  const int64_t t = steady_ns();
   int64_t wait = 0;
   if (pool_) {
     const int64_t w = pool_->wait_ns(), r = pool_->runs();

@@ -4,19 +4,12 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <chrono>
 #include <thread>
 
+#include "common/timing.h"
 #include "cpu/thread_pool.h"
 
 namespace genesis::runtime {
-
-namespace {
-int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-}  // namespace
 
 void Stages::add_raw(Op op, int64_t tasks, void (*fn)(void*, int64_t), void* ctx, void (*after)(void*), void* actx) {
   if (tasks < 0) tasks = 0;
@@ -39,11 +32,11 @@ void Stages::finish(size_t s) {
     if (st_[s].after && !failed_.load(std::memory_order_relaxed)) st_[s].after(st_[s].actx);
   } catch (...) {
     failed_.store(true, std::memory_order_relaxed);
-    stamp_[s] = now_ns();
+    stamp_[s] = steady_ns();
     done_.store(int64_t(s + 1), std::memory_order_release);
     throw;
   }
-  stamp_[s] = now_ns();
+  stamp_[s] = steady_ns();
   done_.store(int64_t(s + 1), std::memory_order_release);
 }
 

@@ -260,8 +260,13 @@ TEST_F(KqFactory, RunEndToEndDedupeAndTheRuntimeServesAPromotedGenome) {
   // Another shape of that format: the nearest record's genome (the gate checked it on held-out shapes).
   EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 4096, 2048, kq::Path::avx512vnni, serve_kb, &was_tuned), tuned);
   EXPECT_TRUE(was_tuned);
-  EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx512vnni, serve_kb, &was_tuned),
-            KqGenome::baseline());  // another format: baseline
+  // Another format: its baseline with the record's prefetch genes (distance, kind, ramp), not its other genes.
+  KqGenome borrowed = KqGenome::baseline();
+  borrowed.pf_dist = 2048;
+  EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx512vnni, serve_kb, &was_tuned), borrowed);
+  EXPECT_FALSE(was_tuned);
+  EXPECT_EQ(runtime::genome_for(kq::Format::q4_k, 48, 512, kq::Path::avx2, serve_kb, &was_tuned),
+            KqGenome::baseline());  // another path: baseline
   EXPECT_FALSE(was_tuned);
   EXPECT_EQ(runtime::genome_for(kq::Format::q6_k, 48, 512, kq::Path::avx512vnni, "", &was_tuned),
             KqGenome::baseline());  // no knowledge base

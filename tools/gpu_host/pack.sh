@@ -29,7 +29,7 @@ if [ ! -s $P/llama.tar.xz ]; then
   tar cJf $P/llama.tar.xz -C $(dirname $L) llama.cpp
 fi
 [ -f tools/gpu_host/override.env ] && cp tools/gpu_host/override.env $P/ || rm -f $P/override.env
-cp tools/gpu_host/gpu_ab.sh tools/gpu_host/pf.sh tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/gemm.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh tools/gpu_host/gv.sh tools/gpu_host/binab.sh \
+cp tools/gpu_host/gpu_ab.sh tools/gpu_host/pf.sh tools/gpu_host/common.sh tools/gpu_host/compare.sh tools/gpu_host/experts.sh tools/gpu_host/amx.sh tools/gpu_host/gemm.sh tools/gpu_host/next.sh tools/gpu_host/nsys.sh tools/gpu_host/serve.sh tools/gpu_host/gv.sh tools/gpu_host/binab.sh tools/gpu_host/evolve.sh \
   tools/gpu_host/serve_smoke.py $P/
 rm -rf $S
 ls -la $P

@@ -296,6 +296,7 @@ void Session::run_layer_staged(int64_t li, int64_t n) {
   const Layer& l = m_.weights().layers[size_t(li)];
   const int nt = pool_->size();
   Stages& st = stages_;
+  st.clear();  // stages a throw left behind (their functions are gone)
   // q, k, v over xn_ (ready: its activations prepared on the caller, as dense_products does)
   const DenseJob qkv[] = {{&l.q, q_.data()}, {&l.k, k_.data()}, {&l.v, v_.data()}};
   DenseStage qkv_st(qkv, xn_.data(), n, nt);

@@ -83,10 +83,7 @@ bool Stages::claim(int64_t& k0, int64_t& k1, int threads) {
 void Stages::run(cpu::ThreadPool* pool, ProfileClock& clock) {
   struct Clear {
     Stages& s;
-    ~Clear() {
-      s.st_.clear();
-      s.total_ = 0;
-    }
+    ~Clear() { s.clear(); }
   } clear{*this};
   if (st_.empty()) return;
   if (!pool || pool->size() == 1) {  // in order on the caller, each stage lapped as it ends

@@ -40,6 +40,11 @@ class Stages {
   // pool threads' busy time, GENESIS_PROFILE_UTILIZATION) goes to the last stage's lap. Clears the stages. The first
   // exception a task or after() throws is rethrown here; the stages after it do not run.
   void run(cpu::ThreadPool* pool, ProfileClock& clock);
+  // Drops stages added and not run (a caller that threw between add() and run() leaves them).
+  void clear() {
+    st_.clear();
+    total_ = 0;
+  }
 
  private:
   struct Stage {

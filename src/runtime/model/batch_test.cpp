@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -52,8 +53,9 @@ std::vector<float> run_alone(const Model& m, const Script& s, cpu::ThreadPool* p
 // together (5 rows a step, then fewer as sequences finish).
 constexpr int kSeqs = 5;
 std::vector<std::vector<float>> run_together(const Model& m, const std::vector<Script>& sc, cpu::ThreadPool* pool,
-                                             bool staged = true, int64_t* regions = nullptr) {
-  Session ses(m, 64, pool);
+                                             bool staged = true, int64_t* regions = nullptr,
+                                             std::optional<KvType> kv = std::nullopt) {
+  Session ses(m, 64, pool, kv);
   ses.set_staged(staged);
   int32_t ids[kSeqs] = {0};
   for (int i = 1; i < kSeqs; ++i) {
@@ -117,6 +119,10 @@ void check(const Model& m, const std::string& what) {
     if (m.config().layers[0].mixer == MixerKind::attention) {
       EXPECT_LT(staged, regions) << what << ": no stages ran";
     }
+    // The binary16 KV cache too (the goldens' sessions keep fp32)
+    EXPECT_EQ(run_together(m, sc, &three, true, nullptr, KvType::f16),
+              run_together(m, sc, &three, false, nullptr, KvType::f16))
+        << what << ": 3 threads, f16 cache";
     // A prompt of 2-15 rows is one segment of several rows in a staged layer (its rows' keys written in one stage,
     // read in the next): sequences 1 and 3 (7 and 3 prompt rows) alone, both ways.
     for (int i : {1, 3})

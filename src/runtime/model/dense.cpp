@@ -291,6 +291,7 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
 DenseStage::DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n, int threads)
     : jobs_(jobs.begin(), jobs.end()), x_(x), n_(n) {
   if (jobs.empty()) fail("DenseStage: no matrix");
+  if (n < 1 || n >= kernels::kGemmRows) fail("DenseStage: {} rows of x (1 to {} take stages)", n, kernels::kGemmRows - 1);
   for (const DenseJob& j : jobs) {
     if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
     if (j.d->cols != jobs[0].d->cols)
@@ -304,6 +305,7 @@ DenseStage::DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n
 
 DenseStage::DenseStage(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n, int threads)
     : x_(x), n_(n), gate_(&gate), up_(&up) {
+  if (n < 1 || n >= kernels::kGemmRows) fail("DenseStage: {} rows of x (1 to {} take stages)", n, kernels::kGemmRows - 1);
   const int64_t I = gate.rows;
   if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
   if (up.rows != I || up.cols != gate.cols)

@@ -46,7 +46,9 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
 //   add_to(st, op) a stage converting x's rows (one per task and activation kind, Linear::prepare_rows; none for one
 //                  row), then the stage of the row ranges.
 // Made on the calling thread (the activation containers are its, as dense_products' are); not copied or moved (the
-// stages hold its address).
+// stages hold its address). DenseStages of one activation kind share one container (the caller's for that kind): a
+// later one's shape() must come after the earlier one's row ranges are done (as the after() of that stage or of a
+// later one), never beside them. n from 1 to kernels::kGemmRows - 1 (more: an error).
 class DenseStage {
  public:
   DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n, int threads);

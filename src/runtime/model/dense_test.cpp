@@ -250,12 +250,11 @@ TEST(DenseKq, StagesGiveTheBitsOfTheProducts) {
           auto copy = [&](int64_t t) {  // x written by the first stage
             std::copy_n(&x0[size_t(t * cols)], cols, &x[size_t(t * cols)]);
           };
-          auto shape = [&] {
-            products.shape();
-            swi.shape();
-          };
+          // One activation kind, one container: swi is shaped after the products' row ranges are done.
+          auto shape = [&] { products.shape(); };
+          auto swi_shape = [&] { swi.shape(); };
           st.add(Op::elementwise, n, copy, shape);
-          products.add_to(st, Op::dense);
+          products.add_to(st, Op::dense, swi_shape);
           swi.add_to(st, Op::dense);
           const std::string what = "type " + std::to_string(type) + ", n " + std::to_string(n) + ", threads " +
                                    std::to_string(threads);

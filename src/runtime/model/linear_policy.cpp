@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <optional>
 
 #include "common/error.h"
 #include "kb/kb.h"
@@ -63,25 +64,27 @@ kernels::kq_gemv::Genome genome_for(kernels::kq_gemv::Format f, int64_t rows, in
                                    shape, kg::Genome::baseline(), &own);
   if (tuned) *tuned = own;
   if (own || kb_path.empty()) return g;
-  // No record of this format on this path: the baseline with the prefetch genes (distance, kind, ramp) of the nearest
-  // record of another format on the same path. They fit this machine's memory system rather than a format: on the
-  // 2-core Zen 4 VM (stop 36) independent cold one-thread searches of Q4_K and Q6_K both chose pf=12288 (1.37x and
-  // 1.27x on held-out shapes); the other genes (order, blocking) stay the format's baseline.
+  // No record of this format on this path: the baseline with the one-row prefetch genes (distance, kind, ramp) of
+  // another format's record on the same path: a record of this very shape if one format has it, else the nearest
+  // shape's of the first format in kFormats' order that has one. They fit this machine's memory system rather than a
+  // format: on the 2-core Zen 4 VM (stop 36) independent cold one-thread searches of Q4_K and Q6_K both chose
+  // pf=12288 (1.37x and 1.27x on held-out shapes). The other genes (several-row prefetch, order, blocking) stay the
+  // baseline's; a record that does not parse is passed over (it is another format's).
+  std::optional<kg::Genome> exact, first;
   for (kg::Format other : kg::kFormats) {
     if (other == f) continue;
+    std::string from;
     const auto text = kb::nearest_genome_text(
-        kb_path, "kq_gemv", fmt::format("{}/{}", kg::path_name(path), kg::format_name(other)), shape, 1);
+        kb_path, "kq_gemv", fmt::format("{}/{}", kg::path_name(path), kg::format_name(other)), shape, 1, &from);
     if (!text) continue;
-    kg::Genome r;
     try {
-      r = kg::Genome::parse(*text);
-    } catch (const Error& e) {
-      fail("knowledge base {}: best genome for kq_gemv {}/{} is invalid: {}", kb_path, kg::path_name(path),
-           kg::format_name(other), e.what());
+      const kg::Genome r = kg::Genome::parse(*text);
+      if (from == shape && !exact) exact = r;
+      if (!first) first = r;
+    } catch (const Error&) {
     }
-    g.pf_dist = r.pf_dist, g.pf_kind = r.pf_kind, g.pf_ramp = r.pf_ramp;
-    return g;
   }
+  if (const auto& r = exact ? exact : first) g.pf_dist = r->pf_dist, g.pf_kind = r->pf_kind, g.pf_ramp = r->pf_ramp;
   return g;
 }
 

@@ -104,10 +104,31 @@ void ProfileClock::lap(Op op) {
   last_ns_ = t;
 }
 
-void ProfileClock::lap_at(Op op, int64_t t_ns) {
-  const int64_t t = std::max(t_ns, last_ns_);
-  p_.wall[size_t(op)] += double(t - last_ns_) * 1e-9;
-  p_.seconds[size_t(op)] += double(t - last_ns_) * 1e-9;
+void ProfileClock::lap_region(std::span<const std::pair<Op, int64_t>> ends) {
+  const int64_t t = steady_ns();
+  int64_t busy = 0;
+  if (pool_) {
+    const int64_t r = pool_->runs();
+    p_.regions += r - last_runs_;
+    last_runs_ = r;
+    last_wait_ns_ = pool_->wait_ns();  // inside the stages' times and the closing wait below
+    if (utilization_) {
+      const int64_t b = pool_->busy_ns();
+      busy = b - last_busy_ns_;
+      last_busy_ns_ = b;
+    }
+  }
+  const double span = double(std::max<int64_t>(1, t - last_ns_));
+  int64_t prev = last_ns_;
+  for (const auto& [op, end] : ends) {
+    const int64_t e = std::clamp(end, prev, t);
+    p_.wall[size_t(op)] += double(e - prev) * 1e-9;
+    p_.seconds[size_t(op)] += double(e - prev) * 1e-9;
+    p_.busy[size_t(op)] += double(busy) * double(e - prev) / span * 1e-9;
+    prev = e;
+  }
+  if (!ends.empty()) p_.wall[size_t(ends.back().first)] += double(t - prev) * 1e-9;
+  p_.seconds[size_t(Op::barrier)] += double(t - prev) * 1e-9;
   last_ns_ = t;
 }
 

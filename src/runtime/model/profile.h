@@ -6,7 +6,9 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <span>
 #include <string>
+#include <utility>
 
 #include <nlohmann/json.hpp>
 
@@ -63,9 +65,12 @@ class ProfileClock {
   ProfileClock(Profile& p, const cpu::ThreadPool* pool) : p_(p), pool_(pool) {}
   void start();
   void lap(Op op);
-  // A lap that ended at t_ns (a stage of a region, stages.h, its end stamped by a pool thread on the same clock): its
-  // wall time only; the pool's counters (barrier wait, regions, busy time) go to the next lap().
-  void lap_at(Op op, int64_t t_ns);
+  // The laps of one region of stages (stages.h): stage i ran from the end of stage i - 1 (the last lap for the first)
+  // to ends[i] (stamped by a pool thread on the same clock) and is its op's; the rest, up to now, is the region's
+  // closing wait (barrier; in the last op's wall time). The pool's wait inside the region is not subtracted from the
+  // stages (the caller's wait may begin while other threads still run an earlier stage); its busy time is split over
+  // the stages in proportion to their times.
+  void lap_region(std::span<const std::pair<Op, int64_t>> ends);
 
  private:
   Profile& p_;

@@ -122,8 +122,9 @@ void Stages::run(cpu::ThreadPool* pool, ProfileClock& clock) {
       }
   });
   if (error_) std::rethrow_exception(error_);
-  for (size_t s = 0; s + 1 < st_.size(); ++s) clock.lap_at(st_[s].op, stamp_[s]);
-  clock.lap(st_.back().op);
+  ends_.clear();
+  for (size_t s = 0; s < st_.size(); ++s) ends_.emplace_back(st_[s].op, stamp_[s]);
+  clock.lap_region(ends_);
 }
 
 }  // namespace genesis::runtime

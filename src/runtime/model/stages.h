@@ -11,6 +11,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "runtime/model/profile.h"
@@ -36,9 +37,9 @@ class Stages {
             [](void* c) { (*static_cast<A*>(c))(); }, &after);
   }
   // Every stage in one region of the pool (in order on the caller when pool is null or has one thread), then the
-  // stages' times lapped on `clock`, each up to the moment its last task finished; the region's closing wait (and the
-  // pool threads' busy time, GENESIS_PROFILE_UTILIZATION) goes to the last stage's lap. Clears the stages. The first
-  // exception a task or after() throws is rethrown here; the stages after it do not run.
+  // stages' times lapped on `clock` (ProfileClock::lap_region), each up to the moment its last task finished, the
+  // region's closing wait as barrier. Clears the stages. The first exception a task or after() throws is rethrown
+  // here; the stages after it do not run.
   void run(cpu::ThreadPool* pool, ProfileClock& clock);
   // Drops stages added and not run (a caller that threw between add() and run() leaves them).
   void clear() {
@@ -63,6 +64,7 @@ class Stages {
 
   std::vector<Stage> st_;
   std::vector<int64_t> stamp_;  // [stages]: when each stage's last task finished (ns)
+  std::vector<std::pair<Op, int64_t>> ends_;  // the laps of run()
   std::unique_ptr<std::atomic<int64_t>[]> left_;  // [stages]: tasks not yet finished
   size_t left_size_ = 0;
   int64_t total_ = 0;

@@ -69,8 +69,9 @@ class LinearPolicy {
 kernels::nf4_gemv::Genome genome_for(const kernels::nf4_gemv::Problem& pr, kernels::nf4_gemv::Path path,
                                      const std::string& kb_path, bool* tuned = nullptr);
 // The same for kq_gemv: one activation row of a [rows, cols] matrix of format `f` on `path` (knowledge-base path key
-// "<path>/<format>", as `genome evolve --family kq_gemv` stores it). A format with no record takes the prefetch genes
-// (pf, pfk, pfr) of another format's nearest record on the same path, its other genes the baseline's (`tuned` false).
+// "<path>/<format>", as `genome evolve --family kq_gemv` stores it). A format with no record takes the one-row
+// prefetch genes (pf, pfk, pfr) of another format's record on the same path (of this shape if one has it, else of
+// the first format in kFormats' order that has one), its other genes the baseline's (`tuned` false).
 kernels::kq_gemv::Genome genome_for(kernels::kq_gemv::Format f, int64_t rows, int64_t cols, kernels::kq_gemv::Path path,
                                     const std::string& kb_path, bool* tuned = nullptr);
 // The knowledge base the options name ("" when use_kb is off).

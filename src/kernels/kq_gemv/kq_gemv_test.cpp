@@ -634,6 +634,54 @@ TEST(KqGemv, GenomeTextRangesAndResults) {
   }
 }
 
+// The largest codes against the largest activations of either sign: every code byte (and high bit) set, the K-quants'
+// sub-block scales at their largest, x all +1 or all -1 (so every block quantizes to +-127): the kernels that sum
+// vpmaddubsw pairs of several code vectors as int16 words (the avx2 path's Q4_K unit: eight vectors, 30720 at most)
+// must not wrap. Every path against the reference, 1 to 4 activation rows.
+TEST(KqGemv, LargestCodesAndActivationsDoNotWrap) {
+  const auto avail = available_paths();
+  for (Format f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    const int64_t rows = 12, cols = 512;
+    auto stored = random_stored(f, rows, cols, 5, 8, 10);
+    const auto info = quant::ggml_type_info(ggml_type(f));
+    for (int64_t i = 0; i < rows * cols / info->block; ++i) {
+      uint8_t* blk = stored.data() + i * info->block_bytes;
+      switch (f) {
+        case Format::q4_k: std::memset(blk + 4, 0xFF, 12 + 128); break;  // scales and mins 63, codes 15
+        case Format::q5_k: std::memset(blk + 4, 0xFF, 12 + 32 + 128); break;  // codes 31
+        case Format::q6_k:
+          std::memset(blk, 0xFF, 128 + 64);   // codes 63
+          std::memset(blk + 192, 0x7F, 16);  // scales 127
+          break;
+        case Format::q8_0: std::memset(blk + 2, 0x7F, 32); break;
+        case Format::q4_0: std::memset(blk + 2, 0xFF, 16); break;
+        case Format::q4_1: std::memset(blk + 4, 0xFF, 16); break;
+      }
+    }
+    const Matrix m = make_matrix(ggml_type(f), rows, cols, stored.data(), stored.size());
+    for (int n = 1; n <= 4; ++n) {
+      std::vector<float> x(size_t(n * cols));
+      for (int t = 0; t < n; ++t)
+        for (int64_t k = 0; k < cols; ++k) x[size_t(t * cols + k)] = t % 2 ? -1.0f : 1.0f;
+      Activations a;
+      quantize_activations(f, x.data(), n, cols, a);
+      std::vector<double> ref(size_t(n * rows));
+      reference(ggml_type(f), stored.data(), rows, cols, a, ref.data());
+      for (Path path : avail) {
+        std::vector<float> y(size_t(n * rows));
+        run_rows(m, a, y.data(), rows, 0, rows, path);
+        for (int t = 0; t < n; ++t)
+          for (int64_t r = 0; r < rows; ++r) {
+            const double bound = error_bound(ggml_type(f), stored.data(), cols, r, a, t);
+            EXPECT_LE(std::fabs(y[size_t(t * rows + r)] - ref[size_t(t * rows + r)]), bound)
+                << path_name(path) << " n=" << n << " t=" << t << " r=" << r;
+          }
+      }
+    }
+  }
+}
+
 // A genome's order of the unit loop's body goes through jit::is_legal_order: a legal reorder (independent neighbours
 // swapped, every swap at once) computes the same bits; swapping a dependent pair is an error naming the edge.
 TEST(KqGemv, GenomeOrderCheckedByDefUse) {

@@ -1,12 +1,13 @@
-// Stages (stages.h): a stage's tasks see every write of the stages before it and of their after(); an exception in a
-// task or an after() is rethrown by run() without a hang, and the later stages do not run; with no pool the stages run
-// in order on the caller. At 2 and 5 threads (more threads than this machine's cpus: waiting threads yield).
+// Stages (stages.h): a stage's tasks see every write of the stages before it and of their after(), and the profile's
+// laps add up; an exception in a task or an after() is rethrown by run() without a hang, and the later stages do not
+// run; with no pool the stages run in order on the caller. At 2 and 5 threads (more threads than this machine's cpus: waiting threads yield).
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <stdexcept>
 #include <vector>
 
+#include "common/timing.h"
 #include "cpu/thread_pool.h"
 #include "runtime/model/stages.h"
 
@@ -18,6 +19,7 @@ TEST(Stages, EachStageSeesTheStagesBefore) {
     cpu::ThreadPool pool(threads);
     Profile prof;
     ProfileClock clock(prof, &pool);
+    const int64_t t_start = steady_ns();
     clock.start();
     Stages st;
     constexpr int64_t kN = 300;
@@ -50,6 +52,11 @@ TEST(Stages, EachStageSeesTheStagesBefore) {
     }
     EXPECT_EQ(wrong.load(), 0) << threads << " threads";
     EXPECT_GT(prof.seconds[size_t(Op::attention)], 0.0);
+    // The laps add up to the time since the clock started (up to the last lap), none negative.
+    const double elapsed = double(steady_ns() - t_start) * 1e-9;
+    for (double v : prof.seconds) EXPECT_GE(v, 0.0) << threads << " threads";
+    EXPECT_LE(prof.total(), elapsed) << threads << " threads";
+    EXPECT_GE(prof.total(), elapsed - 1e-3) << threads << " threads";
   }
 }
 

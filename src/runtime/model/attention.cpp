@@ -71,8 +71,7 @@ void Session::attention_row(int64_t li, int64_t t) {
 // (att_rows_: (row, KV head, span of positions) tasks). A task reads each of its keys and values once for all `group`
 // query heads that share them, and keeps a partial softmax (running max, sum, weighted values) per head; the spans of
 // a (row, head) are then merged. Spans give the pool work when KV heads are few (4 on Qwen3-30B-A3B for 16 threads).
-void Session::attention_plan(int64_t li, int64_t n) {
-  (void)n;
+void Session::attention_plan(int64_t li) {
   const int64_t nkv = c_.num_kv_heads, group = c_.num_heads / nkv, hd = c_.head_dim;
   const bool half = kv_ == KvType::f16;
   att_blocks_.clear();
@@ -198,7 +197,7 @@ void Session::attention(int64_t li, int64_t n) {
     for_rows(n, [&](int64_t t) { attention_row(li, t); });
     clock_.lap(Op::elementwise);
   }
-  attention_plan(li, n);
+  attention_plan(li);
   if (!att_blocks_.empty()) {
     // (KV head, heads of its group, block of kBlockRows query rows) tasks: per query head the scores and the weighted
     // sum as two GEMMs (the block's rows share every K and V row they read), the causal mask applied to the scores.

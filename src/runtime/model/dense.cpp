@@ -142,6 +142,24 @@ struct RowTask {
   int64_t r0, r1;
 };
 
+// The checks dense_products and dense_swiglu make of their matrices, for them and for DenseStage: clear errors for an
+// absent weight or shapes that do not go together.
+void check_jobs(std::span<const DenseJob> jobs) {
+  for (const DenseJob& j : jobs) {
+    if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
+    if (j.d->cols != jobs[0].d->cols)
+      fail("dense_products: matrices over one x with {} and {} columns", jobs[0].d->cols, j.d->cols);
+  }
+}
+void check_swiglu(const Dense& gate, const Dense& up) {
+  if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
+  if (up.rows != gate.rows || up.cols != gate.cols)
+    fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
+}
+void check_stage_rows(int64_t n) {
+  if (n < 1 || n >= kernels::kGemmRows) fail("DenseStage: {} rows of x (1 to {} take stages)", n, kernels::kGemmRows - 1);
+}
+
 // A few-row product's tasks: about equal bytes, in multiples of 4 rows (or of the matrix's granule): with multiples
 // of 16 a 128-row fp32 router (1 MiB) made 8 tasks of 128 KiB for 16 threads. Equal bytes, not equal rows, where one
 // region holds matrices of several formats: Qwen3-Next's fp32 router beside its shared expert's Q4_K gate and up had
@@ -235,11 +253,9 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
   acts.clear();
   int64_t total = 0;
   for (const DenseJob& j : jobs) total += j.d->rows;
+  check_jobs(jobs);
   RowPrep prep(x, n, RowPrep::wanted(pool, n, total));
   for (const DenseJob& j : jobs) {
-    if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
-    if (j.d->cols != jobs[0].d->cols)
-      fail("dense_products: matrices over one x with {} and {} columns", jobs[0].d->cols, j.d->cols);
     kernels::LinearActivations* a = &activations_for(*j.d->op);
     if (std::find(acts.begin(), acts.end(), a) == acts.end()) prep.prepare(*j.d->op, *a);
     acts.push_back(a);
@@ -250,10 +266,8 @@ void dense_products(std::span<const DenseJob> jobs, const float* x, int64_t n, c
 
 void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n,
                   cpu::ThreadPool* pool) {
+  check_swiglu(gate, up);
   const int64_t I = gate.rows;
-  if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
-  if (up.rows != I || up.cols != gate.cols)
-    fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
   const int nt = pool ? pool->size() : 1;
   RowPrep prep(x, n, RowPrep::wanted(pool, n, I));
   kernels::LinearActivations* ag = &activations_for(*gate.op);
@@ -291,12 +305,8 @@ void dense_swiglu(const Dense& gate, const Dense& up, const float* x, float* g, 
 DenseStage::DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n, int threads)
     : jobs_(jobs.begin(), jobs.end()), x_(x), n_(n) {
   if (jobs.empty()) fail("DenseStage: no matrix");
-  if (n < 1 || n >= kernels::kGemmRows) fail("DenseStage: {} rows of x (1 to {} take stages)", n, kernels::kGemmRows - 1);
-  for (const DenseJob& j : jobs) {
-    if (j.d->empty()) fail("dense_products: no matrix (an absent weight was multiplied)");
-    if (j.d->cols != jobs[0].d->cols)
-      fail("dense_products: matrices over one x with {} and {} columns", jobs[0].d->cols, j.d->cols);
-  }
+  check_stage_rows(n);
+  check_jobs(jobs);
   add_kinds();
   std::vector<RowTask> plan;
   plan_few_rows(jobs, std::max(threads, 1), plan);
@@ -305,11 +315,9 @@ DenseStage::DenseStage(std::span<const DenseJob> jobs, const float* x, int64_t n
 
 DenseStage::DenseStage(const Dense& gate, const Dense& up, const float* x, float* g, float* u, int64_t n, int threads)
     : x_(x), n_(n), gate_(&gate), up_(&up) {
-  if (n < 1 || n >= kernels::kGemmRows) fail("DenseStage: {} rows of x (1 to {} take stages)", n, kernels::kGemmRows - 1);
+  check_stage_rows(n);
+  check_swiglu(gate, up);
   const int64_t I = gate.rows;
-  if (gate.empty() || up.empty()) fail("dense_swiglu: no matrix (an absent weight was multiplied)");
-  if (up.rows != I || up.cols != gate.cols)
-    fail("dense_swiglu: gate {}x{} and up {}x{} differ in shape", gate.rows, gate.cols, up.rows, up.cols);
   jobs_ = {{&gate, g}, {&up, u}};
   add_kinds();
   const int64_t per = swiglu_rows_per_task(gate, up, std::max(threads, 1));

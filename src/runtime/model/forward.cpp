@@ -303,7 +303,7 @@ void Session::run_layer_staged(int64_t li, int64_t n) {
   qkv_st.shape();
   qkv_st.add_to(st, Op::dense);
   // each row's QK norm, rope and KV append, then the (row, KV head, span) tasks; o's activations shaped after them
-  attention_plan(li, n);
+  attention_plan(li);
   // fewer than kGemmRows rows: no segment reaches attention's GEMM blocks (att_blocks_), which no stage runs
   if (!att_blocks_.empty()) fail("run_layer_staged: a segment of {} rows takes attention's GEMM path", n);
   auto row = [&](int64_t t) { attention_row(li, t); };

@@ -175,7 +175,7 @@ class Session {
   // att_rows_, att_spans_; it reads only the segments, not q, k or v); a decode task (row, KV head, span) with the
   // merge of its (row, KV head) when it is the last; how many such tasks there are.
   void attention_row(int64_t li, int64_t t);
-  void attention_plan(int64_t li, int64_t n);
+  void attention_plan(int64_t li);
   void attention_span(int64_t task);
   int64_t attention_span_tasks() const { return int64_t(att_rows_.size()) * c_.num_kv_heads * att_spans_; }
   // A decode layer (rows of fewer than 16 per sequence, attention mixer, a pool of several threads) as one region of
